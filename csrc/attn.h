@@ -1,0 +1,174 @@
+/*
+ * attn.h -- the contract between selfattn's C kernels and the extension glue.
+ *
+ * Nothing here includes Python.h or NumPy: kernels are plain C11 and report failure through
+ * status codes, which csrc/module.c (the only file that knows about Python) turns into exceptions.
+ *
+ * Units. Every size, index and stride is an sa_int (ptrdiff_t, the same width as npy_intp) and is
+ * counted in ELEMENTS of the matrix's own type, never in bytes. Strides may be negative or zero.
+ *
+ * Matrices. A "batch of matrices" is described by an sa_batch (the broadcast batch shape, shared
+ * by every operand of one call) and one sa_mat per operand:
+ *     element (b, r, c) of matrix M lives at  (T *)M.data + sa_batch_offset(batch, M.bstride, b)
+ *                                                          + r * M.ld + c
+ * i.e. rows may be strided (ld) but the elements of a row are always contiguous. The glue
+ * guarantees that, and that data is aligned and in native byte order.
+ */
+#ifndef SELFATTN_ATTN_H
+#define SELFATTN_ATTN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef ptrdiff_t sa_int;
+
+/* Status codes returned by every kernel. */
+enum {
+    SA_OK = 0,
+    SA_ERR_NOMEM = 1,        /* a scratch allocation failed */
+    SA_ERR_INTERRUPTED = 2,  /* the poll callback asked us to stop (Ctrl-C); the exception is set */
+    SA_ERR_TOO_BIG = 3,      /* a byte count would overflow */
+    SA_ERR_THREAD = 4,       /* a worker thread could not be started (we fall back to fewer) */
+};
+
+/* Enough for NumPy's NPY_MAXDIMS (64 in NumPy 2, 32 in 1.x) minus the two matrix axes. */
+#define SA_MAX_BATCH 64
+
+typedef struct {
+    int nd;                        /* number of batch dimensions, 0 for plain matrices */
+    sa_int count;                  /* product of shape[], i.e. the number of matrices; 1 if nd == 0 */
+    sa_int shape[SA_MAX_BATCH];
+} sa_batch;
+
+typedef struct {
+    void *data;                    /* element (0, 0) of batch item 0 */
+    sa_int ld;                     /* row stride, elements */
+    sa_int bstride[SA_MAX_BATCH];  /* batch strides, elements (0 where the operand is broadcast) */
+} sa_mat;
+
+typedef enum {
+    SA_MASK_NONE = 0,
+    SA_MASK_BOOL = 1,              /* uint8/bool, nonzero = the query may attend to the key */
+    SA_MASK_ADD = 2,               /* same float type as the kernel, added to the scaled scores */
+} sa_mask_kind;
+
+/* A mask broadcast to (batch..., n_q, n_k); any strides, including zero, in every axis. */
+typedef struct {
+    sa_mask_kind kind;
+    const void *data;
+    sa_int row_stride, col_stride;
+    sa_int bstride[SA_MAX_BATCH];
+} sa_mask;
+
+/* Offset, in elements, of batch item `item` (0 <= item < batch->count, C order) for one operand. */
+static inline sa_int sa_batch_offset(const sa_batch *batch, const sa_int *bstride, sa_int item)
+{
+    sa_int offset = 0;
+    for (int axis = batch->nd - 1; axis >= 0; axis--) {
+        sa_int extent = batch->shape[axis];
+        offset += (item % extent) * bstride[axis];
+        item /= extent;
+    }
+    return offset;
+}
+
+/* ---- execution context: threads, instruction set, interrupts, allocation ------------------ */
+
+typedef enum {
+    SA_ISA_REFERENCE = 0,          /* the plain scalar kernels: the yardstick for the others */
+    SA_ISA_GENERIC = 1,            /* blocked portable C, baseline x86-64 / any CPU */
+    SA_ISA_AVX2 = 2,               /* AVX2 + FMA */
+    SA_ISA_AVX512 = 3,             /* AVX-512 F, DQ, BW, VL */
+    SA_ISA_COUNT
+} sa_isa;
+
+typedef struct {
+    int n_threads;                 /* >= 1: the most threads a kernel may use */
+    sa_isa isa;
+    /* Called from the calling thread only, a few times a millisecond at most; nonzero = stop.
+       May be NULL. */
+    int (*poll)(void *poll_arg);
+    void *poll_arg;
+    /* Scratch allocation; must be callable without the GIL (the glue passes PyMem_RawMalloc so
+       tracemalloc sees our buffers). */
+    void *(*alloc)(size_t nbytes);
+    void (*dealloc)(void *ptr);
+} sa_exec;
+
+/* ---- the thread pool (csrc/threadpool.c) ---------------------------------------------------- */
+
+/* One task of a parallel loop. `worker` is in [0, n_threads) and unique among the threads running
+   at the same time, so it can index per-thread scratch. Returns SA_OK or an error status. */
+typedef int (*sa_task_fn)(void *arg, sa_int task, int worker);
+
+/* How many threads a loop of n_tasks tasks worth `flops` floating point operations should use:
+   1 for small problems (so they pay no wake-up cost), never more than ex->n_threads or n_tasks. */
+int sa_plan_threads(const sa_exec *ex, sa_int n_tasks, double flops);
+
+/* Runs fn(arg, t, worker) for every t in [0, n_tasks) on up to n_threads threads (the caller is
+   one of them). Which thread runs which task varies, so a task must compute the same bits
+   whichever thread runs it. Returns the first error status, SA_ERR_INTERRUPTED if ex->poll
+   asked to stop, else SA_OK. */
+int sa_parallel_for(const sa_exec *ex, int n_threads, sa_int n_tasks, sa_task_fn fn, void *arg);
+
+/* The CPUs this process may run on (sched_getaffinity), at least 1. */
+int sa_available_cpus(void);
+
+/* ---- kernels -------------------------------------------------------------------------------- */
+/*
+ * All kernels take (ex, batch, outputs..., inputs..., sizes..., options) and return a status.
+ * T is float for *_f32 and double for *_f64; float32 kernels compute in float32.
+ *
+ * scores:    S[b] (n_q, n_k) = scale * Q[b] (n_q, d_k) . K[b] (n_k, d_k)^T, then the mask:
+ *            SA_MASK_ADD adds mask(i, j); SA_MASK_BOOL sets S = -inf where mask(i, j) == 0;
+ *            causal sets S = -inf where j > i (top-left aligned).
+ * softmax:   out[b] (n_rows, n) = softmax of each row of in[b]. A row whose max is -inf (every
+ *            entry -inf) becomes all zeros; a row holding NaN becomes all NaN. out may alias in.
+ * matmul:    C[b] (m, n) = A[b] (m, k) . B[b] (k, n). (Output products and projections.)
+ * attention: out[b] (n_q, d_v) = softmax(scores(Q, K, mask, scale, causal)) . V[b] (n_k, d_v).
+ *            With weights == NULL it is fused: it never materialises the (n_q, n_k) scores and
+ *            needs O((n_q + n_k) d) memory. Otherwise it also stores the softmax weights in
+ *            weights[b] (n_q, n_k). Fully masked rows give weights 0 and output 0. A key whose
+ *            weight is 0 contributes nothing, even where its V row holds inf or NaN: the reference
+ *            tier guarantees this; the fast tiers may assume V is finite, and the caller routes
+ *            inputs with a non-finite V to the reference tier.
+ */
+typedef int (*sa_scores_fn)(const sa_exec *ex, const sa_batch *batch, const sa_mat *scores,
+                            const sa_mat *Q, const sa_mat *K, const sa_mask *mask,
+                            sa_int n_q, sa_int n_k, sa_int d_k, double scale, int causal);
+typedef int (*sa_softmax_fn)(const sa_exec *ex, const sa_batch *batch, const sa_mat *out,
+                             const sa_mat *in, sa_int n_rows, sa_int n);
+typedef int (*sa_matmul_fn)(const sa_exec *ex, const sa_batch *batch, const sa_mat *C,
+                            const sa_mat *A, const sa_mat *B, sa_int m, sa_int n, sa_int k);
+typedef int (*sa_attention_fn)(const sa_exec *ex, const sa_batch *batch, const sa_mat *out,
+                               const sa_mat *weights, const sa_mat *Q, const sa_mat *K, const sa_mat *V,
+                               const sa_mask *mask, sa_int n_q, sa_int n_k, sa_int d_k,
+                               sa_int d_v, double scale, int causal);
+
+/* One tier's kernels, indexed by precision: [0] float32, [1] float64. */
+typedef struct {
+    const char *name;
+    sa_scores_fn scores[2];
+    sa_softmax_fn softmax[2];
+    sa_matmul_fn matmul[2];
+    sa_attention_fn attention[2];
+} sa_kernels;
+
+enum { SA_F32 = 0, SA_F64 = 1 };
+
+/* The scalar reference tier (csrc/kernels_ref.c). */
+extern const sa_kernels sa_kernels_reference;
+
+/* csrc/dispatch.c: what this CPU supports, and the table for a tier (NULL if unsupported). */
+int sa_isa_supported(sa_isa isa);
+sa_isa sa_isa_best(void);
+const char *sa_isa_name(sa_isa isa);
+const sa_kernels *sa_kernels_for(sa_isa isa);
+
+/* Checked size arithmetic: returns 0 and sets *out = a * b, or returns 1 on overflow. */
+static inline int sa_mul_overflow(size_t a, size_t b, size_t *out)
+{
+    return __builtin_mul_overflow(a, b, out);
+}
+
+#endif

@@ -1,0 +1,492 @@
+/*
+ * module.c -- selfattn._core, the only C file that knows about Python and NumPy.
+ *
+ * The Python layer (selfattn/_api.py) owns policy: it validates, promotes dtypes, broadcasts
+ * every operand to one batch shape and allocates the outputs. This file only checks that what it
+ * was handed honours the kernel contract in attn.h (so a misuse of the private API raises instead
+ * of crashing), runs the kernel with the GIL released, and turns status codes into exceptions.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#define NPY_NO_DEPRECATED_API NPY_1_23_API_VERSION
+#include <numpy/arrayobject.h>
+
+#include "attn.h"
+
+_Static_assert(sizeof(npy_intp) == sizeof(sa_int), "sa_int must be as wide as npy_intp");
+
+/* Process-wide settings, read and written with the GIL held. */
+static int setting_threads = 1;
+static sa_isa setting_isa = SA_ISA_REFERENCE;
+
+/* Below this much work the GIL is kept: releasing it lets a busy Python thread take it for a
+   whole switch interval (5 ms) before we get it back. */
+#define SA_GIL_MIN_FLOPS 2.0e5
+
+/* ---- the poll callback: lets Ctrl-C stop a long kernel -------------------------------------- */
+
+static int poll_signals(void *unused)
+{
+    (void)unused;
+    PyGILState_STATE gil = PyGILState_Ensure();
+    int stop = PyErr_CheckSignals() != 0;
+    PyGILState_Release(gil);
+    return stop;
+}
+
+static void *raw_alloc(size_t nbytes) { return PyMem_RawMalloc(nbytes ? nbytes : 1); }
+
+static int make_exec(sa_exec *ex, int isa)
+{
+    if (isa < 0)
+        isa = setting_isa;
+    if (isa >= SA_ISA_COUNT || sa_kernels_for((sa_isa)isa) == NULL) {
+        PyErr_Format(PyExc_ValueError, "instruction set %s is not supported on this CPU",
+                     sa_isa_name((sa_isa)isa));
+        return -1;
+    }
+    *ex = (sa_exec){.n_threads = setting_threads, .isa = (sa_isa)isa, .poll = poll_signals,
+                    .alloc = raw_alloc, .dealloc = PyMem_RawFree};
+    return 0;
+}
+
+/* Maps a kernel's status to a Python exception; returns 0 for SA_OK, -1 otherwise. */
+static int raise_status(int status)
+{
+    switch (status) {
+    case SA_OK:
+        return 0;
+    case SA_ERR_NOMEM:
+        PyErr_NoMemory();
+        return -1;
+    case SA_ERR_INTERRUPTED:
+        if (!PyErr_Occurred())
+            PyErr_SetNone(PyExc_KeyboardInterrupt);
+        return -1;
+    case SA_ERR_TOO_BIG:
+        PyErr_SetString(PyExc_ValueError, "selfattn: the scratch space this call needs is too "
+                                          "large to address");
+        return -1;
+    default:
+        PyErr_Format(PyExc_RuntimeError, "selfattn: kernel failed with status %d", status);
+        return -1;
+    }
+}
+
+/* ---- operand checks ------------------------------------------------------------------------- */
+
+/* Converts a byte stride to elements; size-1 axes get stride 0 (their stride is meaningless). */
+static int element_stride(npy_intp extent, npy_intp bytes, npy_intp itemsize, sa_int *out,
+                          const char *name)
+{
+    if (extent <= 1) {
+        *out = 0;
+        return 0;
+    }
+    if (bytes % itemsize != 0) {
+        PyErr_Format(PyExc_ValueError, "_core: %s has a stride that is not a multiple of its "
+                                       "item size", name);
+        return -1;
+    }
+    *out = bytes / itemsize;
+    return 0;
+}
+
+static PyArrayObject *as_operand(PyObject *obj, int typenum, int writeable, const char *name)
+{
+    if (!PyArray_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "_core: %s must be an ndarray", name);
+        return NULL;
+    }
+    PyArrayObject *arr = (PyArrayObject *)obj;
+    if (PyArray_TYPE(arr) != typenum || !PyArray_ISNOTSWAPPED(arr) || !PyArray_ISALIGNED(arr)) {
+        PyErr_Format(PyExc_TypeError, "_core: %s must be an aligned native %s array", name,
+                     typenum == NPY_FLOAT ? "float32" : typenum == NPY_DOUBLE ? "float64" : "bool");
+        return NULL;
+    }
+    if (writeable && !PyArray_ISWRITEABLE(arr)) {
+        PyErr_Format(PyExc_ValueError, "_core: %s must be writeable", name);
+        return NULL;
+    }
+    if (PyArray_NDIM(arr) < 2) {
+        PyErr_Format(PyExc_ValueError, "_core: %s must have at least 2 dimensions", name);
+        return NULL;
+    }
+    return arr;
+}
+
+/* Reads the batch shape from the first operand (the output). */
+static void batch_from(PyArrayObject *arr, sa_batch *batch)
+{
+    batch->nd = PyArray_NDIM(arr) - 2;
+    batch->count = 1;
+    for (int axis = 0; axis < batch->nd; axis++) {
+        batch->shape[axis] = PyArray_DIM(arr, axis);
+        batch->count *= batch->shape[axis];
+    }
+}
+
+/* Checks one matrix operand against the batch and its expected (rows, cols), then fills mat. */
+static int get_mat(PyObject *obj, int typenum, int writeable, const sa_batch *batch,
+                   npy_intp rows, npy_intp cols, sa_mat *mat, const char *name)
+{
+    PyArrayObject *arr = as_operand(obj, typenum, writeable, name);
+    if (arr == NULL)
+        return -1;
+    int nd = PyArray_NDIM(arr);
+    if (nd != batch->nd + 2 || PyArray_DIM(arr, nd - 2) != rows || PyArray_DIM(arr, nd - 1) != cols) {
+        PyErr_Format(PyExc_ValueError, "_core: %s has the wrong shape", name);
+        return -1;
+    }
+    npy_intp itemsize = PyArray_ITEMSIZE(arr);
+    if (cols > 1 && PyArray_STRIDE(arr, nd - 1) != itemsize) {
+        PyErr_Format(PyExc_ValueError, "_core: the rows of %s must be contiguous", name);
+        return -1;
+    }
+    for (int axis = 0; axis < batch->nd; axis++) {
+        if (PyArray_DIM(arr, axis) != batch->shape[axis]) {
+            PyErr_Format(PyExc_ValueError, "_core: %s does not have the batch shape", name);
+            return -1;
+        }
+        if (element_stride(batch->shape[axis], PyArray_STRIDE(arr, axis), itemsize,
+                           &mat->bstride[axis], name) < 0)
+            return -1;
+    }
+    mat->data = PyArray_DATA(arr);
+    return element_stride(rows, PyArray_STRIDE(arr, nd - 2), itemsize, &mat->ld, name);
+}
+
+/* A mask is None, a bool array or an additive array of the compute type, already broadcast. */
+static int get_mask(PyObject *obj, int typenum, const sa_batch *batch, npy_intp n_q, npy_intp n_k,
+                    sa_mask *mask)
+{
+    mask->kind = SA_MASK_NONE;
+    mask->data = NULL;
+    if (obj == Py_None)
+        return 0;
+    int mask_type = PyArray_Check(obj) && PyArray_TYPE((PyArrayObject *)obj) == NPY_BOOL
+                        ? NPY_BOOL : typenum;
+    PyArrayObject *arr = as_operand(obj, mask_type, 0, "mask");
+    if (arr == NULL)
+        return -1;
+    int nd = PyArray_NDIM(arr);
+    if (nd != batch->nd + 2 || PyArray_DIM(arr, nd - 2) != n_q || PyArray_DIM(arr, nd - 1) != n_k) {
+        PyErr_SetString(PyExc_ValueError, "_core: mask has the wrong shape");
+        return -1;
+    }
+    npy_intp itemsize = PyArray_ITEMSIZE(arr);
+    for (int axis = 0; axis < batch->nd; axis++) {
+        if (PyArray_DIM(arr, axis) != batch->shape[axis]) {
+            PyErr_SetString(PyExc_ValueError, "_core: mask does not have the batch shape");
+            return -1;
+        }
+        if (element_stride(batch->shape[axis], PyArray_STRIDE(arr, axis), itemsize,
+                           &mask->bstride[axis], "mask") < 0)
+            return -1;
+    }
+    if (element_stride(n_q, PyArray_STRIDE(arr, nd - 2), itemsize, &mask->row_stride, "mask") < 0
+        || element_stride(n_k, PyArray_STRIDE(arr, nd - 1), itemsize, &mask->col_stride, "mask") < 0)
+        return -1;
+    mask->kind = mask_type == NPY_BOOL ? SA_MASK_BOOL : SA_MASK_ADD;
+    mask->data = PyArray_DATA(arr);
+    return 0;
+}
+
+/* Output operand: sets the batch and precision from it. */
+static int get_out(PyObject *obj, sa_batch *batch, int *typenum, int *precision)
+{
+    if (!PyArray_Check(obj)) {
+        PyErr_SetString(PyExc_TypeError, "_core: out must be an ndarray");
+        return -1;
+    }
+    *typenum = PyArray_TYPE((PyArrayObject *)obj);
+    if (*typenum != NPY_FLOAT && *typenum != NPY_DOUBLE) {
+        PyErr_SetString(PyExc_TypeError, "_core: out must be float32 or float64");
+        return -1;
+    }
+    *precision = *typenum == NPY_FLOAT ? SA_F32 : SA_F64;
+    if (as_operand(obj, *typenum, 1, "out") == NULL)
+        return -1;
+    batch_from((PyArrayObject *)obj, batch);
+    return 0;
+}
+
+static npy_intp dim(PyObject *arr, int from_end)
+{
+    return PyArray_DIM((PyArrayObject *)arr, PyArray_NDIM((PyArrayObject *)arr) - from_end);
+}
+
+/* Runs `call` (a kernel invocation) with the GIL released when the work is worth it. */
+#define RUN_KERNEL(status, flops, call)                  \
+    do {                                                 \
+        if ((flops) >= SA_GIL_MIN_FLOPS) {               \
+            Py_BEGIN_ALLOW_THREADS status = (call);      \
+            Py_END_ALLOW_THREADS                         \
+        } else {                                         \
+            status = (call);                             \
+        }                                                \
+    } while (0)
+
+/* ---- the functions -------------------------------------------------------------------------- */
+
+PyDoc_STRVAR(scores_doc, "scores(out, Q, K, mask, scale, causal, isa)\n--\n\n"
+                         "out[...] = scale * Q @ K^T with the mask applied (private).");
+
+static PyObject *core_scores(PyObject *self, PyObject *args)
+{
+    PyObject *out_obj, *Q_obj, *K_obj, *mask_obj;
+    double scale;
+    int causal, isa, typenum, precision, status;
+    if (!PyArg_ParseTuple(args, "OOOOdpi", &out_obj, &Q_obj, &K_obj, &mask_obj, &scale, &causal,
+                          &isa))
+        return NULL;
+    sa_batch batch;
+    sa_mat out, Q, K;
+    sa_mask mask;
+    sa_exec ex;
+    if (get_out(out_obj, &batch, &typenum, &precision) < 0)
+        return NULL;
+    npy_intp n_q = dim(out_obj, 2), n_k = dim(out_obj, 1);
+    if (!PyArray_Check(Q_obj) || PyArray_NDIM((PyArrayObject *)Q_obj) < 2) {
+        PyErr_SetString(PyExc_ValueError, "_core: Q must be a matrix");
+        return NULL;
+    }
+    npy_intp d_k = dim(Q_obj, 1);
+    if (get_mat(out_obj, typenum, 1, &batch, n_q, n_k, &out, "out") < 0
+        || get_mat(Q_obj, typenum, 0, &batch, n_q, d_k, &Q, "Q") < 0
+        || get_mat(K_obj, typenum, 0, &batch, n_k, d_k, &K, "K") < 0
+        || get_mask(mask_obj, typenum, &batch, n_q, n_k, &mask) < 0 || make_exec(&ex, isa) < 0)
+        return NULL;
+    sa_scores_fn fn = sa_kernels_for(ex.isa)->scores[precision];
+    double flops = 2.0 * batch.count * n_q * n_k * (d_k + 1);
+    RUN_KERNEL(status, flops, fn(&ex, &batch, &out, &Q, &K, &mask, n_q, n_k, d_k, scale, causal));
+    if (raise_status(status) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(softmax_doc, "softmax(out, x, isa)\n--\n\n"
+                          "out[...] = softmax over the last axis of x (private); out may be x.");
+
+static PyObject *core_softmax(PyObject *self, PyObject *args)
+{
+    PyObject *out_obj, *in_obj;
+    int isa, typenum, precision, status;
+    if (!PyArg_ParseTuple(args, "OOi", &out_obj, &in_obj, &isa))
+        return NULL;
+    sa_batch batch;
+    sa_mat out, in;
+    sa_exec ex;
+    if (get_out(out_obj, &batch, &typenum, &precision) < 0)
+        return NULL;
+    npy_intp rows = dim(out_obj, 2), n = dim(out_obj, 1);
+    if (get_mat(out_obj, typenum, 1, &batch, rows, n, &out, "out") < 0
+        || get_mat(in_obj, typenum, 0, &batch, rows, n, &in, "x") < 0 || make_exec(&ex, isa) < 0)
+        return NULL;
+    sa_softmax_fn fn = sa_kernels_for(ex.isa)->softmax[precision];
+    RUN_KERNEL(status, 20.0 * batch.count * rows * n, fn(&ex, &batch, &out, &in, rows, n));
+    if (raise_status(status) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(matmul_doc, "matmul(out, A, B, isa)\n--\n\nout[...] = A @ B (private).");
+
+static PyObject *core_matmul(PyObject *self, PyObject *args)
+{
+    PyObject *out_obj, *A_obj, *B_obj;
+    int isa, typenum, precision, status;
+    if (!PyArg_ParseTuple(args, "OOOi", &out_obj, &A_obj, &B_obj, &isa))
+        return NULL;
+    sa_batch batch;
+    sa_mat C, A, B;
+    sa_exec ex;
+    if (get_out(out_obj, &batch, &typenum, &precision) < 0)
+        return NULL;
+    npy_intp m = dim(out_obj, 2), n = dim(out_obj, 1);
+    if (!PyArray_Check(A_obj) || PyArray_NDIM((PyArrayObject *)A_obj) < 2) {
+        PyErr_SetString(PyExc_ValueError, "_core: A must be a matrix");
+        return NULL;
+    }
+    npy_intp k = dim(A_obj, 1);
+    if (get_mat(out_obj, typenum, 1, &batch, m, n, &C, "out") < 0
+        || get_mat(A_obj, typenum, 0, &batch, m, k, &A, "A") < 0
+        || get_mat(B_obj, typenum, 0, &batch, k, n, &B, "B") < 0 || make_exec(&ex, isa) < 0)
+        return NULL;
+    sa_matmul_fn fn = sa_kernels_for(ex.isa)->matmul[precision];
+    RUN_KERNEL(status, 2.0 * batch.count * m * n * k, fn(&ex, &batch, &C, &A, &B, m, n, k));
+    if (raise_status(status) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(attention_doc,
+             "attention(out, weights, Q, K, V, mask, scale, causal, isa)\n--\n\n"
+             "out[...] = softmax(scale * Q @ K^T + mask) @ V (private); weights may be None "
+             "(fused, O(n d) memory) or an output for the weights.");
+
+static PyObject *core_attention(PyObject *self, PyObject *args)
+{
+    PyObject *out_obj, *weights_obj, *Q_obj, *K_obj, *V_obj, *mask_obj;
+    double scale;
+    int causal, isa, typenum, precision, status;
+    if (!PyArg_ParseTuple(args, "OOOOOOdpi", &out_obj, &weights_obj, &Q_obj, &K_obj, &V_obj,
+                          &mask_obj, &scale, &causal, &isa))
+        return NULL;
+    sa_batch batch;
+    sa_mat out, weights, Q, K, V;
+    sa_mask mask;
+    sa_exec ex;
+    if (get_out(out_obj, &batch, &typenum, &precision) < 0)
+        return NULL;
+    npy_intp n_q = dim(out_obj, 2), d_v = dim(out_obj, 1);
+    if (!PyArray_Check(Q_obj) || PyArray_NDIM((PyArrayObject *)Q_obj) < 2 || !PyArray_Check(K_obj)
+        || PyArray_NDIM((PyArrayObject *)K_obj) < 2) {
+        PyErr_SetString(PyExc_ValueError, "_core: Q and K must be matrices");
+        return NULL;
+    }
+    npy_intp d_k = dim(Q_obj, 1), n_k = dim(K_obj, 2);
+    if (get_mat(out_obj, typenum, 1, &batch, n_q, d_v, &out, "out") < 0
+        || (weights_obj != Py_None
+            && get_mat(weights_obj, typenum, 1, &batch, n_q, n_k, &weights, "weights") < 0)
+        || get_mat(Q_obj, typenum, 0, &batch, n_q, d_k, &Q, "Q") < 0
+        || get_mat(K_obj, typenum, 0, &batch, n_k, d_k, &K, "K") < 0
+        || get_mat(V_obj, typenum, 0, &batch, n_k, d_v, &V, "V") < 0
+        || get_mask(mask_obj, typenum, &batch, n_q, n_k, &mask) < 0 || make_exec(&ex, isa) < 0)
+        return NULL;
+    sa_attention_fn fn = sa_kernels_for(ex.isa)->attention[precision];
+    const sa_mat *weights_ptr = weights_obj != Py_None ? &weights : NULL;
+    double flops = 2.0 * batch.count * n_q * n_k * (d_k + d_v);
+    RUN_KERNEL(status, flops, fn(&ex, &batch, &out, weights_ptr, &Q, &K, &V, &mask, n_q, n_k, d_k,
+                                 d_v, scale, causal));
+    if (raise_status(status) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* ---- settings ------------------------------------------------------------------------------- */
+
+static PyObject *core_set_num_threads(PyObject *self, PyObject *arg)
+{
+    long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    if (n < 1 || n > 1024) {
+        PyErr_Format(PyExc_ValueError, "set_num_threads: n must be between 1 and 1024, got %ld", n);
+        return NULL;
+    }
+    setting_threads = (int)n;
+    Py_RETURN_NONE;
+}
+
+static PyObject *core_get_num_threads(PyObject *self, PyObject *unused)
+{
+    return PyLong_FromLong(setting_threads);
+}
+
+static PyObject *core_available_cpus(PyObject *self, PyObject *unused)
+{
+    return PyLong_FromLong(sa_available_cpus());
+}
+
+static int isa_from_name(PyObject *name)
+{
+    const char *text = PyUnicode_AsUTF8(name);
+    if (text == NULL)
+        return -1;
+    for (int isa = 0; isa < SA_ISA_COUNT; isa++)
+        if (strcmp(text, sa_isa_name((sa_isa)isa)) == 0)
+            return isa;
+    PyErr_Format(PyExc_ValueError, "unknown instruction set %R; expected one of 'avx512', "
+                                   "'avx2', 'generic', 'reference'", name);
+    return -1;
+}
+
+static PyObject *core_set_isa(PyObject *self, PyObject *name)
+{
+    int isa = isa_from_name(name);
+    if (isa < 0)
+        return NULL;
+    if (!sa_isa_supported((sa_isa)isa)) {
+        PyErr_Format(PyExc_ValueError, "this CPU does not support the %s instruction set",
+                     sa_isa_name((sa_isa)isa));
+        return NULL;
+    }
+    setting_isa = (sa_isa)isa;
+    Py_RETURN_NONE;
+}
+
+static PyObject *core_get_isa(PyObject *self, PyObject *unused)
+{
+    return PyUnicode_FromString(sa_isa_name(setting_isa));
+}
+
+static PyObject *core_isa_code(PyObject *self, PyObject *name)
+{
+    int isa = isa_from_name(name);
+    return isa < 0 ? NULL : PyLong_FromLong(isa);
+}
+
+static PyObject *core_supported_isas(PyObject *self, PyObject *unused)
+{
+    PyObject *names = PyList_New(0);
+    if (names == NULL)
+        return NULL;
+    for (int isa = SA_ISA_COUNT - 1; isa >= 0; isa--) {
+        if (!sa_isa_supported((sa_isa)isa))
+            continue;
+        PyObject *name = PyUnicode_FromString(sa_isa_name((sa_isa)isa));
+        if (name == NULL || PyList_Append(names, name) < 0) {
+            Py_XDECREF(name);
+            Py_DECREF(names);
+            return NULL;
+        }
+        Py_DECREF(name);
+    }
+    return names;
+}
+
+static PyObject *core_best_isa(PyObject *self, PyObject *unused)
+{
+    return PyUnicode_FromString(sa_isa_name(sa_isa_best()));
+}
+
+static PyMethodDef core_methods[] = {
+    {"scores", core_scores, METH_VARARGS, scores_doc},
+    {"softmax", core_softmax, METH_VARARGS, softmax_doc},
+    {"matmul", core_matmul, METH_VARARGS, matmul_doc},
+    {"attention", core_attention, METH_VARARGS, attention_doc},
+    {"set_num_threads", core_set_num_threads, METH_O, "set_num_threads(n)\n--\n\n"},
+    {"get_num_threads", core_get_num_threads, METH_NOARGS, "get_num_threads()\n--\n\n"},
+    {"available_cpus", core_available_cpus, METH_NOARGS, "available_cpus()\n--\n\n"},
+    {"set_isa", core_set_isa, METH_O, "set_isa(name)\n--\n\n"},
+    {"get_isa", core_get_isa, METH_NOARGS, "get_isa()\n--\n\n"},
+    {"isa_code", core_isa_code, METH_O, "isa_code(name)\n--\n\n"},
+    {"supported_isas", core_supported_isas, METH_NOARGS, "supported_isas()\n--\n\n"},
+    {"best_isa", core_best_isa, METH_NOARGS, "best_isa()\n--\n\n"},
+    {NULL, NULL, 0, NULL},
+};
+
+static int core_exec(PyObject *module)
+{
+    import_array1(-1);
+    setting_threads = sa_available_cpus();
+    setting_isa = sa_isa_best();
+    return 0;
+}
+
+static PyModuleDef_Slot core_slots[] = {
+    {Py_mod_exec, core_exec},
+    {0, NULL},
+};
+
+static struct PyModuleDef core_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "selfattn._core",
+    .m_doc = "selfattn's C kernels. Private: use the functions of the selfattn package.",
+    .m_size = 0,
+    .m_methods = core_methods,
+    .m_slots = core_slots,
+};
+
+PyMODINIT_FUNC PyInit__core(void) { return PyModuleDef_Init(&core_module); }

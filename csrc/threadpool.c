@@ -1,0 +1,188 @@
+/*
+ * threadpool.c -- selfattn's own pthreads pool (no OpenMP: libgomp and libomp clash when torch or
+ * another OpenMP user lives in the same process).
+ *
+ * One job runs at a time. A caller that finds the pool busy (another Python thread is inside a
+ * kernel) runs its whole loop on its own thread instead of waiting: every kernel computes the same
+ * bits for any thread count, so this changes speed, never results.
+ *
+ * Tasks are handed out from an atomic counter. Only the calling thread polls for interrupts,
+ * because the poll callback takes the GIL and checks signals, which only the main thread can see.
+ */
+#define _GNU_SOURCE
+#include "attn.h"
+
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <time.h>
+
+/* How often the calling thread asks the poll callback whether to stop. */
+#define SA_POLL_INTERVAL_NS 2000000L
+
+/* Below this many flops a loop stays on one thread: waking workers costs ~10-50 us. */
+#define SA_PARALLEL_MIN_FLOPS 2.0e6
+
+typedef struct {
+    sa_task_fn fn;
+    void *arg;
+    sa_int n_tasks;
+    int n_helpers;              /* workers 1..n_helpers take part */
+    atomic_long next_task;
+    atomic_int status;          /* first error wins */
+    int helpers_done;           /* guarded by pool.lock */
+} sa_job;
+
+static struct {
+    pthread_mutex_t lock;       /* guards everything below */
+    pthread_cond_t wake;        /* workers wait here for a new generation */
+    pthread_cond_t done;        /* the caller waits here for its helpers */
+    pthread_mutex_t in_use;     /* held by the thread whose job the pool runs */
+    int n_workers;              /* threads started, ids 1..n_workers */
+    unsigned long generation;
+    sa_job *job;
+} pool = {
+    PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER,
+    PTHREAD_MUTEX_INITIALIZER, 0, 0, NULL,
+};
+
+static long now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long)ts.tv_sec * 1000000000L + ts.tv_nsec;
+}
+
+static void run_tasks(sa_job *job, int worker, const sa_exec *ex_for_polling)
+{
+    long next_poll = ex_for_polling && ex_for_polling->poll ? now_ns() + SA_POLL_INTERVAL_NS : 0;
+    for (;;) {
+        if (atomic_load_explicit(&job->status, memory_order_relaxed) != SA_OK)
+            return;
+        sa_int task = atomic_fetch_add(&job->next_task, 1);
+        if (task >= job->n_tasks)
+            return;
+        int rc = job->fn(job->arg, task, worker);
+        if (rc == SA_OK && next_poll && now_ns() >= next_poll) {
+            if (ex_for_polling->poll(ex_for_polling->poll_arg))
+                rc = SA_ERR_INTERRUPTED;
+            next_poll = now_ns() + SA_POLL_INTERVAL_NS;
+        }
+        if (rc != SA_OK) {
+            int expected = SA_OK;
+            atomic_compare_exchange_strong(&job->status, &expected, rc);
+            return;
+        }
+    }
+}
+
+static void *worker_main(void *arg)
+{
+    int id = (int)(intptr_t)arg;
+    /* Starting from 0 rather than the current generation: a worker created for a job may only get
+       to run after that job's generation was published, and must still take part in it. Between
+       jobs pool.job is NULL, so an old generation is never mistaken for work. */
+    unsigned long seen = 0;
+    pthread_mutex_lock(&pool.lock);
+    for (;;) {
+        while (pool.generation == seen)
+            pthread_cond_wait(&pool.wake, &pool.lock);
+        seen = pool.generation;
+        sa_job *job = pool.job;
+        if (job == NULL || id > job->n_helpers)
+            continue;
+        pthread_mutex_unlock(&pool.lock);
+        run_tasks(job, id, NULL);
+        pthread_mutex_lock(&pool.lock);
+        if (++job->helpers_done == job->n_helpers)
+            pthread_cond_signal(&pool.done);
+    }
+    return NULL;
+}
+
+/* Starts workers until there are `wanted`; returns how many exist (fewer if creation failed). */
+static int ensure_workers(int wanted)
+{
+    pthread_mutex_lock(&pool.lock);
+    while (pool.n_workers < wanted) {
+        pthread_t thread;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        int id = pool.n_workers + 1;
+        int err = pthread_create(&thread, &attr, worker_main, (void *)(intptr_t)id);
+        pthread_attr_destroy(&attr);
+        if (err != 0)
+            break;
+        pool.n_workers = id;
+    }
+    int have = pool.n_workers;
+    pthread_mutex_unlock(&pool.lock);
+    return have;
+}
+
+/* In a child after fork() the workers are gone and the locks may be held by threads that no
+   longer exist: start over. */
+static void reset_after_fork(void)
+{
+    pthread_mutex_init(&pool.lock, NULL);
+    pthread_mutex_init(&pool.in_use, NULL);
+    pthread_cond_init(&pool.wake, NULL);
+    pthread_cond_init(&pool.done, NULL);
+    pool.n_workers = 0;
+    pool.job = NULL;
+}
+
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+static void install_atfork(void) { pthread_atfork(NULL, NULL, reset_after_fork); }
+
+int sa_plan_threads(const sa_exec *ex, sa_int n_tasks, double flops)
+{
+    if (flops < SA_PARALLEL_MIN_FLOPS || n_tasks < 2 || ex->n_threads < 2)
+        return 1;
+    return n_tasks < ex->n_threads ? (int)n_tasks : ex->n_threads;
+}
+
+int sa_parallel_for(const sa_exec *ex, int n_threads, sa_int n_tasks, sa_task_fn fn, void *arg)
+{
+    sa_job job = {.fn = fn, .arg = arg, .n_tasks = n_tasks, .n_helpers = 0};
+    atomic_init(&job.next_task, 0);
+    atomic_init(&job.status, SA_OK);
+    if (n_tasks <= 0)
+        return SA_OK;
+
+    int use_pool = n_threads > 1 && pthread_mutex_trylock(&pool.in_use) == 0;
+    if (use_pool) {
+        pthread_once(&atfork_once, install_atfork);
+        int have = ensure_workers(n_threads - 1);
+        job.n_helpers = have < n_threads - 1 ? have : n_threads - 1;
+        pthread_mutex_lock(&pool.lock);
+        pool.job = &job;
+        pool.generation++;
+        pthread_cond_broadcast(&pool.wake);
+        pthread_mutex_unlock(&pool.lock);
+    }
+
+    run_tasks(&job, 0, ex);
+
+    if (use_pool) {
+        pthread_mutex_lock(&pool.lock);
+        while (job.helpers_done < job.n_helpers)
+            pthread_cond_wait(&pool.done, &pool.lock);
+        pool.job = NULL;
+        pthread_mutex_unlock(&pool.lock);
+        pthread_mutex_unlock(&pool.in_use);
+    }
+    return atomic_load(&job.status);
+}
+
+int sa_available_cpus(void)
+{
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+        int n = CPU_COUNT(&set);
+        if (n > 0)
+            return n;
+    }
+    return 1;
+}

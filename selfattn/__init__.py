@@ -1,0 +1,44 @@
+"""selfattn: transformer self-attention for people who learn and teach it.
+
+The four functions of the self-attention notebook, exact and NumPy-native, with kernels in C:
+
+>>> import numpy as np, selfattn
+>>> X = np.random.default_rng(0).normal(size=(4, 8))          # 4 tokens, d_model = 8
+>>> W_q, W_k, W_v = np.random.default_rng(1).normal(size=(3, 8, 8))
+>>> out = selfattn.self_attention_layer(X, W_q, W_k, W_v)
+>>> out.shape
+(4, 8)
+
+``compute_self_attention_scores``, ``softmax_attention_weights``, ``compute_attention_output``
+and ``self_attention_layer`` follow the notebook; ``scaled_dot_product_attention`` is the same
+from Q, K and V. Scores are scaled by ``1/sqrt(d_k)`` unless ``scale=`` says otherwise.
+Run ``python -m selfattn`` for a worked example and this build's facts.
+"""
+__version__ = "0.1.0"
+
+from ._api import (
+    compute_attention_output,
+    compute_self_attention_scores,
+    scaled_dot_product_attention,
+    self_attention_layer,
+    softmax_attention_weights,
+)
+from ._config import config, get_isa, get_num_threads, set_isa, set_num_threads
+from ._config import _apply_environment
+
+_apply_environment()
+del _apply_environment
+
+__all__ = [
+    "compute_self_attention_scores",
+    "softmax_attention_weights",
+    "compute_attention_output",
+    "self_attention_layer",
+    "scaled_dot_product_attention",
+    "set_num_threads",
+    "get_num_threads",
+    "set_isa",
+    "get_isa",
+    "config",
+    "__version__",
+]

@@ -1,0 +1,89 @@
+"""Process-wide settings: threads and the instruction-set tier the kernels run on."""
+from __future__ import annotations
+
+import operator
+import os
+import warnings
+
+import numpy as np
+
+from . import _core
+
+__all__ = ["set_num_threads", "get_num_threads", "set_isa", "get_isa", "config"]
+
+
+def set_num_threads(n):
+    """Set how many threads selfattn's kernels may use (``1 <= n <= 1024``).
+
+    The default is the number of CPUs this process may run on, or ``SELFATTN_NUM_THREADS`` if
+    that is set when selfattn is imported. Results are bitwise identical for every thread count;
+    small problems run on one thread whatever the setting.
+
+    Examples
+    --------
+    >>> import selfattn
+    >>> before = selfattn.get_num_threads()
+    >>> selfattn.set_num_threads(1)
+    >>> selfattn.get_num_threads()
+    1
+    >>> selfattn.set_num_threads(before)
+    """
+    try:
+        n = operator.index(n)
+    except TypeError:
+        raise TypeError(f"set_num_threads: n must be an integer, got {n!r}") from None
+    _core.set_num_threads(n)
+
+
+def get_num_threads():
+    """The number of threads selfattn's kernels may use (see :func:`set_num_threads`)."""
+    return _core.get_num_threads()
+
+
+def set_isa(name):
+    """Choose the instruction-set tier: ``"avx512"``, ``"avx2"``, ``"generic"`` or ``"reference"``.
+
+    By default selfattn picks the fastest tier this CPU supports, or ``SELFATTN_ISA`` if that is
+    set when selfattn is imported. ``"reference"`` runs the plain scalar kernels every other tier
+    is tested against. A tier the CPU lacks raises ValueError.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"set_isa: name must be a string, got {name!r}")
+    _core.set_isa(name)
+
+
+def get_isa():
+    """The instruction-set tier the kernels run on now (see :func:`set_isa`)."""
+    return _core.get_isa()
+
+
+def config():
+    """The build's facts as a dict: version, NumPy version, tiers supported and in use, threads."""
+    from . import __version__
+
+    return {
+        "selfattn": __version__,
+        "numpy": np.__version__,
+        "isa": get_isa(),
+        "supported_isas": list(_core.supported_isas()),
+        "threads": get_num_threads(),
+        "available_cpus": _core.available_cpus(),
+    }
+
+
+def _apply_environment():
+    """Read SELFATTN_NUM_THREADS and SELFATTN_ISA once, at import."""
+    threads = os.environ.get("SELFATTN_NUM_THREADS")
+    if threads:
+        try:
+            set_num_threads(int(threads))
+        except (TypeError, ValueError) as exc:
+            warnings.warn(f"selfattn: ignoring SELFATTN_NUM_THREADS={threads!r}: {exc}",
+                          RuntimeWarning, stacklevel=3)
+    isa = os.environ.get("SELFATTN_ISA")
+    if isa:
+        try:
+            set_isa(isa.strip().lower())
+        except ValueError as exc:
+            warnings.warn(f"selfattn: ignoring SELFATTN_ISA={isa!r}: {exc}; using "
+                          f"{get_isa()!r}", RuntimeWarning, stacklevel=3)
