@@ -364,6 +364,49 @@ static PyObject *core_attention(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+PyDoc_STRVAR(attention_backward_doc,
+             "attention_backward(dQ, dK, dV, dO, Q, K, V, mask, scale, causal, isa)\n--\n\n"
+             "dQ, dK, dV[...] = the gradients of softmax(scale * Q @ K^T + mask) @ V given dO "
+             "(private).");
+
+static PyObject *core_attention_backward(PyObject *self, PyObject *args)
+{
+    PyObject *dQ_obj, *dK_obj, *dV_obj, *dO_obj, *Q_obj, *K_obj, *V_obj, *mask_obj;
+    double scale;
+    int causal, isa, typenum, precision, status;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOdpi", &dQ_obj, &dK_obj, &dV_obj, &dO_obj, &Q_obj, &K_obj,
+                          &V_obj, &mask_obj, &scale, &causal, &isa))
+        return NULL;
+    sa_batch batch;
+    sa_mat dQ, dK, dV, dO, Q, K, V;
+    sa_mask mask;
+    sa_exec ex;
+    if (get_out(dQ_obj, &batch, &typenum, &precision) < 0)
+        return NULL;
+    if (!PyArray_Check(dK_obj) || PyArray_NDIM((PyArrayObject *)dK_obj) < 2
+        || !PyArray_Check(dV_obj) || PyArray_NDIM((PyArrayObject *)dV_obj) < 2) {
+        PyErr_SetString(PyExc_ValueError, "_core: dK and dV must be matrices");
+        return NULL;
+    }
+    npy_intp n_q = dim(dQ_obj, 2), d_k = dim(dQ_obj, 1), n_k = dim(dK_obj, 2), d_v = dim(dV_obj, 1);
+    if (get_mat(dQ_obj, typenum, 1, &batch, n_q, d_k, &dQ, "dQ") < 0
+        || get_mat(dK_obj, typenum, 1, &batch, n_k, d_k, &dK, "dK") < 0
+        || get_mat(dV_obj, typenum, 1, &batch, n_k, d_v, &dV, "dV") < 0
+        || get_mat(dO_obj, typenum, 0, &batch, n_q, d_v, &dO, "dO") < 0
+        || get_mat(Q_obj, typenum, 0, &batch, n_q, d_k, &Q, "Q") < 0
+        || get_mat(K_obj, typenum, 0, &batch, n_k, d_k, &K, "K") < 0
+        || get_mat(V_obj, typenum, 0, &batch, n_k, d_v, &V, "V") < 0
+        || get_mask(mask_obj, typenum, &batch, n_q, n_k, &mask) < 0 || make_exec(&ex, isa) < 0)
+        return NULL;
+    sa_attention_backward_fn fn = sa_kernels_for(ex.isa)->attention_backward[precision];
+    double flops = 2.0 * batch.count * n_q * n_k * (3 * d_k + 4 * d_v);
+    RUN_KERNEL(status, flops, fn(&ex, &batch, &dQ, &dK, &dV, &dO, &Q, &K, &V, &mask, n_q, n_k,
+                                 d_k, d_v, scale, causal));
+    if (raise_status(status) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
 /* ---- settings ------------------------------------------------------------------------------- */
 
 static PyObject *core_set_num_threads(PyObject *self, PyObject *arg)
@@ -456,6 +499,7 @@ static PyMethodDef core_methods[] = {
     {"softmax", core_softmax, METH_VARARGS, softmax_doc},
     {"matmul", core_matmul, METH_VARARGS, matmul_doc},
     {"attention", core_attention, METH_VARARGS, attention_doc},
+    {"attention_backward", core_attention_backward, METH_VARARGS, attention_backward_doc},
     {"set_num_threads", core_set_num_threads, METH_O, "set_num_threads(n)\n--\n\n"},
     {"get_num_threads", core_get_num_threads, METH_NOARGS, "get_num_threads()\n--\n\n"},
     {"available_cpus", core_available_cpus, METH_NOARGS, "available_cpus()\n--\n\n"},
