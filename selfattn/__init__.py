@@ -23,6 +23,13 @@ from ._api import (
     self_attention_layer,
     softmax_attention_weights,
 )
+from ._masks import causal_mask, padding_mask
+from ._training import (
+    multi_head_attention,
+    multi_head_attention_backward,
+    scaled_dot_product_attention_backward,
+    self_attention_layer_backward,
+)
 from ._config import config, get_isa, get_num_threads, set_isa, set_num_threads
 from ._config import _apply_environment
 
@@ -35,6 +42,12 @@ __all__ = [
     "compute_attention_output",
     "self_attention_layer",
     "scaled_dot_product_attention",
+    "multi_head_attention",
+    "scaled_dot_product_attention_backward",
+    "self_attention_layer_backward",
+    "multi_head_attention_backward",
+    "causal_mask",
+    "padding_mask",
     "set_num_threads",
     "get_num_threads",
     "set_isa",
