@@ -125,9 +125,11 @@ def _check_grad_shape(func, name, grad, expected, what):
 
 def _attention_grads(batch, dQ, dK, dV, dO, Q, K, V, mask, scale, causal, compute):
     """Runs the backward kernel: dQ, dK, dV (outputs, batch shape `batch`) from dO and Q, K, V."""
-    if not (dQ.size or dK.size or dV.size):
-        return
     n_q, n_k = Q.shape[-2], K.shape[-2]
+    if n_q == 0 or n_k == 0 or not (dQ.size or dK.size or dV.size):
+        for g in (dQ, dK, dV):    # no query or no key: nothing flows (and no empty operands)
+            g[...] = 0
+        return
     Qb, Kb, Vb, dOb = (_operand(a, compute, batch) for a in (Q, K, V, dO))
     # As in the forward: only the reference kernels guarantee that a key whose weight is 0 brings
     # nothing from an inf or NaN in its V row (or in dO) into the gradients.
