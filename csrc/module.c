@@ -139,7 +139,8 @@ static int get_mat(PyObject *obj, int typenum, int writeable, const sa_batch *ba
         return -1;
     }
     npy_intp itemsize = PyArray_ITEMSIZE(arr);
-    if (cols > 1 && PyArray_STRIDE(arr, nd - 1) != itemsize) {
+    /* NumPy gives empty arrays zero strides; with nothing to read, any stride will do. */
+    if (cols > 1 && PyArray_SIZE(arr) > 0 && PyArray_STRIDE(arr, nd - 1) != itemsize) {
         PyErr_Format(PyExc_ValueError, "_core: the rows of %s must be contiguous", name);
         return -1;
     }

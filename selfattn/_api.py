@@ -145,7 +145,7 @@ def _operand(arr, compute, batch):
     if arr.dtype != compute:
         arr = arr.astype(compute)
     elif (arr.ndim and arr.shape[-1] > 1 and arr.strides[-1] != arr.itemsize) or not arr.flags.aligned:
-        arr = np.ascontiguousarray(arr)
+        arr = arr.copy(order="C")    # a copy is aligned even where the input is contiguous
     shape = batch + arr.shape[-2:]
     return arr if arr.shape == shape else np.broadcast_to(arr, shape)
 
@@ -221,7 +221,7 @@ def _mask_operand(mask, batch, n_q, n_k):
     if mask is None:
         return None
     if not mask.flags.aligned:
-        mask = np.ascontiguousarray(mask)
+        mask = mask.copy(order="C")
     return np.broadcast_to(mask, batch + (n_q, n_k))
 
 
