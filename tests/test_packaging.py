@@ -124,3 +124,16 @@ def test_isa_setting():
     finally:
         selfattn.set_isa(before)
     assert "reference" in selfattn.config()["supported_isas"]
+
+
+def test_importing_from_the_source_tree_uses_the_installed_build():
+    # Python started in the repository's root sees the source folder selfattn/ first
+    root = pathlib.Path(__file__).resolve().parent.parent
+    if not (root / "selfattn" / "__init__.py").exists():
+        pytest.skip("tests are not inside a source checkout")
+    proc = subprocess.run([sys.executable, "-c",
+                           "import selfattn; print(selfattn.self_attention_layer([[1.0]], [[1.0]], "
+                           "[[1.0]], [[2.0]]))"],
+                          cwd=root, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[[2.]]"
