@@ -16,6 +16,14 @@ Run ``python -m selfattn`` for a worked example and this build's facts.
 """
 __version__ = "0.1.0"
 
+try:
+    from . import _core
+except ImportError:  # imported from the source tree after `pip install .`
+    from ._find_core import load_installed_core
+
+    _core = load_installed_core(__path__[0], __version__)
+    del load_installed_core
+
 from ._api import (
     compute_attention_output,
     compute_self_attention_scores,

@@ -1,0 +1,70 @@
+from typing import Any, Literal, overload
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+__version__: str
+
+_Float = NDArray[np.floating[Any]]
+
+def compute_self_attention_scores(
+    Q: ArrayLike,
+    K: ArrayLike,
+    *,
+    scale: float | None = ...,
+    mask: ArrayLike | None = ...,
+    is_causal: bool = ...,
+) -> _Float: ...
+def softmax_attention_weights(attn_scores: ArrayLike, *, axis: int = ...) -> _Float: ...
+def compute_attention_output(attn_weights: ArrayLike, V: ArrayLike) -> _Float: ...
+@overload
+def self_attention_layer(
+    X: ArrayLike,
+    W_q: ArrayLike,
+    W_k: ArrayLike,
+    W_v: ArrayLike,
+    *,
+    scale: float | None = ...,
+    mask: ArrayLike | None = ...,
+    is_causal: bool = ...,
+    return_weights: Literal[False] = ...,
+) -> _Float: ...
+@overload
+def self_attention_layer(
+    X: ArrayLike,
+    W_q: ArrayLike,
+    W_k: ArrayLike,
+    W_v: ArrayLike,
+    *,
+    scale: float | None = ...,
+    mask: ArrayLike | None = ...,
+    is_causal: bool = ...,
+    return_weights: Literal[True],
+) -> tuple[_Float, _Float]: ...
+@overload
+def scaled_dot_product_attention(
+    Q: ArrayLike,
+    K: ArrayLike,
+    V: ArrayLike,
+    *,
+    scale: float | None = ...,
+    mask: ArrayLike | None = ...,
+    is_causal: bool = ...,
+    return_weights: Literal[False] = ...,
+) -> _Float: ...
+@overload
+def scaled_dot_product_attention(
+    Q: ArrayLike,
+    K: ArrayLike,
+    V: ArrayLike,
+    *,
+    scale: float | None = ...,
+    mask: ArrayLike | None = ...,
+    is_causal: bool = ...,
+    return_weights: Literal[True],
+) -> tuple[_Float, _Float]: ...
+def set_num_threads(n: int) -> None: ...
+def get_num_threads() -> int: ...
+def set_isa(name: Literal["avx512", "avx2", "generic", "reference"]) -> None: ...
+def get_isa() -> str: ...
+def config() -> dict[str, Any]: ...
