@@ -63,6 +63,70 @@ def scaled_dot_product_attention(
     is_causal: bool = ...,
     return_weights: Literal[True],
 ) -> tuple[_Float, _Float]: ...
+@overload
+def multi_head_attention(
+    X: ArrayLike,
+    W_q: ArrayLike,
+    W_k: ArrayLike,
+    W_v: ArrayLike,
+    W_o: ArrayLike,
+    *,
+    num_heads: int,
+    scale: float | None = ...,
+    mask: ArrayLike | None = ...,
+    is_causal: bool = ...,
+    return_weights: Literal[False] = ...,
+) -> _Float: ...
+@overload
+def multi_head_attention(
+    X: ArrayLike,
+    W_q: ArrayLike,
+    W_k: ArrayLike,
+    W_v: ArrayLike,
+    W_o: ArrayLike,
+    *,
+    num_heads: int,
+    scale: float | None = ...,
+    mask: ArrayLike | None = ...,
+    is_causal: bool = ...,
+    return_weights: Literal[True],
+) -> tuple[_Float, _Float]: ...
+def scaled_dot_product_attention_backward(
+    dO: ArrayLike,
+    Q: ArrayLike,
+    K: ArrayLike,
+    V: ArrayLike,
+    *,
+    scale: float | None = ...,
+    mask: ArrayLike | None = ...,
+    is_causal: bool = ...,
+) -> tuple[_Float, _Float, _Float]: ...
+def self_attention_layer_backward(
+    dY: ArrayLike,
+    X: ArrayLike,
+    W_q: ArrayLike,
+    W_k: ArrayLike,
+    W_v: ArrayLike,
+    *,
+    scale: float | None = ...,
+    mask: ArrayLike | None = ...,
+    is_causal: bool = ...,
+) -> tuple[_Float, _Float, _Float, _Float]: ...
+def multi_head_attention_backward(
+    dY: ArrayLike,
+    X: ArrayLike,
+    W_q: ArrayLike,
+    W_k: ArrayLike,
+    W_v: ArrayLike,
+    W_o: ArrayLike,
+    *,
+    num_heads: int,
+    scale: float | None = ...,
+    mask: ArrayLike | None = ...,
+    is_causal: bool = ...,
+) -> tuple[_Float, _Float, _Float, _Float, _Float]: ...
+def causal_mask(n_q: int, n_k: int | None = ...) -> NDArray[np.bool_]: ...
+def padding_mask(lengths: ArrayLike, n_k: int, *, head_axis: bool = ...) -> NDArray[np.bool_]: ...
 def set_num_threads(n: int) -> None: ...
 def get_num_threads() -> int: ...
 def set_isa(name: Literal["avx512", "avx2", "generic", "reference"]) -> None: ...

@@ -14,23 +14,8 @@ from selfattn import (
 )
 from selfattn import _core
 
-ISAS = list(_core.supported_isas())
+ISAS = list(_core.supported_isas())   # (the isa and threads fixtures: conftest.py)
 LD = np.longdouble
-
-
-@pytest.fixture(params=ISAS)
-def isa(request):
-    before = selfattn.get_isa()
-    selfattn.set_isa(request.param)
-    yield request.param
-    selfattn.set_isa(before)
-
-
-@pytest.fixture
-def threads():
-    before = selfattn.get_num_threads()
-    yield selfattn.set_num_threads
-    selfattn.set_num_threads(before)
 
 
 # ---- the reference: every weight materialised, in extended precision ---------------------------
@@ -220,7 +205,7 @@ def test_bitwise_identical_for_every_thread_count(dtype, isa, threads):
         mask = rng.random((300, 300)) < 0.9
         results = []
         for n in (1, 2, 3):
-            threads(n)
+            selfattn.set_num_threads(n)
             results.append(scaled_dot_product_attention_backward(dO, Q, K, V, mask=mask,
                                                                  is_causal=True))
         for other in results[1:]:
@@ -380,7 +365,7 @@ def test_multi_head_backward_float32_and_threads(threads):
     f32 = [a.astype(np.float32) for a in [dY, X] + Ws]
     results = []
     for n in (1, 2, 3):
-        threads(n)
+        selfattn.set_num_threads(n)
         results.append(multi_head_attention_backward(*f32, num_heads=4, is_causal=True))
     for g, w in zip(results[0], want):
         assert g.dtype == np.float32

@@ -2,22 +2,14 @@
 import numpy as np
 import pytest
 
-import selfattn
 from selfattn import (
     multi_head_attention,
     padding_mask,
     scaled_dot_product_attention,
     self_attention_layer,
 )
-from selfattn import _core
 
-
-@pytest.fixture(params=list(_core.supported_isas()))
-def isa(request):
-    before = selfattn.get_isa()
-    selfattn.set_isa(request.param)
-    yield request.param
-    selfattn.set_isa(before)
+# The `isa` fixture (every supported tier) comes from conftest.py.
 
 
 def per_head(X, W_q, W_k, W_v, W_o, H, scale=None, mask=None, is_causal=False):
