@@ -104,3 +104,27 @@ def test_padding_mask_errors():
         padding_mask([1], 4.0)
     with pytest.raises(TypeError, match=r"padding_mask: head_axis must be True or False"):
         padding_mask([1], 4, head_axis=1)
+
+
+def test_docstring_examples_of_the_new_modules_run():
+    import doctest
+
+    import selfattn._masks
+    import selfattn._training
+    for module in (selfattn._masks, selfattn._training):
+        result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+        assert result.failed == 0 and result.attempted > 0, module.__name__
+
+
+NEW_PUBLIC = ["multi_head_attention", "scaled_dot_product_attention_backward",
+              "self_attention_layer_backward", "multi_head_attention_backward", "causal_mask",
+              "padding_mask"]
+
+
+@pytest.mark.parametrize("name", NEW_PUBLIC)
+def test_new_functions_are_exported_with_numpy_style_docstrings(name):
+    import selfattn
+    assert name in selfattn.__all__
+    doc = getattr(selfattn, name).__doc__
+    for section in ("Parameters\n", "Returns\n", "Raises\n", "Examples\n"):
+        assert section in doc, (name, section)
