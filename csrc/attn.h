@@ -193,6 +193,10 @@ int sa_attention_backward_blocked_f64(const sa_exec *ex, const sa_batch *batch, 
                                       const sa_mask *mask, sa_int n_q, sa_int n_k, sa_int d_k,
                                       sa_int d_v, double scale, int causal);
 
+/* The blocked backward's plan A keeps its partial sums of dK and dV under this many bytes, else it
+   takes plan B (backward_blocked.inc). A setting only so tests can reach plan B at small sizes. */
+extern long sa_backward_partial_bytes;
+
 /* Until the fast tiers land: the reference kernels with the blocked backward (csrc/kernels_ref.c);
    what the non-reference tiers run. */
 extern const sa_kernels sa_kernels_interim;

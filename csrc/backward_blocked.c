@@ -1,7 +1,10 @@
-/* backward_blocked.c -- the blocked attention backward: backward_blocked.inc for float and double. */
+/* backward_blocked.c -- the blocked attention backward: backward_blocked.inc for both precisions. */
 #include "attn.h"
 
 #include <math.h>
+
+/* Plan A keeps its dK/dV partials under this many bytes (64 MiB); see backward_blocked.inc. */
+long sa_backward_partial_bytes = 64L << 20;
 
 #define real float
 #define BWD(name) blocked_##name##_f32
@@ -19,7 +22,6 @@
 #undef BWD_BQ
 #undef BWD_BK
 #undef BWD_TASKS
-#undef BWD_PARTIAL_BYTES
 
 #define real double
 #define BWD(name) blocked_##name##_f64

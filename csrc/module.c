@@ -411,6 +411,21 @@ static PyObject *core_attention_backward(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* For tests: sets sa_backward_partial_bytes, returns the previous value. */
+static PyObject *core_set_backward_partial_bytes(PyObject *self, PyObject *arg)
+{
+    long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    if (n < 0) {
+        PyErr_SetString(PyExc_ValueError, "_core: the partials' budget must be >= 0");
+        return NULL;
+    }
+    long before = sa_backward_partial_bytes;
+    sa_backward_partial_bytes = n;
+    return PyLong_FromLong(before);
+}
+
 /* ---- the common case without the Python layer ---------------------------------------------- */
 /*
  * The notebook's calls are 2-D, same-dtype, C-ordered arrays with no mask. For those the Python
@@ -771,6 +786,9 @@ static PyMethodDef core_methods[] = {
     {"matmul", core_matmul, METH_VARARGS, matmul_doc},
     {"attention", core_attention, METH_VARARGS, attention_doc},
     {"attention_backward", core_attention_backward, METH_VARARGS, attention_backward_doc},
+    {"_set_backward_partial_bytes", core_set_backward_partial_bytes, METH_O,
+     "_set_backward_partial_bytes(n)\n--\n\nThe blocked backward's budget for partials; returns "
+     "the previous one (private, for tests)."},
     {"plain_scores", core_plain_scores, METH_VARARGS,
      "plain_scores(Q, K, scale, causal)\n--\n\nScores of plain 2-D matrices, or None (private)."},
     {"plain_softmax", core_plain_softmax, METH_O,

@@ -102,8 +102,17 @@ def make_case(name, rng):
     return dO, Q, K, V, mask, causal
 
 
+@pytest.fixture(params=["A", "B"])
+def plan(request):
+    """The blocked kernel's two plans: A (partials of dK, dV per chunk of query blocks) is what
+    these sizes get; a budget of 0 bytes for partials sends them to B (query, then key blocks)."""
+    before = _core._set_backward_partial_bytes(0 if request.param == "B" else 64 << 20)
+    yield request.param
+    _core._set_backward_partial_bytes(before)
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_sdpa_backward_matches_reference(name, isa):
+def test_sdpa_backward_matches_reference(name, isa, plan):
     rng = np.random.default_rng(abs(hash(name)) % 2**32)
     dO, Q, K, V, mask, causal = make_case(name, rng)
     got = scaled_dot_product_attention_backward(dO, Q, K, V, scale=0.4, mask=mask,
@@ -149,7 +158,7 @@ def test_sdpa_backward_default_scale_and_finite_differences():
             assert abs(fd - g[idx]) <= 1e-7 * max(1.0, abs(fd)), (which, idx, fd, g[idx])
 
 
-def test_fully_masked_rows_give_zero_gradients(isa):
+def test_fully_masked_rows_give_zero_gradients(isa, plan):
     rng = np.random.default_rng(3)
     Q, K, V, dO = rand(rng, 70, 4), rand(rng, 90, 4), rand(rng, 90, 3), rand(rng, 70, 3)
     mask = rng.random((70, 90)) < 0.5
@@ -184,7 +193,7 @@ def test_masked_key_with_nonfinite_value_contributes_nothing(isa):
         assert_close(g, h, 1e-13)
 
 
-def test_nan_score_row_gives_nan_like_the_forward(isa):
+def test_nan_score_row_gives_nan_like_the_forward(isa, plan):
     rng = np.random.default_rng(5)
     Q, K, V, dO = rand(rng, 70, 3), rand(rng, 80, 3), rand(rng, 80, 2), rand(rng, 70, 2)
     Q[3, 1] = np.nan
@@ -197,7 +206,7 @@ def test_nan_score_row_gives_nan_like_the_forward(isa):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_bitwise_identical_for_every_thread_count(dtype, isa, threads):
+def test_bitwise_identical_for_every_thread_count(dtype, isa, threads, plan):
     rng = np.random.default_rng(6)
     for batch in [(), (3,)]:
         Q, K, V = (rand(rng, *batch, 300, 32).astype(dtype) for _ in range(3))
