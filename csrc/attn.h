@@ -193,9 +193,11 @@ int sa_attention_backward_blocked_f64(const sa_exec *ex, const sa_batch *batch, 
                                       const sa_mask *mask, sa_int n_q, sa_int n_k, sa_int d_k,
                                       sa_int d_v, double scale, int causal);
 
-/* The blocked backward's plan A keeps its partial sums of dK and dV under this many bytes, else it
-   takes plan B (backward_blocked.inc). A setting only so tests can reach plan B at small sizes. */
-extern long sa_backward_partial_bytes;
+/* The blocked backward's limits (backward_blocked.inc): plan A keeps its partial sums of dK and dV
+   under sa_backward_partial_bytes, else it takes plan B; it caches a query block's panel of scores
+   where that fits sa_backward_cache_bytes per thread. Settings only so tests can reach every path
+   at small sizes. */
+extern long sa_backward_partial_bytes, sa_backward_cache_bytes;
 
 /* Until the fast tiers land: the reference kernels with the blocked backward (csrc/kernels_ref.c);
    what the non-reference tiers run. */

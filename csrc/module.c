@@ -411,19 +411,22 @@ static PyObject *core_attention_backward(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-/* For tests: sets sa_backward_partial_bytes, returns the previous value. */
-static PyObject *core_set_backward_partial_bytes(PyObject *self, PyObject *arg)
+/* For tests: sets the blocked backward's limits, returns the previous ones. */
+static PyObject *core_set_backward_limits(PyObject *self, PyObject *args)
 {
-    long n = PyLong_AsLong(arg);
-    if (n == -1 && PyErr_Occurred())
+    long partial, cache;
+    if (!PyArg_ParseTuple(args, "ll", &partial, &cache))
         return NULL;
-    if (n < 0) {
-        PyErr_SetString(PyExc_ValueError, "_core: the partials' budget must be >= 0");
+    if (partial < 0 || cache < 0) {
+        PyErr_SetString(PyExc_ValueError, "_core: the backward's limits must be >= 0");
         return NULL;
     }
-    long before = sa_backward_partial_bytes;
-    sa_backward_partial_bytes = n;
-    return PyLong_FromLong(before);
+    PyObject *before = Py_BuildValue("ll", sa_backward_partial_bytes, sa_backward_cache_bytes);
+    if (before == NULL)
+        return NULL;
+    sa_backward_partial_bytes = partial;
+    sa_backward_cache_bytes = cache;
+    return before;
 }
 
 /* ---- the common case without the Python layer ---------------------------------------------- */
@@ -786,9 +789,9 @@ static PyMethodDef core_methods[] = {
     {"matmul", core_matmul, METH_VARARGS, matmul_doc},
     {"attention", core_attention, METH_VARARGS, attention_doc},
     {"attention_backward", core_attention_backward, METH_VARARGS, attention_backward_doc},
-    {"_set_backward_partial_bytes", core_set_backward_partial_bytes, METH_O,
-     "_set_backward_partial_bytes(n)\n--\n\nThe blocked backward's budget for partials; returns "
-     "the previous one (private, for tests)."},
+    {"_set_backward_limits", core_set_backward_limits, METH_VARARGS,
+     "_set_backward_limits(partial_bytes, cache_bytes)\n--\n\nThe blocked backward's limits; "
+     "returns the previous ones (private, for tests)."},
     {"plain_scores", core_plain_scores, METH_VARARGS,
      "plain_scores(Q, K, scale, causal)\n--\n\nScores of plain 2-D matrices, or None (private)."},
     {"plain_softmax", core_plain_softmax, METH_O,

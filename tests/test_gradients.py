@@ -102,13 +102,15 @@ def make_case(name, rng):
     return dO, Q, K, V, mask, causal
 
 
-@pytest.fixture(params=["A", "B"])
+@pytest.fixture(params=["A-cached", "A", "B"])
 def plan(request):
-    """The blocked kernel's two plans: A (partials of dK, dV per chunk of query blocks) is what
-    these sizes get; a budget of 0 bytes for partials sends them to B (query, then key blocks)."""
-    before = _core._set_backward_partial_bytes(0 if request.param == "B" else 64 << 20)
+    """The blocked kernel's paths. These sizes get plan A (partials of dK, dV per chunk of query
+    blocks) with each query block's scores cached; a cache budget of 0 makes A recompute them,
+    and a partials budget of 0 sends the sizes to plan B (query blocks, then key blocks)."""
+    limits = {"A-cached": (64 << 20, 4 << 20), "A": (64 << 20, 0), "B": (0, 0)}[request.param]
+    before = _core._set_backward_limits(*limits)
     yield request.param
-    _core._set_backward_partial_bytes(before)
+    _core._set_backward_limits(*before)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -418,3 +420,26 @@ def test_bad_inputs_name_the_function():
     with pytest.raises(ValueError, match=r"self_attention_layer_backward: X has d_model=6 .* "
                                          r"W_k has 5 rows"):
         self_attention_layer_backward(np.ones((4, 6)), X, W, np.ones((5, 6)), W)
+
+
+def test_any_layout_gives_the_same_gradients_and_inputs_stay_untouched():
+    rng = np.random.default_rng(13)
+    X = rand(rng, 2, 7, 6)
+    Ws = [rand(rng, 6, 6) / 2 for _ in range(4)]
+    dY = rand(rng, 2, 7, 6)
+    mask = rng.random((7, 7)) < 0.8
+    want_layer = self_attention_layer_backward(dY, X, *Ws[:3], mask=mask)
+    want_mh = multi_head_attention_backward(dY, X, *Ws, num_heads=3, mask=mask)
+    # Fortran order, negative steps, read-only views, lists
+    odd = [np.asfortranarray(dY), X[:, ::-1][:, ::-1], np.asfortranarray(Ws[0])] + \
+        [W[::-1][::-1] for W in Ws[1:]]
+    for a in odd:
+        a.flags.writeable = False
+    copies = [a.copy() for a in odd]
+    got_layer = self_attention_layer_backward(odd[0], odd[1], *odd[2:5], mask=mask.T.T)
+    got_mh = multi_head_attention_backward(odd[0].tolist(), *odd[1:], num_heads=3,
+                                           mask=np.asfortranarray(mask))
+    for g, w in zip(got_layer + got_mh, want_layer + want_mh):
+        assert_close(g, w, 1e-14)
+    for a, c in zip(odd, copies):
+        assert np.array_equal(a, c)
