@@ -371,9 +371,10 @@ def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None,
         dS = P * (dP - D)
         dQ = dS @ K * scale;   dK = dS^T @ Q * scale
 
-    computed in C block by block (FlashAttention-2 style): the weights are recomputed from each
-    row's log-sum-exp and never stored, so memory stays proportional to ``n * d``. The mask gets no
-    gradient (it is not a parameter).
+    computed in C block by block (FlashAttention-2 style): the ``n_q x n_k`` weights are never
+    stored. Each thread keeps at most one panel of 64 query rows (up to 4 MiB); where that would
+    not fit, the weights are recomputed block by block from each row's log-sum-exp, so memory
+    stays proportional to ``n * d``. The mask gets no gradient (it is not a parameter).
 
     Parameters
     ----------
