@@ -472,3 +472,26 @@ def test_random_shapes_match_the_reference(n_q, n_k, d_k, d_v, causal, masked, s
                 assert_close(g, w, 1e-12)
     finally:
         selfattn.set_isa(before)
+
+
+def test_memory_stays_linear_in_the_sequence_length(threads):
+    """The (n, n) weights are never stored: peak scratch is far below n^2 floats (plan A, whose
+    partial sums grow like n * d), and tiny when the limits force plan B."""
+    import tracemalloc
+
+    rng = np.random.default_rng(14)
+    n, d = 4096, 8
+    Q, K, V, dO = (rand(rng, n, d).astype(np.float32) for _ in range(4))
+    weights_bytes = n * n * 4
+    selfattn.set_num_threads(2)
+    for limits, budget in (((64 << 20, 4 << 20), weights_bytes // 4), ((0, 0), 1 << 20)):
+        before = _core._set_backward_limits(*limits)
+        try:
+            tracemalloc.start()
+            scaled_dot_product_attention_backward(dO, Q, K, V, is_causal=True)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+            _core._set_backward_limits(*before)
+        outputs = 3 * n * d * 4
+        assert peak - outputs < budget, (limits, peak)
