@@ -495,3 +495,20 @@ def test_memory_stays_linear_in_the_sequence_length(threads):
             _core._set_backward_limits(*before)
         outputs = 3 * n * d * 4
         assert peak - outputs < budget, (limits, peak)
+
+
+def test_multi_head_backward_with_batched_weights_is_the_sum_over_items(isa):
+    rng = np.random.default_rng(15)
+    B, H, n, d = 3, 2, 9, 6
+    X = rand(rng, B, n, d)
+    W_q, W_k, W_v = (rand(rng, d, H * 3) / 2 for _ in range(3))
+    W_o = rand(rng, B, H * 3, 5) / 2                      # one output projection per item
+    mask = np.where(rng.random((B, H, n, n)) < 0.2, -np.inf, rand(rng, B, H, n, n))
+    dY = rand(rng, B, n, 5)
+    got = multi_head_attention_backward(dY, X, W_q, W_k, W_v, W_o, num_heads=H, mask=mask)
+    per_item = [multi_head_attention_backward(dY[b], X[b], W_q, W_k, W_v, W_o[b], num_heads=H,
+                                              mask=mask[b]) for b in range(B)]
+    assert_close(got[0], np.stack([g[0] for g in per_item]), 1e-13)
+    for k in (1, 2, 3):                                   # shared weights: summed over the items
+        assert_close(got[k], sum(g[k] for g in per_item), 1e-13)
+    assert_close(got[4], np.stack([g[4] for g in per_item]), 1e-13)
