@@ -55,6 +55,7 @@ def test_plain_entry_points_decline_what_they_do_not_handle():
         _core.plain_sdpa(a, a, np.ones((2, 4)), None, False),
         _core.plain_layer(a, a, a, a, None, False),
         _core.plain_layer(a, np.ones((4, 2)), np.ones((4, 3)), np.ones((4, 2)), None, False),
-        _core.plain_scores(np.broadcast_to(np.ones(4), (2**40, 4)), a, None, False),  # too big
+        _core.plain_scores(np.broadcast_to(np.ones(4), (2**40, 4)),
+                           np.broadcast_to(np.ones(4), (2**40, 4)), None, False),  # unaddressable
     ]
     assert all(r is None for r in declined)
