@@ -403,6 +403,9 @@ static PyObject *core_attention_backward(PyObject *self, PyObject *args)
         || get_mask(mask_obj, typenum, &batch, n_q, n_k, &mask) < 0 || make_exec(&ex, isa) < 0)
         return NULL;
     sa_attention_backward_fn fn = sa_kernels_for(ex.isa)->attention_backward[precision];
+    if (fn == NULL)     /* a tier without its own backward runs the blocked one on its matmul */
+        fn = precision == SA_F32 ? sa_attention_backward_blocked_f32
+                                 : sa_attention_backward_blocked_f64;
     double flops = 2.0 * batch.count * n_q * n_k * (3 * d_k + 4 * d_v);
     RUN_KERNEL(status, flops, fn(&ex, &batch, &dQ, &dK, &dV, &dO, &Q, &K, &V, &mask, n_q, n_k,
                                  d_k, d_v, scale, causal));
