@@ -372,7 +372,7 @@ def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None,
         dQ = dS @ K * scale;   dK = dS^T @ Q * scale
 
     computed in C block by block (FlashAttention-2 style): the ``n_q x n_k`` weights are never
-    stored. Each thread keeps at most one panel of 64 query rows (up to 4 MiB); where that would
+    stored. Each thread keeps at most one panel of 64 query rows (up to 8 MiB); where that would
     not fit, the weights are recomputed block by block from each row's log-sum-exp, so memory
     stays proportional to ``n * d``. The mask gets no gradient (it is not a parameter).
 

@@ -87,6 +87,7 @@ CASES = {
     "causal-tall": ((), (), (), 150, 40, 5, 3, "bool", True),
     "shared-KV": ((4,), (), (), 33, 65, 6, 2, None, False),
     "broadcast-batches": ((3, 1), (1, 2), (3, 2), 17, 80, 4, 4, "add", True),
+    "many-items": ((33,), (33,), (), 100, 90, 4, 3, "bool", True),   # one chunk per item
 }
 
 
@@ -111,7 +112,7 @@ def plan(request):
     """The blocked kernel's paths. These sizes get plan A (partials of dK, dV per chunk of query
     blocks) with each query block's scores cached; a cache budget of 0 makes A recompute them,
     and a partials budget of 0 sends the sizes to plan B (query blocks, then key blocks)."""
-    limits = {"A-cached": (64 << 20, 4 << 20), "A": (64 << 20, 0), "B": (0, 0)}[request.param]
+    limits = {"A-cached": (64 << 20, 8 << 20), "A": (64 << 20, 0), "B": (0, 0)}[request.param]
     before = _core._set_backward_limits(*limits)
     yield request.param
     _core._set_backward_limits(*before)
@@ -484,7 +485,7 @@ def test_memory_stays_linear_in_the_sequence_length(threads):
     Q, K, V, dO = (rand(rng, n, d).astype(np.float32) for _ in range(4))
     weights_bytes = n * n * 4
     selfattn.set_num_threads(2)
-    for limits, budget in (((64 << 20, 4 << 20), weights_bytes // 4), ((0, 0), 1 << 20)):
+    for limits, budget in (((64 << 20, 8 << 20), weights_bytes // 4), ((0, 0), 1 << 20)):
         before = _core._set_backward_limits(*limits)
         try:
             tracemalloc.start()
