@@ -1,4 +1,4 @@
-/* backward_blocked.c -- the blocked attention backward: backward_blocked.inc for both precisions. */
+/* backward_blocked.c -- the blocked attention backward: backward_blocked.inc in both precisions. */
 #include "attn.h"
 
 #include <math.h>
