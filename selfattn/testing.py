@@ -605,8 +605,9 @@ _HINTS = {
     "negative_weights": "Some of your weights are negative; softmax weights are exp(...) / sum, "
                         "which is never negative.",
     "unknown": "Your result differs from selfattn's and matches none of the mistakes check() knows. "
-               "Compare step by step: selfattn.explain(X, W_q, W_k, W_v) shows every intermediate, "
-               "and selfattn.testing.cases(name) has the inputs and expected outputs.",
+               "Compare step by step with selfattn's functions on the same inputs "
+               "(selfattn.testing.cases(name) has them, with the expected outputs); "
+               "selfattn.explain(X, W_q, W_k, W_v) shows every intermediate of a layer.",
     "raised_matmul": "A matrix product got shapes that do not fit. Check every @ against the shapes "
                      "you expect: scores Q @ K.T are (n_q, d_k) @ (d_k, n_k) -> (n_q, n_k); the "
                      "output attn_weights @ V is (n_q, n_k) @ (n_k, d_v) -> (n_q, d_v). A missing "
@@ -1064,6 +1065,8 @@ class CheckReport:
             for h in r.hints:
                 counts[h] = counts.get(h, 0) + 1
         order = list(counts)
+        if len(order) > 1 and _HINTS["unknown"] in counts:
+            order.remove(_HINTS["unknown"])  # the cases it came from say what they can
         return sorted(order, key=lambda h: (-counts[h], order.index(h)))
 
     def raise_if_failed(self):
@@ -1116,7 +1119,8 @@ class CheckReport:
             if r.message:
                 detail += r.message.split("\n")
             if r.verdict == "FAIL" and r.hints:
-                detail.append("what is wrong: " + ", ".join(f"[{number[h]}]" for h in r.hints))
+                refs = [f"[{number[h]}]" for h in r.hints if h in number]
+                detail.append("what is wrong: " + ", ".join(refs) if refs else "hint: " + r.hints[0])
             elif r.verdict == "note":
                 detail += ["note: " + h for h in r.hints]
             for w in r.warnings[:2]:
