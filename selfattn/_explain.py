@@ -189,6 +189,17 @@ def explain(X, W_q, W_k, W_v, *, tokens=None, scale=None, mask=None, is_causal=F
     Returns
     -------
     AttentionTrace
+        With ``Q, K, V`` of shape (n, d_k), (n, d_k), (n, d_v), ``scores``, ``exponentials``
+        and ``weights`` of shape (n, n), ``row_max`` and ``row_sums`` of shape (n, 1) and
+        ``output`` of shape (n, d_v).
+
+    Raises
+    ------
+    ValueError
+        For inputs that are not 2-D, shapes that do not fit (the messages of
+        :func:`selfattn.self_attention_layer`, naming ``explain``), or a wrong number of tokens.
+    TypeError
+        For complex, object or string inputs, or `tokens` given as one string.
 
     Examples
     --------
