@@ -54,3 +54,19 @@ def test_grader_fails_a_buggy_solution_with_the_diagnosis(tmp_path):
     assert re.search(r"FAILED .*test_softmax_case\[large-scores-float64\]", out)
     assert re.search(r"FAILED .*test_function\[self_attention_layer\]", out)
     assert re.search(r"\d+ failed, \d+ passed", out)
+
+
+def test_documented_report_is_what_check_prints():
+    docs = [p for p in (ROOT / "README.md", ROOT / "docs" / "learners.md") if p.exists()]
+    found = 0
+    for path in docs:
+        text = path.read_text()
+        for code, shown in re.findall(r"```python\n(.*?)```\n\n.*?```text\n(.*?)```", text, flags=re.S):
+            if "selfattn.testing.check(softmax_attention_weights)" not in code:
+                continue
+            namespace = {}
+            exec(code.replace("selfattn.testing.check(softmax_attention_weights)",
+                              "report = selfattn.testing.check(softmax_attention_weights)"), namespace)
+            assert str(namespace["report"]).startswith(shown.rstrip("\n")), path
+            found += 1
+    assert found
