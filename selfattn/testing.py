@@ -334,12 +334,22 @@ def _normal(rng, shape, dtype, s=1.0):
     return (rng.standard_normal(shape) * s).astype(dtype)
 
 
-def _large_integer_inputs(rng, shapes, low, high, factor, need):
-    """Integer-valued inputs whose products are exact in float32 and float64 (so a learner's
-    rounding cannot matter), drawn until `need(arrays)` holds."""
+def _large_integer_inputs(rng, shapes, low, high, scores_of, power, target=2400.0):
+    """Integer-valued inputs whose scores reach +-`target` (before scaling), exact in float32 and
+    float64 so that a learner's rounding cannot matter.
+
+    The first array is multiplied by a small integer c to reach the target; it enters the scores
+    `power` times (Q: once, X: twice).
+    """
     for _ in range(1000):
-        arrays = [rng.integers(low, high + 1, size=s).astype(np.float64) * factor for s in shapes]
-        if need(arrays):
+        arrays = [rng.integers(low, high + 1, size=s).astype(np.float64) for s in shapes]
+        scores = scores_of(arrays)
+        reach = min(scores.max(), -scores.min())
+        if reach < target / 16:
+            continue  # too small to scale up by a small factor
+        c = math.ceil((target / reach) ** (1.0 / power))
+        arrays[0] *= c
+        if np.abs(scores_of(arrays)).max() < 2.0 ** 24:  # every product exact in float32
             return arrays
     raise RuntimeError("selfattn.testing: could not draw large-score inputs")  # pragma: no cover
 
@@ -431,11 +441,9 @@ def _qk_cases(rng, with_v):
     # subtraction overflows (exp(710) is inf in float64, exp(89) in float32).
     shapes = [(3, 4), (5, 4)] + ([(5, 2)] if with_v else [])
     for dtype, dname in ((f64, "float64"), (f32, "float32")):
-        arrays = _large_integer_inputs(
-            rng, shapes, -4, 4, 8.0,
-            lambda a: (a[0] @ a[1].T).max(axis=-1).min() >= 1600 and (a[0] @ a[1].T).min() <= -1600)
+        arrays = _large_integer_inputs(rng, shapes, -12, 12, lambda a: a[0] @ a[1].T, power=1)
         if with_v:
-            arrays[2] = arrays[2] / 8.0
+            arrays[2] = arrays[2] / 4.0
         yield f"large-scores-{dname}", f"large scores (|Q.K| up to {int(abs(arrays[0] @ arrays[1].T).max())}), " \
             f"{sizes} ({dname})", [a.astype(dtype) for a in arrays], {"large": True}
     yield "batched-float64", f"batched: a leading batch dimension of 2, {sizes} (float64)", \
@@ -497,12 +505,11 @@ def _layer_cases(rng):
     yield "single-token", "a single token: n=1, d_model=6, d_k=4, d_v=3 (float64)", xw(1, 6, 4, 3, f64), {}
     shapes = [(5, 6), (6, 4), (6, 4), (6, 3)]
 
-    def big(a):
-        s = (a[0] @ a[1]) @ (a[0] @ a[2]).T
-        return s.max() >= 2400 and s.min() <= -2400
+    def scores_of(a):
+        return (a[0] @ a[1]) @ (a[0] @ a[2]).T
 
     for dtype, dname in ((f64, "float64"), (f32, "float32")):
-        arrays = _large_integer_inputs(rng, shapes, -3, 3, 2.0, big)
+        arrays = _large_integer_inputs(rng, shapes, -3, 3, scores_of, power=2)
         top = int(abs((arrays[0] @ arrays[1]) @ (arrays[0] @ arrays[2]).T).max())
         yield f"large-scores-{dname}", f"large scores (|Q.K| up to {top}), {sizes} ({dname})", \
             [a.astype(dtype) for a in arrays], {"large": True}
@@ -619,6 +626,9 @@ _HINTS = {
                           "attn_weights @ V (np.matmul), not an elementwise product attn_weights * V.",
     "raised_elementwise_scores": "Shapes that do not broadcast: the scores are the matrix product "
                                  "Q @ K.T (np.matmul), not an elementwise product Q * K.",
+    "raised_signature": "Your function does not take the arguments check() passes: "
+                        "{call}, as in the notebook. Check its parameters, or pass the right "
+                        "name to check().",
     "raised_none": "Something was None: a function you call (perhaps one of your own) still ends "
                    "in `pass` or lacks a `return`.",
     "raised_name": "A name is not defined: run the cell that defines it (and `import numpy as np`).",
@@ -840,6 +850,8 @@ def _exception_result(case, exc):
     low = text.lower()
     if isinstance(exc, NameError):
         hint = _HINTS["raised_name"]
+    elif isinstance(exc, TypeError) and "argument" in low and ("positional" in low or "missing" in low):
+        hint = _HINTS["raised_signature"].format(call=f"{case.name}({', '.join(case.arg_names)})")
     elif "nonetype" in low:
         hint = _HINTS["raised_none"]
     elif "could not be broadcast" in low:
@@ -984,9 +996,15 @@ def _match_mistake(case, got, user_scale, rtol, atol):
     # A learner's float32 arithmetic differs from NumPy's variant by rounding: match loosely,
     # a wrong variant differs from the right answer by far more.
     loose_r, loose_a = max(rtol * 100, 1e-7), max(atol * 100, 1e-9)
+    # inf/NaN where the answer is finite: an overflow. Many wrong variants overflow as well, and
+    # a matrix of NaN matches them all; only the overflow mistakes explain it.
+    overflow = got.shape == case.expected.shape and bool(
+        (~np.isfinite(got) & np.isfinite(case.expected)).any())
     for hint, wrong in _mistakes(case, user_scale):
         wrong = np.asarray(wrong)
         if wrong.shape != got.shape:
+            continue
+        if overflow and not hint.startswith((_HINTS["no_max"], _HINTS["global_max"])):
             continue
         if wrong.shape == case.expected.shape and _diff(wrong, case.expected, loose_r, loose_a).close:
             continue  # this mistake makes no difference on this case
@@ -1142,10 +1160,12 @@ class CheckReport:
             parts.append(f"<p>Convention: {e(conv)}.</p>")
         for note in self.notes:
             parts.append(f"<p><i>Note:</i> {e(note)}</p>")
-        if self.diagnoses:
-            parts.append("<p><b>What is wrong:</b></p><ul>")
-            parts += [f"<li>{e(d)}</li>" for d in self.diagnoses]
-            parts.append("</ul>")
+        diagnoses = self.diagnoses
+        number = {d: i for i, d in enumerate(diagnoses, 1)}
+        if diagnoses:
+            parts.append("<p><b>What is wrong:</b></p><ol>")
+            parts += [f"<li>{e(d)}</li>" for d in diagnoses]
+            parts.append("</ol>")
         parts.append("<table><thead><tr><th>case</th><th>inputs</th><th>verdict</th>"
                      "<th>max error</th><th>details</th></tr></thead><tbody>")
         colors = {"pass": "#1a7f37", "FAIL": "#cf222e", "note": "#9a6700"}
@@ -1154,8 +1174,12 @@ class CheckReport:
             if r.worst_index is not None and r.verdict != "pass":
                 err += f" at {_fmt_index(r.worst_index)}"
             detail = [e(line) for line in r.message.split("\n")] if r.message else []
-            if r.verdict != "pass":
-                detail += [f"<i>hint:</i> {e(h)}" for h in r.hints]
+            if r.verdict == "FAIL":
+                refs = [str(number[h]) for h in r.hints if h in number]
+                detail += ([f"<i>what is wrong:</i> {', '.join(refs)}"] if refs
+                           else [f"<i>hint:</i> {e(h)}" for h in r.hints])
+            elif r.verdict == "note":
+                detail += [f"<i>note:</i> {e(h)}" for h in r.hints]
             detail += [f"<i>warning:</i> {e(w)}" for w in r.warnings[:2]]
             parts.append(
                 f"<tr><td style='text-align:left'>{e(r.case.label)}</td>"
@@ -1216,7 +1240,7 @@ def check(fn, name=None, *, scale=None, seed=0):
     return CheckReport(name, getattr(fn, "__name__", None), scale, results, notes)
 
 
-def assert_implementation(fn, name=None, *, scale=None):
+def assert_implementation(fn, name=None, *, scale=None, seed=0):
     """Raise AssertionError, with the :func:`check` report as its message, unless `fn` is correct.
 
     For pytest graders: one line per function, and the student sees every case and every hint.
@@ -1228,4 +1252,4 @@ def assert_implementation(fn, name=None, *, scale=None):
     >>> assert_implementation(compute_self_attention_scores, scale=1.0)   # silent: correct
     """
     __tracebackhide__ = True
-    check(fn, name, scale=scale).raise_if_failed()
+    check(fn, name, scale=scale, seed=seed).raise_if_failed()

@@ -75,15 +75,18 @@ CORRECT = [
 ]
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("label, fn, name, scale", CORRECT, ids=[c[0] for c in CORRECT])
-def test_correct_solutions_pass(label, fn, name, scale):
-    report = check(fn, name, scale=scale)
+def test_correct_solutions_pass(label, fn, name, scale, seed):
+    report = check(fn, name, scale=scale, seed=seed)
     assert report, str(report)
     assert report.passed and not report.failures and not report.diagnoses
     assert all(r.verdict in ("pass", "note") for r in report.results)
     text = str(report)
     assert "passed" in text.splitlines()[0] and "FAIL" not in text
     assert_implementation(fn, name, scale=scale)  # silent
+    if scale is not None and name in (SOFTMAX, OUTPUT):
+        assert f"Note: scale={scale:g} is ignored: {name} does not compute scores." in text
 
 
 def test_batched_cases_pass_for_batched_solution_and_are_notes_for_2d_ones():
@@ -364,12 +367,16 @@ BUGGY = [
     ("layer raw and wrong axis", layer_raw_and_wrong_axis, LAYER, None,
      ["Softmax over the wrong axis", "Also: Your scores are the raw dot products"]),
     ("sdpa wrong axis", sdpa_wrong_axis, SDPA, None, ["Softmax over the wrong axis"]),
+    ("layer with the wrong arguments", sdpa_wrong_axis, LAYER, None,
+     ["raised TypeError", "does not take the arguments check() passes: "
+      "self_attention_layer(X, W_q, W_k, W_v)"]),
 ]
 
 
+@pytest.mark.parametrize("seed", [0, 3])
 @pytest.mark.parametrize("label, fn, name, scale, patterns", BUGGY, ids=[b[0] for b in BUGGY])
-def test_each_mistake_is_caught_and_named(label, fn, name, scale, patterns):
-    report = check(fn, name, scale=scale)
+def test_each_mistake_is_caught_and_named(label, fn, name, scale, patterns, seed):
+    report = check(fn, name, scale=scale, seed=seed)
     text = str(report)
     flat = " ".join(text.split())  # the report wraps long lines
     assert not report, text
@@ -378,7 +385,7 @@ def test_each_mistake_is_caught_and_named(label, fn, name, scale, patterns):
     for pattern in patterns:
         assert pattern in flat, f"{pattern!r} missing from:\n{text}"
     with pytest.raises(AssertionError) as info:
-        assert_implementation(fn, name, scale=scale)
+        assert_implementation(fn, name, scale=scale, seed=seed)
     assert str(info.value) == text
     # Every failed case says what is wrong, in words (never a bare "False").
     for r in report.failures:
@@ -465,6 +472,7 @@ def test_html_rendering_is_a_table_with_every_case():
     page = report._repr_html_()
     assert page.startswith("<div") and page.endswith("</div>")
     assert page.count("<tr>") == len(report.results) + 1  # header + one row per case
+    assert "<ol><li>Softmax over the wrong axis" in page and "what is wrong:</i> 1" in page
     assert "<table>" in page and "</table>" in page
     assert "FAIL" in page and "Softmax over the wrong axis" in page
     for r in report.results:
@@ -522,9 +530,10 @@ def test_assert_attention_close_message_says_where_and_how_much():
 
 # ---- cases() -----------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("seed", [0, 5])
 @pytest.mark.parametrize("name", testing.NAMES)
-def test_cases_have_unequal_sizes_both_dtypes_large_single_square_and_batched(name):
-    cs = cases(name)
+def test_cases_have_unequal_sizes_both_dtypes_large_single_square_and_batched(name, seed):
+    cs = cases(name, seed=seed)
     ids = [c.id for c in cs]
     assert len(set(ids)) == len(ids)
     assert {c.dtype for c in cs} == {np.dtype(np.float64), np.dtype(np.float32)}
