@@ -444,9 +444,10 @@ def _qk_cases(rng, with_v):
         arrays = _large_integer_inputs(rng, shapes, -12, 12, lambda a: a[0] @ a[1].T, power=1)
         if with_v:
             arrays[2] = arrays[2] / 4.0
-        yield f"large-scores-{dname}", f"large scores (|Q.K| up to {int(abs(arrays[0] @ arrays[1].T).max())}), " \
-            f"{sizes} ({dname})", [a.astype(dtype) for a in arrays], {"large": True}
-    yield "batched-float64", f"batched: a leading batch dimension of 2, {sizes} (float64)", \
+        top = int(abs(arrays[0] @ arrays[1].T).max())
+        yield f"large-scores-{dname}", f"large scores, |Q.K| up to {top} ({dname})", \
+            [a.astype(dtype) for a in arrays], {"large": True}
+    yield "batched-float64", "batched: a leading batch dimension of 2 (float64)", \
         qkv(3, 5, 4, 2, f64, batch=(2,)), {"batched": True}
 
 
@@ -471,7 +472,7 @@ def _softmax_cases(rng):
     offsets = np.array([[500.0], [-500.0], [120.0]])
     yield "large-scores-float32", "large scores: rows around 500, -500 and 120 (float32)", \
         [(offsets + np.round(_normal(rng, (3, 5), f64, 3.0), 2)).astype(f32)], {"large": True}
-    yield "batched-float64", "batched: a leading batch dimension of 2, n_q=3, n_k=5 (float64)", \
+    yield "batched-float64", "batched: a leading batch dimension of 2 (float64)", \
         [_normal(rng, (2, 3, 5), f64, 1.5)], {"batched": True}
 
 
@@ -486,7 +487,7 @@ def _output_cases(rng):
     yield "unequal-float32", "unequal sizes n_q=3, n_k=5, d_v=2 (float32)", wv(3, 5, 2, f32), {}
     yield "square-float64", "square: n_q = n_k = d_v = 4 (float64)", wv(4, 4, 4, f64), {}
     yield "single-token", "a single token: n_q = n_k = 1, d_v=2 (float64)", wv(1, 1, 2, f64), {}
-    yield "batched-float64", "batched: a leading batch dimension of 2, n_q=3, n_k=5, d_v=2 (float64)", \
+    yield "batched-float64", "batched: a leading batch dimension of 2 (float64)", \
         wv(3, 5, 2, f64, batch=(2,)), {"batched": True}
 
 
@@ -511,9 +512,9 @@ def _layer_cases(rng):
     for dtype, dname in ((f64, "float64"), (f32, "float32")):
         arrays = _large_integer_inputs(rng, shapes, -3, 3, scores_of, power=2)
         top = int(abs((arrays[0] @ arrays[1]) @ (arrays[0] @ arrays[2]).T).max())
-        yield f"large-scores-{dname}", f"large scores (|Q.K| up to {top}), {sizes} ({dname})", \
+        yield f"large-scores-{dname}", f"large scores, |Q.K| up to {top} ({dname})", \
             [a.astype(dtype) for a in arrays], {"large": True}
-    yield "batched-float64", f"batched: X with a leading batch dimension of 2, {sizes} (float64)", \
+    yield "batched-float64", "batched: X with a leading batch dimension of 2 (float64)", \
         xw(5, 6, 4, 3, f64, batch=(2,)), {"batched": True}
 
 
@@ -616,9 +617,8 @@ _HINTS = {
                "(selfattn.testing.cases(name) has them, with the expected outputs); "
                "selfattn.explain(X, W_q, W_k, W_v) shows every intermediate of a layer.",
     "raised_matmul": "A matrix product got shapes that do not fit. Check every @ against the shapes "
-                     "you expect: scores Q @ K.T are (n_q, d_k) @ (d_k, n_k) -> (n_q, n_k); the "
-                     "output attn_weights @ V is (n_q, n_k) @ (n_k, d_v) -> (n_q, d_v). A missing "
-                     "or extra .T only works by luck when two sizes are equal.",
+                     "you expect: {products}. A missing or extra .T only works by luck when two "
+                     "sizes are equal, which is why check() uses unequal sizes.",
     "raised_broadcast": "Shapes that do not broadcast: a row sum or max taken without keepdims "
                         "has shape (n_q,), which NumPy lines up with the columns. Use "
                         "keepdims=True: e / e.sum(axis=-1, keepdims=True).",
@@ -838,6 +838,39 @@ def _learner_frame(exc):
     return None
 
 
+_SCORES_PRODUCT = "the scores Q @ K.T are (n_q, d_k) @ (d_k, n_k) -> (n_q, n_k)"
+_OUTPUT_PRODUCT = "the output attn_weights @ V is (n_q, n_k) @ (n_k, d_v) -> (n_q, d_v)"
+_PRODUCTS = {
+    "compute_self_attention_scores": _SCORES_PRODUCT,
+    "softmax_attention_weights": "softmax needs no matrix product at all",
+    "compute_attention_output": _OUTPUT_PRODUCT,
+    "self_attention_layer": "Q = X @ W_q is (n, d_model) @ (d_model, d_k) -> (n, d_k); "
+                            + _SCORES_PRODUCT + "; " + _OUTPUT_PRODUCT,
+    "scaled_dot_product_attention": _SCORES_PRODUCT + "; " + _OUTPUT_PRODUCT,
+}
+
+# A generic hint from an exception, and the specific mistakes that explain it when another case
+# (where the sizes happened to fit) matched one of them.
+_EXPLAINED_BY = {
+    "raised_matmul": ("k_not_transposed", "qt_k", "scores_transposed", "weights_transposed",
+                      "result_transposed", "projection_order", "no_projection"),
+    "raised_broadcast": ("no_keepdims_sum", "no_keepdims_max", "no_keepdims_both"),
+    "raised_elementwise": ("elementwise",),
+}
+
+
+def _merge_explained(results):
+    """Replace a generic exception hint by the specific mistake another case identified."""
+    hints = [h for r in results if r.verdict == "FAIL" for h in r.hints]
+    for generic, specifics in _EXPLAINED_BY.items():
+        prefix = _HINTS[generic].split("{")[0]
+        found = next((h for h in hints if h.startswith(tuple(_HINTS[k] for k in specifics))), None)
+        if found is None:
+            continue
+        for r in results:
+            r.hints = list(dict.fromkeys(found if h.startswith(prefix) else h for h in r.hints))
+
+
 def _exception_result(case, exc):
     kind = type(exc).__name__
     text = str(exc).strip() or "(no message)"
@@ -859,7 +892,7 @@ def _exception_result(case, exc):
                        "compute_self_attention_scores": "raised_elementwise_scores"}
                       .get(case.name, "raised_broadcast")]
     elif "matmul" in low or "not aligned" in low or "mismatch" in low or "dimension" in low:
-        hint = _HINTS["raised_matmul"]
+        hint = _HINTS["raised_matmul"].format(products=_PRODUCTS[case.name])
     else:
         hint = _HINTS["raised"]
     return message, [hint]
@@ -1237,6 +1270,7 @@ def check(fn, name=None, *, scale=None, seed=0):
         notes.append(f"scale={scale:g} is ignored: {name} does not compute scores.")
         scale = None
     results = [_run_case(fn, case, scale) for case in cases(name, scale=scale, seed=seed)]
+    _merge_explained(results)
     return CheckReport(name, getattr(fn, "__name__", None), scale, results, notes)
 
 

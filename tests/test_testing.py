@@ -312,7 +312,7 @@ BUGGY = [
     ("scores 1/d_k, raw asked", scores_dk, SCORES, 1.0, ["divided by d_k, but check was asked for the raw"]),
     ("scores sqrt(n_k)", scores_wrong_axis_dk, SCORES, None, ["number of keys (K.shape[0])"]),
     ("scores K not transposed", scores_k_not_transposed, SCORES, None,
-     ["K is not transposed", "A matrix product got shapes that do not fit", "raised ValueError"]),
+     ["K is not transposed", "raised ValueError: matmul"]),
     ("scores transposed", scores_transposed, SCORES, None, ["scores are transposed"]),
     ("scores input modified", scores_in_place, SCORES, 1.0,
      ["changes its input in place", "changed its input Q in place"]),
@@ -351,7 +351,7 @@ BUGGY = [
     ("output result transposed", output_result_transposed, OUTPUT, None,
      ["Your result is transposed", "returned shape (2, 3), expected (3, 2)"]),
     ("output elementwise", output_elementwise, OUTPUT, None,
-     ["You multiplied elementwise", "not an elementwise product attn_weights * V"]),
+     ["You multiplied elementwise", "raised ValueError: operands could not be broadcast"]),
     ("layer wrong axis", layer_wrong_axis, LAYER, None, ["Softmax over the wrong axis"]),
     ("layer raw, scale not given", layer_raw, LAYER, None,
      ["raw dot products", "check(fn, scale=1.0)"]),
@@ -390,6 +390,21 @@ def test_each_mistake_is_caught_and_named(label, fn, name, scale, patterns, seed
     # Every failed case says what is wrong, in words (never a bare "False").
     for r in report.failures:
         assert r.hints and r.message
+
+
+def test_an_exception_is_explained_by_the_mistake_found_where_sizes_fit():
+    # Q @ K raises on unequal sizes and runs on square ones: one diagnosis, not two.
+    report = check(scores_k_not_transposed, SCORES)
+    assert len(report.diagnoses) == 1 and report.diagnoses[0].startswith("K is not transposed")
+    raised = [r for r in report.failures if r.message.startswith("raised ValueError")]
+    assert raised and all(r.hints == report.diagnoses for r in raised)
+
+    def scores_raises_only(Q, K):  # raises everywhere: the generic hint stays
+        return np.matmul(Q, K[:, :1])
+
+    report = check(scores_raises_only, SCORES)
+    assert report.diagnoses[0].startswith("A matrix product got shapes that do not fit") and \
+        "the scores Q @ K.T are (n_q, d_k) @ (d_k, n_k) -> (n_q, n_k)" in report.diagnoses[0]
 
 
 def test_the_most_common_mistake_comes_first():
