@@ -871,6 +871,15 @@ def _merge_explained(results):
             r.hints = list(dict.fromkeys(found if h.startswith(prefix) else h for h in r.hints))
 
 
+def _merge_combined(results):
+    """Where one case shows "mistake + wrong scale" and another the mistake alone (the scale made
+    no difference there), report the combination everywhere."""
+    hints = [h for r in results if r.verdict == "FAIL" for h in r.hints]
+    for r in results:
+        r.hints = list(dict.fromkeys(
+            next((c for c in hints if c.startswith(h + " Also: ")), h) for h in r.hints))
+
+
 def _exception_result(case, exc):
     kind = type(exc).__name__
     text = str(exc).strip() or "(no message)"
@@ -1162,7 +1171,7 @@ class CheckReport:
         lines.append("")
         label_w = max(len(r.case.label) for r in self.results)
         for r in self.results:
-            err = "" if r.max_error is None else f"max error {_fmt(r.max_error)}"
+            err = "" if r.max_error is None else f"max error {r.max_error:.3g}"
             if r.worst_index is not None and r.verdict != "pass":
                 err += f" at {_fmt_index(r.worst_index)}"
             lines.append(f"{r.verdict:>4}  {r.case.label:<{label_w}}  {err}".rstrip())
@@ -1199,26 +1208,28 @@ class CheckReport:
             parts.append("<p><b>What is wrong:</b></p><ol>")
             parts += [f"<li>{e(d)}</li>" for d in diagnoses]
             parts.append("</ol>")
-        parts.append("<table><thead><tr><th>case</th><th>inputs</th><th>verdict</th>"
-                     "<th>max error</th><th>details</th></tr></thead><tbody>")
+        parts.append("<table><thead><tr><th style='text-align:left'>case</th>"
+                     "<th style='text-align:left'>inputs</th><th>verdict</th><th>max error</th>"
+                     "<th style='text-align:left'>details</th></tr></thead><tbody>")
         colors = {"pass": "#1a7f37", "FAIL": "#cf222e", "note": "#9a6700"}
         for r in self.results:
-            err = "" if r.max_error is None else _fmt(r.max_error)
+            err = "" if r.max_error is None else f"{r.max_error:.3g}"
             if r.worst_index is not None and r.verdict != "pass":
                 err += f" at {_fmt_index(r.worst_index)}"
             detail = [e(line) for line in r.message.split("\n")] if r.message else []
             if r.verdict == "FAIL":
                 refs = [str(number[h]) for h in r.hints if h in number]
-                detail += ([f"<i>what is wrong:</i> {', '.join(refs)}"] if refs
+                detail += ([f"<i>what is wrong:</i> see {', '.join(refs)} above"] if refs
                            else [f"<i>hint:</i> {e(h)}" for h in r.hints])
             elif r.verdict == "note":
                 detail += [f"<i>note:</i> {e(h)}" for h in r.hints]
             detail += [f"<i>warning:</i> {e(w)}" for w in r.warnings[:2]]
             parts.append(
                 f"<tr><td style='text-align:left'>{e(r.case.label)}</td>"
-                f"<td style='text-align:left'>{e(r.case.shapes())}</td>"
+                f"<td style='text-align:left;white-space:nowrap'>{e(r.case.shapes())}</td>"
                 f"<td style='color:{colors[r.verdict]};font-weight:bold'>{e(r.verdict)}</td>"
-                f"<td>{e(err)}</td><td style='text-align:left'>{'<br>'.join(detail)}</td></tr>")
+                f"<td style='white-space:nowrap'>{e(err)}</td>"
+                f"<td style='text-align:left'>{'<br>'.join(detail)}</td></tr>")
         parts.append("</tbody></table></div>")
         return "".join(parts)
 
@@ -1271,6 +1282,7 @@ def check(fn, name=None, *, scale=None, seed=0):
         scale = None
     results = [_run_case(fn, case, scale) for case in cases(name, scale=scale, seed=seed)]
     _merge_explained(results)
+    _merge_combined(results)
     return CheckReport(name, getattr(fn, "__name__", None), scale, results, notes)
 
 

@@ -407,6 +407,13 @@ def test_an_exception_is_explained_by_the_mistake_found_where_sizes_fit():
         "the scores Q @ K.T are (n_q, d_k) @ (d_k, n_k) -> (n_q, n_k)" in report.diagnoses[0]
 
 
+def test_two_mistakes_at_once_are_one_diagnosis():
+    report = check(layer_raw_and_wrong_axis, LAYER)
+    assert len(report.diagnoses) == 1
+    assert report.diagnoses[0].startswith("Softmax over the wrong axis")
+    assert "Also: Your scores are the raw dot products" in report.diagnoses[0]
+
+
 def test_the_most_common_mistake_comes_first():
     report = check(softmax_no_max, SOFTMAX)
     assert report.diagnoses[0].startswith("No max subtraction")
@@ -441,7 +448,7 @@ def test_max_error_and_index_are_reported():
     got = softmax_wrong_axis(np.array(failed.case.args[0]))
     assert failed.max_error == pytest.approx(np.abs(got - exp).max())
     assert failed.worst_index is not None and len(failed.worst_index) == 2
-    assert f"max error {testing._fmt(failed.max_error)} at {testing._fmt_index(failed.worst_index)}" \
+    assert f"max error {failed.max_error:.3g} at {testing._fmt_index(failed.worst_index)}" \
         in str(report)
     assert all(r.max_error is not None and r.max_error < 1e-12
                for r in check(softmax, SOFTMAX).results if r.case.dtype == np.float64)
@@ -487,7 +494,7 @@ def test_html_rendering_is_a_table_with_every_case():
     page = report._repr_html_()
     assert page.startswith("<div") and page.endswith("</div>")
     assert page.count("<tr>") == len(report.results) + 1  # header + one row per case
-    assert "<ol><li>Softmax over the wrong axis" in page and "what is wrong:</i> 1" in page
+    assert "<ol><li>Softmax over the wrong axis" in page and "what is wrong:</i> see 1 above" in page
     assert "<table>" in page and "</table>" in page
     assert "FAIL" in page and "Softmax over the wrong axis" in page
     for r in report.results:
