@@ -331,7 +331,7 @@ BUGGY = [
     ("softmax in float32 for float64 inputs", float32_softmax, SOFTMAX, None,
      ["compute in float32", "returned float32 for float64 inputs"]),
     ("softmax input modified", softmax_in_place, SOFTMAX, None,
-     ["changes its input in place", "the output is right, but changed its input attn_scores in place"]),
+     ["changes its input in place", "the output is right; your function changed its input attn_scores in place"]),
     ("softmax global max", softmax_global_max, SOFTMAX, None, ["maximum of the whole matrix"]),
     ("softmax over the whole matrix", softmax_whole_matrix, SOFTMAX, None,
      ["Softmax over the whole matrix"]),
