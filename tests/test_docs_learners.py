@@ -62,11 +62,10 @@ def test_documented_report_is_what_check_prints():
     for path in docs:
         text = path.read_text()
         for code, shown in re.findall(r"```python\n(.*?)```\n\n.*?```text\n(.*?)```", text, flags=re.S):
-            if "selfattn.testing.check(softmax_attention_weights)" not in code:
+            if "report = selfattn.testing.check(softmax_attention_weights)" not in code:
                 continue
             namespace = {}
-            exec(code.replace("selfattn.testing.check(softmax_attention_weights)",
-                              "report = selfattn.testing.check(softmax_attention_weights)"), namespace)
+            exec(code, namespace)
             assert str(namespace["report"]).startswith(shown.rstrip("\n")), path
             found += 1
     assert found
