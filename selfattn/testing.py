@@ -898,6 +898,8 @@ def _exception_result(case, exc):
         hint = _HINTS["raised_name"]
     elif isinstance(exc, TypeError) and "argument" in low and ("positional" in low or "missing" in low):
         hint = _HINTS["raised_signature"].format(call=f"{case.name}({', '.join(case.arg_names)})")
+    elif isinstance(exc, (FloatingPointError, OverflowError)) and case.large:
+        hint = _HINTS["no_max"]  # np.seterr(all="raise") turns the overflow into an exception
     elif "nonetype" in low:
         hint = _HINTS["raised_none"]
     elif "could not be broadcast" in low:

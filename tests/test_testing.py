@@ -464,6 +464,17 @@ def test_check_never_modifies_its_cases_and_is_deterministic():
     assert not np.array_equal(c1[0].args[0], c2[0].args[0])
 
 
+def test_overflow_raised_under_seterr_is_diagnosed():
+    def softmax_strict(attn_scores):
+        with np.errstate(over="raise"):
+            e = np.exp(attn_scores)
+        return e / e.sum(axis=-1, keepdims=True)
+
+    report = check(softmax_strict, SOFTMAX)
+    assert not report and report.diagnoses[0].startswith("No max subtraction")
+    assert "raised FloatingPointError: overflow encountered in exp" in str(report)
+
+
 def test_keyboard_interrupt_is_not_swallowed():
     def interrupted(attn_scores):
         raise KeyboardInterrupt
