@@ -72,7 +72,8 @@ class AttentionTrace:
              "and a value (what it passes on).",
              [("Q", self.Q), ("K", self.K), ("V", self.V)]),
             ("2. Scores", f"scores = Q @ K.T * scale,  scale = {scale_text}",
-             "Row i compares query i with every key: a large score means a good match" + mask_text + ".",
+             "Row i compares query i with every key: a large score means a good match"
+             + mask_text + ".",
              [("scores", self.scores)]),
             ("3. Row maximum", "row_max = scores.max(axis=-1, keepdims=True)",
              "Subtracting each row's maximum keeps exp from overflowing; softmax does not change.",
@@ -126,7 +127,8 @@ class AttentionTrace:
             parts.append('<div style="display:flex;gap:1.5em;flex-wrap:wrap">')
             for name, arr in arrays:
                 rows, cols = self._labels(name, arr)
-                parts.append(f"<div><i>{e(name)}</i> {arr.shape}{_html_matrix(arr, rows, cols)}</div>")
+                table = _html_matrix(arr, rows, cols)
+                parts.append(f"<div><i>{e(name)}</i> {arr.shape}{table}</div>")
             parts.append("</div>")
         parts.append("</div>")
         return "".join(parts)
@@ -144,8 +146,8 @@ def _html_matrix(arr, rows=None, cols=None):
     e = html.escape
     out = ["<table>"]
     if cols is not None:
-        out.append("<tr><th></th>" + "".join(
-            "<th>…</th>" if j is None else f"<th>{e(cols[j])}</th>" for j in _shown(arr.shape[1])) + "</tr>")
+        heads = ("<th>…</th>" if j is None else f"<th>{e(cols[j])}</th>" for j in _shown(arr.shape[1]))
+        out.append("<tr><th></th>" + "".join(heads) + "</tr>")
     for i in _shown(arr.shape[0]):
         head = ""
         if rows is not None:
@@ -236,10 +238,14 @@ def explain(X, W_q, W_k, W_v, *, tokens=None, scale=None, mask=None, is_causal=F
             raise ValueError(f"{func}: tokens has {len(tokens)} labels but X has {n} tokens (rows)")
     X, W_q, W_k, W_v = (a.astype(dtype) for a in (X, W_q, W_k, W_v))
     d_k = W_q.shape[1]
-    scale_value = 1.0 / math.sqrt(d_k) if scale is None and d_k else (1.0 if scale is None else float(scale))
+    if scale is not None:
+        scale_value = float(scale)
+    else:
+        scale_value = 1.0 / math.sqrt(d_k) if d_k else 1.0
 
     Q, K, V = X @ W_q, X @ W_k, X @ W_v
-    scores = _api.compute_self_attention_scores(Q, K, scale=scale_value, mask=mask, is_causal=is_causal)
+    scores = _api.compute_self_attention_scores(Q, K, scale=scale_value, mask=mask,
+                                                is_causal=is_causal)
     row_max = scores.max(axis=-1, keepdims=True)
     # A fully masked row has max -inf; shifting by 0 there gives exp(-inf) = 0, not NaN.
     shift = np.where(np.isfinite(row_max), row_max, 0).astype(scores.dtype)

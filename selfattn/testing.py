@@ -194,7 +194,8 @@ def assert_attention_close(actual, desired, *, rtol=None, atol=None, err_msg="")
     prefix = (err_msg.rstrip() + "\n") if err_msg else ""
     for what, arr in (("actual", a), ("desired", d)):
         if arr.dtype.kind not in "biuf":
-            raise TypeError(f"assert_attention_close: {what} has dtype {arr.dtype}; expected real numbers")
+            raise TypeError(f"assert_attention_close: {what} has dtype {arr.dtype}; "
+                            f"expected real numbers")
     if a.shape != d.shape:
         hint = ""
         if a.ndim >= 2 and a.shape[:-2] + a.shape[-2:][::-1] == d.shape:
@@ -318,7 +319,8 @@ def _check_name(func, name, fn=None):
 def _check_scale(func, scale):
     if scale is None:
         return None
-    if isinstance(scale, (bool, np.bool_)) or not isinstance(scale, (int, float, np.integer, np.floating)):
+    real = isinstance(scale, (int, float, np.integer, np.floating))
+    if isinstance(scale, (bool, np.bool_)) or not real:
         raise TypeError(f"{func}: scale must be a positive number or None, got {scale!r}")
     scale = float(scale)
     if not (math.isfinite(scale) and scale > 0):
@@ -435,9 +437,10 @@ def _qk_cases(rng, with_v):
     sizes = "n_q=3, n_k=5, d_k=4" + (", d_v=2" if with_v else "")
     yield "unequal-float64", f"unequal sizes {sizes} (float64)", qkv(3, 5, 4, 2, f64), {}
     yield "unequal-float32", f"unequal sizes {sizes} (float32)", qkv(3, 5, 4, 2, f32), {}
-    yield "square-float64", "square: n_q = n_k = d_k" + (" = d_v" if with_v else "") + " = 4 (float64)", \
+    v_text = (" = d_v", ", d_v=2") if with_v else ("", "")
+    yield "square-float64", f"square: n_q = n_k = d_k{v_text[0]} = 4 (float64)", \
         qkv(4, 4, 4, 4, f64), {}
-    yield "keys-as-wide-as-d_k", "n_k = d_k = 4, n_q=3" + (", d_v=2" if with_v else "") + " (float64)", \
+    yield "keys-as-wide-as-d_k", f"n_k = d_k = 4, n_q=3{v_text[1]} (float64)", \
         qkv(3, 4, 4, 2, f64), {}
     yield "single-token", "a single token: n_q = n_k = 1, d_k=4 (float64)", qkv(1, 1, 4, 2, f64), {}
 
@@ -507,7 +510,8 @@ def _layer_cases(rng):
     yield "unequal-float64", f"unequal sizes {sizes} (float64)", xw(5, 6, 4, 3, f64), {}
     yield "unequal-float32", f"unequal sizes {sizes} (float32)", xw(5, 6, 4, 3, f32), {}
     yield "square-float64", "square: n = d_model = d_k = d_v = 4 (float64)", xw(4, 4, 4, 4, f64), {}
-    yield "single-token", "a single token: n=1, d_model=6, d_k=4, d_v=3 (float64)", xw(1, 6, 4, 3, f64), {}
+    yield "single-token", "a single token: n=1, d_model=6, d_k=4, d_v=3 (float64)", \
+        xw(1, 6, 4, 3, f64), {}
     shapes = [(5, 6), (6, 4), (6, 4), (6, 3)]
 
     def scores_of(a):
@@ -991,7 +995,8 @@ def _run_case(fn, case, user_scale):
         return done("returned None", [_HINTS["returned_none"]])
     if isinstance(got, tuple):
         shapes = ", ".join(str(np.shape(g)) for g in got)
-        return done(f"returned a tuple of {len(got)} values (shapes {shapes})", [_HINTS["returned_tuple"]])
+        return done(f"returned a tuple of {len(got)} values (shapes {shapes})",
+                    [_HINTS["returned_tuple"]])
     try:
         got = np.asarray(got)
     except Exception:  # a ragged list and the like
@@ -1000,7 +1005,8 @@ def _run_case(fn, case, user_scale):
         return done(f"returned an array of dtype {got.dtype}", [_HINTS["not_array"]])
 
     exp = case.expected
-    rtol, atol, _ = _tolerance(exp.dtype)  # the case's dtype: a float64 answer to a float32 case is fine
+    # The case's dtype decides: a float64 answer to a float32 case is fine.
+    rtol, atol, _ = _tolerance(exp.dtype)
     if got.shape != exp.shape:
         message, hints = _shape_hint(case, got.shape)
         if not case.batched:
@@ -1202,7 +1208,8 @@ class CheckReport:
         e = html.escape
         ok = self.passed
         color = "#1a7f37" if ok else "#cf222e"
-        parts = [f'<div class="selfattn-check"><p style="color:{color};font-weight:bold">{e(self.summary())}</p>']
+        parts = ['<div class="selfattn-check">',
+                 f'<p style="color:{color};font-weight:bold">{e(self.summary())}</p>']
         conv = self._convention()
         if conv:
             parts.append(f"<p>Convention: {e(conv)}.</p>")

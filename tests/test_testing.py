@@ -655,3 +655,13 @@ def test_testing_is_an_attribute_after_import():
     subprocess.run([sys.executable, "-c", code], check=True)
     assert selfattn.testing is testing
     assert {"testing", "explain", "plot_attention"} <= set(selfattn.__all__)
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import selfattn._explain
+    import selfattn._plot
+    for module in (testing, selfattn._explain, selfattn._plot):
+        result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+        assert result.failed == 0 and result.attempted > 0, module.__name__
