@@ -61,7 +61,8 @@ def test_documented_report_is_what_check_prints():
     found = 0
     for path in docs:
         text = path.read_text()
-        for code, shown in re.findall(r"```python\n(.*?)```\n\n.*?```text\n(.*?)```", text, flags=re.S):
+        for code, shown in re.findall(r"```python\n((?:(?!```).)*)```\n\n(?:(?!```).)*```text\n(.*?)```",
+                                     text, flags=re.S):
             if "report = selfattn.testing.check(softmax_attention_weights)" not in code:
                 continue
             namespace = {}
