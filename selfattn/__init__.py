@@ -40,6 +40,9 @@ from ._training import (
 )
 from ._config import config, get_isa, get_num_threads, set_isa, set_num_threads
 from ._config import _apply_environment
+from . import testing
+from ._explain import explain
+from ._plot import plot_attention
 
 _apply_environment()
 del _apply_environment
@@ -61,5 +64,8 @@ __all__ = [
     "set_isa",
     "get_isa",
     "config",
+    "testing",
+    "explain",
+    "plot_attention",
     "__version__",
 ]

@@ -3,6 +3,9 @@ from typing import Any, Literal, overload
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from . import testing as testing
+from ._explain import AttentionTrace
+
 __version__: str
 
 _Float = NDArray[np.floating[Any]]
@@ -132,3 +135,23 @@ def get_num_threads() -> int: ...
 def set_isa(name: Literal["avx512", "avx2", "generic", "reference"]) -> None: ...
 def get_isa() -> str: ...
 def config() -> dict[str, Any]: ...
+def explain(
+    X: ArrayLike,
+    W_q: ArrayLike,
+    W_k: ArrayLike,
+    W_v: ArrayLike,
+    *,
+    tokens: list[str] | None = ...,
+    scale: float | None = ...,
+    mask: ArrayLike | None = ...,
+    is_causal: bool = ...,
+) -> AttentionTrace: ...
+def plot_attention(
+    weights: ArrayLike,
+    tokens: list[str] | None = ...,
+    *,
+    key_tokens: list[str] | None = ...,
+    ax: Any = ...,
+    annotate: bool | None = ...,
+    head: int | None = ...,
+) -> Any: ...
