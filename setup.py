@@ -10,6 +10,9 @@ SOURCES = [
     "csrc/dispatch.c",
     "csrc/threadpool.c",
     "csrc/kernels_ref.c",
+    "csrc/isa_generic.c",
+    "csrc/isa_avx2.c",
+    "csrc/isa_avx512.c",
 ]
 
 # -O3 without -ffast-math: the kernels rely on IEEE infinities and NaN (masks are -inf).
@@ -24,7 +27,7 @@ setup(
         Extension(
             "selfattn._core",
             sources=SOURCES,
-            depends=["csrc/attn.h", "csrc/kernels_ref.inc"],
+            depends=["csrc/attn.h", "csrc/kernels_ref.inc", "csrc/kernels_fast.inc", "csrc/isa_tier.inc"],
             include_dirs=[numpy.get_include(), "csrc"],
             define_macros=[("NPY_TARGET_VERSION", "NPY_1_23_API_VERSION")],
             extra_compile_args=COMPILE_ARGS,

@@ -145,6 +145,10 @@ typedef int (*sa_attention_fn)(const sa_exec *ex, const sa_batch *batch, const s
                                const sa_mask *mask, sa_int n_q, sa_int n_k, sa_int d_k,
                                sa_int d_v, double scale, int causal);
 
+/* vexp:      out[j] = e^in[j] (base2 == 0) or 2^in[j], j < n, with the tier's vectorised exp (the
+ *            one softmax and attention use); for the accuracy tests. */
+typedef void (*sa_vexp_fn)(void *out, const void *in, sa_int n, int base2);
+
 /* One tier's kernels, indexed by precision: [0] float32, [1] float64. */
 typedef struct {
     const char *name;
@@ -152,12 +156,19 @@ typedef struct {
     sa_softmax_fn softmax[2];
     sa_matmul_fn matmul[2];
     sa_attention_fn attention[2];
+    sa_vexp_fn vexp[2];
 } sa_kernels;
 
 enum { SA_F32 = 0, SA_F64 = 1 };
 
 /* The scalar reference tier (csrc/kernels_ref.c). */
 extern const sa_kernels sa_kernels_reference;
+/* The fast tiers: csrc/kernels_fast.inc compiled by isa_generic.c, isa_avx2.c and isa_avx512.c. */
+extern const sa_kernels sa_kernels_generic;
+#if defined(__x86_64__) || defined(__i386__)
+extern const sa_kernels sa_kernels_avx2;
+extern const sa_kernels sa_kernels_avx512;
+#endif
 
 /* csrc/dispatch.c: what this CPU supports, and the table for a tier (NULL if unsupported). */
 int sa_isa_supported(sa_isa isa);

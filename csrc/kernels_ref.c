@@ -20,10 +20,24 @@
 #undef REF
 #undef EXP
 
+/* libm's exp, for _core.vexp on the reference tier */
+static void ref_vexp_f32(void *out, const void *in, sa_int n, int base2)
+{
+    for (sa_int j = 0; j < n; j++)
+        ((float *)out)[j] = base2 ? exp2f(((const float *)in)[j]) : expf(((const float *)in)[j]);
+}
+
+static void ref_vexp_f64(void *out, const void *in, sa_int n, int base2)
+{
+    for (sa_int j = 0; j < n; j++)
+        ((double *)out)[j] = base2 ? exp2(((const double *)in)[j]) : exp(((const double *)in)[j]);
+}
+
 const sa_kernels sa_kernels_reference = {
     .name = "reference",
     .scores = {ref_scores_f32, ref_scores_f64},
     .softmax = {ref_softmax_f32, ref_softmax_f64},
     .matmul = {ref_matmul_f32, ref_matmul_f64},
     .attention = {ref_attention_f32, ref_attention_f64},
+    .vexp = {ref_vexp_f32, ref_vexp_f64},
 };

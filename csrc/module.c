@@ -364,6 +364,38 @@ static PyObject *core_attention(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+PyDoc_STRVAR(vexp_doc, "vexp(out, x, isa, base2=False)\n--\n\n"
+                       "out[:] = exp(x), or 2**x, with the tier's vectorised exp (private; for "
+                       "the accuracy tests). out and x: 1-d contiguous arrays of one float type.");
+
+static PyObject *core_vexp(PyObject *self, PyObject *args)
+{
+    PyObject *out_obj, *in_obj;
+    int isa, base2 = 0;
+    if (!PyArg_ParseTuple(args, "OOi|p", &out_obj, &in_obj, &isa, &base2))
+        return NULL;
+    if (!PyArray_Check(out_obj) || !PyArray_Check(in_obj)) {
+        PyErr_SetString(PyExc_TypeError, "_core.vexp: out and x must be ndarrays");
+        return NULL;
+    }
+    PyArrayObject *out = (PyArrayObject *)out_obj, *in = (PyArrayObject *)in_obj;
+    int typenum = PyArray_TYPE(out);
+    if ((typenum != NPY_FLOAT && typenum != NPY_DOUBLE) || PyArray_TYPE(in) != typenum
+        || PyArray_NDIM(out) != 1 || PyArray_NDIM(in) != 1 || PyArray_DIM(out, 0) != PyArray_DIM(in, 0)
+        || !PyArray_IS_C_CONTIGUOUS(out) || !PyArray_IS_C_CONTIGUOUS(in)
+        || !PyArray_ISNOTSWAPPED(out) || !PyArray_ISNOTSWAPPED(in) || !PyArray_ISWRITEABLE(out)) {
+        PyErr_SetString(PyExc_ValueError, "_core.vexp: out and x must be 1-d contiguous native "
+                                          "arrays of one float type and length; out writeable");
+        return NULL;
+    }
+    sa_exec ex;
+    if (make_exec(&ex, isa) < 0)
+        return NULL;
+    sa_vexp_fn fn = sa_kernels_for(ex.isa)->vexp[typenum == NPY_FLOAT ? SA_F32 : SA_F64];
+    fn(PyArray_DATA(out), PyArray_DATA(in), PyArray_DIM(in, 0), base2);
+    Py_RETURN_NONE;
+}
+
 /* ---- settings ------------------------------------------------------------------------------- */
 
 static PyObject *core_set_num_threads(PyObject *self, PyObject *arg)
@@ -456,6 +488,7 @@ static PyMethodDef core_methods[] = {
     {"softmax", core_softmax, METH_VARARGS, softmax_doc},
     {"matmul", core_matmul, METH_VARARGS, matmul_doc},
     {"attention", core_attention, METH_VARARGS, attention_doc},
+    {"vexp", core_vexp, METH_VARARGS, vexp_doc},
     {"set_num_threads", core_set_num_threads, METH_O, "set_num_threads(n)\n--\n\n"},
     {"get_num_threads", core_get_num_threads, METH_NOARGS, "get_num_threads()\n--\n\n"},
     {"available_cpus", core_available_cpus, METH_NOARGS, "available_cpus()\n--\n\n"},
