@@ -139,7 +139,8 @@ static int get_mat(PyObject *obj, int typenum, int writeable, const sa_batch *ba
         return -1;
     }
     npy_intp itemsize = PyArray_ITEMSIZE(arr);
-    if (cols > 1 && PyArray_STRIDE(arr, nd - 1) != itemsize) {
+    /* NumPy gives an empty array zero strides: its rows hold nothing to be contiguous */
+    if (rows > 0 && cols > 1 && PyArray_STRIDE(arr, nd - 1) != itemsize) {
         PyErr_Format(PyExc_ValueError, "_core: the rows of %s must be contiguous", name);
         return -1;
     }
