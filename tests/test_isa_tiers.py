@@ -335,3 +335,25 @@ def test_every_fast_tier_has_its_own_kernels():
         got = np.empty_like(ref)
         _core.matmul(got, A, B, _core.isa_code(t))
         assert not np.array_equal(got, ref), t
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_negative_row_strides(tier, dtype):
+    """Views with reversed rows reach the kernels as negative row strides (no copy)."""
+    rng = np.random.default_rng(21)
+    n_q, n_k, d = 70, 130, 33
+    Q = rand(rng, (n_q, d), dtype)[::-1]
+    K = rand(rng, (2, n_k, d), dtype)[:, ::-1]
+    V = rand(rng, (n_k, d), dtype)[::-1]
+    mask = (rng.random((n_q, n_k)) < 0.8)[::-1, ::-1]
+    assert Q.strides[0] < 0 and K.strides[1] < 0
+    assert_close(selfattn.compute_self_attention_scores(Q, K, mask=mask),
+                 ld_scores(Q, K, 1 / np.sqrt(d), mask), dtype, "scores")
+    for causal in (False, True):
+        want, W = ld_attention(Q, K, V, 1 / np.sqrt(d), mask, causal)
+        assert_close(selfattn.scaled_dot_product_attention(Q, K, V, mask=mask, is_causal=causal),
+                     want, dtype, f"attention causal={causal}")
+    assert_close(selfattn.compute_attention_output(W.astype(dtype)[::-1], V),
+                 np.matmul(W.astype(dtype)[::-1].astype(LD), V.astype(LD)), dtype, "output")
+    S = rand(rng, (40, 90), dtype)[::-1]
+    assert_close(selfattn.softmax_attention_weights(S), ld_softmax(S), dtype, "softmax")
