@@ -14,7 +14,7 @@ typedef int32_t vi32 __attribute__((vector_size(16)));
 typedef double vf64 __attribute__((vector_size(16)));
 typedef int64_t vi64 __attribute__((vector_size(16)));
 
-/* a > b ? a : b per lane, b where unordered (as MAXPS); written with masks, which C vectors allow */
+/* a > b ? a : b per lane, b where unordered (as MAXPS), written with masks as C vectors allow */
 static inline vf32 max_f32(vf32 a, vf32 b)
 {
     vi32 m = a > b;

@@ -382,7 +382,8 @@ static PyObject *core_vexp(PyObject *self, PyObject *args)
     PyArrayObject *out = (PyArrayObject *)out_obj, *in = (PyArrayObject *)in_obj;
     int typenum = PyArray_TYPE(out);
     if ((typenum != NPY_FLOAT && typenum != NPY_DOUBLE) || PyArray_TYPE(in) != typenum
-        || PyArray_NDIM(out) != 1 || PyArray_NDIM(in) != 1 || PyArray_DIM(out, 0) != PyArray_DIM(in, 0)
+        || PyArray_NDIM(out) != 1 || PyArray_NDIM(in) != 1
+        || PyArray_DIM(out, 0) != PyArray_DIM(in, 0)
         || !PyArray_IS_C_CONTIGUOUS(out) || !PyArray_IS_C_CONTIGUOUS(in)
         || !PyArray_ISNOTSWAPPED(out) || !PyArray_ISNOTSWAPPED(in) || !PyArray_ISWRITEABLE(out)) {
         PyErr_SetString(PyExc_ValueError, "_core.vexp: out and x must be 1-d contiguous native "

@@ -171,7 +171,8 @@ def build_cases(quick, torch):
                     cases.append(_sdpa_case(n, d, dtype, causal, torch))
     layer_sizes = [(np.float32, 4096), (np.float64, 2048)]
     if not quick:
-        layer_sizes += [(np.float32, 512), (np.float32, 2048), (np.float64, 512), (np.float64, 4096)]
+        layer_sizes += [(np.float32, 512), (np.float32, 2048), (np.float64, 512),
+                        (np.float64, 4096)]
     for dtype, n in layer_sizes:
         cases.append(_layer_case(n, 64, 64, dtype, False))
     for dtype in DTYPES:
