@@ -201,11 +201,12 @@ def run_case(case, repeat, rng, min_sample=0.02):
     state = case["setup"](rng)
     fns = {"ours": case["ours"]}
     fns.update({k: v for k, v in case["peers"].items() if v is not None})
-    number = {}
+    number, first = {}, {}
     for key, fn in fns.items():                   # warm up, and size each sample
-        t = _time_once(fn, state, 1)
-        number[key] = max(1, min(10_000, math.ceil(min_sample / max(t, 1e-7))))
-    slowest = max(_time_once(fn, state, 1) * number[k] for k, fn in fns.items())
+        _time_once(fn, state, 1)
+        first[key] = _time_once(fn, state, 1)
+        number[key] = max(1, min(10_000, math.ceil(min_sample / max(first[key], 1e-7))))
+    slowest = max(first[k] * number[k] for k in fns)
     reps = repeat if slowest * repeat * len(fns) < 120 else max(3, int(120 / (slowest * len(fns))))
     samples = {key: [] for key in fns}
     for _ in range(reps):
