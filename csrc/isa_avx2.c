@@ -7,6 +7,7 @@
 #include "attn.h"
 
 #include <immintrin.h>
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>

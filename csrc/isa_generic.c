@@ -5,6 +5,7 @@
  */
 #include "attn.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>

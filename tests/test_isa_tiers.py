@@ -299,6 +299,31 @@ def test_attention_fully_masked_and_nan_rows(tier, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_attention_masked_with_finfo_min(tier, dtype):
+    """torch users mask with finfo(dtype).min instead of -inf: a row hidden that way gets the
+    (uniform) weights the definition gives, not zeros, and partly hidden rows ignore those keys."""
+    rng = np.random.default_rng(4)
+    n_q, n_k, d = 100, 300, 32
+    Q, K, V = rand(rng, (n_q, d), dtype), rand(rng, (n_k, d), dtype), rand(rng, (n_k, d), dtype)
+    mask = np.zeros((n_q, n_k), dtype)
+    lowest = np.finfo(dtype).min
+    mask[3, :] = lowest
+    mask[4, 100:] = lowest
+    mask[5, ::2] = lowest
+    for causal in (False, True):
+        want, W = ld_attention(Q, K, V, 1 / np.sqrt(d), mask, causal)
+        got = selfattn.scaled_dot_product_attention(Q, K, V, mask=mask, is_causal=causal)
+        assert_close(got, want, dtype, f"fused causal={causal}")
+        got2, weights = selfattn.scaled_dot_product_attention(Q, K, V, mask=mask,
+                                                              is_causal=causal,
+                                                              return_weights=True)
+        assert_close(got2, want, dtype, "weights path")
+        assert_close(weights, W, dtype, "weights")
+    uniform = selfattn.scaled_dot_product_attention(Q, K, V, mask=mask)[3]
+    assert_close(uniform, V.astype(LD).mean(axis=0), dtype, "uniform row")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_attention_extreme_scores(tier, dtype):
     """Scores far apart (weights that underflow) and all equal (uniform weights)."""
     rng = np.random.default_rng(9)
