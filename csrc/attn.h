@@ -145,9 +145,11 @@ typedef int (*sa_attention_fn)(const sa_exec *ex, const sa_batch *batch, const s
                                const sa_mask *mask, sa_int n_q, sa_int n_k, sa_int d_k,
                                sa_int d_v, double scale, int causal);
 
-/* vexp:      out[j] = e^in[j] (base2 == 0) or 2^in[j], j < n, with the tier's vectorised exp (the
- *            one softmax and attention use); for the accuracy tests. */
-typedef void (*sa_vexp_fn)(void *out, const void *in, sa_int n, int base2);
+/* vexp:      out[j] = e^in[j] or 2^in[j], j < n, with the tier's vectorised exp (the one softmax
+ *            and attention use); for the accuracy tests. The _NONPOS modes are the variants the
+ *            kernels run on arguments known to be <= 0 (or NaN); other arguments are undefined. */
+enum { SA_VEXP_EXP = 0, SA_VEXP_EXP2 = 1, SA_VEXP_EXP_NONPOS = 2, SA_VEXP_EXP2_NONPOS = 3 };
+typedef void (*sa_vexp_fn)(void *out, const void *in, sa_int n, int mode);
 
 /* One tier's kernels, indexed by precision: [0] float32, [1] float64. */
 typedef struct {

@@ -21,14 +21,16 @@
 #undef EXP
 
 /* libm's exp, for _core.vexp on the reference tier */
-static void ref_vexp_f32(void *out, const void *in, sa_int n, int base2)
+static void ref_vexp_f32(void *out, const void *in, sa_int n, int mode)
 {
+    int base2 = mode == SA_VEXP_EXP2 || mode == SA_VEXP_EXP2_NONPOS;
     for (sa_int j = 0; j < n; j++)
         ((float *)out)[j] = base2 ? exp2f(((const float *)in)[j]) : expf(((const float *)in)[j]);
 }
 
-static void ref_vexp_f64(void *out, const void *in, sa_int n, int base2)
+static void ref_vexp_f64(void *out, const void *in, sa_int n, int mode)
 {
+    int base2 = mode == SA_VEXP_EXP2 || mode == SA_VEXP_EXP2_NONPOS;
     for (sa_int j = 0; j < n; j++)
         ((double *)out)[j] = base2 ? exp2(((const double *)in)[j]) : exp(((const double *)in)[j]);
 }

@@ -365,16 +365,21 @@ static PyObject *core_attention(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-PyDoc_STRVAR(vexp_doc, "vexp(out, x, isa, base2=False)\n--\n\n"
-                       "out[:] = exp(x), or 2**x, with the tier's vectorised exp (private; for "
-                       "the accuracy tests). out and x: 1-d contiguous arrays of one float type.");
+PyDoc_STRVAR(vexp_doc, "vexp(out, x, isa, mode=0)\n--\n\n"
+                       "out[:] = exp(x) (mode 0), 2**x (1), or the variants for x <= 0 (2, 3), "
+                       "with the tier's vectorised exp (private; for the accuracy tests). out "
+                       "and x: 1-d contiguous arrays of one float type.");
 
 static PyObject *core_vexp(PyObject *self, PyObject *args)
 {
     PyObject *out_obj, *in_obj;
-    int isa, base2 = 0;
-    if (!PyArg_ParseTuple(args, "OOi|p", &out_obj, &in_obj, &isa, &base2))
+    int isa, mode = SA_VEXP_EXP;
+    if (!PyArg_ParseTuple(args, "OOi|i", &out_obj, &in_obj, &isa, &mode))
         return NULL;
+    if (mode < SA_VEXP_EXP || mode > SA_VEXP_EXP2_NONPOS) {
+        PyErr_SetString(PyExc_ValueError, "_core.vexp: mode must be 0, 1, 2 or 3");
+        return NULL;
+    }
     if (!PyArray_Check(out_obj) || !PyArray_Check(in_obj)) {
         PyErr_SetString(PyExc_TypeError, "_core.vexp: out and x must be ndarrays");
         return NULL;
@@ -394,7 +399,7 @@ static PyObject *core_vexp(PyObject *self, PyObject *args)
     if (make_exec(&ex, isa) < 0)
         return NULL;
     sa_vexp_fn fn = sa_kernels_for(ex.isa)->vexp[typenum == NPY_FLOAT ? SA_F32 : SA_F64];
-    fn(PyArray_DATA(out), PyArray_DATA(in), PyArray_DIM(in, 0), base2);
+    fn(PyArray_DATA(out), PyArray_DATA(in), PyArray_DIM(in, 0), mode);
     Py_RETURN_NONE;
 }
 
