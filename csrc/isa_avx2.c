@@ -3,6 +3,7 @@
  * 16 ymm registers: a 6 x 2-vector micro-tile (12 accumulators, 2 B vectors, 1 broadcast), as
  * in BLIS's Haswell kernels, for every product.
  */
+#if defined(__x86_64__) || defined(__i386__)   /* elsewhere the tier does not exist */
 #pragma GCC target("avx2,fma,bmi,bmi2")
 #include "attn.h"
 
@@ -43,3 +44,5 @@ static inline vf64 min_f64(vf64 a, vf64 b) { return (vf64)_mm256_min_pd((__m256d
 #define TIER_TABLE sa_kernels_avx2
 #define TIER_NAME "avx2"
 #include "isa_tier.inc"
+
+#endif

@@ -4,6 +4,7 @@
  * 32 zmm registers: matmul/scores use a 12 x 2-vector micro-tile (24 accumulators, 32 columns, a
  * divisor of the usual head sizes); the fused kernel uses 8 x 3 vectors, whose 8 rows divide d_v.
  */
+#if defined(__x86_64__) || defined(__i386__)   /* elsewhere the tier does not exist */
 #pragma GCC target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma,bmi,bmi2")
 #include "attn.h"
 
@@ -44,3 +45,5 @@ static inline vf64 min_f64(vf64 a, vf64 b) { return (vf64)_mm512_min_pd((__m512d
 #define TIER_TABLE sa_kernels_avx512
 #define TIER_NAME "avx512"
 #include "isa_tier.inc"
+
+#endif
