@@ -47,7 +47,9 @@ MEMORY_N = 65536
 # ---- the naive NumPy solution of the notebook --------------------------------------------------
 
 def naive_scores(Q, K, causal=False):
-    S = Q @ K.T / np.sqrt(Q.shape[-1])
+    # a Python float scale: np.sqrt(d) is a NumPy float64 scalar, which (NumPy 2) would turn
+    # float32 scores into float64 and make this peer slower than it needs to be
+    S = Q @ K.T * (1 / math.sqrt(Q.shape[-1]))
     if causal:
         S = np.where(np.tril(np.ones(S.shape, bool)), S, -np.inf)
     return S
@@ -128,14 +130,16 @@ def _layer_case(n, d_model, d, dtype, causal):
 
 def _step_cases(n, d, dtype):
     name = np.dtype(dtype).name
-    scale = 1 / np.sqrt(d)
+    scale = 1 / math.sqrt(d)
 
     def setup(rng):
         Q, K, V = (rng.standard_normal((n, d)).astype(dtype) for _ in range(3))
         S = naive_scores(Q, K)
         X = rng.standard_normal((n, d)).astype(dtype)
         W_all = rng.standard_normal((d, 3 * d)).astype(dtype)
-        return {"Q": Q, "K": K, "V": V, "S": S, "W": naive_softmax(S), "X": X, "W_all": W_all}
+        W = naive_softmax(S)
+        assert S.dtype == W.dtype == dtype
+        return {"Q": Q, "K": K, "V": V, "S": S, "W": W, "X": X, "W_all": W_all}
 
     return [
         {"name": f"scores {name} n={n} d={d}", "group": "steps", "dtype": name,
@@ -372,9 +376,9 @@ def main(argv=None) -> int:
                         help="run only cases whose name or group matches one of these")
     parser.add_argument("--no-memory", action="store_true", help="skip the n=65536 memory case")
     args = parser.parse_args(argv)
-    repeat = args.repeat or (3 if args.quick else 7)
-    if repeat < 1:
+    if args.repeat is not None and args.repeat < 1:
         parser.error("--repeat must be at least 1")
+    repeat = args.repeat or (3 if args.quick else 7)
 
     if args.threads is not None:
         if args.threads < 1:
