@@ -200,8 +200,11 @@ def _time_once(fn, state, number):
     return (time.perf_counter() - t0) / number
 
 
-def run_case(case, repeat, rng, min_sample=0.02):
-    """Medians of `repeat` interleaved samples of ours and every available peer."""
+def run_case(case, repeat, rng, min_sample=0.02, cooldown=0.0):
+    """Medians of `repeat` interleaved samples of ours and every available peer.
+
+    After each peer's sample the runner sleeps `cooldown` seconds: OpenBLAS's idle threads spin
+    for about 0.1 s after a call, and would otherwise steal a core from whatever runs next."""
     state = case["setup"](rng)
     fns = {"ours": case["ours"]}
     fns.update({k: v for k, v in case["peers"].items() if v is not None})
@@ -216,6 +219,8 @@ def run_case(case, repeat, rng, min_sample=0.02):
     for _ in range(reps):
         for key, fn in fns.items():
             samples[key].append(_time_once(fn, state, number[key]))
+            if key != "ours" and cooldown:
+                time.sleep(cooldown)
     del state
     gc.collect()
     times = {key: statistics.median(v) for key, v in samples.items()}
@@ -375,6 +380,9 @@ def main(argv=None) -> int:
     parser.add_argument("--cases", nargs="+", metavar="REGEX",
                         help="run only cases whose name or group matches one of these")
     parser.add_argument("--no-memory", action="store_true", help="skip the n=65536 memory case")
+    parser.add_argument("--cooldown", type=float, metavar="S",
+                        help="seconds to pause after each peer's sample so that its spinning "
+                             "BLAS threads go idle (default 0.1 with several threads, else 0)")
     args = parser.parse_args(argv)
     if args.repeat is not None and args.repeat < 1:
         parser.error("--repeat must be at least 1")
@@ -418,13 +426,15 @@ def main(argv=None) -> int:
     info["gemm_peak_gflops"] = peaks
     progress(f"  sgemm {peaks['float32']:.1f} GFLOP/s, dgemm {peaks['float64']:.1f} GFLOP/s")
 
+    cooldown = args.cooldown if args.cooldown is not None else (0.1 if threads > 1 else 0.0)
+    info["cooldown_s"] = cooldown
     cases = _select(build_cases(args.quick, torch), args.cases)
     rng = np.random.default_rng(12345)
     results = []
     t_start = time.perf_counter()
     for k, case in enumerate(cases):
         progress(f"[{k + 1}/{len(cases)}] {case['name']}")
-        results.append(run_case(case, repeat, rng))
+        results.append(run_case(case, repeat, rng, cooldown=cooldown))
     memory = None
     if not args.no_memory and (not args.cases or _select(
             [{"name": "memory", "group": "memory"}], args.cases)):
