@@ -10,6 +10,9 @@ SOURCES = [
     "csrc/dispatch.c",
     "csrc/threadpool.c",
     "csrc/kernels_ref.c",
+    "csrc/isa_generic.c",
+    "csrc/isa_avx2.c",
+    "csrc/isa_avx512.c",
     "csrc/backward_blocked.c",
 ]
 
@@ -25,8 +28,8 @@ setup(
         Extension(
             "selfattn._core",
             sources=SOURCES,
-            depends=["csrc/attn.h", "csrc/kernels_ref.inc", "csrc/backward_ref.inc",
-                     "csrc/backward_blocked.inc"],
+            depends=["csrc/attn.h", "csrc/kernels_ref.inc", "csrc/kernels_fast.inc", "csrc/isa_tier.inc",
+                     "csrc/backward_ref.inc", "csrc/backward_blocked.inc"],
             include_dirs=[numpy.get_include(), "csrc"],
             define_macros=[("NPY_TARGET_VERSION", "NPY_1_23_API_VERSION")],
             extra_compile_args=COMPILE_ARGS,

@@ -163,6 +163,11 @@ typedef int (*sa_attention_backward_fn)(const sa_exec *ex, const sa_batch *batch
                                         const sa_mat *V, const sa_mask *mask, sa_int n_q,
                                         sa_int n_k, sa_int d_k, sa_int d_v, double scale,
                                         int causal);
+/* vexp:      out[j] = e^in[j] or 2^in[j], j < n, with the tier's vectorised exp (the one softmax
+ *            and attention use); for the accuracy tests. The _NONPOS modes are the variants the
+ *            kernels run on arguments known to be <= 0 (or NaN); other arguments are undefined. */
+enum { SA_VEXP_EXP = 0, SA_VEXP_EXP2 = 1, SA_VEXP_EXP_NONPOS = 2, SA_VEXP_EXP2_NONPOS = 3 };
+typedef void (*sa_vexp_fn)(void *out, const void *in, sa_int n, int mode);
 
 /* One tier's kernels, indexed by precision: [0] float32, [1] float64. */
 typedef struct {
@@ -172,12 +177,19 @@ typedef struct {
     sa_matmul_fn matmul[2];
     sa_attention_fn attention[2];
     sa_attention_backward_fn attention_backward[2];
+    sa_vexp_fn vexp[2];
 } sa_kernels;
 
 enum { SA_F32 = 0, SA_F64 = 1 };
 
 /* The scalar reference tier (csrc/kernels_ref.c). */
 extern const sa_kernels sa_kernels_reference;
+/* The fast tiers: csrc/kernels_fast.inc compiled by isa_generic.c, isa_avx2.c and isa_avx512.c. */
+extern const sa_kernels sa_kernels_generic;
+#if defined(__x86_64__) || defined(__i386__)
+extern const sa_kernels sa_kernels_avx2;
+extern const sa_kernels sa_kernels_avx512;
+#endif
 
 /* The blocked (FlashAttention-2 style) backward, csrc/backward_blocked.c: O(n d) memory, the
    weights recomputed block by block; its block products run on the tier's own matmul
@@ -198,10 +210,6 @@ int sa_attention_backward_blocked_f64(const sa_exec *ex, const sa_batch *batch, 
    where that fits sa_backward_cache_bytes per thread. Settings only so tests can reach every path
    at small sizes. */
 extern long sa_backward_partial_bytes, sa_backward_cache_bytes;
-
-/* Until the fast tiers land: the reference kernels with the blocked backward (csrc/kernels_ref.c);
-   what the non-reference tiers run. */
-extern const sa_kernels sa_kernels_interim;
 
 /* csrc/dispatch.c: what this CPU supports, and the table for a tier (NULL if unsupported). */
 int sa_isa_supported(sa_isa isa);

@@ -46,9 +46,15 @@ const sa_kernels *sa_kernels_for(sa_isa isa)
     switch (isa) {
     case SA_ISA_REFERENCE:
         return &sa_kernels_reference;
+    case SA_ISA_GENERIC:
+        return &sa_kernels_generic;
+#if defined(__x86_64__) || defined(__i386__)
+    case SA_ISA_AVX2:
+        return &sa_kernels_avx2;
+    case SA_ISA_AVX512:
+        return &sa_kernels_avx512;
+#endif
     default:
-        /* Until the fast tiers land, every tier runs the reference kernels (with the blocked
-           backward). */
-        return &sa_kernels_interim;
+        return NULL;
     }
 }

@@ -22,6 +22,21 @@
 #undef REF
 #undef EXP
 
+/* libm's exp, for _core.vexp on the reference tier */
+static void ref_vexp_f32(void *out, const void *in, sa_int n, int mode)
+{
+    int base2 = mode == SA_VEXP_EXP2 || mode == SA_VEXP_EXP2_NONPOS;
+    for (sa_int j = 0; j < n; j++)
+        ((float *)out)[j] = base2 ? exp2f(((const float *)in)[j]) : expf(((const float *)in)[j]);
+}
+
+static void ref_vexp_f64(void *out, const void *in, sa_int n, int mode)
+{
+    int base2 = mode == SA_VEXP_EXP2 || mode == SA_VEXP_EXP2_NONPOS;
+    for (sa_int j = 0; j < n; j++)
+        ((double *)out)[j] = base2 ? exp2(((const double *)in)[j]) : exp(((const double *)in)[j]);
+}
+
 const sa_kernels sa_kernels_reference = {
     .name = "reference",
     .scores = {ref_scores_f32, ref_scores_f64},
@@ -29,15 +44,5 @@ const sa_kernels sa_kernels_reference = {
     .matmul = {ref_matmul_f32, ref_matmul_f64},
     .attention = {ref_attention_f32, ref_attention_f64},
     .attention_backward = {ref_attention_backward_f32, ref_attention_backward_f64},
-};
-
-/* What the other tiers run until their own kernels land: the reference forward kernels and the
-   blocked backward (which calls the tier's matmul, so it speeds up with it). */
-const sa_kernels sa_kernels_interim = {
-    .name = "interim",
-    .scores = {ref_scores_f32, ref_scores_f64},
-    .softmax = {ref_softmax_f32, ref_softmax_f64},
-    .matmul = {ref_matmul_f32, ref_matmul_f64},
-    .attention = {ref_attention_f32, ref_attention_f64},
-    .attention_backward = {sa_attention_backward_blocked_f32, sa_attention_backward_blocked_f64},
+    .vexp = {ref_vexp_f32, ref_vexp_f64},
 };

@@ -699,6 +699,44 @@ static PyObject *core_plain_matmul(PyObject *self, PyObject *args)
     return result_or_raise(result, status);
 }
 
+PyDoc_STRVAR(vexp_doc, "vexp(out, x, isa, mode=0)\n--\n\n"
+                       "out[:] = exp(x) (mode 0), 2**x (1), or the variants for x <= 0 (2, 3), "
+                       "with the tier's vectorised exp (private; for the accuracy tests). out "
+                       "and x: 1-d contiguous arrays of one float type.");
+
+static PyObject *core_vexp(PyObject *self, PyObject *args)
+{
+    PyObject *out_obj, *in_obj;
+    int isa, mode = SA_VEXP_EXP;
+    if (!PyArg_ParseTuple(args, "OOi|i", &out_obj, &in_obj, &isa, &mode))
+        return NULL;
+    if (mode < SA_VEXP_EXP || mode > SA_VEXP_EXP2_NONPOS) {
+        PyErr_SetString(PyExc_ValueError, "_core.vexp: mode must be 0, 1, 2 or 3");
+        return NULL;
+    }
+    if (!PyArray_Check(out_obj) || !PyArray_Check(in_obj)) {
+        PyErr_SetString(PyExc_TypeError, "_core.vexp: out and x must be ndarrays");
+        return NULL;
+    }
+    PyArrayObject *out = (PyArrayObject *)out_obj, *in = (PyArrayObject *)in_obj;
+    int typenum = PyArray_TYPE(out);
+    if ((typenum != NPY_FLOAT && typenum != NPY_DOUBLE) || PyArray_TYPE(in) != typenum
+        || PyArray_NDIM(out) != 1 || PyArray_NDIM(in) != 1
+        || PyArray_DIM(out, 0) != PyArray_DIM(in, 0)
+        || !PyArray_IS_C_CONTIGUOUS(out) || !PyArray_IS_C_CONTIGUOUS(in)
+        || !PyArray_ISNOTSWAPPED(out) || !PyArray_ISNOTSWAPPED(in) || !PyArray_ISWRITEABLE(out)) {
+        PyErr_SetString(PyExc_ValueError, "_core.vexp: out and x must be 1-d contiguous native "
+                                          "arrays of one float type and length; out writeable");
+        return NULL;
+    }
+    sa_exec ex;
+    if (make_exec(&ex, isa) < 0)
+        return NULL;
+    sa_vexp_fn fn = sa_kernels_for(ex.isa)->vexp[typenum == NPY_FLOAT ? SA_F32 : SA_F64];
+    fn(PyArray_DATA(out), PyArray_DATA(in), PyArray_DIM(in, 0), mode);
+    Py_RETURN_NONE;
+}
+
 /* ---- settings ------------------------------------------------------------------------------- */
 
 static PyObject *core_set_num_threads(PyObject *self, PyObject *arg)
@@ -807,6 +845,7 @@ static PyMethodDef core_methods[] = {
     {"plain_layer", core_plain_layer, METH_VARARGS,
      "plain_layer(X, W_q, W_k, W_v, scale, causal)\n--\n\nUnmasked layer of plain matrices, or "
      "None (private)."},
+    {"vexp", core_vexp, METH_VARARGS, vexp_doc},
     {"set_num_threads", core_set_num_threads, METH_O, "set_num_threads(n)\n--\n\n"},
     {"get_num_threads", core_get_num_threads, METH_NOARGS, "get_num_threads()\n--\n\n"},
     {"available_cpus", core_available_cpus, METH_NOARGS, "available_cpus()\n--\n\n"},

@@ -27,9 +27,10 @@ typedef struct {
     sa_task_fn fn;
     void *arg;
     sa_int n_tasks;
-    int n_helpers;              /* workers 1..n_helpers take part */
+    int n_helpers;              /* workers 1..n_helpers may take part */
     atomic_long next_task;
     atomic_int status;          /* first error wins */
+    int helpers_in;             /* helpers that joined; guarded by pool.lock */
     int helpers_done;           /* guarded by pool.lock */
 } sa_job;
 
@@ -89,12 +90,15 @@ static void *worker_main(void *arg)
             pthread_cond_wait(&pool.wake, &pool.lock);
         seen = pool.generation;
         sa_job *job = pool.job;
+        /* NULL also when the caller already finished every task: a helper that was slow to be
+           scheduled (the CPU busy elsewhere) then stays out instead of being waited for */
         if (job == NULL || id > job->n_helpers)
             continue;
+        job->helpers_in++;
         pthread_mutex_unlock(&pool.lock);
         run_tasks(job, id, NULL);
         pthread_mutex_lock(&pool.lock);
-        if (++job->helpers_done == job->n_helpers)
+        if (++job->helpers_done == job->helpers_in)
             pthread_cond_signal(&pool.done);
     }
     return NULL;
@@ -166,10 +170,11 @@ int sa_parallel_for(const sa_exec *ex, int n_threads, sa_int n_tasks, sa_task_fn
     run_tasks(&job, 0, ex);
 
     if (use_pool) {
+        /* Close the job to helpers that have not joined yet, then wait for those that have. */
         pthread_mutex_lock(&pool.lock);
-        while (job.helpers_done < job.n_helpers)
-            pthread_cond_wait(&pool.done, &pool.lock);
         pool.job = NULL;
+        while (job.helpers_done < job.helpers_in)
+            pthread_cond_wait(&pool.done, &pool.lock);
         pthread_mutex_unlock(&pool.lock);
         pthread_mutex_unlock(&pool.in_use);
     }

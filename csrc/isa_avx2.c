@@ -1,0 +1,48 @@
+/*
+ * isa_avx2.c -- the AVX2 + FMA tier: kernels_fast.inc compiled for 256-bit vectors.
+ * 16 ymm registers: a 6 x 2-vector micro-tile (12 accumulators, 2 B vectors, 1 broadcast), as
+ * in BLIS's Haswell kernels, for every product.
+ */
+#if defined(__x86_64__) || defined(__i386__)   /* elsewhere the tier does not exist */
+#pragma GCC target("avx2,fma,bmi,bmi2")
+#include "attn.h"
+
+#include <immintrin.h>
+#include <float.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+typedef float vf32 __attribute__((vector_size(32)));
+typedef int32_t vi32 __attribute__((vector_size(32)));
+typedef double vf64 __attribute__((vector_size(32)));
+typedef int64_t vi64 __attribute__((vector_size(32)));
+
+static inline vf32 vsplat_f32(float s) { return (vf32)_mm256_set1_ps(s); }
+static inline vf32 fma_f32(vf32 a, vf32 b, vf32 c)
+{
+    return (vf32)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
+}
+static inline vf32 max_f32(vf32 a, vf32 b) { return (vf32)_mm256_max_ps((__m256)a, (__m256)b); }
+static inline vf32 min_f32(vf32 a, vf32 b) { return (vf32)_mm256_min_ps((__m256)a, (__m256)b); }
+static inline vf64 vsplat_f64(double s) { return (vf64)_mm256_set1_pd(s); }
+static inline vf64 fma_f64(vf64 a, vf64 b, vf64 c)
+{
+    return (vf64)_mm256_fmadd_pd((__m256d)a, (__m256d)b, (__m256d)c);
+}
+static inline vf64 max_f64(vf64 a, vf64 b) { return (vf64)_mm256_max_pd((__m256d)a, (__m256d)b); }
+static inline vf64 min_f64(vf64 a, vf64 b) { return (vf64)_mm256_min_pd((__m256d)a, (__m256d)b); }
+
+#define MM_MR 6
+#define MM_NV 2
+#define FA_MR 6
+#define FA_NV 2
+#define FA_QT_F32 6
+#define FA_QT_F64 12
+#define FA_BK_F32 252
+#define FA_BK_F64 126
+#define TIER_TABLE sa_kernels_avx2
+#define TIER_NAME "avx2"
+#include "isa_tier.inc"
+
+#endif

@@ -1,0 +1,51 @@
+/*
+ * isa_avx512.c -- the AVX-512 tier (F, DQ, BW, VL, with FMA): kernels_fast.inc compiled for
+ * 512-bit vectors. dispatch.c only hands it out when CPUID reports all of those features.
+ * 32 zmm registers: matmul/scores use a 12 x 2-vector micro-tile (24 accumulators, 32 columns, a
+ * divisor of the usual head sizes); the fused kernel uses 8 x 2 vectors, whose 8 rows divide d_v
+ * and whose 32 (float) or 16 (double) query columns divide the usual sequence lengths (8 x 3 was
+ * measured slower: short sequences wasted a third of a 48-query tile).
+ */
+#if defined(__x86_64__) || defined(__i386__)   /* elsewhere the tier does not exist */
+#pragma GCC target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma,bmi,bmi2")
+#include "attn.h"
+
+#include <immintrin.h>
+#include <float.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+typedef float vf32 __attribute__((vector_size(64)));
+typedef int32_t vi32 __attribute__((vector_size(64)));
+typedef double vf64 __attribute__((vector_size(64)));
+typedef int64_t vi64 __attribute__((vector_size(64)));
+
+static inline vf32 vsplat_f32(float s) { return (vf32)_mm512_set1_ps(s); }
+static inline vf32 fma_f32(vf32 a, vf32 b, vf32 c)
+{
+    return (vf32)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
+}
+static inline vf32 max_f32(vf32 a, vf32 b) { return (vf32)_mm512_max_ps((__m512)a, (__m512)b); }
+static inline vf32 min_f32(vf32 a, vf32 b) { return (vf32)_mm512_min_ps((__m512)a, (__m512)b); }
+static inline vf64 vsplat_f64(double s) { return (vf64)_mm512_set1_pd(s); }
+static inline vf64 fma_f64(vf64 a, vf64 b, vf64 c)
+{
+    return (vf64)_mm512_fmadd_pd((__m512d)a, (__m512d)b, (__m512d)c);
+}
+static inline vf64 max_f64(vf64 a, vf64 b) { return (vf64)_mm512_max_pd((__m512d)a, (__m512d)b); }
+static inline vf64 min_f64(vf64 a, vf64 b) { return (vf64)_mm512_min_pd((__m512d)a, (__m512d)b); }
+
+#define MM_MR 12
+#define MM_NV 2
+#define FA_MR 8
+#define FA_NV 2
+#define FA_QT_F32 3
+#define FA_QT_F64 6
+#define FA_BK_F32 256
+#define FA_BK_F64 128
+#define TIER_TABLE sa_kernels_avx512
+#define TIER_NAME "avx512"
+#include "isa_tier.inc"
+
+#endif

@@ -1,0 +1,476 @@
+"""``python -m selfattn bench``: selfattn's own benchmark.
+
+Every case times selfattn ("ours") and its peers in the same run, interleaved (ours, peer 1,
+peer 2, ours, ...), and reports medians of the repeats:
+
+* the naive NumPy solution of the notebook (``Q @ K.T / sqrt(d)``, ``exp(x - max) / sum``,
+  ``W @ V``), and plain ``np.matmul`` for the products;
+* ``torch.nn.functional.scaled_dot_product_attention`` when torch is importable, with
+  ``torch.set_num_threads`` equal to ours.
+
+It prints times, GFLOP/s (attention counts ``4 n_q n_k d``, causal the visible half), the ratio
+``peer time / our time`` (above 1: selfattn is faster) and the fraction of the machine's GEMM
+peak measured at start with ``np.matmul`` (sgemm, dgemm). Progress goes to stderr.
+
+A case is a dict ``{"name", "group", "flops", "setup": f(rng) -> state, "ours": f(state),
+"peers": {name: f(state) or None}}`` (optionally ``"dtype"``, for the peak fraction), so other
+modules can add theirs: when ``selfattn._bench_training`` is importable its ``CASES`` run too.
+
+NumPy's OpenBLAS reads ``OPENBLAS_CORETYPE`` when it loads, so to measure it at its best run
+``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m selfattn bench``.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import math
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+
+import numpy as np
+
+import selfattn
+
+SIZES = [8, 64, 512, 2048, 4096, 8192]
+HEADS = [64, 128]
+DTYPES = [np.float32, np.float64]
+QUICK_SIZES = [8, 512, 2048, 4096]
+MEMORY_N = 65536
+
+
+# ---- the naive NumPy solution of the notebook --------------------------------------------------
+
+def naive_scores(Q, K, causal=False):
+    # a Python float scale: np.sqrt(d) is a NumPy float64 scalar, which (NumPy 2) would turn
+    # float32 scores into float64 and make this peer slower than it needs to be
+    S = Q @ K.T * (1 / math.sqrt(Q.shape[-1]))
+    if causal:
+        S = np.where(np.tril(np.ones(S.shape, bool)), S, -np.inf)
+    return S
+
+
+def naive_softmax(S):
+    e = np.exp(S - S.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def naive_attention(Q, K, V, causal=False):
+    return naive_softmax(naive_scores(Q, K, causal)) @ V
+
+
+def naive_layer(X, W_q, W_k, W_v, causal=False):
+    return naive_attention(X @ W_q, X @ W_k, X @ W_v, causal)
+
+
+# ---- cases -------------------------------------------------------------------------------------
+
+def _torch():
+    try:
+        import torch
+    except Exception:               # not installed, or broken: the peer is simply absent
+        return None
+    return torch
+
+
+def _attention_flops(n_q, n_k, d, causal):
+    pairs = n_q * n_k if not causal else sum(min(i + 1, n_k) for i in range(n_q))
+    return 4.0 * pairs * d
+
+
+def _sdpa_case(n, d, dtype, causal, torch):
+    def setup(rng):
+        Q, K, V = (rng.standard_normal((n, d)).astype(dtype) for _ in range(3))
+        state = {"Q": Q, "K": K, "V": V}
+        if torch is not None:
+            state["t"] = [torch.from_numpy(a)[None, None] for a in (Q, K, V)]
+        return state
+
+    def torch_sdpa(s):
+        with torch.inference_mode():
+            return torch.nn.functional.scaled_dot_product_attention(*s["t"], is_causal=causal)
+
+    return {
+        "name": f"sdpa {np.dtype(dtype).name} n={n} d={d}{' causal' if causal else ''}",
+        "group": "attention",
+        "dtype": np.dtype(dtype).name,
+        "flops": _attention_flops(n, n, d, causal),
+        "setup": setup,
+        "ours": lambda s: selfattn.scaled_dot_product_attention(s["Q"], s["K"], s["V"],
+                                                                is_causal=causal),
+        "peers": {
+            "naive": lambda s: naive_attention(s["Q"], s["K"], s["V"], causal),
+            "torch": torch_sdpa if torch is not None else None,
+        },
+    }
+
+
+def _layer_case(n, d_model, d, dtype, causal):
+    def setup(rng):
+        X = rng.standard_normal((n, d_model)).astype(dtype)
+        W = [(rng.standard_normal((d_model, d)) / np.sqrt(d_model)).astype(dtype)
+             for _ in range(3)]
+        return {"X": X, "W": W}
+
+    return {
+        "name": f"layer {np.dtype(dtype).name} n={n} d={d}{' causal' if causal else ''}",
+        "group": "layer",
+        "dtype": np.dtype(dtype).name,
+        "flops": 2.0 * n * d_model * 3 * d + _attention_flops(n, n, d, causal),
+        "setup": setup,
+        "ours": lambda s: selfattn.self_attention_layer(s["X"], *s["W"], is_causal=causal),
+        "peers": {"naive": lambda s: naive_layer(s["X"], *s["W"], causal)},
+    }
+
+
+def _step_cases(n, d, dtype):
+    name = np.dtype(dtype).name
+    scale = 1 / math.sqrt(d)
+
+    def setup(rng):
+        Q, K, V = (rng.standard_normal((n, d)).astype(dtype) for _ in range(3))
+        S = naive_scores(Q, K)
+        X = rng.standard_normal((n, d)).astype(dtype)
+        W_all = rng.standard_normal((d, 3 * d)).astype(dtype)
+        W = naive_softmax(S)
+        assert S.dtype == W.dtype == dtype
+        return {"Q": Q, "K": K, "V": V, "S": S, "W": W, "X": X, "W_all": W_all}
+
+    return [
+        {"name": f"scores {name} n={n} d={d}", "group": "steps", "dtype": name,
+         "flops": 2.0 * n * n * d, "setup": setup,
+         "ours": lambda s: selfattn.compute_self_attention_scores(s["Q"], s["K"]),
+         "peers": {"np.matmul": lambda s: np.matmul(s["Q"], s["K"].T),
+                   "naive": lambda s: np.matmul(s["Q"], s["K"].T) * scale}},
+        {"name": f"softmax {name} n={n}", "group": "steps", "dtype": None,
+         "flops": None, "setup": setup,
+         "ours": lambda s: selfattn.softmax_attention_weights(s["S"]),
+         "peers": {"naive": lambda s: naive_softmax(s["S"])}},
+        {"name": f"output {name} n={n} d={d}", "group": "steps", "dtype": name,
+         "flops": 2.0 * n * n * d, "setup": setup,
+         "ours": lambda s: selfattn.compute_attention_output(s["W"], s["V"]),
+         "peers": {"np.matmul": lambda s: np.matmul(s["W"], s["V"])}},
+        {"name": f"projection {name} n={n} d={d}", "group": "steps", "dtype": name,
+         "flops": 2.0 * n * d * 3 * d, "setup": setup,
+         "ours": lambda s: selfattn.compute_attention_output(s["X"], s["W_all"]),
+         "peers": {"np.matmul": lambda s: np.matmul(s["X"], s["W_all"])}},
+    ]
+
+
+def build_cases(quick, torch):
+    cases = [_layer_case(8, 4, 4, np.float64, False)]          # the notebook's own size
+    sizes = QUICK_SIZES if quick else SIZES
+    heads = [64] if quick else HEADS
+    for dtype in DTYPES:
+        for d in heads:
+            for n in sizes:
+                if quick and dtype == np.float64 and n > 2048:
+                    continue
+                for causal in (False, True):
+                    cases.append(_sdpa_case(n, d, dtype, causal, torch))
+    layer_sizes = [(np.float32, 4096), (np.float64, 2048)]
+    if not quick:
+        layer_sizes += [(np.float32, 512), (np.float32, 2048), (np.float64, 512),
+                        (np.float64, 4096)]
+    for dtype, n in layer_sizes:
+        cases.append(_layer_case(n, 64, 64, dtype, False))
+    for dtype in DTYPES:
+        for n in ([2048] if quick else [512, 2048, 4096]):
+            cases.extend(_step_cases(n, 64, dtype))
+    try:
+        from . import _bench_training
+    except ImportError:
+        pass
+    else:
+        cases.extend(_bench_training.CASES)
+    return cases
+
+
+# ---- timing ------------------------------------------------------------------------------------
+
+def _time_once(fn, state, number):
+    t0 = time.perf_counter()
+    for _ in range(number):
+        fn(state)
+    return (time.perf_counter() - t0) / number
+
+
+def run_case(case, repeat, rng, min_sample=0.02, cooldown=0.0):
+    """Medians of `repeat` interleaved samples of ours and every available peer.
+
+    After each peer's sample the runner sleeps `cooldown` seconds: OpenBLAS's idle threads spin
+    for about 0.1 s after a call, and would otherwise steal a core from whatever runs next."""
+    state = case["setup"](rng)
+    fns = {"ours": case["ours"]}
+    fns.update({k: v for k, v in case["peers"].items() if v is not None})
+    number, first = {}, {}
+    for key, fn in fns.items():                   # warm up, and size each sample
+        _time_once(fn, state, 1)
+        first[key] = _time_once(fn, state, 1)
+        number[key] = max(1, min(10_000, math.ceil(min_sample / max(first[key], 1e-7))))
+    slowest = max(first[k] * number[k] for k in fns)
+    reps = repeat if slowest * repeat * len(fns) < 120 else max(3, int(120 / (slowest * len(fns))))
+    samples = {key: [] for key in fns}
+    for _ in range(reps):
+        for key, fn in fns.items():
+            samples[key].append(_time_once(fn, state, number[key]))
+            if key != "ours" and cooldown:
+                time.sleep(cooldown)
+    del state
+    gc.collect()
+    times = {key: statistics.median(v) for key, v in samples.items()}
+    result = {"name": case["name"], "group": case["group"], "flops": case.get("flops"),
+              "dtype": case.get("dtype"), "repeats": reps, "time_s": times["ours"],
+              "peers": {}}
+    for key in case["peers"]:
+        if key in times:
+            result["peers"][key] = {"time_s": times[key], "ratio": times[key] / times["ours"]}
+        else:
+            result["peers"][key] = None
+    return result
+
+
+def measure_peaks(repeat):
+    """GFLOP/s of np.matmul on 2048 x 2048 (float32: sgemm, float64: dgemm), median of repeats."""
+    peaks = {}
+    rng = np.random.default_rng(0)
+    for dtype in DTYPES:
+        n = 2048
+        A, B = (rng.standard_normal((n, n)).astype(dtype) for _ in range(2))
+        A @ B
+        times = [_time_once(lambda s: A @ B, None, 1) for _ in range(max(3, repeat))]
+        peaks[np.dtype(dtype).name] = 2.0 * n ** 3 / statistics.median(times) / 1e9
+    return peaks
+
+
+def measure_memory(n, d, causal):
+    """Peak traced memory of one self_attention_layer call above its inputs, in bytes.
+
+    tracemalloc sees NumPy's arrays and selfattn's scratch (PyMem_RawMalloc) alike."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((n, d)).astype(np.float32)
+    W = [(rng.standard_normal((d, d)) / np.sqrt(d)).astype(np.float32) for _ in range(3)]
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        t0 = time.perf_counter()
+        out = selfattn.self_attention_layer(X, *W, is_causal=causal)
+        elapsed = time.perf_counter() - t0
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    return {"name": f"memory layer float32 n={n} d={d}{' causal' if causal else ''}",
+            "peak_above_inputs_bytes": peak, "output_bytes": out.nbytes, "time_s": elapsed,
+            "naive_scores_bytes": n * n * 4}
+
+
+# ---- reporting ---------------------------------------------------------------------------------
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def blas_info():
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return None
+    return [{k: v for k, v in info.items() if k in ("internal_api", "version", "architecture",
+                                                    "num_threads")} for info in threadpool_info()
+            if info.get("user_api") == "blas"]
+
+
+def _fmt_time(t):
+    if t is None:
+        return "-"
+    if t < 1e-3:
+        return f"{t * 1e6:.1f} us"
+    if t < 1:
+        return f"{t * 1e3:.2f} ms"
+    return f"{t:.2f} s"
+
+
+def format_table(results, peaks, peer_names):
+    head = ["case", "time", "GFLOP/s", "% peak"] + [f"x {p}" for p in peer_names]
+    rows = []
+    for r in results:
+        gf = r["flops"] / r["time_s"] / 1e9 if r.get("flops") else None
+        peak = peaks.get(r.get("dtype")) if r.get("dtype") else None
+        row = [r["name"], _fmt_time(r["time_s"]), f"{gf:.1f}" if gf else "-",
+               f"{100 * gf / peak:.0f}%" if gf and peak else "-"]
+        for p in peer_names:
+            info = r["peers"].get(p)
+            row.append(f"{info['ratio']:.2f}" if info else "-")
+        rows.append(row)
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+    lines = ["  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in
+                       enumerate(zip(head, widths)))]
+    lines.append("  ".join("-" * w for w in widths))
+    for row in rows:
+        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
+                               enumerate(zip(row, widths))))
+    return "\n".join(lines)
+
+
+def write_plot(path, results, peer_names):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("selfattn bench: --plot needs matplotlib, which is not installed "
+              "(pip install matplotlib, or pip install selfattn[plot]); no plot written",
+              file=sys.stderr)
+        return False
+    rated = [r for r in results if any(r["peers"].get(p) for p in peer_names)]
+    fig, ax = plt.subplots(figsize=(10, max(3, 0.28 * len(rated) + 1.5)))
+    y = np.arange(len(rated))
+    height = 0.8 / max(1, len(peer_names))
+    for k, p in enumerate(peer_names):
+        vals = [r["peers"][p]["ratio"] if r["peers"].get(p) else 0 for r in rated]
+        ax.barh(y + k * height, vals, height=height, label=f"vs {p}")
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_yticks(y + height * (len(peer_names) - 1) / 2)
+    ax.set_yticklabels([r["name"] for r in rated], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("speed-up of selfattn (peer time / selfattn time; > 1 is faster)")
+    ax.set_title("selfattn benchmark")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def _select(cases, filters):
+    if not filters:
+        return cases
+    pats = [re.compile(f, re.IGNORECASE) for f in filters]
+    return [c for c in cases if any(p.search(c["name"]) or p.search(c["group"]) for p in pats)]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m selfattn bench",
+        description="selfattn's benchmark: selfattn against naive NumPy, np.matmul and torch "
+                    "SDPA, measured side by side (interleaved, medians of repeats).")
+    parser.add_argument("--quick", action="store_true", help="a reduced set (about a minute)")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--plot", metavar="PNG", help="also draw the speed-ups (needs matplotlib)")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="threads for selfattn, torch and NumPy's BLAS (default: selfattn's)")
+    parser.add_argument("--repeat", type=int, metavar="N", help="timed repeats per case "
+                        "(default 7, or 3 with --quick)")
+    parser.add_argument("--cases", nargs="+", metavar="REGEX",
+                        help="run only cases whose name or group matches one of these")
+    parser.add_argument("--no-memory", action="store_true", help="skip the n=65536 memory case")
+    parser.add_argument("--cooldown", type=float, metavar="S",
+                        help="seconds to pause after each peer's sample so that its spinning "
+                             "BLAS threads go idle (default 0.1 with several threads, else 0)")
+    args = parser.parse_args(argv)
+    if args.repeat is not None and args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    repeat = args.repeat or (3 if args.quick else 7)
+
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error("--threads must be at least 1")
+        selfattn.set_num_threads(args.threads)
+    threads = selfattn.get_num_threads()
+    torch = _torch()
+    if torch is not None:
+        torch.set_num_threads(threads)
+    blas_limit = None
+    try:
+        from threadpoolctl import threadpool_limits
+        blas_limit = threadpool_limits(limits=threads, user_api="blas")
+    except ImportError:
+        pass
+
+    def progress(msg):
+        print(msg, file=sys.stderr, flush=True)
+
+    if os.environ.get("OPENBLAS_CORETYPE") or os.environ.get("OPENBLAS_L2_SIZE"):
+        progress("note: OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE are set, which can slow NumPy's BLAS "
+                 "(a peer); run `env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m selfattn "
+                 "bench` to measure it at its best")
+    info = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": cpu_name(), "threads": threads, "isa": selfattn.get_isa(),
+        "selfattn": selfattn.__version__, "numpy": np.__version__,
+        "torch": getattr(torch, "__version__", None), "python": platform.python_version(),
+        "blas": blas_info(),
+        "openblas_env": {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+                         if k in os.environ},
+    }
+    progress(f"selfattn bench: {info['cpu']}, {threads} threads, isa {info['isa']}, "
+             f"numpy {info['numpy']}, torch {info['torch'] or 'not installed'}")
+    progress("measuring the GEMM peak with np.matmul ...")
+    peaks = measure_peaks(repeat)
+    info["gemm_peak_gflops"] = peaks
+    progress(f"  sgemm {peaks['float32']:.1f} GFLOP/s, dgemm {peaks['float64']:.1f} GFLOP/s")
+
+    cooldown = args.cooldown if args.cooldown is not None else (0.1 if threads > 1 else 0.0)
+    info["cooldown_s"] = cooldown
+    cases = _select(build_cases(args.quick, torch), args.cases)
+    rng = np.random.default_rng(12345)
+    results = []
+    t_start = time.perf_counter()
+    for k, case in enumerate(cases):
+        progress(f"[{k + 1}/{len(cases)}] {case['name']}")
+        results.append(run_case(case, repeat, rng, cooldown=cooldown))
+    memory = None
+    if not args.no_memory and (not args.cases or _select(
+            [{"name": "memory", "group": "memory"}], args.cases)):
+        progress(f"memory: self_attention_layer float32 n={MEMORY_N} d=64 ...")
+        memory = measure_memory(MEMORY_N, 64, causal=args.quick)
+    if blas_limit is not None:
+        blas_limit.restore_original_limits()
+
+    peer_names = []
+    for r in results:
+        for p in r["peers"]:
+            if p not in peer_names:
+                peer_names.append(p)
+    print(f"selfattn {info['selfattn']} benchmark, {info['date']}")
+    print(f"CPU: {info['cpu']}; threads: {threads}; isa: {info['isa']}; numpy {info['numpy']}"
+          f"; torch {info['torch'] or '-'}; BLAS: {info['blas'] or '?'}")
+    print(f"GEMM peak (np.matmul 2048^2): sgemm {peaks['float32']:.1f} GFLOP/s, "
+          f"dgemm {peaks['float64']:.1f} GFLOP/s")
+    print("x PEER = peer time / selfattn time (above 1: selfattn is faster); medians of "
+          f"{repeat} interleaved repeats\n")
+    print(format_table(results, peaks, peer_names))
+    if memory:
+        print(f"\n{memory['name']}: peak memory above the inputs "
+              f"{memory['peak_above_inputs_bytes'] / 2**20:.1f} MiB (output alone "
+              f"{memory['output_bytes'] / 2**20:.1f} MiB; the naive scores matrix alone would be "
+              f"{memory['naive_scores_bytes'] / 2**30:.0f} GiB), {memory['time_s']:.1f} s")
+    progress(f"done in {time.perf_counter() - t_start:.0f} s")
+
+    status = 0
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"info": info, "results": results, "memory": memory}, f, indent=1)
+    if args.plot and not write_plot(args.plot, results, peer_names):
+        status = 2
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

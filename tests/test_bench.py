@@ -1,0 +1,63 @@
+"""The benchmark (python -m selfattn bench) compares like with like and writes what it says."""
+import json
+
+import numpy as np
+import pytest
+
+from selfattn import _bench
+
+
+def small_cases():
+    return [c for c in _bench.build_cases(quick=True, torch=None)
+            if any(f"n={n} " in c["name"] + " " for n in (8, 512))]
+
+
+def arrays(result):
+    """A case's result as a list of arrays (backward cases return several gradients)."""
+    if isinstance(result, (tuple, list)):
+        return [np.asarray(r) for r in result]
+    return [np.asarray(result)]
+
+
+@pytest.mark.parametrize("case", small_cases(), ids=lambda c: c["name"])
+def test_peers_compute_what_ours_computes(case):
+    """Every peer returns the same values, in the same dtype, as selfattn for that case."""
+    state = case["setup"](np.random.default_rng(0))
+    ours = arrays(case["ours"](state))
+    for name, peer in case["peers"].items():
+        if peer is None:
+            continue
+        theirs = arrays(peer(state))
+        assert len(theirs) == len(ours), name
+        for mine, other in zip(ours, theirs):
+            assert other.shape == mine.shape, name
+            assert other.dtype == mine.dtype, name
+            tol = 2e-4 if mine.dtype == np.float32 else 1e-10
+            scale = max(1.0, float(np.abs(mine).max(initial=0)))
+            np.testing.assert_allclose(mine, other, rtol=tol, atol=tol * scale, err_msg=name)
+
+
+def test_main_writes_json_and_table(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    status = _bench.main(["--cases", "layer float64 n=8 ", "softmax float32",
+                          "--repeat", "1", "--no-memory", "--json", str(path)])
+    assert status == 0
+    out = capsys.readouterr()
+    assert "layer float64 n=8 d=4" in out.out and "x naive" in out.out
+    assert "[1/" in out.err                                    # progress goes to stderr
+    data = json.loads(path.read_text())
+    names = [r["name"] for r in data["results"]]
+    assert "layer float64 n=8 d=4" in names and "softmax float32 n=2048" in names
+    for r in data["results"]:
+        assert r["time_s"] > 0
+        assert r["peers"]["naive"]["ratio"] > 0
+    assert data["info"]["gemm_peak_gflops"]["float32"] > 0
+
+
+def test_case_filter_and_bad_arguments():
+    for bad in (["--repeat", "0"], ["--threads", "0"], ["--no-such-option"]):
+        with pytest.raises(SystemExit):
+            _bench.main(bad)
+    assert _bench._select([{"name": "sdpa float32 n=8 d=64", "group": "attention"},
+                           {"name": "softmax float64 n=512", "group": "steps"}],
+                          ["steps"])[0]["name"] == "softmax float64 n=512"

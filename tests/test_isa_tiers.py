@@ -1,0 +1,384 @@
+"""Value tests of every instruction-set tier this CPU supports.
+
+Each tier's kernels (reference, generic, avx2, avx512) are checked against an independent
+extended-precision NumPy computation (np.longdouble) and against the reference tier, across
+awkward sizes (edges of every micro-tile and block), strided and broadcast batch operands, masks
+of every kind and stride, causal attention with n_q != n_k, fully masked rows and NaN rows.
+"""
+import numpy as np
+import pytest
+
+import selfattn
+from selfattn import _core
+
+TIERS = list(_core.supported_isas())
+FAST_TIERS = [t for t in TIERS if t != "reference"]
+DTYPES = [np.float32, np.float64]
+SIZES = [1, 3, 15, 16, 17, 31, 33, 63, 65, 127, 129, 255, 256]
+HEAD_DIMS = [1, 3, 8, 63, 64, 65, 128, 255, 256]
+LD = np.longdouble
+
+
+@pytest.fixture(params=TIERS)
+def tier(request):
+    """Runs the test with selfattn.set_isa(tier), restoring the previous tier afterwards."""
+    before = selfattn.get_isa()
+    selfattn.set_isa(request.param)
+    yield request.param
+    selfattn.set_isa(before)
+
+
+def tol(dtype):
+    return 3e-5 if dtype == np.float32 else 1e-12
+
+
+def assert_close(got, want, dtype, what=""):
+    """NaN and +-inf exactly where the reference has them; elsewhere within tol(dtype) times
+    the reference's magnitude (at least 1)."""
+    want = np.asarray(want)
+    assert got.shape == want.shape, what
+    assert got.dtype == dtype, what
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=f"NaN places {what}")
+    finite = np.isfinite(want)
+    np.testing.assert_array_equal(got[~finite & ~np.isnan(want)], want[~finite & ~np.isnan(want)],
+                                  err_msg=f"inf places {what}")
+    if finite.any():
+        size = max(1.0, float(np.abs(want[finite]).max()))
+        err = float(np.abs(got[finite].astype(LD) - want[finite]).max())
+        assert err <= tol(dtype) * size, f"{what}: max error {err:.3g} > {tol(dtype) * size:.3g}"
+
+
+# ---- extended-precision references ----------------------------------------------------------
+
+def ld_scores(Q, K, scale, mask=None, causal=False):
+    S = np.matmul(Q.astype(LD), np.swapaxes(K.astype(LD), -1, -2)) * LD(scale)
+    if mask is not None:
+        if mask.dtype == bool:
+            S = np.where(mask, S, LD(-np.inf))
+        else:
+            S = S + mask.astype(LD)
+    if causal:
+        n_q, n_k = S.shape[-2:]
+        S = np.where(np.tril(np.ones((n_q, n_k), bool)), S, LD(-np.inf))
+    return S
+
+
+def ld_softmax(S):
+    S = np.asarray(S, LD)
+    with np.errstate(invalid="ignore", over="ignore"):
+        has_nan = np.isnan(S).any(axis=-1, keepdims=True)
+        m = np.where(np.isnan(S), LD(-np.inf), S).max(axis=-1, keepdims=True)
+        dead = m == -np.inf
+        e = np.exp(S - np.where(dead, LD(0), m))
+        s = e.sum(axis=-1, keepdims=True)
+        W = np.where(dead, LD(0), e / np.where(dead, LD(1), s))
+    return np.where(has_nan, LD(np.nan), W)
+
+
+def ld_attention(Q, K, V, scale, mask=None, causal=False):
+    W = ld_softmax(ld_scores(Q, K, scale, mask, causal))
+    return np.matmul(W, V.astype(LD)), W
+
+
+def rand(rng, shape, dtype):
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def cases(count=None):
+    """(n_q, n_k, d) triples pairing every awkward size with every head dim."""
+    out = []
+    for idx, n in enumerate(SIZES):
+        d = HEAD_DIMS[idx % len(HEAD_DIMS)]
+        n_k = SIZES[(idx + 5) % len(SIZES)]
+        out.append((n, n_k, d))
+    for idx, d in enumerate(HEAD_DIMS):
+        out.append((SIZES[(3 * idx + 2) % len(SIZES)], SIZES[(3 * idx + 7) % len(SIZES)], d))
+    return out
+
+
+CASES = cases()
+
+
+# ---- matmul ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (3, 17, 15), (16, 33, 63), (65, 31, 129),
+                                   (127, 255, 3), (129, 64, 256), (256, 65, 255), (200, 300, 520),
+                                   (17, 1, 64), (1, 129, 33)])
+def test_matmul(tier, dtype, m, n, k):
+    rng = np.random.default_rng(m * 1000 + n * 10 + k)
+    A, B = rand(rng, (m, k), dtype), rand(rng, (k, n), dtype)
+    C = np.full((m, n), np.nan, dtype)
+    _core.matmul(C, A, B, _core.isa_code(tier))
+    assert_close(C, A.astype(LD) @ B.astype(LD), dtype, f"{tier} {m}x{n}x{k}")
+    ref = np.empty_like(C)
+    _core.matmul(ref, A, B, _core.isa_code("reference"))
+    assert_close(C, ref, dtype, "vs reference tier")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_empty_inner_dimension(tier, dtype):
+    """k = 0: products of nothing are 0; scores of d_k = 0 are 0 plus the mask."""
+    got = selfattn.compute_attention_output(np.ones((5, 0), dtype), np.ones((0, 7), dtype))
+    np.testing.assert_array_equal(got, np.zeros((5, 7), dtype))
+    S = selfattn.compute_self_attention_scores(np.ones((3, 0), dtype), np.ones((4, 0), dtype),
+                                               is_causal=True)
+    np.testing.assert_array_equal(S, np.triu(np.full((3, 4), -np.inf, dtype), 1))
+    out = selfattn.scaled_dot_product_attention(np.ones((3, 4), dtype), np.ones((0, 4), dtype),
+                                                np.ones((0, 5), dtype))
+    np.testing.assert_array_equal(out, np.zeros((3, 5), dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_matmul_strided_and_broadcast_batch(tier, dtype):
+    rng = np.random.default_rng(7)
+    A = rand(rng, (3, 1, 70, 2 * 45), dtype)[:, :, ::1, ::2]        # rows strided by 2*45*2
+    B = rand(rng, (1, 4, 45, 130), dtype)[..., 3:123]                # rows with a longer stride
+    got = selfattn.compute_attention_output(A, B)
+    assert_close(got, np.matmul(A.astype(LD), B.astype(LD)), dtype, "batched matmul")
+
+
+# ---- scores ----------------------------------------------------------------------------------
+
+def make_mask(kind, rng, n_q, n_k, dtype, batch=()):
+    if kind is None:
+        return None
+    if kind == "bool":
+        return rng.random(batch + (n_q, n_k)) < 0.7
+    if kind == "add":
+        m = rng.standard_normal(batch + (n_q, n_k)).astype(dtype)
+        m[rng.random(m.shape) < 0.2] = -np.inf
+        return m
+    if kind == "keys":                 # key padding: one row broadcast over queries (stride 0)
+        return rng.random(batch + (1, n_k)) < 0.8
+    if kind == "queries":              # one column broadcast over keys (column stride 0)
+        return rng.standard_normal(batch + (n_q, 1)).astype(dtype)
+    if kind == "scalar":               # both strides 0
+        return np.array([[True]])
+    if kind == "transposed":           # a view with row stride 1 and column stride n_q
+        return (rng.random(batch + (n_k, n_q)) < 0.7).swapaxes(-1, -2)
+    raise AssertionError(kind)
+
+
+MASKS = [None, "bool", "add", "keys", "queries", "scalar", "transposed"]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n_q,n_k,d", CASES)
+def test_scores(tier, dtype, n_q, n_k, d):
+    rng = np.random.default_rng(n_q * 7 + n_k * 3 + d)
+    Q, K = rand(rng, (n_q, d), dtype), rand(rng, (n_k, d), dtype)
+    for kind in (None, "bool", "add"):
+        for causal in (False, True):
+            mask = make_mask(kind, rng, n_q, n_k, dtype)
+            got = selfattn.compute_self_attention_scores(Q, K, mask=mask, is_causal=causal)
+            want = ld_scores(Q, K, 1 / np.sqrt(d), mask, causal)
+            assert_close(got, want, dtype, f"{tier} {kind} causal={causal}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", MASKS)
+def test_scores_masks_and_strides(tier, dtype, kind):
+    rng = np.random.default_rng(11)
+    n_q, n_k, d = 37, 290, 40
+    Q = rand(rng, (2, 1, n_q, 2 * d), dtype)[..., ::2]              # elements strided: copied
+    K = rand(rng, (1, 3, n_k + 5, d), dtype)[:, :, 5:, :]            # offset view, broadcast
+    mask = make_mask(kind, rng, n_q, n_k, dtype, batch=(3,))
+    got = selfattn.compute_self_attention_scores(Q, K, mask=mask, is_causal=True, scale=0.3)
+    assert_close(got, ld_scores(Q, K, 0.3, mask, True), dtype, kind)
+
+
+# ---- softmax ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", SIZES + [1000, 4097])
+def test_softmax(tier, dtype, n):
+    rng = np.random.default_rng(n)
+    x = (rng.standard_normal((9, n)) * 30).astype(dtype)
+    x[1, ::3] = -np.inf                       # some keys masked
+    x[2, :] = -np.inf                         # every key masked: zeros
+    x[3, n // 2] = np.nan                     # NaN: the whole row NaN
+    x[4, :] = -np.inf
+    x[4, -1] = np.nan                         # NaN among -inf: still NaN
+    x[5] += dtype(1000)                        # large offsets cancel
+    x[6] -= dtype(1000)
+    x[7, 0] = 80 if dtype == np.float32 else 700   # one dominant entry
+    got = selfattn.softmax_attention_weights(x)
+    assert_close(got, ld_softmax(x), dtype, f"{tier} softmax n={n}")
+    np.testing.assert_array_equal(got[2], 0)
+    assert np.isnan(got[3]).all() and np.isnan(got[4]).all()
+    ref = np.empty_like(x)
+    _core.softmax(ref, x, _core.isa_code("reference"))
+    assert_close(got, ref, dtype, "vs reference tier")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_in_place_and_strided(tier, dtype):
+    rng = np.random.default_rng(5)
+    base = rand(rng, (2, 3, 40, 100), dtype)
+    x = base[:, :, ::2, 7:90]                  # strided rows, offset columns
+    want = ld_softmax(x)
+    x_copy = x.copy()
+    out = np.empty(x.shape, dtype)
+    _core.softmax(out, np.ascontiguousarray(x), _core.isa_code(tier))
+    assert_close(out, want, dtype, "contiguous")
+    got = selfattn.softmax_attention_weights(x)
+    assert_close(got, want, dtype, "strided")
+    np.testing.assert_array_equal(x, x_copy)   # input untouched
+    inplace = np.ascontiguousarray(x)
+    _core.softmax(inplace, inplace, _core.isa_code(tier))
+    assert_close(inplace, want, dtype, "in place")
+
+
+# ---- attention -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n_q,n_k,d", CASES)
+def test_attention(tier, dtype, n_q, n_k, d):
+    rng = np.random.default_rng(n_q * 13 + n_k * 5 + d)
+    Q, K = rand(rng, (n_q, d), dtype), rand(rng, (n_k, d), dtype)
+    d_v = max(1, (d * 3) // 4)
+    V = rand(rng, (n_k, d_v), dtype)
+    for kind in (None, "bool", "add"):
+        for causal in (False, True):
+            mask = make_mask(kind, rng, n_q, n_k, dtype)
+            want, W = ld_attention(Q, K, V, 1 / np.sqrt(d), mask, causal)
+            got = selfattn.scaled_dot_product_attention(Q, K, V, mask=mask, is_causal=causal)
+            assert_close(got, want, dtype, f"{tier} fused {kind} causal={causal}")
+            got2, weights = selfattn.scaled_dot_product_attention(
+                Q, K, V, mask=mask, is_causal=causal, return_weights=True)
+            assert_close(got2, want, dtype, f"{tier} weights path {kind} causal={causal}")
+            assert_close(weights, W, dtype, f"{tier} weights {kind} causal={causal}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", MASKS)
+@pytest.mark.parametrize("n_q,n_k", [(300, 77), (77, 300), (97, 97), (1, 513)])
+def test_attention_masks_causal_batches(tier, dtype, kind, n_q, n_k):
+    rng = np.random.default_rng(n_q + n_k)
+    d, d_v = 24, 40
+    Q = rand(rng, (2, 1, n_q, d), dtype)
+    K = rand(rng, (1, 3, n_k, 2 * d), dtype)[..., ::2]               # strided: copied by the API
+    V = rand(rng, (n_k + 3, d_v), dtype)[3:]                         # broadcast over the batch
+    mask = make_mask(kind, rng, n_q, n_k, dtype, batch=(3,))
+    for causal in (False, True):
+        want, _ = ld_attention(Q, K, V, 0.2, mask, causal)
+        got = selfattn.scaled_dot_product_attention(Q, K, V, mask=mask, is_causal=causal,
+                                                    scale=0.2)
+        assert_close(got, want, dtype, f"{tier} {kind} causal={causal}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_attention_fully_masked_and_nan_rows(tier, dtype):
+    rng = np.random.default_rng(3)
+    n_q, n_k, d = 130, 300, 64
+    Q, K, V = rand(rng, (n_q, d), dtype), rand(rng, (n_k, d), dtype), rand(rng, (n_k, d), dtype)
+    mask = rng.standard_normal((n_q, n_k)).astype(dtype)
+    mask[5, :] = -np.inf                       # every key hidden: output 0
+    mask[100, :260] = -np.inf                  # hidden up to the last block only
+    mask[100, 260:] = -np.inf
+    mask[17, 290] = np.nan                     # NaN score: that row NaN
+    mask[18, :] = -np.inf
+    mask[18, 3] = np.nan                       # NaN among -inf: NaN
+    mask[40, 256:] = -np.inf                   # a row whose last block is fully masked
+    Q[60, 0] = np.nan                          # NaN query: that row NaN
+    for tier_out in [selfattn.scaled_dot_product_attention(Q, K, V, mask=mask),
+                     selfattn.scaled_dot_product_attention(Q, K, V, mask=mask,
+                                                           return_weights=True)[0]]:
+        want, _ = ld_attention(Q, K, V, 1 / np.sqrt(d), mask)
+        assert_close(tier_out, want, dtype, tier)
+        np.testing.assert_array_equal(tier_out[5], 0)
+        np.testing.assert_array_equal(tier_out[100], 0)
+        for row in (17, 18, 60):
+            assert np.isnan(tier_out[row]).all(), row
+        assert np.isfinite(np.delete(tier_out, [17, 18, 60], axis=0)).all()
+    boolmask = np.ones((n_q, n_k), bool)
+    boolmask[7] = False
+    got = selfattn.scaled_dot_product_attention(Q, K, V, mask=boolmask, is_causal=True)
+    np.testing.assert_array_equal(got[7], 0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_attention_masked_with_finfo_min(tier, dtype):
+    """torch users mask with finfo(dtype).min instead of -inf: a row hidden that way gets the
+    (uniform) weights the definition gives, not zeros, and partly hidden rows ignore those keys."""
+    rng = np.random.default_rng(4)
+    n_q, n_k, d = 100, 300, 32
+    Q, K, V = rand(rng, (n_q, d), dtype), rand(rng, (n_k, d), dtype), rand(rng, (n_k, d), dtype)
+    mask = np.zeros((n_q, n_k), dtype)
+    lowest = np.finfo(dtype).min
+    mask[3, :] = lowest
+    mask[4, 100:] = lowest
+    mask[5, ::2] = lowest
+    for causal in (False, True):
+        want, W = ld_attention(Q, K, V, 1 / np.sqrt(d), mask, causal)
+        got = selfattn.scaled_dot_product_attention(Q, K, V, mask=mask, is_causal=causal)
+        assert_close(got, want, dtype, f"fused causal={causal}")
+        got2, weights = selfattn.scaled_dot_product_attention(Q, K, V, mask=mask,
+                                                              is_causal=causal,
+                                                              return_weights=True)
+        assert_close(got2, want, dtype, "weights path")
+        assert_close(weights, W, dtype, "weights")
+    uniform = selfattn.scaled_dot_product_attention(Q, K, V, mask=mask)[3]
+    assert_close(uniform, V.astype(LD).mean(axis=0), dtype, "uniform row")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_attention_extreme_scores(tier, dtype):
+    """Scores far apart (weights that underflow) and all equal (uniform weights)."""
+    rng = np.random.default_rng(9)
+    n, d = 200, 16
+    Q, K, V = rand(rng, (n, d), dtype) * 30, rand(rng, (n, d), dtype) * 30, rand(rng, (n, d), dtype)
+    want, _ = ld_attention(Q, K, V, 1.0, None, False)
+    assert_close(selfattn.scaled_dot_product_attention(Q, K, V, scale=1.0), want, dtype, "far")
+    Z = np.zeros((n, d), dtype)
+    got = selfattn.scaled_dot_product_attention(Z, Z, V)
+    assert_close(got, np.broadcast_to(V.astype(LD).mean(axis=0), (n, d)), dtype, "uniform")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,d_model,d", [(1, 4, 4), (8, 4, 4), (65, 32, 17), (300, 64, 64)])
+def test_self_attention_layer(tier, dtype, n, d_model, d):
+    rng = np.random.default_rng(n + d)
+    X = rand(rng, (2, n, d_model), dtype)
+    Wq, Wk, Wv = (rand(rng, (d_model, d), dtype) for _ in range(3))
+    for causal in (False, True):
+        Xl = X.astype(LD)
+        want, _ = ld_attention(Xl @ Wq.astype(LD), Xl @ Wk.astype(LD), Xl @ Wv.astype(LD),
+                               1 / np.sqrt(d), None, causal)
+        got = selfattn.self_attention_layer(X, Wq, Wk, Wv, is_causal=causal)
+        assert_close(got, want, dtype, f"{tier} layer causal={causal}")
+
+
+def test_every_fast_tier_has_its_own_kernels():
+    """The fast tiers are real: they differ from the reference in rounding somewhere."""
+    rng = np.random.default_rng(1)
+    A, B = rand(rng, (64, 300), np.float32), rand(rng, (300, 64), np.float32)
+    ref = np.empty((64, 64), np.float32)
+    _core.matmul(ref, A, B, _core.isa_code("reference"))
+    for t in FAST_TIERS:
+        got = np.empty_like(ref)
+        _core.matmul(got, A, B, _core.isa_code(t))
+        assert not np.array_equal(got, ref), t
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_negative_row_strides(tier, dtype):
+    """Views with reversed rows reach the kernels as negative row strides (no copy)."""
+    rng = np.random.default_rng(21)
+    n_q, n_k, d = 70, 130, 33
+    Q = rand(rng, (n_q, d), dtype)[::-1]
+    K = rand(rng, (2, n_k, d), dtype)[:, ::-1]
+    V = rand(rng, (n_k, d), dtype)[::-1]
+    mask = (rng.random((n_q, n_k)) < 0.8)[::-1, ::-1]
+    assert Q.strides[0] < 0 and K.strides[1] < 0
+    assert_close(selfattn.compute_self_attention_scores(Q, K, mask=mask),
+                 ld_scores(Q, K, 1 / np.sqrt(d), mask), dtype, "scores")
+    for causal in (False, True):
+        want, W = ld_attention(Q, K, V, 1 / np.sqrt(d), mask, causal)
+        assert_close(selfattn.scaled_dot_product_attention(Q, K, V, mask=mask, is_causal=causal),
+                     want, dtype, f"attention causal={causal}")
+    assert_close(selfattn.compute_attention_output(W.astype(dtype)[::-1], V),
+                 np.matmul(W.astype(dtype)[::-1].astype(LD), V.astype(LD)), dtype, "output")
+    S = rand(rng, (40, 90), dtype)[::-1]
+    assert_close(selfattn.softmax_attention_weights(S), ld_softmax(S), dtype, "softmax")
