@@ -139,6 +139,19 @@ static int get_mat(PyObject *obj, int typenum, int writeable, const sa_batch *ba
         return -1;
     }
     npy_intp itemsize = PyArray_ITEMSIZE(arr);
+    if (PyArray_SIZE(arr) == 0) {
+        /* Never read (e.g. V with no keys), and NumPy calls any strides contiguous for an empty
+           array, so its strides mean nothing: describe it as a dense block. */
+        for (int axis = 0; axis < batch->nd; axis++)
+            if (PyArray_DIM(arr, axis) != batch->shape[axis]) {
+                PyErr_Format(PyExc_ValueError, "_core: %s does not have the batch shape", name);
+                return -1;
+            }
+        memset(mat->bstride, 0, sizeof(mat->bstride));
+        mat->ld = cols;
+        mat->data = PyArray_DATA(arr);
+        return 0;
+    }
     if (cols > 1 && PyArray_STRIDE(arr, nd - 1) != itemsize) {
         PyErr_Format(PyExc_ValueError, "_core: the rows of %s must be contiguous", name);
         return -1;
