@@ -1,0 +1,159 @@
+"""Leaks: every public function, on its success and error paths, repeated until memory plateaus.
+
+* tracemalloc (ujson's approach): after a warm-up, the traced memory at the end of the loop must
+  not exceed the traced memory half way through by more than a few hundred bytes. selfattn
+  allocates its outputs with NumPy and its scratch with PyMem_RawMalloc, both traced, so a buffer
+  or an object lost on any path shows up.
+* RSS: the resident set must plateau too (catches plain malloc leaks that tracemalloc cannot
+  see); measured on larger inputs so a leak is megabytes.
+* refcounts: sys.getrefcount of every input (and of its dtype) is unchanged after successful
+  calls and after errors.
+"""
+import gc
+import sys
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import selfattn
+import calls
+
+FOUNDATION = {"compute_self_attention_scores", "softmax_attention_weights",
+              "compute_attention_output", "scaled_dot_product_attention", "self_attention_layer"}
+SUCCESS = calls.success_calls()
+ERRORS = calls.error_calls()
+NAMES = sorted(SUCCESS)
+
+LOOPS = 400
+SLACK_BYTES = 512     # a leak of 3 bytes per call over the 200 calls of the second half is caught
+
+
+def run_all(func, cases, expect_error):
+    for args, kw in cases:
+        if expect_error:
+            try:
+                func(*args, **kw)
+            except (TypeError, ValueError):
+                pass
+        else:
+            func(*args, **kw)
+
+
+def traced_growth(step, loops=LOOPS):
+    """Bytes by which traced memory rose over the second half of `loops` calls of step()."""
+    for _ in range(20):
+        step()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        half = None
+        for i in range(loops):
+            step()
+            if i == loops // 2:
+                gc.collect()
+                half = tracemalloc.get_traced_memory()[0]
+        gc.collect()
+        end = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    return end - half
+
+
+def rss_bytes():
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096
+    except OSError:  # not Linux: the high-water mark (kB on Linux, bytes on macOS)
+        import resource
+        r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return r if sys.platform == "darwin" else r * 1024
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_success_paths_plateau_under_tracemalloc(name):
+    func = getattr(selfattn, name)
+    growth = traced_growth(lambda: run_all(func, SUCCESS[name], False))
+    assert growth <= SLACK_BYTES, f"{name}: traced memory still grew by {growth} bytes"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_error_paths_plateau_under_tracemalloc(name):
+    func = getattr(selfattn, name)
+    if name in FOUNDATION:
+        for args, kw in ERRORS[name]:
+            with pytest.raises((TypeError, ValueError)):
+                func(*args, **kw)
+    growth = traced_growth(lambda: run_all(func, ERRORS[name], True))
+    assert growth <= SLACK_BYTES, f"{name}: traced memory still grew by {growth} bytes on errors"
+
+
+def test_interrupted_and_refused_paths_plateau():
+    # the size guard and a kernel refusal (the private API) leave nothing behind
+    Q = np.broadcast_to(np.ones((1, 4)), (2 ** 31, 4))
+    from selfattn import _core
+    out = np.empty((2, 3))
+
+    def step():
+        try:
+            selfattn.compute_self_attention_scores(Q, Q)
+        except ValueError:
+            pass
+        try:
+            _core.matmul(out, np.ones((2, 4)), np.ones((5, 3)), -1)
+        except ValueError:
+            pass
+    assert traced_growth(step) <= SLACK_BYTES
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_rss_plateaus(name):
+    func = getattr(selfattn, name)
+    cases = calls.success_calls(np.random.default_rng(1), n=48)[name]
+
+    def step():
+        run_all(func, cases, False)
+        run_all(func, ERRORS[name], True)
+    for _ in range(30):
+        step()
+    gc.collect()
+    before = rss_bytes()
+    for _ in range(300):
+        step()
+    gc.collect()
+    grown = rss_bytes() - before
+    # each call here allocates tens of kB; a leak of any of it would be several MB by now
+    assert grown < 4 * 2 ** 20, f"{name}: RSS grew by {grown / 2 ** 20:.1f} MiB over 300 rounds"
+
+
+def _refcounts(objs):
+    out = []
+    for o in objs:
+        out.append(sys.getrefcount(o))
+        if isinstance(o, np.ndarray):
+            out.append(sys.getrefcount(o.dtype))
+    return out
+
+
+@pytest.mark.skipif(not hasattr(sys, "getrefcount"), reason="no refcounts on this Python")
+@pytest.mark.parametrize("name", NAMES)
+def test_input_refcounts_unchanged(name):
+    func = getattr(selfattn, name)
+    for cases, expect_error in ((SUCCESS[name], False), (ERRORS[name], True)):
+        for args, kw in cases:
+            objs = list(args) + list(kw.values())
+            run_all(func, [(args, kw)], expect_error)   # warm caches (dtype descriptors etc.)
+            gc.collect()
+            before = _refcounts(objs)
+            for _ in range(50):
+                run_all(func, [(args, kw)], expect_error)
+            gc.collect()
+            after = _refcounts(objs)
+            assert after == before, f"{name}: refcounts of its inputs changed {before} -> {after}"
+
+
+def test_the_plateau_check_detects_a_leak():
+    # The check itself must be able to fail: a Python-level leak of one small array per call.
+    kept = []
+    growth = traced_growth(lambda: kept.append(np.ones(4)))
+    assert growth > SLACK_BYTES
