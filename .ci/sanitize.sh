@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Sanitizer and assertion builds of selfattn's C extension, each running the whole test suite.
 #
-#   .ci/sanitize.sh [asan|assert|all] [pytest arguments...]      (default: all, tests/)
+#   .ci/sanitize.sh [asan|assert|tsan|all] [pytest arguments...]      (default: all, tests/)
 #
 # asan:   the extension built with -fsanitize=address,undefined -fno-sanitize-recover=all, loaded
 #         by the normal interpreter with the sanitizer runtimes preloaded, PYTHONMALLOC=malloc (so
 #         ASan sees every Python allocation), leak detection off (CPython itself "leaks" at exit).
 #         Any ASan or UBSan report ends the run with a nonzero status.
 # assert: the extension built with -UNDEBUG (assert() live), the suite under python -X dev.
+# tsan:   the extension built with -fsanitize=thread, libtsan preloaded, the thread tests
+#         (tests/test_threads.py unless pytest arguments are given); any report fails.
 #
 # Each build happens in a throwaway copy of the tree (git's tracked and untracked, not ignored,
 # files), in place there, and the tests import that copy; the checkout is never touched.
@@ -89,9 +91,38 @@ run_assert() {
     echo "== assertions on (-UNDEBUG), -X dev: clean"
 }
 
+run_tsan() {
+    # ThreadSanitizer on the extension only (CPython and NumPy are not instrumented; TSan still
+    # sees the GIL's pthread locks, so it orders our threads correctly and reports races among the
+    # kernels' workers and callers). Runs the thread tests, which call everything concurrently.
+    local dir="$WORK/tsan"
+    copy_tree "$dir"
+    build "$dir" "-fsanitize=thread -fno-omit-frame-pointer -g -O1" "-fsanitize=thread"
+    local envs=(
+        LD_PRELOAD="$(gcc -print-file-name=libtsan.so)"
+        TSAN_OPTIONS="halt_on_error=1:exitcode=66:report_signal_unsafe=0"
+        PYTHONPATH="$dir"
+        SELFATTN_SANITIZED=tsan
+    )
+    check_import "$dir" "${envs[@]}"
+    local log="$WORK/tsan.log" args=("${PYTEST_ARGS[@]}")
+    [ "${args[*]}" = tests ] && args=(tests/test_threads.py)
+    set +e
+    (cd "$dir" && env "${envs[@]}" "$PY" -m pytest -p no:cacheprovider -q -s "${args[@]}") 2>&1 | tee "$log"
+    local status=${PIPESTATUS[0]}
+    set -e
+    if grep -q "WARNING: ThreadSanitizer" "$log"; then
+        echo "== ThreadSanitizer report found in the output (see above)"
+        return 1
+    fi
+    [ "$status" -eq 0 ] || { echo "== tsan run failed with status $status"; return "$status"; }
+    echo "== tsan: clean"
+}
+
 case "$MODE" in
     asan) run_asan ;;
     assert) run_assert ;;
-    all) run_asan; run_assert ;;
-    *) echo "usage: $0 [asan|assert|all] [pytest arguments...]"; exit 2 ;;
+    tsan) run_tsan ;;
+    all) run_asan; run_assert; run_tsan ;;
+    *) echo "usage: $0 [asan|assert|tsan|all] [pytest arguments...]"; exit 2 ;;
 esac
