@@ -8,6 +8,8 @@
 # or a csrc/ file) fails the run; the others are counted and ignored. The extension is built with
 # -g -O1 in a throwaway copy of the tree; the interpreter is the real one (sys.executable
 # resolved, not a pyenv shim) with PYTHONMALLOC=malloc so memcheck sees every allocation.
+# valgrind computes long double in 64 bits, so the fuzz tests' long-double oracle is not exact
+# under it: they check outcomes (result or clean error) but not values here (SELFATTN_SANITIZED).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -20,8 +22,9 @@ PYTEST_ARGS=("$@")
 if [ ${#PYTEST_ARGS[@]} -eq 0 ]; then
     # A few minutes under memcheck: every public function on its success and error paths, the
     # size guards, a little fuzzing, and concurrent calls.
-    PYTEST_ARGS=(tests/test_sizes.py tests/test_fuzz.py tests/test_threads.py
-                 tests/test_leaks.py -k "not rss and not plateau")
+    # (Races are ThreadSanitizer's business: .ci/sanitize.sh tsan.)
+    PYTEST_ARGS=(tests/test_sizes.py tests/test_fuzz.py tests/test_leaks.py
+                 -k "not rss and not plateau")
 fi
 
 mkdir -p "$WORK/src"
@@ -34,7 +37,7 @@ echo "== building in $WORK/src"
 echo "== valgrind memcheck: pytest ${PYTEST_ARGS[*]}"
 set +e
 (cd "$WORK/src" && PYTHONMALLOC=malloc PYTHONPATH="$WORK/src" SELFATTN_SANITIZED=valgrind \
-    SELFATTN_FUZZ_EXAMPLES="${SELFATTN_FUZZ_EXAMPLES:-8}" \
+    SELFATTN_FUZZ_EXAMPLES="${SELFATTN_FUZZ_EXAMPLES:-6}" \
     valgrind --tool=memcheck --xml=yes --xml-file="$WORK/memcheck.%p.xml" --num-callers=40 \
         --track-origins=no --error-exitcode=0 \
         "$PY" -m pytest -p no:cacheprovider -q "${PYTEST_ARGS[@]}")
@@ -47,11 +50,15 @@ import xml.etree.ElementTree as ET
 
 ours, others = [], 0
 for path in glob.glob(sys.argv[1] + "/memcheck.*.xml"):
+    text = open(path, errors="replace").read()
     try:
-        root = ET.parse(path).getroot()
-    except ET.ParseError as exc:
-        print(f"cannot parse {path}: {exc}")
-        sys.exit(1)
+        root = ET.fromstring(text)
+    except ET.ParseError:
+        # A process forked for exec (e.g. `uname` run by the platform module) leaves a file that
+        # stops at the exec; it ran none of our code. Anything with errors in it is read anyway.
+        if "<error>" not in text:
+            continue
+        root = ET.fromstring(text[: text.rindex("</error>") + len("</error>")] + "</valgrindoutput>")
     for error in root.iter("error"):
         frames = error.iter("frame")
         def mine(f):

@@ -22,6 +22,7 @@ import decimal
 import fractions
 import inspect
 import math
+import os
 
 import numpy as np
 from hypothesis import assume, strategies as st
@@ -35,6 +36,9 @@ NOT_ARRAY_FUNCTIONS = {"set_num_threads", "get_num_threads", "set_isa", "get_isa
                        "plot_attention", "testing", "explain"}
 
 ALLOWED_ERRORS = (TypeError, ValueError, MemoryError)
+
+# valgrind emulates x87 long double with 64-bit doubles: the oracle would be wrong there.
+NO_LONG_DOUBLE = os.environ.get("SELFATTN_SANITIZED") == "valgrind"
 
 SPECIALS = [0.0, -0.0, 1.0, -1.0, np.nan, np.inf, -np.inf, 5e-324, -5e-324, 2.2e-308, 1e-310,
             1e308, -1e308, 1.7976931348623157e308, 3.4e38, -3.4e38, 1e-45, 65504.0, 1e3, -1e3]
@@ -408,7 +412,7 @@ def run_case(name, args, kw, must_succeed):
     after = list(args) + list(kw.values())
     for b, a in zip(before, after):
         assert unchanged(b, a), f"{name} modified an input"
-    if isinstance(outcome, BaseException) or name not in R.REFERENCES:
+    if isinstance(outcome, BaseException) or name not in R.REFERENCES or NO_LONG_DOUBLE:
         return outcome
     try:
         with np.errstate(all="ignore"):
