@@ -32,6 +32,7 @@ mkdir -p "$WORK/src"
 WHEEL="$(ls "$WORK"/dist/selfattn-*.whl)"
 echo "== $WHEEL"
 cp -r "$ROOT/tests" "$WORK/tests"
+cp "$ROOT/pyproject.toml" "$WORK/"      # pytest's settings (markers); no package source beside it
 
 for version in "${VERSIONS[@]}"; do
     venv="$WORK/venv-$version"
@@ -42,7 +43,10 @@ for version in "${VERSIONS[@]}"; do
     # the wheel with its test extra, and NumPy pinned in the same resolution
     "$venv/bin/python" -m pip install --quiet "$spec" "selfattn[test] @ file://$WHEEL" \
         >"$WORK/install-$version.log" 2>&1 || { cat "$WORK/install-$version.log"; exit 1; }
-    "$venv/bin/python" -c 'import numpy, selfattn, hypothesis; print("   numpy", numpy.__version__, "| selfattn from", selfattn.__file__, "| hypothesis", hypothesis.__version__)'
+    (cd "$WORK" && "$venv/bin/python" -P -c '
+import sys, numpy, selfattn, hypothesis
+print("   numpy", numpy.__version__, "| selfattn from", selfattn.__file__, "| hypothesis", hypothesis.__version__)
+sys.exit(0 if selfattn.__file__.startswith(sys.prefix) else "selfattn is not the installed wheel")')
     (cd "$WORK" && "$venv/bin/python" -P -m pytest -p no:cacheprovider -q -m "not slow" tests)
 done
 echo "== NumPy versions: ${VERSIONS[*]} all pass"
