@@ -10,6 +10,7 @@ SOURCES = [
     "csrc/dispatch.c",
     "csrc/threadpool.c",
     "csrc/kernels_ref.c",
+    "csrc/backward_blocked.c",
 ]
 
 # -O3 without -ffast-math: the kernels rely on IEEE infinities and NaN (masks are -inf).
@@ -24,7 +25,8 @@ setup(
         Extension(
             "selfattn._core",
             sources=SOURCES,
-            depends=["csrc/attn.h", "csrc/kernels_ref.inc"],
+            depends=["csrc/attn.h", "csrc/kernels_ref.inc", "csrc/backward_ref.inc",
+                     "csrc/backward_blocked.inc"],
             include_dirs=[numpy.get_include(), "csrc"],
             define_macros=[("NPY_TARGET_VERSION", "NPY_1_23_API_VERSION")],
             extra_compile_args=COMPILE_ARGS,

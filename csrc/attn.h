@@ -145,6 +145,25 @@ typedef int (*sa_attention_fn)(const sa_exec *ex, const sa_batch *batch, const s
                                const sa_mask *mask, sa_int n_q, sa_int n_k, sa_int d_k,
                                sa_int d_v, double scale, int causal);
 
+/*
+ * attention_backward: the gradients of attention (forward as above, O = softmax(S) . V with
+ *            S = scale * Q . K^T + mask) with respect to Q, K and V, given dO[b] (n_q, d_v) = dL/dO:
+ *                P = softmax(S),  dV = P^T . dO,  dP = dO . V^T,  D_i = sum_j P_ij dP_ij,
+ *                dS = P * (dP - D),  dQ = scale * dS . K,  dK = scale * dS^T . Q.
+ *            dQ[b] (n_q, d_k), dK[b] (n_k, d_k), dV[b] (n_k, d_v) are overwritten. Masks and causal
+ *            as in `scores`; a fully masked query row gets dQ = 0 and gives nothing to dK, dV; a
+ *            row of S holding NaN makes its weights NaN, as in the forward. A key whose weight is 0
+ *            contributes nothing even where its V row or dO holds inf or NaN: the reference tier
+ *            guarantees this; the other tiers may assume V and dO are finite (the caller routes
+ *            other inputs to the reference tier). The mask gets no gradient.
+ */
+typedef int (*sa_attention_backward_fn)(const sa_exec *ex, const sa_batch *batch,
+                                        const sa_mat *dQ, const sa_mat *dK, const sa_mat *dV,
+                                        const sa_mat *dO, const sa_mat *Q, const sa_mat *K,
+                                        const sa_mat *V, const sa_mask *mask, sa_int n_q,
+                                        sa_int n_k, sa_int d_k, sa_int d_v, double scale,
+                                        int causal);
+
 /* One tier's kernels, indexed by precision: [0] float32, [1] float64. */
 typedef struct {
     const char *name;
@@ -152,12 +171,37 @@ typedef struct {
     sa_softmax_fn softmax[2];
     sa_matmul_fn matmul[2];
     sa_attention_fn attention[2];
+    sa_attention_backward_fn attention_backward[2];
 } sa_kernels;
 
 enum { SA_F32 = 0, SA_F64 = 1 };
 
 /* The scalar reference tier (csrc/kernels_ref.c). */
 extern const sa_kernels sa_kernels_reference;
+
+/* The blocked (FlashAttention-2 style) backward, csrc/backward_blocked.c: O(n d) memory, the
+   weights recomputed block by block; its block products run on the tier's own matmul
+   (sa_kernels_for(ex->isa)->matmul), so every tier can put these in its table. */
+int sa_attention_backward_blocked_f32(const sa_exec *ex, const sa_batch *batch, const sa_mat *dQ,
+                                      const sa_mat *dK, const sa_mat *dV, const sa_mat *dO,
+                                      const sa_mat *Q, const sa_mat *K, const sa_mat *V,
+                                      const sa_mask *mask, sa_int n_q, sa_int n_k, sa_int d_k,
+                                      sa_int d_v, double scale, int causal);
+int sa_attention_backward_blocked_f64(const sa_exec *ex, const sa_batch *batch, const sa_mat *dQ,
+                                      const sa_mat *dK, const sa_mat *dV, const sa_mat *dO,
+                                      const sa_mat *Q, const sa_mat *K, const sa_mat *V,
+                                      const sa_mask *mask, sa_int n_q, sa_int n_k, sa_int d_k,
+                                      sa_int d_v, double scale, int causal);
+
+/* The blocked backward's limits (backward_blocked.inc): plan A keeps its partial sums of dK and dV
+   under sa_backward_partial_bytes, else it takes plan B; it caches a query block's panel of scores
+   where that fits sa_backward_cache_bytes per thread. Settings only so tests can reach every path
+   at small sizes. */
+extern long sa_backward_partial_bytes, sa_backward_cache_bytes;
+
+/* Until the fast tiers land: the reference kernels with the blocked backward (csrc/kernels_ref.c);
+   what the non-reference tiers run. */
+extern const sa_kernels sa_kernels_interim;
 
 /* csrc/dispatch.c: what this CPU supports, and the table for a tier (NULL if unsupported). */
 int sa_isa_supported(sa_isa isa);

@@ -47,7 +47,8 @@ const sa_kernels *sa_kernels_for(sa_isa isa)
     case SA_ISA_REFERENCE:
         return &sa_kernels_reference;
     default:
-        /* Until the fast tiers land, every tier runs the reference kernels. */
-        return &sa_kernels_reference;
+        /* Until the fast tiers land, every tier runs the reference kernels (with the blocked
+           backward). */
+        return &sa_kernels_interim;
     }
 }

@@ -13,6 +13,9 @@
 
 #include "attn.h"
 
+#include <math.h>
+#include <string.h>
+
 _Static_assert(sizeof(npy_intp) == sizeof(sa_int), "sa_int must be as wide as npy_intp");
 
 /* Process-wide settings, read and written with the GIL held. */
@@ -139,20 +142,8 @@ static int get_mat(PyObject *obj, int typenum, int writeable, const sa_batch *ba
         return -1;
     }
     npy_intp itemsize = PyArray_ITEMSIZE(arr);
-    if (PyArray_SIZE(arr) == 0) {
-        /* Never read (e.g. V with no keys), and NumPy calls any strides contiguous for an empty
-           array, so its strides mean nothing: describe it as a dense block. */
-        for (int axis = 0; axis < batch->nd; axis++)
-            if (PyArray_DIM(arr, axis) != batch->shape[axis]) {
-                PyErr_Format(PyExc_ValueError, "_core: %s does not have the batch shape", name);
-                return -1;
-            }
-        memset(mat->bstride, 0, sizeof(mat->bstride));
-        mat->ld = cols;
-        mat->data = PyArray_DATA(arr);
-        return 0;
-    }
-    if (cols > 1 && PyArray_STRIDE(arr, nd - 1) != itemsize) {
+    /* NumPy gives empty arrays zero strides; with nothing to read, any stride will do. */
+    if (cols > 1 && PyArray_SIZE(arr) > 0 && PyArray_STRIDE(arr, nd - 1) != itemsize) {
         PyErr_Format(PyExc_ValueError, "_core: the rows of %s must be contiguous", name);
         return -1;
     }
@@ -377,6 +368,337 @@ static PyObject *core_attention(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+PyDoc_STRVAR(attention_backward_doc,
+             "attention_backward(dQ, dK, dV, dO, Q, K, V, mask, scale, causal, isa)\n--\n\n"
+             "dQ, dK, dV[...] = the gradients of softmax(scale * Q @ K^T + mask) @ V given dO "
+             "(private).");
+
+static PyObject *core_attention_backward(PyObject *self, PyObject *args)
+{
+    PyObject *dQ_obj, *dK_obj, *dV_obj, *dO_obj, *Q_obj, *K_obj, *V_obj, *mask_obj;
+    double scale;
+    int causal, isa, typenum, precision, status;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOdpi", &dQ_obj, &dK_obj, &dV_obj, &dO_obj, &Q_obj, &K_obj,
+                          &V_obj, &mask_obj, &scale, &causal, &isa))
+        return NULL;
+    sa_batch batch;
+    sa_mat dQ, dK, dV, dO, Q, K, V;
+    sa_mask mask;
+    sa_exec ex;
+    if (get_out(dQ_obj, &batch, &typenum, &precision) < 0)
+        return NULL;
+    if (!PyArray_Check(dK_obj) || PyArray_NDIM((PyArrayObject *)dK_obj) < 2
+        || !PyArray_Check(dV_obj) || PyArray_NDIM((PyArrayObject *)dV_obj) < 2) {
+        PyErr_SetString(PyExc_ValueError, "_core: dK and dV must be matrices");
+        return NULL;
+    }
+    npy_intp n_q = dim(dQ_obj, 2), d_k = dim(dQ_obj, 1), n_k = dim(dK_obj, 2), d_v = dim(dV_obj, 1);
+    if (get_mat(dQ_obj, typenum, 1, &batch, n_q, d_k, &dQ, "dQ") < 0
+        || get_mat(dK_obj, typenum, 1, &batch, n_k, d_k, &dK, "dK") < 0
+        || get_mat(dV_obj, typenum, 1, &batch, n_k, d_v, &dV, "dV") < 0
+        || get_mat(dO_obj, typenum, 0, &batch, n_q, d_v, &dO, "dO") < 0
+        || get_mat(Q_obj, typenum, 0, &batch, n_q, d_k, &Q, "Q") < 0
+        || get_mat(K_obj, typenum, 0, &batch, n_k, d_k, &K, "K") < 0
+        || get_mat(V_obj, typenum, 0, &batch, n_k, d_v, &V, "V") < 0
+        || get_mask(mask_obj, typenum, &batch, n_q, n_k, &mask) < 0 || make_exec(&ex, isa) < 0)
+        return NULL;
+    sa_attention_backward_fn fn = sa_kernels_for(ex.isa)->attention_backward[precision];
+    if (fn == NULL)     /* a tier without its own backward runs the blocked one on its matmul */
+        fn = precision == SA_F32 ? sa_attention_backward_blocked_f32
+                                 : sa_attention_backward_blocked_f64;
+    double flops = 2.0 * batch.count * n_q * n_k * (3 * d_k + 4 * d_v);
+    RUN_KERNEL(status, flops, fn(&ex, &batch, &dQ, &dK, &dV, &dO, &Q, &K, &V, &mask, n_q, n_k,
+                                 d_k, d_v, scale, causal));
+    if (raise_status(status) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* For tests: sets the blocked backward's limits, returns the previous ones. */
+static PyObject *core_set_backward_limits(PyObject *self, PyObject *args)
+{
+    long partial, cache;
+    if (!PyArg_ParseTuple(args, "ll", &partial, &cache))
+        return NULL;
+    if (partial < 0 || cache < 0) {
+        PyErr_SetString(PyExc_ValueError, "_core: the backward's limits must be >= 0");
+        return NULL;
+    }
+    PyObject *before = Py_BuildValue("ll", sa_backward_partial_bytes, sa_backward_cache_bytes);
+    if (before == NULL)
+        return NULL;
+    sa_backward_partial_bytes = partial;
+    sa_backward_cache_bytes = cache;
+    return before;
+}
+
+/* ---- the common case without the Python layer ---------------------------------------------- */
+/*
+ * The notebook's calls are 2-D, same-dtype, C-ordered arrays with no mask. For those the Python
+ * layer's general machinery (broadcasting, promotion, copies) is pure overhead, which dominates at
+ * the notebook's sizes (n=8, d=4: a few microseconds). These entry points accept exactly that case
+ * and return None for anything else -- including every input that would be an error -- so the
+ * Python layer stays the one place where policy and messages live.
+ */
+
+/* A plain matrix: an exact ndarray, 2-D, non-empty, float32/float64 (matching *typenum if it is
+   set), aligned, native, with contiguous rows. */
+static int plain_matrix(PyObject *obj, int *typenum, sa_mat *mat, npy_intp *rows, npy_intp *cols)
+{
+    if (!PyArray_CheckExact(obj))
+        return 0;
+    PyArrayObject *arr = (PyArrayObject *)obj;
+    int type = PyArray_TYPE(arr);
+    if (PyArray_NDIM(arr) != 2 || (type != NPY_FLOAT && type != NPY_DOUBLE)
+        || (*typenum != NPY_NOTYPE && type != *typenum) || !PyArray_ISNOTSWAPPED(arr)
+        || !PyArray_ISALIGNED(arr))
+        return 0;
+    npy_intp itemsize = PyArray_ITEMSIZE(arr);
+    *rows = PyArray_DIM(arr, 0);
+    *cols = PyArray_DIM(arr, 1);
+    if (*rows == 0 || *cols == 0 || (*cols > 1 && PyArray_STRIDE(arr, 1) != itemsize)
+        || PyArray_STRIDE(arr, 0) % itemsize != 0)
+        return 0;
+    *typenum = type;
+    mat->data = PyArray_DATA(arr);
+    mat->ld = *rows > 1 ? PyArray_STRIDE(arr, 0) / itemsize : 0;
+    return 1;
+}
+
+/* None -> 1/sqrt(d_k); a finite Python or NumPy float or a Python int -> itself; else 0 (defer). */
+static int plain_scale(PyObject *obj, npy_intp d_k, double *scale)
+{
+    if (obj == Py_None) {
+        *scale = 1.0 / sqrt((double)d_k);
+        return 1;
+    }
+    if (PyFloat_Check(obj))
+        *scale = PyFloat_AS_DOUBLE(obj);
+    else if (PyLong_CheckExact(obj)) {
+        *scale = PyLong_AsDouble(obj);
+        if (*scale == -1.0 && PyErr_Occurred()) {
+            PyErr_Clear();
+            return 0;
+        }
+    } else
+        return 0;
+    return isfinite(*scale);
+}
+
+static int all_finite(const sa_mat *mat, npy_intp rows, npy_intp cols, int precision)
+{
+    for (npy_intp r = 0; r < rows; r++) {
+        if (precision == SA_F32) {
+            const float *row = (const float *)mat->data + r * mat->ld;
+            for (npy_intp c = 0; c < cols; c++)
+                if (!isfinite(row[c]))
+                    return 0;
+        } else {
+            const double *row = (const double *)mat->data + r * mat->ld;
+            for (npy_intp c = 0; c < cols; c++)
+                if (!isfinite(row[c]))
+                    return 0;
+        }
+    }
+    return 1;
+}
+
+/* Whether a rows x cols result is addressable; if not, the Python layer explains why. */
+static int fits(npy_intp rows, npy_intp cols, int typenum)
+{
+    size_t bytes;
+    return !sa_mul_overflow((size_t)rows * (typenum == NPY_FLOAT ? 4 : 8), (size_t)cols, &bytes)
+           && bytes <= (size_t)NPY_MAX_INTP && (size_t)rows <= (size_t)NPY_MAX_INTP / 8;
+}
+
+static PyObject *new_matrix(npy_intp rows, npy_intp cols, int typenum, sa_mat *mat)
+{
+    npy_intp dims[2] = {rows, cols};
+    PyObject *arr = PyArray_SimpleNew(2, dims, typenum);
+    if (arr != NULL) {
+        mat->data = PyArray_DATA((PyArrayObject *)arr);
+        mat->ld = cols;
+    }
+    return arr;
+}
+
+static const sa_batch single = {.nd = 0, .count = 1};
+
+/* The kernel's result, or NULL with the exception its status maps to. */
+static PyObject *result_or_raise(PyObject *result, int status)
+{
+    if (raise_status(status) < 0) {
+        Py_DECREF(result);
+        return NULL;
+    }
+    return result;
+}
+
+/* Runs the fused attention on plain matrices into a new (n_q, d_v) array. */
+static PyObject *plain_attention(int typenum, const sa_mat *Q, const sa_mat *K, const sa_mat *V,
+                                 npy_intp n_q, npy_intp n_k, npy_intp d_k, npy_intp d_v,
+                                 double scale, int causal)
+{
+    int precision = typenum == NPY_FLOAT ? SA_F32 : SA_F64;
+    sa_exec ex;
+    sa_mat out;
+    /* the fast tiers may assume a finite V (attn.h); the reference tier handles the rest */
+    if (make_exec(&ex, all_finite(V, n_k, d_v, precision) ? -1 : SA_ISA_REFERENCE) < 0)
+        return NULL;
+    PyObject *result = new_matrix(n_q, d_v, typenum, &out);
+    if (result == NULL)
+        return NULL;
+    static const sa_mask no_mask = {.kind = SA_MASK_NONE};
+    sa_attention_fn fn = sa_kernels_for(ex.isa)->attention[precision];
+    int status;
+    RUN_KERNEL(status, 2.0 * n_q * n_k * (d_k + d_v),
+               fn(&ex, &single, &out, NULL, Q, K, V, &no_mask, n_q, n_k, d_k, d_v, scale, causal));
+    return result_or_raise(result, status);
+}
+
+static PyObject *core_plain_sdpa(PyObject *self, PyObject *args)
+{
+    PyObject *Q_obj, *K_obj, *V_obj, *scale_obj;
+    int causal, typenum = NPY_NOTYPE;
+    if (!PyArg_ParseTuple(args, "OOOOp", &Q_obj, &K_obj, &V_obj, &scale_obj, &causal))
+        return NULL;
+    sa_mat Q, K, V;
+    npy_intp n_q, d_k, n_k, d_k2, n_v, d_v;
+    double scale;
+    if (!plain_matrix(Q_obj, &typenum, &Q, &n_q, &d_k) || !plain_matrix(K_obj, &typenum, &K, &n_k, &d_k2)
+        || !plain_matrix(V_obj, &typenum, &V, &n_v, &d_v) || d_k != d_k2 || n_v != n_k
+        || !plain_scale(scale_obj, d_k, &scale))
+        Py_RETURN_NONE;
+    return plain_attention(typenum, &Q, &K, &V, n_q, n_k, d_k, d_v, scale, causal);
+}
+
+static PyObject *core_plain_layer(PyObject *self, PyObject *args)
+{
+    PyObject *X_obj, *W_obj[3], *scale_obj;
+    int causal, typenum = NPY_NOTYPE;
+    if (!PyArg_ParseTuple(args, "OOOOOp", &X_obj, &W_obj[0], &W_obj[1], &W_obj[2], &scale_obj,
+                          &causal))
+        return NULL;
+    sa_mat X, W[3];
+    npy_intp n, d_model, rows[3], width[3];
+    double scale;
+    if (!plain_matrix(X_obj, &typenum, &X, &n, &d_model))
+        Py_RETURN_NONE;
+    for (int i = 0; i < 3; i++)
+        if (!plain_matrix(W_obj[i], &typenum, &W[i], &rows[i], &width[i]) || rows[i] != d_model)
+            Py_RETURN_NONE;
+    npy_intp d_k = width[0], d_v = width[2], d_all = 2 * d_k + d_v;
+    if (width[1] != d_k || !fits(n, d_all, typenum) || !fits(d_model, d_all, typenum)
+        || !plain_scale(scale_obj, d_k, &scale))
+        Py_RETURN_NONE;
+
+    /* 1. W_all = [W_q | W_k | W_v], so that one product reads X once */
+    int precision = typenum == NPY_FLOAT ? SA_F32 : SA_F64;
+    npy_intp itemsize = precision == SA_F32 ? 4 : 8;
+    sa_mat W_all, QKV;
+    PyObject *W_all_obj = new_matrix(d_model, d_all, typenum, &W_all);
+    if (W_all_obj == NULL)
+        return NULL;
+    for (npy_intp r = 0; r < d_model; r++) {
+        char *dst = (char *)W_all.data + r * d_all * itemsize;
+        for (int i = 0; i < 3; i++) {
+            memcpy(dst, (const char *)W[i].data + r * W[i].ld * itemsize, width[i] * itemsize);
+            dst += width[i] * itemsize;
+        }
+    }
+    /* 2. QKV = X . W_all */
+    PyObject *QKV_obj = new_matrix(n, d_all, typenum, &QKV);
+    sa_exec ex;
+    int status = SA_OK;
+    if (QKV_obj == NULL || make_exec(&ex, -1) < 0) {
+        Py_DECREF(W_all_obj);
+        Py_XDECREF(QKV_obj);
+        return NULL;
+    }
+    sa_matmul_fn matmul = sa_kernels_for(ex.isa)->matmul[precision];
+    RUN_KERNEL(status, 2.0 * n * d_model * d_all,
+               matmul(&ex, &single, &QKV, &X, &W_all, n, d_all, d_model));
+    Py_DECREF(W_all_obj);
+    PyObject *result = NULL;
+    if (raise_status(status) == 0) {
+        /* 3. attention on the three column blocks of QKV */
+        sa_mat Q = {.data = QKV.data, .ld = d_all};
+        sa_mat K = {.data = (char *)QKV.data + d_k * itemsize, .ld = d_all};
+        sa_mat V = {.data = (char *)QKV.data + 2 * d_k * itemsize, .ld = d_all};
+        result = plain_attention(typenum, &Q, &K, &V, n, n, d_k, d_v, scale, causal);
+    }
+    Py_DECREF(QKV_obj);
+    return result;
+}
+
+static PyObject *core_plain_scores(PyObject *self, PyObject *args)
+{
+    PyObject *Q_obj, *K_obj, *scale_obj;
+    int causal, typenum = NPY_NOTYPE;
+    if (!PyArg_ParseTuple(args, "OOOp", &Q_obj, &K_obj, &scale_obj, &causal))
+        return NULL;
+    sa_mat Q, K, S;
+    npy_intp n_q, d_k, n_k, d_k2;
+    double scale;
+    if (!plain_matrix(Q_obj, &typenum, &Q, &n_q, &d_k) || !plain_matrix(K_obj, &typenum, &K, &n_k, &d_k2)
+        || d_k != d_k2 || !fits(n_q, n_k, typenum) || !plain_scale(scale_obj, d_k, &scale))
+        Py_RETURN_NONE;
+    sa_exec ex;
+    if (make_exec(&ex, -1) < 0)
+        return NULL;
+    PyObject *result = new_matrix(n_q, n_k, typenum, &S);
+    if (result == NULL)
+        return NULL;
+    static const sa_mask no_mask = {.kind = SA_MASK_NONE};
+    sa_scores_fn fn = sa_kernels_for(ex.isa)->scores[typenum == NPY_FLOAT ? SA_F32 : SA_F64];
+    int status;
+    RUN_KERNEL(status, 2.0 * n_q * n_k * (d_k + 1),
+               fn(&ex, &single, &S, &Q, &K, &no_mask, n_q, n_k, d_k, scale, causal));
+    return result_or_raise(result, status);
+}
+
+static PyObject *core_plain_softmax(PyObject *self, PyObject *x_obj)
+{
+    int typenum = NPY_NOTYPE;
+    sa_mat in, out;
+    npy_intp rows, n;
+    if (!plain_matrix(x_obj, &typenum, &in, &rows, &n))
+        Py_RETURN_NONE;
+    sa_exec ex;
+    if (make_exec(&ex, -1) < 0)
+        return NULL;
+    PyObject *result = new_matrix(rows, n, typenum, &out);
+    if (result == NULL)
+        return NULL;
+    sa_softmax_fn fn = sa_kernels_for(ex.isa)->softmax[typenum == NPY_FLOAT ? SA_F32 : SA_F64];
+    int status;
+    RUN_KERNEL(status, 20.0 * rows * n, fn(&ex, &single, &out, &in, rows, n));
+    return result_or_raise(result, status);
+}
+
+static PyObject *core_plain_matmul(PyObject *self, PyObject *args)
+{
+    PyObject *A_obj, *B_obj;
+    int typenum = NPY_NOTYPE;
+    if (!PyArg_ParseTuple(args, "OO", &A_obj, &B_obj))
+        return NULL;
+    sa_mat A, B, C;
+    npy_intp m, k, k2, n;
+    if (!plain_matrix(A_obj, &typenum, &A, &m, &k) || !plain_matrix(B_obj, &typenum, &B, &k2, &n)
+        || k != k2 || !fits(m, n, typenum))
+        Py_RETURN_NONE;
+    sa_exec ex;
+    if (make_exec(&ex, -1) < 0)
+        return NULL;
+    PyObject *result = new_matrix(m, n, typenum, &C);
+    if (result == NULL)
+        return NULL;
+    sa_matmul_fn fn = sa_kernels_for(ex.isa)->matmul[typenum == NPY_FLOAT ? SA_F32 : SA_F64];
+    int status;
+    RUN_KERNEL(status, 2.0 * m * n * k, fn(&ex, &single, &C, &A, &B, m, n, k));
+    return result_or_raise(result, status);
+}
+
 /* ---- settings ------------------------------------------------------------------------------- */
 
 static PyObject *core_set_num_threads(PyObject *self, PyObject *arg)
@@ -469,6 +791,22 @@ static PyMethodDef core_methods[] = {
     {"softmax", core_softmax, METH_VARARGS, softmax_doc},
     {"matmul", core_matmul, METH_VARARGS, matmul_doc},
     {"attention", core_attention, METH_VARARGS, attention_doc},
+    {"attention_backward", core_attention_backward, METH_VARARGS, attention_backward_doc},
+    {"_set_backward_limits", core_set_backward_limits, METH_VARARGS,
+     "_set_backward_limits(partial_bytes, cache_bytes)\n--\n\nThe blocked backward's limits; "
+     "returns the previous ones (private, for tests)."},
+    {"plain_scores", core_plain_scores, METH_VARARGS,
+     "plain_scores(Q, K, scale, causal)\n--\n\nScores of plain 2-D matrices, or None (private)."},
+    {"plain_softmax", core_plain_softmax, METH_O,
+     "plain_softmax(x)\n--\n\nRow softmax of a plain 2-D matrix, or None (private)."},
+    {"plain_matmul", core_plain_matmul, METH_VARARGS,
+     "plain_matmul(A, B)\n--\n\nA @ B for plain 2-D matrices, or None (private)."},
+    {"plain_sdpa", core_plain_sdpa, METH_VARARGS,
+     "plain_sdpa(Q, K, V, scale, causal)\n--\n\nUnmasked attention of plain matrices, or None "
+     "(private)."},
+    {"plain_layer", core_plain_layer, METH_VARARGS,
+     "plain_layer(X, W_q, W_k, W_v, scale, causal)\n--\n\nUnmasked layer of plain matrices, or "
+     "None (private)."},
     {"set_num_threads", core_set_num_threads, METH_O, "set_num_threads(n)\n--\n\n"},
     {"get_num_threads", core_get_num_threads, METH_NOARGS, "get_num_threads()\n--\n\n"},
     {"available_cpus", core_available_cpus, METH_NOARGS, "available_cpus()\n--\n\n"},

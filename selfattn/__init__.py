@@ -16,6 +16,14 @@ Run ``python -m selfattn`` for a worked example and this build's facts.
 """
 __version__ = "0.1.0"
 
+try:
+    from . import _core
+except ImportError:  # imported from the source tree after `pip install .`
+    from ._find_core import load_installed_core
+
+    _core = load_installed_core(__path__[0], __version__)
+    del load_installed_core
+
 from ._api import (
     compute_attention_output,
     compute_self_attention_scores,
@@ -23,8 +31,18 @@ from ._api import (
     self_attention_layer,
     softmax_attention_weights,
 )
+from ._masks import causal_mask, padding_mask
+from ._training import (
+    multi_head_attention,
+    multi_head_attention_backward,
+    scaled_dot_product_attention_backward,
+    self_attention_layer_backward,
+)
 from ._config import config, get_isa, get_num_threads, set_isa, set_num_threads
 from ._config import _apply_environment
+from . import testing
+from ._explain import explain
+from ._plot import plot_attention
 
 _apply_environment()
 del _apply_environment
@@ -35,10 +53,19 @@ __all__ = [
     "compute_attention_output",
     "self_attention_layer",
     "scaled_dot_product_attention",
+    "multi_head_attention",
+    "scaled_dot_product_attention_backward",
+    "self_attention_layer_backward",
+    "multi_head_attention_backward",
+    "causal_mask",
+    "padding_mask",
     "set_num_threads",
     "get_num_threads",
     "set_isa",
     "get_isa",
     "config",
+    "testing",
+    "explain",
+    "plot_attention",
     "__version__",
 ]

@@ -1,0 +1,157 @@
+from typing import Any, Literal, overload
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from . import testing as testing
+from ._explain import AttentionTrace
+
+__version__: str
+
+_Float = NDArray[np.floating[Any]]
+
+def compute_self_attention_scores(
+    Q: ArrayLike,
+    K: ArrayLike,
+    *,
+    scale: float | None = ...,
+    mask: ArrayLike | None = ...,
+    is_causal: bool = ...,
+) -> _Float: ...
+def softmax_attention_weights(attn_scores: ArrayLike, *, axis: int = ...) -> _Float: ...
+def compute_attention_output(attn_weights: ArrayLike, V: ArrayLike) -> _Float: ...
+@overload
+def self_attention_layer(
+    X: ArrayLike,
+    W_q: ArrayLike,
+    W_k: ArrayLike,
+    W_v: ArrayLike,
+    *,
+    scale: float | None = ...,
+    mask: ArrayLike | None = ...,
+    is_causal: bool = ...,
+    return_weights: Literal[False] = ...,
+) -> _Float: ...
+@overload
+def self_attention_layer(
+    X: ArrayLike,
+    W_q: ArrayLike,
+    W_k: ArrayLike,
+    W_v: ArrayLike,
+    *,
+    scale: float | None = ...,
+    mask: ArrayLike | None = ...,
+    is_causal: bool = ...,
+    return_weights: Literal[True],
+) -> tuple[_Float, _Float]: ...
+@overload
+def scaled_dot_product_attention(
+    Q: ArrayLike,
+    K: ArrayLike,
+    V: ArrayLike,
+    *,
+    scale: float | None = ...,
+    mask: ArrayLike | None = ...,
+    is_causal: bool = ...,
+    return_weights: Literal[False] = ...,
+) -> _Float: ...
+@overload
+def scaled_dot_product_attention(
+    Q: ArrayLike,
+    K: ArrayLike,
+    V: ArrayLike,
+    *,
+    scale: float | None = ...,
+    mask: ArrayLike | None = ...,
+    is_causal: bool = ...,
+    return_weights: Literal[True],
+) -> tuple[_Float, _Float]: ...
+@overload
+def multi_head_attention(
+    X: ArrayLike,
+    W_q: ArrayLike,
+    W_k: ArrayLike,
+    W_v: ArrayLike,
+    W_o: ArrayLike,
+    *,
+    num_heads: int,
+    scale: float | None = ...,
+    mask: ArrayLike | None = ...,
+    is_causal: bool = ...,
+    return_weights: Literal[False] = ...,
+) -> _Float: ...
+@overload
+def multi_head_attention(
+    X: ArrayLike,
+    W_q: ArrayLike,
+    W_k: ArrayLike,
+    W_v: ArrayLike,
+    W_o: ArrayLike,
+    *,
+    num_heads: int,
+    scale: float | None = ...,
+    mask: ArrayLike | None = ...,
+    is_causal: bool = ...,
+    return_weights: Literal[True],
+) -> tuple[_Float, _Float]: ...
+def scaled_dot_product_attention_backward(
+    dO: ArrayLike,
+    Q: ArrayLike,
+    K: ArrayLike,
+    V: ArrayLike,
+    *,
+    scale: float | None = ...,
+    mask: ArrayLike | None = ...,
+    is_causal: bool = ...,
+) -> tuple[_Float, _Float, _Float]: ...
+def self_attention_layer_backward(
+    dY: ArrayLike,
+    X: ArrayLike,
+    W_q: ArrayLike,
+    W_k: ArrayLike,
+    W_v: ArrayLike,
+    *,
+    scale: float | None = ...,
+    mask: ArrayLike | None = ...,
+    is_causal: bool = ...,
+) -> tuple[_Float, _Float, _Float, _Float]: ...
+def multi_head_attention_backward(
+    dY: ArrayLike,
+    X: ArrayLike,
+    W_q: ArrayLike,
+    W_k: ArrayLike,
+    W_v: ArrayLike,
+    W_o: ArrayLike,
+    *,
+    num_heads: int,
+    scale: float | None = ...,
+    mask: ArrayLike | None = ...,
+    is_causal: bool = ...,
+) -> tuple[_Float, _Float, _Float, _Float, _Float]: ...
+def causal_mask(n_q: int, n_k: int | None = ...) -> NDArray[np.bool_]: ...
+def padding_mask(lengths: ArrayLike, n_k: int, *, head_axis: bool = ...) -> NDArray[np.bool_]: ...
+def set_num_threads(n: int) -> None: ...
+def get_num_threads() -> int: ...
+def set_isa(name: Literal["avx512", "avx2", "generic", "reference"]) -> None: ...
+def get_isa() -> str: ...
+def config() -> dict[str, Any]: ...
+def explain(
+    X: ArrayLike,
+    W_q: ArrayLike,
+    W_k: ArrayLike,
+    W_v: ArrayLike,
+    *,
+    tokens: list[str] | None = ...,
+    scale: float | None = ...,
+    mask: ArrayLike | None = ...,
+    is_causal: bool = ...,
+) -> AttentionTrace: ...
+def plot_attention(
+    weights: ArrayLike,
+    tokens: list[str] | None = ...,
+    *,
+    key_tokens: list[str] | None = ...,
+    ax: Any = ...,
+    annotate: bool | None = ...,
+    head: int | None = ...,
+) -> Any: ...

@@ -1,0 +1,195 @@
+"""Benchmark rows for multi-head attention and the backward pass (read by `python -m selfattn bench`).
+
+CASES is a list of dicts:
+    name    what is measured
+    group   rows that belong together in the report
+    flops   floating-point operations of one call (for GFLOP/s)
+    setup   setup(rng) -> state: builds the inputs once (outside the timing)
+    ours    ours(state): one call of selfattn
+    peers   {peer name: peer(state), or None where the peer is not installed}
+The runner times ours and the peers side by side, interleaved, and reports medians.
+
+Fairness: every peer gets the same float32 inputs and, where it has threads (torch), the thread
+count selfattn uses (set in setup). torch's backward is timed alone: its forward graph is built
+once in setup and `backward(..., retain_graph=True)` replayed, so it is not charged for a forward.
+Ours recomputes the weights from Q, K, V inside the backward (nothing is saved between calls), and
+that recomputation is part of its time.
+
+flops: a forward counts its products (2 n^2 d for Q K^T, 2 n^2 d for P V, 2 n d_in d_out for each
+projection); the attention backward counts the five n^2 d products it needs (S recomputed,
+dP, dV, dQ, dK): 10 n^2 d.
+"""
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+
+import selfattn
+
+_HAVE_TORCH = importlib.util.find_spec("torch") is not None
+
+__all__ = ["CASES"]
+
+
+def _torch():
+    import torch
+
+    torch.set_num_threads(selfattn.get_num_threads())
+    return torch
+
+
+# ---- multi-head forward: n=1024, d_model=512, 8 heads, float32 ---------------------------------
+
+MH_N, MH_D, MH_H = 1024, 512, 8
+
+
+def _mh_setup(rng):
+    s = 1 / np.sqrt(MH_D)
+    state = {"X": rng.standard_normal((MH_N, MH_D)).astype(np.float32)}
+    for name in ("W_q", "W_k", "W_v", "W_o"):
+        state[name] = (rng.standard_normal((MH_D, MH_D)) * s).astype(np.float32)
+    if _HAVE_TORCH:
+        torch = _torch()
+        state["t"] = {k: torch.from_numpy(v) for k, v in state.items() if k != "t"}
+    return state
+
+
+def _mh_ours(st):
+    return selfattn.multi_head_attention(st["X"], st["W_q"], st["W_k"], st["W_v"], st["W_o"],
+                                         num_heads=MH_H)
+
+
+def _mh_numpy(st):
+    """The textbook NumPy version: project, then one head at a time."""
+    X = st["X"]
+    Q, K, V = X @ st["W_q"], X @ st["W_k"], X @ st["W_v"]
+    dh = MH_D // MH_H
+    heads = []
+    for h in range(MH_H):
+        cols = slice(h * dh, (h + 1) * dh)
+        S = Q[:, cols] @ K[:, cols].T / np.float32(np.sqrt(dh))
+        S = np.exp(S - S.max(axis=-1, keepdims=True))
+        S /= S.sum(axis=-1, keepdims=True)
+        heads.append(S @ V[:, cols])
+    return np.concatenate(heads, axis=-1) @ st["W_o"]
+
+
+def _mh_torch(st):
+    import torch
+
+    t = st["t"]
+    with torch.no_grad():
+        X = t["X"]
+        dh = MH_D // MH_H
+
+        def split(A):
+            return A.view(1, MH_N, MH_H, dh).transpose(1, 2)
+
+        out = torch.nn.functional.scaled_dot_product_attention(
+            split(X @ t["W_q"]), split(X @ t["W_k"]), split(X @ t["W_v"]))
+        return out.transpose(1, 2).reshape(MH_N, MH_D) @ t["W_o"]
+
+
+# ---- attention backward: n=2048, d=64, float32 ---------------------------------------------------
+
+BW_N, BW_D = 2048, 64
+
+
+def _bw_setup(rng):
+    state = {k: rng.standard_normal((BW_N, BW_D)).astype(np.float32) for k in ("Q", "K", "V", "dO")}
+    if _HAVE_TORCH:
+        torch = _torch()
+        q, k, v = (torch.from_numpy(state[n][None, None].copy()).requires_grad_(True)
+                   for n in ("Q", "K", "V"))
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        state["t"] = {"q": q, "k": k, "v": v, "out": out,
+                      "dO": torch.from_numpy(state["dO"][None, None].copy())}
+    return state
+
+
+def _bw_ours(st):
+    return selfattn.scaled_dot_product_attention_backward(st["dO"], st["Q"], st["K"], st["V"])
+
+
+def _bw_forward(st):
+    """Our fused forward on the same inputs: the yardstick of the 3x target."""
+    return selfattn.scaled_dot_product_attention(st["Q"], st["K"], st["V"])
+
+
+def _bw_torch(st):
+    t = st["t"]
+    for x in (t["q"], t["k"], t["v"]):
+        x.grad = None
+    t["out"].backward(t["dO"], retain_graph=True)
+    return t["q"].grad
+
+
+# ---- multi-head backward: n=512, d_model=256, 8 heads, float32 ----------------------------------
+
+MB_N, MB_D, MB_H = 512, 256, 8
+
+
+def _mb_setup(rng):
+    s = 1 / np.sqrt(MB_D)
+    state = {"X": rng.standard_normal((MB_N, MB_D)).astype(np.float32),
+             "dY": rng.standard_normal((MB_N, MB_D)).astype(np.float32)}
+    for name in ("W_q", "W_k", "W_v", "W_o"):
+        state[name] = (rng.standard_normal((MB_D, MB_D)) * s).astype(np.float32)
+    if _HAVE_TORCH:
+        torch = _torch()
+        t = {k: torch.from_numpy(v.copy()).requires_grad_(k != "dY") for k, v in state.items()}
+        dh = MB_D // MB_H
+
+        def split(A):
+            return A.view(1, MB_N, MB_H, dh).transpose(1, 2)
+
+        X = t["X"]
+        heads = torch.nn.functional.scaled_dot_product_attention(
+            split(X @ t["W_q"]), split(X @ t["W_k"]), split(X @ t["W_v"]))
+        t["Y"] = heads.transpose(1, 2).reshape(MB_N, MB_D) @ t["W_o"]
+        state["t"] = t
+    return state
+
+
+def _mb_ours(st):
+    return selfattn.multi_head_attention_backward(st["dY"], st["X"], st["W_q"], st["W_k"],
+                                                  st["W_v"], st["W_o"], num_heads=MB_H)
+
+
+def _mb_torch(st):
+    t = st["t"]
+    for k in ("X", "W_q", "W_k", "W_v", "W_o"):
+        t[k].grad = None
+    t["Y"].backward(t["dY"], retain_graph=True)
+    return t["X"].grad
+
+
+CASES = [
+    {
+        "name": f"multi_head_attention f32 n={MH_N} d_model={MH_D} heads={MH_H}",
+        "group": "multi-head",
+        "flops": 4 * 2.0 * MH_N * MH_D * MH_D + 4.0 * MH_N * MH_N * MH_D,
+        "setup": _mh_setup,
+        "ours": _mh_ours,
+        "peers": {"numpy per-head loop": _mh_numpy,
+                  "torch SDPA + projections": _mh_torch if _HAVE_TORCH else None},
+    },
+    {
+        "name": f"scaled_dot_product_attention_backward f32 n={BW_N} d={BW_D}",
+        "group": "backward",
+        "flops": 10.0 * BW_N * BW_N * BW_D,
+        "setup": _bw_setup,
+        "ours": _bw_ours,
+        "peers": {"selfattn fused forward (target: backward <= 3x)": _bw_forward,
+                  "torch autograd SDPA backward": _bw_torch if _HAVE_TORCH else None},
+    },
+    {
+        "name": f"multi_head_attention_backward f32 n={MB_N} d_model={MB_D} heads={MB_H}",
+        "group": "backward",
+        "flops": 2 * 4 * 2.0 * MB_N * MB_D * MB_D + 10.0 * MB_N * MB_N * MB_D,
+        "setup": _mb_setup,
+        "ours": _mb_ours,
+        "peers": {"torch autograd backward": _mb_torch if _HAVE_TORCH else None},
+    },
+]

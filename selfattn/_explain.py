@@ -1,0 +1,261 @@
+"""explain: one self-attention layer, step by step, with every intermediate kept.
+
+Each step is computed with selfattn's own functions where one exists (scores, softmax, output),
+and with NumPy for the pieces inside the softmax (row max, exponentials, row sums) that selfattn
+computes in one fused kernel. The trace shows itself as text (``str``) and, in Jupyter, as HTML.
+"""
+from __future__ import annotations
+
+import html
+import math
+
+import numpy as np
+
+from . import _api
+
+__all__ = ["explain", "AttentionTrace"]
+
+_SHOW_MAX = 12  # rows and columns shown per matrix before eliding the middle
+
+
+class AttentionTrace:
+    """Every intermediate of one self-attention layer, as attributes.
+
+    Attributes
+    ----------
+    X, W_q, W_k, W_v : ndarray
+        The inputs, as arrays in the compute dtype.
+    tokens : list of str or None
+    scale : float
+        The factor applied to the dot products (``1/sqrt(d_k)`` unless given).
+    mask, is_causal :
+        As given.
+    Q, K, V : ndarray, shapes (n, d_k), (n, d_k), (n, d_v)
+        ``X @ W_q``, ``X @ W_k``, ``X @ W_v``.
+    scores : ndarray, shape (n, n)
+        ``Q @ K.T * scale``, with ``-inf`` where the mask or causality hides a key.
+    row_max : ndarray, shape (n, 1)
+        Each row's largest score, kept as a column so that ``scores - row_max`` works row by row.
+    exponentials : ndarray, shape (n, n)
+        ``exp(scores - row_max)``: every entry in (0, 1], the row's largest exactly 1.
+    row_sums : ndarray, shape (n, 1)
+        Each row's sum of exponentials.
+    weights : ndarray, shape (n, n)
+        ``exponentials / row_sums``: each row sums to 1 (all zeros for a fully masked row).
+    output : ndarray, shape (n, d_v)
+        ``weights @ V``.
+    """
+
+    def __init__(self, **values):
+        self.__dict__.update(values)
+
+    @property
+    def n(self):
+        return self.X.shape[0]
+
+    def steps(self):
+        """(title, formula, explanation, [(name, array)]) for each step, in order."""
+        d_k = self.Q.shape[1]
+        if math.isclose(self.scale, 1 / math.sqrt(d_k)) if d_k else False:
+            scale_text = f"1/sqrt(d_k) = 1/sqrt({d_k}) = {self.scale:.4g}"
+        else:
+            scale_text = f"{self.scale:.4g}"
+        hidden = []
+        if self.is_causal:
+            hidden.append("is_causal hides the keys after each query")
+        if self.mask is not None:
+            hidden.append("the mask hides the keys where it is False (or adds its values)")
+        mask_text = ("; " + " and ".join(hidden) + ": those scores are -inf") if hidden else ""
+        return [
+            ("1. Project the tokens", "Q = X @ W_q,  K = X @ W_k,  V = X @ W_v",
+             "Each token's row of X becomes a query (what it looks for), a key (what it offers) "
+             "and a value (what it passes on).",
+             [("Q", self.Q), ("K", self.K), ("V", self.V)]),
+            ("2. Scores", f"scores = Q @ K.T * scale,  scale = {scale_text}",
+             "Row i compares query i with every key: a large score means a good match"
+             + mask_text + ".",
+             [("scores", self.scores)]),
+            ("3. Row maximum", "row_max = scores.max(axis=-1, keepdims=True)",
+             "Subtracting each row's maximum keeps exp from overflowing; softmax does not change.",
+             [("row_max", self.row_max)]),
+            ("4. Exponentials", "exponentials = np.exp(scores - row_max)",
+             "Every entry is now between 0 and 1: the row's best match is exactly 1, "
+             "a hidden key exactly 0.",
+             [("exponentials", self.exponentials)]),
+            ("5. Row sums", "row_sums = exponentials.sum(axis=-1, keepdims=True)",
+             "One sum per query.",
+             [("row_sums", self.row_sums)]),
+            ("6. Weights (softmax)", "weights = exponentials / row_sums",
+             "Each row is a probability distribution over the keys: >= 0, summing to 1.",
+             [("weights", self.weights)]),
+            ("7. Output", "output = weights @ V",
+             "Row i is query i's weighted average of the value rows.",
+             [("output", self.output)]),
+        ]
+
+    def _labels(self, name, arr):
+        """(row labels, column labels) for a named matrix."""
+        toks = self.tokens
+        rows = toks if toks is not None and arr.shape[0] == self.n else None
+        cols = toks if toks is not None and name in ("scores", "exponentials", "weights") else None
+        return rows, cols
+
+    def __str__(self):
+        lines = [f"Self-attention, step by step: n={self.n} tokens, d_model={self.X.shape[1]}, "
+                 f"d_k={self.Q.shape[1]}, d_v={self.V.shape[1]}"]
+        if self.tokens is not None:
+            lines.append("tokens: " + " ".join(self.tokens))
+        with np.printoptions(precision=4, suppress=True, linewidth=100, threshold=200, edgeitems=4):
+            for title, formula, why, arrays in self.steps():
+                lines += ["", title, "  " + formula, "  " + why]
+                for name, arr in arrays:
+                    lines.append(f"  {name} {arr.shape} =")
+                    lines += ["    " + row for row in str(arr).splitlines()]
+        return "\n".join(lines)
+
+    def __repr__(self):
+        return (f"<AttentionTrace n={self.n} d_model={self.X.shape[1]} d_k={self.Q.shape[1]} "
+                f"d_v={self.V.shape[1]} scale={self.scale:.4g}>")
+
+    def _repr_html_(self):
+        e = html.escape
+        parts = ['<div class="selfattn-explain">',
+                 f"<p><b>Self-attention, step by step</b>: n={self.n} tokens, "
+                 f"d_model={self.X.shape[1]}, d_k={self.Q.shape[1]}, d_v={self.V.shape[1]}</p>"]
+        for title, formula, why, arrays in self.steps():
+            parts.append(f"<h4>{e(title)}</h4><p><code>{e(formula)}</code><br>{e(why)}</p>")
+            parts.append('<div style="display:flex;gap:1.5em;flex-wrap:wrap">')
+            for name, arr in arrays:
+                rows, cols = self._labels(name, arr)
+                table = _html_matrix(arr, rows, cols)
+                parts.append(f"<div><i>{e(name)}</i> {arr.shape}{table}</div>")
+            parts.append("</div>")
+        parts.append("</div>")
+        return "".join(parts)
+
+
+def _shown(n):
+    """Indices to show out of n, with None marking an elision."""
+    if n <= _SHOW_MAX:
+        return list(range(n))
+    half = _SHOW_MAX // 2
+    return list(range(half)) + [None] + list(range(n - half, n))
+
+
+def _html_matrix(arr, rows=None, cols=None):
+    e = html.escape
+    out = ["<table>"]
+    if cols is not None:
+        heads = ("<th>…</th>" if j is None else f"<th>{e(cols[j])}</th>" for j in _shown(arr.shape[1]))
+        out.append("<tr><th></th>" + "".join(heads) + "</tr>")
+    for i in _shown(arr.shape[0]):
+        head = ""
+        if rows is not None:
+            head = "<th>…</th>" if i is None else f"<th>{e(rows[i])}</th>"
+        if i is None:
+            out.append(f"<tr>{head}" + "<td>⋮</td>" * len(_shown(arr.shape[1])) + "</tr>")
+            continue
+        cells = "".join("<td>…</td>" if j is None else f"<td>{_num(arr[i, j])}</td>"
+                        for j in _shown(arr.shape[1]))
+        out.append(f"<tr>{head}{cells}</tr>")
+    out.append("</table>")
+    return "".join(out)
+
+
+def _num(x):
+    x = float(x)
+    if not math.isfinite(x):
+        return str(x)
+    return f"{x:.4g}"
+
+
+def explain(X, W_q, W_k, W_v, *, tokens=None, scale=None, mask=None, is_causal=False):
+    """Run one self-attention layer and keep every intermediate, to look at step by step.
+
+    The same computation as :func:`selfattn.self_attention_layer` (same arguments, same result in
+    ``.output``), but the returned trace holds ``Q, K, V, scores, row_max, exponentials,
+    row_sums, weights, output`` as attributes, and shows them step by step: in Jupyter as HTML,
+    elsewhere with ``print(trace)``.
+
+    Parameters
+    ----------
+    X : array_like, shape (n, d_model)
+        One sequence of token embeddings (for a batch, explain one example at a time).
+    W_q, W_k : array_like, shape (d_model, d_k)
+    W_v : array_like, shape (d_model, d_v)
+    tokens : sequence of str, optional
+        A label per token, used as row and column headers.
+    scale, mask, is_causal :
+        As in :func:`selfattn.self_attention_layer`; scale defaults to ``1/sqrt(d_k)``.
+
+    Returns
+    -------
+    AttentionTrace
+        With ``Q, K, V`` of shape (n, d_k), (n, d_k), (n, d_v), ``scores``, ``exponentials``
+        and ``weights`` of shape (n, n), ``row_max`` and ``row_sums`` of shape (n, 1) and
+        ``output`` of shape (n, d_v).
+
+    Raises
+    ------
+    ValueError
+        For inputs that are not 2-D, shapes that do not fit (the messages of
+        :func:`selfattn.self_attention_layer`, naming ``explain``), or a wrong number of tokens.
+    TypeError
+        For complex, object or string inputs, or `tokens` given as one string.
+
+    Examples
+    --------
+    >>> import numpy as np, selfattn
+    >>> X = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    >>> t = selfattn.explain(X, np.eye(2), np.eye(2), np.eye(2), tokens=["a", "b", "c"])
+    >>> t.weights.sum(axis=-1)
+    array([1., 1., 1.])
+    >>> np.allclose(t.output, selfattn.self_attention_layer(X, np.eye(2), np.eye(2), np.eye(2)))
+    True
+    """
+    func = "explain"
+    try:
+        # Validates every argument with self_attention_layer's messages, and is the cross-check.
+        output = _api.self_attention_layer(X, W_q, W_k, W_v, scale=scale, mask=mask,
+                                           is_causal=is_causal)
+    except (ValueError, TypeError) as exc:
+        raise type(exc)(str(exc).replace("self_attention_layer:", f"{func}:", 1)) from None
+    X, W_q, W_k, W_v = (np.asarray(a) for a in (X, W_q, W_k, W_v))
+    for name, a in (("X", X), ("W_q", W_q), ("W_k", W_k), ("W_v", W_v)):
+        if a.ndim != 2:
+            raise ValueError(
+                f"{func}: {name} must be 2-D (explain shows one sequence), got {name}.shape={a.shape}; "
+                f"for a batch, explain one example, e.g. {name}[0]"
+            )
+    dtype = output.dtype
+    n = X.shape[0]
+    if tokens is not None:
+        if isinstance(tokens, str):
+            raise TypeError(f"{func}: tokens must be a list of {n} labels, not a single string; "
+                            f"for words use tokens=sentence.split()")
+        tokens = [str(t) for t in tokens]
+        if len(tokens) != n:
+            raise ValueError(f"{func}: tokens has {len(tokens)} labels but X has {n} tokens (rows)")
+    X, W_q, W_k, W_v = (a.astype(dtype) for a in (X, W_q, W_k, W_v))
+    d_k = W_q.shape[1]
+    if scale is not None:
+        scale_value = float(scale)
+    else:
+        scale_value = 1.0 / math.sqrt(d_k) if d_k else 1.0
+
+    Q, K, V = X @ W_q, X @ W_k, X @ W_v
+    scores = _api.compute_self_attention_scores(Q, K, scale=scale_value, mask=mask,
+                                                is_causal=is_causal)
+    row_max = scores.max(axis=-1, keepdims=True)
+    # A fully masked row has max -inf; shifting by 0 there gives exp(-inf) = 0, not NaN.
+    shift = np.where(np.isfinite(row_max), row_max, 0).astype(scores.dtype)
+    with np.errstate(under="ignore"):
+        exponentials = np.exp(scores - shift)
+    row_sums = exponentials.sum(axis=-1, keepdims=True)
+    weights_steps = _api.softmax_attention_weights(scores)
+    output_steps = _api.compute_attention_output(weights_steps, V)
+    return AttentionTrace(
+        X=X, W_q=W_q, W_k=W_k, W_v=W_v, tokens=tokens, scale=scale_value, mask=mask,
+        is_causal=bool(is_causal), Q=Q, K=K, V=V, scores=scores, row_max=row_max,
+        exponentials=exponentials, row_sums=row_sums, weights=weights_steps, output=output_steps,
+    )

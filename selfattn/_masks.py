@@ -1,0 +1,141 @@
+"""Mask helpers: boolean masks (True = may attend) for causal and padded batches."""
+from __future__ import annotations
+
+import operator
+
+import numpy as np
+
+from ._api import _as_array
+
+__all__ = ["causal_mask", "padding_mask"]
+
+
+def _size(func, name, value):
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{func}: {name} must be a non-negative integer, got {value!r}")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{func}: {name} must be a non-negative integer, got {value!r}") from None
+    if value < 0:
+        raise ValueError(f"{func}: {name} must be a non-negative integer, got {value}")
+    return value
+
+
+def causal_mask(n_q, n_k=None):
+    """A causal mask: query ``i`` may attend to key ``j`` only if ``j <= i``.
+
+    The same rule as ``is_causal=True`` (top-left aligned when ``n_q != n_k``, as in torch), as an
+    explicit array you can print, plot, combine with ``&`` or pass as ``mask=``.
+
+    Parameters
+    ----------
+    n_q : int
+        Number of queries (rows).
+    n_k : int, optional
+        Number of keys (columns); defaults to ``n_q``.
+
+    Returns
+    -------
+    mask : ndarray of bool, shape (n_q, n_k)
+        ``mask[i, j] = j <= i``. With no batch dimensions it broadcasts against any scores of
+        shape ``(..., n_q, n_k)``: single-head ``(batch, n_q, n_k)`` and multi-head
+        ``(batch, num_heads, n_q, n_k)`` alike.
+
+    Raises
+    ------
+    TypeError
+        If a size is not an integer.
+    ValueError
+        If a size is negative.
+
+    Examples
+    --------
+    >>> from selfattn import causal_mask
+    >>> causal_mask(3)
+    array([[ True, False, False],
+           [ True,  True, False],
+           [ True,  True,  True]])
+    >>> causal_mask(2, 4).astype(int)
+    array([[1, 0, 0, 0],
+           [1, 1, 0, 0]])
+    """
+    func = "causal_mask"
+    n_q = _size(func, "n_q", n_q)
+    n_k = n_q if n_k is None else _size(func, "n_k", n_k)
+    return np.tri(n_q, n_k, dtype=bool)
+
+
+def padding_mask(lengths, n_k, *, head_axis=False):
+    """A padding mask: in sequence ``b``, only the first ``lengths[b]`` keys may be attended to.
+
+    For a batch of sequences padded to a common length ``n_k``: the padding tokens are hidden
+    from every query.
+
+    Parameters
+    ----------
+    lengths : array_like of int, shape (batch...)
+        The true length of each sequence, ``0 <= lengths[b] <= n_k``. A scalar is one sequence.
+    n_k : int
+        The padded length (the number of keys).
+    head_axis : bool, optional
+        Insert an axis of size 1 for the heads, for :func:`multi_head_attention`, whose mask
+        broadcasts against ``(batch, num_heads, n_q, n_k)``. Default False (single head).
+
+    Returns
+    -------
+    mask : ndarray of bool
+        ``mask[b, ..., j] = j < lengths[b]``, of shape ``lengths.shape + (1, n_k)``, or
+        ``lengths.shape + (1, 1, n_k)`` with ``head_axis=True``. The broadcasting rule: the
+        mask's batch axes line up with the scores' leading axes, its ``1`` rows broadcast over the
+        ``n_q`` queries and the ``1`` head axis over the heads. So for ``lengths`` of shape
+        ``(batch,)``:
+
+        - single head, scores ``(batch, n_q, n_k)``: ``padding_mask(lengths, n_k)``, shape
+          ``(batch, 1, n_k)``;
+        - multi-head, scores ``(batch, num_heads, n_q, n_k)``:
+          ``padding_mask(lengths, n_k, head_axis=True)``, shape ``(batch, 1, 1, n_k)``.
+
+        Combine with a causal mask with ``&`` (or pass ``is_causal=True``). A sequence of length
+        0 masks every key: its queries get zero output, never NaN.
+
+    Raises
+    ------
+    TypeError
+        If ``lengths`` is not integer, or ``n_k`` is not an integer.
+    ValueError
+        If a length is negative or longer than ``n_k``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from selfattn import padding_mask
+    >>> m = padding_mask([3, 1], 4)
+    >>> m.shape
+    (2, 1, 4)
+    >>> m.astype(int)
+    array([[[1, 1, 1, 0]],
+    <BLANKLINE>
+           [[1, 0, 0, 0]]])
+    >>> padding_mask([3, 1], 4, head_axis=True).shape
+    (2, 1, 1, 4)
+    """
+    func = "padding_mask"
+    n_k = _size(func, "n_k", n_k)
+    lengths = _as_array(func, "lengths", lengths)
+    if lengths.dtype.kind not in "iu":
+        raise TypeError(
+            f"{func}: lengths must be integers (the number of real tokens in each sequence), "
+            f"got dtype {lengths.dtype}"
+        )
+    if lengths.size and (lengths.min() < 0 or lengths.max() > n_k):
+        bad = lengths[(lengths < 0) | (lengths > n_k)].flat[0]
+        raise ValueError(
+            f"{func}: every length must be between 0 and n_k={n_k}, got a length of {bad} "
+            f"(lengths={lengths.tolist() if lengths.size <= 16 else lengths.shape})"
+        )
+    if not isinstance(head_axis, (bool, np.bool_)):
+        raise TypeError(f"{func}: head_axis must be True or False, got {head_axis!r}")
+    extra = (1, 1) if head_axis else (1,)
+    keys = np.arange(n_k)
+    return keys < lengths.reshape(lengths.shape + extra + (1,))

@@ -1,0 +1,178 @@
+"""plot_attention: the attention weights as a heatmap (matplotlib, the `plot` extra).
+
+matplotlib is imported when the function is called, never by ``import selfattn``.
+"""
+from __future__ import annotations
+
+import operator
+import warnings
+
+import numpy as np
+
+__all__ = ["plot_attention"]
+
+_ANNOTATE_MAX = 12  # annotate=None writes the values in the cells up to this many rows and columns
+
+
+def _import_pyplot():
+    try:
+        import matplotlib
+        import matplotlib.colors  # noqa: F401  (imported for its side effect: a complete matplotlib)
+    except ImportError as exc:
+        raise ImportError(
+            "plot_attention needs matplotlib, which is not installed. Install it with "
+            "pip install \"selfattn[plot]\" (or pip install matplotlib)."
+        ) from exc
+    return matplotlib
+
+
+def _labels(func, name, tokens, count, what, whats):
+    if tokens is None:
+        return None
+    if isinstance(tokens, str):
+        raise TypeError(
+            f"{func}: {name} must be a list of {count} labels, one per {what}, not a single string; "
+            f"for words use {name}=sentence.split()"
+        )
+    labels = [str(t) for t in tokens]
+    if len(labels) != count:
+        raise ValueError(
+            f"{func}: {name} has {len(labels)} labels but the weights have {count} {whats} "
+            f"(one label per {what})"
+        )
+    return labels
+
+
+def plot_attention(weights, tokens=None, *, key_tokens=None, ax=None, annotate=None, head=None):
+    """Draw attention weights as a heatmap: queries as rows, keys as columns.
+
+    Parameters
+    ----------
+    weights : array_like, shape (n_q, n_k) or (..., H, n_q, n_k)
+        Attention weights, e.g. from ``self_attention_layer(..., return_weights=True)``. Leading
+        dimensions of size 1 are ignored; with several heads, choose one with `head`.
+    tokens : sequence of str, optional
+        Labels of the queries (rows). They also label the keys (columns) unless `key_tokens` is
+        given, which requires ``n_q == n_k`` (self-attention).
+    key_tokens : sequence of str, optional
+        Labels of the keys (columns), for cross-attention.
+    ax : matplotlib Axes, optional
+        Where to draw; by default a new figure.
+    annotate : bool, optional
+        Write each weight in its cell (``0.42``). Default: when there are at most 12 rows and
+        12 columns.
+    head : int, optional
+        Which head to draw when `weights` has a head dimension.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+        The axes drawn on; the colour scale runs from 0 to 1 and has a colorbar.
+
+    Raises
+    ------
+    ImportError
+        If matplotlib is not installed (``pip install "selfattn[plot]"``).
+    ValueError
+        For weights that are not a matrix (or a stack of heads), a head that does not exist, or
+        token labels whose count does not match.
+
+    Examples
+    --------
+    >>> import numpy as np, selfattn
+    >>> X = np.random.default_rng(0).normal(size=(3, 4))
+    >>> _, w = selfattn.self_attention_layer(X, *np.eye(4)[None].repeat(3, 0), return_weights=True)
+    >>> ax = selfattn.plot_attention(w, ["the", "cat", "sat"])   # doctest: +SKIP
+    """
+    func = "plot_attention"
+    matplotlib = _import_pyplot()
+    w = np.asarray(weights)
+    if w.dtype.kind not in "biuf":
+        raise TypeError(f"{func}: weights must be real numbers, got dtype {w.dtype}")
+    if w.ndim < 2:
+        raise ValueError(
+            f"{func}: weights must be a matrix (n_q, n_k), got shape {w.shape}"
+            + ("; for one query use weights[None, :]" if w.ndim == 1 else "")
+        )
+    title = None
+    if w.ndim == 2:
+        if head is not None:
+            raise ValueError(f"{func}: head={head!r} was given but weights {w.shape} has no head "
+                             f"dimension; heads are the dimension before (n_q, n_k)")
+    else:
+        lead = w.shape[:-3]
+        if any(d != 1 for d in lead):
+            raise ValueError(
+                f"{func}: weights has shape {w.shape}: batch dimensions {lead} before the heads; "
+                f"plot one example at a time, e.g. weights[0]"
+            )
+        stack = w.reshape(w.shape[-3:])
+        n_heads = stack.shape[0]
+        if head is None:
+            if n_heads != 1:
+                raise ValueError(
+                    f"{func}: weights holds {n_heads} heads (shape {w.shape}); choose one with "
+                    f"head=0 ... head={n_heads - 1}"
+                )
+            head = 0
+        try:
+            head = operator.index(head)
+        except TypeError:
+            raise TypeError(f"{func}: head must be an integer, got {head!r}") from None
+        if not -n_heads <= head < n_heads:
+            raise ValueError(f"{func}: head={head} does not exist; weights has {n_heads} heads "
+                             f"(0 ... {n_heads - 1})")
+        head %= n_heads
+        w = stack[head]
+        if n_heads > 1:
+            title = f"head {head}"
+    n_q, n_k = w.shape
+    if n_q == 0 or n_k == 0:
+        raise ValueError(f"{func}: weights {w.shape} is empty; there is nothing to draw")
+    if key_tokens is None and tokens is not None and n_q != n_k:
+        raise ValueError(
+            f"{func}: tokens has {len(tokens)} labels for the {n_q} queries, but there are {n_k} "
+            f"keys; pass key_tokens= with {n_k} labels for the keys (columns)"
+        )
+    row_labels = _labels(func, "tokens", tokens, n_q, "query", "queries (rows)")
+    col_labels = _labels(func, "key_tokens", key_tokens if key_tokens is not None else tokens,
+                         n_k, "key", "keys (columns)")
+    if annotate is None:
+        annotate = n_q <= _ANNOTATE_MAX and n_k <= _ANNOTATE_MAX
+    w = w.astype(np.float64)
+    finite = w[np.isfinite(w)]
+    if finite.size and (finite.min() < -1e-6 or finite.max() > 1 + 1e-6):
+        warnings.warn(
+            f"{func}: some values lie outside [0, 1] (from {finite.min():.3g} to "
+            f"{finite.max():.3g}); are these scores rather than weights? Softmax them with "
+            f"selfattn.softmax_attention_weights first. The colours are clipped to [0, 1].",
+            UserWarning, stacklevel=2)
+
+    if ax is None:
+        import matplotlib.pyplot as plt
+        size = (max(3.0, 0.55 * n_k + 2.0), max(2.5, 0.5 * n_q + 1.2))
+        _, ax = plt.subplots(figsize=size, constrained_layout=True)
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.8")
+    image = ax.imshow(np.ma.masked_invalid(w), cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto",
+                      interpolation="nearest")
+    # Positions and labels are set together, so that they cannot drift apart.
+    ax.set_yticks(np.arange(n_q), labels=row_labels if row_labels is not None else np.arange(n_q))
+    ax.set_xticks(np.arange(n_k), labels=col_labels if col_labels is not None else np.arange(n_k))
+    if col_labels is not None:
+        ax.tick_params(axis="x", labelrotation=45)
+        for label in ax.get_xticklabels():
+            label.set_horizontalalignment("right")
+            label.set_rotation_mode("anchor")
+    ax.set_ylabel("query")
+    ax.set_xlabel("key")
+    if title:
+        ax.set_title(title)
+    if annotate:
+        for i in range(n_q):
+            for j in range(n_k):
+                v = w[i, j]
+                text = f"{v:.2f}" if np.isfinite(v) else str(v)
+                color = "black" if np.isfinite(v) and v > 0.6 else "white"
+                ax.text(j, i, text, ha="center", va="center", color=color, fontsize=8)
+    ax.figure.colorbar(image, ax=ax, label="attention weight")
+    return ax

@@ -1,0 +1,133 @@
+"""Bad input: a clear ValueError/TypeError naming the function, the argument, the shapes and the rule."""
+import numpy as np
+import pytest
+
+import selfattn as sa
+
+
+def message(call):
+    with pytest.raises((ValueError, TypeError)) as info:
+        call()
+    return str(info.value)
+
+
+def test_dk_mismatch_names_both_shapes_and_the_rule():
+    msg = message(lambda: sa.compute_self_attention_scores(np.ones((3, 4)), np.ones((3, 5))))
+    assert msg == ("compute_self_attention_scores: Q has d_k=4 (Q.shape=(3, 4)) but K has d_k=5 "
+                   "(K.shape=(3, 5)); the last dimensions of Q and K must match.")
+
+
+def test_transposed_k_gets_a_hint():
+    msg = message(lambda: sa.compute_self_attention_scores(np.ones((3, 4)), np.ones((4, 6))))
+    assert "K.shape=(4, 6)" in msg and "K looks transposed" in msg and "(n_k, d_k)" in msg
+
+
+def test_one_dimensional_inputs_name_the_expected_shape():
+    msg = message(lambda: sa.compute_self_attention_scores(np.ones(4), np.ones((3, 4))))
+    assert msg.startswith("compute_self_attention_scores: Q must have at least 2 dimensions "
+                          "(n_q, d_k), got Q.shape=(4,)")
+    assert "Q[None, :]" in msg
+    msg = message(lambda: sa.self_attention_layer(np.ones(4), np.ones((4, 2)), np.ones((4, 2)),
+                                                  np.ones((4, 2))))
+    assert "X must have at least 2 dimensions (seq_len, d_model)" in msg
+    msg = message(lambda: sa.compute_attention_output(np.ones((2, 3)), np.ones(3)))
+    assert "V must have at least 2 dimensions (n_k, d_v)" in msg
+    with pytest.raises(ValueError, match="attn_scores must have at least 1 dimension"):
+        sa.softmax_attention_weights(3.0)
+
+
+def test_value_rows_must_match_keys():
+    Q = np.ones((2, 4))
+    msg = message(lambda: sa.scaled_dot_product_attention(Q, np.ones((5, 4)), np.ones((6, 3))))
+    assert "K has n_k=5 keys (K.shape=(5, 4)) but V has 6 rows (V.shape=(6, 3))" in msg
+    msg = message(lambda: sa.compute_attention_output(np.ones((2, 5)), np.ones((4, 5))))
+    assert msg.startswith("compute_attention_output: attn_weights has n_k=5 columns "
+                          "(attn_weights.shape=(2, 5)) but V has 4 rows (V.shape=(4, 5))")
+    assert "V looks transposed" in msg
+
+
+def test_layer_weight_shapes():
+    X = np.ones((3, 8))
+    msg = message(lambda: sa.self_attention_layer(X, np.ones((4, 8)), np.ones((8, 4)), np.ones((8, 4))))
+    assert ("self_attention_layer: X has d_model=8 (X.shape=(3, 8)) but W_q has 4 rows "
+            "(W_q.shape=(4, 8))") in msg
+    assert "W_q looks transposed" in msg
+    msg = message(lambda: sa.self_attention_layer(X, np.ones((8, 4)), np.ones((8, 3)), np.ones((8, 4))))
+    assert "W_q makes queries of d_k=4" in msg and "W_k makes keys of d_k=3" in msg
+    msg = message(lambda: sa.self_attention_layer(X, np.ones((8, 4)), np.ones((8, 4)), np.ones((7, 4))))
+    assert "W_v has 7 rows (W_v.shape=(7, 4))" in msg
+
+
+def test_batch_dims_that_do_not_broadcast():
+    msg = message(lambda: sa.compute_self_attention_scores(np.ones((2, 3, 4)), np.ones((3, 3, 4))))
+    assert msg == ("compute_self_attention_scores: the batch (leading) dimensions do not broadcast: "
+                   "Q.shape[:-2]=(2,), K.shape[:-2]=(3,); each must be equal or 1, as in np.matmul")
+
+
+def test_mask_that_does_not_broadcast():
+    Q = np.ones((3, 4))
+    msg = message(lambda: sa.scaled_dot_product_attention(Q, np.ones((5, 4)), np.ones((5, 2)),
+                                                          mask=np.ones((3, 4), bool)))
+    assert "mask.shape=(3, 4) does not broadcast to the scores' shape (..., n_q, n_k) = (..., 3, 5)" in msg
+    msg = message(lambda: sa.scaled_dot_product_attention(Q, Q, Q, mask=np.ones((2, 1, 3), bool)[:, :, :2]))
+    assert "mask.shape=(2, 1, 2)" in msg
+    msg = message(lambda: sa.scaled_dot_product_attention(np.ones((2, 3, 4)), Q, Q,
+                                                          mask=np.ones((5, 3, 3), bool)))
+    assert "mask.shape[:-2]=(5,)" in msg
+
+
+@pytest.mark.parametrize("value", [1, "yes", None, np.array([True])])
+def test_flags_must_be_bool(value):
+    Q = np.ones((2, 2))
+    with pytest.raises(TypeError, match=r"is_causal must be True or False"):
+        sa.compute_self_attention_scores(Q, Q, is_causal=value)
+    with pytest.raises(TypeError, match=r"return_weights must be True or False"):
+        sa.scaled_dot_product_attention(Q, Q, Q, return_weights=value)
+
+
+def test_scale_must_be_a_finite_real():
+    Q = np.ones((2, 2))
+    for bad in ("0.5", 1j, [1.0], True):
+        with pytest.raises(TypeError, match="scale must be a real number or None"):
+            sa.compute_self_attention_scores(Q, Q, scale=bad)
+    for bad in (np.inf, np.nan, -np.inf):
+        with pytest.raises(ValueError, match="scale must be finite"):
+            sa.self_attention_layer(Q, Q, Q, Q, scale=bad)
+    np.testing.assert_array_equal(sa.compute_self_attention_scores(Q, Q, scale=np.float32(2)), 4)
+    np.testing.assert_array_equal(sa.compute_self_attention_scores(Q, Q, scale=np.array(2)), 4)
+
+
+def test_axis_errors():
+    with pytest.raises(np.exceptions.AxisError if hasattr(np, "exceptions") else np.AxisError,
+                       match="axis=2 is out of range for attn_scores with 2 dimension"):
+        sa.softmax_attention_weights(np.ones((2, 2)), axis=2)
+    with pytest.raises(ValueError):
+        sa.softmax_attention_weights(np.ones((2, 2)), axis=-3)
+    with pytest.raises(TypeError, match="axis must be an integer"):
+        sa.softmax_attention_weights(np.ones((2, 2)), axis=1.0)
+
+
+def test_ragged_lists():
+    msg = message(lambda: sa.softmax_attention_weights([[1, 2], [3]]))
+    assert "attn_scores could not be read as an array" in msg or "ragged" in msg
+
+
+def test_unknown_keyword_and_positional_options_are_rejected():
+    Q = np.ones((2, 2))
+    with pytest.raises(TypeError):
+        sa.compute_self_attention_scores(Q, Q, 1.0)          # options are keyword-only
+    with pytest.raises(TypeError):
+        sa.self_attention_layer(Q, Q, Q, Q, causal=True)     # the name is is_causal
+
+
+def test_astronomically_large_results_are_refused_before_any_work():
+    huge = np.broadcast_to(np.ones(4), (2**31, 4))
+    with pytest.raises((ValueError, MemoryError)):
+        sa.compute_self_attention_scores(huge, huge)
+    with pytest.raises(ValueError, match="too large to allocate"):
+        sa.compute_self_attention_scores(np.broadcast_to(np.ones(4), (2**40, 4)), huge)
+    row = np.broadcast_to(np.ones(4), (2**40, 4))
+    with pytest.raises((ValueError, MemoryError)):
+        sa.scaled_dot_product_attention(row, row, row, return_weights=True)
+    with pytest.raises((ValueError, MemoryError)):
+        sa.softmax_attention_weights(np.broadcast_to(np.ones(1), (2**31, 2**31)))

@@ -1,0 +1,123 @@
+"""explain: every intermediate of one layer, equal to selfattn's layer, shown step by step."""
+import numpy as np
+import pytest
+
+import selfattn
+
+
+def _inputs(n=4, d_model=6, d_k=3, d_v=2, seed=0, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    return [rng.normal(size=s).astype(dtype) for s in ((n, d_model), (d_model, d_k), (d_model, d_k), (d_model, d_v))]
+
+
+def _reference(X, W_q, W_k, W_v, scale, hidden=None):
+    """Each step in extended precision with plain NumPy."""
+    X, W_q, W_k, W_v = (np.asarray(a, np.longdouble) for a in (X, W_q, W_k, W_v))
+    Q, K, V = X @ W_q, X @ W_k, X @ W_v
+    s = Q @ K.T * scale
+    if hidden is not None:
+        s = np.where(hidden, -np.inf, s)
+    m = s.max(axis=1, keepdims=True)
+    e = np.exp(s - m)
+    r = e.sum(axis=1, keepdims=True)
+    w = e / r
+    return dict(Q=Q, K=K, V=V, scores=s, row_max=m, exponentials=e, row_sums=r, weights=w, output=w @ V)
+
+
+@pytest.mark.parametrize("scale", [None, 1.0, 0.3])
+def test_every_intermediate_matches_an_independent_computation(scale):
+    X, W_q, W_k, W_v = _inputs()
+    t = selfattn.explain(X, W_q, W_k, W_v, scale=scale)
+    want_scale = 1 / np.sqrt(3) if scale is None else scale
+    assert t.scale == pytest.approx(want_scale)
+    ref = _reference(X, W_q, W_k, W_v, want_scale)
+    for name, want in ref.items():
+        got = getattr(t, name)
+        assert got.shape == want.shape, name
+        np.testing.assert_allclose(got, np.asarray(want, np.float64), rtol=1e-12, atol=1e-14, err_msg=name)
+    assert t.row_max.shape == (4, 1) and t.row_sums.shape == (4, 1)
+    np.testing.assert_allclose(t.weights.sum(axis=-1), 1.0, rtol=1e-14)
+    np.testing.assert_allclose(t.output, selfattn.self_attention_layer(X, W_q, W_k, W_v, scale=scale),
+                               rtol=1e-12, atol=1e-14)
+
+
+def test_causal_and_mask_and_fully_masked_rows():
+    X, W_q, W_k, W_v = _inputs()
+    t = selfattn.explain(X, W_q, W_k, W_v, is_causal=True)
+    upper = np.triu(np.ones((4, 4), bool), k=1)
+    assert np.isneginf(t.scores[upper]).all() and np.isfinite(t.scores[~upper]).all()
+    assert (t.exponentials[upper] == 0).all() and (t.weights[upper] == 0).all()
+    ref = _reference(X, W_q, W_k, W_v, 1 / np.sqrt(3), hidden=upper)
+    np.testing.assert_allclose(t.output, np.asarray(ref["output"], np.float64), rtol=1e-12, atol=1e-14)
+
+    mask = np.ones((4, 4), bool)
+    mask[2] = False  # query 2 sees nothing
+    t = selfattn.explain(X, W_q, W_k, W_v, mask=mask)
+    assert np.isneginf(t.row_max[2, 0]) and (t.exponentials[2] == 0).all()
+    assert (t.weights[2] == 0).all() and (t.output[2] == 0).all()
+    assert not np.isnan(t.exponentials).any()
+    np.testing.assert_allclose(t.output, selfattn.self_attention_layer(X, W_q, W_k, W_v, mask=mask),
+                               rtol=1e-12, atol=1e-14)
+
+
+def test_large_scores_stay_finite_and_float32_stays_float32():
+    X, W_q, W_k, W_v = _inputs()
+    t = selfattn.explain(X * 100, W_q, W_k, W_v)
+    assert np.abs(t.scores).max() > 1000
+    assert np.isfinite(t.exponentials).all() and np.isfinite(t.weights).all()
+    t32 = selfattn.explain(*_inputs(dtype=np.float32))
+    assert all(getattr(t32, n).dtype == np.float32 for n in ("Q", "scores", "exponentials", "weights", "output"))
+
+
+def test_text_shows_every_step():
+    t = selfattn.explain(*_inputs(), tokens=["the", "cat", "sat", "down"])
+    text = str(t)
+    steps = ["1. Project the tokens", "2. Scores", "3. Row maximum", "4. Exponentials", "5. Row sums",
+             "6. Weights (softmax)", "7. Output"]
+    positions = [text.index(s) for s in steps]
+    assert positions == sorted(positions)
+    for name in ("Q (4, 3)", "K (4, 3)", "V (4, 2)", "scores (4, 4)", "row_max (4, 1)",
+                 "exponentials (4, 4)", "row_sums (4, 1)", "weights (4, 4)", "output (4, 2)"):
+        assert name in text
+    assert "scale = 1/sqrt(d_k) = 1/sqrt(3) = 0.5774" in text
+    assert "tokens: the cat sat down" in text
+    assert f"{t.weights[0, 0]:.4f}" in text
+    assert repr(t).startswith("<AttentionTrace n=4 d_model=6 d_k=3 d_v=2")
+
+
+def test_html_shows_every_step_with_token_headers():
+    t = selfattn.explain(*_inputs(), tokens=["the", "cat", "<b>", "down"], is_causal=True)
+    page = t._repr_html_()
+    assert page.count("<h4>") == 7 and page.count("<table>") == 9  # Q K V + six steps' matrices
+    assert "<th>&lt;b&gt;</th>" in page  # tokens are escaped
+    assert "<th>cat</th>" in page and "-inf" in page
+    assert "is_causal hides the keys after each query" in page
+
+
+def test_large_matrices_are_elided_in_html():
+    t = selfattn.explain(*_inputs(n=30))
+    page = t._repr_html_()
+    assert "⋮" in page and "…" in page
+    assert page.count("<tr>") < 30 * 9
+
+
+def test_errors_name_explain():
+    X, W_q, W_k, W_v = _inputs()
+    with pytest.raises(ValueError, match=r"^explain: X has d_model=6 .*W_q.*looks transposed"):
+        selfattn.explain(X, W_q.T, W_k, W_v)
+    with pytest.raises(ValueError, match=r"explain: tokens has 3 labels but X has 4 tokens"):
+        selfattn.explain(X, W_q, W_k, W_v, tokens=["a", "b", "c"])
+    with pytest.raises(TypeError, match="not a single string"):
+        selfattn.explain(X, W_q, W_k, W_v, tokens="abcd")
+    with pytest.raises(ValueError, match=r"explain shows one sequence.*X\[0\]"):
+        selfattn.explain(np.stack([X, X]), W_q, W_k, W_v)
+    with pytest.raises(TypeError, match=r"^explain: X has dtype complex"):
+        selfattn.explain(X.astype(complex), W_q, W_k, W_v)
+
+
+def test_inputs_untouched():
+    args = _inputs()
+    copies = [a.copy() for a in args]
+    selfattn.explain(*args, is_causal=True)
+    for a, c in zip(args, copies):
+        np.testing.assert_array_equal(a, c)

@@ -1,0 +1,140 @@
+"""What a pip-installed selfattn ships: signatures, docstrings, stubs, version, the main job."""
+import doctest
+import importlib.util
+import inspect
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import selfattn
+
+PUBLIC = ["compute_self_attention_scores", "softmax_attention_weights", "compute_attention_output",
+          "self_attention_layer", "scaled_dot_product_attention"]
+PACKAGE_DIR = pathlib.Path(selfattn.__file__).parent
+
+
+def test_version():
+    assert selfattn.__version__ == "0.1.0"
+    from importlib.metadata import version
+    assert version("selfattn") == selfattn.__version__
+
+
+def test_notebook_signatures_and_keyword_only_options():
+    sig = {name: inspect.signature(getattr(selfattn, name)) for name in PUBLIC}
+    positional = {name: [p.name for p in s.parameters.values()
+                         if p.kind is p.POSITIONAL_OR_KEYWORD] for name, s in sig.items()}
+    assert positional == {
+        "compute_self_attention_scores": ["Q", "K"],
+        "softmax_attention_weights": ["attn_scores"],
+        "compute_attention_output": ["attn_weights", "V"],
+        "self_attention_layer": ["X", "W_q", "W_k", "W_v"],
+        "scaled_dot_product_attention": ["Q", "K", "V"],
+    }
+    for s in sig.values():
+        for p in s.parameters.values():
+            if p.kind is p.KEYWORD_ONLY:
+                assert p.default is not inspect.Parameter.empty
+    assert str(sig["compute_self_attention_scores"]) == "(Q, K, *, scale=None, mask=None, is_causal=False)"
+
+
+@pytest.mark.parametrize("name", PUBLIC)
+def test_numpy_style_docstrings(name):
+    doc = getattr(selfattn, name).__doc__
+    for section in ("Parameters\n", "Returns\n", "Raises\n", "Examples\n"):
+        assert section in doc, (name, section)
+    assert "shape (" in doc
+
+
+def test_docstring_examples_run():
+    import selfattn._api
+    import selfattn._config
+    for module in (selfattn, selfattn._api, selfattn._config):
+        result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+        assert result.failed == 0 and result.attempted > 0, module.__name__
+
+
+def test_stubs_and_py_typed_are_installed_and_complete():
+    assert (PACKAGE_DIR / "py.typed").exists()
+    stub = (PACKAGE_DIR / "__init__.pyi").read_text()
+    for name in selfattn.__all__:
+        if name != "__version__":
+            assert (f"def {name}(" in stub or f"{name}:" in stub
+                    or f"import {name} as {name}" in stub), name
+    assert "__version__: str" in stub
+
+
+def test_all_is_exported():
+    for name in selfattn.__all__:
+        assert hasattr(selfattn, name), name
+
+
+def test_extension_is_compiled_and_numpy_is_the_only_dependency():
+    from importlib.metadata import requires
+    spec = importlib.util.find_spec("selfattn._core")
+    assert spec.origin.endswith((".so", ".pyd"))
+    runtime = [r for r in requires("selfattn") if "extra ==" not in r]
+    assert [r.split(">")[0].split("=")[0].strip() for r in runtime] == ["numpy"]
+
+
+def test_no_flush_to_zero_side_effect():
+    # a library built with -ffast-math would set FTZ/DAZ for the whole process
+    assert 2.0 ** -1073 != 0
+    assert np.float32(1e-45) != 0
+
+
+def run(*args, env=None):
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})})
+
+
+def test_python_m_selfattn_main_job():
+    proc = run("-m", "selfattn")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "the cat sat on the mat" in out
+    assert "Attention weights" in out and "Output shape: (6, 4)" in out
+    assert f"selfattn {selfattn.__version__}" in out and f"NumPy {np.__version__}" in out
+    assert "instruction set" in out and "threads" in out
+    assert "-> OK" in out
+
+
+def test_environment_settings_are_read_at_import():
+    code = "import selfattn; print(selfattn.get_num_threads(), selfattn.get_isa())"
+    proc = run("-c", code, env={"SELFATTN_NUM_THREADS": "3", "SELFATTN_ISA": "generic"})
+    assert proc.stdout.split() == ["3", "generic"], proc.stderr
+    proc = run("-W", "always", "-c", code, env={"SELFATTN_NUM_THREADS": "many", "SELFATTN_ISA": "sse9"})
+    assert proc.returncode == 0
+    assert "ignoring SELFATTN_NUM_THREADS='many'" in proc.stderr
+    assert "ignoring SELFATTN_ISA='sse9'" in proc.stderr
+
+
+def test_isa_setting():
+    before = selfattn.get_isa()
+    try:
+        for name in selfattn.config()["supported_isas"]:
+            selfattn.set_isa(name)
+            assert selfattn.get_isa() == name
+        with pytest.raises(ValueError, match="unknown instruction set"):
+            selfattn.set_isa("sse9")
+        with pytest.raises(TypeError):
+            selfattn.set_isa(3)
+    finally:
+        selfattn.set_isa(before)
+    assert "reference" in selfattn.config()["supported_isas"]
+
+
+def test_importing_from_the_source_tree_uses_the_installed_build():
+    # Python started in the repository's root sees the source folder selfattn/ first
+    root = pathlib.Path(__file__).resolve().parent.parent
+    if not (root / "selfattn" / "__init__.py").exists():
+        pytest.skip("tests are not inside a source checkout")
+    proc = subprocess.run([sys.executable, "-c",
+                           "import selfattn; print(selfattn.self_attention_layer([[1.0]], [[1.0]], "
+                           "[[1.0]], [[2.0]]))"],
+                          cwd=root, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[[2.]]"

@@ -1,0 +1,126 @@
+"""plot_attention: a heatmap with queries as rows and keys as columns, rendered offscreen (Agg)."""
+import io
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import selfattn
+
+matplotlib = pytest.importorskip("matplotlib", reason="matplotlib is the `plot` extra (in `test`)")
+matplotlib.use("Agg")
+import matplotlib.image  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def _weights(n_q=3, n_k=4, seed=0):
+    scores = np.random.default_rng(seed).normal(size=(n_q, n_k))
+    return selfattn.softmax_attention_weights(scores)
+
+
+def _png(fig):
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    buf.seek(0)
+    return matplotlib.image.imread(buf, format="png")
+
+
+def test_renders_to_a_png_of_the_expected_size():
+    w = _weights(3, 4)
+    fig = plt.figure(figsize=(4, 3), dpi=100)
+    ax = fig.add_subplot()
+    out = selfattn.plot_attention(w, ["the", "cat", "sat"], key_tokens=["a", "b", "c", "d"], ax=ax)
+    assert out is ax
+    image = _png(fig)
+    assert image.shape == (300, 400, 4)  # 4 x 3 inches at 100 dpi, RGBA
+    assert image[..., :3].std() > 0.05    # not a blank canvas
+    # The heatmap holds the weights, rows = queries, on a fixed 0..1 scale.
+    heat = ax.images[0]
+    np.testing.assert_array_equal(np.asarray(heat.get_array()), w)
+    assert heat.get_clim() == (0.0, 1.0)
+    assert len(fig.axes) == 2 and fig.axes[1].get_ylabel() == "attention weight"  # colorbar
+
+
+def test_default_figure_png():
+    ax = selfattn.plot_attention(_weights(5, 5), list("abcde"))
+    image = _png(ax.figure)
+    width, height = ax.figure.get_size_inches() * ax.figure.dpi
+    assert image.shape == (round(height), round(width), 4)
+
+
+def test_token_labels_and_positions_are_set_together():
+    ax = selfattn.plot_attention(_weights(3, 4), ["q0", "q1", "q2"], key_tokens=["k0", "k1", "k2", "k3"])
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["q0", "q1", "q2"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["k0", "k1", "k2", "k3"]
+    assert list(ax.get_yticks()) == [0, 1, 2] and list(ax.get_xticks()) == [0, 1, 2, 3]
+    assert ax.get_ylabel() == "query" and ax.get_xlabel() == "key"
+
+    ax = selfattn.plot_attention(_weights(3, 3), ["x", "y", "z"])  # self-attention: same labels
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["x", "y", "z"]
+
+
+def test_values_are_written_in_small_maps_only():
+    w = _weights(3, 4)
+    ax = selfattn.plot_attention(w)
+    texts = sorted(t.get_text() for t in ax.texts)
+    assert texts == sorted(f"{v:.2f}" for v in w.ravel())
+    assert len(selfattn.plot_attention(_weights(20, 20)).texts) == 0
+    assert len(selfattn.plot_attention(_weights(20, 20), annotate=True).texts) == 400
+    assert len(selfattn.plot_attention(w, annotate=False).texts) == 0
+
+
+def test_heads():
+    w = np.stack([_weights(3, 3, seed=s) for s in range(4)])  # (H, n, n)
+    ax = selfattn.plot_attention(w, head=2)
+    np.testing.assert_array_equal(np.asarray(ax.images[0].get_array()), w[2])
+    assert ax.get_title() == "head 2"
+    ax = selfattn.plot_attention(w[None], head=-1)  # (1, H, n, n): batch of one
+    np.testing.assert_array_equal(np.asarray(ax.images[0].get_array()), w[3])
+    ax = selfattn.plot_attention(w[:1])  # one head needs no head=
+    np.testing.assert_array_equal(np.asarray(ax.images[0].get_array()), w[0])
+    with pytest.raises(ValueError, match=r"holds 4 heads .*head=0 \.\.\. head=3"):
+        selfattn.plot_attention(w)
+    with pytest.raises(ValueError, match=r"head=4 does not exist; weights has 4 heads"):
+        selfattn.plot_attention(w, head=4)
+    with pytest.raises(ValueError, match="has no head dimension"):
+        selfattn.plot_attention(w[0], head=0)
+    with pytest.raises(ValueError, match=r"batch dimensions \(2,\)"):
+        selfattn.plot_attention(np.stack([w, w]), head=0)
+
+
+def test_clear_errors():
+    w = _weights(3, 4)
+    with pytest.raises(ValueError, match=r"tokens has 3 labels for the 3 queries, but there are 4 keys; pass key_tokens="):
+        selfattn.plot_attention(w, ["a", "b", "c"])
+    with pytest.raises(ValueError, match=r"tokens has 2 labels but the weights have 3 queries \(rows\)"):
+        selfattn.plot_attention(w, ["a", "b"], key_tokens=list("abcd"))
+    with pytest.raises(ValueError, match=r"key_tokens has 3 labels but the weights have 4 keys \(columns\)"):
+        selfattn.plot_attention(w, list("abc"), key_tokens=list("abc"))
+    with pytest.raises(TypeError, match="not a single string"):
+        selfattn.plot_attention(_weights(3, 3), "abc")
+    with pytest.raises(ValueError, match="must be a matrix"):
+        selfattn.plot_attention(np.ones(3) / 3)
+    with pytest.raises(TypeError, match="real numbers"):
+        selfattn.plot_attention(np.ones((2, 2), complex))
+    with pytest.warns(UserWarning, match="outside \\[0, 1\\].*scores rather than weights"):
+        selfattn.plot_attention(np.array([[3.0, -1.0], [0.5, 0.5]]))
+
+
+def test_without_matplotlib_import_error_says_how_to_install(monkeypatch):
+    for mod in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.setitem(sys.modules, mod, None)  # hidden: importing it raises ImportError
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(ImportError, match=r'pip install "selfattn\[plot\]"'):
+        selfattn.plot_attention(_weights())
+
+
+def test_import_selfattn_does_not_import_matplotlib():
+    code = "import sys, selfattn; assert 'matplotlib' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)

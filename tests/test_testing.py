@@ -1,0 +1,667 @@
+"""selfattn.testing: check() names each classic mistake, passes correct notebook solutions, and
+renders; assert_implementation, assert_attention_close and cases() behave as graders need."""
+import re
+
+import numpy as np
+import pytest
+
+import selfattn
+from selfattn import testing
+from selfattn.testing import assert_attention_close, assert_implementation, cases, check
+
+SCORES = "compute_self_attention_scores"
+SOFTMAX = "softmax_attention_weights"
+OUTPUT = "compute_attention_output"
+LAYER = "self_attention_layer"
+SDPA = "scaled_dot_product_attention"
+
+
+# ---- correct solutions, as a learner would write them in the notebook ------------------------
+
+def raw_scores(Q, K):
+    return np.dot(Q, K.T)
+
+
+def scaled_scores(Q, K):
+    return Q @ K.T / np.sqrt(K.shape[-1])
+
+
+def softmax(attn_scores):
+    e = np.exp(attn_scores - np.max(attn_scores, axis=-1, keepdims=True))
+    return e / np.sum(e, axis=-1, keepdims=True)
+
+
+def output(attn_weights, V):
+    return attn_weights @ V
+
+
+def raw_layer(X, W_q, W_k, W_v):
+    Q, K, V = X @ W_q, X @ W_k, X @ W_v
+    return output(softmax(raw_scores(Q, K)), V)
+
+
+def scaled_layer(X, W_q, W_k, W_v):
+    Q, K, V = X @ W_q, X @ W_k, X @ W_v
+    return output(softmax(scaled_scores(Q, K)), V)
+
+
+def batched_softmax(x):  # handles any number of leading dimensions
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def batched_sdpa(Q, K, V):
+    s = Q @ np.swapaxes(K, -1, -2) / np.sqrt(Q.shape[-1])
+    return batched_softmax(s) @ V
+
+
+def float32_softmax(attn_scores):  # computes in float32 throughout
+    x = np.asarray(attn_scores, dtype=np.float32)
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+CORRECT = [
+    ("raw scores, scale=1.0", raw_scores, SCORES, 1.0),
+    ("scaled scores", scaled_scores, SCORES, None),
+    ("softmax", softmax, SOFTMAX, None),
+    ("softmax with scale given (ignored)", softmax, SOFTMAX, 1.0),
+    ("output", output, OUTPUT, None),
+    ("raw layer, scale=1.0", raw_layer, LAYER, 1.0),
+    ("scaled layer", scaled_layer, LAYER, None),
+    ("batched sdpa", batched_sdpa, SDPA, None),
+    ("selfattn's own softmax", selfattn.softmax_attention_weights, SOFTMAX, None),
+    ("selfattn's own layer", selfattn.self_attention_layer, LAYER, None),
+]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("label, fn, name, scale", CORRECT, ids=[c[0] for c in CORRECT])
+def test_correct_solutions_pass(label, fn, name, scale, seed):
+    report = check(fn, name, scale=scale, seed=seed)
+    assert report, str(report)
+    assert report.passed and not report.failures and not report.diagnoses
+    assert all(r.verdict in ("pass", "note") for r in report.results)
+    text = str(report)
+    assert "passed" in text.splitlines()[0] and "FAIL" not in text
+    assert_implementation(fn, name, scale=scale)  # silent
+    if scale is not None and name in (SOFTMAX, OUTPUT):
+        assert f"Note: scale={scale:g} is ignored: {name} does not compute scores." in text
+
+
+def test_batched_cases_pass_for_batched_solution_and_are_notes_for_2d_ones():
+    report = check(batched_sdpa, SDPA)
+    batched = [r for r in report.results if r.case.batched]
+    assert batched and all(r.verdict == "pass" for r in batched)
+
+    report = check(raw_scores, SCORES, scale=1.0)  # K.T: 2-D only
+    batched = [r for r in report.results if r.case.batched]
+    assert batched and all(r.verdict == "note" for r in batched)
+    assert report  # notes do not count against the learner
+    flat = " ".join(str(report).split())
+    assert "optional" in flat and "np.swapaxes(K, -1, -2)" in flat
+
+
+def test_name_is_taken_from_the_function():
+    def compute_self_attention_scores(Q, K):
+        return Q @ K.T
+
+    report = check(compute_self_attention_scores, scale=1.0)
+    assert report.name == SCORES and report
+
+
+def test_unknown_name_is_a_clear_error():
+    def my_softmax(x):
+        return x
+
+    with pytest.raises(ValueError, match=r"cannot tell which function 'my_softmax'.*softmax_attention_weights"):
+        check(my_softmax)
+    with pytest.raises(ValueError, match=r"did you mean 'softmax_attention_weights'"):
+        check(my_softmax, "softmax_attention_weight")
+    with pytest.raises(ValueError, match="did you mean"):
+        check(lambda x: x, "softmax_attention")
+    with pytest.raises(TypeError, match="must be a function"):
+        check(np.zeros(3), SOFTMAX)
+    with pytest.raises(ValueError, match="scale must be a finite positive number"):
+        check(softmax, SOFTMAX, scale=-1.0)
+
+
+# ---- one deliberately buggy implementation per diagnosis -------------------------------------
+
+def scores_raw(Q, K):                       # the notebook's raw convention, checked as scaled
+    return Q @ K.T
+
+
+def scores_extra_scale(Q, K):               # scaled, but the raw convention is asked
+    return Q @ K.T / np.sqrt(K.shape[1])
+
+
+def scores_dk(Q, K):
+    return Q @ K.T / K.shape[1]
+
+
+def scores_wrong_axis_dk(Q, K):             # d_k read from the number of keys
+    return Q @ K.T / np.sqrt(K.shape[0])
+
+
+def scores_k_not_transposed(Q, K):
+    return Q @ K / np.sqrt(K.shape[1])
+
+
+def scores_transposed(Q, K):
+    return K @ Q.T / np.sqrt(K.shape[1])
+
+
+def scores_in_place(Q, K):
+    Q /= np.sqrt(Q.shape[1])
+    return Q @ K.T
+
+
+def scores_elementwise(Q, K):
+    return (Q * K).sum(axis=1) / np.sqrt(K.shape[1])
+
+
+def scores_flat(Q, K):                      # wrong output shape
+    return (Q @ K.T).ravel() / np.sqrt(K.shape[1])
+
+
+def softmax_wrong_axis(attn_scores):
+    e = np.exp(attn_scores - attn_scores.max(axis=0, keepdims=True))
+    return e / e.sum(axis=0, keepdims=True)
+
+
+def softmax_no_max(attn_scores):
+    e = np.exp(attn_scores)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def softmax_no_keepdims(attn_scores):
+    e = np.exp(attn_scores - attn_scores.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1)
+
+
+def softmax_max_no_keepdims(attn_scores):
+    e = np.exp(attn_scores - attn_scores.max(axis=-1))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def softmax_in_place(attn_scores):
+    attn_scores -= attn_scores.max(axis=-1, keepdims=True)
+    e = np.exp(attn_scores)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def softmax_global_max(attn_scores):
+    e = np.exp(attn_scores - attn_scores.max())
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def softmax_whole_matrix(attn_scores):
+    e = np.exp(attn_scores - attn_scores.max())
+    return e / e.sum()
+
+
+def softmax_not_normalised(attn_scores):
+    return np.exp(attn_scores - attn_scores.max(axis=-1, keepdims=True))
+
+
+def softmax_no_exp(attn_scores):
+    return attn_scores / attn_scores.sum(axis=-1, keepdims=True)
+
+
+def softmax_transposed(attn_scores):
+    return softmax(attn_scores).T
+
+
+def softmax_raises(attn_scores):
+    return np.softmax(attn_scores, axis=-1)
+
+
+def softmax_unfinished(attn_scores):
+    # TODO: Apply softmax along the correct axis
+    pass
+
+
+def softmax_undefined_name(attn_scores):
+    return np.exp(attn_scores) / total  # noqa: F821
+
+
+def output_weights_transposed(attn_weights, V):
+    return attn_weights.T @ V
+
+
+def output_result_transposed(attn_weights, V):
+    return (attn_weights @ V).T
+
+
+def output_elementwise(attn_weights, V):
+    return attn_weights * V
+
+
+def layer_wrong_axis(X, W_q, W_k, W_v):
+    Q, K, V = X @ W_q, X @ W_k, X @ W_v
+    s = Q @ K.T / np.sqrt(K.shape[1])
+    e = np.exp(s - s.max(axis=0, keepdims=True))
+    return (e / e.sum(axis=0, keepdims=True)) @ V
+
+
+def layer_raw(X, W_q, W_k, W_v):
+    return raw_layer(X, W_q, W_k, W_v)
+
+
+def layer_no_max(X, W_q, W_k, W_v):
+    Q, K, V = X @ W_q, X @ W_k, X @ W_v
+    e = np.exp(Q @ K.T / np.sqrt(K.shape[1]))
+    return e / e.sum(axis=1, keepdims=True) @ V
+
+
+def layer_no_keepdims(X, W_q, W_k, W_v):
+    Q, K, V = X @ W_q, X @ W_k, X @ W_v
+    s = Q @ K.T / np.sqrt(K.shape[1])
+    e = np.exp(s - s.max(axis=1, keepdims=True))
+    return (e / e.sum(axis=1)) @ V          # n x n: runs, but divides by the wrong sums
+
+
+def layer_k_not_transposed(X, W_q, W_k, W_v):
+    Q, K, V = X @ W_q, X @ W_k, X @ W_v
+    return softmax(Q @ K / np.sqrt(K.shape[1])) @ V
+
+
+def layer_weights_transposed(X, W_q, W_k, W_v):
+    Q, K, V = X @ W_q, X @ W_k, X @ W_v
+    return softmax(Q @ K.T / np.sqrt(K.shape[1])).T @ V
+
+
+def layer_result_transposed(X, W_q, W_k, W_v):
+    return scaled_layer(X, W_q, W_k, W_v).T
+
+
+def layer_no_projection(X, W_q, W_k, W_v):
+    return softmax(X @ X.T / np.sqrt(W_k.shape[1])) @ X
+
+
+def layer_d_model(X, W_q, W_k, W_v):
+    Q, K, V = X @ W_q, X @ W_k, X @ W_v
+    return softmax(Q @ K.T / np.sqrt(X.shape[1])) @ V
+
+
+def layer_returns_tuple(X, W_q, W_k, W_v):
+    Q, K, V = X @ W_q, X @ W_k, X @ W_v
+    w = softmax(Q @ K.T / np.sqrt(K.shape[1]))
+    return w @ V, w
+
+
+def layer_raw_and_wrong_axis(X, W_q, W_k, W_v):  # two mistakes at once
+    Q, K, V = X @ W_q, X @ W_k, X @ W_v
+    s = Q @ K.T
+    e = np.exp(s - s.max(axis=0, keepdims=True))
+    return (e / e.sum(axis=0, keepdims=True)) @ V
+
+
+def sdpa_wrong_axis(Q, K, V):
+    return softmax_wrong_axis(Q @ K.T / np.sqrt(K.shape[1])) @ V
+
+
+# (id, function, name, scale, patterns every one of which the report's text must contain)
+BUGGY = [
+    ("scores raw, scale not given", scores_raw, SCORES, None,
+     ["raw dot products", "because scale was not given", "check(fn, scale=1.0)"]),
+    ("scores extra 1/sqrt(d_k)", scores_extra_scale, SCORES, 1.0,
+     ["divided by sqrt(d_k), but check was asked for the raw convention (scale=1.0)"]),
+    ("scores 1/d_k", scores_dk, SCORES, None, ["divided by d_k"]),
+    ("scores 1/d_k, raw asked", scores_dk, SCORES, 1.0, ["divided by d_k, but check was asked for the raw"]),
+    ("scores sqrt(n_k)", scores_wrong_axis_dk, SCORES, None, ["number of keys (K.shape[0])"]),
+    ("scores K not transposed", scores_k_not_transposed, SCORES, None,
+     ["K is not transposed", "raised ValueError: matmul"]),
+    ("scores transposed", scores_transposed, SCORES, None, ["scores are transposed"]),
+    ("scores input modified", scores_in_place, SCORES, 1.0,
+     ["changes its input in place", "changed its input Q in place"]),
+    ("scores elementwise", scores_elementwise, SCORES, None,
+     ["not an elementwise product Q * K"]),
+    ("scores wrong shape", scores_flat, SCORES, None,
+     [r"returned shape (15,), expected (3, 5) = (n_q, n_k)"]),
+    ("softmax wrong axis", softmax_wrong_axis, SOFTMAX, None,
+     ["Softmax over the wrong axis", "axis=-1"]),
+    ("softmax no max subtraction", softmax_no_max, SOFTMAX, None,
+     ["No max subtraction", "yours nan", "overflow encountered in exp"]),
+    ("softmax sum without keepdims", softmax_no_keepdims, SOFTMAX, None,
+     ["A sum without keepdims", "keepdims=True", "could not be broadcast"]),
+    ("softmax max without keepdims", softmax_max_no_keepdims, SOFTMAX, None,
+     ["A max without keepdims"]),
+    ("softmax in float32 for float64 inputs", float32_softmax, SOFTMAX, None,
+     ["compute in float32", "returned float32 for float64 inputs"]),
+    ("softmax input modified", softmax_in_place, SOFTMAX, None,
+     ["changes its input in place", "the output is right; your function changed its input attn_scores in place"]),
+    ("softmax global max", softmax_global_max, SOFTMAX, None, ["maximum of the whole matrix"]),
+    ("softmax over the whole matrix", softmax_whole_matrix, SOFTMAX, None,
+     ["Softmax over the whole matrix"]),
+    ("softmax not normalised", softmax_not_normalised, SOFTMAX, None, ["not normalised"]),
+    ("softmax without exp", softmax_no_exp, SOFTMAX, None, ["np.exp is missing"]),
+    ("softmax transposed", softmax_transposed, SOFTMAX, None,
+     ["Your weights are transposed", "returned shape (5, 3), expected (3, 5)"]),
+    ("softmax raises", softmax_raises, SOFTMAX, None,
+     ["raised AttributeError", "has no attribute 'softmax'",
+      "when called as softmax_attention_weights(attn_scores (3, 5))",
+      "of softmax_raises(): return np.softmax(attn_scores, axis=-1)"]),
+    ("softmax unfinished", softmax_unfinished, SOFTMAX, None, ["returned None", "`pass`"]),
+    ("softmax undefined name", softmax_undefined_name, SOFTMAX, None,
+     ["raised NameError", "name 'total' is not defined", "A name is not defined"]),
+    ("output weights transposed", output_weights_transposed, OUTPUT, None,
+     ["The weights are transposed", "attn_weights.T @ V"]),
+    ("output result transposed", output_result_transposed, OUTPUT, None,
+     ["Your result is transposed", "returned shape (2, 3), expected (3, 2)"]),
+    ("output elementwise", output_elementwise, OUTPUT, None,
+     ["You multiplied elementwise", "raised ValueError: operands could not be broadcast"]),
+    ("layer wrong axis", layer_wrong_axis, LAYER, None, ["Softmax over the wrong axis"]),
+    ("layer raw, scale not given", layer_raw, LAYER, None,
+     ["raw dot products", "check(fn, scale=1.0)"]),
+    ("layer no max subtraction", layer_no_max, LAYER, None, ["No max subtraction"]),
+    ("layer sum without keepdims", layer_no_keepdims, LAYER, None, ["A sum without keepdims"]),
+    ("layer K not transposed", layer_k_not_transposed, LAYER, None, ["K is not transposed"]),
+    ("layer weights transposed", layer_weights_transposed, LAYER, None, ["The weights are transposed"]),
+    ("layer result transposed", layer_result_transposed, LAYER, None,
+     ["Your result is transposed", "returned shape (3, 5), expected (5, 3)"]),
+    ("layer no projection", layer_no_projection, LAYER, None, ["X is not projected"]),
+    ("layer sqrt(d_model)", layer_d_model, LAYER, None, ["sqrt(d_model)"]),
+    ("layer returns a tuple", layer_returns_tuple, LAYER, None, ["returns a tuple", "not the weights"]),
+    ("layer raw and wrong axis", layer_raw_and_wrong_axis, LAYER, None,
+     ["Softmax over the wrong axis", "Also: Your scores are the raw dot products"]),
+    ("sdpa wrong axis", sdpa_wrong_axis, SDPA, None, ["Softmax over the wrong axis"]),
+    ("layer with the wrong arguments", sdpa_wrong_axis, LAYER, None,
+     ["raised TypeError", "does not take the arguments check() passes: "
+      "self_attention_layer(X, W_q, W_k, W_v)"]),
+]
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+@pytest.mark.parametrize("label, fn, name, scale, patterns", BUGGY, ids=[b[0] for b in BUGGY])
+def test_each_mistake_is_caught_and_named(label, fn, name, scale, patterns, seed):
+    report = check(fn, name, scale=scale, seed=seed)
+    text = str(report)
+    flat = " ".join(text.split())  # the report wraps long lines
+    assert not report, text
+    assert report.failures and report.diagnoses
+    assert text.splitlines()[0].startswith(f"check({fn.__name__} as {name}): FAILED")
+    for pattern in patterns:
+        assert pattern in flat, f"{pattern!r} missing from:\n{text}"
+    with pytest.raises(AssertionError) as info:
+        assert_implementation(fn, name, scale=scale, seed=seed)
+    assert str(info.value) == text
+    # Every failed case says what is wrong, in words (never a bare "False").
+    for r in report.failures:
+        assert r.hints and r.message
+
+
+def test_an_exception_is_explained_by_the_mistake_found_where_sizes_fit():
+    # Q @ K raises on unequal sizes and runs on square ones: one diagnosis, not two.
+    report = check(scores_k_not_transposed, SCORES)
+    assert len(report.diagnoses) == 1 and report.diagnoses[0].startswith("K is not transposed")
+    raised = [r for r in report.failures if r.message.startswith("raised ValueError")]
+    assert raised and all(r.hints == report.diagnoses for r in raised)
+
+    def scores_raises_only(Q, K):  # raises everywhere: the generic hint stays
+        return np.matmul(Q, K[:, :1])
+
+    report = check(scores_raises_only, SCORES)
+    assert report.diagnoses[0].startswith("A matrix product got shapes that do not fit") and \
+        "the scores Q @ K.T are (n_q, d_k) @ (d_k, n_k) -> (n_q, n_k)" in report.diagnoses[0]
+
+
+def test_two_mistakes_at_once_are_one_diagnosis():
+    report = check(layer_raw_and_wrong_axis, LAYER)
+    assert len(report.diagnoses) == 1
+    assert report.diagnoses[0].startswith("Softmax over the wrong axis")
+    assert "Also: Your scores are the raw dot products" in report.diagnoses[0]
+
+
+def test_the_most_common_mistake_comes_first():
+    report = check(softmax_no_max, SOFTMAX)
+    assert report.diagnoses[0].startswith("No max subtraction")
+    assert [r.verdict for r in report.results if not r.case.large and not r.case.batched] == \
+        ["pass"] * 4
+    assert all(r.verdict == "FAIL" for r in report.results if r.case.large)
+    report = check(scores_raw, SCORES)
+    assert len(report.diagnoses) == 1 and "scale=1.0" in report.diagnoses[0]
+
+
+def test_raw_convention_checks_pass_with_scale_one_and_fail_by_default():
+    assert check(scores_raw, SCORES, scale=1.0)
+    assert not check(scores_raw, SCORES)
+    assert check(layer_raw, LAYER, scale=1.0)
+    assert check(scaled_scores, SCORES, scale=None)
+    assert not check(scaled_scores, SCORES, scale=1.0)
+
+
+def test_a_custom_scale_is_checked():
+    def scores_times_half(Q, K):
+        return 0.5 * (Q @ K.T)
+
+    assert check(scores_times_half, SCORES, scale=0.5)
+    report = check(scores_raw, SCORES, scale=0.5)
+    assert not report and "scale=0.5: multiply the dot products by it" in " ".join(str(report).split())
+
+
+def test_max_error_and_index_are_reported():
+    report = check(softmax_wrong_axis, SOFTMAX)
+    failed = report.failures[0]
+    exp = failed.case.expected
+    got = softmax_wrong_axis(np.array(failed.case.args[0]))
+    assert failed.max_error == pytest.approx(np.abs(got - exp).max())
+    assert failed.worst_index is not None and len(failed.worst_index) == 2
+    assert f"max error {failed.max_error:.3g} at {testing._fmt_index(failed.worst_index)}" \
+        in str(report)
+    assert all(r.max_error is not None and r.max_error < 1e-12
+               for r in check(softmax, SOFTMAX).results if r.case.dtype == np.float64)
+
+
+def test_check_never_modifies_its_cases_and_is_deterministic():
+    a = [c.args for c in cases(SOFTMAX)]
+    check(softmax_in_place, SOFTMAX)
+    b = [c.args for c in cases(SOFTMAX)]
+    assert all(np.array_equal(x, y) for xs, ys in zip(a, b) for x, y in zip(xs, ys))
+    assert str(check(softmax_wrong_axis, SOFTMAX)) == str(check(softmax_wrong_axis, SOFTMAX))
+    c1, c2 = cases(SOFTMAX, seed=1), cases(SOFTMAX, seed=2)
+    assert not np.array_equal(c1[0].args[0], c2[0].args[0])
+
+
+def test_overflow_raised_under_seterr_is_diagnosed():
+    def softmax_strict(attn_scores):
+        with np.errstate(over="raise"):
+            e = np.exp(attn_scores)
+        return e / e.sum(axis=-1, keepdims=True)
+
+    report = check(softmax_strict, SOFTMAX)
+    assert not report and report.diagnoses[0].startswith("No max subtraction")
+    assert "raised FloatingPointError: overflow encountered in exp" in str(report)
+
+
+def test_keyboard_interrupt_is_not_swallowed():
+    def interrupted(attn_scores):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        check(interrupted, SOFTMAX)
+
+
+# ---- renderings --------------------------------------------------------------------------------
+
+def test_text_rendering_lists_case_verdict_error_and_hint():
+    report = check(softmax_no_max, SOFTMAX)
+    text = str(report)
+    lines = text.splitlines()
+    assert lines[0] == "check(softmax_no_max as softmax_attention_weights): FAILED 2 of 7 cases"
+    assert "What is wrong:" in text and "[1] No max subtraction" in text
+    for r in report.results:
+        row = next(line for line in lines if r.case.label in line)
+        assert row.lstrip().startswith(r.verdict)
+        if r.max_error is not None:
+            assert "max error" in row
+    assert "what is wrong: [1]" in text
+    assert repr(report).startswith("<CheckReport check(softmax_no_max")
+
+
+def test_html_rendering_is_a_table_with_every_case():
+    report = check(softmax_wrong_axis, SOFTMAX)
+    page = report._repr_html_()
+    assert page.startswith("<div") and page.endswith("</div>")
+    assert page.count("<tr>") == len(report.results) + 1  # header + one row per case
+    assert "<ol><li>Softmax over the wrong axis" in page and "what is wrong:</i> see 1 above" in page
+    assert "<table>" in page and "</table>" in page
+    assert "FAIL" in page and "Softmax over the wrong axis" in page
+    for r in report.results:
+        assert r.case.label in page
+    # Everything from the learner (messages, code) is escaped.
+    def sneaky(attn_scores):
+        raise ValueError("<script>alert(1)</script>")
+    page = check(sneaky, SOFTMAX)._repr_html_()
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert "passed" in check(softmax, SOFTMAX)._repr_html_()
+
+
+# ---- assert_attention_close --------------------------------------------------------------------
+
+def test_assert_attention_close_silent_within_dtype_tolerance():
+    x = np.linspace(0.1, 1.0, 12).reshape(3, 4)
+    assert_attention_close(x, x * (1 + 5e-11))
+    assert_attention_close(x.astype(np.float32), (x * (1 + 5e-6)).astype(np.float32))
+    assert_attention_close(x.astype(np.float16), (x * (1 + 5e-4)).astype(np.float16))
+    assert_attention_close([[np.nan, np.inf]], [[np.nan, np.inf]])
+    with pytest.raises(AssertionError):
+        assert_attention_close(x, x * (1 + 1e-8))  # float64 is strict
+    assert_attention_close(x, x * (1 + 1e-8), rtol=1e-7)
+
+
+def test_assert_attention_close_message_says_where_and_how_much():
+    desired = np.full((3, 4), 0.25)
+    actual = desired.copy()
+    actual[2, 1] = 0.5
+    actual[0, 0] = 0.25 + 1e-9
+    with pytest.raises(AssertionError) as info:
+        assert_attention_close(actual, desired)
+    msg = str(info.value)
+    assert "float64 tolerance: rtol=1e-10, atol=1e-12" in msg
+    assert "2 of 12 elements" in msg
+    assert "Largest difference at index (2, 1): actual 0.5, desired 0.25 (|difference| 0.25, relative 1)" in msg
+
+    with pytest.raises(AssertionError, match=r"float32 tolerance: rtol=1e-05"):
+        assert_attention_close(actual.astype(np.float32), desired)  # the coarser dtype decides
+
+    with pytest.raises(AssertionError, match=r"actual looks transposed"):
+        assert_attention_close(np.zeros((4, 3)), np.zeros((3, 4)))
+    with pytest.raises(AssertionError, match=r"Shapes differ: actual \(3,\), desired \(3, 4\)"):
+        assert_attention_close(np.zeros(3), np.zeros((3, 4)))
+    with pytest.raises(AssertionError, match=r"inf or NaN on one side only; the first at index "
+                                             r"\(0, 1\): actual nan, desired 0.25"):
+        bad = desired.copy()
+        bad[0, 1] = np.nan
+        assert_attention_close(bad, desired)
+    with pytest.raises(AssertionError, match=r"^grading step 2\n"):
+        assert_attention_close(actual, desired, err_msg="grading step 2")
+    with pytest.raises(TypeError, match="dtype complex"):
+        assert_attention_close(np.zeros(2, complex), np.zeros(2))
+
+
+# ---- cases() -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("seed", [0, 5])
+@pytest.mark.parametrize("name", testing.NAMES)
+def test_cases_have_unequal_sizes_both_dtypes_large_single_square_and_batched(name, seed):
+    cs = cases(name, seed=seed)
+    ids = [c.id for c in cs]
+    assert len(set(ids)) == len(ids)
+    assert {c.dtype for c in cs} == {np.dtype(np.float64), np.dtype(np.float32)}
+    assert any(c.batched for c in cs)
+    assert not any(c.batched for c in cases(name, batched=False))
+    assert any(c.id == "single-token" and all(a.shape[-2] == 1 for a in c.args[:1]) for c in cs)
+    assert any(c.id.startswith("square") for c in cs)
+    if name != OUTPUT:
+        assert any(c.large for c in cs)
+    unequal = next(c for c in cs if c.id == "unequal-float64")
+    sizes = {s for a in unequal.args for s in a.shape}
+    assert len(sizes) >= (2 if name == SOFTMAX else 3)  # n_q, n_k, d_k (and d_v) all differ
+    for c in cs:
+        assert str(c) == c.id and c.name == name
+        assert list(c.inputs) == list(c.arg_names)
+        for a in c.args + (c.expected,):
+            assert not a.flags.writeable
+        assert np.isfinite(c.expected).all()
+    for c in cs:
+        if c.large:
+            scores = _scores_of(name, c)
+            # exp overflows in the case's dtype without the max subtraction
+            assert np.abs(scores).max() > np.log(np.finfo(c.dtype).max)
+
+
+def _scores_of(name, c):
+    a = [np.asarray(x, np.float64) for x in c.args]
+    if name == SOFTMAX:
+        return a[0]
+    if name == LAYER:
+        return (a[0] @ a[1]) @ (a[0] @ a[2]).T * c.scale
+    return a[0] @ a[1].T * c.scale
+
+
+@pytest.mark.parametrize("name", testing.NAMES)
+def test_cases_expected_values_match_an_independent_numpy_computation(name):
+    for c in cases(name, scale=1.0) + cases(name):
+        a = [np.asarray(x, np.longdouble) for x in c.args]
+        if name == SCORES:
+            want = a[0] @ np.swapaxes(a[1], -1, -2) * c.scale
+        elif name == SOFTMAX:
+            want = batched_softmax(a[0])
+        elif name == OUTPUT:
+            want = a[0] @ a[1]
+        elif name == SDPA:
+            want = batched_softmax(a[0] @ np.swapaxes(a[1], -1, -2) * c.scale) @ a[2]
+        else:
+            q, k, v = a[0] @ a[1], a[0] @ a[2], a[0] @ a[3]
+            want = batched_softmax(q @ np.swapaxes(k, -1, -2) * c.scale) @ v
+        assert_attention_close(c.expected, np.asarray(want, np.float64).astype(c.dtype),
+                               err_msg=f"{name}[{c.id}]")
+
+
+def test_cases_scale_conventions():
+    raw = {c.id: c for c in cases(SCORES, scale=1.0)}
+    scaled = {c.id: c for c in cases(SCORES)}
+    for id_, c in scaled.items():
+        d_k = c.args[0].shape[-1]
+        assert c.scale == pytest.approx(1 / np.sqrt(d_k)) and raw[id_].scale == 1.0
+        np.testing.assert_allclose(c.expected, raw[id_].expected * c.scale, rtol=1e-6)
+    assert all(c.scale is None for c in cases(SOFTMAX))
+
+
+def test_cases_parametrize_a_grader():
+    for c in cases(SOFTMAX, batched=False):
+        assert_attention_close(softmax(np.array(c.args[0])), c.expected)
+    bad = [c for c in cases(SOFTMAX, batched=False)
+           if not _close(softmax_wrong_axis(np.array(c.args[0])), c.expected)]
+    assert bad and re.fullmatch(r"[\w-]+", bad[0].id)
+    assert "Case softmax_attention_weights[unequal-float64]: attn_scores (3, 5) -> (3, 5)" in repr(bad[0])
+
+
+def _close(a, b):
+    try:
+        assert_attention_close(a, b)
+        return True
+    except AssertionError:
+        return False
+
+
+def test_testing_is_an_attribute_after_import():
+    import subprocess
+    import sys
+    code = ("import sys, selfattn; selfattn.testing.check; "
+            "assert 'matplotlib' not in sys.modules, 'import selfattn imported matplotlib'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert selfattn.testing is testing
+    assert {"testing", "explain", "plot_attention"} <= set(selfattn.__all__)
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import selfattn._explain
+    import selfattn._plot
+    for module in (testing, selfattn._explain, selfattn._plot):
+        result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+        assert result.failed == 0 and result.attempted > 0, module.__name__
