@@ -105,7 +105,11 @@ def _scale(func, scale, d_k):
             scale = scale.item()
         else:
             raise TypeError(f"{func}: scale must be a real number or None, got {scale!r}")
-    scale = float(scale)
+    try:
+        scale = float(scale)
+    except OverflowError:  # an int beyond float's range, e.g. 10**400
+        raise ValueError(f"{func}: scale must be finite, got an integer too large for a float "
+                         f"({scale.bit_length()} bits)") from None
     if not math.isfinite(scale):
         raise ValueError(f"{func}: scale must be finite, got {scale}")
     return scale
@@ -148,7 +152,7 @@ def _check_size(func, shape, dtype):
 def _operand(arr, compute, batch):
     """`arr` in the compute dtype with contiguous aligned rows, viewed with the batch shape."""
     if arr.dtype != compute:
-        arr = arr.astype(compute)
+        arr = arr.astype(compute, order="C")  # order "K" would keep a Fortran layout
     elif (arr.ndim and arr.shape[-1] > 1 and arr.strides[-1] != arr.itemsize) or not arr.flags.aligned:
         arr = arr.copy(order="C")    # a copy is aligned even where the input is contiguous
     shape = batch + arr.shape[-2:]
@@ -398,6 +402,7 @@ def softmax_attention_weights(attn_scores, *, axis=-1):
     moved = np.moveaxis(x, axis, -1)
     if moved.ndim == 1:
         moved = moved[None, :]
+    _check_size(func, moved.shape, compute)
     out = np.empty(moved.shape, dtype=compute)
     if out.size:
         batch = moved.shape[:-2]

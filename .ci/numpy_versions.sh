@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The wheel, built once against NumPy 2 (as pyproject.toml requires), must work with the oldest
+# NumPy the package declares and with the newest 2.x: each in a fresh venv, with the test suite.
+#
+#   .ci/numpy_versions.sh [numpy versions...]     (default: the declared floor, and the newest)
+#
+# PYTHON selects the interpreter (default python3). Needs PyPI. The tests run from a copy of
+# tests/ outside the tree, so they import the installed wheel, never the source folder.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+PY="$("${PYTHON:-python3}" -c 'import os, sys; print(os.path.realpath(sys.executable))')"
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/selfattn-numpy.XXXXXX")"
+trap 'rm -rf "$WORK"' EXIT
+
+# The floor declared in pyproject.toml's dependencies ("numpy>=X").
+FLOOR="$("$PY" - "$ROOT/pyproject.toml" <<'PYEOF'
+import re, sys
+text = open(sys.argv[1]).read()
+deps = re.search(r"^dependencies\s*=\s*\[(.*?)\]", text, re.S | re.M).group(1)
+print(re.search(r'"numpy>=([0-9.]+)"', deps).group(1))
+PYEOF
+)"
+VERSIONS=("$@")
+[ ${#VERSIONS[@]} -eq 0 ] && VERSIONS=("$FLOOR" "newest")
+
+echo "== building the wheel once (build isolation: NumPy 2 from PyPI, as pyproject.toml says)"
+mkdir -p "$WORK/src"
+(cd "$ROOT" && git ls-files -co --exclude-standard -z | xargs -0 -I{} cp --parents {} "$WORK/src/")
+"$PY" -m pip wheel --quiet --no-deps -w "$WORK/dist" "$WORK/src" >"$WORK/build.log" 2>&1 \
+    || { cat "$WORK/build.log"; exit 1; }
+WHEEL="$(ls "$WORK"/dist/selfattn-*.whl)"
+echo "== $WHEEL"
+cp -r "$ROOT/tests" "$WORK/tests"
+cp "$ROOT/pyproject.toml" "$WORK/"      # pytest's settings (markers); no package source beside it
+
+for version in "${VERSIONS[@]}"; do
+    venv="$WORK/venv-$version"
+    "$PY" -m venv "$venv"
+    if [ "$version" = newest ]; then spec="numpy>=2"; else spec="numpy==$version"; fi
+    echo "== $spec"
+    "$venv/bin/python" -m pip install --quiet --upgrade pip >/dev/null
+    # the wheel with its test extra, and NumPy pinned in the same resolution
+    "$venv/bin/python" -m pip install --quiet "$spec" "selfattn[test] @ file://$WHEEL" \
+        >"$WORK/install-$version.log" 2>&1 || { cat "$WORK/install-$version.log"; exit 1; }
+    (cd "$WORK" && "$venv/bin/python" -P -c '
+import sys, numpy, selfattn, hypothesis
+print("   numpy", numpy.__version__, "| selfattn from", selfattn.__file__, "| hypothesis", hypothesis.__version__)
+sys.exit(0 if selfattn.__file__.startswith(sys.prefix) else "selfattn is not the installed wheel")')
+    (cd "$WORK" && "$venv/bin/python" -P -m pytest -p no:cacheprovider -q -m "not slow" tests)
+done
+echo "== NumPy versions: ${VERSIONS[*]} all pass"

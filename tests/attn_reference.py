@@ -1,0 +1,432 @@
+"""Oracles for the hardening tests: NumPy references with rigorous error bounds.
+
+Used by test_fuzz.py (and tests/fuzz.py), test_leaks.py and test_threads.py. Not a test file.
+
+Every reference works in np.longdouble (64-bit mantissa, exponent range 1e+-4932, so no product of
+two float64 values overflows or underflows in it) and returns, next to the exact value, an error
+BOUND for a kernel that computes in the compute dtype (float32 or float64) in any summation order,
+and a mask of entries that are UNCERTAIN: ones whose value depends on the order of the operations
+(an intermediate sum may overflow, a weight may underflow to 0 next to an infinite value). The
+comparison skips uncertain entries and demands everything else: the exact NaN/inf pattern, and
+finite values within the bound. The bounds are the textbook ones (gamma_n = n*u for a sum of n
+products, Higham ch. 3), doubled for safety, plus an absolute floor for gradual underflow.
+
+The dtype rules mirrored here are selfattn's: float32 stays float32, float64 stays float64, float16
+is computed in float32 and returned as float16, integers and bools are computed as float64; mixed
+floats promote as NumPy does.
+"""
+from __future__ import annotations
+
+import math
+import operator
+
+import numpy as np
+
+LD = np.longdouble
+
+
+class Ref:
+    """An exact value with an error bound and an uncertainty mask (all the same shape)."""
+
+    def __init__(self, value, tol=None, uncertain=None):
+        self.value = np.asarray(value, dtype=LD)
+        self.tol = np.zeros(self.value.shape, LD) if tol is None else np.asarray(tol, LD)
+        self.uncertain = (np.zeros(self.value.shape, bool) if uncertain is None
+                          else np.asarray(uncertain, bool))
+
+
+# ---- dtype rules ---------------------------------------------------------------------------------
+
+def as_input(x):
+    """np.asarray(x) with selfattn's accepted kinds, else None (the reference cannot read it)."""
+    try:
+        arr = np.asarray(x)
+    except Exception:
+        return None
+    if arr.dtype.kind in "biu" or (arr.dtype.kind == "f" and arr.dtype.itemsize <= 8):
+        return arr
+    return None
+
+
+def dtypes(*arrays):
+    """(result dtype, compute dtype) by selfattn's rules."""
+    floats = [np.dtype(np.float64) if a.dtype.kind in "biu" else a.dtype.newbyteorder("=")
+              for a in arrays]
+    result = np.result_type(*floats)
+    compute = np.dtype(np.float32) if result == np.float16 else result
+    return result, compute
+
+
+def rounding(dtype):
+    """(u, eta, big): unit roundoff, subnormal spacing and an overflow-safe magnitude."""
+    fi = np.finfo(dtype)
+    return LD(fi.eps) / 2, LD(fi.smallest_subnormal), LD(fi.max) / 16
+
+
+def to_compute(arr, compute):
+    """The operand as the kernel sees it (rounded to the compute dtype), in long double."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return arr.astype(compute).astype(LD)
+
+
+def default_scale(scale, d_k):
+    if scale is None:
+        return 1.0 / math.sqrt(d_k) if d_k > 0 else 1.0
+    if isinstance(scale, np.ndarray):
+        scale = scale.item()
+    return float(scale)
+
+
+def flag(value):
+    return bool(value)
+
+
+# ---- the building blocks -------------------------------------------------------------------------
+
+def dot(A, B, compute, ta=None, tb=None, ua=None, ub=None):
+    """Ref of A @ B^T over the last axis: A (..., m, k), B (..., n, k), both long double.
+
+    ta, tb: error bounds already carried by A and B; ua, ub: their uncertain entries."""
+    u, eta, big = rounding(compute)
+    k = A.shape[-1]
+    ta = np.zeros(A.shape, LD) if ta is None else ta
+    tb = np.zeros(B.shape, LD) if tb is None else tb
+    a, b = A[..., :, None, :], B[..., None, :, :]
+    with np.errstate(all="ignore"):
+        terms = a * b
+        finite = np.isfinite(terms)
+        abs_fin = np.where(finite, np.abs(terms), 0)
+        aa = np.where(np.isfinite(a), np.abs(a), 0)
+        ba = np.where(np.isfinite(b), np.abs(b), 0)
+        bound_terms = np.where(finite, (aa + ta[..., :, None, :]) * (ba + tb[..., None, :, :]), 0)
+        carried = np.where(finite, ta[..., :, None, :] * ba + aa * tb[..., None, :, :]
+                           + ta[..., :, None, :] * tb[..., None, :, :], 0).sum(-1)
+        value = terms.sum(-1)
+        A_fin = bound_terms.sum(-1)
+        has_nan = np.isnan(terms).any(-1)
+        pinf = (terms == np.inf).any(-1)
+        ninf = (terms == -np.inf).any(-1)
+    tol = 2 * (k + 2) * u * A_fin + (k + 2) * eta + carried
+    # The order of a float sum decides overflow once partial sums can reach the dtype's max.
+    overflow_risk = A_fin >= big / (k + 1)
+    nan_certain = has_nan | (pinf & ninf)
+    uncertain = ~nan_certain & overflow_risk
+    # An infinite factor with a carried error, or a carried uncertainty, makes a term uncertain.
+    if ua is not None or ub is not None:
+        ua = np.zeros(A.shape, bool) if ua is None else ua
+        ub = np.zeros(B.shape, bool) if ub is None else ub
+        uncertain = uncertain | (ua[..., :, None, :] | ub[..., None, :, :]).any(-1)
+    with np.errstate(all="ignore"):
+        inf_with_tol = (~np.isfinite(terms)) & ((ta[..., :, None, :] > 0) | (tb[..., None, :, :] > 0))
+    uncertain = uncertain | inf_with_tol.any(-1)
+    tol = np.where(np.isfinite(value), tol, 0)
+    return Ref(value, tol, uncertain)
+
+
+def round_to(ref, dtype):
+    """Adds the error of rounding ref's value to `dtype`; entries that may overflow become uncertain."""
+    u, eta, big = rounding(dtype)
+    with np.errstate(all="ignore"):
+        tol = ref.tol + u * np.abs(np.where(np.isfinite(ref.value), ref.value, 0)) + eta
+        unc = ref.uncertain | (np.isfinite(ref.value) & (np.abs(ref.value) + ref.tol >= LD(np.finfo(dtype).max) * 0.99))
+    return Ref(ref.value, np.where(np.isfinite(ref.value), tol, 0), unc)
+
+
+def scale_scores(ref, scale_c, compute):
+    u, eta, big = rounding(compute)
+    with np.errstate(all="ignore"):
+        value = ref.value * scale_c
+        tol = ref.tol * abs(scale_c) + u * np.abs(np.where(np.isfinite(value), value, 0)) + eta
+        unc = ref.uncertain | (np.isfinite(value) & (np.abs(value) + tol >= big))
+    if not np.isfinite(scale_c):
+        unc = np.ones(value.shape, bool)
+    return Ref(value, np.where(np.isfinite(value), tol, 0), unc)
+
+
+def prescale_risk(Qc, Kc, scale_c, compute):
+    """Entries a kernel may overflow by folding the scale into Q or K before the dot product."""
+    _, _, big = rounding(compute)
+    with np.errstate(all="ignore"):
+        q = np.where(np.isfinite(Qc), np.abs(Qc), 0).max(-1, initial=0) * abs(scale_c)
+        k = np.where(np.isfinite(Kc), np.abs(Kc), 0).max(-1, initial=0) * abs(scale_c)
+    return (q >= big)[..., :, None] | (k >= big)[..., None, :]
+
+
+def apply_mask(S, mask, is_causal, compute):
+    """Bool masks and causality set -inf (certainly); float masks are added in the compute dtype."""
+    u, eta, big = rounding(compute)
+    shape = S.value.shape if mask is None else np.broadcast_shapes(S.value.shape, mask.shape)
+    value, tol, unc = (np.array(np.broadcast_to(x, shape)) for x in (S.value, S.tol, S.uncertain))
+    n_q, n_k = shape[-2:]
+    if mask is not None and mask.dtype == bool:
+        hide = np.broadcast_to(~mask, shape)
+        value[hide], tol[hide], unc[hide] = -np.inf, 0, False
+    elif mask is not None:
+        m = np.broadcast_to(to_compute(mask, compute), shape)
+        with np.errstate(all="ignore"):
+            new = value + m
+            t = tol + u * np.abs(np.where(np.isfinite(new), new, 0)) + eta
+            risky = np.isfinite(new) & (np.abs(value) + np.abs(m) + t >= big)
+            # NaN in the mask gives NaN, and -inf gives -inf next to a sure finite score, whatever
+            # the score's rounding
+            settled = np.isnan(m) | ((m == -np.inf) & np.isfinite(value) & ~unc)
+            unc = (unc | risky) & ~settled
+        value, tol = new, np.where(np.isfinite(new), t, 0)
+    if is_causal:
+        future = np.broadcast_to(np.triu(np.ones((n_q, n_k), bool), 1), shape)
+        value[future], tol[future], unc[future] = -np.inf, 0, False
+    return Ref(value, tol, unc)
+
+
+def softmax(S, compute):
+    """Ref of the row softmax of S (last axis), with the kernels' policy for special rows:
+    a NaN in a row makes it NaN; all -inf gives zeros; +inf (max - max = NaN) gives NaN."""
+    u, eta, big = rounding(compute)
+    x, tol, unc = S.value, S.tol, S.uncertain
+    n = x.shape[-1]
+    with np.errstate(all="ignore"):
+        row_nan = np.isnan(x).any(-1, keepdims=True)
+        xmax = np.where(np.isnan(x), -np.inf, x).max(-1, keepdims=True) if n else np.full(x.shape[:-1] + (1,), -np.inf, LD)
+        all_masked = xmax == -np.inf
+        row_pinf = xmax == np.inf
+        e = np.exp(x - np.where(np.isfinite(xmax), xmax, 0))
+        s = e.sum(-1, keepdims=True)
+        w = e / s
+        w = np.where(row_nan | row_pinf, np.nan, np.where(all_masked, 0, w))
+        w = np.where(x == -np.inf, np.where(row_nan | row_pinf, np.nan, 0), w)
+        delta = np.where(np.isfinite(x), tol, 0).max(-1, keepdims=True) if n else np.zeros(x.shape[:-1] + (1,), LD)
+        rel = np.expm1(np.minimum(2 * delta, LD(11000))) + 4 * (n + 8) * u
+        wtol = np.where(np.isfinite(w), w * rel + (n + 4) * eta, 0)
+        # a row is uncertain when one of its scores is; -inf entries and NaN rows never are
+        row_unc = (unc & (x != -np.inf)).any(-1, keepdims=True) & ~row_nan
+    wtol = np.where(x == -np.inf, 0, wtol)
+    return Ref(w, wtol, np.broadcast_to(row_unc, w.shape))
+
+
+def weighted_sum(W, V, compute, tv=None, uv=None):
+    """Ref of out[i] = sum over keys j with a nonzero weight of W[i, j] * V[j] (attention's rule:
+    a key whose weight is exactly 0 contributes nothing, even an inf/NaN value row)."""
+    u, eta, big = rounding(compute)
+    w, wt, wu = W.value, W.tol, W.uncertain
+    n_k = w.shape[-1]
+    tv = np.zeros(V.shape, LD) if tv is None else tv
+    uv = np.zeros(V.shape, bool) if uv is None else uv
+    with np.errstate(all="ignore"):
+        wz = (w == 0) & (wt == 0)                                     # certainly zero
+        w_lo = np.where(np.isfinite(w), w - wt, 0)
+        nonzero_sure = np.isnan(w) | (w_lo > 2 * LD(np.finfo(compute).smallest_normal))
+        maybe_zero = ~wz & ~nonzero_sure
+        wb = w[..., :, :, None]
+        vb = V[..., None, :, :]
+        terms = np.where(wz[..., :, :, None], 0, wb * vb)
+        value = terms.sum(-2)
+        fin = np.isfinite(terms)
+        # bounds use |v| only where it is finite (a skipped key's NaN must not poison them)
+        vabs = np.where(np.isfinite(vb), np.abs(vb), 0)
+        wabs = np.where(np.isfinite(wb), np.abs(wb), 0)
+        absb = np.where(fin, (wabs + wt[..., :, :, None]) * (vabs + tv[..., None, :, :]), 0)
+        A = absb.sum(-2)
+        carried = np.where(fin, wt[..., :, :, None] * vabs + wabs * tv[..., None, :, :]
+                           + wt[..., :, :, None] * tv[..., None, :, :], 0).sum(-2)
+        tol = 2 * (n_k + 2) * u * A + carried + (n_k + 2) * eta
+        has_nan = np.isnan(terms).any(-2)
+        pinf = (terms == np.inf).any(-2)
+        ninf = (terms == -np.inf).any(-2)
+        nan_certain = has_nan | (pinf & ninf)
+        # a value row that is not finite, next to a weight that might be 0, decides nothing
+        risky = (maybe_zero[..., :, :, None] & ~np.isfinite(vb)).any(-2)
+        unc = (~nan_certain & (A >= big / (n_k + 1))) | risky
+        unc = unc | (wu[..., :, :, None] & ~wz[..., :, :, None]).any(-2)
+        unc = unc | (uv[..., None, :, :] & ~wz[..., :, :, None]).any(-2)
+        # an infinite value times a weight with a bound: the sign is sure, but NaN from 0*inf is not
+        unc = unc | ((~np.isfinite(vb)) & (wt[..., :, :, None] > 0) & ~nonzero_sure[..., :, :, None]).any(-2)
+    tol = np.where(np.isfinite(value), tol, 0)
+    return Ref(value, tol, unc)
+
+
+def matmul(A, B, compute):
+    """Ref of the plain (IEEE) product A @ B, 0 * inf included."""
+    return dot(A, np.swapaxes(B, -1, -2), compute)
+
+
+# ---- references of the public functions ------------------------------------------------------------
+# Each returns (result dtype, [Ref, ...]) for the outputs, or raises LookupError when the inputs
+# are not something the reference can interpret (then selfattn must not succeed either).
+
+def _inputs(*xs):
+    arrs = [as_input(x) for x in xs]
+    if any(a is None for a in arrs) or any(a.ndim < 2 for a in arrs):
+        raise LookupError("reference cannot read these inputs")
+    return arrs
+
+
+def _mask(mask):
+    if mask is None:
+        return None
+    m = as_input(mask)
+    if m is None or m.dtype.kind in "iu":
+        raise LookupError("mask")
+    return m
+
+
+def _scores_ref(Q, K, scale, mask, is_causal, compute):
+    d_k = Q.shape[-1]
+    scale_c = LD(np.asarray(default_scale(scale, d_k), dtype=compute))
+    Qc, Kc = to_compute(Q, compute), to_compute(K, compute)
+    S = scale_scores(dot(Qc, Kc, compute), scale_c, compute)
+    S.uncertain = S.uncertain | prescale_risk(Qc, Kc, scale_c, compute)
+    return apply_mask(S, mask, is_causal, compute)
+
+
+def ref_compute_self_attention_scores(Q, K, *, scale=None, mask=None, is_causal=False):
+    Q, K = _inputs(Q, K)
+    mask = _mask(mask)
+    result, compute = dtypes(Q, K)
+    return result, [round_to(_scores_ref(Q, K, scale, mask, flag(is_causal), compute), result)]
+
+
+def ref_softmax_attention_weights(attn_scores, *, axis=-1):
+    x = as_input(attn_scores)
+    if x is None or x.ndim < 1:
+        raise LookupError("scores")
+    axis = operator.index(axis)
+    result, compute = dtypes(x)
+    moved = np.moveaxis(x, axis, -1)
+    W = softmax(Ref(to_compute(moved, compute)), compute)
+    W = Ref(*(np.moveaxis(np.asarray(t), -1, axis) for t in (W.value, W.tol, W.uncertain)))
+    return result, [round_to(W, result)]
+
+
+def ref_compute_attention_output(attn_weights, V):
+    W, V = _inputs(attn_weights, V)
+    result, compute = dtypes(W, V)
+    return result, [round_to(matmul(to_compute(W, compute), to_compute(V, compute), compute), result)]
+
+
+def _attention(Qc, Kc, Vc, scale_c, mask, causal, compute, tq=None, tk=None, tv=None,
+               uq=None, uk=None, uv=None):
+    S = scale_scores(dot(Qc, Kc, compute, tq, tk, uq, uk), scale_c, compute)
+    S.uncertain = S.uncertain | prescale_risk(Qc, Kc, scale_c, compute)
+    S = apply_mask(S, mask, causal, compute)
+    W = softmax(S, compute)
+    O = weighted_sum(W, Vc, compute, tv, uv)
+    return O, W
+
+
+def ref_scaled_dot_product_attention(Q, K, V, *, scale=None, mask=None, is_causal=False,
+                                     return_weights=False):
+    Q, K, V = _inputs(Q, K, V)
+    mask = _mask(mask)
+    result, compute = dtypes(Q, K, V)
+    scale_c = LD(np.asarray(default_scale(scale, Q.shape[-1]), dtype=compute))
+    O, W = _attention(to_compute(Q, compute), to_compute(K, compute), to_compute(V, compute),
+                      scale_c, mask, flag(is_causal), compute)
+    outs = [round_to(O, result)]
+    if flag(return_weights):
+        outs.append(round_to(_weights_like(W, O), result))
+    return result, outs
+
+
+def _weights_like(W, O):
+    """The weights with the batch shape of the output (every operand broadcasts to one batch)."""
+    shape = np.broadcast_shapes(W.value.shape[:-2], O.value.shape[:-2]) + W.value.shape[-2:]
+    return Ref(*(np.broadcast_to(x, shape) for x in (W.value, W.tol, W.uncertain)))
+
+
+def _project(X, W, compute):
+    P = matmul(X, W, compute)
+    u, eta, _ = rounding(compute)
+    return Ref(P.value, np.where(np.isfinite(P.value), P.tol + u * np.abs(np.where(np.isfinite(P.value), P.value, 0)) + eta, 0),
+               P.uncertain)
+
+
+def ref_self_attention_layer(X, W_q, W_k, W_v, *, scale=None, mask=None, is_causal=False,
+                             return_weights=False):
+    X, W_q, W_k, W_v = _inputs(X, W_q, W_k, W_v)
+    mask = _mask(mask)
+    result, compute = dtypes(X, W_q, W_k, W_v)
+    Xc = to_compute(X, compute)
+    Q, K, V = (_project(Xc, to_compute(W, compute), compute) for W in (W_q, W_k, W_v))
+    scale_c = LD(np.asarray(default_scale(scale, W_q.shape[-1]), dtype=compute))
+    O, W = _attention(Q.value, K.value, V.value, scale_c, mask, flag(is_causal), compute,
+                      Q.tol, K.tol, V.tol, Q.uncertain, K.uncertain, V.uncertain)
+    outs = [round_to(O, result)]
+    if flag(return_weights):
+        outs.append(round_to(_weights_like(W, O), result))
+    return result, outs
+
+
+def ref_multi_head_attention(X, W_q, W_k, W_v, W_o, *, num_heads, scale=None, mask=None,
+                             is_causal=False, return_weights=False):
+    """Issue 4's definition: head h uses columns [h*d_head, (h+1)*d_head) of W_q, W_k, W_v; the
+    heads' outputs are concatenated in head order and multiplied by W_o. The heads are a batch
+    axis just before (n, n), so a mask broadcasts against (..., num_heads, n, n)."""
+    X, W_q, W_k, W_v, W_o = _inputs(X, W_q, W_k, W_v, W_o)
+    mask = _mask(mask)
+    h = operator.index(num_heads)
+    if h < 1 or W_q.shape[-1] % h or W_v.shape[-1] % h:
+        raise LookupError("num_heads")
+    result, compute = dtypes(X, W_q, W_k, W_v, W_o)
+    Xc = to_compute(X, compute)
+    P = [_project(Xc, to_compute(W, compute), compute) for W in (W_q, W_k, W_v)]
+
+    def heads(a):  # (..., n, h*d) -> (..., h, n, d)
+        return np.moveaxis(a.reshape(a.shape[:-1] + (h, a.shape[-1] // h)), -2, -3)
+
+    (Q, tq, uq), (K, tk, uk), (V, tv, uv) = ((heads(p.value), heads(p.tol), heads(p.uncertain))
+                                            for p in P)
+    scale_c = LD(np.asarray(default_scale(scale, W_q.shape[-1] // h), dtype=compute))
+    O, W = _attention(Q, K, V, scale_c, mask, flag(is_causal), compute, tq, tk, tv, uq, uk, uv)
+    u, eta, _ = rounding(compute)
+
+    def concat(a):  # (..., h, n, d) -> (..., n, h*d)
+        a = np.moveaxis(np.asarray(a), -3, -2)
+        return a.reshape(a.shape[:-2] + (a.shape[-2] * a.shape[-1],))
+
+    cv, ct, cu = concat(O.value), concat(O.tol), concat(np.broadcast_to(O.uncertain, O.value.shape))
+    with np.errstate(all="ignore"):
+        ct = np.where(np.isfinite(cv), ct + u * np.abs(np.where(np.isfinite(cv), cv, 0)) + eta, 0)
+    Wo = to_compute(W_o, compute)
+    Y = dot(cv, np.swapaxes(Wo, -1, -2), compute, ct, None, cu, None)
+    outs = [round_to(Y, result)]
+    if flag(return_weights):
+        outs.append(round_to(Ref(W.value, W.tol, np.broadcast_to(W.uncertain, W.value.shape)), result))
+    return result, outs
+
+
+REFERENCES = {
+    "compute_self_attention_scores": ref_compute_self_attention_scores,
+    "softmax_attention_weights": ref_softmax_attention_weights,
+    "compute_attention_output": ref_compute_attention_output,
+    "scaled_dot_product_attention": ref_scaled_dot_product_attention,
+    "self_attention_layer": ref_self_attention_layer,
+    "multi_head_attention": ref_multi_head_attention,
+}
+
+
+# ---- the comparison --------------------------------------------------------------------------------
+
+def mismatches(got, ref, result_dtype):
+    """A list of human-readable problems (empty when `got` honours `ref`)."""
+    problems = []
+    if not isinstance(got, np.ndarray):
+        return [f"result is {type(got).__name__}, not an ndarray"]
+    if got.dtype != result_dtype:
+        problems.append(f"dtype {got.dtype}, expected {result_dtype}")
+    if got.shape != ref.value.shape:
+        return problems + [f"shape {got.shape}, expected {ref.value.shape}"]
+    g = got.astype(LD)
+    v, tol = ref.value, ref.tol
+    sure = ~np.broadcast_to(ref.uncertain, v.shape)
+    with np.errstate(all="ignore"):
+        nan_bad = sure & (np.isnan(v) != np.isnan(g))
+        inf_bad = sure & np.isinf(v) & (g != v)
+        fin = sure & np.isfinite(v)
+        err = np.abs(g - v)
+        close_bad = fin & ~(err <= tol)
+    for what, bad in (("NaN pattern", nan_bad), ("infinity", inf_bad), ("value", close_bad)):
+        if bad.any():
+            idx = tuple(int(i) for i in np.argwhere(bad)[0])
+            problems.append(f"{what} differs at {idx}: got {g[idx]!r}, expected {v[idx]!r} "
+                            f"+- {tol[idx]!r} ({int(bad.sum())} entries)")
+    return problems

@@ -1,0 +1,157 @@
+"""Concrete calls of every public array function, for the leak, thread and valgrind checks.
+
+`success_calls(rng, n)` gives, per function, a few (args, kwargs) that must succeed, with sizes
+around n; `error_calls()` gives calls that must raise TypeError or ValueError (each error path
+of the validation). Functions are discovered from selfattn.__all__; a function this file has no
+builder for gets one built from its signature (a float array for each positional parameter),
+and whatever that call does, success or a clean error, is what the checks then repeat.
+Not a test file.
+"""
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+
+import selfattn
+
+NOT_ARRAY_FUNCTIONS = {"set_num_threads", "get_num_threads", "set_isa", "get_isa", "config",
+                       "plot_attention", "testing", "explain"}
+
+
+def array_functions():
+    names = []
+    for name in selfattn.__all__:
+        obj = getattr(selfattn, name, None)
+        if callable(obj) and not isinstance(obj, type) and name not in NOT_ARRAY_FUNCTIONS:
+            names.append(name)
+    return names
+
+
+def _f(rng, *shape, dtype=np.float64):
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def _builders(rng, n):
+    d = 8
+    Q, K, V = _f(rng, 2, n, d), _f(rng, 2, n + 3, d), _f(rng, 2, n + 3, d + 2)
+    mask = rng.random((n, n + 3)) > 0.3
+    X = _f(rng, n, d)
+    W = _f(rng, d, 4)
+    Wv = _f(rng, d, 6)
+    X32 = X.astype(np.float32)
+    return {
+        "compute_self_attention_scores": [
+            ((Q, K), {}),
+            ((Q.astype(np.float32), K[0].astype(np.float32)), {"mask": mask, "is_causal": True}),
+            ((Q, K), {"mask": np.where(mask, 0.0, -np.inf), "scale": 0.5}),
+        ],
+        "softmax_attention_weights": [
+            ((_f(rng, 3, n, n),), {}),
+            ((_f(rng, n, n, dtype=np.float32),), {"axis": 0}),
+            ((np.array([[-np.inf, -np.inf], [1.0, np.nan]]),), {}),
+        ],
+        "compute_attention_output": [
+            ((_f(rng, 2, n, n + 3), V), {}),
+            ((_f(rng, n, n + 3, dtype=np.float32), V[0].astype(np.float32)), {}),
+        ],
+        "scaled_dot_product_attention": [
+            ((Q, K, V), {}),
+            ((Q, K, V), {"mask": mask, "return_weights": True}),
+            ((Q.astype(np.float32), K.astype(np.float32), V.astype(np.float32)),
+             {"is_causal": True}),
+            ((Q, K, np.where(rng.random(V.shape) < 0.1, np.nan, V)), {"mask": mask}),
+        ],
+        "self_attention_layer": [
+            ((X, W, W, Wv), {}),
+            ((X32, W, W, Wv), {"is_causal": True, "return_weights": True}),
+        ],
+        "multi_head_attention": [
+            ((X, _f(rng, d, 8), _f(rng, d, 8), _f(rng, d, 8), _f(rng, 8, d)), {"num_heads": 2}),
+            ((X32, _f(rng, d, 8), _f(rng, d, 8), _f(rng, d, 8), _f(rng, 8, d)),
+             {"num_heads": 4, "is_causal": True, "return_weights": True}),
+        ],
+        "scaled_dot_product_attention_backward": [
+            ((_f(rng, 2, n, d + 2), Q, K, V), {}),
+            ((_f(rng, 2, n, d + 2), Q, K, V), {"mask": mask, "is_causal": True}),
+        ],
+        "self_attention_layer_backward": [
+            ((_f(rng, n, 6), X, W, W, Wv), {}),
+        ],
+        "multi_head_attention_backward": [
+            ((_f(rng, n, d), X, _f(rng, d, 8), _f(rng, d, 8), _f(rng, d, 8), _f(rng, 8, d)),
+             {"num_heads": 2}),
+        ],
+        "causal_mask": [((n,), {}), ((n, n + 3), {})],
+        "padding_mask": [((np.array([1, n, 0]), n), {})],
+    }
+
+
+def _generic(func, rng, n):
+    try:
+        params = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):
+        return [((), {})]
+    args = [_f(rng, n, n) for p in params
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
+    return [(tuple(args), {})]
+
+
+# The notebook functions: their calls here must succeed. Calls of the functions added later are
+# built from their issue's description (or, for names this file does not know, from the
+# signature); if such a call raises, the checks repeat that path instead and say so.
+FOUNDATION = {"compute_self_attention_scores", "softmax_attention_weights",
+              "compute_attention_output", "scaled_dot_product_attention", "self_attention_layer"}
+
+
+def success_calls(rng=None, n=6):
+    """{name: [(args, kwargs), ...]} for every public array function."""
+    rng = np.random.default_rng(0) if rng is None else rng
+    known = _builders(rng, n)
+    return {name: known.get(name) or _generic(getattr(selfattn, name), rng, n)
+            for name in array_functions()}
+
+
+def generic_names():
+    """The exported array functions whose calls are built from their signature alone."""
+    return [name for name in array_functions() if name not in _builders(np.random.default_rng(0), 2)]
+
+
+def error_calls():
+    """{name: [(args, kwargs), ...]} of calls that raise TypeError or ValueError."""
+    A, B = np.ones((3, 4)), np.ones((5, 2))
+    C = np.ones((3, 4), dtype=complex)
+    ragged = [[1.0, 2.0], [3.0]]
+    calls = {
+        "compute_self_attention_scores": [((A, B), {}), ((C, A), {}), ((A, A), {"mask": np.ones((3, 3), int)}),
+                                          ((ragged, A), {}), ((A, A), {"is_causal": 1})],
+        "softmax_attention_weights": [((np.float64(1.0),), {}), ((A,), {"axis": 5}), ((C,), {}),
+                                      ((A,), {"axis": "x"})],
+        "compute_attention_output": [((A, B), {}), ((A, np.ones(4)), {}), ((A, C.T), {})],
+        "scaled_dot_product_attention": [((A, A, B), {}), ((A, A, A), {"scale": "x"}),
+                                         ((A, A, A), {"mask": np.ones((7, 7), bool)}),
+                                         ((A, A, A), {"return_weights": None}),
+                                         ((A, np.ones((2, 5, 4)), A), {})],
+        "self_attention_layer": [((A, B, B, B), {}), ((A, np.ones((4, 2)), np.ones((4, 3)), B), {}),
+                                 ((A, np.ones((4, 2)), np.ones((4, 2)), np.ones((4, 2))),
+                                  {"scale": float("nan")})],
+        "multi_head_attention": [((A, np.ones((4, 3)), np.ones((4, 3)), np.ones((4, 3)),
+                                   np.ones((3, 4))), {"num_heads": 2})],
+        "scaled_dot_product_attention_backward": [((B, A, A, A), {})],
+        "self_attention_layer_backward": [((B, A, B, B, B), {})],
+        "multi_head_attention_backward": [((A, A, np.ones((4, 3)), np.ones((4, 3)), np.ones((4, 3)),
+                                            np.ones((3, 4))), {"num_heads": 2})],
+        "causal_mask": [(("3",), {}), ((-1,), {})],
+        "padding_mask": [((np.array([1.5]), 2), {}), ((np.array([[1]]), "x"), {})],
+    }
+    return {name: calls.get(name, [((C,) * _n_positional(getattr(selfattn, name)), {})])
+            for name in array_functions()}
+
+
+def _n_positional(func):
+    try:
+        params = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):
+        return 1
+    return max(1, sum(1 for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+                      and p.default is p.empty))

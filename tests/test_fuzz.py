@@ -1,0 +1,74 @@
+"""Property-based fuzzing of every public array function (hypothesis).
+
+The only outcomes allowed are a correct result (checked against the error-bounded NumPy reference
+in attn_reference.py, inputs unchanged) or TypeError/ValueError/MemoryError with a message; see
+fuzz_cases.py for what is generated. CI runs derandomized (the same cases every run) with
+SELFATTN_FUZZ_EXAMPLES examples per test (default 150); `python tests/fuzz.py --seed A:B` runs
+fresh seeded cases for longer local campaigns.
+"""
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import selfattn
+import fuzz_cases as F
+
+EXAMPLES = int(os.environ.get("SELFATTN_FUZZ_EXAMPLES", "150"))
+CI = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck), print_blob=True)
+
+FUNCTIONS = F.array_functions()
+KNOWN = [n for n in FUNCTIONS if n in F.VALID_CASES]
+UNKNOWN = [n for n in FUNCTIONS if n not in F.VALID_CASES]
+
+
+def test_the_fuzzer_knows_the_notebook_functions():
+    # Everything selfattn exports must be fuzzed one way or the other, and the five functions of
+    # the foundation with value checks.
+    for name in ("compute_self_attention_scores", "softmax_attention_weights",
+                 "compute_attention_output", "scaled_dot_product_attention",
+                 "self_attention_layer"):
+        assert name in KNOWN
+
+
+@pytest.mark.parametrize("name", KNOWN)
+@CI
+@given(data=st.data())
+def test_valid_moderate_values(name, data):
+    args, kw = data.draw(F.valid(name, wild=False))
+    F.run_case(name, args, kw, must_succeed=True)
+
+
+@pytest.mark.parametrize("name", KNOWN)
+@CI
+@given(data=st.data())
+def test_valid_special_values(name, data):
+    args, kw = data.draw(F.valid(name, wild=True))
+    F.run_case(name, args, kw, must_succeed=True)
+
+
+@pytest.mark.parametrize("name", KNOWN)
+@CI
+@given(data=st.data())
+def test_odd_inputs(name, data):
+    args, kw = data.draw(F.odd(name))
+    F.run_case(name, args, kw, must_succeed=False)
+
+
+@pytest.mark.skipif(not UNKNOWN, reason="every exported function has value-checked fuzzing")
+@pytest.mark.parametrize("name", UNKNOWN or ["-"])
+@CI
+@given(data=st.data())
+def test_other_exported_functions(name, data):
+    args, kw = data.draw(F.generic(name))
+    F.run_case(name, args, kw, must_succeed=False)
+
+
+def test_no_flush_to_zero_after_import():
+    # A library built with -ffast-math can switch the whole process to flush subnormals to zero.
+    assert selfattn is not None
+    tiny = np.float64(2.0) ** -1073
+    assert tiny != 0 and tiny * 0.5 != 0
+    assert np.float32(1e-45) != 0

@@ -1,0 +1,148 @@
+"""Size guards: results too large to address or allocate are refused at once, never attempted.
+
+Broadcast views (np.broadcast_to) make inputs of any logical size for free, so a function that
+trusts the size of its inputs would try to compute (or allocate) astronomically large results.
+Each call here must raise ValueError or MemoryError with a message, within a second.
+"""
+import time
+
+import numpy as np
+import pytest
+
+import selfattn
+
+BIG = 2 ** 31
+
+
+def big_view(shape, dtype=np.float64):
+    return np.broadcast_to(np.ones((1,) * len(shape), dtype=dtype), shape)
+
+
+def refused(call, *exceptions):
+    start = time.perf_counter()
+    with pytest.raises(exceptions or (ValueError, MemoryError)) as info:
+        call()
+    assert time.perf_counter() - start < 1.0, "the refusal was not immediate"
+    assert str(info.value).strip()
+    return info.value
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_scores_of_2_31_queries_and_keys(dtype):
+    Q = big_view((BIG, 4), dtype)
+    exc = refused(lambda: selfattn.compute_self_attention_scores(Q, Q), ValueError)
+    assert "compute_self_attention_scores" in str(exc) and "too large" in str(exc)
+
+
+def overcommit_always():
+    try:
+        with open("/proc/sys/vm/overcommit_memory") as f:
+            return f.read().strip() == "1"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(overcommit_always(), reason="vm.overcommit_memory=1 grants any allocation")
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_scores_of_2_20_squared_are_refused(dtype):
+    # 2**40 entries: addressable, but terabytes; the allocator refuses at once.
+    Q = big_view((2 ** 20, 4), dtype)
+    refused(lambda: selfattn.compute_self_attention_scores(Q, Q))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_scores_beyond_the_address_space_are_refused(dtype):
+    # 2**48 entries: more bytes than a 47-bit user address space holds, on any machine.
+    Q = big_view((2 ** 24, 4), dtype)
+    refused(lambda: selfattn.compute_self_attention_scores(Q, Q))
+
+
+def test_weights_of_2_31_queries():
+    Q = big_view((BIG, 4))
+    exc = refused(lambda: selfattn.scaled_dot_product_attention(Q, Q, Q, return_weights=True),
+                  ValueError)
+    assert "scaled_dot_product_attention" in str(exc)
+
+
+def test_fused_attention_with_an_enormous_output():
+    Q = big_view((BIG, 4))
+    V = big_view((BIG, 2 ** 20))
+    refused(lambda: selfattn.scaled_dot_product_attention(Q, Q, V))
+
+
+def test_batch_dimensions_that_multiply_past_the_address_space():
+    # Each operand is small in its own batch, but the broadcast batch is 2**62 matrices.
+    Q = big_view((2 ** 31, 1, 1, 4))
+    K = big_view((1, 2 ** 31, 1, 4))
+    refused(lambda: selfattn.compute_self_attention_scores(Q, K), ValueError)
+    refused(lambda: selfattn.scaled_dot_product_attention(Q, K, K), ValueError)
+    W = big_view((2 ** 31, 1, 1, 1))
+    V = big_view((1, 2 ** 31, 1, 4))
+    refused(lambda: selfattn.compute_attention_output(W, V), ValueError)
+
+
+def test_softmax_of_an_unaddressable_view():
+    # int8 views of 2**62 elements exist; their float64 softmax would need 2**65 bytes
+    x = big_view((BIG, BIG), np.int8)
+    exc = refused(lambda: selfattn.softmax_attention_weights(x), ValueError)
+    assert "softmax_attention_weights" in str(exc)
+    refused(lambda: selfattn.softmax_attention_weights(big_view((2 ** 20, 2 ** 20))))
+
+
+def test_attention_output_of_huge_views():
+    W = big_view((BIG, BIG), np.int8)
+    V = big_view((BIG, BIG), np.int8)
+    exc = refused(lambda: selfattn.compute_attention_output(W, V), ValueError)
+    assert "compute_attention_output" in str(exc)
+
+
+def test_layer_with_a_huge_sequence():
+    X = big_view((2 ** 43, 4), np.int8)      # projections: 2**43 x 12 float64, beyond any memory
+    W = np.ones((4, 4))
+    refused(lambda: selfattn.self_attention_layer(X, W, W, W))
+    refused(lambda: selfattn.self_attention_layer(X, W, W, W, return_weights=True))
+    # d_model large enough that the weights alone would be enormous once broadcast
+    Xb = big_view((2 ** 31, 1, 4))
+    Wb = big_view((1, 2 ** 31, 4, 4))
+    refused(lambda: selfattn.self_attention_layer(Xb, Wb, Wb, Wb))
+
+
+def test_huge_masks():
+    Q = np.ones((3, 4))
+    mask = big_view((2 ** 29, 2 ** 29, 3, 3), bool)
+    refused(lambda: selfattn.compute_self_attention_scores(Q, Q, mask=mask), ValueError)
+    refused(lambda: selfattn.scaled_dot_product_attention(Q, Q, Q, mask=mask), ValueError)
+
+
+def test_multi_head_attention_with_a_huge_sequence():
+    mha = getattr(selfattn, "multi_head_attention", None)
+    if mha is None:
+        pytest.skip("multi_head_attention is not in this build")
+    X = big_view((2 ** 43, 4), np.int8)
+    W = np.ones((4, 4))
+    refused(lambda: mha(X, W, W, W, W, num_heads=2))
+    Xb = big_view((2 ** 30, 2 ** 30, 1, 4), np.int8)
+    refused(lambda: mha(Xb, W, W, W, W, num_heads=2))
+
+
+def test_zero_sized_results_are_fine_next_to_huge_axes():
+    # A zero-length axis makes the result empty however long the others are.
+    Q = big_view((BIG, 0))
+    K = np.ones((0, 0))
+    assert selfattn.compute_self_attention_scores(K, Q).shape == (0, BIG)
+    assert selfattn.scaled_dot_product_attention(np.ones((0, 3)), big_view((BIG, 3)),
+                                                 big_view((BIG, 0))).shape == (0, 0)
+
+
+def test_the_private_kernels_refuse_a_mismatched_call():
+    # selfattn._core checks what it is handed, so a misuse of the private API raises.
+    from selfattn import _core
+    out = np.empty((2, 3))
+    with pytest.raises(ValueError):
+        _core.matmul(out, np.ones((2, 4)), np.ones((5, 3)), -1)
+    with pytest.raises(ValueError):
+        _core.softmax(out, np.ones((3, 2)), -1)
+    with pytest.raises(TypeError):
+        _core.softmax(out, np.ones((2, 3), np.float32), -1)
+    with pytest.raises(ValueError):
+        _core.scores(out, np.ones((2, 4))[:, ::2], np.ones((3, 2)), None, 1.0, False, -1)
