@@ -56,6 +56,11 @@ _KIND_NAMES = {
 
 def _as_array(func, name, value):
     """`value` as an ndarray of a kind we can compute with, or a clear TypeError/ValueError."""
+    if value is None:
+        raise TypeError(
+            f"{func}: {name} is None; pass an array (a function that ends without `return`, "
+            f"like the notebook's unfinished `pass` stubs, returns None)"
+        )
     try:
         arr = np.asarray(value)
     except (ValueError, TypeError) as exc:

@@ -178,7 +178,7 @@ class _Layer:
         h = heads or 1
         self.d_k, self.d_v = W_q.shape[-1] // h, W_v.shape[-1] // h
         arrays = [X, W_q, W_k, W_v]
-        if W_o is not None:
+        if heads is not None:     # multi-head layers always take W_o (None is not an array)
             W_o = _as_array(func, "W_o", W_o)
             _require_matrix(func, "W_o", W_o, "(num_heads * d_v_head, d_out)")
             if W_o.shape[-2] != W_v.shape[-1]:
@@ -215,10 +215,16 @@ class _Layer:
                     f"{func}: mask.shape={np.shape(mask)} does not broadcast against the scores' "
                     f"shape {rule}{proj_heads + (n, n)}{hint}"
                 ) from None
+        if heads is not None and self.att_batch[-1] != heads:
+            raise ValueError(
+                f"{func}: mask.shape={np.shape(mask)} has {self.att_batch[-1]} along the head axis "
+                f"(the scores are (..., num_heads, n, n) = {proj_heads + (n, n)}) but "
+                f"num_heads={heads}; a mask's head axis must be num_heads or 1"
+            )
         self.out_batch = self.att_batch[:-1] if heads is not None else self.att_batch
         self.heads = heads
         self.X, self.W_q, self.W_k, self.W_v, self.W_o = X, W_q, W_k, W_v, W_o
-        if W_o is not None:
+        if heads is not None:
             self.y_batch = _batch_shape(func, [("the heads' output", np.broadcast_to(
                 np.zeros((), self.compute), self.out_batch + (n, W_v.shape[-1])), 2), ("W_o", W_o, 2)])
 

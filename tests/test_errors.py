@@ -131,3 +131,10 @@ def test_astronomically_large_results_are_refused_before_any_work():
         sa.scaled_dot_product_attention(row, row, row, return_weights=True)
     with pytest.raises((ValueError, MemoryError)):
         sa.softmax_attention_weights(np.broadcast_to(np.ones(1), (2**31, 2**31)))
+
+
+def test_none_is_named_as_none():
+    with pytest.raises(TypeError, match=r"^compute_attention_output: V is None; pass an array"):
+        sa.compute_attention_output(np.ones((2, 2)), None)
+    with pytest.raises(TypeError, match=r"softmax_attention_weights: attn_scores is None"):
+        sa.softmax_attention_weights(None)
