@@ -17,7 +17,11 @@ A case is a dict ``{"name", "group", "flops", "setup": f(rng) -> state, "ours": 
 modules can add theirs: when ``selfattn._bench_training`` is importable its ``CASES`` run too.
 
 NumPy's OpenBLAS reads ``OPENBLAS_CORETYPE`` when it loads, so to measure it at its best run
-``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m selfattn bench``.
+``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m selfattn bench``. With several threads
+the runner pauses ``--cooldown`` seconds (0.1) after each peer's sample, because OpenBLAS's idle
+threads spin for about 0.1 s after a call and would take a core from whatever is timed next.
+On a machine shared with other work the numbers vary from run to run; ``--threads 1`` is the
+steadiest comparison.
 """
 from __future__ import annotations
 
