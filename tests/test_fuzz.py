@@ -3,7 +3,7 @@
 The only outcomes allowed are a correct result (checked against the error-bounded NumPy reference
 in attn_reference.py, inputs unchanged) or TypeError/ValueError/MemoryError with a message; see
 fuzz_cases.py for what is generated. CI runs derandomized (the same cases every run) with
-SELFATTN_FUZZ_EXAMPLES examples per test (default 150); `python tests/fuzz.py --seed A:B` runs
+SELFATTN_FUZZ_EXAMPLES examples per test (default 300); `python tests/fuzz.py --seed A:B` runs
 fresh seeded cases for longer local campaigns.
 """
 import os
@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import selfattn
 import fuzz_cases as F
 
-EXAMPLES = int(os.environ.get("SELFATTN_FUZZ_EXAMPLES", "150"))
+EXAMPLES = int(os.environ.get("SELFATTN_FUZZ_EXAMPLES", "300"))
 CI = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
               suppress_health_check=list(HealthCheck), print_blob=True)
 
