@@ -4,8 +4,8 @@
 #
 #   .ci/numpy_versions.sh [numpy versions...]     (default: the declared floor, and the newest)
 #
-# PYTHON selects the interpreter (default python3). Needs PyPI. The tests run from a copy of
-# tests/ outside the tree, so they import the installed wheel, never the source folder.
+# PYTHON selects the interpreter (default python3). Needs PyPI. The tests run from a copy of the
+# tree without selfattn/, so they import the installed wheel, never the source folder.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -31,8 +31,11 @@ mkdir -p "$WORK/src"
     || { cat "$WORK/build.log"; exit 1; }
 WHEEL="$(ls "$WORK"/dist/selfattn-*.whl)"
 echo "== $WHEEL"
-cp -r "$ROOT/tests" "$WORK/tests"
-cp "$ROOT/pyproject.toml" "$WORK/"      # pytest's settings (markers); no package source beside it
+# The tests and the files they read (README, docs, examples, pyproject's pytest settings), but
+# not the package's source folder: `import selfattn` must find the installed wheel.
+mkdir -p "$WORK/run"
+(cd "$ROOT" && git ls-files -co --exclude-standard -z | grep -zv '^selfattn/' \
+    | xargs -0 -I{} cp --parents {} "$WORK/run/")
 
 for version in "${VERSIONS[@]}"; do
     venv="$WORK/venv-$version"
@@ -43,10 +46,10 @@ for version in "${VERSIONS[@]}"; do
     # the wheel with its test extra, and NumPy pinned in the same resolution
     "$venv/bin/python" -m pip install --quiet "$spec" "selfattn[test] @ file://$WHEEL" \
         >"$WORK/install-$version.log" 2>&1 || { cat "$WORK/install-$version.log"; exit 1; }
-    (cd "$WORK" && "$venv/bin/python" -P -c '
+    (cd "$WORK/run" && "$venv/bin/python" -P -c '
 import sys, numpy, selfattn, hypothesis
 print("   numpy", numpy.__version__, "| selfattn from", selfattn.__file__, "| hypothesis", hypothesis.__version__)
 sys.exit(0 if selfattn.__file__.startswith(sys.prefix) else "selfattn is not the installed wheel")')
-    (cd "$WORK" && "$venv/bin/python" -P -m pytest -p no:cacheprovider -q -m "not slow" tests)
+    (cd "$WORK/run" && "$venv/bin/python" -P -m pytest -p no:cacheprovider -q -m "not slow" tests)
 done
 echo "== NumPy versions: ${VERSIONS[*]} all pass"

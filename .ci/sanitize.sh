@@ -67,9 +67,14 @@ run_asan() {
         SELFATTN_SANITIZED=asan
     )
     check_import "$dir" "${envs[@]}"
+    # A test with a fixed time budget that assumes optimised kernels (a -O1 ASan build is several
+    # times slower); tests/test_interrupt.py checks the same with calibrated sizes.
+    local skip=()
+    [ -f "$dir/tests/test_gradients.py" ] && grep -q "def test_ctrl_c_interrupts_a_long_backward" "$dir/tests/test_gradients.py" \
+        && skip=(--deselect tests/test_gradients.py::test_ctrl_c_interrupts_a_long_backward)
     local log="$WORK/asan.log"
     set +e
-    (cd "$dir" && env "${envs[@]}" "$PY" -m pytest -p no:cacheprovider -q -s "${PYTEST_ARGS[@]}") 2>&1 | tee "$log"
+    (cd "$dir" && env "${envs[@]}" "$PY" -m pytest -p no:cacheprovider -q -s "${PYTEST_ARGS[@]}" ${skip[@]+"${skip[@]}"}) 2>&1 | tee "$log"
     local status=${PIPESTATUS[0]}
     set -e
     # A report that did not stop the process (e.g. printed by a child) still fails the run.

@@ -197,8 +197,9 @@ def softmax(S, compute):
         delta = np.where(np.isfinite(x), tol, 0).max(-1, keepdims=True) if n else np.zeros(x.shape[:-1] + (1,), LD)
         rel = np.expm1(np.minimum(2 * delta, LD(11000))) + 4 * (n + 8) * u
         wtol = np.where(np.isfinite(w), w * rel + (n + 4) * eta, 0)
-        # a row is uncertain when one of its scores is; -inf entries and NaN rows never are
-        row_unc = (unc & (x != -np.inf)).any(-1, keepdims=True) & ~row_nan
+        # a row is uncertain when one of its scores is (an uncertain -inf included: masks and
+        # causality set theirs as certain), unless a certain NaN decides the row anyway
+        row_unc = unc.any(-1, keepdims=True) & ~(np.isnan(x) & ~unc).any(-1, keepdims=True)
     wtol = np.where(x == -np.inf, 0, wtol)
     return Ref(w, wtol, np.broadcast_to(row_unc, w.shape))
 
@@ -212,7 +213,7 @@ def weighted_sum(W, V, compute, tv=None, uv=None):
     tv = np.zeros(V.shape, LD) if tv is None else tv
     uv = np.zeros(V.shape, bool) if uv is None else uv
     with np.errstate(all="ignore"):
-        wz = (w == 0) & (wt == 0)                                     # certainly zero
+        wz = (w == 0) & (wt == 0) & ~wu                               # certainly zero
         w_lo = np.where(np.isfinite(w), w - wt, 0)
         nonzero_sure = np.isnan(w) | (w_lo > 2 * LD(np.finfo(compute).smallest_normal))
         maybe_zero = ~wz & ~nonzero_sure

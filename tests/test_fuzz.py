@@ -3,7 +3,7 @@
 The only outcomes allowed are a correct result (checked against the error-bounded NumPy reference
 in attn_reference.py, inputs unchanged) or TypeError/ValueError/MemoryError with a message; see
 fuzz_cases.py for what is generated. CI runs derandomized (the same cases every run) with
-SELFATTN_FUZZ_EXAMPLES examples per test (default 150); `python tests/fuzz.py --seed A:B` runs
+SELFATTN_FUZZ_EXAMPLES examples per test (default 300); `python tests/fuzz.py --seed A:B` runs
 fresh seeded cases for longer local campaigns.
 """
 import os
@@ -15,11 +15,23 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import selfattn
 import fuzz_cases as F
 
-EXAMPLES = int(os.environ.get("SELFATTN_FUZZ_EXAMPLES", "150"))
+EXAMPLES = int(os.environ.get("SELFATTN_FUZZ_EXAMPLES", "300"))
 CI = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
               suppress_health_check=list(HealthCheck), print_blob=True)
 
 FUNCTIONS = F.array_functions()
+# Each case runs on one instruction-set tier, drawn with the case, so every tier gets fuzzed.
+ISAS = list(selfattn._core.supported_isas())
+
+
+def on_a_tier(data, run):
+    isa = data.draw(st.sampled_from(ISAS), label="isa")
+    before = selfattn.get_isa()
+    selfattn.set_isa(isa)
+    try:
+        run()
+    finally:
+        selfattn.set_isa(before)
 KNOWN = [n for n in FUNCTIONS if n in F.VALID_CASES]
 UNKNOWN = [n for n in FUNCTIONS if n not in F.VALID_CASES]
 
@@ -38,7 +50,7 @@ def test_the_fuzzer_knows_the_notebook_functions():
 @given(data=st.data())
 def test_valid_moderate_values(name, data):
     args, kw = data.draw(F.valid(name, wild=False))
-    F.run_case(name, args, kw, must_succeed=True)
+    on_a_tier(data, lambda: F.run_case(name, args, kw, must_succeed=True))
 
 
 @pytest.mark.parametrize("name", KNOWN)
@@ -46,7 +58,7 @@ def test_valid_moderate_values(name, data):
 @given(data=st.data())
 def test_valid_special_values(name, data):
     args, kw = data.draw(F.valid(name, wild=True))
-    F.run_case(name, args, kw, must_succeed=True)
+    on_a_tier(data, lambda: F.run_case(name, args, kw, must_succeed=True))
 
 
 @pytest.mark.parametrize("name", KNOWN)
@@ -54,7 +66,7 @@ def test_valid_special_values(name, data):
 @given(data=st.data())
 def test_odd_inputs(name, data):
     args, kw = data.draw(F.odd(name))
-    F.run_case(name, args, kw, must_succeed=False)
+    on_a_tier(data, lambda: F.run_case(name, args, kw, must_succeed=False))
 
 
 @pytest.mark.skipif(not UNKNOWN, reason="every exported function has value-checked fuzzing")
@@ -63,7 +75,7 @@ def test_odd_inputs(name, data):
 @given(data=st.data())
 def test_other_exported_functions(name, data):
     args, kw = data.draw(F.generic(name))
-    F.run_case(name, args, kw, must_succeed=False)
+    on_a_tier(data, lambda: F.run_case(name, args, kw, must_succeed=False))
 
 
 def test_no_flush_to_zero_after_import():
