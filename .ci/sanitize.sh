@@ -23,7 +23,7 @@ PYTEST_ARGS=("$@")
 [ ${#PYTEST_ARGS[@]} -eq 0 ] && PYTEST_ARGS=(tests)
 
 # The real interpreter, not a pyenv shim (a shell script that would get the preload too).
-PY="$("${PYTHON:-python3}" -c 'import os, sys; print(os.path.realpath(sys.executable))')"
+PY="$("${PYTHON:-python3}" -c 'import os, sys; print(sys.executable)')"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/selfattn-sanitize.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 

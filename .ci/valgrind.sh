@@ -13,7 +13,7 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-PY="$("${PYTHON:-python3}" -c 'import os, sys; print(os.path.realpath(sys.executable))')"
+PY="$("${PYTHON:-python3}" -c 'import os, sys; print(sys.executable)')"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/selfattn-valgrind.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 command -v valgrind >/dev/null || { echo "valgrind is not installed"; exit 1; }
