@@ -1,6 +1,6 @@
 """The fast tiers' fused backward (csrc/backward_fast.inc) at the edges of its blocks: query blocks
-of 64 or 66 rows (a whole number of micro-tiles), key panels padded to whole vectors (8 to 32
-lanes), head sizes padded to micro-tile rows; masks with zero strides, causal with n_q != n_k,
+of 64 or 66 rows in float32, 32 or 36 in float64 (whole micro-tiles), key panels padded to whole
+vectors (4 to 32 lanes) and, at multiples of 1 KiB, to a longer row stride, head sizes padded to micro-tile rows; masks with zero strides, causal with n_q != n_k,
 several chunks of query blocks, and the same bits for every thread count. Every result is checked
 against the extended-precision reference of test_gradients.py; the reference tier is checked too,
 so a wrong case shows which side is wrong."""
@@ -12,11 +12,11 @@ from selfattn import _core, scaled_dot_product_attention_backward as sdpa_backwa
 from test_gradients import assert_close, rand, ref_backward
 
 ISAS = list(_core.supported_isas())
-SIZES = [1, 63, 64, 65, 66, 67, 127, 129]
+SIZES = [1, 31, 32, 33, 36, 37, 63, 64, 65, 66, 67, 127, 129]
 
 
 @pytest.mark.parametrize("n_q", SIZES)
-@pytest.mark.parametrize("n_k", [1, 31, 33, 64, 65, 129])
+@pytest.mark.parametrize("n_k", [1, 31, 33, 64, 65, 129, 256])   # 256: the padded row stride
 def test_block_boundary_sequence_lengths(n_q, n_k, isa):
     rng = np.random.default_rng(n_q * 1000 + n_k)
     Q, K, V, dO = rand(rng, n_q, 5), rand(rng, n_k, 5), rand(rng, n_k, 3), rand(rng, n_q, 3)
@@ -25,6 +25,10 @@ def test_block_boundary_sequence_lengths(n_q, n_k, isa):
         got = sdpa_backward(dO, Q, K, V, scale=0.6, is_causal=causal)
         for g, w in zip(got, want):
             assert_close(g, w, 1e-12)
+        f32 = sdpa_backward(*(a.astype(np.float32) for a in (dO, Q, K, V)), scale=0.6,
+                            is_causal=causal)
+        for g, w in zip(f32, want):
+            assert_close(g, w, 2e-5)
 
 
 @pytest.mark.parametrize("d_k, d_v", [(1, 1), (63, 65), (64, 64), (65, 63), (128, 8), (8, 128)])
