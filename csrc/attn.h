@@ -208,7 +208,8 @@ int sa_attention_backward_blocked_f64(const sa_exec *ex, const sa_batch *batch, 
 /* The blocked backward's limits (backward_blocked.inc): plan A keeps its partial sums of dK and dV
    under sa_backward_partial_bytes, else it takes plan B; it caches a query block's panel of scores
    where that fits sa_backward_cache_bytes per thread. Settings only so tests can reach every path
-   at small sizes. */
+   at small sizes. The fast tiers' fused backward (backward_fast.inc) keeps the same two budgets
+   for its partials and its per-thread panel, and runs the blocked backward past them. */
 extern long sa_backward_partial_bytes, sa_backward_cache_bytes;
 
 /* csrc/dispatch.c: what this CPU supports, and the table for a tier (NULL if unsupported). */

@@ -122,7 +122,7 @@ def _bw_torch(st):
     for x in (t["q"], t["k"], t["v"]):
         x.grad = None
     t["out"].backward(t["dO"], retain_graph=True)
-    return t["q"].grad
+    return tuple(t[k].grad[0, 0] for k in ("q", "k", "v"))
 
 
 # ---- multi-head backward: n=512, d_model=256, 8 heads, float32 ----------------------------------
@@ -162,7 +162,7 @@ def _mb_torch(st):
     for k in ("X", "W_q", "W_k", "W_v", "W_o"):
         t[k].grad = None
     t["Y"].backward(t["dY"], retain_graph=True)
-    return t["X"].grad
+    return tuple(t[k].grad for k in ("X", "W_q", "W_k", "W_v", "W_o"))   # as ours returns them
 
 
 CASES = [

@@ -111,7 +111,9 @@ def make_case(name, rng):
 def plan(request):
     """The blocked kernel's paths. These sizes get plan A (partials of dK, dV per chunk of query
     blocks) with each query block's scores cached; a cache budget of 0 makes A recompute them,
-    and a partials budget of 0 sends the sizes to plan B (query blocks, then key blocks)."""
+    and a partials budget of 0 sends the sizes to plan B (query blocks, then key blocks).
+    On the fast tiers "A-cached" runs the fused backward (backward_fast.inc), which the lower
+    budgets send to the blocked kernel."""
     limits = {"A-cached": (64 << 20, 8 << 20), "A": (64 << 20, 0), "B": (0, 0)}[request.param]
     before = _core._set_backward_limits(*limits)
     yield request.param

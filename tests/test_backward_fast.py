@@ -1,0 +1,154 @@
+"""The fast tiers' fused backward (csrc/backward_fast.inc) at the edges of its blocks: query blocks
+of 64 or 66 rows in float32, 32 or 36 in float64 (whole micro-tiles), key panels padded to whole
+vectors (4 to 32 lanes) and, at multiples of 1 KiB, to a longer row stride, head sizes padded to micro-tile rows; masks with zero strides, causal with n_q != n_k,
+several chunks of query blocks, and the same bits for every thread count. Every result is checked
+against the extended-precision reference of test_gradients.py; the reference tier is checked too,
+so a wrong case shows which side is wrong."""
+import numpy as np
+import pytest
+
+import selfattn
+from selfattn import _core, scaled_dot_product_attention_backward as sdpa_backward
+from test_gradients import assert_close, rand, ref_backward
+
+ISAS = list(_core.supported_isas())
+SIZES = [1, 31, 32, 33, 36, 37, 63, 64, 65, 66, 67, 127, 129]
+
+
+@pytest.mark.parametrize("n_q", SIZES)
+@pytest.mark.parametrize("n_k", [1, 31, 33, 64, 65, 129, 256])   # 256: the padded row stride
+def test_block_boundary_sequence_lengths(n_q, n_k, isa):
+    rng = np.random.default_rng(n_q * 1000 + n_k)
+    Q, K, V, dO = rand(rng, n_q, 5), rand(rng, n_k, 5), rand(rng, n_k, 3), rand(rng, n_q, 3)
+    for causal in (False, True):
+        want = ref_backward(dO, Q, K, V, 0.6, None, causal)
+        got = sdpa_backward(dO, Q, K, V, scale=0.6, is_causal=causal)
+        for g, w in zip(got, want):
+            assert_close(g, w, 1e-12)
+        f32 = sdpa_backward(*(a.astype(np.float32) for a in (dO, Q, K, V)), scale=0.6,
+                            is_causal=causal)
+        for g, w in zip(f32, want):
+            assert_close(g, w, 2e-5)
+
+
+@pytest.mark.parametrize("d_k, d_v", [(1, 1), (63, 65), (64, 64), (65, 63), (128, 8), (8, 128)])
+def test_head_sizes(d_k, d_v, isa):
+    rng = np.random.default_rng(d_k * 1000 + d_v)
+    n_q, n_k = 70, 90
+    Q, K, V, dO = (rand(rng, n_q, d_k) / 4, rand(rng, n_k, d_k) / 4, rand(rng, n_k, d_v),
+                   rand(rng, n_q, d_v))
+    mask = rng.random((n_q, n_k)) < 0.8
+    want = ref_backward(dO, Q, K, V, 0.3, mask, True)
+    got = sdpa_backward(dO, Q, K, V, scale=0.3, mask=mask, is_causal=True)
+    for g, w in zip(got, want):
+        assert_close(g, w, 1e-12)
+    f32 = sdpa_backward(*(a.astype(np.float32) for a in (dO, Q, K, V)), scale=0.3, mask=mask,
+                        is_causal=True)
+    for g, w in zip(f32, want):
+        assert g.dtype == np.float32
+        assert_close(g, w, 2e-5)
+
+
+def _zero_stride_masks(rng, n_q, n_k):
+    row = rng.random((1, n_k)) < 0.7
+    row[0, 0] = True
+    col = np.ones((n_q, 1), bool)
+    col[3] = False                                  # one query sees nothing
+    add_row = np.where(rng.random(n_k) < 0.2, -np.inf, rng.standard_normal(n_k))
+    return {
+        "row broadcast (row stride 0)": np.broadcast_to(row, (n_q, n_k)),
+        "column broadcast (column stride 0)": np.broadcast_to(col, (n_q, n_k)),
+        "scalar broadcast (both 0)": np.broadcast_to(np.array(True), (n_q, n_k)),
+        "additive row": np.broadcast_to(add_row, (n_q, n_k)),
+        "transposed": np.ascontiguousarray((rng.random((n_k, n_q)) < 0.6)).T,
+        "float min": np.where(rng.random((n_q, n_k)) < 0.3,
+                              np.finfo(np.float64).min, 0.0),
+    }
+
+
+@pytest.mark.parametrize("which", range(6))
+def test_masks_with_any_strides(which, isa):
+    rng = np.random.default_rng(20 + which)
+    n_q, n_k = 67, 129
+    mask = list(_zero_stride_masks(rng, n_q, n_k).values())[which]
+    Q, K, V, dO = rand(rng, n_q, 6), rand(rng, n_k, 6), rand(rng, n_k, 4), rand(rng, n_q, 4)
+    want = ref_backward(dO, Q, K, V, 0.5, mask, False)
+    got = sdpa_backward(dO, Q, K, V, scale=0.5, mask=mask)
+    for g, w in zip(got, want):
+        assert_close(g, w, 1e-12)
+
+
+@pytest.mark.parametrize("n_q, n_k", [(130, 70), (70, 130), (1, 200), (200, 1), (300, 257)])
+def test_causal_rectangles(n_q, n_k, isa):
+    rng = np.random.default_rng(n_q + 7 * n_k)
+    Q, K, V, dO = rand(rng, 2, n_q, 4), rand(rng, 2, n_k, 4), rand(rng, 2, n_k, 5), rand(rng, 2, n_q, 5)
+    mask = rng.random((n_q, n_k)) < 0.85
+    for m in (None, mask):
+        want = ref_backward(dO, Q, K, V, 0.8, m, True)
+        got = sdpa_backward(dO, Q, K, V, scale=0.8, mask=m, is_causal=True)
+        for g, w in zip(got, want):
+            assert_close(g, w, 1e-12)
+
+
+@pytest.mark.parametrize("scale", [-0.4, 0.0, 2.5])
+def test_negative_zero_and_large_scales(scale, isa):
+    rng = np.random.default_rng(30)
+    Q, K, V, dO = rand(rng, 70, 4), rand(rng, 100, 4), rand(rng, 100, 3), rand(rng, 70, 3)
+    for causal in (False, True):
+        want = ref_backward(dO, Q, K, V, scale, None, causal)
+        got = sdpa_backward(dO, Q, K, V, scale=scale, is_causal=causal)
+        for g, w in zip(got, want):
+            assert_close(g, w, 1e-12)
+
+
+@pytest.mark.parametrize("batch_q, batch_k", [((), ()), ((2,), (2,)), ((3,), ()), ((5,), (5,))])
+def test_several_chunks_and_batches(batch_q, batch_k, isa):
+    """n_q = 600 is ten query blocks: one item splits them into chunks whose partial dK, dV are
+    summed; more items take fewer chunks each; a shared K, V is read by every item."""
+    rng = np.random.default_rng(len(batch_q) * 10 + len(batch_k) + sum(batch_q))
+    n_q, n_k = 600, 150
+    Q, dO = rand(rng, *batch_q, n_q, 8), rand(rng, *batch_q, n_q, 8)
+    K, V = rand(rng, *batch_k, n_k, 8), rand(rng, *batch_k, n_k, 8)
+    for causal in (False, True):
+        want = ref_backward(dO, Q, K, V, 0.35, None, causal)
+        got = sdpa_backward(dO, Q, K, V, scale=0.35, is_causal=causal)
+        for g, w in zip(got, want):
+            assert_close(g, w, 1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_same_bits_for_1_2_3_threads(dtype, isa, threads):
+    rng = np.random.default_rng(40)
+    for batch, causal, mask in [((), False, None), ((), True, None), ((2,), True, "add"),
+                                ((3,), False, "bool")]:
+        n_q, n_k = 700, 333
+        Q, dO = (rand(rng, *batch, n_q, 24).astype(dtype) for _ in range(2))
+        K, V = (rand(rng, *batch, n_k, 24).astype(dtype) for _ in range(2))
+        m = None
+        if mask == "add":
+            m = np.where(rng.random((n_q, n_k)) < 0.1, -np.inf, rand(rng, n_q, n_k)).astype(dtype)
+        elif mask == "bool":
+            m = rng.random((n_q, n_k)) < 0.9
+        results = []
+        for n in (1, 2, 3):
+            selfattn.set_num_threads(n)
+            results.append(sdpa_backward(dO, Q, K, V, mask=m, is_causal=causal))
+        for other in results[1:]:
+            for g, h in zip(results[0], other):
+                assert np.array_equal(g, h)
+
+
+def test_past_the_panel_limit_the_blocked_kernel_gives_the_same_gradients(isa):
+    """A cache budget below one query block's panel routes the call to the blocked backward."""
+    rng = np.random.default_rng(50)
+    Q, K, V, dO = rand(rng, 200, 16), rand(rng, 300, 16), rand(rng, 300, 16), rand(rng, 200, 16)
+    fused = sdpa_backward(dO, Q, K, V, is_causal=True)
+    before = _core._set_backward_limits(64 << 20, 1024)
+    try:
+        blocked = sdpa_backward(dO, Q, K, V, is_causal=True)
+    finally:
+        _core._set_backward_limits(*before)
+    want = ref_backward(dO, Q, K, V, 0.25, None, True)
+    for f, b, w in zip(fused, blocked, want):
+        assert_close(f, w, 1e-12)
+        assert_close(b, w, 1e-12)
