@@ -195,7 +195,14 @@ def softmax(S, compute):
         w = np.where(row_nan | row_pinf, np.nan, np.where(all_masked, 0, w))
         w = np.where(x == -np.inf, np.where(row_nan | row_pinf, np.nan, 0), w)
         delta = np.where(np.isfinite(x), tol, 0).max(-1, keepdims=True) if n else np.zeros(x.shape[:-1] + (1,), LD)
-        rel = np.expm1(np.minimum(2 * delta, LD(11000))) + 4 * (n + 8) * u
+        # exp(x - max) is computed through its argument (as exp2 of (x - max) * log2 e, or after
+        # a subtraction), whose rounding is worth |x - max| * u in relative terms of the result;
+        # the row sum carries the weights' average of that
+        spread = np.where(np.isfinite(x), np.abs(x - np.where(np.isfinite(xmax), xmax, 0)), 0)
+        arg = 4 * u * spread
+        arg_sum = np.where(np.isfinite(w), w, 0) * arg
+        rel = (np.expm1(np.minimum(2 * delta, LD(11000))) + 4 * (n + 8) * u + arg
+               + arg_sum.sum(-1, keepdims=True))
         wtol = np.where(np.isfinite(w), w * rel + (n + 4) * eta, 0)
         # a row is uncertain when one of its scores is (an uncertain -inf included: masks and
         # causality set theirs as certain), unless a certain NaN decides the row anyway
