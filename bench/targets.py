@@ -1,0 +1,80 @@
+"""The README's performance table from a `python -m selfattn bench --json` file.
+
+    python bench/targets.py results.json
+
+Prints one Markdown row per target of the fast-kernel and gradient issues: the measured ratio
+(peer time / selfattn time, medians of interleaved repeats) or fraction, next to the target.
+"""
+import json
+import sys
+
+
+def main(path):
+    data = json.load(open(path))
+    info = data["info"]
+    by_name = {r["name"]: r for r in data["results"]}
+    peak = info["gemm_peak_gflops"]
+
+    def ratio(name, peer):
+        r = by_name.get(name)
+        p = r and r["peers"].get(peer)
+        return f"{p['ratio']:.2f}x" if p else "not measured"
+
+    def fraction(name):
+        r = by_name.get(name)
+        if not r:
+            return "not measured"
+        rate = r["flops"] / r["time_s"] / 1e9
+        return f"{rate:.0f} GFLOP/s = {100 * rate / peak[r['dtype']]:.0f}%"
+
+    rows = [
+        ("fused layer, float32, n=4096, d=64, vs naive NumPy", "≥ 3x",
+         ratio("layer float32 n=4096 d=64", "naive")),
+        ("fused layer, float64, n=2048, d=64, vs naive NumPy", "≥ 2x",
+         ratio("layer float64 n=2048 d=64", "naive")),
+        ("sdpa float32 n=4096 d=64 vs torch SDPA", "≥ 1.0x (aim 1.3x)",
+         ratio("sdpa float32 n=4096 d=64", "torch")),
+        ("sdpa float32 n=4096 d=64 causal vs torch SDPA", "≥ 1.0x (aim 1.3x)",
+         ratio("sdpa float32 n=4096 d=64 causal", "torch")),
+    ]
+    for n in (2048, 4096, 8192):
+        rows.append((f"fused float32 n={n} d=64: attention FLOP rate / sgemm rate", "≥ 65%",
+                     fraction(f"sdpa float32 n={n} d=64")))
+    for step in ("scores", "output"):
+        for dtype in ("float32", "float64"):
+            cells = ", ".join(ratio(f"{step} {dtype} n={n} d=64", "np.matmul")
+                              for n in (512, 2048, 4096))
+            rows.append((f"{step} {dtype} vs np.matmul (n=512, 2048, 4096)", "≥ 0.9x", cells))
+    for dtype in ("float32", "float64"):
+        cells = ", ".join(ratio(f"softmax {dtype} n={n}", "naive") for n in (512, 2048, 4096))
+        rows.append((f"softmax {dtype} vs naive NumPy (n=512, 2048, 4096)", "≥ 2.5x", cells))
+    rows.append(("the notebook's size (n=8, d=4) layer vs naive NumPy", "≥ 3x",
+                 ratio("layer float64 n=8 d=4", "naive")))
+    memory = data.get("memory")
+    if memory:
+        rows.append(("n=65536, d=64, float32 layer: peak memory above the inputs", "< 300 MiB",
+                     f"{memory['peak_above_inputs_bytes'] / 2**20:.1f} MiB"))
+    backward = "scaled_dot_product_attention_backward f32 n=2048 d=64"
+    r = by_name.get(backward)
+    if r:
+        peers = r["peers"]
+        forward = next((v for k, v in peers.items() if "fused forward" in k and v), None)
+        torch = next((v for k, v in peers.items() if "torch" in k and v), None)
+        if forward:
+            rows.append(("backward f32 n=2048 d=64: time / fused forward's time", "≤ 3x",
+                         f"{1 / forward['ratio']:.2f}x"))
+        if torch:
+            rows.append(("backward f32 n=2048 d=64 vs torch autograd SDPA backward", "≥ 1.0x",
+                         f"{torch['ratio']:.2f}x"))
+
+    print(f"Measured {info['date']} on {info['cpu']} ({info['threads']} threads, {info['isa']}), "
+          f"NumPy {info['numpy']}, torch {info.get('torch')}; GEMM peak by np.matmul: sgemm "
+          f"{peak['float32']:.0f}, dgemm {peak['float64']:.0f} GFLOP/s.\n")
+    print("| case | target | measured |")
+    print("|---|---|---|")
+    for case, target, measured in rows:
+        print(f"| {case} | {target} | {measured} |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
