@@ -111,6 +111,11 @@ int sa_plan_threads(const sa_exec *ex, sa_int n_tasks, double flops);
    asked to stop, else SA_OK. */
 int sa_parallel_for(const sa_exec *ex, int n_threads, sa_int n_tasks, sa_task_fn fn, void *arg);
 
+/* For a long task: nonzero once the loop it belongs to should stop (Ctrl-C on the calling thread,
+   or another task failed); the task should then return SA_ERR_INTERRUPTED at once. Cheap enough
+   to ask every few hundred microseconds of work; 0 outside a parallel loop. */
+int sa_interrupted(void);
+
 /* The CPUs this process may run on (sched_getaffinity), at least 1. */
 int sa_available_cpus(void);
 

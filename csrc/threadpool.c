@@ -54,27 +54,58 @@ static long now_ns(void)
     return (long)ts.tv_sec * 1000000000L + ts.tv_nsec;
 }
 
+/* What the thread running tasks is working for, so that a long task can ask sa_interrupted(). */
+typedef struct {
+    sa_job *job;
+    const sa_exec *poller;      /* set on the calling thread only: it may run ex->poll */
+    long next_poll;             /* CLOCK_MONOTONIC ns */
+} sa_task_context;
+
+static _Thread_local sa_task_context current;
+
+/* Polls (on the calling thread, at most every SA_POLL_INTERVAL_NS) and records a stop in the job;
+   returns nonzero once the job should stop. */
+static int check_stop(void)
+{
+    sa_job *job = current.job;
+    if (atomic_load_explicit(&job->status, memory_order_relaxed) != SA_OK)
+        return 1;
+    if (current.poller == NULL || now_ns() < current.next_poll)
+        return 0;
+    current.next_poll = now_ns() + SA_POLL_INTERVAL_NS;
+    if (!current.poller->poll(current.poller->poll_arg))
+        return 0;
+    int expected = SA_OK;
+    atomic_compare_exchange_strong(&job->status, &expected, SA_ERR_INTERRUPTED);
+    return 1;
+}
+
+int sa_interrupted(void)
+{
+    return current.job != NULL && check_stop();
+}
+
 static void run_tasks(sa_job *job, int worker, const sa_exec *ex_for_polling)
 {
-    long next_poll = ex_for_polling && ex_for_polling->poll ? now_ns() + SA_POLL_INTERVAL_NS : 0;
+    /* a task may run a loop of its own on this thread (the backward's one-thread products) */
+    sa_task_context outer = current;
+    current.job = job;
+    current.poller = ex_for_polling && ex_for_polling->poll ? ex_for_polling : NULL;
+    current.next_poll = now_ns() + SA_POLL_INTERVAL_NS;
     for (;;) {
-        if (atomic_load_explicit(&job->status, memory_order_relaxed) != SA_OK)
-            return;
+        if (check_stop())
+            break;
         sa_int task = atomic_fetch_add(&job->next_task, 1);
         if (task >= job->n_tasks)
-            return;
+            break;
         int rc = job->fn(job->arg, task, worker);
-        if (rc == SA_OK && next_poll && now_ns() >= next_poll) {
-            if (ex_for_polling->poll(ex_for_polling->poll_arg))
-                rc = SA_ERR_INTERRUPTED;
-            next_poll = now_ns() + SA_POLL_INTERVAL_NS;
-        }
         if (rc != SA_OK) {
             int expected = SA_OK;
             atomic_compare_exchange_strong(&job->status, &expected, rc);
-            return;
+            break;
         }
     }
+    current = outer;
 }
 
 static void *worker_main(void *arg)

@@ -204,6 +204,10 @@ def softmax(S, compute):
         rel = (np.expm1(np.minimum(2 * delta, LD(11000))) + 4 * (n + 8) * u + arg
                + arg_sum.sum(-1, keepdims=True))
         wtol = np.where(np.isfinite(w), w * rel + (n + 4) * eta, 0)
+        # the fast kernels flush exponentials below the smallest normal numbers (times 4) to 0,
+        # so that no subnormal weight reaches a product: such a weight may come out as 0
+        flushable = np.isfinite(w) & (e < 4 * LD(np.finfo(compute).smallest_normal))
+        wtol = np.where(flushable, np.maximum(wtol, w), wtol)
         # a row is uncertain when one of its scores is (an uncertain -inf included: masks and
         # causality set theirs as certain), unless a certain NaN decides the row anyway
         row_unc = unc.any(-1, keepdims=True) & ~(np.isnan(x) & ~unc).any(-1, keepdims=True)
