@@ -1,15 +1,17 @@
-"""The README's performance table from a `python -m selfattn bench --json` file.
+"""The README's performance table from `python -m selfattn bench --json` files.
 
-    python bench/targets.py results.json
+    python bench/targets.py run1.json [run2.json ...]
 
-Prints one Markdown row per target of the fast-kernel and gradient issues: the measured ratio
-(peer time / selfattn time, medians of interleaved repeats) or fraction, next to the target.
+Prints one Markdown row per target of the fast-kernel and gradient issues and one column per run:
+the measured ratio (peer time / selfattn time, medians of interleaved repeats) or fraction. Several
+runs side by side show how much a shared machine moves the figures.
 """
 import json
 import sys
 
 
-def main(path):
+def rows_of(path):
+    """(info, [(case, target, measured), ...]) for one run."""
     data = json.load(open(path))
     info = data["info"]
     by_name = {r["name"]: r for r in data["results"]}
@@ -67,14 +69,22 @@ def main(path):
             rows.append(("backward f32 n=2048 d=64 vs torch autograd SDPA backward", "≥ 1.0x",
                          f"{torch['ratio']:.2f}x"))
 
-    print(f"Measured {info['date']} on {info['cpu']} ({info['threads']} threads, {info['isa']}), "
-          f"NumPy {info['numpy']}, torch {info.get('torch')}; GEMM peak by np.matmul: sgemm "
-          f"{peak['float32']:.0f}, dgemm {peak['float64']:.0f} GFLOP/s.\n")
-    print("| case | target | measured |")
-    print("|---|---|---|")
-    for case, target, measured in rows:
-        print(f"| {case} | {target} | {measured} |")
+    return info, rows
+
+
+def main(paths):
+    runs = [rows_of(path) for path in paths]
+    for info, _ in runs:
+        peak = info["gemm_peak_gflops"]
+        print(f"- run of {info['date']}: {info['cpu']}, {info['threads']} threads, {info['isa']}, "
+              f"NumPy {info['numpy']}, torch {info.get('torch')}; GEMM peak by np.matmul: sgemm "
+              f"{peak['float32']:.0f}, dgemm {peak['float64']:.0f} GFLOP/s")
+    print()
+    print("| case | target | " + " | ".join(f"run of {info['date']}" for info, _ in runs) + " |")
+    print("|---|---|" + "---|" * len(runs))
+    for i, (case, target, _) in enumerate(runs[0][1]):
+        print(f"| {case} | {target} | " + " | ".join(rows[i][2] for _, rows in runs) + " |")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1:])
