@@ -261,6 +261,39 @@ def _attend(func, batch, Q, K, V, mask, scale, causal, result, compute,
     return out
 
 
+def _check_projections(func, X, W_q, W_k, W_v, heads=None):
+    """X is (..., n, d_model) and each W is (..., d_model, width), W_q and W_k of one width (which
+    `heads`, when given, divides)."""
+    _require_matrix(func, "X", X, "(seq_len, d_model)")
+    d_model = X.shape[-1]
+    width = "num_heads * d_head" if heads is not None else "d"
+    for name, W in (("W_q", W_q), ("W_k", W_k), ("W_v", W_v)):
+        _require_matrix(func, name, W, f"(d_model, {width})")
+        if W.shape[-2] != d_model:
+            hint = ""
+            if W.shape[-1] == d_model:
+                hint = (f" {name} looks transposed: selfattn computes X @ {name}, so pass it as "
+                        f"(d_model, {width}), e.g. {name}.T")
+            raise ValueError(
+                f"{func}: X has d_model={d_model} (X.shape={X.shape}) but {name} has "
+                f"{W.shape[-2]} rows ({name}.shape={W.shape}); each projection must be "
+                f"(d_model, {width}) so that X @ {name} works.{hint}"
+            )
+        if heads is not None and W.shape[-1] % heads:
+            raise ValueError(
+                f"{func}: {name} has width {W.shape[-1]} ({name}.shape={W.shape}), which "
+                f"num_heads={heads} does not divide; head h takes columns "
+                f"[h * d_head, (h + 1) * d_head), so the width must be num_heads * d_head"
+            )
+    if W_q.shape[-1] != W_k.shape[-1]:
+        what = "d_k=" if heads is None else "width "
+        raise ValueError(
+            f"{func}: W_q makes queries of {what}{W_q.shape[-1]} (W_q.shape={W_q.shape}) but W_k "
+            f"makes keys of {what}{W_k.shape[-1]} (W_k.shape={W_k.shape}); queries and keys must "
+            f"have the same width to be compared"
+        )
+
+
 # ---- the public functions ---------------------------------------------------------------------
 
 def compute_self_attention_scores(Q, K, *, scale=None, mask=None, is_causal=False):
@@ -623,26 +656,7 @@ def self_attention_layer(X, W_q, W_k, W_v, *, scale=None, mask=None, is_causal=F
     W_q = _as_array(func, "W_q", W_q)
     W_k = _as_array(func, "W_k", W_k)
     W_v = _as_array(func, "W_v", W_v)
-    _require_matrix(func, "X", X, "(seq_len, d_model)")
-    d_model = X.shape[-1]
-    for name, W in (("W_q", W_q), ("W_k", W_k), ("W_v", W_v)):
-        _require_matrix(func, name, W, "(d_model, d)")
-        if W.shape[-2] != d_model:
-            hint = ""
-            if W.shape[-1] == d_model:
-                hint = (f" {name} looks transposed: selfattn computes X @ {name}, so pass it as "
-                        f"(d_model, d), e.g. {name}.T")
-            raise ValueError(
-                f"{func}: X has d_model={d_model} (X.shape={X.shape}) but {name} has "
-                f"{W.shape[-2]} rows ({name}.shape={W.shape}); each projection must be "
-                f"(d_model, d) so that X @ {name} works.{hint}"
-            )
-    if W_q.shape[-1] != W_k.shape[-1]:
-        raise ValueError(
-            f"{func}: W_q makes queries of d_k={W_q.shape[-1]} (W_q.shape={W_q.shape}) but W_k "
-            f"makes keys of d_k={W_k.shape[-1]} (W_k.shape={W_k.shape}); queries and keys must "
-            f"have the same width to be compared"
-        )
+    _check_projections(func, X, W_q, W_k, W_v)
     return_weights = _flag(func, "return_weights", return_weights)
     causal = _flag(func, "is_causal", is_causal)
     result, compute = _dtypes(X, W_q, W_k, W_v)

@@ -24,6 +24,7 @@ import numpy as np
 
 from . import _core
 from ._api import (
+    _check_projections,
     _ISA_DEFAULT,
     _ISA_REFERENCE,
     _as_array,
@@ -147,34 +148,8 @@ class _Layer:
         self.func = func
         X = _as_array(func, "X", X)
         Ws = [_as_array(func, name, W) for name, W in (("W_q", W_q), ("W_k", W_k), ("W_v", W_v))]
-        _require_matrix(func, "X", X, "(seq_len, d_model)")
-        d_model = X.shape[-1]
-        width = "num_heads * d_head" if heads is not None else "d"
-        for name, W in zip(("W_q", "W_k", "W_v"), Ws):
-            _require_matrix(func, name, W, f"(d_model, {width})")
-            if W.shape[-2] != d_model:
-                hint = ""
-                if W.shape[-1] == d_model:
-                    hint = (f" {name} looks transposed: selfattn computes X @ {name}, so pass it "
-                            f"as (d_model, {width}), e.g. {name}.T")
-                raise ValueError(
-                    f"{func}: X has d_model={d_model} (X.shape={X.shape}) but {name} has "
-                    f"{W.shape[-2]} rows ({name}.shape={W.shape}); each projection must be "
-                    f"(d_model, {width}) so that X @ {name} works.{hint}"
-                )
-            if heads is not None and W.shape[-1] % heads:
-                raise ValueError(
-                    f"{func}: {name} has width {W.shape[-1]} ({name}.shape={W.shape}), which "
-                    f"num_heads={heads} does not divide; head h takes columns "
-                    f"[h * d_head, (h + 1) * d_head), so the width must be num_heads * d_head"
-                )
         W_q, W_k, W_v = Ws
-        if W_q.shape[-1] != W_k.shape[-1]:
-            raise ValueError(
-                f"{func}: W_q makes queries of width {W_q.shape[-1]} (W_q.shape={W_q.shape}) but "
-                f"W_k makes keys of width {W_k.shape[-1]} (W_k.shape={W_k.shape}); queries and "
-                f"keys must have the same width to be compared"
-            )
+        _check_projections(func, X, W_q, W_k, W_v, heads)
         h = heads or 1
         self.d_k, self.d_v = W_q.shape[-1] // h, W_v.shape[-1] // h
         arrays = [X, W_q, W_k, W_v]
