@@ -64,7 +64,8 @@ for path in glob.glob(sys.argv[1] + "/memcheck.*.xml"):
         def mine(f):
             obj = f.findtext("obj") or ""
             where = (f.findtext("dir") or "") + "/" + (f.findtext("file") or "")
-            return "selfattn" in obj or "/csrc/" in where
+            # the extension itself (its path, not a folder that happens to be named selfattn-...)
+            return obj.endswith(".so") and "/selfattn/_core." in obj or "/csrc/" in where
         stack = list(error.iter("frame"))
         kind = error.findtext("kind") or ""
         # Objects alive at exit: CPython never frees them all, so only memory that nothing points
