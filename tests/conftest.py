@@ -1,4 +1,6 @@
+"""Fixtures and settings shared by the test files (each fixture is defined here, and only here)."""
 import os
+import signal
 
 import numpy as np
 import pytest
@@ -38,3 +40,47 @@ def threads():
     before = selfattn.get_num_threads()
     yield
     selfattn.set_num_threads(before)
+
+
+@pytest.fixture(params=[1, 0], ids=["1-thread", "all-threads"])
+def one_or_all_threads(request, threads):
+    """Runs a test with 1 thread, then with every CPU (at least 2); returns the count."""
+    n = request.param or max(2, os.cpu_count() or 2)
+    selfattn.set_num_threads(n)
+    return n
+
+
+@pytest.fixture
+def sigint_raises():
+    """SIGINT raises KeyboardInterrupt (Python's default handler), whatever was installed."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
+# How much slower an instrumented build runs the kernels than the optimised one. .ci/sanitize.sh
+# and .ci/valgrind.sh say which instrumentation they use in SELFATTN_SANITIZED; a sanitizer runtime
+# in the process's memory map (preloaded by hand) counts as ASan's. The factors come from CI runs
+# (the ASan figure is explained in tests/test_interrupt.py).
+SLOWDOWN = {"": 1.0, "asan": 4.0, "tsan": 10.0, "valgrind": 50.0}
+
+
+def instrumentation():
+    name = os.environ.get("SELFATTN_SANITIZED", "")
+    if not name:
+        try:
+            with open("/proc/self/maps") as maps:
+                loaded = maps.read()
+        except OSError:
+            loaded = ""
+        for runtime, what in (("libasan", "asan"), ("libtsan", "tsan")):
+            if runtime in loaded:
+                name = what
+    return name
+
+
+@pytest.fixture(scope="session")
+def time_scale():
+    """The factor by which a timing test (marked `timing`) scales its wall-clock bounds: 1 for
+    the optimised build, more for an instrumented one (ASan, TSan, valgrind)."""
+    return SLOWDOWN.get(instrumentation(), SLOWDOWN["asan"])
