@@ -169,8 +169,8 @@ def all_calls(n):
 
 
 def pool_sized_calls(rng, dtype):
-    """[(name, args, kwargs), ...]: each step and the fused calls on batches big enough that the
-    work is split into many GEMM tiles, softmax row blocks and query blocks."""
+    """[(name, args, kwargs), ...]: each step, the fused calls and the backward on batches big
+    enough that the work is split into many GEMM tiles, softmax row blocks and query blocks."""
     Q = _f(rng, 3, 130, 32, dtype=dtype)
     K = _f(rng, 3, 200, 32, dtype=dtype)
     V = _f(rng, 3, 200, 24, dtype=dtype)
@@ -183,6 +183,10 @@ def pool_sized_calls(rng, dtype):
         ("scaled_dot_product_attention", (Q, K, V), {"is_causal": True}),
         ("scaled_dot_product_attention", (Q, K, V), {"mask": mask, "return_weights": True}),
         ("self_attention_layer", (Q, W, W, W[:, :24]), {}),
+        ("scaled_dot_product_attention_backward", (_f(rng, 3, 130, 24, dtype=dtype), Q, K, V),
+         {"mask": mask}),
+        ("scaled_dot_product_attention_backward", (_f(rng, 3, 130, 24, dtype=dtype), Q, K, V),
+         {"is_causal": True}),
     ]
 
 
