@@ -6,12 +6,7 @@
 #
 # PYTHON selects the interpreter (default python3). Needs PyPI. The tests run from a copy of the
 # tree without selfattn/, so they import the installed wheel, never the source folder.
-set -euo pipefail
-
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-PY="$("${PYTHON:-python3}" -c 'import os, sys; print(sys.executable)')"
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/selfattn-numpy.XXXXXX")"
-trap 'rm -rf "$WORK"' EXIT
+source "$(dirname "$0")/lib.sh" numpy
 
 # The floor declared in pyproject.toml's dependencies ("numpy>=X").
 FLOOR="$("$PY" - "$ROOT/pyproject.toml" <<'PYEOF'
@@ -24,25 +19,21 @@ PYEOF
 VERSIONS=("$@")
 [ ${#VERSIONS[@]} -eq 0 ] && VERSIONS=("$FLOOR" "newest")
 
-echo "== building the wheel once (build isolation: NumPy 2 from PyPI, as pyproject.toml says)"
-mkdir -p "$WORK/src"
-(cd "$ROOT" && git ls-files -co --exclude-standard -z | xargs -0 -I{} cp --parents {} "$WORK/src/")
+log "building the wheel once (build isolation: NumPy 2 from PyPI, as pyproject.toml says)"
+copy_tree "$WORK/src"
 "$PY" -m pip wheel --quiet --no-deps -w "$WORK/dist" "$WORK/src" >"$WORK/build.log" 2>&1 \
     || { cat "$WORK/build.log"; exit 1; }
 WHEEL="$(ls "$WORK"/dist/selfattn-*.whl)"
-echo "== $WHEEL"
+log "$WHEEL"
 # The tests and the files they read (README, docs, examples, pyproject's pytest settings), but
 # not the package's source folder: `import selfattn` must find the installed wheel.
-mkdir -p "$WORK/run"
-(cd "$ROOT" && git ls-files -co --exclude-standard -z | grep -zv '^selfattn/' \
-    | xargs -0 -I{} cp --parents {} "$WORK/run/")
+copy_tree "$WORK/run" '^selfattn/'
 
 for version in "${VERSIONS[@]}"; do
     venv="$WORK/venv-$version"
-    "$PY" -m venv "$venv"
     if [ "$version" = newest ]; then spec="numpy>=2"; else spec="numpy==$version"; fi
-    echo "== $spec"
-    "$venv/bin/python" -m pip install --quiet --upgrade pip >/dev/null
+    log "$spec"
+    new_venv "$venv" >/dev/null
     # the wheel with its test extra, and NumPy pinned in the same resolution
     "$venv/bin/python" -m pip install --quiet "$spec" "selfattn[test] @ file://$WHEEL" \
         >"$WORK/install-$version.log" 2>&1 || { cat "$WORK/install-$version.log"; exit 1; }
@@ -52,4 +43,4 @@ print("   numpy", numpy.__version__, "| selfattn from", selfattn.__file__, "| hy
 sys.exit(0 if selfattn.__file__.startswith(sys.prefix) else "selfattn is not the installed wheel")')
     (cd "$WORK/run" && "$venv/bin/python" -P -m pytest -p no:cacheprovider -q -m "not slow" tests)
 done
-echo "== NumPy versions: ${VERSIONS[*]} all pass"
+log "NumPy versions: ${VERSIONS[*]} all pass"

@@ -10,12 +10,7 @@
 # resolved, not a pyenv shim) with PYTHONMALLOC=malloc so memcheck sees every allocation.
 # valgrind computes long double in 64 bits, so the fuzz tests' long-double oracle is not exact
 # under it: they check outcomes (result or clean error) but not values here (SELFATTN_SANITIZED).
-set -euo pipefail
-
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-PY="$("${PYTHON:-python3}" -c 'import os, sys; print(sys.executable)')"
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/selfattn-valgrind.XXXXXX")"
-trap 'rm -rf "$WORK"' EXIT
+source "$(dirname "$0")/lib.sh" valgrind
 command -v valgrind >/dev/null || { echo "valgrind is not installed"; exit 1; }
 
 PYTEST_ARGS=("$@")
@@ -27,14 +22,10 @@ if [ ${#PYTEST_ARGS[@]} -eq 0 ]; then
                  -k "not rss and not plateau")
 fi
 
-mkdir -p "$WORK/src"
-(cd "$ROOT" && git ls-files -co --exclude-standard -z | xargs -0 -I{} cp --parents {} "$WORK/src/")
-echo "== building in $WORK/src"
-(cd "$WORK/src" && SELFATTN_CFLAGS="-g -O1 -fno-omit-frame-pointer" \
-    "$PY" setup.py -q build_ext --inplace --force >"$WORK/build.log" 2>&1) \
-    || { cat "$WORK/build.log"; exit 1; }
+copy_tree "$WORK/src"
+build_in_place "$WORK/src" "-g -O1 -fno-omit-frame-pointer"
 
-echo "== valgrind memcheck: pytest ${PYTEST_ARGS[*]}"
+log "valgrind memcheck: pytest ${PYTEST_ARGS[*]}"
 set +e
 (cd "$WORK/src" && PYTHONMALLOC=malloc PYTHONPATH="$WORK/src" SELFATTN_SANITIZED=valgrind \
     SELFATTN_FUZZ_EXAMPLES="${SELFATTN_FUZZ_EXAMPLES:-6}" \
@@ -85,5 +76,5 @@ for e in ours:
     print(e)
 sys.exit(1 if ours else 0)
 PYEOF
-[ "$status" -eq 0 ] || { echo "== the suite failed under valgrind (status $status)"; exit "$status"; }
-echo "== valgrind: clean"
+[ "$status" -eq 0 ] || { log "the suite failed under valgrind (status $status)"; exit "$status"; }
+log "valgrind: clean"

@@ -1,6 +1,15 @@
-"""Oracles for the hardening tests: NumPy references with rigorous error bounds.
+"""The tests' one oracle: NumPy in extended precision (np.longdouble), with rigorous error bounds.
 
-Used by test_fuzz.py (and tests/fuzz.py), test_leaks.py and test_threads.py. Not a test file.
+Nothing here calls selfattn. It states the conventions the package promises (scaled scores, mask
+polarity, causal alignment, fully masked rows, NaN rows, zero-weight keys) as directly as NumPy
+allows, so a test failing against it points at the package. Two ways to use it (not a test file):
+
+- `REFERENCES[name](*args, **kw)` and `mismatches` (the fuzzer: test_fuzz.py, tests/fuzz.py): per
+  entry, the exact value, an error bound and the entries whose value depends on the order of the
+  operations, as described below.
+- `ref_scores`, `ref_softmax`, `ref_output`, `ref_attention`, `ref_layer` and `assert_close` (the
+  value tests: test_values, test_layouts, test_dtypes, test_properties): the exact value from the
+  operands as given, compared normwise, within ~1e-12 for float64 and ~2e-5 for float32.
 
 Every reference works in np.longdouble (64-bit mantissa, exponent range 1e+-4932, so no product of
 two float64 values overflows or underflows in it) and returns, next to the exact value, an error
@@ -442,3 +451,68 @@ def mismatches(got, ref, result_dtype):
             problems.append(f"{what} differs at {idx}: got {g[idx]!r}, expected {v[idx]!r} "
                             f"+- {tol[idx]!r} ({int(bad.sum())} entries)")
     return problems
+
+
+# ---- the exact values alone, and a normwise comparison ---------------------------------------------
+# The same building blocks with long double as the compute dtype: no rounding to model, so each
+# returns the exact value of its operands as given (long double ones included).
+
+# Normwise tolerances for comparing a result with the extended-precision reference.
+RTOL = {np.dtype(np.float64): 1e-12, np.dtype(np.float32): 2e-5, np.dtype(np.float16): 2e-3}
+
+
+def ref_scores(Q, K, scale=None, mask=None, is_causal=False):
+    Q = np.asarray(Q).astype(LD)
+    K = np.asarray(K).astype(LD)
+    d_k = Q.shape[-1]
+    scale = 1 / np.sqrt(LD(d_k)) if scale is None and d_k else LD(1 if scale is None else scale)
+    scores = np.matmul(Q, np.swapaxes(K, -1, -2)) * scale
+    return apply_mask(Ref(scores), None if mask is None else np.asarray(mask), is_causal, LD).value
+
+
+def ref_softmax(scores, axis=-1):
+    s = np.moveaxis(np.asarray(scores).astype(LD), axis, -1)
+    return np.moveaxis(softmax(Ref(s), LD).value, -1, axis)
+
+
+def ref_output(weights, V):
+    return np.matmul(np.asarray(weights).astype(LD), np.asarray(V).astype(LD))
+
+
+def ref_attention(Q, K, V, scale=None, mask=None, is_causal=False):
+    """(output, weights); a key whose weight is 0 contributes nothing, even a non-finite V row.
+
+    The weights are broadcast to the batch shape of the output (V's batch dims included)."""
+    weights = ref_softmax(ref_scores(Q, K, scale, mask, is_causal))
+    V = np.asarray(V).astype(LD)
+    if np.isfinite(V).all():
+        out = np.matmul(weights, V)
+    else:
+        out = weighted_sum(Ref(weights), V, LD).value
+    return out, np.broadcast_to(weights, out.shape[:-1] + weights.shape[-1:])
+
+
+def ref_layer(X, W_q, W_k, W_v, **kw):
+    X = np.asarray(X).astype(LD)
+    Q, K, V = (np.matmul(X, np.asarray(W).astype(LD)) for W in (W_q, W_k, W_v))
+    return ref_attention(Q, K, V, **kw)
+
+
+def assert_close(actual, desired, dtype=None, rtol=None):
+    """Same shape, same NaN and inf positions, finite values within a normwise tolerance: the
+    largest error at most rtol (RTOL[dtype] unless given) times the largest finite |desired|."""
+    actual = np.asarray(actual)
+    desired = np.asarray(desired)
+    assert actual.shape == desired.shape, f"shape {actual.shape} != {desired.shape}"
+    dtype = np.dtype(dtype or actual.dtype)
+    rtol = RTOL[dtype] if rtol is None else rtol
+    a = actual.astype(LD)
+    np.testing.assert_array_equal(np.isnan(a), np.isnan(desired), err_msg="NaN positions differ")
+    np.testing.assert_array_equal(np.isposinf(a), np.isposinf(desired), err_msg="+inf positions")
+    np.testing.assert_array_equal(np.isneginf(a), np.isneginf(desired), err_msg="-inf positions")
+    finite = np.isfinite(desired)
+    if not finite.any():
+        return
+    scale = max(float(np.max(np.abs(desired[finite]))), float(np.finfo(dtype).tiny))
+    err = float(np.max(np.abs(a[finite] - desired[finite])))
+    assert err <= rtol * scale, f"max abs error {err:.3e} > {rtol:.1e} * {scale:.3e}"

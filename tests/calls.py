@@ -2,7 +2,9 @@
 
 `success_calls(rng, n)` gives, per function, a few (args, kwargs) that must succeed, with sizes
 around n; `error_calls()` gives calls that must raise TypeError or ValueError (each error path
-of the validation). Functions are discovered from selfattn.__all__; a function this file has no
+of the validation); `all_calls(n)` both, as a flat list, and `pool_sized_calls(rng, dtype)` calls
+large enough that the kernels split them into many tasks for the thread pool. `outcome` and
+`same_outcome` run a call and compare two outcomes bit for bit (the thread tests' criterion). Functions are discovered from selfattn.__all__; a function this file has no
 builder for gets one built from its signature (a float array for each positional parameter),
 and whatever that call does, success or a clean error, is what the checks then repeat.
 Not a test file.
@@ -155,3 +157,53 @@ def _n_positional(func):
         return 1
     return max(1, sum(1 for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
                       and p.default is p.empty))
+
+
+def all_calls(n):
+    """[(name, args, kwargs), ...]: every success call (sizes around n) and every error call."""
+    work = []
+    for calls in (success_calls(np.random.default_rng(3), n=n), error_calls()):
+        for name, cases in calls.items():
+            work.extend((name, args, kw) for args, kw in cases)
+    return work
+
+
+def pool_sized_calls(rng, dtype):
+    """[(name, args, kwargs), ...]: each step, the fused calls and the backward on batches big
+    enough that the work is split into many GEMM tiles, softmax row blocks and query blocks."""
+    Q = _f(rng, 3, 130, 32, dtype=dtype)
+    K = _f(rng, 3, 200, 32, dtype=dtype)
+    V = _f(rng, 3, 200, 24, dtype=dtype)
+    mask = rng.random((130, 200)) < 0.9
+    W = _f(rng, 32, 32, dtype=dtype)
+    return [
+        ("compute_self_attention_scores", (Q, K), {"mask": mask}),
+        ("softmax_attention_weights", (_f(rng, 3, 130, 200, dtype=dtype),), {}),
+        ("compute_attention_output", (np.ones((3, 130, 200), dtype), V), {}),
+        ("scaled_dot_product_attention", (Q, K, V), {"is_causal": True}),
+        ("scaled_dot_product_attention", (Q, K, V), {"mask": mask, "return_weights": True}),
+        ("self_attention_layer", (Q, W, W, W[:, :24]), {}),
+        ("scaled_dot_product_attention_backward", (_f(rng, 3, 130, 24, dtype=dtype), Q, K, V),
+         {"mask": mask}),
+        ("scaled_dot_product_attention_backward", (_f(rng, 3, 130, 24, dtype=dtype), Q, K, V),
+         {"is_causal": True}),
+    ]
+
+
+def outcome(name, args, kw):
+    """selfattn.<name>(*args, **kw), or (exception type, message) if it raises a clean error."""
+    try:
+        return getattr(selfattn, name)(*args, **kw)
+    except (TypeError, ValueError) as exc:
+        return (type(exc), str(exc))
+
+
+def same_outcome(a, b):
+    """The same error, or results with the same dtypes, shapes and bits (NaN payloads included)."""
+    if isinstance(a, tuple) and len(a) == 2 and isinstance(a[0], type):
+        return a == b
+    a = a if isinstance(a, tuple) else (a,)
+    b = b if isinstance(b, tuple) else (b,)
+    return len(a) == len(b) and all(
+        isinstance(x, np.ndarray) and isinstance(y, np.ndarray) and x.dtype == y.dtype
+        and x.shape == y.shape and x.tobytes() == y.tobytes() for x, y in zip(a, b))

@@ -1,4 +1,6 @@
+"""Fixtures and settings shared by the test files (each fixture is defined here, and only here)."""
 import os
+import signal
 
 import numpy as np
 import pytest
@@ -38,3 +40,45 @@ def threads():
     before = selfattn.get_num_threads()
     yield
     selfattn.set_num_threads(before)
+
+
+@pytest.fixture(params=[1, 0], ids=["1-thread", "all-threads"])
+def one_or_all_threads(request, threads):
+    """Runs a test with 1 thread, then with every CPU (at least 2); returns the count."""
+    n = request.param or max(2, os.cpu_count() or 2)
+    selfattn.set_num_threads(n)
+    return n
+
+
+@pytest.fixture
+def sigint_raises():
+    """SIGINT raises KeyboardInterrupt (Python's default handler), whatever was installed."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
+# Wall-clock bounds in an instrumented build (ASan+UBSan, TSan, valgrind) are multiplied by this.
+# Such a build runs the kernels 13-50 times slower (ASan, from test_interrupt's calibrated sizes),
+# but a bound scaled that much could no longer fail; 4 keeps the interrupt bound (2 s) below the
+# 3.7 s a call that ignored the signal would still run. tests/test_interrupt.py gives the figures.
+INSTRUMENTED_TIME_SCALE = 4.0
+
+
+def instrumented():
+    """True in a sanitizer or valgrind build: .ci/sanitize.sh and .ci/valgrind.sh set
+    SELFATTN_SANITIZED; a sanitizer runtime preloaded by hand shows in the memory map."""
+    if os.environ.get("SELFATTN_SANITIZED"):
+        return True
+    try:
+        with open("/proc/self/maps") as maps:
+            loaded = maps.read()
+    except OSError:
+        return False
+    return any(runtime in loaded for runtime in ("libasan", "libtsan"))
+
+
+@pytest.fixture(scope="session")
+def time_scale():
+    """The factor by which a timing test (marked `timing`) multiplies its wall-clock bounds."""
+    return INSTRUMENTED_TIME_SCALE if instrumented() else 1.0

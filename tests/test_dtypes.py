@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import selfattn as sa
-from reference import assert_close, ref_attention, ref_scores, ref_softmax
+from attn_reference import assert_close, ref_attention, ref_scores, ref_softmax
 
 # input dtype(s) -> result dtype
 TABLE = [

@@ -517,7 +517,8 @@ def test_multi_head_backward_with_batched_weights_is_the_sum_over_items(isa):
     assert_close(got[4], np.stack([g[4] for g in per_item]), 1e-13)
 
 
-def test_ctrl_c_interrupts_a_long_backward(threads):
+@pytest.mark.timing
+def test_ctrl_c_interrupts_a_long_backward(threads, time_scale):
     import os
     import signal
     import threading
@@ -535,4 +536,4 @@ def test_ctrl_c_interrupts_a_long_backward(threads):
             scaled_dot_product_attention_backward(dO, Q, K, V)
     finally:
         timer.cancel()
-    assert time.perf_counter() - start < 2.0     # the whole call takes many seconds
+    assert time.perf_counter() - start < 2.0 * time_scale    # the whole call takes many seconds

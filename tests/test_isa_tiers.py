@@ -10,6 +10,7 @@ import pytest
 
 import selfattn
 from selfattn import _core
+from attn_reference import ref_attention, ref_scores, ref_softmax
 
 TIERS = list(_core.supported_isas())
 FAST_TIERS = [t for t in TIERS if t != "reference"]
@@ -17,15 +18,6 @@ DTYPES = [np.float32, np.float64]
 SIZES = [1, 3, 15, 16, 17, 31, 33, 63, 65, 127, 129, 255, 256]
 HEAD_DIMS = [1, 3, 8, 63, 64, 65, 128, 255, 256]
 LD = np.longdouble
-
-
-@pytest.fixture(params=TIERS)
-def tier(request):
-    """Runs the test with selfattn.set_isa(tier), restoring the previous tier afterwards."""
-    before = selfattn.get_isa()
-    selfattn.set_isa(request.param)
-    yield request.param
-    selfattn.set_isa(before)
 
 
 def tol(dtype):
@@ -46,38 +38,6 @@ def assert_close(got, want, dtype, what=""):
         size = max(1.0, float(np.abs(want[finite]).max()))
         err = float(np.abs(got[finite].astype(LD) - want[finite]).max())
         assert err <= tol(dtype) * size, f"{what}: max error {err:.3g} > {tol(dtype) * size:.3g}"
-
-
-# ---- extended-precision references ----------------------------------------------------------
-
-def ld_scores(Q, K, scale, mask=None, causal=False):
-    S = np.matmul(Q.astype(LD), np.swapaxes(K.astype(LD), -1, -2)) * LD(scale)
-    if mask is not None:
-        if mask.dtype == bool:
-            S = np.where(mask, S, LD(-np.inf))
-        else:
-            S = S + mask.astype(LD)
-    if causal:
-        n_q, n_k = S.shape[-2:]
-        S = np.where(np.tril(np.ones((n_q, n_k), bool)), S, LD(-np.inf))
-    return S
-
-
-def ld_softmax(S):
-    S = np.asarray(S, LD)
-    with np.errstate(invalid="ignore", over="ignore"):
-        has_nan = np.isnan(S).any(axis=-1, keepdims=True)
-        m = np.where(np.isnan(S), LD(-np.inf), S).max(axis=-1, keepdims=True)
-        dead = m == -np.inf
-        e = np.exp(S - np.where(dead, LD(0), m))
-        s = e.sum(axis=-1, keepdims=True)
-        W = np.where(dead, LD(0), e / np.where(dead, LD(1), s))
-    return np.where(has_nan, LD(np.nan), W)
-
-
-def ld_attention(Q, K, V, scale, mask=None, causal=False):
-    W = ld_softmax(ld_scores(Q, K, scale, mask, causal))
-    return np.matmul(W, V.astype(LD)), W
 
 
 def rand(rng, shape, dtype):
@@ -105,19 +65,19 @@ CASES = cases()
 @pytest.mark.parametrize("m,n,k", [(1, 1, 1), (3, 17, 15), (16, 33, 63), (65, 31, 129),
                                    (127, 255, 3), (129, 64, 256), (256, 65, 255), (200, 300, 520),
                                    (17, 1, 64), (1, 129, 33)])
-def test_matmul(tier, dtype, m, n, k):
+def test_matmul(isa, dtype, m, n, k):
     rng = np.random.default_rng(m * 1000 + n * 10 + k)
     A, B = rand(rng, (m, k), dtype), rand(rng, (k, n), dtype)
     C = np.full((m, n), np.nan, dtype)
-    _core.matmul(C, A, B, _core.isa_code(tier))
-    assert_close(C, A.astype(LD) @ B.astype(LD), dtype, f"{tier} {m}x{n}x{k}")
+    _core.matmul(C, A, B, _core.isa_code(isa))
+    assert_close(C, A.astype(LD) @ B.astype(LD), dtype, f"{isa} {m}x{n}x{k}")
     ref = np.empty_like(C)
     _core.matmul(ref, A, B, _core.isa_code("reference"))
     assert_close(C, ref, dtype, "vs reference tier")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_empty_inner_dimension(tier, dtype):
+def test_empty_inner_dimension(isa, dtype):
     """k = 0: products of nothing are 0; scores of d_k = 0 are 0 plus the mask."""
     got = selfattn.compute_attention_output(np.ones((5, 0), dtype), np.ones((0, 7), dtype))
     np.testing.assert_array_equal(got, np.zeros((5, 7), dtype))
@@ -130,7 +90,7 @@ def test_empty_inner_dimension(tier, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_matmul_strided_and_broadcast_batch(tier, dtype):
+def test_matmul_strided_and_broadcast_batch(isa, dtype):
     rng = np.random.default_rng(7)
     A = rand(rng, (3, 1, 70, 2 * 45), dtype)[:, :, ::1, ::2]        # rows strided by 2*45*2
     B = rand(rng, (1, 4, 45, 130), dtype)[..., 3:123]                # rows with a longer stride
@@ -165,34 +125,34 @@ MASKS = [None, "bool", "add", "keys", "queries", "scalar", "transposed"]
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n_q,n_k,d", CASES)
-def test_scores(tier, dtype, n_q, n_k, d):
+def test_scores(isa, dtype, n_q, n_k, d):
     rng = np.random.default_rng(n_q * 7 + n_k * 3 + d)
     Q, K = rand(rng, (n_q, d), dtype), rand(rng, (n_k, d), dtype)
     for kind in (None, "bool", "add"):
         for causal in (False, True):
             mask = make_mask(kind, rng, n_q, n_k, dtype)
             got = selfattn.compute_self_attention_scores(Q, K, mask=mask, is_causal=causal)
-            want = ld_scores(Q, K, 1 / np.sqrt(d), mask, causal)
-            assert_close(got, want, dtype, f"{tier} {kind} causal={causal}")
+            want = ref_scores(Q, K, 1 / np.sqrt(d), mask, causal)
+            assert_close(got, want, dtype, f"{isa} {kind} causal={causal}")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", MASKS)
-def test_scores_masks_and_strides(tier, dtype, kind):
+def test_scores_masks_and_strides(isa, dtype, kind):
     rng = np.random.default_rng(11)
     n_q, n_k, d = 37, 290, 40
     Q = rand(rng, (2, 1, n_q, 2 * d), dtype)[..., ::2]              # elements strided: copied
     K = rand(rng, (1, 3, n_k + 5, d), dtype)[:, :, 5:, :]            # offset view, broadcast
     mask = make_mask(kind, rng, n_q, n_k, dtype, batch=(3,))
     got = selfattn.compute_self_attention_scores(Q, K, mask=mask, is_causal=True, scale=0.3)
-    assert_close(got, ld_scores(Q, K, 0.3, mask, True), dtype, kind)
+    assert_close(got, ref_scores(Q, K, 0.3, mask, True), dtype, kind)
 
 
 # ---- softmax ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n", SIZES + [1000, 4097])
-def test_softmax(tier, dtype, n):
+def test_softmax(isa, dtype, n):
     rng = np.random.default_rng(n)
     x = (rng.standard_normal((9, n)) * 30).astype(dtype)
     x[1, ::3] = -np.inf                       # some keys masked
@@ -204,7 +164,7 @@ def test_softmax(tier, dtype, n):
     x[6] -= dtype(1000)
     x[7, 0] = 80 if dtype == np.float32 else 700   # one dominant entry
     got = selfattn.softmax_attention_weights(x)
-    assert_close(got, ld_softmax(x), dtype, f"{tier} softmax n={n}")
+    assert_close(got, ref_softmax(x), dtype, f"{isa} softmax n={n}")
     np.testing.assert_array_equal(got[2], 0)
     assert np.isnan(got[3]).all() and np.isnan(got[4]).all()
     ref = np.empty_like(x)
@@ -213,20 +173,20 @@ def test_softmax(tier, dtype, n):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_softmax_in_place_and_strided(tier, dtype):
+def test_softmax_in_place_and_strided(isa, dtype):
     rng = np.random.default_rng(5)
     base = rand(rng, (2, 3, 40, 100), dtype)
     x = base[:, :, ::2, 7:90]                  # strided rows, offset columns
-    want = ld_softmax(x)
+    want = ref_softmax(x)
     x_copy = x.copy()
     out = np.empty(x.shape, dtype)
-    _core.softmax(out, np.ascontiguousarray(x), _core.isa_code(tier))
+    _core.softmax(out, np.ascontiguousarray(x), _core.isa_code(isa))
     assert_close(out, want, dtype, "contiguous")
     got = selfattn.softmax_attention_weights(x)
     assert_close(got, want, dtype, "strided")
     np.testing.assert_array_equal(x, x_copy)   # input untouched
     inplace = np.ascontiguousarray(x)
-    _core.softmax(inplace, inplace, _core.isa_code(tier))
+    _core.softmax(inplace, inplace, _core.isa_code(isa))
     assert_close(inplace, want, dtype, "in place")
 
 
@@ -234,7 +194,7 @@ def test_softmax_in_place_and_strided(tier, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n_q,n_k,d", CASES)
-def test_attention(tier, dtype, n_q, n_k, d):
+def test_attention(isa, dtype, n_q, n_k, d):
     rng = np.random.default_rng(n_q * 13 + n_k * 5 + d)
     Q, K = rand(rng, (n_q, d), dtype), rand(rng, (n_k, d), dtype)
     d_v = max(1, (d * 3) // 4)
@@ -242,19 +202,19 @@ def test_attention(tier, dtype, n_q, n_k, d):
     for kind in (None, "bool", "add"):
         for causal in (False, True):
             mask = make_mask(kind, rng, n_q, n_k, dtype)
-            want, W = ld_attention(Q, K, V, 1 / np.sqrt(d), mask, causal)
+            want, W = ref_attention(Q, K, V, 1 / np.sqrt(d), mask, causal)
             got = selfattn.scaled_dot_product_attention(Q, K, V, mask=mask, is_causal=causal)
-            assert_close(got, want, dtype, f"{tier} fused {kind} causal={causal}")
+            assert_close(got, want, dtype, f"{isa} fused {kind} causal={causal}")
             got2, weights = selfattn.scaled_dot_product_attention(
                 Q, K, V, mask=mask, is_causal=causal, return_weights=True)
-            assert_close(got2, want, dtype, f"{tier} weights path {kind} causal={causal}")
-            assert_close(weights, W, dtype, f"{tier} weights {kind} causal={causal}")
+            assert_close(got2, want, dtype, f"{isa} weights path {kind} causal={causal}")
+            assert_close(weights, W, dtype, f"{isa} weights {kind} causal={causal}")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", MASKS)
 @pytest.mark.parametrize("n_q,n_k", [(300, 77), (77, 300), (97, 97), (1, 513)])
-def test_attention_masks_causal_batches(tier, dtype, kind, n_q, n_k):
+def test_attention_masks_causal_batches(isa, dtype, kind, n_q, n_k):
     rng = np.random.default_rng(n_q + n_k)
     d, d_v = 24, 40
     Q = rand(rng, (2, 1, n_q, d), dtype)
@@ -262,14 +222,14 @@ def test_attention_masks_causal_batches(tier, dtype, kind, n_q, n_k):
     V = rand(rng, (n_k + 3, d_v), dtype)[3:]                         # broadcast over the batch
     mask = make_mask(kind, rng, n_q, n_k, dtype, batch=(3,))
     for causal in (False, True):
-        want, _ = ld_attention(Q, K, V, 0.2, mask, causal)
+        want, _ = ref_attention(Q, K, V, 0.2, mask, causal)
         got = selfattn.scaled_dot_product_attention(Q, K, V, mask=mask, is_causal=causal,
                                                     scale=0.2)
-        assert_close(got, want, dtype, f"{tier} {kind} causal={causal}")
+        assert_close(got, want, dtype, f"{isa} {kind} causal={causal}")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_attention_fully_masked_and_nan_rows(tier, dtype):
+def test_attention_fully_masked_and_nan_rows(isa, dtype):
     rng = np.random.default_rng(3)
     n_q, n_k, d = 130, 300, 64
     Q, K, V = rand(rng, (n_q, d), dtype), rand(rng, (n_k, d), dtype), rand(rng, (n_k, d), dtype)
@@ -285,8 +245,8 @@ def test_attention_fully_masked_and_nan_rows(tier, dtype):
     for tier_out in [selfattn.scaled_dot_product_attention(Q, K, V, mask=mask),
                      selfattn.scaled_dot_product_attention(Q, K, V, mask=mask,
                                                            return_weights=True)[0]]:
-        want, _ = ld_attention(Q, K, V, 1 / np.sqrt(d), mask)
-        assert_close(tier_out, want, dtype, tier)
+        want, _ = ref_attention(Q, K, V, 1 / np.sqrt(d), mask)
+        assert_close(tier_out, want, dtype, isa)
         np.testing.assert_array_equal(tier_out[5], 0)
         np.testing.assert_array_equal(tier_out[100], 0)
         for row in (17, 18, 60):
@@ -299,7 +259,7 @@ def test_attention_fully_masked_and_nan_rows(tier, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_attention_masked_with_finfo_min(tier, dtype):
+def test_attention_masked_with_finfo_min(isa, dtype):
     """torch users mask with finfo(dtype).min instead of -inf: a row hidden that way gets the
     (uniform) weights the definition gives, not zeros, and partly hidden rows ignore those keys."""
     rng = np.random.default_rng(4)
@@ -311,7 +271,7 @@ def test_attention_masked_with_finfo_min(tier, dtype):
     mask[4, 100:] = lowest
     mask[5, ::2] = lowest
     for causal in (False, True):
-        want, W = ld_attention(Q, K, V, 1 / np.sqrt(d), mask, causal)
+        want, W = ref_attention(Q, K, V, 1 / np.sqrt(d), mask, causal)
         got = selfattn.scaled_dot_product_attention(Q, K, V, mask=mask, is_causal=causal)
         assert_close(got, want, dtype, f"fused causal={causal}")
         got2, weights = selfattn.scaled_dot_product_attention(Q, K, V, mask=mask,
@@ -324,12 +284,12 @@ def test_attention_masked_with_finfo_min(tier, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_attention_extreme_scores(tier, dtype):
+def test_attention_extreme_scores(isa, dtype):
     """Scores far apart (weights that underflow) and all equal (uniform weights)."""
     rng = np.random.default_rng(9)
     n, d = 200, 16
     Q, K, V = rand(rng, (n, d), dtype) * 30, rand(rng, (n, d), dtype) * 30, rand(rng, (n, d), dtype)
-    want, _ = ld_attention(Q, K, V, 1.0, None, False)
+    want, _ = ref_attention(Q, K, V, 1.0, None, False)
     assert_close(selfattn.scaled_dot_product_attention(Q, K, V, scale=1.0), want, dtype, "far")
     Z = np.zeros((n, d), dtype)
     got = selfattn.scaled_dot_product_attention(Z, Z, V)
@@ -338,16 +298,16 @@ def test_attention_extreme_scores(tier, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n,d_model,d", [(1, 4, 4), (8, 4, 4), (65, 32, 17), (300, 64, 64)])
-def test_self_attention_layer(tier, dtype, n, d_model, d):
+def test_self_attention_layer(isa, dtype, n, d_model, d):
     rng = np.random.default_rng(n + d)
     X = rand(rng, (2, n, d_model), dtype)
     Wq, Wk, Wv = (rand(rng, (d_model, d), dtype) for _ in range(3))
     for causal in (False, True):
         Xl = X.astype(LD)
-        want, _ = ld_attention(Xl @ Wq.astype(LD), Xl @ Wk.astype(LD), Xl @ Wv.astype(LD),
+        want, _ = ref_attention(Xl @ Wq.astype(LD), Xl @ Wk.astype(LD), Xl @ Wv.astype(LD),
                                1 / np.sqrt(d), None, causal)
         got = selfattn.self_attention_layer(X, Wq, Wk, Wv, is_causal=causal)
-        assert_close(got, want, dtype, f"{tier} layer causal={causal}")
+        assert_close(got, want, dtype, f"{isa} layer causal={causal}")
 
 
 def test_every_fast_tier_has_its_own_kernels():
@@ -363,7 +323,7 @@ def test_every_fast_tier_has_its_own_kernels():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_negative_row_strides(tier, dtype):
+def test_negative_row_strides(isa, dtype):
     """Views with reversed rows reach the kernels as negative row strides (no copy)."""
     rng = np.random.default_rng(21)
     n_q, n_k, d = 70, 130, 33
@@ -373,12 +333,12 @@ def test_negative_row_strides(tier, dtype):
     mask = (rng.random((n_q, n_k)) < 0.8)[::-1, ::-1]
     assert Q.strides[0] < 0 and K.strides[1] < 0
     assert_close(selfattn.compute_self_attention_scores(Q, K, mask=mask),
-                 ld_scores(Q, K, 1 / np.sqrt(d), mask), dtype, "scores")
+                 ref_scores(Q, K, 1 / np.sqrt(d), mask), dtype, "scores")
     for causal in (False, True):
-        want, W = ld_attention(Q, K, V, 1 / np.sqrt(d), mask, causal)
+        want, W = ref_attention(Q, K, V, 1 / np.sqrt(d), mask, causal)
         assert_close(selfattn.scaled_dot_product_attention(Q, K, V, mask=mask, is_causal=causal),
                      want, dtype, f"attention causal={causal}")
     assert_close(selfattn.compute_attention_output(W.astype(dtype)[::-1], V),
                  np.matmul(W.astype(dtype)[::-1].astype(LD), V.astype(LD)), dtype, "output")
     S = rand(rng, (40, 90), dtype)[::-1]
-    assert_close(selfattn.softmax_attention_weights(S), ld_softmax(S), dtype, "softmax")
+    assert_close(selfattn.softmax_attention_weights(S), ref_softmax(S), dtype, "softmax")

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import selfattn as sa
-from reference import assert_close, ref_attention, ref_layer, ref_scores, ref_softmax
+from attn_reference import assert_close, ref_attention, ref_layer, ref_scores, ref_softmax
 
 
 def test_batch_dims_broadcast_like_matmul(isa, rng):

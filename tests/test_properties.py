@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import selfattn as sa
-from reference import assert_close, ref_attention, ref_layer, ref_scores, ref_softmax
+from attn_reference import assert_close, ref_attention, ref_layer, ref_scores, ref_softmax
 
 sizes = st.integers(0, 9)
 dtypes = st.sampled_from([np.float64, np.float32])

@@ -1,8 +1,10 @@
 """Threads: many Python threads calling every public function at once, while another thread keeps
-changing set_num_threads, get exactly the bits that serial calls give.
+changing set_num_threads, get exactly the bits that serial calls give; the thread-count setting
+itself, from one thread and from many.
 
-The kernels release the GIL for large enough problems, share one worker pool (a caller that finds
-it busy runs its loop alone) and must compute the same bits for any thread count.
+The kernels release the GIL for large enough problems and share one worker pool (a caller that
+finds it busy runs its loop alone). That the thread count never changes a result is
+tests/test_thread_count.py's concern.
 """
 import os
 import random
@@ -18,63 +20,10 @@ N_THREADS = 8
 ROUNDS = 10
 
 
-def as_tuple(result):
-    return result if isinstance(result, tuple) else (result,)
-
-
-def same_bits(a, b):
-    a, b = as_tuple(a), as_tuple(b)
-    return len(a) == len(b) and all(
-        isinstance(x, np.ndarray) and x.dtype == y.dtype and x.shape == y.shape
-        and x.tobytes() == y.tobytes() for x, y in zip(a, b))
-
-
-def outcome(func, args, kw):
-    try:
-        return func(*args, **kw)
-    except (TypeError, ValueError) as exc:
-        return (type(exc), str(exc))
-
-
-def equal_outcomes(a, b):
-    if isinstance(a, tuple) and len(a) == 2 and isinstance(a[0], type):
-        return a == b
-    return same_bits(a, b)
-
-
-@pytest.fixture
-def restore_threads():
-    before = selfattn.get_num_threads()
-    yield
-    selfattn.set_num_threads(before)
-
-
-def all_calls(n):
-    work = []
-    for name, cases in calls.success_calls(np.random.default_rng(3), n=n).items():
-        for args, kw in cases:
-            work.append((name, args, kw))
-    for name, cases in calls.error_calls().items():
-        for args, kw in cases:
-            work.append((name, args, kw))
-    return work
-
-
-def test_results_do_not_depend_on_the_thread_count(restore_threads):
-    work = all_calls(200)
+def test_concurrent_calls_give_the_serial_bits(threads):
+    work = calls.all_calls(200)
     selfattn.set_num_threads(1)
-    serial = [outcome(getattr(selfattn, name), args, kw) for name, args, kw in work]
-    for t in (2, 3, max(4, os.cpu_count() or 1)):
-        selfattn.set_num_threads(t)
-        for (name, args, kw), expected in zip(work, serial):
-            got = outcome(getattr(selfattn, name), args, kw)
-            assert equal_outcomes(got, expected), f"{name} differs with {t} threads"
-
-
-def test_concurrent_calls_give_the_serial_bits(restore_threads):
-    work = all_calls(200)
-    selfattn.set_num_threads(1)
-    serial = [outcome(getattr(selfattn, name), args, kw) for name, args, kw in work]
+    serial = [calls.outcome(*call) for call in work]
     selfattn.set_num_threads(max(2, os.cpu_count() or 2))
 
     failures = []
@@ -88,10 +37,8 @@ def test_concurrent_calls_give_the_serial_bits(restore_threads):
         try:
             for _ in range(ROUNDS):
                 for i in order:
-                    name, args, kw = work[i]
-                    got = outcome(getattr(selfattn, name), args, kw)
-                    if not equal_outcomes(got, serial[i]):
-                        failures.append(f"{name} (case {i}) gave different bits in a thread")
+                    if not calls.same_outcome(calls.outcome(*work[i]), serial[i]):
+                        failures.append(f"{work[i][0]} (case {i}) gave different bits in a thread")
         except BaseException as exc:  # noqa: B902 - anything at all is a failure here
             failures.append(f"thread {seed}: {exc!r}")
 
@@ -102,19 +49,53 @@ def test_concurrent_calls_give_the_serial_bits(restore_threads):
             selfattn.set_num_threads(rng.choice([1, 2, 3, 4, 8]))
             stop.wait(0.001)
 
-    threads = [threading.Thread(target=caller, args=(s,)) for s in range(N_THREADS - 1)]
-    threads.append(threading.Thread(target=changer))
-    for t in threads:
+    others = [threading.Thread(target=caller, args=(s,)) for s in range(N_THREADS - 1)]
+    others.append(threading.Thread(target=changer))
+    for t in others:
         t.start()
     caller(1000)                       # the main thread is a caller too (and the barrier's last)
-    for t in threads[:-1]:
+    for t in others[:-1]:
         t.join()
     stop.set()
-    threads[-1].join()
+    others[-1].join()
     assert not failures, failures[:5]
 
 
-def test_settings_are_consistent_under_concurrent_changes(restore_threads):
+def test_pool_sized_calls_from_python_threads_get_the_serial_bits(threads):
+    """Calls big enough to run on the pool, from 6 Python threads at once: each caller either gets
+    the workers or runs its tasks alone, and the bits are the same."""
+    rng = np.random.default_rng(12345)
+    work = calls.pool_sized_calls(rng, np.float64) + calls.pool_sized_calls(rng, np.float32)
+    selfattn.set_num_threads(2)
+    serial = [calls.outcome(*call) for call in work]
+    failures = []
+
+    def worker(offset):
+        for i in range(len(work)):
+            k = (i + offset) % len(work)
+            if not calls.same_outcome(calls.outcome(*work[k]), serial[k]):
+                failures.append(f"{work[k][0]} (case {k}) gave different bits in a thread")
+
+    pool = [threading.Thread(target=worker, args=(t,)) for t in range(6)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    assert failures == []
+
+
+def test_num_threads_setting(threads):
+    selfattn.set_num_threads(3)
+    assert selfattn.get_num_threads() == 3
+    for bad in (0, -1, 5000):
+        with pytest.raises(ValueError, match="set_num_threads: n must be between 1 and 1024"):
+            selfattn.set_num_threads(bad)
+    with pytest.raises(TypeError):
+        selfattn.set_num_threads(2.5)
+    assert selfattn.get_num_threads() == 3
+
+
+def test_settings_are_consistent_under_concurrent_changes(threads):
     # set/get from many threads never crash or produce an out-of-range value
     seen = []
 

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 import selfattn as sa
-from reference import (assert_close, ref_attention, ref_layer, ref_output, ref_scores,
-                       ref_softmax)
+from attn_reference import (assert_close, ref_attention, ref_layer, ref_output, ref_scores,
+                            ref_softmax)
 
 DTYPES = [np.float64, np.float32]
 # (n_q, n_k, d_k, d_v): unequal on purpose so that a swapped axis cannot hide
