@@ -7,6 +7,7 @@
 #endif
 #include "platform.h"
 
+#include <fenv.h>
 #include <stdint.h>
 #include <stdlib.h>
 
@@ -97,6 +98,11 @@ void sa_once(sa_once_flag *flag, void (*init)(void))
 typedef struct {
     void (*fn)(void *arg);
     void *arg;
+    /* The starting thread's floating-point environment. A new thread does not always inherit it:
+       under mingw-w64 the main thread's x87 unit runs at 64-bit precision while a CreateThread
+       thread gets Windows' 53-bit default, and the C library's exp() (x87 code there) then gave
+       the reference tier other bits with 2 threads than with 1 (seen under wine). */
+    fenv_t env;
 } thread_start;
 
 #if defined(_WIN32)
@@ -107,6 +113,7 @@ static void *thread_main(void *raw)
 {
     thread_start start = *(thread_start *)raw;
     free(raw);
+    fesetenv(&start.env);
     start.fn(start.arg);
     return 0;
 }
@@ -118,6 +125,7 @@ int sa_thread_start(void (*fn)(void *arg), void *arg)
         return -1;
     start->fn = fn;
     start->arg = arg;
+    fegetenv(&start->env);
 #if defined(_WIN32)
     HANDLE thread = CreateThread(NULL, 0, thread_main, start, 0, NULL);
     if (thread == NULL) {
