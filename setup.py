@@ -21,7 +21,11 @@ SOURCES = [
 # Flags by compiler family. -O3 without -ffast-math: the kernels rely on IEEE infinities and NaN
 # (masks are -inf). No -march=native either: instruction sets are chosen at run time
 # (csrc/dispatch.c), and each tier file asks for its own with a target pragma.
-GCC_LIKE_ARGS = ["-std=c11", "-O3", "-fno-math-errno", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+# -ffp-contract=off: no FMA unless a kernel asks for one (VFMA). gcc in C11 mode already works so;
+# clang would otherwise fuse a*b+c inside expressions, and exact zeros (a softmax over one key has
+# gradient 0) became 6e-17.
+GCC_LIKE_ARGS = ["-std=c11", "-O3", "-fno-math-errno", "-ffp-contract=off", "-Wall", "-Wextra",
+                 "-Wno-unused-parameter"]
 GCC_LIKE_LINK = ["-pthread"]
 # MSVC: C11 with its atomics (Visual Studio 2022 17.5 or newer); /fp:precise is the default.
 MSVC_ARGS = ["/O2", "/std:c11", "/experimental:c11atomics", "/W3"]

@@ -33,7 +33,7 @@ for node in tree.body:
                 print(src)
 PY
 )
-FLAGS=(-std=c11 -O3 -fno-math-errno -Wall -Wextra -Wno-unused-parameter -Werror -Icsrc)
+FLAGS=(-std=c11 -O3 -fno-math-errno -ffp-contract=off -Wall -Wextra -Wno-unused-parameter -Werror -Icsrc)
 
 gcc "${FLAGS[@]}" -o "$WORK/driver" tests/native/kernel_driver.c "${SOURCES[@]}" -lm -pthread
 x86_64-w64-mingw32-gcc "${FLAGS[@]}" -static -o "$WORK/driver.exe" tests/native/kernel_driver.c "${SOURCES[@]}"

@@ -1,5 +1,6 @@
 """The platform layer (csrc/platform.c): CPU count, fork safety of the thread pool, CPU features."""
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -53,3 +54,20 @@ def test_every_listed_tier_is_supported_and_the_best_is_chosen_by_default():
     tiers = list(_core.supported_isas())
     assert tiers[-1] == "reference" and "generic" in tiers
     assert _core.best_isa() == tiers[0]
+
+
+OS_HEADERS = ("pthread.h", "sched.h", "unistd.h", "windows.h", "time.h", "sys/")
+
+
+def test_only_the_platform_layer_includes_os_headers():
+    csrc = pathlib.Path(__file__).resolve().parents[1] / "csrc"
+    if not csrc.is_dir():
+        pytest.skip("the C sources are not beside the tests")
+    offenders = []
+    for path in sorted(csrc.iterdir()):
+        if path.name == "platform.c" or path.suffix not in (".c", ".h", ".inc"):
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if line.startswith("#include <") and any(h in line for h in OS_HEADERS):
+                offenders.append(f"{path.name}:{number}: {line}")
+    assert not offenders, "OS headers outside csrc/platform.c:\n" + "\n".join(offenders)
