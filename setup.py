@@ -3,10 +3,12 @@ import os
 
 import numpy
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 # Every source of the extension, listed explicitly (no globbing: a stray file never slips in).
 SOURCES = [
     "csrc/module.c",
+    "csrc/platform.c",
     "csrc/dispatch.c",
     "csrc/threadpool.c",
     "csrc/kernels_ref.c",
@@ -16,24 +18,47 @@ SOURCES = [
     "csrc/backward_blocked.c",
 ]
 
-# -O3 without -ffast-math: the kernels rely on IEEE infinities and NaN (masks are -inf).
-# No -march=native either: instruction sets are chosen at run time (csrc/dispatch.c).
-COMPILE_ARGS = ["-std=c11", "-O3", "-fno-math-errno", "-Wall", "-Wextra", "-Wno-unused-parameter"]
-# Extra flags for special builds (sanitizers, assertions) come from SELFATTN_CFLAGS.
-COMPILE_ARGS += os.environ.get("SELFATTN_CFLAGS", "").split()
-LINK_ARGS = ["-pthread"] + os.environ.get("SELFATTN_LDFLAGS", "").split()
+# Flags by compiler family. -O3 without -ffast-math: the kernels rely on IEEE infinities and NaN
+# (masks are -inf). No -march=native either: instruction sets are chosen at run time
+# (csrc/dispatch.c), and each tier file asks for its own with a target pragma.
+# -ffp-contract=off: no FMA unless a kernel asks for one (VFMA). gcc in C11 mode already works so;
+# clang would otherwise fuse a*b+c inside expressions, and exact zeros (a softmax over one key has
+# gradient 0) became 6e-17.
+GCC_LIKE_ARGS = ["-std=c11", "-O3", "-fno-math-errno", "-ffp-contract=off", "-Wall", "-Wextra",
+                 "-Wno-unused-parameter"]
+GCC_LIKE_LINK = ["-pthread"]
+# MSVC: C11 with its atomics (Visual Studio 2022 17.5 or newer); /fp:precise is the default.
+MSVC_ARGS = ["/O2", "/std:c11", "/experimental:c11atomics", "/W3"]
+MSVC_LINK = []
+
+
+class BuildExt(build_ext):
+    """Gives each compiler its own spelling of the flags; SELFATTN_CFLAGS / SELFATTN_LDFLAGS add
+    extra ones for special builds (sanitizers, assertions)."""
+
+    def build_extensions(self):
+        msvc = self.compiler.compiler_type == "msvc"
+        compile_args = list(MSVC_ARGS if msvc else GCC_LIKE_ARGS)
+        link_args = list(MSVC_LINK if msvc else GCC_LIKE_LINK)
+        compile_args += os.environ.get("SELFATTN_CFLAGS", "").split()
+        link_args += os.environ.get("SELFATTN_LDFLAGS", "").split()
+        for ext in self.extensions:
+            ext.extra_compile_args = compile_args
+            ext.extra_link_args = link_args
+        super().build_extensions()
+
 
 setup(
+    cmdclass={"build_ext": BuildExt},
     ext_modules=[
         Extension(
             "selfattn._core",
             sources=SOURCES,
-            depends=["csrc/attn.h", "csrc/kernels_ref.inc", "csrc/kernels_fast.inc", "csrc/isa_tier.inc",
-                     "csrc/backward_ref.inc", "csrc/backward_blocked.inc", "csrc/backward_fast.inc"],
+            depends=["csrc/attn.h", "csrc/platform.h", "csrc/kernels_ref.inc", "csrc/kernels_fast.inc",
+                     "csrc/isa_tier.inc", "csrc/backward_ref.inc", "csrc/backward_blocked.inc",
+                     "csrc/backward_fast.inc"],
             include_dirs=[numpy.get_include(), "csrc"],
             define_macros=[("NPY_TARGET_VERSION", "NPY_1_23_API_VERSION")],
-            extra_compile_args=COMPILE_ARGS,
-            extra_link_args=LINK_ARGS,
         )
     ],
 )

@@ -116,9 +116,6 @@ int sa_parallel_for(const sa_exec *ex, int n_threads, sa_int n_tasks, sa_task_fn
    to ask every few hundred microseconds of work; 0 outside a parallel loop. */
 int sa_interrupted(void);
 
-/* The CPUs this process may run on (sched_getaffinity), at least 1. */
-int sa_available_cpus(void);
-
 /* ---- kernels -------------------------------------------------------------------------------- */
 /*
  * All kernels take (ex, batch, outputs..., inputs..., sizes..., options) and return a status.

@@ -3,6 +3,7 @@
  * Tiers are chosen at run time (never -march=native at build time) so one wheel runs everywhere.
  */
 #include "attn.h"
+#include "platform.h"
 
 static const char *const isa_names[SA_ISA_COUNT] = {"reference", "generic", "avx2", "avx512"};
 
@@ -19,12 +20,9 @@ int sa_isa_supported(sa_isa isa)
         return 1;
 #if defined(__x86_64__) || defined(__i386__)
     case SA_ISA_AVX2:
-        /* libgcc reports AVX/AVX2/FMA only when the OS saves the YMM state (XCR0) */
-        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+        return sa_cpu_has(SA_CPU_AVX2_FMA);
     case SA_ISA_AVX512:
-        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq")
-               && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl")
-               && sa_isa_supported(SA_ISA_AVX2);
+        return sa_cpu_has(SA_CPU_AVX512);
 #endif
     default:
         return 0;

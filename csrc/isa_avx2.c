@@ -4,7 +4,11 @@
  * in BLIS's Haswell kernels, for every product.
  */
 #if defined(__x86_64__) || defined(__i386__)   /* elsewhere the tier does not exist */
+/* The tier's instruction sets, for this file only: gcc takes them for every function below;
+   clang, which ignores that pragma, applies them as an attribute once the headers are in. */
+#if !defined(__clang__)
 #pragma GCC target("avx2,fma,bmi,bmi2")
+#endif
 #include "attn.h"
 
 #include <immintrin.h>
@@ -12,6 +16,9 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma,bmi,bmi2"))), apply_to = function)
+#endif
 
 typedef float vf32 __attribute__((vector_size(32)));
 typedef int32_t vi32 __attribute__((vector_size(32)));
@@ -45,4 +52,7 @@ static inline vf64 min_f64(vf64 a, vf64 b) { return (vf64)_mm256_min_pd((__m256d
 #define TIER_NAME "avx2"
 #include "isa_tier.inc"
 
+#if defined(__clang__)
+#pragma clang attribute pop
+#endif
 #endif

@@ -7,7 +7,11 @@
  * measured slower: short sequences wasted a third of a 48-query tile).
  */
 #if defined(__x86_64__) || defined(__i386__)   /* elsewhere the tier does not exist */
+/* The tier's instruction sets, for this file only: gcc takes them for every function below;
+   clang, which ignores that pragma, applies them as an attribute once the headers are in. */
+#if !defined(__clang__)
 #pragma GCC target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma,bmi,bmi2")
+#endif
 #include "attn.h"
 
 #include <immintrin.h>
@@ -15,6 +19,9 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma,bmi,bmi2"))), apply_to = function)
+#endif
 
 typedef float vf32 __attribute__((vector_size(64)));
 typedef int32_t vi32 __attribute__((vector_size(64)));
@@ -48,4 +55,7 @@ static inline vf64 min_f64(vf64 a, vf64 b) { return (vf64)_mm512_min_pd((__m512d
 #define TIER_NAME "avx512"
 #include "isa_tier.inc"
 
+#if defined(__clang__)
+#pragma clang attribute pop
+#endif
 #endif

@@ -12,6 +12,7 @@
 #include <numpy/arrayobject.h>
 
 #include "attn.h"
+#include "platform.h"
 
 #include <math.h>
 #include <string.h>

@@ -1,5 +1,5 @@
 /*
- * threadpool.c -- selfattn's own pthreads pool (no OpenMP: libgomp and libomp clash when torch or
+ * threadpool.c -- selfattn's own thread pool (no OpenMP: libgomp and libomp clash when torch or
  * another OpenMP user lives in the same process).
  *
  * One job runs at a time. A caller that finds the pool busy (another Python thread is inside a
@@ -9,13 +9,10 @@
  * Tasks are handed out from an atomic counter. Only the calling thread polls for interrupts,
  * because the poll callback takes the GIL and checks signals, which only the main thread can see.
  */
-#define _GNU_SOURCE
 #include "attn.h"
+#include "platform.h"
 
-#include <pthread.h>
-#include <sched.h>
-#include <stdatomic.h>
-#include <time.h>
+#include <stdint.h>
 
 /* How often the calling thread asks the poll callback whether to stop. */
 #define SA_POLL_INTERVAL_NS 2000000L
@@ -35,33 +32,34 @@ typedef struct {
 } sa_job;
 
 static struct {
-    pthread_mutex_t lock;       /* guards everything below */
-    pthread_cond_t wake;        /* workers wait here for a new generation */
-    pthread_cond_t done;        /* the caller waits here for its helpers */
-    pthread_mutex_t in_use;     /* held by the thread whose job the pool runs */
+    sa_mutex lock;              /* guards everything below */
+    sa_cond wake;               /* workers wait here for a new generation */
+    sa_cond done;               /* the caller waits here for its helpers */
+    sa_mutex in_use;            /* held by the thread whose job the pool runs */
     int n_workers;              /* threads started, ids 1..n_workers */
     unsigned long generation;
     sa_job *job;
-} pool = {
-    PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER,
-    PTHREAD_MUTEX_INITIALIZER, 0, 0, NULL,
-};
+} pool;
 
-static long now_ns(void)
+/* The pool's locks, set up on first use (and again in a child after fork()). */
+static void init_pool(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long)ts.tv_sec * 1000000000L + ts.tv_nsec;
+    sa_mutex_init(&pool.lock);
+    sa_mutex_init(&pool.in_use);
+    sa_cond_init(&pool.wake);
+    sa_cond_init(&pool.done);
+    pool.n_workers = 0;
+    pool.job = NULL;
 }
 
 /* What the thread running tasks is working for, so that a long task can ask sa_interrupted(). */
 typedef struct {
     sa_job *job;
     const sa_exec *poller;      /* set on the calling thread only: it may run ex->poll */
-    long next_poll;             /* CLOCK_MONOTONIC ns */
+    long long next_poll;        /* sa_now_ns() */
 } sa_task_context;
 
-static _Thread_local sa_task_context current;
+static SA_THREAD_LOCAL sa_task_context current;
 
 /* Polls (on the calling thread, at most every SA_POLL_INTERVAL_NS) and records a stop in the job;
    returns nonzero once the job should stop. */
@@ -70,9 +68,9 @@ static int check_stop(void)
     sa_job *job = current.job;
     if (atomic_load_explicit(&job->status, memory_order_relaxed) != SA_OK)
         return 1;
-    if (current.poller == NULL || now_ns() < current.next_poll)
+    if (current.poller == NULL || sa_now_ns() < current.next_poll)
         return 0;
-    current.next_poll = now_ns() + SA_POLL_INTERVAL_NS;
+    current.next_poll = sa_now_ns() + SA_POLL_INTERVAL_NS;
     if (!current.poller->poll(current.poller->poll_arg))
         return 0;
     int expected = SA_OK;
@@ -91,7 +89,7 @@ static void run_tasks(sa_job *job, int worker, const sa_exec *ex_for_polling)
     sa_task_context outer = current;
     current.job = job;
     current.poller = ex_for_polling && ex_for_polling->poll ? ex_for_polling : NULL;
-    current.next_poll = now_ns() + SA_POLL_INTERVAL_NS;
+    current.next_poll = sa_now_ns() + SA_POLL_INTERVAL_NS;
     for (;;) {
         if (check_stop())
             break;
@@ -108,17 +106,17 @@ static void run_tasks(sa_job *job, int worker, const sa_exec *ex_for_polling)
     current = outer;
 }
 
-static void *worker_main(void *arg)
+static void worker_main(void *arg)
 {
     int id = (int)(intptr_t)arg;
     /* Starting from 0 rather than the current generation: a worker created for a job may only get
        to run after that job's generation was published, and must still take part in it. Between
        jobs pool.job is NULL, so an old generation is never mistaken for work. */
     unsigned long seen = 0;
-    pthread_mutex_lock(&pool.lock);
+    sa_mutex_lock(&pool.lock);
     for (;;) {
         while (pool.generation == seen)
-            pthread_cond_wait(&pool.wake, &pool.lock);
+            sa_cond_wait(&pool.wake, &pool.lock);
         seen = pool.generation;
         sa_job *job = pool.job;
         /* NULL also when the caller already finished every task: a helper that was slow to be
@@ -126,50 +124,38 @@ static void *worker_main(void *arg)
         if (job == NULL || id > job->n_helpers)
             continue;
         job->helpers_in++;
-        pthread_mutex_unlock(&pool.lock);
+        sa_mutex_unlock(&pool.lock);
         run_tasks(job, id, NULL);
-        pthread_mutex_lock(&pool.lock);
+        sa_mutex_lock(&pool.lock);
         if (++job->helpers_done == job->helpers_in)
-            pthread_cond_signal(&pool.done);
+            sa_cond_signal(&pool.done);
     }
-    return NULL;
 }
 
 /* Starts workers until there are `wanted`; returns how many exist (fewer if creation failed). */
 static int ensure_workers(int wanted)
 {
-    pthread_mutex_lock(&pool.lock);
+    sa_mutex_lock(&pool.lock);
     while (pool.n_workers < wanted) {
-        pthread_t thread;
-        pthread_attr_t attr;
-        pthread_attr_init(&attr);
-        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
         int id = pool.n_workers + 1;
-        int err = pthread_create(&thread, &attr, worker_main, (void *)(intptr_t)id);
-        pthread_attr_destroy(&attr);
-        if (err != 0)
+        if (sa_thread_start(worker_main, (void *)(intptr_t)id) != 0)
             break;
         pool.n_workers = id;
     }
     int have = pool.n_workers;
-    pthread_mutex_unlock(&pool.lock);
+    sa_mutex_unlock(&pool.lock);
     return have;
 }
 
 /* In a child after fork() the workers are gone and the locks may be held by threads that no
    longer exist: start over. */
-static void reset_after_fork(void)
+static void setup_pool(void)
 {
-    pthread_mutex_init(&pool.lock, NULL);
-    pthread_mutex_init(&pool.in_use, NULL);
-    pthread_cond_init(&pool.wake, NULL);
-    pthread_cond_init(&pool.done, NULL);
-    pool.n_workers = 0;
-    pool.job = NULL;
+    init_pool();
+    sa_at_fork_child(init_pool);
 }
 
-static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
-static void install_atfork(void) { pthread_atfork(NULL, NULL, reset_after_fork); }
+static sa_once_flag pool_once;
 
 int sa_plan_threads(const sa_exec *ex, sa_int n_tasks, double flops)
 {
@@ -186,39 +172,29 @@ int sa_parallel_for(const sa_exec *ex, int n_threads, sa_int n_tasks, sa_task_fn
     if (n_tasks <= 0)
         return SA_OK;
 
-    int use_pool = n_threads > 1 && pthread_mutex_trylock(&pool.in_use) == 0;
+    if (n_threads > 1)
+        sa_once(&pool_once, setup_pool);
+    int use_pool = n_threads > 1 && sa_mutex_trylock(&pool.in_use);
     if (use_pool) {
-        pthread_once(&atfork_once, install_atfork);
         int have = ensure_workers(n_threads - 1);
         job.n_helpers = have < n_threads - 1 ? have : n_threads - 1;
-        pthread_mutex_lock(&pool.lock);
+        sa_mutex_lock(&pool.lock);
         pool.job = &job;
         pool.generation++;
-        pthread_cond_broadcast(&pool.wake);
-        pthread_mutex_unlock(&pool.lock);
+        sa_cond_broadcast(&pool.wake);
+        sa_mutex_unlock(&pool.lock);
     }
 
     run_tasks(&job, 0, ex);
 
     if (use_pool) {
         /* Close the job to helpers that have not joined yet, then wait for those that have. */
-        pthread_mutex_lock(&pool.lock);
+        sa_mutex_lock(&pool.lock);
         pool.job = NULL;
         while (job.helpers_done < job.helpers_in)
-            pthread_cond_wait(&pool.done, &pool.lock);
-        pthread_mutex_unlock(&pool.lock);
-        pthread_mutex_unlock(&pool.in_use);
+            sa_cond_wait(&pool.done, &pool.lock);
+        sa_mutex_unlock(&pool.lock);
+        sa_mutex_unlock(&pool.in_use);
     }
     return atomic_load(&job.status);
-}
-
-int sa_available_cpus(void)
-{
-    cpu_set_t set;
-    if (sched_getaffinity(0, sizeof(set), &set) == 0) {
-        int n = CPU_COUNT(&set);
-        if (n > 0)
-            return n;
-    }
-    return 1;
 }
