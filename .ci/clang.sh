@@ -2,12 +2,7 @@
 # The extension built with clang instead of gcc, in a fresh virtual environment, and the whole
 # test suite run against it. (Apple's compiler is clang: this is the nearest check of a Mac build
 # that Linux allows.) Installs Debian's clang when it is missing.
-set -euo pipefail
-
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-PY="$("${PYTHON:-python3}" -c 'import os, sys; print(sys.executable)')"
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/selfattn-clang.XXXXXX")"
-trap 'rm -rf "$WORK"' EXIT
+source "$(dirname "$0")/lib.sh" clang
 
 if ! command -v clang >/dev/null; then
     echo "installing clang (Debian package)"
@@ -18,12 +13,9 @@ fi
 clang --version | head -1
 
 # A copy of the tree, so no build/ folder of another compiler is reused.
-mkdir -p "$WORK/src"
-(cd "$ROOT" && git ls-files -z 2>/dev/null | xargs -0 cp --parents -t "$WORK/src" 2>/dev/null) \
-    || cp -r "$ROOT"/. "$WORK/src"
-rm -rf "$WORK/src/build"
-"$PY" -m venv "$WORK/venv"
-"$WORK/venv/bin/python" -m pip install -q --upgrade pip
+copy_tree "$WORK/src"
+new_venv "$WORK/venv"
+log "building with clang"
 (cd "$WORK/src" && CC=clang "$WORK/venv/bin/python" -m pip install -q ".[test]" >"$WORK/build.log" 2>&1) \
     || { tail -40 "$WORK/build.log"; exit 1; }
 so=$("$WORK/venv/bin/python" -c 'import selfattn._core as c; print(c.__file__)')

@@ -8,11 +8,7 @@
 #
 # What this does not cover: MSVC (the extension's MSVC build is untested here), the Python glue on
 # Windows, and Windows on ARM.
-set -euo pipefail
-
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/selfattn-windows.XXXXXX")"
-trap 'rm -rf "$WORK"' EXIT
+source "$(dirname "$0")/lib.sh" windows
 cd "$ROOT"
 
 if ! command -v x86_64-w64-mingw32-gcc >/dev/null || ! command -v wine >/dev/null; then
@@ -23,7 +19,7 @@ if ! command -v x86_64-w64-mingw32-gcc >/dev/null || ! command -v wine >/dev/nul
 fi
 
 # The extension's C sources from setup.py (one list), less the Python glue.
-mapfile -t SOURCES < <("${PYTHON:-python3}" - <<'PY'
+mapfile -t SOURCES < <("$PY" - <<'PY'
 import ast
 tree = ast.parse(open("setup.py").read())
 for node in tree.body:
