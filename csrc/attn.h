@@ -210,12 +210,14 @@ int sa_attention_backward_blocked_f64(const sa_exec *ex, const sa_batch *batch, 
                                       const sa_mask *mask, sa_int n_q, sa_int n_k, sa_int d_k,
                                       sa_int d_v, double scale, int causal);
 
-/* The blocked backward's limits (backward_blocked.inc): plan A keeps its partial sums of dK and dV
-   under sa_backward_partial_bytes, else it takes plan B; it caches a query block's panel of scores
-   where that fits sa_backward_cache_bytes per thread. Settings only so tests can reach every path
-   at small sizes. The fast tiers' fused backward (backward_fast.inc) keeps the same two budgets
-   for its partials and its per-thread panel, and runs the blocked backward past them. */
-extern long sa_backward_partial_bytes, sa_backward_cache_bytes;
+/* The backward's memory budgets. The fast tiers' fused backward keeps its partial sums of dK and
+   dV under SA_BACKWARD_PARTIAL_BYTES and each thread's panel of scores (a block of query rows by
+   every key) under SA_BACKWARD_PANEL_BYTES, and runs the blocked backward past either (very long
+   sequences); the blocked backward's plan A keeps its partials under the same budget, else it
+   takes plan B. 64 MiB of partials stays small next to the inputs of calls that large; 8 MiB of
+   panel is about an L2 and more per thread, past which recomputing the scores costs less. */
+#define SA_BACKWARD_PARTIAL_BYTES (64L << 20)
+#define SA_BACKWARD_PANEL_BYTES (8L << 20)
 
 /* csrc/dispatch.c: what this CPU supports, and the table for a tier (NULL if unsupported). */
 int sa_isa_supported(sa_isa isa);

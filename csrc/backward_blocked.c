@@ -3,11 +3,6 @@
 
 #include <math.h>
 
-/* Plan A keeps its dK/dV partials under this many bytes (64 MiB); see backward_blocked.inc. */
-long sa_backward_partial_bytes = 64L << 20;
-/* Plan A caches each query block's panel of S and dP if it fits this (8 MiB) per worker. */
-long sa_backward_cache_bytes = 8L << 20;
-
 #define real float
 #define BWD(name) blocked_##name##_f32
 #define BWD_ENTRY sa_attention_backward_blocked_f32
