@@ -28,8 +28,10 @@ setup(
         Extension(
             "selfattn._core",
             sources=SOURCES,
-            depends=["csrc/attn.h", "csrc/kernels_ref.inc", "csrc/kernels_fast.inc", "csrc/isa_tier.inc",
-                     "csrc/backward_ref.inc", "csrc/backward_blocked.inc", "csrc/backward_fast.inc"],
+            depends=["csrc/attn.h", "csrc/kernels_ref.inc", "csrc/backward_reference.inc",
+                     "csrc/isa_tier.inc", "csrc/vector_fast.inc", "csrc/vexp_fast.inc",
+                     "csrc/matmul_fast.inc", "csrc/softmax_fast.inc", "csrc/attention_fused.inc",
+                     "csrc/backward_fused.inc", "csrc/backward_blocked.inc"],
             include_dirs=[numpy.get_include(), "csrc"],
             define_macros=[("NPY_TARGET_VERSION", "NPY_1_23_API_VERSION")],
             extra_compile_args=COMPILE_ARGS,

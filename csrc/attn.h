@@ -189,7 +189,8 @@ enum { SA_F32 = 0, SA_F64 = 1 };
 
 /* The scalar reference tier (csrc/kernels_ref.c). */
 extern const sa_kernels sa_kernels_reference;
-/* The fast tiers: csrc/kernels_fast.inc compiled by isa_generic.c, isa_avx2.c and isa_avx512.c. */
+/* The fast tiers: the kernels of csrc/isa_tier.inc compiled by isa_generic.c, isa_avx2.c and
+   isa_avx512.c. */
 extern const sa_kernels sa_kernels_generic;
 #if defined(__x86_64__) || defined(__i386__)
 extern const sa_kernels sa_kernels_avx2;

@@ -1,4 +1,4 @@
-"""The fast tiers' fused backward (csrc/backward_fast.inc) at the edges of its blocks: query blocks
+"""The fast tiers' fused backward (csrc/backward_fused.inc) at the edges of its blocks: query blocks
 of 64 or 66 rows in float32, 32 or 36 in float64 (whole micro-tiles), key panels padded to whole
 vectors (4 to 32 lanes) and, at multiples of 1 KiB, to a longer row stride, head sizes padded to micro-tile rows; masks with zero strides, causal with n_q != n_k,
 several chunks of query blocks, and the same bits for every thread count. Every result is checked
