@@ -124,7 +124,8 @@ int sa_available_cpus(void);
  * All kernels take (ex, batch, outputs..., inputs..., sizes..., options) and return a status.
  * T is float for *_f32 and double for *_f64; float32 kernels compute in float32.
  *
- * scores:    S[b] (n_q, n_k) = scale * Q[b] (n_q, d_k) . K[b] (n_k, d_k)^T, then the mask:
+ * scores:    S[b] (n_q, n_k) = scale * Q[b] (n_q, d_k) . K[b] (n_k, d_k)^T (NaN where that
+ *            overflowed: sa_overflowed_score below), then the mask:
  *            SA_MASK_ADD adds mask(i, j); SA_MASK_BOOL sets S = -inf where mask(i, j) == 0;
  *            causal sets S = -inf where j > i (top-left aligned).
  * softmax:   out[b] (n_rows, n) = softmax of each row of in[b]. A row whose max is -inf (every
@@ -173,6 +174,25 @@ typedef int (*sa_attention_backward_fn)(const sa_exec *ex, const sa_batch *batch
  *            kernels run on arguments known to be <= 0 (or NaN); other arguments are undefined. */
 enum { SA_VEXP_EXP = 0, SA_VEXP_EXP2 = 1, SA_VEXP_EXP_NONPOS = 2, SA_VEXP_EXP2_NONPOS = 3 };
 typedef void (*sa_vexp_fn)(void *out, const void *in, sa_int n, int mode);
+
+/* The overflow rule. A score is scale * (q . k) (then the mask). One that is +-inf or NaN although
+   q and k are finite has overflowed (the dot product or its scaling): it is NaN, never a mask, so
+   its row's weights, output and gradients are NaN on every tier, whatever the CPU's FMA made of
+   the overflow (a -inf product plus a +inf one stays -inf when fused, is NaN when not). Where q or
+   k holds inf or NaN the score is what IEEE arithmetic gave. Every kernel that computes scores
+   calls this on each score that is not finite (rare, so the scan of q and k costs nothing);
+   q and k are float (is_f32) or double rows of d elements. */
+static inline double sa_overflowed_score(double score, const void *q, const void *k, sa_int d,
+                                         int is_f32)
+{
+    for (sa_int c = 0; c < d; c++) {
+        double x = is_f32 ? ((const float *)q)[c] : ((const double *)q)[c];
+        double y = is_f32 ? ((const float *)k)[c] : ((const double *)k)[c];
+        if (x - x != 0 || y - y != 0)
+            return score;
+    }
+    return __builtin_nan("");
+}
 
 /* One tier's kernels, indexed by precision: [0] float32, [1] float64. */
 typedef struct {
