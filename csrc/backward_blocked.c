@@ -3,6 +3,16 @@
 
 #include <math.h>
 
+/* Tuning: */
+/* query and key rows per block: the block products are 64 x 64 x d GEMMs */
+#define BWD_BQ 64
+#define BWD_BK 64
+/* tasks per call, so that threads balance. More chunks balance causal masks better but each
+   needs its own partial dK, dV: 16 keeps them (n_k * (d_k + d_v) each) small enough to be reused
+   between calls rather than mapped afresh (a third of the time at n = 2048, d = 64 went to page
+   faults with 32) */
+#define BWD_TASKS 16
+
 #define real float
 #define BWD(name) blocked_##name##_f32
 #define BWD_ENTRY sa_attention_backward_blocked_f32
@@ -16,9 +26,6 @@
 #undef EXP
 #undef LOG
 #undef PREC
-#undef BWD_BQ
-#undef BWD_BK
-#undef BWD_TASKS
 
 #define real double
 #define BWD(name) blocked_##name##_f64

@@ -58,8 +58,10 @@ static inline vf64 fma_f64(vf64 a, vf64 b, vf64 c) { return a * b + c; }
 #define MM_NC_F64 128
 /* GEMM task rows come in steps of 8 slivers */
 #define MM_MC (MM_MR * 8)
-/* a GEMM task's work: amortises packing B, yet a few ms so that Ctrl-C is polled */
+/* a GEMM task's work: amortises packing B, yet a few ms so that Ctrl-C is polled; at most 64
+   steps of rows, so that a huge m still makes many tasks */
 #define GEMM_TASK_FLOPS 2.0e7
+#define GEMM_MAX_MC_STEPS 64
 /* a softmax task's elements: amortises the hand-out, short enough to poll */
 #define SOFTMAX_TASK_ELEMENTS 65536
 /* the fused kernel's mask step works on this much of its scores at once (in L1) */
@@ -72,6 +74,8 @@ static inline vf64 fma_f64(vf64 a, vf64 b, vf64 c) { return a * b + c; }
 /* keys per packing task, and per reduction task (whose row buffer stays in L1), of the backward */
 #define BWF_PACK_KEYS 256
 #define BWF_RED_KEYS 256
+/* keys the backward's packing transposes at a time: the strided side stays in L1 */
+#define BWF_PACK_TILE 16
 /* backward panel rows this many bytes apart share L1 sets: one more tile of stride (10% faster) */
 #define BWF_PAD_BYTES 1024
 #define TIER generic
