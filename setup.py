@@ -1,4 +1,5 @@
 """Build script for selfattn's C extension; the metadata lives in pyproject.toml."""
+import glob
 import os
 
 import numpy
@@ -54,9 +55,8 @@ setup(
         Extension(
             "selfattn._core",
             sources=SOURCES,
-            depends=["csrc/attn.h", "csrc/platform.h", "csrc/kernels_ref.inc", "csrc/kernels_fast.inc",
-                     "csrc/isa_tier.inc", "csrc/backward_ref.inc", "csrc/backward_blocked.inc",
-                     "csrc/backward_fast.inc"],
+            # every header and included kernel file: an edit to any of them rebuilds the extension
+            depends=sorted(glob.glob("csrc/*.h") + glob.glob("csrc/*.inc")),
             include_dirs=[numpy.get_include(), "csrc"],
             define_macros=[("NPY_TARGET_VERSION", "NPY_1_23_API_VERSION")],
         )

@@ -121,7 +121,8 @@ int sa_interrupted(void);
  * All kernels take (ex, batch, outputs..., inputs..., sizes..., options) and return a status.
  * T is float for *_f32 and double for *_f64; float32 kernels compute in float32.
  *
- * scores:    S[b] (n_q, n_k) = scale * Q[b] (n_q, d_k) . K[b] (n_k, d_k)^T, then the mask:
+ * scores:    S[b] (n_q, n_k) = scale * Q[b] (n_q, d_k) . K[b] (n_k, d_k)^T (NaN where that
+ *            overflowed: sa_overflowed_score below), then the mask:
  *            SA_MASK_ADD adds mask(i, j); SA_MASK_BOOL sets S = -inf where mask(i, j) == 0;
  *            causal sets S = -inf where j > i (top-left aligned).
  * softmax:   out[b] (n_rows, n) = softmax of each row of in[b]. A row whose max is -inf (every
@@ -171,6 +172,25 @@ typedef int (*sa_attention_backward_fn)(const sa_exec *ex, const sa_batch *batch
 enum { SA_VEXP_EXP = 0, SA_VEXP_EXP2 = 1, SA_VEXP_EXP_NONPOS = 2, SA_VEXP_EXP2_NONPOS = 3 };
 typedef void (*sa_vexp_fn)(void *out, const void *in, sa_int n, int mode);
 
+/* The overflow rule. A score is scale * (q . k) (then the mask). One that is +-inf or NaN although
+   q and k are finite has overflowed (the dot product or its scaling): it is NaN, never a mask, so
+   its row's weights, output and gradients are NaN on every tier, whatever the CPU's FMA made of
+   the overflow (a -inf product plus a +inf one stays -inf when fused, is NaN when not). Where q or
+   k holds inf or NaN the score is what IEEE arithmetic gave. Every kernel that computes scores
+   calls this on each score that is not finite (rare, so the scan of q and k costs nothing);
+   q and k are float (is_f32) or double rows of d elements. */
+static inline double sa_overflowed_score(double score, const void *q, const void *k, sa_int d,
+                                         int is_f32)
+{
+    for (sa_int c = 0; c < d; c++) {
+        double x = is_f32 ? ((const float *)q)[c] : ((const double *)q)[c];
+        double y = is_f32 ? ((const float *)k)[c] : ((const double *)k)[c];
+        if (x - x != 0 || y - y != 0)
+            return score;
+    }
+    return __builtin_nan("");
+}
+
 /* One tier's kernels, indexed by precision: [0] float32, [1] float64. */
 typedef struct {
     const char *name;
@@ -186,7 +206,8 @@ enum { SA_F32 = 0, SA_F64 = 1 };
 
 /* The scalar reference tier (csrc/kernels_ref.c). */
 extern const sa_kernels sa_kernels_reference;
-/* The fast tiers: csrc/kernels_fast.inc compiled by isa_generic.c, isa_avx2.c and isa_avx512.c. */
+/* The fast tiers: the kernels of csrc/isa_tier.inc compiled by isa_generic.c, isa_avx2.c and
+   isa_avx512.c. */
 extern const sa_kernels sa_kernels_generic;
 #if defined(__x86_64__) || defined(__i386__)
 extern const sa_kernels sa_kernels_avx2;
@@ -207,12 +228,14 @@ int sa_attention_backward_blocked_f64(const sa_exec *ex, const sa_batch *batch, 
                                       const sa_mask *mask, sa_int n_q, sa_int n_k, sa_int d_k,
                                       sa_int d_v, double scale, int causal);
 
-/* The blocked backward's limits (backward_blocked.inc): plan A keeps its partial sums of dK and dV
-   under sa_backward_partial_bytes, else it takes plan B; it caches a query block's panel of scores
-   where that fits sa_backward_cache_bytes per thread. Settings only so tests can reach every path
-   at small sizes. The fast tiers' fused backward (backward_fast.inc) keeps the same two budgets
-   for its partials and its per-thread panel, and runs the blocked backward past them. */
-extern long sa_backward_partial_bytes, sa_backward_cache_bytes;
+/* The backward's memory budgets. The fast tiers' fused backward keeps its partial sums of dK and
+   dV under SA_BACKWARD_PARTIAL_BYTES and each thread's panel of scores (a block of query rows by
+   every key) under SA_BACKWARD_PANEL_BYTES, and runs the blocked backward past either (very long
+   sequences); the blocked backward's plan A keeps its partials under the same budget, else it
+   takes plan B. 64 MiB of partials stays small next to the inputs of calls that large; 8 MiB of
+   panel is about an L2 and more per thread, past which recomputing the scores costs less. */
+#define SA_BACKWARD_PARTIAL_BYTES (64L << 20)
+#define SA_BACKWARD_PANEL_BYTES (8L << 20)
 
 /* csrc/dispatch.c: what this CPU supports, and the table for a tier (NULL if unsupported). */
 int sa_isa_supported(sa_isa isa);

@@ -3,10 +3,15 @@
 
 #include <math.h>
 
-/* Plan A keeps its dK/dV partials under this many bytes (64 MiB); see backward_blocked.inc. */
-long sa_backward_partial_bytes = 64L << 20;
-/* Plan A caches each query block's panel of S and dP if it fits this (8 MiB) per worker. */
-long sa_backward_cache_bytes = 8L << 20;
+/* Tuning: */
+/* query and key rows per block: the block products are 64 x 64 x d GEMMs */
+#define BWD_BQ 64
+#define BWD_BK 64
+/* tasks per call, so that threads balance. More chunks balance causal masks better but each
+   needs its own partial dK, dV: 16 keeps them (n_k * (d_k + d_v) each) small enough to be reused
+   between calls rather than mapped afresh (a third of the time at n = 2048, d = 64 went to page
+   faults with 32) */
+#define BWD_TASKS 16
 
 #define real float
 #define BWD(name) blocked_##name##_f32
@@ -21,9 +26,6 @@ long sa_backward_cache_bytes = 8L << 20;
 #undef EXP
 #undef LOG
 #undef PREC
-#undef BWD_BQ
-#undef BWD_BK
-#undef BWD_TASKS
 
 #define real double
 #define BWD(name) blocked_##name##_f64

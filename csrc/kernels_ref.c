@@ -7,7 +7,7 @@
 #define REF(name) ref_##name##_f32
 #define EXP expf
 #include "kernels_ref.inc"
-#include "backward_ref.inc"
+#include "backward_reference.inc"
 #undef real
 #undef REF
 #undef EXP
@@ -17,7 +17,7 @@
 #define REF(name) ref_##name##_f64
 #define EXP exp
 #include "kernels_ref.inc"
-#include "backward_ref.inc"
+#include "backward_reference.inc"
 #undef real
 #undef REF
 #undef EXP

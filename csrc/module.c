@@ -415,24 +415,6 @@ static PyObject *core_attention_backward(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-/* For tests: sets the blocked backward's limits, returns the previous ones. */
-static PyObject *core_set_backward_limits(PyObject *self, PyObject *args)
-{
-    long partial, cache;
-    if (!PyArg_ParseTuple(args, "ll", &partial, &cache))
-        return NULL;
-    if (partial < 0 || cache < 0) {
-        PyErr_SetString(PyExc_ValueError, "_core: the backward's limits must be >= 0");
-        return NULL;
-    }
-    PyObject *before = Py_BuildValue("ll", sa_backward_partial_bytes, sa_backward_cache_bytes);
-    if (before == NULL)
-        return NULL;
-    sa_backward_partial_bytes = partial;
-    sa_backward_cache_bytes = cache;
-    return before;
-}
-
 /* ---- the common case without the Python layer ---------------------------------------------- */
 /*
  * The notebook's calls are 2-D, same-dtype, C-ordered arrays with no mask. For those the Python
@@ -831,9 +813,6 @@ static PyMethodDef core_methods[] = {
     {"matmul", core_matmul, METH_VARARGS, matmul_doc},
     {"attention", core_attention, METH_VARARGS, attention_doc},
     {"attention_backward", core_attention_backward, METH_VARARGS, attention_backward_doc},
-    {"_set_backward_limits", core_set_backward_limits, METH_VARARGS,
-     "_set_backward_limits(partial_bytes, cache_bytes)\n--\n\nThe blocked backward's limits; "
-     "returns the previous ones (private, for tests)."},
     {"plain_scores", core_plain_scores, METH_VARARGS,
      "plain_scores(Q, K, scale, causal)\n--\n\nScores of plain 2-D matrices, or None (private)."},
     {"plain_softmax", core_plain_softmax, METH_O,

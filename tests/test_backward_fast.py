@@ -1,4 +1,4 @@
-"""The fast tiers' fused backward (csrc/backward_fast.inc) at the edges of its blocks: query blocks
+"""The fast tiers' fused backward (csrc/backward_fused.inc) at the edges of its blocks: query blocks
 of 64 or 66 rows in float32, 32 or 36 in float64 (whole micro-tiles), key panels padded to whole
 vectors (4 to 32 lanes) and, at multiples of 1 KiB, to a longer row stride, head sizes padded to micro-tile rows; masks with zero strides, causal with n_q != n_k,
 several chunks of query blocks, and the same bits for every thread count. Every result is checked
@@ -138,17 +138,78 @@ def test_same_bits_for_1_2_3_threads(dtype, isa, threads):
                 assert np.array_equal(g, h)
 
 
-def test_past_the_panel_limit_the_blocked_kernel_gives_the_same_gradients(isa):
-    """A cache budget below one query block's panel routes the call to the blocked backward."""
-    rng = np.random.default_rng(50)
-    Q, K, V, dO = rand(rng, 200, 16), rand(rng, 300, 16), rand(rng, 300, 16), rand(rng, 200, 16)
-    fused = sdpa_backward(dO, Q, K, V, is_causal=True)
-    before = _core._set_backward_limits(64 << 20, 1024)
+# The fused backward's budgets (csrc/attn.h): each thread's panel of scores (a block of query rows
+# by every key) under 8 MiB, the partial sums of dK, dV under 64 MiB; past either the blocked
+# backward runs. 17000 keys are past the panel budget on every tier in both precisions.
+PANEL_BYTES, PARTIAL_BYTES = 8 << 20, 64 << 20
+
+
+def _peak_bytes(f):
+    import tracemalloc
+    tracemalloc.start()
     try:
-        blocked = sdpa_backward(dO, Q, K, V, is_causal=True)
+        result = f()
+        return result, tracemalloc.get_traced_memory()[1]
     finally:
-        _core._set_backward_limits(*before)
-    want = ref_backward(dO, Q, K, V, 0.25, None, True)
-    for f, b, w in zip(fused, blocked, want):
-        assert_close(f, w, 1e-12)
-        assert_close(b, w, 1e-12)
+        tracemalloc.stop()
+
+
+def _backward_f64(dO, Q, K, V, scale, mask=None, causal=False):
+    """The gradients in float64 with NumPy (for sizes where the long-double reference is slow;
+    its rounding, ~1e-15, is far inside the tolerances)."""
+    S = Q @ K.T * scale
+    if mask is not None:
+        S = np.where(mask, S, -np.inf)
+    if causal:
+        S = np.where(np.tri(*S.shape, dtype=bool), S, -np.inf)
+    m = S.max(axis=-1, keepdims=True)
+    E = np.exp(S - np.where(np.isfinite(m), m, 0))
+    total = E.sum(axis=-1, keepdims=True)
+    P = np.where(total > 0, E / np.where(total > 0, total, 1), 0)
+    dP = dO @ V.T
+    dS = P * (dP - (P * dP).sum(axis=-1, keepdims=True))
+    return dS @ K * scale, dS.T @ Q * scale, P.T @ dO
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_q", [50, 130])      # one query block, or three (partial sums)
+def test_past_the_panel_budget_the_blocked_backward_gives_the_gradients(n_q, dtype, isa):
+    """17000 keys: the fused backward's panel would pass its budget, so the blocked backward runs
+    (its plan A) with O(n d) memory; masks, fully masked rows and a NaN row as everywhere."""
+    rng = np.random.default_rng(50)
+    n_k, d = 17000, 8
+    Q, dO = rand(rng, n_q, d), rand(rng, n_q, d)
+    K, V = rand(rng, n_k, d), rand(rng, n_k, d)
+    mask = rng.random((n_q, n_k)) < 0.7
+    mask[[0, n_q - 1]] = False                 # two queries see no key
+    args = [x.astype(dtype) for x in (dO, Q, K, V)]
+    got, peak = _peak_bytes(lambda: sdpa_backward(*args, mask=mask))
+    assert peak - 3 * n_k * d * args[0].itemsize < PANEL_BYTES     # no panel was stored
+    want = _backward_f64(dO, Q, K, V, d ** -0.5, mask)
+    for g, w in zip(got, want):
+        assert_close(g, w, 1e-5 if dtype == np.float32 else 1e-12)
+    assert np.all(got[0][[0, n_q - 1]] == 0)
+    for g, w in zip(sdpa_backward(*args, is_causal=True),
+                    _backward_f64(dO, Q, K, V, d ** -0.5, causal=True)):
+        assert_close(g, w, 1e-5 if dtype == np.float32 else 1e-12)
+    args[1][3, 1] = np.nan                      # a NaN score row: NaN gradients, as the forward
+    dQ, dK, dV = sdpa_backward(*args)
+    assert np.isnan(dQ[3]).all() and np.isfinite(np.delete(dQ, 3, axis=0)).all()
+    assert np.isnan(dK).any() and np.isnan(dV).any()
+
+
+@pytest.mark.slow
+def test_past_the_partials_budget_the_blocked_backward_gives_the_gradients(isa):
+    """288 query rows in 5 to 8 chunks, 14000 keys, d = 64, float64: the fused backward's panel
+    fits but its partial sums of dK, dV (chunks x 14000 x 128 doubles) pass 64 MiB, and so do the
+    blocked backward's (plan A): it takes plan B (query blocks, then key blocks), whose scratch is
+    a few blocks per thread."""
+    rng = np.random.default_rng(51)
+    n_q, n_k, d = 288, 14000, 64
+    Q, dO, K, V = rand(rng, n_q, d), rand(rng, n_q, d), rand(rng, n_k, d), rand(rng, n_k, d)
+    mask = rng.random((n_q, n_k)) < 0.9
+    got, peak = _peak_bytes(lambda: sdpa_backward(dO, Q, K, V, mask=mask, is_causal=True))
+    assert peak - (2 * n_k + n_q) * d * 8 < 4 << 20, peak
+    want = _backward_f64(dO, Q, K, V, d ** -0.5, mask, causal=True)
+    for g, w in zip(got, want):
+        assert_close(g, w, 1e-11)

@@ -107,21 +107,8 @@ def make_case(name, rng):
     return dO, Q, K, V, mask, causal
 
 
-@pytest.fixture(params=["A-cached", "A", "B"])
-def plan(request):
-    """The blocked kernel's paths. These sizes get plan A (partials of dK, dV per chunk of query
-    blocks) with each query block's scores cached; a cache budget of 0 makes A recompute them,
-    and a partials budget of 0 sends the sizes to plan B (query blocks, then key blocks).
-    On the fast tiers "A-cached" runs the fused backward (backward_fast.inc), which the lower
-    budgets send to the blocked kernel."""
-    limits = {"A-cached": (64 << 20, 8 << 20), "A": (64 << 20, 0), "B": (0, 0)}[request.param]
-    before = _core._set_backward_limits(*limits)
-    yield request.param
-    _core._set_backward_limits(*before)
-
-
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_sdpa_backward_matches_reference(name, isa, plan):
+def test_sdpa_backward_matches_reference(name, isa):
     rng = np.random.default_rng(abs(hash(name)) % 2**32)
     dO, Q, K, V, mask, causal = make_case(name, rng)
     got = scaled_dot_product_attention_backward(dO, Q, K, V, scale=0.4, mask=mask,
@@ -167,7 +154,7 @@ def test_sdpa_backward_default_scale_and_finite_differences():
             assert abs(fd - g[idx]) <= 1e-7 * max(1.0, abs(fd)), (which, idx, fd, g[idx])
 
 
-def test_fully_masked_rows_give_zero_gradients(isa, plan):
+def test_fully_masked_rows_give_zero_gradients(isa):
     rng = np.random.default_rng(3)
     Q, K, V, dO = rand(rng, 70, 4), rand(rng, 90, 4), rand(rng, 90, 3), rand(rng, 70, 3)
     mask = rng.random((70, 90)) < 0.5
@@ -202,7 +189,7 @@ def test_masked_key_with_nonfinite_value_contributes_nothing(isa):
         assert_close(g, h, 1e-13)
 
 
-def test_nan_score_row_gives_nan_like_the_forward(isa, plan):
+def test_nan_score_row_gives_nan_like_the_forward(isa):
     rng = np.random.default_rng(5)
     Q, K, V, dO = rand(rng, 70, 3), rand(rng, 80, 3), rand(rng, 80, 2), rand(rng, 70, 2)
     Q[3, 1] = np.nan
@@ -215,7 +202,7 @@ def test_nan_score_row_gives_nan_like_the_forward(isa, plan):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_bitwise_identical_for_every_thread_count(dtype, isa, threads, plan):
+def test_bitwise_identical_for_every_thread_count(dtype, isa, threads):
     rng = np.random.default_rng(6)
     for batch in [(), (3,)]:
         Q, K, V = (rand(rng, *batch, 300, 32).astype(dtype) for _ in range(3))
@@ -478,26 +465,23 @@ def test_random_shapes_match_the_reference(n_q, n_k, d_k, d_v, causal, masked, s
 
 
 def test_memory_stays_linear_in_the_sequence_length(threads):
-    """The (n, n) weights are never stored: peak scratch is far below n^2 floats (plan A, whose
-    partial sums grow like n * d), and tiny when the limits force plan B."""
+    """The (n, n) weights are never stored: peak scratch is far below n^2 floats (the fused
+    backward's panels and its partial sums grow like n * d). Past the budgets (very long
+    sequences) the blocked backward is tested in test_backward_fast.py."""
     import tracemalloc
 
     rng = np.random.default_rng(14)
     n, d = 4096, 8
     Q, K, V, dO = (rand(rng, n, d).astype(np.float32) for _ in range(4))
-    weights_bytes = n * n * 4
     selfattn.set_num_threads(2)
-    for limits, budget in (((64 << 20, 8 << 20), weights_bytes // 4), ((0, 0), 1 << 20)):
-        before = _core._set_backward_limits(*limits)
-        try:
-            tracemalloc.start()
-            scaled_dot_product_attention_backward(dO, Q, K, V, is_causal=True)
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
-            _core._set_backward_limits(*before)
-        outputs = 3 * n * d * 4
-        assert peak - outputs < budget, (limits, peak)
+    tracemalloc.start()
+    try:
+        scaled_dot_product_attention_backward(dO, Q, K, V, is_causal=True)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    outputs = 3 * n * d * 4
+    assert peak - outputs < n * n * 4 // 4, peak
 
 
 def test_multi_head_backward_with_batched_weights_is_the_sum_over_items(isa):

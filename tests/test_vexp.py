@@ -3,7 +3,7 @@
 The error is measured in ulps of the result against np.longdouble's exp over the whole range
 where the result is a normal number, plus the edges: -inf and large negative -> 0, 0 -> 1,
 +inf and large positive -> +inf, NaN -> NaN, and never a subnormal result.
-The bounds asserted here are the ones stated in csrc/kernels_fast.inc. Modes: 0 e^x, 1 2^x, and
+The bounds asserted here are the ones stated in csrc/vexp_fast.inc. Modes: 0 e^x, 1 2^x, and
 the variants the kernels run on arguments <= 0 (2: softmax's e^(x - max), 3: the fused kernel's
 2^(s - m)), checked on x <= 0 only.
 """

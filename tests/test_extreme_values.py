@@ -1,0 +1,120 @@
+"""Scores at the ends of the floating-point range, on every tier (issue 9, defects A and B).
+
+A. Finite scores above ln 2 x the largest float (float32 from ~2.4e38, float64 from ~1.3e308) are
+   attended exactly, by the fused kernels too, forward and backward: they may not scale the
+   scores by log2(e) where that would overflow.
+B. A score is scale * (q . k). Where that is +-inf or NaN although q and k are finite (the dot
+   product, or its scaling, overflowed), the score is NaN, never a mask: its row's weights,
+   output and gradients are NaN on every tier, whatever the CPU's FMA made of the overflow
+   (fused, a -inf product plus a +inf product stays -inf; unfused it is NaN).
+The expected values come from the long-double oracle of test_gradients.py, which computes the
+scores without overflow.
+"""
+import numpy as np
+import pytest
+
+from selfattn import compute_self_attention_scores as scores
+from selfattn import scaled_dot_product_attention as sdpa
+from selfattn import scaled_dot_product_attention_backward as sdpa_backward
+from test_gradients import assert_close, ref_backward, ref_weights
+
+TOL = {np.float32: 1e-5, np.float64: 1e-12}
+# c * 3c is finite but times log2(e) it is not: 3e38 (float32, max 3.4e38), 3e308 / 2 (float64)
+BIG = {np.float32: 1e19, np.float64: 1e154}
+
+
+def huge_case(dtype, tie=True):
+    """Scores near the largest float: gaps of ~1e37 (weights exactly 0), both signs, and with
+    `tie` two equal largest scores in rows 0 and 1 (else one weight of 1 per row)."""
+    c = BIG[dtype]
+    Q = np.array([[c, 0], [1, 0], [-c, 0], [c, c * 1e-3]], dtype)
+    K = np.array([[3 * c, 0], [2.9 * c, 1], [-3 * c, 0], [3 * c if tie else 2.8 * c, -1]], dtype)
+    if dtype == np.float64:
+        K[:, 0] /= 2                    # 1.5e308: finite, above ln 2 x 1.8e308
+    rng = np.random.default_rng(1)
+    V = rng.standard_normal((4, 3)).astype(dtype)
+    dO = rng.standard_normal((4, 3)).astype(dtype)
+    return dO, Q, K, V
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_huge_finite_scores_are_attended_exactly(dtype, isa):
+    dO, Q, K, V = huge_case(dtype)
+    want = ref_weights(Q, K, 1.0) @ np.asarray(V, np.longdouble)
+    assert_close(sdpa(Q, K, V, scale=1.0), want, TOL[dtype])                     # fused
+    assert_close(sdpa(Q, K, V, scale=1.0, return_weights=True)[0], want, TOL[dtype])
+    for mask in (np.ones((4, 4), bool), np.zeros((4, 4), dtype)):                # masked paths
+        assert_close(sdpa(Q, K, V, scale=1.0, mask=mask), want, TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_huge_finite_scores_give_exact_gradients(dtype, isa):
+    """One weight of 1 per row (the rest e^-1e37 = 0): dS = 0, so dQ = dK = 0 and dV = P^T dO.
+    (With ties, dQ = dS K cancels terms of 3e38: too ill-conditioned to check.)"""
+    dO, Q, K, V = huge_case(dtype, tie=False)
+    for mask in (None, np.ones((4, 4), bool)):
+        dQ, dK, dV = sdpa_backward(dO, Q, K, V, scale=1.0, mask=mask)
+        assert np.all(dQ == 0) and np.all(dK == 0)
+        assert_close(dV, ref_backward(dO, Q, K, V, 1.0)[2], TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_equal_huge_negative_scores_share_the_weight(dtype, isa):
+    """Every score -3e38 (or -1.5e308): uniform weights, not "every key masked"."""
+    c = BIG[dtype]
+    Q = np.array([[c]], dtype)
+    K = np.full((2, 1), -3 * c if dtype == np.float32 else -1.5 * c, dtype)
+    V = np.array([[1.0, 2.0], [3.0, 6.0]], dtype)
+    assert np.array_equal(sdpa(Q, K, V, scale=1.0), np.array([[2.0, 4.0]], dtype))
+    # dP = (3, 9), D = 6, dS = (-1.5, 1.5): dQ = dS K = 0, dK = dS^T Q
+    dQ, dK, dV = sdpa_backward(np.ones((1, 2), dtype), Q, K, V, scale=1.0)
+    assert np.array_equal(dV, np.full((2, 2), 0.5, dtype))
+    assert abs(dQ[0, 0]) <= TOL[dtype] * 4.5 * c        # 0, up to the cancellation of 4.5 c
+    assert_close(dK, np.array([[-1.5], [1.5]]) * c, TOL[dtype])
+
+
+def overflow_case(dtype, both_signs):
+    """Row 0 of Q against key 0: every product overflows; with both signs (the issue's case)
+    or all negative (the dot product is -inf everywhere)."""
+    big = 1e200 if dtype == np.float64 else 1e30
+    Q = np.full((3, 8), big, dtype)
+    Q[1:] = np.random.default_rng(2).standard_normal((2, 8))
+    K = np.random.default_rng(3).standard_normal((5, 8)).astype(dtype)
+    K[0] = -big
+    if both_signs:
+        K[0, 1::2] = big
+    V = np.random.default_rng(4).standard_normal((5, 3)).astype(dtype)
+    dO = np.random.default_rng(5).standard_normal((3, 3)).astype(dtype)
+    return dO, Q, K, V
+
+
+@pytest.mark.parametrize("both_signs", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_an_overflowed_dot_product_is_nan_not_a_mask(dtype, both_signs, isa):
+    dO, Q, K, V = overflow_case(dtype, both_signs)
+    S = scores(Q, K)
+    assert np.isnan(S[0, 0]) and np.isfinite(np.delete(S.ravel(), 0)).all()
+    # rows 1 and 2 are finite and Q row 0 against key 0 is NaN; row 0 is NaN however computed
+    for out in (sdpa(Q, K, V), sdpa(Q, K, V, return_weights=True)[0],
+                sdpa(Q, K, V, mask=np.zeros((3, 5), dtype))):
+        assert np.isnan(out[0]).all() and np.isfinite(out[1:]).all()
+    dQ, dK, dV = sdpa_backward(dO, Q, K, V)
+    assert np.isnan(dQ[0]).all() and np.isfinite(dQ[1:]).all()
+    assert np.isnan(dK).any() and np.isnan(dV).any()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_an_overflowed_dot_product_of_a_masked_key_changes_nothing(dtype, isa):
+    """The NaN score is masked like any other: the row equals the row without that key."""
+    dO, Q, K, V = overflow_case(dtype, True)
+    mask = np.ones((3, 5), bool)
+    mask[:, 0] = False
+    tol = TOL[dtype]
+    want = sdpa(Q, K[1:], V[1:])
+    assert_close(sdpa(Q, K, V, mask=mask), want, tol)
+    assert_close(sdpa(Q, K, V, mask=mask, return_weights=True)[0], want, tol)
+    dQ, dK, dV = sdpa_backward(dO, Q, K, V, mask=mask)
+    dQ1, dK1, dV1 = sdpa_backward(dO, Q, K[1:], V[1:])
+    for g, w in ((dQ, dQ1), (dK[1:], dK1), (dV[1:], dV1)):
+        assert_close(g, w, tol)
+    assert np.all(dK[0] == 0) and np.all(dV[0] == 0)
