@@ -448,7 +448,7 @@ def test_max_error_and_index_are_reported():
     got = softmax_wrong_axis(np.array(failed.case.args[0]))
     assert failed.max_error == pytest.approx(np.abs(got - exp).max())
     assert failed.worst_index is not None and len(failed.worst_index) == 2
-    assert f"max error {failed.max_error:.3g} at {testing._fmt_index(failed.worst_index)}" \
+    assert f"max error {failed.max_error:.3g} at {testing.compare._fmt_index(failed.worst_index)}" \
         in str(report)
     assert all(r.max_error is not None and r.max_error < 1e-12
                for r in check(softmax, SOFTMAX).results if r.case.dtype == np.float64)
