@@ -107,9 +107,21 @@ def _check_name(func, name, fn=None):
     return name
 
 
-def _check_scale(func, scale):
+#: The scale conventions by name: raw dot products, or divided by sqrt(d_k) (None, as in selfattn).
+CONVENTIONS = {"raw": 1.0, "scaled": None}
+
+
+def _check_scale(func, scale, either=False):
+    """`scale` as a number or None (scaled), or "either" where `either` allows it."""
     if scale is None:
         return None
+    if isinstance(scale, str):
+        if scale == "either" and either:
+            return scale
+        if scale in CONVENTIONS:
+            return CONVENTIONS[scale]
+        words = '"raw", "scaled"' + (' or "either"' if either else "")
+        raise ValueError(f"{func}: scale must be {words} or a positive number, got {scale!r}")
     real = isinstance(scale, (int, float, np.integer, np.floating))
     if isinstance(scale, (bool, np.bool_)) or not real:
         raise TypeError(f"{func}: scale must be a positive number or None, got {scale!r}")
@@ -170,9 +182,10 @@ def cases(name, *, scale=None, seed=0, batched=True):
     ----------
     name : str
         One of :data:`NAMES`.
-    scale : float, optional
-        The convention the expected scores use: None means ``1/sqrt(d_k)`` (selfattn's default),
-        ``1.0`` raw dot products ``Q @ K.T``. Ignored by functions without scores.
+    scale : float or str, optional
+        The convention the expected scores use: None or ``"scaled"`` means ``1/sqrt(d_k)``
+        (selfattn's default), ``"raw"`` or ``1.0`` raw dot products ``Q @ K.T``, another number
+        that factor. Ignored by functions without scores.
     seed : int, optional
         Seed of the random inputs (the same seed gives the same cases).
     batched : bool, optional

@@ -11,12 +11,30 @@ import numpy as np
 
 from .cases import _softmax_np
 
+
+
+class _Hint(str):
+    """A hint's text, with the keys of the mistakes it names (for counting them across a class)."""
+    keys = ()
+
+
+def _hint(text, *keys):
+    hint = _Hint(text)
+    hint.keys = tuple(dict.fromkeys(k for k in keys if k))
+    return hint
+
+
+def _combine(hint, also):
+    """One hint for a mistake made together with a wrong scale."""
+    return _hint(hint + " Also: " + also, *hint.keys, *also.keys)
+
+
 _RAW_NOT_ASKED = (
-    "Your scores are the raw dot products Q @ K.T, without the 1/sqrt(d_k) factor. check() "
-    "compares against scaled dot-product attention (dot products divided by sqrt(d_k)) because "
-    "scale was not given. If your notebook asks for raw dot products, as the self-attention "
-    "notebook's text does, check that convention with scale=1.0: check(fn, scale=1.0). "
-    "Otherwise divide the scores by np.sqrt(d_k), where d_k = K.shape[-1]."
+    "Your scores are the raw dot products Q @ K.T, without the 1/sqrt(d_k) factor, but check was "
+    "asked for scaled dot-product attention (scale=\"scaled\": dot products divided by "
+    "sqrt(d_k)). Raw dot products, as the self-attention notebook's text asks, pass with "
+    "scale=\"raw\" or scale=\"either\" (check's default). Otherwise divide the scores by "
+    "np.sqrt(d_k), where d_k = K.shape[-1]."
 )
 
 _HINTS = {
@@ -112,28 +130,58 @@ _HINTS = {
                    "in `pass` or lacks a `return`.",
     "raised_name": "A name is not defined: run the cell that defines it (and `import numpy as np`).",
     "raised": "Your function raised an exception on these inputs; the message and the line are above.",
+    "returns_weights": "Your layer returns the attention weights; it must return the output, "
+                       "attn_weights @ V (one row per token, d_v columns).",
+    "all_wq": "Q, K and V are all computed with W_q: K = X @ W_k and V = X @ W_v.",
+    "no_softmax": "The softmax is missing: the scores go straight into the product with V. "
+                  "Turn them into weights first: softmax_attention_weights(scores) @ V.",
+    "v_at_weights": "The product is the wrong way round: the output is attn_weights @ V "
+                    "(n_q, n_k) @ (n_k, d_v), not V @ attn_weights.",
+    "floor_div": "Your scale uses // (floor division), which rounds down to whole numbers: "
+                 "write Q @ K.T / np.sqrt(d_k) with a single /.",
+    "zero_scale": "Your scores are all multiplied by 0: 1 // np.sqrt(d_k) is 0.0. Use "
+                  "1 / np.sqrt(d_k) (a single /).",
+    "int_buffer": "Your result is rounded towards zero to whole numbers: the array you fill "
+                  "was created with an integer dtype (np.zeros(shape, dtype=int), or from "
+                  "integer inputs), so each value you store is truncated. Create it with "
+                  "np.zeros(shape) (float64) or dtype=X.dtype.",
+    "returned_list": "Your function returns a Python list; return an np.ndarray (np.array(rows), "
+                     "or better, compute with NumPy operations such as @).",
+    "mixed_scale": "Your scores are raw dot products in some cases and scaled by 1/sqrt(d_k) in "
+                   "others (or in some functions and not others): use one convention throughout.",
 }
+_HINTS = {key: _hint(text, key) for key, text in _HINTS.items()}
 
 
-def _scale_hint(key, user_scale):
-    """The hint for scores scaled by the variant `key` when the case wanted `user_scale`."""
+def _scale_hint(key, user_scale, either=False):
+    """The hint for scores scaled by the variant `key` when the case wanted `user_scale`.
+
+    With `either`, raw and 1/sqrt(d_k) are both accepted: the convention not being compared
+    against is then a mix of the two, and a wrong factor is named without a convention to blame.
+    """
+    scale_key = "scale_" + key
+    if either and key in ("raw", "sqrt_dk"):
+        return _hint(_HINTS["mixed_scale"], "mixed_scale")
+    if either:
+        return _hint(_HINTS[key] + " (Raw dot products, without any factor, are accepted too.)",
+                     scale_key)
     if key == "raw":
         if user_scale is None:
-            return _RAW_NOT_ASKED
-        return (f"Your scores are the raw dot products Q @ K.T, but check was asked for "
-                f"scale={user_scale:g}: multiply the dot products by it.")
+            return _hint(_RAW_NOT_ASKED, scale_key)
+        return _hint(f"Your scores are the raw dot products Q @ K.T, but check was asked for "
+                     f"scale={user_scale:g}: multiply the dot products by it.", scale_key)
     if user_scale == 1.0:
         what = {"sqrt_dk": "sqrt(d_k)", "dk": "d_k", "sqrt_nk": "sqrt(n_k), the number of keys",
                 "sqrt_nq": "sqrt(n_q), the number of queries",
                 "sqrt_dmodel": "sqrt(d_model), the width of X"}[key]
-        return (f"Your scores are divided by {what}, but check was asked for the raw convention "
-                f"(scale=1.0), where the scores are the plain dot products Q @ K.T. Remove the "
-                f"division, or, if your course uses scaled dot-product attention, check with "
-                f"scale=None (the default).")
+        return _hint(f"Your scores are divided by {what}, but check was asked for the raw "
+                     f"convention (scale=\"raw\"), where the scores are the plain dot products "
+                     f"Q @ K.T. Remove the division, or, if your course uses scaled dot-product "
+                     f"attention, check with scale=\"scaled\" or scale=\"either\".", scale_key)
     if key == "sqrt_dk" and user_scale is not None:
-        return (f"Your scores are divided by sqrt(d_k), but check was asked for "
-                f"scale={user_scale:g}: multiply the dot products by that instead.")
-    return _HINTS[key]
+        return _hint(f"Your scores are divided by sqrt(d_k), but check was asked for "
+                     f"scale={user_scale:g}: multiply the dot products by that instead.", scale_key)
+    return _hint(_HINTS[key], scale_key)
 
 
 def _alt_scales(user_scale, s_ref, dims):
@@ -143,13 +191,9 @@ def _alt_scales(user_scale, s_ref, dims):
     for key, dim in (("sqrt_nk", "n_k"), ("sqrt_nq", "n_q"), ("sqrt_dmodel", "d_model")):
         if dim in dims and dims[dim] != d_k:
             out.append((key, 1 / math.sqrt(dims[dim])))
-    seen = [s_ref]
-    kept = []
-    for key, s in out:
-        if all(abs(s - t) > 1e-12 * t for t in seen):
-            kept.append((key, s))
-            seen.append(s)
-    return kept
+    # Two variants may give the same factor on a case (sqrt(n_k) is 1 for one key): both are
+    # kept, and the report names the one that explains the other cases too.
+    return [(key, s) for key, s in out if abs(s - s_ref) > 1e-12 * s_ref]
 
 
 def _swap(a):
@@ -179,8 +223,12 @@ def _softmax_mistakes(s):
     return out
 
 
-def _mistakes(case, user_scale):
-    """(hint, array) for every known mistake on this case, most likely first."""
+def _mistakes(case, user_scale, either=False):
+    """(hint, array) for every known mistake on this case, most likely first.
+
+    `either`: both raw and scaled scores are accepted, so a mistake is never combined with
+    "the other convention".
+    """
     name = case.name
     args = [np.asarray(a) for a in case.args]
     s_ref = case.scale
@@ -190,6 +238,7 @@ def _mistakes(case, user_scale):
             (s,) = args
             out += [(_HINTS[k], w) for k, w in _softmax_mistakes(s)]
             out.append((_HINTS["weights_out_transposed"], _swap(_softmax_np(s))))
+            out.append((_HINTS["int_buffer"], np.trunc(_softmax_np(s))))
             return out
 
         if name == "compute_attention_output":
@@ -201,6 +250,8 @@ def _mistakes(case, user_scale):
                 out.append((_HINTS["elementwise"], w * v))
             if v.shape[-1] == w.shape[-2]:
                 out.append((_HINTS["result_transposed"], _swap(v) @ _swap(w)))
+                out.append((_HINTS["v_at_weights"], v @ w))
+            out.append((_HINTS["int_buffer"], np.trunc(w @ v)))
             return out
 
         # The functions with scores: compose every mistake with the scalings a learner may use.
@@ -217,7 +268,8 @@ def _mistakes(case, user_scale):
             dims = {"n_q": q.shape[-2], "n_k": k.shape[-2], "d_k": q.shape[-1]}
         alt = _alt_scales(user_scale, s_ref, dims)
         # The scale the learner most likely used instead: raw when scaled was asked, and back.
-        other = [(key, s) for key, s in alt if key == ("raw" if user_scale != 1.0 else "sqrt_dk")]
+        other = [] if either else [
+            (key, s) for key, s in alt if key == ("raw" if user_scale != 1.0 else "sqrt_dk")]
 
         def finish(scores, weights=None):
             """The function's result from (possibly wrong) scores or weights."""
@@ -231,16 +283,21 @@ def _mistakes(case, user_scale):
             """The mistake at the asked scale, then combined with the likely other scale."""
             out.append((hint, make(s_ref)))
             for key, s in other:
-                out.append((hint + " Also: " + _scale_hint(key, user_scale), make(s)))
+                out.append((_combine(hint, _scale_hint(key, user_scale)), make(s)))
 
         for key, s in alt:
-            out.append((_scale_hint(key, user_scale), finish(q @ _swap(k) * s)))
+            out.append((_scale_hint(key, user_scale, either), finish(q @ _swap(k) * s)))
         def transposed_scores(s):
             t = _swap(q @ _swap(k)) * s  # K @ Q.T: keys as rows
             if v is None:
                 return t
             return _softmax_np(t) @ v if q.shape[-2] == k.shape[-2] else None
 
+        raw = q @ _swap(k)
+        # `Q @ K.T // np.sqrt(d_k)` floors every score; `Q @ K.T * (1 // np.sqrt(d_k))` zeroes them.
+        out.append((_HINTS["floor_div"], finish(np.floor_divide(raw, math.sqrt(dims["d_k"])))))
+        out.append((_HINTS["zero_scale"], finish(raw * 0.0)))
+        with_scales(_HINTS["int_buffer"], lambda s: finish(np.trunc(raw * s)))
         with_scales(_HINTS["scores_transposed"], transposed_scores)
         if k.shape[-2] == k.shape[-1]:
             with_scales(_HINTS["k_not_transposed"], lambda s: finish(q @ k * s))
@@ -249,8 +306,9 @@ def _mistakes(case, user_scale):
                 with_scales(_HINTS["qt_k"], lambda s: _swap(q) @ k * s)
             return [(h, a) for h, a in out if a is not None]
 
-        for key in ("axis", "axis_all", "no_keepdims_sum", "no_keepdims_max", "no_keepdims_both",
-                    "no_max", "global_max", "no_exp", "not_normalised", "scaled_in_softmax"):
+        # No max subtraction first: where every variant overflows to NaN, it is the likeliest.
+        for key in ("no_max", "global_max", "axis", "axis_all", "no_keepdims_sum", "no_keepdims_max",
+                    "no_keepdims_both", "no_exp", "not_normalised", "scaled_in_softmax"):
             def make(s, key=key):
                 for k2, w in _softmax_mistakes(q @ _swap(k) * s):
                     if k2 == key:
@@ -261,11 +319,17 @@ def _mistakes(case, user_scale):
             with_scales(_HINTS["weights_transposed"],
                         lambda s: _swap(_softmax_np(q @ _swap(k) * s)) @ v)
         with_scales(_HINTS["result_transposed"], lambda s: _swap(_softmax_np(q @ _swap(k) * s) @ v))
+        with_scales(_HINTS["no_softmax"], lambda s: raw * s @ v)
+        with_scales(_HINTS["returns_weights"], lambda s: _softmax_np(raw * s))
+        with_scales(_HINTS["int_buffer"], lambda s: np.trunc(_softmax_np(raw * s) @ v))
+        if v.shape[-1] == q.shape[-2]:
+            with_scales(_HINTS["v_at_weights"], lambda s: v @ _softmax_np(raw * s))
         if name == "self_attention_layer":
             x, wq, wk, wv = args
             with_scales(_HINTS["no_projection"],
                         lambda s: _softmax_np(x @ _swap(x) * s) @ x)
             with_scales(_HINTS["k_from_wq"], lambda s: _softmax_np(q @ _swap(q) * s) @ v)
+            with_scales(_HINTS["all_wq"], lambda s: _softmax_np(q @ _swap(q) * s) @ q)
             if wk.shape[-1] == wv.shape[-1]:
                 with_scales(_HINTS["v_from_wk"], lambda s: _softmax_np(q @ _swap(k) * s) @ k)
                 with_scales(_HINTS["v_from_wk"], lambda s: _softmax_np(q @ _swap(k) * s) @ q)

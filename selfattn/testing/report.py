@@ -7,13 +7,14 @@ import textwrap
 from .cases import _SCALED, _check_name, _check_scale, cases
 from .compare import _fmt_index
 from .mistakes import _HINTS
-from .run import _merge_combined, _merge_explained, _run_case
+from .run import _agree_on_mistakes, _merge_combined, _merge_explained, _run_case
 
 _CONVENTION = {
-    None: "scores scaled by 1/sqrt(d_k), selfattn's default (pass scale=1.0 to check raw dot "
-          "products Q @ K.T instead)",
-    1.0: "raw dot products Q @ K.T (scale=1.0)",
+    None: "scores scaled by 1/sqrt(d_k), as in selfattn (scale=\"scaled\")",
+    1.0: "raw dot products Q @ K.T, as the notebook's text asks (scale=\"raw\")",
 }
+_EITHER_NOTE = ("check accepts raw or 1/sqrt(d_k)-scaled scores (scale=\"either\", the default), "
+                "used consistently; a teacher may pin one with scale=\"raw\" or scale=\"scaled\"")
 
 
 class CheckReport:
@@ -27,16 +28,32 @@ class CheckReport:
     name : str
         The function checked.
     scale : float or None
-        The convention checked against.
+        The convention compared against: None for ``1/sqrt(d_k)``, 1.0 for raw dot products.
+    either : bool
+        Both conventions were accepted (``scale="either"``); ``scale`` is then the one
+        recognised in the function's results (or the closest to them when it failed).
     results : list of CaseResult
     """
 
-    def __init__(self, name, fn_name, scale, results, notes=()):
+    def __init__(self, name, fn_name, scale, results, notes=(), either=False):
         self.name = name
         self.fn_name = fn_name
         self.scale = scale
+        self.either = either
         self.results = list(results)
         self.notes = list(notes)
+
+    @property
+    def convention(self):
+        """``"raw"``, ``"scaled"``, a number, or None for a function without scores."""
+        if self.name not in _SCALED:
+            return None
+        return {1.0: "raw", None: "scaled"}.get(self.scale, self.scale)
+
+    @property
+    def mistakes(self):
+        """The keys of the known mistakes named in :attr:`diagnoses` (for counting them)."""
+        return list(dict.fromkeys(k for d in self.diagnoses for k in getattr(d, "keys", ())))
 
     @property
     def passed(self):
@@ -80,9 +97,11 @@ class CheckReport:
     def _convention(self):
         if self.name not in _SCALED:
             return None
-        if self.scale in _CONVENTION:
-            return _CONVENTION[self.scale]
-        return f"scores multiplied by scale={self.scale:g}"
+        text = _CONVENTION.get(self.scale) or f"scores multiplied by scale={self.scale:g}"
+        if not self.either:
+            return text
+        found = "recognised" if self.passed else "compared with the closest to yours"
+        return f"{found}: {text}; {_EITHER_NOTE}"
 
     def __str__(self):
         width = 100
@@ -167,7 +186,7 @@ class CheckReport:
         return "".join(parts)
 
 
-def check(fn, name=None, *, scale=None, seed=0):
+def check(fn, name=None, *, scale="either", seed=0):
     """Run your function `fn` on a battery of cases and compare it with selfattn's.
 
     Parameters
@@ -176,11 +195,14 @@ def check(fn, name=None, *, scale=None, seed=0):
         Your function, called with the notebook's positional arguments (e.g. ``fn(Q, K)``).
     name : str, optional
         Which function `fn` implements, one of :data:`NAMES`; by default ``fn.__name__``.
-    scale : float, optional
-        The scores convention to check against, for the functions that compute scores:
-        None (the default) means scaled dot-product attention, ``Q @ K.T / sqrt(d_k)``;
-        ``scale=1.0`` means raw dot products ``Q @ K.T``, as the self-attention notebook's text
-        describes. Ignored (with a note) for softmax_attention_weights and compute_attention_output.
+    scale : {"either", "raw", "scaled"} or float, optional
+        The scores convention, for the functions that compute scores. ``"either"`` (the default)
+        accepts raw dot products ``Q @ K.T`` (as the self-attention notebook's text asks) or
+        scaled ones ``Q @ K.T / sqrt(d_k)`` (as selfattn computes), used consistently in every
+        case, and the report says which one it recognised. ``"raw"`` (or ``1.0``) and
+        ``"scaled"`` (or None) pin one convention, a number pins that factor: the other
+        convention then fails, with a hint saying so. Ignored (with a note) for
+        softmax_attention_weights and compute_attention_output.
     seed : int, optional
         Seed of the random inputs.
 
@@ -208,18 +230,35 @@ def check(fn, name=None, *, scale=None, seed=0):
     if not callable(fn):
         raise TypeError(f"check: fn must be a function, got {type(fn).__name__}")
     name = _check_name("check", name, fn)
-    scale = _check_scale("check", scale)
+    scale = _check_scale("check", scale, either=True)
     notes = []
-    if scale is not None and name not in _SCALED:
-        notes.append(f"scale={scale:g} is ignored: {name} does not compute scores.")
+    if name not in _SCALED:
+        if scale not in (None, "either"):
+            notes.append(f"scale={scale:g} is ignored: {name} does not compute scores.")
         scale = None
-    results = [_run_case(fn, case, scale) for case in cases(name, scale=scale, seed=seed)]
+    if scale != "either":
+        return _check_once(fn, name, scale, seed, notes)
+    # Both conventions: the report that passes, else the one that explains the failures best
+    # (the closer convention), raw first on a tie, as the notebook asks for raw dot products.
+    reports = [_check_once(fn, name, s, seed, notes, either=True) for s in (1.0, None)]
+    return min(reports, key=lambda r: (len(r.failures), _unexplained(r)))
+
+
+def _unexplained(report):
+    """How many failed cases name no mistake, or blame the scale."""
+    return sum(any(k.startswith("scale_") or k in ("mixed_scale", "unknown") for h in r.hints
+                   for k in getattr(h, "keys", ())) for r in report.failures)
+
+
+def _check_once(fn, name, scale, seed, notes, either=False):
+    results = [_run_case(fn, case, scale, either) for case in cases(name, scale=scale, seed=seed)]
+    _agree_on_mistakes(results)
     _merge_explained(results)
     _merge_combined(results)
-    return CheckReport(name, getattr(fn, "__name__", None), scale, results, notes)
+    return CheckReport(name, getattr(fn, "__name__", None), scale, results, notes, either=either)
 
 
-def assert_implementation(fn, name=None, *, scale=None, seed=0):
+def assert_implementation(fn, name=None, *, scale="either", seed=0):
     """Raise AssertionError, with the :func:`check` report as its message, unless `fn` is correct.
 
     For pytest graders: one line per function, and the student sees every case and every hint.
@@ -228,7 +267,7 @@ def assert_implementation(fn, name=None, *, scale=None, seed=0):
     >>> from selfattn.testing import assert_implementation
     >>> def compute_self_attention_scores(Q, K):
     ...     return Q @ K.T                       # the notebook's raw dot products
-    >>> assert_implementation(compute_self_attention_scores, scale=1.0)   # silent: correct
+    >>> assert_implementation(compute_self_attention_scores)   # silent: correct
     """
     __tracebackhide__ = True
     check(fn, name, scale=scale, seed=seed).raise_if_failed()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import traceback
 import warnings
 from dataclasses import dataclass, field
@@ -11,7 +12,7 @@ import numpy as np
 
 from .cases import Case  # noqa: F401  (the type of CaseResult.case)
 from .compare import _diff, _diff_message, _fmt, _fmt_index, _tolerance
-from .mistakes import _HINTS, _mistakes
+from .mistakes import _HINTS, _hint, _mistakes
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _NUMPY_DIR = os.path.dirname(os.path.abspath(np.__file__))
@@ -34,6 +35,7 @@ class CaseResult:
     max_error: float | None = None
     worst_index: tuple | None = None
     warnings: list = field(default_factory=list)
+    matches: list = field(default_factory=list)  # every known mistake that reproduces the result
 
     @property
     def passed(self):
@@ -45,14 +47,26 @@ def _same(original, after):
 
 
 def _learner_frame(exc):
-    """(file, line number, code) of the innermost frame of the learner's own code, or None."""
+    """(frame summary, its local variables) of the innermost frame of the learner's own code,
+    or (None, {})."""
+    tbs = []
+    tb = exc.__traceback__
+    while tb is not None:
+        tbs.append(tb)
+        tb = tb.tb_next
     frames = traceback.extract_tb(exc.__traceback__)
-    for frame in reversed(frames[1:]):  # frames[0] is check's own call
+    for frame, tb in reversed(list(zip(frames, tbs))[1:]):  # frames[0] is check's own call
         path = os.path.abspath(frame.filename) if not frame.filename.startswith("<") else frame.filename
         if path.startswith(_PACKAGE_DIR) or path.startswith(_NUMPY_DIR):
             continue
-        return frame
-    return None
+        return frame, tb.tb_frame.f_locals
+    return None, {}
+
+
+def _none_names(frame, local_vars):
+    """The variables of the failing line whose value is None."""
+    names = re.findall(r"[A-Za-z_]\w*", frame.line or "") if frame is not None else []
+    return [n for n in dict.fromkeys(names) if n in local_vars and local_vars[n] is None]
 
 
 _SCORES_PRODUCT = "the scores Q @ K.T are (n_q, d_k) @ (d_k, n_k) -> (n_q, n_k)"
@@ -70,7 +84,8 @@ _PRODUCTS = {
 # (where the sizes happened to fit) matched one of them.
 _EXPLAINED_BY = {
     "raised_matmul": ("k_not_transposed", "qt_k", "scores_transposed", "weights_transposed",
-                      "result_transposed", "projection_order", "no_projection"),
+                      "result_transposed", "projection_order", "no_projection", "v_at_weights",
+                      "all_wq"),
     "raised_broadcast": ("no_keepdims_sum", "no_keepdims_max", "no_keepdims_both"),
     "raised_elementwise": ("elementwise",),
 }
@@ -101,16 +116,22 @@ def _exception_result(case, exc):
     kind = type(exc).__name__
     text = str(exc).strip() or "(no message)"
     message = f"raised {kind}: {text}\n  when called as {case.name}({case.shapes()})"
-    frame = _learner_frame(exc)
+    frame, local_vars = _learner_frame(exc)
+    nones = _none_names(frame, local_vars)
     if frame is not None:
         where = f"line {frame.lineno}" + (f" of {frame.name}()" if frame.name != "<module>" else "")
         code = (frame.line or "").strip()
         message += f"\n  at {where}" + (f": {code}" if code else "")
     low = text.lower()
-    if isinstance(exc, NameError):
+    if nones:
+        # Whatever the message (np.matmul(None, V) speaks of dimensions), the cause is the None.
+        hint = _hint(_HINTS["raised_none"] + f" Here {' and '.join(nones)} "
+                     f"{'is' if len(nones) == 1 else 'are'} None.", "raised_none")
+    elif isinstance(exc, NameError):
         hint = _HINTS["raised_name"]
     elif isinstance(exc, TypeError) and "argument" in low and ("positional" in low or "missing" in low):
-        hint = _HINTS["raised_signature"].format(call=f"{case.name}({', '.join(case.arg_names)})")
+        hint = _hint(_HINTS["raised_signature"].format(
+            call=f"{case.name}({', '.join(case.arg_names)})"), "raised_signature")
     elif isinstance(exc, (FloatingPointError, OverflowError)) and case.large:
         hint = _HINTS["no_max"]  # np.seterr(all="raise") turns the overflow into an exception
     elif "nonetype" in low:
@@ -120,13 +141,14 @@ def _exception_result(case, exc):
                        "compute_self_attention_scores": "raised_elementwise_scores"}
                       .get(case.name, "raised_broadcast")]
     elif "matmul" in low or "not aligned" in low or "mismatch" in low or "dimension" in low:
-        hint = _HINTS["raised_matmul"].format(products=_PRODUCTS[case.name])
+        hint = _hint(_HINTS["raised_matmul"].format(products=_PRODUCTS[case.name]), "raised_matmul")
     else:
         hint = _HINTS["raised"]
     return message, [hint]
 
 
-def _shape_hint(case, got_shape):
+def _shape_message(case, got_shape):
+    """What the shapes say, in words. No hint: only a mistake's reproduced output names one."""
     exp = case.expected.shape
     dims = ", ".join(f"{n}={a.shape}" for n, a in zip(case.arg_names, case.args))
     msg = f"returned shape {tuple(got_shape)}, expected {tuple(exp)}"
@@ -137,20 +159,12 @@ def _shape_hint(case, got_shape):
         "self_attention_layer": "(n, d_v): one row per token, d_v = W_v.shape[-1]",
         "scaled_dot_product_attention": "(n_q, d_v): one row per query",
     }[case.name]
-    msg += f" = {meaning} (inputs: {dims})"
-    hints = []
-    if len(got_shape) == len(exp) >= 2 and tuple(got_shape) == exp[:-2] + exp[-2:][::-1]:
-        hints.append(_HINTS["result_transposed"] if case.name != "compute_self_attention_scores"
-                     else _HINTS["scores_transposed"])
-    elif case.name == "self_attention_layer" and tuple(got_shape) == case.args[0].shape:
-        hints.append(_HINTS["no_projection"])
-    elif case.name in ("softmax_attention_weights",) and len(got_shape) == len(exp) - 1:
-        hints.append("Your function returns one number per row or column (a sum or max?) "
-                     "instead of a matrix of weights of the same shape as the scores.")
-    return msg, hints
+    return msg + f" = {meaning} (inputs: {dims})"
 
 
-def _run_case(fn, case, user_scale):
+def _run_case(fn, case, user_scale, either=False):
+    """Run `fn` on one case. `user_scale` is the convention compared against (None: scaled);
+    `either` says that the other convention would have been accepted too."""
     originals = case.args
     copies = tuple(np.array(a, copy=True) for a in originals)  # writable: a learner may write
     caught = []
@@ -189,12 +203,11 @@ def _run_case(fn, case, user_scale):
             result.hints.append(_HINTS["unknown"])
         if case.batched and result.verdict == "FAIL":
             result.verdict = "note"
-            result.hints = [
+            result.hints = [_hint(
                 "Batched inputs (a leading batch dimension) are optional: the notebook's functions "
                 "take one sequence, so this does not count against you. To support batches, use "
                 "np.swapaxes(K, -1, -2) (or K.mT in NumPy 2) instead of K.T, and axis=-1 instead "
-                "of axis=1."
-            ]
+                "of axis=1.", "batched")]
         return result
 
     if exc is not None:
@@ -206,23 +219,24 @@ def _run_case(fn, case, user_scale):
         shapes = ", ".join(str(np.shape(g)) for g in got)
         return done(f"returned a tuple of {len(got)} values (shapes {shapes})",
                     [_HINTS["returned_tuple"]])
+    returned_list = isinstance(got, list)
     try:
         got = np.asarray(got)
     except Exception:  # a ragged list and the like
         return done(f"returned {type(got).__name__}, which is not an array", [_HINTS["not_array"]])
     if got.dtype.kind not in "biuf":
-        return done(f"returned an array of dtype {got.dtype}", [_HINTS["not_array"]])
+        return done(f"returned {'a list' if returned_list else 'an array'} of dtype {got.dtype}",
+                    [_HINTS["returned_list" if returned_list else "not_array"]])
+    if returned_list:
+        result.hints.append(_HINTS["returned_list"])
 
     exp = case.expected
     # The case's dtype decides: a float64 answer to a float32 case is fine.
     rtol, atol, _ = _tolerance(exp.dtype)
     if got.shape != exp.shape:
-        message, hints = _shape_hint(case, got.shape)
         if not case.batched:
-            matched = _match_mistake(case, got, user_scale, rtol, atol)
-            if matched:
-                hints = [matched]
-        return done(message, hints)
+            result.matches = _match_mistakes(case, got, user_scale, either, rtol, atol)
+        return done(_shape_message(case, got.shape), result.matches[:1])
 
     diff = _diff(got, exp, rtol, atol)
     result.max_error = diff.max_abs if not diff.n_nonfinite else math.inf
@@ -232,9 +246,11 @@ def _run_case(fn, case, user_scale):
         notes = []
         if got.dtype != exp.dtype:
             notes.append(f"returned {got.dtype} for {exp.dtype} inputs (accepted)")
-        if not mutated:
+        if not mutated and not returned_list:
             return done("; ".join(notes))
         result.verdict = "FAIL"
+        if returned_list:
+            return done("the values are right, but they are a list, not an array")
         return done("the output is right")  # done() adds what changed in the input
 
     message = _diff_message(diff, rtol, atol, exp.dtype).replace("Arrays are not close", "Not close")
@@ -246,51 +262,69 @@ def _run_case(fn, case, user_scale):
             return done(message + f"\nreturned {got.dtype} for {exp.dtype} inputs",
                         [_HINTS["precision"]])
     if not case.batched:
-        matched = _match_mistake(case, got, user_scale, rtol, atol)
-        if matched:
-            hints.append(matched)
-        else:
-            hints += _invariant_hints(case, got, diff)
+        result.matches = _match_mistakes(case, got, user_scale, either, rtol, atol)
+        hints += result.matches[:1]
+        if not result.matches:
+            message += "\n" + _facts(case, got, diff, rtol, atol)
     return done(message, hints)
 
 
-def _match_mistake(case, got, user_scale, rtol, atol):
-    """The hint of the first known mistake that reproduces `got`, or None."""
+def _match_mistakes(case, got, user_scale, either, rtol, atol):
+    """The hints of every known mistake that reproduces `got`, in order of likelihood."""
     # A learner's float32 arithmetic differs from NumPy's variant by rounding: match loosely,
     # a wrong variant differs from the right answer by far more.
     loose_r, loose_a = max(rtol * 100, 1e-7), max(atol * 100, 1e-9)
     # inf/NaN where the answer is finite: an overflow. Many wrong variants overflow as well, and
-    # a matrix of NaN matches them all; only the overflow mistakes explain it.
+    # a matrix of NaN matches them all; only the mistakes that overflow by themselves explain it.
     overflow = got.shape == case.expected.shape and bool(
         (~np.isfinite(got) & np.isfinite(case.expected)).any())
-    for hint, wrong in _mistakes(case, user_scale):
+    overflowing = tuple(_HINTS[k] for k in ("no_max", "global_max", "no_keepdims_max",
+                                            "no_keepdims_both"))
+    found = []
+    for hint, wrong in _mistakes(case, user_scale, either):
         wrong = np.asarray(wrong)
-        if wrong.shape != got.shape:
+        if wrong.shape != got.shape or hint in found:
             continue
-        if overflow and not hint.startswith((_HINTS["no_max"], _HINTS["global_max"])):
+        if overflow and not hint.startswith(overflowing):
             continue
         if wrong.shape == case.expected.shape and _diff(wrong, case.expected, loose_r, loose_a).close:
             continue  # this mistake makes no difference on this case
         if _diff(got, wrong, loose_r, loose_a).close:
-            return hint
-    return None
+            found.append(hint)
+    # One mistake explains a result better than the same mistake with a second one.
+    return sorted(found, key=lambda h: len(getattr(h, "keys", ())))
 
 
-def _invariant_hints(case, got, diff):
-    hints = []
+def _agree_on_mistakes(results):
+    """Where a case matches several mistakes (on a single token, raw scores and sqrt(n_k) are the
+    same numbers), name the one that explains the most failed cases, so that one mistake is not
+    reported as two."""
+    counts = {}
+    for r in results:
+        for h in r.matches:
+            counts[h] = counts.get(h, 0) + 1
+    for r in results:
+        if len(r.matches) > 1:
+            best = max(r.matches, key=lambda h: counts[h])  # the first of the most frequent
+            r.hints = [best if h == r.matches[0] else h for h in r.hints]
+
+
+def _facts(case, got, diff, rtol, atol):
+    """When no known mistake reproduces a result: the first entries that differ, and what can be
+    said of the result without guessing a cause."""
     exp = case.expected
+    with np.errstate(all="ignore"):
+        bad = ~((np.abs(got - exp) <= atol + rtol * np.abs(exp)) | (np.isnan(got) & np.isnan(exp))
+                | (np.isinf(got) & (got == exp)))
+    shown = [f"{_fmt_index(tuple(int(i) for i in idx))} yours {_fmt(float(got[tuple(idx)]))}, "
+             f"expected {_fmt(float(exp[tuple(idx)]))}" for idx in np.argwhere(bad)[:3]]
+    lines = ["first differing entries: " + "; ".join(shown)]
     if diff.n_nonfinite and np.isfinite(exp).all():
-        hints.append(_HINTS["no_max"] if case.large else _HINTS["nonfinite"])
-        return hints
+        lines.append("your result has inf or NaN where the expected result is finite")
     if case.name == "softmax_attention_weights":
         with np.errstate(all="ignore"):
-            rows = got.sum(axis=-1)
-            cols = got.sum(axis=-2)
-        if (got < 0).any():
-            hints.append(_HINTS["negative_weights"])
-        if not np.allclose(rows, 1.0, rtol=1e-4, atol=1e-6):
-            if np.allclose(cols, 1.0, rtol=1e-4, atol=1e-6):
-                hints.append(_HINTS["axis"])
-            else:
-                hints.append(_HINTS["rows_not_one"])
-    return hints
+            if (got < 0).any():
+                lines.append("some of your weights are negative")
+            if not np.allclose(got.sum(axis=-1), 1.0, rtol=1e-4, atol=1e-6):
+                lines.append("the rows of your weights do not sum to 1")
+    return "\n".join(lines)
