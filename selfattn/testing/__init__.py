@@ -10,6 +10,9 @@
 - :func:`assert_attention_close` compares two arrays with tolerances chosen by dtype, and says where
   and by how much they differ.
 - :func:`cases` gives the named cases (inputs and expected output) to parametrize your own tests.
+- :func:`load_notebook` (and :func:`load_module` for a ``.py``) runs a submitted notebook without
+  Jupyter and returns the functions it defines; :func:`check_functions` checks them all with one
+  scale convention; ``python -m selfattn grade`` grades a class (see :mod:`selfattn.testing.grade`).
 
 >>> import numpy as np, selfattn
 >>> def softmax_attention_weights(attn_scores):
@@ -27,6 +30,8 @@ from .compare import TOLERANCES, assert_attention_close
 from .cases import NAMES, Case, cases
 from .run import CaseResult
 from .report import CheckReport, assert_implementation, check
+from .load import CellError, Submission, load_module, load_notebook
+from .grade import check_functions
 
 __all__ = [
     "check",
@@ -38,4 +43,9 @@ __all__ = [
     "CheckReport",
     "NAMES",
     "TOLERANCES",
+    "load_notebook",
+    "load_module",
+    "Submission",
+    "CellError",
+    "check_functions",
 ]

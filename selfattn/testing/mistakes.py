@@ -152,6 +152,40 @@ _HINTS = {
 }
 _HINTS = {key: _hint(text, key) for key, text in _HINTS.items()}
 
+#: A short name for each mistake, as the class summary of ``python -m selfattn grade`` counts them.
+TITLES = {
+    "dk": "scores divided by d_k", "sqrt_nk": "sqrt(n_k) instead of sqrt(d_k)",
+    "sqrt_nq": "sqrt(n_q) instead of sqrt(d_k)", "sqrt_dmodel": "sqrt(d_model) instead of sqrt(d_k)",
+    "scores_transposed": "scores transposed (K @ Q.T)", "k_not_transposed": "K not transposed",
+    "qt_k": "Q.T @ K", "axis": "softmax over axis 0", "axis_all": "softmax over the whole matrix",
+    "no_keepdims_sum": "sum without keepdims", "no_keepdims_max": "max without keepdims",
+    "no_keepdims_both": "max and sum without keepdims", "no_max": "no max subtraction",
+    "global_max": "global max subtracted", "no_exp": "np.exp missing",
+    "not_normalised": "weights not normalised", "scaled_in_softmax": "scaled inside the softmax",
+    "weights_out_transposed": "softmax returns transposed weights",
+    "weights_transposed": "attn_weights.T @ V", "result_transposed": "result transposed",
+    "elementwise": "elementwise * instead of @", "no_projection": "X not projected",
+    "k_from_wq": "K from W_q", "v_from_wk": "V from W_k or W_q", "all_wq": "W_q for Q, K and V",
+    "projection_order": "projections the wrong way round", "precision": "computed in float32",
+    "mutated": "input changed in place", "returned_none": "returns None",
+    "returned_tuple": "returns a tuple", "not_array": "returns no array",
+    "returned_list": "returns a list", "returns_weights": "layer returns the weights",
+    "no_softmax": "softmax skipped", "v_at_weights": "V @ attn_weights",
+    "floor_div": "// in the scale", "zero_scale": "scale 1 // sqrt(d_k) = 0",
+    "int_buffer": "integer result buffer", "mixed_scale": "raw and scaled scores mixed",
+    "scale_raw": "raw scores where scaled were asked", "scale_sqrt_dk": "scaled where raw was asked",
+    "scale_dk": "scores divided by d_k", "scale_sqrt_nk": "sqrt(n_k) instead of sqrt(d_k)",
+    "scale_sqrt_nq": "sqrt(n_q) instead of sqrt(d_k)",
+    "scale_sqrt_dmodel": "sqrt(d_model) instead of sqrt(d_k)",
+    "raised_matmul": "raised: shapes do not fit a matrix product",
+    "raised_broadcast": "raised: shapes do not broadcast",
+    "raised_elementwise": "raised: elementwise * instead of @",
+    "raised_elementwise_scores": "raised: Q * K instead of Q @ K.T",
+    "raised_signature": "wrong parameters", "raised_none": "raised: a value is None",
+    "raised_name": "raised: undefined name", "raised": "raised an exception",
+    "unknown": "an unrecognised mistake", "batched": "no batch support",
+}
+
 
 def _scale_hint(key, user_scale, either=False):
     """The hint for scores scaled by the variant `key` when the case wanted `user_scale`.
@@ -324,6 +358,7 @@ def _mistakes(case, user_scale, either=False):
         with_scales(_HINTS["int_buffer"], lambda s: np.trunc(_softmax_np(raw * s) @ v))
         if v.shape[-1] == q.shape[-2]:
             with_scales(_HINTS["v_at_weights"], lambda s: v @ _softmax_np(raw * s))
+            with_scales(_HINTS["elementwise"], lambda s: _softmax_np(raw * s) * v)
         if name == "self_attention_layer":
             x, wq, wk, wv = args
             with_scales(_HINTS["no_projection"],

@@ -112,6 +112,10 @@ def _merge_combined(results):
             next((c for c in hints if c.startswith(h + " Also: ")), h) for h in r.hints))
 
 
+# The functions whose result is a matrix product (an elementwise * is a likely slip there).
+_PRODUCT_NAMES = ("compute_self_attention_scores", "compute_attention_output")
+
+
 def _exception_result(case, exc):
     kind = type(exc).__name__
     text = str(exc).strip() or "(no message)"
@@ -137,9 +141,18 @@ def _exception_result(case, exc):
     elif "nonetype" in low:
         hint = _HINTS["raised_none"]
     elif "could not be broadcast" in low:
-        hint = _HINTS[{"compute_attention_output": "raised_elementwise",
-                       "compute_self_attention_scores": "raised_elementwise_scores"}
-                      .get(case.name, "raised_broadcast")]
+        # The failing line tells a reduction without keepdims from an elementwise product.
+        code = frame.line if frame is not None and frame.line else ""
+        elementwise = _HINTS["raised_elementwise_scores" if case.name == "compute_self_attention_scores"
+                             else "raised_elementwise"]
+        if re.search(r"[\w)\]]\s*\*\s*[\w(]", code):
+            hint = elementwise
+        elif re.search(r"\b(sum|max)\(", code):
+            hint = _HINTS["raised_broadcast"]
+        elif not code:
+            hint = elementwise if case.name in _PRODUCT_NAMES else _HINTS["raised_broadcast"]
+        else:
+            hint = _HINTS["raised"]
     elif "matmul" in low or "not aligned" in low or "mismatch" in low or "dimension" in low:
         hint = _hint(_HINTS["raised_matmul"].format(products=_PRODUCTS[case.name]), "raised_matmul")
     else:
