@@ -120,9 +120,12 @@ def assert_attention_close(actual, desired, *, rtol=None, atol=None, err_msg="")
     Largest difference at index (1,): actual 0.25, desired 0.3 (|difference| 0.05, relative 0.166667).
     """
     __tracebackhide__ = True  # pytest shows the caller's line, not this one
+    prefix = (err_msg.rstrip() + "\n") if err_msg else ""
+    problem = _not_an_array(actual)
+    if problem:
+        raise AssertionError(f"{prefix}actual is {problem}")
     a = np.asarray(actual)
     d = np.asarray(desired)
-    prefix = (err_msg.rstrip() + "\n") if err_msg else ""
     for what, arr in (("actual", a), ("desired", d)):
         if arr.dtype.kind not in "biuf":
             raise TypeError(f"assert_attention_close: {what} has dtype {arr.dtype}; "
@@ -141,6 +144,26 @@ def assert_attention_close(actual, desired, *, rtol=None, atol=None, err_msg="")
     if diff.close:
         return
     raise AssertionError(prefix + _diff_message(diff, rtol, atol, dt))
+
+
+def _not_an_array(value):
+    """What is wrong with a function's result as an array, in words, or "" if nothing."""
+    if value is None:
+        return ("None: your function returned None (it still ends in `pass`, or lacks a "
+                "`return`).")
+    if isinstance(value, tuple):
+        shapes = ", ".join(str(np.shape(v)) if not np.isscalar(v) else "scalar" for v in value)
+        return (f"a tuple of {len(value)} values (shapes {shapes}): your function returns "
+                f"several values; return one array.")
+    if isinstance(value, list):
+        try:
+            arr = np.asarray(value)
+        except ValueError:
+            arr = None
+        if arr is None or arr.dtype.kind not in "biuf":
+            return (f"a list of {len(value)} items that do not form one array of numbers: "
+                    f"return an np.ndarray.")
+    return ""
 
 
 def _diff_message(diff, rtol, atol, dt):

@@ -272,6 +272,7 @@ def _mistakes(case, user_scale, either=False):
             (s,) = args
             out += [(_HINTS[k], w) for k, w in _softmax_mistakes(s)]
             out.append((_HINTS["weights_out_transposed"], _swap(_softmax_np(s))))
+            out.append((_HINTS["weights_out_transposed"], _swap(_softmax_np(s, axis=-2))))
             out.append((_HINTS["int_buffer"], np.trunc(_softmax_np(s))))
             return out
 
