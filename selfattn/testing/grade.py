@@ -92,7 +92,7 @@ def _function_result(name, report):
         "verdict": _verdict(report),
         "points": sum(r.verdict == "pass" for r in report.results if not r.case.batched),
         "max_points": sum(not r.case.batched for r in report.results),
-        "convention": report.convention,
+        "convention": report.convention if report else None,  # recognised, not just closest
         "mistakes": report.mistakes,
         "diagnoses": [str(d) for d in report.diagnoses],
         "cases": [{"id": r.case.id, "label": r.case.label, "verdict": r.verdict,
