@@ -211,7 +211,7 @@ def self_attention_layer(X, W_q, W_k, W_v):
     Q, K, V = X @ W_q, X @ W_k, X @ W_v
     scores = compute_self_attention_scores(Q, K) / np.sqrt(K.shape[1])
     return compute_attention_output(softmax_attention_weights(scores), V)
-''')), {"self_attention_layer": ("fail", ["scale_sqrt_dk"])})
+''')), {"self_attention_layer": ("fail", ["mixed_scale"])})
 
 # ---- submissions that are not complete ----------------------------------------------------------
 _add("only_softmax", [IMPORTS, SOFTMAX],

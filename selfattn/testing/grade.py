@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from .cases import _SCALED, _check_scale, cases
 from .load import NOTEBOOK_FUNCTIONS, load_notebook
-from .mistakes import TITLES
+from .mistakes import _HINTS, TITLES
 from .report import check
 
 __all__ = ["grade", "check_functions", "main"]
@@ -62,10 +62,13 @@ def check_functions(functions, scale="either", seed=0):
             pinned = passed[0].scale
             for name, r in reports.items():
                 if r is not None and r.name in _SCALED and r.scale != pinned:
-                    reports[name] = check(functions[name], name, scale=pinned, seed=seed)
-                    reports[name].notes.append(
-                        f"{passed[0].name} uses {passed[0].convention} scores; the same "
-                        f"convention is asked of {name}.")
+                    report = check(functions[name], name, scale=pinned, seed=seed)
+                    report.notes.append(f"{passed[0].name} uses {passed[0].convention} scores; "
+                                        f"the same convention is asked of {name}.")
+                    for r in report.results:  # the other convention is not wrong, the mix is
+                        r.hints = [_HINTS["mixed_scale"] if set(getattr(h, "keys", ())) &
+                                   {"scale_raw", "scale_sqrt_dk"} else h for h in r.hints]
+                    reports[name] = report
     return reports
 
 
