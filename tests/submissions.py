@@ -236,12 +236,14 @@ _add("os_abort", _cells(CORRECT, after=["import os\nos.abort()\n"]),
 
 def notebook_json(cells):
     """An nbformat 4 notebook with these code cells and a markdown cell first."""
-    nb_cells = [{"cell_type": "markdown", "metadata": {}, "source": ["# Self-attention\n"]}]
+    nb_cells = [{"cell_type": "markdown", "id": "cell-0", "metadata": {},
+                 "source": ["# Self-attention\n"]}]
     for i, src in enumerate(cells, 1):
-        nb_cells.append({"cell_type": "code", "execution_count": i, "metadata": {}, "outputs": [],
-                         "source": src.splitlines(keepends=True)})
-    return {"cells": nb_cells, "metadata": {"kernelspec": {"name": "python3"}},
-            "nbformat": 4, "nbformat_minor": 5}
+        nb_cells.append({"cell_type": "code", "id": f"cell-{i}", "execution_count": i,
+                         "metadata": {}, "outputs": [], "source": src.splitlines(keepends=True)})
+    kernel = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    return {"cells": nb_cells, "metadata": {"kernelspec": kernel}, "nbformat": 4,
+            "nbformat_minor": 5}
 
 
 def write(folder, names=None, count=None):

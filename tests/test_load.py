@@ -101,3 +101,10 @@ def test_loading_needs_no_jupyter(tmp_path):
             f"print(sorted(load_notebook({str(path)!r}).functions))\n")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert run.stdout.strip() == "['softmax_attention_weights']", run.stderr
+
+
+def test_the_generated_submissions_are_valid_notebooks():
+    nbformat = pytest.importorskip("nbformat")
+    for name, kind, cells, _ in submissions.SUBMISSIONS:
+        if kind == "ipynb":
+            nbformat.validate(nbformat.from_dict(submissions.notebook_json(cells)))

@@ -111,11 +111,24 @@ def _set_memory_limit(megabytes):
     except ImportError:  # Windows: no RLIMIT_AS; the wall-clock limit still holds
         return False
     limit = megabytes * 2**20
+    if _address_space() > limit // 2:
+        # Already this large before any student code (a sanitizer's shadow memory): a limit
+        # would fail every allocation, not a student's huge one.
+        return False
     _, hard = resource.getrlimit(resource.RLIMIT_AS)
     if hard != resource.RLIM_INFINITY:
         limit = min(limit, hard)
     resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
     return True
+
+
+def _address_space():
+    """This process's virtual memory in bytes where /proc tells it (Linux), else 0."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        return 0
 
 
 def _child(path, scale, result_path, memory_mb):

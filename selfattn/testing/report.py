@@ -103,16 +103,17 @@ class CheckReport:
         found = "recognised" if self.passed else "compared with the closest to yours"
         return f"{found}: {text}; {_EITHER_NOTE}"
 
+    def _heading(self):
+        """What the text and the HTML show above the cases: the convention (or None), the
+        diagnoses, and each diagnosis's number."""
+        diagnoses = self.diagnoses
+        return self._convention(), diagnoses, {d: i for i, d in enumerate(diagnoses, 1)}
+
     def __str__(self):
         width = 100
-        lines = [self.summary()]
-        conv = self._convention()
-        if conv:
-            lines.append(f"Convention: {conv}.")
-        for note in self.notes:
-            lines.append(f"Note: {note}")
-        diagnoses = self.diagnoses
-        number = {d: i for i, d in enumerate(diagnoses, 1)}
+        conv, diagnoses, number = self._heading()
+        lines = [self.summary()] + ([f"Convention: {conv}."] if conv else [])
+        lines += [f"Note: {note}" for note in self.notes]
         if diagnoses:
             lines.append("")
             lines.append("What is wrong:")
@@ -149,13 +150,9 @@ class CheckReport:
         color = "#1a7f37" if ok else "#cf222e"
         parts = ['<div class="selfattn-check">',
                  f'<p style="color:{color};font-weight:bold">{e(self.summary())}</p>']
-        conv = self._convention()
-        if conv:
-            parts.append(f"<p>Convention: {e(conv)}.</p>")
-        for note in self.notes:
-            parts.append(f"<p><i>Note:</i> {e(note)}</p>")
-        diagnoses = self.diagnoses
-        number = {d: i for i, d in enumerate(diagnoses, 1)}
+        conv, diagnoses, number = self._heading()
+        parts += [f"<p>Convention: {e(conv)}.</p>"] if conv else []
+        parts += [f"<p><i>Note:</i> {e(note)}</p>" for note in self.notes]
         if diagnoses:
             parts.append("<p><b>What is wrong:</b></p><ol>")
             parts += [f"<li>{e(d)}</li>" for d in diagnoses]
