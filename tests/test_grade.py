@@ -10,6 +10,7 @@ import sys
 import pytest
 
 import submissions
+from selfattn.testing.grade import grade
 from selfattn.testing.load import NOTEBOOK_FUNCTIONS
 
 
@@ -90,3 +91,30 @@ def test_grade_usage_errors_exit_2(tmp_path):
     run = subprocess.run([sys.executable, "-m", "selfattn", "grade", str(tmp_path)],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 2 and "no .ipynb or .py files" in run.stderr
+
+
+def _one_student(tmp_path, cells):
+    folder = tmp_path / "class"
+    folder.mkdir()
+    (folder / "student.ipynb").write_text(json.dumps(submissions.notebook_json(cells)))
+    return folder
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or "asan" in os.environ.get("LD_PRELOAD", ""),
+                    reason="RLIMIT_AS as set on Linux (not under a sanitizer's shadow memory)")
+def test_the_memory_limit_refuses_an_allocation_that_would_otherwise_succeed(tmp_path):
+    # np.empty maps 3 GiB without touching it: only the limit can refuse it.
+    folder = _one_student(tmp_path, [submissions.IMPORTS,
+                                     "big = np.empty(3 * 2**30, dtype=np.uint8)\n"])
+    (result,) = grade([folder], tmp_path / "out", memory_mb=1024, timeout=30, echo=None)
+    assert result["problems"][0].startswith("cell 2: MemoryError")
+    (result,) = grade([folder], tmp_path / "out", memory_mb=8192, timeout=30, echo=None)
+    assert not any("MemoryError" in p for p in result["problems"])
+
+
+def test_progress_shows_as_a_counter_on_a_terminal(tmp_path, capsys):
+    folder = _one_student(tmp_path, [submissions.IMPORTS, submissions.SOFTMAX])
+    grade([folder], tmp_path / "out", progress=True, echo=None)
+    assert capsys.readouterr().out.startswith("\rgrading [##############################] 1/1")
+    grade([folder], tmp_path / "out", progress=False, echo=None)
+    assert capsys.readouterr().out == ""
