@@ -163,7 +163,7 @@ def _submissions(paths):
             raise FileNotFoundError(f"grade: {p} does not exist")
         for entry in sorted(os.listdir(p)):
             full = os.path.join(p, entry)
-            if entry.startswith((".", "_")):
+            if entry.startswith(".") or entry == "__pycache__":  # .ipynb_checkpoints and such
                 continue
             if os.path.isfile(full) and entry.endswith(_SUFFIXES):
                 found.append((os.path.splitext(entry)[0], full))
@@ -205,7 +205,9 @@ def _grade_one(student, path, scale, timeout, memory_mb):
                 [sys.executable, "-c", code, os.path.abspath(path), scale, result_path,
                  str(memory_mb)],
                 cwd=os.path.dirname(os.path.abspath(path)), env=_child_env(),
-                stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
+                # What the functions print while checked is not kept (the cells' output is).
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                timeout=timeout)
             if run.returncode != 0 or not os.path.exists(result_path):
                 status = _CRASHED
                 detail = _crash_detail(run.returncode, run.stderr)
