@@ -158,3 +158,9 @@ def test_no_hint_from_shapes_alone_and_the_differing_entries_shown():
 def test_assert_attention_close_names_none_tuple_and_list_results(value, words):
     with pytest.raises(AssertionError, match=words):
         assert_attention_close(value, np.zeros(2))
+
+
+def test_every_mistake_has_a_short_title_for_the_class_summary():
+    from selfattn.testing.mistakes import _HINTS, TITLES
+    scale_keys = {f"scale_{k}" for k in ("raw", "sqrt_dk", "dk", "sqrt_nk", "sqrt_nq", "sqrt_dmodel")}
+    assert set(_HINTS) | scale_keys | {"batched"} == set(TITLES)

@@ -104,11 +104,6 @@ _HINTS = {
     "returned_tuple": "Your function returns a tuple; it must return a single array "
                       "(for self_attention_layer: only the output, not the weights).",
     "not_array": "Your function must return a NumPy array of numbers.",
-    "nonfinite": "Your result contains inf or NaN where the expected result is finite.",
-    "rows_not_one": "The rows of your weights do not sum to 1; softmax divides each row of "
-                    "exponentials by that row's sum.",
-    "negative_weights": "Some of your weights are negative; softmax weights are exp(...) / sum, "
-                        "which is never negative.",
     "unknown": "Your result differs from selfattn's and matches none of the mistakes check() knows. "
                "Compare step by step with selfattn's functions on the same inputs "
                "(selfattn.testing.cases(name) has them, with the expected outputs); "
