@@ -417,6 +417,6 @@ def main(argv=None):
         grade(args.submissions, args.out, scale=args.scale, timeout=args.timeout, jobs=args.jobs,
               memory_mb=args.memory)
     except FileNotFoundError as exc:
-        print(f"python -m selfattn grade: {exc}", file=sys.stderr)
+        print(f"python -m selfattn {exc}", file=sys.stderr)  # "grade: ..."
         return 2
     return 0
