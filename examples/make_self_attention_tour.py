@@ -77,13 +77,15 @@ large ones, and `inf / inf` is NaN. The report names the mistake and the fix:"""
 report = selfattn.testing.check(softmax_attention_weights)
 assert not report and "No max subtraction" in report.diagnoses[0]
 print(report)"""),
-    ("md", """The notebook's scores are raw dot products. Checked against scaled attention they fail, and
-the report says so; checked with `scale=1.0` they pass:"""),
+    ("md", """The notebook's scores are raw dot products. `check` accepts raw or `1/sqrt(d_k)`-scaled
+scores, used consistently, and says which it recognised; pinned to scaled attention with
+`scale="scaled"`, the raw scores fail and the report says why:"""),
     ("code", """def compute_self_attention_scores(Q, K):
     return Q @ K.T
 
-print(selfattn.testing.check(compute_self_attention_scores).diagnoses[0])
-assert selfattn.testing.check(compute_self_attention_scores, scale=1.0)"""),
+report = selfattn.testing.check(compute_self_attention_scores)
+assert report and report.convention == "raw"
+print(selfattn.testing.check(compute_self_attention_scores, scale="scaled").diagnoses[0])"""),
     ("md", """## Seeing the attention
 
 Queries are rows, keys are columns; each row sums to 1."""),

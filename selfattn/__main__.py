@@ -1,6 +1,7 @@
 """``python -m selfattn``: a worked example, this build's facts and an agreement check.
 
-``python -m selfattn bench`` runs the project's benchmark instead (see selfattn/_bench.py).
+``python -m selfattn bench`` runs the project's benchmark instead (see selfattn/_bench.py), and
+``python -m selfattn grade SUBMISSIONS...`` grades a class's notebooks (``grade --help``).
 """
 from __future__ import annotations
 
@@ -74,9 +75,14 @@ def main(argv=None):
         from . import _bench
 
         return _bench.main(argv[1:])
+    if argv and argv[0] == "grade":
+        from .testing import grade
+
+        return grade.main(argv[1:])
     if argv and argv[0] not in ("-h", "--help"):
         print(f"python -m selfattn: unknown command {argv[0]!r}; use 'python -m selfattn' for the "
-              f"demo or 'python -m selfattn bench' for the benchmark", file=sys.stderr)
+              f"demo, 'python -m selfattn bench' for the benchmark or 'python -m selfattn grade' to "
+              f"grade notebooks", file=sys.stderr)
         return 2
     if argv:
         print(__doc__)

@@ -79,8 +79,8 @@ class AttentionTrace:
              "Subtracting each row's maximum keeps exp from overflowing; softmax does not change.",
              [("row_max", self.row_max)]),
             ("4. Exponentials", "exponentials = np.exp(scores - row_max)",
-             "Every entry is now between 0 and 1: the row's best match is exactly 1, "
-             "a hidden key exactly 0.",
+             "Every entry is now between 0 and 1: the row's best match is exactly 1"
+             + (", a hidden key exactly 0." if hidden else "."),
              [("exponentials", self.exponentials)]),
             ("5. Row sums", "row_sums = exponentials.sum(axis=-1, keepdims=True)",
              "One sum per query.",
@@ -110,7 +110,9 @@ class AttentionTrace:
                 lines += ["", title, "  " + formula, "  " + why]
                 for name, arr in arrays:
                     lines.append(f"  {name} {arr.shape} =")
-                    lines += ["    " + row for row in str(arr).splitlines()]
+                    rows, cols = self._labels(name, arr)
+                    text = str(arr) if rows is None else _text_matrix(arr, rows, cols)
+                    lines += ["    " + row for row in text.splitlines()]
         return "\n".join(lines)
 
     def __repr__(self):
@@ -140,6 +142,24 @@ def _shown(n):
         return list(range(n))
     half = _SHOW_MAX // 2
     return list(range(half)) + [None] + list(range(n - half, n))
+
+
+def _text_matrix(arr, rows, cols=None):
+    """The matrix as a table with the tokens as row labels (and column labels, for the (n, n)
+    matrices), the middle elided past 12 rows or columns as in the HTML form."""
+    shown_cols = _shown(arr.shape[1])
+    cells = [["⋮" if i is None else ("…" if j is None else _num(arr[i, j])) for j in shown_cols]
+             for i in _shown(arr.shape[0])]
+    heads = None if cols is None else ["…" if j is None else cols[j] for j in shown_cols]
+    width = max(len(c) for row in cells + ([heads] if heads else []) for c in row)
+    label_w = max(len(r) for r in rows)
+    out = []
+    if heads is not None:
+        out.append(" " * label_w + "  " + " ".join(f"{h:>{width}}" for h in heads))
+    for i, row in zip(_shown(arr.shape[0]), cells):
+        label = "⋮" if i is None else rows[i]
+        out.append(f"{label:>{label_w}}  " + " ".join(f"{c:>{width}}" for c in row))
+    return "\n".join(out)
 
 
 def _html_matrix(arr, rows=None, cols=None):
@@ -184,7 +204,7 @@ def explain(X, W_q, W_k, W_v, *, tokens=None, scale=None, mask=None, is_causal=F
     W_q, W_k : array_like, shape (d_model, d_k)
     W_v : array_like, shape (d_model, d_v)
     tokens : sequence of str, optional
-        A label per token, used as row and column headers.
+        A label per token, used as row and column headers in the text and the HTML form.
     scale, mask, is_causal :
         As in :func:`selfattn.self_attention_layer`; scale defaults to ``1/sqrt(d_k)``.
 
@@ -199,7 +219,8 @@ def explain(X, W_q, W_k, W_v, *, tokens=None, scale=None, mask=None, is_causal=F
     ------
     ValueError
         For inputs that are not 2-D, shapes that do not fit (the messages of
-        :func:`selfattn.self_attention_layer`, naming ``explain``), or a wrong number of tokens.
+        :func:`selfattn.self_attention_layer`, naming ``explain``), no tokens at all, or a wrong
+        number of token labels.
     TypeError
         For complex, object or string inputs, or `tokens` given as one string.
 
@@ -229,6 +250,9 @@ def explain(X, W_q, W_k, W_v, *, tokens=None, scale=None, mask=None, is_causal=F
             )
     dtype = output.dtype
     n = X.shape[0]
+    if n == 0:
+        raise ValueError(f"{func}: X has 0 tokens (X.shape={X.shape}); explain needs at least "
+                         f"one token (one row of X) to show")
     if tokens is not None:
         if isinstance(tokens, str):
             raise TypeError(f"{func}: tokens must be a list of {n} labels, not a single string; "

@@ -11,7 +11,9 @@ import numpy as np
 
 __all__ = ["plot_attention"]
 
-_ANNOTATE_MAX = 12  # annotate=None writes the values in the cells up to this many rows and columns
+_ANNOTATE_MAX = 20  # annotate=None writes the values in the cells up to this many rows and columns
+_ANNOTATE_LARGE_FONT = 12  # up to this many, in the larger font
+_SMALL_WEIGHTS_FROM = 16  # from this many keys, the colours run up to the largest weight, not 1
 
 
 def _import_pyplot():
@@ -21,7 +23,7 @@ def _import_pyplot():
     except ImportError as exc:
         raise ImportError(
             "plot_attention needs matplotlib, which is not installed. Install it with "
-            "pip install \"selfattn[plot]\" (or pip install matplotlib)."
+            "pip install matplotlib (or, in selfattn's source folder, pip install \".[plot]\")."
         ) from exc
     return matplotlib
 
@@ -43,7 +45,8 @@ def _labels(func, name, tokens, count, what, whats):
     return labels
 
 
-def plot_attention(weights, tokens=None, *, key_tokens=None, ax=None, annotate=None, head=None):
+def plot_attention(weights, tokens=None, *, key_tokens=None, ax=None, annotate=None, head=None,
+                   vmin=None, vmax=None):
     """Draw attention weights as a heatmap: queries as rows, keys as columns.
 
     Parameters
@@ -59,20 +62,30 @@ def plot_attention(weights, tokens=None, *, key_tokens=None, ax=None, annotate=N
     ax : matplotlib Axes, optional
         Where to draw; by default a new figure.
     annotate : bool, optional
-        Write each weight in its cell (``0.42``). Default: when there are at most 12 rows and
-        12 columns.
+        Write each weight in its cell (``0.42``). Default: when there are at most 20 rows and
+        20 columns (in a smaller font from 13).
     head : int, optional
         Which head to draw when `weights` has a head dimension.
+    vmin, vmax : float, optional
+        The weights drawn in the darkest and the brightest colour. Default: 0 and 1, except
+        that from 16 keys on, where every weight is small (a uniform row is 1/n_k), vmax is the
+        largest weight, so that the structure shows.
 
     Returns
     -------
     matplotlib.axes.Axes
-        The axes drawn on; the colour scale runs from 0 to 1 and has a colorbar.
+        The axes drawn on, with a colorbar.
+
+    Warns
+    -----
+    UserWarning
+        For values outside [0, 1] (scores rather than weights?) and for rows that do not sum to 1
+        (a softmax over the wrong axis?), since each row of attention weights sums to 1.
 
     Raises
     ------
     ImportError
-        If matplotlib is not installed (``pip install "selfattn[plot]"``).
+        If matplotlib is not installed (``pip install matplotlib``).
     ValueError
         For weights that are not a matrix (or a stack of heads), a head that does not exist, or
         token labels whose count does not match.
@@ -147,13 +160,21 @@ def plot_attention(weights, tokens=None, *, key_tokens=None, ax=None, annotate=N
             f"{finite.max():.3g}); are these scores rather than weights? Softmax them with "
             f"selfattn.softmax_attention_weights first. The colours are clipped to [0, 1].",
             UserWarning, stacklevel=2)
+    else:
+        _warn_rows_not_one(func, w)
+    if vmin is None:
+        vmin = 0.0
+    if vmax is None:
+        vmax = 1.0
+        if n_k >= _SMALL_WEIGHTS_FROM and finite.size and vmin < finite.max() < 1.0:
+            vmax = float(finite.max())
 
     if ax is None:
         import matplotlib.pyplot as plt
         size = (max(3.0, 0.55 * n_k + 2.0), max(2.5, 0.5 * n_q + 1.2))
         _, ax = plt.subplots(figsize=size, constrained_layout=True)
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.8")
-    image = ax.imshow(np.ma.masked_invalid(w), cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto",
+    image = ax.imshow(np.ma.masked_invalid(w), cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto",
                       interpolation="nearest")
     # Positions and labels are set together, so that they cannot drift apart.
     ax.set_yticks(np.arange(n_q), labels=row_labels if row_labels is not None else np.arange(n_q))
@@ -168,11 +189,31 @@ def plot_attention(weights, tokens=None, *, key_tokens=None, ax=None, annotate=N
     if title:
         ax.set_title(title)
     if annotate:
+        fontsize = 8 if max(n_q, n_k) <= _ANNOTATE_LARGE_FONT else 6
+        bright = vmin + 0.6 * (vmax - vmin)  # viridis is light from here on: black text
         for i in range(n_q):
             for j in range(n_k):
                 v = w[i, j]
                 text = f"{v:.2f}" if np.isfinite(v) else str(v)
-                color = "black" if np.isfinite(v) and v > 0.6 else "white"
-                ax.text(j, i, text, ha="center", va="center", color=color, fontsize=8)
-    ax.figure.colorbar(image, ax=ax, label="attention weight")
+                color = "black" if np.isfinite(v) and v > bright else "white"
+                ax.text(j, i, text, ha="center", va="center", color=color, fontsize=fontsize)
+    label = "attention weight" if vmax == 1.0 else f"attention weight (colours up to {vmax:.3g})"
+    ax.figure.colorbar(image, ax=ax, label=label)
     return ax
+
+
+def _warn_rows_not_one(func, w):
+    """Warn when rows of weights do not sum to 1 (all-zero rows are fully masked queries)."""
+    with np.errstate(all="ignore"):
+        sums = np.where(np.isfinite(w), w, 0.0).sum(axis=1)
+    bad = ~(np.isclose(sums, 1.0, rtol=1e-3, atol=1e-3) | (sums == 0))
+    if not bad.any():
+        return
+    i = int(np.flatnonzero(bad)[0])
+    cols = np.where(np.isfinite(w), w, 0.0).sum(axis=0)
+    why = (" Its columns sum to 1: a softmax over axis 0 instead of each row (axis=-1)?"
+           if np.allclose(cols, 1.0, rtol=1e-3, atol=1e-3) else "")
+    warnings.warn(
+        f"{func}: {int(bad.sum())} of {w.shape[0]} rows of the weights do not sum to 1 (row {i} "
+        f"sums to {sums[i]:.3g}); each query's weights over the keys should.{why}",
+        UserWarning, stacklevel=3)

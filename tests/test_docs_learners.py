@@ -1,9 +1,13 @@
 """The README's grader example is the file tests/test_grader_example.py, and it grades: it passes a
 correct solution (that file runs in this suite) and fails a buggy one with the diagnosis."""
+import json
 import pathlib
 import re
+import shlex
 import subprocess
 import sys
+
+import submissions
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 GRADER = ROOT / "tests" / "test_grader_example.py"
@@ -23,6 +27,7 @@ def test_documented_grader_is_the_tested_file():
 
 
 BUGGY_STUDENT = '''
+%matplotlib inline
 import numpy as np
 
 def compute_self_attention_scores(Q, K):
@@ -42,8 +47,10 @@ def self_attention_layer(X, W_q, W_k, W_v):
 
 
 def test_grader_fails_a_buggy_solution_with_the_diagnosis(tmp_path):
+    # A real notebook: a magic and a failing cell of the student's own do not stop the grading.
     (tmp_path / "test_self_attention.py").write_text(GRADER.read_text())
-    (tmp_path / "student_solution.py").write_text(BUGGY_STUDENT)
+    notebook = submissions.notebook_json([BUGGY_STUDENT, "assert False, 'my own unfinished test'\n"])
+    (tmp_path / "student_solution.ipynb").write_text(json.dumps(notebook))
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                           "--rootdir", str(tmp_path), str(tmp_path)],
                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
@@ -70,3 +77,32 @@ def test_documented_report_is_what_check_prints():
             assert str(namespace["report"]).startswith(shown.rstrip("\n")), path
             found += 1
     assert found
+
+
+# The README's grading section, run as written on a class of five: the command, the summary and
+# the gradebook it shows (all but the time it took).
+CLASS = {"ada": "correct_raw_with_magics", "ben": "softmax_axis0", "chen": "scores_dk_wrong_axis",
+         "dara": "layer_returns_weights", "eli": "os_abort"}
+
+
+def _grading_section():
+    text = (ROOT / "README.md").read_text()
+    return text.split("## For teachers: grading a class", 1)[1].split("\n## ", 1)[0]
+
+
+def test_readme_grading_section_runs_as_shown(tmp_path):
+    section = _grading_section()
+    command, summary = re.search(r"```bash\n(python -m selfattn grade [^\n]*)\n```\n.*?"
+                                 r"```text\n(selfattn grade: .*?)```", section, flags=re.S).groups()
+    gradebook = re.search(r"```text\n(student,.*?)```", section, flags=re.S).group(1)
+    folder = tmp_path / "submissions"
+    for student, name in CLASS.items():
+        submissions.write(folder / student, names=[name])
+    run = subprocess.run([sys.executable, *shlex.split(command)[1:]], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    timing = re.compile(r" in \d+\.\d s")
+    assert timing.sub("", run.stdout).startswith(timing.sub("", summary))
+    assert (tmp_path / "grades" / "gradebook.csv").read_text() == gradebook
+    assert sorted(p.name for p in (tmp_path / "grades" / "reports").iterdir()) == \
+        [f"{s}.html" for s in CLASS]

@@ -121,3 +121,28 @@ def test_inputs_untouched():
     selfattn.explain(*args, is_causal=True)
     for a, c in zip(args, copies):
         np.testing.assert_array_equal(a, c)
+
+
+def test_zero_tokens_is_a_clear_error():
+    X, W_q, W_k, W_v = _inputs()
+    with pytest.raises(ValueError, match=r"explain: X has 0 tokens \(X.shape=\(0, 6\)\); explain "
+                                         r"needs at least one token"):
+        selfattn.explain(X[:0], W_q, W_k, W_v)
+
+
+def test_text_form_labels_rows_and_columns_with_the_tokens():
+    X, W_q, W_k, W_v = _inputs()
+    tokens = ["the", "cat", "sat", "down"]
+    text = str(selfattn.explain(X, W_q, W_k, W_v, tokens=tokens))
+    weights = text.split("weights (4, 4) =\n")[1].splitlines()
+    assert weights[0].split() == tokens                      # the keys as column headers
+    assert [line.split()[0] for line in weights[1:5]] == tokens  # the queries as row labels
+    output = text.split("output (4, 2) =\n")[1].splitlines()
+    assert [line.split()[0] for line in output[:4]] == tokens
+
+
+def test_hidden_keys_are_mentioned_only_when_something_hides_them():
+    X, W_q, W_k, W_v = _inputs()
+    assert "hidden" not in str(selfattn.explain(X, W_q, W_k, W_v))
+    text = str(selfattn.explain(X, W_q, W_k, W_v, is_causal=True))
+    assert "a hidden key exactly 0" in text and "is_causal hides the keys" in text

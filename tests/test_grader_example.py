@@ -1,17 +1,25 @@
 # test_self_attention.py: grades a learner's self-attention notebook with selfattn.
-# Put the learner's functions in student_solution.py next to this file (for a notebook:
-# jupyter nbconvert --to script notebook.ipynb --output student_solution), then run: pytest -v
+# Put the learner's notebook next to this file as student_solution.ipynb, then run: pytest -v
+# (for a whole class, each notebook in its own process: python -m selfattn grade FOLDER).
+import pathlib
+
 import numpy as np
 import pytest
 
 import selfattn
-from selfattn.testing import assert_attention_close, assert_implementation, cases
+from selfattn.testing import (assert_attention_close, assert_implementation, cases,
+                              load_notebook)
 
-import student_solution as student
+HERE = pathlib.Path(__file__).parent
+SUBMISSION = HERE / "student_solution.ipynb"
+if not SUBMISSION.exists():
+    SUBMISSION = HERE / "student_solution.py"  # a script works too
+# Runs every cell: magics and shell lines are skipped, a failing cell does not stop the rest.
+student = load_notebook(SUBMISSION)
 
-# The notebook's scores are raw dot products Q @ K.T. For scaled dot-product attention
-# (dot products divided by sqrt(d_k)) set SCALE = None.
-SCALE = 1.0
+# Raw dot products Q @ K.T (the notebook's text) or scaled by 1/sqrt(d_k): "either" accepts
+# both, used consistently; "raw" or "scaled" pins one.
+SCALE = "either"
 
 FUNCTIONS = [
     "compute_self_attention_scores",
@@ -24,7 +32,8 @@ FUNCTIONS = [
 @pytest.mark.parametrize("name", FUNCTIONS)
 def test_function(name):
     # Every case at once; on failure the message is the full report: each case, its error, a hint.
-    assert_implementation(getattr(student, name), name, scale=SCALE)
+    assert name in student.functions, student.problems()
+    assert_implementation(student.functions[name], name, scale=SCALE)
 
 
 @pytest.mark.parametrize("case", cases("softmax_attention_weights", batched=False), ids=str)
@@ -35,9 +44,10 @@ def test_softmax_case(case):
 
 
 def test_layer_on_a_sentence():
-    # A test of your own, with selfattn as the reference.
+    # A test of your own, with selfattn as the reference (raw or scaled, whichever is closer).
     rng = np.random.default_rng(2024)
     X = rng.normal(size=(7, 16))                    # 7 tokens, d_model = 16
     W_q, W_k, W_v = rng.normal(size=(3, 16, 8)) / 4
-    want = selfattn.self_attention_layer(X, W_q, W_k, W_v, scale=SCALE)
-    assert_attention_close(student.self_attention_layer(X, W_q, W_k, W_v), want)
+    got = student.self_attention_layer(X, W_q, W_k, W_v)
+    raw, scaled = (selfattn.self_attention_layer(X, W_q, W_k, W_v, scale=s) for s in (1.0, None))
+    assert_attention_close(got, raw if np.allclose(got, raw) else scaled)

@@ -71,8 +71,8 @@ def test_values_are_written_in_small_maps_only():
     ax = selfattn.plot_attention(w)
     texts = sorted(t.get_text() for t in ax.texts)
     assert texts == sorted(f"{v:.2f}" for v in w.ravel())
-    assert len(selfattn.plot_attention(_weights(20, 20)).texts) == 0
-    assert len(selfattn.plot_attention(_weights(20, 20), annotate=True).texts) == 400
+    assert len(selfattn.plot_attention(_weights(30, 30)).texts) == 0
+    assert len(selfattn.plot_attention(_weights(30, 30), annotate=True).texts) == 900
     assert len(selfattn.plot_attention(w, annotate=False).texts) == 0
 
 
@@ -117,10 +117,40 @@ def test_without_matplotlib_import_error_says_how_to_install(monkeypatch):
     for mod in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
         monkeypatch.setitem(sys.modules, mod, None)  # hidden: importing it raises ImportError
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    with pytest.raises(ImportError, match=r'pip install "selfattn\[plot\]"'):
+    with pytest.raises(ImportError, match=r'pip install matplotlib \(or, in selfattn\'s source folder, '
+                                          r'pip install "\.\[plot\]"\)'):
         selfattn.plot_attention(_weights())
 
 
 def test_import_selfattn_does_not_import_matplotlib():
     code = "import sys, selfattn; assert 'matplotlib' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_vmin_vmax_and_a_colour_range_that_shows_small_weights():
+    ax = selfattn.plot_attention(_weights(3, 4), vmin=0.1, vmax=0.5)
+    assert ax.images[0].get_clim() == (0.1, 0.5)
+    w = _weights(24, 24)  # 24 keys: every weight is small
+    ax = selfattn.plot_attention(w)
+    assert ax.images[0].get_clim() == (0.0, pytest.approx(w.max()))
+    assert selfattn.plot_attention(_weights(8, 8)).images[0].get_clim() == (0.0, 1.0)
+
+
+def test_numbers_shown_up_to_20_tokens_in_a_smaller_font():
+    ax = selfattn.plot_attention(_weights(16, 16))
+    assert len(ax.texts) == 256 and ax.texts[0].get_fontsize() < 8
+    assert selfattn.plot_attention(_weights(6, 6)).texts[0].get_fontsize() == 8
+    assert len(selfattn.plot_attention(_weights(21, 21)).texts) == 0
+
+
+def test_rows_that_do_not_sum_to_one_warn():
+    scores = np.random.default_rng(1).normal(size=(4, 5))
+    column_softmax = np.exp(scores) / np.exp(scores).sum(axis=0, keepdims=True)
+    with pytest.warns(UserWarning, match="rows of the weights do not sum to 1.*axis 0"):
+        selfattn.plot_attention(column_softmax)
+    masked = _weights(3, 4)
+    masked[1] = 0.0  # a fully masked query: no warning
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        selfattn.plot_attention(masked)

@@ -304,10 +304,11 @@ def sdpa_wrong_axis(Q, K, V):
 
 # (id, function, name, scale, patterns every one of which the report's text must contain)
 BUGGY = [
-    ("scores raw, scale not given", scores_raw, SCORES, None,
-     ["raw dot products", "because scale was not given", "check(fn, scale=1.0)"]),
+    ("scores raw, scaled asked", scores_raw, SCORES, None,
+     ["raw dot products", 'check was asked for scaled dot-product attention (scale="scaled"',
+      'scale="either"']),
     ("scores extra 1/sqrt(d_k)", scores_extra_scale, SCORES, 1.0,
-     ["divided by sqrt(d_k), but check was asked for the raw convention (scale=1.0)"]),
+     ['divided by sqrt(d_k), but check was asked for the raw convention (scale="raw")']),
     ("scores 1/d_k", scores_dk, SCORES, None, ["divided by d_k"]),
     ("scores 1/d_k, raw asked", scores_dk, SCORES, 1.0, ["divided by d_k, but check was asked for the raw"]),
     ("scores sqrt(n_k)", scores_wrong_axis_dk, SCORES, None, ["number of keys (K.shape[0])"]),
@@ -353,8 +354,8 @@ BUGGY = [
     ("output elementwise", output_elementwise, OUTPUT, None,
      ["You multiplied elementwise", "raised ValueError: operands could not be broadcast"]),
     ("layer wrong axis", layer_wrong_axis, LAYER, None, ["Softmax over the wrong axis"]),
-    ("layer raw, scale not given", layer_raw, LAYER, None,
-     ["raw dot products", "check(fn, scale=1.0)"]),
+    ("layer raw, scaled asked", layer_raw, LAYER, None,
+     ["raw dot products", 'scale="raw"']),
     ("layer no max subtraction", layer_no_max, LAYER, None, ["No max subtraction"]),
     ("layer sum without keepdims", layer_no_keepdims, LAYER, None, ["A sum without keepdims"]),
     ("layer K not transposed", layer_k_not_transposed, LAYER, None, ["K is not transposed"]),
@@ -408,7 +409,7 @@ def test_an_exception_is_explained_by_the_mistake_found_where_sizes_fit():
 
 
 def test_two_mistakes_at_once_are_one_diagnosis():
-    report = check(layer_raw_and_wrong_axis, LAYER)
+    report = check(layer_raw_and_wrong_axis, LAYER, scale="scaled")
     assert len(report.diagnoses) == 1
     assert report.diagnoses[0].startswith("Softmax over the wrong axis")
     assert "Also: Your scores are the raw dot products" in report.diagnoses[0]
@@ -420,16 +421,34 @@ def test_the_most_common_mistake_comes_first():
     assert [r.verdict for r in report.results if not r.case.large and not r.case.batched] == \
         ["pass"] * 4
     assert all(r.verdict == "FAIL" for r in report.results if r.case.large)
-    report = check(scores_raw, SCORES)
-    assert len(report.diagnoses) == 1 and "scale=1.0" in report.diagnoses[0]
+    report = check(scores_raw, SCORES, scale="scaled")
+    assert len(report.diagnoses) == 1 and 'scale="raw"' in report.diagnoses[0]
 
 
-def test_raw_convention_checks_pass_with_scale_one_and_fail_by_default():
-    assert check(scores_raw, SCORES, scale=1.0)
-    assert not check(scores_raw, SCORES)
-    assert check(layer_raw, LAYER, scale=1.0)
-    assert check(scaled_scores, SCORES, scale=None)
-    assert not check(scaled_scores, SCORES, scale=1.0)
+def test_either_convention_passes_by_default_and_a_pinned_one_fails_the_other():
+    for raw, scaled, name in ((scores_raw, scaled_scores, SCORES), (layer_raw, scaled_layer, LAYER)):
+        for fn, convention in ((raw, "raw"), (scaled, "scaled")):
+            report = check(fn, name)
+            assert report and report.convention == convention
+            assert f"recognised: {'raw dot products' if convention == 'raw' else 'scores scaled'}" \
+                in str(report)
+            assert check(fn, name, scale=convention)
+        assert check(raw, name, scale=1.0) and check(scaled, name, scale=None)
+        assert not check(raw, name, scale="scaled") and not check(scaled, name, scale="raw")
+    with pytest.raises(ValueError, match='scale must be "raw", "scaled" or "either"'):
+        check(scores_raw, SCORES, scale="sqrt")
+    with pytest.raises(ValueError, match='scale must be "raw", "scaled" or a positive number'):
+        cases(SCORES, scale="either")
+
+
+def test_either_convention_must_be_consistent_across_cases():
+    def scores_mixed(Q, K):  # raw in float64, scaled in float32
+        s = Q @ K.T
+        return s / np.sqrt(K.shape[1]) if s.dtype == np.float32 else s
+
+    report = check(scores_mixed, SCORES)
+    assert not report
+    assert report.mistakes == ["mixed_scale"]
 
 
 def test_a_custom_scale_is_checked():
@@ -448,7 +467,7 @@ def test_max_error_and_index_are_reported():
     got = softmax_wrong_axis(np.array(failed.case.args[0]))
     assert failed.max_error == pytest.approx(np.abs(got - exp).max())
     assert failed.worst_index is not None and len(failed.worst_index) == 2
-    assert f"max error {failed.max_error:.3g} at {testing._fmt_index(failed.worst_index)}" \
+    assert f"max error {failed.max_error:.3g} at {testing.compare._fmt_index(failed.worst_index)}" \
         in str(report)
     assert all(r.max_error is not None and r.max_error < 1e-12
                for r in check(softmax, SOFTMAX).results if r.case.dtype == np.float64)

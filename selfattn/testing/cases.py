@@ -1,0 +1,339 @@
+"""The cases :func:`check` runs: named inputs with the output selfattn expects."""
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import _api
+
+#: The functions ``check`` knows, by their public names.
+NAMES = (
+    "compute_self_attention_scores",
+    "softmax_attention_weights",
+    "compute_attention_output",
+    "self_attention_layer",
+    "scaled_dot_product_attention",
+)
+
+# The functions whose result depends on the scale convention.
+_SCALED = ("compute_self_attention_scores", "self_attention_layer", "scaled_dot_product_attention")
+
+_ARG_NAMES = {
+    "compute_self_attention_scores": ("Q", "K"),
+    "softmax_attention_weights": ("attn_scores",),
+    "compute_attention_output": ("attn_weights", "V"),
+    "self_attention_layer": ("X", "W_q", "W_k", "W_v"),
+    "scaled_dot_product_attention": ("Q", "K", "V"),
+}
+
+#: ``(rtol, atol)`` by dtype: two results agree where ``|actual - desired| <= atol + rtol * |desired|``.
+#: The coarser dtype of the two arrays decides; integers and booleans count as float64.
+
+@dataclass(frozen=True, repr=False, eq=False)
+class Case:
+    """One input set for one function, with the output selfattn expects.
+
+    Attributes
+    ----------
+    name : str
+        The function this case is for, e.g. ``"softmax_attention_weights"``.
+    id : str
+        A short identifier, usable as a pytest id (``str(case)`` returns it).
+    label : str
+        A description in words, e.g. ``"unequal sizes n_q=3, n_k=5, d_k=4 (float64)"``.
+    args : tuple of ndarray
+        The positional arguments, in the notebook's order.
+    expected : ndarray
+        selfattn's result for ``args`` (with ``scale`` where the function has one).
+    scale : float or None
+        The scale the expected result was computed with (None for functions without one).
+    batched : bool
+        The inputs have a leading batch dimension. The notebook's functions take one sequence, so
+        :func:`check` reports these cases as notes, never as failures.
+    large : bool
+        The scores are large (hundreds to thousands) to catch a softmax that overflows.
+    """
+    name: str
+    id: str
+    label: str
+    args: tuple
+    expected: np.ndarray
+    scale: float | None = None
+    batched: bool = False
+    large: bool = False
+
+    @property
+    def arg_names(self):
+        return _ARG_NAMES[self.name]
+
+    @property
+    def inputs(self):
+        """The arguments as a dict, by their names in the notebook."""
+        return dict(zip(self.arg_names, self.args))
+
+    @property
+    def dtype(self):
+        return self.expected.dtype
+
+    def shapes(self):
+        """``"Q (3, 4), K (5, 4)"``: the input shapes, as the report shows them."""
+        return ", ".join(f"{n} {tuple(a.shape)}" for n, a in zip(self.arg_names, self.args))
+
+    def __str__(self):
+        return self.id
+
+    def __repr__(self):
+        return f"<Case {self.name}[{self.id}]: {self.shapes()} -> {tuple(self.expected.shape)}>"
+
+
+def _check_name(func, name, fn=None):
+    if name is None:
+        name = getattr(fn, "__name__", None)
+        if name not in NAMES:
+            close = difflib.get_close_matches(str(name), NAMES, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(
+                f"{func}: cannot tell which function {name!r} implements{hint}; pass its name, "
+                f"e.g. {func}(fn, 'softmax_attention_weights'). Known names: {', '.join(NAMES)}"
+            )
+        return name
+    if name not in NAMES:
+        close = difflib.get_close_matches(str(name), NAMES, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"{func}: unknown name {name!r}{hint}; known names: {', '.join(NAMES)}")
+    return name
+
+
+#: The scale conventions by name: raw dot products, or divided by sqrt(d_k) (None, as in selfattn).
+CONVENTIONS = {"raw": 1.0, "scaled": None}
+
+
+def _check_scale(func, scale, either=False):
+    """`scale` as a number or None (scaled), or "either" where `either` allows it."""
+    if scale is None:
+        return None
+    if isinstance(scale, str):
+        if scale == "either" and either:
+            return scale
+        if scale in CONVENTIONS:
+            return CONVENTIONS[scale]
+        words = '"raw", "scaled"' + (' or "either"' if either else "")
+        raise ValueError(f"{func}: scale must be {words} or a positive number, got {scale!r}")
+    real = isinstance(scale, (int, float, np.integer, np.floating))
+    if isinstance(scale, (bool, np.bool_)) or not real:
+        raise TypeError(f"{func}: scale must be a positive number or None, got {scale!r}")
+    scale = float(scale)
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"{func}: scale must be a finite positive number or None, got {scale}")
+    return scale
+
+
+def _effective_scale(scale, d_k):
+    return 1.0 / math.sqrt(d_k) if scale is None else scale
+
+
+def _normal(rng, shape, dtype, s=1.0):
+    return (rng.standard_normal(shape) * s).astype(dtype)
+
+
+def _large_integer_inputs(rng, shapes, low, high, scores_of, power, target=2400.0):
+    """Integer-valued inputs whose scores reach +-`target` (before scaling), exact in float32 and
+    float64 so that a learner's rounding cannot matter.
+
+    The first array is multiplied by a small integer c to reach the target; it enters the scores
+    `power` times (Q: once, X: twice).
+    """
+    for _ in range(1000):
+        arrays = [rng.integers(low, high + 1, size=s).astype(np.float64) for s in shapes]
+        scores = scores_of(arrays)
+        reach = min(scores.max(), -scores.min())
+        if reach < target / 16:
+            continue  # too small to scale up by a small factor
+        c = math.ceil((target / reach) ** (1.0 / power))
+        arrays[0] *= c
+        if np.abs(scores_of(arrays)).max() < 2.0 ** 24:  # every product exact in float32
+            return arrays
+    raise RuntimeError("selfattn.testing: could not draw large-score inputs")  # pragma: no cover
+
+
+def _softmax_np(s, axis=-1):
+    m = np.max(s, axis=axis, keepdims=True)
+    e = np.exp(s - m)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def cases(name, *, scale=None, seed=0, batched=True):
+    """The named cases ``check`` runs for function `name`: inputs and expected output.
+
+    For graders who write their own tests, one per case::
+
+        @pytest.mark.parametrize("case", cases("softmax_attention_weights", batched=False), ids=str)
+        def test_softmax(case):
+            got = student.softmax_attention_weights(*[a.copy() for a in case.args])
+            assert_attention_close(got, case.expected)
+
+    The arrays of a case are read-only, so that one test cannot change the next one's inputs;
+    pass copies to a function that may write to its arguments.
+
+    Parameters
+    ----------
+    name : str
+        One of :data:`NAMES`.
+    scale : float or str, optional
+        The convention the expected scores use: None or ``"scaled"`` means ``1/sqrt(d_k)``
+        (selfattn's default), ``"raw"`` or ``1.0`` raw dot products ``Q @ K.T``, another number
+        that factor. Ignored by functions without scores.
+    seed : int, optional
+        Seed of the random inputs (the same seed gives the same cases).
+    batched : bool, optional
+        Include the cases with a leading batch dimension (optional for the notebook's 2-D functions).
+
+    Returns
+    -------
+    list of Case
+    """
+    name = _check_name("cases", name)
+    scale = _check_scale("cases", scale)
+    rng = np.random.default_rng(seed)
+    builder = _BUILDERS[name]
+    out = []
+    for id_, label, args, flags in builder(rng):
+        args = tuple(np.ascontiguousarray(a) for a in args)
+        for a in args:
+            a.setflags(write=False)  # a grader's test cannot change the case for the next one
+        case_scale = None
+        if name in _SCALED:
+            d_k = args[1].shape[-1]  # K for scores and sdpa, W_q for the layer
+            case_scale = _effective_scale(scale, d_k)
+            expected = _REFERENCE[name](*args, scale=case_scale)
+        else:
+            expected = _REFERENCE[name](*args)
+        expected.setflags(write=False)
+        case = Case(name=name, id=id_, label=label, args=args, expected=expected, scale=case_scale,
+                    batched=flags.get("batched", False), large=flags.get("large", False))
+        if batched or not case.batched:
+            out.append(case)
+    return out
+
+
+_REFERENCE = {
+    "compute_self_attention_scores": _api.compute_self_attention_scores,
+    "softmax_attention_weights": _api.softmax_attention_weights,
+    "compute_attention_output": _api.compute_attention_output,
+    "self_attention_layer": _api.self_attention_layer,
+    "scaled_dot_product_attention": _api.scaled_dot_product_attention,
+}
+
+
+def _qk_cases(rng, with_v):
+    """Cases for the functions of (Q, K) or (Q, K, V)."""
+    f64, f32 = np.float64, np.float32
+
+    def qkv(n_q, n_k, d_k, d_v, dtype, batch=()):
+        arrays = [_normal(rng, batch + (n_q, d_k), dtype), _normal(rng, batch + (n_k, d_k), dtype)]
+        if with_v:
+            arrays.append(_normal(rng, batch + (n_k, d_v), dtype))
+        return arrays
+
+    sizes = "n_q=3, n_k=5, d_k=4" + (", d_v=2" if with_v else "")
+    yield "unequal-float64", f"unequal sizes {sizes} (float64)", qkv(3, 5, 4, 2, f64), {}
+    yield "unequal-float32", f"unequal sizes {sizes} (float32)", qkv(3, 5, 4, 2, f32), {}
+    v_text = (" = d_v", ", d_v=2") if with_v else ("", "")
+    yield "square-float64", f"square: n_q = n_k = d_k{v_text[0]} = 4 (float64)", \
+        qkv(4, 4, 4, 4, f64), {}
+    yield "keys-as-wide-as-d_k", f"n_k = d_k = 4, n_q=3{v_text[1]} (float64)", \
+        qkv(3, 4, 4, 2, f64), {}
+    yield "single-token", "a single token: n_q = n_k = 1, d_k=4 (float64)", qkv(1, 1, 4, 2, f64), {}
+
+    # Scores of about a thousand, exact in float32 and float64: a softmax without the max
+    # subtraction overflows (exp(710) is inf in float64, exp(89) in float32).
+    shapes = [(3, 4), (5, 4)] + ([(5, 2)] if with_v else [])
+    for dtype, dname in ((f64, "float64"), (f32, "float32")):
+        arrays = _large_integer_inputs(rng, shapes, -12, 12, lambda a: a[0] @ a[1].T, power=1)
+        if with_v:
+            arrays[2] = arrays[2] / 4.0
+        top = int(abs(arrays[0] @ arrays[1].T).max())
+        yield f"large-scores-{dname}", f"large scores, |Q.K| up to {top} ({dname})", \
+            [a.astype(dtype) for a in arrays], {"large": True}
+    yield "batched-float64", "batched: a leading batch dimension of 2 (float64)", \
+        qkv(3, 5, 4, 2, f64, batch=(2,)), {"batched": True}
+
+
+def _scores_cases(rng):
+    return _qk_cases(rng, with_v=False)
+
+
+def _sdpa_cases(rng):
+    return _qk_cases(rng, with_v=True)
+
+
+def _softmax_cases(rng):
+    f64, f32 = np.float64, np.float32
+    yield "unequal-float64", "n_q=3 queries, n_k=5 keys (float64)", [_normal(rng, (3, 5), f64, 1.5)], {}
+    yield "unequal-float32", "n_q=3 queries, n_k=5 keys (float32)", [_normal(rng, (3, 5), f32, 1.5)], {}
+    yield "square-float64", "square: n_q = n_k = 4 (float64)", [_normal(rng, (4, 4), f64, 1.5)], {}
+    yield "single-token", "a single token: n_q = n_k = 1 (float64)", [_normal(rng, (1, 1), f64)], {}
+    # Rows around +1000, -1000 and +300: exp overflows (inf / inf = NaN) or underflows (0 / 0).
+    offsets = np.array([[1000.0], [-1000.0], [300.0]])
+    yield "large-scores-float64", "large scores: rows around 1000, -1000 and 300 (float64)", \
+        [(offsets + np.round(_normal(rng, (3, 5), f64, 3.0), 2)).astype(f64)], {"large": True}
+    offsets = np.array([[500.0], [-500.0], [120.0]])
+    yield "large-scores-float32", "large scores: rows around 500, -500 and 120 (float32)", \
+        [(offsets + np.round(_normal(rng, (3, 5), f64, 3.0), 2)).astype(f32)], {"large": True}
+    yield "batched-float64", "batched: a leading batch dimension of 2 (float64)", \
+        [_normal(rng, (2, 3, 5), f64, 1.5)], {"batched": True}
+
+
+def _output_cases(rng):
+    f64, f32 = np.float64, np.float32
+
+    def wv(n_q, n_k, d_v, dtype, batch=()):
+        weights = _softmax_np(rng.standard_normal(batch + (n_q, n_k)) * 1.5)
+        return [weights.astype(dtype), _normal(rng, batch + (n_k, d_v), dtype)]
+
+    yield "unequal-float64", "unequal sizes n_q=3, n_k=5, d_v=2 (float64)", wv(3, 5, 2, f64), {}
+    yield "unequal-float32", "unequal sizes n_q=3, n_k=5, d_v=2 (float32)", wv(3, 5, 2, f32), {}
+    yield "square-float64", "square: n_q = n_k = d_v = 4 (float64)", wv(4, 4, 4, f64), {}
+    yield "single-token", "a single token: n_q = n_k = 1, d_v=2 (float64)", wv(1, 1, 2, f64), {}
+    yield "batched-float64", "batched: a leading batch dimension of 2 (float64)", \
+        wv(3, 5, 2, f64, batch=(2,)), {"batched": True}
+
+
+def _layer_cases(rng):
+    f64, f32 = np.float64, np.float32
+
+    def xw(n, d_model, d_k, d_v, dtype, batch=()):
+        s = 1.0 / math.sqrt(d_model)
+        return [_normal(rng, batch + (n, d_model), dtype), _normal(rng, (d_model, d_k), dtype, s),
+                _normal(rng, (d_model, d_k), dtype, s), _normal(rng, (d_model, d_v), dtype, s)]
+
+    sizes = "n=5 tokens, d_model=6, d_k=4, d_v=3"
+    yield "unequal-float64", f"unequal sizes {sizes} (float64)", xw(5, 6, 4, 3, f64), {}
+    yield "unequal-float32", f"unequal sizes {sizes} (float32)", xw(5, 6, 4, 3, f32), {}
+    yield "square-float64", "square: n = d_model = d_k = d_v = 4 (float64)", xw(4, 4, 4, 4, f64), {}
+    yield "single-token", "a single token: n=1, d_model=6, d_k=4, d_v=3 (float64)", \
+        xw(1, 6, 4, 3, f64), {}
+    shapes = [(5, 6), (6, 4), (6, 4), (6, 3)]
+
+    def scores_of(a):
+        return (a[0] @ a[1]) @ (a[0] @ a[2]).T
+
+    for dtype, dname in ((f64, "float64"), (f32, "float32")):
+        arrays = _large_integer_inputs(rng, shapes, -3, 3, scores_of, power=2)
+        top = int(abs((arrays[0] @ arrays[1]) @ (arrays[0] @ arrays[2]).T).max())
+        yield f"large-scores-{dname}", f"large scores, |Q.K| up to {top} ({dname})", \
+            [a.astype(dtype) for a in arrays], {"large": True}
+    yield "batched-float64", "batched: X with a leading batch dimension of 2 (float64)", \
+        xw(5, 6, 4, 3, f64, batch=(2,)), {"batched": True}
+
+
+_BUILDERS = {
+    "compute_self_attention_scores": _scores_cases,
+    "softmax_attention_weights": _softmax_cases,
+    "compute_attention_output": _output_cases,
+    "self_attention_layer": _layer_cases,
+    "scaled_dot_product_attention": _sdpa_cases,
+}

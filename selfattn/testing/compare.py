@@ -1,0 +1,193 @@
+"""Comparing arrays: tolerances chosen by dtype, and a message that says where and by how much."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+#: ``(rtol, atol)`` by dtype: two results agree where ``|actual - desired| <= atol + rtol * |desired|``.
+#: The coarser dtype of the two arrays decides; integers and booleans count as float64.
+TOLERANCES = {
+    np.dtype(np.float16): (1e-3, 1e-4),
+    np.dtype(np.float32): (1e-5, 1e-5),
+    np.dtype(np.float64): (1e-10, 1e-12),
+}
+
+
+def _tolerance(*dtypes):
+    """(rtol, atol, dtype) of the coarsest floating dtype among `dtypes`."""
+    coarsest = None
+    for dt in dtypes:
+        dt = np.dtype(dt)
+        if dt.kind != "f" or dt.itemsize > 8:
+            dt = np.dtype(np.float64)
+        if coarsest is None or dt.itemsize < coarsest.itemsize:
+            coarsest = dt
+    coarsest = coarsest if coarsest is not None else np.dtype(np.float64)
+    rtol, atol = TOLERANCES[coarsest]
+    return rtol, atol, coarsest
+
+
+@dataclass(frozen=True)
+class _Diff:
+    """How two arrays of one shape differ."""
+    n_bad: int               # elements outside the tolerance (non-finite mismatches included)
+    size: int
+    max_abs: float           # largest |actual - desired| where both are finite (0.0 if none)
+    max_rel: float
+    worst_index: tuple       # the element that is furthest outside the tolerance, or None
+    worst_actual: float
+    worst_desired: float
+    n_nonfinite: int         # elements where one side is inf/NaN and the other is not the same
+
+    @property
+    def close(self):
+        return self.n_bad == 0
+
+
+def _diff(actual, desired, rtol, atol):
+    a = np.asarray(actual, dtype=np.float64)
+    d = np.asarray(desired, dtype=np.float64)
+    finite = np.isfinite(a) & np.isfinite(d)
+    same_special = (np.isnan(a) & np.isnan(d)) | (np.isinf(a) & (a == d))
+    with np.errstate(all="ignore"):
+        err = np.where(finite, np.abs(a - d), 0.0)
+        allowed = atol + rtol * np.abs(np.where(finite, d, 0.0))
+        excess = np.where(finite, err / allowed, 0.0)
+        rel = np.where(finite & (d != 0), err / np.abs(d), np.where(finite & (err > 0), np.inf, 0.0))
+    nonfinite_bad = ~finite & ~same_special
+    bad = nonfinite_bad | (finite & (err > allowed))
+    n_bad = int(bad.sum())
+    worst = None
+    if n_bad:
+        if nonfinite_bad.any():
+            flat = int(np.flatnonzero(nonfinite_bad.ravel())[0])
+        else:
+            flat = int(np.argmax(excess.ravel()))
+        worst = tuple(int(i) for i in np.unravel_index(flat, a.shape))
+    return _Diff(
+        n_bad=n_bad,
+        size=int(a.size),
+        max_abs=float(err.max()) if err.size else 0.0,
+        max_rel=float(rel.max()) if rel.size else 0.0,
+        worst_index=worst,
+        worst_actual=float(a[worst]) if worst is not None else math.nan,
+        worst_desired=float(d[worst]) if worst is not None else math.nan,
+        n_nonfinite=int(nonfinite_bad.sum()),
+    )
+
+
+def _fmt(x):
+    """A number as a learner reads it: short, but not rounded to look equal when it is not."""
+    if isinstance(x, float) and (math.isnan(x) or math.isinf(x)):
+        return str(x)
+    return f"{x:.6g}"
+
+
+def _fmt_index(index):
+    return "(" + ", ".join(str(i) for i in index) + ")" if len(index) != 1 else f"({index[0]},)"
+
+
+def assert_attention_close(actual, desired, *, rtol=None, atol=None, err_msg=""):
+    """Raise AssertionError unless `actual` and `desired` agree within dtype-chosen tolerances.
+
+    Elements agree where ``|actual - desired| <= atol + rtol * |desired|``; NaNs in the same
+    places and infinities of the same sign count as equal. By default ``rtol`` and ``atol`` come
+    from :data:`TOLERANCES` for the coarser dtype of the two arrays (float64: 1e-10 and 1e-12,
+    float32: 1e-5 and 1e-5, float16: 1e-3 and 1e-4), so a float32 result is not failed for
+    float32 rounding. The message says how many elements differ, where the largest difference
+    is, what both values are there and how far apart they are.
+
+    Parameters
+    ----------
+    actual, desired : array_like
+        The result to check and the expected one, of the same shape.
+    rtol, atol : float, optional
+        Override the relative and absolute tolerance.
+    err_msg : str, optional
+        Put in front of the message.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from selfattn.testing import assert_attention_close
+    >>> assert_attention_close(np.float32([0.5, 0.25]), np.float32([0.5, 0.2500001]))  # silent
+    >>> assert_attention_close([0.5, 0.25], [0.5, 0.3])
+    Traceback (most recent call last):
+        ...
+    AssertionError: Arrays are not close (float64 tolerance: rtol=1e-10, atol=1e-12): 1 of 2 elements (50%) differ.
+    Largest difference at index (1,): actual 0.25, desired 0.3 (|difference| 0.05, relative 0.166667).
+    """
+    __tracebackhide__ = True  # pytest shows the caller's line, not this one
+    prefix = (err_msg.rstrip() + "\n") if err_msg else ""
+    problem = _not_an_array(actual)
+    if problem:
+        raise AssertionError(f"{prefix}actual is {problem}")
+    a = np.asarray(actual)
+    d = np.asarray(desired)
+    for what, arr in (("actual", a), ("desired", d)):
+        if arr.dtype.kind not in "biuf":
+            raise TypeError(f"assert_attention_close: {what} has dtype {arr.dtype}; "
+                            f"expected real numbers")
+    if a.shape != d.shape:
+        hint = ""
+        if a.ndim >= 2 and a.shape[:-2] + a.shape[-2:][::-1] == d.shape:
+            hint = " (actual looks transposed: its last two dimensions are swapped)"
+        raise AssertionError(
+            f"{prefix}Shapes differ: actual {a.shape}, desired {d.shape}{hint}."
+        )
+    r_default, a_default, dt = _tolerance(a.dtype, d.dtype)
+    rtol = r_default if rtol is None else float(rtol)
+    atol = a_default if atol is None else float(atol)
+    diff = _diff(a, d, rtol, atol)
+    if diff.close:
+        return
+    raise AssertionError(prefix + _diff_message(diff, rtol, atol, dt))
+
+
+def _not_an_array(value):
+    """What is wrong with a function's result as an array, in words, or "" if nothing."""
+    if value is None:
+        return ("None: your function returned None (it still ends in `pass`, or lacks a "
+                "`return`).")
+    if isinstance(value, tuple):
+        shapes = ", ".join(str(np.shape(v)) if not np.isscalar(v) else "scalar" for v in value)
+        return (f"a tuple of {len(value)} values (shapes {shapes}): your function returns "
+                f"several values; return one array.")
+    if isinstance(value, list):
+        try:
+            arr = np.asarray(value)
+        except ValueError:
+            arr = None
+        if arr is None or arr.dtype.kind not in "biuf":
+            return (f"a list of {len(value)} items that do not form one array of numbers: "
+                    f"return an np.ndarray.")
+    return ""
+
+
+def _diff_message(diff, rtol, atol, dt):
+    percent = 100.0 * diff.n_bad / diff.size
+    idx = _fmt_index(diff.worst_index)
+    lines = [
+        f"Arrays are not close ({dt} tolerance: rtol={rtol:g}, atol={atol:g}): "
+        f"{diff.n_bad} of {diff.size} elements ({percent:.3g}%) differ."
+    ]
+    if diff.n_nonfinite:
+        lines.append(
+            f"{diff.n_nonfinite} element(s) are inf or NaN on one side only; the first at index "
+            f"{idx}: actual {_fmt(diff.worst_actual)}, desired {_fmt(diff.worst_desired)}."
+        )
+        if diff.max_abs > 0:
+            lines.append(f"Among finite elements, the max |difference| is {_fmt(diff.max_abs)}.")
+    else:
+        gap = abs(diff.worst_actual - diff.worst_desired)
+        rel = gap / abs(diff.worst_desired) if diff.worst_desired != 0 else math.inf
+        lines.append(
+            f"Largest difference at index {idx}: actual {_fmt(diff.worst_actual)}, desired "
+            f"{_fmt(diff.worst_desired)} (|difference| {_fmt(gap)}, relative {_fmt(rel)})."
+        )
+        if diff.n_bad > 1:
+            lines.append(f"Max absolute difference {_fmt(diff.max_abs)}; max relative difference "
+                         f"{_fmt(diff.max_rel)}.")
+    return "\n".join(lines)

@@ -1,0 +1,245 @@
+"""Loading a learner's submission: a notebook (.ipynb) or a script (.py), run cell by cell.
+
+Neither Jupyter nor a kernel is needed: a notebook is JSON, read with the standard library. Each
+code cell runs in one fresh namespace, top to bottom, as "Restart and run all" would, except that
+IPython magics and shell lines (``%matplotlib inline``, ``%%time``, ``!pip list``) are skipped
+and a cell that raises is recorded (its number and error) and does not stop the cells after it.
+What the cells print is captured. A ``.py`` file (for example from ``jupyter nbconvert --to
+script``) is split into cells at its ``# In[ ]:`` or ``# %%`` markers and run the same way.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import linecache
+import os
+import re
+import traceback
+from dataclasses import dataclass
+
+from .cases import NAMES
+
+__all__ = ["load_notebook", "load_module", "Submission", "CellError"]
+
+#: The notebook's four functions, which a submission is expected to define.
+NOTEBOOK_FUNCTIONS = NAMES[:4]
+
+# Cell magics whose body is Python and still runs; any other %%magic cell (%%bash, %%html,
+# %%writefile, ...) is skipped whole.
+_PYTHON_CELL_MAGICS = ("%%time", "%%timeit", "%%capture", "%%prun")
+# `%magic`, `!command`, and `x = !command` / `x = %magic` assignments.
+_MAGIC_LINE = re.compile(r"^(\s*)(?:[%!]|[\w., ]+=\s*[%!])")
+_IPYTHON_CALL = re.compile(r"^(\s*)get_ipython\(\)")
+_PY_CELL_MARKER = re.compile(r"^# (?:In\[[ \d]*\]:|%%)")
+_OUTPUT_LIMIT = 20_000  # characters of printed output kept per submission
+
+
+@dataclass
+class CellError:
+    """A cell that raised: its number (1-based, among the code cells), the error and the line."""
+    cell: int
+    error: str
+    line: str = ""
+
+    def __str__(self):
+        where = f" (line: {self.line})" if self.line else ""
+        return f"cell {self.cell}: {self.error}{where}"
+
+
+class Submission:
+    """A learner's code after running it: the functions it defines and what went wrong.
+
+    Attribute access reaches the submission's namespace (``submission.softmax_attention_weights``);
+    a function it does not define raises AttributeError with a message that says so.
+
+    Attributes
+    ----------
+    path : str
+    namespace : dict
+        Every name the cells defined.
+    functions : dict
+        The notebook's functions it defines (name -> function), among :data:`NOTEBOOK_FUNCTIONS`
+        and ``scaled_dot_product_attention``.
+    missing : list of str
+        The notebook's four functions it does not define.
+    errors : list of CellError
+        The cells that raised, in order.
+    skipped : list of str
+        The magic and shell lines that were not run.
+    output : str
+        What the cells printed (stdout and stderr), cut after 20,000 characters.
+    n_cells : int
+        The number of code cells.
+    """
+
+    def __init__(self, path, namespace, errors, skipped, output, n_cells):
+        self.path = str(path)
+        self.namespace = namespace
+        self.errors = errors
+        self.skipped = skipped
+        self.output = output
+        self.n_cells = n_cells
+        self.functions = {n: namespace[n] for n in NAMES
+                          if n in namespace and callable(namespace[n])}
+        self.missing = [n for n in NOTEBOOK_FUNCTIONS if n not in self.functions]
+
+    def problems(self):
+        """What a teacher should know besides the grades, as sentences."""
+        out = [f"{e}" + (" (the cells after it still ran)" if e.cell < self.n_cells else "")
+               for e in self.errors]
+        if len(self.missing) == len(NOTEBOOK_FUNCTIONS):
+            defined = sorted(n for n, v in self.namespace.items()
+                             if callable(v) and not n.startswith("_")
+                             and getattr(v, "__module__", None) in (None, "__main__"))
+            out.append(f"{os.path.basename(self.path)} defines none of the notebook's functions "
+                       f"({', '.join(NOTEBOOK_FUNCTIONS)}); it defines: "
+                       f"{', '.join(defined) if defined else 'no functions at all'}")
+        elif self.missing:
+            out.append("missing: " + ", ".join(self.missing))
+        return out
+
+    def __getattr__(self, name):
+        namespace = self.__dict__.get("namespace", {})
+        if name in namespace:
+            return namespace[name]
+        raise AttributeError(f"{os.path.basename(self.__dict__.get('path', '?'))} does not "
+                             f"define {name!r}")
+
+    def __repr__(self):
+        return (f"<Submission {os.path.basename(self.path)}: {self.n_cells} cells, defines "
+                f"{', '.join(self.functions) or 'none of the functions'}"
+                f"{f', {len(self.errors)} cell(s) raised' if self.errors else ''}>")
+
+
+def _notebook_cells(path):
+    """The source of each code cell of a notebook file (nbformat 4, or 3)."""
+    with open(path, encoding="utf-8") as f:
+        nb = json.load(f)
+    cells = nb.get("cells")
+    if cells is None:  # nbformat 3: cells inside worksheets, the code in "input"
+        cells = [c for ws in nb.get("worksheets", []) for c in ws.get("cells", [])]
+    sources = []
+    for cell in cells:
+        if cell.get("cell_type") != "code":
+            continue
+        src = cell.get("source", cell.get("input", ""))
+        sources.append("".join(src) if isinstance(src, list) else str(src))
+    return sources
+
+
+def _script_cells(path):
+    """A .py file split at its cell markers (``# In[3]:`` from nbconvert, ``# %%``)."""
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines(keepends=True)
+    cells, current = [], []
+    for line in lines:
+        if _PY_CELL_MARKER.match(line) and current:
+            cells.append("".join(current))
+            current = []
+        current.append(line)
+    if current:
+        cells.append("".join(current))
+    return cells
+
+
+def _strip_magics(source, skipped):
+    """The cell's Python, with magic and shell lines replaced by `pass` (same line numbers), or
+    None for a cell that is not Python at all (%%bash and the like)."""
+    stripped = source.lstrip()
+    if stripped.startswith("%%"):
+        first = stripped.split("\n", 1)
+        skipped.append(first[0].strip())
+        if not first[0].split()[0] in _PYTHON_CELL_MAGICS:
+            return None
+        source = first[1] if len(first) > 1 else ""
+    out = []
+    for line in source.split("\n"):
+        m = _MAGIC_LINE.match(line) or _IPYTHON_CALL.match(line)
+        if m and not line.strip().startswith(("%=", "!=")):
+            skipped.append(line.strip())
+            line = f"{m.group(1)}pass"
+        out.append(line)
+    return "\n".join(out)
+
+
+def _display(*objs, **kwargs):
+    """IPython's display(), as text: a notebook calls it without importing it."""
+    for obj in objs:
+        print(repr(obj))
+
+
+def _run_cells(path, sources):
+    namespace = {"__name__": "__main__", "__file__": str(path), "display": _display}
+    errors, skipped = [], []
+    captured = io.StringIO()
+    for number, source in enumerate(sources, 1):
+        code = _strip_magics(source, skipped)
+        if not code or not code.strip():
+            continue
+        filename = f"<{os.path.basename(path)} cell {number}>"
+        # Tracebacks and check's reports show the line of the cell that failed.
+        linecache.cache[filename] = (len(code), None, code.splitlines(keepends=True), filename)
+        try:
+            compiled = compile(code, filename, "exec")
+            with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
+                exec(compiled, namespace)
+        except Exception as exc:  # the learner's cell fails: record it, run the next one
+            frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == filename]
+            line = frames[-1].line.strip() if frames and frames[-1].line else ""
+            if isinstance(exc, SyntaxError):
+                line = (exc.text or "").strip()
+            text = str(exc).strip()
+            errors.append(CellError(number, f"{type(exc).__name__}: {text}" if text
+                                    else type(exc).__name__, line))
+        except SystemExit:  # sys.exit() in a cell ends that cell, as in Jupyter
+            errors.append(CellError(number, "SystemExit: the cell called sys.exit()"))
+    output = captured.getvalue()
+    if len(output) > _OUTPUT_LIMIT:
+        output = output[:_OUTPUT_LIMIT] + f"\n... ({len(output) - _OUTPUT_LIMIT} more characters)"
+    return Submission(path, namespace, errors, skipped, output, len(sources))
+
+
+def load_notebook(path):
+    """Run a notebook's code cells top to bottom in a fresh namespace and return what it defines.
+
+    Magics and shell lines (``%``, ``%%``, ``!``) are skipped, a cell that raises is recorded in
+    ``.errors`` (cell number, error, line) and the next cells still run, and what the cells print
+    is kept in ``.output``. Jupyter is not needed. The code runs in this process: for code you do
+    not trust, or that may never finish, use ``python -m selfattn grade``, which runs each
+    submission in its own process with a time and a memory limit.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A ``.ipynb`` file (a ``.py`` file is passed on to :func:`load_module`).
+
+    Returns
+    -------
+    Submission
+        ``.functions`` maps each notebook function it defines to the function, ``.missing``
+        lists those it does not define, ``.problems()`` says what went wrong in words.
+
+    Examples
+    --------
+    >>> import selfattn
+    >>> sub = selfattn.testing.load_notebook("solution.ipynb")            # doctest: +SKIP
+    >>> selfattn.testing.check(sub.softmax_attention_weights)            # doctest: +SKIP
+    """
+    path = os.fspath(path)
+    if path.endswith(".py"):
+        return load_module(path)
+    try:
+        sources = _notebook_cells(path)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"load_notebook: {path} is not a notebook (not JSON: {exc})") from None
+    return _run_cells(path, sources)
+
+
+def load_module(path):
+    """Run a ``.py`` file as :func:`load_notebook` runs a notebook: split into cells at its
+    ``# In[ ]:`` or ``# %%`` markers (one cell if it has none), with ``get_ipython()`` lines
+    skipped, a failing cell recorded and the next cells still run. Returns a :class:`Submission`.
+    """
+    path = os.fspath(path)
+    return _run_cells(path, _script_cells(path))

@@ -1,0 +1,372 @@
+"""The known mistakes: each one a wrong variant of the computation, with its hint in words.
+
+Each mistake has a key and a hint in the learner's words. A hint never names a case's sizes, so
+that the report can list each mistake once however many cases show it.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .cases import _softmax_np
+
+
+
+class _Hint(str):
+    """A hint's text, with the keys of the mistakes it names (for counting them across a class)."""
+    keys = ()
+
+
+def _hint(text, *keys):
+    hint = _Hint(text)
+    hint.keys = tuple(dict.fromkeys(k for k in keys if k))
+    return hint
+
+
+def _combine(hint, also):
+    """One hint for a mistake made together with a wrong scale."""
+    return _hint(hint + " Also: " + also, *hint.keys, *also.keys)
+
+
+_RAW_NOT_ASKED = (
+    "Your scores are the raw dot products Q @ K.T, without the 1/sqrt(d_k) factor, but check was "
+    "asked for scaled dot-product attention (scale=\"scaled\": dot products divided by "
+    "sqrt(d_k)). Raw dot products, as the self-attention notebook's text asks, pass with "
+    "scale=\"raw\" or scale=\"either\" (check's default). Otherwise divide the scores by "
+    "np.sqrt(d_k), where d_k = K.shape[-1]."
+)
+
+_HINTS = {
+    "dk": "Your scores are divided by d_k (or by sqrt(d_k) twice). Scaled dot-product attention "
+          "divides by sqrt(d_k) once: Q @ K.T / np.sqrt(d_k).",
+    "sqrt_nk": "Your scores are divided by the square root of the number of keys (K.shape[0]) "
+               "instead of sqrt(d_k), the length of each key vector: d_k = K.shape[-1].",
+    "sqrt_nq": "Your scores are divided by the square root of the number of queries (Q.shape[0]) "
+               "instead of sqrt(d_k), the length of each query vector: d_k = Q.shape[-1].",
+    "sqrt_dmodel": "Your scores are divided by sqrt(d_model), the width of X (X.shape[-1]), instead "
+                   "of sqrt(d_k), the width of Q and K (W_q.shape[-1]).",
+    "scores_transposed": "Your scores are transposed: rows must be queries and columns keys, so "
+                         "compute Q @ K.T (not K @ Q.T, and not Q and K swapped).",
+    "k_not_transposed": "K is not transposed: the scores are Q @ K.T, shapes (n_q, d_k) @ (d_k, n_k). "
+                        "Q @ K only runs when n_k == d_k, and then gives wrong numbers.",
+    "qt_k": "Your result looks like Q.T @ K, a (d_k, d_k) matrix; the scores need one row per "
+            "query and one column per key: Q @ K.T.",
+    "axis": "Softmax over the wrong axis: your weights sum to 1 down each column, but each row "
+            "(one query's weights over all the keys) must sum to 1. Normalise over the last axis: "
+            "e / e.sum(axis=-1, keepdims=True).",
+    "axis_all": "Softmax over the whole matrix: you divided by the sum of all entries, so the "
+                "whole matrix sums to 1. Each row must sum to 1: e / e.sum(axis=-1, keepdims=True).",
+    "no_keepdims_sum": "A sum without keepdims: e.sum(axis=-1) has shape (n,), which NumPy lines "
+                       "up with the columns, so entry [i, j] is divided by the sum of row j. Use "
+                       "e.sum(axis=-1, keepdims=True) (shape (n, 1)) so that each row is divided "
+                       "by its own sum.",
+    "no_keepdims_max": "A max without keepdims: s.max(axis=-1) has shape (n,), which NumPy lines up "
+                       "with the columns, so entry [i, j] has the maximum of row j subtracted. Use "
+                       "s.max(axis=-1, keepdims=True).",
+    "no_keepdims_both": "max and sum without keepdims: s.max(axis=-1) and e.sum(axis=-1) have shape "
+                        "(n,), which NumPy lines up with the columns. Use keepdims=True for both.",
+    "no_max": "No max subtraction: np.exp overflows for large scores (exp(710) is already inf in "
+              "float64, exp(89) in float32) and inf / inf gives NaN (very negative rows give "
+              "0 / 0). Softmax does not change if you subtract the same number from a whole row, "
+              "so subtract each row's maximum first: e = np.exp(s - s.max(axis=-1, keepdims=True)).",
+    "global_max": "You subtracted the maximum of the whole matrix (s.max()), not of each row: rows "
+                  "far below that maximum underflow to 0 / 0 = NaN. Subtract each row's own "
+                  "maximum: s - s.max(axis=-1, keepdims=True).",
+    "no_exp": "np.exp is missing: you divided the scores by their row sums. Softmax exponentiates "
+              "first: e = np.exp(s - s.max(axis=-1, keepdims=True)); e / e.sum(axis=-1, keepdims=True).",
+    "not_normalised": "The exponentials are not normalised: divide each row by its sum, "
+                      "e / e.sum(axis=-1, keepdims=True), so that every row sums to 1.",
+    "scaled_in_softmax": "You scale the scores inside the softmax. Softmax takes the scores as "
+                         "they are; the 1/sqrt(d_k) scaling belongs to the scores step.",
+    "weights_out_transposed": "Your weights are transposed: keep the layout of the scores (rows are "
+                              "queries, columns are keys), normalise each row (axis=-1) and do not "
+                              "transpose the result.",
+    "weights_transposed": "The weights are transposed: the output is attn_weights @ V, so that "
+                          "row i mixes the value rows with query i's weights, not attn_weights.T @ V.",
+    "result_transposed": "Your result is transposed: rows must be the queries (tokens). Compute "
+                         "attn_weights @ V, not V.T @ attn_weights.T, and do not transpose the result.",
+    "elementwise": "You multiplied elementwise (attn_weights * V). The output is a matrix "
+                   "product: attn_weights @ V.",
+    "no_projection": "X is not projected: Q, K and V are X @ W_q, X @ W_k and X @ W_v, and the "
+                     "output mixes the rows of V, not of X.",
+    "k_from_wq": "K is computed with W_q: K = X @ W_k.",
+    "v_from_wk": "V is computed with W_k (or W_q): V = X @ W_v.",
+    "projection_order": "The projections are multiplied the wrong way round: Q = X @ W_q, with X "
+                        "of shape (n, d_model) and W_q of shape (d_model, d_k).",
+    "precision": "Your result is right to the precision of a smaller dtype: you compute in "
+                 "float32 (or float16) although the inputs are float64. Keep the inputs' dtype "
+                 "(no astype(np.float32) or dtype=np.float32).",
+    "mutated": "Your function changes its input in place (for example attn_scores -= ... or "
+               "np.exp(x, out=x)). The caller's arrays must stay as they were: write "
+               "x = x - x.max(axis=-1, keepdims=True) instead of x -= ....",
+    "returned_none": "Your function returned None: it still ends in `pass`, or lacks a `return`.",
+    "returned_tuple": "Your function returns a tuple; it must return a single array "
+                      "(for self_attention_layer: only the output, not the weights).",
+    "not_array": "Your function must return a NumPy array of numbers.",
+    "unknown": "Your result differs from selfattn's and matches none of the mistakes check() knows. "
+               "Compare step by step with selfattn's functions on the same inputs "
+               "(selfattn.testing.cases(name) has them, with the expected outputs); "
+               "selfattn.explain(X, W_q, W_k, W_v) shows every intermediate of a layer.",
+    "raised_matmul": "A matrix product got shapes that do not fit. Check every @ against the shapes "
+                     "you expect: {products}. A missing or extra .T only works by luck when two "
+                     "sizes are equal, which is why check() uses unequal sizes.",
+    "raised_broadcast": "Shapes that do not broadcast: a row sum or max taken without keepdims "
+                        "has shape (n_q,), which NumPy lines up with the columns. Use "
+                        "keepdims=True: e / e.sum(axis=-1, keepdims=True).",
+    "raised_elementwise": "Shapes that do not broadcast: the output is the matrix product "
+                          "attn_weights @ V (np.matmul), not an elementwise product attn_weights * V.",
+    "raised_elementwise_scores": "Shapes that do not broadcast: the scores are the matrix product "
+                                 "Q @ K.T (np.matmul), not an elementwise product Q * K.",
+    "raised_signature": "Your function does not take the arguments check() passes: "
+                        "{call}, as in the notebook. Check its parameters, or pass the right "
+                        "name to check().",
+    "raised_none": "Something was None: a function you call (perhaps one of your own) still ends "
+                   "in `pass` or lacks a `return`.",
+    "raised_name": "A name is not defined: run the cell that defines it (and `import numpy as np`).",
+    "raised": "Your function raised an exception on these inputs; the message and the line are above.",
+    "returns_weights": "Your layer returns the attention weights; it must return the output, "
+                       "attn_weights @ V (one row per token, d_v columns).",
+    "all_wq": "Q, K and V are all computed with W_q: K = X @ W_k and V = X @ W_v.",
+    "no_softmax": "The softmax is missing: the scores go straight into the product with V. "
+                  "Turn them into weights first: softmax_attention_weights(scores) @ V.",
+    "v_at_weights": "The product is the wrong way round: the output is attn_weights @ V "
+                    "(n_q, n_k) @ (n_k, d_v), not V @ attn_weights.",
+    "floor_div": "Your scale uses // (floor division), which rounds down to whole numbers: "
+                 "write Q @ K.T / np.sqrt(d_k) with a single /.",
+    "zero_scale": "Your scores are all multiplied by 0: 1 // np.sqrt(d_k) is 0.0. Use "
+                  "1 / np.sqrt(d_k) (a single /).",
+    "int_buffer": "Your result is rounded towards zero to whole numbers: the array you fill "
+                  "was created with an integer dtype (np.zeros(shape, dtype=int), or from "
+                  "integer inputs), so each value you store is truncated. Create it with "
+                  "np.zeros(shape) (float64) or dtype=X.dtype.",
+    "returned_list": "Your function returns a Python list; return an np.ndarray (np.array(rows), "
+                     "or better, compute with NumPy operations such as @).",
+    "mixed_scale": "Your scores are raw dot products in some cases and scaled by 1/sqrt(d_k) in "
+                   "others (or in some functions and not others): use one convention throughout.",
+}
+_HINTS = {key: _hint(text, key) for key, text in _HINTS.items()}
+
+#: A short name for each mistake, as the class summary of ``python -m selfattn grade`` counts them.
+TITLES = {
+    "dk": "scores divided by d_k", "sqrt_nk": "sqrt(n_k) instead of sqrt(d_k)",
+    "sqrt_nq": "sqrt(n_q) instead of sqrt(d_k)", "sqrt_dmodel": "sqrt(d_model) instead of sqrt(d_k)",
+    "scores_transposed": "scores transposed (K @ Q.T)", "k_not_transposed": "K not transposed",
+    "qt_k": "Q.T @ K", "axis": "softmax over axis 0", "axis_all": "softmax over the whole matrix",
+    "no_keepdims_sum": "sum without keepdims", "no_keepdims_max": "max without keepdims",
+    "no_keepdims_both": "max and sum without keepdims", "no_max": "no max subtraction",
+    "global_max": "global max subtracted", "no_exp": "np.exp missing",
+    "not_normalised": "weights not normalised", "scaled_in_softmax": "scaled inside the softmax",
+    "weights_out_transposed": "softmax returns transposed weights",
+    "weights_transposed": "attn_weights.T @ V", "result_transposed": "result transposed",
+    "elementwise": "elementwise * instead of @", "no_projection": "X not projected",
+    "k_from_wq": "K from W_q", "v_from_wk": "V from W_k or W_q", "all_wq": "W_q for Q, K and V",
+    "projection_order": "projections the wrong way round", "precision": "computed in float32",
+    "mutated": "input changed in place", "returned_none": "returns None",
+    "returned_tuple": "returns a tuple", "not_array": "returns no array",
+    "returned_list": "returns a list", "returns_weights": "layer returns the weights",
+    "no_softmax": "softmax skipped", "v_at_weights": "V @ attn_weights",
+    "floor_div": "// in the scale", "zero_scale": "scale 1 // sqrt(d_k) = 0",
+    "int_buffer": "integer result buffer", "mixed_scale": "raw and scaled scores mixed",
+    "scale_raw": "raw scores where scaled were asked", "scale_sqrt_dk": "scaled where raw was asked",
+    "scale_dk": "scores divided by d_k", "scale_sqrt_nk": "sqrt(n_k) instead of sqrt(d_k)",
+    "scale_sqrt_nq": "sqrt(n_q) instead of sqrt(d_k)",
+    "scale_sqrt_dmodel": "sqrt(d_model) instead of sqrt(d_k)",
+    "raised_matmul": "raised: shapes do not fit a matrix product",
+    "raised_broadcast": "raised: shapes do not broadcast",
+    "raised_elementwise": "raised: elementwise * instead of @",
+    "raised_elementwise_scores": "raised: Q * K instead of Q @ K.T",
+    "raised_signature": "wrong parameters", "raised_none": "raised: a value is None",
+    "raised_name": "raised: undefined name", "raised": "raised an exception",
+    "unknown": "an unrecognised mistake", "batched": "no batch support",
+}
+
+
+def _scale_hint(key, user_scale, either=False):
+    """The hint for scores scaled by the variant `key` when the case wanted `user_scale`.
+
+    With `either`, raw and 1/sqrt(d_k) are both accepted: the convention not being compared
+    against is then a mix of the two, and a wrong factor is named without a convention to blame.
+    """
+    scale_key = "scale_" + key
+    if either and key in ("raw", "sqrt_dk"):
+        return _hint(_HINTS["mixed_scale"], "mixed_scale")
+    if either:
+        return _hint(_HINTS[key] + " (Raw dot products, without any factor, are accepted too.)",
+                     scale_key)
+    if key == "raw":
+        if user_scale is None:
+            return _hint(_RAW_NOT_ASKED, scale_key)
+        return _hint(f"Your scores are the raw dot products Q @ K.T, but check was asked for "
+                     f"scale={user_scale:g}: multiply the dot products by it.", scale_key)
+    if user_scale == 1.0:
+        what = {"sqrt_dk": "sqrt(d_k)", "dk": "d_k", "sqrt_nk": "sqrt(n_k), the number of keys",
+                "sqrt_nq": "sqrt(n_q), the number of queries",
+                "sqrt_dmodel": "sqrt(d_model), the width of X"}[key]
+        return _hint(f"Your scores are divided by {what}, but check was asked for the raw "
+                     f"convention (scale=\"raw\"), where the scores are the plain dot products "
+                     f"Q @ K.T. Remove the division, or, if your course uses scaled dot-product "
+                     f"attention, check with scale=\"scaled\" or scale=\"either\".", scale_key)
+    if key == "sqrt_dk" and user_scale is not None:
+        return _hint(f"Your scores are divided by sqrt(d_k), but check was asked for "
+                     f"scale={user_scale:g}: multiply the dot products by that instead.", scale_key)
+    return _hint(_HINTS[key], scale_key)
+
+
+def _alt_scales(user_scale, s_ref, dims):
+    """(key, scale) of the scalings a learner may have used instead of `s_ref`."""
+    d_k = dims["d_k"]
+    out = [("raw", 1.0), ("sqrt_dk", 1 / math.sqrt(d_k)), ("dk", 1.0 / d_k)]
+    for key, dim in (("sqrt_nk", "n_k"), ("sqrt_nq", "n_q"), ("sqrt_dmodel", "d_model")):
+        if dim in dims and dims[dim] != d_k:
+            out.append((key, 1 / math.sqrt(dims[dim])))
+    # Two variants may give the same factor on a case (sqrt(n_k) is 1 for one key): both are
+    # kept, and the report names the one that explains the other cases too.
+    return [(key, s) for key, s in out if abs(s - s_ref) > 1e-12 * s_ref]
+
+
+def _swap(a):
+    return np.swapaxes(a, -1, -2)
+
+
+def _softmax_mistakes(s):
+    """(key, weights) of the softmax mistakes that can be computed on scores `s`."""
+    with np.errstate(all="ignore"):
+        out = [("axis", _softmax_np(s, axis=-2))]
+        e_all = np.exp(s - s.max(axis=(-2, -1), keepdims=True))
+        out.append(("axis_all", e_all / e_all.sum(axis=(-2, -1), keepdims=True)))
+        e = np.exp(s - s.max(axis=-1, keepdims=True))
+        if s.shape[-1] == s.shape[-2]:
+            m_cols = s.max(axis=-1)[..., None, :]
+            out.append(("no_keepdims_sum", e / e.sum(axis=-1)[..., None, :]))
+            e_bad = np.exp(s - m_cols)
+            out.append(("no_keepdims_max", e_bad / e_bad.sum(axis=-1, keepdims=True)))
+            out.append(("no_keepdims_both", e_bad / e_bad.sum(axis=-1)[..., None, :]))
+        naive = np.exp(s)
+        out.append(("no_max", naive / naive.sum(axis=-1, keepdims=True)))
+        out.append(("global_max", e_all / e_all.sum(axis=-1, keepdims=True)))
+        out.append(("no_exp", s / s.sum(axis=-1, keepdims=True)))
+        out.append(("not_normalised", e))
+        out.append(("not_normalised", naive))
+        out.append(("scaled_in_softmax", _softmax_np(s / math.sqrt(s.shape[-1]))))
+    return out
+
+
+def _mistakes(case, user_scale, either=False):
+    """(hint, array) for every known mistake on this case, most likely first.
+
+    `either`: both raw and scaled scores are accepted, so a mistake is never combined with
+    "the other convention".
+    """
+    name = case.name
+    args = [np.asarray(a) for a in case.args]
+    s_ref = case.scale
+    out = []
+    with np.errstate(all="ignore"):
+        if name == "softmax_attention_weights":
+            (s,) = args
+            out += [(_HINTS[k], w) for k, w in _softmax_mistakes(s)]
+            out.append((_HINTS["weights_out_transposed"], _swap(_softmax_np(s))))
+            out.append((_HINTS["weights_out_transposed"], _swap(_softmax_np(s, axis=-2))))
+            out.append((_HINTS["int_buffer"], np.trunc(_softmax_np(s))))
+            return out
+
+        if name == "compute_attention_output":
+            w, v = args
+            out.append((_HINTS["result_transposed"], _swap(w @ v)))
+            if w.shape[-1] == w.shape[-2]:
+                out.append((_HINTS["weights_transposed"], _swap(w) @ v))
+            if w.shape == v.shape:
+                out.append((_HINTS["elementwise"], w * v))
+            if v.shape[-1] == w.shape[-2]:
+                out.append((_HINTS["result_transposed"], _swap(v) @ _swap(w)))
+                out.append((_HINTS["v_at_weights"], v @ w))
+            out.append((_HINTS["int_buffer"], np.trunc(w @ v)))
+            return out
+
+        # The functions with scores: compose every mistake with the scalings a learner may use.
+        if name == "self_attention_layer":
+            x, wq, wk, wv = args
+            q, k, v = x @ wq, x @ wk, x @ wv
+            dims = {"n_q": x.shape[-2], "n_k": x.shape[-2], "d_k": wq.shape[-1], "d_model": x.shape[-1]}
+        elif name == "scaled_dot_product_attention":
+            q, k, v = args
+            dims = {"n_q": q.shape[-2], "n_k": k.shape[-2], "d_k": q.shape[-1]}
+        else:
+            q, k = args
+            v = None
+            dims = {"n_q": q.shape[-2], "n_k": k.shape[-2], "d_k": q.shape[-1]}
+        alt = _alt_scales(user_scale, s_ref, dims)
+        # The scale the learner most likely used instead: raw when scaled was asked, and back.
+        other = [] if either else [
+            (key, s) for key, s in alt if key == ("raw" if user_scale != 1.0 else "sqrt_dk")]
+
+        def finish(scores, weights=None):
+            """The function's result from (possibly wrong) scores or weights."""
+            if v is None:
+                return scores
+            if weights is None:
+                weights = _softmax_np(scores)
+            return weights @ v
+
+        def with_scales(hint, make):
+            """The mistake at the asked scale, then combined with the likely other scale."""
+            out.append((hint, make(s_ref)))
+            for key, s in other:
+                out.append((_combine(hint, _scale_hint(key, user_scale)), make(s)))
+
+        for key, s in alt:
+            out.append((_scale_hint(key, user_scale, either), finish(q @ _swap(k) * s)))
+        def transposed_scores(s):
+            t = _swap(q @ _swap(k)) * s  # K @ Q.T: keys as rows
+            if v is None:
+                return t
+            return _softmax_np(t) @ v if q.shape[-2] == k.shape[-2] else None
+
+        raw = q @ _swap(k)
+        # `Q @ K.T // np.sqrt(d_k)` floors every score; `Q @ K.T * (1 // np.sqrt(d_k))` zeroes them.
+        out.append((_HINTS["floor_div"], finish(np.floor_divide(raw, math.sqrt(dims["d_k"])))))
+        out.append((_HINTS["zero_scale"], finish(raw * 0.0)))
+        with_scales(_HINTS["int_buffer"], lambda s: finish(np.trunc(raw * s)))
+        with_scales(_HINTS["scores_transposed"], transposed_scores)
+        if k.shape[-2] == k.shape[-1]:
+            with_scales(_HINTS["k_not_transposed"], lambda s: finish(q @ k * s))
+        if v is None:
+            if q.shape[-2] == k.shape[-2]:
+                with_scales(_HINTS["qt_k"], lambda s: _swap(q) @ k * s)
+            return [(h, a) for h, a in out if a is not None]
+
+        # No max subtraction first: where every variant overflows to NaN, it is the likeliest.
+        for key in ("no_max", "global_max", "axis", "axis_all", "no_keepdims_sum", "no_keepdims_max",
+                    "no_keepdims_both", "no_exp", "not_normalised", "scaled_in_softmax"):
+            def make(s, key=key):
+                for k2, w in _softmax_mistakes(q @ _swap(k) * s):
+                    if k2 == key:
+                        return w @ v
+                return None
+            with_scales(_HINTS[key], make)
+        if q.shape[-2] == k.shape[-2]:
+            with_scales(_HINTS["weights_transposed"],
+                        lambda s: _swap(_softmax_np(q @ _swap(k) * s)) @ v)
+        with_scales(_HINTS["result_transposed"], lambda s: _swap(_softmax_np(q @ _swap(k) * s) @ v))
+        with_scales(_HINTS["no_softmax"], lambda s: raw * s @ v)
+        with_scales(_HINTS["returns_weights"], lambda s: _softmax_np(raw * s))
+        with_scales(_HINTS["int_buffer"], lambda s: np.trunc(_softmax_np(raw * s) @ v))
+        if v.shape[-1] == q.shape[-2]:
+            with_scales(_HINTS["v_at_weights"], lambda s: v @ _softmax_np(raw * s))
+            with_scales(_HINTS["elementwise"], lambda s: _softmax_np(raw * s) * v)
+        if name == "self_attention_layer":
+            x, wq, wk, wv = args
+            with_scales(_HINTS["no_projection"],
+                        lambda s: _softmax_np(x @ _swap(x) * s) @ x)
+            with_scales(_HINTS["k_from_wq"], lambda s: _softmax_np(q @ _swap(q) * s) @ v)
+            with_scales(_HINTS["all_wq"], lambda s: _softmax_np(q @ _swap(q) * s) @ q)
+            if wk.shape[-1] == wv.shape[-1]:
+                with_scales(_HINTS["v_from_wk"], lambda s: _softmax_np(q @ _swap(k) * s) @ k)
+                with_scales(_HINTS["v_from_wk"], lambda s: _softmax_np(q @ _swap(k) * s) @ q)
+            if wq.shape[-1] == wq.shape[-2]:
+                def transposed_proj(s):
+                    q2, k2, v2 = x @ _swap(wq), x @ _swap(wk), x @ _swap(wv)
+                    return _softmax_np(q2 @ _swap(k2) * s) @ v2
+                with_scales(_HINTS["projection_order"], transposed_proj)
+    return [(h, a) for h, a in out if a is not None]

@@ -1,0 +1,343 @@
+"""Running a learner's function on the cases, and telling what happened on each."""
+from __future__ import annotations
+
+import math
+import os
+import re
+import traceback
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .cases import Case  # noqa: F401  (the type of CaseResult.case)
+from .compare import _diff, _diff_message, _fmt, _fmt_index, _tolerance
+from .mistakes import _HINTS, _hint, _mistakes
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_NUMPY_DIR = os.path.dirname(os.path.abspath(np.__file__))
+
+
+@dataclass
+class CaseResult:
+    """What happened on one case.
+
+    ``verdict`` is ``"pass"``, ``"FAIL"`` or ``"note"`` (an optional case that did not pass:
+    batched inputs, which the notebook's functions need not support). ``max_error`` is the largest
+    absolute difference from the expected output (None when there is no output to compare),
+    ``worst_index`` where the largest difference is, ``message`` what happened on this case and
+    ``hints`` what to change, in words.
+    """
+    case: Case
+    verdict: str
+    message: str = ""
+    hints: list = field(default_factory=list)
+    max_error: float | None = None
+    worst_index: tuple | None = None
+    warnings: list = field(default_factory=list)
+    matches: list = field(default_factory=list)  # every known mistake that reproduces the result
+
+    @property
+    def passed(self):
+        return self.verdict == "pass"
+
+
+def _same(original, after):
+    return original.shape == after.shape and bool(np.array_equal(original, after, equal_nan=True))
+
+
+def _learner_frame(exc):
+    """(frame summary, its local variables) of the innermost frame of the learner's own code,
+    or (None, {})."""
+    tbs = []
+    tb = exc.__traceback__
+    while tb is not None:
+        tbs.append(tb)
+        tb = tb.tb_next
+    frames = traceback.extract_tb(exc.__traceback__)
+    for frame, tb in reversed(list(zip(frames, tbs))[1:]):  # frames[0] is check's own call
+        path = os.path.abspath(frame.filename) if not frame.filename.startswith("<") else frame.filename
+        if path.startswith(_PACKAGE_DIR) or path.startswith(_NUMPY_DIR):
+            continue
+        return frame, tb.tb_frame.f_locals
+    return None, {}
+
+
+def _none_names(frame, local_vars):
+    """The variables of the failing line whose value is None."""
+    names = re.findall(r"[A-Za-z_]\w*", frame.line or "") if frame is not None else []
+    return [n for n in dict.fromkeys(names) if n in local_vars and local_vars[n] is None]
+
+
+_SCORES_PRODUCT = "the scores Q @ K.T are (n_q, d_k) @ (d_k, n_k) -> (n_q, n_k)"
+_OUTPUT_PRODUCT = "the output attn_weights @ V is (n_q, n_k) @ (n_k, d_v) -> (n_q, d_v)"
+_PRODUCTS = {
+    "compute_self_attention_scores": _SCORES_PRODUCT,
+    "softmax_attention_weights": "softmax needs no matrix product at all",
+    "compute_attention_output": _OUTPUT_PRODUCT,
+    "self_attention_layer": "Q = X @ W_q is (n, d_model) @ (d_model, d_k) -> (n, d_k); "
+                            + _SCORES_PRODUCT + "; " + _OUTPUT_PRODUCT,
+    "scaled_dot_product_attention": _SCORES_PRODUCT + "; " + _OUTPUT_PRODUCT,
+}
+
+# A generic hint from an exception, and the specific mistakes that explain it when another case
+# (where the sizes happened to fit) matched one of them.
+_EXPLAINED_BY = {
+    "raised_matmul": ("k_not_transposed", "qt_k", "scores_transposed", "weights_transposed",
+                      "result_transposed", "projection_order", "no_projection", "v_at_weights",
+                      "all_wq"),
+    "raised_broadcast": ("no_keepdims_sum", "no_keepdims_max", "no_keepdims_both"),
+    "raised_elementwise": ("elementwise",),
+}
+
+
+def _merge_explained(results):
+    """Replace a generic exception hint by the specific mistake another case identified."""
+    hints = [h for r in results if r.verdict == "FAIL" for h in r.hints]
+    for generic, specifics in _EXPLAINED_BY.items():
+        prefix = _HINTS[generic].split("{")[0]
+        found = next((h for h in hints if h.startswith(tuple(_HINTS[k] for k in specifics))), None)
+        if found is None:
+            continue
+        for r in results:
+            r.hints = list(dict.fromkeys(found if h.startswith(prefix) else h for h in r.hints))
+
+
+def _merge_combined(results):
+    """Where one case shows "mistake + wrong scale" and another the mistake alone (the scale made
+    no difference there), report the combination everywhere."""
+    hints = [h for r in results if r.verdict == "FAIL" for h in r.hints]
+    for r in results:
+        r.hints = list(dict.fromkeys(
+            next((c for c in hints if c.startswith(h + " Also: ")), h) for h in r.hints))
+
+
+# The functions whose result is a matrix product (an elementwise * is a likely slip there).
+_PRODUCT_NAMES = ("compute_self_attention_scores", "compute_attention_output")
+
+
+def _exception_result(case, exc):
+    kind = type(exc).__name__
+    text = str(exc).strip() or "(no message)"
+    message = f"raised {kind}: {text}\n  when called as {case.name}({case.shapes()})"
+    frame, local_vars = _learner_frame(exc)
+    nones = _none_names(frame, local_vars)
+    if frame is not None:
+        where = f"line {frame.lineno}" + (f" of {frame.name}()" if frame.name != "<module>" else "")
+        code = (frame.line or "").strip()
+        message += f"\n  at {where}" + (f": {code}" if code else "")
+    low = text.lower()
+    if nones:
+        # Whatever the message (np.matmul(None, V) speaks of dimensions), the cause is the None.
+        hint = _hint(_HINTS["raised_none"] + f" Here {' and '.join(nones)} "
+                     f"{'is' if len(nones) == 1 else 'are'} None.", "raised_none")
+    elif isinstance(exc, NameError):
+        hint = _HINTS["raised_name"]
+    elif isinstance(exc, TypeError) and "argument" in low and ("positional" in low or "missing" in low):
+        hint = _hint(_HINTS["raised_signature"].format(
+            call=f"{case.name}({', '.join(case.arg_names)})"), "raised_signature")
+    elif isinstance(exc, (FloatingPointError, OverflowError)) and case.large:
+        hint = _HINTS["no_max"]  # np.seterr(all="raise") turns the overflow into an exception
+    elif "nonetype" in low:
+        hint = _HINTS["raised_none"]
+    elif "could not be broadcast" in low:
+        # The failing line tells a reduction without keepdims from an elementwise product.
+        code = frame.line if frame is not None and frame.line else ""
+        elementwise = _HINTS["raised_elementwise_scores" if case.name == "compute_self_attention_scores"
+                             else "raised_elementwise"]
+        if re.search(r"[\w)\]]\s*\*\s*[\w(]", code):
+            hint = elementwise
+        elif re.search(r"\b(sum|max)\(", code):
+            hint = _HINTS["raised_broadcast"]
+        elif not code:
+            hint = elementwise if case.name in _PRODUCT_NAMES else _HINTS["raised_broadcast"]
+        else:
+            hint = _HINTS["raised"]
+    elif "matmul" in low or "not aligned" in low or "mismatch" in low or "dimension" in low:
+        hint = _hint(_HINTS["raised_matmul"].format(products=_PRODUCTS[case.name]), "raised_matmul")
+    else:
+        hint = _HINTS["raised"]
+    return message, [hint]
+
+
+def _shape_message(case, got_shape):
+    """What the shapes say, in words. No hint: only a mistake's reproduced output names one."""
+    exp = case.expected.shape
+    dims = ", ".join(f"{n}={a.shape}" for n, a in zip(case.arg_names, case.args))
+    msg = f"returned shape {tuple(got_shape)}, expected {tuple(exp)}"
+    meaning = {
+        "compute_self_attention_scores": "(n_q, n_k): one row per query, one column per key",
+        "softmax_attention_weights": "the shape of attn_scores",
+        "compute_attention_output": "(n_q, d_v): one row per query",
+        "self_attention_layer": "(n, d_v): one row per token, d_v = W_v.shape[-1]",
+        "scaled_dot_product_attention": "(n_q, d_v): one row per query",
+    }[case.name]
+    return msg + f" = {meaning} (inputs: {dims})"
+
+
+def _run_case(fn, case, user_scale, either=False):
+    """Run `fn` on one case. `user_scale` is the convention compared against (None: scaled);
+    `either` says that the other convention would have been accepted too."""
+    originals = case.args
+    copies = tuple(np.array(a, copy=True) for a in originals)  # writable: a learner may write
+    caught = []
+    with warnings.catch_warnings(record=True) as recorded:
+        warnings.simplefilter("always")
+        try:
+            got = fn(*copies)
+            exc = None
+        except Exception as e:  # the learner's bug, reported in words; never KeyboardInterrupt
+            got, exc = None, e
+    for w in recorded:
+        text = f"{w.category.__name__}: {w.message}"
+        if text not in caught:
+            caught.append(text)
+
+    result = CaseResult(case=case, verdict="FAIL", warnings=caught)
+    mutated = [(n, o, c) for n, o, c in zip(case.arg_names, originals, copies) if not _same(o, c)]
+    mutation_msgs = []
+    for n, o, c in mutated:
+        if o.shape != c.shape:
+            mutation_msgs.append(f"your function changed the shape of {n} from {o.shape} to {c.shape}")
+            continue
+        changed = ~((o == c) | (np.isnan(o) & np.isnan(c)))
+        idx = tuple(int(i) for i in np.argwhere(changed)[0])
+        mutation_msgs.append(
+            f"your function changed its input {n} in place ({int(changed.sum())} of {o.size} "
+            f"entries; at index {_fmt_index(idx)} it was {_fmt(float(o[idx]))}, now "
+            f"{_fmt(float(c[idx]))})")
+    if mutated:
+        result.hints.append(_HINTS["mutated"])
+
+    def done(message, hints=()):
+        result.message = "; ".join([message] + mutation_msgs) if message else "; ".join(mutation_msgs)
+        result.hints.extend(h for h in hints if h not in result.hints)
+        if not result.hints and result.verdict == "FAIL":
+            result.hints.append(_HINTS["unknown"])
+        if case.batched and result.verdict == "FAIL":
+            result.verdict = "note"
+            result.hints = [_hint(
+                "Batched inputs (a leading batch dimension) are optional: the notebook's functions "
+                "take one sequence, so this does not count against you. To support batches, use "
+                "np.swapaxes(K, -1, -2) (or K.mT in NumPy 2) instead of K.T, and axis=-1 instead "
+                "of axis=1.", "batched")]
+        return result
+
+    if exc is not None:
+        message, hints = _exception_result(case, exc)
+        return done(message, hints)
+    if got is None:
+        return done("returned None", [_HINTS["returned_none"]])
+    if isinstance(got, tuple):
+        shapes = ", ".join(str(np.shape(g)) for g in got)
+        return done(f"returned a tuple of {len(got)} values (shapes {shapes})",
+                    [_HINTS["returned_tuple"]])
+    returned_list = isinstance(got, list)
+    try:
+        got = np.asarray(got)
+    except Exception:  # a ragged list and the like
+        return done(f"returned {type(got).__name__}, which is not an array", [_HINTS["not_array"]])
+    if got.dtype.kind not in "biuf":
+        return done(f"returned {'a list' if returned_list else 'an array'} of dtype {got.dtype}",
+                    [_HINTS["returned_list" if returned_list else "not_array"]])
+    if returned_list:
+        result.hints.append(_HINTS["returned_list"])
+
+    exp = case.expected
+    # The case's dtype decides: a float64 answer to a float32 case is fine.
+    rtol, atol, _ = _tolerance(exp.dtype)
+    if got.shape != exp.shape:
+        if not case.batched:
+            result.matches = _match_mistakes(case, got, user_scale, either, rtol, atol)
+        return done(_shape_message(case, got.shape), result.matches[:1])
+
+    diff = _diff(got, exp, rtol, atol)
+    result.max_error = diff.max_abs if not diff.n_nonfinite else math.inf
+    result.worst_index = diff.worst_index
+    if diff.close:
+        result.verdict = "pass"
+        notes = []
+        if got.dtype != exp.dtype:
+            notes.append(f"returned {got.dtype} for {exp.dtype} inputs (accepted)")
+        if not mutated and not returned_list:
+            return done("; ".join(notes))
+        result.verdict = "FAIL"
+        if returned_list:
+            return done("the values are right, but they are a list, not an array")
+        return done("the output is right")  # done() adds what changed in the input
+
+    message = _diff_message(diff, rtol, atol, exp.dtype).replace("Arrays are not close", "Not close")
+    message = message.replace("actual", "yours").replace("desired", "expected")
+    hints = []
+    if got.dtype.kind == "f" and got.dtype.itemsize < exp.dtype.itemsize:
+        low_r, low_a, _ = _tolerance(got.dtype)
+        if _diff(got, exp, low_r, low_a).close:
+            return done(message + f"\nreturned {got.dtype} for {exp.dtype} inputs",
+                        [_HINTS["precision"]])
+    if not case.batched:
+        result.matches = _match_mistakes(case, got, user_scale, either, rtol, atol)
+        hints += result.matches[:1]
+        if not result.matches:
+            message += "\n" + _facts(case, got, diff, rtol, atol)
+    return done(message, hints)
+
+
+def _match_mistakes(case, got, user_scale, either, rtol, atol):
+    """The hints of every known mistake that reproduces `got`, in order of likelihood."""
+    # A learner's float32 arithmetic differs from NumPy's variant by rounding: match loosely,
+    # a wrong variant differs from the right answer by far more.
+    loose_r, loose_a = max(rtol * 100, 1e-7), max(atol * 100, 1e-9)
+    # inf/NaN where the answer is finite: an overflow. Many wrong variants overflow as well, and
+    # a matrix of NaN matches them all; only the mistakes that overflow by themselves explain it.
+    overflow = got.shape == case.expected.shape and bool(
+        (~np.isfinite(got) & np.isfinite(case.expected)).any())
+    overflowing = tuple(_HINTS[k] for k in ("no_max", "global_max", "no_keepdims_max",
+                                            "no_keepdims_both"))
+    found = []
+    for hint, wrong in _mistakes(case, user_scale, either):
+        wrong = np.asarray(wrong)
+        if wrong.shape != got.shape or hint in found:
+            continue
+        if overflow and not hint.startswith(overflowing):
+            continue
+        if wrong.shape == case.expected.shape and _diff(wrong, case.expected, loose_r, loose_a).close:
+            continue  # this mistake makes no difference on this case
+        if _diff(got, wrong, loose_r, loose_a).close:
+            found.append(hint)
+    # One mistake explains a result better than the same mistake with a second one.
+    return sorted(found, key=lambda h: len(getattr(h, "keys", ())))
+
+
+def _agree_on_mistakes(results):
+    """Where a case matches several mistakes (on a single token, raw scores and sqrt(n_k) are the
+    same numbers), name the one that explains the most failed cases, so that one mistake is not
+    reported as two."""
+    counts = {}
+    for r in results:
+        for h in r.matches:
+            counts[h] = counts.get(h, 0) + 1
+    for r in results:
+        if len(r.matches) > 1:
+            best = max(r.matches, key=lambda h: counts[h])  # the first of the most frequent
+            r.hints = [best if h == r.matches[0] else h for h in r.hints]
+
+
+def _facts(case, got, diff, rtol, atol):
+    """When no known mistake reproduces a result: the first entries that differ, and what can be
+    said of the result without guessing a cause."""
+    exp = case.expected
+    with np.errstate(all="ignore"):
+        bad = ~((np.abs(got - exp) <= atol + rtol * np.abs(exp)) | (np.isnan(got) & np.isnan(exp))
+                | (np.isinf(got) & (got == exp)))
+    shown = [f"{_fmt_index(tuple(int(i) for i in idx))} yours {_fmt(float(got[tuple(idx)]))}, "
+             f"expected {_fmt(float(exp[tuple(idx)]))}" for idx in np.argwhere(bad)[:3]]
+    lines = ["first differing entries: " + "; ".join(shown)]
+    if diff.n_nonfinite and np.isfinite(exp).all():
+        lines.append("your result has inf or NaN where the expected result is finite")
+    if case.name == "softmax_attention_weights":
+        with np.errstate(all="ignore"):
+            if (got < 0).any():
+                lines.append("some of your weights are negative")
+            if not np.allclose(got.sum(axis=-1), 1.0, rtol=1e-4, atol=1e-6):
+                lines.append("the rows of your weights do not sum to 1")
+    return "\n".join(lines)

@@ -1,0 +1,166 @@
+"""A diagnosis is given only when the student's result is what that mistake produces: each wrong
+hint the issue found, and each layer mistake that had no diagnosis, built as a student function;
+check names the mistake and nothing else."""
+import numpy as np
+import pytest
+
+from selfattn.testing import assert_attention_close, check
+
+SCORES = "compute_self_attention_scores"
+SOFTMAX = "softmax_attention_weights"
+OUTPUT = "compute_attention_output"
+LAYER = "self_attention_layer"
+
+
+def softmax(attn_scores):
+    e = np.exp(attn_scores - attn_scores.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def softmax_transposed(attn_scores):
+    return softmax(attn_scores).T
+
+
+def softmax_of_transposed_scores(attn_scores):
+    return softmax(attn_scores.T)
+
+
+def softmax_no_return(attn_scores):
+    e = np.exp(attn_scores - attn_scores.max(axis=1, keepdims=True))
+    weights = e / e.sum(axis=1, keepdims=True)  # noqa: F841  (the forgotten return)
+
+
+def softmax_max_no_keepdims(attn_scores):
+    e = np.exp(attn_scores - attn_scores.max(axis=1))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def output(attn_weights, V):
+    return attn_weights @ V
+
+
+def layer_with(softmax_fn):
+    def self_attention_layer(X, W_q, W_k, W_v):
+        Q, K, V = X @ W_q, X @ W_k, X @ W_v
+        return output(softmax_fn(Q @ K.T), V)
+    return self_attention_layer
+
+
+def scores_dk_wrong_axis(Q, K):
+    return Q @ K.T / np.sqrt(K.shape[0])
+
+
+def layer_dk_wrong_axis(X, W_q, W_k, W_v):
+    Q, K, V = X @ W_q, X @ W_k, X @ W_v
+    return softmax(scores_dk_wrong_axis(Q, K)) @ V
+
+
+def layer_returns_weights(X, W_q, W_k, W_v):
+    return softmax((X @ W_q) @ (X @ W_k).T)
+
+
+def layer_wq_for_all(X, W_q, W_k, W_v):
+    Q = K = V = X @ W_q
+    return softmax(Q @ K.T) @ V
+
+
+def layer_no_softmax(X, W_q, W_k, W_v):
+    Q, K, V = X @ W_q, X @ W_k, X @ W_v
+    return (Q @ K.T) @ V
+
+
+def layer_v_times_weights(X, W_q, W_k, W_v):
+    Q, K, V = X @ W_q, X @ W_k, X @ W_v
+    return V @ softmax(Q @ K.T)
+
+
+def layer_floor_division(X, W_q, W_k, W_v):
+    Q, K, V = X @ W_q, X @ W_k, X @ W_v
+    return softmax(Q @ K.T // np.sqrt(K.shape[1])) @ V
+
+
+def layer_int_buffer(X, W_q, W_k, W_v):
+    out = softmax((X @ W_q) @ (X @ W_k).T) @ (X @ W_v)
+    result = np.zeros(out.shape, dtype=int)
+    for i in range(out.shape[0]):
+        result[i] = out[i]
+    return result
+
+
+def scores_list(Q, K):
+    return [[float(q @ k) for k in K] for q in Q]
+
+
+# (id, function, name, scale, the one diagnosis's beginning, texts no part of the report may hold)
+CASES = [
+    ("softmax returns its weights transposed", softmax_transposed, SOFTMAX, None,
+     "Your weights are transposed", ["attn_weights @ V"]),
+    ("softmax of the transposed scores", softmax_of_transposed_scores, SOFTMAX, None,
+     "Your weights are transposed", ["attn_weights @ V"]),
+    ("layer with a softmax that returns them transposed", layer_with(softmax_transposed), LAYER,
+     1.0, "The weights are transposed", []),
+    ("layer with a softmax that forgets return", layer_with(softmax_no_return), LAYER, 1.0,
+     "Something was None", [".T only works", "matrix product got shapes"]),
+    ("d_k from the wrong axis", scores_dk_wrong_axis, SCORES, None,
+     "Your scores are divided by the square root of the number of keys", ["raw dot products"]),
+    ("layer with d_k from the wrong axis", layer_dk_wrong_axis, LAYER, None,
+     "Your scores are divided by the square root of the number of keys", ["raw dot products"]),
+    ("layer with a max without keepdims", layer_with(softmax_max_no_keepdims), LAYER, 1.0,
+     "A max without keepdims", ["No max subtraction"]),
+    ("layer returns the weights", layer_returns_weights, LAYER, 1.0,
+     "Your layer returns the attention weights", []),
+    ("layer uses W_q for Q, K and V", layer_wq_for_all, LAYER, 1.0,
+     "Q, K and V are all computed with W_q", []),
+    ("layer skips the softmax", layer_no_softmax, LAYER, 1.0, "The softmax is missing", []),
+    ("layer computes V @ weights", layer_v_times_weights, LAYER, 1.0,
+     "The product is the wrong way round", []),
+    ("layer scales with //", layer_floor_division, LAYER, None,
+     "Your scale uses // (floor division)", []),
+    ("layer fills an integer buffer", layer_int_buffer, LAYER, 1.0,
+     "Your result is rounded towards zero", []),
+    ("scores returned as a list of lists", scores_list, SCORES, 1.0,
+     "Your function returns a Python list", []),
+]
+
+
+@pytest.mark.parametrize("label, fn, name, scale, diagnosis, absent", CASES,
+                         ids=[c[0] for c in CASES])
+def test_the_mistake_is_named_and_nothing_else(label, fn, name, scale, diagnosis, absent):
+    report = check(fn, name, scale=scale)
+    assert not report
+    assert len(report.diagnoses) == 1 and report.diagnoses[0].startswith(diagnosis), \
+        report.diagnoses
+    text = str(report)
+    for wrong in absent:
+        assert wrong not in text
+
+
+def test_no_hint_from_shapes_alone_and_the_differing_entries_shown():
+    def scores_sum(Q, K):  # shape (n_q,): nothing known produces it
+        return (Q @ K.T).sum(axis=1)
+
+    report = check(scores_sum, SCORES, scale=1.0)
+    assert report.diagnoses == [report.failures[0].hints[0]]
+    assert report.diagnoses[0].startswith("Your result differs from selfattn's and matches none")
+
+    def scores_plus_one(Q, K):
+        return Q @ K.T + 1.0
+
+    text = str(check(scores_plus_one, SCORES, scale=1.0))
+    assert "matches none of the mistakes" in text and "first differing entries: (0, 0) yours" in text
+
+
+@pytest.mark.parametrize("value, words", [
+    (None, "your function returned None"),
+    ((np.zeros(2), np.zeros(2)), "a tuple of 2 values"),
+    ([np.zeros(2), np.zeros(3)], "a list"),
+])
+def test_assert_attention_close_names_none_tuple_and_list_results(value, words):
+    with pytest.raises(AssertionError, match=words):
+        assert_attention_close(value, np.zeros(2))
+
+
+def test_every_mistake_has_a_short_title_for_the_class_summary():
+    from selfattn.testing.mistakes import _HINTS, TITLES
+    scale_keys = {f"scale_{k}" for k in ("raw", "sqrt_dk", "dk", "sqrt_nk", "sqrt_nq", "sqrt_dmodel")}
+    assert set(_HINTS) | scale_keys | {"batched"} == set(TITLES)

@@ -1,0 +1,120 @@
+"""python -m selfattn grade on a class of generated submissions: every verdict, every named
+mistake and no other, and a class that survives an infinite loop, os.abort() and a 50 GB
+allocation. One grading run serves every test (it takes a few seconds with --jobs 2)."""
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import submissions
+from selfattn.testing.grade import grade
+from selfattn.testing.load import NOTEBOOK_FUNCTIONS
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory):
+    root = tmp_path_factory.mktemp("class")
+    expected = submissions.write(root / "submissions")
+    run = subprocess.run([sys.executable, "-m", "selfattn", "grade", str(root / "submissions"),
+                          "--out", str(root / "grades"), "--timeout", "5", "--jobs", "2"],
+                         capture_output=True, text=True, timeout=300)
+    return root / "grades", expected, run
+
+
+def test_there_are_at_least_25_distinct_submissions():
+    assert len({name for name, *_ in submissions.SUBMISSIONS}) >= 25
+
+
+def test_grading_ran_and_exits_0_quietly_when_not_a_tty(graded):
+    out, expected, run = graded
+    assert run.returncode == 0, run.stderr
+    assert "\r" not in run.stdout  # no progress bar when stdout is a pipe
+    assert run.stdout.startswith(f"selfattn grade: {len(expected)} submissions in ")
+    assert (out / "summary.txt").read_text() in run.stdout
+
+
+@pytest.mark.parametrize("name", [s[0] for s in submissions.SUBMISSIONS])
+def test_each_submission_gets_its_verdicts_and_only_its_mistakes(graded, name):
+    out, expected, _ = graded
+    results = {r["student"]: r for r in json.loads((out / "results.json").read_text())}
+    result, want = results[name], expected[name]
+    assert result["status"] == want.get("status", "graded")
+    for fn in NOTEBOOK_FUNCTIONS:
+        verdict, mistakes = want.get(fn, ("pass", []))
+        got = result["functions"][fn]
+        assert (got["verdict"], got["mistakes"]) == (verdict, mistakes), (fn, got["text"])
+    problems = " | ".join(result["problems"])
+    for fragment in want.get("problems", []):
+        assert fragment in problems
+    if "problems" not in want:
+        assert result["problems"] == []
+
+
+def test_gradebook_has_a_row_per_student_and_points(graded):
+    out, expected, _ = graded
+    rows = list(csv.DictReader((out / "gradebook.csv").open()))
+    assert [r["student"] for r in rows] == sorted(expected)
+    by_name = {r["student"]: r for r in rows}
+    full = by_name["correct_raw_with_magics"]
+    assert full["points"] == full["max_points"] and int(full["points"]) > 20
+    assert full["convention"] == "raw" and by_name["correct_einsum_scaled"]["convention"] == "scaled"
+    assert int(by_name["softmax_no_max"]["points"]) < int(full["points"])
+    assert by_name["infinite_loop"]["self_attention_layer"] == "timed out"
+    assert by_name["os_abort"]["status"] == "crashed"
+
+
+def test_summary_counts_named_mistakes_and_functions(graded):
+    out, expected, _ = graded
+    summary = (out / "summary.txt").read_text()
+    n = len(expected)
+    assert f"softmax over axis 0: 1 of {n}" in summary
+    assert f"attn_weights.T @ V: 2 of {n}" in summary
+    assert "Functions, most failed first:\n  self_attention_layer:" in summary
+    assert "timed out: 1, crashed: 1" in summary
+
+
+def test_each_student_has_a_self_contained_html_report(graded):
+    out, expected, _ = graded
+    pages = sorted(p.stem for p in (out / "reports").glob("*.html"))
+    assert pages == sorted(expected)
+    page = (out / "reports" / "softmax_axis0.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and "<script" not in page and "http" not in page
+    assert "Softmax over the wrong axis" in page and "FAILED" in page
+    magics = (out / "reports" / "correct_raw_with_magics.html").read_text()
+    assert "hello from the notebook" in magics and "%matplotlib inline" in magics
+
+
+def test_grade_usage_errors_exit_2(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "selfattn", "grade", str(tmp_path)],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and "no .ipynb or .py files" in run.stderr
+
+
+def _one_student(tmp_path, cells):
+    folder = tmp_path / "class"
+    folder.mkdir()
+    (folder / "student.ipynb").write_text(json.dumps(submissions.notebook_json(cells)))
+    return folder
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or "asan" in os.environ.get("LD_PRELOAD", ""),
+                    reason="RLIMIT_AS as set on Linux (not under a sanitizer's shadow memory)")
+def test_the_memory_limit_refuses_an_allocation_that_would_otherwise_succeed(tmp_path):
+    # np.empty maps 3 GiB without touching it: only the limit can refuse it.
+    folder = _one_student(tmp_path, [submissions.IMPORTS,
+                                     "big = np.empty(3 * 2**30, dtype=np.uint8)\n"])
+    (result,) = grade([folder], tmp_path / "out", memory_mb=1024, timeout=30, echo=None)
+    assert result["problems"][0].startswith("cell 2: MemoryError")
+    (result,) = grade([folder], tmp_path / "out", memory_mb=8192, timeout=30, echo=None)
+    assert not any("MemoryError" in p for p in result["problems"])
+
+
+def test_progress_shows_as_a_counter_on_a_terminal(tmp_path, capsys):
+    folder = _one_student(tmp_path, [submissions.IMPORTS, submissions.SOFTMAX])
+    grade([folder], tmp_path / "out", progress=True, echo=None)
+    assert capsys.readouterr().out.startswith("\rgrading [##############################] 1/1")
+    grade([folder], tmp_path / "out", progress=False, echo=None)
+    assert capsys.readouterr().out == ""

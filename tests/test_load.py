@@ -1,0 +1,110 @@
+"""load_notebook / load_module: a submission runs cell by cell in a fresh namespace, past magics,
+shell lines and failing cells, with its prints captured, and without Jupyter."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import submissions
+from selfattn.testing import check, load_module, load_notebook
+
+
+def _notebook(tmp_path, cells, name="nb.ipynb"):
+    path = tmp_path / name
+    path.write_text(json.dumps(submissions.notebook_json(cells)))
+    return path
+
+
+def test_magics_shell_lines_prints_and_a_failing_cell(tmp_path):
+    path = _notebook(tmp_path, [
+        "%matplotlib inline\nimport numpy as np\n",
+        "!pip list\nfiles = !ls\n",
+        "%%bash\necho never\n",
+        "%%time\nprint('timed cell ran')\n",
+        "print('hello')\nx = 1 / 0\n",
+        "def softmax_attention_weights(s):\n"
+        "    e = np.exp(s - s.max(axis=-1, keepdims=True))\n"
+        "    return e / e.sum(axis=-1, keepdims=True)\n",
+        "if True:\n    %time y = 2\n",
+        "display(np.arange(3))\n",
+    ])
+    sub = load_notebook(path)
+    assert sub.skipped == ["%matplotlib inline", "!pip list", "files = !ls", "%%bash", "%%time",
+                           "%time y = 2"]
+    assert "timed cell ran" in sub.output and "hello" in sub.output and "never" not in sub.output
+    assert "array([0, 1, 2])" in sub.output
+    assert [(e.cell, e.error, e.line) for e in sub.errors] == \
+        [(5, "ZeroDivisionError: division by zero", "x = 1 / 0")]
+    assert sub.problems() == [
+        "cell 5: ZeroDivisionError: division by zero (line: x = 1 / 0) (the cells after it "
+        "still ran)",
+        "missing: compute_self_attention_scores, compute_attention_output, self_attention_layer"]
+    assert list(sub.functions) == ["softmax_attention_weights"]
+    assert check(sub.softmax_attention_weights)
+    with pytest.raises(AttributeError, match="nb.ipynb does not define 'self_attention_layer'"):
+        sub.self_attention_layer
+
+
+def test_a_notebook_without_the_functions_is_a_clear_message(tmp_path):
+    sub = load_notebook(_notebook(tmp_path, ["def my_scores(Q, K):\n    return Q @ K.T\n"]))
+    assert sub.functions == {}
+    assert sub.problems() == [
+        "nb.ipynb defines none of the notebook's functions (compute_self_attention_scores, "
+        "softmax_attention_weights, compute_attention_output, self_attention_layer); it defines: "
+        "my_scores"]
+
+
+def test_each_load_is_a_fresh_namespace_and_errors_show_their_line(tmp_path):
+    first = load_notebook(_notebook(tmp_path, ["secret = 42\n"], "a.ipynb"))
+    second = load_notebook(_notebook(tmp_path, ["print(secret)\n"], "b.ipynb"))
+    assert first.secret == 42
+    assert [str(e) for e in second.errors] == [
+        "cell 1: NameError: name 'secret' is not defined (line: print(secret))"]
+
+
+def test_a_script_is_split_at_its_cell_markers(tmp_path):
+    path = tmp_path / "solution.py"
+    path.write_text("import numpy as np\nget_ipython().run_line_magic('matplotlib', 'inline')\n"
+                    "\n# In[2]:\n\nraise RuntimeError('unfinished')\n"
+                    "\n# %%\ndef compute_attention_output(attn_weights, V):\n"
+                    "    return attn_weights @ V\n")
+    sub = load_module(path)
+    assert sub.n_cells == 3 and sub.skipped == ["get_ipython().run_line_magic('matplotlib', 'inline')"]
+    assert [e.cell for e in sub.errors] == [2]
+    assert check(sub.compute_attention_output)
+    assert load_notebook(path).n_cells == 3  # a .py given to load_notebook is loaded as a script
+
+
+def test_not_a_notebook_is_a_clear_error(tmp_path):
+    path = tmp_path / "broken.ipynb"
+    path.write_text("{ not json")
+    with pytest.raises(ValueError, match="broken.ipynb is not a notebook"):
+        load_notebook(path)
+
+
+def test_nbformat_3_notebooks_load(tmp_path):
+    path = tmp_path / "old.ipynb"
+    path.write_text(json.dumps({"nbformat": 3, "worksheets": [{"cells": [
+        {"cell_type": "code", "input": ["import numpy as np\n", "x = np.ones(2)\n"]}]}]}))
+    assert np.array_equal(load_notebook(path).x, np.ones(2))
+
+
+def test_loading_needs_no_jupyter(tmp_path):
+    path = _notebook(tmp_path, ["%matplotlib inline\ndef softmax_attention_weights(s):\n"
+                                "    return s\n"])
+    code = ("import sys\n"
+            "for m in ('IPython', 'nbformat', 'nbclient', 'jupyter_client', 'ipykernel'):\n"
+            "    sys.modules[m] = None\n"
+            "from selfattn.testing import load_notebook\n"
+            f"print(sorted(load_notebook({str(path)!r}).functions))\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert run.stdout.strip() == "['softmax_attention_weights']", run.stderr
+
+
+def test_the_generated_submissions_are_valid_notebooks():
+    nbformat = pytest.importorskip("nbformat")
+    for name, kind, cells, _ in submissions.SUBMISSIONS:
+        if kind == "ipynb":
+            nbformat.validate(nbformat.from_dict(submissions.notebook_json(cells)))
