@@ -1,8 +1,11 @@
 /*
- * dispatch.c -- which instruction-set tiers this CPU can run, and their kernel tables.
+ * dispatch.c -- which instruction-set tiers this CPU can run, their kernel tables, and the
+ * non-finite policy that sends a call to the reference tier when a value operand needs it.
  * Tiers are chosen at run time (never -march=native at build time) so one wheel runs everywhere.
  */
 #include "attn.h"
+
+#include <math.h>
 
 static const char *const isa_names[SA_ISA_COUNT] = {"reference", "generic", "avx2", "avx512"};
 
@@ -57,4 +60,39 @@ const sa_kernels *sa_kernels_for(sa_isa isa)
     default:
         return NULL;
     }
+}
+
+/* Whether every element of one value operand, over the whole batch, is finite. */
+static int values_finite(const sa_batch *batch, int precision, const sa_values *v)
+{
+    for (sa_int item = 0; item < batch->count; item++) {
+        sa_int base = sa_batch_offset(batch, v->mat->bstride, item);
+        for (sa_int r = 0; r < v->rows; r++) {
+            sa_int at = base + r * v->mat->ld;
+            if (precision == SA_F32) {
+                const float *row = (const float *)v->mat->data + at;
+                for (sa_int c = 0; c < v->cols; c++)
+                    if (!isfinite(row[c]))
+                        return 0;
+            } else {
+                const double *row = (const double *)v->mat->data + at;
+                for (sa_int c = 0; c < v->cols; c++)
+                    if (!isfinite(row[c]))
+                        return 0;
+            }
+        }
+    }
+    return 1;
+}
+
+const sa_kernels *sa_kernels_for_values(sa_exec *ex, const sa_batch *batch, int precision,
+                                        const sa_values *values, int n)
+{
+    if (ex->isa != SA_ISA_REFERENCE)
+        for (int i = 0; i < n; i++)
+            if (!values_finite(batch, precision, &values[i])) {
+                ex->isa = SA_ISA_REFERENCE;
+                break;
+            }
+    return sa_kernels_for(ex->isa);
 }
