@@ -242,17 +242,27 @@ static npy_intp dim(PyObject *arr, int from_end)
  * operands, run the kernel and map its status. Each returns 0, or -1 with an exception set.
  */
 
+/* The exec context and the kernel table for one call, given its value operands (none for scores
+   and softmax); NULL with an exception set. */
+static const sa_kernels *prepare(sa_exec *ex, int isa, const sa_batch *batch, int precision,
+                                 const sa_values *values, int n_values)
+{
+    if (make_exec(ex, isa) < 0)
+        return NULL;
+    return sa_kernels_for_values(ex, batch, precision, values, n_values);
+}
+
 static int scores_impl(int isa, int precision, const sa_batch *batch, const sa_mat *out,
                        const sa_mat *Q, const sa_mat *K, const sa_mask *mask, sa_int n_q,
                        sa_int n_k, sa_int d_k, double scale, int causal)
 {
     sa_exec ex;
-    if (make_exec(&ex, isa) < 0)
+    const sa_kernels *tier = prepare(&ex, isa, batch, precision, NULL, 0);
+    if (tier == NULL)
         return -1;
-    sa_scores_fn fn = sa_kernels_for(ex.isa)->scores[precision];
     int status;
     RUN_KERNEL(status, 2.0 * batch->count * n_q * n_k * (d_k + 1),
-               fn(&ex, batch, out, Q, K, mask, n_q, n_k, d_k, scale, causal));
+               tier->scores[precision](&ex, batch, out, Q, K, mask, n_q, n_k, d_k, scale, causal));
     return raise_status(status);
 }
 
@@ -260,11 +270,12 @@ static int softmax_impl(int isa, int precision, const sa_batch *batch, const sa_
                         const sa_mat *in, sa_int rows, sa_int n)
 {
     sa_exec ex;
-    if (make_exec(&ex, isa) < 0)
+    const sa_kernels *tier = prepare(&ex, isa, batch, precision, NULL, 0);
+    if (tier == NULL)
         return -1;
-    sa_softmax_fn fn = sa_kernels_for(ex.isa)->softmax[precision];
     int status;
-    RUN_KERNEL(status, 20.0 * batch->count * rows * n, fn(&ex, batch, out, in, rows, n));
+    RUN_KERNEL(status, 20.0 * batch->count * rows * n,
+               tier->softmax[precision](&ex, batch, out, in, rows, n));
     return raise_status(status);
 }
 
@@ -273,12 +284,13 @@ static int matmul_impl(int isa, int precision, const sa_batch *batch, const sa_m
                        const sa_mat *A, const sa_mat *B, sa_int m, sa_int n, sa_int k)
 {
     sa_exec ex;
-    if (make_exec(&ex, isa) < 0)
-        return -1;
     const sa_values values[] = {{B, k, n}};
-    sa_matmul_fn fn = sa_kernels_for_values(&ex, batch, precision, values, 1)->matmul[precision];
+    const sa_kernels *tier = prepare(&ex, isa, batch, precision, values, 1);
+    if (tier == NULL)
+        return -1;
     int status;
-    RUN_KERNEL(status, 2.0 * batch->count * m * n * k, fn(&ex, batch, C, A, B, m, n, k));
+    RUN_KERNEL(status, 2.0 * batch->count * m * n * k,
+               tier->matmul[precision](&ex, batch, C, A, B, m, n, k));
     return raise_status(status);
 }
 
@@ -288,14 +300,14 @@ static int attention_impl(int isa, int precision, const sa_batch *batch, const s
                           sa_int d_k, sa_int d_v, double scale, int causal)
 {
     sa_exec ex;
-    if (make_exec(&ex, isa) < 0)
-        return -1;
     const sa_values values[] = {{V, n_k, d_v}};
-    sa_attention_fn fn =
-        sa_kernels_for_values(&ex, batch, precision, values, 1)->attention[precision];
+    const sa_kernels *tier = prepare(&ex, isa, batch, precision, values, 1);
+    if (tier == NULL)
+        return -1;
     int status;
     RUN_KERNEL(status, 2.0 * batch->count * n_q * n_k * (d_k + d_v),
-               fn(&ex, batch, out, weights, Q, K, V, mask, n_q, n_k, d_k, d_v, scale, causal));
+               tier->attention[precision](&ex, batch, out, weights, Q, K, V, mask, n_q, n_k, d_k,
+                                          d_v, scale, causal));
     return raise_status(status);
 }
 
@@ -306,14 +318,14 @@ static int attention_backward_impl(int isa, int precision, const sa_batch *batch
                                    sa_int d_k, sa_int d_v, double scale, int causal)
 {
     sa_exec ex;
-    if (make_exec(&ex, isa) < 0)
-        return -1;
     const sa_values values[] = {{V, n_k, d_v}, {dO, n_q, d_v}};
-    sa_attention_backward_fn fn =
-        sa_kernels_for_values(&ex, batch, precision, values, 2)->attention_backward[precision];
+    const sa_kernels *tier = prepare(&ex, isa, batch, precision, values, 2);
+    if (tier == NULL)
+        return -1;
     int status;
     RUN_KERNEL(status, 2.0 * batch->count * n_q * n_k * (3 * d_k + 4 * d_v),
-               fn(&ex, batch, dQ, dK, dV, dO, Q, K, V, mask, n_q, n_k, d_k, d_v, scale, causal));
+               tier->attention_backward[precision](&ex, batch, dQ, dK, dV, dO, Q, K, V, mask, n_q,
+                                                   n_k, d_k, d_v, scale, causal));
     return raise_status(status);
 }
 

@@ -15,16 +15,25 @@ import operator
 import numpy as np
 
 from . import _core
-from ._kernels import _ISA_DEFAULT, _attend, _finish, _finish_attention, _mask_operand, _matmul, _operand
+from ._kernels import (
+    _ISA_DEFAULT,
+    _attend,
+    _finish,
+    _finish_attention,
+    _mask_operand,
+    _matmul,
+    _operand,
+)
 from ._layer import _Layer
 from ._validate import (
     _as_array,
+    _QKV,
+    _as_matrices,
     _attention_operands,
     _batch_shape,
     _check_size,
     _dtypes,
     _flag,
-    _require_matrix,
 )
 
 __all__ = [
@@ -110,10 +119,7 @@ def compute_self_attention_scores(Q, K, *, scale=None, mask=None, is_causal=Fals
         if result is not None:
             return result
     func = "compute_self_attention_scores"
-    Q = _as_array(func, "Q", Q)
-    K = _as_array(func, "K", K)
-    _require_matrix(func, "Q", Q, "(n_q, d_k)")
-    _require_matrix(func, "K", K, "(n_k, d_k)")
+    Q, K = _as_matrices(func, ("Q", Q, "(n_q, d_k)"), ("K", K, "(n_k, d_k)"))
     batch, scale, causal, mask, result, compute = _attention_operands(
         func, Q, K, None, mask, is_causal, scale)
     n_q, n_k = Q.shape[-2], K.shape[-2]
@@ -240,10 +246,7 @@ def compute_attention_output(attn_weights, V):
     if result is not None:
         return result
     func = "compute_attention_output"
-    W = _as_array(func, "attn_weights", attn_weights)
-    V = _as_array(func, "V", V)
-    _require_matrix(func, "attn_weights", W, "(n_q, n_k)")
-    _require_matrix(func, "V", V, "(n_k, d_v)")
+    W, V = _as_matrices(func, ("attn_weights", attn_weights, "(n_q, n_k)"), ("V", V, "(n_k, d_v)"))
     n_q, n_k = W.shape[-2:]
     if V.shape[-2] != n_k:
         hint = ""
@@ -324,12 +327,7 @@ def scaled_dot_product_attention(Q, K, V, *, scale=None, mask=None, is_causal=Fa
         if result is not None:
             return result
     func = "scaled_dot_product_attention"
-    Q = _as_array(func, "Q", Q)
-    K = _as_array(func, "K", K)
-    V = _as_array(func, "V", V)
-    _require_matrix(func, "Q", Q, "(n_q, d_k)")
-    _require_matrix(func, "K", K, "(n_k, d_k)")
-    _require_matrix(func, "V", V, "(n_k, d_v)")
+    Q, K, V = _as_matrices(func, *_QKV(Q, K, V))
     return_weights = _flag(func, "return_weights", return_weights)
     batch, scale, causal, mask, result, compute = _attention_operands(
         func, Q, K, V, mask, is_causal, scale)

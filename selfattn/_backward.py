@@ -19,12 +19,12 @@ import numpy as np
 from ._kernels import _attention_grads, _finish, _matmul, _split_heads, _transpose
 from ._layer import _Layer
 from ._validate import (
-    _as_array,
+    _QKV,
+    _as_matrices,
     _attention_operands,
     _check_grad_shape,
     _check_size,
     _dtypes,
-    _require_matrix,
 )
 
 __all__ = ["scaled_dot_product_attention_backward", "self_attention_layer_backward"]
@@ -141,14 +141,7 @@ def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None,
     True
     """
     func = "scaled_dot_product_attention_backward"
-    dO = _as_array(func, "dO", dO)
-    Q = _as_array(func, "Q", Q)
-    K = _as_array(func, "K", K)
-    V = _as_array(func, "V", V)
-    _require_matrix(func, "dO", dO, "(n_q, d_v)")
-    _require_matrix(func, "Q", Q, "(n_q, d_k)")
-    _require_matrix(func, "K", K, "(n_k, d_k)")
-    _require_matrix(func, "V", V, "(n_k, d_v)")
+    dO, Q, K, V = _as_matrices(func, ("dO", dO, "(n_q, d_v)"), *_QKV(Q, K, V))
     batch, scale, causal, mask, result, _ = _attention_operands(func, Q, K, V, mask, is_causal,
                                                                 scale)
     n_q, n_k, d_k, d_v = Q.shape[-2], K.shape[-2], Q.shape[-1], V.shape[-1]
@@ -218,8 +211,7 @@ def self_attention_layer_backward(dY, X, W_q, W_k, W_v, *, scale=None, mask=None
     True
     """
     func = "self_attention_layer_backward"
-    dY = _as_array(func, "dY", dY)
-    _require_matrix(func, "dY", dY, "(seq_len, d_v)")
+    dY, = _as_matrices(func, ("dY", dY, "(seq_len, d_v)"))
     L = _Layer(func, X, W_q, W_k, W_v, None, None, scale, mask, is_causal)
     _check_grad_shape(func, "dY", dY, L.out_batch + (L.n, L.d_v), "output")
     Q, K, V = L.project()

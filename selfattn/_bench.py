@@ -14,7 +14,8 @@ peak measured at start with ``np.matmul`` (sgemm, dgemm). Progress goes to stder
 
 A case is a dict ``{"name", "group", "flops", "setup": f(rng) -> state, "ours": f(state),
 "peers": {name: f(state) or None}}`` (optionally ``"dtype"``, for the peak fraction), so other
-modules can add theirs: ``selfattn._bench_training.CASES`` (the backward and multi-head cases) run too.
+modules can add theirs: ``selfattn._bench_training.CASES`` (the backward and multi-head cases)
+run too.
 
 NumPy's OpenBLAS reads ``OPENBLAS_CORETYPE`` when it loads, so to measure it at its best run
 ``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m selfattn bench``. With several threads

@@ -10,7 +10,7 @@ import numpy as np
 from ._backward import _layer_input_grads, _sum_to, _weight_grad
 from ._kernels import _finish, _finish_attention, _matmul, _transpose
 from ._layer import _Layer
-from ._validate import _as_array, _check_grad_shape, _check_size, _flag, _num_heads, _require_matrix
+from ._validate import _as_matrices, _check_grad_shape, _check_size, _flag, _integer
 
 __all__ = ["multi_head_attention", "multi_head_attention_backward"]
 
@@ -88,7 +88,7 @@ def multi_head_attention(X, W_q, W_k, W_v, W_o, *, num_heads, scale=None, mask=N
     True
     """
     func = "multi_head_attention"
-    heads = _num_heads(func, num_heads)
+    heads = _integer(func, "num_heads", num_heads, 1)
     return_weights = _flag(func, "return_weights", return_weights)
     L = _Layer(func, X, W_q, W_k, W_v, W_o, heads, scale, mask, is_causal)
     out, weights = L.attend(*L.project(), return_weights)
@@ -149,9 +149,8 @@ def multi_head_attention_backward(dY, X, W_q, W_k, W_v, W_o, *, num_heads, scale
     True
     """
     func = "multi_head_attention_backward"
-    heads = _num_heads(func, num_heads)
-    dY = _as_array(func, "dY", dY)
-    _require_matrix(func, "dY", dY, "(seq_len, d_out)")
+    heads = _integer(func, "num_heads", num_heads, 1)
+    dY, = _as_matrices(func, ("dY", dY, "(seq_len, d_out)"))
     L = _Layer(func, X, W_q, W_k, W_v, W_o, heads, scale, mask, is_causal)
     c = L.compute
     _check_grad_shape(func, "dY", dY, L.y_batch + (L.n, L.W_o.shape[-1]), "output")

@@ -4,7 +4,8 @@ Each public function (selfattn/_api.py, _backward.py, _multihead.py, _masks.py) 
 steps, and the rules for them live here, once:
 
 1. read each argument as an array and reject kinds we cannot compute with (TypeError);
-2. check the shapes, naming the function, the argument, the shapes received and the rule (ValueError);
+2. check the shapes, naming the function, the argument, the shapes received and the rule
+   (ValueError);
 3. pick the result dtype (float32 stays float32, float64 stays float64, float16 is computed in
    float32, ints and bools become float64, mixed floats promote as NumPy does);
 4. refuse results too large to address before any work, and broadcast the batch dimensions.
@@ -78,6 +79,20 @@ def _as_array(func, name, value):
     )
 
 
+def _QKV(Q, K, V):
+    """The (name, value, expected shape) of attention's three operands, for _as_matrices."""
+    return ("Q", Q, "(n_q, d_k)"), ("K", K, "(n_k, d_k)"), ("V", V, "(n_k, d_v)")
+
+
+def _as_matrices(func, *named):
+    """Each (name, value, expected shape) as an array of at least 2 dimensions, all read (step 1)
+    before any is checked (step 2)."""
+    arrays = [_as_array(func, name, value) for name, value, _ in named]
+    for (name, _, expected), arr in zip(named, arrays):
+        _require_matrix(func, name, arr, expected)
+    return arrays
+
+
 # ---- step 2: shapes and options ---------------------------------------------------------------
 
 def _require_matrix(func, name, arr, expected):
@@ -114,16 +129,19 @@ def _scale(func, scale, d_k):
     return scale
 
 
-def _num_heads(func, num_heads):
-    if isinstance(num_heads, (bool, np.bool_)):
-        raise TypeError(f"{func}: num_heads must be an integer, got {num_heads!r}")
+def _integer(func, name, value, at_least):
+    """`value` as a Python int >= at_least (0: a size; 1: a count such as num_heads)."""
+    what = "a non-negative integer" if at_least == 0 else "an integer"
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{func}: {name} must be {what}, got {value!r}")
     try:
-        heads = operator.index(num_heads)
+        value = operator.index(value)
     except TypeError:
-        raise TypeError(f"{func}: num_heads must be an integer, got {num_heads!r}") from None
-    if heads < 1:
-        raise ValueError(f"{func}: num_heads must be at least 1, got num_heads={heads}")
-    return heads
+        raise TypeError(f"{func}: {name} must be {what}, got {value!r}") from None
+    if value < at_least:
+        raise ValueError(f"{func}: {name} must be a non-negative integer, got {value}" if at_least == 0
+                         else f"{func}: {name} must be at least {at_least}, got {name}={value}")
+    return value
 
 
 def _mask(func, mask, n_q, n_k, compute):

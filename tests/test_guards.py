@@ -38,7 +38,8 @@ def test_causal_mask_too_large_is_refused_by_name():
 
 @pytest.mark.parametrize("n", [2**63, -(2**63) - 1, 2**100, 0, 1025])
 def test_set_num_threads_out_of_range(threads, n):
-    with pytest.raises(ValueError, match=rf"set_num_threads: n must be between 1 and 1024, got {n}"):
+    rule = rf"set_num_threads: n must be between 1 and 1024, got {n}"
+    with pytest.raises(ValueError, match=rule):
         selfattn.set_num_threads(n)
 
 
@@ -51,7 +52,7 @@ def test_set_isa_refuses_embedded_nul(name):
 
 
 def test_dict_is_not_an_array_like():
-    with pytest.raises(TypeError, match=r"compute_attention_output: V is a dict, not an array-like"):
+    with pytest.raises(TypeError, match=r"compute_attention_output: V is a dict, not an array-lik"):
         selfattn.compute_attention_output(np.eye(2), {"a": [1.0, 2.0], "b": [3.0, 4.0]})
     with pytest.raises(TypeError, match=r"softmax_attention_weights: attn_scores .*a set object, "
                                         r"not an array-like"):
