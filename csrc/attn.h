@@ -95,8 +95,8 @@ typedef struct {
     void (*dealloc)(void *ptr);
 } sa_exec;
 
-/* A value operand of a kernel call (V, dO, the B of a matmul): a (rows, cols) matrix per batch
-   item, for the non-finite policy (sa_kernels_for_values). */
+/* A value operand of a kernel call (V, dO): a (rows, cols) matrix per batch item, for the
+   non-finite policy (sa_kernels_for_values). */
 typedef struct {
     const sa_mat *mat;
     sa_int rows, cols;
@@ -136,9 +136,8 @@ int sa_available_cpus(void);
  *            causal sets S = -inf where j > i (top-left aligned).
  * softmax:   out[b] (n_rows, n) = softmax of each row of in[b]. A row whose max is -inf (every
  *            entry -inf) becomes all zeros; a row holding NaN becomes all NaN. out may alias in.
- * matmul:    C[b] (m, n) = A[b] (m, k) . B[b] (k, n). (Output products and projections.) An
- *            entry of A that is exactly 0 takes nothing from B, even inf or NaN: the reference
- *            tier guarantees this; the fast tiers may assume B is finite (sa_kernels_for_values).
+ * matmul:    C[b] (m, n) = A[b] (m, k) . B[b] (k, n), IEEE products (0 * inf is NaN), on every
+ *            tier. (Projections and gradients; the output product adds sa_output_zero_weights.)
  * attention: out[b] (n_q, d_v) = softmax(scores(Q, K, mask, scale, causal)) . V[b] (n_k, d_v).
  *            With weights == NULL it is fused: it never materialises the (n_q, n_k) scores and
  *            needs O((n_q + n_k) d) memory. Otherwise it also stores the softmax weights in
@@ -233,12 +232,19 @@ const char *sa_isa_name(sa_isa isa);
 const sa_kernels *sa_kernels_for(sa_isa isa);
 
 /* The non-finite policy, decided here only: a weight of exactly 0 contributes nothing, even
-   against an inf or NaN in the matrix it weighs. The reference tier guarantees that; the fast
-   tiers assume value operands are finite. Returns the table to run on: ex->isa's, or the
-   reference tier's when one of the n value operands holds inf or NaN -- and then ex->isa becomes
-   SA_ISA_REFERENCE too, so a kernel that looks up its tier's matmul stays on that tier. */
+   against an inf or NaN in the values it weighs (V, dO). The reference tier's attention kernels
+   guarantee that; the fast tiers assume value operands are finite. Returns the table to run on:
+   ex->isa's, or the reference tier's when one of the n value operands holds inf or NaN -- and
+   then ex->isa becomes SA_ISA_REFERENCE too, so a kernel that looks up its tier's matmul stays on
+   that tier. */
 const sa_kernels *sa_kernels_for_values(sa_exec *ex, const sa_batch *batch, int precision,
                                         const sa_values *values, int n);
+
+/* The same rule for the output product C = weights . V, run on any tier's (IEEE) matmul: every
+   column of C where V holds inf or NaN is recomputed in key order, skipping weights that are
+   exactly 0; the other columns keep the tier's bits. weights (m, k), V (k, n), C (m, n). */
+void sa_output_zero_weights(const sa_batch *batch, int precision, const sa_mat *C,
+                            const sa_mat *weights, const sa_mat *V, sa_int m, sa_int n, sa_int k);
 
 /* Checked size arithmetic: returns 0 and sets *out = a * b, or returns 1 on overflow. */
 static inline int sa_mul_overflow(size_t a, size_t b, size_t *out)

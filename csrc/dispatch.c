@@ -96,3 +96,37 @@ const sa_kernels *sa_kernels_for_values(sa_exec *ex, const sa_batch *batch, int 
             }
     return sa_kernels_for(ex->isa);
 }
+
+static double element(const sa_mat *mat, sa_int at, int precision)
+{
+    return precision == SA_F32 ? ((const float *)mat->data)[at] : ((const double *)mat->data)[at];
+}
+
+void sa_output_zero_weights(const sa_batch *batch, int precision, const sa_mat *C,
+                            const sa_mat *weights, const sa_mat *V, sa_int m, sa_int n, sa_int k)
+{
+    for (sa_int item = 0; item < batch->count; item++) {
+        sa_int c0 = sa_batch_offset(batch, C->bstride, item);
+        sa_int w0 = sa_batch_offset(batch, weights->bstride, item);
+        sa_int v0 = sa_batch_offset(batch, V->bstride, item);
+        for (sa_int col = 0; col < n; col++) {
+            sa_int p = 0;
+            while (p < k && isfinite(element(V, v0 + p * V->ld + col, precision)))
+                p++;
+            if (p == k)
+                continue;               /* a finite column: the tier's product stands */
+            for (sa_int i = 0; i < m; i++) {
+                double sum = 0;         /* float32 terms too: rounded to float once, below */
+                for (p = 0; p < k; p++) {
+                    double w = element(weights, w0 + i * weights->ld + p, precision);
+                    if (w != 0)
+                        sum += w * element(V, v0 + p * V->ld + col, precision);
+                }
+                if (precision == SA_F32)
+                    ((float *)C->data)[c0 + i * C->ld + col] = (float)sum;
+                else
+                    ((double *)C->data)[c0 + i * C->ld + col] = sum;
+            }
+        }
+    }
+}

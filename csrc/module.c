@@ -279,19 +279,29 @@ static int softmax_impl(int isa, int precision, const sa_batch *batch, const sa_
     return raise_status(status);
 }
 
-/* C = A . B; an entry of A that is exactly 0 takes nothing from B (B is the value operand). */
+/* C = A . B with IEEE products: projections and gradients. */
 static int matmul_impl(int isa, int precision, const sa_batch *batch, const sa_mat *C,
                        const sa_mat *A, const sa_mat *B, sa_int m, sa_int n, sa_int k)
 {
     sa_exec ex;
-    const sa_values values[] = {{B, k, n}};
-    const sa_kernels *tier = prepare(&ex, isa, batch, precision, values, 1);
+    const sa_kernels *tier = prepare(&ex, isa, batch, precision, NULL, 0);
     if (tier == NULL)
         return -1;
     int status;
     RUN_KERNEL(status, 2.0 * batch->count * m * n * k,
                tier->matmul[precision](&ex, batch, C, A, B, m, n, k));
     return raise_status(status);
+}
+
+/* out = weights . V, the attention output of given weights: a weight of exactly 0 takes
+   nothing from V's row, even inf or NaN (the non-finite policy's sa_output_zero_weights). */
+static int output_impl(int isa, int precision, const sa_batch *batch, const sa_mat *out,
+                       const sa_mat *weights, const sa_mat *V, sa_int n_q, sa_int n_k, sa_int d_v)
+{
+    if (matmul_impl(isa, precision, batch, out, weights, V, n_q, d_v, n_k) < 0)
+        return -1;
+    sa_output_zero_weights(batch, precision, out, weights, V, n_q, d_v, n_k);
+    return 0;
 }
 
 static int attention_impl(int isa, int precision, const sa_batch *batch, const sa_mat *out,
@@ -355,7 +365,9 @@ static int project_impl(int isa, int precision, const sa_batch *batch, const sa_
             }
         }
     }
-    /* 2. one product for the three projections */
+    /* 2. one product for the three projections (W_all alone is wanted when QKV is empty) */
+    if (batch->count == 0 || n == 0 || d_all == 0)
+        return 0;
     return matmul_impl(isa, precision, batch, QKV, X, W_all, n, d_all, d_model);
 }
 
@@ -414,10 +426,12 @@ static PyObject *core_softmax(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-PyDoc_STRVAR(matmul_doc, "matmul(out, A, B, isa)\n--\n\nout[...] = A @ B (private); an entry of "
-                         "A that is exactly 0 takes nothing from B, even inf or NaN.");
+PyDoc_STRVAR(matmul_doc, "matmul(out, A, B, isa)\n--\n\nout[...] = A @ B (private).");
+PyDoc_STRVAR(output_doc, "output(out, weights, V, isa)\n--\n\nout[...] = weights @ V, where a "
+                         "weight of exactly 0 takes nothing from V, even inf or NaN (private).");
 
-static PyObject *core_matmul(PyObject *self, PyObject *args)
+/* matmul and output: one parser; `weighs_values` picks output's rule. */
+static PyObject *parse_product(PyObject *args, int weighs_values)
 {
     PyObject *out_obj, *A_obj, *B_obj;
     int isa, typenum, precision;
@@ -436,10 +450,15 @@ static PyObject *core_matmul(PyObject *self, PyObject *args)
     if (get_mat(out_obj, typenum, 1, &batch, m, n, &C, "out") < 0
         || get_mat(A_obj, typenum, 0, &batch, m, k, &A, "A") < 0
         || get_mat(B_obj, typenum, 0, &batch, k, n, &B, "B") < 0
-        || matmul_impl(isa, precision, &batch, &C, &A, &B, m, n, k) < 0)
+        || (weighs_values ? output_impl(isa, precision, &batch, &C, &A, &B, m, k, n)
+                          : matmul_impl(isa, precision, &batch, &C, &A, &B, m, n, k)) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
+
+static PyObject *core_matmul(PyObject *self, PyObject *args) { return parse_product(args, 0); }
+
+static PyObject *core_output(PyObject *self, PyObject *args) { return parse_product(args, 1); }
 
 PyDoc_STRVAR(project_doc,
              "project(QKV, W_all, X, W_q, W_k, W_v, isa)\n--\n\n"
@@ -472,12 +491,13 @@ static PyObject *core_project(PyObject *self, PyObject *args)
     if (as_operand(W_all_obj, typenum, 1, "W_all") == NULL)
         return NULL;
     batch_from((PyArrayObject *)W_all_obj, &w_batch);
-    for (int axis = 0; axis < batch.nd; axis++)
-        if (w_batch.nd != batch.nd
-            || (w_batch.shape[axis] != batch.shape[axis] && w_batch.shape[axis] != 1)) {
-            PyErr_SetString(PyExc_ValueError, "_core: W_all must have QKV's batch axes or 1");
-            return NULL;
-        }
+    int broadcasts = w_batch.nd == batch.nd;
+    for (int axis = 0; broadcasts && axis < batch.nd; axis++)
+        broadcasts = w_batch.shape[axis] == batch.shape[axis] || w_batch.shape[axis] == 1;
+    if (!broadcasts) {
+        PyErr_SetString(PyExc_ValueError, "_core: W_all must have QKV's batch axes or 1");
+        return NULL;
+    }
     if (get_mat(QKV_obj, typenum, 1, &batch, n, d_all, &QKV, "QKV") < 0
         || get_mat(W_all_obj, typenum, 1, &w_batch, d_model, d_all, &W_all, "W_all") < 0
         || get_mat(X_obj, typenum, 0, &batch, n, d_model, &X, "X") < 0)
@@ -776,22 +796,22 @@ static PyObject *core_plain_softmax(PyObject *self, PyObject *x_obj)
                           softmax_impl(-1, precision_of(typenum), &single, &out, &in, rows, n));
 }
 
-static PyObject *core_plain_matmul(PyObject *self, PyObject *args)
+static PyObject *core_plain_output(PyObject *self, PyObject *args)
 {
-    PyObject *A_obj, *B_obj;
+    PyObject *weights_obj, *V_obj;
     int typenum = NPY_NOTYPE;
-    if (!PyArg_ParseTuple(args, "OO", &A_obj, &B_obj))
+    if (!PyArg_ParseTuple(args, "OO", &weights_obj, &V_obj))
         return NULL;
-    sa_mat A, B, C;
-    npy_intp m, k, k2, n;
-    if (!plain_matrix(A_obj, &typenum, &A, &m, &k) || !plain_matrix(B_obj, &typenum, &B, &k2, &n)
-        || k != k2 || !fits(m, n, typenum))
+    sa_mat weights, V, out;
+    npy_intp n_q, n_k, n_v, d_v;
+    if (!plain_matrix(weights_obj, &typenum, &weights, &n_q, &n_k)
+        || !plain_matrix(V_obj, &typenum, &V, &n_v, &d_v) || n_k != n_v || !fits(n_q, d_v, typenum))
         Py_RETURN_NONE;
-    PyObject *result = new_matrix(m, n, typenum, &C);
+    PyObject *result = new_matrix(n_q, d_v, typenum, &out);
     if (result == NULL)
         return NULL;
-    return result_or_null(result,
-                          matmul_impl(-1, precision_of(typenum), &single, &C, &A, &B, m, n, k));
+    return result_or_null(result, output_impl(-1, precision_of(typenum), &single, &out, &weights,
+                                              &V, n_q, n_k, d_v));
 }
 
 PyDoc_STRVAR(vexp_doc, "vexp(out, x, isa, mode=0)\n--\n\n"
@@ -928,6 +948,7 @@ static PyMethodDef core_methods[] = {
     {"scores", core_scores, METH_VARARGS, scores_doc},
     {"softmax", core_softmax, METH_VARARGS, softmax_doc},
     {"matmul", core_matmul, METH_VARARGS, matmul_doc},
+    {"output", core_output, METH_VARARGS, output_doc},
     {"project", core_project, METH_VARARGS, project_doc},
     {"attention", core_attention, METH_VARARGS, attention_doc},
     {"attention_backward", core_attention_backward, METH_VARARGS, attention_backward_doc},
@@ -938,8 +959,9 @@ static PyMethodDef core_methods[] = {
      "plain_scores(Q, K, scale, causal)\n--\n\nScores of plain 2-D matrices, or None (private)."},
     {"plain_softmax", core_plain_softmax, METH_O,
      "plain_softmax(x)\n--\n\nRow softmax of a plain 2-D matrix, or None (private)."},
-    {"plain_matmul", core_plain_matmul, METH_VARARGS,
-     "plain_matmul(A, B)\n--\n\nA @ B for plain 2-D matrices, or None (private)."},
+    {"plain_output", core_plain_output, METH_VARARGS,
+     "plain_output(weights, V)\n--\n\nweights @ V for plain 2-D matrices (a weight of 0 takes "
+     "nothing from V), or None (private)."},
     {"plain_sdpa", core_plain_sdpa, METH_VARARGS,
      "plain_sdpa(Q, K, V, scale, causal)\n--\n\nUnmasked attention of plain matrices, or None "
      "(private)."},

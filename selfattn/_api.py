@@ -21,7 +21,6 @@ from ._kernels import (
     _finish,
     _finish_attention,
     _mask_operand,
-    _matmul,
     _operand,
 )
 from ._layer import _Layer
@@ -242,7 +241,7 @@ def compute_attention_output(attn_weights, V):
     array([[2., 0.],
            [1., 2.]])
     """
-    result = _core.plain_matmul(attn_weights, V)
+    result = _core.plain_output(attn_weights, V)
     if result is not None:
         return result
     func = "compute_attention_output"
@@ -260,7 +259,10 @@ def compute_attention_output(attn_weights, V):
     batch = _batch_shape(func, [("attn_weights", W, 2), ("V", V, 2)])
     result, compute = _dtypes(W, V)
     _check_size(func, batch + (n_q, V.shape[-1]), compute)
-    return _finish(_matmul(W, V, compute, batch), result)
+    out = np.empty(batch + (n_q, V.shape[-1]), dtype=compute)
+    if out.size:
+        _core.output(out, _operand(W, compute, batch), _operand(V, compute, batch), _ISA_DEFAULT)
+    return _finish(out, result)
 
 
 def scaled_dot_product_attention(Q, K, V, *, scale=None, mask=None, is_causal=False,

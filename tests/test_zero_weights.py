@@ -43,9 +43,23 @@ def test_three_steps_composed_equal_sdpa_with_a_masked_non_finite_key(isa, dtype
     np.testing.assert_allclose(steps, fused, rtol=1e-5 if dtype == np.float32 else 1e-12)
 
 
-def test_zero_projection_inputs_take_nothing_from_non_finite_weights(isa):
-    # the layer's projections are the same matmul: X's zero entry takes nothing from W_v's inf row
+def test_projections_stay_plain_products(isa):
+    # the rule is about attention weights: X @ W_v is NumPy's product on every tier (0 * inf is
+    # NaN), so the layer equals X @ W_v fed to the three steps
     X = np.array([[1.0, 0.0], [2.0, 0.0]])
-    W = np.array([[1.0, 0.5], [np.inf, np.nan]])
-    out = selfattn.self_attention_layer(X, np.eye(2), np.eye(2), W)
-    assert np.isfinite(out).all()
+    W_v = np.array([[1.0, 0.5], [np.inf, 2.0]])
+    out = selfattn.self_attention_layer(X, np.eye(2), np.eye(2), W_v)
+    assert np.isnan(out[:, 0]).all() and np.isfinite(out[:, 1]).all()
+
+
+def test_finite_columns_keep_the_tiers_bits(isa):
+    # only the columns of V holding inf or NaN are recomputed; the others are the tier's product
+    rng = np.random.default_rng(1)
+    weights = rng.random((5, 40))
+    weights[:, 3] = 0
+    V = rng.normal(size=(40, 6))
+    clean = selfattn.compute_attention_output(weights, V)
+    V[3, 2] = np.nan
+    out = selfattn.compute_attention_output(weights, V)
+    np.testing.assert_array_equal(np.delete(out, 2, axis=1), np.delete(clean, 2, axis=1))
+    np.testing.assert_allclose(out[:, 2], clean[:, 2], rtol=1e-13)
