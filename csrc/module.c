@@ -237,9 +237,10 @@ static npy_intp dim(PyObject *arr, int from_end)
 /* ---- the work of each operation ------------------------------------------------------------- */
 /*
  * One helper per operation, shared by the general entry point (any batch, any strides) and the
- * plain one (2-D matrices): make the exec context (isa < 0: the process-wide tier), let the
- * non-finite policy (sa_kernels_for_values) pick the tier where the operation has value
- * operands, run the kernel and map its status. Each returns 0, or -1 with an exception set.
+ * plain one (2-D matrices): make the exec context (isa < 0: the process-wide tier), apply the
+ * non-finite policy of csrc/dispatch.c where the operation weighs values (attention and its
+ * backward: the tier; the output product: its non-finite columns), run the kernel and map its
+ * status. Each returns 0, or -1 with an exception set.
  */
 
 /* The exec context and the kernel table for one call, given its value operands (none for scores
