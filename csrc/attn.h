@@ -95,6 +95,13 @@ typedef struct {
     void (*dealloc)(void *ptr);
 } sa_exec;
 
+/* A value operand of a kernel call (V, dO): a (rows, cols) matrix per batch item, for the
+   non-finite policy (sa_kernels_for_values). */
+typedef struct {
+    const sa_mat *mat;
+    sa_int rows, cols;
+} sa_values;
+
 /* ---- the thread pool (csrc/threadpool.c) ---------------------------------------------------- */
 
 /* One task of a parallel loop. `worker` is in [0, n_threads) and unique among the threads running
@@ -127,14 +134,15 @@ int sa_interrupted(void);
  *            causal sets S = -inf where j > i (top-left aligned).
  * softmax:   out[b] (n_rows, n) = softmax of each row of in[b]. A row whose max is -inf (every
  *            entry -inf) becomes all zeros; a row holding NaN becomes all NaN. out may alias in.
- * matmul:    C[b] (m, n) = A[b] (m, k) . B[b] (k, n). (Output products and projections.)
+ * matmul:    C[b] (m, n) = A[b] (m, k) . B[b] (k, n), IEEE products (0 * inf is NaN), on every
+ *            tier. (Projections and gradients; the output product adds sa_output_zero_weights.)
  * attention: out[b] (n_q, d_v) = softmax(scores(Q, K, mask, scale, causal)) . V[b] (n_k, d_v).
  *            With weights == NULL it is fused: it never materialises the (n_q, n_k) scores and
  *            needs O((n_q + n_k) d) memory. Otherwise it also stores the softmax weights in
  *            weights[b] (n_q, n_k). Fully masked rows give weights 0 and output 0. A key whose
  *            weight is 0 contributes nothing, even where its V row holds inf or NaN: the reference
- *            tier guarantees this; the fast tiers may assume V is finite, and the caller routes
- *            inputs with a non-finite V to the reference tier.
+ *            tier guarantees this; the fast tiers may assume V is finite (sa_kernels_for_values
+ *            routes other inputs to the reference tier).
  */
 typedef int (*sa_scores_fn)(const sa_exec *ex, const sa_batch *batch, const sa_mat *scores,
                             const sa_mat *Q, const sa_mat *K, const sa_mask *mask,
@@ -157,8 +165,8 @@ typedef int (*sa_attention_fn)(const sa_exec *ex, const sa_batch *batch, const s
  *            as in `scores`; a fully masked query row gets dQ = 0 and gives nothing to dK, dV; a
  *            row of S holding NaN makes its weights NaN, as in the forward. A key whose weight is 0
  *            contributes nothing even where its V row or dO holds inf or NaN: the reference tier
- *            guarantees this; the other tiers may assume V and dO are finite (the caller routes
- *            other inputs to the reference tier). The mask gets no gradient.
+ *            guarantees this; the other tiers may assume V and dO are finite (sa_kernels_for_values
+ *            routes other inputs to the reference tier). The mask gets no gradient.
  */
 typedef int (*sa_attention_backward_fn)(const sa_exec *ex, const sa_batch *batch,
                                         const sa_mat *dQ, const sa_mat *dK, const sa_mat *dV,
@@ -242,6 +250,21 @@ int sa_isa_supported(sa_isa isa);
 sa_isa sa_isa_best(void);
 const char *sa_isa_name(sa_isa isa);
 const sa_kernels *sa_kernels_for(sa_isa isa);
+
+/* The non-finite policy, decided here only: a weight of exactly 0 contributes nothing, even
+   against an inf or NaN in the values it weighs (V, dO). The reference tier's attention kernels
+   guarantee that; the fast tiers assume value operands are finite. Returns the table to run on:
+   ex->isa's, or the reference tier's when one of the n value operands holds inf or NaN -- and
+   then ex->isa becomes SA_ISA_REFERENCE too, so a kernel that looks up its tier's matmul stays on
+   that tier. */
+const sa_kernels *sa_kernels_for_values(sa_exec *ex, const sa_batch *batch, int precision,
+                                        const sa_values *values, int n);
+
+/* The same rule for the output product C = weights . V, run on any tier's (IEEE) matmul: every
+   column of C where V holds inf or NaN is recomputed in key order, skipping weights that are
+   exactly 0; the other columns keep the tier's bits. weights (m, k), V (k, n), C (m, n). */
+void sa_output_zero_weights(const sa_batch *batch, int precision, const sa_mat *C,
+                            const sa_mat *weights, const sa_mat *V, sa_int m, sa_int n, sa_int k);
 
 /* Checked size arithmetic: returns 0 and sets *out = a * b, or returns 1 on overflow. */
 static inline int sa_mul_overflow(size_t a, size_t b, size_t *out)

@@ -1,10 +1,13 @@
 /*
  * module.c -- selfattn._core, the only C file that knows about Python and NumPy.
  *
- * The Python layer (selfattn/_api.py) owns policy: it validates, promotes dtypes, broadcasts
- * every operand to one batch shape and allocates the outputs. This file only checks that what it
- * was handed honours the kernel contract in attn.h (so a misuse of the private API raises instead
- * of crashing), runs the kernel with the GIL released, and turns status codes into exceptions.
+ * The Python layer (selfattn/_validate.py and the modules that use it) owns policy: it
+ * validates, promotes dtypes, broadcasts every operand to one batch shape and allocates the
+ * outputs. This file parses what it was handed and checks that it honours the kernel contract in
+ * attn.h (so a misuse of the private API raises instead of crashing); then one helper per
+ * operation (*_impl, shared by the general and the plain entry points) makes the exec context,
+ * lets dispatch.c's non-finite policy choose the tier, runs the kernel with the GIL released when
+ * that pays, and turns its status into an exception.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -232,7 +235,145 @@ static npy_intp dim(PyObject *arr, int from_end)
         }                                                \
     } while (0)
 
-/* ---- the functions -------------------------------------------------------------------------- */
+/* ---- the work of each operation ------------------------------------------------------------- */
+/*
+ * One helper per operation, shared by the general entry point (any batch, any strides) and the
+ * plain one (2-D matrices): make the exec context (isa < 0: the process-wide tier), apply the
+ * non-finite policy of csrc/dispatch.c where the operation weighs values (attention and its
+ * backward: the tier; the output product: its non-finite columns), run the kernel and map its
+ * status. Each returns 0, or -1 with an exception set.
+ */
+
+/* The exec context and the kernel table for one call, given its value operands (none for scores
+   and softmax); NULL with an exception set. */
+static const sa_kernels *prepare(sa_exec *ex, int isa, const sa_batch *batch, int precision,
+                                 const sa_values *values, int n_values)
+{
+    if (make_exec(ex, isa) < 0)
+        return NULL;
+    return sa_kernels_for_values(ex, batch, precision, values, n_values);
+}
+
+static int scores_impl(int isa, int precision, const sa_batch *batch, const sa_mat *out,
+                       const sa_mat *Q, const sa_mat *K, const sa_mask *mask, sa_int n_q,
+                       sa_int n_k, sa_int d_k, double scale, int causal)
+{
+    sa_exec ex;
+    const sa_kernels *tier = prepare(&ex, isa, batch, precision, NULL, 0);
+    if (tier == NULL)
+        return -1;
+    int status;
+    RUN_KERNEL(status, 2.0 * batch->count * n_q * n_k * (d_k + 1),
+               tier->scores[precision](&ex, batch, out, Q, K, mask, n_q, n_k, d_k, scale, causal));
+    return raise_status(status);
+}
+
+static int softmax_impl(int isa, int precision, const sa_batch *batch, const sa_mat *out,
+                        const sa_mat *in, sa_int rows, sa_int n)
+{
+    sa_exec ex;
+    const sa_kernels *tier = prepare(&ex, isa, batch, precision, NULL, 0);
+    if (tier == NULL)
+        return -1;
+    int status;
+    RUN_KERNEL(status, 20.0 * batch->count * rows * n,
+               tier->softmax[precision](&ex, batch, out, in, rows, n));
+    return raise_status(status);
+}
+
+/* C = A . B with IEEE products: projections and gradients. */
+static int matmul_impl(int isa, int precision, const sa_batch *batch, const sa_mat *C,
+                       const sa_mat *A, const sa_mat *B, sa_int m, sa_int n, sa_int k)
+{
+    sa_exec ex;
+    const sa_kernels *tier = prepare(&ex, isa, batch, precision, NULL, 0);
+    if (tier == NULL)
+        return -1;
+    int status;
+    RUN_KERNEL(status, 2.0 * batch->count * m * n * k,
+               tier->matmul[precision](&ex, batch, C, A, B, m, n, k));
+    return raise_status(status);
+}
+
+/* out = weights . V, the attention output of given weights: a weight of exactly 0 takes
+   nothing from V's row, even inf or NaN (the non-finite policy's sa_output_zero_weights). */
+static int output_impl(int isa, int precision, const sa_batch *batch, const sa_mat *out,
+                       const sa_mat *weights, const sa_mat *V, sa_int n_q, sa_int n_k, sa_int d_v)
+{
+    if (matmul_impl(isa, precision, batch, out, weights, V, n_q, d_v, n_k) < 0)
+        return -1;
+    sa_output_zero_weights(batch, precision, out, weights, V, n_q, d_v, n_k);
+    return 0;
+}
+
+static int attention_impl(int isa, int precision, const sa_batch *batch, const sa_mat *out,
+                          const sa_mat *weights, const sa_mat *Q, const sa_mat *K,
+                          const sa_mat *V, const sa_mask *mask, sa_int n_q, sa_int n_k,
+                          sa_int d_k, sa_int d_v, double scale, int causal)
+{
+    sa_exec ex;
+    const sa_values values[] = {{V, n_k, d_v}};
+    const sa_kernels *tier = prepare(&ex, isa, batch, precision, values, 1);
+    if (tier == NULL)
+        return -1;
+    int status;
+    RUN_KERNEL(status, 2.0 * batch->count * n_q * n_k * (d_k + d_v),
+               tier->attention[precision](&ex, batch, out, weights, Q, K, V, mask, n_q, n_k, d_k,
+                                          d_v, scale, causal));
+    return raise_status(status);
+}
+
+static int attention_backward_impl(int isa, int precision, const sa_batch *batch,
+                                   const sa_mat *dQ, const sa_mat *dK, const sa_mat *dV,
+                                   const sa_mat *dO, const sa_mat *Q, const sa_mat *K,
+                                   const sa_mat *V, const sa_mask *mask, sa_int n_q, sa_int n_k,
+                                   sa_int d_k, sa_int d_v, double scale, int causal)
+{
+    sa_exec ex;
+    const sa_values values[] = {{V, n_k, d_v}, {dO, n_q, d_v}};
+    const sa_kernels *tier = prepare(&ex, isa, batch, precision, values, 2);
+    if (tier == NULL)
+        return -1;
+    int status;
+    RUN_KERNEL(status, 2.0 * batch->count * n_q * n_k * (3 * d_k + 4 * d_v),
+               tier->attention_backward[precision](&ex, batch, dQ, dK, dV, dO, Q, K, V, mask, n_q,
+                                                   n_k, d_k, d_v, scale, causal));
+    return raise_status(status);
+}
+
+/*
+ * The projections of a layer, Q | K | V = X . W_all with W_all = [W_q | W_k | W_v], so that one
+ * product reads X once: 1. W_all (batch shape w_batch, whose axes are those of `batch` or 1) is
+ * filled with the three projections side by side; 2. one matmul. The single-head, multi-head
+ * and plain layers all project here; the Python layer keeps W_all for the backward.
+ */
+static int project_impl(int isa, int precision, const sa_batch *batch, const sa_mat *QKV,
+                        const sa_mat *X, const sa_batch *w_batch, const sa_mat *W_all,
+                        const sa_mat W[3], sa_int n, sa_int d_model, const sa_int width[3])
+{
+    size_t itemsize = precision == SA_F32 ? sizeof(float) : sizeof(double);
+    sa_int d_all = width[0] + width[1] + width[2];
+    /* 1. concatenate */
+    for (sa_int item = 0; item < w_batch->count; item++) {
+        char *dst = (char *)W_all->data
+                    + sa_batch_offset(w_batch, W_all->bstride, item) * (sa_int)itemsize;
+        for (sa_int r = 0; r < d_model; r++) {
+            char *row = dst + r * W_all->ld * (sa_int)itemsize;
+            for (int i = 0; i < 3; i++) {
+                sa_int at = sa_batch_offset(w_batch, W[i].bstride, item) + r * W[i].ld;
+                memcpy(row, (const char *)W[i].data + at * (sa_int)itemsize,
+                       (size_t)width[i] * itemsize);
+                row += width[i] * (sa_int)itemsize;
+            }
+        }
+    }
+    /* 2. one product for the three projections (W_all alone is wanted when QKV is empty) */
+    if (batch->count == 0 || n == 0 || d_all == 0)
+        return 0;
+    return matmul_impl(isa, precision, batch, QKV, X, W_all, n, d_all, d_model);
+}
+
+/* ---- the general entry points: parse, check the kernel contract, then the operation's helper */
 
 PyDoc_STRVAR(scores_doc, "scores(out, Q, K, mask, scale, causal, isa)\n--\n\n"
                          "out[...] = scale * Q @ K^T with the mask applied (private).");
@@ -241,14 +382,13 @@ static PyObject *core_scores(PyObject *self, PyObject *args)
 {
     PyObject *out_obj, *Q_obj, *K_obj, *mask_obj;
     double scale;
-    int causal, isa, typenum, precision, status;
+    int causal, isa, typenum, precision;
     if (!PyArg_ParseTuple(args, "OOOOdpi", &out_obj, &Q_obj, &K_obj, &mask_obj, &scale, &causal,
                           &isa))
         return NULL;
     sa_batch batch;
     sa_mat out, Q, K;
     sa_mask mask;
-    sa_exec ex;
     if (get_out(out_obj, &batch, &typenum, &precision) < 0)
         return NULL;
     npy_intp n_q = dim(out_obj, 2), n_k = dim(out_obj, 1);
@@ -260,12 +400,9 @@ static PyObject *core_scores(PyObject *self, PyObject *args)
     if (get_mat(out_obj, typenum, 1, &batch, n_q, n_k, &out, "out") < 0
         || get_mat(Q_obj, typenum, 0, &batch, n_q, d_k, &Q, "Q") < 0
         || get_mat(K_obj, typenum, 0, &batch, n_k, d_k, &K, "K") < 0
-        || get_mask(mask_obj, typenum, &batch, n_q, n_k, &mask) < 0 || make_exec(&ex, isa) < 0)
-        return NULL;
-    sa_scores_fn fn = sa_kernels_for(ex.isa)->scores[precision];
-    double flops = 2.0 * batch.count * n_q * n_k * (d_k + 1);
-    RUN_KERNEL(status, flops, fn(&ex, &batch, &out, &Q, &K, &mask, n_q, n_k, d_k, scale, causal));
-    if (raise_status(status) < 0)
+        || get_mask(mask_obj, typenum, &batch, n_q, n_k, &mask) < 0
+        || scores_impl(isa, precision, &batch, &out, &Q, &K, &mask, n_q, n_k, d_k, scale,
+                       causal) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -276,36 +413,34 @@ PyDoc_STRVAR(softmax_doc, "softmax(out, x, isa)\n--\n\n"
 static PyObject *core_softmax(PyObject *self, PyObject *args)
 {
     PyObject *out_obj, *in_obj;
-    int isa, typenum, precision, status;
+    int isa, typenum, precision;
     if (!PyArg_ParseTuple(args, "OOi", &out_obj, &in_obj, &isa))
         return NULL;
     sa_batch batch;
     sa_mat out, in;
-    sa_exec ex;
     if (get_out(out_obj, &batch, &typenum, &precision) < 0)
         return NULL;
     npy_intp rows = dim(out_obj, 2), n = dim(out_obj, 1);
     if (get_mat(out_obj, typenum, 1, &batch, rows, n, &out, "out") < 0
-        || get_mat(in_obj, typenum, 0, &batch, rows, n, &in, "x") < 0 || make_exec(&ex, isa) < 0)
-        return NULL;
-    sa_softmax_fn fn = sa_kernels_for(ex.isa)->softmax[precision];
-    RUN_KERNEL(status, 20.0 * batch.count * rows * n, fn(&ex, &batch, &out, &in, rows, n));
-    if (raise_status(status) < 0)
+        || get_mat(in_obj, typenum, 0, &batch, rows, n, &in, "x") < 0
+        || softmax_impl(isa, precision, &batch, &out, &in, rows, n) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
 
 PyDoc_STRVAR(matmul_doc, "matmul(out, A, B, isa)\n--\n\nout[...] = A @ B (private).");
+PyDoc_STRVAR(output_doc, "output(out, weights, V, isa)\n--\n\nout[...] = weights @ V, where a "
+                         "weight of exactly 0 takes nothing from V, even inf or NaN (private).");
 
-static PyObject *core_matmul(PyObject *self, PyObject *args)
+/* matmul and output: one parser; `weighs_values` picks output's rule. */
+static PyObject *parse_product(PyObject *args, int weighs_values)
 {
     PyObject *out_obj, *A_obj, *B_obj;
-    int isa, typenum, precision, status;
+    int isa, typenum, precision;
     if (!PyArg_ParseTuple(args, "OOOi", &out_obj, &A_obj, &B_obj, &isa))
         return NULL;
     sa_batch batch;
     sa_mat C, A, B;
-    sa_exec ex;
     if (get_out(out_obj, &batch, &typenum, &precision) < 0)
         return NULL;
     npy_intp m = dim(out_obj, 2), n = dim(out_obj, 1);
@@ -316,11 +451,64 @@ static PyObject *core_matmul(PyObject *self, PyObject *args)
     npy_intp k = dim(A_obj, 1);
     if (get_mat(out_obj, typenum, 1, &batch, m, n, &C, "out") < 0
         || get_mat(A_obj, typenum, 0, &batch, m, k, &A, "A") < 0
-        || get_mat(B_obj, typenum, 0, &batch, k, n, &B, "B") < 0 || make_exec(&ex, isa) < 0)
+        || get_mat(B_obj, typenum, 0, &batch, k, n, &B, "B") < 0
+        || (weighs_values ? output_impl(isa, precision, &batch, &C, &A, &B, m, k, n)
+                          : matmul_impl(isa, precision, &batch, &C, &A, &B, m, n, k)) < 0)
         return NULL;
-    sa_matmul_fn fn = sa_kernels_for(ex.isa)->matmul[precision];
-    RUN_KERNEL(status, 2.0 * batch.count * m * n * k, fn(&ex, &batch, &C, &A, &B, m, n, k));
-    if (raise_status(status) < 0)
+    Py_RETURN_NONE;
+}
+
+static PyObject *core_matmul(PyObject *self, PyObject *args) { return parse_product(args, 0); }
+
+static PyObject *core_output(PyObject *self, PyObject *args) { return parse_product(args, 1); }
+
+PyDoc_STRVAR(project_doc,
+             "project(QKV, W_all, X, W_q, W_k, W_v, isa)\n--\n\n"
+             "W_all[...] = [W_q | W_k | W_v], then QKV[...] = X @ W_all (private). W_all and the "
+             "W's have the batch axes of QKV or 1 there.");
+
+static PyObject *core_project(PyObject *self, PyObject *args)
+{
+    PyObject *QKV_obj, *W_all_obj, *X_obj, *W_obj[3];
+    int isa, typenum, precision;
+    if (!PyArg_ParseTuple(args, "OOOOOOi", &QKV_obj, &W_all_obj, &X_obj, &W_obj[0], &W_obj[1],
+                          &W_obj[2], &isa))
+        return NULL;
+    sa_batch batch, w_batch;
+    sa_mat QKV, W_all, X, W[3];
+    if (get_out(QKV_obj, &batch, &typenum, &precision) < 0)
+        return NULL;
+    static const char *names[3] = {"W_q", "W_k", "W_v"};
+    for (int i = 0; i < 3; i++)
+        if (!PyArray_Check(W_obj[i]) || PyArray_NDIM((PyArrayObject *)W_obj[i]) < 2) {
+            PyErr_Format(PyExc_ValueError, "_core: %s must be a matrix", names[i]);
+            return NULL;
+        }
+    npy_intp n = dim(QKV_obj, 2), d_all = dim(QKV_obj, 1), d_model = dim(W_obj[0], 2);
+    sa_int width[3] = {dim(W_obj[0], 1), dim(W_obj[1], 1), dim(W_obj[2], 1)};
+    if (width[0] + width[1] + width[2] != d_all) {
+        PyErr_SetString(PyExc_ValueError, "_core: QKV must be as wide as W_q, W_k and W_v");
+        return NULL;
+    }
+    if (as_operand(W_all_obj, typenum, 1, "W_all") == NULL)
+        return NULL;
+    batch_from((PyArrayObject *)W_all_obj, &w_batch);
+    int broadcasts = w_batch.nd == batch.nd;
+    for (int axis = 0; broadcasts && axis < batch.nd; axis++)
+        broadcasts = w_batch.shape[axis] == batch.shape[axis] || w_batch.shape[axis] == 1;
+    if (!broadcasts) {
+        PyErr_SetString(PyExc_ValueError, "_core: W_all must have QKV's batch axes or 1");
+        return NULL;
+    }
+    if (get_mat(QKV_obj, typenum, 1, &batch, n, d_all, &QKV, "QKV") < 0
+        || get_mat(W_all_obj, typenum, 1, &w_batch, d_model, d_all, &W_all, "W_all") < 0
+        || get_mat(X_obj, typenum, 0, &batch, n, d_model, &X, "X") < 0)
+        return NULL;
+    for (int i = 0; i < 3; i++)
+        if (get_mat(W_obj[i], typenum, 0, &w_batch, d_model, width[i], &W[i], names[i]) < 0)
+            return NULL;
+    /* W_all's batch strides are 0 on its axes of 1, so it broadcasts against `batch` as is */
+    if (project_impl(isa, precision, &batch, &QKV, &X, &w_batch, &W_all, W, n, d_model, width) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -334,14 +522,13 @@ static PyObject *core_attention(PyObject *self, PyObject *args)
 {
     PyObject *out_obj, *weights_obj, *Q_obj, *K_obj, *V_obj, *mask_obj;
     double scale;
-    int causal, isa, typenum, precision, status;
+    int causal, isa, typenum, precision;
     if (!PyArg_ParseTuple(args, "OOOOOOdpi", &out_obj, &weights_obj, &Q_obj, &K_obj, &V_obj,
                           &mask_obj, &scale, &causal, &isa))
         return NULL;
     sa_batch batch;
     sa_mat out, weights, Q, K, V;
     sa_mask mask;
-    sa_exec ex;
     if (get_out(out_obj, &batch, &typenum, &precision) < 0)
         return NULL;
     npy_intp n_q = dim(out_obj, 2), d_v = dim(out_obj, 1);
@@ -357,14 +544,9 @@ static PyObject *core_attention(PyObject *self, PyObject *args)
         || get_mat(Q_obj, typenum, 0, &batch, n_q, d_k, &Q, "Q") < 0
         || get_mat(K_obj, typenum, 0, &batch, n_k, d_k, &K, "K") < 0
         || get_mat(V_obj, typenum, 0, &batch, n_k, d_v, &V, "V") < 0
-        || get_mask(mask_obj, typenum, &batch, n_q, n_k, &mask) < 0 || make_exec(&ex, isa) < 0)
-        return NULL;
-    sa_attention_fn fn = sa_kernels_for(ex.isa)->attention[precision];
-    const sa_mat *weights_ptr = weights_obj != Py_None ? &weights : NULL;
-    double flops = 2.0 * batch.count * n_q * n_k * (d_k + d_v);
-    RUN_KERNEL(status, flops, fn(&ex, &batch, &out, weights_ptr, &Q, &K, &V, &mask, n_q, n_k, d_k,
-                                 d_v, scale, causal));
-    if (raise_status(status) < 0)
+        || get_mask(mask_obj, typenum, &batch, n_q, n_k, &mask) < 0
+        || attention_impl(isa, precision, &batch, &out, weights_obj != Py_None ? &weights : NULL,
+                          &Q, &K, &V, &mask, n_q, n_k, d_k, d_v, scale, causal) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -378,14 +560,13 @@ static PyObject *core_attention_backward(PyObject *self, PyObject *args)
 {
     PyObject *dQ_obj, *dK_obj, *dV_obj, *dO_obj, *Q_obj, *K_obj, *V_obj, *mask_obj;
     double scale;
-    int causal, isa, typenum, precision, status;
+    int causal, isa, typenum, precision;
     if (!PyArg_ParseTuple(args, "OOOOOOOOdpi", &dQ_obj, &dK_obj, &dV_obj, &dO_obj, &Q_obj, &K_obj,
                           &V_obj, &mask_obj, &scale, &causal, &isa))
         return NULL;
     sa_batch batch;
     sa_mat dQ, dK, dV, dO, Q, K, V;
     sa_mask mask;
-    sa_exec ex;
     if (get_out(dQ_obj, &batch, &typenum, &precision) < 0)
         return NULL;
     if (!PyArray_Check(dK_obj) || PyArray_NDIM((PyArrayObject *)dK_obj) < 2
@@ -401,16 +582,9 @@ static PyObject *core_attention_backward(PyObject *self, PyObject *args)
         || get_mat(Q_obj, typenum, 0, &batch, n_q, d_k, &Q, "Q") < 0
         || get_mat(K_obj, typenum, 0, &batch, n_k, d_k, &K, "K") < 0
         || get_mat(V_obj, typenum, 0, &batch, n_k, d_v, &V, "V") < 0
-        || get_mask(mask_obj, typenum, &batch, n_q, n_k, &mask) < 0 || make_exec(&ex, isa) < 0)
-        return NULL;
-    sa_attention_backward_fn fn = sa_kernels_for(ex.isa)->attention_backward[precision];
-    if (fn == NULL)     /* a tier without its own backward runs the blocked one on its matmul */
-        fn = precision == SA_F32 ? sa_attention_backward_blocked_f32
-                                 : sa_attention_backward_blocked_f64;
-    double flops = 2.0 * batch.count * n_q * n_k * (3 * d_k + 4 * d_v);
-    RUN_KERNEL(status, flops, fn(&ex, &batch, &dQ, &dK, &dV, &dO, &Q, &K, &V, &mask, n_q, n_k,
-                                 d_k, d_v, scale, causal));
-    if (raise_status(status) < 0)
+        || get_mask(mask_obj, typenum, &batch, n_q, n_k, &mask) < 0
+        || attention_backward_impl(isa, precision, &batch, &dQ, &dK, &dV, &dO, &Q, &K, &V, &mask,
+                                   n_q, n_k, d_k, d_v, scale, causal) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -421,7 +595,8 @@ static PyObject *core_attention_backward(PyObject *self, PyObject *args)
  * layer's general machinery (broadcasting, promotion, copies) is pure overhead, which dominates at
  * the notebook's sizes (n=8, d=4: a few microseconds). These entry points accept exactly that case
  * and return None for anything else -- including every input that would be an error -- so the
- * Python layer stays the one place where policy and messages live.
+ * Python layer stays the one place where policy and messages live. They parse, allocate the
+ * result and run the same helpers as the general entry points, on a batch of one.
  */
 
 /* A plain matrix: an exact ndarray, 2-D, non-empty, float32/float64 (matching *typenum if it is
@@ -468,24 +643,6 @@ static int plain_scale(PyObject *obj, npy_intp d_k, double *scale)
     return isfinite(*scale);
 }
 
-static int all_finite(const sa_mat *mat, npy_intp rows, npy_intp cols, int precision)
-{
-    for (npy_intp r = 0; r < rows; r++) {
-        if (precision == SA_F32) {
-            const float *row = (const float *)mat->data + r * mat->ld;
-            for (npy_intp c = 0; c < cols; c++)
-                if (!isfinite(row[c]))
-                    return 0;
-        } else {
-            const double *row = (const double *)mat->data + r * mat->ld;
-            for (npy_intp c = 0; c < cols; c++)
-                if (!isfinite(row[c]))
-                    return 0;
-        }
-    }
-    return 1;
-}
-
 /* Whether a rows x cols result is addressable; if not, the Python layer explains why. */
 static int fits(npy_intp rows, npy_intp cols, int typenum)
 {
@@ -506,37 +663,32 @@ static PyObject *new_matrix(npy_intp rows, npy_intp cols, int typenum, sa_mat *m
 }
 
 static const sa_batch single = {.nd = 0, .count = 1};
+static const sa_mask no_mask = {.kind = SA_MASK_NONE};
 
-/* The kernel's result, or NULL with the exception its status maps to. */
-static PyObject *result_or_raise(PyObject *result, int status)
+static int precision_of(int typenum) { return typenum == NPY_FLOAT ? SA_F32 : SA_F64; }
+
+/* `result` once its helper returned `rc` (0 or -1 with an exception set). */
+static PyObject *result_or_null(PyObject *result, int rc)
 {
-    if (raise_status(status) < 0) {
+    if (rc < 0) {
         Py_DECREF(result);
         return NULL;
     }
     return result;
 }
 
-/* Runs the fused attention on plain matrices into a new (n_q, d_v) array. */
+/* The fused attention of plain matrices into a new (n_q, d_v) array. */
 static PyObject *plain_attention(int typenum, const sa_mat *Q, const sa_mat *K, const sa_mat *V,
                                  npy_intp n_q, npy_intp n_k, npy_intp d_k, npy_intp d_v,
                                  double scale, int causal)
 {
-    int precision = typenum == NPY_FLOAT ? SA_F32 : SA_F64;
-    sa_exec ex;
     sa_mat out;
-    /* the fast tiers may assume a finite V (attn.h); the reference tier handles the rest */
-    if (make_exec(&ex, all_finite(V, n_k, d_v, precision) ? -1 : SA_ISA_REFERENCE) < 0)
-        return NULL;
     PyObject *result = new_matrix(n_q, d_v, typenum, &out);
     if (result == NULL)
         return NULL;
-    static const sa_mask no_mask = {.kind = SA_MASK_NONE};
-    sa_attention_fn fn = sa_kernels_for(ex.isa)->attention[precision];
-    int status;
-    RUN_KERNEL(status, 2.0 * n_q * n_k * (d_k + d_v),
-               fn(&ex, &single, &out, NULL, Q, K, V, &no_mask, n_q, n_k, d_k, d_v, scale, causal));
-    return result_or_raise(result, status);
+    return result_or_null(result, attention_impl(-1, precision_of(typenum), &single, &out, NULL,
+                                                 Q, K, V, &no_mask, n_q, n_k, d_k, d_v, scale,
+                                                 causal));
 }
 
 static PyObject *core_plain_sdpa(PyObject *self, PyObject *args)
@@ -563,7 +715,8 @@ static PyObject *core_plain_layer(PyObject *self, PyObject *args)
                           &causal))
         return NULL;
     sa_mat X, W[3];
-    npy_intp n, d_model, rows[3], width[3];
+    npy_intp n, d_model, rows[3];
+    sa_int width[3];
     double scale;
     if (!plain_matrix(X_obj, &typenum, &X, &n, &d_model))
         Py_RETURN_NONE;
@@ -575,42 +728,22 @@ static PyObject *core_plain_layer(PyObject *self, PyObject *args)
         || !plain_scale(scale_obj, d_k, &scale))
         Py_RETURN_NONE;
 
-    /* 1. W_all = [W_q | W_k | W_v], so that one product reads X once */
-    int precision = typenum == NPY_FLOAT ? SA_F32 : SA_F64;
-    npy_intp itemsize = precision == SA_F32 ? 4 : 8;
     sa_mat W_all, QKV;
     PyObject *W_all_obj = new_matrix(d_model, d_all, typenum, &W_all);
-    if (W_all_obj == NULL)
-        return NULL;
-    for (npy_intp r = 0; r < d_model; r++) {
-        char *dst = (char *)W_all.data + r * d_all * itemsize;
-        for (int i = 0; i < 3; i++) {
-            memcpy(dst, (const char *)W[i].data + r * W[i].ld * itemsize, width[i] * itemsize);
-            dst += width[i] * itemsize;
-        }
-    }
-    /* 2. QKV = X . W_all */
-    PyObject *QKV_obj = new_matrix(n, d_all, typenum, &QKV);
-    sa_exec ex;
-    int status = SA_OK;
-    if (QKV_obj == NULL || make_exec(&ex, -1) < 0) {
-        Py_DECREF(W_all_obj);
-        Py_XDECREF(QKV_obj);
-        return NULL;
-    }
-    sa_matmul_fn matmul = sa_kernels_for(ex.isa)->matmul[precision];
-    RUN_KERNEL(status, 2.0 * n * d_model * d_all,
-               matmul(&ex, &single, &QKV, &X, &W_all, n, d_all, d_model));
-    Py_DECREF(W_all_obj);
+    PyObject *QKV_obj = W_all_obj ? new_matrix(n, d_all, typenum, &QKV) : NULL;
     PyObject *result = NULL;
-    if (raise_status(status) == 0) {
-        /* 3. attention on the three column blocks of QKV */
+    if (QKV_obj != NULL
+        && project_impl(-1, precision_of(typenum), &single, &QKV, &X, &single, &W_all, W, n,
+                        d_model, width) == 0) {
+        /* attention on the three column blocks of QKV */
+        npy_intp itemsize = PyArray_ITEMSIZE((PyArrayObject *)QKV_obj);
         sa_mat Q = {.data = QKV.data, .ld = d_all};
         sa_mat K = {.data = (char *)QKV.data + d_k * itemsize, .ld = d_all};
         sa_mat V = {.data = (char *)QKV.data + 2 * d_k * itemsize, .ld = d_all};
         result = plain_attention(typenum, &Q, &K, &V, n, n, d_k, d_v, scale, causal);
     }
-    Py_DECREF(QKV_obj);
+    Py_XDECREF(W_all_obj);
+    Py_XDECREF(QKV_obj);
     return result;
 }
 
@@ -626,18 +759,11 @@ static PyObject *core_plain_scores(PyObject *self, PyObject *args)
     if (!plain_matrix(Q_obj, &typenum, &Q, &n_q, &d_k) || !plain_matrix(K_obj, &typenum, &K, &n_k, &d_k2)
         || d_k != d_k2 || !fits(n_q, n_k, typenum) || !plain_scale(scale_obj, d_k, &scale))
         Py_RETURN_NONE;
-    sa_exec ex;
-    if (make_exec(&ex, -1) < 0)
-        return NULL;
     PyObject *result = new_matrix(n_q, n_k, typenum, &S);
     if (result == NULL)
         return NULL;
-    static const sa_mask no_mask = {.kind = SA_MASK_NONE};
-    sa_scores_fn fn = sa_kernels_for(ex.isa)->scores[typenum == NPY_FLOAT ? SA_F32 : SA_F64];
-    int status;
-    RUN_KERNEL(status, 2.0 * n_q * n_k * (d_k + 1),
-               fn(&ex, &single, &S, &Q, &K, &no_mask, n_q, n_k, d_k, scale, causal));
-    return result_or_raise(result, status);
+    return result_or_null(result, scores_impl(-1, precision_of(typenum), &single, &S, &Q, &K,
+                                              &no_mask, n_q, n_k, d_k, scale, causal));
 }
 
 static PyObject *core_plain_softmax(PyObject *self, PyObject *x_obj)
@@ -647,39 +773,29 @@ static PyObject *core_plain_softmax(PyObject *self, PyObject *x_obj)
     npy_intp rows, n;
     if (!plain_matrix(x_obj, &typenum, &in, &rows, &n))
         Py_RETURN_NONE;
-    sa_exec ex;
-    if (make_exec(&ex, -1) < 0)
-        return NULL;
     PyObject *result = new_matrix(rows, n, typenum, &out);
     if (result == NULL)
         return NULL;
-    sa_softmax_fn fn = sa_kernels_for(ex.isa)->softmax[typenum == NPY_FLOAT ? SA_F32 : SA_F64];
-    int status;
-    RUN_KERNEL(status, 20.0 * rows * n, fn(&ex, &single, &out, &in, rows, n));
-    return result_or_raise(result, status);
+    return result_or_null(result,
+                          softmax_impl(-1, precision_of(typenum), &single, &out, &in, rows, n));
 }
 
-static PyObject *core_plain_matmul(PyObject *self, PyObject *args)
+static PyObject *core_plain_output(PyObject *self, PyObject *args)
 {
-    PyObject *A_obj, *B_obj;
+    PyObject *weights_obj, *V_obj;
     int typenum = NPY_NOTYPE;
-    if (!PyArg_ParseTuple(args, "OO", &A_obj, &B_obj))
+    if (!PyArg_ParseTuple(args, "OO", &weights_obj, &V_obj))
         return NULL;
-    sa_mat A, B, C;
-    npy_intp m, k, k2, n;
-    if (!plain_matrix(A_obj, &typenum, &A, &m, &k) || !plain_matrix(B_obj, &typenum, &B, &k2, &n)
-        || k != k2 || !fits(m, n, typenum))
+    sa_mat weights, V, out;
+    npy_intp n_q, n_k, n_v, d_v;
+    if (!plain_matrix(weights_obj, &typenum, &weights, &n_q, &n_k)
+        || !plain_matrix(V_obj, &typenum, &V, &n_v, &d_v) || n_k != n_v || !fits(n_q, d_v, typenum))
         Py_RETURN_NONE;
-    sa_exec ex;
-    if (make_exec(&ex, -1) < 0)
-        return NULL;
-    PyObject *result = new_matrix(m, n, typenum, &C);
+    PyObject *result = new_matrix(n_q, d_v, typenum, &out);
     if (result == NULL)
         return NULL;
-    sa_matmul_fn fn = sa_kernels_for(ex.isa)->matmul[typenum == NPY_FLOAT ? SA_F32 : SA_F64];
-    int status;
-    RUN_KERNEL(status, 2.0 * m * n * k, fn(&ex, &single, &C, &A, &B, m, n, k));
-    return result_or_raise(result, status);
+    return result_or_null(result, output_impl(-1, precision_of(typenum), &single, &out, &weights,
+                                              &V, n_q, n_k, d_v));
 }
 
 PyDoc_STRVAR(vexp_doc, "vexp(out, x, isa, mode=0)\n--\n\n"
@@ -724,11 +840,13 @@ static PyObject *core_vexp(PyObject *self, PyObject *args)
 
 static PyObject *core_set_num_threads(PyObject *self, PyObject *arg)
 {
-    long n = PyLong_AsLong(arg);
+    int overflow;
+    long n = PyLong_AsLongAndOverflow(arg, &overflow);
     if (n == -1 && PyErr_Occurred())
         return NULL;
-    if (n < 1 || n > 1024) {
-        PyErr_Format(PyExc_ValueError, "set_num_threads: n must be between 1 and 1024, got %ld", n);
+    if (overflow || n < 1 || n > 1024) {
+        PyErr_Format(PyExc_ValueError, "set_num_threads: n must be between 1 and 1024, got %R",
+                     arg);
         return NULL;
     }
     setting_threads = (int)n;
@@ -745,26 +863,29 @@ static PyObject *core_available_cpus(PyObject *self, PyObject *unused)
     return PyLong_FromLong(sa_available_cpus());
 }
 
-static int isa_from_name(PyObject *name)
+/* The tier named `name` exactly (an embedded NUL is part of the name, so never a match). */
+static int isa_from_name(PyObject *name, const char *func)
 {
-    const char *text = PyUnicode_AsUTF8(name);
+    Py_ssize_t length;
+    const char *text = PyUnicode_AsUTF8AndSize(name, &length);
     if (text == NULL)
         return -1;
     for (int isa = 0; isa < SA_ISA_COUNT; isa++)
-        if (strcmp(text, sa_isa_name((sa_isa)isa)) == 0)
+        if ((size_t)length == strlen(sa_isa_name((sa_isa)isa))
+            && memcmp(text, sa_isa_name((sa_isa)isa), (size_t)length) == 0)
             return isa;
-    PyErr_Format(PyExc_ValueError, "unknown instruction set %R; expected one of 'avx512', "
-                                   "'avx2', 'generic', 'reference'", name);
+    PyErr_Format(PyExc_ValueError, "%s: unknown instruction set %R; expected one of 'avx512', "
+                                   "'avx2', 'generic', 'reference'", func, name);
     return -1;
 }
 
 static PyObject *core_set_isa(PyObject *self, PyObject *name)
 {
-    int isa = isa_from_name(name);
+    int isa = isa_from_name(name, "set_isa");
     if (isa < 0)
         return NULL;
     if (!sa_isa_supported((sa_isa)isa)) {
-        PyErr_Format(PyExc_ValueError, "this CPU does not support the %s instruction set",
+        PyErr_Format(PyExc_ValueError, "set_isa: this CPU does not support the %s instruction set",
                      sa_isa_name((sa_isa)isa));
         return NULL;
     }
@@ -779,7 +900,7 @@ static PyObject *core_get_isa(PyObject *self, PyObject *unused)
 
 static PyObject *core_isa_code(PyObject *self, PyObject *name)
 {
-    int isa = isa_from_name(name);
+    int isa = isa_from_name(name, "isa_code");
     return isa < 0 ? NULL : PyLong_FromLong(isa);
 }
 
@@ -811,14 +932,17 @@ static PyMethodDef core_methods[] = {
     {"scores", core_scores, METH_VARARGS, scores_doc},
     {"softmax", core_softmax, METH_VARARGS, softmax_doc},
     {"matmul", core_matmul, METH_VARARGS, matmul_doc},
+    {"output", core_output, METH_VARARGS, output_doc},
+    {"project", core_project, METH_VARARGS, project_doc},
     {"attention", core_attention, METH_VARARGS, attention_doc},
     {"attention_backward", core_attention_backward, METH_VARARGS, attention_backward_doc},
     {"plain_scores", core_plain_scores, METH_VARARGS,
      "plain_scores(Q, K, scale, causal)\n--\n\nScores of plain 2-D matrices, or None (private)."},
     {"plain_softmax", core_plain_softmax, METH_O,
      "plain_softmax(x)\n--\n\nRow softmax of a plain 2-D matrix, or None (private)."},
-    {"plain_matmul", core_plain_matmul, METH_VARARGS,
-     "plain_matmul(A, B)\n--\n\nA @ B for plain 2-D matrices, or None (private)."},
+    {"plain_output", core_plain_output, METH_VARARGS,
+     "plain_output(weights, V)\n--\n\nweights @ V for plain 2-D matrices (a weight of 0 takes "
+     "nothing from V), or None (private)."},
     {"plain_sdpa", core_plain_sdpa, METH_VARARGS,
      "plain_sdpa(Q, K, V, scale, causal)\n--\n\nUnmasked attention of plain matrices, or None "
      "(private)."},

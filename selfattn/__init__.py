@@ -18,11 +18,11 @@ __version__ = "0.1.0"
 
 try:
     from . import _core
-except ImportError:  # imported from the source tree after `pip install .`
+except ImportError as _error:  # the source tree after `pip install .`, or a broken installation
     from ._find_core import load_installed_core
 
-    _core = load_installed_core(__path__[0], __version__)
-    del load_installed_core
+    _core = load_installed_core(__path__[0], __version__, _error)
+    del load_installed_core, _error
 
 from ._api import (
     compute_attention_output,
@@ -32,12 +32,8 @@ from ._api import (
     softmax_attention_weights,
 )
 from ._masks import causal_mask, padding_mask
-from ._training import (
-    multi_head_attention,
-    multi_head_attention_backward,
-    scaled_dot_product_attention_backward,
-    self_attention_layer_backward,
-)
+from ._multihead import multi_head_attention, multi_head_attention_backward
+from ._backward import scaled_dot_product_attention_backward, self_attention_layer_backward
 from ._config import config, get_isa, get_num_threads, set_isa, set_num_threads
 from ._config import _apply_environment
 from . import testing

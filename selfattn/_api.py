@@ -1,28 +1,39 @@
-"""The public functions: validation, dtype rules and messages (policy) around the C kernels.
+"""The notebook's functions and scaled_dot_product_attention: the single-head forward API.
 
-Every function here follows the same steps:
+Each function checks its arguments with selfattn/_validate.py (the rules and messages), runs the
+kernel through selfattn/_kernels.py, and returns a new array; inputs are never modified.
 
-1. read each argument as an array and reject kinds we cannot compute with (TypeError);
-2. check the shapes, naming the function, the argument, the shapes received and the rule (ValueError);
-3. pick the result dtype (float32 stays float32, float64 stays float64, float16 is computed in
-   float32, ints and bools become float64, mixed floats promote as NumPy does);
-4. refuse results too large to address before any work, broadcast every operand to one batch shape
-   (views, no copies), and hand the kernel aligned arrays whose rows are contiguous;
-5. run the kernel (selfattn._core) and return a new array; inputs are never modified.
-
-Before step 1, each function offers its arguments to a `_core.plain_*` entry point, which handles
+Before that, each function offers its arguments to a `_core.plain_*` entry point, which handles
 the notebook's common case (2-D, same-dtype, C-ordered arrays, no mask) entirely in C and returns
 None for anything else, errors included. At the notebook's sizes the general path's overhead would
 otherwise cost more than the arithmetic.
 """
 from __future__ import annotations
 
-import math
 import operator
 
 import numpy as np
 
 from . import _core
+from ._kernels import (
+    _ISA_DEFAULT,
+    _attend,
+    _finish,
+    _finish_attention,
+    _mask_operand,
+    _operand,
+)
+from ._layer import _Layer
+from ._validate import (
+    _as_array,
+    _QKV,
+    _as_matrices,
+    _attention_operands,
+    _batch_shape,
+    _check_size,
+    _dtypes,
+    _flag,
+)
 
 __all__ = [
     "compute_self_attention_scores",
@@ -32,266 +43,10 @@ __all__ = [
     "scaled_dot_product_attention",
 ]
 
-_ISA_DEFAULT = -1  # the process-wide tier (selfattn.set_isa / SELFATTN_ISA)
-_ISA_REFERENCE = _core.isa_code("reference")
-
 try:  # NumPy >= 1.25
     from numpy.exceptions import AxisError as _AxisError
 except ImportError:  # pragma: no cover - NumPy 1.23/1.24
     _AxisError = np.AxisError
-
-
-# ---- step 1: arguments as arrays -------------------------------------------------------------
-
-_KIND_NAMES = {
-    "c": "complex",
-    "O": "object",
-    "U": "string",
-    "S": "bytes",
-    "M": "datetime",
-    "m": "timedelta",
-    "V": "structured (void)",
-}
-
-
-def _as_array(func, name, value):
-    """`value` as an ndarray of a kind we can compute with, or a clear TypeError/ValueError."""
-    if value is None:
-        raise TypeError(
-            f"{func}: {name} is None; pass an array (a function that ends without `return`, "
-            f"like the notebook's unfinished `pass` stubs, returns None)"
-        )
-    try:
-        arr = np.asarray(value)
-    except (ValueError, TypeError) as exc:
-        raise ValueError(
-            f"{func}: {name} could not be read as an array ({exc}); pass a NumPy array or a "
-            f"rectangular nested list of numbers"
-        ) from None
-    kind = arr.dtype.kind
-    if kind in "biu" or (kind == "f" and arr.dtype.itemsize <= 8):
-        return arr
-    if kind == "f":
-        raise TypeError(
-            f"{func}: {name} has dtype {arr.dtype}, which selfattn does not compute in; "
-            f"convert it with {name}.astype(np.float64)"
-        )
-    what = _KIND_NAMES.get(kind, str(arr.dtype))
-    hint = ""
-    if kind == "O":
-        hint = " (a ragged nested list, with rows of different lengths, becomes an object array)"
-    raise TypeError(
-        f"{func}: {name} has dtype {arr.dtype} ({what}){hint}; selfattn needs real numbers: "
-        f"float32, float64, float16, or integers and booleans (computed as float64)"
-    )
-
-
-def _require_matrix(func, name, arr, expected):
-    if arr.ndim < 2:
-        raise ValueError(
-            f"{func}: {name} must have at least 2 dimensions {expected}, got {name}.shape={arr.shape}"
-            + (f"; for a single token use {name}[None, :] (shape (1, {arr.shape[0]}))"
-               if arr.ndim == 1 else "")
-        )
-
-
-def _flag(func, name, value):
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    raise TypeError(f"{func}: {name} must be True or False, got {value!r}")
-
-
-def _scale(func, scale, d_k):
-    """The factor applied to Q.K^T; None means 1/sqrt(d_k) (1.0 when d_k is 0)."""
-    if scale is None:
-        return 1.0 / math.sqrt(d_k) if d_k > 0 else 1.0
-    if isinstance(scale, (bool, np.bool_)) or not isinstance(scale, (int, float, np.integer, np.floating)):
-        if isinstance(scale, np.ndarray) and scale.ndim == 0 and scale.dtype.kind in "iuf":
-            scale = scale.item()
-        else:
-            raise TypeError(f"{func}: scale must be a real number or None, got {scale!r}")
-    try:
-        scale = float(scale)
-    except OverflowError:  # an int beyond float's range, e.g. 10**400
-        raise ValueError(f"{func}: scale must be finite, got an integer too large for a float "
-                         f"({scale.bit_length()} bits)") from None
-    if not math.isfinite(scale):
-        raise ValueError(f"{func}: scale must be finite, got {scale}")
-    return scale
-
-
-# ---- step 3: dtypes ----------------------------------------------------------------------------
-
-def _dtypes(*arrays):
-    """(result dtype, compute dtype) for these inputs."""
-    float_dtypes = [np.dtype(np.float64) if a.dtype.kind in "biu" else a.dtype for a in arrays]
-    result = np.result_type(*float_dtypes).newbyteorder("=")
-    compute = np.dtype(np.float32) if result == np.float16 else result
-    return result, compute
-
-
-# ---- step 4: shapes, sizes and kernel-ready operands -----------------------------------------
-
-def _batch_shape(func, named):
-    """Broadcast the leading (batch) dimensions of (name, array, core_ndim) triples."""
-    shapes = [a.shape[: a.ndim - core] for _, a, core in named]
-    try:
-        return np.broadcast_shapes(*shapes)
-    except ValueError:
-        listed = ", ".join(f"{name}.shape[:-{core}]={s}" for (name, _, core), s in zip(named, shapes))
-        raise ValueError(
-            f"{func}: the batch (leading) dimensions do not broadcast: {listed}; each must be "
-            f"equal or 1, as in np.matmul"
-        ) from None
-
-
-def _check_size(func, shape, dtype):
-    count = math.prod(shape)
-    if count * dtype.itemsize > np.iinfo(np.intp).max:
-        raise ValueError(
-            f"{func}: the result would have shape {tuple(shape)} ({count:,} elements), which is "
-            f"too large to allocate"
-        )
-
-
-def _operand(arr, compute, batch):
-    """`arr` in the compute dtype with contiguous aligned rows, viewed with the batch shape."""
-    if arr.dtype != compute:
-        arr = arr.astype(compute, order="C")  # order "K" would keep a Fortran layout
-    elif (arr.ndim and arr.shape[-1] > 1 and arr.strides[-1] != arr.itemsize) or not arr.flags.aligned:
-        arr = arr.copy(order="C")    # a copy is aligned even where the input is contiguous
-    shape = batch + arr.shape[-2:]
-    return arr if arr.shape == shape else np.broadcast_to(arr, shape)
-
-
-def _mask(func, mask, n_q, n_k, compute):
-    """The mask as (array of at least 2 dims, ready-to-broadcast), or None."""
-    if mask is None:
-        return None
-    arr = _as_array(func, "mask", mask)
-    if arr.dtype.kind in "iu":
-        raise TypeError(
-            f"{func}: mask has integer dtype {arr.dtype}, whose meaning is ambiguous; pass a "
-            f"boolean mask (True = may attend), e.g. mask.astype(bool), or a float mask that is "
-            f"added to the scores (0 = keep, -inf = hide)"
-        )
-    if arr.ndim < 2:
-        arr = arr.reshape((1,) * (2 - arr.ndim) + arr.shape)
-    rows, cols = arr.shape[-2:]
-    if rows not in (1, n_q) or cols not in (1, n_k):
-        raise ValueError(
-            f"{func}: mask.shape={np.shape(mask)} does not broadcast to the scores' shape "
-            f"(..., n_q, n_k) = (..., {n_q}, {n_k}); its last two dimensions must be "
-            f"{n_q} (or 1) and {n_k} (or 1)"
-        )
-    if arr.dtype.kind == "f":
-        arr = arr.astype(compute, copy=False)
-    return arr
-
-
-def _finish(out, result_dtype):
-    return out if out.dtype == result_dtype else out.astype(result_dtype)
-
-
-# ---- the shared attention front end -----------------------------------------------------------
-
-def _attention_operands(func, Q, K, V, mask, is_causal, scale, names=("Q", "K", "V")):
-    """Validated, kernel-ready operands for scores (V is None) or full attention."""
-    q_name, k_name, v_name = names
-    d_k = Q.shape[-1]
-    if K.shape[-1] != d_k:
-        hint = ""
-        if K.shape[-2] == d_k:
-            hint = (f" {k_name} looks transposed: pass {k_name} as (n_k, d_k), not {k_name}.T; "
-                    f"selfattn transposes it for you")
-        raise ValueError(
-            f"{func}: {q_name} has d_k={d_k} ({q_name}.shape={Q.shape}) but {k_name} has "
-            f"d_k={K.shape[-1]} ({k_name}.shape={K.shape}); the last dimensions of {q_name} and "
-            f"{k_name} must match.{hint}"
-        )
-    n_q, n_k = Q.shape[-2], K.shape[-2]
-    named = [(q_name, Q, 2), (k_name, K, 2)]
-    arrays = [Q, K]
-    if V is not None:
-        if V.shape[-2] != n_k:
-            raise ValueError(
-                f"{func}: {k_name} has n_k={n_k} keys ({k_name}.shape={K.shape}) but {v_name} has "
-                f"{V.shape[-2]} rows ({v_name}.shape={V.shape}); every key needs one value row, "
-                f"so {v_name}.shape[-2] must equal {k_name}.shape[-2]"
-            )
-        named.append((v_name, V, 2))
-        arrays.append(V)
-    causal = _flag(func, "is_causal", is_causal)
-    scale = _scale(func, scale, d_k)
-    result, compute = _dtypes(*arrays)
-    mask = _mask(func, mask, n_q, n_k, compute)
-    if mask is not None:
-        named.append(("mask", mask, 2))
-    batch = _batch_shape(func, named)
-    return batch, scale, causal, mask, result, compute
-
-
-def _mask_operand(mask, batch, n_q, n_k):
-    if mask is None:
-        return None
-    if not mask.flags.aligned:
-        mask = mask.copy(order="C")
-    return np.broadcast_to(mask, batch + (n_q, n_k))
-
-
-def _attend(func, batch, Q, K, V, mask, scale, causal, result, compute,
-            return_weights):
-    """Runs the attention kernel; Q, K, V are already validated arrays."""
-    n_q, n_k, d_v = Q.shape[-2], K.shape[-2], V.shape[-1]
-    _check_size(func, batch + (n_q, d_v), compute)
-    if return_weights:
-        _check_size(func, batch + (n_q, n_k), compute)
-    out = np.empty(batch + (n_q, d_v), dtype=compute)
-    weights = np.empty(batch + (n_q, n_k), dtype=compute) if return_weights else None
-    if out.size or (weights is not None and weights.size):
-        Qb, Kb, Vb = (_operand(a, compute, batch) for a in (Q, K, V))
-        # The fast kernels multiply every weight into V; a key whose weight is 0 must contribute
-        # nothing even if its V row is inf or NaN, which only the reference kernels guarantee.
-        isa = _ISA_DEFAULT if np.isfinite(Vb).all() else _ISA_REFERENCE
-        _core.attention(out, weights, Qb, Kb, Vb, _mask_operand(mask, batch, n_q, n_k),
-                        scale, causal, isa)
-    out = _finish(out, result)
-    if return_weights:
-        return out, _finish(weights, result)
-    return out
-
-
-def _check_projections(func, X, W_q, W_k, W_v, heads=None):
-    """X is (..., n, d_model) and each W is (..., d_model, width), W_q and W_k of one width (which
-    `heads`, when given, divides)."""
-    _require_matrix(func, "X", X, "(seq_len, d_model)")
-    d_model = X.shape[-1]
-    width = "num_heads * d_head" if heads is not None else "d"
-    for name, W in (("W_q", W_q), ("W_k", W_k), ("W_v", W_v)):
-        _require_matrix(func, name, W, f"(d_model, {width})")
-        if W.shape[-2] != d_model:
-            hint = ""
-            if W.shape[-1] == d_model:
-                hint = (f" {name} looks transposed: selfattn computes X @ {name}, so pass it as "
-                        f"(d_model, {width}), e.g. {name}.T")
-            raise ValueError(
-                f"{func}: X has d_model={d_model} (X.shape={X.shape}) but {name} has "
-                f"{W.shape[-2]} rows ({name}.shape={W.shape}); each projection must be "
-                f"(d_model, {width}) so that X @ {name} works.{hint}"
-            )
-        if heads is not None and W.shape[-1] % heads:
-            raise ValueError(
-                f"{func}: {name} has width {W.shape[-1]} ({name}.shape={W.shape}), which "
-                f"num_heads={heads} does not divide; head h takes columns "
-                f"[h * d_head, (h + 1) * d_head), so the width must be num_heads * d_head"
-            )
-    if W_q.shape[-1] != W_k.shape[-1]:
-        what = "d_k=" if heads is None else "width "
-        raise ValueError(
-            f"{func}: W_q makes queries of {what}{W_q.shape[-1]} (W_q.shape={W_q.shape}) but W_k "
-            f"makes keys of {what}{W_k.shape[-1]} (W_k.shape={W_k.shape}); queries and keys must "
-            f"have the same width to be compared"
-        )
 
 
 # ---- the public functions ---------------------------------------------------------------------
@@ -363,10 +118,7 @@ def compute_self_attention_scores(Q, K, *, scale=None, mask=None, is_causal=Fals
         if result is not None:
             return result
     func = "compute_self_attention_scores"
-    Q = _as_array(func, "Q", Q)
-    K = _as_array(func, "K", K)
-    _require_matrix(func, "Q", Q, "(n_q, d_k)")
-    _require_matrix(func, "K", K, "(n_k, d_k)")
+    Q, K = _as_matrices(func, ("Q", Q, "(n_q, d_k)"), ("K", K, "(n_k, d_k)"))
     batch, scale, causal, mask, result, compute = _attention_operands(
         func, Q, K, None, mask, is_causal, scale)
     n_q, n_k = Q.shape[-2], K.shape[-2]
@@ -467,6 +219,9 @@ def compute_attention_output(attn_weights, V):
     -------
     output : ndarray, shape (..., n_q, d_v)
         Batch dimensions broadcast as in ``np.matmul``; same dtype rules as the other functions.
+        A key whose weight is exactly 0 contributes nothing, even where its row of V holds inf
+        or NaN, as in :func:`scaled_dot_product_attention` (so the three steps composed equal
+        it). This differs from a plain ``attn_weights @ V``, where ``0 * inf`` makes NaN.
 
     Raises
     ------
@@ -486,14 +241,11 @@ def compute_attention_output(attn_weights, V):
     array([[2., 0.],
            [1., 2.]])
     """
-    result = _core.plain_matmul(attn_weights, V)
+    result = _core.plain_output(attn_weights, V)
     if result is not None:
         return result
     func = "compute_attention_output"
-    W = _as_array(func, "attn_weights", attn_weights)
-    V = _as_array(func, "V", V)
-    _require_matrix(func, "attn_weights", W, "(n_q, n_k)")
-    _require_matrix(func, "V", V, "(n_k, d_v)")
+    W, V = _as_matrices(func, ("attn_weights", attn_weights, "(n_q, n_k)"), ("V", V, "(n_k, d_v)"))
     n_q, n_k = W.shape[-2:]
     if V.shape[-2] != n_k:
         hint = ""
@@ -506,11 +258,10 @@ def compute_attention_output(attn_weights, V):
         )
     batch = _batch_shape(func, [("attn_weights", W, 2), ("V", V, 2)])
     result, compute = _dtypes(W, V)
-    d_v = V.shape[-1]
-    _check_size(func, batch + (n_q, d_v), compute)
-    out = np.empty(batch + (n_q, d_v), dtype=compute)
+    _check_size(func, batch + (n_q, V.shape[-1]), compute)
+    out = np.empty(batch + (n_q, V.shape[-1]), dtype=compute)
     if out.size:
-        _core.matmul(out, _operand(W, compute, batch), _operand(V, compute, batch), _ISA_DEFAULT)
+        _core.output(out, _operand(W, compute, batch), _operand(V, compute, batch), _ISA_DEFAULT)
     return _finish(out, result)
 
 
@@ -578,17 +329,12 @@ def scaled_dot_product_attention(Q, K, V, *, scale=None, mask=None, is_causal=Fa
         if result is not None:
             return result
     func = "scaled_dot_product_attention"
-    Q = _as_array(func, "Q", Q)
-    K = _as_array(func, "K", K)
-    V = _as_array(func, "V", V)
-    _require_matrix(func, "Q", Q, "(n_q, d_k)")
-    _require_matrix(func, "K", K, "(n_k, d_k)")
-    _require_matrix(func, "V", V, "(n_k, d_v)")
+    Q, K, V = _as_matrices(func, *_QKV(Q, K, V))
     return_weights = _flag(func, "return_weights", return_weights)
     batch, scale, causal, mask, result, compute = _attention_operands(
         func, Q, K, V, mask, is_causal, scale)
-    return _attend(func, batch, Q, K, V, mask, scale, causal, result, compute,
-                   return_weights)
+    out, weights = _attend(func, batch, Q, K, V, mask, scale, causal, compute, return_weights)
+    return _finish_attention(out, weights, result)
 
 
 def self_attention_layer(X, W_q, W_k, W_v, *, scale=None, mask=None, is_causal=False,
@@ -652,30 +398,7 @@ def self_attention_layer(X, W_q, W_k, W_v, *, scale=None, mask=None, is_causal=F
         if result is not None:
             return result
     func = "self_attention_layer"
-    X = _as_array(func, "X", X)
-    W_q = _as_array(func, "W_q", W_q)
-    W_k = _as_array(func, "W_k", W_k)
-    W_v = _as_array(func, "W_v", W_v)
-    _check_projections(func, X, W_q, W_k, W_v)
     return_weights = _flag(func, "return_weights", return_weights)
-    causal = _flag(func, "is_causal", is_causal)
-    result, compute = _dtypes(X, W_q, W_k, W_v)
-    n, d_k, d_v = X.shape[-2], W_q.shape[-1], W_v.shape[-1]
-    scale = _scale(func, scale, d_k)
-    mask = _mask(func, mask, n, n, compute)
-    named = [("X", X, 2), ("W_q", W_q, 2), ("W_k", W_k, 2), ("W_v", W_v, 2)]
-    proj_batch = _batch_shape(func, named)
-    batch = _batch_shape(func, named + ([("mask", mask, 2)] if mask is not None else []))
-    _check_size(func, proj_batch + (n, 2 * d_k + d_v), compute)
-
-    # One pass over X for all three projections: X @ [W_q | W_k | W_v].
-    w_batch = _batch_shape(func, named[1:])
-    W_all = np.concatenate([np.broadcast_to(W.astype(compute, copy=False), w_batch + W.shape[-2:])
-                            for W in (W_q, W_k, W_v)], axis=-1)
-    QKV = np.empty(proj_batch + (n, 2 * d_k + d_v), dtype=compute)
-    if QKV.size:
-        _core.matmul(QKV, _operand(X, compute, proj_batch), _operand(W_all, compute, proj_batch),
-                     _ISA_DEFAULT)
-    Q, K, V = QKV[..., :d_k], QKV[..., d_k: 2 * d_k], QKV[..., 2 * d_k:]
-    return _attend(func, batch, Q, K, V, mask, scale, causal, result, compute,
-                   return_weights)
+    L = _Layer(func, X, W_q, W_k, W_v, None, None, scale, mask, is_causal)
+    out, weights = L.attend(*L.project(), return_weights)
+    return _finish_attention(out, weights, L.result)

@@ -14,7 +14,8 @@ peak measured at start with ``np.matmul`` (sgemm, dgemm). Progress goes to stder
 
 A case is a dict ``{"name", "group", "flops", "setup": f(rng) -> state, "ours": f(state),
 "peers": {name: f(state) or None}}`` (optionally ``"dtype"``, for the peak fraction), so other
-modules can add theirs: when ``selfattn._bench_training`` is importable its ``CASES`` run too.
+modules can add theirs: ``selfattn._bench_training.CASES`` (the backward and multi-head cases)
+run too.
 
 NumPy's OpenBLAS reads ``OPENBLAS_CORETYPE`` when it loads, so to measure it at its best run
 ``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m selfattn bench``. With several threads
@@ -40,6 +41,8 @@ import time
 import numpy as np
 
 import selfattn
+
+from . import _bench_training
 
 SIZES = [8, 64, 512, 2048, 4096, 8192]
 HEADS = [64, 128]
@@ -186,12 +189,7 @@ def build_cases(quick, torch):
     for dtype in DTYPES:
         for n in ([2048] if quick else [512, 2048, 4096]):
             cases.extend(_step_cases(n, 64, dtype))
-    try:
-        from . import _bench_training
-    except ImportError:
-        pass
-    else:
-        cases.extend(_bench_training.CASES)
+    cases.extend(_bench_training.CASES)
     return cases
 
 

@@ -1,9 +1,14 @@
-"""Locate the compiled extension when selfattn is imported from its own source tree.
+"""What to do when the compiled extension, selfattn._core, does not import.
 
-After ``pip install .`` the compiled ``selfattn._core`` lives in site-packages, but Python started in
-the repository's root (``python -m selfattn``, a Jupyter notebook opened there) imports the source
-folder ``selfattn/``, which has no compiled module. Rather than fail, load the installed build when
-it is the same version. Anything else gets an ImportError that says what to do.
+Two cases, told apart by whether this package folder holds a compiled _core:
+
+* It does not, and the folder above holds selfattn's build files: this is the source tree (Python
+  started in the repository's root, e.g. ``python -m selfattn`` or a notebook opened there,
+  imports the source folder ``selfattn/``). Load the build ``pip install .`` put in site-packages,
+  when it is the same version.
+* Otherwise selfattn is installed, and its extension failed to import (NumPy missing or broken, an
+  interpreter the extension does not support, a partial installation): say so, where selfattn is
+  installed, and chain the original ImportError.
 """
 import glob
 import importlib.machinery
@@ -19,31 +24,56 @@ def _installed_version(site_dir):
     return None
 
 
-def load_installed_core(package_dir, version):
+def _extension_in(folder):
+    """The path of a compiled _core in `folder`, or None."""
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = os.path.join(folder, "_core" + suffix)
+        if os.path.exists(path):
+            return path
+    return None
+
+
+def _is_source_tree(package_dir):
+    parent = os.path.dirname(os.path.realpath(package_dir))
+    return (_extension_in(package_dir) is None
+            and os.path.exists(os.path.join(parent, "pyproject.toml"))
+            and os.path.isdir(os.path.join(parent, "csrc")))
+
+
+def load_installed_core(package_dir, version, error):
+    """selfattn._core for the package in `package_dir`, whose own import raised `error`."""
+    if not _is_source_tree(package_dir):
+        found = _extension_in(package_dir)
+        what = (f"its compiled extension {found} failed to import" if found else
+                "its compiled extension (selfattn._core) is missing from the installation")
+        raise ImportError(
+            f"selfattn {version} is installed in {package_dir}, but {what}: {error}. Check that "
+            f"NumPy imports in this interpreter (python -c 'import numpy'), then reinstall "
+            f"selfattn if it still fails."
+        ) from error
     source = os.path.realpath(package_dir)
     for entry in sys.path:
         candidate = os.path.join(entry or os.curdir, "selfattn")
         if not os.path.isdir(candidate) or os.path.realpath(candidate) == source:
             continue
-        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-            path = os.path.join(candidate, "_core" + suffix)
-            if not os.path.exists(path):
-                continue
-            installed = _installed_version(entry)
-            if installed != version:
-                raise ImportError(
-                    f"selfattn is being imported from its source tree ({package_dir}, version "
-                    f"{version}) but the build installed in {entry} is version {installed}; run "
-                    "`pip install .` again"
-                )
-            loader = importlib.machinery.ExtensionFileLoader("selfattn._core", path)
-            spec = importlib.util.spec_from_file_location("selfattn._core", path, loader=loader)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules["selfattn._core"] = module
-            spec.loader.exec_module(module)
-            return module
+        path = _extension_in(candidate)
+        if path is None:
+            continue
+        installed = _installed_version(entry)
+        if installed != version:
+            raise ImportError(
+                f"selfattn is being imported from its source tree ({package_dir}, version "
+                f"{version}) but the build installed in {entry} is version {installed}; run "
+                "`pip install .` again"
+            ) from error
+        loader = importlib.machinery.ExtensionFileLoader("selfattn._core", path)
+        spec = importlib.util.spec_from_file_location("selfattn._core", path, loader=loader)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["selfattn._core"] = module
+        spec.loader.exec_module(module)
+        return module
     raise ImportError(
         "selfattn's compiled extension (selfattn._core) is missing: this is the source tree "
         f"({package_dir}) and no installed build was found. Run `pip install .` in the "
         "repository's root (or `pip install -e .` to build it in place)."
-    )
+    ) from error

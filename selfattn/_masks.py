@@ -1,25 +1,11 @@
 """Mask helpers: boolean masks (True = may attend) for causal and padded batches."""
 from __future__ import annotations
 
-import operator
-
 import numpy as np
 
-from ._api import _as_array
+from ._validate import _as_array, _check_size, _integer
 
 __all__ = ["causal_mask", "padding_mask"]
-
-
-def _size(func, name, value):
-    if isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{func}: {name} must be a non-negative integer, got {value!r}")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{func}: {name} must be a non-negative integer, got {value!r}") from None
-    if value < 0:
-        raise ValueError(f"{func}: {name} must be a non-negative integer, got {value}")
-    return value
 
 
 def causal_mask(n_q, n_k=None):
@@ -47,7 +33,7 @@ def causal_mask(n_q, n_k=None):
     TypeError
         If a size is not an integer.
     ValueError
-        If a size is negative.
+        If a size is negative, or the mask would be too large to allocate.
 
     Examples
     --------
@@ -61,8 +47,11 @@ def causal_mask(n_q, n_k=None):
            [1, 1, 0, 0]])
     """
     func = "causal_mask"
-    n_q = _size(func, "n_q", n_q)
-    n_k = n_q if n_k is None else _size(func, "n_k", n_k)
+    n_q = _integer(func, "n_q", n_q, 0)
+    n_k = n_q if n_k is None else _integer(func, "n_k", n_k, 0)
+    _check_size(func, (n_q, n_k), np.dtype(bool))
+    if n_q == 0 or n_k == 0:   # np.tri would build an index of the other size first
+        return np.zeros((n_q, n_k), dtype=bool)
     return np.tri(n_q, n_k, dtype=bool)
 
 
@@ -104,7 +93,8 @@ def padding_mask(lengths, n_k, *, head_axis=False):
     TypeError
         If ``lengths`` is not integer, or ``n_k`` is not an integer.
     ValueError
-        If a length is negative or longer than ``n_k``.
+        If a length is negative or longer than ``n_k``, or the mask would be too large to
+        allocate.
 
     Examples
     --------
@@ -121,7 +111,7 @@ def padding_mask(lengths, n_k, *, head_axis=False):
     (2, 1, 1, 4)
     """
     func = "padding_mask"
-    n_k = _size(func, "n_k", n_k)
+    n_k = _integer(func, "n_k", n_k, 0)
     lengths = _as_array(func, "lengths", lengths)
     if lengths.dtype.kind not in "iu":
         raise TypeError(
@@ -137,5 +127,7 @@ def padding_mask(lengths, n_k, *, head_axis=False):
     if not isinstance(head_axis, (bool, np.bool_)):
         raise TypeError(f"{func}: head_axis must be True or False, got {head_axis!r}")
     extra = (1, 1) if head_axis else (1,)
+    # keys < lengths below compares intp indices: refuse what could not be addressed as such
+    _check_size(func, lengths.shape + extra + (n_k,), np.dtype(np.intp))
     keys = np.arange(n_k)
     return keys < lengths.reshape(lengths.shape + extra + (1,))

@@ -321,7 +321,9 @@ def ref_softmax_attention_weights(attn_scores, *, axis=-1):
 def ref_compute_attention_output(attn_weights, V):
     W, V = _inputs(attn_weights, V)
     result, compute = dtypes(W, V)
-    return result, [round_to(matmul(to_compute(W, compute), to_compute(V, compute), compute), result)]
+    # issue 9's rule C: a weight of exactly 0 contributes nothing, here as in attention
+    out = weighted_sum(Ref(to_compute(W, compute)), to_compute(V, compute), compute)
+    return result, [round_to(out, result)]
 
 
 def _attention(Qc, Kc, Vc, scale_c, mask, causal, compute, tq=None, tk=None, tv=None,

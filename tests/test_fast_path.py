@@ -51,7 +51,7 @@ def test_plain_entry_points_decline_what_they_do_not_handle():
         _core.plain_scores([[1.0]], [[1.0]], None, False),          # not an array
         _core.plain_scores(np.ones((0, 4)), a, None, False),        # empty
         _core.plain_softmax(np.ones(3)),
-        _core.plain_matmul(a, a),
+        _core.plain_output(a, a),
         _core.plain_sdpa(a, a, np.ones((2, 4)), None, False),
         _core.plain_layer(a, a, a, a, None, False),
         _core.plain_layer(a, np.ones((4, 2)), np.ones((4, 3)), np.ones((4, 2)), None, False),

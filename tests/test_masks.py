@@ -110,8 +110,9 @@ def test_docstring_examples_of_the_new_modules_run():
     import doctest
 
     import selfattn._masks
-    import selfattn._training
-    for module in (selfattn._masks, selfattn._training):
+    import selfattn._backward
+    import selfattn._multihead
+    for module in (selfattn._masks, selfattn._backward, selfattn._multihead):
         result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
         assert result.failed == 0 and result.attempted > 0, module.__name__
 

@@ -1,0 +1,218 @@
+"""The gradients of single-head attention: scaled_dot_product_attention_backward and
+self_attention_layer_backward, and the gradient pieces multi_head_attention_backward reuses.
+
+The same steps and rules as the forward functions (selfattn/_validate.py): arguments read as
+arrays, shapes checked with messages that name the function, the argument, the shapes and the
+rule, NumPy's dtype promotion, batch dimensions broadcast, inputs never modified.
+
+Each gradient has the shape of its input: where an input was broadcast along a batch axis (a
+weight shared by every sequence of a batch, or by every head), its gradient is summed over that
+axis, as the chain rule says and as NumPy users expect. Every gradient is returned in the dtype of
+the forward result (float32 for float32 inputs, float64 for float64 or integer inputs).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ._kernels import _attention_grads, _finish, _matmul, _split_heads, _transpose
+from ._layer import _Layer
+from ._validate import (
+    _QKV,
+    _as_matrices,
+    _attention_operands,
+    _check_grad_shape,
+    _check_size,
+    _dtypes,
+)
+
+__all__ = ["scaled_dot_product_attention_backward", "self_attention_layer_backward"]
+
+
+def _sum_to(grad, shape):
+    """`grad` summed over the axes along which an input of `shape` was broadcast to grad.shape."""
+    extra = grad.ndim - len(shape)
+    if extra > 0:
+        grad = grad.sum(axis=tuple(range(extra)))
+    axes = tuple(i for i, (s, g) in enumerate(zip(shape, grad.shape)) if s == 1 and g != 1)
+    if axes:
+        grad = grad.sum(axis=axes, keepdims=True)
+    return grad
+
+
+def _weight_grad(X, G, w_shape, compute):
+    """The gradient of a weight W of shape w_shape used as X @ W: sum of X^T @ G over the batch
+    axes W was broadcast along. X and G have the full batch shape; the batch axes W does not have
+    are folded into the rows, so each is one matmul (its sum runs in one fixed order)."""
+    batch = G.shape[:-2]
+    nb = len(batch)
+    pad = (1,) * (nb - (len(w_shape) - 2)) + tuple(w_shape[:-2])
+    kept = [i for i in range(nb) if pad[i] != 1]
+    folded = [i for i in range(nb) if pad[i] == 1]
+    perm = kept + folded + [nb, nb + 1]
+    kshape = tuple(batch[i] for i in kept)
+    # the folded row count is spelled out: reshape cannot infer a -1 beside an axis of 0
+    rows = math.prod(batch[i] for i in folded) * G.shape[-2]
+    A = np.transpose(np.broadcast_to(X, batch + X.shape[-2:]), perm).reshape(kshape + (rows, X.shape[-1]))
+    Gf = np.transpose(G, perm).reshape(kshape + (rows, G.shape[-1]))
+    out = _matmul(_transpose(A), Gf, compute, kshape)
+    if rows == 0:
+        out[...] = 0
+    return out.reshape(pad + out.shape[-2:]).reshape(w_shape)
+
+
+def _layer_input_grads(L, dO, Q, K, V):
+    """dX, dW_q, dW_k, dW_v of layer L (after L.project()) from dO, the gradient of the
+    concatenated heads' output (out_batch, n, num_heads * d_v)."""
+    c, n, b = L.compute, L.n, L.out_batch
+    wq, wk, wv = L.W_q.shape[-1], L.W_k.shape[-1], L.W_v.shape[-1]
+    _check_size(L.func, b + (n, wq + wk + wv), c)
+    dQKV = np.empty(b + (n, wq + wk + wv), dtype=c)
+    dQ, dK, dV = (_split_heads(A, L.heads)
+                  for A in (dQKV[..., :wq], dQKV[..., wq: wq + wk], dQKV[..., wq + wk:]))
+    _attention_grads(L.att_batch, dQ, dK, dV, _split_heads(dO, L.heads), Q, K, V,
+                     L.mask, L.scale, L.causal, c)
+    # X @ [W_q | W_k | W_v] = QKV, so dX = dQKV @ [W_q | W_k | W_v]^T and dW = X^T @ dQKV.
+    dX = _sum_to(_matmul(dQKV, _transpose(L.W_all), c, b), L.X.shape)
+    grads = [_weight_grad(L.X, dQKV[..., lo:hi], W.shape, c)
+             for W, lo, hi in ((L.W_q, 0, wq), (L.W_k, wq, wq + wk),
+                               (L.W_v, wq + wk, wq + wk + wv))]
+    return tuple(_finish(g, L.result) for g in [dX] + grads)
+
+
+def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None,
+                                          is_causal=False):
+    """Gradients of :func:`scaled_dot_product_attention`: ``(dQ, dK, dV)`` given ``dO``.
+
+    For ``O = softmax(S) @ V`` with ``S = Q @ K^T * scale + mask`` and ``P = softmax(S)`` (by rows),
+    and ``dO = dLoss/dO``::
+
+        dV = P^T @ dO
+        dP = dO @ V^T;   D = (P * dP).sum(-1, keepdims=True)   # = (dO * O).sum(-1)
+        dS = P * (dP - D)
+        dQ = dS @ K * scale;   dK = dS^T @ Q * scale
+
+    computed in C block by block (FlashAttention-2 style): the ``n_q x n_k`` weights are never
+    stored. Each thread keeps at most one panel of 64 query rows (up to 8 MiB); where that would
+    not fit, the weights are recomputed block by block from each row's log-sum-exp, so memory
+    stays proportional to ``n * d``. The mask gets no gradient (it is not a parameter).
+
+    Parameters
+    ----------
+    dO : array_like, shape (..., n_q, d_v)
+        Gradient of the loss with respect to the attention output; exactly the shape
+        :func:`scaled_dot_product_attention` returns for these arguments.
+    Q, K, V, scale, mask, is_causal
+        As in :func:`scaled_dot_product_attention`.
+
+    Returns
+    -------
+    dQ : ndarray, shape of Q
+    dK : ndarray, shape of K
+    dV : ndarray, shape of V
+        Where an input was broadcast along a batch axis (e.g. one K shared by a batch of Q), its
+        gradient is summed over that axis. A query whose keys are all masked gets ``dQ = 0`` and
+        gives nothing to ``dK``, ``dV``; a key with weight 0 gets nothing from that query, even if
+        its V row or ``dO`` holds inf or NaN. Dtype: that of the forward output.
+
+    Raises
+    ------
+    ValueError
+        If ``dO`` does not have the forward output's shape, and for everything
+        :func:`scaled_dot_product_attention` rejects.
+    TypeError
+        As in :func:`scaled_dot_product_attention`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from selfattn import scaled_dot_product_attention, scaled_dot_product_attention_backward
+    >>> rng = np.random.default_rng(0)
+    >>> Q, K, V = rng.normal(size=(3, 4, 2))
+    >>> dO = np.ones((4, 2))                      # the gradient of loss = out.sum()
+    >>> dQ, dK, dV = scaled_dot_product_attention_backward(dO, Q, K, V)
+    >>> dV.sum(axis=0)                            # each query's weights sum to 1
+    array([4., 4.])
+    >>> eps = 1e-6; Q2 = Q.copy(); Q2[0, 0] += eps     # check one entry by finite differences
+    >>> fd = (scaled_dot_product_attention(Q2, K, V).sum()
+    ...       - scaled_dot_product_attention(Q, K, V).sum()) / eps
+    >>> bool(abs(fd - dQ[0, 0]) < 1e-5)
+    True
+    """
+    func = "scaled_dot_product_attention_backward"
+    dO, Q, K, V = _as_matrices(func, ("dO", dO, "(n_q, d_v)"), *_QKV(Q, K, V))
+    batch, scale, causal, mask, result, _ = _attention_operands(func, Q, K, V, mask, is_causal,
+                                                                scale)
+    n_q, n_k, d_k, d_v = Q.shape[-2], K.shape[-2], Q.shape[-1], V.shape[-1]
+    _check_grad_shape(func, "dO", dO, batch + (n_q, d_v), "output")
+    compute = _dtypes(Q, K, V)[1]
+    for shape in ((n_q, d_k), (n_k, d_k), (n_k, d_v)):
+        _check_size(func, batch + shape, compute)
+    dQ = np.empty(batch + (n_q, d_k), dtype=compute)
+    dK = np.empty(batch + (n_k, d_k), dtype=compute)
+    dV = np.empty(batch + (n_k, d_v), dtype=compute)
+    dO_c = dO.astype(compute, copy=False)
+    _attention_grads(batch, dQ, dK, dV, dO_c, Q, K, V, mask, scale, causal, compute)
+    return tuple(_finish(_sum_to(g, x.shape), result) for g, x in ((dQ, Q), (dK, K), (dV, V)))
+
+
+def self_attention_layer_backward(dY, X, W_q, W_k, W_v, *, scale=None, mask=None,
+                                  is_causal=False):
+    """Gradients of :func:`self_attention_layer`: ``(dX, dW_q, dW_k, dW_v)`` given ``dY``.
+
+    With ``Q, K, V = X @ W_q, X @ W_k, X @ W_v`` and ``(dQ, dK, dV)`` from
+    :func:`scaled_dot_product_attention_backward`::
+
+        dX   = dQ @ W_q^T + dK @ W_k^T + dV @ W_v^T
+        dW_q = X^T @ dQ   (summed over the batch)   and likewise dW_k, dW_v.
+
+    Q, K and V are recomputed from X (nothing is saved between the calls) and the attention
+    backward runs in C with O(n * d) memory.
+
+    Parameters
+    ----------
+    dY : array_like, shape (..., n, d_v)
+        Gradient of the loss with respect to the layer's output; exactly the shape
+        :func:`self_attention_layer` returns for these arguments.
+    X, W_q, W_k, W_v, scale, mask, is_causal
+        As in :func:`self_attention_layer`.
+
+    Returns
+    -------
+    dX : ndarray, shape of X
+    dW_q, dW_k, dW_v : ndarray, shapes of W_q, W_k, W_v
+        A weight shared by a batch (no batch axes, or axes of 1) gets the sum of its gradients over
+        the batch, so ``W -= lr * dW`` is the usual gradient step. Dtype: that of the forward output.
+
+    Raises
+    ------
+    ValueError
+        If ``dY`` does not have the forward output's shape, and for everything
+        :func:`self_attention_layer` rejects.
+    TypeError
+        As in :func:`self_attention_layer`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from selfattn import self_attention_layer, self_attention_layer_backward
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(2, 5, 4))                   # 2 sequences of 5 tokens, d_model = 4
+    >>> W_q, W_k, W_v = rng.normal(size=(3, 4, 4))       # shared by both sequences
+    >>> dY = np.ones((2, 5, 4))                          # loss = output.sum()
+    >>> dX, dW_q, dW_k, dW_v = self_attention_layer_backward(dY, X, W_q, W_k, W_v)
+    >>> dX.shape, dW_q.shape
+    ((2, 5, 4), (4, 4))
+    >>> W2 = W_v.copy(); W2[1, 2] += 1e-6               # one entry by finite differences
+    >>> fd = (self_attention_layer(X, W_q, W_k, W2).sum()
+    ...       - self_attention_layer(X, W_q, W_k, W_v).sum()) / 1e-6
+    >>> bool(abs(fd - dW_v[1, 2]) < 1e-4)
+    True
+    """
+    func = "self_attention_layer_backward"
+    dY, = _as_matrices(func, ("dY", dY, "(seq_len, d_v)"))
+    L = _Layer(func, X, W_q, W_k, W_v, None, None, scale, mask, is_causal)
+    _check_grad_shape(func, "dY", dY, L.out_batch + (L.n, L.d_v), "output")
+    Q, K, V = L.project()
+    return _layer_input_grads(L, dY.astype(L.compute, copy=False), Q, K, V)

@@ -1,0 +1,122 @@
+"""Python's side of a kernel call: kernel-ready operands, outputs, and one function per operation.
+
+The checks are done (selfattn/_validate.py); here the operands become what attn.h asks for (the
+compute dtype, aligned, rows contiguous, broadcast to one batch shape without copies), the outputs
+are allocated, and selfattn._core runs. Which tier runs a call is decided in C (csrc/dispatch.c),
+including the non-finite policy: a weight of exactly 0 contributes nothing, even against inf or
+NaN in the values it weighs.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import _core
+from ._validate import _check_size
+
+_ISA_DEFAULT = -1  # the process-wide tier (selfattn.set_isa / SELFATTN_ISA)
+
+
+def _operand(arr, compute, batch):
+    """`arr` in the compute dtype with contiguous aligned rows, viewed with the batch shape.
+
+    Where arr must be converted or copied, only its distinct rows are: an axis it is broadcast
+    along (stride 0) stays broadcast, so a broadcast input costs no more memory than its data."""
+    if (arr.dtype != compute or not arr.flags.aligned
+            or (arr.ndim and arr.shape[-1] > 1 and arr.strides[-1] != arr.itemsize)):
+        distinct = arr[tuple(slice(0, 1) if stride == 0 else slice(None)
+                             for stride in arr.strides[:-1])]
+        # order "C" (not "K", which would keep a Fortran layout); a copy is always aligned
+        arr = np.broadcast_to(distinct.astype(compute, order="C"), arr.shape)
+    shape = batch + arr.shape[-2:]
+    return arr if arr.shape == shape else np.broadcast_to(arr, shape)
+
+
+def _mask_operand(mask, batch, n_q, n_k):
+    if mask is None:
+        return None
+    if not mask.flags.aligned:
+        mask = mask.copy(order="C")
+    return np.broadcast_to(mask, batch + (n_q, n_k))
+
+
+def _finish(out, result_dtype):
+    return out if out.dtype == result_dtype else out.astype(result_dtype)
+
+
+def _finish_attention(out, weights, result_dtype):
+    """An attention function's return value: the output, or (output, weights) when computed."""
+    if weights is None:
+        return _finish(out, result_dtype)
+    return _finish(out, result_dtype), _finish(weights, result_dtype)
+
+
+def _split_heads(A, heads):
+    """(..., n, heads * d) -> the view (..., heads, n, d); None heads means single-head (A)."""
+    if heads is None:
+        return A
+    view = A.reshape(A.shape[:-1] + (heads, A.shape[-1] // heads))
+    assert np.may_share_memory(view, A) or A.size == 0  # a view, never a copy
+    return np.swapaxes(view, -3, -2)
+
+
+def _transpose(W):
+    """The last two axes swapped, as a copy with contiguous rows (what the kernels read)."""
+    return np.ascontiguousarray(np.swapaxes(W, -1, -2))
+
+
+def _matmul(A, B, compute, batch):
+    """A @ B on the matmul kernel, A and B broadcast to `batch`."""
+    out = np.empty(batch + (A.shape[-2], B.shape[-1]), dtype=compute)
+    if out.size:
+        _core.matmul(out, _operand(A, compute, batch), _operand(B, compute, batch), _ISA_DEFAULT)
+    return out
+
+
+def _project(func, X, Ws, compute, batch, w_batch):
+    """X @ W_q, X @ W_k, X @ W_v as views of one (batch, n, widths) array, and W_all = [W_q | W_k
+    | W_v] (for the backward's dX): _core.project, the one projection path of every layer."""
+    n, d_model = X.shape[-2:]
+    total = sum(W.shape[-1] for W in Ws)
+    w_batch = (1,) * (len(batch) - len(w_batch)) + tuple(w_batch)
+    _check_size(func, batch + (n, total), compute)
+    _check_size(func, w_batch + (d_model, total), compute)
+    QKV = np.empty(batch + (n, total), dtype=compute)
+    W_all = np.empty(w_batch + (d_model, total), dtype=compute)
+    if QKV.size or W_all.size:
+        _core.project(QKV, W_all, _operand(X, compute, batch),
+                      *(_operand(W, compute, w_batch) for W in Ws), _ISA_DEFAULT)
+    views, start = [], 0
+    for W in Ws:
+        views.append(QKV[..., start: start + W.shape[-1]])
+        start += W.shape[-1]
+    return views, W_all
+
+
+def _attend(func, batch, Q, K, V, mask, scale, causal, compute, return_weights, heads=None):
+    """softmax(scale * Q @ K^T + mask) @ V on the attention kernel, Q, K, V broadcast to `batch`.
+    With `heads`, batch ends with the head axis and the output is the heads' outputs side by side,
+    (batch[:-1], n_q, heads * d_v). Returns (output, weights or None) in the compute dtype."""
+    n_q, n_k, d_v = Q.shape[-2], K.shape[-2], V.shape[-1]
+    out_shape = batch + (n_q, d_v) if heads is None else batch[:-1] + (n_q, heads * d_v)
+    _check_size(func, out_shape, compute)
+    if return_weights:
+        _check_size(func, batch + (n_q, n_k), compute)
+    out = np.empty(out_shape, dtype=compute)
+    weights = np.empty(batch + (n_q, n_k), dtype=compute) if return_weights else None
+    if out.size or (weights is not None and weights.size):
+        Qb, Kb, Vb = (_operand(a, compute, batch) for a in (Q, K, V))
+        _core.attention(_split_heads(out, heads), weights, Qb, Kb, Vb,
+                        _mask_operand(mask, batch, n_q, n_k), scale, causal, _ISA_DEFAULT)
+    return out, weights
+
+
+def _attention_grads(batch, dQ, dK, dV, dO, Q, K, V, mask, scale, causal, compute):
+    """Runs the backward kernel: dQ, dK, dV (outputs, batch shape `batch`) from dO and Q, K, V."""
+    n_q, n_k = Q.shape[-2], K.shape[-2]
+    if n_q == 0 or n_k == 0 or not (dQ.size or dK.size or dV.size):
+        for g in (dQ, dK, dV):    # no query or no key: nothing flows (and no empty operands)
+            g[...] = 0
+        return
+    Qb, Kb, Vb, dOb = (_operand(a, compute, batch) for a in (Q, K, V, dO))
+    _core.attention_backward(dQ, dK, dV, dOb, Qb, Kb, Vb, _mask_operand(mask, batch, n_q, n_k),
+                             scale, causal, _ISA_DEFAULT)

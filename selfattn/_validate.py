@@ -1,0 +1,284 @@
+"""Argument checks shared by every public function: the policy half of each call.
+
+Each public function (selfattn/_api.py, _backward.py, _multihead.py, _masks.py) follows the same
+steps, and the rules for them live here, once:
+
+1. read each argument as an array and reject kinds we cannot compute with (TypeError);
+2. check the shapes, naming the function, the argument, the shapes received and the rule
+   (ValueError);
+3. pick the result dtype (float32 stays float32, float64 stays float64, float16 is computed in
+   float32, ints and bools become float64, mixed floats promote as NumPy does);
+4. refuse results too large to address before any work, and broadcast the batch dimensions.
+
+Running the kernels (kernel-ready operands, outputs) is selfattn/_kernels.py's part.
+"""
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Mapping
+
+import numpy as np
+
+# ---- step 1: arguments as arrays -------------------------------------------------------------
+
+_KIND_NAMES = {
+    "c": "complex",
+    "O": "object",
+    "U": "string",
+    "S": "bytes",
+    "M": "datetime",
+    "m": "timedelta",
+    "V": "structured (void)",
+}
+
+
+def _as_array(func, name, value):
+    """`value` as an ndarray of a kind we can compute with, or a clear TypeError/ValueError."""
+    if value is None:
+        raise TypeError(
+            f"{func}: {name} is None; pass an array (a function that ends without `return`, "
+            f"like the notebook's unfinished `pass` stubs, returns None)"
+        )
+    if isinstance(value, np.ma.MaskedArray):
+        # Honouring the mask has no single meaning here (hide a key? a value? a score?), and
+        # np.asarray would silently drop it: refuse and let the caller say what they mean.
+        raise TypeError(
+            f"{func}: {name} is a masked array (numpy.ma), whose mask selfattn would ignore; pass "
+            f"{name}.filled(value) to choose what the masked entries hold, or, to hide keys from "
+            f"attention, a boolean mask= argument (True = may attend)"
+        )
+    if isinstance(value, Mapping):
+        raise TypeError(
+            f"{func}: {name} is a {type(value).__name__}, not an array-like; pass a NumPy array "
+            f"or a nested list of numbers (e.g. list({name}.values()) if the values are rows)"
+        )
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(
+            f"{func}: {name} could not be read as an array ({exc}); pass a NumPy array or a "
+            f"rectangular nested list of numbers"
+        ) from None
+    kind = arr.dtype.kind
+    if kind in "biu" or (kind == "f" and arr.dtype.itemsize <= 8):
+        return arr
+    if kind == "f":
+        raise TypeError(
+            f"{func}: {name} has dtype {arr.dtype}, which selfattn does not compute in; "
+            f"convert it with {name}.astype(np.float64)"
+        )
+    what = _KIND_NAMES.get(kind, str(arr.dtype))
+    hint = ""
+    if kind == "O":
+        hint = (f" (a {type(value).__name__} object, not an array-like)" if arr.ndim == 0 else
+                " (a ragged nested list, with rows of different lengths, becomes an object array)")
+    raise TypeError(
+        f"{func}: {name} has dtype {arr.dtype} ({what}){hint}; selfattn needs real numbers: "
+        f"float32, float64, float16, or integers and booleans (computed as float64)"
+    )
+
+
+def _QKV(Q, K, V):
+    """The (name, value, expected shape) of attention's three operands, for _as_matrices."""
+    return ("Q", Q, "(n_q, d_k)"), ("K", K, "(n_k, d_k)"), ("V", V, "(n_k, d_v)")
+
+
+def _as_matrices(func, *named):
+    """Each (name, value, expected shape) as an array of at least 2 dimensions, all read (step 1)
+    before any is checked (step 2)."""
+    arrays = [_as_array(func, name, value) for name, value, _ in named]
+    for (name, _, expected), arr in zip(named, arrays):
+        _require_matrix(func, name, arr, expected)
+    return arrays
+
+
+# ---- step 2: shapes and options ---------------------------------------------------------------
+
+def _require_matrix(func, name, arr, expected):
+    if arr.ndim < 2:
+        raise ValueError(
+            f"{func}: {name} must have at least 2 dimensions {expected}, got {name}.shape={arr.shape}"
+            + (f"; for a single token use {name}[None, :] (shape (1, {arr.shape[0]}))"
+               if arr.ndim == 1 else "")
+        )
+
+
+def _flag(func, name, value):
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(f"{func}: {name} must be True or False, got {value!r}")
+
+
+def _scale(func, scale, d_k):
+    """The factor applied to Q.K^T; None means 1/sqrt(d_k) (1.0 when d_k is 0)."""
+    if scale is None:
+        return 1.0 / math.sqrt(d_k) if d_k > 0 else 1.0
+    if isinstance(scale, (bool, np.bool_)) or not isinstance(scale, (int, float, np.integer, np.floating)):
+        if isinstance(scale, np.ndarray) and scale.ndim == 0 and scale.dtype.kind in "iuf":
+            scale = scale.item()
+        else:
+            raise TypeError(f"{func}: scale must be a real number or None, got {scale!r}")
+    try:
+        scale = float(scale)
+    except OverflowError:  # an int beyond float's range, e.g. 10**400
+        raise ValueError(f"{func}: scale must be finite, got an integer too large for a float "
+                         f"({scale.bit_length()} bits)") from None
+    if not math.isfinite(scale):
+        raise ValueError(f"{func}: scale must be finite, got {scale}")
+    return scale
+
+
+def _integer(func, name, value, at_least):
+    """`value` as a Python int >= at_least (0: a size; 1: a count such as num_heads)."""
+    what = "a non-negative integer" if at_least == 0 else "an integer"
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{func}: {name} must be {what}, got {value!r}")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{func}: {name} must be {what}, got {value!r}") from None
+    if value < at_least:
+        raise ValueError(f"{func}: {name} must be a non-negative integer, got {value}" if at_least == 0
+                         else f"{func}: {name} must be at least {at_least}, got {name}={value}")
+    return value
+
+
+def _mask(func, mask, n_q, n_k, compute):
+    """The mask as (array of at least 2 dims, ready-to-broadcast), or None."""
+    if mask is None:
+        return None
+    arr = _as_array(func, "mask", mask)
+    if arr.dtype.kind in "iu":
+        raise TypeError(
+            f"{func}: mask has integer dtype {arr.dtype}, whose meaning is ambiguous; pass a "
+            f"boolean mask (True = may attend), e.g. mask.astype(bool), or a float mask that is "
+            f"added to the scores (0 = keep, -inf = hide)"
+        )
+    if arr.ndim < 2:
+        arr = arr.reshape((1,) * (2 - arr.ndim) + arr.shape)
+    rows, cols = arr.shape[-2:]
+    if rows not in (1, n_q) or cols not in (1, n_k):
+        raise ValueError(
+            f"{func}: mask.shape={np.shape(mask)} does not broadcast to the scores' shape "
+            f"(..., n_q, n_k) = (..., {n_q}, {n_k}); its last two dimensions must be "
+            f"{n_q} (or 1) and {n_k} (or 1)"
+        )
+    if arr.dtype.kind == "f":
+        arr = arr.astype(compute, copy=False)
+    return arr
+
+
+def _check_projections(func, X, W_q, W_k, W_v, heads=None):
+    """X is (..., n, d_model) and each W is (..., d_model, width), W_q and W_k of one width (which
+    `heads`, when given, divides)."""
+    _require_matrix(func, "X", X, "(seq_len, d_model)")
+    d_model = X.shape[-1]
+    width = "num_heads * d_head" if heads is not None else "d"
+    for name, W in (("W_q", W_q), ("W_k", W_k), ("W_v", W_v)):
+        _require_matrix(func, name, W, f"(d_model, {width})")
+        if W.shape[-2] != d_model:
+            hint = ""
+            if W.shape[-1] == d_model:
+                hint = (f" {name} looks transposed: selfattn computes X @ {name}, so pass it as "
+                        f"(d_model, {width}), e.g. {name}.T")
+            raise ValueError(
+                f"{func}: X has d_model={d_model} (X.shape={X.shape}) but {name} has "
+                f"{W.shape[-2]} rows ({name}.shape={W.shape}); each projection must be "
+                f"(d_model, {width}) so that X @ {name} works.{hint}"
+            )
+        if heads is not None and W.shape[-1] % heads:
+            raise ValueError(
+                f"{func}: {name} has width {W.shape[-1]} ({name}.shape={W.shape}), which "
+                f"num_heads={heads} does not divide; head h takes columns "
+                f"[h * d_head, (h + 1) * d_head), so the width must be num_heads * d_head"
+            )
+    if W_q.shape[-1] != W_k.shape[-1]:
+        what = "d_k=" if heads is None else "width "
+        raise ValueError(
+            f"{func}: W_q makes queries of {what}{W_q.shape[-1]} (W_q.shape={W_q.shape}) but W_k "
+            f"makes keys of {what}{W_k.shape[-1]} (W_k.shape={W_k.shape}); queries and keys must "
+            f"have the same width to be compared"
+        )
+
+
+def _check_grad_shape(func, name, grad, expected, what):
+    if grad.shape != tuple(expected):
+        raise ValueError(
+            f"{func}: {name} must have the shape of the forward {what}, {tuple(expected)}, got "
+            f"{name}.shape={grad.shape}; {name} is the gradient of the loss with respect to that "
+            f"{what}, one entry per entry of it"
+        )
+
+
+# ---- step 3: dtypes ----------------------------------------------------------------------------
+
+def _dtypes(*arrays):
+    """(result dtype, compute dtype) for these inputs."""
+    float_dtypes = [np.dtype(np.float64) if a.dtype.kind in "biu" else a.dtype for a in arrays]
+    result = np.result_type(*float_dtypes).newbyteorder("=")
+    compute = np.dtype(np.float32) if result == np.float16 else result
+    return result, compute
+
+
+# ---- step 4: batch shapes and sizes -----------------------------------------------------------
+
+def _batch_shape(func, named):
+    """Broadcast the leading (batch) dimensions of (name, array, core_ndim) triples."""
+    shapes = [a.shape[: a.ndim - core] for _, a, core in named]
+    try:
+        return np.broadcast_shapes(*shapes)
+    except ValueError:
+        listed = ", ".join(f"{name}.shape[:-{core}]={s}" for (name, _, core), s in zip(named, shapes))
+        raise ValueError(
+            f"{func}: the batch (leading) dimensions do not broadcast: {listed}; each must be "
+            f"equal or 1, as in np.matmul"
+        ) from None
+
+
+def _check_size(func, shape, dtype):
+    count = math.prod(shape)
+    if count * dtype.itemsize > np.iinfo(np.intp).max:
+        raise ValueError(
+            f"{func}: the result would have shape {tuple(shape)} ({count:,} elements), which is "
+            f"too large to allocate"
+        )
+
+
+# ---- the shared attention front end -----------------------------------------------------------
+
+def _attention_operands(func, Q, K, V, mask, is_causal, scale, names=("Q", "K", "V")):
+    """Validated options and shapes for scores (V is None) or full attention:
+    (batch, scale, causal, mask, result dtype, compute dtype)."""
+    q_name, k_name, v_name = names
+    d_k = Q.shape[-1]
+    if K.shape[-1] != d_k:
+        hint = ""
+        if K.shape[-2] == d_k:
+            hint = (f" {k_name} looks transposed: pass {k_name} as (n_k, d_k), not {k_name}.T; "
+                    f"selfattn transposes it for you")
+        raise ValueError(
+            f"{func}: {q_name} has d_k={d_k} ({q_name}.shape={Q.shape}) but {k_name} has "
+            f"d_k={K.shape[-1]} ({k_name}.shape={K.shape}); the last dimensions of {q_name} and "
+            f"{k_name} must match.{hint}"
+        )
+    n_q, n_k = Q.shape[-2], K.shape[-2]
+    named = [(q_name, Q, 2), (k_name, K, 2)]
+    arrays = [Q, K]
+    if V is not None:
+        if V.shape[-2] != n_k:
+            raise ValueError(
+                f"{func}: {k_name} has n_k={n_k} keys ({k_name}.shape={K.shape}) but {v_name} has "
+                f"{V.shape[-2]} rows ({v_name}.shape={V.shape}); every key needs one value row, "
+                f"so {v_name}.shape[-2] must equal {k_name}.shape[-2]"
+            )
+        named.append((v_name, V, 2))
+        arrays.append(V)
+    causal = _flag(func, "is_causal", is_causal)
+    scale = _scale(func, scale, d_k)
+    result, compute = _dtypes(*arrays)
+    mask = _mask(func, mask, n_q, n_k, compute)
+    if mask is not None:
+        named.append(("mask", mask, 2))
+    batch = _batch_shape(func, named)
+    return batch, scale, causal, mask, result, compute

@@ -1,0 +1,48 @@
+"""When selfattn._core cannot be imported, the error says what failed and where selfattn is
+installed (the original ImportError chained), and calls it a source tree only when it is one."""
+import os
+import pathlib
+import subprocess
+import sys
+
+import selfattn
+
+PACKAGE_DIR = pathlib.Path(selfattn.__file__).parent
+
+REPORT = """
+try:
+    import selfattn
+except ImportError as exc:
+    print("MESSAGE:", exc)
+    print("CAUSE:", repr(exc.__cause__))
+else:
+    print("IMPORTED")
+"""
+
+
+def _import_with(tmp_path, setup):
+    """Imports selfattn in a fresh interpreter, outside any source tree, after `setup`."""
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    run = subprocess.run([sys.executable, "-c", setup + REPORT], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
+    return run.stdout
+
+
+def test_a_broken_numpy_is_named_with_the_installed_location(tmp_path):
+    fake = tmp_path / "numpy"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise ImportError('simulated: this NumPy is broken')\n")
+    out = _import_with(tmp_path, "")
+    assert "IMPORTED" not in out, out
+    message = out.split("MESSAGE:")[1].split("CAUSE:")[0]
+    assert "source tree" not in message and "pip install ." not in message, message
+    assert f"installed in {PACKAGE_DIR}" in message, message
+    assert "failed to import" in message, message
+    assert "CAUSE: ImportError" in out, out
+
+
+def test_the_original_error_is_chained(tmp_path):
+    out = _import_with(tmp_path, "import sys; sys.modules['selfattn._core'] = None\n")
+    message = out.split("MESSAGE:")[1].split("CAUSE:")[0]
+    assert f"installed in {PACKAGE_DIR}" in message and "source tree" not in message, out
+    assert "halted" in out.split("CAUSE:")[1], out       # Python's own words for the failure
