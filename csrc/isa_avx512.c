@@ -52,34 +52,8 @@ static inline vf64 min_f64(vf64 a, vf64 b) { return (vf64)_mm512_min_pd((__m512d
 #define FA_QT_F64 6
 #define FA_BK_F32 256
 #define FA_BK_F64 128
-/* Tuning, measured on the machines of README's benchmarks (the same on every tier so far): */
-/* GEMM k step: an A sliver and a B panel of this depth stay in L2 */
-#define MM_KC 256
-/* GEMM tile columns: a packed B panel, MM_KC x MM_NC, is 256 KiB (float) or 256 KiB (double) */
-#define MM_NC_F32 256
-#define MM_NC_F64 128
-/* GEMM task rows come in steps of 8 slivers */
-#define MM_MC (MM_MR * 8)
-/* a GEMM task's work: amortises packing B, yet a few ms so that Ctrl-C is polled; at most 64
-   steps of rows, so that a huge m still makes many tasks */
-#define GEMM_TASK_FLOPS 2.0e7
-#define GEMM_MAX_MC_STEPS 64
-/* a softmax task's elements: amortises the hand-out, short enough to poll */
-#define SOFTMAX_TASK_ELEMENTS 65536
-/* the fused kernel's mask step works on this much of its scores at once (in L1) */
-#define FA_MASK_CHUNK_BYTES 16384
-/* fused backward query rows per block: the S and dP panels of 2048 keys stay near 1 MiB (L2) */
-#define BWF_ROWS_F32 64
-#define BWF_ROWS_F64 32
-/* fused backward chunks per call: at n = 2048, 4 and 8 cost the same, 16 about 10% more */
-#define BWF_TASKS 8
-/* keys per packing task, and per reduction task (whose row buffer stays in L1), of the backward */
-#define BWF_PACK_KEYS 256
-#define BWF_RED_KEYS 256
-/* keys the backward's packing transposes at a time: the strided side stays in L1 */
-#define BWF_PACK_TILE 16
-/* backward panel rows this many bytes apart share L1 sets: one more tile of stride (10% faster) */
-#define BWF_PAD_BYTES 1024
+/* Tuning constants: the defaults of tuning_defaults.h (none overridden on this tier). */
+#include "tuning_defaults.h"
 #define TIER avx512
 #define TIER_TABLE sa_kernels_avx512
 #define TIER_NAME "avx512"

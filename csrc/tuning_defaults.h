@@ -1,0 +1,68 @@
+/*
+ * tuning_defaults.h -- the fast tiers' tuning constants: cache blocking, task sizes, the fused
+ * backward's panels. Each value was measured on the machines of docs/performance.md and is the same
+ * on every tier so far; a tier file that measures a better value for its CPU defines the constant
+ * before including this header (beside its tile sizes), and that value wins.
+ */
+#ifndef SELFATTN_TUNING_DEFAULTS_H
+#define SELFATTN_TUNING_DEFAULTS_H
+
+/* GEMM k step: an A sliver and a B panel of this depth stay in L2 */
+#ifndef MM_KC
+#define MM_KC 256
+#endif
+/* GEMM tile columns: a packed B panel, MM_KC x MM_NC, is 256 KiB (float) or 256 KiB (double) */
+#ifndef MM_NC_F32
+#define MM_NC_F32 256
+#endif
+#ifndef MM_NC_F64
+#define MM_NC_F64 128
+#endif
+/* GEMM task rows come in steps of 8 slivers */
+#ifndef MM_MC
+#define MM_MC (MM_MR * 8)
+#endif
+/* a GEMM task's work: amortises packing B, yet a few ms so that Ctrl-C is polled; at most 64
+   steps of rows, so that a huge m still makes many tasks */
+#ifndef GEMM_TASK_FLOPS
+#define GEMM_TASK_FLOPS 2.0e7
+#endif
+#ifndef GEMM_MAX_MC_STEPS
+#define GEMM_MAX_MC_STEPS 64
+#endif
+/* a softmax task's elements: amortises the hand-out, short enough to poll */
+#ifndef SOFTMAX_TASK_ELEMENTS
+#define SOFTMAX_TASK_ELEMENTS 65536
+#endif
+/* the fused kernel's mask step works on this much of its scores at once (in L1) */
+#ifndef FA_MASK_CHUNK_BYTES
+#define FA_MASK_CHUNK_BYTES 16384
+#endif
+/* fused backward query rows per block: the S and dP panels of 2048 keys stay near 1 MiB (L2) */
+#ifndef BWF_ROWS_F32
+#define BWF_ROWS_F32 64
+#endif
+#ifndef BWF_ROWS_F64
+#define BWF_ROWS_F64 32
+#endif
+/* fused backward chunks per call: at n = 2048, 4 and 8 cost the same, 16 about 10% more */
+#ifndef BWF_TASKS
+#define BWF_TASKS 8
+#endif
+/* keys per packing task, and per reduction task (whose row buffer stays in L1), of the backward */
+#ifndef BWF_PACK_KEYS
+#define BWF_PACK_KEYS 256
+#endif
+#ifndef BWF_RED_KEYS
+#define BWF_RED_KEYS 256
+#endif
+/* keys the backward's packing transposes at a time: the strided side stays in L1 */
+#ifndef BWF_PACK_TILE
+#define BWF_PACK_TILE 16
+#endif
+/* backward panel rows this many bytes apart share L1 sets: one more tile of stride (10% faster) */
+#ifndef BWF_PAD_BYTES
+#define BWF_PAD_BYTES 1024
+#endif
+
+#endif
