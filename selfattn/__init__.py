@@ -24,6 +24,7 @@ except ImportError as _error:  # the source tree after `pip install .`, or a bro
     _core = load_installed_core(__path__[0], __version__, _error)
     del load_installed_core, _error
 
+from . import _api
 from ._api import (
     compute_attention_output,
     compute_self_attention_scores,
@@ -44,11 +45,7 @@ _apply_environment()
 del _apply_environment
 
 __all__ = [
-    "compute_self_attention_scores",
-    "softmax_attention_weights",
-    "compute_attention_output",
-    "self_attention_layer",
-    "scaled_dot_product_attention",
+    *_api.__all__,     # the notebook's four functions and scaled_dot_product_attention
     "multi_head_attention",
     "scaled_dot_product_attention_backward",
     "self_attention_layer_backward",
