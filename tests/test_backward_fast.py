@@ -1,9 +1,10 @@
 """The fast tiers' fused backward (csrc/backward_fused.inc) at the edges of its blocks: query blocks
 of 64 or 66 rows in float32, 32 or 36 in float64 (whole micro-tiles), key panels padded to whole
-vectors (4 to 32 lanes) and, at multiples of 1 KiB, to a longer row stride, head sizes padded to micro-tile rows; masks with zero strides, causal with n_q != n_k,
-several chunks of query blocks, and the same bits for every thread count. Every result is checked
-against the extended-precision reference of test_gradients.py; the reference tier is checked too,
-so a wrong case shows which side is wrong."""
+vectors (4 to 32 lanes) and, at multiples of 1 KiB, to a longer row stride, head sizes padded to
+micro-tile rows; masks with zero strides, causal with n_q != n_k, several chunks of query blocks
+(their bits for every thread count: test_thread_count.py). Every result is checked against the
+extended-precision reference of test_gradients.py; the reference tier is checked too, so a wrong
+case shows which side is wrong."""
 import numpy as np
 import pytest
 
@@ -114,28 +115,6 @@ def test_several_chunks_and_batches(batch_q, batch_k, isa):
         got = sdpa_backward(dO, Q, K, V, scale=0.35, is_causal=causal)
         for g, w in zip(got, want):
             assert_close(g, w, 1e-12)
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_same_bits_for_1_2_3_threads(dtype, isa, threads):
-    rng = np.random.default_rng(40)
-    for batch, causal, mask in [((), False, None), ((), True, None), ((2,), True, "add"),
-                                ((3,), False, "bool")]:
-        n_q, n_k = 700, 333
-        Q, dO = (rand(rng, *batch, n_q, 24).astype(dtype) for _ in range(2))
-        K, V = (rand(rng, *batch, n_k, 24).astype(dtype) for _ in range(2))
-        m = None
-        if mask == "add":
-            m = np.where(rng.random((n_q, n_k)) < 0.1, -np.inf, rand(rng, n_q, n_k)).astype(dtype)
-        elif mask == "bool":
-            m = rng.random((n_q, n_k)) < 0.9
-        results = []
-        for n in (1, 2, 3):
-            selfattn.set_num_threads(n)
-            results.append(sdpa_backward(dO, Q, K, V, mask=m, is_causal=causal))
-        for other in results[1:]:
-            for g, h in zip(results[0], other):
-                assert np.array_equal(g, h)
 
 
 # The fused backward's budgets (csrc/attn.h): each thread's panel of scores (a block of query rows

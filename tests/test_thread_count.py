@@ -81,6 +81,42 @@ def test_every_core_kernel(isa, dtype, threads):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_attention_backward(isa, dtype, threads):
+    """The backward kernel (the fused one on the fast tiers: several chunks of query blocks whose
+    partial dK, dV are summed in a fixed order), with batches, causality and both mask kinds."""
+    code = _core.isa_code(isa)
+    rng = np.random.default_rng(40)
+    n_q, n_k, d = 700, 333, 24
+    for batch, causal, mask_kind in [((), False, None), ((), True, None), ((2,), True, "add"),
+                                     ((3,), False, "bool")]:
+        Q, dO = (rng.standard_normal(batch + (n_q, d)).astype(dtype) for _ in range(2))
+        K, V = (rng.standard_normal(batch + (n_k, d)).astype(dtype) for _ in range(2))
+        mask = None
+        if mask_kind == "add":
+            mask = np.where(rng.random((n_q, n_k)) < 0.1, -np.inf,
+                            rng.standard_normal((n_q, n_k))).astype(dtype)
+        elif mask_kind == "bool":
+            mask = rng.random((n_q, n_k)) < 0.9
+        if mask is not None:
+            mask = np.broadcast_to(mask, batch + (n_q, n_k))
+
+        def backward():
+            grads = [np.empty_like(a) for a in (Q, K, V)]
+            _core.attention_backward(*grads, dO, Q, K, V, mask, 0.2, causal, code)
+            return tuple(grads)
+        same_for_every_thread_count(backward)
+
+
+def test_the_multi_head_backward(isa, threads):
+    """multi_head_attention_backward in float32: projections, heads and their gradients."""
+    rng = np.random.default_rng(12)
+    X, dY = (rng.standard_normal((2, 150, 32)).astype(np.float32) for _ in range(2))
+    Ws = [(rng.standard_normal((32, 32)) / 6).astype(np.float32) for _ in range(4)]
+    same_for_every_thread_count(
+        lambda: selfattn.multi_head_attention_backward(dY, X, *Ws, num_heads=4, is_causal=True))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_public_functions_on_pool_sized_problems(isa, dtype, threads):
     for name, args, kw in calls.pool_sized_calls(np.random.default_rng(12345), dtype):
         same_for_every_thread_count(lambda: calls.outcome(name, args, kw))
