@@ -188,7 +188,10 @@ def _child_env():
                 "SELFATTN_NUM_THREADS"):
         env[var] = "1"
     env["MPLBACKEND"] = "Agg"  # a student's plt.show() draws nowhere
-    env.pop("PYTHONSTARTUP", None)
+    # No startup file, and no faulthandler dump (dev mode turns it on) in place of the student's
+    # own last error line when their code crashes the interpreter.
+    for var in ("PYTHONSTARTUP", "PYTHONFAULTHANDLER", "PYTHONDEVMODE"):
+        env.pop(var, None)
     return env
 
 
