@@ -17,8 +17,18 @@
 #ifndef SELFATTN_ATTN_H
 #define SELFATTN_ATTN_H
 
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+
+/* The fast tiers are written with GCC vector extensions, which gcc and clang compile; a build by
+   another compiler (MSVC) has the scalar reference tier only. -DSA_NO_VECTOR_TIERS makes a gcc or
+   clang build of that shape, so that it can be tested (.ci/windows.sh). */
+#if (defined(__GNUC__) || defined(__clang__)) && !defined(SA_NO_VECTOR_TIERS)
+#define SA_VECTOR_TIERS 1
+#else
+#define SA_VECTOR_TIERS 0
+#endif
 
 typedef ptrdiff_t sa_int;
 
@@ -196,7 +206,7 @@ static inline double sa_overflowed_score(double score, const void *q, const void
         if (x - x != 0 || y - y != 0)
             return score;
     }
-    return __builtin_nan("");
+    return NAN;
 }
 
 /* One tier's kernels, indexed by precision: [0] float32, [1] float64. */
@@ -216,8 +226,10 @@ enum { SA_F32 = 0, SA_F64 = 1 };
 extern const sa_kernels sa_kernels_reference;
 /* The fast tiers: the kernels of csrc/isa_tier.inc compiled by isa_generic.c, isa_avx2.c and
    isa_avx512.c. */
+#if SA_VECTOR_TIERS
 extern const sa_kernels sa_kernels_generic;
-#if defined(__x86_64__) || defined(__i386__)
+#endif
+#if SA_VECTOR_TIERS && (defined(__x86_64__) || defined(__i386__))
 extern const sa_kernels sa_kernels_avx2;
 extern const sa_kernels sa_kernels_avx512;
 #endif
@@ -269,7 +281,14 @@ void sa_output_zero_weights(const sa_batch *batch, int precision, const sa_mat *
 /* Checked size arithmetic: returns 0 and sets *out = a * b, or returns 1 on overflow. */
 static inline int sa_mul_overflow(size_t a, size_t b, size_t *out)
 {
+#if defined(__GNUC__) || defined(__clang__)
     return __builtin_mul_overflow(a, b, out);
+#else
+    if (b != 0 && a > SIZE_MAX / b)
+        return 1;
+    *out = a * b;
+    return 0;
+#endif
 }
 
 #endif

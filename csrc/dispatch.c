@@ -19,9 +19,10 @@ int sa_isa_supported(sa_isa isa)
 {
     switch (isa) {
     case SA_ISA_REFERENCE:
-    case SA_ISA_GENERIC:
         return 1;
-#if defined(__x86_64__) || defined(__i386__)
+    case SA_ISA_GENERIC:
+        return SA_VECTOR_TIERS;
+#if SA_VECTOR_TIERS && (defined(__x86_64__) || defined(__i386__))
     case SA_ISA_AVX2:
         return sa_cpu_has(SA_CPU_AVX2_FMA);
     case SA_ISA_AVX512:
@@ -47,9 +48,11 @@ const sa_kernels *sa_kernels_for(sa_isa isa)
     switch (isa) {
     case SA_ISA_REFERENCE:
         return &sa_kernels_reference;
+#if SA_VECTOR_TIERS
     case SA_ISA_GENERIC:
         return &sa_kernels_generic;
-#if defined(__x86_64__) || defined(__i386__)
+#endif
+#if SA_VECTOR_TIERS && (defined(__x86_64__) || defined(__i386__))
     case SA_ISA_AVX2:
         return &sa_kernels_avx2;
     case SA_ISA_AVX512:

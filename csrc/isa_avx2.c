@@ -3,13 +3,15 @@
  * 16 ymm registers: a 6 x 2-vector micro-tile (12 accumulators, 2 B vectors, 1 broadcast), as
  * in BLIS's Haswell kernels, for every product.
  */
-#if defined(__x86_64__) || defined(__i386__)   /* elsewhere the tier does not exist */
+#include "attn.h"
+
+/* x86 only, and only where the fast tiers are built (SA_VECTOR_TIERS: gcc and clang) */
+#if SA_VECTOR_TIERS && (defined(__x86_64__) || defined(__i386__))
 /* The tier's instruction sets, for this file only: gcc takes them for every function below;
    clang, which ignores that pragma, applies them as an attribute once the headers are in. */
 #if !defined(__clang__)
 #pragma GCC target("avx2,fma,bmi,bmi2")
 #endif
-#include "attn.h"
 
 #include <immintrin.h>
 #include <float.h>

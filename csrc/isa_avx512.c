@@ -7,13 +7,15 @@
  * and whose 32 (float) or 16 (double) query columns divide the usual sequence lengths (8 x 3 was
  * measured slower: short sequences wasted a third of a 48-query tile).
  */
-#if defined(__x86_64__) || defined(__i386__)   /* elsewhere the tier does not exist */
+#include "attn.h"
+
+/* x86 only, and only where the fast tiers are built (SA_VECTOR_TIERS: gcc and clang) */
+#if SA_VECTOR_TIERS && (defined(__x86_64__) || defined(__i386__))
 /* The tier's instruction sets, for this file only: gcc takes them for every function below;
    clang, which ignores that pragma, applies them as an attribute once the headers are in. */
 #if !defined(__clang__)
 #pragma GCC target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma,bmi,bmi2")
 #endif
-#include "attn.h"
 
 #include <immintrin.h>
 #include <float.h>

@@ -5,6 +5,7 @@
  * Without FMA in the baseline, a*b+c is two roundings here (the -std=c11 build does not contract).
  */
 #include "attn.h"
+#if SA_VECTOR_TIERS   /* GCC vector extensions: gcc and clang */
 
 #include <float.h>
 #include <math.h>
@@ -56,3 +57,5 @@ static inline vf64 fma_f64(vf64 a, vf64 b, vf64 c) { return a * b + c; }
 #define TIER_TABLE sa_kernels_generic
 #define TIER_NAME "generic"
 #include "isa_tier.inc"
+
+#endif
