@@ -21,4 +21,5 @@ log "building with clang"
 so=$("$WORK/venv/bin/python" -c 'import selfattn._core as c; print(c.__file__)')
 grep -q "clang version" "$so" || { echo "clang.sh: the extension was not built by clang"; exit 1; }
 cd "$WORK/src"
-"$WORK/venv/bin/python" -m pytest -q -p no:cacheprovider
+# pytest itself, not python -m pytest: the tests import the installed build, not this copy
+"$WORK/venv/bin/pytest" -q -p no:cacheprovider
