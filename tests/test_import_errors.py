@@ -22,7 +22,8 @@ else:
 
 def _import_with(tmp_path, setup):
     """Imports selfattn in a fresh interpreter, outside any source tree, after `setup`."""
-    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    # the selfattn these tests imported (an in-place build in the sanitizer runs), not another
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(PACKAGE_DIR.parent)]))
     run = subprocess.run([sys.executable, "-c", setup + REPORT], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=120)
     return run.stdout
