@@ -70,6 +70,50 @@ typedef struct {
     sa_int bstride[SA_MAX_BATCH];
 } sa_mask;
 
+/* The visibility rule: which keys a query row may see. Query i sees key j when
+       i + lo <= j <= i + hi   (and 0 <= j < n_k),
+   a band around the diagonal. No rule: lo = -n_q, hi = n_k (a side that far out hides nothing);
+   causal, top-left aligned: hi = 0; causal, bottom-right aligned (the last query sees the last
+   key): hi = n_k - n_q; a sliding window of `left` keys before and `right` after the diagonal:
+   lo = -left, hi = right. The glue clamps lo and hi to [-n_q, n_k], so no sum below overflows.
+   Every kernel that masks or skips keys asks sa_band_keys, and never computes a block of keys
+   that no row of its block sees: a band of width w costs O(n w d). */
+typedef struct {
+    sa_int lo, hi;
+} sa_band;
+
+/* The keys seen by at least one of the rows [r0, r1) (r0 < r1), as [*first, *end) within
+   [0, n_k); empty (*first == *end) when none is. For one row, r1 = r0 + 1. The same helper gives
+   the rows that see a block of keys, with sa_band_transposed. */
+static inline void sa_band_keys(sa_band band, sa_int r0, sa_int r1, sa_int n_k, sa_int *first,
+                                sa_int *end)
+{
+    sa_int a = r0 + band.lo, b = r1 + band.hi;      /* b: one past the last row's last key */
+    a = a < 0 ? 0 : a > n_k ? n_k : a;
+    b = b < a ? a : b > n_k ? n_k : b;
+    *first = a;
+    *end = b;
+}
+
+/* The same band seen from the keys: key j is seen by the rows j - hi .. j - lo. */
+static inline sa_band sa_band_transposed(sa_band band)
+{
+    sa_band t = {-band.hi, -band.lo};
+    return t;
+}
+
+/* The number of (query, key) pairs the band lets through, for planning threads. */
+static inline double sa_band_pairs(sa_band band, sa_int n_q, sa_int n_k)
+{
+    double pairs = 0;
+    for (sa_int i = 0; i < n_q; i++) {
+        sa_int first, end;
+        sa_band_keys(band, i, i + 1, n_k, &first, &end);
+        pairs += (double)(end - first);
+    }
+    return pairs;
+}
+
 /* Offset, in elements, of batch item `item` (0 <= item < batch->count, C order) for one operand. */
 static inline sa_int sa_batch_offset(const sa_batch *batch, const sa_int *bstride, sa_int item)
 {
@@ -141,12 +185,12 @@ int sa_interrupted(void);
  * scores:    S[b] (n_q, n_k) = scale * Q[b] (n_q, d_k) . K[b] (n_k, d_k)^T (NaN where that
  *            overflowed: sa_overflowed_score below), then the mask:
  *            SA_MASK_ADD adds mask(i, j); SA_MASK_BOOL sets S = -inf where mask(i, j) == 0;
- *            causal sets S = -inf where j > i (top-left aligned).
+ *            then S = -inf where the band hides key j from query i (sa_band above).
  * softmax:   out[b] (n_rows, n) = softmax of each row of in[b]. A row whose max is -inf (every
  *            entry -inf) becomes all zeros; a row holding NaN becomes all NaN. out may alias in.
  * matmul:    C[b] (m, n) = A[b] (m, k) . B[b] (k, n), IEEE products (0 * inf is NaN), on every
  *            tier. (Projections and gradients; the output product adds sa_output_zero_weights.)
- * attention: out[b] (n_q, d_v) = softmax(scores(Q, K, mask, scale, causal)) . V[b] (n_k, d_v).
+ * attention: out[b] (n_q, d_v) = softmax(scores(Q, K, mask, scale, band)) . V[b] (n_k, d_v).
  *            With weights == NULL it is fused: it never materialises the (n_q, n_k) scores and
  *            needs O((n_q + n_k) d) memory. Otherwise it also stores the softmax weights in
  *            weights[b] (n_q, n_k). Fully masked rows give weights 0 and output 0. A key whose
@@ -156,7 +200,7 @@ int sa_interrupted(void);
  */
 typedef int (*sa_scores_fn)(const sa_exec *ex, const sa_batch *batch, const sa_mat *scores,
                             const sa_mat *Q, const sa_mat *K, const sa_mask *mask,
-                            sa_int n_q, sa_int n_k, sa_int d_k, double scale, int causal);
+                            sa_int n_q, sa_int n_k, sa_int d_k, double scale, sa_band band);
 typedef int (*sa_softmax_fn)(const sa_exec *ex, const sa_batch *batch, const sa_mat *out,
                              const sa_mat *in, sa_int n_rows, sa_int n);
 typedef int (*sa_matmul_fn)(const sa_exec *ex, const sa_batch *batch, const sa_mat *C,
@@ -164,14 +208,14 @@ typedef int (*sa_matmul_fn)(const sa_exec *ex, const sa_batch *batch, const sa_m
 typedef int (*sa_attention_fn)(const sa_exec *ex, const sa_batch *batch, const sa_mat *out,
                                const sa_mat *weights, const sa_mat *Q, const sa_mat *K, const sa_mat *V,
                                const sa_mask *mask, sa_int n_q, sa_int n_k, sa_int d_k,
-                               sa_int d_v, double scale, int causal);
+                               sa_int d_v, double scale, sa_band band);
 
 /*
  * attention_backward: the gradients of attention (forward as above, O = softmax(S) . V with
  *            S = scale * Q . K^T + mask) with respect to Q, K and V, given dO[b] (n_q, d_v) = dL/dO:
  *                P = softmax(S),  dV = P^T . dO,  dP = dO . V^T,  D_i = sum_j P_ij dP_ij,
  *                dS = P * (dP - D),  dQ = scale * dS . K,  dK = scale * dS^T . Q.
- *            dQ[b] (n_q, d_k), dK[b] (n_k, d_k), dV[b] (n_k, d_v) are overwritten. Masks and causal
+ *            dQ[b] (n_q, d_k), dK[b] (n_k, d_k), dV[b] (n_k, d_v) are overwritten. Masks and band
  *            as in `scores`; a fully masked query row gets dQ = 0 and gives nothing to dK, dV; a
  *            row of S holding NaN makes its weights NaN, as in the forward. A key whose weight is 0
  *            contributes nothing even where its V row or dO holds inf or NaN: the reference tier
@@ -183,7 +227,7 @@ typedef int (*sa_attention_backward_fn)(const sa_exec *ex, const sa_batch *batch
                                         const sa_mat *dO, const sa_mat *Q, const sa_mat *K,
                                         const sa_mat *V, const sa_mask *mask, sa_int n_q,
                                         sa_int n_k, sa_int d_k, sa_int d_v, double scale,
-                                        int causal);
+                                        sa_band band);
 /* vexp:      out[j] = e^in[j] or 2^in[j], j < n, with the tier's vectorised exp (the one softmax
  *            and attention use); for the accuracy tests. The _NONPOS modes are the variants the
  *            kernels run on arguments known to be <= 0 (or NaN); other arguments are undefined. */
@@ -241,12 +285,12 @@ int sa_attention_backward_blocked_f32(const sa_exec *ex, const sa_batch *batch, 
                                       const sa_mat *dK, const sa_mat *dV, const sa_mat *dO,
                                       const sa_mat *Q, const sa_mat *K, const sa_mat *V,
                                       const sa_mask *mask, sa_int n_q, sa_int n_k, sa_int d_k,
-                                      sa_int d_v, double scale, int causal);
+                                      sa_int d_v, double scale, sa_band band);
 int sa_attention_backward_blocked_f64(const sa_exec *ex, const sa_batch *batch, const sa_mat *dQ,
                                       const sa_mat *dK, const sa_mat *dV, const sa_mat *dO,
                                       const sa_mat *Q, const sa_mat *K, const sa_mat *V,
                                       const sa_mask *mask, sa_int n_q, sa_int n_k, sa_int d_k,
-                                      sa_int d_v, double scale, int causal);
+                                      sa_int d_v, double scale, sa_band band);
 
 /* The backward's memory budgets. The fast tiers' fused backward keeps its partial sums of dK and
    dV under SA_BACKWARD_PARTIAL_BYTES and each thread's panel of scores (a block of query rows by

@@ -7,7 +7,7 @@
 /* query and key rows per block: the block products are 64 x 64 x d GEMMs */
 #define BWD_BQ 64
 #define BWD_BK 64
-/* tasks per call, so that threads balance. More chunks balance causal masks better but each
+/* tasks per call, so that threads balance. More chunks balance bands (causal) better but each
    needs its own partial dK, dV: 16 keeps them (n_k * (d_k + d_v) each) small enough to be reused
    between calls rather than mapped afresh (a third of the time at n = 2048, d = 64 went to page
    faults with 32) */

@@ -254,9 +254,19 @@ static const sa_kernels *prepare(sa_exec *ex, int isa, const sa_batch *batch, in
     return sa_kernels_for_values(ex, batch, precision, values, n_values);
 }
 
+/* The band as the kernels take it (attn.h's sa_band): lo and hi clamped to [-n_q, n_k], where
+   a side hides nothing more, so that no row + lo or row + hi overflows. */
+static sa_band clamped_band(sa_band band, sa_int n_q, sa_int n_k)
+{
+    sa_band c;
+    c.lo = band.lo < -n_q ? -n_q : band.lo > n_k ? n_k : band.lo;
+    c.hi = band.hi < -n_q ? -n_q : band.hi > n_k ? n_k : band.hi;
+    return c;
+}
+
 static int scores_impl(int isa, int precision, const sa_batch *batch, const sa_mat *out,
                        const sa_mat *Q, const sa_mat *K, const sa_mask *mask, sa_int n_q,
-                       sa_int n_k, sa_int d_k, double scale, int causal)
+                       sa_int n_k, sa_int d_k, double scale, sa_band band)
 {
     sa_exec ex;
     const sa_kernels *tier = prepare(&ex, isa, batch, precision, NULL, 0);
@@ -264,7 +274,8 @@ static int scores_impl(int isa, int precision, const sa_batch *batch, const sa_m
         return -1;
     int status;
     RUN_KERNEL(status, 2.0 * batch->count * n_q * n_k * (d_k + 1),
-               tier->scores[precision](&ex, batch, out, Q, K, mask, n_q, n_k, d_k, scale, causal));
+               tier->scores[precision](&ex, batch, out, Q, K, mask, n_q, n_k, d_k, scale,
+                                       clamped_band(band, n_q, n_k)));
     return raise_status(status);
 }
 
@@ -309,7 +320,7 @@ static int output_impl(int isa, int precision, const sa_batch *batch, const sa_m
 static int attention_impl(int isa, int precision, const sa_batch *batch, const sa_mat *out,
                           const sa_mat *weights, const sa_mat *Q, const sa_mat *K,
                           const sa_mat *V, const sa_mask *mask, sa_int n_q, sa_int n_k,
-                          sa_int d_k, sa_int d_v, double scale, int causal)
+                          sa_int d_k, sa_int d_v, double scale, sa_band band)
 {
     sa_exec ex;
     const sa_values values[] = {{V, n_k, d_v}};
@@ -319,7 +330,7 @@ static int attention_impl(int isa, int precision, const sa_batch *batch, const s
     int status;
     RUN_KERNEL(status, 2.0 * batch->count * n_q * n_k * (d_k + d_v),
                tier->attention[precision](&ex, batch, out, weights, Q, K, V, mask, n_q, n_k, d_k,
-                                          d_v, scale, causal));
+                                          d_v, scale, clamped_band(band, n_q, n_k)));
     return raise_status(status);
 }
 
@@ -327,7 +338,7 @@ static int attention_backward_impl(int isa, int precision, const sa_batch *batch
                                    const sa_mat *dQ, const sa_mat *dK, const sa_mat *dV,
                                    const sa_mat *dO, const sa_mat *Q, const sa_mat *K,
                                    const sa_mat *V, const sa_mask *mask, sa_int n_q, sa_int n_k,
-                                   sa_int d_k, sa_int d_v, double scale, int causal)
+                                   sa_int d_k, sa_int d_v, double scale, sa_band band)
 {
     sa_exec ex;
     const sa_values values[] = {{V, n_k, d_v}, {dO, n_q, d_v}};
@@ -337,7 +348,8 @@ static int attention_backward_impl(int isa, int precision, const sa_batch *batch
     int status;
     RUN_KERNEL(status, 2.0 * batch->count * n_q * n_k * (3 * d_k + 4 * d_v),
                tier->attention_backward[precision](&ex, batch, dQ, dK, dV, dO, Q, K, V, mask, n_q,
-                                                   n_k, d_k, d_v, scale, causal));
+                                                   n_k, d_k, d_v, scale,
+                                                   clamped_band(band, n_q, n_k)));
     return raise_status(status);
 }
 
@@ -375,16 +387,18 @@ static int project_impl(int isa, int precision, const sa_batch *batch, const sa_
 
 /* ---- the general entry points: parse, check the kernel contract, then the operation's helper */
 
-PyDoc_STRVAR(scores_doc, "scores(out, Q, K, mask, scale, causal, isa)\n--\n\n"
-                         "out[...] = scale * Q @ K^T with the mask applied (private).");
+PyDoc_STRVAR(scores_doc, "scores(out, Q, K, mask, scale, band, isa)\n--\n\n"
+                         "out[...] = scale * Q @ K^T with the mask and the band (lo, hi) applied "
+                         "(private).");
 
 static PyObject *core_scores(PyObject *self, PyObject *args)
 {
     PyObject *out_obj, *Q_obj, *K_obj, *mask_obj;
     double scale;
-    int causal, isa, typenum, precision;
-    if (!PyArg_ParseTuple(args, "OOOOdpi", &out_obj, &Q_obj, &K_obj, &mask_obj, &scale, &causal,
-                          &isa))
+    sa_band band;
+    int isa, typenum, precision;
+    if (!PyArg_ParseTuple(args, "OOOOd(nn)i", &out_obj, &Q_obj, &K_obj, &mask_obj, &scale,
+                          &band.lo, &band.hi, &isa))
         return NULL;
     sa_batch batch;
     sa_mat out, Q, K;
@@ -402,7 +416,7 @@ static PyObject *core_scores(PyObject *self, PyObject *args)
         || get_mat(K_obj, typenum, 0, &batch, n_k, d_k, &K, "K") < 0
         || get_mask(mask_obj, typenum, &batch, n_q, n_k, &mask) < 0
         || scores_impl(isa, precision, &batch, &out, &Q, &K, &mask, n_q, n_k, d_k, scale,
-                       causal) < 0)
+                       band) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -514,17 +528,19 @@ static PyObject *core_project(PyObject *self, PyObject *args)
 }
 
 PyDoc_STRVAR(attention_doc,
-             "attention(out, weights, Q, K, V, mask, scale, causal, isa)\n--\n\n"
-             "out[...] = softmax(scale * Q @ K^T + mask) @ V (private); weights may be None "
+             "attention(out, weights, Q, K, V, mask, scale, band, isa)\n--\n\n"
+             "out[...] = softmax(scale * Q @ K^T + mask, keys outside the band (lo, hi) hidden) "
+             "@ V (private); weights may be None "
              "(fused, O(n d) memory) or an output for the weights.");
 
 static PyObject *core_attention(PyObject *self, PyObject *args)
 {
     PyObject *out_obj, *weights_obj, *Q_obj, *K_obj, *V_obj, *mask_obj;
     double scale;
-    int causal, isa, typenum, precision;
-    if (!PyArg_ParseTuple(args, "OOOOOOdpi", &out_obj, &weights_obj, &Q_obj, &K_obj, &V_obj,
-                          &mask_obj, &scale, &causal, &isa))
+    sa_band band;
+    int isa, typenum, precision;
+    if (!PyArg_ParseTuple(args, "OOOOOOd(nn)i", &out_obj, &weights_obj, &Q_obj, &K_obj, &V_obj,
+                          &mask_obj, &scale, &band.lo, &band.hi, &isa))
         return NULL;
     sa_batch batch;
     sa_mat out, weights, Q, K, V;
@@ -546,23 +562,24 @@ static PyObject *core_attention(PyObject *self, PyObject *args)
         || get_mat(V_obj, typenum, 0, &batch, n_k, d_v, &V, "V") < 0
         || get_mask(mask_obj, typenum, &batch, n_q, n_k, &mask) < 0
         || attention_impl(isa, precision, &batch, &out, weights_obj != Py_None ? &weights : NULL,
-                          &Q, &K, &V, &mask, n_q, n_k, d_k, d_v, scale, causal) < 0)
+                          &Q, &K, &V, &mask, n_q, n_k, d_k, d_v, scale, band) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
 
 PyDoc_STRVAR(attention_backward_doc,
-             "attention_backward(dQ, dK, dV, dO, Q, K, V, mask, scale, causal, isa)\n--\n\n"
-             "dQ, dK, dV[...] = the gradients of softmax(scale * Q @ K^T + mask) @ V given dO "
+             "attention_backward(dQ, dK, dV, dO, Q, K, V, mask, scale, band, isa)\n--\n\n"
+             "dQ, dK, dV[...] = the gradients of attention(..., band, ...) given dO "
              "(private).");
 
 static PyObject *core_attention_backward(PyObject *self, PyObject *args)
 {
     PyObject *dQ_obj, *dK_obj, *dV_obj, *dO_obj, *Q_obj, *K_obj, *V_obj, *mask_obj;
     double scale;
-    int causal, isa, typenum, precision;
-    if (!PyArg_ParseTuple(args, "OOOOOOOOdpi", &dQ_obj, &dK_obj, &dV_obj, &dO_obj, &Q_obj, &K_obj,
-                          &V_obj, &mask_obj, &scale, &causal, &isa))
+    sa_band band;
+    int isa, typenum, precision;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOd(nn)i", &dQ_obj, &dK_obj, &dV_obj, &dO_obj, &Q_obj,
+                          &K_obj, &V_obj, &mask_obj, &scale, &band.lo, &band.hi, &isa))
         return NULL;
     sa_batch batch;
     sa_mat dQ, dK, dV, dO, Q, K, V;
@@ -584,7 +601,7 @@ static PyObject *core_attention_backward(PyObject *self, PyObject *args)
         || get_mat(V_obj, typenum, 0, &batch, n_k, d_v, &V, "V") < 0
         || get_mask(mask_obj, typenum, &batch, n_q, n_k, &mask) < 0
         || attention_backward_impl(isa, precision, &batch, &dQ, &dK, &dV, &dO, &Q, &K, &V, &mask,
-                                   n_q, n_k, d_k, d_v, scale, causal) < 0)
+                                   n_q, n_k, d_k, d_v, scale, band) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -680,7 +697,7 @@ static PyObject *result_or_null(PyObject *result, int rc)
 /* The fused attention of plain matrices into a new (n_q, d_v) array. */
 static PyObject *plain_attention(int typenum, const sa_mat *Q, const sa_mat *K, const sa_mat *V,
                                  npy_intp n_q, npy_intp n_k, npy_intp d_k, npy_intp d_v,
-                                 double scale, int causal)
+                                 double scale, sa_band band)
 {
     sa_mat out;
     PyObject *result = new_matrix(n_q, d_v, typenum, &out);
@@ -688,14 +705,16 @@ static PyObject *plain_attention(int typenum, const sa_mat *Q, const sa_mat *K, 
         return NULL;
     return result_or_null(result, attention_impl(-1, precision_of(typenum), &single, &out, NULL,
                                                  Q, K, V, &no_mask, n_q, n_k, d_k, d_v, scale,
-                                                 causal));
+                                                 band));
 }
 
 static PyObject *core_plain_sdpa(PyObject *self, PyObject *args)
 {
     PyObject *Q_obj, *K_obj, *V_obj, *scale_obj;
-    int causal, typenum = NPY_NOTYPE;
-    if (!PyArg_ParseTuple(args, "OOOOp", &Q_obj, &K_obj, &V_obj, &scale_obj, &causal))
+    sa_band band;
+    int typenum = NPY_NOTYPE;
+    if (!PyArg_ParseTuple(args, "OOOO(nn)", &Q_obj, &K_obj, &V_obj, &scale_obj, &band.lo,
+                          &band.hi))
         return NULL;
     sa_mat Q, K, V;
     npy_intp n_q, d_k, n_k, d_k2, n_v, d_v;
@@ -704,15 +723,16 @@ static PyObject *core_plain_sdpa(PyObject *self, PyObject *args)
         || !plain_matrix(V_obj, &typenum, &V, &n_v, &d_v) || d_k != d_k2 || n_v != n_k
         || !plain_scale(scale_obj, d_k, &scale))
         Py_RETURN_NONE;
-    return plain_attention(typenum, &Q, &K, &V, n_q, n_k, d_k, d_v, scale, causal);
+    return plain_attention(typenum, &Q, &K, &V, n_q, n_k, d_k, d_v, scale, band);
 }
 
 static PyObject *core_plain_layer(PyObject *self, PyObject *args)
 {
     PyObject *X_obj, *W_obj[3], *scale_obj;
-    int causal, typenum = NPY_NOTYPE;
-    if (!PyArg_ParseTuple(args, "OOOOOp", &X_obj, &W_obj[0], &W_obj[1], &W_obj[2], &scale_obj,
-                          &causal))
+    sa_band band;
+    int typenum = NPY_NOTYPE;
+    if (!PyArg_ParseTuple(args, "OOOOO(nn)", &X_obj, &W_obj[0], &W_obj[1], &W_obj[2], &scale_obj,
+                          &band.lo, &band.hi))
         return NULL;
     sa_mat X, W[3];
     npy_intp n, d_model, rows[3];
@@ -740,7 +760,7 @@ static PyObject *core_plain_layer(PyObject *self, PyObject *args)
         sa_mat Q = {.data = QKV.data, .ld = d_all};
         sa_mat K = {.data = (char *)QKV.data + d_k * itemsize, .ld = d_all};
         sa_mat V = {.data = (char *)QKV.data + 2 * d_k * itemsize, .ld = d_all};
-        result = plain_attention(typenum, &Q, &K, &V, n, n, d_k, d_v, scale, causal);
+        result = plain_attention(typenum, &Q, &K, &V, n, n, d_k, d_v, scale, band);
     }
     Py_XDECREF(W_all_obj);
     Py_XDECREF(QKV_obj);
@@ -750,8 +770,9 @@ static PyObject *core_plain_layer(PyObject *self, PyObject *args)
 static PyObject *core_plain_scores(PyObject *self, PyObject *args)
 {
     PyObject *Q_obj, *K_obj, *scale_obj;
-    int causal, typenum = NPY_NOTYPE;
-    if (!PyArg_ParseTuple(args, "OOOp", &Q_obj, &K_obj, &scale_obj, &causal))
+    sa_band band;
+    int typenum = NPY_NOTYPE;
+    if (!PyArg_ParseTuple(args, "OOO(nn)", &Q_obj, &K_obj, &scale_obj, &band.lo, &band.hi))
         return NULL;
     sa_mat Q, K, S;
     npy_intp n_q, d_k, n_k, d_k2;
@@ -763,7 +784,7 @@ static PyObject *core_plain_scores(PyObject *self, PyObject *args)
     if (result == NULL)
         return NULL;
     return result_or_null(result, scores_impl(-1, precision_of(typenum), &single, &S, &Q, &K,
-                                              &no_mask, n_q, n_k, d_k, scale, causal));
+                                              &no_mask, n_q, n_k, d_k, scale, band));
 }
 
 static PyObject *core_plain_softmax(PyObject *self, PyObject *x_obj)
@@ -937,17 +958,17 @@ static PyMethodDef core_methods[] = {
     {"attention", core_attention, METH_VARARGS, attention_doc},
     {"attention_backward", core_attention_backward, METH_VARARGS, attention_backward_doc},
     {"plain_scores", core_plain_scores, METH_VARARGS,
-     "plain_scores(Q, K, scale, causal)\n--\n\nScores of plain 2-D matrices, or None (private)."},
+     "plain_scores(Q, K, scale, band)\n--\n\nScores of plain 2-D matrices, or None (private)."},
     {"plain_softmax", core_plain_softmax, METH_O,
      "plain_softmax(x)\n--\n\nRow softmax of a plain 2-D matrix, or None (private)."},
     {"plain_output", core_plain_output, METH_VARARGS,
      "plain_output(weights, V)\n--\n\nweights @ V for plain 2-D matrices (a weight of 0 takes "
      "nothing from V), or None (private)."},
     {"plain_sdpa", core_plain_sdpa, METH_VARARGS,
-     "plain_sdpa(Q, K, V, scale, causal)\n--\n\nUnmasked attention of plain matrices, or None "
+     "plain_sdpa(Q, K, V, scale, band)\n--\n\nUnmasked attention of plain matrices, or None "
      "(private)."},
     {"plain_layer", core_plain_layer, METH_VARARGS,
-     "plain_layer(X, W_q, W_k, W_v, scale, causal)\n--\n\nUnmasked layer of plain matrices, or "
+     "plain_layer(X, W_q, W_k, W_v, scale, band)\n--\n\nUnmasked layer of plain matrices, or "
      "None (private)."},
     {"vexp", core_vexp, METH_VARARGS, vexp_doc},
     {"set_num_threads", core_set_num_threads, METH_O, "set_num_threads(n)\n--\n\n"},

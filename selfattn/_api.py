@@ -18,6 +18,7 @@ from . import _core
 from ._kernels import (
     _ISA_DEFAULT,
     _attend,
+    _band,
     _finish,
     _finish_attention,
     _mask_operand,
@@ -42,6 +43,11 @@ __all__ = [
     "self_attention_layer",
     "scaled_dot_product_attention",
 ]
+
+def _plain_band(is_causal):
+    """The band of a call offered to a _core.plain_* entry point (is_causal a bool there)."""
+    return _band("top_left" if is_causal else None, 0, 0)
+
 
 try:  # NumPy >= 1.25
     from numpy.exceptions import AxisError as _AxisError
@@ -114,19 +120,20 @@ def compute_self_attention_scores(Q, K, *, scale=None, mask=None, is_causal=Fals
            [  1.,   1.,   2.]])
     """
     if mask is None and type(is_causal) is bool:
-        result = _core.plain_scores(Q, K, scale, is_causal)
+        result = _core.plain_scores(Q, K, scale, _plain_band(is_causal))
         if result is not None:
             return result
     func = "compute_self_attention_scores"
     Q, K = _as_matrices(func, ("Q", Q, "(n_q, d_k)"), ("K", K, "(n_k, d_k)"))
-    batch, scale, causal, mask, result, compute = _attention_operands(
+    batch, scale, visibility, mask, result, compute = _attention_operands(
         func, Q, K, None, mask, is_causal, scale)
     n_q, n_k = Q.shape[-2], K.shape[-2]
     _check_size(func, batch + (n_q, n_k), compute)
     out = np.empty(batch + (n_q, n_k), dtype=compute)
     if out.size:
         _core.scores(out, _operand(Q, compute, batch), _operand(K, compute, batch),
-                     _mask_operand(mask, batch, n_q, n_k), scale, causal, _ISA_DEFAULT)
+                     _mask_operand(mask, batch, n_q, n_k), scale, _band(visibility, n_q, n_k),
+                     _ISA_DEFAULT)
     return _finish(out, result)
 
 
@@ -325,15 +332,15 @@ def scaled_dot_product_attention(Q, K, V, *, scale=None, mask=None, is_causal=Fa
            [2.3395231, 3.3395231]])
     """
     if mask is None and return_weights is False and type(is_causal) is bool:
-        result = _core.plain_sdpa(Q, K, V, scale, is_causal)
+        result = _core.plain_sdpa(Q, K, V, scale, _plain_band(is_causal))
         if result is not None:
             return result
     func = "scaled_dot_product_attention"
     Q, K, V = _as_matrices(func, *_QKV(Q, K, V))
     return_weights = _flag(func, "return_weights", return_weights)
-    batch, scale, causal, mask, result, compute = _attention_operands(
+    batch, scale, visibility, mask, result, compute = _attention_operands(
         func, Q, K, V, mask, is_causal, scale)
-    out, weights = _attend(func, batch, Q, K, V, mask, scale, causal, compute, return_weights)
+    out, weights = _attend(func, batch, Q, K, V, mask, scale, visibility, compute, return_weights)
     return _finish_attention(out, weights, result)
 
 
@@ -394,7 +401,7 @@ def self_attention_layer(X, W_q, W_k, W_v, *, scale=None, mask=None, is_causal=F
     array([1., 1., 1.])
     """
     if mask is None and return_weights is False and type(is_causal) is bool:
-        result = _core.plain_layer(X, W_q, W_k, W_v, scale, is_causal)
+        result = _core.plain_layer(X, W_q, W_k, W_v, scale, _plain_band(is_causal))
         if result is not None:
             return result
     func = "self_attention_layer"

@@ -72,7 +72,7 @@ def _layer_input_grads(L, dO, Q, K, V):
     dQ, dK, dV = (_split_heads(A, L.heads)
                   for A in (dQKV[..., :wq], dQKV[..., wq: wq + wk], dQKV[..., wq + wk:]))
     _attention_grads(L.att_batch, dQ, dK, dV, _split_heads(dO, L.heads), Q, K, V,
-                     L.mask, L.scale, L.causal, c)
+                     L.mask, L.scale, L.visibility, c)
     # X @ [W_q | W_k | W_v] = QKV, so dX = dQKV @ [W_q | W_k | W_v]^T and dW = X^T @ dQKV.
     dX = _sum_to(_matmul(dQKV, _transpose(L.W_all), c, b), L.X.shape)
     grads = [_weight_grad(L.X, dQKV[..., lo:hi], W.shape, c)
@@ -142,7 +142,7 @@ def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None,
     """
     func = "scaled_dot_product_attention_backward"
     dO, Q, K, V = _as_matrices(func, ("dO", dO, "(n_q, d_v)"), *_QKV(Q, K, V))
-    batch, scale, causal, mask, result, _ = _attention_operands(func, Q, K, V, mask, is_causal,
+    batch, scale, visibility, mask, result, _ = _attention_operands(func, Q, K, V, mask, is_causal,
                                                                 scale)
     n_q, n_k, d_k, d_v = Q.shape[-2], K.shape[-2], Q.shape[-1], V.shape[-1]
     _check_grad_shape(func, "dO", dO, batch + (n_q, d_v), "output")
@@ -153,7 +153,7 @@ def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None,
     dK = np.empty(batch + (n_k, d_k), dtype=compute)
     dV = np.empty(batch + (n_k, d_v), dtype=compute)
     dO_c = dO.astype(compute, copy=False)
-    _attention_grads(batch, dQ, dK, dV, dO_c, Q, K, V, mask, scale, causal, compute)
+    _attention_grads(batch, dQ, dK, dV, dO_c, Q, K, V, mask, scale, visibility, compute)
     return tuple(_finish(_sum_to(g, x.shape), result) for g, x in ((dQ, Q), (dK, K), (dV, V)))
 
 

@@ -8,12 +8,23 @@ NaN in the values it weighs.
 """
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 from . import _core
 from ._validate import _check_size
 
 _ISA_DEFAULT = -1  # the process-wide tier (selfattn.set_isa / SELFATTN_ISA)
+_UNBOUNDED = sys.maxsize  # a side of a band that hides nothing (the glue clamps to [-n_q, n_k])
+
+
+def _band(visibility, n_q, n_k):
+    """The kernels' band (lo, hi): query i sees the keys i + lo <= j <= i + hi (csrc/attn.h's
+    sa_band), from _validate's visibility."""
+    if visibility == "top_left":
+        return -_UNBOUNDED, 0
+    return -_UNBOUNDED, _UNBOUNDED
 
 
 def _operand(arr, compute, batch):
@@ -92,7 +103,7 @@ def _project(func, X, Ws, compute, batch, w_batch):
     return views, W_all
 
 
-def _attend(func, batch, Q, K, V, mask, scale, causal, compute, return_weights, heads=None):
+def _attend(func, batch, Q, K, V, mask, scale, visibility, compute, return_weights, heads=None):
     """softmax(scale * Q @ K^T + mask) @ V on the attention kernel, Q, K, V broadcast to `batch`.
     With `heads`, batch ends with the head axis and the output is the heads' outputs side by side,
     (batch[:-1], n_q, heads * d_v). Returns (output, weights or None) in the compute dtype."""
@@ -106,11 +117,12 @@ def _attend(func, batch, Q, K, V, mask, scale, causal, compute, return_weights, 
     if out.size or (weights is not None and weights.size):
         Qb, Kb, Vb = (_operand(a, compute, batch) for a in (Q, K, V))
         _core.attention(_split_heads(out, heads), weights, Qb, Kb, Vb,
-                        _mask_operand(mask, batch, n_q, n_k), scale, causal, _ISA_DEFAULT)
+                        _mask_operand(mask, batch, n_q, n_k), scale,
+                        _band(visibility, n_q, n_k), _ISA_DEFAULT)
     return out, weights
 
 
-def _attention_grads(batch, dQ, dK, dV, dO, Q, K, V, mask, scale, causal, compute):
+def _attention_grads(batch, dQ, dK, dV, dO, Q, K, V, mask, scale, visibility, compute):
     """Runs the backward kernel: dQ, dK, dV (outputs, batch shape `batch`) from dO and Q, K, V."""
     n_q, n_k = Q.shape[-2], K.shape[-2]
     if n_q == 0 or n_k == 0 or not (dQ.size or dK.size or dV.size):
@@ -119,4 +131,4 @@ def _attention_grads(batch, dQ, dK, dV, dO, Q, K, V, mask, scale, causal, comput
         return
     Qb, Kb, Vb, dOb = (_operand(a, compute, batch) for a in (Q, K, V, dO))
     _core.attention_backward(dQ, dK, dV, dOb, Qb, Kb, Vb, _mask_operand(mask, batch, n_q, n_k),
-                             scale, causal, _ISA_DEFAULT)
+                             scale, _band(visibility, n_q, n_k), _ISA_DEFAULT)

@@ -21,10 +21,10 @@ from ._validate import (
     _batch_shape,
     _check_projections,
     _dtypes,
-    _flag,
     _mask,
     _require_matrix,
     _scale,
+    _visibility,
 )
 
 
@@ -53,7 +53,7 @@ class _Layer:
                     f"(W_o.shape={W_o.shape}); W_o must be (num_heads * d_v_head, d_out).{hint}"
                 )
             arrays.append(W_o)
-        self.causal = _flag(func, "is_causal", is_causal)
+        self.visibility = _visibility(func, is_causal)
         self.scale = _scale(func, scale, self.d_k)
         self.result, self.compute = _dtypes(*arrays)
         self.n = n = X.shape[-2]
@@ -105,5 +105,5 @@ class _Layer:
 
     def attend(self, Q, K, V, return_weights):
         """The heads' output, concatenated: (out_batch, n, num_heads * d_v), and the weights."""
-        return _attend(self.func, self.att_batch, Q, K, V, self.mask, self.scale, self.causal,
+        return _attend(self.func, self.att_batch, Q, K, V, self.mask, self.scale, self.visibility,
                        self.compute, return_weights, self.heads)

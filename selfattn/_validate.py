@@ -110,6 +110,13 @@ def _flag(func, name, value):
     raise TypeError(f"{func}: {name} must be True or False, got {value!r}")
 
 
+def _visibility(func, is_causal):
+    """Which keys each query may see, as the Python layer states it: None (every key) or
+    "top_left" (causal: query i sees the keys j <= i). selfattn/_kernels.py's _band turns it into
+    the kernels' band."""
+    return "top_left" if _flag(func, "is_causal", is_causal) else None
+
+
 def _scale(func, scale, d_k):
     """The factor applied to Q.K^T; None means 1/sqrt(d_k) (1.0 when d_k is 0)."""
     if scale is None:
@@ -249,7 +256,7 @@ def _check_size(func, shape, dtype):
 
 def _attention_operands(func, Q, K, V, mask, is_causal, scale, names=("Q", "K", "V")):
     """Validated options and shapes for scores (V is None) or full attention:
-    (batch, scale, causal, mask, result dtype, compute dtype)."""
+    (batch, scale, visibility, mask, result dtype, compute dtype)."""
     q_name, k_name, v_name = names
     d_k = Q.shape[-1]
     if K.shape[-1] != d_k:
@@ -274,11 +281,11 @@ def _attention_operands(func, Q, K, V, mask, is_causal, scale, names=("Q", "K", 
             )
         named.append((v_name, V, 2))
         arrays.append(V)
-    causal = _flag(func, "is_causal", is_causal)
+    visibility = _visibility(func, is_causal)
     scale = _scale(func, scale, d_k)
     result, compute = _dtypes(*arrays)
     mask = _mask(func, mask, n_q, n_k, compute)
     if mask is not None:
         named.append(("mask", mask, 2))
     batch = _batch_shape(func, named)
-    return batch, scale, causal, mask, result, compute
+    return batch, scale, visibility, mask, result, compute

@@ -145,4 +145,4 @@ def test_the_private_kernels_refuse_a_mismatched_call():
     with pytest.raises(TypeError):
         _core.softmax(out, np.ones((2, 3), np.float32), -1)
     with pytest.raises(ValueError):
-        _core.scores(out, np.ones((2, 4))[:, ::2], np.ones((3, 2)), None, 1.0, False, -1)
+        _core.scores(out, np.ones((2, 4))[:, ::2], np.ones((3, 2)), None, 1.0, (0, 0), -1)

@@ -32,8 +32,9 @@ def same_for_every_thread_count(run):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_every_core_kernel(isa, dtype, threads):
     """The kernels themselves (_core's entry points, the tier passed by its code), on sizes of
-    several hundred rows, with no mask, a float mask with a fully masked row (causal too), and a
-    boolean mask."""
+    several hundred rows, with no mask, a float mask with a fully masked row (causal too), a
+    boolean mask, and bands (attn.h's sa_band, as (lo, hi)): a sliding window and a bottom-right
+    causal window whose first rows see no key."""
     code = _core.isa_code(isa)
     rng = np.random.default_rng(0)
     n_q, n_k, d = 700, 650, 72
@@ -53,10 +54,12 @@ def test_every_core_kernel(isa, dtype, threads):
         return C
     same_for_every_thread_count(matmul)
 
-    for mask, causal in [(None, False), (float_mask, True), (bool_mask, False)]:
+    everything, causal = (-n_q, n_k), (-n_q, 0)
+    for mask, band in [(None, everything), (float_mask, causal), (bool_mask, everything),
+                       (None, (-37, 5)), (bool_mask, (n_k - n_q - 300, n_k - n_q))]:
         def scores():
             S = np.empty((2, n_q, n_k), dtype)
-            _core.scores(S, Q, K, mask, 0.125, causal, code)
+            _core.scores(S, Q, K, mask, 0.125, band, code)
             return S
         S = same_for_every_thread_count(scores)
 
@@ -68,14 +71,14 @@ def test_every_core_kernel(isa, dtype, threads):
 
         def attention():
             out = np.empty((2, n_q, d + 5), dtype)
-            _core.attention(out, None, Q, K, V, mask, 0.125, causal, code)
+            _core.attention(out, None, Q, K, V, mask, 0.125, band, code)
             return out
         same_for_every_thread_count(attention)
 
         def attention_with_weights():
             out = np.empty((2, n_q, d + 5), dtype)
             W = np.empty((2, n_q, n_k), dtype)
-            _core.attention(out, W, Q, K, V, mask, 0.125, causal, code)
+            _core.attention(out, W, Q, K, V, mask, 0.125, band, code)
             return out, W
         same_for_every_thread_count(attention_with_weights)
 
