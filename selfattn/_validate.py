@@ -169,23 +169,27 @@ def _mask(func, mask, n_q, n_k, compute):
     return arr
 
 
-def _check_projections(func, X, W_q, W_k, W_v, heads=None):
+def _check_projections(func, X, W_q, W_k, W_v, heads=None, KV=None):
     """X is (..., n, d_model) and each W is (..., d_model, width), W_q and W_k of one width (which
-    `heads`, when given, divides)."""
+    `heads`, when given, divides). With KV (cross-attention), W_k and W_v take KV's rows instead:
+    (..., kdim, width) for KV of shape (..., n_k, kdim)."""
     _require_matrix(func, "X", X, "(seq_len, d_model)")
-    d_model = X.shape[-1]
+    if KV is not None:
+        _require_matrix(func, "kv", KV, "(n_k, kdim)")
     width = "num_heads * d_head" if heads is not None else "d"
     for name, W in (("W_q", W_q), ("W_k", W_k), ("W_v", W_v)):
-        _require_matrix(func, name, W, f"(d_model, {width})")
-        if W.shape[-2] != d_model:
+        src, src_name, dim = (X, "X", "d_model") if KV is None or name == "W_q" else (KV, "kv", "kdim")
+        d_in = src.shape[-1]
+        _require_matrix(func, name, W, f"({dim}, {width})")
+        if W.shape[-2] != d_in:
             hint = ""
-            if W.shape[-1] == d_model:
-                hint = (f" {name} looks transposed: selfattn computes X @ {name}, so pass it as "
-                        f"(d_model, {width}), e.g. {name}.T")
+            if W.shape[-1] == d_in:
+                hint = (f" {name} looks transposed: selfattn computes {src_name} @ {name}, so pass "
+                        f"it as ({dim}, {width}), e.g. {name}.T")
             raise ValueError(
-                f"{func}: X has d_model={d_model} (X.shape={X.shape}) but {name} has "
-                f"{W.shape[-2]} rows ({name}.shape={W.shape}); each projection must be "
-                f"(d_model, {width}) so that X @ {name} works.{hint}"
+                f"{func}: {src_name} has {dim}={d_in} ({src_name}.shape={src.shape}) but {name} "
+                f"has {W.shape[-2]} rows ({name}.shape={W.shape}); each projection must be "
+                f"({dim}, {width}) so that {src_name} @ {name} works.{hint}"
             )
         if heads is not None and W.shape[-1] % heads:
             raise ValueError(
@@ -200,6 +204,21 @@ def _check_projections(func, X, W_q, W_k, W_v, heads=None):
             f"makes keys of {what}{W_k.shape[-1]} (W_k.shape={W_k.shape}); queries and keys must "
             f"have the same width to be compared"
         )
+
+
+def _bias(func, name, b, W, what):
+    """A projection bias: None, or an array (..., width) for the projection W (..., rows, width);
+    its leading axes broadcast with W's batch axes."""
+    if b is None:
+        return None
+    b = _as_array(func, name, b)
+    if b.ndim < 1 or b.shape[-1] != W.shape[-1]:
+        raise ValueError(
+            f"{func}: {name}.shape={b.shape} but {what} has width {W.shape[-1]} "
+            f"({what}.shape={W.shape}); {name} is added to every row of that projection, so it "
+            f"must be ({W.shape[-1]},) (or (..., {W.shape[-1]}) with batch axes)"
+        )
+    return b
 
 
 def _check_grad_shape(func, name, grad, expected, what):
