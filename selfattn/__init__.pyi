@@ -75,6 +75,11 @@ def multi_head_attention(
     W_o: ArrayLike,
     *,
     num_heads: int,
+    kv: ArrayLike | None = ...,
+    b_q: ArrayLike | None = ...,
+    b_k: ArrayLike | None = ...,
+    b_v: ArrayLike | None = ...,
+    b_o: ArrayLike | None = ...,
     scale: float | None = ...,
     mask: ArrayLike | None = ...,
     is_causal: bool = ...,
@@ -89,6 +94,11 @@ def multi_head_attention(
     W_o: ArrayLike,
     *,
     num_heads: int,
+    kv: ArrayLike | None = ...,
+    b_q: ArrayLike | None = ...,
+    b_k: ArrayLike | None = ...,
+    b_v: ArrayLike | None = ...,
+    b_o: ArrayLike | None = ...,
     scale: float | None = ...,
     mask: ArrayLike | None = ...,
     is_causal: bool = ...,
@@ -124,10 +134,15 @@ def multi_head_attention_backward(
     W_o: ArrayLike,
     *,
     num_heads: int,
+    kv: ArrayLike | None = ...,
+    b_q: ArrayLike | None = ...,
+    b_k: ArrayLike | None = ...,
+    b_v: ArrayLike | None = ...,
+    b_o: ArrayLike | None = ...,
     scale: float | None = ...,
     mask: ArrayLike | None = ...,
     is_causal: bool = ...,
-) -> tuple[_Float, _Float, _Float, _Float, _Float]: ...
+) -> tuple[_Float, ...]: ...
 def causal_mask(n_q: int, n_k: int | None = ...) -> NDArray[np.bool_]: ...
 def padding_mask(lengths: ArrayLike, n_k: int, *, head_axis: bool = ...) -> NDArray[np.bool_]: ...
 def set_num_threads(n: int) -> None: ...
