@@ -16,6 +16,7 @@ def compute_self_attention_scores(
     *,
     scale: float | None = ...,
     mask: ArrayLike | None = ...,
+    bias: ArrayLike | None = ...,
     is_causal: bool = ...,
 ) -> _Float: ...
 def softmax_attention_weights(attn_scores: ArrayLike, *, axis: int = ...) -> _Float: ...
@@ -29,6 +30,7 @@ def self_attention_layer(
     *,
     scale: float | None = ...,
     mask: ArrayLike | None = ...,
+    bias: ArrayLike | None = ...,
     is_causal: bool = ...,
     return_weights: Literal[False] = ...,
 ) -> _Float: ...
@@ -41,6 +43,7 @@ def self_attention_layer(
     *,
     scale: float | None = ...,
     mask: ArrayLike | None = ...,
+    bias: ArrayLike | None = ...,
     is_causal: bool = ...,
     return_weights: Literal[True],
 ) -> tuple[_Float, _Float]: ...
@@ -52,6 +55,7 @@ def scaled_dot_product_attention(
     *,
     scale: float | None = ...,
     mask: ArrayLike | None = ...,
+    bias: ArrayLike | None = ...,
     is_causal: bool = ...,
     return_weights: Literal[False] = ...,
 ) -> _Float: ...
@@ -63,6 +67,7 @@ def scaled_dot_product_attention(
     *,
     scale: float | None = ...,
     mask: ArrayLike | None = ...,
+    bias: ArrayLike | None = ...,
     is_causal: bool = ...,
     return_weights: Literal[True],
 ) -> tuple[_Float, _Float]: ...
@@ -82,6 +87,7 @@ def multi_head_attention(
     b_o: ArrayLike | None = ...,
     scale: float | None = ...,
     mask: ArrayLike | None = ...,
+    bias: ArrayLike | None = ...,
     is_causal: bool = ...,
     return_weights: Literal[False] = ...,
 ) -> _Float: ...
@@ -101,6 +107,7 @@ def multi_head_attention(
     b_o: ArrayLike | None = ...,
     scale: float | None = ...,
     mask: ArrayLike | None = ...,
+    bias: ArrayLike | None = ...,
     is_causal: bool = ...,
     return_weights: Literal[True],
 ) -> tuple[_Float, _Float]: ...
@@ -112,6 +119,7 @@ def scaled_dot_product_attention_backward(
     *,
     scale: float | None = ...,
     mask: ArrayLike | None = ...,
+    bias: ArrayLike | None = ...,
     is_causal: bool = ...,
 ) -> tuple[_Float, _Float, _Float]: ...
 def self_attention_layer_backward(
@@ -123,6 +131,7 @@ def self_attention_layer_backward(
     *,
     scale: float | None = ...,
     mask: ArrayLike | None = ...,
+    bias: ArrayLike | None = ...,
     is_causal: bool = ...,
 ) -> tuple[_Float, _Float, _Float, _Float]: ...
 def multi_head_attention_backward(
@@ -141,6 +150,7 @@ def multi_head_attention_backward(
     b_o: ArrayLike | None = ...,
     scale: float | None = ...,
     mask: ArrayLike | None = ...,
+    bias: ArrayLike | None = ...,
     is_causal: bool = ...,
 ) -> tuple[_Float, ...]: ...
 def causal_mask(n_q: int, n_k: int | None = ...) -> NDArray[np.bool_]: ...

@@ -99,7 +99,7 @@ def _layer_input_grads(L, dO, Q, K, V):
     return {name: _finish(g, L.result) for name, g in grads.items()}
 
 
-def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None,
+def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None, bias=None,
                                           is_causal=False):
     """Gradients of :func:`scaled_dot_product_attention`: ``(dQ, dK, dV)`` given ``dO``.
 
@@ -114,14 +114,15 @@ def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None,
     computed in C block by block (FlashAttention-2 style): the ``n_q x n_k`` weights are never
     stored. Each thread keeps at most one panel of 64 query rows (up to 8 MiB); where that would
     not fit, the weights are recomputed block by block from each row's log-sum-exp, so memory
-    stays proportional to ``n * d``. The mask gets no gradient (it is not a parameter).
+    stays proportional to ``n * d``. The mask and the bias get no gradient (the bias's would be
+    ``dS`` summed over its broadcast axes; selfattn treats both as constants).
 
     Parameters
     ----------
     dO : array_like, shape (..., n_q, d_v)
         Gradient of the loss with respect to the attention output; exactly the shape
         :func:`scaled_dot_product_attention` returns for these arguments.
-    Q, K, V, scale, mask, is_causal
+    Q, K, V, scale, mask, bias, is_causal
         As in :func:`scaled_dot_product_attention`.
 
     Returns
@@ -161,7 +162,7 @@ def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None,
     func = "scaled_dot_product_attention_backward"
     dO, Q, K, V = _as_matrices(func, ("dO", dO, "(n_q, d_v)"), *_QKV(Q, K, V))
     batch, scale, causal, mask, result, _ = _attention_operands(func, Q, K, V, mask, is_causal,
-                                                                scale)
+                                                                scale, bias=bias)
     n_q, n_k, d_k, d_v = Q.shape[-2], K.shape[-2], Q.shape[-1], V.shape[-1]
     _check_grad_shape(func, "dO", dO, batch + (n_q, d_v), "output")
     compute = _dtypes(Q, K, V)[1]
@@ -175,7 +176,7 @@ def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None,
     return tuple(_finish(_sum_to(g, x.shape), result) for g, x in ((dQ, Q), (dK, K), (dV, V)))
 
 
-def self_attention_layer_backward(dY, X, W_q, W_k, W_v, *, scale=None, mask=None,
+def self_attention_layer_backward(dY, X, W_q, W_k, W_v, *, scale=None, mask=None, bias=None,
                                   is_causal=False):
     """Gradients of :func:`self_attention_layer`: ``(dX, dW_q, dW_k, dW_v)`` given ``dY``.
 
@@ -193,8 +194,8 @@ def self_attention_layer_backward(dY, X, W_q, W_k, W_v, *, scale=None, mask=None
     dY : array_like, shape (..., n, d_v)
         Gradient of the loss with respect to the layer's output; exactly the shape
         :func:`self_attention_layer` returns for these arguments.
-    X, W_q, W_k, W_v, scale, mask, is_causal
-        As in :func:`self_attention_layer`.
+    X, W_q, W_k, W_v, scale, mask, bias, is_causal
+        As in :func:`self_attention_layer` (the bias gets no gradient).
 
     Returns
     -------
@@ -230,7 +231,7 @@ def self_attention_layer_backward(dY, X, W_q, W_k, W_v, *, scale=None, mask=None
     """
     func = "self_attention_layer_backward"
     dY, = _as_matrices(func, ("dY", dY, "(seq_len, d_v)"))
-    L = _Layer(func, X, W_q, W_k, W_v, None, None, scale, mask, is_causal)
+    L = _Layer(func, X, W_q, W_k, W_v, None, None, scale, mask, is_causal, bias=bias)
     _check_grad_shape(func, "dY", dY, L.out_batch + (L.n, L.d_v), "output")
     Q, K, V = L.project()
     grads = _layer_input_grads(L, dY.astype(L.compute, copy=False), Q, K, V)

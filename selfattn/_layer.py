@@ -38,7 +38,7 @@ class _Layer:
     proj_batch, and the weights' and biases' to one w_batch."""
 
     def __init__(self, func, X, W_q, W_k, W_v, W_o, heads, scale, mask, is_causal, kv=None,
-                 biases=(None, None, None, None)):
+                 biases=(None, None, None, None), bias=None):
         self.func = func
         X = _as_array(func, "X", X)
         KV = None if kv is None else _as_array(func, "kv", kv)
@@ -71,7 +71,9 @@ class _Layer:
         self.result, self.compute = _dtypes(*arrays)
         self.n = n = X.shape[-2]
         self.n_k = n_k = n if KV is None else KV.shape[-2]
-        self.mask = _mask(func, mask, n, n_k, self.compute)
+        self.mask = _mask(func, mask, n, n_k, self.compute, bias)
+        self.mask_name = {(True, False): "mask", (False, True): "bias"}.get(
+            (mask is not None, bias is not None), "mask and bias")
         weights = [("W_q", W_q, 2), ("W_k", W_k, 2), ("W_v", W_v, 2)] + [
             (name, b, 1) for name, b in zip(("b_q", "b_k", "b_v"), self.biases) if b is not None]
         sources = [("X", X, 2)] + ([("kv", KV, 2)] if KV is not None else [])
@@ -82,7 +84,7 @@ class _Layer:
                 func, sources + weights
                 + ([("mask", self.mask, 2)] if self.mask is not None else []))
         else:
-            self.att_batch = self._heads_batch(func, mask, heads)
+            self.att_batch = self._heads_batch(func, heads)
         self.out_batch = self.att_batch[:-1] if heads is not None else self.att_batch
         self.heads = heads
         self.X, self.KV, self.W_q, self.W_k, self.W_v, self.W_o = X, KV, W_q, W_k, W_v, W_o
@@ -94,9 +96,10 @@ class _Layer:
             self.y_batch = _batch_shape(func, named_o)
             self.o_batch = _batch_shape(func, named_o[1:])
 
-    def _heads_batch(self, func, mask, heads):
-        """The per-head scores' batch shape: (proj_batch..., heads) with the mask's batch axes."""
-        n, n_k = self.n, self.n_k
+    def _heads_batch(self, func, heads):
+        """The per-head scores' batch shape: (proj_batch..., heads) with the mask's batch axes
+        (the mask being mask= and bias= merged)."""
+        n, n_k, what = self.n, self.n_k, self.mask_name
         proj_heads = self.proj_batch + (heads,)
         if self.mask is None:
             return proj_heads
@@ -104,16 +107,16 @@ class _Layer:
             att_batch = np.broadcast_shapes(proj_heads, self.mask.shape[:-2])
         except ValueError:
             raise ValueError(
-                f"{func}: mask.shape={np.shape(mask)} does not broadcast against the scores' "
-                f"shape (..., num_heads, n_q, n_k) = {proj_heads + (n, n_k)}; a mask shared by "
-                f"every head needs a head axis of 1: use mask[:, None] for a (batch, n_q, n_k) "
-                f"mask, or padding_mask(..., head_axis=True)"
+                f"{func}: {what}.shape={self.mask.shape} does not broadcast against the "
+                f"scores' shape (..., num_heads, n_q, n_k) = {proj_heads + (n, n_k)}; a {what} "
+                f"shared by every head needs a head axis of 1: use {what.split()[0]}[:, None] for "
+                f"a (batch, n_q, n_k) one, or padding_mask(..., head_axis=True)"
             ) from None
         if att_batch[-1] != heads:
             raise ValueError(
-                f"{func}: mask.shape={np.shape(mask)} has {att_batch[-1]} along the head axis "
-                f"(the scores are (..., num_heads, n_q, n_k) = {proj_heads + (n, n_k)}) but "
-                f"num_heads={heads}; a mask's head axis must be num_heads or 1"
+                f"{func}: {what}.shape={self.mask.shape} has {att_batch[-1]} along the head "
+                f"axis (the scores are (..., num_heads, n_q, n_k) = {proj_heads + (n, n_k)}) but "
+                f"num_heads={heads}; a {what}'s head axis must be num_heads or 1"
             )
         return att_batch
 

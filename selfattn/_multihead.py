@@ -17,7 +17,7 @@ __all__ = ["multi_head_attention", "multi_head_attention_backward"]
 
 
 def multi_head_attention(X, W_q, W_k, W_v, W_o, *, num_heads, kv=None, b_q=None, b_k=None,
-                         b_v=None, b_o=None, scale=None, mask=None, is_causal=False,
+                         b_v=None, b_o=None, scale=None, mask=None, bias=None, is_causal=False,
                          return_weights=False):
     """Multi-head attention: ``num_heads`` attention heads side by side, then ``W_o``.
 
@@ -72,6 +72,9 @@ def multi_head_attention(X, W_q, W_k, W_v, W_o, *, num_heads, kv=None, b_q=None,
         float = added to the scores. A mask shared by all heads has a head axis of 1, e.g.
         ``(batch, 1, n, n_k)`` or ``(batch, 1, 1, n_k)`` (:func:`padding_mask` with
         ``head_axis=True``); a 2-d ``(n, n_k)`` mask applies to every sequence and head.
+    bias : array_like of float, optional
+        Added to the per-head scaled scores where ``mask`` allows; broadcasts as a mask does,
+        e.g. ``(num_heads, n, n_k)`` from :func:`alibi_bias` (one slope per head).
     is_causal : bool, optional
         Token ``i`` attends only to tokens ``j <= i`` (aligned top-left when ``n != n_k``, as
         in :func:`scaled_dot_product_attention`); combined with ``mask`` (both must allow).
@@ -121,13 +124,13 @@ def multi_head_attention(X, W_q, W_k, W_v, W_o, *, num_heads, kv=None, b_q=None,
     heads = _integer(func, "num_heads", num_heads, 1)
     return_weights = _flag(func, "return_weights", return_weights)
     L = _Layer(func, X, W_q, W_k, W_v, W_o, heads, scale, mask, is_causal, kv,
-               (b_q, b_k, b_v, b_o))
+               (b_q, b_k, b_v, b_o), bias)
     out, weights = L.attend(*L.project(), return_weights)
     return _finish_attention(L.output(out), weights, L.result)
 
 
 def multi_head_attention_backward(dY, X, W_q, W_k, W_v, W_o, *, num_heads, kv=None, b_q=None,
-                                  b_k=None, b_v=None, b_o=None, scale=None, mask=None,
+                                  b_k=None, b_v=None, b_o=None, scale=None, mask=None, bias=None,
                                   is_causal=False):
     """Gradients of :func:`multi_head_attention`: ``(dX, dW_q, dW_k, dW_v, dW_o)`` given ``dY``,
     then ``dkv`` and ``db_q, db_k, db_v, db_o`` for those of ``kv`` and the biases given.
@@ -151,7 +154,7 @@ def multi_head_attention_backward(dY, X, W_q, W_k, W_v, W_o, *, num_heads, kv=No
     dY : array_like, shape (..., n, d_out)
         Gradient of the loss with respect to the output; exactly the shape
         :func:`multi_head_attention` returns for these arguments.
-    X, W_q, W_k, W_v, W_o, num_heads, kv, b_q, b_k, b_v, b_o, scale, mask, is_causal
+    X, W_q, W_k, W_v, W_o, num_heads, kv, b_q, b_k, b_v, b_o, scale, mask, bias, is_causal
         As in :func:`multi_head_attention`.
 
     Returns
@@ -161,7 +164,7 @@ def multi_head_attention_backward(dY, X, W_q, W_k, W_v, W_o, *, num_heads, kv=No
         argument's shape: ``dX, dW_q, dW_k, dW_v, dW_o``, then ``dkv`` if ``kv`` was given, then
         ``db_q``, ``db_k``, ``db_v``, ``db_o`` for each bias given (e.g. ``kv`` and ``b_o``
         alone: ``(dX, dW_q, dW_k, dW_v, dW_o, dkv, db_o)``). Summed over the batch axes along
-        which each input was broadcast. The mask gets no gradient. Dtype: that of the forward
+        which each input was broadcast. The mask and the score ``bias`` get no gradient. Dtype: that of the forward
         output.
 
     Raises
@@ -192,7 +195,7 @@ def multi_head_attention_backward(dY, X, W_q, W_k, W_v, W_o, *, num_heads, kv=No
     heads = _integer(func, "num_heads", num_heads, 1)
     dY, = _as_matrices(func, ("dY", dY, "(seq_len, d_out)"))
     L = _Layer(func, X, W_q, W_k, W_v, W_o, heads, scale, mask, is_causal, kv,
-               (b_q, b_k, b_v, b_o))
+               (b_q, b_k, b_v, b_o), bias)
     c = L.compute
     _check_grad_shape(func, "dY", dY, L.y_batch + (L.n, L.W_o.shape[-1]), "output")
     dY = dY.astype(c, copy=False)
