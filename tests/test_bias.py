@@ -3,7 +3,7 @@ on every tier, in every function that takes a mask, and gradients with the bias 
 import numpy as np
 import pytest
 
-from attn_reference import LD, assert_close, ref_attention, ref_layer, ref_scores
+from attn_reference import LD, assert_close, numeric_grad, ref_attention, ref_layer, ref_scores
 from selfattn import (
     compute_self_attention_scores,
     multi_head_attention,
@@ -98,19 +98,6 @@ def test_layers_with_bias_match_oracle(isa):
     heads = [ref_attention(Q[..., 2 * h:2 * h + 2], K[..., 2 * h:2 * h + 2], V[..., 2 * h:2 * h + 2],
                            mask=merged(mask, head_bias[h]))[0] for h in range(H)]
     assert_close(got, np.concatenate(heads, axis=-1) @ W_o.astype(LD))
-
-
-def numeric_grad(f, x, eps=1e-6):
-    g = np.zeros_like(x)
-    for i in np.ndindex(x.shape):
-        old = x[i]
-        x[i] = old + eps
-        hi = f()
-        x[i] = old - eps
-        lo = f()
-        x[i] = old
-        g[i] = (hi - lo) / (2 * eps)
-    return g
 
 
 def test_gradients_with_bias_by_finite_differences():

@@ -3,7 +3,7 @@ values against the long-double oracle on every tier, gradients by finite differe
 import numpy as np
 import pytest
 
-from attn_reference import LD, assert_close, ref_attention
+from attn_reference import LD, assert_close, numeric_grad, ref_attention
 from selfattn import multi_head_attention, multi_head_attention_backward, self_attention_layer
 
 # The `isa` fixture (every supported tier) comes from conftest.py.
@@ -91,19 +91,6 @@ def test_fully_masked_rows_are_zero_before_the_output_bias():
     mask[2] = False
     got = multi_head_attention(X, *Ws, num_heads=2, kv=kv, mask=mask, **biases)
     np.testing.assert_allclose(got[:, 2], np.broadcast_to(biases["b_o"], (2, 5)), rtol=0, atol=0)
-
-
-def numeric_grad(f, x, eps=1e-6):
-    g = np.zeros_like(x)
-    for i in np.ndindex(x.shape):
-        old = x[i]
-        x[i] = old + eps
-        hi = f()
-        x[i] = old - eps
-        lo = f()
-        x[i] = old
-        g[i] = (hi - lo) / (2 * eps)
-    return g
 
 
 @pytest.mark.parametrize("with_kv", [False, True])
