@@ -354,24 +354,29 @@ static int attention_backward_impl(int isa, int precision, const sa_batch *batch
 }
 
 /*
- * The projections of a layer, Q | K | V = X . W_all with W_all = [W_q | W_k | W_v], so that one
+ * The projections of a layer, P = X . W_all + bias with W_all = [W_1 | ... | W_count] (count <= 3:
+ * W_q | W_k | W_v for self-attention, W_q alone or W_k | W_v for cross-attention), so that one
  * product reads X once: 1. W_all (batch shape w_batch, whose axes are those of `batch` or 1) is
- * filled with the three projections side by side; 2. one matmul. The single-head, multi-head
- * and plain layers all project here; the Python layer keeps W_all for the backward.
+ * filled with the projections side by side; 2. one matmul; 3. the bias row (None: no bias), one
+ * addition per element after the product, so a bias of 0 changes nothing. The single-head,
+ * multi-head and plain layers all project here; the Python layer keeps W_all for the backward.
  */
 static int project_impl(int isa, int precision, const sa_batch *batch, const sa_mat *QKV,
                         const sa_mat *X, const sa_batch *w_batch, const sa_mat *W_all,
-                        const sa_mat W[3], sa_int n, sa_int d_model, const sa_int width[3])
+                        const sa_mat *W, int count, const sa_mat *bias, sa_int n,
+                        sa_int d_model, const sa_int *width)
 {
     size_t itemsize = precision == SA_F32 ? sizeof(float) : sizeof(double);
-    sa_int d_all = width[0] + width[1] + width[2];
+    sa_int d_all = 0;
+    for (int i = 0; i < count; i++)
+        d_all += width[i];
     /* 1. concatenate */
     for (sa_int item = 0; item < w_batch->count; item++) {
         char *dst = (char *)W_all->data
                     + sa_batch_offset(w_batch, W_all->bstride, item) * (sa_int)itemsize;
         for (sa_int r = 0; r < d_model; r++) {
             char *row = dst + r * W_all->ld * (sa_int)itemsize;
-            for (int i = 0; i < 3; i++) {
+            for (int i = 0; i < count; i++) {
                 sa_int at = sa_batch_offset(w_batch, W[i].bstride, item) + r * W[i].ld;
                 memcpy(row, (const char *)W[i].data + at * (sa_int)itemsize,
                        (size_t)width[i] * itemsize);
@@ -379,10 +384,32 @@ static int project_impl(int isa, int precision, const sa_batch *batch, const sa_
             }
         }
     }
-    /* 2. one product for the three projections (W_all alone is wanted when QKV is empty) */
+    /* 2. one product for the projections (W_all alone is wanted when QKV is empty) */
     if (batch->count == 0 || n == 0 || d_all == 0)
         return 0;
-    return matmul_impl(isa, precision, batch, QKV, X, W_all, n, d_all, d_model);
+    if (matmul_impl(isa, precision, batch, QKV, X, W_all, n, d_all, d_model) < 0)
+        return -1;
+    /* 3. the bias, whose batch strides (from w_batch) are 0 where it is shared */
+    if (bias == NULL)
+        return 0;
+    for (sa_int item = 0; item < batch->count; item++) {
+        sa_int out_at = sa_batch_offset(batch, QKV->bstride, item);
+        sa_int bias_at = sa_batch_offset(batch, bias->bstride, item);
+        for (sa_int r = 0; r < n; r++) {
+            if (precision == SA_F32) {
+                float *row = (float *)QKV->data + out_at + r * QKV->ld;
+                const float *b = (const float *)bias->data + bias_at;
+                for (sa_int c = 0; c < d_all; c++)
+                    row[c] += b[c];
+            } else {
+                double *row = (double *)QKV->data + out_at + r * QKV->ld;
+                const double *b = (const double *)bias->data + bias_at;
+                for (sa_int c = 0; c < d_all; c++)
+                    row[c] += b[c];
+            }
+        }
+    }
+    return 0;
 }
 
 /* ---- the general entry points: parse, check the kernel contract, then the operation's helper */
@@ -477,31 +504,41 @@ static PyObject *core_matmul(PyObject *self, PyObject *args) { return parse_prod
 static PyObject *core_output(PyObject *self, PyObject *args) { return parse_product(args, 1); }
 
 PyDoc_STRVAR(project_doc,
-             "project(QKV, W_all, X, W_q, W_k, W_v, isa)\n--\n\n"
-             "W_all[...] = [W_q | W_k | W_v], then QKV[...] = X @ W_all (private). W_all and the "
-             "W's have the batch axes of QKV or 1 there.");
+             "project(QKV, W_all, X, Ws, bias, isa)\n--\n\n"
+             "W_all[...] = [W_1 | ... ] for the 1 to 3 matrices of the tuple Ws, then QKV[...] = "
+             "X @ W_all + bias (private). W_all, the W's and bias (None, or (..., 1, width of "
+             "QKV)) have the batch axes of QKV or 1 there.");
 
 static PyObject *core_project(PyObject *self, PyObject *args)
 {
-    PyObject *QKV_obj, *W_all_obj, *X_obj, *W_obj[3];
+    PyObject *QKV_obj, *W_all_obj, *X_obj, *Ws_obj, *bias_obj, *W_obj[3];
     int isa, typenum, precision;
-    if (!PyArg_ParseTuple(args, "OOOOOOi", &QKV_obj, &W_all_obj, &X_obj, &W_obj[0], &W_obj[1],
-                          &W_obj[2], &isa))
+    if (!PyArg_ParseTuple(args, "OOOO!Oi", &QKV_obj, &W_all_obj, &X_obj, &PyTuple_Type, &Ws_obj,
+                          &bias_obj, &isa))
         return NULL;
+    Py_ssize_t count = PyTuple_GET_SIZE(Ws_obj);
+    if (count < 1 || count > 3) {
+        PyErr_SetString(PyExc_ValueError, "_core: Ws must hold 1 to 3 matrices");
+        return NULL;
+    }
     sa_batch batch, w_batch;
-    sa_mat QKV, W_all, X, W[3];
+    sa_mat QKV, W_all, X, W[3], bias;
     if (get_out(QKV_obj, &batch, &typenum, &precision) < 0)
         return NULL;
-    static const char *names[3] = {"W_q", "W_k", "W_v"};
-    for (int i = 0; i < 3; i++)
+    static const char *names[3] = {"Ws[0]", "Ws[1]", "Ws[2]"};
+    sa_int width[3], d_sum = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        W_obj[i] = PyTuple_GET_ITEM(Ws_obj, i);
         if (!PyArray_Check(W_obj[i]) || PyArray_NDIM((PyArrayObject *)W_obj[i]) < 2) {
             PyErr_Format(PyExc_ValueError, "_core: %s must be a matrix", names[i]);
             return NULL;
         }
+        width[i] = dim(W_obj[i], 1);
+        d_sum += width[i];
+    }
     npy_intp n = dim(QKV_obj, 2), d_all = dim(QKV_obj, 1), d_model = dim(W_obj[0], 2);
-    sa_int width[3] = {dim(W_obj[0], 1), dim(W_obj[1], 1), dim(W_obj[2], 1)};
-    if (width[0] + width[1] + width[2] != d_all) {
-        PyErr_SetString(PyExc_ValueError, "_core: QKV must be as wide as W_q, W_k and W_v");
+    if (d_sum != d_all) {
+        PyErr_SetString(PyExc_ValueError, "_core: QKV must be as wide as the W's together");
         return NULL;
     }
     if (as_operand(W_all_obj, typenum, 1, "W_all") == NULL)
@@ -516,13 +553,17 @@ static PyObject *core_project(PyObject *self, PyObject *args)
     }
     if (get_mat(QKV_obj, typenum, 1, &batch, n, d_all, &QKV, "QKV") < 0
         || get_mat(W_all_obj, typenum, 1, &w_batch, d_model, d_all, &W_all, "W_all") < 0
-        || get_mat(X_obj, typenum, 0, &batch, n, d_model, &X, "X") < 0)
+        || get_mat(X_obj, typenum, 0, &batch, n, d_model, &X, "X") < 0
+        || (bias_obj != Py_None
+            && get_mat(bias_obj, typenum, 0, &w_batch, 1, d_all, &bias, "bias") < 0))
         return NULL;
-    for (int i = 0; i < 3; i++)
+    for (Py_ssize_t i = 0; i < count; i++)
         if (get_mat(W_obj[i], typenum, 0, &w_batch, d_model, width[i], &W[i], names[i]) < 0)
             return NULL;
-    /* W_all's batch strides are 0 on its axes of 1, so it broadcasts against `batch` as is */
-    if (project_impl(isa, precision, &batch, &QKV, &X, &w_batch, &W_all, W, n, d_model, width) < 0)
+    /* W_all's and the bias's batch strides are 0 on their axes of 1, so they broadcast against
+       `batch` as they are */
+    if (project_impl(isa, precision, &batch, &QKV, &X, &w_batch, &W_all, W, (int)count,
+                     bias_obj != Py_None ? &bias : NULL, n, d_model, width) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -753,8 +794,8 @@ static PyObject *core_plain_layer(PyObject *self, PyObject *args)
     PyObject *QKV_obj = W_all_obj ? new_matrix(n, d_all, typenum, &QKV) : NULL;
     PyObject *result = NULL;
     if (QKV_obj != NULL
-        && project_impl(-1, precision_of(typenum), &single, &QKV, &X, &single, &W_all, W, n,
-                        d_model, width) == 0) {
+        && project_impl(-1, precision_of(typenum), &single, &QKV, &X, &single, &W_all, W, 3,
+                        NULL, n, d_model, width) == 0) {
         /* attention on the three column blocks of QKV */
         npy_intp itemsize = PyArray_ITEMSIZE((PyArrayObject *)QKV_obj);
         sa_mat Q = {.data = QKV.data, .ld = d_all};

@@ -16,6 +16,7 @@ def compute_self_attention_scores(
     *,
     scale: float | None = ...,
     mask: ArrayLike | None = ...,
+    bias: ArrayLike | None = ...,
     is_causal: bool = ...,
 ) -> _Float: ...
 def softmax_attention_weights(attn_scores: ArrayLike, *, axis: int = ...) -> _Float: ...
@@ -29,6 +30,7 @@ def self_attention_layer(
     *,
     scale: float | None = ...,
     mask: ArrayLike | None = ...,
+    bias: ArrayLike | None = ...,
     is_causal: bool = ...,
     return_weights: Literal[False] = ...,
 ) -> _Float: ...
@@ -41,6 +43,7 @@ def self_attention_layer(
     *,
     scale: float | None = ...,
     mask: ArrayLike | None = ...,
+    bias: ArrayLike | None = ...,
     is_causal: bool = ...,
     return_weights: Literal[True],
 ) -> tuple[_Float, _Float]: ...
@@ -52,6 +55,7 @@ def scaled_dot_product_attention(
     *,
     scale: float | None = ...,
     mask: ArrayLike | None = ...,
+    bias: ArrayLike | None = ...,
     is_causal: bool = ...,
     return_weights: Literal[False] = ...,
 ) -> _Float: ...
@@ -63,6 +67,7 @@ def scaled_dot_product_attention(
     *,
     scale: float | None = ...,
     mask: ArrayLike | None = ...,
+    bias: ArrayLike | None = ...,
     is_causal: bool = ...,
     return_weights: Literal[True],
 ) -> tuple[_Float, _Float]: ...
@@ -75,8 +80,14 @@ def multi_head_attention(
     W_o: ArrayLike,
     *,
     num_heads: int,
+    kv: ArrayLike | None = ...,
+    b_q: ArrayLike | None = ...,
+    b_k: ArrayLike | None = ...,
+    b_v: ArrayLike | None = ...,
+    b_o: ArrayLike | None = ...,
     scale: float | None = ...,
     mask: ArrayLike | None = ...,
+    bias: ArrayLike | None = ...,
     is_causal: bool = ...,
     return_weights: Literal[False] = ...,
 ) -> _Float: ...
@@ -89,8 +100,14 @@ def multi_head_attention(
     W_o: ArrayLike,
     *,
     num_heads: int,
+    kv: ArrayLike | None = ...,
+    b_q: ArrayLike | None = ...,
+    b_k: ArrayLike | None = ...,
+    b_v: ArrayLike | None = ...,
+    b_o: ArrayLike | None = ...,
     scale: float | None = ...,
     mask: ArrayLike | None = ...,
+    bias: ArrayLike | None = ...,
     is_causal: bool = ...,
     return_weights: Literal[True],
 ) -> tuple[_Float, _Float]: ...
@@ -102,6 +119,7 @@ def scaled_dot_product_attention_backward(
     *,
     scale: float | None = ...,
     mask: ArrayLike | None = ...,
+    bias: ArrayLike | None = ...,
     is_causal: bool = ...,
 ) -> tuple[_Float, _Float, _Float]: ...
 def self_attention_layer_backward(
@@ -113,6 +131,7 @@ def self_attention_layer_backward(
     *,
     scale: float | None = ...,
     mask: ArrayLike | None = ...,
+    bias: ArrayLike | None = ...,
     is_causal: bool = ...,
 ) -> tuple[_Float, _Float, _Float, _Float]: ...
 def multi_head_attention_backward(
@@ -124,10 +143,16 @@ def multi_head_attention_backward(
     W_o: ArrayLike,
     *,
     num_heads: int,
+    kv: ArrayLike | None = ...,
+    b_q: ArrayLike | None = ...,
+    b_k: ArrayLike | None = ...,
+    b_v: ArrayLike | None = ...,
+    b_o: ArrayLike | None = ...,
     scale: float | None = ...,
     mask: ArrayLike | None = ...,
+    bias: ArrayLike | None = ...,
     is_causal: bool = ...,
-) -> tuple[_Float, _Float, _Float, _Float, _Float]: ...
+) -> tuple[_Float, ...]: ...
 def causal_mask(n_q: int, n_k: int | None = ...) -> NDArray[np.bool_]: ...
 def padding_mask(lengths: ArrayLike, n_k: int, *, head_axis: bool = ...) -> NDArray[np.bool_]: ...
 def set_num_threads(n: int) -> None: ...

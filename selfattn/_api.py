@@ -57,7 +57,7 @@ except ImportError:  # pragma: no cover - NumPy 1.23/1.24
 
 # ---- the public functions ---------------------------------------------------------------------
 
-def compute_self_attention_scores(Q, K, *, scale=None, mask=None, is_causal=False):
+def compute_self_attention_scores(Q, K, *, scale=None, mask=None, bias=None, is_causal=False):
     """Attention scores between every query and every key: ``(Q @ K^T) * scale``.
 
     Step 1 of the notebook. Row ``i`` holds how strongly query ``i`` matches each key.
@@ -80,6 +80,10 @@ def compute_self_attention_scores(Q, K, *, scale=None, mask=None, is_causal=Fals
         Broadcastable to ``(..., n_q, n_k)``. Boolean: ``True`` means the query may attend to the
         key; ``False`` scores become ``-inf``. Floating: added to the scaled scores
         (``0`` keeps a score, ``-inf`` hides it). Integer masks are rejected as ambiguous.
+    bias : array_like of float, optional
+        Broadcastable to ``(..., n_q, n_k)``, as a mask is: added to the scaled scores (e.g.
+        :func:`alibi_bias`). Beside a boolean ``mask`` it applies where the mask allows; a float
+        ``mask`` and ``bias`` are added together.
     is_causal : bool, optional
         If True, query ``i`` sees only keys ``j <= i`` (top-left aligned when ``n_q != n_k``,
         as in torch); later keys score ``-inf``. Combined with ``mask``, a key is visible only if
@@ -119,14 +123,14 @@ def compute_self_attention_scores(Q, K, *, scale=None, mask=None, is_causal=Fals
            [  0.,   1., -inf],
            [  1.,   1.,   2.]])
     """
-    if mask is None and type(is_causal) is bool:
+    if mask is None and bias is None and type(is_causal) is bool:
         result = _core.plain_scores(Q, K, scale, _plain_band(is_causal))
         if result is not None:
             return result
     func = "compute_self_attention_scores"
     Q, K = _as_matrices(func, ("Q", Q, "(n_q, d_k)"), ("K", K, "(n_k, d_k)"))
     batch, scale, visibility, mask, result, compute = _attention_operands(
-        func, Q, K, None, mask, is_causal, scale)
+        func, Q, K, None, mask, is_causal, scale, bias=bias)
     n_q, n_k = Q.shape[-2], K.shape[-2]
     _check_size(func, batch + (n_q, n_k), compute)
     out = np.empty(batch + (n_q, n_k), dtype=compute)
@@ -272,9 +276,9 @@ def compute_attention_output(attn_weights, V):
     return _finish(out, result)
 
 
-def scaled_dot_product_attention(Q, K, V, *, scale=None, mask=None, is_causal=False,
+def scaled_dot_product_attention(Q, K, V, *, scale=None, mask=None, bias=None, is_causal=False,
                                  return_weights=False):
-    """Attention from queries, keys and values: ``softmax(Q @ K^T * scale + mask) @ V``.
+    """Attention from queries, keys and values: ``softmax(Q @ K^T * scale + mask + bias) @ V``.
 
     The three notebook steps in one call, under the name torch users know
     (``torch.nn.functional.scaled_dot_product_attention``, with the same conventions: the
@@ -292,6 +296,10 @@ def scaled_dot_product_attention(Q, K, V, *, scale=None, mask=None, is_causal=Fa
         Factor applied to ``Q @ K^T``; default ``1/sqrt(d_k)``; ``1.0`` for raw dot products.
     mask : array_like of bool or float, optional
         Broadcastable to ``(..., n_q, n_k)``; bool True = may attend, float = added to the scores.
+    bias : array_like of float, optional
+        Broadcastable to ``(..., n_q, n_k)``, as a mask is: added to the scaled scores (e.g.
+        :func:`alibi_bias`). Beside a boolean ``mask`` it applies where the mask allows; a float
+        ``mask`` and ``bias`` are added together.
     is_causal : bool, optional
         Query ``i`` sees only keys ``j <= i``. Combined with ``mask`` (both must allow).
     return_weights : bool, optional
@@ -331,7 +339,7 @@ def scaled_dot_product_attention(Q, K, V, *, scale=None, mask=None, is_causal=Fa
     array([[1.       , 2.       ],
            [2.3395231, 3.3395231]])
     """
-    if mask is None and return_weights is False and type(is_causal) is bool:
+    if mask is None and bias is None and return_weights is False and type(is_causal) is bool:
         result = _core.plain_sdpa(Q, K, V, scale, _plain_band(is_causal))
         if result is not None:
             return result
@@ -339,13 +347,13 @@ def scaled_dot_product_attention(Q, K, V, *, scale=None, mask=None, is_causal=Fa
     Q, K, V = _as_matrices(func, *_QKV(Q, K, V))
     return_weights = _flag(func, "return_weights", return_weights)
     batch, scale, visibility, mask, result, compute = _attention_operands(
-        func, Q, K, V, mask, is_causal, scale)
+        func, Q, K, V, mask, is_causal, scale, bias=bias)
     out, weights = _attend(func, batch, Q, K, V, mask, scale, visibility, compute, return_weights)
     return _finish_attention(out, weights, result)
 
 
-def self_attention_layer(X, W_q, W_k, W_v, *, scale=None, mask=None, is_causal=False,
-                         return_weights=False):
+def self_attention_layer(X, W_q, W_k, W_v, *, scale=None, mask=None, bias=None,
+                         is_causal=False, return_weights=False):
     """A full single-head self-attention layer: project X to Q, K, V, then attend.
 
     Step 4 of the notebook. Exactly::
@@ -368,6 +376,9 @@ def self_attention_layer(X, W_q, W_k, W_v, *, scale=None, mask=None, is_causal=F
         Default ``1/sqrt(d_k)`` (scaled dot-product attention); ``1.0`` for raw dot products.
     mask : array_like of bool or float, optional
         Broadcastable to ``(..., n, n)``; bool True = may attend, float = added to the scores.
+    bias : array_like of float, optional
+        Broadcastable to ``(..., n, n)``: added to the scaled scores where ``mask`` allows (see
+        :func:`scaled_dot_product_attention`).
     is_causal : bool, optional
         Token ``i`` attends only to tokens ``j <= i``.
     return_weights : bool, optional
@@ -400,12 +411,12 @@ def self_attention_layer(X, W_q, W_k, W_v, *, scale=None, mask=None, is_causal=F
     >>> w.sum(axis=-1)                                       # each row of weights sums to 1
     array([1., 1., 1.])
     """
-    if mask is None and return_weights is False and type(is_causal) is bool:
+    if mask is None and bias is None and return_weights is False and type(is_causal) is bool:
         result = _core.plain_layer(X, W_q, W_k, W_v, scale, _plain_band(is_causal))
         if result is not None:
             return result
     func = "self_attention_layer"
     return_weights = _flag(func, "return_weights", return_weights)
-    L = _Layer(func, X, W_q, W_k, W_v, None, None, scale, mask, is_causal)
+    L = _Layer(func, X, W_q, W_k, W_v, None, None, scale, mask, is_causal, bias=bias)
     out, weights = L.attend(*L.project(), return_weights)
     return _finish_attention(out, weights, L.result)

@@ -63,25 +63,43 @@ def _weight_grad(X, G, w_shape, compute):
 
 
 def _layer_input_grads(L, dO, Q, K, V):
-    """dX, dW_q, dW_k, dW_v of layer L (after L.project()) from dO, the gradient of the
-    concatenated heads' output (out_batch, n, num_heads * d_v)."""
+    """The gradients of layer L's projections (after L.project()) from dO, the gradient of the
+    concatenated heads' output (out_batch, n, num_heads * d_v): a dict with dX, dW_q, dW_k, dW_v,
+    and dkv (cross-attention) and db_q, db_k, db_v for the inputs L has."""
     c, n, b = L.compute, L.n, L.out_batch
     wq, wk, wv = L.W_q.shape[-1], L.W_k.shape[-1], L.W_v.shape[-1]
-    _check_size(L.func, b + (n, wq + wk + wv), c)
-    dQKV = np.empty(b + (n, wq + wk + wv), dtype=c)
-    dQ, dK, dV = (_split_heads(A, L.heads)
-                  for A in (dQKV[..., :wq], dQKV[..., wq: wq + wk], dQKV[..., wq + wk:]))
-    _attention_grads(L.att_batch, dQ, dK, dV, _split_heads(dO, L.heads), Q, K, V,
+    # One gradient array per projection call: [dQ | dK | dV] from X, or dQ from X and [dK | dV]
+    # from kv; each is the matching QKV's layout, so dX = dP @ W_all^T and dW = X^T @ dP.
+    if L.KV is None:
+        _check_size(L.func, b + (n, wq + wk + wv), c)
+        dP = np.empty(b + (n, wq + wk + wv), dtype=c)
+        dQ, dK, dV = dP[..., :wq], dP[..., wq: wq + wk], dP[..., wq + wk:]
+        sources = [("dX", L.X, L.W_all, dP, ((L.W_q, 0, wq), (L.W_k, wq, wq + wk),
+                                             (L.W_v, wq + wk, wq + wk + wv)))]
+    else:
+        _check_size(L.func, b + (n, wq), c)
+        _check_size(L.func, b + (L.n_k, wk + wv), c)
+        dQ = np.empty(b + (n, wq), dtype=c)
+        d_kv = np.empty(b + (L.n_k, wk + wv), dtype=c)
+        dK, dV = d_kv[..., :wk], d_kv[..., wk:]
+        sources = [("dX", L.X, L.W_all, dQ, ((L.W_q, 0, wq),)),
+                   ("dkv", L.KV, L.W_kv, d_kv, ((L.W_k, 0, wk), (L.W_v, wk, wk + wv)))]
+    _attention_grads(L.att_batch, *(_split_heads(A, L.heads) for A in (dQ, dK, dV, dO)), Q, K, V,
                      L.mask, L.scale, L.visibility, c)
-    # X @ [W_q | W_k | W_v] = QKV, so dX = dQKV @ [W_q | W_k | W_v]^T and dW = X^T @ dQKV.
-    dX = _sum_to(_matmul(dQKV, _transpose(L.W_all), c, b), L.X.shape)
-    grads = [_weight_grad(L.X, dQKV[..., lo:hi], W.shape, c)
-             for W, lo, hi in ((L.W_q, 0, wq), (L.W_k, wq, wq + wk),
-                               (L.W_v, wq + wk, wq + wk + wv))]
-    return tuple(_finish(g, L.result) for g in [dX] + grads)
+    grads, weight_grads, d_proj = {}, [], []
+    for name, src, W_all, dP, parts in sources:
+        grads[name] = _sum_to(_matmul(dP, _transpose(W_all), c, b), src.shape)
+        for W, lo, hi in parts:
+            d_proj.append(dP[..., lo:hi])
+            weight_grads.append(_weight_grad(src, d_proj[-1], W.shape, c))
+    grads.update(zip(("dW_q", "dW_k", "dW_v"), weight_grads))
+    for name, b_, dP in zip(("db_q", "db_k", "db_v"), L.biases, d_proj):
+        if b_ is not None:     # b is added to every row: its gradient is dP summed over the rows
+            grads[name] = _sum_to(dP.sum(axis=-2), b_.shape)
+    return {name: _finish(g, L.result) for name, g in grads.items()}
 
 
-def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None,
+def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None, bias=None,
                                           is_causal=False):
     """Gradients of :func:`scaled_dot_product_attention`: ``(dQ, dK, dV)`` given ``dO``.
 
@@ -96,14 +114,15 @@ def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None,
     computed in C block by block (FlashAttention-2 style): the ``n_q x n_k`` weights are never
     stored. Each thread keeps at most one panel of 64 query rows (up to 8 MiB); where that would
     not fit, the weights are recomputed block by block from each row's log-sum-exp, so memory
-    stays proportional to ``n * d``. The mask gets no gradient (it is not a parameter).
+    stays proportional to ``n * d``. The mask and the bias get no gradient (the bias's would be
+    ``dS`` summed over its broadcast axes; selfattn treats both as constants).
 
     Parameters
     ----------
     dO : array_like, shape (..., n_q, d_v)
         Gradient of the loss with respect to the attention output; exactly the shape
         :func:`scaled_dot_product_attention` returns for these arguments.
-    Q, K, V, scale, mask, is_causal
+    Q, K, V, scale, mask, bias, is_causal
         As in :func:`scaled_dot_product_attention`.
 
     Returns
@@ -143,7 +162,7 @@ def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None,
     func = "scaled_dot_product_attention_backward"
     dO, Q, K, V = _as_matrices(func, ("dO", dO, "(n_q, d_v)"), *_QKV(Q, K, V))
     batch, scale, visibility, mask, result, _ = _attention_operands(func, Q, K, V, mask, is_causal,
-                                                                scale)
+                                                                scale, bias=bias)
     n_q, n_k, d_k, d_v = Q.shape[-2], K.shape[-2], Q.shape[-1], V.shape[-1]
     _check_grad_shape(func, "dO", dO, batch + (n_q, d_v), "output")
     compute = _dtypes(Q, K, V)[1]
@@ -157,7 +176,7 @@ def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None,
     return tuple(_finish(_sum_to(g, x.shape), result) for g, x in ((dQ, Q), (dK, K), (dV, V)))
 
 
-def self_attention_layer_backward(dY, X, W_q, W_k, W_v, *, scale=None, mask=None,
+def self_attention_layer_backward(dY, X, W_q, W_k, W_v, *, scale=None, mask=None, bias=None,
                                   is_causal=False):
     """Gradients of :func:`self_attention_layer`: ``(dX, dW_q, dW_k, dW_v)`` given ``dY``.
 
@@ -175,8 +194,8 @@ def self_attention_layer_backward(dY, X, W_q, W_k, W_v, *, scale=None, mask=None
     dY : array_like, shape (..., n, d_v)
         Gradient of the loss with respect to the layer's output; exactly the shape
         :func:`self_attention_layer` returns for these arguments.
-    X, W_q, W_k, W_v, scale, mask, is_causal
-        As in :func:`self_attention_layer`.
+    X, W_q, W_k, W_v, scale, mask, bias, is_causal
+        As in :func:`self_attention_layer` (the bias gets no gradient).
 
     Returns
     -------
@@ -212,7 +231,8 @@ def self_attention_layer_backward(dY, X, W_q, W_k, W_v, *, scale=None, mask=None
     """
     func = "self_attention_layer_backward"
     dY, = _as_matrices(func, ("dY", dY, "(seq_len, d_v)"))
-    L = _Layer(func, X, W_q, W_k, W_v, None, None, scale, mask, is_causal)
+    L = _Layer(func, X, W_q, W_k, W_v, None, None, scale, mask, is_causal, bias=bias)
     _check_grad_shape(func, "dY", dY, L.out_batch + (L.n, L.d_v), "output")
     Q, K, V = L.project()
-    return _layer_input_grads(L, dY.astype(L.compute, copy=False), Q, K, V)
+    grads = _layer_input_grads(L, dY.astype(L.compute, copy=False), Q, K, V)
+    return tuple(grads[name] for name in ("dX", "dW_q", "dW_k", "dW_v"))

@@ -83,9 +83,11 @@ def _matmul(A, B, compute, batch):
     return out
 
 
-def _project(func, X, Ws, compute, batch, w_batch):
-    """X @ W_q, X @ W_k, X @ W_v as views of one (batch, n, widths) array, and W_all = [W_q | W_k
-    | W_v] (for the backward's dX): _core.project, the one projection path of every layer."""
+def _project(func, X, Ws, compute, batch, w_batch, biases=None):
+    """X @ W_1 + b_1, X @ W_2 + b_2, ... (1 to 3 projections; a missing bias is 0) as views of one
+    (batch, n, widths) array, and W_all = [W_1 | W_2 | ...] (for the backward's dX):
+    _core.project, the one projection path of every layer. A bias (..., width) has batch axes
+    that broadcast to w_batch; the biases travel as one row (w_batch, 1, widths), added in C."""
     n, d_model = X.shape[-2:]
     total = sum(W.shape[-1] for W in Ws)
     w_batch = (1,) * (len(batch) - len(w_batch)) + tuple(w_batch)
@@ -93,9 +95,17 @@ def _project(func, X, Ws, compute, batch, w_batch):
     _check_size(func, w_batch + (d_model, total), compute)
     QKV = np.empty(batch + (n, total), dtype=compute)
     W_all = np.empty(w_batch + (d_model, total), dtype=compute)
+    b_all = None
+    if biases is not None and any(b is not None for b in biases):
+        b_all = np.zeros(w_batch + (1, total), dtype=compute)
+        start = 0
+        for W, b in zip(Ws, biases):
+            if b is not None:
+                b_all[..., start: start + W.shape[-1]] = b[..., None, :]
+            start += W.shape[-1]
     if QKV.size or W_all.size:
         _core.project(QKV, W_all, _operand(X, compute, batch),
-                      *(_operand(W, compute, w_batch) for W in Ws), _ISA_DEFAULT)
+                      tuple(_operand(W, compute, w_batch) for W in Ws), b_all, _ISA_DEFAULT)
     views, start = [], 0
     for W in Ws:
         views.append(QKV[..., start: start + W.shape[-1]])

@@ -18,6 +18,7 @@ import numpy as np
 from ._kernels import _attend, _project, _split_heads
 from ._validate import (
     _as_array,
+    _bias,
     _batch_shape,
     _check_projections,
     _dtypes,
@@ -29,17 +30,24 @@ from ._validate import (
 
 
 class _Layer:
-    """A validated projection + attention layer (heads is None for the single-head layer)."""
+    """A validated projection + attention layer (heads is None for the single-head layer).
 
-    def __init__(self, func, X, W_q, W_k, W_v, W_o, heads, scale, mask, is_causal):
+    Cross-attention (multi-head only): with `kv`, K and V are projected from kv instead of X, so
+    n_k = kv.shape[-2] may differ from n = n_q. `biases` is (b_q, b_k, b_v, b_o), each None or
+    (..., width); every projection's batch axes (X, kv, the W's, the biases) broadcast to one
+    proj_batch, and the weights' and biases' to one w_batch."""
+
+    def __init__(self, func, X, W_q, W_k, W_v, W_o, heads, scale, mask, is_causal, kv=None,
+                 biases=(None, None, None, None), bias=None):
         self.func = func
         X = _as_array(func, "X", X)
+        KV = None if kv is None else _as_array(func, "kv", kv)
         W_q, W_k, W_v = (_as_array(func, name, W)
                          for name, W in (("W_q", W_q), ("W_k", W_k), ("W_v", W_v)))
-        _check_projections(func, X, W_q, W_k, W_v, heads)
+        _check_projections(func, X, W_q, W_k, W_v, heads, KV)
         h = heads or 1
         self.d_k, self.d_v = W_q.shape[-1] // h, W_v.shape[-1] // h
-        arrays = [X, W_q, W_k, W_v]
+        arrays = [X, W_q, W_k, W_v] + ([KV] if KV is not None else [])
         if heads is not None:     # multi-head layers always take W_o (None is not an array)
             W_o = _as_array(func, "W_o", W_o)
             _require_matrix(func, "W_o", W_o, "(num_heads * d_v_head, d_out)")
@@ -53,30 +61,45 @@ class _Layer:
                     f"(W_o.shape={W_o.shape}); W_o must be (num_heads * d_v_head, d_out).{hint}"
                 )
             arrays.append(W_o)
+        b_q, b_k, b_v, b_o = (_bias(func, name, b, W, W_name) for name, b, W, W_name in
+                              zip(("b_q", "b_k", "b_v", "b_o"), biases, (W_q, W_k, W_v, W_o),
+                                  ("W_q", "W_k", "W_v", "W_o")))
+        self.biases = (b_q, b_k, b_v, b_o)
+        arrays += [b for b in self.biases if b is not None]
         self.visibility = _visibility(func, is_causal)
         self.scale = _scale(func, scale, self.d_k)
         self.result, self.compute = _dtypes(*arrays)
         self.n = n = X.shape[-2]
-        self.mask = _mask(func, mask, n, n, self.compute)
-        named = [("X", X, 2), ("W_q", W_q, 2), ("W_k", W_k, 2), ("W_v", W_v, 2)]
-        self.proj_batch = _batch_shape(func, named)
-        self.w_batch = _batch_shape(func, named[1:])
+        self.n_k = n_k = n if KV is None else KV.shape[-2]
+        self.mask = _mask(func, mask, n, n_k, self.compute, bias)
+        self.mask_name = {(True, False): "mask", (False, True): "bias"}.get(
+            (mask is not None, bias is not None), "mask and bias")
+        weights = [("W_q", W_q, 2), ("W_k", W_k, 2), ("W_v", W_v, 2)] + [
+            (name, b, 1) for name, b in zip(("b_q", "b_k", "b_v"), self.biases) if b is not None]
+        sources = [("X", X, 2)] + ([("kv", KV, 2)] if KV is not None else [])
+        self.proj_batch = _batch_shape(func, sources + weights)
+        self.w_batch = _batch_shape(func, weights)
         if heads is None:
             self.att_batch = _batch_shape(
-                func, named + ([("mask", self.mask, 2)] if self.mask is not None else []))
+                func, sources + weights
+                + ([("mask", self.mask, 2)] if self.mask is not None else []))
         else:
-            self.att_batch = self._heads_batch(func, mask, heads)
+            self.att_batch = self._heads_batch(func, heads)
         self.out_batch = self.att_batch[:-1] if heads is not None else self.att_batch
         self.heads = heads
-        self.X, self.W_q, self.W_k, self.W_v, self.W_o = X, W_q, W_k, W_v, W_o
-        self.W_all = None
+        self.X, self.KV, self.W_q, self.W_k, self.W_v, self.W_o = X, KV, W_q, W_k, W_v, W_o
+        self.W_all = self.W_kv = None
         if heads is not None:
-            self.y_batch = _batch_shape(func, [("the heads' output", np.broadcast_to(
-                np.zeros((), self.compute), self.out_batch + (n, W_v.shape[-1])), 2), ("W_o", W_o, 2)])
+            named_o = [("the heads' output", np.broadcast_to(
+                np.zeros((), self.compute), self.out_batch + (n, W_v.shape[-1])), 2),
+                ("W_o", W_o, 2)] + ([("b_o", b_o, 1)] if b_o is not None else [])
+            self.y_batch = _batch_shape(func, named_o)
+            self.o_batch = _batch_shape(func, named_o[1:])
 
-    def _heads_batch(self, func, mask, heads):
-        """The per-head scores' batch shape: (proj_batch..., heads) with the mask's batch axes."""
-        n = self.n
+    def _heads_batch(self, func, heads):
+        """The per-head scores' batch shape: (proj_batch..., heads) with the mask's batch axes
+        (the mask being mask= and bias= merged)."""
+        n, n_k, what = self.n, self.n_k, self.mask_name
         proj_heads = self.proj_batch + (heads,)
         if self.mask is None:
             return proj_heads
@@ -84,26 +107,43 @@ class _Layer:
             att_batch = np.broadcast_shapes(proj_heads, self.mask.shape[:-2])
         except ValueError:
             raise ValueError(
-                f"{func}: mask.shape={np.shape(mask)} does not broadcast against the scores' "
-                f"shape (..., num_heads, n, n) = {proj_heads + (n, n)}; a mask shared by every "
-                f"head needs a head axis of 1: use mask[:, None] for a (batch, n, n) mask, or "
-                f"padding_mask(..., head_axis=True)"
+                f"{func}: {what}.shape={self.mask.shape} does not broadcast against the "
+                f"scores' shape (..., num_heads, n_q, n_k) = {proj_heads + (n, n_k)}; a {what} "
+                f"shared by every head needs a head axis of 1: use {what.split()[0]}[:, None] for "
+                f"a (batch, n_q, n_k) one, or padding_mask(..., head_axis=True)"
             ) from None
         if att_batch[-1] != heads:
             raise ValueError(
-                f"{func}: mask.shape={np.shape(mask)} has {att_batch[-1]} along the head axis "
-                f"(the scores are (..., num_heads, n, n) = {proj_heads + (n, n)}) but "
-                f"num_heads={heads}; a mask's head axis must be num_heads or 1"
+                f"{func}: {what}.shape={self.mask.shape} has {att_batch[-1]} along the head "
+                f"axis (the scores are (..., num_heads, n_q, n_k) = {proj_heads + (n, n_k)}) but "
+                f"num_heads={heads}; a {what}'s head axis must be num_heads or 1"
             )
         return att_batch
 
     def project(self):
-        """Q, K, V (views of one (proj_batch, n, widths) array, heads split when multi-head)."""
-        views, self.W_all = _project(self.func, self.X, (self.W_q, self.W_k, self.W_v),
-                                     self.compute, self.proj_batch, self.w_batch)
+        """Q, K, V (views of one or two (proj_batch, n, widths) arrays, heads split when
+        multi-head): one _core.project call for self-attention, one for X and one for kv when
+        cross-attending. Keeps W_all (and W_kv, cross-attention) for the backward's dX, dkv."""
+        b_q, b_k, b_v, _ = self.biases
+        if self.KV is None:
+            views, self.W_all = _project(self.func, self.X, (self.W_q, self.W_k, self.W_v),
+                                         self.compute, self.proj_batch, self.w_batch,
+                                         (b_q, b_k, b_v))
+        else:
+            (Q,), self.W_all = _project(self.func, self.X, (self.W_q,), self.compute,
+                                        self.proj_batch, self.w_batch, (b_q,))
+            (K, V), self.W_kv = _project(self.func, self.KV, (self.W_k, self.W_v), self.compute,
+                                         self.proj_batch, self.w_batch, (b_k, b_v))
+            views = (Q, K, V)
         return tuple(_split_heads(A, self.heads) for A in views)
 
     def attend(self, Q, K, V, return_weights):
         """The heads' output, concatenated: (out_batch, n, num_heads * d_v), and the weights."""
         return _attend(self.func, self.att_batch, Q, K, V, self.mask, self.scale, self.visibility,
                        self.compute, return_weights, self.heads)
+
+    def output(self, out):
+        """Y = out @ W_o + b_o (multi-head), through the same projection path as Q, K, V."""
+        (Y,), _ = _project(self.func, out, (self.W_o,), self.compute, self.y_batch, self.o_batch,
+                           (self.biases[3],))
+        return Y

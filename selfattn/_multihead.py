@@ -1,7 +1,8 @@
 """Multi-head attention and its gradient: multi_head_attention, multi_head_attention_backward.
 
 The heads are one more batch axis of the single-head machinery (selfattn/_layer.py describes the
-layout); the output projection W_o and its gradient are the only multi-head additions.
+layout, cross-attention's second projection and the biases); the output projection W_o (+ b_o)
+and its gradient are the only multi-head additions.
 """
 from __future__ import annotations
 
@@ -10,47 +11,73 @@ import numpy as np
 from ._backward import _layer_input_grads, _sum_to, _weight_grad
 from ._kernels import _finish, _finish_attention, _matmul, _transpose
 from ._layer import _Layer
-from ._validate import _as_matrices, _check_grad_shape, _check_size, _flag, _integer
+from ._validate import _as_matrices, _check_grad_shape, _flag, _integer
 
 __all__ = ["multi_head_attention", "multi_head_attention_backward"]
 
 
-def multi_head_attention(X, W_q, W_k, W_v, W_o, *, num_heads, scale=None, mask=None,
-                         is_causal=False, return_weights=False):
-    """Multi-head self-attention: ``num_heads`` attention heads side by side, then ``W_o``.
+def multi_head_attention(X, W_q, W_k, W_v, W_o, *, num_heads, kv=None, b_q=None, b_k=None,
+                         b_v=None, b_o=None, scale=None, mask=None, bias=None, is_causal=False,
+                         return_weights=False):
+    """Multi-head attention: ``num_heads`` attention heads side by side, then ``W_o``.
 
-    The step after the notebook's single head. Exactly::
+    The step after the notebook's single head. Exactly (``kv`` defaults to ``X``, self-attention;
+    a missing bias is 0)::
 
-        Q, K, V = X @ W_q, X @ W_k, X @ W_v             # (..., n, num_heads * d_head)
+        Q, K, V = X @ W_q + b_q, kv @ W_k + b_k, kv @ W_v + b_v   # (..., n, num_heads * d_head)
         head_h  = scaled_dot_product_attention(Q[..., h*d_head:(h+1)*d_head],
                                                K[..., h*d_head:(h+1)*d_head],
                                                V[..., h*d_v:(h+1)*d_v], ...)
-        output  = concatenate([head_0, ..., head_{H-1}], axis=-1) @ W_o
+        output  = concatenate([head_0, ..., head_{H-1}], axis=-1) @ W_o + b_o
 
     computed with every head as one more batch axis of the fused attention kernel (the heads run
     in parallel, with no copies, and the weights are never stored unless ``return_weights``).
+    Each bias is added once, in C, to the product it follows.
+
+    Conventions against torch's ``nn.MultiheadAttention(embed_dim, num_heads, bias, kdim, vdim)``:
+    selfattn multiplies on the right (``X @ W``), so ``W_q = q_proj_weight.T`` (or
+    ``in_proj_weight[:E].T``), ``W_k = k_proj_weight.T`` (shape ``(kdim, E)``), ``W_v =
+    v_proj_weight.T``, ``W_o = out_proj.weight.T``, ``b_q, b_k, b_v = in_proj_bias.split(E)``
+    and ``b_o = out_proj.bias``. Keys and values come from one sequence ``kv``, so torch's
+    ``kdim`` and ``vdim`` are both ``kv.shape[-1]`` here (torch's separate key and value inputs
+    of different widths have no counterpart); unlike torch, ``d_v`` may differ from ``d_head``
+    and ``d_out`` from ``d_model``.
 
     Parameters
     ----------
     X : array_like, shape (..., n, d_model)
-        Token embeddings, one row per token.
-    W_q, W_k : array_like, shape (..., d_model, num_heads * d_head)
-        Query and key projections; head ``h`` uses columns ``[h*d_head, (h+1)*d_head)``.
-    W_v : array_like, shape (..., d_model, num_heads * d_v)
+        Token embeddings, one row per token: the queries' sequence (and keys' and values',
+        without ``kv``).
+    W_q : array_like, shape (..., d_model, num_heads * d_head)
+        Query projection; head ``h`` uses columns ``[h*d_head, (h+1)*d_head)``.
+    W_k : array_like, shape (..., kdim, num_heads * d_head)
+        Key projection (``kdim = d_model`` without ``kv``).
+    W_v : array_like, shape (..., kdim, num_heads * d_v)
         Value projection (usually ``d_v = d_head``).
     W_o : array_like, shape (..., num_heads * d_v, d_out)
         Output projection applied to the concatenated heads (usually ``d_out = d_model``).
     num_heads : int
         Number of heads, at least 1; it must divide the widths of W_q, W_k and W_v.
+    kv : array_like, shape (..., n_k, kdim), optional
+        Cross-attention: the sequence the keys and values are projected from (an encoder's
+        output, say); its batch axes broadcast with X's. Default: X (self-attention, n_k = n).
+    b_q, b_k, b_v, b_o : array_like, shape (..., width), optional
+        Biases added to every row of ``X @ W_q``, ``kv @ W_k``, ``kv @ W_v`` and the output
+        projection; ``width`` is that projection's (e.g. ``num_heads * d_head`` for ``b_q``).
+        Leading axes, if any, broadcast with the weights' batch axes.
     scale : float, optional
         Factor applied to each head's ``Q_h @ K_h^T``; default ``1/sqrt(d_head)``.
     mask : array_like of bool or float, optional
-        Broadcastable to the per-head scores ``(..., num_heads, n, n)``: bool True = may attend,
+        Broadcastable to the per-head scores ``(..., num_heads, n, n_k)``: bool True = may attend,
         float = added to the scores. A mask shared by all heads has a head axis of 1, e.g.
-        ``(batch, 1, n, n)`` or ``(batch, 1, 1, n)`` (:func:`padding_mask` with
-        ``head_axis=True``); a 2-d ``(n, n)`` mask applies to every sequence and head.
+        ``(batch, 1, n, n_k)`` or ``(batch, 1, 1, n_k)`` (:func:`padding_mask` with
+        ``head_axis=True``); a 2-d ``(n, n_k)`` mask applies to every sequence and head.
+    bias : array_like of float, optional
+        Added to the per-head scaled scores where ``mask`` allows; broadcasts as a mask does,
+        e.g. ``(num_heads, n, n_k)`` from :func:`alibi_bias` (one slope per head).
     is_causal : bool, optional
-        Token ``i`` attends only to tokens ``j <= i``; combined with ``mask`` (both must allow).
+        Token ``i`` attends only to tokens ``j <= i`` (aligned top-left when ``n != n_k``, as
+        in :func:`scaled_dot_product_attention`); combined with ``mask`` (both must allow).
     return_weights : bool, optional
         Also return every head's attention weights.
 
@@ -58,14 +85,15 @@ def multi_head_attention(X, W_q, W_k, W_v, W_o, *, num_heads, scale=None, mask=N
     -------
     output : ndarray, shape (..., n, d_out)
         Batch dimensions broadcast as in ``np.matmul``; same dtype rules as the other functions.
-    weights : ndarray, shape (..., num_heads, n, n)
+    weights : ndarray, shape (..., num_heads, n, n_k)
         Only with ``return_weights=True``; ``weights[..., h, :, :]`` is head ``h``'s.
 
     Raises
     ------
     ValueError
-        If ``num_heads < 1`` or does not divide a projection's width, a projection does not have
-        ``d_model`` rows, W_q and W_k differ in width, W_o does not have ``num_heads * d_v``
+        If ``num_heads < 1`` or does not divide a projection's width, W_q does not have
+        ``d_model`` rows or W_k, W_v ``kdim`` rows, W_q and W_k differ in width, a bias is not as
+        wide as its projection, W_o does not have ``num_heads * d_v``
         rows, batch dimensions or the mask do not broadcast, or a result is too large.
     TypeError
         If ``num_heads`` is not an integer; for complex, object, string or integer-mask inputs,
@@ -86,25 +114,37 @@ def multi_head_attention(X, W_q, W_k, W_v, W_o, *, num_heads, scale=None, mask=N
     ...                                       V[:, h*4:(h+1)*4]) for h in range(2)]
     >>> np.allclose(out, np.concatenate(heads, axis=-1) @ W_o)
     True
+    >>> enc = rng.normal(size=(7, 3))                        # cross-attention: 7 keys of kdim 3
+    >>> W_k3, W_v3 = rng.normal(size=(2, 3, 8))
+    >>> multi_head_attention(X, W_q, W_k3, W_v3, W_o, num_heads=2, kv=enc, b_q=np.ones(8),
+    ...                      return_weights=True)[1].shape
+    (2, 5, 7)
     """
     func = "multi_head_attention"
     heads = _integer(func, "num_heads", num_heads, 1)
     return_weights = _flag(func, "return_weights", return_weights)
-    L = _Layer(func, X, W_q, W_k, W_v, W_o, heads, scale, mask, is_causal)
+    L = _Layer(func, X, W_q, W_k, W_v, W_o, heads, scale, mask, is_causal, kv,
+               (b_q, b_k, b_v, b_o), bias)
     out, weights = L.attend(*L.project(), return_weights)
-    _check_size(func, L.y_batch + (L.n, L.W_o.shape[-1]), L.compute)
-    return _finish_attention(_matmul(out, L.W_o, L.compute, L.y_batch), weights, L.result)
+    return _finish_attention(L.output(out), weights, L.result)
 
 
-def multi_head_attention_backward(dY, X, W_q, W_k, W_v, W_o, *, num_heads, scale=None,
-                                  mask=None, is_causal=False):
-    """Gradients of :func:`multi_head_attention`: ``(dX, dW_q, dW_k, dW_v, dW_o)`` given ``dY``.
+def multi_head_attention_backward(dY, X, W_q, W_k, W_v, W_o, *, num_heads, kv=None, b_q=None,
+                                  b_k=None, b_v=None, b_o=None, scale=None, mask=None, bias=None,
+                                  is_causal=False):
+    """Gradients of :func:`multi_head_attention`: ``(dX, dW_q, dW_k, dW_v, dW_o)`` given ``dY``,
+    then ``dkv`` and ``db_q, db_k, db_v, db_o`` for those of ``kv`` and the biases given.
 
-    With ``H`` the concatenated heads' output (so that ``Y = H @ W_o``)::
+    With ``H`` the concatenated heads' output (so that ``Y = H @ W_o + b_o``)::
 
-        dW_o = H^T @ dY  (summed over the batch);   dH = dY @ W_o^T
+        dW_o = H^T @ dY,  db_o = dY summed over the rows  (both summed over the batch)
+        dH = dY @ W_o^T
         (dQ_h, dK_h, dV_h) = scaled_dot_product_attention_backward(dH_h, Q_h, K_h, V_h) per head
-        dX = dQ @ W_q^T + dK @ W_k^T + dV @ W_v^T;   dW_q = X^T @ dQ, ...
+        dX = dQ @ W_q^T + dK @ W_k^T + dV @ W_v^T;   dW_q = X^T @ dQ, ...;  db_q = dQ summed
+        over the rows, ...
+
+    and with ``kv``: ``dX = dQ @ W_q^T``, ``dkv = dK @ W_k^T + dV @ W_v^T``, ``dW_k = kv^T @
+    dK``, ``dW_v = kv^T @ dV``.
 
     where ``dQ`` concatenates the heads' ``dQ_h`` as ``Q`` does. Everything is recomputed from
     the inputs; the attention backward runs in C with the heads in parallel.
@@ -114,15 +154,18 @@ def multi_head_attention_backward(dY, X, W_q, W_k, W_v, W_o, *, num_heads, scale
     dY : array_like, shape (..., n, d_out)
         Gradient of the loss with respect to the output; exactly the shape
         :func:`multi_head_attention` returns for these arguments.
-    X, W_q, W_k, W_v, W_o, num_heads, scale, mask, is_causal
+    X, W_q, W_k, W_v, W_o, num_heads, kv, b_q, b_k, b_v, b_o, scale, mask, bias, is_causal
         As in :func:`multi_head_attention`.
 
     Returns
     -------
-    dX : ndarray, shape of X
-    dW_q, dW_k, dW_v, dW_o : ndarray, shapes of W_q, W_k, W_v, W_o
-        Summed over the batch axes along which each input was broadcast. Dtype: that of the
-        forward output.
+    tuple of ndarray
+        One gradient per array argument given, in the signature's order and each of its
+        argument's shape: ``dX, dW_q, dW_k, dW_v, dW_o``, then ``dkv`` if ``kv`` was given, then
+        ``db_q``, ``db_k``, ``db_v``, ``db_o`` for each bias given (e.g. ``kv`` and ``b_o``
+        alone: ``(dX, dW_q, dW_k, dW_v, dW_o, dkv, db_o)``). Summed over the batch axes along
+        which each input was broadcast. The mask and the score ``bias`` get no gradient. Dtype: that of the forward
+        output.
 
     Raises
     ------
@@ -151,14 +194,19 @@ def multi_head_attention_backward(dY, X, W_q, W_k, W_v, W_o, *, num_heads, scale
     func = "multi_head_attention_backward"
     heads = _integer(func, "num_heads", num_heads, 1)
     dY, = _as_matrices(func, ("dY", dY, "(seq_len, d_out)"))
-    L = _Layer(func, X, W_q, W_k, W_v, W_o, heads, scale, mask, is_causal)
+    L = _Layer(func, X, W_q, W_k, W_v, W_o, heads, scale, mask, is_causal, kv,
+               (b_q, b_k, b_v, b_o), bias)
     c = L.compute
     _check_grad_shape(func, "dY", dY, L.y_batch + (L.n, L.W_o.shape[-1]), "output")
     dY = dY.astype(c, copy=False)
     Q, K, V = L.project()
     out, _ = L.attend(Q, K, V, False)
-    # Y = out @ W_o: dW_o = out^T @ dY, d(out) = dY @ W_o^T (summed back to out's batch shape).
-    dW_o = _finish(_weight_grad(out, dY, L.W_o.shape, c), L.result)
+    # Y = out @ W_o + b_o: dW_o = out^T @ dY, db_o = dY summed over the rows, d(out) = dY @ W_o^T
+    # (summed back to out's batch shape).
     d_out = _sum_to(_matmul(dY, _transpose(L.W_o), c, L.y_batch), out.shape)
-    d_out = np.ascontiguousarray(d_out)
-    return _layer_input_grads(L, d_out, Q, K, V) + (dW_o,)
+    grads = _layer_input_grads(L, np.ascontiguousarray(d_out), Q, K, V)
+    grads["dW_o"] = _finish(_weight_grad(out, dY, L.W_o.shape, c), L.result)
+    if L.biases[3] is not None:
+        grads["db_o"] = _finish(_sum_to(dY.sum(axis=-2), L.biases[3].shape), L.result)
+    order = ("dX", "dW_q", "dW_k", "dW_v", "dW_o", "dkv", "db_q", "db_k", "db_v", "db_o")
+    return tuple(grads[name] for name in order if name in grads)

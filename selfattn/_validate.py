@@ -151,48 +151,83 @@ def _integer(func, name, value, at_least):
     return value
 
 
-def _mask(func, mask, n_q, n_k, compute):
-    """The mask as (array of at least 2 dims, ready-to-broadcast), or None."""
-    if mask is None:
-        return None
-    arr = _as_array(func, "mask", mask)
-    if arr.dtype.kind in "iu":
-        raise TypeError(
-            f"{func}: mask has integer dtype {arr.dtype}, whose meaning is ambiguous; pass a "
-            f"boolean mask (True = may attend), e.g. mask.astype(bool), or a float mask that is "
-            f"added to the scores (0 = keep, -inf = hide)"
-        )
+def _score_term(func, name, value, arr, n_q, n_k):
+    """mask= or bias= (`value`, read as `arr`) with at least 2 dims, the last two broadcasting to
+    (n_q, n_k)."""
     if arr.ndim < 2:
         arr = arr.reshape((1,) * (2 - arr.ndim) + arr.shape)
     rows, cols = arr.shape[-2:]
     if rows not in (1, n_q) or cols not in (1, n_k):
         raise ValueError(
-            f"{func}: mask.shape={np.shape(mask)} does not broadcast to the scores' shape "
+            f"{func}: {name}.shape={np.shape(value)} does not broadcast to the scores' shape "
             f"(..., n_q, n_k) = (..., {n_q}, {n_k}); its last two dimensions must be "
             f"{n_q} (or 1) and {n_k} (or 1)"
         )
-    if arr.dtype.kind == "f":
-        arr = arr.astype(compute, copy=False)
     return arr
 
 
-def _check_projections(func, X, W_q, W_k, W_v, heads=None):
+def _mask(func, mask, n_q, n_k, compute, bias=None):
+    """The kernels' one mask (None, bool, or additive in the compute dtype) from mask= and bias=,
+    ready to broadcast. This is the one place the two meet: a bias alone is an additive mask; with
+    a bool mask it becomes bias where the mask allows and -inf where it does not; with a float
+    mask the two are added. The merged array is as large as the two broadcast together (no n_q x
+    n_k array unless an input already is one)."""
+    arr = None
+    if mask is not None:
+        arr = _as_array(func, "mask", mask)
+        if arr.dtype.kind in "iu":
+            raise TypeError(
+                f"{func}: mask has integer dtype {arr.dtype}, whose meaning is ambiguous; pass a "
+                f"boolean mask (True = may attend), e.g. mask.astype(bool), or a float mask that "
+                f"is added to the scores (0 = keep, -inf = hide)"
+            )
+        arr = _score_term(func, "mask", mask, arr, n_q, n_k)
+        if arr.dtype.kind == "f":
+            arr = arr.astype(compute, copy=False)
+    if bias is None:
+        return arr
+    bias_arr = _as_array(func, "bias", bias)
+    if bias_arr.dtype.kind == "b":
+        raise TypeError(
+            f"{func}: bias has dtype bool; bias= is a float added to the scores (e.g. ALiBi); "
+            f"a boolean that says which keys a query may attend to goes in mask="
+        )
+    bias_arr = _score_term(func, "bias", bias, bias_arr, n_q, n_k).astype(compute, copy=False)
+    if arr is None:
+        return bias_arr
+    try:
+        np.broadcast_shapes(arr.shape, bias_arr.shape)
+    except ValueError:
+        raise ValueError(
+            f"{func}: mask.shape={np.shape(mask)} and bias.shape={np.shape(bias)} do not "
+            f"broadcast together; both broadcast against the scores (..., n_q, n_k)"
+        ) from None
+    if arr.dtype.kind == "b":
+        return np.where(arr, bias_arr, compute.type(-np.inf))
+    return arr + bias_arr
+
+
+def _check_projections(func, X, W_q, W_k, W_v, heads=None, KV=None):
     """X is (..., n, d_model) and each W is (..., d_model, width), W_q and W_k of one width (which
-    `heads`, when given, divides)."""
+    `heads`, when given, divides). With KV (cross-attention), W_k and W_v take KV's rows instead:
+    (..., kdim, width) for KV of shape (..., n_k, kdim)."""
     _require_matrix(func, "X", X, "(seq_len, d_model)")
-    d_model = X.shape[-1]
+    if KV is not None:
+        _require_matrix(func, "kv", KV, "(n_k, kdim)")
     width = "num_heads * d_head" if heads is not None else "d"
     for name, W in (("W_q", W_q), ("W_k", W_k), ("W_v", W_v)):
-        _require_matrix(func, name, W, f"(d_model, {width})")
-        if W.shape[-2] != d_model:
+        src, src_name, dim = (X, "X", "d_model") if KV is None or name == "W_q" else (KV, "kv", "kdim")
+        d_in = src.shape[-1]
+        _require_matrix(func, name, W, f"({dim}, {width})")
+        if W.shape[-2] != d_in:
             hint = ""
-            if W.shape[-1] == d_model:
-                hint = (f" {name} looks transposed: selfattn computes X @ {name}, so pass it as "
-                        f"(d_model, {width}), e.g. {name}.T")
+            if W.shape[-1] == d_in:
+                hint = (f" {name} looks transposed: selfattn computes {src_name} @ {name}, so pass "
+                        f"it as ({dim}, {width}), e.g. {name}.T")
             raise ValueError(
-                f"{func}: X has d_model={d_model} (X.shape={X.shape}) but {name} has "
-                f"{W.shape[-2]} rows ({name}.shape={W.shape}); each projection must be "
-                f"(d_model, {width}) so that X @ {name} works.{hint}"
+                f"{func}: {src_name} has {dim}={d_in} ({src_name}.shape={src.shape}) but {name} "
+                f"has {W.shape[-2]} rows ({name}.shape={W.shape}); each projection must be "
+                f"({dim}, {width}) so that {src_name} @ {name} works.{hint}"
             )
         if heads is not None and W.shape[-1] % heads:
             raise ValueError(
@@ -207,6 +242,21 @@ def _check_projections(func, X, W_q, W_k, W_v, heads=None):
             f"makes keys of {what}{W_k.shape[-1]} (W_k.shape={W_k.shape}); queries and keys must "
             f"have the same width to be compared"
         )
+
+
+def _bias(func, name, b, W, what):
+    """A projection bias: None, or an array (..., width) for the projection W (..., rows, width);
+    its leading axes broadcast with W's batch axes."""
+    if b is None:
+        return None
+    b = _as_array(func, name, b)
+    if b.ndim < 1 or b.shape[-1] != W.shape[-1]:
+        raise ValueError(
+            f"{func}: {name}.shape={b.shape} but {what} has width {W.shape[-1]} "
+            f"({what}.shape={W.shape}); {name} is added to every row of that projection, so it "
+            f"must be ({W.shape[-1]},) (or (..., {W.shape[-1]}) with batch axes)"
+        )
+    return b
 
 
 def _check_grad_shape(func, name, grad, expected, what):
@@ -254,9 +304,11 @@ def _check_size(func, shape, dtype):
 
 # ---- the shared attention front end -----------------------------------------------------------
 
-def _attention_operands(func, Q, K, V, mask, is_causal, scale, names=("Q", "K", "V")):
+def _attention_operands(func, Q, K, V, mask, is_causal, scale, names=("Q", "K", "V"),
+                        bias=None):
     """Validated options and shapes for scores (V is None) or full attention:
-    (batch, scale, visibility, mask, result dtype, compute dtype)."""
+    (batch, scale, visibility, mask, result dtype, compute dtype); the mask is mask= and bias=
+    merged (_mask)."""
     q_name, k_name, v_name = names
     d_k = Q.shape[-1]
     if K.shape[-1] != d_k:
@@ -284,8 +336,8 @@ def _attention_operands(func, Q, K, V, mask, is_causal, scale, names=("Q", "K", 
     visibility = _visibility(func, is_causal)
     scale = _scale(func, scale, d_k)
     result, compute = _dtypes(*arrays)
-    mask = _mask(func, mask, n_q, n_k, compute)
+    mask = _mask(func, mask, n_q, n_k, compute, bias)
     if mask is not None:
-        named.append(("mask", mask, 2))
+        named.append(("mask" if bias is None else "mask and bias", mask, 2))
     batch = _batch_shape(func, named)
     return batch, scale, visibility, mask, result, compute

@@ -518,3 +518,17 @@ def assert_close(actual, desired, dtype=None, rtol=None):
     scale = max(float(np.max(np.abs(desired[finite]))), float(np.finfo(dtype).tiny))
     err = float(np.max(np.abs(a[finite] - desired[finite])))
     assert err <= rtol * scale, f"max abs error {err:.3e} > {rtol:.1e} * {scale:.3e}"
+
+
+def numeric_grad(f, x, eps=1e-6):
+    """d f() / d x by central differences, x changed in place and restored entry by entry."""
+    g = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        old = x[i]
+        x[i] = old + eps
+        hi = f()
+        x[i] = old - eps
+        lo = f()
+        x[i] = old
+        g[i] = (hi - lo) / (2 * eps)
+    return g

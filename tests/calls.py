@@ -72,6 +72,9 @@ def _builders(rng, n):
             ((X, _f(rng, d, 8), _f(rng, d, 8), _f(rng, d, 8), _f(rng, 8, d)), {"num_heads": 2}),
             ((X32, _f(rng, d, 8), _f(rng, d, 8), _f(rng, d, 8), _f(rng, 8, d)),
              {"num_heads": 4, "is_causal": True, "return_weights": True}),
+            ((X, _f(rng, d, 8), _f(rng, 5, 8), _f(rng, 5, 8), _f(rng, 8, d)),    # cross, biases
+             {"num_heads": 2, "kv": _f(rng, 2, n + 3, 5), "b_q": _f(rng, 8), "b_v": _f(rng, 8),
+              "b_o": _f(rng, d), "is_causal": True}),
         ],
         "scaled_dot_product_attention_backward": [
             ((_f(rng, 2, n, d + 2), Q, K, V), {}),
@@ -83,6 +86,8 @@ def _builders(rng, n):
         "multi_head_attention_backward": [
             ((_f(rng, n, d), X, _f(rng, d, 8), _f(rng, d, 8), _f(rng, d, 8), _f(rng, 8, d)),
              {"num_heads": 2}),
+            ((_f(rng, 2, n, d), X, _f(rng, d, 8), _f(rng, 5, 8), _f(rng, 5, 8), _f(rng, 8, d)),
+             {"num_heads": 2, "kv": _f(rng, 2, n + 3, 5), "b_k": _f(rng, 8), "b_o": _f(rng, d)}),
         ],
         "causal_mask": [((n,), {}), ((n, n + 3), {})],
         "padding_mask": [((np.array([1, n, 0]), n), {})],
@@ -138,7 +143,11 @@ def error_calls():
                                  ((A, np.ones((4, 2)), np.ones((4, 2)), np.ones((4, 2))),
                                   {"scale": float("nan")})],
         "multi_head_attention": [((A, np.ones((4, 3)), np.ones((4, 3)), np.ones((4, 3)),
-                                   np.ones((3, 4))), {"num_heads": 2})],
+                                   np.ones((3, 4))), {"num_heads": 2}),
+                                 ((A, np.ones((4, 4)), np.ones((3, 4)), np.ones((3, 4)),
+                                   np.ones((4, 4))), {"num_heads": 2, "kv": A}),
+                                 ((A, np.ones((4, 4)), np.ones((4, 4)), np.ones((4, 4)),
+                                   np.ones((4, 4))), {"num_heads": 2, "b_k": np.ones(3)})],
         "scaled_dot_product_attention_backward": [((B, A, A, A), {})],
         "self_attention_layer_backward": [((B, A, B, B, B), {})],
         "multi_head_attention_backward": [((A, A, np.ones((4, 3)), np.ones((4, 3)), np.ones((4, 3)),
