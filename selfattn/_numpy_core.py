@@ -31,7 +31,7 @@ import os
 import numpy as np
 
 NAME = "numpy"                 # the backend's one tier
-PANEL_BYTES = 8 << 20          # the most bytes a block of scores or weights may hold
+PANEL_BYTES = 2 << 20          # the most bytes a block of scores or weights may hold
 
 _settings = {"threads": None}  # set at import from available_cpus()
 

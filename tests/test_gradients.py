@@ -218,6 +218,7 @@ def test_bitwise_identical_for_every_thread_count(dtype, isa, threads):
                 assert np.array_equal(g, h)
 
 
+@pytest.mark.c_backend
 def test_tiers_agree_with_the_reference_tier():
     rng = np.random.default_rng(7)
     dO, Q, K, V, mask, causal = make_case("broadcast-batches", rng)
