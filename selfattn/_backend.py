@@ -66,5 +66,6 @@ def _warn_from_importer(message, package_dir):
     if frame is None:
         warnings.warn(message, NumPyBackendWarning, stacklevel=2)
     else:
+        # no module_globals: a loader's get_source can raise (python -c's __main__)
         warnings.warn_explicit(message, NumPyBackendWarning, frame.f_code.co_filename,
-                               frame.f_lineno, module_globals=frame.f_globals)
+                               frame.f_lineno)
