@@ -160,9 +160,9 @@ def _weigh(W, B, bad_columns, out=None):
     """W @ B where a weight of exactly 0 takes nothing from B, even inf or NaN: the IEEE product,
     then each column of B that holds inf or NaN recomputed without the zero weights (summed in
     float64, as csrc/dispatch.c's sa_output_zero_weights does)."""
-    out = np.matmul(W, B, out=out)
-    if len(bad_columns):
-        with np.errstate(invalid="ignore", over="ignore"):
+    with np.errstate(invalid="ignore", over="ignore"):
+        out = np.matmul(W, B, out=out)
+        if len(bad_columns):
             for col in bad_columns:
                 terms = np.where(W != 0, W * B[..., None, :, col], 0)
                 out[..., col] = terms.sum(axis=-1, dtype=np.float64)
