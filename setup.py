@@ -1,6 +1,7 @@
 """Build script for selfattn's C extension; the metadata lives in pyproject.toml."""
 import glob
 import os
+import sys
 
 import numpy
 from setuptools import Extension, setup
@@ -33,9 +34,31 @@ MSVC_ARGS = ["/O2", "/std:c11", "/experimental:c11atomics", "/W3"]
 MSVC_LINK = []
 
 
+# Without a working C compiler the extension is skipped (Extension(optional=True)) and selfattn
+# installs as pure Python: selfattn/_backend.py then runs its NumPy backend and says so at import.
+NO_COMPILER = """
+**********************************************************************************************
+selfattn: the C extension selfattn._core could not be built ({error}).
+selfattn is installed without it and will run on its pure-NumPy backend (same results, slower).
+To build the extension, install a C compiler (macOS: Xcode Command Line Tools,
+`xcode-select --install`; Windows: Microsoft C++ Build Tools; Linux: gcc), then run
+`pip install .` again.
+**********************************************************************************************
+"""
+
+
 class BuildExt(build_ext):
     """Gives each compiler its own spelling of the flags; SELFATTN_CFLAGS / SELFATTN_LDFLAGS add
-    extra ones for special builds (sanitizers, assertions)."""
+    extra ones for special builds (sanitizers, assertions). A build that fails is reported with
+    NO_COMPILER and then skipped (the extension is optional)."""
+
+    def build_extension(self, ext):
+        try:
+            super().build_extension(ext)
+        except Exception as error:
+            print(NO_COMPILER.format(error=str(error).strip() or type(error).__name__),
+                  file=sys.stderr)
+            raise
 
     def build_extensions(self):
         msvc = self.compiler.compiler_type == "msvc"
@@ -59,6 +82,7 @@ setup(
             depends=sorted(glob.glob("csrc/*.h") + glob.glob("csrc/*.inc")),
             include_dirs=[numpy.get_include(), "csrc"],
             define_macros=[("NPY_TARGET_VERSION", "NPY_1_23_API_VERSION")],
+            optional=True,
         )
     ],
 )

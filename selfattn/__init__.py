@@ -1,6 +1,7 @@
 """selfattn: transformer self-attention for people who learn and teach it.
 
-The four functions of the self-attention notebook, exact and NumPy-native, with kernels in C:
+The four functions of the self-attention notebook, exact and NumPy-native, with kernels in C (or,
+where no C compiler was found at install time, a pure-NumPy backend with the same results):
 
 >>> import numpy as np, selfattn
 >>> X = np.random.default_rng(0).normal(size=(4, 8))          # 4 tokens, d_model = 8
@@ -16,13 +17,12 @@ Run ``python -m selfattn`` for a worked example and this build's facts.
 """
 __version__ = "0.1.0"
 
-try:
-    from . import _core
-except ImportError as _error:  # the source tree after `pip install .`, or a broken installation
-    from ._find_core import load_installed_core
+# The C extension, or the pure-NumPy backend when it is not built or SELFATTN_BACKEND=numpy
+# (selfattn/_backend.py); every module below takes its kernels from `selfattn._core`.
+from ._backend import NumPyBackendWarning, load_core as _load_core
 
-    _core = load_installed_core(__path__[0], __version__, _error)
-    del load_installed_core, _error
+_core = _load_core(__path__[0], __version__)
+del _load_core
 
 from . import _api
 from ._api import (

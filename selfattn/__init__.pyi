@@ -8,6 +8,8 @@ from ._explain import AttentionTrace
 
 __version__: str
 
+class NumPyBackendWarning(UserWarning): ...
+
 _Float = NDArray[np.floating[Any]]
 
 def compute_self_attention_scores(

@@ -53,7 +53,8 @@ def demo(out=sys.stdout):
     p(f"Output shape: {output.shape} (one {d_k}-dim vector per token)")
     p("")
     cfg = selfattn.config()
-    p(f"Build: selfattn {cfg['selfattn']}, NumPy {cfg['numpy']}, instruction set {cfg['isa']} "
+    p(f"Build: selfattn {cfg['selfattn']}, NumPy {cfg['numpy']}, backend {cfg['backend']}, "
+      f"instruction set {cfg['isa']} "
       f"(supported: {', '.join(cfg['supported_isas'])}), threads {cfg['threads']} "
       f"of {cfg['available_cpus']} CPUs")
 

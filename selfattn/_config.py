@@ -45,7 +45,8 @@ def set_isa(name):
 
     By default selfattn picks the fastest tier this CPU supports, or ``SELFATTN_ISA`` if that is
     set when selfattn is imported. ``"reference"`` runs the plain scalar kernels every other tier
-    is tested against. A tier the CPU lacks raises ValueError.
+    is tested against. A tier the CPU lacks raises ValueError. On the pure-NumPy backend
+    (``config()["backend"] == "numpy"``) the only tier is ``"numpy"``.
     """
     if not isinstance(name, str):
         raise TypeError(f"set_isa: name must be a string, got {name!r}")
@@ -58,12 +59,14 @@ def get_isa():
 
 
 def config():
-    """The build's facts as a dict: version, NumPy version, tiers supported and in use, threads."""
+    """The build's facts as a dict: version, NumPy version, backend (``"c"``, the compiled
+    extension, or ``"numpy"``, the pure-NumPy backend), tiers supported and in use, threads."""
     from . import __version__
 
     return {
         "selfattn": __version__,
         "numpy": np.__version__,
+        "backend": "numpy" if _core.__name__ == "selfattn._numpy_core" else "c",
         "isa": get_isa(),
         "supported_isas": list(_core.supported_isas()),
         "threads": get_num_threads(),

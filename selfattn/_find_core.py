@@ -7,8 +7,14 @@ Two cases, told apart by whether this package folder holds a compiled _core:
   imports the source folder ``selfattn/``). Load the build ``pip install .`` put in site-packages,
   when it is the same version.
 * Otherwise selfattn is installed, and its extension failed to import (NumPy missing or broken, an
-  interpreter the extension does not support, a partial installation): say so, where selfattn is
-  installed, and chain the original ImportError.
+  interpreter the extension does not support): say so, where selfattn is installed, and chain the
+  original ImportError.
+
+"Not built" is the one case that is not an error: no compiled _core exists, neither in this
+package folder nor (for the source tree) in an installed build. `pip install .` on a machine
+without a C compiler installs selfattn so; load_installed_core then returns None and
+selfattn/_backend.py runs on the pure-NumPy backend. A _core that exists but does not import is
+never taken for "not built".
 """
 import glob
 import importlib.machinery
@@ -41,15 +47,16 @@ def _is_source_tree(package_dir):
 
 
 def load_installed_core(package_dir, version, error):
-    """selfattn._core for the package in `package_dir`, whose own import raised `error`."""
+    """selfattn._core for the package in `package_dir`, whose own import raised `error`; None
+    when no compiled _core was built for it."""
     if not _is_source_tree(package_dir):
         found = _extension_in(package_dir)
-        what = (f"its compiled extension {found} failed to import" if found else
-                "its compiled extension (selfattn._core) is missing from the installation")
+        if found is None:
+            return None
         raise ImportError(
-            f"selfattn {version} is installed in {package_dir}, but {what}: {error}. Check that "
-            f"NumPy imports in this interpreter (python -c 'import numpy'), then reinstall "
-            f"selfattn if it still fails."
+            f"selfattn {version} is installed in {package_dir}, but its compiled extension "
+            f"{found} failed to import: {error}. Check that NumPy imports in this interpreter "
+            f"(python -c 'import numpy'), then reinstall selfattn if it still fails."
         ) from error
     source = os.path.realpath(package_dir)
     for entry in sys.path:
@@ -72,8 +79,4 @@ def load_installed_core(package_dir, version, error):
         sys.modules["selfattn._core"] = module
         spec.loader.exec_module(module)
         return module
-    raise ImportError(
-        "selfattn's compiled extension (selfattn._core) is missing: this is the source tree "
-        f"({package_dir}) and no installed build was found. Run `pip install .` in the "
-        "repository's root (or `pip install -e .` to build it in place)."
-    ) from error
+    return None

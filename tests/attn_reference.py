@@ -413,7 +413,10 @@ def ref_multi_head_attention(X, W_q, W_k, W_v, W_o, *, num_heads, scale=None, ma
     Y = dot(cv, np.swapaxes(Wo, -1, -2), compute, ct, None, cu, None)
     outs = [round_to(Y, result)]
     if flag(return_weights):
-        outs.append(round_to(Ref(W.value, W.tol, np.broadcast_to(W.uncertain, W.value.shape)), result))
+        # the weights have the batch of every input, V's included (as the output has)
+        shape = O.value.shape[:-2] + W.value.shape[-2:]
+        outs.append(round_to(Ref(np.broadcast_to(W.value, shape), np.broadcast_to(W.tol, shape),
+                                 np.broadcast_to(W.uncertain, shape)), result))
     return result, outs
 
 

@@ -19,6 +19,30 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 SUPPORTED_ISAS = list(_core.supported_isas())
 
+# Which backend the suite runs on: the C extension, or the pure-NumPy backend when
+# SELFATTN_BACKEND=numpy (.ci/numpy_backend.sh). Tests about the C extension itself (its tiers,
+# vexp, its plain_* fast path, its thread pool, its contract checks) carry the `c_backend` marker
+# and are skipped on the NumPy backend; everything else runs on both.
+BACKEND = selfattn.config()["backend"]
+
+
+def pytest_configure(config):
+    if BACKEND == "numpy" and os.environ.get("SELFATTN_BACKEND", "").strip().lower() != "numpy":
+        # the extension is optional in setup.py: a C build that failed must not pass as a test
+        # of the NumPy backend
+        raise pytest.UsageError(
+            "selfattn's C extension is not built, so these tests would run on the NumPy backend; "
+            "build it (pip install .), or set SELFATTN_BACKEND=numpy to test that backend")
+
+
+def pytest_collection_modifyitems(config, items):
+    if BACKEND != "numpy":
+        return
+    skip = pytest.mark.skip(reason="about the C extension itself; this run is on the NumPy backend")
+    for item in items:
+        if item.get_closest_marker("c_backend"):
+            item.add_marker(skip)
+
 
 @pytest.fixture(params=SUPPORTED_ISAS)
 def isa(request):

@@ -150,6 +150,7 @@ def _backward_f64(dO, Q, K, V, scale, mask=None, causal=False):
     return dS @ K * scale, dS.T @ Q * scale, P.T @ dO
 
 
+@pytest.mark.c_backend
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n_q", [50, 130])      # one query block, or three (partial sums)
 def test_past_the_panel_budget_the_blocked_backward_gives_the_gradients(n_q, dtype, isa):

@@ -5,6 +5,8 @@ import pytest
 import selfattn as sa
 from selfattn import _core
 
+pytestmark = pytest.mark.c_backend  # about the C extension itself (conftest.py)
+
 
 def general(a):
     """The same values in a layout the plain entry points decline (a Fortran-ordered view)."""

@@ -202,6 +202,7 @@ def test_nan_score_row_gives_nan_like_the_forward(isa):
     assert np.isnan(dK).any() and np.isnan(dV).any()
 
 
+@pytest.mark.c_backend
 def test_tiers_agree_with_the_reference_tier():
     rng = np.random.default_rng(7)
     dO, Q, K, V, mask, causal = make_case("broadcast-batches", rng)

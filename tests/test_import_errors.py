@@ -6,6 +6,9 @@ import subprocess
 import sys
 
 import selfattn
+import pytest
+
+pytestmark = pytest.mark.c_backend  # about the C extension itself (conftest.py)
 
 PACKAGE_DIR = pathlib.Path(selfattn.__file__).parent
 

@@ -12,6 +12,8 @@ import selfattn
 from selfattn import _core
 from attn_reference import ref_attention, ref_scores, ref_softmax
 
+pytestmark = pytest.mark.c_backend  # about the C extension itself (conftest.py)
+
 TIERS = list(_core.supported_isas())
 FAST_TIERS = [t for t in TIERS if t != "reference"]
 DTYPES = [np.float32, np.float64]

@@ -102,6 +102,7 @@ def test_python_m_selfattn_main_job():
     assert "-> OK" in out
 
 
+@pytest.mark.c_backend
 def test_environment_settings_are_read_at_import():
     code = "import selfattn; print(selfattn.get_num_threads(), selfattn.get_isa())"
     proc = run("-c", code, env={"SELFATTN_NUM_THREADS": "3", "SELFATTN_ISA": "generic"})
@@ -112,6 +113,7 @@ def test_environment_settings_are_read_at_import():
     assert "ignoring SELFATTN_ISA='sse9'" in proc.stderr
 
 
+@pytest.mark.c_backend
 def test_isa_setting():
     before = selfattn.get_isa()
     try:

@@ -50,6 +50,7 @@ def test_the_pool_works_in_a_child_after_fork(threads):
     assert answer == b"same"
 
 
+@pytest.mark.c_backend
 def test_every_listed_tier_is_supported_and_the_best_is_chosen_by_default():
     tiers = list(_core.supported_isas())
     assert tiers[-1] == "reference" and "generic" in tiers

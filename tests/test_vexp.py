@@ -14,6 +14,8 @@ import pytest
 
 from selfattn import _core
 
+pytestmark = pytest.mark.c_backend  # about the C extension itself (conftest.py)
+
 FAST_TIERS = [t for t in _core.supported_isas() if t != "reference"]
 LD = np.longdouble
 

@@ -1,0 +1,71 @@
+"""Which backend runs the kernels: the C extension selfattn._core, or the pure-NumPy one.
+
+* SELFATTN_BACKEND=numpy: the NumPy backend (selfattn/_numpy_core.py), silently (tests, CI, or a
+  user who chose it).
+* SELFATTN_BACKEND=c: the C extension, and an ImportError if it is not built.
+* Unset (the default): the C extension; if it was never built (no C compiler when
+  `pip install .` ran; selfattn/_find_core.py says precisely when), the NumPy backend, with one
+  NumPyBackendWarning, of one line, saying so and how to build the extension. A C extension that
+  exists but fails to import (a broken NumPy, another interpreter's build) keeps raising the
+  ImportError of selfattn/_find_core.py: falling back there would hide a broken installation.
+"""
+import os
+import sys
+import warnings
+
+__all__ = ["NumPyBackendWarning", "load_core"]
+
+NOT_BUILT = (
+    "selfattn: the C extension is not built, so selfattn runs on its pure-NumPy backend (same "
+    "results, slower). To build it, install a C compiler (macOS: Xcode Command Line Tools, "
+    "`xcode-select --install`; Windows: Microsoft C++ Build Tools; Linux: gcc), then run "
+    "`pip install .` again in selfattn's folder. Set SELFATTN_BACKEND=numpy to silence this."
+)
+
+
+class NumPyBackendWarning(UserWarning):
+    """selfattn runs on its pure-NumPy backend because the C extension is not built."""
+
+
+def load_core(package_dir, version):
+    """The kernels' module (selfattn._core or selfattn._numpy_core) for the package in
+    `package_dir`, chosen by SELFATTN_BACKEND and by what was built."""
+    choice = os.environ.get("SELFATTN_BACKEND", "").strip().lower()
+    if choice == "numpy":
+        from . import _numpy_core
+        return _numpy_core
+    if choice not in ("", "c"):
+        warnings.warn(f"selfattn: ignoring SELFATTN_BACKEND={choice!r}: expected 'c' or 'numpy'",
+                      RuntimeWarning, stacklevel=2)
+    try:
+        from . import _core
+        return _core
+    except ImportError as error:
+        from ._find_core import load_installed_core
+
+        core = load_installed_core(package_dir, version, error)
+        if core is not None:
+            return core
+        if choice == "c":
+            raise ImportError("selfattn: SELFATTN_BACKEND=c, but the C extension is not built "
+                              f"for selfattn {version} in {package_dir}") from error
+    _warn_from_importer(NOT_BUILT, package_dir)
+    from . import _numpy_core
+    return _numpy_core
+
+
+def _warn_from_importer(message, package_dir):
+    """warnings.warn, attributed to the line that imported selfattn (the first frame outside
+    selfattn and the import machinery), which is what a notebook shows under the warning."""
+    frame = sys._getframe(1)
+    package_dir = os.path.realpath(package_dir)
+    while frame is not None and (
+            frame.f_code.co_filename.startswith("<frozen importlib")
+            or os.path.realpath(frame.f_code.co_filename).startswith(package_dir + os.sep)):
+        frame = frame.f_back
+    if frame is None:
+        warnings.warn(message, NumPyBackendWarning, stacklevel=2)
+    else:
+        # no module_globals: a loader's get_source can raise (python -c's __main__)
+        warnings.warn_explicit(message, NumPyBackendWarning, frame.f_code.co_filename,
+                               frame.f_lineno)

@@ -1,0 +1,354 @@
+"""selfattn's pure-NumPy backend: the entry points of selfattn._core, in NumPy.
+
+selfattn runs on it when the C extension was not built (no C compiler when `pip install .` ran)
+or when SELFATTN_BACKEND=numpy asks for it (selfattn/_backend.py decides). The Python layer above
+is the same for both backends, so validation, dtype rules and messages are shared; this module
+only computes, with the conventions of the C kernels (csrc/attn.h):
+
+* scores = scale * Q @ K^T; one that is inf or NaN although its rows of Q and K are finite has
+  overflowed and is NaN (attn.h's sa_overflowed_score); then a float mask is added, a boolean one
+  sets -inf where it is False, keys outside the band (query i sees i + lo <= j <= i + hi) are -inf;
+* softmax subtracts each row's maximum; a row of -inf (every key masked) gives weights 0, a row
+  holding NaN gives NaN;
+* a weight of exactly 0 takes nothing from the values it weighs, even inf or NaN (the output
+  product, attention and its gradients), while matmul and the projections are IEEE products.
+
+Memory: every kernel works on blocks of output rows sized so that a block's scores, weights or
+products hold at most PANEL_BYTES (the C tiers' panel budget, SA_BACKWARD_PANEL_BYTES), so the
+attention without weights and the backward need O(n * d + block * n_k) memory, never the
+(n_q, n_k) weights. Between blocks Python checks for signals, so Ctrl-C stops a long call.
+
+The arithmetic is NumPy's (BLAS for the products), in the compute dtype: float64 results agree
+with the C tiers to about 1e-15 relative, float32 to about 1e-6; there is one "instruction set",
+"numpy", and the thread count is a setting only (NumPy's BLAS picks its own threads, and every
+result is the same whatever the setting).
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+NAME = "numpy"                 # the backend's one tier
+PANEL_BYTES = 2 << 20          # the most bytes a block of scores or weights may hold
+
+_settings = {"threads": None}  # set at import from available_cpus()
+
+
+# ---- settings ------------------------------------------------------------------------------------
+
+def available_cpus():
+    """The CPUs this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def set_num_threads(n):
+    if not 1 <= n <= 1024:
+        raise ValueError(f"set_num_threads: n must be between 1 and 1024, got {n!r}")
+    _settings["threads"] = int(n)
+
+
+def get_num_threads():
+    return _settings["threads"]
+
+
+def _tier(name, func):
+    if not isinstance(name, str):
+        raise TypeError(f"{func}: name must be a string, got {name!r}")
+    if name != NAME:
+        raise ValueError(f"{func}: unknown instruction set {name!r} for the NumPy backend; "
+                         f"expected {NAME!r} (the C extension's tiers need it built)")
+    return 0
+
+
+def set_isa(name):
+    _tier(name, "set_isa")
+
+
+def get_isa():
+    return NAME
+
+
+def isa_code(name):
+    return _tier(name, "isa_code")
+
+
+def supported_isas():
+    return [NAME]
+
+
+def best_isa():
+    return NAME
+
+
+# ---- the kernel contract: what the Python layer hands over ---------------------------------------
+
+def _out(obj):
+    if not isinstance(obj, np.ndarray):
+        raise TypeError("_core: out must be an ndarray")
+    if obj.dtype not in (np.float32, np.float64):
+        raise TypeError("_core: out must be float32 or float64")
+    return _operand(obj, obj.dtype, obj.shape, "out", writeable=True)
+
+
+def _operand(obj, dtype, shape, name, writeable=False):
+    """obj, checked as csrc/module.c checks an operand: an aligned native array of `dtype` and
+    `shape` with contiguous rows (the contract of csrc/attn.h, kept so both backends accept and
+    refuse the same calls)."""
+    if not isinstance(obj, np.ndarray):
+        raise TypeError(f"_core: {name} must be an ndarray")
+    if obj.dtype != dtype or not obj.dtype.isnative or not obj.flags.aligned:
+        raise TypeError(f"_core: {name} must be an aligned native {np.dtype(dtype).name} array")
+    if writeable and not obj.flags.writeable:
+        raise ValueError(f"_core: {name} must be writeable")
+    if obj.ndim < 2:
+        raise ValueError(f"_core: {name} must have at least 2 dimensions")
+    if obj.shape != tuple(shape):
+        raise ValueError(f"_core: {name} has the wrong shape")
+    if obj.shape[-1] > 1 and obj.size and obj.strides[-1] != obj.itemsize:
+        raise ValueError(f"_core: the rows of {name} must be contiguous")
+    return obj
+
+
+def _mask(obj, dtype, shape):
+    if obj is None:
+        return None
+    kind = np.bool_ if isinstance(obj, np.ndarray) and obj.dtype == np.bool_ else dtype
+    if not isinstance(obj, np.ndarray) or obj.dtype != kind or not obj.flags.aligned:
+        raise TypeError(f"_core: mask must be an aligned native {np.dtype(kind).name} array")
+    if obj.shape != tuple(shape):
+        raise ValueError("_core: mask has the wrong shape")
+    return obj
+
+
+def _isa(isa):
+    if isa not in (-1, 0):
+        raise ValueError(f"instruction set {isa} is not supported by the NumPy backend")
+
+
+def _matrix(obj, name):
+    if not isinstance(obj, np.ndarray) or obj.ndim < 2:
+        raise ValueError(f"_core: {name} must be a matrix")
+    return obj
+
+
+# ---- the arithmetic, one block of rows at a time -----------------------------------------------
+
+def _row_blocks(n_rows, row_elements, itemsize):
+    """Slices of [0, n_rows) whose rows hold at most PANEL_BYTES together (one row at least)."""
+    rows = max(1, PANEL_BYTES // max(1, row_elements * itemsize))
+    return [slice(start, min(start + rows, n_rows)) for start in range(0, n_rows, rows)]
+
+
+def _items(batch):
+    """The number of matrices in a batch shape."""
+    return math.prod(batch)
+
+
+def _nonfinite_columns(B):
+    """The columns of B (..., k, n) that hold inf or NaN in some row of some batch item."""
+    bad = ~np.isfinite(B)
+    if not bad.any():
+        return ()
+    return np.flatnonzero(bad.any(axis=tuple(range(B.ndim - 1))))
+
+
+def _weigh(W, B, bad_columns, out=None):
+    """W @ B where a weight of exactly 0 takes nothing from B, even inf or NaN: the IEEE product,
+    then each column of B that holds inf or NaN recomputed without the zero weights (summed in
+    float64, as csrc/dispatch.c's sa_output_zero_weights does)."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        out = np.matmul(W, B, out=out)
+        if len(bad_columns):
+            for col in bad_columns:
+                terms = np.where(W != 0, W * B[..., None, :, col], 0)
+                out[..., col] = terms.sum(axis=-1, dtype=np.float64)
+    return out
+
+
+def _scores_block(Q, K, rows, mask, scale, band):
+    """The scores of query rows `rows` against every key: scaled, overflow made NaN, masked, and
+    -inf outside the band: query i sees the keys i + lo <= j <= i + hi (csrc/attn.h's sa_band)."""
+    n_q, n_k = Q.shape[-2], K.shape[-2]
+    Q = Q[..., rows, :]
+    with np.errstate(over="ignore", invalid="ignore"):
+        S = np.matmul(Q, np.swapaxes(K, -1, -2))
+        S *= S.dtype.type(scale)
+    overflowed = ~np.isfinite(S)
+    if overflowed.any():
+        finite_q = np.isfinite(Q).all(axis=-1)[..., :, None]
+        finite_k = np.isfinite(K).all(axis=-1)[..., None, :]
+        S[overflowed & finite_q & finite_k] = np.nan
+    if mask is not None:
+        block = mask[..., rows, :]
+        if block.dtype == np.bool_:
+            S = np.where(block, S, -np.inf).astype(S.dtype, copy=False)
+        else:
+            S += block
+    lo, hi = (min(max(side, -n_q), n_k) for side in band)   # as csrc/module.c clamps the band
+    query = np.arange(rows.start, rows.stop)[:, None]
+    key = np.arange(S.shape[-1])[None, :]
+    hidden = (key < query + lo) | (key > query + hi)
+    if hidden.any():
+        S[..., hidden] = -np.inf
+    return S
+
+
+def _softmax_rows(S):
+    """Softmax of each row of S: max subtracted; a row of -inf gives 0, a row with NaN gives NaN."""
+    top = np.max(S, axis=-1, keepdims=True, initial=-np.inf)
+    masked = top == -np.inf
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        E = np.exp(S - np.where(masked, 0, top).astype(S.dtype, copy=False))
+        E *= 1 / E.sum(axis=-1, keepdims=True)
+    E[np.broadcast_to(masked, E.shape)] = 0
+    return E
+
+
+# ---- the entry points (the signatures of csrc/module.c's) ----------------------------------------
+
+def scores(out, Q, K, mask, scale, band, isa):
+    """out[...] = scale * Q @ K^T with the mask applied."""
+    _isa(isa)
+    out = _out(out)
+    batch, (n_q, n_k) = out.shape[:-2], out.shape[-2:]
+    d_k = _matrix(Q, "Q").shape[-1]
+    Q = _operand(Q, out.dtype, batch + (n_q, d_k), "Q")
+    K = _operand(K, out.dtype, batch + (n_k, d_k), "K")
+    mask = _mask(mask, out.dtype, out.shape)
+    for rows in _row_blocks(n_q, _items(batch) * n_k, out.itemsize):
+        out[..., rows, :] = _scores_block(Q, K, rows, mask, scale, band)
+
+
+def softmax(out, x, isa):
+    """out[...] = softmax over the last axis of x; out may be x."""
+    _isa(isa)
+    out = _out(out)
+    x = _operand(x, out.dtype, out.shape, "x")
+    for rows in _row_blocks(out.shape[-2], _items(out.shape[:-2]) * out.shape[-1], out.itemsize):
+        out[..., rows, :] = _softmax_rows(x[..., rows, :])
+
+
+def _product(out, A, B, isa, weighs_values):
+    _isa(isa)
+    out = _out(out)
+    batch, (m, n) = out.shape[:-2], out.shape[-2:]
+    k = _matrix(A, "A").shape[-1]
+    A = _operand(A, out.dtype, batch + (m, k), "A")
+    B = _operand(B, out.dtype, batch + (k, n), "B")
+    bad = _nonfinite_columns(B) if weighs_values else ()
+    with np.errstate(invalid="ignore", over="ignore"):
+        for rows in _row_blocks(m, _items(batch) * max(n, k), out.itemsize):
+            _weigh(A[..., rows, :], B, bad, out=out[..., rows, :])
+
+
+def matmul(out, A, B, isa):
+    """out[...] = A @ B (IEEE products: 0 * inf is NaN)."""
+    _product(out, A, B, isa, weighs_values=False)
+
+
+def output(out, weights, V, isa):
+    """out[...] = weights @ V, where a weight of exactly 0 takes nothing from V, even inf or NaN."""
+    _product(out, weights, V, isa, weighs_values=True)
+
+
+def project(QKV, W_all, X, Ws, bias, isa):
+    """W_all[...] = [W_1 | ...] for the 1 to 3 matrices of the tuple Ws, then
+    QKV[...] = X @ W_all + bias (bias None, or (..., 1, width of QKV))."""
+    _isa(isa)
+    QKV = _out(QKV)
+    if not isinstance(Ws, tuple) or not 1 <= len(Ws) <= 3:
+        raise ValueError("_core: Ws must hold 1 to 3 matrices")
+    names = [f"Ws[{i}]" for i in range(len(Ws))]
+    Ws = [_matrix(W, name) for W, name in zip(Ws, names)]
+    if sum(W.shape[-1] for W in Ws) != QKV.shape[-1]:
+        raise ValueError("_core: QKV must be as wide as the W's together")
+    W_all = _operand(W_all, QKV.dtype, W_all.shape, "W_all", writeable=True)
+    if W_all.ndim != QKV.ndim or any(w not in (1, b) for w, b in zip(W_all.shape, QKV.shape[:-2])):
+        raise ValueError("_core: W_all must have QKV's batch axes or 1")
+    np.concatenate([_operand(W, QKV.dtype, W_all.shape[:-1] + W.shape[-1:], name)
+                    for W, name in zip(Ws, names)], axis=-1, out=W_all)
+    if QKV.size:
+        matmul(QKV, X, np.broadcast_to(W_all, QKV.shape[:-2] + W_all.shape[-2:]), isa)
+        if bias is not None:
+            QKV += _operand(bias, QKV.dtype, W_all.shape[:-2] + (1, QKV.shape[-1]), "bias")
+
+
+def _attention_operands(out_shape, dtype, Q, K, V, mask):
+    batch, n_q = out_shape[:-2], out_shape[-2]
+    d_v = out_shape[-1]
+    if not isinstance(Q, np.ndarray) or Q.ndim < 2 or not isinstance(K, np.ndarray) or K.ndim < 2:
+        raise ValueError("_core: Q and K must be matrices")
+    d_k, n_k = Q.shape[-1], K.shape[-2]
+    return (_operand(Q, dtype, batch + (n_q, d_k), "Q"), _operand(K, dtype, batch + (n_k, d_k), "K"),
+            _operand(V, dtype, batch + (n_k, d_v), "V"), _mask(mask, dtype, batch + (n_q, n_k)))
+
+
+def attention(out, weights, Q, K, V, mask, scale, band, isa):
+    """out[...] = softmax(scale * Q @ K^T + mask) @ V, block by block of query rows; weights is
+    None (only one block of weights exists at a time) or an output for the weights."""
+    _isa(isa)
+    out = _out(out)
+    Q, K, V, mask = _attention_operands(out.shape, out.dtype, Q, K, V, mask)
+    n_q, n_k = Q.shape[-2], K.shape[-2]
+    if weights is not None:
+        weights = _operand(weights, out.dtype, out.shape[:-2] + (n_q, n_k), "weights",
+                           writeable=True)
+    bad = _nonfinite_columns(V)
+    for rows in _row_blocks(n_q, _items(out.shape[:-2]) * n_k, out.itemsize):
+        P = _softmax_rows(_scores_block(Q, K, rows, mask, scale, band))
+        if weights is not None:
+            weights[..., rows, :] = P
+        _weigh(P, V, bad, out=out[..., rows, :])
+
+
+def attention_backward(dQ, dK, dV, dO, Q, K, V, mask, scale, band, isa):
+    """dQ, dK, dV[...] = the gradients of softmax(scale * Q @ K^T + mask) @ V given dO:
+    P = softmax(S), dP = dO V^T, D = rowsum(P * dP), dS = P * (dP - D), dQ = scale * dS K,
+    dK = scale * dS^T Q, dV = P^T dO, where a weight of exactly 0 contributes nothing.
+    One pass over blocks of query rows: dQ block by block, dK and dV summed over the blocks."""
+    _isa(isa)
+    dQ = _out(dQ)
+    for grad in (dK, dV):
+        if not isinstance(grad, np.ndarray) or grad.ndim < 2:
+            raise ValueError("_core: dK and dV must be matrices")
+    batch, dtype = dQ.shape[:-2], dQ.dtype
+    (n_q, d_k), n_k, d_v = dQ.shape[-2:], dK.shape[-2], dV.shape[-1]
+    dK = _operand(dK, dtype, batch + (n_k, d_k), "dK", writeable=True)
+    dV = _operand(dV, dtype, batch + (n_k, d_v), "dV", writeable=True)
+    dO = _operand(dO, dtype, batch + (n_q, d_v), "dO")
+    Q, K, V, mask = _attention_operands(batch + (n_q, d_v), dtype, Q, K, V, mask)
+    scale_c = dtype.type(scale)
+    bad_K = _nonfinite_columns(K)
+    dK[...] = 0
+    dV[...] = 0
+    with np.errstate(invalid="ignore", over="ignore"):
+        for rows in _row_blocks(n_q, 3 * _items(batch) * n_k, dQ.itemsize):
+            P = _softmax_rows(_scores_block(Q, K, rows, mask, scale, band))
+            PT = np.swapaxes(P, -1, -2)
+            dO_block, Q_block = dO[..., rows, :], Q[..., rows, :]
+            # 1. dP and D, zero where the weight is
+            dP = np.where(P == 0, 0, np.matmul(dO_block, np.swapaxes(V, -1, -2)))
+            D = (P * dP).sum(axis=-1, keepdims=True)
+            dS = np.where(P == 0, 0, P * (dP - D)).astype(dtype, copy=False)
+            # 2. this block's dQ, and its share of dK and dV
+            dQ[..., rows, :] = _weigh(dS, K, bad_K) * scale_c
+            dV += _weigh(PT, dO_block, _nonfinite_columns(dO_block))
+            dK += _weigh(np.swapaxes(dS, -1, -2), Q_block, _nonfinite_columns(Q_block))
+    dK *= scale_c
+
+
+# ---- the plain entry points: the C extension's fast path for 2-D calls ------------------------
+
+def _decline(*args):
+    """The C extension's plain_* entry points take the notebook's 2-D calls without the Python
+    layer; here the general path is as fast, so they decline every call (None)."""
+    return None
+
+
+plain_scores = plain_softmax = plain_output = plain_sdpa = plain_layer = _decline
+
+_settings["threads"] = available_cpus()

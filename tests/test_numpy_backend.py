@@ -1,0 +1,107 @@
+"""The pure-NumPy backend (selfattn/_numpy_core.py): it agrees with the C extension on the same
+inputs, and selfattn falls back to it, with one notice, only when the extension was never built."""
+import importlib.machinery
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import selfattn
+from selfattn import _numpy_core
+
+PACKAGE_DIR = pathlib.Path(selfattn.__file__).parent
+
+
+def _numpy_backend(monkeypatch):
+    """Every selfattn module that took the C extension as _core gets the NumPy backend."""
+    c_core = selfattn._core
+    for name, module in list(sys.modules.items()):
+        if name.startswith("selfattn") and getattr(module, "_core", None) is c_core:
+            monkeypatch.setattr(module, "_core", _numpy_core)
+
+
+def _calls(rng):
+    Q, K, V = rng.standard_normal((3, 2, 37, 8))
+    bool_mask = rng.random((2, 37, 37)) < 0.7
+    bool_mask[:, 4] = False                               # a fully masked row
+    float_mask = np.where(bool_mask, rng.standard_normal((2, 37, 37)), -np.inf)
+    V_inf = V.copy()
+    V_inf[:, 5, 1] = np.inf                                # a key the mask hides
+    hide = np.ones((37, 37), bool)
+    hide[:, 5] = False
+    sdpa = selfattn.scaled_dot_product_attention
+    return [
+        lambda: selfattn.compute_self_attention_scores(Q, K, mask=float_mask, is_causal=True),
+        lambda: selfattn.compute_self_attention_scores(Q * 1e200, K * 1e200),    # overflow: NaN
+        lambda: selfattn.softmax_attention_weights(float_mask),
+        lambda: selfattn.compute_attention_output(np.where(hide, 0.5, 0.0), V_inf),
+        lambda: sdpa(Q, K, V, mask=bool_mask, return_weights=True),
+        lambda: sdpa(Q.astype(np.float32), K, V, is_causal=True),
+        lambda: sdpa(Q, K, V_inf, mask=hide),
+        lambda: selfattn.self_attention_layer(Q, np.eye(8), np.eye(8), np.eye(8), mask=bool_mask),
+        lambda: selfattn.scaled_dot_product_attention_backward(V, Q, K, V_inf, mask=float_mask),
+    ]
+
+
+def _flat(result):
+    return [np.asarray(r) for r in (result if isinstance(result, tuple) else (result,))]
+
+
+@pytest.mark.c_backend
+def test_the_numpy_backend_agrees_with_the_c_extension(monkeypatch):
+    c_results = [_flat(call()) for call in _calls(np.random.default_rng(3))]
+    _numpy_backend(monkeypatch)
+    np_results = [_flat(call()) for call in _calls(np.random.default_rng(3))]
+    for case, (want, got) in enumerate(zip(c_results, np_results)):
+        for w, g in zip(want, got):
+            assert g.dtype == w.dtype and g.shape == w.shape, case
+            assert np.array_equal(np.isnan(g), np.isnan(w)), case
+            finite = np.isfinite(w)
+            assert np.array_equal(g[~finite & ~np.isnan(w)], w[~finite & ~np.isnan(w)]), case
+            rtol = 1e-12 if w.dtype == np.float64 else 1e-5
+            norm = max(1e-300, float(np.linalg.norm(w[finite])))
+            with np.errstate(invalid="ignore"):
+                error = float(np.linalg.norm((g - w)[finite]))
+            assert error <= rtol * norm, case
+
+
+def _import_copy(tmp_path, env_backend=None, extension=None):
+    """Imports a copy of selfattn's Python files (no compiled _core, or `extension` as one) in a
+    fresh interpreter; returns (stdout, stderr)."""
+    shutil.copytree(PACKAGE_DIR, tmp_path / "selfattn",
+                    ignore=shutil.ignore_patterns("_core*", "__pycache__"))
+    if extension is not None:
+        (tmp_path / "selfattn" / ("_core" + importlib.machinery.EXTENSION_SUFFIXES[0])
+         ).write_bytes(extension)
+    env = {k: v for k, v in os.environ.items() if k != "SELFATTN_BACKEND"}
+    env["PYTHONPATH"] = str(tmp_path)
+    if env_backend:
+        env["SELFATTN_BACKEND"] = env_backend
+    code = "import selfattn; print(selfattn.config()['backend'])"
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
+    return run.stdout, run.stderr
+
+
+def test_without_a_built_extension_selfattn_says_so_once_in_one_line(tmp_path):
+    out, err = _import_copy(tmp_path)
+    assert out.split() == ["numpy"], err
+    notices = [line for line in err.splitlines() if "NumPyBackendWarning" in line]
+    assert len(notices) == 1, err
+    assert "C extension is not built" in notices[0] and "pip install ." in notices[0]
+    assert "Xcode" in notices[0] and "Build Tools" in notices[0]
+
+
+def test_choosing_the_numpy_backend_is_silent(tmp_path):
+    out, err = _import_copy(tmp_path, env_backend="numpy")
+    assert out.split() == ["numpy"] and "NumPyBackendWarning" not in err, err
+
+
+def test_a_broken_extension_is_an_error_not_a_fallback(tmp_path):
+    out, err = _import_copy(tmp_path, extension=b"not a shared library")
+    assert "numpy" not in out.split(), out
+    assert "failed to import" in err and "ImportError" in err, err
