@@ -17,6 +17,7 @@ SOURCES = [
     "csrc/isa_generic.c",
     "csrc/isa_avx2.c",
     "csrc/isa_avx512.c",
+    "csrc/isa_neon.c",
     "csrc/backward_blocked.c",
 ]
 

@@ -133,6 +133,7 @@ typedef enum {
     SA_ISA_GENERIC = 1,            /* blocked portable C, baseline x86-64 / any CPU */
     SA_ISA_AVX2 = 2,               /* AVX2 + FMA */
     SA_ISA_AVX512 = 3,             /* AVX-512 F, DQ, BW, VL */
+    SA_ISA_NEON = 4,               /* AArch64 Advanced SIMD with FMA */
     SA_ISA_COUNT
 } sa_isa;
 
@@ -268,14 +269,17 @@ enum { SA_F32 = 0, SA_F64 = 1 };
 
 /* The scalar reference tier (csrc/kernels_ref.c). */
 extern const sa_kernels sa_kernels_reference;
-/* The fast tiers: the kernels of csrc/isa_tier.inc compiled by isa_generic.c, isa_avx2.c and
-   isa_avx512.c. */
+/* The fast tiers: the kernels of csrc/isa_tier.inc compiled by isa_generic.c, isa_avx2.c,
+   isa_avx512.c and isa_neon.c. */
 #if SA_VECTOR_TIERS
 extern const sa_kernels sa_kernels_generic;
 #endif
 #if SA_VECTOR_TIERS && (defined(__x86_64__) || defined(__i386__))
 extern const sa_kernels sa_kernels_avx2;
 extern const sa_kernels sa_kernels_avx512;
+#endif
+#if SA_VECTOR_TIERS && defined(__aarch64__)
+extern const sa_kernels sa_kernels_neon;
 #endif
 
 /* The blocked (FlashAttention-2 style) backward, csrc/backward_blocked.c: O(n d) memory, the

@@ -8,7 +8,8 @@
 
 #include <math.h>
 
-static const char *const isa_names[SA_ISA_COUNT] = {"reference", "generic", "avx2", "avx512"};
+static const char *const isa_names[SA_ISA_COUNT] = {"reference", "generic", "avx2", "avx512",
+                                                     "neon"};
 
 const char *sa_isa_name(sa_isa isa)
 {
@@ -27,6 +28,10 @@ int sa_isa_supported(sa_isa isa)
         return sa_cpu_has(SA_CPU_AVX2_FMA);
     case SA_ISA_AVX512:
         return sa_cpu_has(SA_CPU_AVX512);
+#endif
+#if SA_VECTOR_TIERS && defined(__aarch64__)
+    case SA_ISA_NEON:
+        return sa_cpu_has(SA_CPU_NEON);
 #endif
     default:
         return 0;
@@ -57,6 +62,10 @@ const sa_kernels *sa_kernels_for(sa_isa isa)
         return &sa_kernels_avx2;
     case SA_ISA_AVX512:
         return &sa_kernels_avx512;
+#endif
+#if SA_VECTOR_TIERS && defined(__aarch64__)
+    case SA_ISA_NEON:
+        return &sa_kernels_neon;
 #endif
     default:
         return NULL;

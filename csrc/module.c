@@ -937,7 +937,7 @@ static int isa_from_name(PyObject *name, const char *func)
             && memcmp(text, sa_isa_name((sa_isa)isa), (size_t)length) == 0)
             return isa;
     PyErr_Format(PyExc_ValueError, "%s: unknown instruction set %R; expected one of 'avx512', "
-                                   "'avx2', 'generic', 'reference'", func, name);
+                                   "'avx2', 'neon', 'generic', 'reference'", func, name);
     return -1;
 }
 

@@ -41,7 +41,8 @@ def get_num_threads():
 
 
 def set_isa(name):
-    """Choose the instruction-set tier: ``"avx512"``, ``"avx2"``, ``"generic"`` or ``"reference"``.
+    """Choose the instruction-set tier: ``"avx512"``, ``"avx2"``, ``"neon"`` (ARM), ``"generic"``
+    or ``"reference"``.
 
     By default selfattn picks the fastest tier this CPU supports, or ``SELFATTN_ISA`` if that is
     set when selfattn is imported. ``"reference"`` runs the plain scalar kernels every other tier

@@ -1,6 +1,6 @@
 """Value tests of every instruction-set tier this CPU supports.
 
-Each tier's kernels (reference, generic, avx2, avx512) are checked against an independent
+Each tier's kernels (reference, generic, avx2, avx512, neon) are checked against an independent
 extended-precision NumPy computation (np.longdouble) and against the reference tier, across
 awkward sizes (edges of every micro-tile and block), strided and broadcast batch operands, masks
 of every kind and stride, causal attention with n_q != n_k, fully masked rows and NaN rows.

@@ -1,6 +1,7 @@
 """The platform layer (csrc/platform.c): CPU count, fork safety of the thread pool, CPU features."""
 import os
 import pathlib
+import platform
 import subprocess
 import sys
 
@@ -55,6 +56,20 @@ def test_every_listed_tier_is_supported_and_the_best_is_chosen_by_default():
     tiers = list(_core.supported_isas())
     assert tiers[-1] == "reference" and "generic" in tiers
     assert _core.best_isa() == tiers[0]
+
+
+def test_the_tiers_of_this_architecture():
+    """x86 tiers only on x86, NEON only on 64-bit ARM, where it is the default."""
+    tiers = list(_core.supported_isas())
+    machine = platform.machine().lower()
+    if machine in ("aarch64", "arm64"):
+        assert tiers == ["neon", "generic", "reference"] and _core.best_isa() == "neon"
+    else:
+        assert "neon" not in tiers
+    if machine not in ("x86_64", "amd64", "i386", "i686"):
+        assert "avx2" not in tiers and "avx512" not in tiers
+    with pytest.raises(ValueError, match="neon"):
+        selfattn.set_isa("sve")          # the message names every tier, neon included
 
 
 OS_HEADERS = ("pthread.h", "sched.h", "unistd.h", "windows.h", "time.h", "sys/")
