@@ -2,7 +2,7 @@
 # The pure-NumPy backend: 1. the whole suite with SELFATTN_BACKEND=numpy (tests marked c_backend
 # skip), 2. `pip install .` without a C compiler (CC=/bin/false) into a fresh venv: selfattn
 # imports with one NumPyBackendWarning, config() names the numpy backend, and the learners' tools
-# (check, explain, plot_attention) work there. Not wired into .ci/run (the lead does that).
+# (check, explain, plot_attention) work there. .ci/run runs it as step 3b.
 source "$(dirname "$0")/lib.sh" numpy-backend
 cd "$ROOT"
 
