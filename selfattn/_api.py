@@ -34,6 +34,7 @@ from ._validate import (
     _check_size,
     _dtypes,
     _flag,
+    _visibility,
 )
 
 __all__ = [
@@ -44,9 +45,8 @@ __all__ = [
     "scaled_dot_product_attention",
 ]
 
-def _plain_band(is_causal):
-    """The band of a call offered to a _core.plain_* entry point (is_causal a bool there)."""
-    return _band("top_left" if is_causal else None, 0, 0)
+# The band of a call offered to a _core.plain_* entry point (is_causal a bool there, no window).
+_PLAIN_BANDS = {flag: _band(_visibility("", flag), 0, 0) for flag in (False, True)}
 
 
 try:  # NumPy >= 1.25
@@ -57,7 +57,8 @@ except ImportError:  # pragma: no cover - NumPy 1.23/1.24
 
 # ---- the public functions ---------------------------------------------------------------------
 
-def compute_self_attention_scores(Q, K, *, scale=None, mask=None, bias=None, is_causal=False):
+def compute_self_attention_scores(Q, K, *, scale=None, mask=None, bias=None, is_causal=False,
+                                  window=None):
     """Attention scores between every query and every key: ``(Q @ K^T) * scale``.
 
     Step 1 of the notebook. Row ``i`` holds how strongly query ``i`` matches each key.
@@ -123,14 +124,14 @@ def compute_self_attention_scores(Q, K, *, scale=None, mask=None, bias=None, is_
            [  0.,   1., -inf],
            [  1.,   1.,   2.]])
     """
-    if mask is None and bias is None and type(is_causal) is bool:
-        result = _core.plain_scores(Q, K, scale, _plain_band(is_causal))
+    if mask is None and bias is None and window is None and type(is_causal) is bool:
+        result = _core.plain_scores(Q, K, scale, _PLAIN_BANDS[is_causal])
         if result is not None:
             return result
     func = "compute_self_attention_scores"
     Q, K = _as_matrices(func, ("Q", Q, "(n_q, d_k)"), ("K", K, "(n_k, d_k)"))
     batch, scale, visibility, mask, result, compute = _attention_operands(
-        func, Q, K, None, mask, is_causal, scale, bias=bias)
+        func, Q, K, None, mask, is_causal, scale, bias=bias, window=window)
     n_q, n_k = Q.shape[-2], K.shape[-2]
     _check_size(func, batch + (n_q, n_k), compute)
     out = np.empty(batch + (n_q, n_k), dtype=compute)
@@ -277,7 +278,7 @@ def compute_attention_output(attn_weights, V):
 
 
 def scaled_dot_product_attention(Q, K, V, *, scale=None, mask=None, bias=None, is_causal=False,
-                                 return_weights=False):
+                                 return_weights=False, window=None):
     """Attention from queries, keys and values: ``softmax(Q @ K^T * scale + mask + bias) @ V``.
 
     The three notebook steps in one call, under the name torch users know
@@ -339,21 +340,22 @@ def scaled_dot_product_attention(Q, K, V, *, scale=None, mask=None, bias=None, i
     array([[1.       , 2.       ],
            [2.3395231, 3.3395231]])
     """
-    if mask is None and bias is None and return_weights is False and type(is_causal) is bool:
-        result = _core.plain_sdpa(Q, K, V, scale, _plain_band(is_causal))
+    if (mask is None and bias is None and window is None and return_weights is False
+            and type(is_causal) is bool):
+        result = _core.plain_sdpa(Q, K, V, scale, _PLAIN_BANDS[is_causal])
         if result is not None:
             return result
     func = "scaled_dot_product_attention"
     Q, K, V = _as_matrices(func, *_QKV(Q, K, V))
     return_weights = _flag(func, "return_weights", return_weights)
     batch, scale, visibility, mask, result, compute = _attention_operands(
-        func, Q, K, V, mask, is_causal, scale, bias=bias)
+        func, Q, K, V, mask, is_causal, scale, bias=bias, window=window)
     out, weights = _attend(func, batch, Q, K, V, mask, scale, visibility, compute, return_weights)
     return _finish_attention(out, weights, result)
 
 
 def self_attention_layer(X, W_q, W_k, W_v, *, scale=None, mask=None, bias=None,
-                         is_causal=False, return_weights=False):
+                         is_causal=False, return_weights=False, window=None):
     """A full single-head self-attention layer: project X to Q, K, V, then attend.
 
     Step 4 of the notebook. Exactly::
@@ -411,12 +413,14 @@ def self_attention_layer(X, W_q, W_k, W_v, *, scale=None, mask=None, bias=None,
     >>> w.sum(axis=-1)                                       # each row of weights sums to 1
     array([1., 1., 1.])
     """
-    if mask is None and bias is None and return_weights is False and type(is_causal) is bool:
-        result = _core.plain_layer(X, W_q, W_k, W_v, scale, _plain_band(is_causal))
+    if (mask is None and bias is None and window is None and return_weights is False
+            and type(is_causal) is bool):
+        result = _core.plain_layer(X, W_q, W_k, W_v, scale, _PLAIN_BANDS[is_causal])
         if result is not None:
             return result
     func = "self_attention_layer"
     return_weights = _flag(func, "return_weights", return_weights)
-    L = _Layer(func, X, W_q, W_k, W_v, None, None, scale, mask, is_causal, bias=bias)
+    L = _Layer(func, X, W_q, W_k, W_v, None, None, scale, mask, is_causal, bias=bias,
+               window=window)
     out, weights = L.attend(*L.project(), return_weights)
     return _finish_attention(out, weights, L.result)
