@@ -133,22 +133,26 @@ def _visibility(func, is_causal, window=None):
             f"KV cache)"
         )
     causal = _CAUSAL[is_causal]
-    left = right = None
-    if window is not None:
-        rule = (f"window must be a pair (left, right) of non-negative integers or None (None = "
-                f"unbounded on that side), got {window!r}; query i sees the keys "
-                f"i - left .. i + right")
-        if not isinstance(window, (tuple, list, np.ndarray)):
-            raise TypeError(f"{func}: {rule}")
-        if len(window) != 2:
-            raise ValueError(f"{func}: {rule}")
-        left, right = (None if side is None else _integer(func, f"window[{k}] ({name})", side, 0)
-                       for k, (name, side) in enumerate(zip(("left", "right"), window)))
+    left, right = _window(func, window)
     if causal is not None:
         right = 0 if right is None else min(right, 0)
     if left is None and right is None:
         return None
     return causal or "top_left", left, right
+
+
+def _window(func, window):
+    """window= as (left, right), each a non-negative int or None (unbounded); None is (None, None)."""
+    if window is None:
+        return None, None
+    rule = (f"window must be a pair (left, right) of non-negative integers or None (None = "
+            f"unbounded on that side), got {window!r}; query i sees the keys i - left .. i + right")
+    if not isinstance(window, (tuple, list, np.ndarray)):
+        raise TypeError(f"{func}: {rule}")
+    if len(window) != 2:
+        raise ValueError(f"{func}: {rule}")
+    return tuple(None if side is None else _integer(func, f"window[{k}] ({name})", side, 0)
+                 for k, (name, side) in enumerate(zip(("left", "right"), window)))
 
 
 def _scale(func, scale, d_k):
