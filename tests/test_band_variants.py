@@ -284,3 +284,49 @@ def test_explain_shows_the_band():
     assert "j <= i + 1" in str(t)
     assert np.isneginf(t.scores[0, 2:]).all() and np.isfinite(t.scores[4]).all()
     assert "band" not in str(selfattn.explain(X, W, W, W, is_causal=True))
+
+
+# ---- the learner's side: selfattn.testing.check and cases ------------------------------------
+
+def learner_attention(Q, K, V, is_causal=False, window=None):
+    """How a learner writes causal / windowed attention: an explicit band of -inf, raw scores."""
+    n_q, n_k = Q.shape[-2], K.shape[-2]
+    i, j = np.arange(n_q)[:, None], np.arange(n_k)[None, :]
+    d = i + (n_k - n_q if is_causal == "bottom_right" else 0)
+    visible = (j <= d) if is_causal else np.ones((n_q, n_k), bool)
+    if window is not None:
+        left, right = window
+        visible = visible & (j >= d - left) & (j <= d + right)
+    scores = np.where(visible, Q @ np.swapaxes(K, -1, -2), -np.inf)
+    e = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    return (e / e.sum(axis=-1, keepdims=True)) @ V
+
+
+@pytest.mark.parametrize("kw", [dict(window=(1, 0)), dict(is_causal="bottom_right"),
+                                dict(is_causal="bottom_right", window=(1, 1)),
+                                dict(is_causal=True, window=(0, 3))])
+def test_check_knows_a_learners_banded_attention(kw):
+    from selfattn.testing import cases, check
+
+    def scaled_dot_product_attention(Q, K, V, **given):
+        assert given == kw                          # check passes the keywords on
+        return learner_attention(Q, K, V, **given)
+
+    report = check(scaled_dot_product_attention, **kw)
+    assert report, report
+    for case in cases("scaled_dot_product_attention", scale="raw", **kw):
+        assert case.kwargs == kw and "with " in case.label
+        np.testing.assert_allclose(learner_attention(*case.args, **kw), case.expected,
+                                   rtol=1e-5, atol=1e-6)
+    # the same learner ignoring the band fails where the band hides keys
+    assert not check(lambda Q, K, V, **given: learner_attention(Q, K, V),
+                     "scaled_dot_product_attention", **kw)
+
+
+def test_check_refuses_the_band_where_no_learner_writes_it():
+    from selfattn.testing import cases, check
+    with pytest.raises(ValueError, match="cases: is_causal and window apply to the functions"):
+        cases("softmax_attention_weights", window=(1, 0))
+    with pytest.raises(ValueError, match=r"check: window\[0\] \(left\)"):
+        check(learner_attention, "scaled_dot_product_attention", window=(-1, 0))
+    assert all(case.kwargs == {} for case in cases("compute_self_attention_scores"))
