@@ -330,3 +330,18 @@ def test_check_refuses_the_band_where_no_learner_writes_it():
     with pytest.raises(ValueError, match=r"check: window\[0\] \(left\)"):
         check(learner_attention, "scaled_dot_product_attention", window=(-1, 0))
     assert all(case.kwargs == {} for case in cases("compute_self_attention_scores"))
+
+
+def test_the_bench_case_compares_like_with_like():
+    """python -m selfattn bench's window case: the dense band mask computes what window= does,
+    and the memory figures are measured for both ways."""
+    from selfattn import _bench
+    case = _bench._window_case(300, (20, 0), 16, np.float32, True)
+    state = case["setup"](np.random.default_rng(0))
+    ours, dense = case["ours"](state), case["peers"]["dense band mask"](state)
+    assert ours.dtype == dense.dtype == np.float32
+    np.testing.assert_allclose(ours, dense, rtol=1e-5, atol=1e-6)
+    assert case["flops"] == 4.0 * 16 * (~hidden_keys(300, 300, True, (20, 0))).sum()
+    memory = case["memory"](state)
+    assert memory["dense band mask"] > max(memory["ours"], 300 * 300) and memory["ours"] >= ours.nbytes
+    assert any(c["group"] == "window" for c in _bench.build_cases(quick=True, torch=None))
