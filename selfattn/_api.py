@@ -85,10 +85,16 @@ def compute_self_attention_scores(Q, K, *, scale=None, mask=None, bias=None, is_
         Broadcastable to ``(..., n_q, n_k)``, as a mask is: added to the scaled scores (e.g.
         :func:`alibi_bias`). Beside a boolean ``mask`` it applies where the mask allows; a float
         ``mask`` and ``bias`` are added together.
-    is_causal : bool, optional
-        If True, query ``i`` sees only keys ``j <= i`` (top-left aligned when ``n_q != n_k``,
-        as in torch); later keys score ``-inf``. Combined with ``mask``, a key is visible only if
-        both allow it.
+    is_causal : bool, "top_left", "bottom_right" or None, optional
+        If True (or ``"top_left"``), query ``i`` sees only keys ``j <= i`` (top-left aligned when
+        ``n_q != n_k``, as in torch); later keys score ``-inf``. ``"bottom_right"`` (torch's
+        ``causal_lower_right``): ``j <= i + n_k - n_q``, the last query seeing every key (new
+        tokens against a KV cache). Combined with ``mask``, a key is visible only if both allow it.
+    window : (left, right), optional
+        A sliding window: query ``i`` sees only keys ``i - left <= j <= i + right`` (each side an
+        int >= 0, or None for unbounded), measured from ``i + n_k - n_q`` instead of ``i`` with
+        ``is_causal="bottom_right"``. Combined with ``is_causal`` and ``mask`` (all must allow).
+        Same as ``mask=window_mask(n_q, n_k, left, right)``, without its O(n_q * n_k) cost.
 
     Returns
     -------
@@ -103,7 +109,8 @@ def compute_self_attention_scores(Q, K, *, scale=None, mask=None, bias=None, is_
         If Q or K has fewer than 2 dimensions, their ``d_k`` differ, batch dimensions or the mask
         do not broadcast, or the result is too large to allocate.
     TypeError
-        For complex, object, string or integer-mask inputs, or a non-bool ``is_causal``.
+        For complex, object, string or integer-mask inputs, or an ``is_causal`` or ``window`` of
+        the wrong kind (a wrong string or a negative side is a ValueError).
 
     Examples
     --------
@@ -301,10 +308,17 @@ def scaled_dot_product_attention(Q, K, V, *, scale=None, mask=None, bias=None, i
         Broadcastable to ``(..., n_q, n_k)``, as a mask is: added to the scaled scores (e.g.
         :func:`alibi_bias`). Beside a boolean ``mask`` it applies where the mask allows; a float
         ``mask`` and ``bias`` are added together.
-    is_causal : bool, optional
-        Query ``i`` sees only keys ``j <= i``. Combined with ``mask`` (both must allow).
+    is_causal : bool, "top_left", "bottom_right" or None, optional
+        Query ``i`` sees only keys ``j <= i`` (True or ``"top_left"``) or ``j <= i + n_k - n_q``
+        (``"bottom_right"``: decoding the last ``n_q`` tokens against ``n_k`` cached keys).
+        Combined with ``mask`` (both must allow).
     return_weights : bool, optional
         Also return the attention weights (this stores them: O(n_q * n_k) memory).
+    window : (left, right), optional
+        Query ``i`` sees only keys ``i - left <= j <= i + right`` (ints >= 0, None = unbounded;
+        from ``i + n_k - n_q`` with ``is_causal="bottom_right"``), with ``is_causal`` and ``mask``
+        (all must allow). Blocks of keys no query sees are skipped: a window of ``w`` keys costs
+        O(n_q * w * d), not O(n_q * n_k * d).
 
     Returns
     -------
@@ -339,6 +353,9 @@ def scaled_dot_product_attention(Q, K, V, *, scale=None, mask=None, bias=None, i
     >>> scaled_dot_product_attention(Q, K, V, is_causal=True)   # the first query sees key 0 only
     array([[1.       , 2.       ],
            [2.3395231, 3.3395231]])
+    >>> scaled_dot_product_attention(Q, K, V, window=(0, 0))    # each query sees its own key
+    array([[1., 2.],
+           [3., 4.]])
     """
     if (mask is None and bias is None and window is None and return_weights is False
             and type(is_causal) is bool):
@@ -381,10 +398,15 @@ def self_attention_layer(X, W_q, W_k, W_v, *, scale=None, mask=None, bias=None,
     bias : array_like of float, optional
         Broadcastable to ``(..., n, n)``: added to the scaled scores where ``mask`` allows (see
         :func:`scaled_dot_product_attention`).
-    is_causal : bool, optional
-        Token ``i`` attends only to tokens ``j <= i``.
+    is_causal : bool, "top_left", "bottom_right" or None, optional
+        Token ``i`` attends only to tokens ``j <= i`` (with ``n_q = n_k`` the two alignments
+        agree).
     return_weights : bool, optional
         Also return the ``(..., n, n)`` attention weights.
+    window : (left, right), optional
+        Token ``i`` attends only to tokens ``i - left .. i + right`` (ints >= 0, None =
+        unbounded), together with ``is_causal`` and ``mask`` (see
+        :func:`scaled_dot_product_attention`).
 
     Returns
     -------

@@ -122,8 +122,9 @@ def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None,
     dO : array_like, shape (..., n_q, d_v)
         Gradient of the loss with respect to the attention output; exactly the shape
         :func:`scaled_dot_product_attention` returns for these arguments.
-    Q, K, V, scale, mask, bias, is_causal
-        As in :func:`scaled_dot_product_attention`.
+    Q, K, V, scale, mask, bias, is_causal, window
+        As in :func:`scaled_dot_product_attention`. Keys outside the band get no gradient from a
+        query, and a query that sees no key gets ``dQ = 0``.
 
     Returns
     -------
@@ -194,7 +195,7 @@ def self_attention_layer_backward(dY, X, W_q, W_k, W_v, *, scale=None, mask=None
     dY : array_like, shape (..., n, d_v)
         Gradient of the loss with respect to the layer's output; exactly the shape
         :func:`self_attention_layer` returns for these arguments.
-    X, W_q, W_k, W_v, scale, mask, bias, is_causal
+    X, W_q, W_k, W_v, scale, mask, bias, is_causal, window
         As in :func:`self_attention_layer` (the bias gets no gradient).
 
     Returns

@@ -75,11 +75,16 @@ def multi_head_attention(X, W_q, W_k, W_v, W_o, *, num_heads, kv=None, b_q=None,
     bias : array_like of float, optional
         Added to the per-head scaled scores where ``mask`` allows; broadcasts as a mask does,
         e.g. ``(num_heads, n, n_k)`` from :func:`alibi_bias` (one slope per head).
-    is_causal : bool, optional
-        Token ``i`` attends only to tokens ``j <= i`` (aligned top-left when ``n != n_k``, as
-        in :func:`scaled_dot_product_attention`); combined with ``mask`` (both must allow).
+    is_causal : bool, "top_left", "bottom_right" or None, optional
+        Token ``i`` attends only to tokens ``j <= i`` (True or ``"top_left"``, aligned top-left
+        when ``n != n_k``) or ``j <= i + n_k - n`` (``"bottom_right"``), as in
+        :func:`scaled_dot_product_attention`; combined with ``mask`` (both must allow).
     return_weights : bool, optional
         Also return every head's attention weights.
+    window : (left, right), optional
+        Token ``i`` attends only to keys ``i - left .. i + right`` (ints >= 0, None = unbounded;
+        from ``i + n_k - n`` with ``is_causal="bottom_right"``), the same band for every head,
+        together with ``is_causal`` and ``mask``.
 
     Returns
     -------
@@ -154,7 +159,7 @@ def multi_head_attention_backward(dY, X, W_q, W_k, W_v, W_o, *, num_heads, kv=No
     dY : array_like, shape (..., n, d_out)
         Gradient of the loss with respect to the output; exactly the shape
         :func:`multi_head_attention` returns for these arguments.
-    X, W_q, W_k, W_v, W_o, num_heads, kv, b_q, b_k, b_v, b_o, scale, mask, bias, is_causal
+    X, W_q, W_k, W_v, W_o, num_heads, kv, b_q, b_k, b_v, b_o, scale, mask, bias, is_causal, window
         As in :func:`multi_head_attention`.
 
     Returns
