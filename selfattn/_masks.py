@@ -16,6 +16,8 @@ def _band_mask(func, n_q, n_k, visibility):
     n_q = _integer(func, "n_q", n_q, 0)
     n_k = n_q if n_k is None else _integer(func, "n_k", n_k, 0)
     _check_size(func, (n_q, n_k), np.dtype(bool))
+    if n_q == 0 or n_k == 0:   # the indices below would cost the other size for nothing
+        return np.zeros((n_q, n_k), dtype=bool)
     lo, hi = (min(max(side, -n_q), n_k) for side in _band(visibility, n_q, n_k))  # as C clamps
     keys, rows = np.arange(n_k), np.arange(n_q)[:, None]
     return (keys >= rows + lo) & (keys <= rows + hi)
