@@ -11,6 +11,10 @@ __version__: str
 class NumPyBackendWarning(UserWarning): ...
 
 _Float = NDArray[np.floating[Any]]
+# is_causal: True is "top_left"; False and None are no causality
+_Causal = bool | Literal["top_left", "bottom_right"] | None
+# window=(left, right): query i sees keys i - left .. i + right; None leaves a side unbounded
+_Window = tuple[int | None, int | None] | None
 
 def compute_self_attention_scores(
     Q: ArrayLike,
@@ -19,7 +23,8 @@ def compute_self_attention_scores(
     scale: float | None = ...,
     mask: ArrayLike | None = ...,
     bias: ArrayLike | None = ...,
-    is_causal: bool = ...,
+    is_causal: _Causal = ...,
+    window: _Window = ...,
 ) -> _Float: ...
 def softmax_attention_weights(attn_scores: ArrayLike, *, axis: int = ...) -> _Float: ...
 def compute_attention_output(attn_weights: ArrayLike, V: ArrayLike) -> _Float: ...
@@ -33,8 +38,9 @@ def self_attention_layer(
     scale: float | None = ...,
     mask: ArrayLike | None = ...,
     bias: ArrayLike | None = ...,
-    is_causal: bool = ...,
+    is_causal: _Causal = ...,
     return_weights: Literal[False] = ...,
+    window: _Window = ...,
 ) -> _Float: ...
 @overload
 def self_attention_layer(
@@ -46,8 +52,9 @@ def self_attention_layer(
     scale: float | None = ...,
     mask: ArrayLike | None = ...,
     bias: ArrayLike | None = ...,
-    is_causal: bool = ...,
+    is_causal: _Causal = ...,
     return_weights: Literal[True],
+    window: _Window = ...,
 ) -> tuple[_Float, _Float]: ...
 @overload
 def scaled_dot_product_attention(
@@ -58,8 +65,9 @@ def scaled_dot_product_attention(
     scale: float | None = ...,
     mask: ArrayLike | None = ...,
     bias: ArrayLike | None = ...,
-    is_causal: bool = ...,
+    is_causal: _Causal = ...,
     return_weights: Literal[False] = ...,
+    window: _Window = ...,
 ) -> _Float: ...
 @overload
 def scaled_dot_product_attention(
@@ -70,8 +78,9 @@ def scaled_dot_product_attention(
     scale: float | None = ...,
     mask: ArrayLike | None = ...,
     bias: ArrayLike | None = ...,
-    is_causal: bool = ...,
+    is_causal: _Causal = ...,
     return_weights: Literal[True],
+    window: _Window = ...,
 ) -> tuple[_Float, _Float]: ...
 @overload
 def multi_head_attention(
@@ -90,8 +99,9 @@ def multi_head_attention(
     scale: float | None = ...,
     mask: ArrayLike | None = ...,
     bias: ArrayLike | None = ...,
-    is_causal: bool = ...,
+    is_causal: _Causal = ...,
     return_weights: Literal[False] = ...,
+    window: _Window = ...,
 ) -> _Float: ...
 @overload
 def multi_head_attention(
@@ -110,8 +120,9 @@ def multi_head_attention(
     scale: float | None = ...,
     mask: ArrayLike | None = ...,
     bias: ArrayLike | None = ...,
-    is_causal: bool = ...,
+    is_causal: _Causal = ...,
     return_weights: Literal[True],
+    window: _Window = ...,
 ) -> tuple[_Float, _Float]: ...
 def scaled_dot_product_attention_backward(
     dO: ArrayLike,
@@ -122,7 +133,8 @@ def scaled_dot_product_attention_backward(
     scale: float | None = ...,
     mask: ArrayLike | None = ...,
     bias: ArrayLike | None = ...,
-    is_causal: bool = ...,
+    is_causal: _Causal = ...,
+    window: _Window = ...,
 ) -> tuple[_Float, _Float, _Float]: ...
 def self_attention_layer_backward(
     dY: ArrayLike,
@@ -134,7 +146,8 @@ def self_attention_layer_backward(
     scale: float | None = ...,
     mask: ArrayLike | None = ...,
     bias: ArrayLike | None = ...,
-    is_causal: bool = ...,
+    is_causal: _Causal = ...,
+    window: _Window = ...,
 ) -> tuple[_Float, _Float, _Float, _Float]: ...
 def multi_head_attention_backward(
     dY: ArrayLike,
@@ -153,9 +166,20 @@ def multi_head_attention_backward(
     scale: float | None = ...,
     mask: ArrayLike | None = ...,
     bias: ArrayLike | None = ...,
-    is_causal: bool = ...,
+    is_causal: _Causal = ...,
+    window: _Window = ...,
 ) -> tuple[_Float, ...]: ...
-def causal_mask(n_q: int, n_k: int | None = ...) -> NDArray[np.bool_]: ...
+def causal_mask(
+    n_q: int, n_k: int | None = ..., *, align: Literal["top_left", "bottom_right"] = ...
+) -> NDArray[np.bool_]: ...
+def window_mask(
+    n_q: int,
+    n_k: int,
+    left: int | None,
+    right: int | None,
+    *,
+    align: Literal["top_left", "bottom_right"] = ...,
+) -> NDArray[np.bool_]: ...
 def padding_mask(lengths: ArrayLike, n_k: int, *, head_axis: bool = ...) -> NDArray[np.bool_]: ...
 def set_num_threads(n: int) -> None: ...
 def get_num_threads() -> int: ...
@@ -171,7 +195,8 @@ def explain(
     tokens: list[str] | None = ...,
     scale: float | None = ...,
     mask: ArrayLike | None = ...,
-    is_causal: bool = ...,
+    is_causal: _Causal = ...,
+    window: _Window = ...,
 ) -> AttentionTrace: ...
 def plot_attention(
     weights: ArrayLike,

@@ -34,6 +34,7 @@ from ._validate import (
     _check_size,
     _dtypes,
     _flag,
+    _visibility,
 )
 
 __all__ = [
@@ -44,9 +45,8 @@ __all__ = [
     "scaled_dot_product_attention",
 ]
 
-def _plain_band(is_causal):
-    """The band of a call offered to a _core.plain_* entry point (is_causal a bool there)."""
-    return _band("top_left" if is_causal else None, 0, 0)
+# The band of a call offered to a _core.plain_* entry point (is_causal a bool there, no window).
+_PLAIN_BANDS = {flag: _band(_visibility("", flag), 0, 0) for flag in (False, True)}
 
 
 try:  # NumPy >= 1.25
@@ -57,7 +57,8 @@ except ImportError:  # pragma: no cover - NumPy 1.23/1.24
 
 # ---- the public functions ---------------------------------------------------------------------
 
-def compute_self_attention_scores(Q, K, *, scale=None, mask=None, bias=None, is_causal=False):
+def compute_self_attention_scores(Q, K, *, scale=None, mask=None, bias=None, is_causal=False,
+                                  window=None):
     """Attention scores between every query and every key: ``(Q @ K^T) * scale``.
 
     Step 1 of the notebook. Row ``i`` holds how strongly query ``i`` matches each key.
@@ -84,10 +85,16 @@ def compute_self_attention_scores(Q, K, *, scale=None, mask=None, bias=None, is_
         Broadcastable to ``(..., n_q, n_k)``, as a mask is: added to the scaled scores (e.g.
         :func:`alibi_bias`). Beside a boolean ``mask`` it applies where the mask allows; a float
         ``mask`` and ``bias`` are added together.
-    is_causal : bool, optional
-        If True, query ``i`` sees only keys ``j <= i`` (top-left aligned when ``n_q != n_k``,
-        as in torch); later keys score ``-inf``. Combined with ``mask``, a key is visible only if
-        both allow it.
+    is_causal : bool, "top_left", "bottom_right" or None, optional
+        If True (or ``"top_left"``), query ``i`` sees only keys ``j <= i`` (top-left aligned when
+        ``n_q != n_k``, as in torch); later keys score ``-inf``. ``"bottom_right"`` (torch's
+        ``causal_lower_right``): ``j <= i + n_k - n_q``, the last query seeing every key (new
+        tokens against a KV cache). Combined with ``mask``, a key is visible only if both allow it.
+    window : (left, right), optional
+        A sliding window: query ``i`` sees only keys ``i - left <= j <= i + right`` (each side an
+        int >= 0, or None for unbounded), measured from ``i + n_k - n_q`` instead of ``i`` with
+        ``is_causal="bottom_right"``. Combined with ``is_causal`` and ``mask`` (all must allow).
+        Same as ``mask=window_mask(n_q, n_k, left, right)``, without its O(n_q * n_k) cost.
 
     Returns
     -------
@@ -102,7 +109,8 @@ def compute_self_attention_scores(Q, K, *, scale=None, mask=None, bias=None, is_
         If Q or K has fewer than 2 dimensions, their ``d_k`` differ, batch dimensions or the mask
         do not broadcast, or the result is too large to allocate.
     TypeError
-        For complex, object, string or integer-mask inputs, or a non-bool ``is_causal``.
+        For complex, object, string or integer-mask inputs, or an ``is_causal`` or ``window`` of
+        the wrong kind (a wrong string or a negative side is a ValueError).
 
     Examples
     --------
@@ -123,14 +131,14 @@ def compute_self_attention_scores(Q, K, *, scale=None, mask=None, bias=None, is_
            [  0.,   1., -inf],
            [  1.,   1.,   2.]])
     """
-    if mask is None and bias is None and type(is_causal) is bool:
-        result = _core.plain_scores(Q, K, scale, _plain_band(is_causal))
+    if mask is None and bias is None and window is None and type(is_causal) is bool:
+        result = _core.plain_scores(Q, K, scale, _PLAIN_BANDS[is_causal])
         if result is not None:
             return result
     func = "compute_self_attention_scores"
     Q, K = _as_matrices(func, ("Q", Q, "(n_q, d_k)"), ("K", K, "(n_k, d_k)"))
     batch, scale, visibility, mask, result, compute = _attention_operands(
-        func, Q, K, None, mask, is_causal, scale, bias=bias)
+        func, Q, K, None, mask, is_causal, scale, bias=bias, window=window)
     n_q, n_k = Q.shape[-2], K.shape[-2]
     _check_size(func, batch + (n_q, n_k), compute)
     out = np.empty(batch + (n_q, n_k), dtype=compute)
@@ -277,7 +285,7 @@ def compute_attention_output(attn_weights, V):
 
 
 def scaled_dot_product_attention(Q, K, V, *, scale=None, mask=None, bias=None, is_causal=False,
-                                 return_weights=False):
+                                 return_weights=False, window=None):
     """Attention from queries, keys and values: ``softmax(Q @ K^T * scale + mask + bias) @ V``.
 
     The three notebook steps in one call, under the name torch users know
@@ -300,10 +308,17 @@ def scaled_dot_product_attention(Q, K, V, *, scale=None, mask=None, bias=None, i
         Broadcastable to ``(..., n_q, n_k)``, as a mask is: added to the scaled scores (e.g.
         :func:`alibi_bias`). Beside a boolean ``mask`` it applies where the mask allows; a float
         ``mask`` and ``bias`` are added together.
-    is_causal : bool, optional
-        Query ``i`` sees only keys ``j <= i``. Combined with ``mask`` (both must allow).
+    is_causal : bool, "top_left", "bottom_right" or None, optional
+        Query ``i`` sees only keys ``j <= i`` (True or ``"top_left"``) or ``j <= i + n_k - n_q``
+        (``"bottom_right"``: decoding the last ``n_q`` tokens against ``n_k`` cached keys).
+        Combined with ``mask`` (both must allow).
     return_weights : bool, optional
         Also return the attention weights (this stores them: O(n_q * n_k) memory).
+    window : (left, right), optional
+        Query ``i`` sees only keys ``i - left <= j <= i + right`` (ints >= 0, None = unbounded;
+        from ``i + n_k - n_q`` with ``is_causal="bottom_right"``), with ``is_causal`` and ``mask``
+        (all must allow). Blocks of keys no query sees are skipped: a window of ``w`` keys costs
+        O(n_q * w * d), not O(n_q * n_k * d).
 
     Returns
     -------
@@ -338,22 +353,26 @@ def scaled_dot_product_attention(Q, K, V, *, scale=None, mask=None, bias=None, i
     >>> scaled_dot_product_attention(Q, K, V, is_causal=True)   # the first query sees key 0 only
     array([[1.       , 2.       ],
            [2.3395231, 3.3395231]])
+    >>> scaled_dot_product_attention(Q, K, V, window=(0, 0))    # each query sees its own key
+    array([[1., 2.],
+           [3., 4.]])
     """
-    if mask is None and bias is None and return_weights is False and type(is_causal) is bool:
-        result = _core.plain_sdpa(Q, K, V, scale, _plain_band(is_causal))
+    if (mask is None and bias is None and window is None and return_weights is False
+            and type(is_causal) is bool):
+        result = _core.plain_sdpa(Q, K, V, scale, _PLAIN_BANDS[is_causal])
         if result is not None:
             return result
     func = "scaled_dot_product_attention"
     Q, K, V = _as_matrices(func, *_QKV(Q, K, V))
     return_weights = _flag(func, "return_weights", return_weights)
     batch, scale, visibility, mask, result, compute = _attention_operands(
-        func, Q, K, V, mask, is_causal, scale, bias=bias)
+        func, Q, K, V, mask, is_causal, scale, bias=bias, window=window)
     out, weights = _attend(func, batch, Q, K, V, mask, scale, visibility, compute, return_weights)
     return _finish_attention(out, weights, result)
 
 
 def self_attention_layer(X, W_q, W_k, W_v, *, scale=None, mask=None, bias=None,
-                         is_causal=False, return_weights=False):
+                         is_causal=False, return_weights=False, window=None):
     """A full single-head self-attention layer: project X to Q, K, V, then attend.
 
     Step 4 of the notebook. Exactly::
@@ -379,10 +398,15 @@ def self_attention_layer(X, W_q, W_k, W_v, *, scale=None, mask=None, bias=None,
     bias : array_like of float, optional
         Broadcastable to ``(..., n, n)``: added to the scaled scores where ``mask`` allows (see
         :func:`scaled_dot_product_attention`).
-    is_causal : bool, optional
-        Token ``i`` attends only to tokens ``j <= i``.
+    is_causal : bool, "top_left", "bottom_right" or None, optional
+        Token ``i`` attends only to tokens ``j <= i`` (with ``n_q = n_k`` the two alignments
+        agree).
     return_weights : bool, optional
         Also return the ``(..., n, n)`` attention weights.
+    window : (left, right), optional
+        Token ``i`` attends only to tokens ``i - left .. i + right`` (ints >= 0, None =
+        unbounded), together with ``is_causal`` and ``mask`` (see
+        :func:`scaled_dot_product_attention`).
 
     Returns
     -------
@@ -411,12 +435,14 @@ def self_attention_layer(X, W_q, W_k, W_v, *, scale=None, mask=None, bias=None,
     >>> w.sum(axis=-1)                                       # each row of weights sums to 1
     array([1., 1., 1.])
     """
-    if mask is None and bias is None and return_weights is False and type(is_causal) is bool:
-        result = _core.plain_layer(X, W_q, W_k, W_v, scale, _plain_band(is_causal))
+    if (mask is None and bias is None and window is None and return_weights is False
+            and type(is_causal) is bool):
+        result = _core.plain_layer(X, W_q, W_k, W_v, scale, _PLAIN_BANDS[is_causal])
         if result is not None:
             return result
     func = "self_attention_layer"
     return_weights = _flag(func, "return_weights", return_weights)
-    L = _Layer(func, X, W_q, W_k, W_v, None, None, scale, mask, is_causal, bias=bias)
+    L = _Layer(func, X, W_q, W_k, W_v, None, None, scale, mask, is_causal, bias=bias,
+               window=window)
     out, weights = L.attend(*L.project(), return_weights)
     return _finish_attention(out, weights, L.result)

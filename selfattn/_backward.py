@@ -100,7 +100,7 @@ def _layer_input_grads(L, dO, Q, K, V):
 
 
 def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None, bias=None,
-                                          is_causal=False):
+                                          is_causal=False, window=None):
     """Gradients of :func:`scaled_dot_product_attention`: ``(dQ, dK, dV)`` given ``dO``.
 
     For ``O = softmax(S) @ V`` with ``S = Q @ K^T * scale + mask`` and ``P = softmax(S)`` (by rows),
@@ -122,8 +122,9 @@ def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None,
     dO : array_like, shape (..., n_q, d_v)
         Gradient of the loss with respect to the attention output; exactly the shape
         :func:`scaled_dot_product_attention` returns for these arguments.
-    Q, K, V, scale, mask, bias, is_causal
-        As in :func:`scaled_dot_product_attention`.
+    Q, K, V, scale, mask, bias, is_causal, window
+        As in :func:`scaled_dot_product_attention`. Keys outside the band get no gradient from a
+        query, and a query that sees no key gets ``dQ = 0``.
 
     Returns
     -------
@@ -162,7 +163,7 @@ def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None,
     func = "scaled_dot_product_attention_backward"
     dO, Q, K, V = _as_matrices(func, ("dO", dO, "(n_q, d_v)"), *_QKV(Q, K, V))
     batch, scale, visibility, mask, result, _ = _attention_operands(func, Q, K, V, mask, is_causal,
-                                                                scale, bias=bias)
+                                                                scale, bias=bias, window=window)
     n_q, n_k, d_k, d_v = Q.shape[-2], K.shape[-2], Q.shape[-1], V.shape[-1]
     _check_grad_shape(func, "dO", dO, batch + (n_q, d_v), "output")
     compute = _dtypes(Q, K, V)[1]
@@ -177,7 +178,7 @@ def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None,
 
 
 def self_attention_layer_backward(dY, X, W_q, W_k, W_v, *, scale=None, mask=None, bias=None,
-                                  is_causal=False):
+                                  is_causal=False, window=None):
     """Gradients of :func:`self_attention_layer`: ``(dX, dW_q, dW_k, dW_v)`` given ``dY``.
 
     With ``Q, K, V = X @ W_q, X @ W_k, X @ W_v`` and ``(dQ, dK, dV)`` from
@@ -194,7 +195,7 @@ def self_attention_layer_backward(dY, X, W_q, W_k, W_v, *, scale=None, mask=None
     dY : array_like, shape (..., n, d_v)
         Gradient of the loss with respect to the layer's output; exactly the shape
         :func:`self_attention_layer` returns for these arguments.
-    X, W_q, W_k, W_v, scale, mask, bias, is_causal
+    X, W_q, W_k, W_v, scale, mask, bias, is_causal, window
         As in :func:`self_attention_layer` (the bias gets no gradient).
 
     Returns
@@ -231,7 +232,8 @@ def self_attention_layer_backward(dY, X, W_q, W_k, W_v, *, scale=None, mask=None
     """
     func = "self_attention_layer_backward"
     dY, = _as_matrices(func, ("dY", dY, "(seq_len, d_v)"))
-    L = _Layer(func, X, W_q, W_k, W_v, None, None, scale, mask, is_causal, bias=bias)
+    L = _Layer(func, X, W_q, W_k, W_v, None, None, scale, mask, is_causal, bias=bias,
+               window=window)
     _check_grad_shape(func, "dY", dY, L.out_batch + (L.n, L.d_v), "output")
     Q, K, V = L.project()
     grads = _layer_input_grads(L, dY.astype(L.compute, copy=False), Q, K, V)

@@ -135,6 +135,55 @@ def _layer_case(n, d_model, d, dtype, causal):
     }
 
 
+def _peak_bytes(fn):
+    """The peak memory traced while fn() runs (tracemalloc: NumPy's arrays and selfattn's
+    scratch, PyMem_RawMalloc, alike), its result included."""
+    import tracemalloc
+
+    gc.collect()
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def _window_case(n, window, d, dtype, causal):
+    """A sliding window of `window` = (left, right) keys by window= (the kernels skip every block
+    no query sees: O(n w d)) against the same call with the equivalent dense (n, n) band mask.
+    Memory: the peak bytes of each way, the dense one building its mask (n^2 bytes) and calling."""
+    def band_mask():
+        return selfattn.window_mask(n, n, *window)
+
+    def setup(rng):
+        Q, K, V = (rng.standard_normal((n, d)).astype(dtype) for _ in range(3))
+        return {"Q": Q, "K": K, "V": V, "mask": band_mask()}
+
+    def ours(s):
+        return selfattn.scaled_dot_product_attention(s["Q"], s["K"], s["V"], is_causal=causal,
+                                                     window=window)
+
+    def dense(s, mask=None):
+        return selfattn.scaled_dot_product_attention(
+            s["Q"], s["K"], s["V"], is_causal=causal, mask=s["mask"] if mask is None else mask)
+
+    left, right = window
+    pairs = sum(min(i + (0 if causal else right), n - 1) - max(i - left, 0) + 1 for i in range(n))
+    return {
+        "name": f"window {np.dtype(dtype).name} n={n} w={left + right + 1} d={d}"
+                f"{' causal' if causal else ''} window={window}",
+        "group": "window",
+        "dtype": np.dtype(dtype).name,
+        "flops": 4.0 * pairs * d,
+        "setup": setup,
+        "ours": ours,
+        "peers": {"dense band mask": dense},
+        "memory": lambda s: {"ours": _peak_bytes(lambda: ours(s)),
+                             "dense band mask": _peak_bytes(lambda: dense(s, band_mask()))},
+    }
+
+
 def _step_cases(n, d, dtype):
     name = np.dtype(dtype).name
     scale = 1 / math.sqrt(d)
@@ -189,6 +238,8 @@ def build_cases(quick, torch):
     for dtype in DTYPES:
         for n in ([2048] if quick else [512, 2048, 4096]):
             cases.extend(_step_cases(n, 64, dtype))
+    # a causal sliding window of w = 256 keys (Mistral's shape, 4096 there)
+    cases.append(_window_case(2048 if quick else 16384, (255, 0), 64, np.float32, True))
     cases.extend(_bench_training.CASES)
     return cases
 
@@ -223,6 +274,7 @@ def run_case(case, repeat, rng, min_sample=0.02, cooldown=0.0):
             samples[key].append(_time_once(fn, state, number[key]))
             if key != "ours" and cooldown:
                 time.sleep(cooldown)
+    memory = case["memory"](state) if "memory" in case else None
     del state
     gc.collect()
     times = {key: statistics.median(v) for key, v in samples.items()}
@@ -234,6 +286,8 @@ def run_case(case, repeat, rng, min_sample=0.02, cooldown=0.0):
             result["peers"][key] = {"time_s": times[key], "ratio": times[key] / times["ours"]}
         else:
             result["peers"][key] = None
+    if memory is not None:
+        result["peak_bytes"] = memory
     return result
 
 
@@ -458,6 +512,12 @@ def main(argv=None) -> int:
     print("x PEER = peer time / selfattn time (above 1: selfattn is faster); medians of "
           f"{repeat} interleaved repeats\n")
     print(format_table(results, peaks, peer_names))
+    for r in results:
+        if "peak_bytes" in r:
+            ours = r["peak_bytes"]["ours"]
+            print(f"\n{r['name']}: peak memory " + ", ".join(
+                f"{key} {b / 2**20:.1f} MiB" + ("" if key == "ours" else f" ({b / ours:.0f}x ours)")
+                for key, b in r["peak_bytes"].items()))
     if memory:
         print(f"\n{memory['name']}: peak memory above the inputs "
               f"{memory['peak_above_inputs_bytes'] / 2**20:.1f} MiB (output alone "

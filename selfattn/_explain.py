@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from . import _api
+from ._validate import _visibility
 
 __all__ = ["explain", "AttentionTrace"]
 
@@ -28,12 +29,12 @@ class AttentionTrace:
     tokens : list of str or None
     scale : float
         The factor applied to the dot products (``1/sqrt(d_k)`` unless given).
-    mask, is_causal :
+    mask, is_causal, window :
         As given.
     Q, K, V : ndarray, shapes (n, d_k), (n, d_k), (n, d_v)
         ``X @ W_q``, ``X @ W_k``, ``X @ W_v``.
     scores : ndarray, shape (n, n)
-        ``Q @ K.T * scale``, with ``-inf`` where the mask or causality hides a key.
+        ``Q @ K.T * scale``, with ``-inf`` where the mask, causality or the window hides a key.
     row_max : ndarray, shape (n, 1)
         Each row's largest score, kept as a column so that ``scores - row_max`` works row by row.
     exponentials : ndarray, shape (n, n)
@@ -61,8 +62,18 @@ class AttentionTrace:
         else:
             scale_text = f"{self.scale:.4g}"
         hidden = []
-        if self.is_causal:
+        visibility = _visibility("explain", self.is_causal, self.window)
+        if visibility is not None and self.window is None:
             hidden.append("is_causal hides the keys after each query")
+        elif visibility is not None:
+            _, left, right = visibility
+            first = "" if left is None else f"i - {left}" if left else "i"
+            last = "" if right is None else f"i + {right}" if right else "i"
+            seen = (f"{first} <= j <= {last}" if first and last else
+                    f"j >= {first}" if first else f"j <= {last}")
+            hidden.append(f"the band (window={tuple(self.window)}"
+                          + (f", is_causal={self.is_causal!r}" if self.is_causal else "")
+                          + f") hides from query i every key j but {seen}")
         if self.mask is not None:
             hidden.append("the mask hides the keys where it is False (or adds its values)")
         mask_text = ("; " + " and ".join(hidden) + ": those scores are -inf") if hidden else ""
@@ -189,7 +200,8 @@ def _num(x):
     return f"{x:.4g}"
 
 
-def explain(X, W_q, W_k, W_v, *, tokens=None, scale=None, mask=None, is_causal=False):
+def explain(X, W_q, W_k, W_v, *, tokens=None, scale=None, mask=None, is_causal=False,
+            window=None):
     """Run one self-attention layer and keep every intermediate, to look at step by step.
 
     The same computation as :func:`selfattn.self_attention_layer` (same arguments, same result in
@@ -205,8 +217,9 @@ def explain(X, W_q, W_k, W_v, *, tokens=None, scale=None, mask=None, is_causal=F
     W_v : array_like, shape (d_model, d_v)
     tokens : sequence of str, optional
         A label per token, used as row and column headers in the text and the HTML form.
-    scale, mask, is_causal :
-        As in :func:`selfattn.self_attention_layer`; scale defaults to ``1/sqrt(d_k)``.
+    scale, mask, is_causal, window :
+        As in :func:`selfattn.self_attention_layer`; scale defaults to ``1/sqrt(d_k)``. A
+        window (a band of keys around each query) is described in the scores' step.
 
     Returns
     -------
@@ -238,7 +251,7 @@ def explain(X, W_q, W_k, W_v, *, tokens=None, scale=None, mask=None, is_causal=F
     try:
         # Validates every argument with self_attention_layer's messages, and is the cross-check.
         output = _api.self_attention_layer(X, W_q, W_k, W_v, scale=scale, mask=mask,
-                                           is_causal=is_causal)
+                                           is_causal=is_causal, window=window)
     except (ValueError, TypeError) as exc:
         raise type(exc)(str(exc).replace("self_attention_layer:", f"{func}:", 1)) from None
     X, W_q, W_k, W_v = (np.asarray(a) for a in (X, W_q, W_k, W_v))
@@ -269,7 +282,7 @@ def explain(X, W_q, W_k, W_v, *, tokens=None, scale=None, mask=None, is_causal=F
 
     Q, K, V = X @ W_q, X @ W_k, X @ W_v
     scores = _api.compute_self_attention_scores(Q, K, scale=scale_value, mask=mask,
-                                                is_causal=is_causal)
+                                                is_causal=is_causal, window=window)
     row_max = scores.max(axis=-1, keepdims=True)
     # A fully masked row has max -inf; shifting by 0 there gives exp(-inf) = 0, not NaN.
     shift = np.where(np.isfinite(row_max), row_max, 0).astype(scores.dtype)
@@ -280,6 +293,7 @@ def explain(X, W_q, W_k, W_v, *, tokens=None, scale=None, mask=None, is_causal=F
     output_steps = _api.compute_attention_output(weights_steps, V)
     return AttentionTrace(
         X=X, W_q=W_q, W_k=W_k, W_v=W_v, tokens=tokens, scale=scale_value, mask=mask,
-        is_causal=bool(is_causal), Q=Q, K=K, V=V, scores=scores, row_max=row_max,
+        is_causal=is_causal if isinstance(is_causal, str) else bool(is_causal), window=window,
+        Q=Q, K=K, V=V, scores=scores, row_max=row_max,
         exponentials=exponentials, row_sums=row_sums, weights=weights_steps, output=output_steps,
     )

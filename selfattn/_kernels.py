@@ -21,10 +21,14 @@ _UNBOUNDED = sys.maxsize  # a side of a band that hides nothing (the glue clamps
 
 def _band(visibility, n_q, n_k):
     """The kernels' band (lo, hi): query i sees the keys i + lo <= j <= i + hi (csrc/attn.h's
-    sa_band), from _validate's visibility."""
-    if visibility == "top_left":
-        return -_UNBOUNDED, 0
-    return -_UNBOUNDED, _UNBOUNDED
+    sa_band), from _validate's visibility (diagonal, left, right)."""
+    if visibility is None:
+        return -_UNBOUNDED, _UNBOUNDED
+    diagonal, left, right = visibility
+    offset = n_k - n_q if diagonal == "bottom_right" else 0
+    lo = -_UNBOUNDED if left is None else max(offset - left, -_UNBOUNDED)
+    hi = _UNBOUNDED if right is None else min(offset + right, _UNBOUNDED)
+    return lo, hi
 
 
 def _operand(arr, compute, batch):

@@ -38,7 +38,7 @@ class _Layer:
     proj_batch, and the weights' and biases' to one w_batch."""
 
     def __init__(self, func, X, W_q, W_k, W_v, W_o, heads, scale, mask, is_causal, kv=None,
-                 biases=(None, None, None, None), bias=None):
+                 biases=(None, None, None, None), bias=None, window=None):
         self.func = func
         X = _as_array(func, "X", X)
         KV = None if kv is None else _as_array(func, "kv", kv)
@@ -66,7 +66,7 @@ class _Layer:
                                   ("W_q", "W_k", "W_v", "W_o")))
         self.biases = (b_q, b_k, b_v, b_o)
         arrays += [b for b in self.biases if b is not None]
-        self.visibility = _visibility(func, is_causal)
+        self.visibility = _visibility(func, is_causal, window)
         self.scale = _scale(func, scale, self.d_k)
         self.result, self.compute = _dtypes(*arrays)
         self.n = n = X.shape[-2]

@@ -3,15 +3,37 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._validate import _as_array, _check_size, _integer
+from ._kernels import _band
+from ._validate import _as_array, _check_size, _integer, _visibility, _window
 
-__all__ = ["causal_mask", "padding_mask"]
+__all__ = ["causal_mask", "window_mask", "padding_mask"]
 
 
-def causal_mask(n_q, n_k=None):
-    """A causal mask: query ``i`` may attend to key ``j`` only if ``j <= i``.
+def _band_mask(func, n_q, n_k, visibility):
+    """The boolean (n_q, n_k) mask of the keys each query sees under a visibility
+    (_validate._visibility's form): the kernels' own band (_kernels._band), so a helper's mask and
+    the keyword arguments can never disagree."""
+    n_q = _integer(func, "n_q", n_q, 0)
+    n_k = n_q if n_k is None else _integer(func, "n_k", n_k, 0)
+    _check_size(func, (n_q, n_k), np.dtype(bool))
+    if n_q == 0 or n_k == 0:   # the indices below would cost the other size for nothing
+        return np.zeros((n_q, n_k), dtype=bool)
+    lo, hi = (min(max(side, -n_q), n_k) for side in _band(visibility, n_q, n_k))  # as C clamps
+    keys, rows = np.arange(n_k), np.arange(n_q)[:, None]
+    return (keys >= rows + lo) & (keys <= rows + hi)
 
-    The same rule as ``is_causal=True`` (top-left aligned when ``n_q != n_k``, as in torch), as an
+
+def _align(func, align):
+    if not isinstance(align, str) or align not in ("top_left", "bottom_right"):
+        raise ValueError(f"{func}: align must be 'top_left' or 'bottom_right', got {align!r}")
+    return align
+
+
+def causal_mask(n_q, n_k=None, *, align="top_left"):
+    """A causal mask: query ``i`` may attend to key ``j`` only if ``j <= i`` (or, aligned
+    bottom-right, ``j <= i + n_k - n_q``).
+
+    The same rule as ``is_causal=align`` (``is_causal=True`` is top-left, as in torch), as an
     explicit array you can print, plot, combine with ``&`` or pass as ``mask=``.
 
     Parameters
@@ -20,12 +42,18 @@ def causal_mask(n_q, n_k=None):
         Number of queries (rows).
     n_k : int, optional
         Number of keys (columns); defaults to ``n_q``.
+    align : {"top_left", "bottom_right"}, optional
+        Where the diagonal starts when ``n_q != n_k``. ``"top_left"`` (default): query ``i``
+        sees keys ``j <= i``. ``"bottom_right"`` (torch's ``causal_lower_right``): ``j <= i +
+        n_k - n_q``, so the last query sees every key, as when ``n_q`` new tokens are decoded
+        against a cache of ``n_k`` keys; with ``n_q > n_k`` the first ``n_q - n_k`` queries see
+        none.
 
     Returns
     -------
     mask : ndarray of bool, shape (n_q, n_k)
-        ``mask[i, j] = j <= i``. With no batch dimensions it broadcasts against any scores of
-        shape ``(..., n_q, n_k)``: single-head ``(batch, n_q, n_k)`` and multi-head
+        ``mask[i, j] = j <= i`` (top-left). With no batch dimensions it broadcasts against any
+        scores of shape ``(..., n_q, n_k)``: single-head ``(batch, n_q, n_k)`` and multi-head
         ``(batch, num_heads, n_q, n_k)`` alike.
 
     Raises
@@ -33,7 +61,8 @@ def causal_mask(n_q, n_k=None):
     TypeError
         If a size is not an integer.
     ValueError
-        If a size is negative, or the mask would be too large to allocate.
+        If a size is negative, ``align`` is not one of the two, or the mask would be too large
+        to allocate.
 
     Examples
     --------
@@ -45,14 +74,62 @@ def causal_mask(n_q, n_k=None):
     >>> causal_mask(2, 4).astype(int)
     array([[1, 0, 0, 0],
            [1, 1, 0, 0]])
+    >>> causal_mask(2, 4, align="bottom_right").astype(int)
+    array([[1, 1, 1, 0],
+           [1, 1, 1, 1]])
     """
     func = "causal_mask"
-    n_q = _integer(func, "n_q", n_q, 0)
-    n_k = n_q if n_k is None else _integer(func, "n_k", n_k, 0)
-    _check_size(func, (n_q, n_k), np.dtype(bool))
-    if n_q == 0 or n_k == 0:   # np.tri would build an index of the other size first
-        return np.zeros((n_q, n_k), dtype=bool)
-    return np.tri(n_q, n_k, dtype=bool)
+    return _band_mask(func, n_q, n_k, _visibility(func, _align(func, align)))
+
+
+def window_mask(n_q, n_k, left, right, *, align="top_left"):
+    """A sliding-window (local) mask: query ``i`` may attend to keys ``i - left .. i + right``.
+
+    The same rule as ``window=(left, right)``, as an explicit array you can print, plot, combine
+    with ``&`` or pass as ``mask=``. ``window=(left, right)`` with ``is_causal=c`` is the mask
+    ``causal_mask(n_q, n_k, align=c) & window_mask(n_q, n_k, left, right, align=c)``.
+
+    Parameters
+    ----------
+    n_q, n_k : int
+        Number of queries (rows) and keys (columns).
+    left, right : int or None
+        How many keys before and after its own position a query sees (``0, 0``: only the
+        diagonal); ``None`` leaves that side unbounded. ``(w - 1, 0)`` is the causal sliding
+        window of ``w`` keys (Mistral, Longformer's local attention).
+    align : {"top_left", "bottom_right"}, optional
+        Query ``i``'s own position: ``i`` (default) or ``i + n_k - n_q`` (the window that
+        ``is_causal="bottom_right"`` measures from: ``n_q`` new tokens at the end of ``n_k``).
+
+    Returns
+    -------
+    mask : ndarray of bool, shape (n_q, n_k)
+        ``mask[i, j] = i - left <= j <= i + right`` (top-left).
+
+    Raises
+    ------
+    TypeError
+        If a size or a side is not an integer (or None).
+    ValueError
+        If a size or a side is negative, ``align`` is not one of the two, or the mask would be
+        too large to allocate.
+
+    Examples
+    --------
+    >>> from selfattn import window_mask
+    >>> window_mask(5, 5, 2, 0).astype(int)
+    array([[1, 0, 0, 0, 0],
+           [1, 1, 0, 0, 0],
+           [1, 1, 1, 0, 0],
+           [0, 1, 1, 1, 0],
+           [0, 0, 1, 1, 1]])
+    >>> window_mask(2, 5, 1, 1, align="bottom_right").astype(int)
+    array([[0, 0, 1, 1, 1],
+           [0, 0, 0, 1, 1]])
+    """
+    func = "window_mask"
+    left, right = _window(func, (left, right))
+    return _band_mask(func, n_q, n_k, (_align(func, align), left, right))
 
 
 def padding_mask(lengths, n_k, *, head_axis=False):

@@ -18,7 +18,7 @@ __all__ = ["multi_head_attention", "multi_head_attention_backward"]
 
 def multi_head_attention(X, W_q, W_k, W_v, W_o, *, num_heads, kv=None, b_q=None, b_k=None,
                          b_v=None, b_o=None, scale=None, mask=None, bias=None, is_causal=False,
-                         return_weights=False):
+                         return_weights=False, window=None):
     """Multi-head attention: ``num_heads`` attention heads side by side, then ``W_o``.
 
     The step after the notebook's single head. Exactly (``kv`` defaults to ``X``, self-attention;
@@ -75,11 +75,16 @@ def multi_head_attention(X, W_q, W_k, W_v, W_o, *, num_heads, kv=None, b_q=None,
     bias : array_like of float, optional
         Added to the per-head scaled scores where ``mask`` allows; broadcasts as a mask does,
         e.g. ``(num_heads, n, n_k)`` from :func:`alibi_bias` (one slope per head).
-    is_causal : bool, optional
-        Token ``i`` attends only to tokens ``j <= i`` (aligned top-left when ``n != n_k``, as
-        in :func:`scaled_dot_product_attention`); combined with ``mask`` (both must allow).
+    is_causal : bool, "top_left", "bottom_right" or None, optional
+        Token ``i`` attends only to tokens ``j <= i`` (True or ``"top_left"``, aligned top-left
+        when ``n != n_k``) or ``j <= i + n_k - n`` (``"bottom_right"``), as in
+        :func:`scaled_dot_product_attention`; combined with ``mask`` (both must allow).
     return_weights : bool, optional
         Also return every head's attention weights.
+    window : (left, right), optional
+        Token ``i`` attends only to keys ``i - left .. i + right`` (ints >= 0, None = unbounded;
+        from ``i + n_k - n`` with ``is_causal="bottom_right"``), the same band for every head,
+        together with ``is_causal`` and ``mask``.
 
     Returns
     -------
@@ -124,14 +129,14 @@ def multi_head_attention(X, W_q, W_k, W_v, W_o, *, num_heads, kv=None, b_q=None,
     heads = _integer(func, "num_heads", num_heads, 1)
     return_weights = _flag(func, "return_weights", return_weights)
     L = _Layer(func, X, W_q, W_k, W_v, W_o, heads, scale, mask, is_causal, kv,
-               (b_q, b_k, b_v, b_o), bias)
+               (b_q, b_k, b_v, b_o), bias, window=window)
     out, weights = L.attend(*L.project(), return_weights)
     return _finish_attention(L.output(out), weights, L.result)
 
 
 def multi_head_attention_backward(dY, X, W_q, W_k, W_v, W_o, *, num_heads, kv=None, b_q=None,
                                   b_k=None, b_v=None, b_o=None, scale=None, mask=None, bias=None,
-                                  is_causal=False):
+                                  is_causal=False, window=None):
     """Gradients of :func:`multi_head_attention`: ``(dX, dW_q, dW_k, dW_v, dW_o)`` given ``dY``,
     then ``dkv`` and ``db_q, db_k, db_v, db_o`` for those of ``kv`` and the biases given.
 
@@ -154,7 +159,7 @@ def multi_head_attention_backward(dY, X, W_q, W_k, W_v, W_o, *, num_heads, kv=No
     dY : array_like, shape (..., n, d_out)
         Gradient of the loss with respect to the output; exactly the shape
         :func:`multi_head_attention` returns for these arguments.
-    X, W_q, W_k, W_v, W_o, num_heads, kv, b_q, b_k, b_v, b_o, scale, mask, bias, is_causal
+    X, W_q, W_k, W_v, W_o, num_heads, kv, b_q, b_k, b_v, b_o, scale, mask, bias, is_causal, window
         As in :func:`multi_head_attention`.
 
     Returns
@@ -195,7 +200,7 @@ def multi_head_attention_backward(dY, X, W_q, W_k, W_v, W_o, *, num_heads, kv=No
     heads = _integer(func, "num_heads", num_heads, 1)
     dY, = _as_matrices(func, ("dY", dY, "(seq_len, d_out)"))
     L = _Layer(func, X, W_q, W_k, W_v, W_o, heads, scale, mask, is_causal, kv,
-               (b_q, b_k, b_v, b_o), bias)
+               (b_q, b_k, b_v, b_o), bias, window=window)
     c = L.compute
     _check_grad_shape(func, "dY", dY, L.y_batch + (L.n, L.W_o.shape[-1]), "output")
     dY = dY.astype(c, copy=False)

@@ -110,11 +110,49 @@ def _flag(func, name, value):
     raise TypeError(f"{func}: {name} must be True or False, got {value!r}")
 
 
-def _visibility(func, is_causal):
+_CAUSAL = {True: "top_left", False: None, None: None, "top_left": "top_left",
+           "bottom_right": "bottom_right"}
+
+
+def _visibility(func, is_causal, window=None):
     """Which keys each query may see, as the Python layer states it: None (every key) or
-    "top_left" (causal: query i sees the keys j <= i). selfattn/_kernels.py's _band turns it into
-    the kernels' band."""
-    return "top_left" if _flag(func, "is_causal", is_causal) else None
+    (diagonal, left, right): query i sees the keys d - left <= j <= d + right around its
+    diagonal d, which is i ("top_left") or i + n_k - n_q ("bottom_right", only with
+    is_causal="bottom_right"); a side of None is unbounded. This is the one home of the rule:
+    is_causal is right = 0 (True is "top_left"; "bottom_right" is torch's causal_lower_right, the
+    last query seeing every key, as when decoding with a KV cache), window=(left, right) bounds
+    both sides, and together a key must pass both. selfattn/_kernels.py's _band turns it into the
+    kernels' band (lo, hi)."""
+    if isinstance(is_causal, np.bool_):
+        is_causal = bool(is_causal)
+    if not isinstance(is_causal, (bool, str, type(None))) or is_causal not in _CAUSAL:
+        raise (ValueError if isinstance(is_causal, str) else TypeError)(
+            f"{func}: is_causal must be True, False, None, 'top_left' or 'bottom_right', got "
+            f"{is_causal!r} (True is 'top_left': query i sees the keys j <= i; 'bottom_right': "
+            f"j <= i + n_k - n_q, the last query seeing every key, as when decoding with a "
+            f"KV cache)"
+        )
+    causal = _CAUSAL[is_causal]
+    left, right = _window(func, window)
+    if causal is not None:
+        right = 0 if right is None else min(right, 0)
+    if left is None and right is None:
+        return None
+    return causal or "top_left", left, right
+
+
+def _window(func, window):
+    """window= as (left, right), each a non-negative int or None (unbounded); None is (None, None)."""
+    if window is None:
+        return None, None
+    rule = (f"window must be a pair (left, right) of non-negative integers or None (None = "
+            f"unbounded on that side), got {window!r}; query i sees the keys i - left .. i + right")
+    if not isinstance(window, (tuple, list, np.ndarray)):
+        raise TypeError(f"{func}: {rule}")
+    if len(window) != 2:
+        raise ValueError(f"{func}: {rule}")
+    return tuple(None if side is None else _integer(func, f"window[{k}] ({name})", side, 0)
+                 for k, (name, side) in enumerate(zip(("left", "right"), window)))
 
 
 def _scale(func, scale, d_k):
@@ -305,7 +343,7 @@ def _check_size(func, shape, dtype):
 # ---- the shared attention front end -----------------------------------------------------------
 
 def _attention_operands(func, Q, K, V, mask, is_causal, scale, names=("Q", "K", "V"),
-                        bias=None):
+                        bias=None, window=None):
     """Validated options and shapes for scores (V is None) or full attention:
     (batch, scale, visibility, mask, result dtype, compute dtype); the mask is mask= and bias=
     merged (_mask)."""
@@ -333,7 +371,7 @@ def _attention_operands(func, Q, K, V, mask, is_causal, scale, names=("Q", "K", 
             )
         named.append((v_name, V, 2))
         arrays.append(V)
-    visibility = _visibility(func, is_causal)
+    visibility = _visibility(func, is_causal, window)
     scale = _scale(func, scale, d_k)
     result, compute = _dtypes(*arrays)
     mask = _mask(func, mask, n_q, n_k, compute, bias)

@@ -90,6 +90,30 @@ def flag(value):
     return bool(value)
 
 
+def causal(value):
+    """is_causal as the reference reads it: None, "top_left" (True) or "bottom_right"."""
+    if isinstance(value, str):
+        return value
+    return "top_left" if value else None
+
+
+def hidden_keys(n_q, n_k, is_causal=False, window=None):
+    """The (n_q, n_k) keys hidden by is_causal and window, stated directly. Query i's own
+    position is d = i, or d = i + n_k - n_q with is_causal="bottom_right" (the last query on the
+    last key); causality hides the keys j > d, and window=(left, right) the keys j < d - left
+    and j > d + right (a side of None hides nothing)."""
+    align = causal(is_causal)
+    j = np.arange(n_k)[None, :]
+    d = np.arange(n_q)[:, None] + (n_k - n_q if align == "bottom_right" else 0)
+    hide = (j > d) if align else np.zeros((n_q, n_k), bool)
+    left, right = (None, None) if window is None else window
+    if left is not None:
+        hide = hide | (j < d - left)
+    if right is not None:
+        hide = hide | (j > d + right)
+    return hide
+
+
 # ---- the building blocks -------------------------------------------------------------------------
 
 def dot(A, B, compute, ta=None, tb=None, ua=None, ub=None):
@@ -161,8 +185,9 @@ def prescale_risk(Qc, Kc, scale_c, compute):
     return (q >= big)[..., :, None] | (k >= big)[..., None, :]
 
 
-def apply_mask(S, mask, is_causal, compute):
-    """Bool masks and causality set -inf (certainly); float masks are added in the compute dtype."""
+def apply_mask(S, mask, is_causal, compute, window=None):
+    """Bool masks, causality and the window set -inf (certainly); float masks are added in the
+    compute dtype."""
     u, eta, big = rounding(compute)
     shape = S.value.shape if mask is None else np.broadcast_shapes(S.value.shape, mask.shape)
     value, tol, unc = (np.array(np.broadcast_to(x, shape)) for x in (S.value, S.tol, S.uncertain))
@@ -181,9 +206,9 @@ def apply_mask(S, mask, is_causal, compute):
             settled = np.isnan(m) | ((m == -np.inf) & np.isfinite(value) & ~unc)
             unc = (unc | risky) & ~settled
         value, tol = new, np.where(np.isfinite(new), t, 0)
-    if is_causal:
-        future = np.broadcast_to(np.triu(np.ones((n_q, n_k), bool), 1), shape)
-        value[future], tol[future], unc[future] = -np.inf, 0, False
+    if causal(is_causal) or window is not None:
+        hide = np.broadcast_to(hidden_keys(n_q, n_k, is_causal, window), shape)
+        value[hide], tol[hide], unc[hide] = -np.inf, 0, False
     return Ref(value, tol, unc)
 
 
@@ -290,20 +315,21 @@ def _mask(mask):
     return m
 
 
-def _scores_ref(Q, K, scale, mask, is_causal, compute):
+def _scores_ref(Q, K, scale, mask, is_causal, compute, window=None):
     d_k = Q.shape[-1]
     scale_c = LD(np.asarray(default_scale(scale, d_k), dtype=compute))
     Qc, Kc = to_compute(Q, compute), to_compute(K, compute)
     S = scale_scores(dot(Qc, Kc, compute), scale_c, compute)
     S.uncertain = S.uncertain | prescale_risk(Qc, Kc, scale_c, compute)
-    return apply_mask(S, mask, is_causal, compute)
+    return apply_mask(S, mask, is_causal, compute, window)
 
 
-def ref_compute_self_attention_scores(Q, K, *, scale=None, mask=None, is_causal=False):
+def ref_compute_self_attention_scores(Q, K, *, scale=None, mask=None, is_causal=False,
+                                      window=None):
     Q, K = _inputs(Q, K)
     mask = _mask(mask)
     result, compute = dtypes(Q, K)
-    return result, [round_to(_scores_ref(Q, K, scale, mask, flag(is_causal), compute), result)]
+    return result, [round_to(_scores_ref(Q, K, scale, mask, causal(is_causal), compute, window), result)]
 
 
 def ref_softmax_attention_weights(attn_scores, *, axis=-1):
@@ -326,24 +352,24 @@ def ref_compute_attention_output(attn_weights, V):
     return result, [round_to(out, result)]
 
 
-def _attention(Qc, Kc, Vc, scale_c, mask, causal, compute, tq=None, tk=None, tv=None,
-               uq=None, uk=None, uv=None):
+def _attention(Qc, Kc, Vc, scale_c, mask, is_causal, compute, tq=None, tk=None, tv=None,
+               uq=None, uk=None, uv=None, window=None):
     S = scale_scores(dot(Qc, Kc, compute, tq, tk, uq, uk), scale_c, compute)
     S.uncertain = S.uncertain | prescale_risk(Qc, Kc, scale_c, compute)
-    S = apply_mask(S, mask, causal, compute)
+    S = apply_mask(S, mask, is_causal, compute, window)
     W = softmax(S, compute)
     O = weighted_sum(W, Vc, compute, tv, uv)
     return O, W
 
 
 def ref_scaled_dot_product_attention(Q, K, V, *, scale=None, mask=None, is_causal=False,
-                                     return_weights=False):
+                                     return_weights=False, window=None):
     Q, K, V = _inputs(Q, K, V)
     mask = _mask(mask)
     result, compute = dtypes(Q, K, V)
     scale_c = LD(np.asarray(default_scale(scale, Q.shape[-1]), dtype=compute))
     O, W = _attention(to_compute(Q, compute), to_compute(K, compute), to_compute(V, compute),
-                      scale_c, mask, flag(is_causal), compute)
+                      scale_c, mask, causal(is_causal), compute, window=window)
     outs = [round_to(O, result)]
     if flag(return_weights):
         outs.append(round_to(_weights_like(W, O), result))
@@ -364,15 +390,15 @@ def _project(X, W, compute):
 
 
 def ref_self_attention_layer(X, W_q, W_k, W_v, *, scale=None, mask=None, is_causal=False,
-                             return_weights=False):
+                             return_weights=False, window=None):
     X, W_q, W_k, W_v = _inputs(X, W_q, W_k, W_v)
     mask = _mask(mask)
     result, compute = dtypes(X, W_q, W_k, W_v)
     Xc = to_compute(X, compute)
     Q, K, V = (_project(Xc, to_compute(W, compute), compute) for W in (W_q, W_k, W_v))
     scale_c = LD(np.asarray(default_scale(scale, W_q.shape[-1]), dtype=compute))
-    O, W = _attention(Q.value, K.value, V.value, scale_c, mask, flag(is_causal), compute,
-                      Q.tol, K.tol, V.tol, Q.uncertain, K.uncertain, V.uncertain)
+    O, W = _attention(Q.value, K.value, V.value, scale_c, mask, causal(is_causal), compute,
+                      Q.tol, K.tol, V.tol, Q.uncertain, K.uncertain, V.uncertain, window)
     outs = [round_to(O, result)]
     if flag(return_weights):
         outs.append(round_to(_weights_like(W, O), result))
@@ -380,7 +406,7 @@ def ref_self_attention_layer(X, W_q, W_k, W_v, *, scale=None, mask=None, is_caus
 
 
 def ref_multi_head_attention(X, W_q, W_k, W_v, W_o, *, num_heads, scale=None, mask=None,
-                             is_causal=False, return_weights=False):
+                             is_causal=False, return_weights=False, window=None):
     """Issue 4's definition: head h uses columns [h*d_head, (h+1)*d_head) of W_q, W_k, W_v; the
     heads' outputs are concatenated in head order and multiplied by W_o. The heads are a batch
     axis just before (n, n), so a mask broadcasts against (..., num_heads, n, n)."""
@@ -399,7 +425,8 @@ def ref_multi_head_attention(X, W_q, W_k, W_v, W_o, *, num_heads, scale=None, ma
     (Q, tq, uq), (K, tk, uk), (V, tv, uv) = ((heads(p.value), heads(p.tol), heads(p.uncertain))
                                             for p in P)
     scale_c = LD(np.asarray(default_scale(scale, W_q.shape[-1] // h), dtype=compute))
-    O, W = _attention(Q, K, V, scale_c, mask, flag(is_causal), compute, tq, tk, tv, uq, uk, uv)
+    O, W = _attention(Q, K, V, scale_c, mask, causal(is_causal), compute, tq, tk, tv, uq, uk, uv,
+                      window)
     u, eta, _ = rounding(compute)
 
     def concat(a):  # (..., h, n, d) -> (..., n, h*d)
@@ -466,13 +493,14 @@ def mismatches(got, ref, result_dtype):
 RTOL = {np.dtype(np.float64): 1e-12, np.dtype(np.float32): 2e-5, np.dtype(np.float16): 2e-3}
 
 
-def ref_scores(Q, K, scale=None, mask=None, is_causal=False):
+def ref_scores(Q, K, scale=None, mask=None, is_causal=False, window=None):
     Q = np.asarray(Q).astype(LD)
     K = np.asarray(K).astype(LD)
     d_k = Q.shape[-1]
     scale = 1 / np.sqrt(LD(d_k)) if scale is None and d_k else LD(1 if scale is None else scale)
     scores = np.matmul(Q, np.swapaxes(K, -1, -2)) * scale
-    return apply_mask(Ref(scores), None if mask is None else np.asarray(mask), is_causal, LD).value
+    return apply_mask(Ref(scores), None if mask is None else np.asarray(mask), is_causal, LD,
+                      window).value
 
 
 def ref_softmax(scores, axis=-1):
@@ -484,17 +512,31 @@ def ref_output(weights, V):
     return np.matmul(np.asarray(weights).astype(LD), np.asarray(V).astype(LD))
 
 
-def ref_attention(Q, K, V, scale=None, mask=None, is_causal=False):
+def ref_attention(Q, K, V, scale=None, mask=None, is_causal=False, window=None):
     """(output, weights); a key whose weight is 0 contributes nothing, even a non-finite V row.
 
     The weights are broadcast to the batch shape of the output (V's batch dims included)."""
-    weights = ref_softmax(ref_scores(Q, K, scale, mask, is_causal))
+    weights = ref_softmax(ref_scores(Q, K, scale, mask, is_causal, window))
     V = np.asarray(V).astype(LD)
     if np.isfinite(V).all():
         out = np.matmul(weights, V)
     else:
         out = weighted_sum(Ref(weights), V, LD).value
     return out, np.broadcast_to(weights, out.shape[:-1] + weights.shape[-1:])
+
+
+def ref_attention_grads(dO, Q, K, V, scale=None, mask=None, is_causal=False, window=None):
+    """(dQ, dK, dV) of ref_attention for the output gradient dO, exactly (every weight
+    materialised), with the batch shape broadcast (not summed back to the inputs' shapes). A key
+    with weight 0 gets nothing: its weight multiplies every term."""
+    Q, K, V, dO = (np.asarray(a).astype(LD) for a in (Q, K, V, dO))
+    d_k = Q.shape[-1]
+    scale = 1 / np.sqrt(LD(d_k)) if scale is None and d_k else LD(1 if scale is None else scale)
+    P = ref_softmax(ref_scores(Q, K, scale, mask, is_causal, window))
+    T = lambda a: np.swapaxes(a, -1, -2)  # noqa: E731
+    dP = np.matmul(dO, T(V))
+    dS = P * (dP - (P * dP).sum(axis=-1, keepdims=True))
+    return np.matmul(dS, K) * scale, np.matmul(T(dS), Q) * scale, np.matmul(T(P), dO)
 
 
 def ref_layer(X, W_q, W_k, W_v, **kw):

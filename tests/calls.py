@@ -63,6 +63,7 @@ def _builders(rng, n):
             ((Q.astype(np.float32), K.astype(np.float32), V.astype(np.float32)),
              {"is_causal": True}),
             ((Q, K, np.where(rng.random(V.shape) < 0.1, np.nan, V)), {"mask": mask}),
+            ((Q, K, V), {"is_causal": "bottom_right", "window": (2, None), "mask": mask}),
         ],
         "self_attention_layer": [
             ((X, W, W, Wv), {}),
@@ -79,6 +80,7 @@ def _builders(rng, n):
         "scaled_dot_product_attention_backward": [
             ((_f(rng, 2, n, d + 2), Q, K, V), {}),
             ((_f(rng, 2, n, d + 2), Q, K, V), {"mask": mask, "is_causal": True}),
+            ((_f(rng, 2, n, d + 2), Q, K, V), {"is_causal": "bottom_right", "window": (1, 1)}),
         ],
         "self_attention_layer_backward": [
             ((_f(rng, n, 6), X, W, W, Wv), {}),
@@ -89,7 +91,8 @@ def _builders(rng, n):
             ((_f(rng, 2, n, d), X, _f(rng, d, 8), _f(rng, 5, 8), _f(rng, 5, 8), _f(rng, 8, d)),
              {"num_heads": 2, "kv": _f(rng, 2, n + 3, 5), "b_k": _f(rng, 8), "b_o": _f(rng, d)}),
         ],
-        "causal_mask": [((n,), {}), ((n, n + 3), {})],
+        "causal_mask": [((n,), {}), ((n, n + 3), {}), ((n + 2, n), {"align": "bottom_right"})],
+        "window_mask": [((n, n + 3, 2, 0), {}), ((n, n, None, 1), {"align": "bottom_right"})],
         "padding_mask": [((np.array([1, n, 0]), n), {})],
     }
 
@@ -152,7 +155,8 @@ def error_calls():
         "self_attention_layer_backward": [((B, A, B, B, B), {})],
         "multi_head_attention_backward": [((A, A, np.ones((4, 3)), np.ones((4, 3)), np.ones((4, 3)),
                                             np.ones((3, 4))), {"num_heads": 2})],
-        "causal_mask": [(("3",), {}), ((-1,), {})],
+        "causal_mask": [(("3",), {}), ((-1,), {}), ((3,), {"align": "left"})],
+        "window_mask": [((3, 3, -1, 0), {}), ((3, 3, 1.5, 0), {})],
         "padding_mask": [((np.array([1.5]), 2), {}), ((np.array([[1]]), "x"), {})],
     }
     return {name: calls.get(name, [((C,) * _n_positional(getattr(selfattn, name)), {})])

@@ -38,7 +38,8 @@ def test_notebook_signatures_and_keyword_only_options():
         for p in s.parameters.values():
             if p.kind is p.KEYWORD_ONLY:
                 assert p.default is not inspect.Parameter.empty
-    assert str(sig["compute_self_attention_scores"]) == "(Q, K, *, scale=None, mask=None, bias=None, is_causal=False)"
+    assert str(sig["compute_self_attention_scores"]) == (
+        "(Q, K, *, scale=None, mask=None, bias=None, is_causal=False, window=None)")
 
 
 @pytest.mark.parametrize("name", PUBLIC)

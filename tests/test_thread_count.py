@@ -120,6 +120,18 @@ def test_the_multi_head_backward(isa, threads):
         lambda: selfattn.multi_head_attention_backward(dY, X, *Ws, num_heads=4, is_causal=True))
 
 
+def test_band_variants(isa, threads):
+    """is_causal="bottom_right" with window= through the public functions (tests/
+    test_band_variants.py): a band whose first 100 rows see no key, forward and backward."""
+    rng = np.random.default_rng(13)
+    Q, dO = (rng.standard_normal((2, 600, 40)).astype(np.float32) for _ in range(2))
+    K, V = (rng.standard_normal((2, 500, 40)).astype(np.float32) for _ in range(2))
+    kw = dict(is_causal="bottom_right", window=(130, None))
+    same_for_every_thread_count(lambda: (
+        selfattn.scaled_dot_product_attention(Q, K, V, **kw),
+        *selfattn.scaled_dot_product_attention_backward(dO, Q, K, V, **kw)))
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_public_functions_on_pool_sized_problems(isa, dtype, threads):
     for name, args, kw in calls.pool_sized_calls(np.random.default_rng(12345), dtype):

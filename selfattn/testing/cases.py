@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import difflib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from .. import _api
+from .._validate import _visibility
 
 #: The functions ``check`` knows, by their public names.
 NAMES = (
@@ -18,7 +19,8 @@ NAMES = (
     "scaled_dot_product_attention",
 )
 
-# The functions whose result depends on the scale convention.
+# The functions whose result depends on the scale convention; they also take a band of visible
+# keys (is_causal=, window=), where a learner writes causal or windowed attention.
 _SCALED = ("compute_self_attention_scores", "self_attention_layer", "scaled_dot_product_attention")
 
 _ARG_NAMES = {
@@ -55,6 +57,9 @@ class Case:
         :func:`check` reports these cases as notes, never as failures.
     large : bool
         The scores are large (hundreds to thousands) to catch a softmax that overflows.
+    kwargs : dict
+        The keyword arguments the case is for (``is_causal``, ``window``), passed to the function
+        checked as ``fn(*case.args, **case.kwargs)``; empty for the notebook's plain cases.
     """
     name: str
     id: str
@@ -64,6 +69,7 @@ class Case:
     scale: float | None = None
     batched: bool = False
     large: bool = False
+    kwargs: dict = field(default_factory=dict)
 
     @property
     def arg_names(self):
@@ -165,7 +171,19 @@ def _softmax_np(s, axis=-1):
     return e / e.sum(axis=axis, keepdims=True)
 
 
-def cases(name, *, scale=None, seed=0, batched=True):
+def _band_kwargs(func, name, is_causal, window):
+    """The keyword arguments of a banded case (only those given), checked as selfattn checks
+    them; only the functions with scores take them."""
+    kwargs = {k: v for k, v in (("is_causal", is_causal), ("window", window))
+              if v is not None and v is not False}
+    if kwargs and name not in _SCALED:
+        raise ValueError(f"{func}: is_causal and window apply to the functions with scores "
+                         f"({', '.join(_SCALED)}), not to {name}")
+    _visibility(func, is_causal, window)
+    return kwargs
+
+
+def cases(name, *, scale=None, seed=0, batched=True, is_causal=False, window=None):
     """The named cases ``check`` runs for function `name`: inputs and expected output.
 
     For graders who write their own tests, one per case::
@@ -190,6 +208,10 @@ def cases(name, *, scale=None, seed=0, batched=True):
         Seed of the random inputs (the same seed gives the same cases).
     batched : bool, optional
         Include the cases with a leading batch dimension (optional for the notebook's 2-D functions).
+    is_causal, window : optional
+        For causal or windowed attention (the functions with scores): the expected results use
+        them as selfattn does (``is_causal=True`` or ``"top_left"``, ``"bottom_right"``;
+        ``window=(left, right)``), and each case's ``kwargs`` holds them for the call.
 
     Returns
     -------
@@ -197,6 +219,7 @@ def cases(name, *, scale=None, seed=0, batched=True):
     """
     name = _check_name("cases", name)
     scale = _check_scale("cases", scale)
+    kwargs = _band_kwargs("cases", name, is_causal, window)
     rng = np.random.default_rng(seed)
     builder = _BUILDERS[name]
     out = []
@@ -208,12 +231,15 @@ def cases(name, *, scale=None, seed=0, batched=True):
         if name in _SCALED:
             d_k = args[1].shape[-1]  # K for scores and sdpa, W_q for the layer
             case_scale = _effective_scale(scale, d_k)
-            expected = _REFERENCE[name](*args, scale=case_scale)
+            expected = _REFERENCE[name](*args, scale=case_scale, **kwargs)
         else:
             expected = _REFERENCE[name](*args)
         expected.setflags(write=False)
+        if kwargs:
+            label += " with " + ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
         case = Case(name=name, id=id_, label=label, args=args, expected=expected, scale=case_scale,
-                    batched=flags.get("batched", False), large=flags.get("large", False))
+                    batched=flags.get("batched", False), large=flags.get("large", False),
+                    kwargs=dict(kwargs))
         if batched or not case.batched:
             out.append(case)
     return out

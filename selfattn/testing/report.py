@@ -4,7 +4,7 @@ from __future__ import annotations
 import html
 import textwrap
 
-from .cases import _SCALED, _check_name, _check_scale, cases
+from .cases import _SCALED, _band_kwargs, _check_name, _check_scale, cases
 from .compare import _fmt_index
 from .mistakes import _HINTS
 from .run import _agree_on_mistakes, _merge_combined, _merge_explained, _run_case
@@ -183,7 +183,7 @@ class CheckReport:
         return "".join(parts)
 
 
-def check(fn, name=None, *, scale="either", seed=0):
+def check(fn, name=None, *, scale="either", seed=0, is_causal=False, window=None):
     """Run your function `fn` on a battery of cases and compare it with selfattn's.
 
     Parameters
@@ -202,6 +202,11 @@ def check(fn, name=None, *, scale="either", seed=0):
         softmax_attention_weights and compute_attention_output.
     seed : int, optional
         Seed of the random inputs.
+    is_causal, window : optional
+        For your causal or windowed attention (the functions with scores): compared with
+        selfattn's for the same ``is_causal`` (True, ``"top_left"``, ``"bottom_right"``) and
+        ``window=(left, right)``, which are passed on to `fn` as keyword arguments (e.g.
+        ``fn(Q, K, V, window=(2, 0))``; wrap `fn` in a lambda if it takes them otherwise).
 
     Returns
     -------
@@ -228,16 +233,17 @@ def check(fn, name=None, *, scale="either", seed=0):
         raise TypeError(f"check: fn must be a function, got {type(fn).__name__}")
     name = _check_name("check", name, fn)
     scale = _check_scale("check", scale, either=True)
+    band = _band_kwargs("check", name, is_causal, window)
     notes = []
     if name not in _SCALED:
         if scale not in (None, "either"):
             notes.append(f"scale={scale:g} is ignored: {name} does not compute scores.")
         scale = None
     if scale != "either":
-        return _check_once(fn, name, scale, seed, notes)
+        return _check_once(fn, name, scale, seed, notes, band=band)
     # Both conventions: the report that passes, else the one that explains the failures best
     # (the closer convention), raw first on a tie, as the notebook asks for raw dot products.
-    reports = [_check_once(fn, name, s, seed, notes, either=True) for s in (1.0, None)]
+    reports = [_check_once(fn, name, s, seed, notes, either=True, band=band) for s in (1.0, None)]
     return min(reports, key=lambda r: (len(r.failures), _unexplained(r)))
 
 
@@ -247,8 +253,9 @@ def _unexplained(report):
                    for k in getattr(h, "keys", ())) for r in report.failures)
 
 
-def _check_once(fn, name, scale, seed, notes, either=False):
-    results = [_run_case(fn, case, scale, either) for case in cases(name, scale=scale, seed=seed)]
+def _check_once(fn, name, scale, seed, notes, either=False, band=None):
+    results = [_run_case(fn, case, scale, either)
+               for case in cases(name, scale=scale, seed=seed, **(band or {}))]
     _agree_on_mistakes(results)
     _merge_explained(results)
     _merge_combined(results)

@@ -184,7 +184,7 @@ def _run_case(fn, case, user_scale, either=False):
     with warnings.catch_warnings(record=True) as recorded:
         warnings.simplefilter("always")
         try:
-            got = fn(*copies)
+            got = fn(*copies, **case.kwargs)
             exc = None
         except Exception as e:  # the learner's bug, reported in words; never KeyboardInterrupt
             got, exc = None, e
