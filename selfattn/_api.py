@@ -34,6 +34,8 @@ from ._validate import (
     _check_size,
     _dtypes,
     _flag,
+    _grouped_operands,
+    _ungroup_heads,
 )
 
 __all__ = [
@@ -277,7 +279,7 @@ def compute_attention_output(attn_weights, V):
 
 
 def scaled_dot_product_attention(Q, K, V, *, scale=None, mask=None, bias=None, is_causal=False,
-                                 return_weights=False):
+                                 return_weights=False, enable_gqa=False):
     """Attention from queries, keys and values: ``softmax(Q @ K^T * scale + mask + bias) @ V``.
 
     The three notebook steps in one call, under the name torch users know
@@ -304,6 +306,13 @@ def scaled_dot_product_attention(Q, K, V, *, scale=None, mask=None, bias=None, i
         Query ``i`` sees only keys ``j <= i``. Combined with ``mask`` (both must allow).
     return_weights : bool, optional
         Also return the attention weights (this stores them: O(n_q * n_k) memory).
+    enable_gqa : bool, optional
+        Grouped-query attention (as torch's ``enable_gqa``): Q is ``(..., H, n_q, d_k)`` and K, V
+        are ``(..., H_kv, n_k, d)`` with ``H_kv`` dividing ``H``; query head ``h`` uses key/value
+        head ``h // (H / H_kv)``. K and V are never copied or repeated. Off by default, so that
+        mismatched leading axes stay an error rather than silently becoming head groups (one
+        shared K/V head, ``H_kv = 1``, already broadcasts without it). A mask or bias with a head
+        axis (-3) has ``H`` (or 1) entries there.
 
     Returns
     -------
@@ -346,9 +355,12 @@ def scaled_dot_product_attention(Q, K, V, *, scale=None, mask=None, bias=None, i
     func = "scaled_dot_product_attention"
     Q, K, V = _as_matrices(func, *_QKV(Q, K, V))
     return_weights = _flag(func, "return_weights", return_weights)
+    groups, Q, K, V = _grouped_operands(func, Q, K, V, enable_gqa)
     batch, scale, visibility, mask, result, compute = _attention_operands(
-        func, Q, K, V, mask, is_causal, scale, bias=bias)
+        func, Q, K, V, mask, is_causal, scale, bias=bias, groups=groups)
     out, weights = _attend(func, batch, Q, K, V, mask, scale, visibility, compute, return_weights)
+    if groups is not None:
+        out, weights = _ungroup_heads(out), weights if weights is None else _ungroup_heads(weights)
     return _finish_attention(out, weights, result)
 
 

@@ -25,6 +25,8 @@ from ._validate import (
     _check_grad_shape,
     _check_size,
     _dtypes,
+    _group_heads,
+    _grouped_operands,
 )
 
 __all__ = ["scaled_dot_product_attention_backward", "self_attention_layer_backward"]
@@ -100,7 +102,7 @@ def _layer_input_grads(L, dO, Q, K, V):
 
 
 def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None, bias=None,
-                                          is_causal=False):
+                                          is_causal=False, enable_gqa=False):
     """Gradients of :func:`scaled_dot_product_attention`: ``(dQ, dK, dV)`` given ``dO``.
 
     For ``O = softmax(S) @ V`` with ``S = Q @ K^T * scale + mask`` and ``P = softmax(S)`` (by rows),
@@ -122,7 +124,7 @@ def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None,
     dO : array_like, shape (..., n_q, d_v)
         Gradient of the loss with respect to the attention output; exactly the shape
         :func:`scaled_dot_product_attention` returns for these arguments.
-    Q, K, V, scale, mask, bias, is_causal
+    Q, K, V, scale, mask, bias, is_causal, enable_gqa
         As in :func:`scaled_dot_product_attention`.
 
     Returns
@@ -131,7 +133,8 @@ def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None,
     dK : ndarray, shape of K
     dV : ndarray, shape of V
         Where an input was broadcast along a batch axis (e.g. one K shared by a batch of Q), its
-        gradient is summed over that axis. A query whose keys are all masked gets ``dQ = 0`` and
+        gradient is summed over that axis; with ``enable_gqa``, each K/V head's gradient is the
+        sum over the query heads that share it. A query whose keys are all masked gets ``dQ = 0`` and
         gives nothing to ``dK``, ``dV``; a key with weight 0 gets nothing from that query, even if
         its V row or ``dO`` holds inf or NaN. Dtype: that of the forward output.
 
@@ -161,10 +164,15 @@ def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None,
     """
     func = "scaled_dot_product_attention_backward"
     dO, Q, K, V = _as_matrices(func, ("dO", dO, "(n_q, d_v)"), *_QKV(Q, K, V))
+    shapes = Q.shape, K.shape, V.shape
+    groups, Q, K, V = _grouped_operands(func, Q, K, V, enable_gqa)
     batch, scale, visibility, mask, result, _ = _attention_operands(func, Q, K, V, mask, is_causal,
-                                                                scale, bias=bias)
+                                                                scale, bias=bias, groups=groups)
     n_q, n_k, d_k, d_v = Q.shape[-2], K.shape[-2], Q.shape[-1], V.shape[-1]
-    _check_grad_shape(func, "dO", dO, batch + (n_q, d_v), "output")
+    out_batch = batch if groups is None else batch[:-2] + (batch[-2] * batch[-1],)
+    _check_grad_shape(func, "dO", dO, out_batch + (n_q, d_v), "output")
+    if groups is not None:
+        dO = _group_heads(dO, *groups)
     compute = _dtypes(Q, K, V)[1]
     for shape in ((n_q, d_k), (n_k, d_k), (n_k, d_v)):
         _check_size(func, batch + shape, compute)
@@ -173,7 +181,9 @@ def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None,
     dV = np.empty(batch + (n_k, d_v), dtype=compute)
     dO_c = dO.astype(compute, copy=False)
     _attention_grads(batch, dQ, dK, dV, dO_c, Q, K, V, mask, scale, visibility, compute)
-    return tuple(_finish(_sum_to(g, x.shape), result) for g, x in ((dQ, Q), (dK, K), (dV, V)))
+    # with groups, each summed gradient has its input's grouped shape: reshaping undoes that
+    return tuple(_finish(_sum_to(g, x.shape).reshape(shape), result)
+                 for g, x, shape in ((dQ, Q, shapes[0]), (dK, K, shapes[1]), (dV, V, shapes[2])))
 
 
 def self_attention_layer_backward(dY, X, W_q, W_k, W_v, *, scale=None, mask=None, bias=None,
