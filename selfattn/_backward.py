@@ -86,8 +86,17 @@ def _layer_input_grads(L, dO, Q, K, V):
         dK, dV = d_kv[..., :wk], d_kv[..., wk:]
         sources = [("dX", L.X, L.W_all, dQ, ((L.W_q, 0, wq),)),
                    ("dkv", L.KV, L.W_kv, d_kv, ((L.W_k, 0, wk), (L.W_v, wk, wk + wv)))]
-    _attention_grads(L.att_batch, *(_split_heads(A, L.heads) for A in (dQ, dK, dV, dO)), Q, K, V,
-                     L.mask, L.scale, L.visibility, c)
+    dQh, dOh = _split_heads(dQ, L.heads), _split_heads(dO, L.heads)
+    dKh, dVh = _split_heads(dK, L.kv_split), _split_heads(dV, L.kv_split)
+    # A K/V head shared by a group of query heads (GQA) is broadcast over the group: the kernel
+    # writes each query head's share into a full-batch array, summed into the shared head after.
+    dK_all, dV_all = (A if A.shape[:-2] == L.att_batch else np.empty(L.att_batch + A.shape[-2:], c)
+                      for A in (dKh, dVh))
+    _attention_grads(L.att_batch, dQh, dK_all, dV_all, dOh, Q, K, V, L.mask, L.scale,
+                     L.visibility, c)
+    for A, A_all in ((dKh, dK_all), (dVh, dV_all)):
+        if A_all is not A:
+            A[...] = _sum_to(A_all, A.shape)
     grads, weight_grads, d_proj = {}, [], []
     for name, src, W_all, dP, parts in sources:
         grads[name] = _sum_to(_matmul(dP, _transpose(W_all), c, b), src.shape)

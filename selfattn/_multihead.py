@@ -11,14 +11,14 @@ import numpy as np
 from ._backward import _layer_input_grads, _sum_to, _weight_grad
 from ._kernels import _finish, _finish_attention, _matmul, _transpose
 from ._layer import _Layer
-from ._validate import _as_matrices, _check_grad_shape, _flag, _integer
+from ._validate import _as_matrices, _check_grad_shape, _flag, _integer, _kv_heads
 
 __all__ = ["multi_head_attention", "multi_head_attention_backward"]
 
 
 def multi_head_attention(X, W_q, W_k, W_v, W_o, *, num_heads, kv=None, b_q=None, b_k=None,
                          b_v=None, b_o=None, scale=None, mask=None, bias=None, is_causal=False,
-                         return_weights=False):
+                         return_weights=False, num_kv_heads=None):
     """Multi-head attention: ``num_heads`` attention heads side by side, then ``W_o``.
 
     The step after the notebook's single head. Exactly (``kv`` defaults to ``X``, self-attention;
@@ -122,16 +122,17 @@ def multi_head_attention(X, W_q, W_k, W_v, W_o, *, num_heads, kv=None, b_q=None,
     """
     func = "multi_head_attention"
     heads = _integer(func, "num_heads", num_heads, 1)
+    kv_heads = _kv_heads(func, num_kv_heads, heads)
     return_weights = _flag(func, "return_weights", return_weights)
     L = _Layer(func, X, W_q, W_k, W_v, W_o, heads, scale, mask, is_causal, kv,
-               (b_q, b_k, b_v, b_o), bias)
+               (b_q, b_k, b_v, b_o), bias, kv_heads)
     out, weights = L.attend(*L.project(), return_weights)
     return _finish_attention(L.output(out), weights, L.result)
 
 
 def multi_head_attention_backward(dY, X, W_q, W_k, W_v, W_o, *, num_heads, kv=None, b_q=None,
                                   b_k=None, b_v=None, b_o=None, scale=None, mask=None, bias=None,
-                                  is_causal=False):
+                                  is_causal=False, num_kv_heads=None):
     """Gradients of :func:`multi_head_attention`: ``(dX, dW_q, dW_k, dW_v, dW_o)`` given ``dY``,
     then ``dkv`` and ``db_q, db_k, db_v, db_o`` for those of ``kv`` and the biases given.
 
@@ -193,9 +194,10 @@ def multi_head_attention_backward(dY, X, W_q, W_k, W_v, W_o, *, num_heads, kv=No
     """
     func = "multi_head_attention_backward"
     heads = _integer(func, "num_heads", num_heads, 1)
+    kv_heads = _kv_heads(func, num_kv_heads, heads)
     dY, = _as_matrices(func, ("dY", dY, "(seq_len, d_out)"))
     L = _Layer(func, X, W_q, W_k, W_v, W_o, heads, scale, mask, is_causal, kv,
-               (b_q, b_k, b_v, b_o), bias)
+               (b_q, b_k, b_v, b_o), bias, kv_heads)
     c = L.compute
     _check_grad_shape(func, "dY", dY, L.y_batch + (L.n, L.W_o.shape[-1]), "output")
     dY = dY.astype(c, copy=False)

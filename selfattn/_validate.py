@@ -313,6 +313,20 @@ def _kv_groups(func, Q, K, V, enable_gqa, names=("Q", "K", "V")):
     return kv_heads, heads // kv_heads
 
 
+def _kv_heads(func, num_kv_heads, heads):
+    """multi_head_attention's num_kv_heads: None, or an int >= 1 that divides num_heads."""
+    if num_kv_heads is None:
+        return None
+    kv_heads = _integer(func, "num_kv_heads", num_kv_heads, 1)
+    if heads % kv_heads:
+        raise ValueError(
+            f"{func}: num_kv_heads={kv_heads} does not divide num_heads={heads}; in grouped-query "
+            f"attention each key/value head serves num_heads / num_kv_heads query heads (query "
+            f"head h uses key/value head h // (num_heads / num_kv_heads))"
+        )
+    return kv_heads
+
+
 def _group_heads(A, kv_heads, group):
     """The view (..., kv_heads, group, n, d) of A (..., kv_heads * group, n, d): the query heads
     that share one K/V head side by side (group=1 for K and V themselves). No copy: splitting an
