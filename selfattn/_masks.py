@@ -171,7 +171,8 @@ def alibi_bias(num_heads, n_q, n_k=None):
     bias : ndarray of float64, shape (num_heads, n_q, n_k)
         Broadcasts as a mask does against multi-head scores ``(..., num_heads, n_q, n_k)``
         (:func:`multi_head_attention`, or :func:`scaled_dot_product_attention` with a head axis);
-        ``bias[h]`` is head ``h``'s, ready for :func:`plot_attention`.
+        ``bias[h]`` is head ``h``'s. To see it, plot the weights it alone gives (as if every
+        score were 0): ``plot_attention(softmax_attention_weights(bias), head=h)``.
 
     Raises
     ------
