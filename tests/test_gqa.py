@@ -272,3 +272,45 @@ def test_alibi_bias_in_attention_and_plots(rng):
         assert ax.images[0].get_array().shape == (5, 7)
     finally:
         plt.close("all")
+
+
+# ---- the learner's side: selfattn.testing with gqa=True ----------------------------------------
+
+def _learner_gqa(Q, K, V):
+    """A learner's grouped-query attention: each K/V head repeated for its group of query heads."""
+    if Q.ndim >= 3 and K.ndim >= 3:
+        group = Q.shape[-3] // K.shape[-3]
+        K, V = np.repeat(K, group, axis=-3), np.repeat(V, group, axis=-3)
+    s = Q @ np.swapaxes(K, -1, -2) / np.sqrt(Q.shape[-1])
+    e = np.exp(s - s.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True) @ V
+
+
+def _learner_tiled(Q, K, V):
+    """A classic GQA mistake: np.tile (head h uses K/V head h % H_kv), not np.repeat."""
+    if Q.ndim < 3 or K.ndim < 3:
+        return _learner_gqa(Q, K, V)
+    reps = (Q.shape[-3] // K.shape[-3], 1, 1)
+    return _learner_gqa(Q, np.tile(K, reps), np.tile(V, reps))
+
+
+def test_testing_knows_grouped_query_attention():
+    from selfattn.testing import assert_implementation, cases, check
+    grouped = [c for c in cases("scaled_dot_product_attention", gqa=True) if c.grouped]
+    assert {c.id for c in grouped} == {"grouped-query-float64", "multi-query-float32"}
+    for c in grouped:
+        Q, K, V = c.args
+        assert K.shape[-3] < Q.shape[-3] and not c.batched
+        assert_close(c.expected, ref_attention(Q, K, V, scale=c.scale, enable_gqa=True)[0],
+                     dtype=c.dtype)
+    assert not any(c.grouped for c in cases("scaled_dot_product_attention"))
+    assert_implementation(_learner_gqa, "scaled_dot_product_attention", gqa=True)
+    report = check(_learner_tiled, "scaled_dot_product_attention", gqa=True)
+    failed = [r for r in report.results if r.verdict == "FAIL"]
+    assert [r.case.id for r in failed] == ["grouped-query-float64"]   # MQA cannot tell
+    assert "h // (H / H_kv)" in failed[0].hints[-1]
+    # the notebook's plain attention (no head groups) fails the grouped case with the hint
+    report = check(selfattn.scaled_dot_product_attention, gqa=True)
+    assert not report and all("np.repeat(K" in r.hints[-1] for r in report.failures)
+    with pytest.raises(ValueError, match="gqa=True is for scaled_dot_product_attention"):
+        cases("softmax_attention_weights", gqa=True)
