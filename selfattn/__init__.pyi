@@ -60,6 +60,7 @@ def scaled_dot_product_attention(
     bias: ArrayLike | None = ...,
     is_causal: bool = ...,
     return_weights: Literal[False] = ...,
+    enable_gqa: bool = ...,
 ) -> _Float: ...
 @overload
 def scaled_dot_product_attention(
@@ -72,6 +73,7 @@ def scaled_dot_product_attention(
     bias: ArrayLike | None = ...,
     is_causal: bool = ...,
     return_weights: Literal[True],
+    enable_gqa: bool = ...,
 ) -> tuple[_Float, _Float]: ...
 @overload
 def multi_head_attention(
@@ -92,6 +94,7 @@ def multi_head_attention(
     bias: ArrayLike | None = ...,
     is_causal: bool = ...,
     return_weights: Literal[False] = ...,
+    num_kv_heads: int | None = ...,
 ) -> _Float: ...
 @overload
 def multi_head_attention(
@@ -112,6 +115,7 @@ def multi_head_attention(
     bias: ArrayLike | None = ...,
     is_causal: bool = ...,
     return_weights: Literal[True],
+    num_kv_heads: int | None = ...,
 ) -> tuple[_Float, _Float]: ...
 def scaled_dot_product_attention_backward(
     dO: ArrayLike,
@@ -123,6 +127,7 @@ def scaled_dot_product_attention_backward(
     mask: ArrayLike | None = ...,
     bias: ArrayLike | None = ...,
     is_causal: bool = ...,
+    enable_gqa: bool = ...,
 ) -> tuple[_Float, _Float, _Float]: ...
 def self_attention_layer_backward(
     dY: ArrayLike,
@@ -154,9 +159,11 @@ def multi_head_attention_backward(
     mask: ArrayLike | None = ...,
     bias: ArrayLike | None = ...,
     is_causal: bool = ...,
+    num_kv_heads: int | None = ...,
 ) -> tuple[_Float, ...]: ...
 def causal_mask(n_q: int, n_k: int | None = ...) -> NDArray[np.bool_]: ...
 def padding_mask(lengths: ArrayLike, n_k: int, *, head_axis: bool = ...) -> NDArray[np.bool_]: ...
+def alibi_bias(num_heads: int, n_q: int, n_k: int | None = ...) -> NDArray[np.float64]: ...
 def set_num_threads(n: int) -> None: ...
 def get_num_threads() -> int: ...
 def set_isa(name: Literal["avx512", "avx2", "generic", "reference"]) -> None: ...

@@ -143,9 +143,10 @@ def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None,
     dV : ndarray, shape of V
         Where an input was broadcast along a batch axis (e.g. one K shared by a batch of Q), its
         gradient is summed over that axis; with ``enable_gqa``, each K/V head's gradient is the
-        sum over the query heads that share it. A query whose keys are all masked gets ``dQ = 0`` and
-        gives nothing to ``dK``, ``dV``; a key with weight 0 gets nothing from that query, even if
-        its V row or ``dO`` holds inf or NaN. Dtype: that of the forward output.
+        sum over the query heads that share it. A query whose keys are all masked gets
+        ``dQ = 0`` and gives nothing to ``dK``, ``dV``; a key with weight 0 gets nothing from
+        that query, even if its V row or ``dO`` holds inf or NaN. Dtype: that of the forward
+        output.
 
     Raises
     ------

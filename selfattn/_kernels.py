@@ -69,7 +69,8 @@ def _head_axes(heads):
 
 def _split_heads(A, heads):
     """(..., n, heads * d) -> the view (..., heads, n, d); None heads means single-head (A).
-    With heads = (kv_heads, group): (..., n, kv_heads * group * d) -> (..., kv_heads, group, n, d)."""
+    With heads = (kv_heads, group) (grouped-query attention): (..., n, kv_heads * group * d) ->
+    (..., kv_heads, group, n, d)."""
     if heads is None:
         return A
     axes = _head_axes(heads)
@@ -124,7 +125,8 @@ def _project(func, X, Ws, compute, batch, w_batch, biases=None):
 def _attend(func, batch, Q, K, V, mask, scale, visibility, compute, return_weights, heads=None):
     """softmax(scale * Q @ K^T + mask) @ V on the attention kernel, Q, K, V broadcast to `batch`.
     With `heads`, batch ends with the head axis (or axes, _head_axes) and the output is the heads'
-    outputs side by side, (batch[:-1], n_q, heads * d_v). Returns (output, weights or None) in the compute dtype."""
+    outputs side by side, (batch[:-1], n_q, heads * d_v). Returns (output, weights or None) in
+    the compute dtype."""
     n_q, n_k, d_v = Q.shape[-2], K.shape[-2], V.shape[-1]
     axes = () if heads is None else _head_axes(heads)
     out_shape = batch[:len(batch) - len(axes)] + (n_q, math.prod(axes) * d_v)

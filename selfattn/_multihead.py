@@ -80,6 +80,12 @@ def multi_head_attention(X, W_q, W_k, W_v, W_o, *, num_heads, kv=None, b_q=None,
         in :func:`scaled_dot_product_attention`); combined with ``mask`` (both must allow).
     return_weights : bool, optional
         Also return every head's attention weights.
+    num_kv_heads : int, optional
+        Grouped-query attention (multi-query with 1): the number of key/value heads, which must
+        divide ``num_heads``. W_k is then ``(kdim, num_kv_heads * d_head)`` and W_v
+        ``(kdim, num_kv_heads * d_v)`` (b_k, b_v likewise); query head ``h`` uses K/V head
+        ``h // (num_heads / num_kv_heads)``, with no copies of K or V. W_o stays
+        ``(num_heads * d_v, d_out)``. Default: ``num_heads`` (every head its own K and V).
 
     Returns
     -------
@@ -91,7 +97,8 @@ def multi_head_attention(X, W_q, W_k, W_v, W_o, *, num_heads, kv=None, b_q=None,
     Raises
     ------
     ValueError
-        If ``num_heads < 1`` or does not divide a projection's width, W_q does not have
+        If ``num_heads < 1`` or does not divide a projection's width, ``num_kv_heads`` does not
+        divide ``num_heads`` or W_k, W_v are not ``num_kv_heads`` heads wide, W_q does not have
         ``d_model`` rows or W_k, W_v ``kdim`` rows, W_q and W_k differ in width, a bias is not as
         wide as its projection, W_o does not have ``num_heads * d_v``
         rows, batch dimensions or the mask do not broadcast, or a result is too large.
@@ -155,8 +162,10 @@ def multi_head_attention_backward(dY, X, W_q, W_k, W_v, W_o, *, num_heads, kv=No
     dY : array_like, shape (..., n, d_out)
         Gradient of the loss with respect to the output; exactly the shape
         :func:`multi_head_attention` returns for these arguments.
-    X, W_q, W_k, W_v, W_o, num_heads, kv, b_q, b_k, b_v, b_o, scale, mask, bias, is_causal
-        As in :func:`multi_head_attention`.
+    X, W_q, W_k, W_v, W_o, num_heads, kv, b_q, b_k, b_v, b_o, scale, mask, bias, is_causal, \
+    num_kv_heads
+        As in :func:`multi_head_attention`. With ``num_kv_heads``, ``dW_k``, ``dW_v``, ``db_k``
+        and ``db_v`` sum the gradients of the query heads that share each K/V head.
 
     Returns
     -------
