@@ -63,6 +63,7 @@ def _builders(rng, n):
             ((Q.astype(np.float32), K.astype(np.float32), V.astype(np.float32)),
              {"is_causal": True}),
             ((Q, K, np.where(rng.random(V.shape) < 0.1, np.nan, V)), {"mask": mask}),
+            ((_f(rng, 2, 4, n, d), K[:, None], V[:, None]), {"enable_gqa": True}),   # 4 over 1
         ],
         "self_attention_layer": [
             ((X, W, W, Wv), {}),
@@ -91,6 +92,7 @@ def _builders(rng, n):
         ],
         "causal_mask": [((n,), {}), ((n, n + 3), {})],
         "padding_mask": [((np.array([1, n, 0]), n), {})],
+        "alibi_bias": [((4, n), {}), ((3, n, n + 3), {})],
     }
 
 
@@ -138,7 +140,9 @@ def error_calls():
         "scaled_dot_product_attention": [((A, A, B), {}), ((A, A, A), {"scale": "x"}),
                                          ((A, A, A), {"mask": np.ones((7, 7), bool)}),
                                          ((A, A, A), {"return_weights": None}),
-                                         ((A, np.ones((2, 5, 4)), A), {})],
+                                         ((A, np.ones((2, 5, 4)), A), {}),
+                                         ((np.ones((3, 2, 4)), np.ones((2, 2, 4)),
+                                           np.ones((2, 2, 4))), {"enable_gqa": True})],
         "self_attention_layer": [((A, B, B, B), {}), ((A, np.ones((4, 2)), np.ones((4, 3)), B), {}),
                                  ((A, np.ones((4, 2)), np.ones((4, 2)), np.ones((4, 2))),
                                   {"scale": float("nan")})],
@@ -153,6 +157,7 @@ def error_calls():
         "multi_head_attention_backward": [((A, A, np.ones((4, 3)), np.ones((4, 3)), np.ones((4, 3)),
                                             np.ones((3, 4))), {"num_heads": 2})],
         "causal_mask": [(("3",), {}), ((-1,), {})],
+        "alibi_bias": [((0, 3), {}), ((2, "3"), {})],
         "padding_mask": [((np.array([1.5]), 2), {}), ((np.array([[1]]), "x"), {})],
     }
     return {name: calls.get(name, [((C,) * _n_positional(getattr(selfattn, name)), {})])
