@@ -348,7 +348,8 @@ def scaled_dot_product_attention(Q, K, V, *, scale=None, mask=None, bias=None, i
     array([[1.       , 2.       ],
            [2.3395231, 3.3395231]])
     """
-    if mask is None and bias is None and return_weights is False and type(is_causal) is bool:
+    if (mask is None and bias is None and return_weights is False and type(is_causal) is bool
+            and enable_gqa is False):
         result = _core.plain_sdpa(Q, K, V, scale, _plain_band(is_causal))
         if result is not None:
             return result

@@ -195,6 +195,19 @@ def test_multi_head_num_kv_heads_backward_finite_differences(cross, isa, rng):
         np.testing.assert_allclose(grad, numeric_grad(loss, x), rtol=1e-6, atol=1e-8)
 
 
+def test_gqa_is_bitwise_the_same_for_any_thread_count(isa, threads, rng):
+    X, kv, W_q, W_k, W_v, W_o, b_k, b_v = _mha_inputs(rng, heads=8, kv_heads=2, n=70, n_k=90)
+    kw = dict(num_heads=8, num_kv_heads=2, kv=kv, b_k=b_k, b_v=b_v, is_causal=True)
+    dY = rng.normal(size=(2, 70, 5))
+    runs = []
+    for n in (1, 3):
+        selfattn.set_num_threads(n)
+        runs.append([multi_head_attention(X, W_q, W_k, W_v, W_o, **kw),
+                     *multi_head_attention_backward(dY, X, W_q, W_k, W_v, W_o, **kw)])
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
+
+
 # ---- the errors --------------------------------------------------------------------------------
 
 def test_errors_name_the_shapes_and_the_rule(rng):
@@ -208,8 +221,9 @@ def test_errors_name_the_shapes_and_the_rule(rng):
         scaled_dot_product_attention(Q, K, V[:, :1], enable_gqa=True)
     with pytest.raises(ValueError, match=r"head axis \(-3\).*8 query heads"):
         scaled_dot_product_attention(Q, K, V, enable_gqa=True, mask=np.ones((2, 5, 7), bool))
-    with pytest.raises(TypeError, match="enable_gqa must be True or False"):
-        scaled_dot_product_attention(Q, K, V, enable_gqa=1)
+    for args in ((Q, K, V), (Q[0, 0], K[0, 0], V[0, 0])):     # 2-d: the C fast path's inputs
+        with pytest.raises(TypeError, match="enable_gqa must be True or False"):
+            scaled_dot_product_attention(*args, enable_gqa=1)
     with pytest.raises(ValueError, match=r"dO must have the shape"):
         scaled_dot_product_attention_backward(np.ones((2, 2, 5, 3)), Q, K, V, enable_gqa=True)
     X, _, W_q, W_k, W_v, W_o, _, _ = _mha_inputs(rng, kv_heads=2, kdim=5)
