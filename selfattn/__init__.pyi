@@ -68,6 +68,7 @@ def scaled_dot_product_attention(
     is_causal: _Causal = ...,
     return_weights: Literal[False] = ...,
     window: _Window = ...,
+    enable_gqa: bool = ...,
 ) -> _Float: ...
 @overload
 def scaled_dot_product_attention(
@@ -81,6 +82,7 @@ def scaled_dot_product_attention(
     is_causal: _Causal = ...,
     return_weights: Literal[True],
     window: _Window = ...,
+    enable_gqa: bool = ...,
 ) -> tuple[_Float, _Float]: ...
 @overload
 def multi_head_attention(
@@ -102,6 +104,7 @@ def multi_head_attention(
     is_causal: _Causal = ...,
     return_weights: Literal[False] = ...,
     window: _Window = ...,
+    num_kv_heads: int | None = ...,
 ) -> _Float: ...
 @overload
 def multi_head_attention(
@@ -123,6 +126,7 @@ def multi_head_attention(
     is_causal: _Causal = ...,
     return_weights: Literal[True],
     window: _Window = ...,
+    num_kv_heads: int | None = ...,
 ) -> tuple[_Float, _Float]: ...
 def scaled_dot_product_attention_backward(
     dO: ArrayLike,
@@ -135,6 +139,7 @@ def scaled_dot_product_attention_backward(
     bias: ArrayLike | None = ...,
     is_causal: _Causal = ...,
     window: _Window = ...,
+    enable_gqa: bool = ...,
 ) -> tuple[_Float, _Float, _Float]: ...
 def self_attention_layer_backward(
     dY: ArrayLike,
@@ -168,6 +173,7 @@ def multi_head_attention_backward(
     bias: ArrayLike | None = ...,
     is_causal: _Causal = ...,
     window: _Window = ...,
+    num_kv_heads: int | None = ...,
 ) -> tuple[_Float, ...]: ...
 def causal_mask(
     n_q: int, n_k: int | None = ..., *, align: Literal["top_left", "bottom_right"] = ...
@@ -181,6 +187,7 @@ def window_mask(
     align: Literal["top_left", "bottom_right"] = ...,
 ) -> NDArray[np.bool_]: ...
 def padding_mask(lengths: ArrayLike, n_k: int, *, head_axis: bool = ...) -> NDArray[np.bool_]: ...
+def alibi_bias(num_heads: int, n_q: int, n_k: int | None = ...) -> NDArray[np.float64]: ...
 def set_num_threads(n: int) -> None: ...
 def get_num_threads() -> int: ...
 def set_isa(name: Literal["avx512", "avx2", "generic", "reference"]) -> None: ...

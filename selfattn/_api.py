@@ -35,6 +35,8 @@ from ._validate import (
     _dtypes,
     _flag,
     _visibility,
+    _grouped_operands,
+    _ungroup_heads,
 )
 
 __all__ = [
@@ -285,7 +287,7 @@ def compute_attention_output(attn_weights, V):
 
 
 def scaled_dot_product_attention(Q, K, V, *, scale=None, mask=None, bias=None, is_causal=False,
-                                 return_weights=False, window=None):
+                                 return_weights=False, window=None, enable_gqa=False):
     """Attention from queries, keys and values: ``softmax(Q @ K^T * scale + mask + bias) @ V``.
 
     The three notebook steps in one call, under the name torch users know
@@ -319,6 +321,13 @@ def scaled_dot_product_attention(Q, K, V, *, scale=None, mask=None, bias=None, i
         from ``i + n_k - n_q`` with ``is_causal="bottom_right"``), with ``is_causal`` and ``mask``
         (all must allow). Blocks of keys no query sees are skipped: a window of ``w`` keys costs
         O(n_q * w * d), not O(n_q * n_k * d).
+    enable_gqa : bool, optional
+        Grouped-query attention (as torch's ``enable_gqa``): Q is ``(..., H, n_q, d_k)`` and K, V
+        are ``(..., H_kv, n_k, d)`` with ``H_kv`` dividing ``H``; query head ``h`` uses key/value
+        head ``h // (H / H_kv)``. K and V are never copied or repeated. Off by default, so that
+        mismatched leading axes stay an error rather than silently becoming head groups (one
+        shared K/V head, ``H_kv = 1``, already broadcasts without it). A mask or bias with a head
+        axis (-3) has ``H`` (or 1) entries there.
 
     Returns
     -------
@@ -358,16 +367,19 @@ def scaled_dot_product_attention(Q, K, V, *, scale=None, mask=None, bias=None, i
            [3., 4.]])
     """
     if (mask is None and bias is None and window is None and return_weights is False
-            and type(is_causal) is bool):
+            and type(is_causal) is bool and enable_gqa is False):
         result = _core.plain_sdpa(Q, K, V, scale, _PLAIN_BANDS[is_causal])
         if result is not None:
             return result
     func = "scaled_dot_product_attention"
     Q, K, V = _as_matrices(func, *_QKV(Q, K, V))
     return_weights = _flag(func, "return_weights", return_weights)
+    groups, Q, K, V = _grouped_operands(func, Q, K, V, enable_gqa)
     batch, scale, visibility, mask, result, compute = _attention_operands(
-        func, Q, K, V, mask, is_causal, scale, bias=bias, window=window)
+        func, Q, K, V, mask, is_causal, scale, bias=bias, window=window, groups=groups)
     out, weights = _attend(func, batch, Q, K, V, mask, scale, visibility, compute, return_weights)
+    if groups is not None:
+        out, weights = _ungroup_heads(out), weights if weights is None else _ungroup_heads(weights)
     return _finish_attention(out, weights, result)
 
 

@@ -25,6 +25,8 @@ from ._validate import (
     _check_grad_shape,
     _check_size,
     _dtypes,
+    _group_heads,
+    _grouped_operands,
 )
 
 __all__ = ["scaled_dot_product_attention_backward", "self_attention_layer_backward"]
@@ -84,8 +86,17 @@ def _layer_input_grads(L, dO, Q, K, V):
         dK, dV = d_kv[..., :wk], d_kv[..., wk:]
         sources = [("dX", L.X, L.W_all, dQ, ((L.W_q, 0, wq),)),
                    ("dkv", L.KV, L.W_kv, d_kv, ((L.W_k, 0, wk), (L.W_v, wk, wk + wv)))]
-    _attention_grads(L.att_batch, *(_split_heads(A, L.heads) for A in (dQ, dK, dV, dO)), Q, K, V,
-                     L.mask, L.scale, L.visibility, c)
+    dQh, dOh = _split_heads(dQ, L.heads), _split_heads(dO, L.heads)
+    dKh, dVh = _split_heads(dK, L.kv_split), _split_heads(dV, L.kv_split)
+    # A K/V head shared by a group of query heads (GQA) is broadcast over the group: the kernel
+    # writes each query head's share into a full-batch array, summed into the shared head after.
+    dK_all, dV_all = (A if A.shape[:-2] == L.att_batch else np.empty(L.att_batch + A.shape[-2:], c)
+                      for A in (dKh, dVh))
+    _attention_grads(L.att_batch, dQh, dK_all, dV_all, dOh, Q, K, V, L.mask, L.scale,
+                     L.visibility, c)
+    for A, A_all in ((dKh, dK_all), (dVh, dV_all)):
+        if A_all is not A:
+            A[...] = _sum_to(A_all, A.shape)
     grads, weight_grads, d_proj = {}, [], []
     for name, src, W_all, dP, parts in sources:
         grads[name] = _sum_to(_matmul(dP, _transpose(W_all), c, b), src.shape)
@@ -100,7 +111,7 @@ def _layer_input_grads(L, dO, Q, K, V):
 
 
 def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None, bias=None,
-                                          is_causal=False, window=None):
+                                          is_causal=False, window=None, enable_gqa=False):
     """Gradients of :func:`scaled_dot_product_attention`: ``(dQ, dK, dV)`` given ``dO``.
 
     For ``O = softmax(S) @ V`` with ``S = Q @ K^T * scale + mask`` and ``P = softmax(S)`` (by rows),
@@ -122,7 +133,7 @@ def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None,
     dO : array_like, shape (..., n_q, d_v)
         Gradient of the loss with respect to the attention output; exactly the shape
         :func:`scaled_dot_product_attention` returns for these arguments.
-    Q, K, V, scale, mask, bias, is_causal, window
+    Q, K, V, scale, mask, bias, is_causal, window, enable_gqa
         As in :func:`scaled_dot_product_attention`. Keys outside the band get no gradient from a
         query, and a query that sees no key gets ``dQ = 0``.
 
@@ -132,9 +143,11 @@ def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None,
     dK : ndarray, shape of K
     dV : ndarray, shape of V
         Where an input was broadcast along a batch axis (e.g. one K shared by a batch of Q), its
-        gradient is summed over that axis. A query whose keys are all masked gets ``dQ = 0`` and
-        gives nothing to ``dK``, ``dV``; a key with weight 0 gets nothing from that query, even if
-        its V row or ``dO`` holds inf or NaN. Dtype: that of the forward output.
+        gradient is summed over that axis; with ``enable_gqa``, each K/V head's gradient is the
+        sum over the query heads that share it. A query whose keys are all masked gets
+        ``dQ = 0`` and gives nothing to ``dK``, ``dV``; a key with weight 0 gets nothing from
+        that query, even if its V row or ``dO`` holds inf or NaN. Dtype: that of the forward
+        output.
 
     Raises
     ------
@@ -162,10 +175,16 @@ def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None,
     """
     func = "scaled_dot_product_attention_backward"
     dO, Q, K, V = _as_matrices(func, ("dO", dO, "(n_q, d_v)"), *_QKV(Q, K, V))
+    shapes = Q.shape, K.shape, V.shape
+    groups, Q, K, V = _grouped_operands(func, Q, K, V, enable_gqa)
     batch, scale, visibility, mask, result, _ = _attention_operands(func, Q, K, V, mask, is_causal,
-                                                                scale, bias=bias, window=window)
+                                                                scale, bias=bias, window=window,
+                                                                groups=groups)
     n_q, n_k, d_k, d_v = Q.shape[-2], K.shape[-2], Q.shape[-1], V.shape[-1]
-    _check_grad_shape(func, "dO", dO, batch + (n_q, d_v), "output")
+    out_batch = batch if groups is None else batch[:-2] + (batch[-2] * batch[-1],)
+    _check_grad_shape(func, "dO", dO, out_batch + (n_q, d_v), "output")
+    if groups is not None:
+        dO = _group_heads(dO, *groups)
     compute = _dtypes(Q, K, V)[1]
     for shape in ((n_q, d_k), (n_k, d_k), (n_k, d_v)):
         _check_size(func, batch + shape, compute)
@@ -174,7 +193,9 @@ def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None,
     dV = np.empty(batch + (n_k, d_v), dtype=compute)
     dO_c = dO.astype(compute, copy=False)
     _attention_grads(batch, dQ, dK, dV, dO_c, Q, K, V, mask, scale, visibility, compute)
-    return tuple(_finish(_sum_to(g, x.shape), result) for g, x in ((dQ, Q), (dK, K), (dV, V)))
+    # with groups, each summed gradient has its input's grouped shape: reshaping undoes that
+    return tuple(_finish(_sum_to(g, x.shape).reshape(shape), result)
+                 for g, x, shape in ((dQ, Q, shapes[0]), (dK, K, shapes[1]), (dV, V, shapes[2])))
 
 
 def self_attention_layer_backward(dY, X, W_q, W_k, W_v, *, scale=None, mask=None, bias=None,

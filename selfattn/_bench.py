@@ -117,6 +117,32 @@ def _sdpa_case(n, d, dtype, causal, torch):
     }
 
 
+def _gqa_case(n, d, heads, kv_heads, dtype, causal):
+    """Grouped-query attention against the same call with K/V repeated to every query head (the
+    copy made in setup, so that only the attention is timed): no slower is the requirement."""
+    def setup(rng):
+        Q = rng.standard_normal((heads, n, d)).astype(dtype)
+        K, V = (rng.standard_normal((kv_heads, n, d)).astype(dtype) for _ in range(2))
+        group = heads // kv_heads
+        return {"Q": Q, "K": K, "V": V,
+                "K_rep": np.repeat(K, group, axis=0), "V_rep": np.repeat(V, group, axis=0)}
+
+    return {
+        "name": f"gqa {np.dtype(dtype).name} n={n} d={d} heads={heads}/{kv_heads}"
+                f"{' causal' if causal else ''}",
+        "group": "attention",
+        "dtype": np.dtype(dtype).name,
+        "flops": heads * _attention_flops(n, n, d, causal),
+        "setup": setup,
+        "ours": lambda s: selfattn.scaled_dot_product_attention(
+            s["Q"], s["K"], s["V"], is_causal=causal, enable_gqa=True),
+        "peers": {
+            "repeated": lambda s: selfattn.scaled_dot_product_attention(
+                s["Q"], s["K_rep"], s["V_rep"], is_causal=causal),
+        },
+    }
+
+
 def _layer_case(n, d_model, d, dtype, causal):
     def setup(rng):
         X = rng.standard_normal((n, d_model)).astype(dtype)
@@ -229,6 +255,8 @@ def build_cases(quick, torch):
                     continue
                 for causal in (False, True):
                     cases.append(_sdpa_case(n, d, dtype, causal, torch))
+    for n in (512, 2048):
+        cases.append(_gqa_case(n, 64, 32, 8, np.float32, True))
     layer_sizes = [(np.float32, 4096), (np.float64, 2048)]
     if not quick:
         layer_sizes += [(np.float32, 512), (np.float32, 2048), (np.float64, 512),

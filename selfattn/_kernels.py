@@ -8,6 +8,7 @@ NaN in the values it weighs.
 """
 from __future__ import annotations
 
+import math
 import sys
 
 import numpy as np
@@ -65,13 +66,21 @@ def _finish_attention(out, weights, result_dtype):
     return _finish(out, result_dtype), _finish(weights, result_dtype)
 
 
+def _head_axes(heads):
+    """The head axes of a layout: (heads,), or grouped-query attention's (kv_heads, group)."""
+    return heads if isinstance(heads, tuple) else (heads,)
+
+
 def _split_heads(A, heads):
-    """(..., n, heads * d) -> the view (..., heads, n, d); None heads means single-head (A)."""
+    """(..., n, heads * d) -> the view (..., heads, n, d); None heads means single-head (A).
+    With heads = (kv_heads, group) (grouped-query attention): (..., n, kv_heads * group * d) ->
+    (..., kv_heads, group, n, d)."""
     if heads is None:
         return A
-    view = A.reshape(A.shape[:-1] + (heads, A.shape[-1] // heads))
+    axes = _head_axes(heads)
+    view = A.reshape(A.shape[:-1] + axes + (A.shape[-1] // math.prod(axes),))
     assert np.may_share_memory(view, A) or A.size == 0  # a view, never a copy
-    return np.swapaxes(view, -3, -2)
+    return np.moveaxis(view, -2 - len(axes), -2)
 
 
 def _transpose(W):
@@ -119,10 +128,12 @@ def _project(func, X, Ws, compute, batch, w_batch, biases=None):
 
 def _attend(func, batch, Q, K, V, mask, scale, visibility, compute, return_weights, heads=None):
     """softmax(scale * Q @ K^T + mask) @ V on the attention kernel, Q, K, V broadcast to `batch`.
-    With `heads`, batch ends with the head axis and the output is the heads' outputs side by side,
-    (batch[:-1], n_q, heads * d_v). Returns (output, weights or None) in the compute dtype."""
+    With `heads`, batch ends with the head axis (or axes, _head_axes) and the output is the heads'
+    outputs side by side, (batch[:-1], n_q, heads * d_v). Returns (output, weights or None) in
+    the compute dtype."""
     n_q, n_k, d_v = Q.shape[-2], K.shape[-2], V.shape[-1]
-    out_shape = batch + (n_q, d_v) if heads is None else batch[:-1] + (n_q, heads * d_v)
+    axes = () if heads is None else _head_axes(heads)
+    out_shape = batch[:len(batch) - len(axes)] + (n_q, math.prod(axes) * d_v)
     _check_size(func, out_shape, compute)
     if return_weights:
         _check_size(func, batch + (n_q, n_k), compute)

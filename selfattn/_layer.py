@@ -10,21 +10,27 @@ Multi-head layout. W_q, W_k, W_v are (d_model, num_heads * d_head); head h uses 
 exactly a batch of matrices in the kernels' sense: the heads run as one more batch axis, in
 parallel and without copies, and write their outputs straight into the concatenated
 (..., n, num_heads * d_v_head) layout that W_o multiplies.
+
+Grouped-query attention (num_kv_heads): K and V have num_kv_heads heads and the query heads are
+split into (num_kv_heads, group) axes (_split_heads with a tuple), K and V into (num_kv_heads, 1):
+the kernels see a batch in which each K/V head is broadcast (stride 0) over its group.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ._kernels import _attend, _project, _split_heads
+from ._kernels import _attend, _head_axes, _project, _split_heads
 from ._validate import (
     _as_array,
     _bias,
     _batch_shape,
     _check_projections,
     _dtypes,
+    _group_mask,
     _mask,
     _require_matrix,
     _scale,
+    _ungroup_heads,
     _visibility,
 )
 
@@ -38,26 +44,30 @@ class _Layer:
     proj_batch, and the weights' and biases' to one w_batch."""
 
     def __init__(self, func, X, W_q, W_k, W_v, W_o, heads, scale, mask, is_causal, kv=None,
-                 biases=(None, None, None, None), bias=None, window=None):
+                 biases=(None, None, None, None), bias=None, window=None, kv_heads=None):
         self.func = func
         X = _as_array(func, "X", X)
         KV = None if kv is None else _as_array(func, "kv", kv)
         W_q, W_k, W_v = (_as_array(func, name, W)
                          for name, W in (("W_q", W_q), ("W_k", W_k), ("W_v", W_v)))
-        _check_projections(func, X, W_q, W_k, W_v, heads, KV)
+        _check_projections(func, X, W_q, W_k, W_v, heads, KV, kv_heads)
         h = heads or 1
-        self.d_k, self.d_v = W_q.shape[-1] // h, W_v.shape[-1] // h
+        self.d_k, self.d_v = W_q.shape[-1] // h, W_v.shape[-1] // (kv_heads or h)
+        # the query heads' layout and K/V's (_split_heads): equal unless K/V heads are shared
+        self.groups = None if kv_heads in (None, heads) else (kv_heads, heads // kv_heads)
+        self.kv_split = heads if self.groups is None else (kv_heads, 1)
         arrays = [X, W_q, W_k, W_v] + ([KV] if KV is not None else [])
         if heads is not None:     # multi-head layers always take W_o (None is not an array)
             W_o = _as_array(func, "W_o", W_o)
             _require_matrix(func, "W_o", W_o, "(num_heads * d_v_head, d_out)")
-            if W_o.shape[-2] != W_v.shape[-1]:
+            width = heads * self.d_v
+            if W_o.shape[-2] != width:
                 hint = ""
-                if W_o.shape[-1] == W_v.shape[-1]:
+                if W_o.shape[-1] == width:
                     hint = " W_o looks transposed: selfattn computes heads @ W_o; pass W_o.T"
                 raise ValueError(
                     f"{func}: the heads' concatenated output has width num_heads * d_v_head = "
-                    f"{W_v.shape[-1]} (W_v.shape={W_v.shape}) but W_o has {W_o.shape[-2]} rows "
+                    f"{width} (W_v.shape={W_v.shape}) but W_o has {W_o.shape[-2]} rows "
                     f"(W_o.shape={W_o.shape}); W_o must be (num_heads * d_v_head, d_out).{hint}"
                 )
             arrays.append(W_o)
@@ -85,13 +95,14 @@ class _Layer:
                 + ([("mask", self.mask, 2)] if self.mask is not None else []))
         else:
             self.att_batch = self._heads_batch(func, heads)
-        self.out_batch = self.att_batch[:-1] if heads is not None else self.att_batch
-        self.heads = heads
+        self.heads = heads if self.groups is None else self.groups
+        self.out_batch = self.att_batch[:len(self.att_batch) - len(_head_axes(self.heads))] \
+            if heads is not None else self.att_batch
         self.X, self.KV, self.W_q, self.W_k, self.W_v, self.W_o = X, KV, W_q, W_k, W_v, W_o
         self.W_all = self.W_kv = None
         if heads is not None:
             named_o = [("the heads' output", np.broadcast_to(
-                np.zeros((), self.compute), self.out_batch + (n, W_v.shape[-1])), 2),
+                np.zeros((), self.compute), self.out_batch + (n, heads * self.d_v)), 2),
                 ("W_o", W_o, 2)] + ([("b_o", b_o, 1)] if b_o is not None else [])
             self.y_batch = _batch_shape(func, named_o)
             self.o_batch = _batch_shape(func, named_o[1:])
@@ -102,7 +113,10 @@ class _Layer:
         n, n_k, what = self.n, self.n_k, self.mask_name
         proj_heads = self.proj_batch + (heads,)
         if self.mask is None:
-            return proj_heads
+            return proj_heads if self.groups is None else self.proj_batch + self.groups
+        if self.groups is not None:
+            self.mask = _group_mask(func, what, self.mask, self.groups)
+            proj_heads = self.proj_batch + self.groups
         try:
             att_batch = np.broadcast_shapes(proj_heads, self.mask.shape[:-2])
         except ValueError:
@@ -112,7 +126,7 @@ class _Layer:
                 f"shared by every head needs a head axis of 1: use {what.split()[0]}[:, None] for "
                 f"a (batch, n_q, n_k) one, or padding_mask(..., head_axis=True)"
             ) from None
-        if att_batch[-1] != heads:
+        if self.groups is None and att_batch[-1] != heads:
             raise ValueError(
                 f"{func}: {what}.shape={self.mask.shape} has {att_batch[-1]} along the head "
                 f"axis (the scores are (..., num_heads, n_q, n_k) = {proj_heads + (n, n_k)}) but "
@@ -135,12 +149,17 @@ class _Layer:
             (K, V), self.W_kv = _project(self.func, self.KV, (self.W_k, self.W_v), self.compute,
                                          self.proj_batch, self.w_batch, (b_k, b_v))
             views = (Q, K, V)
-        return tuple(_split_heads(A, self.heads) for A in views)
+        return tuple(_split_heads(A, split)
+                     for A, split in zip(views, (self.heads, self.kv_split, self.kv_split)))
 
     def attend(self, Q, K, V, return_weights):
-        """The heads' output, concatenated: (out_batch, n, num_heads * d_v), and the weights."""
-        return _attend(self.func, self.att_batch, Q, K, V, self.mask, self.scale, self.visibility,
-                       self.compute, return_weights, self.heads)
+        """The heads' output, concatenated: (out_batch, n, num_heads * d_v), and the weights
+        (..., num_heads, n, n_k)."""
+        out, weights = _attend(self.func, self.att_batch, Q, K, V, self.mask, self.scale,
+                               self.visibility, self.compute, return_weights, self.heads)
+        if self.groups is not None and weights is not None:
+            weights = _ungroup_heads(weights)
+        return out, weights
 
     def output(self, out):
         """Y = out @ W_o + b_o (multi-head), through the same projection path as Q, K, V."""

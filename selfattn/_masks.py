@@ -6,7 +6,7 @@ import numpy as np
 from ._kernels import _band
 from ._validate import _as_array, _check_size, _integer, _visibility, _window
 
-__all__ = ["causal_mask", "window_mask", "padding_mask"]
+__all__ = ["causal_mask", "window_mask", "padding_mask", "alibi_bias"]
 
 
 def _band_mask(func, n_q, n_k, visibility):
@@ -208,3 +208,74 @@ def padding_mask(lengths, n_k, *, head_axis=False):
     _check_size(func, lengths.shape + extra + (n_k,), np.dtype(np.intp))
     keys = np.arange(n_k)
     return keys < lengths.reshape(lengths.shape + extra + (1,))
+
+
+def _alibi_slopes(num_heads):
+    """ALiBi's slope for each head (Press et al. 2022): for a power of two p heads, the geometric
+    sequence 2^(-8 k / p), k = 1..p; otherwise those of the power of two p just below num_heads,
+    then every other slope of 2p heads (k = 1, 3, 5, ...) until there are num_heads, so that the
+    added heads' slopes fall between the others."""
+    p = 1 << (num_heads.bit_length() - 1)
+    slopes = [2.0 ** (-8.0 * k / p) for k in range(1, p + 1)]
+    slopes += [2.0 ** (-8.0 * k / (2 * p)) for k in range(1, 2 * (num_heads - p), 2)]
+    return np.array(slopes)
+
+
+def alibi_bias(num_heads, n_q, n_k=None):
+    """The ALiBi bias (Press et al. 2022, "Train Short, Test Long"): each head penalises a key by
+    its distance from the query, ``bias[h, i, j] = -slope_h * |i - j|``.
+
+    Pass it as ``bias=`` (it is added to the scaled scores) instead of position embeddings. The
+    paper's causal form ``m * [-(i-1), ..., -2, -1, 0]`` is this bias on the keys ``j <= i`` a
+    causal query sees; with ``|i - j|`` keys after the query (no causal mask) are penalised by
+    distance too, as bidirectional ALiBi and flash-attn do. Positions are aligned top-left (query
+    ``i`` sits at key position ``i``), as ``is_causal=True`` is.
+
+    Parameters
+    ----------
+    num_heads : int
+        Number of heads, at least 1. The slopes are ``2^(-8 h / num_heads)`` for
+        ``h = 1..num_heads`` when ``num_heads`` is a power of two (8 heads: 1/2, 1/4, ..., 1/256);
+        otherwise the paper's rule: the slopes of the power of two ``p`` below ``num_heads``,
+        then every other slope of ``2p`` heads (``2^(-8 h / 2p)`` for ``h = 1, 3, 5, ...``).
+    n_q : int
+        Number of queries (rows).
+    n_k : int, optional
+        Number of keys (columns); defaults to ``n_q``.
+
+    Returns
+    -------
+    bias : ndarray of float64, shape (num_heads, n_q, n_k)
+        Broadcasts as a mask does against multi-head scores ``(..., num_heads, n_q, n_k)``
+        (:func:`multi_head_attention`, or :func:`scaled_dot_product_attention` with a head axis);
+        ``bias[h]`` is head ``h``'s. To see it, plot the weights it alone gives (as if every
+        score were 0): ``plot_attention(softmax_attention_weights(bias), head=h)``.
+
+    Raises
+    ------
+    TypeError
+        If an argument is not an integer.
+    ValueError
+        If ``num_heads < 1``, a size is negative, or the bias would be too large to allocate.
+
+    Examples
+    --------
+    >>> from selfattn import alibi_bias
+    >>> b = alibi_bias(2, 3)
+    >>> b.shape
+    (2, 3, 3)
+    >>> b[0]                      # slope 2^-4 for the first of 2 heads
+    array([[ 0.    , -0.0625, -0.125 ],
+           [-0.0625,  0.    , -0.0625],
+           [-0.125 , -0.0625,  0.    ]])
+    >>> 1 / -alibi_bias(8, 2)[:, 1, 0]         # 8 heads: slopes 1/2, 1/4, ..., 1/256
+    array([  2.,   4.,   8.,  16.,  32.,  64., 128., 256.])
+    """
+    func = "alibi_bias"
+    num_heads = _integer(func, "num_heads", num_heads, 1)
+    n_q = _integer(func, "n_q", n_q, 0)
+    n_k = n_q if n_k is None else _integer(func, "n_k", n_k, 0)
+    _check_size(func, (num_heads, n_q, n_k), np.dtype(np.float64))
+    # minus the distance, in integers first so that the diagonal is +0.0, not -0.0
+    offsets = -np.abs(np.arange(n_q)[:, None] - np.arange(n_k)[None, :])
+    return _alibi_slopes(num_heads)[:, None, None] * offsets.astype(np.float64)

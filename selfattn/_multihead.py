@@ -11,14 +11,14 @@ import numpy as np
 from ._backward import _layer_input_grads, _sum_to, _weight_grad
 from ._kernels import _finish, _finish_attention, _matmul, _transpose
 from ._layer import _Layer
-from ._validate import _as_matrices, _check_grad_shape, _flag, _integer
+from ._validate import _as_matrices, _check_grad_shape, _flag, _integer, _kv_heads
 
 __all__ = ["multi_head_attention", "multi_head_attention_backward"]
 
 
 def multi_head_attention(X, W_q, W_k, W_v, W_o, *, num_heads, kv=None, b_q=None, b_k=None,
                          b_v=None, b_o=None, scale=None, mask=None, bias=None, is_causal=False,
-                         return_weights=False, window=None):
+                         return_weights=False, window=None, num_kv_heads=None):
     """Multi-head attention: ``num_heads`` attention heads side by side, then ``W_o``.
 
     The step after the notebook's single head. Exactly (``kv`` defaults to ``X``, self-attention;
@@ -85,6 +85,12 @@ def multi_head_attention(X, W_q, W_k, W_v, W_o, *, num_heads, kv=None, b_q=None,
         Token ``i`` attends only to keys ``i - left .. i + right`` (ints >= 0, None = unbounded;
         from ``i + n_k - n`` with ``is_causal="bottom_right"``), the same band for every head,
         together with ``is_causal`` and ``mask``.
+    num_kv_heads : int, optional
+        Grouped-query attention (multi-query with 1): the number of key/value heads, which must
+        divide ``num_heads``. W_k is then ``(kdim, num_kv_heads * d_head)`` and W_v
+        ``(kdim, num_kv_heads * d_v)`` (b_k, b_v likewise); query head ``h`` uses K/V head
+        ``h // (num_heads / num_kv_heads)``, with no copies of K or V. W_o stays
+        ``(num_heads * d_v, d_out)``. Default: ``num_heads`` (every head its own K and V).
 
     Returns
     -------
@@ -96,7 +102,8 @@ def multi_head_attention(X, W_q, W_k, W_v, W_o, *, num_heads, kv=None, b_q=None,
     Raises
     ------
     ValueError
-        If ``num_heads < 1`` or does not divide a projection's width, W_q does not have
+        If ``num_heads < 1`` or does not divide a projection's width, ``num_kv_heads`` does not
+        divide ``num_heads`` or W_k, W_v are not ``num_kv_heads`` heads wide, W_q does not have
         ``d_model`` rows or W_k, W_v ``kdim`` rows, W_q and W_k differ in width, a bias is not as
         wide as its projection, W_o does not have ``num_heads * d_v``
         rows, batch dimensions or the mask do not broadcast, or a result is too large.
@@ -127,16 +134,17 @@ def multi_head_attention(X, W_q, W_k, W_v, W_o, *, num_heads, kv=None, b_q=None,
     """
     func = "multi_head_attention"
     heads = _integer(func, "num_heads", num_heads, 1)
+    kv_heads = _kv_heads(func, num_kv_heads, heads)
     return_weights = _flag(func, "return_weights", return_weights)
     L = _Layer(func, X, W_q, W_k, W_v, W_o, heads, scale, mask, is_causal, kv,
-               (b_q, b_k, b_v, b_o), bias, window=window)
+               (b_q, b_k, b_v, b_o), bias, window=window, kv_heads=kv_heads)
     out, weights = L.attend(*L.project(), return_weights)
     return _finish_attention(L.output(out), weights, L.result)
 
 
 def multi_head_attention_backward(dY, X, W_q, W_k, W_v, W_o, *, num_heads, kv=None, b_q=None,
                                   b_k=None, b_v=None, b_o=None, scale=None, mask=None, bias=None,
-                                  is_causal=False, window=None):
+                                  is_causal=False, window=None, num_kv_heads=None):
     """Gradients of :func:`multi_head_attention`: ``(dX, dW_q, dW_k, dW_v, dW_o)`` given ``dY``,
     then ``dkv`` and ``db_q, db_k, db_v, db_o`` for those of ``kv`` and the biases given.
 
@@ -159,8 +167,10 @@ def multi_head_attention_backward(dY, X, W_q, W_k, W_v, W_o, *, num_heads, kv=No
     dY : array_like, shape (..., n, d_out)
         Gradient of the loss with respect to the output; exactly the shape
         :func:`multi_head_attention` returns for these arguments.
-    X, W_q, W_k, W_v, W_o, num_heads, kv, b_q, b_k, b_v, b_o, scale, mask, bias, is_causal, window
-        As in :func:`multi_head_attention`.
+    X, W_q, W_k, W_v, W_o, num_heads, kv, b_q, b_k, b_v, b_o, scale, mask, bias, is_causal, \
+    window, num_kv_heads
+        As in :func:`multi_head_attention`. With ``num_kv_heads``, ``dW_k``, ``dW_v``, ``db_k``
+        and ``db_v`` sum the gradients of the query heads that share each K/V head.
 
     Returns
     -------
@@ -198,9 +208,10 @@ def multi_head_attention_backward(dY, X, W_q, W_k, W_v, W_o, *, num_heads, kv=No
     """
     func = "multi_head_attention_backward"
     heads = _integer(func, "num_heads", num_heads, 1)
+    kv_heads = _kv_heads(func, num_kv_heads, heads)
     dY, = _as_matrices(func, ("dY", dY, "(seq_len, d_out)"))
     L = _Layer(func, X, W_q, W_k, W_v, W_o, heads, scale, mask, is_causal, kv,
-               (b_q, b_k, b_v, b_o), bias, window=window)
+               (b_q, b_k, b_v, b_o), bias, window=window, kv_heads=kv_heads)
     c = L.compute
     _check_grad_shape(func, "dY", dY, L.y_batch + (L.n, L.W_o.shape[-1]), "output")
     dY = dY.astype(c, copy=False)

@@ -245,10 +245,11 @@ def _mask(func, mask, n_q, n_k, compute, bias=None):
     return arr + bias_arr
 
 
-def _check_projections(func, X, W_q, W_k, W_v, heads=None, KV=None):
+def _check_projections(func, X, W_q, W_k, W_v, heads=None, KV=None, kv_heads=None):
     """X is (..., n, d_model) and each W is (..., d_model, width), W_q and W_k of one width (which
     `heads`, when given, divides). With KV (cross-attention), W_k and W_v take KV's rows instead:
-    (..., kdim, width) for KV of shape (..., n_k, kdim)."""
+    (..., kdim, width) for KV of shape (..., n_k, kdim). With kv_heads (grouped-query attention),
+    W_k and W_v have kv_heads heads of the queries' d_head (W_k is then narrower than W_q)."""
     _require_matrix(func, "X", X, "(seq_len, d_model)")
     if KV is not None:
         _require_matrix(func, "kv", KV, "(n_k, kdim)")
@@ -267,13 +268,24 @@ def _check_projections(func, X, W_q, W_k, W_v, heads=None, KV=None):
                 f"has {W.shape[-2]} rows ({name}.shape={W.shape}); each projection must be "
                 f"({dim}, {width}) so that {src_name} @ {name} works.{hint}"
             )
-        if heads is not None and W.shape[-1] % heads:
+        count, count_name = ((kv_heads, "num_kv_heads") if kv_heads is not None and name != "W_q"
+                             else (heads, "num_heads"))
+        if heads is not None and W.shape[-1] % count:
             raise ValueError(
                 f"{func}: {name} has width {W.shape[-1]} ({name}.shape={W.shape}), which "
-                f"num_heads={heads} does not divide; head h takes columns "
-                f"[h * d_head, (h + 1) * d_head), so the width must be num_heads * d_head"
+                f"{count_name}={count} does not divide; head h takes columns "
+                f"[h * d_head, (h + 1) * d_head), so the width must be {count_name} * d_head"
             )
-    if W_q.shape[-1] != W_k.shape[-1]:
+    if kv_heads is not None:
+        if W_q.shape[-1] // heads != W_k.shape[-1] // kv_heads:
+            raise ValueError(
+                f"{func}: W_q makes query heads of d_head={W_q.shape[-1] // heads} "
+                f"(W_q.shape={W_q.shape}, num_heads={heads}) but W_k makes key heads of "
+                f"d_head={W_k.shape[-1] // kv_heads} (W_k.shape={W_k.shape}, "
+                f"num_kv_heads={kv_heads}); W_k must be (kdim, num_kv_heads * d_head) with the "
+                f"queries' d_head"
+            )
+    elif W_q.shape[-1] != W_k.shape[-1]:
         what = "d_k=" if heads is None else "width "
         raise ValueError(
             f"{func}: W_q makes queries of {what}{W_q.shape[-1]} (W_q.shape={W_q.shape}) but W_k "
@@ -304,6 +316,91 @@ def _check_grad_shape(func, name, grad, expected, what):
             f"{name}.shape={grad.shape}; {name} is the gradient of the loss with respect to that "
             f"{what}, one entry per entry of it"
         )
+
+
+def _kv_groups(func, Q, K, V, enable_gqa, names=("Q", "K", "V")):
+    """Grouped-query attention: (kv_heads, group) when K and V have fewer heads (axis -3) than Q,
+    kv_heads dividing Q's heads (query head h uses K/V head h // group, as torch's enable_gqa);
+    None when the head counts are equal or GQA is off. An array of 2 dimensions has one head."""
+    q_name, k_name, v_name = names
+    enable_gqa = _flag(func, "enable_gqa", enable_gqa)
+    heads, kv_heads, v_heads = (A.shape[-3] if A.ndim >= 3 else 1 for A in (Q, K, V))
+    if not enable_gqa:
+        if (Q.ndim >= 3 and K.ndim >= 3 and 1 < kv_heads < heads and heads % kv_heads == 0
+                and v_heads in (1, kv_heads)):
+            raise ValueError(
+                f"{func}: {q_name} has {heads} heads ({q_name}.shape={Q.shape}) but {k_name} has "
+                f"{kv_heads} ({k_name}.shape={K.shape}); for grouped-query attention (query head "
+                f"h uses key/value head h // {heads // kv_heads}) pass enable_gqa=True"
+            )
+        return None
+    if kv_heads != v_heads:
+        raise ValueError(
+            f"{func}: with enable_gqa=True {k_name} and {v_name} must have the same number of "
+            f"heads (axis -3), got {k_name}.shape={K.shape} and {v_name}.shape={V.shape}"
+        )
+    if kv_heads == heads:
+        return None
+    if kv_heads == 0 or heads % kv_heads:
+        raise ValueError(
+            f"{func}: enable_gqa=True needs the number of key/value heads to divide the number "
+            f"of query heads (axis -3), got {heads} query heads ({q_name}.shape={Q.shape}) and "
+            f"{kv_heads} key/value heads ({k_name}.shape={K.shape}); query head h uses key/value "
+            f"head h // (num_heads / num_kv_heads)"
+        )
+    return kv_heads, heads // kv_heads
+
+
+def _kv_heads(func, num_kv_heads, heads):
+    """multi_head_attention's num_kv_heads: None, or an int >= 1 that divides num_heads."""
+    if num_kv_heads is None:
+        return None
+    kv_heads = _integer(func, "num_kv_heads", num_kv_heads, 1)
+    if heads % kv_heads:
+        raise ValueError(
+            f"{func}: num_kv_heads={kv_heads} does not divide num_heads={heads}; in grouped-query "
+            f"attention each key/value head serves num_heads / num_kv_heads query heads (query "
+            f"head h uses key/value head h // (num_heads / num_kv_heads))"
+        )
+    return kv_heads
+
+
+def _group_heads(A, kv_heads, group):
+    """The view (..., kv_heads, group, n, d) of A (..., kv_heads * group, n, d): the query heads
+    that share one K/V head side by side (group=1 for K and V themselves). No copy: splitting an
+    axis is always a view."""
+    return A.reshape(A.shape[:-3] + (kv_heads, group) + A.shape[-2:])
+
+
+def _ungroup_heads(A):
+    """(..., kv_heads, group, n, d) back to (..., kv_heads * group, n, d)."""
+    return A.reshape(A.shape[:-4] + (A.shape[-4] * A.shape[-3],) + A.shape[-2:])
+
+
+def _grouped_operands(func, Q, K, V, enable_gqa):
+    """(groups, Q, K, V): _kv_groups of the call and Q, K, V grouped by it (unchanged if None)."""
+    groups = _kv_groups(func, Q, K, V, enable_gqa)
+    if groups is None:
+        return None, Q, K, V
+    kv_heads, group = groups
+    return groups, _group_heads(Q, kv_heads, group), _group_heads(K, kv_heads, 1), \
+        _group_heads(V, kv_heads, 1)
+
+
+def _group_mask(func, name, mask, groups):
+    """The merged mask (..., heads or 1, n_q, n_k) grouped as the queries are (_group_heads)."""
+    if groups is None or mask is None or mask.ndim < 3:
+        return mask
+    kv_heads, group = groups
+    if mask.shape[-3] == 1:
+        return _group_heads(mask, 1, 1)
+    if mask.shape[-3] != kv_heads * group:
+        raise ValueError(
+            f"{func}: {name}.shape={mask.shape} has {mask.shape[-3]} along the head axis (-3) "
+            f"but there are {kv_heads * group} query heads; a {name}'s head axis must be the "
+            f"number of query heads or 1"
+        )
+    return _group_heads(mask, kv_heads, group)
 
 
 # ---- step 3: dtypes ----------------------------------------------------------------------------
@@ -343,10 +440,11 @@ def _check_size(func, shape, dtype):
 # ---- the shared attention front end -----------------------------------------------------------
 
 def _attention_operands(func, Q, K, V, mask, is_causal, scale, names=("Q", "K", "V"),
-                        bias=None, window=None):
+                        bias=None, window=None, groups=None):
     """Validated options and shapes for scores (V is None) or full attention:
     (batch, scale, visibility, mask, result dtype, compute dtype); the mask is mask= and bias=
-    merged (_mask)."""
+    merged (_mask). With groups (_kv_groups), Q, K, V are already grouped (_group_heads) and the
+    mask is grouped the same way."""
     q_name, k_name, v_name = names
     d_k = Q.shape[-1]
     if K.shape[-1] != d_k:
@@ -374,7 +472,8 @@ def _attention_operands(func, Q, K, V, mask, is_causal, scale, names=("Q", "K", 
     visibility = _visibility(func, is_causal, window)
     scale = _scale(func, scale, d_k)
     result, compute = _dtypes(*arrays)
-    mask = _mask(func, mask, n_q, n_k, compute, bias)
+    mask = _group_mask(func, "mask" if bias is None else "mask and bias",
+                       _mask(func, mask, n_q, n_k, compute, bias), groups)
     if mask is not None:
         named.append(("mask" if bias is None else "mask and bias", mask, 2))
     batch = _batch_shape(func, named)

@@ -512,10 +512,24 @@ def ref_output(weights, V):
     return np.matmul(np.asarray(weights).astype(LD), np.asarray(V).astype(LD))
 
 
-def ref_attention(Q, K, V, scale=None, mask=None, is_causal=False, window=None):
+def repeat_kv_heads(A, heads):
+    """Grouped-query attention's definition: A (..., H_kv, n, d) with each head repeated for the
+    heads / H_kv query heads that share it (query head h uses head h // (heads / H_kv)); a 2-d A
+    has one head."""
+    A = np.asarray(A)
+    if A.ndim < 3:
+        A = A[None]
+    assert heads % A.shape[-3] == 0
+    return np.repeat(A, heads // A.shape[-3], axis=-3)
+
+
+def ref_attention(Q, K, V, scale=None, mask=None, is_causal=False, window=None, enable_gqa=False):
     """(output, weights); a key whose weight is 0 contributes nothing, even a non-finite V row.
 
-    The weights are broadcast to the batch shape of the output (V's batch dims included)."""
+    The weights are broadcast to the batch shape of the output (V's batch dims included). With
+    enable_gqa, K and V have fewer heads (axis -3) than Q: repeat_kv_heads."""
+    if enable_gqa:
+        K, V = (repeat_kv_heads(A, np.shape(Q)[-3]) for A in (K, V))
     weights = ref_softmax(ref_scores(Q, K, scale, mask, is_causal, window))
     V = np.asarray(V).astype(LD)
     if np.isfinite(V).all():

@@ -64,6 +64,7 @@ def _builders(rng, n):
              {"is_causal": True}),
             ((Q, K, np.where(rng.random(V.shape) < 0.1, np.nan, V)), {"mask": mask}),
             ((Q, K, V), {"is_causal": "bottom_right", "window": (2, None), "mask": mask}),
+            ((_f(rng, 2, 4, n, d), K[:, None], V[:, None]), {"enable_gqa": True}),   # 4 over 1
         ],
         "self_attention_layer": [
             ((X, W, W, Wv), {}),
@@ -94,6 +95,7 @@ def _builders(rng, n):
         "causal_mask": [((n,), {}), ((n, n + 3), {}), ((n + 2, n), {"align": "bottom_right"})],
         "window_mask": [((n, n + 3, 2, 0), {}), ((n, n, None, 1), {"align": "bottom_right"})],
         "padding_mask": [((np.array([1, n, 0]), n), {})],
+        "alibi_bias": [((4, n), {}), ((3, n, n + 3), {})],
     }
 
 
@@ -141,7 +143,9 @@ def error_calls():
         "scaled_dot_product_attention": [((A, A, B), {}), ((A, A, A), {"scale": "x"}),
                                          ((A, A, A), {"mask": np.ones((7, 7), bool)}),
                                          ((A, A, A), {"return_weights": None}),
-                                         ((A, np.ones((2, 5, 4)), A), {})],
+                                         ((A, np.ones((2, 5, 4)), A), {}),
+                                         ((np.ones((3, 2, 4)), np.ones((2, 2, 4)),
+                                           np.ones((2, 2, 4))), {"enable_gqa": True})],
         "self_attention_layer": [((A, B, B, B), {}), ((A, np.ones((4, 2)), np.ones((4, 3)), B), {}),
                                  ((A, np.ones((4, 2)), np.ones((4, 2)), np.ones((4, 2))),
                                   {"scale": float("nan")})],
@@ -157,6 +161,7 @@ def error_calls():
                                             np.ones((3, 4))), {"num_heads": 2})],
         "causal_mask": [(("3",), {}), ((-1,), {}), ((3,), {"align": "left"})],
         "window_mask": [((3, 3, -1, 0), {}), ((3, 3, 1.5, 0), {})],
+        "alibi_bias": [((0, 3), {}), ((2, "3"), {})],
         "padding_mask": [((np.array([1.5]), 2), {}), ((np.array([[1]]), "x"), {})],
     }
     return {name: calls.get(name, [((C,) * _n_positional(getattr(selfattn, name)), {})])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -60,6 +61,9 @@ class Case:
     kwargs : dict
         The keyword arguments the case is for (``is_causal``, ``window``), passed to the function
         checked as ``fn(*case.args, **case.kwargs)``; empty for the notebook's plain cases.
+    grouped : bool
+        Grouped-query attention (``cases(..., gqa=True)``): K and V have fewer heads (axis -3)
+        than Q, query head ``h`` using K/V head ``h // (H / H_kv)``.
     """
     name: str
     id: str
@@ -70,6 +74,7 @@ class Case:
     batched: bool = False
     large: bool = False
     kwargs: dict = field(default_factory=dict)
+    grouped: bool = False
 
     @property
     def arg_names(self):
@@ -183,7 +188,7 @@ def _band_kwargs(func, name, is_causal, window):
     return kwargs
 
 
-def cases(name, *, scale=None, seed=0, batched=True, is_causal=False, window=None):
+def cases(name, *, scale=None, seed=0, batched=True, is_causal=False, window=None, gqa=False):
     """The named cases ``check`` runs for function `name`: inputs and expected output.
 
     For graders who write their own tests, one per case::
@@ -212,6 +217,11 @@ def cases(name, *, scale=None, seed=0, batched=True, is_causal=False, window=Non
         For causal or windowed attention (the functions with scores): the expected results use
         them as selfattn does (``is_causal=True`` or ``"top_left"``, ``"bottom_right"``;
         ``window=(left, right)``), and each case's ``kwargs`` holds them for the call.
+    gqa : bool, optional
+        Add grouped-query and multi-query attention cases (scaled_dot_product_attention only):
+        Q of shape ``(H, n_q, d_k)``, K and V of ``(H_kv, n_k, d)`` with fewer heads, query head
+        ``h`` using K/V head ``h // (H / H_kv)``; the function is called ``fn(Q, K, V)`` and must
+        group the heads itself (as jax does; ``selfattn`` with ``enable_gqa=True``).
 
     Returns
     -------
@@ -220,10 +230,11 @@ def cases(name, *, scale=None, seed=0, batched=True, is_causal=False, window=Non
     name = _check_name("cases", name)
     scale = _check_scale("cases", scale)
     kwargs = _band_kwargs("cases", name, is_causal, window)
+    gqa = _check_gqa("cases", name, gqa)
     rng = np.random.default_rng(seed)
     builder = _BUILDERS[name]
     out = []
-    for id_, label, args, flags in builder(rng):
+    for id_, label, args, flags in itertools.chain(builder(rng), _gqa_cases(rng) if gqa else ()):
         args = tuple(np.ascontiguousarray(a) for a in args)
         for a in args:
             a.setflags(write=False)  # a grader's test cannot change the case for the next one
@@ -231,7 +242,8 @@ def cases(name, *, scale=None, seed=0, batched=True, is_causal=False, window=Non
         if name in _SCALED:
             d_k = args[1].shape[-1]  # K for scores and sdpa, W_q for the layer
             case_scale = _effective_scale(scale, d_k)
-            expected = _REFERENCE[name](*args, scale=case_scale, **kwargs)
+            grouped = {"enable_gqa": True} if flags.get("grouped") else {}
+            expected = _REFERENCE[name](*args, scale=case_scale, **kwargs, **grouped)
         else:
             expected = _REFERENCE[name](*args)
         expected.setflags(write=False)
@@ -239,7 +251,7 @@ def cases(name, *, scale=None, seed=0, batched=True, is_causal=False, window=Non
             label += " with " + ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
         case = Case(name=name, id=id_, label=label, args=args, expected=expected, scale=case_scale,
                     batched=flags.get("batched", False), large=flags.get("large", False),
-                    kwargs=dict(kwargs))
+                    kwargs=dict(kwargs), grouped=flags.get("grouped", False))
         if batched or not case.batched:
             out.append(case)
     return out
@@ -286,6 +298,29 @@ def _qk_cases(rng, with_v):
             [a.astype(dtype) for a in arrays], {"large": True}
     yield "batched-float64", "batched: a leading batch dimension of 2 (float64)", \
         qkv(3, 5, 4, 2, f64, batch=(2,)), {"batched": True}
+
+
+def _check_gqa(func, name, gqa):
+    if not isinstance(gqa, (bool, np.bool_)):
+        raise TypeError(f"{func}: gqa must be True or False, got {gqa!r}")
+    if gqa and name != "scaled_dot_product_attention":
+        raise ValueError(f"{func}: gqa=True is for scaled_dot_product_attention (Q, K, V with "
+                         f"fewer K/V heads than Q heads), not {name}")
+    return bool(gqa)
+
+
+def _gqa_cases(rng):
+    """Grouped-query attention: K and V with fewer heads than Q (required when asked for)."""
+    def qkv(heads, kv_heads, dtype):
+        return [_normal(rng, (heads, 3, 4), dtype), _normal(rng, (kv_heads, 5, 4), dtype),
+                _normal(rng, (kv_heads, 5, 2), dtype)]
+
+    yield "grouped-query-float64", ("grouped-query: Q of 4 heads, K and V of 2 heads (each "
+                                    "shared by 2 query heads), n_q=3, n_k=5, d_k=4, d_v=2 "
+                                    "(float64)"), qkv(4, 2, np.float64), {"grouped": True}
+    yield "multi-query-float32", ("multi-query: Q of 3 heads, K and V of 1 head shared by all, "
+                                  "n_q=3, n_k=5, d_k=4, d_v=2 (float32)"), \
+        qkv(3, 1, np.float32), {"grouped": True}
 
 
 def _scores_cases(rng):

@@ -144,6 +144,9 @@ _HINTS = {
                      "or better, compute with NumPy operations such as @).",
     "mixed_scale": "Your scores are raw dot products in some cases and scaled by 1/sqrt(d_k) in "
                    "others (or in some functions and not others): use one convention throughout.",
+    "grouped": "In grouped-query attention K and V have fewer heads (axis -3) than Q, and query "
+               "head h uses K/V head h // (H / H_kv): repeat each K/V head for its group, e.g. "
+               "np.repeat(K, Q.shape[-3] // K.shape[-3], axis=-3), then attend as usual.",
 }
 _HINTS = {key: _hint(text, key) for key, text in _HINTS.items()}
 
@@ -179,6 +182,7 @@ TITLES = {
     "raised_signature": "wrong parameters", "raised_none": "raised: a value is None",
     "raised_name": "raised: undefined name", "raised": "raised an exception",
     "unknown": "an unrecognised mistake", "batched": "no batch support",
+    "grouped": "K/V heads not shared by query-head groups",
 }
 
 

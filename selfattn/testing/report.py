@@ -183,7 +183,7 @@ class CheckReport:
         return "".join(parts)
 
 
-def check(fn, name=None, *, scale="either", seed=0, is_causal=False, window=None):
+def check(fn, name=None, *, scale="either", seed=0, is_causal=False, window=None, gqa=False):
     """Run your function `fn` on a battery of cases and compare it with selfattn's.
 
     Parameters
@@ -207,6 +207,9 @@ def check(fn, name=None, *, scale="either", seed=0, is_causal=False, window=None
         selfattn's for the same ``is_causal`` (True, ``"top_left"``, ``"bottom_right"``) and
         ``window=(left, right)``, which are passed on to `fn` as keyword arguments (e.g.
         ``fn(Q, K, V, window=(2, 0))``; wrap `fn` in a lambda if it takes them otherwise).
+    gqa : bool, optional
+        Also require grouped-query and multi-query attention (scaled_dot_product_attention
+        only): ``fn(Q, K, V)`` with K and V of fewer heads than Q (see :func:`cases`).
 
     Returns
     -------
@@ -240,10 +243,11 @@ def check(fn, name=None, *, scale="either", seed=0, is_causal=False, window=None
             notes.append(f"scale={scale:g} is ignored: {name} does not compute scores.")
         scale = None
     if scale != "either":
-        return _check_once(fn, name, scale, seed, notes, band=band)
+        return _check_once(fn, name, scale, seed, notes, band=band, gqa=gqa)
     # Both conventions: the report that passes, else the one that explains the failures best
     # (the closer convention), raw first on a tie, as the notebook asks for raw dot products.
-    reports = [_check_once(fn, name, s, seed, notes, either=True, band=band) for s in (1.0, None)]
+    reports = [_check_once(fn, name, s, seed, notes, either=True, band=band, gqa=gqa)
+               for s in (1.0, None)]
     return min(reports, key=lambda r: (len(r.failures), _unexplained(r)))
 
 
@@ -253,16 +257,16 @@ def _unexplained(report):
                    for k in getattr(h, "keys", ())) for r in report.failures)
 
 
-def _check_once(fn, name, scale, seed, notes, either=False, band=None):
+def _check_once(fn, name, scale, seed, notes, either=False, band=None, gqa=False):
     results = [_run_case(fn, case, scale, either)
-               for case in cases(name, scale=scale, seed=seed, **(band or {}))]
+               for case in cases(name, scale=scale, seed=seed, gqa=gqa, **(band or {}))]
     _agree_on_mistakes(results)
     _merge_explained(results)
     _merge_combined(results)
     return CheckReport(name, getattr(fn, "__name__", None), scale, results, notes, either=either)
 
 
-def assert_implementation(fn, name=None, *, scale="either", seed=0):
+def assert_implementation(fn, name=None, *, scale="either", seed=0, gqa=False):
     """Raise AssertionError, with the :func:`check` report as its message, unless `fn` is correct.
 
     For pytest graders: one line per function, and the student sees every case and every hint.
@@ -274,4 +278,4 @@ def assert_implementation(fn, name=None, *, scale="either", seed=0):
     >>> assert_implementation(compute_self_attention_scores)   # silent: correct
     """
     __tracebackhide__ = True
-    check(fn, name, scale=scale, seed=seed).raise_if_failed()
+    check(fn, name, scale=scale, seed=seed, gqa=gqa).raise_if_failed()

@@ -214,6 +214,8 @@ def _run_case(fn, case, user_scale, either=False):
         result.hints.extend(h for h in hints if h not in result.hints)
         if not result.hints and result.verdict == "FAIL":
             result.hints.append(_HINTS["unknown"])
+        if case.grouped and result.verdict == "FAIL":
+            result.hints.append(_HINTS["grouped"])
         if case.batched and result.verdict == "FAIL":
             result.verdict = "note"
             result.hints = [_hint(
@@ -247,7 +249,7 @@ def _run_case(fn, case, user_scale, either=False):
     # The case's dtype decides: a float64 answer to a float32 case is fine.
     rtol, atol, _ = _tolerance(exp.dtype)
     if got.shape != exp.shape:
-        if not case.batched:
+        if not (case.batched or case.grouped):
             result.matches = _match_mistakes(case, got, user_scale, either, rtol, atol)
         return done(_shape_message(case, got.shape), result.matches[:1])
 
@@ -274,7 +276,7 @@ def _run_case(fn, case, user_scale, either=False):
         if _diff(got, exp, low_r, low_a).close:
             return done(message + f"\nreturned {got.dtype} for {exp.dtype} inputs",
                         [_HINTS["precision"]])
-    if not case.batched:
+    if not (case.batched or case.grouped):
         result.matches = _match_mistakes(case, got, user_scale, either, rtol, atol)
         hints += result.matches[:1]
         if not result.matches:
