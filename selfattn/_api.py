@@ -34,6 +34,7 @@ from ._validate import (
     _check_size,
     _dtypes,
     _flag,
+    _lengths,
 )
 
 __all__ = [
@@ -277,7 +278,8 @@ def compute_attention_output(attn_weights, V):
 
 
 def scaled_dot_product_attention(Q, K, V, *, scale=None, mask=None, bias=None, is_causal=False,
-                                 return_weights=False):
+                                 return_weights=False, query_lengths=None, key_lengths=None,
+                                 return_lse=False):
     """Attention from queries, keys and values: ``softmax(Q @ K^T * scale + mask + bias) @ V``.
 
     The three notebook steps in one call, under the name torch users know
@@ -304,6 +306,21 @@ def scaled_dot_product_attention(Q, K, V, *, scale=None, mask=None, bias=None, i
         Query ``i`` sees only keys ``j <= i``. Combined with ``mask`` (both must allow).
     return_weights : bool, optional
         Also return the attention weights (this stores them: O(n_q * n_k) memory).
+    query_lengths, key_lengths : int or array_like of int, optional
+        Per-sequence lengths of a padded batch (varlen): an int for every batch item, or an array
+        whose shape is a prefix of the batch shape -- a 1-D array holds one length per entry of
+        the FIRST batch axis (one per sequence, shared by the axes after it, such as heads).
+        Query rows at or past their length give output 0 (and gradient 0); keys at or past
+        their length are invisible. Each length is in ``[0, n_q]`` or ``[0, n_k]``; the padding
+        costs no arithmetic. Combined with ``mask``, ``bias`` and ``is_causal`` (every rule must
+        allow a key); causal masking stays top-left aligned (query ``i`` sees keys ``j <= i``).
+        :func:`lengths_mask` draws the same rule as a boolean mask.
+    return_lse : bool, optional
+        Also return each query row's log-sum-exp of its scaled, masked scores,
+        ``log(sum_j exp(s_ij))`` (natural log), shape ``(..., n_q)``: ``-inf`` for a row that
+        sees no key (fully masked, or past its length), NaN for a row whose scores hold NaN.
+        ``weights = exp(scores - lse[..., None])``. Computed by the fused kernel at no extra
+        cost.
 
     Returns
     -------
@@ -312,6 +329,9 @@ def scaled_dot_product_attention(Q, K, V, *, scale=None, mask=None, bias=None, i
         weight 0 contributes nothing, even if its row of V holds inf or NaN.
     weights : ndarray, shape (..., n_q, n_k)
         Only with ``return_weights=True``.
+    lse : ndarray, shape (..., n_q)
+        Only with ``return_lse=True``; always last: ``(output, lse)`` or
+        ``(output, weights, lse)``.
 
     Raises
     ------
@@ -339,17 +359,28 @@ def scaled_dot_product_attention(Q, K, V, *, scale=None, mask=None, bias=None, i
     array([[1.       , 2.       ],
            [2.3395231, 3.3395231]])
     """
-    if mask is None and bias is None and return_weights is False and type(is_causal) is bool:
+    if (mask is None and bias is None and return_weights is False and type(is_causal) is bool
+            and query_lengths is None and key_lengths is None and return_lse is False):
         result = _core.plain_sdpa(Q, K, V, scale, _plain_band(is_causal))
         if result is not None:
             return result
     func = "scaled_dot_product_attention"
     Q, K, V = _as_matrices(func, *_QKV(Q, K, V))
     return_weights = _flag(func, "return_weights", return_weights)
+    return_lse = _flag(func, "return_lse", return_lse)
     batch, scale, visibility, mask, result, compute = _attention_operands(
         func, Q, K, V, mask, is_causal, scale, bias=bias)
-    out, weights = _attend(func, batch, Q, K, V, mask, scale, visibility, compute, return_weights)
-    return _finish_attention(out, weights, result)
+    lengths = _lengths(func, query_lengths, key_lengths, batch, Q.shape[-2], K.shape[-2])
+    lse = None
+    if return_lse:
+        _check_size(func, batch + Q.shape[-2:-1], compute)
+        lse = np.empty(batch + Q.shape[-2:-1], dtype=compute)
+    out, weights = _attend(func, batch, Q, K, V, mask, scale, visibility, compute, return_weights,
+                           lengths=lengths, lse=lse)
+    returned = _finish_attention(out, weights, result)
+    if lse is None:
+        return returned
+    return (returned if isinstance(returned, tuple) else (returned,)) + (_finish(lse, result),)
 
 
 def self_attention_layer(X, W_q, W_k, W_v, *, scale=None, mask=None, bias=None,

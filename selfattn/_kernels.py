@@ -19,12 +19,19 @@ _ISA_DEFAULT = -1  # the process-wide tier (selfattn.set_isa / SELFATTN_ISA)
 _UNBOUNDED = sys.maxsize  # a side of a band that hides nothing (the glue clamps to [-n_q, n_k])
 
 
-def _band(visibility, n_q, n_k):
+def _band(visibility, n_q, n_k, lengths=None):
     """The kernels' band (lo, hi): query i sees the keys i + lo <= j <= i + hi (csrc/attn.h's
-    sa_band), from _validate's visibility."""
+    sa_band), from _validate's visibility; with per-item lengths (_validate._lengths), or
+    bottom-right aligned, (lo, hi, from_end, query_lengths, key_lengths): from_end counts lo and
+    hi from each item's own bottom-right corner (its last query sees its last key)."""
+    lo, hi, from_end = -_UNBOUNDED, _UNBOUNDED, False
     if visibility == "top_left":
-        return -_UNBOUNDED, 0
-    return -_UNBOUNDED, _UNBOUNDED
+        hi = 0
+    elif visibility == "bottom_right":
+        hi, from_end = 0, True
+    if lengths is None and not from_end:
+        return lo, hi
+    return (lo, hi, from_end) + (lengths or (None, None))
 
 
 def _operand(arr, compute, batch):
@@ -113,10 +120,13 @@ def _project(func, X, Ws, compute, batch, w_batch, biases=None):
     return views, W_all
 
 
-def _attend(func, batch, Q, K, V, mask, scale, visibility, compute, return_weights, heads=None):
+def _attend(func, batch, Q, K, V, mask, scale, visibility, compute, return_weights, heads=None,
+            lengths=None, lse=None):
     """softmax(scale * Q @ K^T + mask) @ V on the attention kernel, Q, K, V broadcast to `batch`.
     With `heads`, batch ends with the head axis and the output is the heads' outputs side by side,
-    (batch[:-1], n_q, heads * d_v). Returns (output, weights or None) in the compute dtype."""
+    (batch[:-1], n_q, heads * d_v). `lengths`: _validate._lengths. `lse`: None, or an output
+    (batch, n_q) of the compute dtype for each row's log-sum-exp. Returns (output, weights or
+    None) in the compute dtype."""
     n_q, n_k, d_v = Q.shape[-2], K.shape[-2], V.shape[-1]
     out_shape = batch + (n_q, d_v) if heads is None else batch[:-1] + (n_q, heads * d_v)
     _check_size(func, out_shape, compute)
@@ -124,15 +134,16 @@ def _attend(func, batch, Q, K, V, mask, scale, visibility, compute, return_weigh
         _check_size(func, batch + (n_q, n_k), compute)
     out = np.empty(out_shape, dtype=compute)
     weights = np.empty(batch + (n_q, n_k), dtype=compute) if return_weights else None
-    if out.size or (weights is not None and weights.size):
+    if out.size or (weights is not None and weights.size) or (lse is not None and lse.size):
         Qb, Kb, Vb = (_operand(a, compute, batch) for a in (Q, K, V))
         _core.attention(_split_heads(out, heads), weights, Qb, Kb, Vb,
                         _mask_operand(mask, batch, n_q, n_k), scale,
-                        _band(visibility, n_q, n_k), _ISA_DEFAULT)
+                        _band(visibility, n_q, n_k, lengths), _ISA_DEFAULT, lse)
     return out, weights
 
 
-def _attention_grads(batch, dQ, dK, dV, dO, Q, K, V, mask, scale, visibility, compute):
+def _attention_grads(batch, dQ, dK, dV, dO, Q, K, V, mask, scale, visibility, compute,
+                     lengths=None):
     """Runs the backward kernel: dQ, dK, dV (outputs, batch shape `batch`) from dO and Q, K, V."""
     n_q, n_k = Q.shape[-2], K.shape[-2]
     if n_q == 0 or n_k == 0 or not (dQ.size or dK.size or dV.size):
@@ -141,4 +152,4 @@ def _attention_grads(batch, dQ, dK, dV, dO, Q, K, V, mask, scale, visibility, co
         return
     Qb, Kb, Vb, dOb = (_operand(a, compute, batch) for a in (Q, K, V, dO))
     _core.attention_backward(dQ, dK, dV, dOb, Qb, Kb, Vb, _mask_operand(mask, batch, n_q, n_k),
-                             scale, _band(visibility, n_q, n_k), _ISA_DEFAULT)
+                             scale, _band(visibility, n_q, n_k, lengths), _ISA_DEFAULT)
