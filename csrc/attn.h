@@ -77,11 +77,12 @@ typedef struct {
    and gradients 0) and keys at or past K are seen by no row. shift is 0 (top-left aligned), or
    K - R with from_end (bottom-right aligned: each sequence's last query and last key line up, as
    flash-attn's varlen kernels do; with no lengths, n_k - n_q).
-   No rule: lo = -n_q, hi = n_k (a side that far out hides nothing); causal, top-left aligned:
+   No rule: lo = -(n_q + n_k), hi = n_q + n_k (a side that far out hides nothing, shifted or
+   not); causal, top-left aligned:
    hi = 0; causal, bottom-right aligned: hi = 0 with from_end (or hi = n_k - n_q without lengths);
    a sliding window of `left` keys before and `right` after the diagonal: lo = -left, hi = right.
-   The glue clamps lo and hi to [-n_q, n_k] and the lengths to [0, n_q] and [0, n_k], so no sum
-   below overflows. Every kernel that masks or skips keys asks sa_band_keys for its batch item,
+   The glue clamps lo and hi to [-(n_q + n_k), n_q + n_k] and checks the lengths are in [0, n_q]
+   and [0, n_k], so no sum below overflows. Every kernel that masks or skips keys asks sa_band_keys for its batch item,
    and never computes a block of keys that no row of its block sees: a band of width w costs
    O(n w d), and the keys past an item's length cost nothing. */
 typedef struct {

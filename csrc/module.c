@@ -254,13 +254,15 @@ static const sa_kernels *prepare(sa_exec *ex, int isa, const sa_batch *batch, in
     return sa_kernels_for_values(ex, batch, precision, values, n_values);
 }
 
-/* The band as the kernels take it (attn.h's sa_band): lo and hi clamped to [-n_q, n_k], where
-   a side hides nothing more, so that no row + lo or row + hi overflows; the call's sizes. */
+/* The band as the kernels take it (attn.h's sa_band): lo and hi clamped to [-(n_q + n_k),
+   n_q + n_k], where a side hides nothing more even shifted by from_end's K - R, so that no
+   row + lo + shift overflows; the call's sizes. */
 static sa_band clamped_band(sa_band band, sa_int n_q, sa_int n_k)
 {
     sa_band c = band;
-    c.lo = band.lo < -n_q ? -n_q : band.lo > n_k ? n_k : band.lo;
-    c.hi = band.hi < -n_q ? -n_q : band.hi > n_k ? n_k : band.hi;
+    sa_int far = n_q + n_k;
+    c.lo = band.lo < -far ? -far : band.lo > far ? far : band.lo;
+    c.hi = band.hi < -far ? -far : band.hi > far ? far : band.hi;
     c.n_rows = n_q;
     c.n_keys = n_k;
     return c;

@@ -34,6 +34,8 @@ def self_attention_layer(
     mask: ArrayLike | None = ...,
     bias: ArrayLike | None = ...,
     is_causal: bool = ...,
+    query_lengths: ArrayLike | None = ...,
+    key_lengths: ArrayLike | None = ...,
     return_weights: Literal[False] = ...,
 ) -> _Float: ...
 @overload
@@ -47,6 +49,8 @@ def self_attention_layer(
     mask: ArrayLike | None = ...,
     bias: ArrayLike | None = ...,
     is_causal: bool = ...,
+    query_lengths: ArrayLike | None = ...,
+    key_lengths: ArrayLike | None = ...,
     return_weights: Literal[True],
 ) -> tuple[_Float, _Float]: ...
 @overload
@@ -59,7 +63,10 @@ def scaled_dot_product_attention(
     mask: ArrayLike | None = ...,
     bias: ArrayLike | None = ...,
     is_causal: bool = ...,
+    query_lengths: ArrayLike | None = ...,
+    key_lengths: ArrayLike | None = ...,
     return_weights: Literal[False] = ...,
+    return_lse: Literal[False] = ...,
 ) -> _Float: ...
 @overload
 def scaled_dot_product_attention(
@@ -71,8 +78,41 @@ def scaled_dot_product_attention(
     mask: ArrayLike | None = ...,
     bias: ArrayLike | None = ...,
     is_causal: bool = ...,
+    query_lengths: ArrayLike | None = ...,
+    key_lengths: ArrayLike | None = ...,
     return_weights: Literal[True],
+    return_lse: Literal[False] = ...,
 ) -> tuple[_Float, _Float]: ...
+@overload
+def scaled_dot_product_attention(
+    Q: ArrayLike,
+    K: ArrayLike,
+    V: ArrayLike,
+    *,
+    scale: float | None = ...,
+    mask: ArrayLike | None = ...,
+    bias: ArrayLike | None = ...,
+    is_causal: bool = ...,
+    query_lengths: ArrayLike | None = ...,
+    key_lengths: ArrayLike | None = ...,
+    return_weights: Literal[False] = ...,
+    return_lse: Literal[True],
+) -> tuple[_Float, _Float]: ...
+@overload
+def scaled_dot_product_attention(
+    Q: ArrayLike,
+    K: ArrayLike,
+    V: ArrayLike,
+    *,
+    scale: float | None = ...,
+    mask: ArrayLike | None = ...,
+    bias: ArrayLike | None = ...,
+    is_causal: bool = ...,
+    query_lengths: ArrayLike | None = ...,
+    key_lengths: ArrayLike | None = ...,
+    return_weights: Literal[True],
+    return_lse: Literal[True],
+) -> tuple[_Float, _Float, _Float]: ...
 @overload
 def multi_head_attention(
     X: ArrayLike,
@@ -91,6 +131,8 @@ def multi_head_attention(
     mask: ArrayLike | None = ...,
     bias: ArrayLike | None = ...,
     is_causal: bool = ...,
+    query_lengths: ArrayLike | None = ...,
+    key_lengths: ArrayLike | None = ...,
     return_weights: Literal[False] = ...,
 ) -> _Float: ...
 @overload
@@ -111,6 +153,8 @@ def multi_head_attention(
     mask: ArrayLike | None = ...,
     bias: ArrayLike | None = ...,
     is_causal: bool = ...,
+    query_lengths: ArrayLike | None = ...,
+    key_lengths: ArrayLike | None = ...,
     return_weights: Literal[True],
 ) -> tuple[_Float, _Float]: ...
 def scaled_dot_product_attention_backward(
@@ -123,6 +167,8 @@ def scaled_dot_product_attention_backward(
     mask: ArrayLike | None = ...,
     bias: ArrayLike | None = ...,
     is_causal: bool = ...,
+    query_lengths: ArrayLike | None = ...,
+    key_lengths: ArrayLike | None = ...,
 ) -> tuple[_Float, _Float, _Float]: ...
 def self_attention_layer_backward(
     dY: ArrayLike,
@@ -135,6 +181,8 @@ def self_attention_layer_backward(
     mask: ArrayLike | None = ...,
     bias: ArrayLike | None = ...,
     is_causal: bool = ...,
+    query_lengths: ArrayLike | None = ...,
+    key_lengths: ArrayLike | None = ...,
 ) -> tuple[_Float, _Float, _Float, _Float]: ...
 def multi_head_attention_backward(
     dY: ArrayLike,
@@ -154,9 +202,19 @@ def multi_head_attention_backward(
     mask: ArrayLike | None = ...,
     bias: ArrayLike | None = ...,
     is_causal: bool = ...,
+    query_lengths: ArrayLike | None = ...,
+    key_lengths: ArrayLike | None = ...,
 ) -> tuple[_Float, ...]: ...
 def causal_mask(n_q: int, n_k: int | None = ...) -> NDArray[np.bool_]: ...
 def padding_mask(lengths: ArrayLike, n_k: int, *, head_axis: bool = ...) -> NDArray[np.bool_]: ...
+def lengths_mask(
+    query_lengths: ArrayLike | None,
+    key_lengths: ArrayLike | None,
+    n_q: int,
+    n_k: int,
+    *,
+    head_axis: bool = ...,
+) -> NDArray[np.bool_]: ...
 def set_num_threads(n: int) -> None: ...
 def get_num_threads() -> int: ...
 def set_isa(name: Literal["avx512", "avx2", "generic", "reference"]) -> None: ...
@@ -172,6 +230,8 @@ def explain(
     scale: float | None = ...,
     mask: ArrayLike | None = ...,
     is_causal: bool = ...,
+    query_lengths: ArrayLike | None = ...,
+    key_lengths: ArrayLike | None = ...,
 ) -> AttentionTrace: ...
 def plot_attention(
     weights: ArrayLike,

@@ -384,7 +384,8 @@ def scaled_dot_product_attention(Q, K, V, *, scale=None, mask=None, bias=None, i
 
 
 def self_attention_layer(X, W_q, W_k, W_v, *, scale=None, mask=None, bias=None,
-                         is_causal=False, return_weights=False):
+                         is_causal=False, return_weights=False, query_lengths=None,
+                         key_lengths=None):
     """A full single-head self-attention layer: project X to Q, K, V, then attend.
 
     Step 4 of the notebook. Exactly::
@@ -414,6 +415,11 @@ def self_attention_layer(X, W_q, W_k, W_v, *, scale=None, mask=None, bias=None,
         Token ``i`` attends only to tokens ``j <= i``.
     return_weights : bool, optional
         Also return the ``(..., n, n)`` attention weights.
+    query_lengths, key_lengths : int or array_like of int, optional
+        Per-sequence lengths of a padded batch, one per entry of X's first batch axis (see
+        :func:`scaled_dot_product_attention`): tokens at or past their query length give output
+        0, tokens at or past their key length are attended by none. For a padded batch of
+        self-attention pass the same lengths to both.
 
     Returns
     -------
@@ -442,12 +448,14 @@ def self_attention_layer(X, W_q, W_k, W_v, *, scale=None, mask=None, bias=None,
     >>> w.sum(axis=-1)                                       # each row of weights sums to 1
     array([1., 1., 1.])
     """
-    if mask is None and bias is None and return_weights is False and type(is_causal) is bool:
+    if (mask is None and bias is None and return_weights is False and type(is_causal) is bool
+            and query_lengths is None and key_lengths is None):
         result = _core.plain_layer(X, W_q, W_k, W_v, scale, _plain_band(is_causal))
         if result is not None:
             return result
     func = "self_attention_layer"
     return_weights = _flag(func, "return_weights", return_weights)
-    L = _Layer(func, X, W_q, W_k, W_v, None, None, scale, mask, is_causal, bias=bias)
+    L = _Layer(func, X, W_q, W_k, W_v, None, None, scale, mask, is_causal, bias=bias,
+               lengths=(query_lengths, key_lengths))
     out, weights = L.attend(*L.project(), return_weights)
     return _finish_attention(out, weights, L.result)

@@ -25,6 +25,7 @@ from ._validate import (
     _check_grad_shape,
     _check_size,
     _dtypes,
+    _lengths,
 )
 
 __all__ = ["scaled_dot_product_attention_backward", "self_attention_layer_backward"]
@@ -85,7 +86,7 @@ def _layer_input_grads(L, dO, Q, K, V):
         sources = [("dX", L.X, L.W_all, dQ, ((L.W_q, 0, wq),)),
                    ("dkv", L.KV, L.W_kv, d_kv, ((L.W_k, 0, wk), (L.W_v, wk, wk + wv)))]
     _attention_grads(L.att_batch, *(_split_heads(A, L.heads) for A in (dQ, dK, dV, dO)), Q, K, V,
-                     L.mask, L.scale, L.visibility, c)
+                     L.mask, L.scale, L.visibility, c, L.lengths)
     grads, weight_grads, d_proj = {}, [], []
     for name, src, W_all, dP, parts in sources:
         grads[name] = _sum_to(_matmul(dP, _transpose(W_all), c, b), src.shape)
@@ -100,7 +101,7 @@ def _layer_input_grads(L, dO, Q, K, V):
 
 
 def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None, bias=None,
-                                          is_causal=False):
+                                          is_causal=False, query_lengths=None, key_lengths=None):
     """Gradients of :func:`scaled_dot_product_attention`: ``(dQ, dK, dV)`` given ``dO``.
 
     For ``O = softmax(S) @ V`` with ``S = Q @ K^T * scale + mask`` and ``P = softmax(S)`` (by rows),
@@ -122,8 +123,9 @@ def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None,
     dO : array_like, shape (..., n_q, d_v)
         Gradient of the loss with respect to the attention output; exactly the shape
         :func:`scaled_dot_product_attention` returns for these arguments.
-    Q, K, V, scale, mask, bias, is_causal
-        As in :func:`scaled_dot_product_attention`.
+    Q, K, V, scale, mask, bias, is_causal, query_lengths, key_lengths
+        As in :func:`scaled_dot_product_attention`: rows past their query length get
+        ``dQ = 0`` and give nothing; keys past their key length get ``dK = dV = 0``.
 
     Returns
     -------
@@ -172,12 +174,13 @@ def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None,
     dK = np.empty(batch + (n_k, d_k), dtype=compute)
     dV = np.empty(batch + (n_k, d_v), dtype=compute)
     dO_c = dO.astype(compute, copy=False)
-    _attention_grads(batch, dQ, dK, dV, dO_c, Q, K, V, mask, scale, visibility, compute)
+    lengths = _lengths(func, query_lengths, key_lengths, batch, n_q, n_k)
+    _attention_grads(batch, dQ, dK, dV, dO_c, Q, K, V, mask, scale, visibility, compute, lengths)
     return tuple(_finish(_sum_to(g, x.shape), result) for g, x in ((dQ, Q), (dK, K), (dV, V)))
 
 
 def self_attention_layer_backward(dY, X, W_q, W_k, W_v, *, scale=None, mask=None, bias=None,
-                                  is_causal=False):
+                                  is_causal=False, query_lengths=None, key_lengths=None):
     """Gradients of :func:`self_attention_layer`: ``(dX, dW_q, dW_k, dW_v)`` given ``dY``.
 
     With ``Q, K, V = X @ W_q, X @ W_k, X @ W_v`` and ``(dQ, dK, dV)`` from
@@ -194,7 +197,7 @@ def self_attention_layer_backward(dY, X, W_q, W_k, W_v, *, scale=None, mask=None
     dY : array_like, shape (..., n, d_v)
         Gradient of the loss with respect to the layer's output; exactly the shape
         :func:`self_attention_layer` returns for these arguments.
-    X, W_q, W_k, W_v, scale, mask, bias, is_causal
+    X, W_q, W_k, W_v, scale, mask, bias, is_causal, query_lengths, key_lengths
         As in :func:`self_attention_layer` (the bias gets no gradient).
 
     Returns
@@ -231,7 +234,8 @@ def self_attention_layer_backward(dY, X, W_q, W_k, W_v, *, scale=None, mask=None
     """
     func = "self_attention_layer_backward"
     dY, = _as_matrices(func, ("dY", dY, "(seq_len, d_v)"))
-    L = _Layer(func, X, W_q, W_k, W_v, None, None, scale, mask, is_causal, bias=bias)
+    L = _Layer(func, X, W_q, W_k, W_v, None, None, scale, mask, is_causal, bias=bias,
+               lengths=(query_lengths, key_lengths))
     _check_grad_shape(func, "dY", dY, L.out_batch + (L.n, L.d_v), "output")
     Q, K, V = L.project()
     grads = _layer_input_grads(L, dY.astype(L.compute, copy=False), Q, K, V)

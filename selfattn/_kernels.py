@@ -16,7 +16,7 @@ from . import _core
 from ._validate import _check_size
 
 _ISA_DEFAULT = -1  # the process-wide tier (selfattn.set_isa / SELFATTN_ISA)
-_UNBOUNDED = sys.maxsize  # a side of a band that hides nothing (the glue clamps to [-n_q, n_k])
+_UNBOUNDED = sys.maxsize  # a side of a band that hides nothing (the glue clamps it to n_q + n_k)
 
 
 def _band(visibility, n_q, n_k, lengths=None):

@@ -22,6 +22,7 @@ from ._validate import (
     _batch_shape,
     _check_projections,
     _dtypes,
+    _lengths,
     _mask,
     _require_matrix,
     _scale,
@@ -38,7 +39,7 @@ class _Layer:
     proj_batch, and the weights' and biases' to one w_batch."""
 
     def __init__(self, func, X, W_q, W_k, W_v, W_o, heads, scale, mask, is_causal, kv=None,
-                 biases=(None, None, None, None), bias=None):
+                 biases=(None, None, None, None), bias=None, lengths=(None, None)):
         self.func = func
         X = _as_array(func, "X", X)
         KV = None if kv is None else _as_array(func, "kv", kv)
@@ -86,6 +87,12 @@ class _Layer:
         else:
             self.att_batch = self._heads_batch(func, heads)
         self.out_batch = self.att_batch[:-1] if heads is not None else self.att_batch
+        # per-sequence lengths index the output's batch (never the head axis): every head of a
+        # sequence shares them
+        self.lengths = _lengths(func, *lengths, self.out_batch, n, n_k)
+        if self.lengths is not None and heads is not None:
+            self.lengths = tuple(None if side is None else np.repeat(side, self.att_batch[-1])
+                                 for side in self.lengths)
         self.heads = heads
         self.X, self.KV, self.W_q, self.W_k, self.W_v, self.W_o = X, KV, W_q, W_k, W_v, W_o
         self.W_all = self.W_kv = None
@@ -140,7 +147,7 @@ class _Layer:
     def attend(self, Q, K, V, return_weights):
         """The heads' output, concatenated: (out_batch, n, num_heads * d_v), and the weights."""
         return _attend(self.func, self.att_batch, Q, K, V, self.mask, self.scale, self.visibility,
-                       self.compute, return_weights, self.heads)
+                       self.compute, return_weights, self.heads, lengths=self.lengths)
 
     def output(self, out):
         """Y = out @ W_o + b_o (multi-head), through the same projection path as Q, K, V."""

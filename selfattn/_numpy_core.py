@@ -175,7 +175,8 @@ def _band_hidden(band, batch, rows, n_q, n_k):
     of item b sees i + lo + shift <= j <= i + hi + shift, i < R[b], j < K[b], with R, K the
     item's lengths (n_q, n_k where None) and shift = K - R with from_end, else 0."""
     lo, hi, from_end, query_lengths, key_lengths = (tuple(band) + (False, None, None))[:5]
-    lo, hi = (min(max(side, -n_q), n_k) for side in band[:2])   # as csrc/module.c clamps it
+    far = n_q + n_k                 # as csrc/module.c clamps the band
+    lo, hi = (min(max(side, -far), far) for side in band[:2])
     item = batch + (1, 1)
     R = n_q if query_lengths is None else np.asarray(query_lengths).reshape(item)
     K = n_k if key_lengths is None else np.asarray(key_lengths).reshape(item)

@@ -466,13 +466,47 @@ def mismatches(got, ref, result_dtype):
 RTOL = {np.dtype(np.float64): 1e-12, np.dtype(np.float32): 2e-5, np.dtype(np.float16): 2e-3}
 
 
-def ref_scores(Q, K, scale=None, mask=None, is_causal=False):
+def lengths_visible(batch, n_q, n_k, query_lengths=None, key_lengths=None, bottom_right=False):
+    """Where per-sequence lengths let query i see key j, shape batch + (n_q, n_k): i < R and
+    j < K, R and K one per batch item (an int, or an array whose shape is a prefix of batch,
+    broadcast over the axes after it; None: n_q, n_k). bottom_right: the causal rule aligned to
+    each sequence's own lengths, j - i <= K - R (flash-attn's varlen)."""
+    def per_item(lengths, n):
+        arr = np.asarray(n if lengths is None else lengths)
+        return arr.reshape(arr.shape + (1,) * (len(batch) - arr.ndim) + (1, 1))
+    R, K = per_item(query_lengths, n_q), per_item(key_lengths, n_k)
+    i, j = np.arange(n_q)[:, None], np.arange(n_k)[None, :]
+    visible = (i < R) & (j < K)
+    if bottom_right:
+        visible = visible & (j - i <= K - R)
+    return np.broadcast_to(visible, tuple(batch) + (n_q, n_k))
+
+
+def ref_scores(Q, K, scale=None, mask=None, is_causal=False, query_lengths=None,
+               key_lengths=None):
     Q = np.asarray(Q).astype(LD)
     K = np.asarray(K).astype(LD)
     d_k = Q.shape[-1]
     scale = 1 / np.sqrt(LD(d_k)) if scale is None and d_k else LD(1 if scale is None else scale)
     scores = np.matmul(Q, np.swapaxes(K, -1, -2)) * scale
-    return apply_mask(Ref(scores), None if mask is None else np.asarray(mask), is_causal, LD).value
+    scores = apply_mask(Ref(scores), None if mask is None else np.asarray(mask), is_causal,
+                        LD).value
+    if query_lengths is None and key_lengths is None:
+        return scores
+    visible = lengths_visible(scores.shape[:-2], *scores.shape[-2:], query_lengths, key_lengths)
+    return np.where(visible, scores, LD(-np.inf))
+
+
+def ref_lse(scores):
+    """Each row's log-sum-exp of (long double) scores: -inf for a row of -inf, NaN for a row
+    holding NaN."""
+    S = np.asarray(scores).astype(LD)
+    with np.errstate(all="ignore"):
+        top = np.where(np.isnan(S), LD(-np.inf), S).max(-1, keepdims=True, initial=LD(-np.inf))
+        finite = np.isfinite(top)
+        total = np.exp(S - np.where(finite, top, 0)).sum(-1)
+        lse = np.where(finite[..., 0], top[..., 0] + np.log(total), top[..., 0])
+    return np.where(np.isnan(S).any(-1), LD(np.nan), lse)
 
 
 def ref_softmax(scores, axis=-1):
@@ -484,11 +518,12 @@ def ref_output(weights, V):
     return np.matmul(np.asarray(weights).astype(LD), np.asarray(V).astype(LD))
 
 
-def ref_attention(Q, K, V, scale=None, mask=None, is_causal=False):
+def ref_attention(Q, K, V, scale=None, mask=None, is_causal=False, query_lengths=None,
+                  key_lengths=None):
     """(output, weights); a key whose weight is 0 contributes nothing, even a non-finite V row.
 
     The weights are broadcast to the batch shape of the output (V's batch dims included)."""
-    weights = ref_softmax(ref_scores(Q, K, scale, mask, is_causal))
+    weights = ref_softmax(ref_scores(Q, K, scale, mask, is_causal, query_lengths, key_lengths))
     V = np.asarray(V).astype(LD)
     if np.isfinite(V).all():
         out = np.matmul(weights, V)
