@@ -117,6 +117,16 @@ static inline void sa_band_keys(sa_band band, sa_int item, sa_int r0, sa_int r1,
     *end = b;
 }
 
+/* How many of the rows r0 .. r0 + count - 1 of batch item `item` come before its query length
+   (the rows after it see no key). A kernel that multiplies a block of rows by their weights or
+   gradients, 0 past the length, must leave those rows out: their Q and dO rows are padding and
+   may hold anything, and 0 * NaN is NaN. */
+static inline sa_int sa_band_live_rows(sa_band band, sa_int item, sa_int r0, sa_int count)
+{
+    sa_int live = (band.row_lengths ? band.row_lengths[item] : band.n_rows) - r0;
+    return live < 0 ? 0 : live > count ? count : live;
+}
+
 /* The same band seen from the keys: key j is seen by the rows j - hi .. j - lo (shifted by
    R - K when from_end: the transposed shift is the opposite one). */
 static inline sa_band sa_band_transposed(sa_band band)

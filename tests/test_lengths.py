@@ -100,10 +100,13 @@ def test_full_lengths_change_nothing(isa):
             np.testing.assert_array_equal(got, want)
 
 
-def test_what_the_padding_holds_never_matters(isa):
-    """inf and NaN in the padded rows of Q, K, V and dO: the real rows are unchanged (to the
-    last bits on the reference tier, which the non-finite policy picks for a V or dO holding
-    NaN: it scans the padding too), padded rows give 0, padded keys get no gradient."""
+@pytest.mark.parametrize("padded", ["Q, K", "Q, K, V, dO"])
+def test_what_the_padding_holds_never_matters(padded, isa):
+    """NaN and inf in the padded rows of Q and K (the tier's own kernels run), or of every
+    operand (a V or dO holding NaN sends the call to the reference tier: the non-finite policy
+    scans the padding too): the real rows agree, padded rows give 0, padded keys get no
+    gradient. (The fast backwards once multiplied the padded rows of Q by their zero dS into dK:
+    0 * NaN.)"""
     rng = np.random.default_rng(5)
     Q, K, V = operands(rng)
     dO = rng.standard_normal((B, H, N_Q, DV))
@@ -111,9 +114,10 @@ def test_what_the_padding_holds_never_matters(isa):
     clean = sdpa(Q, K, V, **kw), sdpa_backward(dO, Q, K, V, **kw)
     for b, (r, k) in enumerate(zip(QUERY_LENGTHS, KEY_LENGTHS)):
         Q[b, :, r:] = np.nan
-        dO[b, :, r:] = np.inf
         K[b, :, k:] = np.inf
-        V[b, :, k:] = np.nan
+        if padded == "Q, K, V, dO":
+            dO[b, :, r:] = np.inf
+            V[b, :, k:] = np.nan
     out, grads = sdpa(Q, K, V, **kw), sdpa_backward(dO, Q, K, V, **kw)
     assert_close(out, clean[0])
     for got, want in zip(grads, clean[1]):
@@ -147,9 +151,12 @@ def test_the_blocked_backward_honours_lengths(isa):
     Q, dO = rng.standard_normal((2, n_q, d)), rng.standard_normal((2, n_q, d))
     K, V = rng.standard_normal((2, n_k, d)), rng.standard_normal((2, n_k, d))
     ql, kl = np.array([40, 13]), np.array([17000, 9001])
+    Q[1, 13:] = np.nan                          # padding: left out of every product
+    K[1, 9001:] = np.inf
     for causal in (False, True):
         got = sdpa_backward(dO, Q, K, V, query_lengths=ql, key_lengths=kl, is_causal=causal)
-        want = sdpa_backward(dO, Q, K, V, mask=lengths_mask(ql, kl, n_q, n_k), is_causal=causal)
+        want = sdpa_backward(dO, np.nan_to_num(Q), np.nan_to_num(K), V,
+                             mask=lengths_mask(ql, kl, n_q, n_k), is_causal=causal)
         for g, w in zip(got, want):
             assert_close(g, w)
         assert not got[1][1, 9001:].any() and not got[0][1, 13:].any()
