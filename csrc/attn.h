@@ -157,7 +157,7 @@ static inline double sa_band_pairs(sa_band band, sa_int n_q, sa_int n_k)
 
 /* The log-sum-exp of a row of n scores, log(sum_j e^row[j]), in double whatever the row's type
    (float or double, is_f32): -inf when every score is -inf (a fully masked row), NaN when one is
-   NaN. For the kernels that hold the scores (the reference tier, and the weights' path), so that
+   NaN or +inf (the row whose weights are NaN; the fused kernels' m + log l gives the same). For the kernels that hold the scores (the reference tier, and the weights' path), so that
    attention can return it (the fused kernels have each row's max and sum already). */
 static inline double sa_row_lse(const void *row, sa_int n, int is_f32)
 {
@@ -169,7 +169,7 @@ static inline double sa_row_lse(const void *row, sa_int n, int is_f32)
         max = s > max ? s : max;
     }
     if (max == -INFINITY || max == INFINITY)
-        return max;
+        return max == INFINITY ? NAN : max;
     for (sa_int j = 0; j < n; j++)
         sum += exp((is_f32 ? ((const float *)row)[j] : ((const double *)row)[j]) - max);
     return max + log(sum);
@@ -261,7 +261,7 @@ int sa_interrupted(void);
  *            routes other inputs to the reference tier).
  *            lse, unless NULL, receives each row's log-sum-exp of its scores (those above, after
  *            the mask and the band), natural log: lse[b * n_q + i] (T, batch->count x n_q,
- *            contiguous); -inf for a fully masked row, NaN for a row holding NaN.
+ *            contiguous); -inf for a fully masked row, NaN for a row holding NaN or +inf.
  */
 typedef int (*sa_scores_fn)(const sa_exec *ex, const sa_batch *batch, const sa_mat *scores,
                             const sa_mat *Q, const sa_mat *K, const sa_mask *mask,

@@ -318,7 +318,8 @@ def scaled_dot_product_attention(Q, K, V, *, scale=None, mask=None, bias=None, i
     return_lse : bool, optional
         Also return each query row's log-sum-exp of its scaled, masked scores,
         ``log(sum_j exp(s_ij))`` (natural log), shape ``(..., n_q)``: ``-inf`` for a row that
-        sees no key (fully masked, or past its length), NaN for a row whose scores hold NaN.
+        sees no key (fully masked, or past its length), NaN for a row whose scores hold NaN or
+        ``+inf`` (the rows whose weights are NaN).
         ``weights = exp(scores - lse[..., None])``. Computed by the fused kernel at no extra
         cost.
 

@@ -302,12 +302,14 @@ def _attention_operands(out_shape, dtype, Q, K, V, mask):
 
 
 def _lse_rows(S):
-    """Each row's log-sum-exp: -inf for a row of -inf, NaN for a row holding NaN."""
+    """Each row's log-sum-exp: -inf for a row of -inf, NaN for a row holding NaN or +inf (whose
+    weights are NaN), as csrc/attn.h's sa_row_lse."""
     top = np.max(S, axis=-1, keepdims=True, initial=-np.inf)
     finite = np.isfinite(top)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         total = np.exp(S - np.where(finite, top, 0).astype(S.dtype, copy=False)).sum(axis=-1)
-        return np.where(finite[..., 0], top[..., 0] + np.log(total), top[..., 0])
+        lse = np.where(finite[..., 0], top[..., 0] + np.log(total), top[..., 0])
+    return np.where(lse == np.inf, np.nan, lse).astype(S.dtype, copy=False)
 
 
 def attention(out, weights, Q, K, V, mask, scale, band, isa, lse=None):

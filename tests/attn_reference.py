@@ -499,14 +499,14 @@ def ref_scores(Q, K, scale=None, mask=None, is_causal=False, query_lengths=None,
 
 def ref_lse(scores):
     """Each row's log-sum-exp of (long double) scores: -inf for a row of -inf, NaN for a row
-    holding NaN."""
+    holding NaN or +inf (the kernels' policy: that row's weights are NaN)."""
     S = np.asarray(scores).astype(LD)
     with np.errstate(all="ignore"):
         top = np.where(np.isnan(S), LD(-np.inf), S).max(-1, keepdims=True, initial=LD(-np.inf))
         finite = np.isfinite(top)
         total = np.exp(S - np.where(finite, top, 0)).sum(-1)
         lse = np.where(finite[..., 0], top[..., 0] + np.log(total), top[..., 0])
-    return np.where(np.isnan(S).any(-1), LD(np.nan), lse)
+    return np.where(np.isnan(S).any(-1) | (lse == np.inf), LD(np.nan), lse)
 
 
 def ref_softmax(scores, axis=-1):

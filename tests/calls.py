@@ -63,6 +63,9 @@ def _builders(rng, n):
             ((Q.astype(np.float32), K.astype(np.float32), V.astype(np.float32)),
              {"is_causal": True}),
             ((Q, K, np.where(rng.random(V.shape) < 0.1, np.nan, V)), {"mask": mask}),
+            ((Q, K, V), {"query_lengths": [n, 1], "key_lengths": [0, n + 3], "is_causal": True,
+                         "return_lse": True}),
+            ((Q, K, V), {"key_lengths": 2, "return_weights": True, "return_lse": True}),
         ],
         "self_attention_layer": [
             ((X, W, W, Wv), {}),
@@ -79,6 +82,7 @@ def _builders(rng, n):
         "scaled_dot_product_attention_backward": [
             ((_f(rng, 2, n, d + 2), Q, K, V), {}),
             ((_f(rng, 2, n, d + 2), Q, K, V), {"mask": mask, "is_causal": True}),
+            ((_f(rng, 2, n, d + 2), Q, K, V), {"query_lengths": [2, n], "key_lengths": [n, 3]}),
         ],
         "self_attention_layer_backward": [
             ((_f(rng, n, 6), X, W, W, Wv), {}),
@@ -91,6 +95,7 @@ def _builders(rng, n):
         ],
         "causal_mask": [((n,), {}), ((n, n + 3), {})],
         "padding_mask": [((np.array([1, n, 0]), n), {})],
+        "lengths_mask": [((np.array([1, n, 0]), None, n, n + 3), {"head_axis": True})],
     }
 
 
@@ -138,6 +143,9 @@ def error_calls():
         "scaled_dot_product_attention": [((A, A, B), {}), ((A, A, A), {"scale": "x"}),
                                          ((A, A, A), {"mask": np.ones((7, 7), bool)}),
                                          ((A, A, A), {"return_weights": None}),
+                                         ((A, A, A), {"query_lengths": [1]}),
+                                         ((A, A, A), {"key_lengths": 9}),
+                                         ((A, A, A), {"return_lse": "yes"}),
                                          ((A, np.ones((2, 5, 4)), A), {})],
         "self_attention_layer": [((A, B, B, B), {}), ((A, np.ones((4, 2)), np.ones((4, 3)), B), {}),
                                  ((A, np.ones((4, 2)), np.ones((4, 2)), np.ones((4, 2))),
@@ -154,6 +162,7 @@ def error_calls():
                                             np.ones((3, 4))), {"num_heads": 2})],
         "causal_mask": [(("3",), {}), ((-1,), {})],
         "padding_mask": [((np.array([1.5]), 2), {}), ((np.array([[1]]), "x"), {})],
+        "lengths_mask": [((np.array([3]), None, 2, 2), {}), ((None, [1.0], 2, 2), {})],
     }
     return {name: calls.get(name, [((C,) * _n_positional(getattr(selfattn, name)), {})])
             for name in array_functions()}

@@ -57,17 +57,20 @@ def test_lse_matches_a_long_double_logsumexp(case, dtype, isa):
     assert_close(weights, np.where(np.isneginf(want)[..., None], LD(0), rebuilt))
 
 
-def test_fully_masked_and_nan_rows(isa):
+def test_fully_masked_nan_and_inf_rows(isa):
+    """-inf for a row that sees no key; NaN for a row holding NaN, or +inf (a +inf float mask
+    entry: that row's weights are NaN), on the fused and the weights' paths alike."""
     rng = np.random.default_rng(2)
     Q, K, V = operands(rng)
     Q[1, 5, 2] = np.nan
-    mask = np.ones((N_Q, N_K), bool)
-    mask[7] = False
+    mask = np.zeros((N_Q, N_K))
+    mask[7] = -np.inf
+    mask[9, 4] = np.inf
     for kw in (dict(mask=mask), dict(mask=mask, return_weights=True)):
         *_, lse = sdpa(Q, K, V, return_lse=True, **kw)
         assert np.isneginf(lse[:, 7]).all()
-        assert np.isnan(lse[1, 5]) and np.isnan(lse).sum() == 1
-        assert np.isfinite(np.delete(lse, [5, 7], axis=1)).all()
+        assert np.isnan(lse[1, 5]) and np.isnan(lse[:, 9]).all() and np.isnan(lse).sum() == 3
+        assert np.isfinite(np.delete(lse, [5, 7, 9], axis=1)).all()
 
 
 def test_no_keys_and_no_value_columns(isa):
