@@ -70,48 +70,109 @@ typedef struct {
     sa_int bstride[SA_MAX_BATCH];
 } sa_mask;
 
-/* The visibility rule: which keys a query row may see. Query i sees key j when
-       i + lo <= j <= i + hi   (and 0 <= j < n_k),
-   a band around the diagonal. No rule: lo = -n_q, hi = n_k (a side that far out hides nothing);
-   causal, top-left aligned: hi = 0; causal, bottom-right aligned (the last query sees the last
-   key): hi = n_k - n_q; a sliding window of `left` keys before and `right` after the diagonal:
-   lo = -left, hi = right. The glue clamps lo and hi to [-n_q, n_k], so no sum below overflows.
-   Every kernel that masks or skips keys asks sa_band_keys, and never computes a block of keys
-   that no row of its block sees: a band of width w costs O(n w d). */
+/* The visibility rule: which keys a query row may see. Query i of batch item b sees key j when
+       i + lo + shift <= j <= i + hi + shift,   i < R,   j < K,
+   where R and K are the item's query and key lengths (row_lengths[b] and key_lengths[b]; n_rows
+   and n_keys, the call's n_q and n_k, where those are NULL): rows at or past R see no key (output
+   and gradients 0) and keys at or past K are seen by no row. shift is 0 (top-left aligned), or
+   K - R with from_end (bottom-right aligned: each sequence's last query and last key line up, as
+   flash-attn's varlen kernels do; with no lengths, n_k - n_q).
+   No rule: lo = -(n_q + n_k), hi = n_q + n_k (a side that far out hides nothing, shifted or
+   not); causal, top-left aligned:
+   hi = 0; causal, bottom-right aligned: hi = 0 with from_end (or hi = n_k - n_q without lengths);
+   a sliding window of `left` keys before and `right` after the diagonal: lo = -left, hi = right.
+   The glue clamps lo and hi to [-(n_q + n_k), n_q + n_k] and checks the lengths are in [0, n_q]
+   and [0, n_k], so no sum below overflows. Every kernel that masks or skips keys asks sa_band_keys for its batch item,
+   and never computes a block of keys that no row of its block sees: a band of width w costs
+   O(n w d), and the keys past an item's length cost nothing. */
 typedef struct {
     sa_int lo, hi;
+    int from_end;                  /* lo, hi counted from the item's bottom-right corner */
+    sa_int n_rows, n_keys;         /* the call's n_q and n_k */
+    const sa_int *row_lengths;     /* batch->count query lengths, or NULL: n_rows for every item */
+    const sa_int *key_lengths;     /* batch->count key lengths, or NULL: n_keys for every item */
 } sa_band;
 
-/* The keys seen by at least one of the rows [r0, r1) (r0 < r1), as [*first, *end) within
-   [0, n_k); empty (*first == *end) when none is. For one row, r1 = r0 + 1. The same helper gives
-   the rows that see a block of keys, with sa_band_transposed. */
-static inline void sa_band_keys(sa_band band, sa_int r0, sa_int r1, sa_int n_k, sa_int *first,
-                                sa_int *end)
+/* The keys seen by at least one of the rows [r0, r1) (r0 < r1) of batch item `item`, as
+   [*first, *end) within [0, n_k); empty (*first == *end) when none is. For one row,
+   r1 = r0 + 1. The same helper gives the rows that see a block of keys, with sa_band_transposed. */
+static inline void sa_band_keys(sa_band band, sa_int item, sa_int r0, sa_int r1, sa_int n_k,
+                                sa_int *first, sa_int *end)
 {
-    sa_int a = r0 + band.lo, b = r1 + band.hi;      /* b: one past the last row's last key */
-    a = a < 0 ? 0 : a > n_k ? n_k : a;
-    b = b < a ? a : b > n_k ? n_k : b;
+    sa_int rows = band.row_lengths ? band.row_lengths[item] : band.n_rows;
+    sa_int keys = band.key_lengths ? band.key_lengths[item] : band.n_keys;
+    sa_int shift = band.from_end ? keys - rows : 0;
+    if (keys > n_k)
+        keys = n_k;
+    if (r1 > rows)                                  /* rows past the item's length see nothing */
+        r1 = rows;
+    if (r0 >= r1) {
+        *first = *end = 0;
+        return;
+    }
+    sa_int a = r0 + band.lo + shift, b = r1 + band.hi + shift;  /* b: past the last row's last key */
+    a = a < 0 ? 0 : a > keys ? keys : a;
+    b = b < a ? a : b > keys ? keys : b;
     *first = a;
     *end = b;
 }
 
-/* The same band seen from the keys: key j is seen by the rows j - hi .. j - lo. */
+/* How many of the rows r0 .. r0 + count - 1 of batch item `item` come before its query length
+   (the rows after it see no key). A kernel that multiplies a block of rows by their weights or
+   gradients, 0 past the length, must leave those rows out: their Q and dO rows are padding and
+   may hold anything, and 0 * NaN is NaN. */
+static inline sa_int sa_band_live_rows(sa_band band, sa_int item, sa_int r0, sa_int count)
+{
+    sa_int live = (band.row_lengths ? band.row_lengths[item] : band.n_rows) - r0;
+    return live < 0 ? 0 : live > count ? count : live;
+}
+
+/* The same band seen from the keys: key j is seen by the rows j - hi .. j - lo (shifted by
+   R - K when from_end: the transposed shift is the opposite one). */
 static inline sa_band sa_band_transposed(sa_band band)
 {
-    sa_band t = {-band.hi, -band.lo};
+    sa_band t = band;
+    t.lo = -band.hi;
+    t.hi = -band.lo;
+    t.n_rows = band.n_keys;
+    t.n_keys = band.n_rows;
+    t.row_lengths = band.key_lengths;
+    t.key_lengths = band.row_lengths;
     return t;
 }
 
-/* The number of (query, key) pairs the band lets through, for planning threads. */
+/* The number of (query, key) pairs the band lets through, for planning threads: an upper bound
+   where there are lengths (those of item 0 are not everyone's). */
 static inline double sa_band_pairs(sa_band band, sa_int n_q, sa_int n_k)
 {
     double pairs = 0;
+    band.row_lengths = band.key_lengths = NULL;
     for (sa_int i = 0; i < n_q; i++) {
         sa_int first, end;
-        sa_band_keys(band, i, i + 1, n_k, &first, &end);
+        sa_band_keys(band, 0, i, i + 1, n_k, &first, &end);
         pairs += (double)(end - first);
     }
     return pairs;
+}
+
+/* The log-sum-exp of a row of n scores, log(sum_j e^row[j]), in double whatever the row's type
+   (float or double, is_f32): -inf when every score is -inf (a fully masked row), NaN when one is
+   NaN or +inf (the row whose weights are NaN; the fused kernels' m + log l gives the same). For the kernels that hold the scores (the reference tier, and the weights' path), so that
+   attention can return it (the fused kernels have each row's max and sum already). */
+static inline double sa_row_lse(const void *row, sa_int n, int is_f32)
+{
+    double max = -INFINITY, sum = 0;
+    for (sa_int j = 0; j < n; j++) {
+        double s = is_f32 ? ((const float *)row)[j] : ((const double *)row)[j];
+        if (s != s)
+            return NAN;
+        max = s > max ? s : max;
+    }
+    if (max == -INFINITY || max == INFINITY)
+        return max == INFINITY ? NAN : max;
+    for (sa_int j = 0; j < n; j++)
+        sum += exp((is_f32 ? ((const float *)row)[j] : ((const double *)row)[j]) - max);
+    return max + log(sum);
 }
 
 /* Offset, in elements, of batch item `item` (0 <= item < batch->count, C order) for one operand. */
@@ -198,6 +259,9 @@ int sa_interrupted(void);
  *            weight is 0 contributes nothing, even where its V row holds inf or NaN: the reference
  *            tier guarantees this; the fast tiers may assume V is finite (sa_kernels_for_values
  *            routes other inputs to the reference tier).
+ *            lse, unless NULL, receives each row's log-sum-exp of its scores (those above, after
+ *            the mask and the band), natural log: lse[b * n_q + i] (T, batch->count x n_q,
+ *            contiguous); -inf for a fully masked row, NaN for a row holding NaN or +inf.
  */
 typedef int (*sa_scores_fn)(const sa_exec *ex, const sa_batch *batch, const sa_mat *scores,
                             const sa_mat *Q, const sa_mat *K, const sa_mask *mask,
@@ -209,7 +273,7 @@ typedef int (*sa_matmul_fn)(const sa_exec *ex, const sa_batch *batch, const sa_m
 typedef int (*sa_attention_fn)(const sa_exec *ex, const sa_batch *batch, const sa_mat *out,
                                const sa_mat *weights, const sa_mat *Q, const sa_mat *K, const sa_mat *V,
                                const sa_mask *mask, sa_int n_q, sa_int n_k, sa_int d_k,
-                               sa_int d_v, double scale, sa_band band);
+                               sa_int d_v, double scale, sa_band band, void *lse);
 
 /*
  * attention_backward: the gradients of attention (forward as above, O = softmax(S) . V with
@@ -266,6 +330,12 @@ typedef struct {
 } sa_kernels;
 
 enum { SA_F32 = 0, SA_F64 = 1 };
+
+/* Each row's log-sum-exp (sa_row_lse) of the scores[b] (n_q, n_k) of every batch item, into
+   lse[b * n_q + i] (T as is_f32): for the kernels that compute the scores before the softmax
+   (csrc/kernels_ref.c). */
+void sa_scores_lse(const sa_batch *batch, const sa_mat *scores, void *lse, sa_int n_q, sa_int n_k,
+                   int is_f32);
 
 /* The scalar reference tier (csrc/kernels_ref.c). */
 extern const sa_kernels sa_kernels_reference;

@@ -22,6 +22,24 @@
 #undef REF
 #undef EXP
 
+void sa_scores_lse(const sa_batch *batch, const sa_mat *scores, void *lse, sa_int n_q, sa_int n_k,
+                   int is_f32)
+{
+    for (sa_int item = 0; item < batch->count; item++) {
+        sa_int offset = sa_batch_offset(batch, scores->bstride, item);
+        for (sa_int i = 0; i < n_q; i++) {
+            sa_int at = offset + i * scores->ld;
+            const void *row = is_f32 ? (const void *)((const float *)scores->data + at)
+                                     : (const void *)((const double *)scores->data + at);
+            double value = sa_row_lse(row, n_k, is_f32);
+            if (is_f32)
+                ((float *)lse)[item * n_q + i] = (float)value;
+            else
+                ((double *)lse)[item * n_q + i] = value;
+        }
+    }
+}
+
 /* libm's exp, for _core.vexp on the reference tier */
 static void ref_vexp_f32(void *out, const void *in, sa_int n, int mode)
 {

@@ -254,14 +254,90 @@ static const sa_kernels *prepare(sa_exec *ex, int isa, const sa_batch *batch, in
     return sa_kernels_for_values(ex, batch, precision, values, n_values);
 }
 
-/* The band as the kernels take it (attn.h's sa_band): lo and hi clamped to [-n_q, n_k], where
-   a side hides nothing more, so that no row + lo or row + hi overflows. */
+/* The band as the kernels take it (attn.h's sa_band): lo and hi clamped to [-(n_q + n_k),
+   n_q + n_k], where a side hides nothing more even shifted by from_end's K - R, so that no
+   row + lo + shift overflows; the call's sizes. */
 static sa_band clamped_band(sa_band band, sa_int n_q, sa_int n_k)
 {
-    sa_band c;
-    c.lo = band.lo < -n_q ? -n_q : band.lo > n_k ? n_k : band.lo;
-    c.hi = band.hi < -n_q ? -n_q : band.hi > n_k ? n_k : band.hi;
+    sa_band c = band;
+    sa_int far = n_q + n_k;
+    c.lo = band.lo < -far ? -far : band.lo > far ? far : band.lo;
+    c.hi = band.hi < -far ? -far : band.hi > far ? far : band.hi;
+    c.n_rows = n_q;
+    c.n_keys = n_k;
     return c;
+}
+
+/* A band argument as parsed: the band, and how many lengths each side's array holds (-1: none). */
+typedef struct {
+    sa_band band;
+    sa_int counts[2];              /* query_lengths, key_lengths */
+} band_arg;
+
+/* One side's lengths: None (NULL), or a 1-D C-contiguous aligned intp array (kept alive by the
+   argument tuple); its size and values are checked with the batch (check_lengths). */
+static int get_lengths(PyObject *obj, const sa_int **lengths, sa_int *count, const char *name)
+{
+    *lengths = NULL;
+    *count = -1;
+    if (obj == Py_None)
+        return 0;
+    if (!PyArray_Check(obj) || PyArray_TYPE((PyArrayObject *)obj) != NPY_INTP
+        || PyArray_NDIM((PyArrayObject *)obj) != 1
+        || !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)obj)
+        || !PyArray_ISALIGNED((PyArrayObject *)obj)) {
+        PyErr_Format(PyExc_TypeError, "_core: %s must be None or a 1-D contiguous intp array",
+                     name);
+        return -1;
+    }
+    *lengths = (const sa_int *)PyArray_DATA((PyArrayObject *)obj);
+    *count = PyArray_DIM((PyArrayObject *)obj, 0);
+    return 0;
+}
+
+/* PyArg "O&" converter for a band_arg: the tuple (lo, hi), or (lo, hi, from_end, query_lengths,
+   key_lengths) with the lengths None or one per batch item (attn.h's sa_band). */
+static int band_converter(PyObject *obj, void *out)
+{
+    band_arg *arg = out;
+    PyObject *rows_obj = Py_None, *keys_obj = Py_None;
+    int from_end = 0;
+    memset(arg, 0, sizeof *arg);
+    if (!PyTuple_Check(obj)) {
+        PyErr_SetString(PyExc_TypeError, "_core: band must be a tuple");
+        return 0;
+    }
+    if (!PyArg_ParseTuple(obj, "nn|pOO", &arg->band.lo, &arg->band.hi, &from_end, &rows_obj,
+                          &keys_obj)
+        || get_lengths(rows_obj, &arg->band.row_lengths, &arg->counts[0], "query_lengths") < 0
+        || get_lengths(keys_obj, &arg->band.key_lengths, &arg->counts[1], "key_lengths") < 0)
+        return 0;
+    arg->band.from_end = from_end;
+    return 1;
+}
+
+/* The band's lengths against the call: batch->count of them, each in [0, n_q] or [0, n_k]. */
+static int check_band(const band_arg *arg, const sa_batch *batch, sa_int n_q, sa_int n_k)
+{
+    const sa_int *lengths[2] = {arg->band.row_lengths, arg->band.key_lengths};
+    const sa_int limits[2] = {n_q, n_k};
+    const char *names[2] = {"query_lengths", "key_lengths"};
+    for (int side = 0; side < 2; side++) {
+        if (lengths[side] == NULL)
+            continue;
+        if (arg->counts[side] != batch->count) {
+            PyErr_Format(PyExc_ValueError, "_core: %s has %zd entries for %zd batch items",
+                         names[side], arg->counts[side], batch->count);
+            return -1;
+        }
+        for (sa_int item = 0; item < batch->count; item++)
+            if (lengths[side][item] < 0 || lengths[side][item] > limits[side]) {
+                PyErr_Format(PyExc_ValueError, "_core: %s[%zd] = %zd is outside [0, %zd]",
+                             names[side], item, lengths[side][item], limits[side]);
+                return -1;
+            }
+    }
+    return 0;
 }
 
 static int scores_impl(int isa, int precision, const sa_batch *batch, const sa_mat *out,
@@ -320,7 +396,7 @@ static int output_impl(int isa, int precision, const sa_batch *batch, const sa_m
 static int attention_impl(int isa, int precision, const sa_batch *batch, const sa_mat *out,
                           const sa_mat *weights, const sa_mat *Q, const sa_mat *K,
                           const sa_mat *V, const sa_mask *mask, sa_int n_q, sa_int n_k,
-                          sa_int d_k, sa_int d_v, double scale, sa_band band)
+                          sa_int d_k, sa_int d_v, double scale, sa_band band, void *lse)
 {
     sa_exec ex;
     const sa_values values[] = {{V, n_k, d_v}};
@@ -330,7 +406,7 @@ static int attention_impl(int isa, int precision, const sa_batch *batch, const s
     int status;
     RUN_KERNEL(status, 2.0 * batch->count * n_q * n_k * (d_k + d_v),
                tier->attention[precision](&ex, batch, out, weights, Q, K, V, mask, n_q, n_k, d_k,
-                                          d_v, scale, clamped_band(band, n_q, n_k)));
+                                          d_v, scale, clamped_band(band, n_q, n_k), lse));
     return raise_status(status);
 }
 
@@ -422,10 +498,10 @@ static PyObject *core_scores(PyObject *self, PyObject *args)
 {
     PyObject *out_obj, *Q_obj, *K_obj, *mask_obj;
     double scale;
-    sa_band band;
+    band_arg band;
     int isa, typenum, precision;
-    if (!PyArg_ParseTuple(args, "OOOOd(nn)i", &out_obj, &Q_obj, &K_obj, &mask_obj, &scale,
-                          &band.lo, &band.hi, &isa))
+    if (!PyArg_ParseTuple(args, "OOOOdO&i", &out_obj, &Q_obj, &K_obj, &mask_obj, &scale,
+                          band_converter, &band, &isa))
         return NULL;
     sa_batch batch;
     sa_mat out, Q, K;
@@ -442,8 +518,9 @@ static PyObject *core_scores(PyObject *self, PyObject *args)
         || get_mat(Q_obj, typenum, 0, &batch, n_q, d_k, &Q, "Q") < 0
         || get_mat(K_obj, typenum, 0, &batch, n_k, d_k, &K, "K") < 0
         || get_mask(mask_obj, typenum, &batch, n_q, n_k, &mask) < 0
+        || check_band(&band, &batch, n_q, n_k) < 0
         || scores_impl(isa, precision, &batch, &out, &Q, &K, &mask, n_q, n_k, d_k, scale,
-                       band) < 0)
+                       band.band) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -569,23 +646,44 @@ static PyObject *core_project(PyObject *self, PyObject *args)
 }
 
 PyDoc_STRVAR(attention_doc,
-             "attention(out, weights, Q, K, V, mask, scale, band, isa)\n--\n\n"
-             "out[...] = softmax(scale * Q @ K^T + mask, keys outside the band (lo, hi) hidden) "
-             "@ V (private); weights may be None "
-             "(fused, O(n d) memory) or an output for the weights.");
+             "attention(out, weights, Q, K, V, mask, scale, band, isa, lse=None)\n--\n\n"
+             "out[...] = softmax(scale * Q @ K^T + mask, keys outside the band (lo, hi) or "
+             "(lo, hi, from_end, query_lengths, key_lengths) hidden) @ V (private); weights may "
+             "be None (fused, O(n d) memory) or an output for the weights; lse None or an "
+             "output (batch..., n_q) for each row's log-sum-exp.");
+
+/* The lse output of attention: None (NULL), or a C-contiguous aligned writeable array of the
+   call's type holding batch->count x n_q elements. */
+static int get_lse(PyObject *obj, int typenum, const sa_batch *batch, sa_int n_q, void **lse)
+{
+    *lse = NULL;
+    if (obj == Py_None)
+        return 0;
+    PyArrayObject *arr = (PyArrayObject *)obj;
+    if (!PyArray_Check(obj) || PyArray_TYPE(arr) != typenum || !PyArray_IS_C_CONTIGUOUS(arr)
+        || !PyArray_ISALIGNED(arr) || !PyArray_ISWRITEABLE(arr)
+        || PyArray_SIZE(arr) != batch->count * n_q) {
+        PyErr_SetString(PyExc_ValueError, "_core: lse must be None or a writeable contiguous "
+                        "array of out's type with one element per row of out");
+        return -1;
+    }
+    *lse = PyArray_DATA(arr);
+    return 0;
+}
 
 static PyObject *core_attention(PyObject *self, PyObject *args)
 {
-    PyObject *out_obj, *weights_obj, *Q_obj, *K_obj, *V_obj, *mask_obj;
+    PyObject *out_obj, *weights_obj, *Q_obj, *K_obj, *V_obj, *mask_obj, *lse_obj = Py_None;
     double scale;
-    sa_band band;
+    band_arg band;
     int isa, typenum, precision;
-    if (!PyArg_ParseTuple(args, "OOOOOOd(nn)i", &out_obj, &weights_obj, &Q_obj, &K_obj, &V_obj,
-                          &mask_obj, &scale, &band.lo, &band.hi, &isa))
+    if (!PyArg_ParseTuple(args, "OOOOOOdO&i|O", &out_obj, &weights_obj, &Q_obj, &K_obj, &V_obj,
+                          &mask_obj, &scale, band_converter, &band, &isa, &lse_obj))
         return NULL;
     sa_batch batch;
     sa_mat out, weights, Q, K, V;
     sa_mask mask;
+    void *lse;
     if (get_out(out_obj, &batch, &typenum, &precision) < 0)
         return NULL;
     npy_intp n_q = dim(out_obj, 2), d_v = dim(out_obj, 1);
@@ -602,8 +700,10 @@ static PyObject *core_attention(PyObject *self, PyObject *args)
         || get_mat(K_obj, typenum, 0, &batch, n_k, d_k, &K, "K") < 0
         || get_mat(V_obj, typenum, 0, &batch, n_k, d_v, &V, "V") < 0
         || get_mask(mask_obj, typenum, &batch, n_q, n_k, &mask) < 0
+        || check_band(&band, &batch, n_q, n_k) < 0
+        || get_lse(lse_obj, typenum, &batch, n_q, &lse) < 0
         || attention_impl(isa, precision, &batch, &out, weights_obj != Py_None ? &weights : NULL,
-                          &Q, &K, &V, &mask, n_q, n_k, d_k, d_v, scale, band) < 0)
+                          &Q, &K, &V, &mask, n_q, n_k, d_k, d_v, scale, band.band, lse) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -617,10 +717,10 @@ static PyObject *core_attention_backward(PyObject *self, PyObject *args)
 {
     PyObject *dQ_obj, *dK_obj, *dV_obj, *dO_obj, *Q_obj, *K_obj, *V_obj, *mask_obj;
     double scale;
-    sa_band band;
+    band_arg band;
     int isa, typenum, precision;
-    if (!PyArg_ParseTuple(args, "OOOOOOOOd(nn)i", &dQ_obj, &dK_obj, &dV_obj, &dO_obj, &Q_obj,
-                          &K_obj, &V_obj, &mask_obj, &scale, &band.lo, &band.hi, &isa))
+    if (!PyArg_ParseTuple(args, "OOOOOOOOdO&i", &dQ_obj, &dK_obj, &dV_obj, &dO_obj, &Q_obj,
+                          &K_obj, &V_obj, &mask_obj, &scale, band_converter, &band, &isa))
         return NULL;
     sa_batch batch;
     sa_mat dQ, dK, dV, dO, Q, K, V;
@@ -641,8 +741,9 @@ static PyObject *core_attention_backward(PyObject *self, PyObject *args)
         || get_mat(K_obj, typenum, 0, &batch, n_k, d_k, &K, "K") < 0
         || get_mat(V_obj, typenum, 0, &batch, n_k, d_v, &V, "V") < 0
         || get_mask(mask_obj, typenum, &batch, n_q, n_k, &mask) < 0
+        || check_band(&band, &batch, n_q, n_k) < 0
         || attention_backward_impl(isa, precision, &batch, &dQ, &dK, &dV, &dO, &Q, &K, &V, &mask,
-                                   n_q, n_k, d_k, d_v, scale, band) < 0)
+                                   n_q, n_k, d_k, d_v, scale, band.band) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -746,17 +847,19 @@ static PyObject *plain_attention(int typenum, const sa_mat *Q, const sa_mat *K, 
         return NULL;
     return result_or_null(result, attention_impl(-1, precision_of(typenum), &single, &out, NULL,
                                                  Q, K, V, &no_mask, n_q, n_k, d_k, d_v, scale,
-                                                 band));
+                                                 band, NULL));
 }
 
 static PyObject *core_plain_sdpa(PyObject *self, PyObject *args)
 {
     PyObject *Q_obj, *K_obj, *V_obj, *scale_obj;
-    sa_band band;
+    band_arg band;
     int typenum = NPY_NOTYPE;
-    if (!PyArg_ParseTuple(args, "OOOO(nn)", &Q_obj, &K_obj, &V_obj, &scale_obj, &band.lo,
-                          &band.hi))
+    if (!PyArg_ParseTuple(args, "OOOOO&", &Q_obj, &K_obj, &V_obj, &scale_obj, band_converter,
+                          &band))
         return NULL;
+    if (band.counts[0] >= 0 || band.counts[1] >= 0)
+        Py_RETURN_NONE;
     sa_mat Q, K, V;
     npy_intp n_q, d_k, n_k, d_k2, n_v, d_v;
     double scale;
@@ -764,17 +867,19 @@ static PyObject *core_plain_sdpa(PyObject *self, PyObject *args)
         || !plain_matrix(V_obj, &typenum, &V, &n_v, &d_v) || d_k != d_k2 || n_v != n_k
         || !plain_scale(scale_obj, d_k, &scale))
         Py_RETURN_NONE;
-    return plain_attention(typenum, &Q, &K, &V, n_q, n_k, d_k, d_v, scale, band);
+    return plain_attention(typenum, &Q, &K, &V, n_q, n_k, d_k, d_v, scale, band.band);
 }
 
 static PyObject *core_plain_layer(PyObject *self, PyObject *args)
 {
     PyObject *X_obj, *W_obj[3], *scale_obj;
-    sa_band band;
+    band_arg band;
     int typenum = NPY_NOTYPE;
-    if (!PyArg_ParseTuple(args, "OOOOO(nn)", &X_obj, &W_obj[0], &W_obj[1], &W_obj[2], &scale_obj,
-                          &band.lo, &band.hi))
+    if (!PyArg_ParseTuple(args, "OOOOOO&", &X_obj, &W_obj[0], &W_obj[1], &W_obj[2], &scale_obj,
+                          band_converter, &band))
         return NULL;
+    if (band.counts[0] >= 0 || band.counts[1] >= 0)
+        Py_RETURN_NONE;
     sa_mat X, W[3];
     npy_intp n, d_model, rows[3];
     sa_int width[3];
@@ -801,7 +906,7 @@ static PyObject *core_plain_layer(PyObject *self, PyObject *args)
         sa_mat Q = {.data = QKV.data, .ld = d_all};
         sa_mat K = {.data = (char *)QKV.data + d_k * itemsize, .ld = d_all};
         sa_mat V = {.data = (char *)QKV.data + 2 * d_k * itemsize, .ld = d_all};
-        result = plain_attention(typenum, &Q, &K, &V, n, n, d_k, d_v, scale, band);
+        result = plain_attention(typenum, &Q, &K, &V, n, n, d_k, d_v, scale, band.band);
     }
     Py_XDECREF(W_all_obj);
     Py_XDECREF(QKV_obj);
@@ -811,10 +916,12 @@ static PyObject *core_plain_layer(PyObject *self, PyObject *args)
 static PyObject *core_plain_scores(PyObject *self, PyObject *args)
 {
     PyObject *Q_obj, *K_obj, *scale_obj;
-    sa_band band;
+    band_arg band;
     int typenum = NPY_NOTYPE;
-    if (!PyArg_ParseTuple(args, "OOO(nn)", &Q_obj, &K_obj, &scale_obj, &band.lo, &band.hi))
+    if (!PyArg_ParseTuple(args, "OOOO&", &Q_obj, &K_obj, &scale_obj, band_converter, &band))
         return NULL;
+    if (band.counts[0] >= 0 || band.counts[1] >= 0)
+        Py_RETURN_NONE;
     sa_mat Q, K, S;
     npy_intp n_q, d_k, n_k, d_k2;
     double scale;
@@ -825,7 +932,7 @@ static PyObject *core_plain_scores(PyObject *self, PyObject *args)
     if (result == NULL)
         return NULL;
     return result_or_null(result, scores_impl(-1, precision_of(typenum), &single, &S, &Q, &K,
-                                              &no_mask, n_q, n_k, d_k, scale, band));
+                                              &no_mask, n_q, n_k, d_k, scale, band.band));
 }
 
 static PyObject *core_plain_softmax(PyObject *self, PyObject *x_obj)

@@ -32,7 +32,7 @@ from ._api import (
     self_attention_layer,
     softmax_attention_weights,
 )
-from ._masks import alibi_bias, causal_mask, padding_mask, window_mask
+from ._masks import alibi_bias, causal_mask, lengths_mask, padding_mask, window_mask
 from ._multihead import multi_head_attention, multi_head_attention_backward
 from ._backward import scaled_dot_product_attention_backward, self_attention_layer_backward
 from ._config import config, get_isa, get_num_threads, set_isa, set_num_threads
@@ -54,6 +54,7 @@ __all__ = [
     "padding_mask",
     "window_mask",
     "alibi_bias",
+    "lengths_mask",
     "set_num_threads",
     "get_num_threads",
     "set_isa",

@@ -39,6 +39,8 @@ def self_attention_layer(
     mask: ArrayLike | None = ...,
     bias: ArrayLike | None = ...,
     is_causal: _Causal = ...,
+    query_lengths: ArrayLike | None = ...,
+    key_lengths: ArrayLike | None = ...,
     return_weights: Literal[False] = ...,
     window: _Window = ...,
 ) -> _Float: ...
@@ -53,6 +55,8 @@ def self_attention_layer(
     mask: ArrayLike | None = ...,
     bias: ArrayLike | None = ...,
     is_causal: _Causal = ...,
+    query_lengths: ArrayLike | None = ...,
+    key_lengths: ArrayLike | None = ...,
     return_weights: Literal[True],
     window: _Window = ...,
 ) -> tuple[_Float, _Float]: ...
@@ -69,6 +73,9 @@ def scaled_dot_product_attention(
     return_weights: Literal[False] = ...,
     window: _Window = ...,
     enable_gqa: bool = ...,
+    query_lengths: ArrayLike | None = ...,
+    key_lengths: ArrayLike | None = ...,
+    return_lse: Literal[False] = ...,
 ) -> _Float: ...
 @overload
 def scaled_dot_product_attention(
@@ -83,7 +90,40 @@ def scaled_dot_product_attention(
     return_weights: Literal[True],
     window: _Window = ...,
     enable_gqa: bool = ...,
+    query_lengths: ArrayLike | None = ...,
+    key_lengths: ArrayLike | None = ...,
+    return_lse: Literal[False] = ...,
 ) -> tuple[_Float, _Float]: ...
+@overload
+def scaled_dot_product_attention(
+    Q: ArrayLike,
+    K: ArrayLike,
+    V: ArrayLike,
+    *,
+    scale: float | None = ...,
+    mask: ArrayLike | None = ...,
+    bias: ArrayLike | None = ...,
+    is_causal: bool = ...,
+    query_lengths: ArrayLike | None = ...,
+    key_lengths: ArrayLike | None = ...,
+    return_weights: Literal[False] = ...,
+    return_lse: Literal[True],
+) -> tuple[_Float, _Float]: ...
+@overload
+def scaled_dot_product_attention(
+    Q: ArrayLike,
+    K: ArrayLike,
+    V: ArrayLike,
+    *,
+    scale: float | None = ...,
+    mask: ArrayLike | None = ...,
+    bias: ArrayLike | None = ...,
+    is_causal: bool = ...,
+    query_lengths: ArrayLike | None = ...,
+    key_lengths: ArrayLike | None = ...,
+    return_weights: Literal[True],
+    return_lse: Literal[True],
+) -> tuple[_Float, _Float, _Float]: ...
 @overload
 def multi_head_attention(
     X: ArrayLike,
@@ -102,6 +142,8 @@ def multi_head_attention(
     mask: ArrayLike | None = ...,
     bias: ArrayLike | None = ...,
     is_causal: _Causal = ...,
+    query_lengths: ArrayLike | None = ...,
+    key_lengths: ArrayLike | None = ...,
     return_weights: Literal[False] = ...,
     window: _Window = ...,
     num_kv_heads: int | None = ...,
@@ -124,6 +166,8 @@ def multi_head_attention(
     mask: ArrayLike | None = ...,
     bias: ArrayLike | None = ...,
     is_causal: _Causal = ...,
+    query_lengths: ArrayLike | None = ...,
+    key_lengths: ArrayLike | None = ...,
     return_weights: Literal[True],
     window: _Window = ...,
     num_kv_heads: int | None = ...,
@@ -140,6 +184,8 @@ def scaled_dot_product_attention_backward(
     is_causal: _Causal = ...,
     window: _Window = ...,
     enable_gqa: bool = ...,
+    query_lengths: ArrayLike | None = ...,
+    key_lengths: ArrayLike | None = ...,
 ) -> tuple[_Float, _Float, _Float]: ...
 def self_attention_layer_backward(
     dY: ArrayLike,
@@ -153,6 +199,8 @@ def self_attention_layer_backward(
     bias: ArrayLike | None = ...,
     is_causal: _Causal = ...,
     window: _Window = ...,
+    query_lengths: ArrayLike | None = ...,
+    key_lengths: ArrayLike | None = ...,
 ) -> tuple[_Float, _Float, _Float, _Float]: ...
 def multi_head_attention_backward(
     dY: ArrayLike,
@@ -174,6 +222,8 @@ def multi_head_attention_backward(
     is_causal: _Causal = ...,
     window: _Window = ...,
     num_kv_heads: int | None = ...,
+    query_lengths: ArrayLike | None = ...,
+    key_lengths: ArrayLike | None = ...,
 ) -> tuple[_Float, ...]: ...
 def causal_mask(
     n_q: int, n_k: int | None = ..., *, align: Literal["top_left", "bottom_right"] = ...
@@ -188,6 +238,14 @@ def window_mask(
 ) -> NDArray[np.bool_]: ...
 def padding_mask(lengths: ArrayLike, n_k: int, *, head_axis: bool = ...) -> NDArray[np.bool_]: ...
 def alibi_bias(num_heads: int, n_q: int, n_k: int | None = ...) -> NDArray[np.float64]: ...
+def lengths_mask(
+    query_lengths: ArrayLike | None,
+    key_lengths: ArrayLike | None,
+    n_q: int,
+    n_k: int,
+    *,
+    head_axis: bool = ...,
+) -> NDArray[np.bool_]: ...
 def set_num_threads(n: int) -> None: ...
 def get_num_threads() -> int: ...
 def set_isa(name: Literal["avx512", "avx2", "generic", "reference"]) -> None: ...
@@ -204,6 +262,8 @@ def explain(
     mask: ArrayLike | None = ...,
     is_causal: _Causal = ...,
     window: _Window = ...,
+    query_lengths: ArrayLike | None = ...,
+    key_lengths: ArrayLike | None = ...,
 ) -> AttentionTrace: ...
 def plot_attention(
     weights: ArrayLike,

@@ -37,6 +37,7 @@ from ._validate import (
     _visibility,
     _grouped_operands,
     _ungroup_heads,
+    _lengths,
 )
 
 __all__ = [
@@ -287,7 +288,8 @@ def compute_attention_output(attn_weights, V):
 
 
 def scaled_dot_product_attention(Q, K, V, *, scale=None, mask=None, bias=None, is_causal=False,
-                                 return_weights=False, window=None, enable_gqa=False):
+                                 return_weights=False, window=None, enable_gqa=False,
+                                 query_lengths=None, key_lengths=None, return_lse=False):
     """Attention from queries, keys and values: ``softmax(Q @ K^T * scale + mask + bias) @ V``.
 
     The three notebook steps in one call, under the name torch users know
@@ -328,6 +330,22 @@ def scaled_dot_product_attention(Q, K, V, *, scale=None, mask=None, bias=None, i
         mismatched leading axes stay an error rather than silently becoming head groups (one
         shared K/V head, ``H_kv = 1``, already broadcasts without it). A mask or bias with a head
         axis (-3) has ``H`` (or 1) entries there.
+    query_lengths, key_lengths : int or array_like of int, optional
+        Per-sequence lengths of a padded batch (varlen): an int for every batch item, or an array
+        whose shape is a prefix of the batch shape -- a 1-D array holds one length per entry of
+        the FIRST batch axis (one per sequence, shared by the axes after it, such as heads).
+        Query rows at or past their length give output 0 (and gradient 0); keys at or past
+        their length are invisible. Each length is in ``[0, n_q]`` or ``[0, n_k]``; the padding
+        costs no arithmetic. Combined with ``mask``, ``bias`` and ``is_causal`` (every rule must
+        allow a key); causal masking stays top-left aligned (query ``i`` sees keys ``j <= i``).
+        :func:`lengths_mask` draws the same rule as a boolean mask.
+    return_lse : bool, optional
+        Also return each query row's log-sum-exp of its scaled, masked scores,
+        ``log(sum_j exp(s_ij))`` (natural log), shape ``(..., n_q)``: ``-inf`` for a row that
+        sees no key (fully masked, or past its length), NaN for a row whose scores hold NaN or
+        ``+inf`` (the rows whose weights are NaN).
+        ``weights = exp(scores - lse[..., None])``. Computed by the fused kernel at no extra
+        cost.
 
     Returns
     -------
@@ -336,6 +354,9 @@ def scaled_dot_product_attention(Q, K, V, *, scale=None, mask=None, bias=None, i
         weight 0 contributes nothing, even if its row of V holds inf or NaN.
     weights : ndarray, shape (..., n_q, n_k)
         Only with ``return_weights=True``.
+    lse : ndarray, shape (..., n_q)
+        Only with ``return_lse=True``; always last: ``(output, lse)`` or
+        ``(output, weights, lse)``.
 
     Raises
     ------
@@ -367,7 +388,8 @@ def scaled_dot_product_attention(Q, K, V, *, scale=None, mask=None, bias=None, i
            [3., 4.]])
     """
     if (mask is None and bias is None and window is None and return_weights is False
-            and type(is_causal) is bool and enable_gqa is False):
+            and type(is_causal) is bool and enable_gqa is False and query_lengths is None
+            and key_lengths is None and return_lse is False):
         result = _core.plain_sdpa(Q, K, V, scale, _PLAIN_BANDS[is_causal])
         if result is not None:
             return result
@@ -375,16 +397,28 @@ def scaled_dot_product_attention(Q, K, V, *, scale=None, mask=None, bias=None, i
     Q, K, V = _as_matrices(func, *_QKV(Q, K, V))
     return_weights = _flag(func, "return_weights", return_weights)
     groups, Q, K, V = _grouped_operands(func, Q, K, V, enable_gqa)
+    return_lse = _flag(func, "return_lse", return_lse)
     batch, scale, visibility, mask, result, compute = _attention_operands(
         func, Q, K, V, mask, is_causal, scale, bias=bias, window=window, groups=groups)
-    out, weights = _attend(func, batch, Q, K, V, mask, scale, visibility, compute, return_weights)
+    lengths = _lengths(func, query_lengths, key_lengths, batch, Q.shape[-2], K.shape[-2])
+    lse = None
+    if return_lse:
+        _check_size(func, batch + Q.shape[-2:-1], compute)
+        lse = np.empty(batch + Q.shape[-2:-1], dtype=compute)
+    out, weights = _attend(func, batch, Q, K, V, mask, scale, visibility, compute, return_weights,
+                           lengths=lengths, lse=lse)
     if groups is not None:
         out, weights = _ungroup_heads(out), weights if weights is None else _ungroup_heads(weights)
-    return _finish_attention(out, weights, result)
+        lse = lse if lse is None else _ungroup_heads(lse[..., None])[..., 0]
+    returned = _finish_attention(out, weights, result)
+    if lse is None:
+        return returned
+    return (returned if isinstance(returned, tuple) else (returned,)) + (_finish(lse, result),)
 
 
 def self_attention_layer(X, W_q, W_k, W_v, *, scale=None, mask=None, bias=None,
-                         is_causal=False, return_weights=False, window=None):
+                         is_causal=False, return_weights=False, window=None, query_lengths=None,
+                         key_lengths=None):
     """A full single-head self-attention layer: project X to Q, K, V, then attend.
 
     Step 4 of the notebook. Exactly::
@@ -419,6 +453,11 @@ def self_attention_layer(X, W_q, W_k, W_v, *, scale=None, mask=None, bias=None,
         Token ``i`` attends only to tokens ``i - left .. i + right`` (ints >= 0, None =
         unbounded), together with ``is_causal`` and ``mask`` (see
         :func:`scaled_dot_product_attention`).
+    query_lengths, key_lengths : int or array_like of int, optional
+        Per-sequence lengths of a padded batch, one per entry of X's first batch axis (see
+        :func:`scaled_dot_product_attention`): tokens at or past their query length give output
+        0, tokens at or past their key length are attended by none. For a padded batch of
+        self-attention pass the same lengths to both.
 
     Returns
     -------
@@ -448,13 +487,13 @@ def self_attention_layer(X, W_q, W_k, W_v, *, scale=None, mask=None, bias=None,
     array([1., 1., 1.])
     """
     if (mask is None and bias is None and window is None and return_weights is False
-            and type(is_causal) is bool):
+            and type(is_causal) is bool and query_lengths is None and key_lengths is None):
         result = _core.plain_layer(X, W_q, W_k, W_v, scale, _PLAIN_BANDS[is_causal])
         if result is not None:
             return result
     func = "self_attention_layer"
     return_weights = _flag(func, "return_weights", return_weights)
     L = _Layer(func, X, W_q, W_k, W_v, None, None, scale, mask, is_causal, bias=bias,
-               window=window)
+               window=window, lengths=(query_lengths, key_lengths))
     out, weights = L.attend(*L.project(), return_weights)
     return _finish_attention(out, weights, L.result)

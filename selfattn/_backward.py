@@ -27,6 +27,7 @@ from ._validate import (
     _dtypes,
     _group_heads,
     _grouped_operands,
+    _lengths,
 )
 
 __all__ = ["scaled_dot_product_attention_backward", "self_attention_layer_backward"]
@@ -93,7 +94,7 @@ def _layer_input_grads(L, dO, Q, K, V):
     dK_all, dV_all = (A if A.shape[:-2] == L.att_batch else np.empty(L.att_batch + A.shape[-2:], c)
                       for A in (dKh, dVh))
     _attention_grads(L.att_batch, dQh, dK_all, dV_all, dOh, Q, K, V, L.mask, L.scale,
-                     L.visibility, c)
+                     L.visibility, c, L.lengths)
     for A, A_all in ((dKh, dK_all), (dVh, dV_all)):
         if A_all is not A:
             A[...] = _sum_to(A_all, A.shape)
@@ -111,7 +112,8 @@ def _layer_input_grads(L, dO, Q, K, V):
 
 
 def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None, bias=None,
-                                          is_causal=False, window=None, enable_gqa=False):
+                                          is_causal=False, window=None, enable_gqa=False,
+                                          query_lengths=None, key_lengths=None):
     """Gradients of :func:`scaled_dot_product_attention`: ``(dQ, dK, dV)`` given ``dO``.
 
     For ``O = softmax(S) @ V`` with ``S = Q @ K^T * scale + mask`` and ``P = softmax(S)`` (by rows),
@@ -133,9 +135,10 @@ def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None,
     dO : array_like, shape (..., n_q, d_v)
         Gradient of the loss with respect to the attention output; exactly the shape
         :func:`scaled_dot_product_attention` returns for these arguments.
-    Q, K, V, scale, mask, bias, is_causal, window, enable_gqa
+    Q, K, V, scale, mask, bias, is_causal, window, enable_gqa, query_lengths, key_lengths
         As in :func:`scaled_dot_product_attention`. Keys outside the band get no gradient from a
-        query, and a query that sees no key gets ``dQ = 0``.
+        query, and a query that sees no key gets ``dQ = 0``; rows past their query length get
+        ``dQ = 0`` and give nothing; keys past their key length get ``dK = dV = 0``.
 
     Returns
     -------
@@ -192,14 +195,16 @@ def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None,
     dK = np.empty(batch + (n_k, d_k), dtype=compute)
     dV = np.empty(batch + (n_k, d_v), dtype=compute)
     dO_c = dO.astype(compute, copy=False)
-    _attention_grads(batch, dQ, dK, dV, dO_c, Q, K, V, mask, scale, visibility, compute)
+    lengths = _lengths(func, query_lengths, key_lengths, batch, n_q, n_k)
+    _attention_grads(batch, dQ, dK, dV, dO_c, Q, K, V, mask, scale, visibility, compute, lengths)
     # with groups, each summed gradient has its input's grouped shape: reshaping undoes that
     return tuple(_finish(_sum_to(g, x.shape).reshape(shape), result)
                  for g, x, shape in ((dQ, Q, shapes[0]), (dK, K, shapes[1]), (dV, V, shapes[2])))
 
 
 def self_attention_layer_backward(dY, X, W_q, W_k, W_v, *, scale=None, mask=None, bias=None,
-                                  is_causal=False, window=None):
+                                  is_causal=False, window=None, query_lengths=None,
+                                  key_lengths=None):
     """Gradients of :func:`self_attention_layer`: ``(dX, dW_q, dW_k, dW_v)`` given ``dY``.
 
     With ``Q, K, V = X @ W_q, X @ W_k, X @ W_v`` and ``(dQ, dK, dV)`` from
@@ -216,7 +221,7 @@ def self_attention_layer_backward(dY, X, W_q, W_k, W_v, *, scale=None, mask=None
     dY : array_like, shape (..., n, d_v)
         Gradient of the loss with respect to the layer's output; exactly the shape
         :func:`self_attention_layer` returns for these arguments.
-    X, W_q, W_k, W_v, scale, mask, bias, is_causal, window
+    X, W_q, W_k, W_v, scale, mask, bias, is_causal, window, query_lengths, key_lengths
         As in :func:`self_attention_layer` (the bias gets no gradient).
 
     Returns
@@ -254,7 +259,7 @@ def self_attention_layer_backward(dY, X, W_q, W_k, W_v, *, scale=None, mask=None
     func = "self_attention_layer_backward"
     dY, = _as_matrices(func, ("dY", dY, "(seq_len, d_v)"))
     L = _Layer(func, X, W_q, W_k, W_v, None, None, scale, mask, is_causal, bias=bias,
-               window=window)
+               window=window, lengths=(query_lengths, key_lengths))
     _check_grad_shape(func, "dY", dY, L.out_batch + (L.n, L.d_v), "output")
     Q, K, V = L.project()
     grads = _layer_input_grads(L, dY.astype(L.compute, copy=False), Q, K, V)

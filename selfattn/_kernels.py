@@ -17,19 +17,27 @@ from . import _core
 from ._validate import _check_size
 
 _ISA_DEFAULT = -1  # the process-wide tier (selfattn.set_isa / SELFATTN_ISA)
-_UNBOUNDED = sys.maxsize  # a side of a band that hides nothing (the glue clamps to [-n_q, n_k])
+_UNBOUNDED = sys.maxsize  # a side of a band that hides nothing (the glue clamps it to n_q + n_k)
 
 
-def _band(visibility, n_q, n_k):
-    """The kernels' band (lo, hi): query i sees the keys i + lo <= j <= i + hi (csrc/attn.h's
-    sa_band), from _validate's visibility (diagonal, left, right)."""
+def _band(visibility, n_q, n_k, lengths=None):
+    """The kernels' band (csrc/attn.h's sa_band) from _validate's visibility (diagonal, left,
+    right) or None: (lo, hi), query i seeing the keys i + lo <= j <= i + hi; with per-item
+    lengths (_validate._lengths), (lo, hi, from_end, query_lengths, key_lengths), where from_end
+    (bottom-right) counts lo and hi from each item's own diagonal, i + key_length - query_length
+    (its last query on its last key), as flash-attn's varlen does."""
     if visibility is None:
-        return -_UNBOUNDED, _UNBOUNDED
-    diagonal, left, right = visibility
-    offset = n_k - n_q if diagonal == "bottom_right" else 0
+        diagonal, left, right = None, None, None
+    else:
+        diagonal, left, right = visibility
+    from_end = diagonal == "bottom_right"
+    # without lengths every item's diagonal is the call's: the offset is applied here
+    offset = n_k - n_q if from_end and lengths is None else 0
     lo = -_UNBOUNDED if left is None else max(offset - left, -_UNBOUNDED)
     hi = _UNBOUNDED if right is None else min(offset + right, _UNBOUNDED)
-    return lo, hi
+    if lengths is None:
+        return lo, hi
+    return (lo, hi, from_end) + tuple(lengths)
 
 
 def _operand(arr, compute, batch):
@@ -126,11 +134,13 @@ def _project(func, X, Ws, compute, batch, w_batch, biases=None):
     return views, W_all
 
 
-def _attend(func, batch, Q, K, V, mask, scale, visibility, compute, return_weights, heads=None):
+def _attend(func, batch, Q, K, V, mask, scale, visibility, compute, return_weights, heads=None,
+            lengths=None, lse=None):
     """softmax(scale * Q @ K^T + mask) @ V on the attention kernel, Q, K, V broadcast to `batch`.
     With `heads`, batch ends with the head axis (or axes, _head_axes) and the output is the heads'
-    outputs side by side, (batch[:-1], n_q, heads * d_v). Returns (output, weights or None) in
-    the compute dtype."""
+    outputs side by side, (batch[:-1], n_q, heads * d_v). `lengths`: _validate._lengths. `lse`:
+    None, or an output (batch, n_q) of the compute dtype for each row's log-sum-exp. Returns
+    (output, weights or None) in the compute dtype."""
     n_q, n_k, d_v = Q.shape[-2], K.shape[-2], V.shape[-1]
     axes = () if heads is None else _head_axes(heads)
     out_shape = batch[:len(batch) - len(axes)] + (n_q, math.prod(axes) * d_v)
@@ -139,15 +149,16 @@ def _attend(func, batch, Q, K, V, mask, scale, visibility, compute, return_weigh
         _check_size(func, batch + (n_q, n_k), compute)
     out = np.empty(out_shape, dtype=compute)
     weights = np.empty(batch + (n_q, n_k), dtype=compute) if return_weights else None
-    if out.size or (weights is not None and weights.size):
+    if out.size or (weights is not None and weights.size) or (lse is not None and lse.size):
         Qb, Kb, Vb = (_operand(a, compute, batch) for a in (Q, K, V))
         _core.attention(_split_heads(out, heads), weights, Qb, Kb, Vb,
                         _mask_operand(mask, batch, n_q, n_k), scale,
-                        _band(visibility, n_q, n_k), _ISA_DEFAULT)
+                        _band(visibility, n_q, n_k, lengths), _ISA_DEFAULT, lse)
     return out, weights
 
 
-def _attention_grads(batch, dQ, dK, dV, dO, Q, K, V, mask, scale, visibility, compute):
+def _attention_grads(batch, dQ, dK, dV, dO, Q, K, V, mask, scale, visibility, compute,
+                     lengths=None):
     """Runs the backward kernel: dQ, dK, dV (outputs, batch shape `batch`) from dO and Q, K, V."""
     n_q, n_k = Q.shape[-2], K.shape[-2]
     if n_q == 0 or n_k == 0 or not (dQ.size or dK.size or dV.size):
@@ -156,4 +167,4 @@ def _attention_grads(batch, dQ, dK, dV, dO, Q, K, V, mask, scale, visibility, co
         return
     Qb, Kb, Vb, dOb = (_operand(a, compute, batch) for a in (Q, K, V, dO))
     _core.attention_backward(dQ, dK, dV, dOb, Qb, Kb, Vb, _mask_operand(mask, batch, n_q, n_k),
-                             scale, _band(visibility, n_q, n_k), _ISA_DEFAULT)
+                             scale, _band(visibility, n_q, n_k, lengths), _ISA_DEFAULT)

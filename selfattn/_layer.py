@@ -27,6 +27,7 @@ from ._validate import (
     _check_projections,
     _dtypes,
     _group_mask,
+    _lengths,
     _mask,
     _require_matrix,
     _scale,
@@ -44,7 +45,8 @@ class _Layer:
     proj_batch, and the weights' and biases' to one w_batch."""
 
     def __init__(self, func, X, W_q, W_k, W_v, W_o, heads, scale, mask, is_causal, kv=None,
-                 biases=(None, None, None, None), bias=None, window=None, kv_heads=None):
+                 biases=(None, None, None, None), bias=None, window=None, kv_heads=None,
+                 lengths=(None, None)):
         self.func = func
         X = _as_array(func, "X", X)
         KV = None if kv is None else _as_array(func, "kv", kv)
@@ -98,6 +100,13 @@ class _Layer:
         self.heads = heads if self.groups is None else self.groups
         self.out_batch = self.att_batch[:len(self.att_batch) - len(_head_axes(self.heads))] \
             if heads is not None else self.att_batch
+        # per-sequence lengths index the output's batch (never the head axes): every head of a
+        # sequence shares them
+        self.lengths = _lengths(func, *lengths, self.out_batch, n, n_k)
+        if self.lengths is not None and heads is not None:
+            per_item = int(np.prod(self.att_batch[len(self.out_batch):]))
+            self.lengths = tuple(None if side is None else np.repeat(side, per_item)
+                                 for side in self.lengths)
         self.X, self.KV, self.W_q, self.W_k, self.W_v, self.W_o = X, KV, W_q, W_k, W_v, W_o
         self.W_all = self.W_kv = None
         if heads is not None:
@@ -156,7 +165,8 @@ class _Layer:
         """The heads' output, concatenated: (out_batch, n, num_heads * d_v), and the weights
         (..., num_heads, n, n_k)."""
         out, weights = _attend(self.func, self.att_batch, Q, K, V, self.mask, self.scale,
-                               self.visibility, self.compute, return_weights, self.heads)
+                               self.visibility, self.compute, return_weights, self.heads,
+                               lengths=self.lengths)
         if self.groups is not None and weights is not None:
             weights = _ungroup_heads(weights)
         return out, weights

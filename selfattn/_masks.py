@@ -6,7 +6,7 @@ import numpy as np
 from ._kernels import _band
 from ._validate import _as_array, _check_size, _integer, _visibility, _window
 
-__all__ = ["causal_mask", "window_mask", "padding_mask", "alibi_bias"]
+__all__ = ["causal_mask", "window_mask", "padding_mask", "lengths_mask", "alibi_bias"]
 
 
 def _band_mask(func, n_q, n_k, visibility):
@@ -189,18 +189,7 @@ def padding_mask(lengths, n_k, *, head_axis=False):
     """
     func = "padding_mask"
     n_k = _integer(func, "n_k", n_k, 0)
-    lengths = _as_array(func, "lengths", lengths)
-    if lengths.dtype.kind not in "iu":
-        raise TypeError(
-            f"{func}: lengths must be integers (the number of real tokens in each sequence), "
-            f"got dtype {lengths.dtype}"
-        )
-    if lengths.size and (lengths.min() < 0 or lengths.max() > n_k):
-        bad = lengths[(lengths < 0) | (lengths > n_k)].flat[0]
-        raise ValueError(
-            f"{func}: every length must be between 0 and n_k={n_k}, got a length of {bad} "
-            f"(lengths={lengths.tolist() if lengths.size <= 16 else lengths.shape})"
-        )
+    lengths = _lengths_array(func, "lengths", lengths, "n_k", n_k)
     if not isinstance(head_axis, (bool, np.bool_)):
         raise TypeError(f"{func}: head_axis must be True or False, got {head_axis!r}")
     extra = (1, 1) if head_axis else (1,)
@@ -279,3 +268,75 @@ def alibi_bias(num_heads, n_q, n_k=None):
     # minus the distance, in integers first so that the diagonal is +0.0, not -0.0
     offsets = -np.abs(np.arange(n_q)[:, None] - np.arange(n_k)[None, :])
     return _alibi_slopes(num_heads)[:, None, None] * offsets.astype(np.float64)
+def _lengths_array(func, name, lengths, n_name, n):
+    """`lengths` as an integer array, each in [0, n]."""
+    lengths = _as_array(func, name, lengths)
+    if lengths.dtype.kind not in "iu":
+        raise TypeError(
+            f"{func}: {name} must be integers (the number of real tokens in each sequence), "
+            f"got dtype {lengths.dtype}"
+        )
+    if lengths.size and (lengths.min() < 0 or lengths.max() > n):
+        bad = lengths[(lengths < 0) | (lengths > n)].flat[0]
+        raise ValueError(
+            f"{func}: every length must be between 0 and {n_name}={n}, got a length of {bad} "
+            f"({name}={lengths.tolist() if lengths.size <= 16 else lengths.shape})"
+        )
+    return lengths
+
+
+def lengths_mask(query_lengths, key_lengths, n_q, n_k, *, head_axis=False):
+    """The mask of per-sequence lengths: in sequence ``b``, query ``i`` may attend to key ``j``
+    only when ``i < query_lengths[b]`` and ``j < key_lengths[b]``.
+
+    The rule that ``query_lengths=`` and ``key_lengths=`` of
+    :func:`scaled_dot_product_attention` apply without building a mask, drawn as one, so that
+    it can be plotted (:func:`plot_attention`) or combined with other masks: passing it as
+    ``mask=`` gives the same output (rows past their query length see no key, so their output
+    is 0).
+
+    Parameters
+    ----------
+    query_lengths, key_lengths : array_like of int, shape (batch...), or None
+        The true number of queries and of keys of each sequence (``0 <= query_lengths[b] <=
+        n_q``, ``0 <= key_lengths[b] <= n_k``); the shapes broadcast. None: every query (key).
+    n_q, n_k : int
+        The padded lengths.
+    head_axis : bool, optional
+        Insert an axis of size 1 for the heads (as :func:`padding_mask` does).
+
+    Returns
+    -------
+    mask : ndarray of bool, shape (batch..., n_q, n_k) or (batch..., 1, n_q, n_k)
+
+    Examples
+    --------
+    >>> from selfattn import lengths_mask
+    >>> lengths_mask([2, 3], [3, 1], 3, 3).astype(int)
+    array([[[1, 1, 1],
+            [1, 1, 1],
+            [0, 0, 0]],
+    <BLANKLINE>
+           [[1, 0, 0],
+            [1, 0, 0],
+            [1, 0, 0]]])
+    """
+    func = "lengths_mask"
+    n_q = _integer(func, "n_q", n_q, 0)
+    n_k = _integer(func, "n_k", n_k, 0)
+    sides = [None if lengths is None else _lengths_array(func, name, lengths, n_name, n)
+             for lengths, name, n_name, n in ((query_lengths, "query_lengths", "n_q", n_q),
+                                              (key_lengths, "key_lengths", "n_k", n_k))]
+    if not isinstance(head_axis, (bool, np.bool_)):
+        raise TypeError(f"{func}: head_axis must be True or False, got {head_axis!r}")
+    q, k = (np.full((), n) if side is None else side for side, n in zip(sides, (n_q, n_k)))
+    try:
+        batch = np.broadcast_shapes(q.shape, k.shape) + ((1,) if head_axis else ())
+    except ValueError:
+        raise ValueError(f"{func}: query_lengths.shape={q.shape} and key_lengths.shape="
+                         f"{k.shape} do not broadcast") from None
+    _check_size(func, batch + (n_q, n_k), np.dtype(np.intp))
+    extra = (1, 1, 1) if head_axis else (1, 1)
+    rows = np.arange(n_q)[:, None] < q.reshape(q.shape + extra)
+    keys = np.arange(n_k)[None, :] < k.reshape(k.shape + extra)
+    return np.broadcast_to(rows & keys, batch + (n_q, n_k)).copy()

@@ -18,7 +18,8 @@ __all__ = ["multi_head_attention", "multi_head_attention_backward"]
 
 def multi_head_attention(X, W_q, W_k, W_v, W_o, *, num_heads, kv=None, b_q=None, b_k=None,
                          b_v=None, b_o=None, scale=None, mask=None, bias=None, is_causal=False,
-                         return_weights=False, window=None, num_kv_heads=None):
+                         return_weights=False, window=None, num_kv_heads=None,
+                         query_lengths=None, key_lengths=None):
     """Multi-head attention: ``num_heads`` attention heads side by side, then ``W_o``.
 
     The step after the notebook's single head. Exactly (``kv`` defaults to ``X``, self-attention;
@@ -91,6 +92,11 @@ def multi_head_attention(X, W_q, W_k, W_v, W_o, *, num_heads, kv=None, b_q=None,
         ``(kdim, num_kv_heads * d_v)`` (b_k, b_v likewise); query head ``h`` uses K/V head
         ``h // (num_heads / num_kv_heads)``, with no copies of K or V. W_o stays
         ``(num_heads * d_v, d_out)``. Default: ``num_heads`` (every head its own K and V).
+    query_lengths, key_lengths : int or array_like of int, optional
+        Per-sequence lengths of a padded batch: one per entry of X's first batch axis (the
+        queries' lengths) and of ``kv``'s (the keys'), shared by every head (see
+        :func:`scaled_dot_product_attention`). Query rows at or past their length give attention
+        output 0 before ``W_o`` (so ``Y`` is ``b_o`` there); keys past theirs are invisible.
 
     Returns
     -------
@@ -137,14 +143,16 @@ def multi_head_attention(X, W_q, W_k, W_v, W_o, *, num_heads, kv=None, b_q=None,
     kv_heads = _kv_heads(func, num_kv_heads, heads)
     return_weights = _flag(func, "return_weights", return_weights)
     L = _Layer(func, X, W_q, W_k, W_v, W_o, heads, scale, mask, is_causal, kv,
-               (b_q, b_k, b_v, b_o), bias, window=window, kv_heads=kv_heads)
+               (b_q, b_k, b_v, b_o), bias, window=window, kv_heads=kv_heads,
+               lengths=(query_lengths, key_lengths))
     out, weights = L.attend(*L.project(), return_weights)
     return _finish_attention(L.output(out), weights, L.result)
 
 
 def multi_head_attention_backward(dY, X, W_q, W_k, W_v, W_o, *, num_heads, kv=None, b_q=None,
                                   b_k=None, b_v=None, b_o=None, scale=None, mask=None, bias=None,
-                                  is_causal=False, window=None, num_kv_heads=None):
+                                  is_causal=False, window=None, num_kv_heads=None,
+                                  query_lengths=None, key_lengths=None):
     """Gradients of :func:`multi_head_attention`: ``(dX, dW_q, dW_k, dW_v, dW_o)`` given ``dY``,
     then ``dkv`` and ``db_q, db_k, db_v, db_o`` for those of ``kv`` and the biases given.
 
@@ -168,7 +176,7 @@ def multi_head_attention_backward(dY, X, W_q, W_k, W_v, W_o, *, num_heads, kv=No
         Gradient of the loss with respect to the output; exactly the shape
         :func:`multi_head_attention` returns for these arguments.
     X, W_q, W_k, W_v, W_o, num_heads, kv, b_q, b_k, b_v, b_o, scale, mask, bias, is_causal, \
-    window, num_kv_heads
+    window, num_kv_heads, query_lengths, key_lengths
         As in :func:`multi_head_attention`. With ``num_kv_heads``, ``dW_k``, ``dW_v``, ``db_k``
         and ``db_v`` sum the gradients of the query heads that share each K/V head.
 
@@ -211,7 +219,8 @@ def multi_head_attention_backward(dY, X, W_q, W_k, W_v, W_o, *, num_heads, kv=No
     kv_heads = _kv_heads(func, num_kv_heads, heads)
     dY, = _as_matrices(func, ("dY", dY, "(seq_len, d_out)"))
     L = _Layer(func, X, W_q, W_k, W_v, W_o, heads, scale, mask, is_causal, kv,
-               (b_q, b_k, b_v, b_o), bias, window=window, kv_heads=kv_heads)
+               (b_q, b_k, b_v, b_o), bias, window=window, kv_heads=kv_heads,
+               lengths=(query_lengths, key_lengths))
     c = L.compute
     _check_grad_shape(func, "dY", dY, L.y_batch + (L.n, L.W_o.shape[-1]), "output")
     dY = dY.astype(c, copy=False)

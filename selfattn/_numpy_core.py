@@ -169,9 +169,26 @@ def _weigh(W, B, bad_columns, out=None):
     return out
 
 
+def _band_hidden(band, batch, rows, n_q, n_k):
+    """Where the band (lo, hi) or (lo, hi, from_end, query_lengths, key_lengths) hides key j from
+    query i of rows `rows`, broadcastable to batch + (rows, n_k) (csrc/attn.h's sa_band): query i
+    of item b sees i + lo + shift <= j <= i + hi + shift, i < R[b], j < K[b], with R, K the
+    item's lengths (n_q, n_k where None) and shift = K - R with from_end, else 0."""
+    lo, hi, from_end, query_lengths, key_lengths = (tuple(band) + (False, None, None))[:5]
+    far = n_q + n_k                 # as csrc/module.c clamps the band
+    lo, hi = (min(max(side, -far), far) for side in band[:2])
+    item = batch + (1, 1)
+    R = n_q if query_lengths is None else np.asarray(query_lengths).reshape(item)
+    K = n_k if key_lengths is None else np.asarray(key_lengths).reshape(item)
+    shift = K - R if from_end else 0
+    query = np.arange(rows.start, rows.stop)[:, None]
+    key = np.arange(n_k)[None, :]
+    return (key < query + lo + shift) | (key > query + hi + shift) | (query >= R) | (key >= K)
+
+
 def _scores_block(Q, K, rows, mask, scale, band):
     """The scores of query rows `rows` against every key: scaled, overflow made NaN, masked, and
-    -inf outside the band: query i sees the keys i + lo <= j <= i + hi (csrc/attn.h's sa_band)."""
+    -inf where the band hides the key (_band_hidden)."""
     n_q, n_k = Q.shape[-2], K.shape[-2]
     Q = Q[..., rows, :]
     with np.errstate(over="ignore", invalid="ignore"):
@@ -188,12 +205,9 @@ def _scores_block(Q, K, rows, mask, scale, band):
             S = np.where(block, S, -np.inf).astype(S.dtype, copy=False)
         else:
             S += block
-    lo, hi = (min(max(side, -n_q), n_k) for side in band)   # as csrc/module.c clamps the band
-    query = np.arange(rows.start, rows.stop)[:, None]
-    key = np.arange(S.shape[-1])[None, :]
-    hidden = (key < query + lo) | (key > query + hi)
+    hidden = _band_hidden(band, S.shape[:-2], rows, n_q, n_k)
     if hidden.any():
-        S[..., hidden] = -np.inf
+        S[np.broadcast_to(hidden, S.shape)] = -np.inf
     return S
 
 
@@ -287,9 +301,21 @@ def _attention_operands(out_shape, dtype, Q, K, V, mask):
             _operand(V, dtype, batch + (n_k, d_v), "V"), _mask(mask, dtype, batch + (n_q, n_k)))
 
 
-def attention(out, weights, Q, K, V, mask, scale, band, isa):
+def _lse_rows(S):
+    """Each row's log-sum-exp: -inf for a row of -inf, NaN for a row holding NaN or +inf (whose
+    weights are NaN), as csrc/attn.h's sa_row_lse."""
+    top = np.max(S, axis=-1, keepdims=True, initial=-np.inf)
+    finite = np.isfinite(top)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        total = np.exp(S - np.where(finite, top, 0).astype(S.dtype, copy=False)).sum(axis=-1)
+        lse = np.where(finite[..., 0], top[..., 0] + np.log(total), top[..., 0])
+    return np.where(lse == np.inf, np.nan, lse).astype(S.dtype, copy=False)
+
+
+def attention(out, weights, Q, K, V, mask, scale, band, isa, lse=None):
     """out[...] = softmax(scale * Q @ K^T + mask) @ V, block by block of query rows; weights is
-    None (only one block of weights exists at a time) or an output for the weights."""
+    None (only one block of weights exists at a time) or an output for the weights; lse None or
+    an output (batch..., n_q) for each row's log-sum-exp."""
     _isa(isa)
     out = _out(out)
     Q, K, V, mask = _attention_operands(out.shape, out.dtype, Q, K, V, mask)
@@ -297,9 +323,18 @@ def attention(out, weights, Q, K, V, mask, scale, band, isa):
     if weights is not None:
         weights = _operand(weights, out.dtype, out.shape[:-2] + (n_q, n_k), "weights",
                            writeable=True)
+    if lse is not None:
+        if (not isinstance(lse, np.ndarray) or lse.dtype != out.dtype or not lse.flags.writeable
+                or not lse.flags.c_contiguous or lse.size != _items(out.shape[:-1])):
+            raise ValueError("_core: lse must be None or a writeable contiguous array of out's "
+                             "type with one element per row of out")
+        lse = lse.reshape(out.shape[:-1])
     bad = _nonfinite_columns(V)
     for rows in _row_blocks(n_q, _items(out.shape[:-2]) * n_k, out.itemsize):
-        P = _softmax_rows(_scores_block(Q, K, rows, mask, scale, band))
+        S = _scores_block(Q, K, rows, mask, scale, band)
+        if lse is not None:
+            lse[..., rows] = _lse_rows(S)
+        P = _softmax_rows(S)
         if weights is not None:
             weights[..., rows, :] = P
         _weigh(P, V, bad, out=out[..., rows, :])

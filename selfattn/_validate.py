@@ -155,6 +155,41 @@ def _window(func, window):
                  for k, (name, side) in enumerate(zip(("left", "right"), window)))
 
 
+def _item_lengths(func, name, lengths, batch, n):
+    """One side's lengths as the kernels take them: None, or one intp per batch item (C order).
+
+    `lengths` is an int or an integer array whose shape is a prefix of the batch shape (each
+    axis its extent or 1): a 1-D array holds one length per entry of the FIRST batch axis (one
+    per sequence, as jax's query_seq_lengths and flash-attn's cu_seqlens), shared by the axes
+    after it (heads); each length is in [0, n]."""
+    if lengths is None:
+        return None
+    arr = np.asarray(lengths)
+    if arr.dtype == np.bool_ or arr.dtype.kind not in "iu":
+        raise TypeError(f"{func}: {name} must hold integers (one length per sequence), got "
+                        f"dtype {arr.dtype}")
+    if arr.ndim > len(batch) or any(a not in (1, b) for a, b in zip(arr.shape, batch)):
+        raise ValueError(
+            f"{func}: {name}.shape={arr.shape} must be a prefix of the batch shape {batch} (one "
+            f"length per entry of the first batch axis: shape ({batch[0] if batch else 1},)), "
+            f"or a scalar"
+            + ("" if batch else "; these inputs have no batch axis, so pass an int"))
+    if arr.size and (arr.min() < 0 or arr.max() > n):
+        raise ValueError(f"{func}: {name} must lie in [0, {n}], got values from {arr.min()} to "
+                         f"{arr.max()}")
+    full = np.broadcast_to(arr.reshape(arr.shape + (1,) * (len(batch) - arr.ndim)), batch)
+    return np.ascontiguousarray(full, dtype=np.intp).reshape(-1)
+
+
+def _lengths(func, query_lengths, key_lengths, batch, n_q, n_k):
+    """The kernels' (query_lengths, key_lengths) for a call of batch shape `batch` (each None or
+    one per batch item: _item_lengths), or None when neither is given."""
+    if query_lengths is None and key_lengths is None:
+        return None
+    return (_item_lengths(func, "query_lengths", query_lengths, batch, n_q),
+            _item_lengths(func, "key_lengths", key_lengths, batch, n_k))
+
+
 def _scale(func, scale, d_k):
     """The factor applied to Q.K^T; None means 1/sqrt(d_k) (1.0 when d_k is 0)."""
     if scale is None:

@@ -493,15 +493,58 @@ def mismatches(got, ref, result_dtype):
 RTOL = {np.dtype(np.float64): 1e-12, np.dtype(np.float32): 2e-5, np.dtype(np.float16): 2e-3}
 
 
-def ref_scores(Q, K, scale=None, mask=None, is_causal=False, window=None):
+def lengths_visible(batch, n_q, n_k, query_lengths=None, key_lengths=None, bottom_right=False,
+                    is_causal=False, window=None):
+    """Where per-sequence lengths let query i see key j, shape batch + (n_q, n_k): i < R and
+    j < K, R and K one per batch item (an int, or an array whose shape is a prefix of batch,
+    broadcast over the axes after it; None: n_q, n_k); with is_causal and window (hidden_keys'
+    rule) measured from each sequence's own diagonal: d = i, or d = i + K - R bottom-right
+    (flash-attn's varlen). bottom_right=True is is_causal="bottom_right"."""
+    def per_item(lengths, n):
+        arr = np.asarray(n if lengths is None else lengths)
+        return arr.reshape(arr.shape + (1,) * (len(batch) - arr.ndim) + (1, 1))
+    R, K = per_item(query_lengths, n_q), per_item(key_lengths, n_k)
+    i, j = np.arange(n_q)[:, None], np.arange(n_k)[None, :]
+    align = causal("bottom_right" if bottom_right else is_causal)
+    d = i + (K - R if align == "bottom_right" else 0)
+    visible = (i < R) & (j < K)
+    if align:
+        visible = visible & (j <= d)
+    left, right = (None, None) if window is None else window
+    if left is not None:
+        visible = visible & (j >= d - left)
+    if right is not None:
+        visible = visible & (j <= d + right)
+    return np.broadcast_to(visible, tuple(batch) + (n_q, n_k))
+
+
+def ref_scores(Q, K, scale=None, mask=None, is_causal=False, window=None, query_lengths=None,
+               key_lengths=None):
     Q = np.asarray(Q).astype(LD)
     K = np.asarray(K).astype(LD)
     d_k = Q.shape[-1]
     scale = 1 / np.sqrt(LD(d_k)) if scale is None and d_k else LD(1 if scale is None else scale)
     scores = np.matmul(Q, np.swapaxes(K, -1, -2)) * scale
-    return apply_mask(Ref(scores), None if mask is None else np.asarray(mask), is_causal, LD,
-                      window).value
+    mask = None if mask is None else np.asarray(mask)
+    if query_lengths is None and key_lengths is None:
+        return apply_mask(Ref(scores), mask, is_causal, LD, window).value
+    scores = apply_mask(Ref(scores), mask, False, LD).value
+    visible = lengths_visible(scores.shape[:-2], *scores.shape[-2:], query_lengths, key_lengths,
+                              is_causal=is_causal, window=window)
+    return np.where(visible, scores, LD(-np.inf))
 
+
+
+def ref_lse(scores):
+    """Each row's log-sum-exp of (long double) scores: -inf for a row of -inf, NaN for a row
+    holding NaN or +inf (the kernels' policy: that row's weights are NaN)."""
+    S = np.asarray(scores).astype(LD)
+    with np.errstate(all="ignore"):
+        top = np.where(np.isnan(S), LD(-np.inf), S).max(-1, keepdims=True, initial=LD(-np.inf))
+        finite = np.isfinite(top)
+        total = np.exp(S - np.where(finite, top, 0)).sum(-1)
+        lse = np.where(finite[..., 0], top[..., 0] + np.log(total), top[..., 0])
+    return np.where(np.isnan(S).any(-1) | (lse == np.inf), LD(np.nan), lse)
 
 def ref_softmax(scores, axis=-1):
     s = np.moveaxis(np.asarray(scores).astype(LD), axis, -1)
@@ -523,14 +566,16 @@ def repeat_kv_heads(A, heads):
     return np.repeat(A, heads // A.shape[-3], axis=-3)
 
 
-def ref_attention(Q, K, V, scale=None, mask=None, is_causal=False, window=None, enable_gqa=False):
+def ref_attention(Q, K, V, scale=None, mask=None, is_causal=False, window=None, enable_gqa=False,
+                  query_lengths=None, key_lengths=None):
     """(output, weights); a key whose weight is 0 contributes nothing, even a non-finite V row.
 
     The weights are broadcast to the batch shape of the output (V's batch dims included). With
     enable_gqa, K and V have fewer heads (axis -3) than Q: repeat_kv_heads."""
     if enable_gqa:
         K, V = (repeat_kv_heads(A, np.shape(Q)[-3]) for A in (K, V))
-    weights = ref_softmax(ref_scores(Q, K, scale, mask, is_causal, window))
+    weights = ref_softmax(ref_scores(Q, K, scale, mask, is_causal, window, query_lengths,
+                                     key_lengths))
     V = np.asarray(V).astype(LD)
     if np.isfinite(V).all():
         out = np.matmul(weights, V)
@@ -539,14 +584,15 @@ def ref_attention(Q, K, V, scale=None, mask=None, is_causal=False, window=None, 
     return out, np.broadcast_to(weights, out.shape[:-1] + weights.shape[-1:])
 
 
-def ref_attention_grads(dO, Q, K, V, scale=None, mask=None, is_causal=False, window=None):
+def ref_attention_grads(dO, Q, K, V, scale=None, mask=None, is_causal=False, window=None,
+                        query_lengths=None, key_lengths=None):
     """(dQ, dK, dV) of ref_attention for the output gradient dO, exactly (every weight
     materialised), with the batch shape broadcast (not summed back to the inputs' shapes). A key
     with weight 0 gets nothing: its weight multiplies every term."""
     Q, K, V, dO = (np.asarray(a).astype(LD) for a in (Q, K, V, dO))
     d_k = Q.shape[-1]
     scale = 1 / np.sqrt(LD(d_k)) if scale is None and d_k else LD(1 if scale is None else scale)
-    P = ref_softmax(ref_scores(Q, K, scale, mask, is_causal, window))
+    P = ref_softmax(ref_scores(Q, K, scale, mask, is_causal, window, query_lengths, key_lengths))
     T = lambda a: np.swapaxes(a, -1, -2)  # noqa: E731
     dP = np.matmul(dO, T(V))
     dS = P * (dP - (P * dP).sum(axis=-1, keepdims=True))

@@ -65,6 +65,9 @@ def _builders(rng, n):
             ((Q, K, np.where(rng.random(V.shape) < 0.1, np.nan, V)), {"mask": mask}),
             ((Q, K, V), {"is_causal": "bottom_right", "window": (2, None), "mask": mask}),
             ((_f(rng, 2, 4, n, d), K[:, None], V[:, None]), {"enable_gqa": True}),   # 4 over 1
+            ((Q, K, V), {"query_lengths": [n, 1], "key_lengths": [0, n + 3], "is_causal": True,
+                         "return_lse": True}),
+            ((Q, K, V), {"key_lengths": 2, "return_weights": True, "return_lse": True}),
         ],
         "self_attention_layer": [
             ((X, W, W, Wv), {}),
@@ -82,6 +85,7 @@ def _builders(rng, n):
             ((_f(rng, 2, n, d + 2), Q, K, V), {}),
             ((_f(rng, 2, n, d + 2), Q, K, V), {"mask": mask, "is_causal": True}),
             ((_f(rng, 2, n, d + 2), Q, K, V), {"is_causal": "bottom_right", "window": (1, 1)}),
+            ((_f(rng, 2, n, d + 2), Q, K, V), {"query_lengths": [2, n], "key_lengths": [n, 3]}),
         ],
         "self_attention_layer_backward": [
             ((_f(rng, n, 6), X, W, W, Wv), {}),
@@ -96,6 +100,7 @@ def _builders(rng, n):
         "window_mask": [((n, n + 3, 2, 0), {}), ((n, n, None, 1), {"align": "bottom_right"})],
         "padding_mask": [((np.array([1, n, 0]), n), {})],
         "alibi_bias": [((4, n), {}), ((3, n, n + 3), {})],
+        "lengths_mask": [((np.array([1, n, 0]), None, n, n + 3), {"head_axis": True})],
     }
 
 
@@ -145,7 +150,10 @@ def error_calls():
                                          ((A, A, A), {"return_weights": None}),
                                          ((A, np.ones((2, 5, 4)), A), {}),
                                          ((np.ones((3, 2, 4)), np.ones((2, 2, 4)),
-                                           np.ones((2, 2, 4))), {"enable_gqa": True})],
+                                           np.ones((2, 2, 4))), {"enable_gqa": True}),
+                                         ((A, A, A), {"query_lengths": [1]}),
+                                         ((A, A, A), {"key_lengths": 9}),
+                                         ((A, A, A), {"return_lse": "yes"})],
         "self_attention_layer": [((A, B, B, B), {}), ((A, np.ones((4, 2)), np.ones((4, 3)), B), {}),
                                  ((A, np.ones((4, 2)), np.ones((4, 2)), np.ones((4, 2))),
                                   {"scale": float("nan")})],
@@ -163,6 +171,7 @@ def error_calls():
         "window_mask": [((3, 3, -1, 0), {}), ((3, 3, 1.5, 0), {})],
         "alibi_bias": [((0, 3), {}), ((2, "3"), {})],
         "padding_mask": [((np.array([1.5]), 2), {}), ((np.array([[1]]), "x"), {})],
+        "lengths_mask": [((np.array([3]), None, 2, 2), {}), ((None, [1.0], 2, 2), {})],
     }
     return {name: calls.get(name, [((C,) * _n_positional(getattr(selfattn, name)), {})])
             for name in array_functions()}

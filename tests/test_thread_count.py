@@ -7,6 +7,7 @@ of threads would show in the last bits. Calls from several Python threads at onc
 tests/test_threads.py's concern.
 """
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -109,6 +110,25 @@ def test_the_attention_backward(isa, dtype, threads):
             _core.attention_backward(*grads, dO, Q, K, V, mask, 0.2, band, code)
             return tuple(grads)
         same_for_every_thread_count(backward)
+
+
+def test_lengths_and_the_lse(isa, threads):
+    """Per-sequence lengths (attn.h's band with lengths, bottom-right aligned per sequence too)
+    through the fused forward with its log-sum-exps and through the backward, float32."""
+    code = _core.isa_code(isa)
+    rng = np.random.default_rng(41)
+    n_q, n_k, d = 500, 420, 16
+    Q, dO = (rng.standard_normal((3, n_q, d)).astype(np.float32) for _ in range(2))
+    K, V = (rng.standard_normal((3, n_k, d)).astype(np.float32) for _ in range(2))
+    lengths = np.array([500, 170, 0], dtype=np.intp), np.array([420, 300, 9], dtype=np.intp)
+    for band in [(-n_q, n_k, False) + lengths, (-sys.maxsize, 0, True) + lengths]:
+        def run():
+            out, lse = np.empty((3, n_q, d), np.float32), np.empty((3, n_q), np.float32)
+            grads = [np.empty_like(a) for a in (Q, K, V)]
+            _core.attention(out, None, Q, K, V, None, 0.25, band, code, lse)
+            _core.attention_backward(*grads, dO, Q, K, V, None, 0.25, band, code)
+            return out, lse, *grads
+        same_for_every_thread_count(run)
 
 
 def test_the_multi_head_backward(isa, threads):
