@@ -73,6 +73,7 @@ def test_all_is_exported():
         assert hasattr(selfattn, name), name
 
 
+@pytest.mark.c_backend
 def test_extension_is_compiled_and_numpy_is_the_only_dependency():
     from importlib.metadata import requires
     spec = importlib.util.find_spec("selfattn._core")

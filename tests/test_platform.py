@@ -58,6 +58,7 @@ def test_every_listed_tier_is_supported_and_the_best_is_chosen_by_default():
     assert _core.best_isa() == tiers[0]
 
 
+@pytest.mark.c_backend
 def test_the_tiers_of_this_architecture():
     """x86 tiers only on x86, NEON only on 64-bit ARM, where it is the default."""
     tiers = list(_core.supported_isas())
