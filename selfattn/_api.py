@@ -337,7 +337,8 @@ def scaled_dot_product_attention(Q, K, V, *, scale=None, mask=None, bias=None, i
         Query rows at or past their length give output 0 (and gradient 0); keys at or past
         their length are invisible. Each length is in ``[0, n_q]`` or ``[0, n_k]``; the padding
         costs no arithmetic. Combined with ``mask``, ``bias`` and ``is_causal`` (every rule must
-        allow a key); causal masking stays top-left aligned (query ``i`` sees keys ``j <= i``).
+        allow a key); ``is_causal="bottom_right"`` and ``window`` are then measured from each
+        sequence's own diagonal, ``i + key_length - query_length`` (as flash-attn's varlen).
         :func:`lengths_mask` draws the same rule as a boolean mask.
     return_lse : bool, optional
         Also return each query row's log-sum-exp of its scaled, masked scores,
