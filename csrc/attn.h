@@ -114,6 +114,35 @@ static inline double sa_band_pairs(sa_band band, sa_int n_q, sa_int n_k)
     return pairs;
 }
 
+/* What a call does to each score between the product and the mask, and to each weight after the
+   softmax (issue 10); NULL means nothing. Later modifications join as fields, so the kernels'
+   signatures stay put.
+   softcap:   0 (none) or c > 0: each score s = scale * q . k becomes c * tanh(s / c) (Gemma 2's
+              logit soft-capping), BEFORE the mask, bias and band, so -inf masks stay -inf; the
+              backward multiplies dS by 1 - tanh^2(s / c). */
+typedef struct {
+    double softcap;
+} sa_score_mods;
+
+static inline double sa_softcap_of(const sa_score_mods *mods)
+{
+    return mods ? mods->softcap : 0;
+}
+
+/* The scalar soft-cap of one score (reference tier, blocked backward): c tanh(s / c) in double. */
+static inline double sa_softcap_score(double s, double cap)
+{
+    return cap * tanh(s / cap);
+}
+
+/* d/ds of c tanh(s / c) = 1 - tanh^2(s / c) = g (2 - g) with g = 1 - |tanh| = 2 / (e^(2|x|) + 1),
+   x = s / c: no cancellation where tanh nears 1 (large scores), unlike 1 - tanh^2. */
+static inline double sa_softcap_slope(double s, double cap)
+{
+    double g = 2 / (exp(2 * fabs(s / cap)) + 1);
+    return g * (2 - g);
+}
+
 /* Offset, in elements, of batch item `item` (0 <= item < batch->count, C order) for one operand. */
 static inline sa_int sa_batch_offset(const sa_batch *batch, const sa_int *bstride, sa_int item)
 {
@@ -184,7 +213,7 @@ int sa_interrupted(void);
  * T is float for *_f32 and double for *_f64; float32 kernels compute in float32.
  *
  * scores:    S[b] (n_q, n_k) = scale * Q[b] (n_q, d_k) . K[b] (n_k, d_k)^T (NaN where that
- *            overflowed: sa_overflowed_score below), then the mask:
+ *            overflowed: sa_overflowed_score below), soft-capped (mods, sa_score_mods), then the mask:
  *            SA_MASK_ADD adds mask(i, j); SA_MASK_BOOL sets S = -inf where mask(i, j) == 0;
  *            then S = -inf where the band hides key j from query i (sa_band above).
  * softmax:   out[b] (n_rows, n) = softmax of each row of in[b]. A row whose max is -inf (every
@@ -201,7 +230,8 @@ int sa_interrupted(void);
  */
 typedef int (*sa_scores_fn)(const sa_exec *ex, const sa_batch *batch, const sa_mat *scores,
                             const sa_mat *Q, const sa_mat *K, const sa_mask *mask,
-                            sa_int n_q, sa_int n_k, sa_int d_k, double scale, sa_band band);
+                            sa_int n_q, sa_int n_k, sa_int d_k, double scale, sa_band band,
+                            const sa_score_mods *mods);
 typedef int (*sa_softmax_fn)(const sa_exec *ex, const sa_batch *batch, const sa_mat *out,
                              const sa_mat *in, sa_int n_rows, sa_int n);
 typedef int (*sa_matmul_fn)(const sa_exec *ex, const sa_batch *batch, const sa_mat *C,
@@ -209,7 +239,7 @@ typedef int (*sa_matmul_fn)(const sa_exec *ex, const sa_batch *batch, const sa_m
 typedef int (*sa_attention_fn)(const sa_exec *ex, const sa_batch *batch, const sa_mat *out,
                                const sa_mat *weights, const sa_mat *Q, const sa_mat *K, const sa_mat *V,
                                const sa_mask *mask, sa_int n_q, sa_int n_k, sa_int d_k,
-                               sa_int d_v, double scale, sa_band band);
+                               sa_int d_v, double scale, sa_band band, const sa_score_mods *mods);
 
 /*
  * attention_backward: the gradients of attention (forward as above, O = softmax(S) . V with
@@ -228,11 +258,13 @@ typedef int (*sa_attention_backward_fn)(const sa_exec *ex, const sa_batch *batch
                                         const sa_mat *dO, const sa_mat *Q, const sa_mat *K,
                                         const sa_mat *V, const sa_mask *mask, sa_int n_q,
                                         sa_int n_k, sa_int d_k, sa_int d_v, double scale,
-                                        sa_band band);
+                                        sa_band band, const sa_score_mods *mods);
 /* vexp:      out[j] = e^in[j] or 2^in[j], j < n, with the tier's vectorised exp (the one softmax
  *            and attention use); for the accuracy tests. The _NONPOS modes are the variants the
- *            kernels run on arguments known to be <= 0 (or NaN); other arguments are undefined. */
-enum { SA_VEXP_EXP = 0, SA_VEXP_EXP2 = 1, SA_VEXP_EXP_NONPOS = 2, SA_VEXP_EXP2_NONPOS = 3 };
+ *            kernels run on arguments known to be <= 0 (or NaN); other arguments are undefined.
+ *            SA_VEXP_TANH gives tanh(in[j]) instead, the fast tiers' soft-cap (sa_score_mods). */
+enum { SA_VEXP_EXP = 0, SA_VEXP_EXP2 = 1, SA_VEXP_EXP_NONPOS = 2, SA_VEXP_EXP2_NONPOS = 3,
+       SA_VEXP_TANH = 4 };
 typedef void (*sa_vexp_fn)(void *out, const void *in, sa_int n, int mode);
 
 /* The overflow rule. A score is scale * (q . k) (then the mask). One that is +-inf or NaN although
@@ -289,12 +321,14 @@ int sa_attention_backward_blocked_f32(const sa_exec *ex, const sa_batch *batch, 
                                       const sa_mat *dK, const sa_mat *dV, const sa_mat *dO,
                                       const sa_mat *Q, const sa_mat *K, const sa_mat *V,
                                       const sa_mask *mask, sa_int n_q, sa_int n_k, sa_int d_k,
-                                      sa_int d_v, double scale, sa_band band);
+                                      sa_int d_v, double scale, sa_band band,
+                                      const sa_score_mods *mods);
 int sa_attention_backward_blocked_f64(const sa_exec *ex, const sa_batch *batch, const sa_mat *dQ,
                                       const sa_mat *dK, const sa_mat *dV, const sa_mat *dO,
                                       const sa_mat *Q, const sa_mat *K, const sa_mat *V,
                                       const sa_mask *mask, sa_int n_q, sa_int n_k, sa_int d_k,
-                                      sa_int d_v, double scale, sa_band band);
+                                      sa_int d_v, double scale, sa_band band,
+                                      const sa_score_mods *mods);
 
 /* The backward's memory budgets. The fast tiers' fused backward keeps its partial sums of dK and
    dV under SA_BACKWARD_PARTIAL_BYTES and each thread's panel of scores (a block of query rows by

@@ -266,7 +266,8 @@ static sa_band clamped_band(sa_band band, sa_int n_q, sa_int n_k)
 
 static int scores_impl(int isa, int precision, const sa_batch *batch, const sa_mat *out,
                        const sa_mat *Q, const sa_mat *K, const sa_mask *mask, sa_int n_q,
-                       sa_int n_k, sa_int d_k, double scale, sa_band band)
+                       sa_int n_k, sa_int d_k, double scale, sa_band band,
+                       const sa_score_mods *mods)
 {
     sa_exec ex;
     const sa_kernels *tier = prepare(&ex, isa, batch, precision, NULL, 0);
@@ -275,7 +276,7 @@ static int scores_impl(int isa, int precision, const sa_batch *batch, const sa_m
     int status;
     RUN_KERNEL(status, 2.0 * batch->count * n_q * n_k * (d_k + 1),
                tier->scores[precision](&ex, batch, out, Q, K, mask, n_q, n_k, d_k, scale,
-                                       clamped_band(band, n_q, n_k)));
+                                       clamped_band(band, n_q, n_k), mods));
     return raise_status(status);
 }
 
@@ -320,7 +321,8 @@ static int output_impl(int isa, int precision, const sa_batch *batch, const sa_m
 static int attention_impl(int isa, int precision, const sa_batch *batch, const sa_mat *out,
                           const sa_mat *weights, const sa_mat *Q, const sa_mat *K,
                           const sa_mat *V, const sa_mask *mask, sa_int n_q, sa_int n_k,
-                          sa_int d_k, sa_int d_v, double scale, sa_band band)
+                          sa_int d_k, sa_int d_v, double scale, sa_band band,
+                          const sa_score_mods *mods)
 {
     sa_exec ex;
     const sa_values values[] = {{V, n_k, d_v}};
@@ -330,7 +332,7 @@ static int attention_impl(int isa, int precision, const sa_batch *batch, const s
     int status;
     RUN_KERNEL(status, 2.0 * batch->count * n_q * n_k * (d_k + d_v),
                tier->attention[precision](&ex, batch, out, weights, Q, K, V, mask, n_q, n_k, d_k,
-                                          d_v, scale, clamped_band(band, n_q, n_k)));
+                                          d_v, scale, clamped_band(band, n_q, n_k), mods));
     return raise_status(status);
 }
 
@@ -338,7 +340,8 @@ static int attention_backward_impl(int isa, int precision, const sa_batch *batch
                                    const sa_mat *dQ, const sa_mat *dK, const sa_mat *dV,
                                    const sa_mat *dO, const sa_mat *Q, const sa_mat *K,
                                    const sa_mat *V, const sa_mask *mask, sa_int n_q, sa_int n_k,
-                                   sa_int d_k, sa_int d_v, double scale, sa_band band)
+                                   sa_int d_k, sa_int d_v, double scale, sa_band band,
+                                   const sa_score_mods *mods)
 {
     sa_exec ex;
     const sa_values values[] = {{V, n_k, d_v}, {dO, n_q, d_v}};
@@ -349,7 +352,7 @@ static int attention_backward_impl(int isa, int precision, const sa_batch *batch
     RUN_KERNEL(status, 2.0 * batch->count * n_q * n_k * (3 * d_k + 4 * d_v),
                tier->attention_backward[precision](&ex, batch, dQ, dK, dV, dO, Q, K, V, mask, n_q,
                                                    n_k, d_k, d_v, scale,
-                                                   clamped_band(band, n_q, n_k)));
+                                                   clamped_band(band, n_q, n_k), mods));
     return raise_status(status);
 }
 
@@ -443,7 +446,7 @@ static PyObject *core_scores(PyObject *self, PyObject *args)
         || get_mat(K_obj, typenum, 0, &batch, n_k, d_k, &K, "K") < 0
         || get_mask(mask_obj, typenum, &batch, n_q, n_k, &mask) < 0
         || scores_impl(isa, precision, &batch, &out, &Q, &K, &mask, n_q, n_k, d_k, scale,
-                       band) < 0)
+                       band, NULL) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -569,10 +572,11 @@ static PyObject *core_project(PyObject *self, PyObject *args)
 }
 
 PyDoc_STRVAR(attention_doc,
-             "attention(out, weights, Q, K, V, mask, scale, band, isa)\n--\n\n"
+             "attention(out, weights, Q, K, V, mask, scale, band, isa, softcap=0.0)\n--\n\n"
              "out[...] = softmax(scale * Q @ K^T + mask, keys outside the band (lo, hi) hidden) "
              "@ V (private); weights may be None "
-             "(fused, O(n d) memory) or an output for the weights.");
+             "(fused, O(n d) memory) or an output for the weights. softcap > 0: each score s "
+             "becomes softcap * tanh(s / softcap) before the mask.");
 
 static PyObject *core_attention(PyObject *self, PyObject *args)
 {
@@ -580,8 +584,9 @@ static PyObject *core_attention(PyObject *self, PyObject *args)
     double scale;
     sa_band band;
     int isa, typenum, precision;
-    if (!PyArg_ParseTuple(args, "OOOOOOd(nn)i", &out_obj, &weights_obj, &Q_obj, &K_obj, &V_obj,
-                          &mask_obj, &scale, &band.lo, &band.hi, &isa))
+    sa_score_mods mods = {.softcap = 0};
+    if (!PyArg_ParseTuple(args, "OOOOOOd(nn)i|d", &out_obj, &weights_obj, &Q_obj, &K_obj, &V_obj,
+                          &mask_obj, &scale, &band.lo, &band.hi, &isa, &mods.softcap))
         return NULL;
     sa_batch batch;
     sa_mat out, weights, Q, K, V;
@@ -603,14 +608,15 @@ static PyObject *core_attention(PyObject *self, PyObject *args)
         || get_mat(V_obj, typenum, 0, &batch, n_k, d_v, &V, "V") < 0
         || get_mask(mask_obj, typenum, &batch, n_q, n_k, &mask) < 0
         || attention_impl(isa, precision, &batch, &out, weights_obj != Py_None ? &weights : NULL,
-                          &Q, &K, &V, &mask, n_q, n_k, d_k, d_v, scale, band) < 0)
+                          &Q, &K, &V, &mask, n_q, n_k, d_k, d_v, scale, band, &mods) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
 
 PyDoc_STRVAR(attention_backward_doc,
-             "attention_backward(dQ, dK, dV, dO, Q, K, V, mask, scale, band, isa)\n--\n\n"
-             "dQ, dK, dV[...] = the gradients of attention(..., band, ...) given dO "
+             "attention_backward(dQ, dK, dV, dO, Q, K, V, mask, scale, band, isa, softcap=0.0)"
+             "\n--\n\n"
+             "dQ, dK, dV[...] = the gradients of attention(..., band, ..., softcap) given dO "
              "(private).");
 
 static PyObject *core_attention_backward(PyObject *self, PyObject *args)
@@ -619,8 +625,10 @@ static PyObject *core_attention_backward(PyObject *self, PyObject *args)
     double scale;
     sa_band band;
     int isa, typenum, precision;
-    if (!PyArg_ParseTuple(args, "OOOOOOOOd(nn)i", &dQ_obj, &dK_obj, &dV_obj, &dO_obj, &Q_obj,
-                          &K_obj, &V_obj, &mask_obj, &scale, &band.lo, &band.hi, &isa))
+    sa_score_mods mods = {.softcap = 0};
+    if (!PyArg_ParseTuple(args, "OOOOOOOOd(nn)i|d", &dQ_obj, &dK_obj, &dV_obj, &dO_obj, &Q_obj,
+                          &K_obj, &V_obj, &mask_obj, &scale, &band.lo, &band.hi, &isa,
+                          &mods.softcap))
         return NULL;
     sa_batch batch;
     sa_mat dQ, dK, dV, dO, Q, K, V;
@@ -642,7 +650,7 @@ static PyObject *core_attention_backward(PyObject *self, PyObject *args)
         || get_mat(V_obj, typenum, 0, &batch, n_k, d_v, &V, "V") < 0
         || get_mask(mask_obj, typenum, &batch, n_q, n_k, &mask) < 0
         || attention_backward_impl(isa, precision, &batch, &dQ, &dK, &dV, &dO, &Q, &K, &V, &mask,
-                                   n_q, n_k, d_k, d_v, scale, band) < 0)
+                                   n_q, n_k, d_k, d_v, scale, band, &mods) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -746,7 +754,7 @@ static PyObject *plain_attention(int typenum, const sa_mat *Q, const sa_mat *K, 
         return NULL;
     return result_or_null(result, attention_impl(-1, precision_of(typenum), &single, &out, NULL,
                                                  Q, K, V, &no_mask, n_q, n_k, d_k, d_v, scale,
-                                                 band));
+                                                 band, NULL));
 }
 
 static PyObject *core_plain_sdpa(PyObject *self, PyObject *args)
@@ -825,7 +833,7 @@ static PyObject *core_plain_scores(PyObject *self, PyObject *args)
     if (result == NULL)
         return NULL;
     return result_or_null(result, scores_impl(-1, precision_of(typenum), &single, &S, &Q, &K,
-                                              &no_mask, n_q, n_k, d_k, scale, band));
+                                              &no_mask, n_q, n_k, d_k, scale, band, NULL));
 }
 
 static PyObject *core_plain_softmax(PyObject *self, PyObject *x_obj)
@@ -861,7 +869,7 @@ static PyObject *core_plain_output(PyObject *self, PyObject *args)
 }
 
 PyDoc_STRVAR(vexp_doc, "vexp(out, x, isa, mode=0)\n--\n\n"
-                       "out[:] = exp(x) (mode 0), 2**x (1), or the variants for x <= 0 (2, 3), "
+                       "out[:] = exp(x) (mode 0), 2**x (1), the variants for x <= 0 (2, 3), or tanh(x) (4), "
                        "with the tier's vectorised exp (private; for the accuracy tests). out "
                        "and x: 1-d contiguous arrays of one float type.");
 
@@ -871,8 +879,8 @@ static PyObject *core_vexp(PyObject *self, PyObject *args)
     int isa, mode = SA_VEXP_EXP;
     if (!PyArg_ParseTuple(args, "OOi|i", &out_obj, &in_obj, &isa, &mode))
         return NULL;
-    if (mode < SA_VEXP_EXP || mode > SA_VEXP_EXP2_NONPOS) {
-        PyErr_SetString(PyExc_ValueError, "_core.vexp: mode must be 0, 1, 2 or 3");
+    if (mode < SA_VEXP_EXP || mode > SA_VEXP_TANH) {
+        PyErr_SetString(PyExc_ValueError, "_core.vexp: mode must be 0, 1, 2, 3 or 4");
         return NULL;
     }
     if (!PyArray_Check(out_obj) || !PyArray_Check(in_obj)) {
