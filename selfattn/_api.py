@@ -34,6 +34,7 @@ from ._validate import (
     _check_size,
     _dtypes,
     _flag,
+    _softcap,
 )
 
 __all__ = [
@@ -277,7 +278,7 @@ def compute_attention_output(attn_weights, V):
 
 
 def scaled_dot_product_attention(Q, K, V, *, scale=None, mask=None, bias=None, is_causal=False,
-                                 return_weights=False):
+                                 return_weights=False, softcap=None):
     """Attention from queries, keys and values: ``softmax(Q @ K^T * scale + mask + bias) @ V``.
 
     The three notebook steps in one call, under the name torch users know
@@ -304,6 +305,10 @@ def scaled_dot_product_attention(Q, K, V, *, scale=None, mask=None, bias=None, i
         Query ``i`` sees only keys ``j <= i``. Combined with ``mask`` (both must allow).
     return_weights : bool, optional
         Also return the attention weights (this stores them: O(n_q * n_k) memory).
+    softcap : float, optional
+        Logit soft-capping (Gemma 2, flash-attn's ``softcap``): each scaled score ``s`` becomes
+        ``softcap * tanh(s / softcap)`` before the mask and bias are applied (so masked keys stay
+        masked); a finite number > 0, or None (default) for none.
 
     Returns
     -------
@@ -339,7 +344,8 @@ def scaled_dot_product_attention(Q, K, V, *, scale=None, mask=None, bias=None, i
     array([[1.       , 2.       ],
            [2.3395231, 3.3395231]])
     """
-    if mask is None and bias is None and return_weights is False and type(is_causal) is bool:
+    if (mask is None and bias is None and return_weights is False and type(is_causal) is bool
+            and softcap is None):
         result = _core.plain_sdpa(Q, K, V, scale, _plain_band(is_causal))
         if result is not None:
             return result
@@ -348,12 +354,13 @@ def scaled_dot_product_attention(Q, K, V, *, scale=None, mask=None, bias=None, i
     return_weights = _flag(func, "return_weights", return_weights)
     batch, scale, visibility, mask, result, compute = _attention_operands(
         func, Q, K, V, mask, is_causal, scale, bias=bias)
-    out, weights = _attend(func, batch, Q, K, V, mask, scale, visibility, compute, return_weights)
+    out, weights = _attend(func, batch, Q, K, V, mask, scale, visibility, compute, return_weights,
+                           softcap=_softcap(func, softcap))
     return _finish_attention(out, weights, result)
 
 
 def self_attention_layer(X, W_q, W_k, W_v, *, scale=None, mask=None, bias=None,
-                         is_causal=False, return_weights=False):
+                         is_causal=False, return_weights=False, softcap=None):
     """A full single-head self-attention layer: project X to Q, K, V, then attend.
 
     Step 4 of the notebook. Exactly::
@@ -383,6 +390,10 @@ def self_attention_layer(X, W_q, W_k, W_v, *, scale=None, mask=None, bias=None,
         Token ``i`` attends only to tokens ``j <= i``.
     return_weights : bool, optional
         Also return the ``(..., n, n)`` attention weights.
+    softcap : float, optional
+        Logit soft-capping (Gemma 2, flash-attn's ``softcap``): each scaled score ``s`` becomes
+        ``softcap * tanh(s / softcap)`` before the mask and bias are applied (so masked keys stay
+        masked); a finite number > 0, or None (default) for none.
 
     Returns
     -------
@@ -411,12 +422,14 @@ def self_attention_layer(X, W_q, W_k, W_v, *, scale=None, mask=None, bias=None,
     >>> w.sum(axis=-1)                                       # each row of weights sums to 1
     array([1., 1., 1.])
     """
-    if mask is None and bias is None and return_weights is False and type(is_causal) is bool:
+    if (mask is None and bias is None and return_weights is False and type(is_causal) is bool
+            and softcap is None):
         result = _core.plain_layer(X, W_q, W_k, W_v, scale, _plain_band(is_causal))
         if result is not None:
             return result
     func = "self_attention_layer"
     return_weights = _flag(func, "return_weights", return_weights)
-    L = _Layer(func, X, W_q, W_k, W_v, None, None, scale, mask, is_causal, bias=bias)
+    L = _Layer(func, X, W_q, W_k, W_v, None, None, scale, mask, is_causal, bias=bias,
+               softcap=softcap)
     out, weights = L.attend(*L.project(), return_weights)
     return _finish_attention(out, weights, L.result)

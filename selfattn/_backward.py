@@ -25,6 +25,7 @@ from ._validate import (
     _check_grad_shape,
     _check_size,
     _dtypes,
+    _softcap,
 )
 
 __all__ = ["scaled_dot_product_attention_backward", "self_attention_layer_backward"]
@@ -85,7 +86,7 @@ def _layer_input_grads(L, dO, Q, K, V):
         sources = [("dX", L.X, L.W_all, dQ, ((L.W_q, 0, wq),)),
                    ("dkv", L.KV, L.W_kv, d_kv, ((L.W_k, 0, wk), (L.W_v, wk, wk + wv)))]
     _attention_grads(L.att_batch, *(_split_heads(A, L.heads) for A in (dQ, dK, dV, dO)), Q, K, V,
-                     L.mask, L.scale, L.visibility, c)
+                     L.mask, L.scale, L.visibility, c, L.softcap)
     grads, weight_grads, d_proj = {}, [], []
     for name, src, W_all, dP, parts in sources:
         grads[name] = _sum_to(_matmul(dP, _transpose(W_all), c, b), src.shape)
@@ -100,7 +101,7 @@ def _layer_input_grads(L, dO, Q, K, V):
 
 
 def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None, bias=None,
-                                          is_causal=False):
+                                          is_causal=False, softcap=None):
     """Gradients of :func:`scaled_dot_product_attention`: ``(dQ, dK, dV)`` given ``dO``.
 
     For ``O = softmax(S) @ V`` with ``S = Q @ K^T * scale + mask`` and ``P = softmax(S)`` (by rows),
@@ -110,6 +111,9 @@ def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None,
         dP = dO @ V^T;   D = (P * dP).sum(-1, keepdims=True)   # = (dO * O).sum(-1)
         dS = P * (dP - D)
         dQ = dS @ K * scale;   dK = dS^T @ Q * scale
+
+    With ``softcap``, S holds the capped scores ``c * tanh(R / c)`` (R = Q @ K^T * scale) and
+    dS is multiplied by their slope ``1 - tanh(R / c)**2`` before dQ and dK.
 
     computed in C block by block (FlashAttention-2 style): the ``n_q x n_k`` weights are never
     stored. Each thread keeps at most one panel of 64 query rows (up to 8 MiB); where that would
@@ -122,7 +126,7 @@ def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None,
     dO : array_like, shape (..., n_q, d_v)
         Gradient of the loss with respect to the attention output; exactly the shape
         :func:`scaled_dot_product_attention` returns for these arguments.
-    Q, K, V, scale, mask, bias, is_causal
+    Q, K, V, scale, mask, bias, is_causal, softcap
         As in :func:`scaled_dot_product_attention`.
 
     Returns
@@ -163,6 +167,7 @@ def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None,
     dO, Q, K, V = _as_matrices(func, ("dO", dO, "(n_q, d_v)"), *_QKV(Q, K, V))
     batch, scale, visibility, mask, result, _ = _attention_operands(func, Q, K, V, mask, is_causal,
                                                                 scale, bias=bias)
+    softcap = _softcap(func, softcap)
     n_q, n_k, d_k, d_v = Q.shape[-2], K.shape[-2], Q.shape[-1], V.shape[-1]
     _check_grad_shape(func, "dO", dO, batch + (n_q, d_v), "output")
     compute = _dtypes(Q, K, V)[1]
@@ -172,12 +177,12 @@ def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None,
     dK = np.empty(batch + (n_k, d_k), dtype=compute)
     dV = np.empty(batch + (n_k, d_v), dtype=compute)
     dO_c = dO.astype(compute, copy=False)
-    _attention_grads(batch, dQ, dK, dV, dO_c, Q, K, V, mask, scale, visibility, compute)
+    _attention_grads(batch, dQ, dK, dV, dO_c, Q, K, V, mask, scale, visibility, compute, softcap)
     return tuple(_finish(_sum_to(g, x.shape), result) for g, x in ((dQ, Q), (dK, K), (dV, V)))
 
 
 def self_attention_layer_backward(dY, X, W_q, W_k, W_v, *, scale=None, mask=None, bias=None,
-                                  is_causal=False):
+                                  is_causal=False, softcap=None):
     """Gradients of :func:`self_attention_layer`: ``(dX, dW_q, dW_k, dW_v)`` given ``dY``.
 
     With ``Q, K, V = X @ W_q, X @ W_k, X @ W_v`` and ``(dQ, dK, dV)`` from
@@ -194,7 +199,7 @@ def self_attention_layer_backward(dY, X, W_q, W_k, W_v, *, scale=None, mask=None
     dY : array_like, shape (..., n, d_v)
         Gradient of the loss with respect to the layer's output; exactly the shape
         :func:`self_attention_layer` returns for these arguments.
-    X, W_q, W_k, W_v, scale, mask, bias, is_causal
+    X, W_q, W_k, W_v, scale, mask, bias, is_causal, softcap
         As in :func:`self_attention_layer` (the bias gets no gradient).
 
     Returns
@@ -231,7 +236,8 @@ def self_attention_layer_backward(dY, X, W_q, W_k, W_v, *, scale=None, mask=None
     """
     func = "self_attention_layer_backward"
     dY, = _as_matrices(func, ("dY", dY, "(seq_len, d_v)"))
-    L = _Layer(func, X, W_q, W_k, W_v, None, None, scale, mask, is_causal, bias=bias)
+    L = _Layer(func, X, W_q, W_k, W_v, None, None, scale, mask, is_causal, bias=bias,
+               softcap=softcap)
     _check_grad_shape(func, "dY", dY, L.out_batch + (L.n, L.d_v), "output")
     Q, K, V = L.project()
     grads = _layer_input_grads(L, dY.astype(L.compute, copy=False), Q, K, V)

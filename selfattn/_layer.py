@@ -25,6 +25,7 @@ from ._validate import (
     _mask,
     _require_matrix,
     _scale,
+    _softcap,
     _visibility,
 )
 
@@ -38,7 +39,7 @@ class _Layer:
     proj_batch, and the weights' and biases' to one w_batch."""
 
     def __init__(self, func, X, W_q, W_k, W_v, W_o, heads, scale, mask, is_causal, kv=None,
-                 biases=(None, None, None, None), bias=None):
+                 biases=(None, None, None, None), bias=None, softcap=None):
         self.func = func
         X = _as_array(func, "X", X)
         KV = None if kv is None else _as_array(func, "kv", kv)
@@ -68,6 +69,7 @@ class _Layer:
         arrays += [b for b in self.biases if b is not None]
         self.visibility = _visibility(func, is_causal)
         self.scale = _scale(func, scale, self.d_k)
+        self.softcap = _softcap(func, softcap)
         self.result, self.compute = _dtypes(*arrays)
         self.n = n = X.shape[-2]
         self.n_k = n_k = n if KV is None else KV.shape[-2]
@@ -140,7 +142,7 @@ class _Layer:
     def attend(self, Q, K, V, return_weights):
         """The heads' output, concatenated: (out_batch, n, num_heads * d_v), and the weights."""
         return _attend(self.func, self.att_batch, Q, K, V, self.mask, self.scale, self.visibility,
-                       self.compute, return_weights, self.heads)
+                       self.compute, return_weights, self.heads, self.softcap)
 
     def output(self, out):
         """Y = out @ W_o + b_o (multi-head), through the same projection path as Q, K, V."""

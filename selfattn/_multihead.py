@@ -18,7 +18,7 @@ __all__ = ["multi_head_attention", "multi_head_attention_backward"]
 
 def multi_head_attention(X, W_q, W_k, W_v, W_o, *, num_heads, kv=None, b_q=None, b_k=None,
                          b_v=None, b_o=None, scale=None, mask=None, bias=None, is_causal=False,
-                         return_weights=False):
+                         return_weights=False, softcap=None):
     """Multi-head attention: ``num_heads`` attention heads side by side, then ``W_o``.
 
     The step after the notebook's single head. Exactly (``kv`` defaults to ``X``, self-attention;
@@ -80,6 +80,10 @@ def multi_head_attention(X, W_q, W_k, W_v, W_o, *, num_heads, kv=None, b_q=None,
         in :func:`scaled_dot_product_attention`); combined with ``mask`` (both must allow).
     return_weights : bool, optional
         Also return every head's attention weights.
+    softcap : float, optional
+        Logit soft-capping in every head: each scaled score ``s`` becomes
+        ``softcap * tanh(s / softcap)`` before the mask and bias (see
+        :func:`scaled_dot_product_attention`); None (default) for none.
 
     Returns
     -------
@@ -124,14 +128,14 @@ def multi_head_attention(X, W_q, W_k, W_v, W_o, *, num_heads, kv=None, b_q=None,
     heads = _integer(func, "num_heads", num_heads, 1)
     return_weights = _flag(func, "return_weights", return_weights)
     L = _Layer(func, X, W_q, W_k, W_v, W_o, heads, scale, mask, is_causal, kv,
-               (b_q, b_k, b_v, b_o), bias)
+               (b_q, b_k, b_v, b_o), bias, softcap)
     out, weights = L.attend(*L.project(), return_weights)
     return _finish_attention(L.output(out), weights, L.result)
 
 
 def multi_head_attention_backward(dY, X, W_q, W_k, W_v, W_o, *, num_heads, kv=None, b_q=None,
                                   b_k=None, b_v=None, b_o=None, scale=None, mask=None, bias=None,
-                                  is_causal=False):
+                                  is_causal=False, softcap=None):
     """Gradients of :func:`multi_head_attention`: ``(dX, dW_q, dW_k, dW_v, dW_o)`` given ``dY``,
     then ``dkv`` and ``db_q, db_k, db_v, db_o`` for those of ``kv`` and the biases given.
 
@@ -154,7 +158,7 @@ def multi_head_attention_backward(dY, X, W_q, W_k, W_v, W_o, *, num_heads, kv=No
     dY : array_like, shape (..., n, d_out)
         Gradient of the loss with respect to the output; exactly the shape
         :func:`multi_head_attention` returns for these arguments.
-    X, W_q, W_k, W_v, W_o, num_heads, kv, b_q, b_k, b_v, b_o, scale, mask, bias, is_causal
+    X, W_q, W_k, W_v, W_o, num_heads, kv, b_q, b_k, b_v, b_o, scale, mask, bias, is_causal, softcap
         As in :func:`multi_head_attention`.
 
     Returns
@@ -195,7 +199,7 @@ def multi_head_attention_backward(dY, X, W_q, W_k, W_v, W_o, *, num_heads, kv=No
     heads = _integer(func, "num_heads", num_heads, 1)
     dY, = _as_matrices(func, ("dY", dY, "(seq_len, d_out)"))
     L = _Layer(func, X, W_q, W_k, W_v, W_o, heads, scale, mask, is_causal, kv,
-               (b_q, b_k, b_v, b_o), bias)
+               (b_q, b_k, b_v, b_o), bias, softcap)
     c = L.compute
     _check_grad_shape(func, "dY", dY, L.y_batch + (L.n, L.W_o.shape[-1]), "output")
     dY = dY.astype(c, copy=False)

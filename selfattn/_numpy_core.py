@@ -6,7 +6,8 @@ is the same for both backends, so validation, dtype rules and messages are share
 only computes, with the conventions of the C kernels (csrc/attn.h):
 
 * scores = scale * Q @ K^T; one that is inf or NaN although its rows of Q and K are finite has
-  overflowed and is NaN (attn.h's sa_overflowed_score); then a float mask is added, a boolean one
+  overflowed and is NaN (attn.h's sa_overflowed_score); with a soft-cap c (attention only) it
+  becomes c * tanh(score / c) (attn.h's sa_score_mods); then a float mask is added, a boolean one
   sets -inf where it is False, keys outside the band (query i sees i + lo <= j <= i + hi) are -inf;
 * softmax subtracts each row's maximum; a row of -inf (every key masked) gives weights 0, a row
   holding NaN gives NaN;
@@ -169,9 +170,11 @@ def _weigh(W, B, bad_columns, out=None):
     return out
 
 
-def _scores_block(Q, K, rows, mask, scale, band):
-    """The scores of query rows `rows` against every key: scaled, overflow made NaN, masked, and
-    -inf outside the band: query i sees the keys i + lo <= j <= i + hi (csrc/attn.h's sa_band)."""
+def _scores_block(Q, K, rows, mask, scale, band, softcap=0.0, slope=None):
+    """The scores of query rows `rows` against every key: scaled, overflow made NaN, soft-capped
+    (softcap > 0), masked, and -inf outside the band: query i sees the keys i + lo <= j <= i + hi
+    (csrc/attn.h's sa_band). With a soft-cap and a list `slope`, the capped scores' derivatives
+    1 - tanh^2(score / c) are appended to it (for the backward)."""
     n_q, n_k = Q.shape[-2], K.shape[-2]
     Q = Q[..., rows, :]
     with np.errstate(over="ignore", invalid="ignore"):
@@ -182,6 +185,14 @@ def _scores_block(Q, K, rows, mask, scale, band):
         finite_q = np.isfinite(Q).all(axis=-1)[..., :, None]
         finite_k = np.isfinite(K).all(axis=-1)[..., None, :]
         S[overflowed & finite_q & finite_k] = np.nan
+    if softcap:
+        # in double, as the C tiers' reference (attn.h's sa_softcap_score and sa_softcap_slope)
+        x = S.astype(np.float64) / softcap
+        if slope is not None:
+            with np.errstate(over="ignore"):
+                g = 2 / (np.exp(2 * np.abs(x)) + 1)
+            slope.append((g * (2 - g)).astype(S.dtype))
+        S = (softcap * np.tanh(x)).astype(S.dtype)
     if mask is not None:
         block = mask[..., rows, :]
         if block.dtype == np.bool_:
@@ -287,9 +298,10 @@ def _attention_operands(out_shape, dtype, Q, K, V, mask):
             _operand(V, dtype, batch + (n_k, d_v), "V"), _mask(mask, dtype, batch + (n_q, n_k)))
 
 
-def attention(out, weights, Q, K, V, mask, scale, band, isa):
+def attention(out, weights, Q, K, V, mask, scale, band, isa, softcap=0.0):
     """out[...] = softmax(scale * Q @ K^T + mask) @ V, block by block of query rows; weights is
-    None (only one block of weights exists at a time) or an output for the weights."""
+    None (only one block of weights exists at a time) or an output for the weights; softcap > 0
+    caps the scores before the mask."""
     _isa(isa)
     out = _out(out)
     Q, K, V, mask = _attention_operands(out.shape, out.dtype, Q, K, V, mask)
@@ -299,15 +311,16 @@ def attention(out, weights, Q, K, V, mask, scale, band, isa):
                            writeable=True)
     bad = _nonfinite_columns(V)
     for rows in _row_blocks(n_q, _items(out.shape[:-2]) * n_k, out.itemsize):
-        P = _softmax_rows(_scores_block(Q, K, rows, mask, scale, band))
+        P = _softmax_rows(_scores_block(Q, K, rows, mask, scale, band, softcap))
         if weights is not None:
             weights[..., rows, :] = P
         _weigh(P, V, bad, out=out[..., rows, :])
 
 
-def attention_backward(dQ, dK, dV, dO, Q, K, V, mask, scale, band, isa):
+def attention_backward(dQ, dK, dV, dO, Q, K, V, mask, scale, band, isa, softcap=0.0):
     """dQ, dK, dV[...] = the gradients of softmax(scale * Q @ K^T + mask) @ V given dO:
-    P = softmax(S), dP = dO V^T, D = rowsum(P * dP), dS = P * (dP - D), dQ = scale * dS K,
+    P = softmax(S), dP = dO V^T, D = rowsum(P * dP), dS = P * (dP - D) (times the soft-cap's
+    slope 1 - tanh^2 with softcap > 0), dQ = scale * dS K,
     dK = scale * dS^T Q, dV = P^T dO, where a weight of exactly 0 contributes nothing.
     One pass over blocks of query rows: dQ block by block, dK and dV summed over the blocks."""
     _isa(isa)
@@ -327,13 +340,16 @@ def attention_backward(dQ, dK, dV, dO, Q, K, V, mask, scale, band, isa):
     dV[...] = 0
     with np.errstate(invalid="ignore", over="ignore"):
         for rows in _row_blocks(n_q, 3 * _items(batch) * n_k, dQ.itemsize):
-            P = _softmax_rows(_scores_block(Q, K, rows, mask, scale, band))
+            slope = []
+            P = _softmax_rows(_scores_block(Q, K, rows, mask, scale, band, softcap, slope))
             PT = np.swapaxes(P, -1, -2)
             dO_block, Q_block = dO[..., rows, :], Q[..., rows, :]
             # 1. dP and D, zero where the weight is
             dP = np.where(P == 0, 0, np.matmul(dO_block, np.swapaxes(V, -1, -2)))
             D = (P * dP).sum(axis=-1, keepdims=True)
             dS = np.where(P == 0, 0, P * (dP - D)).astype(dtype, copy=False)
+            if slope:
+                dS *= slope[0]
             # 2. this block's dQ, and its share of dK and dV
             dQ[..., rows, :] = _weigh(dS, K, bad_K) * scale_c
             dV += _weigh(PT, dO_block, _nonfinite_columns(dO_block))

@@ -136,6 +136,25 @@ def _scale(func, scale, d_k):
     return scale
 
 
+def _softcap(func, softcap):
+    """The soft-cap as the kernels take it: None means none (0.0); else a finite real number > 0."""
+    if softcap is None:
+        return 0.0
+    if isinstance(softcap, np.ndarray) and softcap.ndim == 0 and softcap.dtype.kind in "iuf":
+        softcap = softcap.item()
+    if isinstance(softcap, (bool, np.bool_)) or not isinstance(
+            softcap, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{func}: softcap must be a positive real number or None, got {softcap!r}")
+    try:
+        value = float(softcap)
+    except OverflowError:  # an int beyond float's range
+        value = math.inf
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{func}: softcap must be a finite number > 0 (or None for no cap), "
+                         f"got {softcap!r}")
+    return value
+
+
 def _integer(func, name, value, at_least):
     """`value` as a Python int >= at_least (0: a size; 1: a count such as num_heads)."""
     what = "a non-negative integer" if at_least == 0 else "an integer"
