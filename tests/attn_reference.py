@@ -466,12 +466,20 @@ def mismatches(got, ref, result_dtype):
 RTOL = {np.dtype(np.float64): 1e-12, np.dtype(np.float32): 2e-5, np.dtype(np.float16): 2e-3}
 
 
-def ref_scores(Q, K, scale=None, mask=None, is_causal=False):
+def _raw_scores(Q, K, scale):
     Q = np.asarray(Q).astype(LD)
     K = np.asarray(K).astype(LD)
     d_k = Q.shape[-1]
     scale = 1 / np.sqrt(LD(d_k)) if scale is None and d_k else LD(1 if scale is None else scale)
-    scores = np.matmul(Q, np.swapaxes(K, -1, -2)) * scale
+    return np.matmul(Q, np.swapaxes(K, -1, -2)) * scale
+
+
+def ref_scores(Q, K, scale=None, mask=None, is_causal=False, softcap=None):
+    """The scores as attention uses them: scaled, soft-capped (softcap * tanh(s / softcap), before
+    the mask, so masked keys stay -inf), then masked."""
+    scores = _raw_scores(Q, K, scale)
+    if softcap is not None:
+        scores = LD(softcap) * np.tanh(scores / LD(softcap))
     return apply_mask(Ref(scores), None if mask is None else np.asarray(mask), is_causal, LD).value
 
 
@@ -484,11 +492,11 @@ def ref_output(weights, V):
     return np.matmul(np.asarray(weights).astype(LD), np.asarray(V).astype(LD))
 
 
-def ref_attention(Q, K, V, scale=None, mask=None, is_causal=False):
+def ref_attention(Q, K, V, scale=None, mask=None, is_causal=False, softcap=None):
     """(output, weights); a key whose weight is 0 contributes nothing, even a non-finite V row.
 
     The weights are broadcast to the batch shape of the output (V's batch dims included)."""
-    weights = ref_softmax(ref_scores(Q, K, scale, mask, is_causal))
+    weights = ref_softmax(ref_scores(Q, K, scale, mask, is_causal, softcap))
     V = np.asarray(V).astype(LD)
     if np.isfinite(V).all():
         out = np.matmul(weights, V)
@@ -501,6 +509,24 @@ def ref_layer(X, W_q, W_k, W_v, **kw):
     X = np.asarray(X).astype(LD)
     Q, K, V = (np.matmul(X, np.asarray(W).astype(LD)) for W in (W_q, W_k, W_v))
     return ref_attention(Q, K, V, **kw)
+
+
+def ref_attention_grads(dO, Q, K, V, scale=None, mask=None, is_causal=False, softcap=None):
+    """(dQ, dK, dV) of ref_attention given dO, with the batch shape every operand broadcasts to
+    (sum over broadcast axes to compare with an input's gradient). With P the weights,
+    dP = dO V^T, dS = P (dP - rowsum(P dP)) times the soft-cap's slope 1 - tanh^2(R / softcap)
+    (R the raw scaled scores), dQ = scale dS K, dK = scale dS^T Q, dV = P^T dO."""
+    d_k = np.shape(Q)[-1]
+    scale = 1 / np.sqrt(LD(d_k)) if scale is None and d_k else LD(1 if scale is None else scale)
+    _, P = ref_attention(Q, K, V, scale, mask, is_causal, softcap)
+    dO, Q, K, V = (np.asarray(a).astype(LD) for a in (dO, Q, K, V))
+    T = lambda a: np.swapaxes(a, -1, -2)  # noqa: E731
+    P = np.where(np.isnan(P), 0, P)
+    dP = np.matmul(dO, T(V))
+    dS = P * (dP - (P * dP).sum(axis=-1, keepdims=True))
+    if softcap is not None:
+        dS = dS * (1 - np.tanh(_raw_scores(Q, K, scale) / LD(softcap)) ** 2)
+    return np.matmul(dS, K) * scale, np.matmul(T(dS), Q) * scale, np.matmul(T(P), dO)
 
 
 def assert_close(actual, desired, dtype=None, rtol=None):
