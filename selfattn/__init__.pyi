@@ -35,6 +35,7 @@ def self_attention_layer(
     bias: ArrayLike | None = ...,
     is_causal: bool = ...,
     return_weights: Literal[False] = ...,
+    softcap: float | None = ...,
 ) -> _Float: ...
 @overload
 def self_attention_layer(
@@ -48,6 +49,7 @@ def self_attention_layer(
     bias: ArrayLike | None = ...,
     is_causal: bool = ...,
     return_weights: Literal[True],
+    softcap: float | None = ...,
 ) -> tuple[_Float, _Float]: ...
 @overload
 def scaled_dot_product_attention(
@@ -60,6 +62,7 @@ def scaled_dot_product_attention(
     bias: ArrayLike | None = ...,
     is_causal: bool = ...,
     return_weights: Literal[False] = ...,
+    softcap: float | None = ...,
 ) -> _Float: ...
 @overload
 def scaled_dot_product_attention(
@@ -72,6 +75,7 @@ def scaled_dot_product_attention(
     bias: ArrayLike | None = ...,
     is_causal: bool = ...,
     return_weights: Literal[True],
+    softcap: float | None = ...,
 ) -> tuple[_Float, _Float]: ...
 @overload
 def multi_head_attention(
@@ -92,6 +96,7 @@ def multi_head_attention(
     bias: ArrayLike | None = ...,
     is_causal: bool = ...,
     return_weights: Literal[False] = ...,
+    softcap: float | None = ...,
 ) -> _Float: ...
 @overload
 def multi_head_attention(
@@ -112,6 +117,7 @@ def multi_head_attention(
     bias: ArrayLike | None = ...,
     is_causal: bool = ...,
     return_weights: Literal[True],
+    softcap: float | None = ...,
 ) -> tuple[_Float, _Float]: ...
 def scaled_dot_product_attention_backward(
     dO: ArrayLike,
@@ -123,6 +129,7 @@ def scaled_dot_product_attention_backward(
     mask: ArrayLike | None = ...,
     bias: ArrayLike | None = ...,
     is_causal: bool = ...,
+    softcap: float | None = ...,
 ) -> tuple[_Float, _Float, _Float]: ...
 def self_attention_layer_backward(
     dY: ArrayLike,
@@ -135,6 +142,7 @@ def self_attention_layer_backward(
     mask: ArrayLike | None = ...,
     bias: ArrayLike | None = ...,
     is_causal: bool = ...,
+    softcap: float | None = ...,
 ) -> tuple[_Float, _Float, _Float, _Float]: ...
 def multi_head_attention_backward(
     dY: ArrayLike,
@@ -154,6 +162,7 @@ def multi_head_attention_backward(
     mask: ArrayLike | None = ...,
     bias: ArrayLike | None = ...,
     is_causal: bool = ...,
+    softcap: float | None = ...,
 ) -> tuple[_Float, ...]: ...
 def causal_mask(n_q: int, n_k: int | None = ...) -> NDArray[np.bool_]: ...
 def padding_mask(lengths: ArrayLike, n_k: int, *, head_axis: bool = ...) -> NDArray[np.bool_]: ...
