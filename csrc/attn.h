@@ -21,6 +21,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "philox.h"
+
 /* The fast tiers are written with GCC vector extensions, which gcc and clang compile; a build by
    another compiler (MSVC) has the scalar reference tier only. -DSA_NO_VECTOR_TIERS makes a gcc or
    clang build of that shape, so that it can be tested (.ci/windows.sh). */
@@ -119,14 +121,88 @@ static inline double sa_band_pairs(sa_band band, sa_int n_q, sa_int n_k)
    signatures stay put.
    softcap:   0 (none) or c > 0: each score s = scale * q . k becomes c * tanh(s / c) (Gemma 2's
               logit soft-capping), BEFORE the mask, bias and band, so -inf masks stay -inf; the
-              backward multiplies dS by 1 - tanh^2(s / c). */
+              backward multiplies dS by 1 - tanh^2(s / c).
+   dropout_p: 0 (none: no generator is ever called) to 1: after the softmax, the weight of key j
+              for query i of batch item b is dropped (0) with probability dropout_p and the others
+              scaled by 1 / (1 - dropout_p) (0 when dropout_p is 1), torch's convention; the
+              softmax's sum is of the weights before dropout. Which are dropped depends on
+              (seed, b, i, j) alone (sa_dropout_keep), so every thread count and tier drops the
+              same ones, and the backward (given the same seed) drops them again. */
 typedef struct {
     double softcap;
+    double dropout_p;
+    uint64_t seed;
 } sa_score_mods;
 
 static inline double sa_softcap_of(const sa_score_mods *mods)
 {
     return mods ? mods->softcap : 0;
+}
+
+/* A call's dropout, ready to draw: key j of row i of batch item b is dropped when word j % 4 of
+   Philox4x32-10(counter {j / 4, i, b low, b high}, key {seed low, seed high}) is below
+   threshold = dropout_p * 2^32 (so a probability within 2^-32 of dropout_p, and dropout_p = 1
+   drops every weight); a kept weight is multiplied by keep_scale. */
+typedef struct {
+    int on;
+    uint64_t threshold;
+    uint32_t k0, k1;
+    double keep_scale;
+} sa_dropout;
+
+static inline sa_dropout sa_dropout_of(const sa_score_mods *mods)
+{
+    sa_dropout d = {0, 0, 0, 0, 1};
+    if (mods && mods->dropout_p > 0) {
+        d.on = 1;
+        d.threshold = (uint64_t)(mods->dropout_p * 4294967296.0);
+        d.k0 = (uint32_t)mods->seed;
+        d.k1 = (uint32_t)(mods->seed >> 32);
+        d.keep_scale = mods->dropout_p < 1 ? 1 / (1 - mods->dropout_p) : 0;
+    }
+    return d;
+}
+
+/* The four keys 4q .. 4q + 3 of row i of batch item b: bit k of the result is set where key
+   4q + k is kept. */
+static inline unsigned sa_dropout_keep4(const sa_dropout *d, sa_int item, sa_int i, sa_int q)
+{
+    sa_philox_words c = {{(uint32_t)q, (uint32_t)i, (uint32_t)item,
+                          (uint32_t)((uint64_t)item >> 32)}};
+    sa_philox_words r = sa_philox4x32_10(c, d->k0, d->k1);
+    unsigned keep = 0;
+    for (int k = 0; k < 4; k++)
+        keep |= (unsigned)(r.v[k] >= d->threshold) << k;
+    return keep;
+}
+
+/* Dropout on n weights of row i of batch item b, keys j0 .. j0 + n - 1, stored `stride` elements
+   apart from w (float when is_f32, else double): each is multiplied by keep_scale or set to 0.
+   One generator call per four keys. */
+static inline void sa_dropout_apply(const sa_dropout *d, void *w, int is_f32, sa_int stride,
+                                    sa_int item, sa_int i, sa_int j0, sa_int n)
+{
+    float scale_f = (float)d->keep_scale;
+    unsigned keep = 0;
+    for (sa_int t = 0; t < n; t++) {
+        sa_int j = j0 + t;
+        if (t == 0 || j % 4 == 0)
+            keep = sa_dropout_keep4(d, item, i, j / 4);
+        int kept = (keep >> (j % 4)) & 1;
+        if (is_f32) {
+            float *x = (float *)w + t * stride;
+            *x = kept ? *x * scale_f : 0;
+        } else {
+            double *x = (double *)w + t * stride;
+            *x = kept ? *x * d->keep_scale : 0;
+        }
+    }
+}
+
+/* The dropout factor of one weight (0 or keep_scale), for the backward kernels. */
+static inline double sa_dropout_factor(const sa_dropout *d, sa_int item, sa_int i, sa_int j)
+{
+    return (sa_dropout_keep4(d, item, i, j / 4) >> (j % 4)) & 1 ? d->keep_scale : 0;
 }
 
 /* The scalar soft-cap of one score (reference tier, blocked backward): c tanh(s / c) in double. */

@@ -572,11 +572,13 @@ static PyObject *core_project(PyObject *self, PyObject *args)
 }
 
 PyDoc_STRVAR(attention_doc,
-             "attention(out, weights, Q, K, V, mask, scale, band, isa, softcap=0.0)\n--\n\n"
+             "attention(out, weights, Q, K, V, mask, scale, band, isa, softcap=0.0, dropout_p=0.0, "
+             "seed=0)\n--\n\n"
              "out[...] = softmax(scale * Q @ K^T + mask, keys outside the band (lo, hi) hidden) "
              "@ V (private); weights may be None "
              "(fused, O(n d) memory) or an output for the weights. softcap > 0: each score s "
-             "becomes softcap * tanh(s / softcap) before the mask.");
+             "becomes softcap * tanh(s / softcap) before the mask; dropout_p > 0 drops weights "
+             "after the softmax (Philox4x32-10 keyed by seed, csrc/attn.h's sa_score_mods).");
 
 static PyObject *core_attention(PyObject *self, PyObject *args)
 {
@@ -584,10 +586,13 @@ static PyObject *core_attention(PyObject *self, PyObject *args)
     double scale;
     sa_band band;
     int isa, typenum, precision;
-    sa_score_mods mods = {.softcap = 0};
-    if (!PyArg_ParseTuple(args, "OOOOOOd(nn)i|d", &out_obj, &weights_obj, &Q_obj, &K_obj, &V_obj,
-                          &mask_obj, &scale, &band.lo, &band.hi, &isa, &mods.softcap))
+    sa_score_mods mods = {.softcap = 0, .dropout_p = 0, .seed = 0};
+    unsigned long long seed = 0;
+    if (!PyArg_ParseTuple(args, "OOOOOOd(nn)i|ddK", &out_obj, &weights_obj, &Q_obj, &K_obj,
+                          &V_obj, &mask_obj, &scale, &band.lo, &band.hi, &isa, &mods.softcap,
+                          &mods.dropout_p, &seed))
         return NULL;
+    mods.seed = (uint64_t)seed;
     sa_batch batch;
     sa_mat out, weights, Q, K, V;
     sa_mask mask;
@@ -614,9 +619,11 @@ static PyObject *core_attention(PyObject *self, PyObject *args)
 }
 
 PyDoc_STRVAR(attention_backward_doc,
-             "attention_backward(dQ, dK, dV, dO, Q, K, V, mask, scale, band, isa, softcap=0.0)"
+             "attention_backward(dQ, dK, dV, dO, Q, K, V, mask, scale, band, isa, softcap=0.0, "
+             "dropout_p=0.0, seed=0)"
              "\n--\n\n"
-             "dQ, dK, dV[...] = the gradients of attention(..., band, ..., softcap) given dO "
+             "dQ, dK, dV[...] = the gradients of attention(..., band, ..., softcap, dropout_p, seed) "
+             "given dO "
              "(private).");
 
 static PyObject *core_attention_backward(PyObject *self, PyObject *args)
@@ -625,11 +632,13 @@ static PyObject *core_attention_backward(PyObject *self, PyObject *args)
     double scale;
     sa_band band;
     int isa, typenum, precision;
-    sa_score_mods mods = {.softcap = 0};
-    if (!PyArg_ParseTuple(args, "OOOOOOOOd(nn)i|d", &dQ_obj, &dK_obj, &dV_obj, &dO_obj, &Q_obj,
+    sa_score_mods mods = {.softcap = 0, .dropout_p = 0, .seed = 0};
+    unsigned long long seed = 0;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOd(nn)i|ddK", &dQ_obj, &dK_obj, &dV_obj, &dO_obj, &Q_obj,
                           &K_obj, &V_obj, &mask_obj, &scale, &band.lo, &band.hi, &isa,
-                          &mods.softcap))
+                          &mods.softcap, &mods.dropout_p, &seed))
         return NULL;
+    mods.seed = (uint64_t)seed;
     sa_batch batch;
     sa_mat dQ, dK, dV, dO, Q, K, V;
     sa_mask mask;

@@ -33,6 +33,7 @@ from ._validate import (
     _batch_shape,
     _check_size,
     _dtypes,
+    _dropout,
     _flag,
     _softcap,
 )
@@ -278,7 +279,7 @@ def compute_attention_output(attn_weights, V):
 
 
 def scaled_dot_product_attention(Q, K, V, *, scale=None, mask=None, bias=None, is_causal=False,
-                                 return_weights=False, softcap=None):
+                                 return_weights=False, softcap=None, dropout_p=0.0, seed=None):
     """Attention from queries, keys and values: ``softmax(Q @ K^T * scale + mask + bias) @ V``.
 
     The three notebook steps in one call, under the name torch users know
@@ -309,6 +310,15 @@ def scaled_dot_product_attention(Q, K, V, *, scale=None, mask=None, bias=None, i
         Logit soft-capping (Gemma 2, flash-attn's ``softcap``): each scaled score ``s`` becomes
         ``softcap * tanh(s / softcap)`` before the mask and bias are applied (so masked keys stay
         masked); a finite number > 0, or None (default) for none.
+    dropout_p : float, optional
+        Dropout on the attention weights (torch's ``dropout_p``): after the softmax each weight
+        is dropped (0) with probability ``dropout_p`` and the others are multiplied by
+        ``1 / (1 - dropout_p)``; ``1`` gives an output of 0. Default 0: no dropout, at no cost.
+    seed : int, optional
+        Which weights are dropped: a function of ``(seed, batch item, query, key)`` alone
+        (Philox4x32-10), the same on every thread count and tier. Default: one drawn from
+        NumPy's global generator (``np.random``; ``np.random.seed`` makes it reproducible). To
+        differentiate, pass a seed and give the backward the same one.
 
     Returns
     -------
@@ -316,7 +326,8 @@ def scaled_dot_product_attention(Q, K, V, *, scale=None, mask=None, bias=None, i
         A query whose keys are all masked gets an output row of zeros (never NaN). A key with
         weight 0 contributes nothing, even if its row of V holds inf or NaN.
     weights : ndarray, shape (..., n_q, n_k)
-        Only with ``return_weights=True``.
+        Only with ``return_weights=True``; with dropout, the weights after it (so that
+        ``output = weights @ V``).
 
     Raises
     ------
@@ -345,7 +356,8 @@ def scaled_dot_product_attention(Q, K, V, *, scale=None, mask=None, bias=None, i
            [2.3395231, 3.3395231]])
     """
     if (mask is None and bias is None and return_weights is False and type(is_causal) is bool
-            and softcap is None):
+            and softcap is None
+            and type(dropout_p) in (int, float) and dropout_p == 0):
         result = _core.plain_sdpa(Q, K, V, scale, _plain_band(is_causal))
         if result is not None:
             return result
@@ -355,12 +367,14 @@ def scaled_dot_product_attention(Q, K, V, *, scale=None, mask=None, bias=None, i
     batch, scale, visibility, mask, result, compute = _attention_operands(
         func, Q, K, V, mask, is_causal, scale, bias=bias)
     out, weights = _attend(func, batch, Q, K, V, mask, scale, visibility, compute, return_weights,
-                           softcap=_softcap(func, softcap))
+                           softcap=_softcap(func, softcap),
+                           dropout=_dropout(func, dropout_p, seed))
     return _finish_attention(out, weights, result)
 
 
 def self_attention_layer(X, W_q, W_k, W_v, *, scale=None, mask=None, bias=None,
-                         is_causal=False, return_weights=False, softcap=None):
+                         is_causal=False, return_weights=False, softcap=None, dropout_p=0.0,
+                         seed=None):
     """A full single-head self-attention layer: project X to Q, K, V, then attend.
 
     Step 4 of the notebook. Exactly::
@@ -394,6 +408,15 @@ def self_attention_layer(X, W_q, W_k, W_v, *, scale=None, mask=None, bias=None,
         Logit soft-capping (Gemma 2, flash-attn's ``softcap``): each scaled score ``s`` becomes
         ``softcap * tanh(s / softcap)`` before the mask and bias are applied (so masked keys stay
         masked); a finite number > 0, or None (default) for none.
+    dropout_p : float, optional
+        Dropout on the attention weights (torch's ``dropout_p``): after the softmax each weight
+        is dropped (0) with probability ``dropout_p`` and the others are multiplied by
+        ``1 / (1 - dropout_p)``; ``1`` gives an output of 0. Default 0: no dropout, at no cost.
+    seed : int, optional
+        Which weights are dropped: a function of ``(seed, batch item, query, key)`` alone
+        (Philox4x32-10), the same on every thread count and tier. Default: one drawn from
+        NumPy's global generator (``np.random``; ``np.random.seed`` makes it reproducible). To
+        differentiate, pass a seed and give the backward the same one.
 
     Returns
     -------
@@ -423,13 +446,14 @@ def self_attention_layer(X, W_q, W_k, W_v, *, scale=None, mask=None, bias=None,
     array([1., 1., 1.])
     """
     if (mask is None and bias is None and return_weights is False and type(is_causal) is bool
-            and softcap is None):
+            and softcap is None
+            and type(dropout_p) in (int, float) and dropout_p == 0):
         result = _core.plain_layer(X, W_q, W_k, W_v, scale, _plain_band(is_causal))
         if result is not None:
             return result
     func = "self_attention_layer"
     return_weights = _flag(func, "return_weights", return_weights)
     L = _Layer(func, X, W_q, W_k, W_v, None, None, scale, mask, is_causal, bias=bias,
-               softcap=softcap)
+               softcap=softcap, dropout_p=dropout_p, seed=seed)
     out, weights = L.attend(*L.project(), return_weights)
     return _finish_attention(out, weights, L.result)

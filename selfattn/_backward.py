@@ -24,6 +24,7 @@ from ._validate import (
     _attention_operands,
     _check_grad_shape,
     _check_size,
+    _dropout,
     _dtypes,
     _softcap,
 )
@@ -86,7 +87,7 @@ def _layer_input_grads(L, dO, Q, K, V):
         sources = [("dX", L.X, L.W_all, dQ, ((L.W_q, 0, wq),)),
                    ("dkv", L.KV, L.W_kv, d_kv, ((L.W_k, 0, wk), (L.W_v, wk, wk + wv)))]
     _attention_grads(L.att_batch, *(_split_heads(A, L.heads) for A in (dQ, dK, dV, dO)), Q, K, V,
-                     L.mask, L.scale, L.visibility, c, L.softcap)
+                     L.mask, L.scale, L.visibility, c, L.softcap, L.dropout)
     grads, weight_grads, d_proj = {}, [], []
     for name, src, W_all, dP, parts in sources:
         grads[name] = _sum_to(_matmul(dP, _transpose(W_all), c, b), src.shape)
@@ -101,7 +102,8 @@ def _layer_input_grads(L, dO, Q, K, V):
 
 
 def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None, bias=None,
-                                          is_causal=False, softcap=None):
+                                          is_causal=False, softcap=None, dropout_p=0.0,
+                                          seed=None):
     """Gradients of :func:`scaled_dot_product_attention`: ``(dQ, dK, dV)`` given ``dO``.
 
     For ``O = softmax(S) @ V`` with ``S = Q @ K^T * scale + mask`` and ``P = softmax(S)`` (by rows),
@@ -113,7 +115,9 @@ def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None,
         dQ = dS @ K * scale;   dK = dS^T @ Q * scale
 
     With ``softcap``, S holds the capped scores ``c * tanh(R / c)`` (R = Q @ K^T * scale) and
-    dS is multiplied by their slope ``1 - tanh(R / c)**2`` before dQ and dK.
+    dS is multiplied by their slope ``1 - tanh(R / c)**2`` before dQ and dK. With dropout
+    (``Z`` = 0 for a dropped weight, ``1 / (1 - dropout_p)`` for a kept one, ``O = (P * Z) @ V``):
+    ``dV = (P * Z)^T @ dO`` and ``dP = Z * (dO @ V^T)``.
 
     computed in C block by block (FlashAttention-2 style): the ``n_q x n_k`` weights are never
     stored. Each thread keeps at most one panel of 64 query rows (up to 8 MiB); where that would
@@ -128,6 +132,9 @@ def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None,
         :func:`scaled_dot_product_attention` returns for these arguments.
     Q, K, V, scale, mask, bias, is_causal, softcap
         As in :func:`scaled_dot_product_attention`.
+    dropout_p, seed : optional
+        As in the forward; with ``dropout_p > 0`` the seed is required (the forward's), so the
+        backward drops the same weights.
 
     Returns
     -------
@@ -168,6 +175,7 @@ def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None,
     batch, scale, visibility, mask, result, _ = _attention_operands(func, Q, K, V, mask, is_causal,
                                                                 scale, bias=bias)
     softcap = _softcap(func, softcap)
+    dropout = _dropout(func, dropout_p, seed, backward=True)
     n_q, n_k, d_k, d_v = Q.shape[-2], K.shape[-2], Q.shape[-1], V.shape[-1]
     _check_grad_shape(func, "dO", dO, batch + (n_q, d_v), "output")
     compute = _dtypes(Q, K, V)[1]
@@ -177,12 +185,13 @@ def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None,
     dK = np.empty(batch + (n_k, d_k), dtype=compute)
     dV = np.empty(batch + (n_k, d_v), dtype=compute)
     dO_c = dO.astype(compute, copy=False)
-    _attention_grads(batch, dQ, dK, dV, dO_c, Q, K, V, mask, scale, visibility, compute, softcap)
+    _attention_grads(batch, dQ, dK, dV, dO_c, Q, K, V, mask, scale, visibility, compute, softcap,
+                     dropout)
     return tuple(_finish(_sum_to(g, x.shape), result) for g, x in ((dQ, Q), (dK, K), (dV, V)))
 
 
 def self_attention_layer_backward(dY, X, W_q, W_k, W_v, *, scale=None, mask=None, bias=None,
-                                  is_causal=False, softcap=None):
+                                  is_causal=False, softcap=None, dropout_p=0.0, seed=None):
     """Gradients of :func:`self_attention_layer`: ``(dX, dW_q, dW_k, dW_v)`` given ``dY``.
 
     With ``Q, K, V = X @ W_q, X @ W_k, X @ W_v`` and ``(dQ, dK, dV)`` from
@@ -201,6 +210,9 @@ def self_attention_layer_backward(dY, X, W_q, W_k, W_v, *, scale=None, mask=None
         :func:`self_attention_layer` returns for these arguments.
     X, W_q, W_k, W_v, scale, mask, bias, is_causal, softcap
         As in :func:`self_attention_layer` (the bias gets no gradient).
+    dropout_p, seed : optional
+        As in the forward; with ``dropout_p > 0`` the seed is required (the forward's), so the
+        backward drops the same weights.
 
     Returns
     -------
@@ -237,7 +249,7 @@ def self_attention_layer_backward(dY, X, W_q, W_k, W_v, *, scale=None, mask=None
     func = "self_attention_layer_backward"
     dY, = _as_matrices(func, ("dY", dY, "(seq_len, d_v)"))
     L = _Layer(func, X, W_q, W_k, W_v, None, None, scale, mask, is_causal, bias=bias,
-               softcap=softcap)
+               softcap=softcap, dropout_p=dropout_p, seed=seed, backward=True)
     _check_grad_shape(func, "dY", dY, L.out_batch + (L.n, L.d_v), "output")
     Q, K, V = L.project()
     grads = _layer_input_grads(L, dY.astype(L.compute, copy=False), Q, K, V)

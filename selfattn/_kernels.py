@@ -114,9 +114,10 @@ def _project(func, X, Ws, compute, batch, w_batch, biases=None):
 
 
 def _attend(func, batch, Q, K, V, mask, scale, visibility, compute, return_weights, heads=None,
-            softcap=0.0):
+            softcap=0.0, dropout=(0.0, 0)):
     """softmax(scale * Q @ K^T + mask) @ V on the attention kernel, Q, K, V broadcast to `batch`;
-    softcap > 0 (from _validate._softcap) caps the scores before the mask.
+    softcap > 0 (from _validate._softcap) caps the scores before the mask; dropout is
+    (dropout_p, seed) from _validate._dropout.
     With `heads`, batch ends with the head axis and the output is the heads' outputs side by side,
     (batch[:-1], n_q, heads * d_v). Returns (output, weights or None) in the compute dtype."""
     n_q, n_k, d_v = Q.shape[-2], K.shape[-2], V.shape[-1]
@@ -130,12 +131,12 @@ def _attend(func, batch, Q, K, V, mask, scale, visibility, compute, return_weigh
         Qb, Kb, Vb = (_operand(a, compute, batch) for a in (Q, K, V))
         _core.attention(_split_heads(out, heads), weights, Qb, Kb, Vb,
                         _mask_operand(mask, batch, n_q, n_k), scale,
-                        _band(visibility, n_q, n_k), _ISA_DEFAULT, softcap)
+                        _band(visibility, n_q, n_k), _ISA_DEFAULT, softcap, *dropout)
     return out, weights
 
 
 def _attention_grads(batch, dQ, dK, dV, dO, Q, K, V, mask, scale, visibility, compute,
-                     softcap=0.0):
+                     softcap=0.0, dropout=(0.0, 0)):
     """Runs the backward kernel: dQ, dK, dV (outputs, batch shape `batch`) from dO and Q, K, V."""
     n_q, n_k = Q.shape[-2], K.shape[-2]
     if n_q == 0 or n_k == 0 or not (dQ.size or dK.size or dV.size):
@@ -144,4 +145,4 @@ def _attention_grads(batch, dQ, dK, dV, dO, Q, K, V, mask, scale, visibility, co
         return
     Qb, Kb, Vb, dOb = (_operand(a, compute, batch) for a in (Q, K, V, dO))
     _core.attention_backward(dQ, dK, dV, dOb, Qb, Kb, Vb, _mask_operand(mask, batch, n_q, n_k),
-                             scale, _band(visibility, n_q, n_k), _ISA_DEFAULT, softcap)
+                             scale, _band(visibility, n_q, n_k), _ISA_DEFAULT, softcap, *dropout)

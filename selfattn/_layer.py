@@ -25,6 +25,7 @@ from ._validate import (
     _mask,
     _require_matrix,
     _scale,
+    _dropout,
     _softcap,
     _visibility,
 )
@@ -39,7 +40,8 @@ class _Layer:
     proj_batch, and the weights' and biases' to one w_batch."""
 
     def __init__(self, func, X, W_q, W_k, W_v, W_o, heads, scale, mask, is_causal, kv=None,
-                 biases=(None, None, None, None), bias=None, softcap=None):
+                 biases=(None, None, None, None), bias=None, softcap=None, dropout_p=0.0,
+                 seed=None, backward=False):
         self.func = func
         X = _as_array(func, "X", X)
         KV = None if kv is None else _as_array(func, "kv", kv)
@@ -70,6 +72,7 @@ class _Layer:
         self.visibility = _visibility(func, is_causal)
         self.scale = _scale(func, scale, self.d_k)
         self.softcap = _softcap(func, softcap)
+        self.dropout = _dropout(func, dropout_p, seed, backward)
         self.result, self.compute = _dtypes(*arrays)
         self.n = n = X.shape[-2]
         self.n_k = n_k = n if KV is None else KV.shape[-2]
@@ -142,7 +145,7 @@ class _Layer:
     def attend(self, Q, K, V, return_weights):
         """The heads' output, concatenated: (out_batch, n, num_heads * d_v), and the weights."""
         return _attend(self.func, self.att_batch, Q, K, V, self.mask, self.scale, self.visibility,
-                       self.compute, return_weights, self.heads, self.softcap)
+                       self.compute, return_weights, self.heads, self.softcap, self.dropout)
 
     def output(self, out):
         """Y = out @ W_o + b_o (multi-head), through the same projection path as Q, K, V."""

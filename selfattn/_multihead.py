@@ -18,7 +18,7 @@ __all__ = ["multi_head_attention", "multi_head_attention_backward"]
 
 def multi_head_attention(X, W_q, W_k, W_v, W_o, *, num_heads, kv=None, b_q=None, b_k=None,
                          b_v=None, b_o=None, scale=None, mask=None, bias=None, is_causal=False,
-                         return_weights=False, softcap=None):
+                         return_weights=False, softcap=None, dropout_p=0.0, seed=None):
     """Multi-head attention: ``num_heads`` attention heads side by side, then ``W_o``.
 
     The step after the notebook's single head. Exactly (``kv`` defaults to ``X``, self-attention;
@@ -84,6 +84,9 @@ def multi_head_attention(X, W_q, W_k, W_v, W_o, *, num_heads, kv=None, b_q=None,
         Logit soft-capping in every head: each scaled score ``s`` becomes
         ``softcap * tanh(s / softcap)`` before the mask and bias (see
         :func:`scaled_dot_product_attention`); None (default) for none.
+    dropout_p, seed : optional
+        Dropout on every head's weights, as in :func:`scaled_dot_product_attention` (the heads
+        are a batch axis, so each head drops its own weights).
 
     Returns
     -------
@@ -128,14 +131,14 @@ def multi_head_attention(X, W_q, W_k, W_v, W_o, *, num_heads, kv=None, b_q=None,
     heads = _integer(func, "num_heads", num_heads, 1)
     return_weights = _flag(func, "return_weights", return_weights)
     L = _Layer(func, X, W_q, W_k, W_v, W_o, heads, scale, mask, is_causal, kv,
-               (b_q, b_k, b_v, b_o), bias, softcap)
+               (b_q, b_k, b_v, b_o), bias, softcap, dropout_p, seed)
     out, weights = L.attend(*L.project(), return_weights)
     return _finish_attention(L.output(out), weights, L.result)
 
 
 def multi_head_attention_backward(dY, X, W_q, W_k, W_v, W_o, *, num_heads, kv=None, b_q=None,
                                   b_k=None, b_v=None, b_o=None, scale=None, mask=None, bias=None,
-                                  is_causal=False, softcap=None):
+                                  is_causal=False, softcap=None, dropout_p=0.0, seed=None):
     """Gradients of :func:`multi_head_attention`: ``(dX, dW_q, dW_k, dW_v, dW_o)`` given ``dY``,
     then ``dkv`` and ``db_q, db_k, db_v, db_o`` for those of ``kv`` and the biases given.
 
@@ -160,6 +163,8 @@ def multi_head_attention_backward(dY, X, W_q, W_k, W_v, W_o, *, num_heads, kv=No
         :func:`multi_head_attention` returns for these arguments.
     X, W_q, W_k, W_v, W_o, num_heads, kv, b_q, b_k, b_v, b_o, scale, mask, bias, is_causal, softcap
         As in :func:`multi_head_attention`.
+    dropout_p, seed : optional
+        As in the forward; with ``dropout_p > 0`` the seed is required (the forward's).
 
     Returns
     -------
@@ -199,7 +204,7 @@ def multi_head_attention_backward(dY, X, W_q, W_k, W_v, W_o, *, num_heads, kv=No
     heads = _integer(func, "num_heads", num_heads, 1)
     dY, = _as_matrices(func, ("dY", dY, "(seq_len, d_out)"))
     L = _Layer(func, X, W_q, W_k, W_v, W_o, heads, scale, mask, is_causal, kv,
-               (b_q, b_k, b_v, b_o), bias, softcap)
+               (b_q, b_k, b_v, b_o), bias, softcap, dropout_p, seed, backward=True)
     c = L.compute
     _check_grad_shape(func, "dY", dY, L.y_batch + (L.n, L.W_o.shape[-1]), "output")
     dY = dY.astype(c, copy=False)

@@ -155,6 +155,42 @@ def _softcap(func, softcap):
     return value
 
 
+_SEED_LIMIT = 2 ** 64
+
+
+def _dropout(func, dropout_p, seed, backward=False):
+    """(dropout_p, seed) as the kernels take them: dropout_p a real number in [0, 1] (0: none, and
+    the seed is not used); seed an integer in [0, 2**64). Without a seed the forward draws one from
+    NumPy's global generator (np.random, as torch draws from its global one: np.random.seed makes
+    calls reproducible); the backward cannot recover a drawn seed, so there it is required."""
+    if isinstance(dropout_p, np.ndarray) and dropout_p.ndim == 0 and dropout_p.dtype.kind in "iuf":
+        dropout_p = dropout_p.item()
+    if isinstance(dropout_p, (bool, np.bool_)) or not isinstance(
+            dropout_p, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{func}: dropout_p must be a number in [0, 1], got {dropout_p!r}")
+    p = float(dropout_p) if -2 <= dropout_p <= 2 else math.inf
+    if not 0 <= p <= 1:
+        raise ValueError(f"{func}: dropout_p must be in [0, 1], got {dropout_p!r}")
+    if seed is not None:
+        if isinstance(seed, (bool, np.bool_)):
+            raise TypeError(f"{func}: seed must be an integer or None, got {seed!r}")
+        try:
+            seed = operator.index(seed)
+        except TypeError:
+            raise TypeError(f"{func}: seed must be an integer or None, got {seed!r}") from None
+        if not 0 <= seed < _SEED_LIMIT:
+            raise ValueError(f"{func}: seed must be in [0, 2**64), got {seed}")
+    if p == 0:
+        return 0.0, 0
+    if seed is None:
+        if backward:
+            raise ValueError(
+                f"{func}: dropout_p={dropout_p} needs the forward's seed: pass the same seed= to "
+                f"the forward and the backward, so that the backward drops the same weights")
+        seed = int(np.random.randint(0, 2 ** 63, dtype=np.int64))
+    return p, seed
+
+
 def _integer(func, name, value, at_least):
     """`value` as a Python int >= at_least (0: a size; 1: a count such as num_heads)."""
     what = "a non-negative integer" if at_least == 0 else "an integer"
