@@ -36,6 +36,8 @@ def self_attention_layer(
     is_causal: bool = ...,
     return_weights: Literal[False] = ...,
     softcap: float | None = ...,
+    dropout_p: float = ...,
+    seed: int | None = ...,
 ) -> _Float: ...
 @overload
 def self_attention_layer(
@@ -50,6 +52,8 @@ def self_attention_layer(
     is_causal: bool = ...,
     return_weights: Literal[True],
     softcap: float | None = ...,
+    dropout_p: float = ...,
+    seed: int | None = ...,
 ) -> tuple[_Float, _Float]: ...
 @overload
 def scaled_dot_product_attention(
@@ -63,6 +67,8 @@ def scaled_dot_product_attention(
     is_causal: bool = ...,
     return_weights: Literal[False] = ...,
     softcap: float | None = ...,
+    dropout_p: float = ...,
+    seed: int | None = ...,
 ) -> _Float: ...
 @overload
 def scaled_dot_product_attention(
@@ -76,6 +82,8 @@ def scaled_dot_product_attention(
     is_causal: bool = ...,
     return_weights: Literal[True],
     softcap: float | None = ...,
+    dropout_p: float = ...,
+    seed: int | None = ...,
 ) -> tuple[_Float, _Float]: ...
 @overload
 def multi_head_attention(
@@ -97,6 +105,8 @@ def multi_head_attention(
     is_causal: bool = ...,
     return_weights: Literal[False] = ...,
     softcap: float | None = ...,
+    dropout_p: float = ...,
+    seed: int | None = ...,
 ) -> _Float: ...
 @overload
 def multi_head_attention(
@@ -118,6 +128,8 @@ def multi_head_attention(
     is_causal: bool = ...,
     return_weights: Literal[True],
     softcap: float | None = ...,
+    dropout_p: float = ...,
+    seed: int | None = ...,
 ) -> tuple[_Float, _Float]: ...
 def scaled_dot_product_attention_backward(
     dO: ArrayLike,
@@ -130,6 +142,8 @@ def scaled_dot_product_attention_backward(
     bias: ArrayLike | None = ...,
     is_causal: bool = ...,
     softcap: float | None = ...,
+    dropout_p: float = ...,
+    seed: int | None = ...,
 ) -> tuple[_Float, _Float, _Float]: ...
 def self_attention_layer_backward(
     dY: ArrayLike,
@@ -143,6 +157,8 @@ def self_attention_layer_backward(
     bias: ArrayLike | None = ...,
     is_causal: bool = ...,
     softcap: float | None = ...,
+    dropout_p: float = ...,
+    seed: int | None = ...,
 ) -> tuple[_Float, _Float, _Float, _Float]: ...
 def multi_head_attention_backward(
     dY: ArrayLike,
@@ -163,6 +179,8 @@ def multi_head_attention_backward(
     bias: ArrayLike | None = ...,
     is_causal: bool = ...,
     softcap: float | None = ...,
+    dropout_p: float = ...,
+    seed: int | None = ...,
 ) -> tuple[_Float, ...]: ...
 def causal_mask(n_q: int, n_k: int | None = ...) -> NDArray[np.bool_]: ...
 def padding_mask(lengths: ArrayLike, n_k: int, *, head_axis: bool = ...) -> NDArray[np.bool_]: ...
