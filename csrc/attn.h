@@ -289,7 +289,8 @@ int sa_interrupted(void);
  * T is float for *_f32 and double for *_f64; float32 kernels compute in float32.
  *
  * scores:    S[b] (n_q, n_k) = scale * Q[b] (n_q, d_k) . K[b] (n_k, d_k)^T (NaN where that
- *            overflowed: sa_overflowed_score below), soft-capped (mods, sa_score_mods), then the mask:
+ *            overflowed: sa_overflowed_score below), soft-capped (mods: sa_score_mods), then
+ *            the mask:
  *            SA_MASK_ADD adds mask(i, j); SA_MASK_BOOL sets S = -inf where mask(i, j) == 0;
  *            then S = -inf where the band hides key j from query i (sa_band above).
  * softmax:   out[b] (n_rows, n) = softmax of each row of in[b]. A row whose max is -inf (every

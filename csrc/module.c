@@ -622,8 +622,8 @@ PyDoc_STRVAR(attention_backward_doc,
              "attention_backward(dQ, dK, dV, dO, Q, K, V, mask, scale, band, isa, softcap=0.0, "
              "dropout_p=0.0, seed=0)"
              "\n--\n\n"
-             "dQ, dK, dV[...] = the gradients of attention(..., band, ..., softcap, dropout_p, seed) "
-             "given dO "
+             "dQ, dK, dV[...] = the gradients of attention(..., band, ..., softcap, dropout_p, "
+             "seed) given dO "
              "(private).");
 
 static PyObject *core_attention_backward(PyObject *self, PyObject *args)
@@ -878,7 +878,8 @@ static PyObject *core_plain_output(PyObject *self, PyObject *args)
 }
 
 PyDoc_STRVAR(vexp_doc, "vexp(out, x, isa, mode=0)\n--\n\n"
-                       "out[:] = exp(x) (mode 0), 2**x (1), the variants for x <= 0 (2, 3), or tanh(x) (4), "
+                       "out[:] = exp(x) (mode 0), 2**x (1), the variants for x <= 0 (2, 3), or "
+                       "tanh(x) (4), "
                        "with the tier's vectorised exp (private; for the accuracy tests). out "
                        "and x: 1-d contiguous arrays of one float type.");
 

@@ -2,8 +2,9 @@
  * philox.h -- Philox4x32-10, the counter-based generator of Salmon et al., "Parallel random
  * numbers: as easy as 1, 2, 3" (SC 2011): four 32-bit words of output from a 128-bit counter and a
  * 64-bit key, with no state, so any (seed, batch item, row, key) gets its random bits directly and
- * the same ones on every thread, tier and call. Plain C11; tests/attn_reference.py has the NumPy
- * twin, checked there against the paper's known-answer vectors, and the kernels' dropout against it.
+ * the same ones on every thread, tier and call. Plain C11. tests/attn_reference.py has its NumPy
+ * twin, checked (tests/test_dropout.py) against the paper's known-answer vectors, and the kernels'
+ * dropout patterns are compared with it bit for bit.
  */
 #ifndef SELFATTN_PHILOX_H
 #define SELFATTN_PHILOX_H

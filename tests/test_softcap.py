@@ -246,7 +246,7 @@ def test_layer_and_multi_head_backward(isa, rng):
         np.testing.assert_allclose([g_layer[index], g_mha[index]], fd, rtol=1e-6, atol=1e-8)
 
 
-# ---- determinism, backends -------------------------------------------------------------------------
+# ---- determinism, backends ----------------------------------------------------------------
 
 @pytest.mark.c_backend
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -282,7 +282,7 @@ def test_numpy_backend_takes_softcap(rng):
         np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-14)
 
 
-# ---- the argument ----------------------------------------------------------------------------------
+# ---- the argument --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("bad, error", [(0, ValueError), (-1.0, ValueError), (np.nan, ValueError),
                                         (np.inf, ValueError), (10 ** 400, ValueError),
