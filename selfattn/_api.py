@@ -404,19 +404,9 @@ def self_attention_layer(X, W_q, W_k, W_v, *, scale=None, mask=None, bias=None,
         Token ``i`` attends only to tokens ``j <= i``.
     return_weights : bool, optional
         Also return the ``(..., n, n)`` attention weights.
-    softcap : float, optional
-        Logit soft-capping (Gemma 2, flash-attn's ``softcap``): each scaled score ``s`` becomes
-        ``softcap * tanh(s / softcap)`` before the mask and bias are applied (so masked keys stay
-        masked); a finite number > 0, or None (default) for none.
-    dropout_p : float, optional
-        Dropout on the attention weights (torch's ``dropout_p``): after the softmax each weight
-        is dropped (0) with probability ``dropout_p`` and the others are multiplied by
-        ``1 / (1 - dropout_p)``; ``1`` gives an output of 0. Default 0: no dropout, at no cost.
-    seed : int, optional
-        Which weights are dropped: a function of ``(seed, batch item, query, key)`` alone
-        (Philox4x32-10), the same on every thread count and tier. Default: one drawn from
-        NumPy's global generator (``np.random``; ``np.random.seed`` makes it reproducible). To
-        differentiate, pass a seed and give the backward the same one.
+    softcap, dropout_p, seed : optional
+        Logit soft-capping and dropout on the weights, as in
+        :func:`scaled_dot_product_attention`.
 
     Returns
     -------

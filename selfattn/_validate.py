@@ -136,19 +136,25 @@ def _scale(func, scale, d_k):
     return scale
 
 
+def _real(func, name, value, what):
+    """`value` as a float: a real number (not a bool), a NumPy scalar or a 0-d array of one; an
+    integer beyond float's range becomes inf. A TypeError naming `what` it must be, otherwise."""
+    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf":
+        value = value.item()
+    if isinstance(value, (bool, np.bool_)) or not isinstance(
+            value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{func}: {name} must be {what}, got {value!r}")
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
+
+
 def _softcap(func, softcap):
     """The soft-cap as the kernels take it: None means none (0.0); else a finite real number > 0."""
     if softcap is None:
         return 0.0
-    if isinstance(softcap, np.ndarray) and softcap.ndim == 0 and softcap.dtype.kind in "iuf":
-        softcap = softcap.item()
-    if isinstance(softcap, (bool, np.bool_)) or not isinstance(
-            softcap, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{func}: softcap must be a positive real number or None, got {softcap!r}")
-    try:
-        value = float(softcap)
-    except OverflowError:  # an int beyond float's range
-        value = math.inf
+    value = _real(func, "softcap", softcap, "a positive real number or None")
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"{func}: softcap must be a finite number > 0 (or None for no cap), "
                          f"got {softcap!r}")
@@ -163,22 +169,12 @@ def _dropout(func, dropout_p, seed, backward=False):
     the seed is not used); seed an integer in [0, 2**64). Without a seed the forward draws one from
     NumPy's global generator (np.random, as torch draws from its global one: np.random.seed makes
     calls reproducible); the backward cannot recover a drawn seed, so there it is required."""
-    if isinstance(dropout_p, np.ndarray) and dropout_p.ndim == 0 and dropout_p.dtype.kind in "iuf":
-        dropout_p = dropout_p.item()
-    if isinstance(dropout_p, (bool, np.bool_)) or not isinstance(
-            dropout_p, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{func}: dropout_p must be a number in [0, 1], got {dropout_p!r}")
-    p = float(dropout_p) if -2 <= dropout_p <= 2 else math.inf
+    p = _real(func, "dropout_p", dropout_p, "a number in [0, 1]")
     if not 0 <= p <= 1:
         raise ValueError(f"{func}: dropout_p must be in [0, 1], got {dropout_p!r}")
     if seed is not None:
-        if isinstance(seed, (bool, np.bool_)):
-            raise TypeError(f"{func}: seed must be an integer or None, got {seed!r}")
-        try:
-            seed = operator.index(seed)
-        except TypeError:
-            raise TypeError(f"{func}: seed must be an integer or None, got {seed!r}") from None
-        if not 0 <= seed < _SEED_LIMIT:
+        seed = _integer(func, "seed", seed, 0)
+        if seed >= _SEED_LIMIT:
             raise ValueError(f"{func}: seed must be in [0, 2**64), got {seed}")
     if p == 0:
         return 0.0, 0
