@@ -21,6 +21,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "philox.h"
+
 /* The fast tiers are written with GCC vector extensions, which gcc and clang compile; a build by
    another compiler (MSVC) has the scalar reference tier only. -DSA_NO_VECTOR_TIERS makes a gcc or
    clang build of that shape, so that it can be tested (.ci/windows.sh). */
@@ -175,6 +177,109 @@ static inline double sa_row_lse(const void *row, sa_int n, int is_f32)
     return max + log(sum);
 }
 
+/* What a call does to each score between the product and the mask, and to each weight after the
+   softmax (issue 10); NULL means nothing. Later modifications join as fields, so the kernels'
+   signatures stay put.
+   softcap:   0 (none) or c > 0: each score s = scale * q . k becomes c * tanh(s / c) (Gemma 2's
+              logit soft-capping), BEFORE the mask, bias and band, so -inf masks stay -inf; the
+              backward multiplies dS by 1 - tanh^2(s / c).
+   dropout_p: 0 (none: no generator is ever called) to 1: after the softmax, the weight of key j
+              for query i of batch item b is dropped (0) with probability dropout_p and the others
+              scaled by 1 / (1 - dropout_p) (0 when dropout_p is 1), torch's convention; the
+              softmax's sum is of the weights before dropout. Which are dropped depends on
+              (seed, b, i, j) alone (sa_dropout_keep), so every thread count and tier drops the
+              same ones, and the backward (given the same seed) drops them again. */
+typedef struct {
+    double softcap;
+    double dropout_p;
+    uint64_t seed;
+} sa_score_mods;
+
+static inline double sa_softcap_of(const sa_score_mods *mods)
+{
+    return mods ? mods->softcap : 0;
+}
+
+/* A call's dropout, ready to draw: key j of row i of batch item b is dropped when word j % 4 of
+   Philox4x32-10(counter {j / 4, i, b low, b high}, key {seed low, seed high}) is below
+   threshold = dropout_p * 2^32 (so a probability within 2^-32 of dropout_p, and dropout_p = 1
+   drops every weight); a kept weight is multiplied by keep_scale. */
+typedef struct {
+    int on;
+    uint64_t threshold;
+    uint32_t k0, k1;
+    double keep_scale;
+} sa_dropout;
+
+static inline sa_dropout sa_dropout_of(const sa_score_mods *mods)
+{
+    sa_dropout d = {0, 0, 0, 0, 1};
+    if (mods && mods->dropout_p > 0) {
+        d.on = 1;
+        d.threshold = (uint64_t)(mods->dropout_p * 4294967296.0);
+        d.k0 = (uint32_t)mods->seed;
+        d.k1 = (uint32_t)(mods->seed >> 32);
+        d.keep_scale = mods->dropout_p < 1 ? 1 / (1 - mods->dropout_p) : 0;
+    }
+    return d;
+}
+
+/* The four keys 4q .. 4q + 3 of row i of batch item b: bit k of the result is set where key
+   4q + k is kept. */
+static inline unsigned sa_dropout_keep4(const sa_dropout *d, sa_int item, sa_int i, sa_int q)
+{
+    sa_philox_words c = {{(uint32_t)q, (uint32_t)i, (uint32_t)item,
+                          (uint32_t)((uint64_t)item >> 32)}};
+    sa_philox_words r = sa_philox4x32_10(c, d->k0, d->k1);
+    unsigned keep = 0;
+    for (int k = 0; k < 4; k++)
+        keep |= (unsigned)(r.v[k] >= d->threshold) << k;
+    return keep;
+}
+
+/* Dropout on n weights of row i of batch item b, keys j0 .. j0 + n - 1, stored `stride` elements
+   apart from w (float when is_f32, else double): each is multiplied by keep_scale or set to 0.
+   One generator call per four keys. */
+static inline void sa_dropout_apply(const sa_dropout *d, void *w, int is_f32, sa_int stride,
+                                    sa_int item, sa_int i, sa_int j0, sa_int n)
+{
+    float scale_f = (float)d->keep_scale;
+    unsigned keep = 0;
+    for (sa_int t = 0; t < n; t++) {
+        sa_int j = j0 + t;
+        if (t == 0 || j % 4 == 0)
+            keep = sa_dropout_keep4(d, item, i, j / 4);
+        int kept = (keep >> (j % 4)) & 1;
+        if (is_f32) {
+            float *x = (float *)w + t * stride;
+            *x = kept ? *x * scale_f : 0;
+        } else {
+            double *x = (double *)w + t * stride;
+            *x = kept ? *x * d->keep_scale : 0;
+        }
+    }
+}
+
+/* The dropout factor of one weight (0 or keep_scale), for the backward kernels. */
+static inline double sa_dropout_factor(const sa_dropout *d, sa_int item, sa_int i, sa_int j)
+{
+    return (sa_dropout_keep4(d, item, i, j / 4) >> (j % 4)) & 1 ? d->keep_scale : 0;
+}
+
+/* The scalar soft-cap of one score (reference tier, blocked backward): c tanh(s / c) in double. */
+static inline double sa_softcap_score(double s, double cap)
+{
+    return cap * tanh(s / cap);
+}
+
+/* d/ds of c tanh(s / c) = 1 - tanh^2(s / c) = g (2 - g) with g = 1 - |tanh| = 2 / (e^(2|x|) + 1),
+   x = s / c: no cancellation where tanh nears 1 (large scores), unlike 1 - tanh^2. */
+static inline double sa_softcap_slope(double s, double cap)
+{
+    double g = 2 / (exp(2 * fabs(s / cap)) + 1);
+    return g * (2 - g);
+}
+
 /* Offset, in elements, of batch item `item` (0 <= item < batch->count, C order) for one operand. */
 static inline sa_int sa_batch_offset(const sa_batch *batch, const sa_int *bstride, sa_int item)
 {
@@ -245,7 +350,8 @@ int sa_interrupted(void);
  * T is float for *_f32 and double for *_f64; float32 kernels compute in float32.
  *
  * scores:    S[b] (n_q, n_k) = scale * Q[b] (n_q, d_k) . K[b] (n_k, d_k)^T (NaN where that
- *            overflowed: sa_overflowed_score below), then the mask:
+ *            overflowed: sa_overflowed_score below), soft-capped (mods: sa_score_mods), then
+ *            the mask:
  *            SA_MASK_ADD adds mask(i, j); SA_MASK_BOOL sets S = -inf where mask(i, j) == 0;
  *            then S = -inf where the band hides key j from query i (sa_band above).
  * softmax:   out[b] (n_rows, n) = softmax of each row of in[b]. A row whose max is -inf (every
@@ -265,7 +371,8 @@ int sa_interrupted(void);
  */
 typedef int (*sa_scores_fn)(const sa_exec *ex, const sa_batch *batch, const sa_mat *scores,
                             const sa_mat *Q, const sa_mat *K, const sa_mask *mask,
-                            sa_int n_q, sa_int n_k, sa_int d_k, double scale, sa_band band);
+                            sa_int n_q, sa_int n_k, sa_int d_k, double scale, sa_band band,
+                            const sa_score_mods *mods);
 typedef int (*sa_softmax_fn)(const sa_exec *ex, const sa_batch *batch, const sa_mat *out,
                              const sa_mat *in, sa_int n_rows, sa_int n);
 typedef int (*sa_matmul_fn)(const sa_exec *ex, const sa_batch *batch, const sa_mat *C,
@@ -273,7 +380,8 @@ typedef int (*sa_matmul_fn)(const sa_exec *ex, const sa_batch *batch, const sa_m
 typedef int (*sa_attention_fn)(const sa_exec *ex, const sa_batch *batch, const sa_mat *out,
                                const sa_mat *weights, const sa_mat *Q, const sa_mat *K, const sa_mat *V,
                                const sa_mask *mask, sa_int n_q, sa_int n_k, sa_int d_k,
-                               sa_int d_v, double scale, sa_band band, void *lse);
+                               sa_int d_v, double scale, sa_band band, void *lse,
+                               const sa_score_mods *mods);
 
 /*
  * attention_backward: the gradients of attention (forward as above, O = softmax(S) . V with
@@ -292,11 +400,13 @@ typedef int (*sa_attention_backward_fn)(const sa_exec *ex, const sa_batch *batch
                                         const sa_mat *dO, const sa_mat *Q, const sa_mat *K,
                                         const sa_mat *V, const sa_mask *mask, sa_int n_q,
                                         sa_int n_k, sa_int d_k, sa_int d_v, double scale,
-                                        sa_band band);
+                                        sa_band band, const sa_score_mods *mods);
 /* vexp:      out[j] = e^in[j] or 2^in[j], j < n, with the tier's vectorised exp (the one softmax
  *            and attention use); for the accuracy tests. The _NONPOS modes are the variants the
- *            kernels run on arguments known to be <= 0 (or NaN); other arguments are undefined. */
-enum { SA_VEXP_EXP = 0, SA_VEXP_EXP2 = 1, SA_VEXP_EXP_NONPOS = 2, SA_VEXP_EXP2_NONPOS = 3 };
+ *            kernels run on arguments known to be <= 0 (or NaN); other arguments are undefined.
+ *            SA_VEXP_TANH gives tanh(in[j]) instead, the fast tiers' soft-cap (sa_score_mods). */
+enum { SA_VEXP_EXP = 0, SA_VEXP_EXP2 = 1, SA_VEXP_EXP_NONPOS = 2, SA_VEXP_EXP2_NONPOS = 3,
+       SA_VEXP_TANH = 4 };
 typedef void (*sa_vexp_fn)(void *out, const void *in, sa_int n, int mode);
 
 /* The overflow rule. A score is scale * (q . k) (then the mask). One that is +-inf or NaN although
@@ -359,12 +469,14 @@ int sa_attention_backward_blocked_f32(const sa_exec *ex, const sa_batch *batch, 
                                       const sa_mat *dK, const sa_mat *dV, const sa_mat *dO,
                                       const sa_mat *Q, const sa_mat *K, const sa_mat *V,
                                       const sa_mask *mask, sa_int n_q, sa_int n_k, sa_int d_k,
-                                      sa_int d_v, double scale, sa_band band);
+                                      sa_int d_v, double scale, sa_band band,
+                                      const sa_score_mods *mods);
 int sa_attention_backward_blocked_f64(const sa_exec *ex, const sa_batch *batch, const sa_mat *dQ,
                                       const sa_mat *dK, const sa_mat *dV, const sa_mat *dO,
                                       const sa_mat *Q, const sa_mat *K, const sa_mat *V,
                                       const sa_mask *mask, sa_int n_q, sa_int n_k, sa_int d_k,
-                                      sa_int d_v, double scale, sa_band band);
+                                      sa_int d_v, double scale, sa_band band,
+                                      const sa_score_mods *mods);
 
 /* The backward's memory budgets. The fast tiers' fused backward keeps its partial sums of dK and
    dV under SA_BACKWARD_PARTIAL_BYTES and each thread's panel of scores (a block of query rows by

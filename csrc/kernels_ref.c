@@ -40,19 +40,24 @@ void sa_scores_lse(const sa_batch *batch, const sa_mat *scores, void *lse, sa_in
     }
 }
 
-/* libm's exp, for _core.vexp on the reference tier */
+/* libm's exp (and the soft-cap's tanh, in double as the kernels take it), for _core.vexp on the
+   reference tier */
 static void ref_vexp_f32(void *out, const void *in, sa_int n, int mode)
 {
     int base2 = mode == SA_VEXP_EXP2 || mode == SA_VEXP_EXP2_NONPOS;
-    for (sa_int j = 0; j < n; j++)
-        ((float *)out)[j] = base2 ? exp2f(((const float *)in)[j]) : expf(((const float *)in)[j]);
+    for (sa_int j = 0; j < n; j++) {
+        float x = ((const float *)in)[j];
+        ((float *)out)[j] = mode == SA_VEXP_TANH ? (float)tanh(x) : base2 ? exp2f(x) : expf(x);
+    }
 }
 
 static void ref_vexp_f64(void *out, const void *in, sa_int n, int mode)
 {
     int base2 = mode == SA_VEXP_EXP2 || mode == SA_VEXP_EXP2_NONPOS;
-    for (sa_int j = 0; j < n; j++)
-        ((double *)out)[j] = base2 ? exp2(((const double *)in)[j]) : exp(((const double *)in)[j]);
+    for (sa_int j = 0; j < n; j++) {
+        double x = ((const double *)in)[j];
+        ((double *)out)[j] = mode == SA_VEXP_TANH ? tanh(x) : base2 ? exp2(x) : exp(x);
+    }
 }
 
 const sa_kernels sa_kernels_reference = {

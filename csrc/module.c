@@ -342,7 +342,8 @@ static int check_band(const band_arg *arg, const sa_batch *batch, sa_int n_q, sa
 
 static int scores_impl(int isa, int precision, const sa_batch *batch, const sa_mat *out,
                        const sa_mat *Q, const sa_mat *K, const sa_mask *mask, sa_int n_q,
-                       sa_int n_k, sa_int d_k, double scale, sa_band band)
+                       sa_int n_k, sa_int d_k, double scale, sa_band band,
+                       const sa_score_mods *mods)
 {
     sa_exec ex;
     const sa_kernels *tier = prepare(&ex, isa, batch, precision, NULL, 0);
@@ -351,7 +352,7 @@ static int scores_impl(int isa, int precision, const sa_batch *batch, const sa_m
     int status;
     RUN_KERNEL(status, 2.0 * batch->count * n_q * n_k * (d_k + 1),
                tier->scores[precision](&ex, batch, out, Q, K, mask, n_q, n_k, d_k, scale,
-                                       clamped_band(band, n_q, n_k)));
+                                       clamped_band(band, n_q, n_k), mods));
     return raise_status(status);
 }
 
@@ -396,7 +397,8 @@ static int output_impl(int isa, int precision, const sa_batch *batch, const sa_m
 static int attention_impl(int isa, int precision, const sa_batch *batch, const sa_mat *out,
                           const sa_mat *weights, const sa_mat *Q, const sa_mat *K,
                           const sa_mat *V, const sa_mask *mask, sa_int n_q, sa_int n_k,
-                          sa_int d_k, sa_int d_v, double scale, sa_band band, void *lse)
+                          sa_int d_k, sa_int d_v, double scale, sa_band band, void *lse,
+                          const sa_score_mods *mods)
 {
     sa_exec ex;
     const sa_values values[] = {{V, n_k, d_v}};
@@ -406,7 +408,7 @@ static int attention_impl(int isa, int precision, const sa_batch *batch, const s
     int status;
     RUN_KERNEL(status, 2.0 * batch->count * n_q * n_k * (d_k + d_v),
                tier->attention[precision](&ex, batch, out, weights, Q, K, V, mask, n_q, n_k, d_k,
-                                          d_v, scale, clamped_band(band, n_q, n_k), lse));
+                                          d_v, scale, clamped_band(band, n_q, n_k), lse, mods));
     return raise_status(status);
 }
 
@@ -414,7 +416,8 @@ static int attention_backward_impl(int isa, int precision, const sa_batch *batch
                                    const sa_mat *dQ, const sa_mat *dK, const sa_mat *dV,
                                    const sa_mat *dO, const sa_mat *Q, const sa_mat *K,
                                    const sa_mat *V, const sa_mask *mask, sa_int n_q, sa_int n_k,
-                                   sa_int d_k, sa_int d_v, double scale, sa_band band)
+                                   sa_int d_k, sa_int d_v, double scale, sa_band band,
+                                   const sa_score_mods *mods)
 {
     sa_exec ex;
     const sa_values values[] = {{V, n_k, d_v}, {dO, n_q, d_v}};
@@ -425,7 +428,7 @@ static int attention_backward_impl(int isa, int precision, const sa_batch *batch
     RUN_KERNEL(status, 2.0 * batch->count * n_q * n_k * (3 * d_k + 4 * d_v),
                tier->attention_backward[precision](&ex, batch, dQ, dK, dV, dO, Q, K, V, mask, n_q,
                                                    n_k, d_k, d_v, scale,
-                                                   clamped_band(band, n_q, n_k)));
+                                                   clamped_band(band, n_q, n_k), mods));
     return raise_status(status);
 }
 
@@ -520,7 +523,7 @@ static PyObject *core_scores(PyObject *self, PyObject *args)
         || get_mask(mask_obj, typenum, &batch, n_q, n_k, &mask) < 0
         || check_band(&band, &batch, n_q, n_k) < 0
         || scores_impl(isa, precision, &batch, &out, &Q, &K, &mask, n_q, n_k, d_k, scale,
-                       band.band) < 0)
+                       band.band, NULL) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -646,11 +649,14 @@ static PyObject *core_project(PyObject *self, PyObject *args)
 }
 
 PyDoc_STRVAR(attention_doc,
-             "attention(out, weights, Q, K, V, mask, scale, band, isa, lse=None)\n--\n\n"
+             "attention(out, weights, Q, K, V, mask, scale, band, isa, lse=None, softcap=0.0, "
+             "dropout_p=0.0, seed=0)\n--\n\n"
              "out[...] = softmax(scale * Q @ K^T + mask, keys outside the band (lo, hi) or "
              "(lo, hi, from_end, query_lengths, key_lengths) hidden) @ V (private); weights may "
              "be None (fused, O(n d) memory) or an output for the weights; lse None or an "
-             "output (batch..., n_q) for each row's log-sum-exp.");
+             "output (batch..., n_q) for each row's log-sum-exp. softcap > 0: each score s "
+             "becomes softcap * tanh(s / softcap) before the mask; dropout_p > 0 drops weights "
+             "after the softmax (Philox4x32-10 keyed by seed, csrc/attn.h's sa_score_mods).");
 
 /* The lse output of attention: None (NULL), or a C-contiguous aligned writeable array of the
    call's type holding batch->count x n_q elements. */
@@ -677,9 +683,13 @@ static PyObject *core_attention(PyObject *self, PyObject *args)
     double scale;
     band_arg band;
     int isa, typenum, precision;
-    if (!PyArg_ParseTuple(args, "OOOOOOdO&i|O", &out_obj, &weights_obj, &Q_obj, &K_obj, &V_obj,
-                          &mask_obj, &scale, band_converter, &band, &isa, &lse_obj))
+    sa_score_mods mods = {.softcap = 0, .dropout_p = 0, .seed = 0};
+    unsigned long long seed = 0;
+    if (!PyArg_ParseTuple(args, "OOOOOOdO&i|OddK", &out_obj, &weights_obj, &Q_obj, &K_obj, &V_obj,
+                          &mask_obj, &scale, band_converter, &band, &isa, &lse_obj,
+                          &mods.softcap, &mods.dropout_p, &seed))
         return NULL;
+    mods.seed = (uint64_t)seed;
     sa_batch batch;
     sa_mat out, weights, Q, K, V;
     sa_mask mask;
@@ -703,14 +713,17 @@ static PyObject *core_attention(PyObject *self, PyObject *args)
         || check_band(&band, &batch, n_q, n_k) < 0
         || get_lse(lse_obj, typenum, &batch, n_q, &lse) < 0
         || attention_impl(isa, precision, &batch, &out, weights_obj != Py_None ? &weights : NULL,
-                          &Q, &K, &V, &mask, n_q, n_k, d_k, d_v, scale, band.band, lse) < 0)
+                          &Q, &K, &V, &mask, n_q, n_k, d_k, d_v, scale, band.band, lse, &mods) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
 
 PyDoc_STRVAR(attention_backward_doc,
-             "attention_backward(dQ, dK, dV, dO, Q, K, V, mask, scale, band, isa)\n--\n\n"
-             "dQ, dK, dV[...] = the gradients of attention(..., band, ...) given dO "
+             "attention_backward(dQ, dK, dV, dO, Q, K, V, mask, scale, band, isa, softcap=0.0, "
+             "dropout_p=0.0, seed=0)"
+             "\n--\n\n"
+             "dQ, dK, dV[...] = the gradients of attention(..., band, ..., softcap, dropout_p, "
+             "seed) given dO "
              "(private).");
 
 static PyObject *core_attention_backward(PyObject *self, PyObject *args)
@@ -719,9 +732,13 @@ static PyObject *core_attention_backward(PyObject *self, PyObject *args)
     double scale;
     band_arg band;
     int isa, typenum, precision;
-    if (!PyArg_ParseTuple(args, "OOOOOOOOdO&i", &dQ_obj, &dK_obj, &dV_obj, &dO_obj, &Q_obj,
-                          &K_obj, &V_obj, &mask_obj, &scale, band_converter, &band, &isa))
+    sa_score_mods mods = {.softcap = 0, .dropout_p = 0, .seed = 0};
+    unsigned long long seed = 0;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOdO&i|ddK", &dQ_obj, &dK_obj, &dV_obj, &dO_obj, &Q_obj,
+                          &K_obj, &V_obj, &mask_obj, &scale, band_converter, &band, &isa,
+                          &mods.softcap, &mods.dropout_p, &seed))
         return NULL;
+    mods.seed = (uint64_t)seed;
     sa_batch batch;
     sa_mat dQ, dK, dV, dO, Q, K, V;
     sa_mask mask;
@@ -743,7 +760,7 @@ static PyObject *core_attention_backward(PyObject *self, PyObject *args)
         || get_mask(mask_obj, typenum, &batch, n_q, n_k, &mask) < 0
         || check_band(&band, &batch, n_q, n_k) < 0
         || attention_backward_impl(isa, precision, &batch, &dQ, &dK, &dV, &dO, &Q, &K, &V, &mask,
-                                   n_q, n_k, d_k, d_v, scale, band.band) < 0)
+                                   n_q, n_k, d_k, d_v, scale, band.band, &mods) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -847,7 +864,7 @@ static PyObject *plain_attention(int typenum, const sa_mat *Q, const sa_mat *K, 
         return NULL;
     return result_or_null(result, attention_impl(-1, precision_of(typenum), &single, &out, NULL,
                                                  Q, K, V, &no_mask, n_q, n_k, d_k, d_v, scale,
-                                                 band, NULL));
+                                                 band, NULL, NULL));
 }
 
 static PyObject *core_plain_sdpa(PyObject *self, PyObject *args)
@@ -932,7 +949,7 @@ static PyObject *core_plain_scores(PyObject *self, PyObject *args)
     if (result == NULL)
         return NULL;
     return result_or_null(result, scores_impl(-1, precision_of(typenum), &single, &S, &Q, &K,
-                                              &no_mask, n_q, n_k, d_k, scale, band.band));
+                                              &no_mask, n_q, n_k, d_k, scale, band.band, NULL));
 }
 
 static PyObject *core_plain_softmax(PyObject *self, PyObject *x_obj)
@@ -968,7 +985,8 @@ static PyObject *core_plain_output(PyObject *self, PyObject *args)
 }
 
 PyDoc_STRVAR(vexp_doc, "vexp(out, x, isa, mode=0)\n--\n\n"
-                       "out[:] = exp(x) (mode 0), 2**x (1), or the variants for x <= 0 (2, 3), "
+                       "out[:] = exp(x) (mode 0), 2**x (1), the variants for x <= 0 (2, 3), or "
+                       "tanh(x) (4), "
                        "with the tier's vectorised exp (private; for the accuracy tests). out "
                        "and x: 1-d contiguous arrays of one float type.");
 
@@ -978,8 +996,8 @@ static PyObject *core_vexp(PyObject *self, PyObject *args)
     int isa, mode = SA_VEXP_EXP;
     if (!PyArg_ParseTuple(args, "OOi|i", &out_obj, &in_obj, &isa, &mode))
         return NULL;
-    if (mode < SA_VEXP_EXP || mode > SA_VEXP_EXP2_NONPOS) {
-        PyErr_SetString(PyExc_ValueError, "_core.vexp: mode must be 0, 1, 2 or 3");
+    if (mode < SA_VEXP_EXP || mode > SA_VEXP_TANH) {
+        PyErr_SetString(PyExc_ValueError, "_core.vexp: mode must be 0, 1, 2, 3 or 4");
         return NULL;
     }
     if (!PyArray_Check(out_obj) || !PyArray_Check(in_obj)) {

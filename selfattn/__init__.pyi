@@ -43,6 +43,9 @@ def self_attention_layer(
     key_lengths: ArrayLike | None = ...,
     return_weights: Literal[False] = ...,
     window: _Window = ...,
+    softcap: float | None = ...,
+    dropout_p: float = ...,
+    seed: int | None = ...,
 ) -> _Float: ...
 @overload
 def self_attention_layer(
@@ -59,6 +62,9 @@ def self_attention_layer(
     key_lengths: ArrayLike | None = ...,
     return_weights: Literal[True],
     window: _Window = ...,
+    softcap: float | None = ...,
+    dropout_p: float = ...,
+    seed: int | None = ...,
 ) -> tuple[_Float, _Float]: ...
 @overload
 def scaled_dot_product_attention(
@@ -76,6 +82,9 @@ def scaled_dot_product_attention(
     query_lengths: ArrayLike | None = ...,
     key_lengths: ArrayLike | None = ...,
     return_lse: Literal[False] = ...,
+    softcap: float | None = ...,
+    dropout_p: float = ...,
+    seed: int | None = ...,
 ) -> _Float: ...
 @overload
 def scaled_dot_product_attention(
@@ -93,6 +102,9 @@ def scaled_dot_product_attention(
     query_lengths: ArrayLike | None = ...,
     key_lengths: ArrayLike | None = ...,
     return_lse: Literal[False] = ...,
+    softcap: float | None = ...,
+    dropout_p: float = ...,
+    seed: int | None = ...,
 ) -> tuple[_Float, _Float]: ...
 @overload
 def scaled_dot_product_attention(
@@ -147,6 +159,9 @@ def multi_head_attention(
     return_weights: Literal[False] = ...,
     window: _Window = ...,
     num_kv_heads: int | None = ...,
+    softcap: float | None = ...,
+    dropout_p: float = ...,
+    seed: int | None = ...,
 ) -> _Float: ...
 @overload
 def multi_head_attention(
@@ -171,6 +186,9 @@ def multi_head_attention(
     return_weights: Literal[True],
     window: _Window = ...,
     num_kv_heads: int | None = ...,
+    softcap: float | None = ...,
+    dropout_p: float = ...,
+    seed: int | None = ...,
 ) -> tuple[_Float, _Float]: ...
 def scaled_dot_product_attention_backward(
     dO: ArrayLike,
@@ -186,6 +204,9 @@ def scaled_dot_product_attention_backward(
     enable_gqa: bool = ...,
     query_lengths: ArrayLike | None = ...,
     key_lengths: ArrayLike | None = ...,
+    softcap: float | None = ...,
+    dropout_p: float = ...,
+    seed: int | None = ...,
 ) -> tuple[_Float, _Float, _Float]: ...
 def self_attention_layer_backward(
     dY: ArrayLike,
@@ -201,6 +222,9 @@ def self_attention_layer_backward(
     window: _Window = ...,
     query_lengths: ArrayLike | None = ...,
     key_lengths: ArrayLike | None = ...,
+    softcap: float | None = ...,
+    dropout_p: float = ...,
+    seed: int | None = ...,
 ) -> tuple[_Float, _Float, _Float, _Float]: ...
 def multi_head_attention_backward(
     dY: ArrayLike,
@@ -224,6 +248,9 @@ def multi_head_attention_backward(
     num_kv_heads: int | None = ...,
     query_lengths: ArrayLike | None = ...,
     key_lengths: ArrayLike | None = ...,
+    softcap: float | None = ...,
+    dropout_p: float = ...,
+    seed: int | None = ...,
 ) -> tuple[_Float, ...]: ...
 def causal_mask(
     n_q: int, n_k: int | None = ..., *, align: Literal["top_left", "bottom_right"] = ...

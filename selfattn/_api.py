@@ -33,11 +33,13 @@ from ._validate import (
     _batch_shape,
     _check_size,
     _dtypes,
+    _dropout,
     _flag,
     _visibility,
     _grouped_operands,
     _ungroup_heads,
     _lengths,
+    _softcap,
 )
 
 __all__ = [
@@ -289,7 +291,8 @@ def compute_attention_output(attn_weights, V):
 
 def scaled_dot_product_attention(Q, K, V, *, scale=None, mask=None, bias=None, is_causal=False,
                                  return_weights=False, window=None, enable_gqa=False,
-                                 query_lengths=None, key_lengths=None, return_lse=False):
+                                 query_lengths=None, key_lengths=None, return_lse=False,
+                                 softcap=None, dropout_p=0.0, seed=None):
     """Attention from queries, keys and values: ``softmax(Q @ K^T * scale + mask + bias) @ V``.
 
     The three notebook steps in one call, under the name torch users know
@@ -347,6 +350,19 @@ def scaled_dot_product_attention(Q, K, V, *, scale=None, mask=None, bias=None, i
         ``+inf`` (the rows whose weights are NaN).
         ``weights = exp(scores - lse[..., None])``. Computed by the fused kernel at no extra
         cost.
+    softcap : float, optional
+        Logit soft-capping (Gemma 2, flash-attn's ``softcap``): each scaled score ``s`` becomes
+        ``softcap * tanh(s / softcap)`` before the mask and bias are applied (so masked keys stay
+        masked); a finite number > 0, or None (default) for none.
+    dropout_p : float, optional
+        Dropout on the attention weights (torch's ``dropout_p``): after the softmax each weight
+        is dropped (0) with probability ``dropout_p`` and the others are multiplied by
+        ``1 / (1 - dropout_p)``; ``1`` gives an output of 0. Default 0: no dropout, at no cost.
+    seed : int, optional
+        Which weights are dropped: a function of ``(seed, batch item, query, key)`` alone
+        (Philox4x32-10), the same on every thread count and tier. Default: one drawn from
+        NumPy's global generator (``np.random``; ``np.random.seed`` makes it reproducible). To
+        differentiate, pass a seed and give the backward the same one.
 
     Returns
     -------
@@ -354,10 +370,11 @@ def scaled_dot_product_attention(Q, K, V, *, scale=None, mask=None, bias=None, i
         A query whose keys are all masked gets an output row of zeros (never NaN). A key with
         weight 0 contributes nothing, even if its row of V holds inf or NaN.
     weights : ndarray, shape (..., n_q, n_k)
-        Only with ``return_weights=True``.
+        Only with ``return_weights=True``; with dropout, the weights after it (so that
+        ``output = weights @ V``).
     lse : ndarray, shape (..., n_q)
         Only with ``return_lse=True``; always last: ``(output, lse)`` or
-        ``(output, weights, lse)``.
+        ``(output, weights, lse)``. Of the scores before dropout.
 
     Raises
     ------
@@ -390,7 +407,8 @@ def scaled_dot_product_attention(Q, K, V, *, scale=None, mask=None, bias=None, i
     """
     if (mask is None and bias is None and window is None and return_weights is False
             and type(is_causal) is bool and enable_gqa is False and query_lengths is None
-            and key_lengths is None and return_lse is False):
+            and key_lengths is None and return_lse is False and softcap is None
+            and type(dropout_p) in (int, float) and dropout_p == 0):
         result = _core.plain_sdpa(Q, K, V, scale, _PLAIN_BANDS[is_causal])
         if result is not None:
             return result
@@ -402,12 +420,13 @@ def scaled_dot_product_attention(Q, K, V, *, scale=None, mask=None, bias=None, i
     batch, scale, visibility, mask, result, compute = _attention_operands(
         func, Q, K, V, mask, is_causal, scale, bias=bias, window=window, groups=groups)
     lengths = _lengths(func, query_lengths, key_lengths, batch, Q.shape[-2], K.shape[-2])
+    softcap, dropout = _softcap(func, softcap), _dropout(func, dropout_p, seed)
     lse = None
     if return_lse:
         _check_size(func, batch + Q.shape[-2:-1], compute)
         lse = np.empty(batch + Q.shape[-2:-1], dtype=compute)
     out, weights = _attend(func, batch, Q, K, V, mask, scale, visibility, compute, return_weights,
-                           lengths=lengths, lse=lse)
+                           lengths=lengths, lse=lse, softcap=softcap, dropout=dropout)
     if groups is not None:
         out, weights = _ungroup_heads(out), weights if weights is None else _ungroup_heads(weights)
         lse = lse if lse is None else _ungroup_heads(lse[..., None])[..., 0]
@@ -419,7 +438,7 @@ def scaled_dot_product_attention(Q, K, V, *, scale=None, mask=None, bias=None, i
 
 def self_attention_layer(X, W_q, W_k, W_v, *, scale=None, mask=None, bias=None,
                          is_causal=False, return_weights=False, window=None, query_lengths=None,
-                         key_lengths=None):
+                         key_lengths=None, softcap=None, dropout_p=0.0, seed=None):
     """A full single-head self-attention layer: project X to Q, K, V, then attend.
 
     Step 4 of the notebook. Exactly::
@@ -459,6 +478,9 @@ def self_attention_layer(X, W_q, W_k, W_v, *, scale=None, mask=None, bias=None,
         :func:`scaled_dot_product_attention`): tokens at or past their query length give output
         0, tokens at or past their key length are attended by none. For a padded batch of
         self-attention pass the same lengths to both.
+    softcap, dropout_p, seed : optional
+        Logit soft-capping and dropout on the weights, as in
+        :func:`scaled_dot_product_attention`.
 
     Returns
     -------
@@ -488,13 +510,15 @@ def self_attention_layer(X, W_q, W_k, W_v, *, scale=None, mask=None, bias=None,
     array([1., 1., 1.])
     """
     if (mask is None and bias is None and window is None and return_weights is False
-            and type(is_causal) is bool and query_lengths is None and key_lengths is None):
+            and type(is_causal) is bool and query_lengths is None and key_lengths is None
+            and softcap is None and type(dropout_p) in (int, float) and dropout_p == 0):
         result = _core.plain_layer(X, W_q, W_k, W_v, scale, _PLAIN_BANDS[is_causal])
         if result is not None:
             return result
     func = "self_attention_layer"
     return_weights = _flag(func, "return_weights", return_weights)
     L = _Layer(func, X, W_q, W_k, W_v, None, None, scale, mask, is_causal, bias=bias,
-               window=window, lengths=(query_lengths, key_lengths))
+               window=window, lengths=(query_lengths, key_lengths), softcap=softcap,
+               dropout_p=dropout_p, seed=seed)
     out, weights = L.attend(*L.project(), return_weights)
     return _finish_attention(out, weights, L.result)

@@ -24,10 +24,12 @@ from ._validate import (
     _attention_operands,
     _check_grad_shape,
     _check_size,
+    _dropout,
     _dtypes,
     _group_heads,
     _grouped_operands,
     _lengths,
+    _softcap,
 )
 
 __all__ = ["scaled_dot_product_attention_backward", "self_attention_layer_backward"]
@@ -94,7 +96,7 @@ def _layer_input_grads(L, dO, Q, K, V):
     dK_all, dV_all = (A if A.shape[:-2] == L.att_batch else np.empty(L.att_batch + A.shape[-2:], c)
                       for A in (dKh, dVh))
     _attention_grads(L.att_batch, dQh, dK_all, dV_all, dOh, Q, K, V, L.mask, L.scale,
-                     L.visibility, c, L.lengths)
+                     L.visibility, c, L.lengths, L.softcap, L.dropout)
     for A, A_all in ((dKh, dK_all), (dVh, dV_all)):
         if A_all is not A:
             A[...] = _sum_to(A_all, A.shape)
@@ -113,7 +115,8 @@ def _layer_input_grads(L, dO, Q, K, V):
 
 def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None, bias=None,
                                           is_causal=False, window=None, enable_gqa=False,
-                                          query_lengths=None, key_lengths=None):
+                                          query_lengths=None, key_lengths=None, softcap=None,
+                                          dropout_p=0.0, seed=None):
     """Gradients of :func:`scaled_dot_product_attention`: ``(dQ, dK, dV)`` given ``dO``.
 
     For ``O = softmax(S) @ V`` with ``S = Q @ K^T * scale + mask`` and ``P = softmax(S)`` (by rows),
@@ -123,6 +126,11 @@ def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None,
         dP = dO @ V^T;   D = (P * dP).sum(-1, keepdims=True)   # = (dO * O).sum(-1)
         dS = P * (dP - D)
         dQ = dS @ K * scale;   dK = dS^T @ Q * scale
+
+    With ``softcap``, S holds the capped scores ``c * tanh(R / c)`` (R = Q @ K^T * scale) and
+    dS is multiplied by their slope ``1 - tanh(R / c)**2`` before dQ and dK. With dropout
+    (``Z`` = 0 for a dropped weight, ``1 / (1 - dropout_p)`` for a kept one, ``O = (P * Z) @ V``):
+    ``dV = (P * Z)^T @ dO`` and ``dP = Z * (dO @ V^T)``.
 
     computed in C block by block (FlashAttention-2 style): the ``n_q x n_k`` weights are never
     stored. Each thread keeps at most one panel of 64 query rows (up to 8 MiB); where that would
@@ -135,10 +143,13 @@ def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None,
     dO : array_like, shape (..., n_q, d_v)
         Gradient of the loss with respect to the attention output; exactly the shape
         :func:`scaled_dot_product_attention` returns for these arguments.
-    Q, K, V, scale, mask, bias, is_causal, window, enable_gqa, query_lengths, key_lengths
+    Q, K, V, scale, mask, bias, is_causal, window, enable_gqa, query_lengths, key_lengths, softcap
         As in :func:`scaled_dot_product_attention`. Keys outside the band get no gradient from a
         query, and a query that sees no key gets ``dQ = 0``; rows past their query length get
         ``dQ = 0`` and give nothing; keys past their key length get ``dK = dV = 0``.
+    dropout_p, seed : optional
+        As in the forward; with ``dropout_p > 0`` the seed is required (the forward's), so the
+        backward drops the same weights.
 
     Returns
     -------
@@ -183,6 +194,8 @@ def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None,
     batch, scale, visibility, mask, result, _ = _attention_operands(func, Q, K, V, mask, is_causal,
                                                                 scale, bias=bias, window=window,
                                                                 groups=groups)
+    softcap = _softcap(func, softcap)
+    dropout = _dropout(func, dropout_p, seed, backward=True)
     n_q, n_k, d_k, d_v = Q.shape[-2], K.shape[-2], Q.shape[-1], V.shape[-1]
     out_batch = batch if groups is None else batch[:-2] + (batch[-2] * batch[-1],)
     _check_grad_shape(func, "dO", dO, out_batch + (n_q, d_v), "output")
@@ -196,7 +209,8 @@ def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None,
     dV = np.empty(batch + (n_k, d_v), dtype=compute)
     dO_c = dO.astype(compute, copy=False)
     lengths = _lengths(func, query_lengths, key_lengths, batch, n_q, n_k)
-    _attention_grads(batch, dQ, dK, dV, dO_c, Q, K, V, mask, scale, visibility, compute, lengths)
+    _attention_grads(batch, dQ, dK, dV, dO_c, Q, K, V, mask, scale, visibility, compute, lengths,
+                     softcap, dropout)
     # with groups, each summed gradient has its input's grouped shape: reshaping undoes that
     return tuple(_finish(_sum_to(g, x.shape).reshape(shape), result)
                  for g, x, shape in ((dQ, Q, shapes[0]), (dK, K, shapes[1]), (dV, V, shapes[2])))
@@ -204,7 +218,7 @@ def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None,
 
 def self_attention_layer_backward(dY, X, W_q, W_k, W_v, *, scale=None, mask=None, bias=None,
                                   is_causal=False, window=None, query_lengths=None,
-                                  key_lengths=None):
+                                  key_lengths=None, softcap=None, dropout_p=0.0, seed=None):
     """Gradients of :func:`self_attention_layer`: ``(dX, dW_q, dW_k, dW_v)`` given ``dY``.
 
     With ``Q, K, V = X @ W_q, X @ W_k, X @ W_v`` and ``(dQ, dK, dV)`` from
@@ -221,8 +235,11 @@ def self_attention_layer_backward(dY, X, W_q, W_k, W_v, *, scale=None, mask=None
     dY : array_like, shape (..., n, d_v)
         Gradient of the loss with respect to the layer's output; exactly the shape
         :func:`self_attention_layer` returns for these arguments.
-    X, W_q, W_k, W_v, scale, mask, bias, is_causal, window, query_lengths, key_lengths
+    X, W_q, W_k, W_v, scale, mask, bias, is_causal, window, query_lengths, key_lengths, softcap
         As in :func:`self_attention_layer` (the bias gets no gradient).
+    dropout_p, seed : optional
+        As in the forward; with ``dropout_p > 0`` the seed is required (the forward's), so the
+        backward drops the same weights.
 
     Returns
     -------
@@ -259,7 +276,8 @@ def self_attention_layer_backward(dY, X, W_q, W_k, W_v, *, scale=None, mask=None
     func = "self_attention_layer_backward"
     dY, = _as_matrices(func, ("dY", dY, "(seq_len, d_v)"))
     L = _Layer(func, X, W_q, W_k, W_v, None, None, scale, mask, is_causal, bias=bias,
-               window=window, lengths=(query_lengths, key_lengths))
+               window=window, lengths=(query_lengths, key_lengths), softcap=softcap,
+               dropout_p=dropout_p, seed=seed, backward=True)
     _check_grad_shape(func, "dY", dY, L.out_batch + (L.n, L.d_v), "output")
     Q, K, V = L.project()
     grads = _layer_input_grads(L, dY.astype(L.compute, copy=False), Q, K, V)

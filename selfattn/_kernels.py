@@ -135,8 +135,10 @@ def _project(func, X, Ws, compute, batch, w_batch, biases=None):
 
 
 def _attend(func, batch, Q, K, V, mask, scale, visibility, compute, return_weights, heads=None,
-            lengths=None, lse=None):
-    """softmax(scale * Q @ K^T + mask) @ V on the attention kernel, Q, K, V broadcast to `batch`.
+            lengths=None, lse=None, softcap=0.0, dropout=(0.0, 0)):
+    """softmax(scale * Q @ K^T + mask) @ V on the attention kernel, Q, K, V broadcast to `batch`;
+    softcap > 0 (from _validate._softcap) caps the scores before the mask; dropout is
+    (dropout_p, seed) from _validate._dropout.
     With `heads`, batch ends with the head axis (or axes, _head_axes) and the output is the heads'
     outputs side by side, (batch[:-1], n_q, heads * d_v). `lengths`: _validate._lengths. `lse`:
     None, or an output (batch, n_q) of the compute dtype for each row's log-sum-exp. Returns
@@ -153,12 +155,13 @@ def _attend(func, batch, Q, K, V, mask, scale, visibility, compute, return_weigh
         Qb, Kb, Vb = (_operand(a, compute, batch) for a in (Q, K, V))
         _core.attention(_split_heads(out, heads), weights, Qb, Kb, Vb,
                         _mask_operand(mask, batch, n_q, n_k), scale,
-                        _band(visibility, n_q, n_k, lengths), _ISA_DEFAULT, lse)
+                        _band(visibility, n_q, n_k, lengths), _ISA_DEFAULT, lse, softcap,
+                        *dropout)
     return out, weights
 
 
 def _attention_grads(batch, dQ, dK, dV, dO, Q, K, V, mask, scale, visibility, compute,
-                     lengths=None):
+                     lengths=None, softcap=0.0, dropout=(0.0, 0)):
     """Runs the backward kernel: dQ, dK, dV (outputs, batch shape `batch`) from dO and Q, K, V."""
     n_q, n_k = Q.shape[-2], K.shape[-2]
     if n_q == 0 or n_k == 0 or not (dQ.size or dK.size or dV.size):
@@ -167,4 +170,5 @@ def _attention_grads(batch, dQ, dK, dV, dO, Q, K, V, mask, scale, visibility, co
         return
     Qb, Kb, Vb, dOb = (_operand(a, compute, batch) for a in (Q, K, V, dO))
     _core.attention_backward(dQ, dK, dV, dOb, Qb, Kb, Vb, _mask_operand(mask, batch, n_q, n_k),
-                             scale, _band(visibility, n_q, n_k, lengths), _ISA_DEFAULT)
+                             scale, _band(visibility, n_q, n_k, lengths), _ISA_DEFAULT, softcap,
+                             *dropout)

@@ -32,6 +32,8 @@ from ._validate import (
     _require_matrix,
     _scale,
     _ungroup_heads,
+    _dropout,
+    _softcap,
     _visibility,
 )
 
@@ -46,7 +48,7 @@ class _Layer:
 
     def __init__(self, func, X, W_q, W_k, W_v, W_o, heads, scale, mask, is_causal, kv=None,
                  biases=(None, None, None, None), bias=None, window=None, kv_heads=None,
-                 lengths=(None, None)):
+                 lengths=(None, None), softcap=None, dropout_p=0.0, seed=None, backward=False):
         self.func = func
         X = _as_array(func, "X", X)
         KV = None if kv is None else _as_array(func, "kv", kv)
@@ -80,6 +82,8 @@ class _Layer:
         arrays += [b for b in self.biases if b is not None]
         self.visibility = _visibility(func, is_causal, window)
         self.scale = _scale(func, scale, self.d_k)
+        self.softcap = _softcap(func, softcap)
+        self.dropout = _dropout(func, dropout_p, seed, backward)
         self.result, self.compute = _dtypes(*arrays)
         self.n = n = X.shape[-2]
         self.n_k = n_k = n if KV is None else KV.shape[-2]
@@ -166,7 +170,7 @@ class _Layer:
         (..., num_heads, n, n_k)."""
         out, weights = _attend(self.func, self.att_batch, Q, K, V, self.mask, self.scale,
                                self.visibility, self.compute, return_weights, self.heads,
-                               lengths=self.lengths)
+                               lengths=self.lengths, softcap=self.softcap, dropout=self.dropout)
         if self.groups is not None and weights is not None:
             weights = _ungroup_heads(weights)
         return out, weights

@@ -19,7 +19,8 @@ __all__ = ["multi_head_attention", "multi_head_attention_backward"]
 def multi_head_attention(X, W_q, W_k, W_v, W_o, *, num_heads, kv=None, b_q=None, b_k=None,
                          b_v=None, b_o=None, scale=None, mask=None, bias=None, is_causal=False,
                          return_weights=False, window=None, num_kv_heads=None,
-                         query_lengths=None, key_lengths=None):
+                         query_lengths=None, key_lengths=None, softcap=None, dropout_p=0.0,
+                         seed=None):
     """Multi-head attention: ``num_heads`` attention heads side by side, then ``W_o``.
 
     The step after the notebook's single head. Exactly (``kv`` defaults to ``X``, self-attention;
@@ -97,6 +98,13 @@ def multi_head_attention(X, W_q, W_k, W_v, W_o, *, num_heads, kv=None, b_q=None,
         queries' lengths) and of ``kv``'s (the keys'), shared by every head (see
         :func:`scaled_dot_product_attention`). Query rows at or past their length give attention
         output 0 before ``W_o`` (so ``Y`` is ``b_o`` there); keys past theirs are invisible.
+    softcap : float, optional
+        Logit soft-capping in every head: each scaled score ``s`` becomes
+        ``softcap * tanh(s / softcap)`` before the mask and bias (see
+        :func:`scaled_dot_product_attention`); None (default) for none.
+    dropout_p, seed : optional
+        Dropout on every head's weights, as in :func:`scaled_dot_product_attention` (the heads
+        are a batch axis, so each head drops its own weights).
 
     Returns
     -------
@@ -144,7 +152,8 @@ def multi_head_attention(X, W_q, W_k, W_v, W_o, *, num_heads, kv=None, b_q=None,
     return_weights = _flag(func, "return_weights", return_weights)
     L = _Layer(func, X, W_q, W_k, W_v, W_o, heads, scale, mask, is_causal, kv,
                (b_q, b_k, b_v, b_o), bias, window=window, kv_heads=kv_heads,
-               lengths=(query_lengths, key_lengths))
+               lengths=(query_lengths, key_lengths), softcap=softcap, dropout_p=dropout_p,
+               seed=seed)
     out, weights = L.attend(*L.project(), return_weights)
     return _finish_attention(L.output(out), weights, L.result)
 
@@ -152,7 +161,8 @@ def multi_head_attention(X, W_q, W_k, W_v, W_o, *, num_heads, kv=None, b_q=None,
 def multi_head_attention_backward(dY, X, W_q, W_k, W_v, W_o, *, num_heads, kv=None, b_q=None,
                                   b_k=None, b_v=None, b_o=None, scale=None, mask=None, bias=None,
                                   is_causal=False, window=None, num_kv_heads=None,
-                                  query_lengths=None, key_lengths=None):
+                                  query_lengths=None, key_lengths=None, softcap=None,
+                                  dropout_p=0.0, seed=None):
     """Gradients of :func:`multi_head_attention`: ``(dX, dW_q, dW_k, dW_v, dW_o)`` given ``dY``,
     then ``dkv`` and ``db_q, db_k, db_v, db_o`` for those of ``kv`` and the biases given.
 
@@ -176,9 +186,11 @@ def multi_head_attention_backward(dY, X, W_q, W_k, W_v, W_o, *, num_heads, kv=No
         Gradient of the loss with respect to the output; exactly the shape
         :func:`multi_head_attention` returns for these arguments.
     X, W_q, W_k, W_v, W_o, num_heads, kv, b_q, b_k, b_v, b_o, scale, mask, bias, is_causal, \
-    window, num_kv_heads, query_lengths, key_lengths
+    window, num_kv_heads, query_lengths, key_lengths, softcap
         As in :func:`multi_head_attention`. With ``num_kv_heads``, ``dW_k``, ``dW_v``, ``db_k``
         and ``db_v`` sum the gradients of the query heads that share each K/V head.
+    dropout_p, seed : optional
+        As in the forward; with ``dropout_p > 0`` the seed is required (the forward's).
 
     Returns
     -------
@@ -220,7 +232,8 @@ def multi_head_attention_backward(dY, X, W_q, W_k, W_v, W_o, *, num_heads, kv=No
     dY, = _as_matrices(func, ("dY", dY, "(seq_len, d_out)"))
     L = _Layer(func, X, W_q, W_k, W_v, W_o, heads, scale, mask, is_causal, kv,
                (b_q, b_k, b_v, b_o), bias, window=window, kv_heads=kv_heads,
-               lengths=(query_lengths, key_lengths))
+               lengths=(query_lengths, key_lengths), softcap=softcap, dropout_p=dropout_p,
+               seed=seed, backward=True)
     c = L.compute
     _check_grad_shape(func, "dY", dY, L.y_batch + (L.n, L.W_o.shape[-1]), "output")
     dY = dY.astype(c, copy=False)

@@ -6,7 +6,8 @@ is the same for both backends, so validation, dtype rules and messages are share
 only computes, with the conventions of the C kernels (csrc/attn.h):
 
 * scores = scale * Q @ K^T; one that is inf or NaN although its rows of Q and K are finite has
-  overflowed and is NaN (attn.h's sa_overflowed_score); then a float mask is added, a boolean one
+  overflowed and is NaN (attn.h's sa_overflowed_score); with a soft-cap c (attention only) it
+  becomes c * tanh(score / c) (attn.h's sa_score_mods); then a float mask is added, a boolean one
   sets -inf where it is False, keys outside the band (query i sees i + lo <= j <= i + hi) are -inf;
 * softmax subtracts each row's maximum; a row of -inf (every key masked) gives weights 0, a row
   holding NaN gives NaN;
@@ -186,9 +187,11 @@ def _band_hidden(band, batch, rows, n_q, n_k):
     return (key < query + lo + shift) | (key > query + hi + shift) | (query >= R) | (key >= K)
 
 
-def _scores_block(Q, K, rows, mask, scale, band):
-    """The scores of query rows `rows` against every key: scaled, overflow made NaN, masked, and
-    -inf where the band hides the key (_band_hidden)."""
+def _scores_block(Q, K, rows, mask, scale, band, softcap=0.0, slope=None):
+    """The scores of query rows `rows` against every key: scaled, overflow made NaN, soft-capped
+    (softcap > 0), masked, and -inf where the band hides the key (_band_hidden). With a soft-cap
+    and a list `slope`, the capped scores' derivatives 1 - tanh^2(score / c) are appended to it
+    (for the backward)."""
     n_q, n_k = Q.shape[-2], K.shape[-2]
     Q = Q[..., rows, :]
     with np.errstate(over="ignore", invalid="ignore"):
@@ -199,6 +202,14 @@ def _scores_block(Q, K, rows, mask, scale, band):
         finite_q = np.isfinite(Q).all(axis=-1)[..., :, None]
         finite_k = np.isfinite(K).all(axis=-1)[..., None, :]
         S[overflowed & finite_q & finite_k] = np.nan
+    if softcap:
+        # in double, as the C tiers' reference (attn.h's sa_softcap_score and sa_softcap_slope)
+        x = S.astype(np.float64) / softcap
+        if slope is not None:
+            with np.errstate(over="ignore"):
+                g = 2 / (np.exp(2 * np.abs(x)) + 1)
+            slope.append((g * (2 - g)).astype(S.dtype))
+        S = (softcap * np.tanh(x)).astype(S.dtype)
     if mask is not None:
         block = mask[..., rows, :]
         if block.dtype == np.bool_:
@@ -209,6 +220,42 @@ def _scores_block(Q, K, rows, mask, scale, band):
     if hidden.any():
         S[np.broadcast_to(hidden, S.shape)] = -np.inf
     return S
+
+
+def _philox4x32_10(c0, c1, c2, c3, k0, k1):
+    """Philox4x32-10 (csrc/philox.h) on arrays of 32-bit counters (held in uint64), one key."""
+    c0, c1, c2, c3 = (np.asarray(c, np.uint64) for c in (c0, c1, c2, c3))
+    low, k0, k1 = np.uint64(0xFFFFFFFF), np.uint64(k0), np.uint64(k1)
+    for _ in range(10):
+        p0 = np.uint64(0xD2511F53) * c0
+        p1 = np.uint64(0xCD9E8D57) * c2
+        c0, c1, c2, c3 = ((p1 >> np.uint64(32)) ^ c1 ^ k0, p1 & low,
+                          (p0 >> np.uint64(32)) ^ c3 ^ k1, p0 & low)
+        k0 = (k0 + np.uint64(0x9E3779B9)) & low
+        k1 = (k1 + np.uint64(0xBB67AE85)) & low
+    return c0, c1, c2, c3
+
+
+def _dropout_factors(batch, rows, n_k, dropout_p, seed, dtype):
+    """Each weight's dropout factor for query rows `rows` of every batch item, (batch, rows, n_k):
+    0 where dropped, else 1 / (1 - p) (csrc/attn.h's sa_dropout: key j of row i of item b is
+    dropped when word j % 4 of Philox(counter {j // 4, i, b low, b high}, key {seed low, high})
+    is below p * 2^32)."""
+    items = np.arange(_items(batch), dtype=np.uint64).reshape(batch + (1, 1))
+    i = np.arange(rows.start, rows.stop, dtype=np.uint64)[:, None]
+    q = np.arange((n_k + 3) // 4, dtype=np.uint64)[None, :]
+    words = _philox4x32_10(q, i, items & np.uint64(0xFFFFFFFF), items >> np.uint64(32),
+                           seed & 0xFFFFFFFF, seed >> 32)
+    words = np.stack(np.broadcast_arrays(*words), axis=-1)      # (batch, rows, quads, 4)
+    words = words.reshape(batch + (rows.stop - rows.start, -1))
+    keep = words[..., :n_k] >= np.uint64(int(dropout_p * 4294967296.0))
+    scale = dtype.type(1 / (1 - dropout_p) if dropout_p < 1 else 0)
+    return np.where(keep, scale, dtype.type(0))
+
+
+def _drop(P, factors):
+    """P times its dropout factors, a dropped weight exactly 0 (even NaN), as sa_dropout_apply."""
+    return np.where(factors == 0, 0, P * factors).astype(P.dtype, copy=False)
 
 
 def _softmax_rows(S):
@@ -312,10 +359,12 @@ def _lse_rows(S):
     return np.where(lse == np.inf, np.nan, lse).astype(S.dtype, copy=False)
 
 
-def attention(out, weights, Q, K, V, mask, scale, band, isa, lse=None):
+def attention(out, weights, Q, K, V, mask, scale, band, isa, lse=None, softcap=0.0, dropout_p=0.0,
+              seed=0):
     """out[...] = softmax(scale * Q @ K^T + mask) @ V, block by block of query rows; weights is
     None (only one block of weights exists at a time) or an output for the weights; lse None or
-    an output (batch..., n_q) for each row's log-sum-exp."""
+    an output (batch..., n_q) for each row's log-sum-exp; softcap > 0 caps the scores before the
+    mask; dropout_p > 0 drops weights after the softmax."""
     _isa(isa)
     out = _out(out)
     Q, K, V, mask = _attention_operands(out.shape, out.dtype, Q, K, V, mask)
@@ -331,18 +380,23 @@ def attention(out, weights, Q, K, V, mask, scale, band, isa, lse=None):
         lse = lse.reshape(out.shape[:-1])
     bad = _nonfinite_columns(V)
     for rows in _row_blocks(n_q, _items(out.shape[:-2]) * n_k, out.itemsize):
-        S = _scores_block(Q, K, rows, mask, scale, band)
+        S = _scores_block(Q, K, rows, mask, scale, band, softcap)
         if lse is not None:
             lse[..., rows] = _lse_rows(S)
         P = _softmax_rows(S)
+        if dropout_p:
+            P = _drop(P, _dropout_factors(out.shape[:-2], rows, n_k, dropout_p, seed, out.dtype))
         if weights is not None:
             weights[..., rows, :] = P
         _weigh(P, V, bad, out=out[..., rows, :])
 
 
-def attention_backward(dQ, dK, dV, dO, Q, K, V, mask, scale, band, isa):
+def attention_backward(dQ, dK, dV, dO, Q, K, V, mask, scale, band, isa, softcap=0.0,
+                       dropout_p=0.0, seed=0):
     """dQ, dK, dV[...] = the gradients of softmax(scale * Q @ K^T + mask) @ V given dO:
-    P = softmax(S), dP = dO V^T, D = rowsum(P * dP), dS = P * (dP - D), dQ = scale * dS K,
+    P = softmax(S), dP = dO V^T, D = rowsum(P * dP), dS = P * (dP - D) (times the soft-cap's
+    slope 1 - tanh^2 with softcap > 0), dQ = scale * dS K; with dropout factors Z, dP = Z dO V^T
+    and dV = (P Z)^T dO,
     dK = scale * dS^T Q, dV = P^T dO, where a weight of exactly 0 contributes nothing.
     One pass over blocks of query rows: dQ block by block, dK and dV summed over the blocks."""
     _isa(isa)
@@ -362,13 +416,20 @@ def attention_backward(dQ, dK, dV, dO, Q, K, V, mask, scale, band, isa):
     dV[...] = 0
     with np.errstate(invalid="ignore", over="ignore"):
         for rows in _row_blocks(n_q, 3 * _items(batch) * n_k, dQ.itemsize):
-            P = _softmax_rows(_scores_block(Q, K, rows, mask, scale, band))
+            slope = []
+            P = _softmax_rows(_scores_block(Q, K, rows, mask, scale, band, softcap, slope))
             PT = np.swapaxes(P, -1, -2)
             dO_block, Q_block = dO[..., rows, :], Q[..., rows, :]
             # 1. dP and D, zero where the weight is
             dP = np.where(P == 0, 0, np.matmul(dO_block, np.swapaxes(V, -1, -2)))
+            if dropout_p:
+                Z = _dropout_factors(batch, rows, n_k, dropout_p, seed, dtype)
+                dP = _drop(dP, Z)
+                PT = np.swapaxes(_drop(P, Z), -1, -2)
             D = (P * dP).sum(axis=-1, keepdims=True)
             dS = np.where(P == 0, 0, P * (dP - D)).astype(dtype, copy=False)
+            if slope:
+                dS *= slope[0]
             # 2. this block's dQ, and its share of dK and dV
             dQ[..., rows, :] = _weigh(dS, K, bad_K) * scale_c
             dV += _weigh(PT, dO_block, _nonfinite_columns(dO_block))

@@ -209,6 +209,57 @@ def _scale(func, scale, d_k):
     return scale
 
 
+def _real(func, name, value, what):
+    """`value` as a float: a real number (not a bool), a NumPy scalar or a 0-d array of one; an
+    integer beyond float's range becomes inf. A TypeError naming `what` it must be, otherwise."""
+    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf":
+        value = value.item()
+    if isinstance(value, (bool, np.bool_)) or not isinstance(
+            value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{func}: {name} must be {what}, got {value!r}")
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
+
+
+def _softcap(func, softcap):
+    """The soft-cap as the kernels take it: None means none (0.0); else a finite real number > 0."""
+    if softcap is None:
+        return 0.0
+    value = _real(func, "softcap", softcap, "a positive real number or None")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{func}: softcap must be a finite number > 0 (or None for no cap), "
+                         f"got {softcap!r}")
+    return value
+
+
+_SEED_LIMIT = 2 ** 64
+
+
+def _dropout(func, dropout_p, seed, backward=False):
+    """(dropout_p, seed) as the kernels take them: dropout_p a real number in [0, 1] (0: none, and
+    the seed is not used); seed an integer in [0, 2**64). Without a seed the forward draws one from
+    NumPy's global generator (np.random, as torch draws from its global one: np.random.seed makes
+    calls reproducible); the backward cannot recover a drawn seed, so there it is required."""
+    p = _real(func, "dropout_p", dropout_p, "a number in [0, 1]")
+    if not 0 <= p <= 1:
+        raise ValueError(f"{func}: dropout_p must be in [0, 1], got {dropout_p!r}")
+    if seed is not None:
+        seed = _integer(func, "seed", seed, 0)
+        if seed >= _SEED_LIMIT:
+            raise ValueError(f"{func}: seed must be in [0, 2**64), got {seed}")
+    if p == 0:
+        return 0.0, 0
+    if seed is None:
+        if backward:
+            raise ValueError(
+                f"{func}: dropout_p={dropout_p} needs the forward's seed: pass the same seed= to "
+                f"the forward and the backward, so that the backward drops the same weights")
+        seed = int(np.random.randint(0, 2 ** 63, dtype=np.int64))
+    return p, seed
+
+
 def _integer(func, name, value, at_least):
     """`value` as a Python int >= at_least (0: a size; 1: a count such as num_heads)."""
     what = "a non-negative integer" if at_least == 0 else "an integer"

@@ -518,13 +518,22 @@ def lengths_visible(batch, n_q, n_k, query_lengths=None, key_lengths=None, botto
     return np.broadcast_to(visible, tuple(batch) + (n_q, n_k))
 
 
-def ref_scores(Q, K, scale=None, mask=None, is_causal=False, window=None, query_lengths=None,
-               key_lengths=None):
+def _raw_scores(Q, K, scale):
     Q = np.asarray(Q).astype(LD)
     K = np.asarray(K).astype(LD)
     d_k = Q.shape[-1]
     scale = 1 / np.sqrt(LD(d_k)) if scale is None and d_k else LD(1 if scale is None else scale)
-    scores = np.matmul(Q, np.swapaxes(K, -1, -2)) * scale
+    return np.matmul(Q, np.swapaxes(K, -1, -2)) * scale
+
+
+def ref_scores(Q, K, scale=None, mask=None, is_causal=False, window=None, query_lengths=None,
+               key_lengths=None, softcap=None):
+    """The scores as attention uses them: scaled, soft-capped (softcap * tanh(s / softcap), before
+    the mask, so masked keys stay -inf), then masked: mask, is_causal, window and the lengths
+    (lengths_visible)."""
+    scores = _raw_scores(Q, K, scale)
+    if softcap is not None:
+        scores = LD(softcap) * np.tanh(scores / LD(softcap))
     mask = None if mask is None else np.asarray(mask)
     if query_lengths is None and key_lengths is None:
         return apply_mask(Ref(scores), mask, is_causal, LD, window).value
@@ -555,6 +564,51 @@ def ref_output(weights, V):
     return np.matmul(np.asarray(weights).astype(LD), np.asarray(V).astype(LD))
 
 
+PHILOX_M = (0xD2511F53, 0xCD9E8D57)
+PHILOX_W = (0x9E3779B9, 0xBB67AE85)
+
+
+def philox4x32_10(counter, key):
+    """Philox4x32-10 (Salmon et al., SC 2011) in NumPy: counter a tuple of 4 arrays of 32-bit
+    words (broadcasting), key 2 ints; returns the 4 output words as uint64 arrays."""
+    c = [np.asarray(x, np.uint64) for x in counter]
+    k0, k1 = int(key[0]), int(key[1])
+    low = np.uint64(0xFFFFFFFF)
+    for _ in range(10):
+        p0 = np.uint64(PHILOX_M[0]) * c[0]
+        p1 = np.uint64(PHILOX_M[1]) * c[2]
+        c = [(p1 >> np.uint64(32)) ^ c[1] ^ np.uint64(k0), p1 & low,
+             (p0 >> np.uint64(32)) ^ c[3] ^ np.uint64(k1), p0 & low]
+        k0, k1 = (k0 + PHILOX_W[0]) & 0xFFFFFFFF, (k1 + PHILOX_W[1]) & 0xFFFFFFFF
+    return c
+
+
+def dropout_keep(batch, n_q, n_k, dropout_p, seed):
+    """The package's dropout pattern (csrc/attn.h's sa_dropout), bool (batch, n_q, n_k), True =
+    kept: key j of query i of batch item b (C order over `batch`) is dropped when word j % 4 of
+    Philox4x32-10(counter (j // 4, i, b mod 2^32, b // 2^32), key (seed mod 2^32, seed // 2^32))
+    is below dropout_p * 2^32."""
+    batch = tuple(batch)
+    count = int(np.prod(batch, dtype=np.int64))
+    items = np.arange(count, dtype=np.uint64).reshape(batch + (1, 1, 1))
+    i = np.arange(n_q, dtype=np.uint64)[:, None, None]
+    quad = np.arange((n_k + 3) // 4, dtype=np.uint64)[None, :, None]
+    words = philox4x32_10((quad, i, items & np.uint64(0xFFFFFFFF), items >> np.uint64(32)),
+                          (seed & 0xFFFFFFFF, seed >> 32))
+    words = np.stack(np.broadcast_arrays(*words), axis=-1)   # (batch, n_q, quads, 4)
+    words = words.reshape(batch + (n_q, -1))[..., :n_k]
+    return words >= np.uint64(int(dropout_p * 2 ** 32))
+
+
+def dropout_factors(batch, n_q, n_k, dropout_p, seed):
+    """Z: 0 where a weight is dropped, 1 / (1 - dropout_p) where kept (exact, long double)."""
+    if not dropout_p:
+        return LD(1)
+    keep = dropout_keep(batch, n_q, n_k, dropout_p, seed)
+    return np.where(keep, LD(1) / (1 - LD(dropout_p)) if dropout_p < 1 else LD(0), LD(0))
+
+
+
 def repeat_kv_heads(A, heads):
     """Grouped-query attention's definition: A (..., H_kv, n, d) with each head repeated for the
     heads / H_kv query heads that share it (query head h uses head h // (heads / H_kv)); a 2-d A
@@ -567,15 +621,19 @@ def repeat_kv_heads(A, heads):
 
 
 def ref_attention(Q, K, V, scale=None, mask=None, is_causal=False, window=None, enable_gqa=False,
-                  query_lengths=None, key_lengths=None):
+                  query_lengths=None, key_lengths=None, softcap=None, dropout_p=0.0, seed=0):
     """(output, weights); a key whose weight is 0 contributes nothing, even a non-finite V row.
+    With dropout_p, the weights after the dropout (the output is weights @ V).
 
     The weights are broadcast to the batch shape of the output (V's batch dims included). With
     enable_gqa, K and V have fewer heads (axis -3) than Q: repeat_kv_heads."""
     if enable_gqa:
         K, V = (repeat_kv_heads(A, np.shape(Q)[-3]) for A in (K, V))
     weights = ref_softmax(ref_scores(Q, K, scale, mask, is_causal, window, query_lengths,
-                                     key_lengths))
+                                     key_lengths, softcap))
+    if dropout_p:
+        batch = np.broadcast_shapes(weights.shape[:-2], np.shape(V)[:-2])
+        weights = weights * dropout_factors(batch, *weights.shape[-2:], dropout_p, seed)
     V = np.asarray(V).astype(LD)
     if np.isfinite(V).all():
         out = np.matmul(weights, V)
@@ -584,25 +642,32 @@ def ref_attention(Q, K, V, scale=None, mask=None, is_causal=False, window=None, 
     return out, np.broadcast_to(weights, out.shape[:-1] + weights.shape[-1:])
 
 
-def ref_attention_grads(dO, Q, K, V, scale=None, mask=None, is_causal=False, window=None,
-                        query_lengths=None, key_lengths=None):
-    """(dQ, dK, dV) of ref_attention for the output gradient dO, exactly (every weight
-    materialised), with the batch shape broadcast (not summed back to the inputs' shapes). A key
-    with weight 0 gets nothing: its weight multiplies every term."""
-    Q, K, V, dO = (np.asarray(a).astype(LD) for a in (Q, K, V, dO))
-    d_k = Q.shape[-1]
-    scale = 1 / np.sqrt(LD(d_k)) if scale is None and d_k else LD(1 if scale is None else scale)
-    P = ref_softmax(ref_scores(Q, K, scale, mask, is_causal, window, query_lengths, key_lengths))
-    T = lambda a: np.swapaxes(a, -1, -2)  # noqa: E731
-    dP = np.matmul(dO, T(V))
-    dS = P * (dP - (P * dP).sum(axis=-1, keepdims=True))
-    return np.matmul(dS, K) * scale, np.matmul(T(dS), Q) * scale, np.matmul(T(P), dO)
-
-
 def ref_layer(X, W_q, W_k, W_v, **kw):
     X = np.asarray(X).astype(LD)
     Q, K, V = (np.matmul(X, np.asarray(W).astype(LD)) for W in (W_q, W_k, W_v))
     return ref_attention(Q, K, V, **kw)
+
+
+def ref_attention_grads(dO, Q, K, V, scale=None, mask=None, is_causal=False, window=None,
+                        query_lengths=None, key_lengths=None, softcap=None, dropout_p=0.0, seed=0):
+    """(dQ, dK, dV) of ref_attention given dO, with the batch shape every operand broadcasts to
+    (sum over broadcast axes to compare with an input's gradient). With P the weights,
+    dP = dO V^T, dS = P (dP - rowsum(P dP)) times the soft-cap's slope 1 - tanh^2(R / softcap)
+    (R the raw scaled scores), dQ = scale dS K, dK = scale dS^T Q, dV = P^T dO; with dropout
+    factors Z (dropout_factors), dP = Z (dO V^T) and dV = (P Z)^T dO."""
+    d_k = np.shape(Q)[-1]
+    scale = 1 / np.sqrt(LD(d_k)) if scale is None and d_k else LD(1 if scale is None else scale)
+    _, P = ref_attention(Q, K, V, scale, mask, is_causal, window, query_lengths=query_lengths,
+                         key_lengths=key_lengths, softcap=softcap)
+    dO, Q, K, V = (np.asarray(a).astype(LD) for a in (dO, Q, K, V))
+    T = lambda a: np.swapaxes(a, -1, -2)  # noqa: E731
+    P = np.where(np.isnan(P), 0, P)
+    Z = dropout_factors(P.shape[:-2], *P.shape[-2:], dropout_p, seed)
+    dP = np.matmul(dO, T(V)) * Z
+    dS = P * (dP - (P * dP).sum(axis=-1, keepdims=True))
+    if softcap is not None:
+        dS = dS * (1 - np.tanh(_raw_scores(Q, K, scale) / LD(softcap)) ** 2)
+    return np.matmul(dS, K) * scale, np.matmul(T(dS), Q) * scale, np.matmul(T(P * Z), dO)
 
 
 def assert_close(actual, desired, dtype=None, rtol=None):

@@ -1,5 +1,5 @@
 """The attention variants together (issue 10): GQA, per-sequence lengths, bottom-right causal,
-windows, bias and the log-sum-exp in one call, on every tier, against the long-double oracle,
+windows, bias, soft-capping, dropout and the log-sum-exp in one call, on every tier, against the long-double oracle,
 and the multi-head layer with grouped K/V heads and padded sequences."""
 import numpy as np
 import pytest
@@ -19,7 +19,7 @@ def test_gqa_lengths_band_and_lse_together(isa, dtype, is_causal, window):
     Q = rng.standard_normal((2, 4, 7, 8)).astype(dtype)
     K, V = (rng.standard_normal((2, 2, 9, w)).astype(dtype) for w in (8, 5))
     bias = rng.standard_normal((4, 7, 9)).astype(dtype)
-    kw = dict(query_lengths=QL, key_lengths=KL, is_causal=is_causal, window=window)
+    kw = dict(query_lengths=QL, key_lengths=KL, is_causal=is_causal, window=window, softcap=2.5)
     out, lse = selfattn.scaled_dot_product_attention(Q, K, V, bias=bias, enable_gqa=True,
                                                      return_lse=True, **kw)
     Kr, Vr = (repeat_kv_heads(A, 4) for A in (K, V))
@@ -56,3 +56,22 @@ def test_multi_head_with_kv_heads_lengths_and_window_matches_its_padding_free_pa
     grads = selfattn.multi_head_attention_backward(np.ones_like(Y), X, W_q, W_k, W_v, W_o,
                                                    query_lengths=lengths, key_lengths=lengths, **kw)
     assert not grads[0][1, 2:].any()                     # padded tokens get no gradient
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_dropout_with_grouped_heads_drops_what_repeated_heads_drop(isa, dtype):
+    """Dropout is indexed by (seed, batch item, query, key): a query head keeps its item whether
+    its K/V head is shared (GQA) or repeated, so both calls give the same bits, gradients too."""
+    rng = np.random.default_rng(7)
+    Q = rng.standard_normal((2, 4, 6, 8)).astype(dtype)
+    K, V = (rng.standard_normal((2, 2, 9, 8)).astype(dtype) for _ in range(2))
+    kw = dict(dropout_p=0.3, seed=11, query_lengths=[6, 2], key_lengths=[9, 5], softcap=3.0)
+    grouped = selfattn.scaled_dot_product_attention(Q, K, V, enable_gqa=True, **kw)
+    Kr, Vr = (np.repeat(A, 2, axis=1) for A in (K, V))
+    np.testing.assert_array_equal(grouped, selfattn.scaled_dot_product_attention(Q, Kr, Vr, **kw))
+    dO = rng.standard_normal(grouped.shape).astype(dtype)
+    dQ, dK, dV = selfattn.scaled_dot_product_attention_backward(dO, Q, K, V, enable_gqa=True, **kw)
+    rQ, rK, rV = selfattn.scaled_dot_product_attention_backward(dO, Q, Kr, Vr, **kw)
+    np.testing.assert_array_equal(dQ, rQ)
+    assert_close(dK, rK.reshape(2, 2, 2, 9, 8).sum(axis=2, dtype=LD), dtype)
+    assert_close(dV, rV.reshape(2, 2, 2, 9, 8).sum(axis=2, dtype=LD), dtype)
