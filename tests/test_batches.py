@@ -117,3 +117,21 @@ def test_the_output_step_with_a_zero_weight_on_a_non_finite_value(isa, dtype):
     assert np.all(np.isfinite(out))
     V[2, 69] = 0
     assert_close(out, np.asarray(W, np.longdouble) @ V, dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("item", [0, 77, 129])
+def test_huge_scores_in_one_item_of_a_large_batch(isa, dtype, item, threads):
+    """The fused kernel picks its units from the largest |Q| and |K| of the whole batch, scanned
+    in tasks of a few items each: scores near the float range in any single item (the first,
+    one inside a task, the last) must be seen, or the exp2 units overflow there to inf or NaN."""
+    code = _core.isa_code(isa)
+    rng = np.random.default_rng(21)
+    Q, K, V = (rng.standard_normal((130, 6, 8)).astype(dtype) for _ in range(3))
+    # Q[item, 2] . K[item, 3] = 0.8 of the largest float: finite, but not times log2(e)
+    u = np.full(8, np.sqrt(0.8 * float(np.finfo(dtype).max) / 8))
+    Q[item, 2] = K[item, 3] = u
+    band = (-6, 6)
+    out = same_for_every_thread_count(lambda: fused(Q, K, V, band, 1.0, code))
+    assert np.all(np.isfinite(out))
+    assert_close(out[item], oracle(Q[item], K[item], V[item], band, 1.0), dtype)
