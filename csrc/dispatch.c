@@ -109,12 +109,41 @@ static int item_finite(const sa_mat *mat, sa_int item_offset, sa_int rows, sa_in
     return 1;
 }
 
-/* Whether every element of one value operand, over the whole batch, is finite. */
-static int values_finite(const sa_batch *batch, int precision, const sa_values *v)
+/* Whether every element of one value operand, over the whole batch, is finite: the items split
+   across the pool (sa_parallel_items), as a batch of many heads is read from memory. The scan
+   does not poll: an interrupt seen here would be lost before the kernel that follows. */
+typedef struct {
+    const sa_batch *batch;
+    int precision;
+    const sa_values *v;
+    int finite[SA_ITEM_TASKS];
+} finite_scan;
+
+static int finite_items(void *arg, sa_int task, sa_int first, sa_int end)
 {
-    for (sa_int item = 0; item < batch->count; item++)
-        if (!item_finite(v->mat, sa_batch_offset(batch, v->mat->bstride, item), v->rows, v->cols,
-                         precision))
+    finite_scan *s = arg;
+    const sa_values *v = s->v;
+    int finite = 1;
+    for (sa_int item = first; item < end && finite; item++)
+        finite = item_finite(v->mat, sa_batch_offset(s->batch, v->mat->bstride, item), v->rows,
+                             v->cols, s->precision);
+    s->finite[task] = finite;
+    return SA_OK;
+}
+
+static int values_finite(const sa_exec *ex, const sa_batch *batch, int precision,
+                         const sa_values *v)
+{
+    finite_scan s = {.batch = batch, .precision = precision, .v = v};
+    for (int t = 0; t < SA_ITEM_TASKS; t++)
+        s.finite[t] = 1;
+    sa_exec no_poll = *ex;
+    no_poll.poll = NULL;
+    /* reading an element costs about what a few flops do */
+    sa_parallel_items(&no_poll, batch->count, 4.0 * batch->count * v->rows * v->cols,
+                      finite_items, &s);
+    for (int t = 0; t < SA_ITEM_TASKS; t++)
+        if (!s.finite[t])
             return 0;
     return 1;
 }
@@ -124,7 +153,7 @@ const sa_kernels *sa_kernels_for_values(sa_exec *ex, const sa_batch *batch, int 
 {
     if (ex->isa != SA_ISA_REFERENCE)
         for (int i = 0; i < n; i++)
-            if (!values_finite(batch, precision, &values[i])) {
+            if (!values_finite(ex, batch, precision, &values[i])) {
                 ex->isa = SA_ISA_REFERENCE;
                 break;
             }

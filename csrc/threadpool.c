@@ -198,3 +198,26 @@ int sa_parallel_for(const sa_exec *ex, int n_threads, sa_int n_tasks, sa_task_fn
     }
     return atomic_load(&job.status);
 }
+
+typedef struct {
+    sa_items_fn fn;
+    void *arg;
+    sa_int count, per_task;
+} sa_items_job;
+
+static int items_task(void *arg, sa_int task, int worker)
+{
+    const sa_items_job *job = arg;
+    (void)worker;
+    sa_int first = task * job->per_task;
+    sa_int end = first + job->per_task < job->count ? first + job->per_task : job->count;
+    return job->fn(job->arg, task, first, end);
+}
+
+int sa_parallel_items(const sa_exec *ex, sa_int count, double flops, sa_items_fn fn, void *arg)
+{
+    sa_items_job job = {.fn = fn, .arg = arg, .count = count,
+                        .per_task = (count + SA_ITEM_TASKS - 1) / SA_ITEM_TASKS};
+    sa_int n_tasks = job.per_task > 0 ? (count + job.per_task - 1) / job.per_task : 0;
+    return sa_parallel_for(ex, sa_plan_threads(ex, n_tasks, flops), n_tasks, items_task, &job);
+}
