@@ -135,14 +135,13 @@ static int values_finite(const sa_exec *ex, const sa_batch *batch, int precision
                          const sa_values *v)
 {
     finite_scan s = {.batch = batch, .precision = precision, .v = v};
-    for (int t = 0; t < SA_ITEM_TASKS; t++)
-        s.finite[t] = 1;
     sa_exec no_poll = *ex;
     no_poll.poll = NULL;
-    /* reading an element costs about what a few flops do */
+    sa_int n_tasks;
+    /* reading an element costs about what a few flops do; no task fails (nothing polls) */
     sa_parallel_items(&no_poll, batch->count, 4.0 * batch->count * v->rows * v->cols,
-                      finite_items, &s);
-    for (int t = 0; t < SA_ITEM_TASKS; t++)
+                      finite_items, &s, &n_tasks);
+    for (sa_int t = 0; t < n_tasks; t++)
         if (!s.finite[t])
             return 0;
     return 1;
