@@ -339,6 +339,17 @@ int sa_plan_threads(const sa_exec *ex, sa_int n_tasks, double flops);
    asked to stop, else SA_OK. */
 int sa_parallel_for(const sa_exec *ex, int n_threads, sa_int n_tasks, sa_task_fn fn, void *arg);
 
+/* A pass over whole batched operands (a scan): fn(arg, task, first, end) for the batch items
+   [first, end) of each of at most SA_ITEM_TASKS tasks, cut by the count alone, or of one task
+   holding every item where the pass stays on one thread; a task stores its result in slot `task`
+   of the caller's array, and the caller combines slots [0, *n_tasks) (so the combination must not
+   depend on the cut: a maximum, an "and"). `flops`: the pass's work, for sa_plan_threads.
+   Returns as sa_parallel_for (a pass on one thread does not poll). */
+#define SA_ITEM_TASKS 64
+typedef int (*sa_items_fn)(void *arg, sa_int task, sa_int first, sa_int end);
+int sa_parallel_items(const sa_exec *ex, sa_int count, double flops, sa_items_fn fn, void *arg,
+                      sa_int *n_tasks);
+
 /* For a long task: nonzero once the loop it belongs to should stop (Ctrl-C on the calling thread,
    or another task failed); the task should then return SA_ERR_INTERRUPTED at once. Cheap enough
    to ask every few hundred microseconds of work; 0 outside a parallel loop. */

@@ -198,3 +198,32 @@ int sa_parallel_for(const sa_exec *ex, int n_threads, sa_int n_tasks, sa_task_fn
     }
     return atomic_load(&job.status);
 }
+
+typedef struct {
+    sa_items_fn fn;
+    void *arg;
+    sa_int count, per_task;
+} sa_items_job;
+
+static int items_task(void *arg, sa_int task, int worker)
+{
+    const sa_items_job *job = arg;
+    (void)worker;
+    sa_int first = task * job->per_task;
+    sa_int end = first + job->per_task < job->count ? first + job->per_task : job->count;
+    return job->fn(job->arg, task, first, end);
+}
+
+int sa_parallel_items(const sa_exec *ex, sa_int count, double flops, sa_items_fn fn, void *arg,
+                      sa_int *n_tasks)
+{
+    sa_items_job job = {.fn = fn, .arg = arg, .count = count,
+                        .per_task = (count + SA_ITEM_TASKS - 1) / SA_ITEM_TASKS};
+    *n_tasks = job.per_task > 0 ? (count + job.per_task - 1) / job.per_task : 0;
+    int threads = sa_plan_threads(ex, *n_tasks, flops);
+    if (threads == 1) {     /* one task of every item: a small call pays no loop (~0.1 us a scan) */
+        *n_tasks = count > 0;
+        return count > 0 ? fn(arg, 0, 0, count) : SA_OK;
+    }
+    return sa_parallel_for(ex, threads, *n_tasks, items_task, &job);
+}

@@ -34,6 +34,11 @@
 #ifndef SOFTMAX_TASK_ELEMENTS
 #define SOFTMAX_TASK_ELEMENTS 65536
 #endif
+/* the fused kernel cuts a banded (causal) call of fewer queries than this many blocks into
+   one-micro-tile tasks, which compute fewer hidden pairs along the band's edges */
+#ifndef FA_SMALL_BAND_BLOCKS
+#define FA_SMALL_BAND_BLOCKS 8
+#endif
 /* the fused kernel's mask step works on this much of its scores at once (in L1) */
 #ifndef FA_MASK_CHUNK_BYTES
 #define FA_MASK_CHUNK_BYTES 16384

@@ -9,13 +9,16 @@ peer 2, ours, ...), and reports medians of the repeats:
   ``torch.set_num_threads`` equal to ours.
 
 It prints times, GFLOP/s (attention counts ``4 n_q n_k d``, causal the visible half), the ratio
-``peer time / our time`` (above 1: selfattn is faster) and the fraction of the machine's GEMM
-peak measured at start with ``np.matmul`` (sgemm, dgemm). Progress goes to stderr.
+``peer time / our time`` (above 1: selfattn is faster) and a **roofline** column: the case's rate
+as a fraction of a rate the machine reaches in the same run (see ``ROOFLINE_RATES``): for a
+compute-bound case the sgemm or dgemm rate of ``np.matmul`` on large squares. Progress goes to
+stderr.
 
 A case is a dict ``{"name", "group", "flops", "setup": f(rng) -> state, "ours": f(state),
-"peers": {name: f(state) or None}}`` (optionally ``"dtype"``, for the peak fraction), so other
-modules can add theirs: ``selfattn._bench_training.CASES`` (the backward and multi-head cases)
-run too.
+"peers": {name: f(state) or None}}``, optionally with ``"roofline": (rate, amount)``: the work
+of one call in the units of that measured rate (``("sgemm", flops)``; a case with ``"dtype"``
+and ``"flops"`` gets the GEMM rate of its dtype without saying so). Other modules can add cases:
+``selfattn._bench_training.CASES`` (the backward and multi-head cases) run too.
 
 NumPy's OpenBLAS reads ``OPENBLAS_CORETYPE`` when it loads, so to measure it at its best run
 ``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m selfattn bench``. With several threads
@@ -244,6 +247,51 @@ def _step_cases(n, d, dtype):
     ]
 
 
+# encoder batches: (label, B, H, n, d) -- many small problems, each head a separate attention
+BATCH_SHAPES = [("bert", 32, 12, 128, 64), ("vit", 8, 12, 197, 64), ("tiny", 64, 4, 16, 16)]
+
+
+def _batch_case(label, B, H, n, d, dtype, causal, torch):
+    shape = (B, H, n, d)
+
+    def setup(rng):
+        Q, K, V = (rng.standard_normal(shape).astype(dtype) for _ in range(3))
+        state = {"Q": Q, "K": K, "V": V}
+        if torch is not None:
+            state["t"] = [torch.from_numpy(a) for a in (Q, K, V)]
+        return state
+
+    def naive(s):
+        S = s["Q"] @ np.swapaxes(s["K"], -1, -2) * (1 / math.sqrt(d))
+        if causal:
+            S = np.where(np.tril(np.ones((n, n), bool)), S, -np.inf)
+        return naive_softmax(S) @ s["V"]
+
+    def torch_sdpa(s):
+        with torch.inference_mode():
+            return torch.nn.functional.scaled_dot_product_attention(*s["t"], is_causal=causal)
+
+    return {
+        "name": f"{label} {np.dtype(dtype).name} B={B} H={H} n={n} d={d}"
+                f"{' causal' if causal else ''}",
+        "group": "batches",
+        "dtype": np.dtype(dtype).name,
+        "flops": B * H * _attention_flops(n, n, d, causal),
+        "setup": setup,
+        "ours": lambda s: selfattn.scaled_dot_product_attention(s["Q"], s["K"], s["V"],
+                                                                is_causal=causal),
+        "peers": {"naive": naive, "torch": torch_sdpa if torch is not None else None},
+    }
+
+
+def _batch_cases(torch):
+    cases = []
+    for label, B, H, n, d in BATCH_SHAPES:
+        for causal in (False, True) if label == "bert" else (False,):
+            cases.append(_batch_case(label, B, H, n, d, np.float32, causal, torch))
+    return cases
+
+
 def build_cases(quick, torch):
     cases = [_layer_case(8, 4, 4, np.float64, False)]          # the notebook's own size
     sizes = QUICK_SIZES if quick else SIZES
@@ -263,6 +311,7 @@ def build_cases(quick, torch):
                         (np.float64, 4096)]
     for dtype, n in layer_sizes:
         cases.append(_layer_case(n, 64, 64, dtype, False))
+    cases.extend(_batch_cases(torch))
     for dtype in DTYPES:
         for n in ([2048] if quick else [512, 2048, 4096]):
             cases.extend(_step_cases(n, 64, dtype))
@@ -307,7 +356,7 @@ def run_case(case, repeat, rng, min_sample=0.02, cooldown=0.0):
     gc.collect()
     times = {key: statistics.median(v) for key, v in samples.items()}
     result = {"name": case["name"], "group": case["group"], "flops": case.get("flops"),
-              "dtype": case.get("dtype"), "repeats": reps, "time_s": times["ours"],
+              "dtype": case.get("dtype"), "roofline": case_roofline(case), "repeats": reps, "time_s": times["ours"],
               "peers": {}}
     for key in case["peers"]:
         if key in times:
@@ -319,17 +368,63 @@ def run_case(case, repeat, rng, min_sample=0.02, cooldown=0.0):
     return result
 
 
-def measure_peaks(repeat):
-    """GFLOP/s of np.matmul on 2048 x 2048 (float32: sgemm, float64: dgemm), median of repeats."""
-    peaks = {}
+def measure_gemm_rates(repeat):
+    """FLOP/s of np.matmul on 2048 x 2048, median of repeats: {"sgemm": ..., "dgemm": ...}."""
+    rates = {}
     rng = np.random.default_rng(0)
-    for dtype in DTYPES:
+    for dtype, name in ((np.float32, "sgemm"), (np.float64, "dgemm")):
         n = 2048
         A, B = (rng.standard_normal((n, n)).astype(dtype) for _ in range(2))
         A @ B
         times = [_time_once(lambda s: A @ B, None, 1) for _ in range(max(3, repeat))]
-        peaks[np.dtype(dtype).name] = 2.0 * n ** 3 / statistics.median(times) / 1e9
-    return peaks
+        rates[name] = 2.0 * n ** 3 / statistics.median(times)
+    return rates
+
+
+# ---- the roofline ------------------------------------------------------------------------------
+# Each measured rate: its name, what it is, and the function that measures it (repeat -> {name:
+# rate per second}). A case's roofline is (its amount of work / its time) / the named rate.
+ROOFLINE_RATES = [
+    ({"sgemm": "GFLOP/s", "dgemm": "GFLOP/s"}, "np.matmul 2048^2", measure_gemm_rates),
+]
+_GEMM_RATE = {"float32": "sgemm", "float64": "dgemm"}
+_UNIT_SCALE = {"GFLOP/s": 1e9, "GB/s": 1e9}
+
+
+def measure_roofline_rates(repeat, progress=lambda msg: None):
+    """Every rate of ROOFLINE_RATES, measured now: {name: rate per second}."""
+    rates = {}
+    for units, what, measure in ROOFLINE_RATES:
+        progress(f"measuring {', '.join(units)} ({what}) ...")
+        rates.update(measure(repeat))
+    return rates
+
+
+def describe_rates(rates):
+    """The rates as `sgemm 150.2 GFLOP/s, ...`."""
+    parts = []
+    for units, what, _ in ROOFLINE_RATES:
+        for name, unit in units.items():
+            if name in rates:
+                parts.append(f"{name} {rates[name] / _UNIT_SCALE[unit]:.1f} {unit}")
+    return ", ".join(parts)
+
+
+def case_roofline(case):
+    """(rate name, work of one call) for a case, or None where it has no roofline."""
+    if case.get("roofline"):
+        return tuple(case["roofline"])
+    if case.get("dtype") in _GEMM_RATE and case.get("flops"):
+        return _GEMM_RATE[case["dtype"]], case["flops"]
+    return None
+
+
+def roofline_fraction(result, rates):
+    """The fraction of its measured rate a result reached, or None."""
+    spec = result.get("roofline")
+    if not spec or spec[0] not in rates or not result.get("time_s"):
+        return None
+    return spec[1] / result["time_s"] / rates[spec[0]]
 
 
 def measure_memory(n, d, causal):
@@ -389,14 +484,14 @@ def _fmt_time(t):
     return f"{t:.2f} s"
 
 
-def format_table(results, peaks, peer_names):
-    head = ["case", "time", "GFLOP/s", "% peak"] + [f"x {p}" for p in peer_names]
+def format_table(results, rates, peer_names):
+    head = ["case", "time", "GFLOP/s", "roofline"] + [f"x {p}" for p in peer_names]
     rows = []
     for r in results:
         gf = r["flops"] / r["time_s"] / 1e9 if r.get("flops") else None
-        peak = peaks.get(r.get("dtype")) if r.get("dtype") else None
+        fraction = roofline_fraction(r, rates)
         row = [r["name"], _fmt_time(r["time_s"]), f"{gf:.1f}" if gf else "-",
-               f"{100 * gf / peak:.0f}%" if gf and peak else "-"]
+               f"{100 * fraction:.0f}% {r['roofline'][0]}" if fraction is not None else "-"]
         for p in peer_names:
             info = r["peers"].get(p)
             row.append(f"{info['ratio']:.2f}" if info else "-")
@@ -505,10 +600,10 @@ def main(argv=None) -> int:
     }
     progress(f"selfattn bench: {info['cpu']}, {threads} threads, isa {info['isa']}, "
              f"numpy {info['numpy']}, torch {info['torch'] or 'not installed'}")
-    progress("measuring the GEMM peak with np.matmul ...")
-    peaks = measure_peaks(repeat)
-    info["gemm_peak_gflops"] = peaks
-    progress(f"  sgemm {peaks['float32']:.1f} GFLOP/s, dgemm {peaks['float64']:.1f} GFLOP/s")
+    rates = measure_roofline_rates(repeat, progress)
+    info["roofline_rates"] = rates
+    info["gemm_peak_gflops"] = {dtype: rates[name] / 1e9 for dtype, name in _GEMM_RATE.items()}
+    progress(f"  {describe_rates(rates)}")
 
     cooldown = args.cooldown if args.cooldown is not None else (0.1 if threads > 1 else 0.0)
     info["cooldown_s"] = cooldown
@@ -535,11 +630,11 @@ def main(argv=None) -> int:
     print(f"selfattn {info['selfattn']} benchmark, {info['date']}")
     print(f"CPU: {info['cpu']}; threads: {threads}; isa: {info['isa']}; numpy {info['numpy']}"
           f"; torch {info['torch'] or '-'}; BLAS: {info['blas'] or '?'}")
-    print(f"GEMM peak (np.matmul 2048^2): sgemm {peaks['float32']:.1f} GFLOP/s, "
-          f"dgemm {peaks['float64']:.1f} GFLOP/s")
+    sources = "; ".join(" and ".join(units) + ": " + what for units, what, _ in ROOFLINE_RATES)
+    print(f"roofline rates, measured in this run: {describe_rates(rates)} ({sources})")
     print("x PEER = peer time / selfattn time (above 1: selfattn is faster); medians of "
           f"{repeat} interleaved repeats\n")
-    print(format_table(results, peaks, peer_names))
+    print(format_table(results, rates, peer_names))
     for r in results:
         if "peak_bytes" in r:
             ours = r["peak_bytes"]["ours"]
