@@ -10,7 +10,10 @@ peer 2, ours, ...), and reports medians of the repeats:
 
 It prints times, GFLOP/s (attention counts ``4 n_q n_k d``, causal the visible half), the ratio
 ``peer time / our time`` (above 1: selfattn is faster) and the fraction of the machine's GEMM
-peak measured at start with ``np.matmul`` (sgemm, dgemm). Progress goes to stderr.
+peak measured at start with ``np.matmul`` (sgemm, dgemm); for memory-bound cases (decoding, with
+a ``"bytes"`` entry) that column is the roofline of the memory instead: bytes read / time as a
+fraction of the read bandwidth measured in the same run (``measure_bandwidth``). Progress goes to
+stderr.
 
 A case is a dict ``{"name", "group", "flops", "setup": f(rng) -> state, "ours": f(state),
 "peers": {name: f(state) or None}}`` (optionally ``"dtype"``, for the peak fraction), so other
@@ -169,6 +172,68 @@ def _step_cases(n, d, dtype):
     ]
 
 
+# ---- decoding: few queries against a long KV cache (memory-bound) ------------------------------
+
+# (batch, heads, n_q, n_k, d): one query per head against a 16k cache; a batch of 8 caches of 4k;
+# a few queries (speculative decoding, chunked prefill)
+DECODE_SHAPES = [(1, 32, 1, 16384, 128), (8, 32, 1, 4096, 128), (1, 32, 8, 16384, 128)]
+QUICK_DECODE_SHAPES = DECODE_SHAPES[:1] + DECODE_SHAPES[2:]
+BANDWIDTH_BYTES = 2 ** 30 + 2 ** 28     # read by measure_bandwidth: past any cache
+
+
+def _decode_case(batch, heads, n_q, n_k, d, dtype, torch):
+    """Attention of n_q queries against a cache of n_k keys, per head: K and V (its "bytes") are
+    read once, so the time is set by the memory, and the roofline is the read bandwidth."""
+    shape = (batch, heads)
+
+    def setup(rng):
+        Q, K, V = (rng.standard_normal(shape + (n, d), dtype=np.float32).astype(dtype, copy=False)
+                   for n in (n_q, n_k, n_k))
+        state = {"Q": Q, "K": K, "V": V}
+        if torch is not None:
+            state["t"] = [torch.from_numpy(a) for a in (Q, K, V)]
+        return state
+
+    def torch_sdpa(s):
+        with torch.inference_mode():
+            return torch.nn.functional.scaled_dot_product_attention(*s["t"])
+
+    name = np.dtype(dtype).name
+    return {
+        "name": f"decode {name} B={batch} H={heads} n_q={n_q} n_k={n_k} d={d}",
+        "group": "decode",
+        "dtype": name,
+        "flops": 4.0 * batch * heads * n_q * n_k * d,
+        "bytes": 2.0 * batch * heads * n_k * d * np.dtype(dtype).itemsize,
+        "setup": setup,
+        "ours": lambda s: selfattn.scaled_dot_product_attention(s["Q"], s["K"], s["V"]),
+        "peers": {"torch": torch_sdpa if torch is not None else None},
+    }
+
+
+def decode_cases(quick, torch):
+    return [_decode_case(*shape, np.float32, torch)
+            for shape in (QUICK_DECODE_SHAPES if quick else DECODE_SHAPES)]
+
+
+def measure_bandwidth(threads, repeat, nbytes=BANDWIDTH_BYTES):
+    """The machine's read bandwidth in GB/s: `threads` threads each summing its share of one
+    array larger than any cache (np.add.reduce releases the GIL and is vectorised, so a core
+    reads as fast as the memory delivers); the median of the repeats."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    data = np.ones(nbytes // 4, np.float32)
+    parts = np.array_split(data, threads)
+    with ThreadPoolExecutor(threads) as pool:
+        def read():
+            t0 = time.perf_counter()
+            list(pool.map(np.sum, parts))
+            return time.perf_counter() - t0
+        read()
+        times = [read() for _ in range(max(3, repeat))]
+    return data.nbytes / statistics.median(times) / 1e9
+
+
 def build_cases(quick, torch):
     cases = [_layer_case(8, 4, 4, np.float64, False)]          # the notebook's own size
     sizes = QUICK_SIZES if quick else SIZES
@@ -189,6 +254,7 @@ def build_cases(quick, torch):
     for dtype in DTYPES:
         for n in ([2048] if quick else [512, 2048, 4096]):
             cases.extend(_step_cases(n, 64, dtype))
+    cases.extend(decode_cases(quick, torch))
     cases.extend(_bench_training.CASES)
     return cases
 
@@ -227,7 +293,8 @@ def run_case(case, repeat, rng, min_sample=0.02, cooldown=0.0):
     gc.collect()
     times = {key: statistics.median(v) for key, v in samples.items()}
     result = {"name": case["name"], "group": case["group"], "flops": case.get("flops"),
-              "dtype": case.get("dtype"), "repeats": reps, "time_s": times["ours"],
+              "dtype": case.get("dtype"), "bytes": case.get("bytes"), "repeats": reps,
+              "time_s": times["ours"],
               "peers": {}}
     for key in case["peers"]:
         if key in times:
@@ -315,6 +382,8 @@ def format_table(results, peaks, peer_names):
         peak = peaks.get(r.get("dtype")) if r.get("dtype") else None
         row = [r["name"], _fmt_time(r["time_s"]), f"{gf:.1f}" if gf else "-",
                f"{100 * gf / peak:.0f}%" if gf and peak else "-"]
+        if r.get("bytes") and peaks.get("read_gbs"):      # memory-bound: the bandwidth's share
+            row[3] = f"{100 * r['bytes'] / r['time_s'] / 1e9 / peaks['read_gbs']:.0f}% bw"
         for p in peer_names:
             info = r["peers"].get(p)
             row.append(f"{info['ratio']:.2f}" if info else "-")
@@ -431,6 +500,10 @@ def main(argv=None) -> int:
     cooldown = args.cooldown if args.cooldown is not None else (0.1 if threads > 1 else 0.0)
     info["cooldown_s"] = cooldown
     cases = _select(build_cases(args.quick, torch), args.cases)
+    if any(c.get("bytes") for c in cases):
+        progress("measuring the read bandwidth (np.sum over 1.25 GiB) ...")
+        peaks["read_gbs"] = info["read_bandwidth_gbs"] = measure_bandwidth(threads, repeat)
+        progress(f"  {peaks['read_gbs']:.1f} GB/s")
     rng = np.random.default_rng(12345)
     results = []
     t_start = time.perf_counter()
@@ -455,6 +528,9 @@ def main(argv=None) -> int:
           f"; torch {info['torch'] or '-'}; BLAS: {info['blas'] or '?'}")
     print(f"GEMM peak (np.matmul 2048^2): sgemm {peaks['float32']:.1f} GFLOP/s, "
           f"dgemm {peaks['float64']:.1f} GFLOP/s")
+    if peaks.get("read_gbs"):
+        print(f"read bandwidth ({threads} threads summing 1.25 GiB): {peaks['read_gbs']:.1f} GB/s;"
+              " '% bw': bytes of K and V / time / that (memory-bound cases)")
     print("x PEER = peer time / selfattn time (above 1: selfattn is faster); medians of "
           f"{repeat} interleaved repeats\n")
     print(format_table(results, peaks, peer_names))
