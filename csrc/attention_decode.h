@@ -12,7 +12,7 @@
 #include "attn.h"
 
 /* Up to this many queries the decode kernel keeps pace with the memory: each key row, once read,
-   serves every query from L1 (at 16 queries and d = 128 it is about as fast as the fused kernel). */
+   serves every query from L1 (at 16 queries and d = 128 about as fast as the fused kernel). */
 #define SA_DECODE_MAX_QUERIES 16
 /* Fewer keys per query than this: a short call, which the fused kernel runs as well. */
 #define SA_DECODE_MIN_KEYS_PER_QUERY 8

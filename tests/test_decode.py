@@ -157,6 +157,11 @@ def test_non_finite_rows_and_values(isa):
     assert_close(got, oracle(Q, K, Vinf))
     assert np.isposinf(got[0, :, 4]).all() and np.isnan(got[1, :, 5]).all()
 
+
+@pytest.mark.c_backend
+def test_values_rerun_on_the_reference_tier(isa):
+    """The zero-weight rule where the oracle cannot tell (next comment): the decode kernel's
+    answer is the reference tier's, bit for bit."""
     # An inf weighed within its chunk of keys (weight e^-50 there) whose final weight is 0 in
     # float32 (e^-110 next to a key of score 60 in a later chunk): the rule gives a finite output,
     # the reference tier's bits (the oracle, in long double, cannot tell: its weight is not 0).
@@ -205,6 +210,7 @@ def test_same_bits_for_every_thread_count(isa, dtype, threads):
         assert all(calls.same_outcome(r, runs[0]) for r in runs[1:])
 
 
+@pytest.mark.c_backend      # the decode kernel's tasks, between which the pool polls
 @pytest.mark.slow
 @pytest.mark.timing
 @pytest.mark.usefixtures("sigint_raises")
@@ -236,3 +242,23 @@ def test_ctrl_c(time_scale):
             timer.cancel()
     assert sent and time.perf_counter() - sent[0] < 0.5 * time_scale
     assert_close(attention(Q[:2], K[:2], V[:2]), oracle(Q[:2], K[:2], V[:2]), np.float32)
+
+
+def test_the_benchmark_cases():
+    """The benchmark's decode cases (selfattn/_bench.py) compute what torch computes, and the
+    table shows their roofline as the share of the read bandwidth measured in the run."""
+    from selfattn import _bench
+    torch = _bench._torch()
+    case = _bench._decode_case(2, 3, 2, 300, 16, np.float32, torch)
+    state = case["setup"](np.random.default_rng(0))
+    ours = case["ours"](state)
+    assert_close(ours, ref_attention(state["Q"], state["K"], state["V"])[0], np.float32)
+    if torch is not None:
+        np.testing.assert_allclose(np.asarray(case["peers"]["torch"](state)), ours, rtol=1e-4,
+                                   atol=1e-5)
+    assert case["bytes"] == 2 * 2 * 3 * 300 * 16 * 4
+    result = {"name": case["name"], "time_s": case["bytes"] / 5e9, "flops": case["flops"],
+              "dtype": "float32", "bytes": case["bytes"], "peers": {}}
+    table = _bench.format_table([result], {"float32": 100.0, "read_gbs": 10.0}, [])
+    assert "50% bw" in table
+    assert _bench.measure_bandwidth(2, 1, nbytes=2 ** 24) > 0
