@@ -15,6 +15,7 @@
 #include <numpy/arrayobject.h>
 
 #include "attn.h"
+#include "attention_decode.h"
 #include "platform.h"
 
 #include <math.h>
@@ -402,7 +403,9 @@ static int attention_impl(int isa, int precision, const sa_batch *batch, const s
 {
     sa_exec ex;
     const sa_values values[] = {{V, n_k, d_v}};
-    const sa_kernels *tier = prepare(&ex, isa, batch, precision, values, 1);
+    /* the decode kernel checks the V rows it weighs as it reads them: no scan of the cache here */
+    int scan = !sa_attention_decode_applies(n_q, n_k, weights != NULL, lse != NULL, mods);
+    const sa_kernels *tier = prepare(&ex, isa, batch, precision, values, scan);
     if (tier == NULL)
         return -1;
     int status;

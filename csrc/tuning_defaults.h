@@ -70,4 +70,10 @@
 #define BWF_PAD_BYTES 1024
 #endif
 
+/* decode: keys per task (a chunk of the KV cache); its scores stay in L1 for up to 16 queries,
+   and a task reads 256 KiB of K and V at d = 128 (f32): tens of microseconds, so Ctrl-C is polled */
+#ifndef DECODE_CHUNK_KEYS
+#define DECODE_CHUNK_KEYS 256
+#endif
+
 #endif

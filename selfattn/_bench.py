@@ -11,7 +11,8 @@ peer 2, ours, ...), and reports medians of the repeats:
 It prints times, GFLOP/s (attention counts ``4 n_q n_k d``, causal the visible half), the ratio
 ``peer time / our time`` (above 1: selfattn is faster) and a **roofline** column: the case's rate
 as a fraction of a rate the machine reaches in the same run (see ``ROOFLINE_RATES``): for a
-compute-bound case the sgemm or dgemm rate of ``np.matmul`` on large squares. Progress goes to
+compute-bound case the sgemm or dgemm rate of ``np.matmul`` on large squares, for a memory-bound
+one (decoding: K and V read once) the read bandwidth of NumPy summing 1.25 GiB. Progress goes to
 stderr.
 
 A case is a dict ``{"name", "group", "flops", "setup": f(rng) -> state, "ours": f(state),
@@ -292,6 +293,74 @@ def _batch_cases(torch):
     return cases
 
 
+# ---- decoding: few queries against a long KV cache (memory-bound) ------------------------------
+
+# (batch, heads, n_q, n_k, d): one query per head against a 16k cache; a batch of 8 caches of 4k;
+# a few queries (speculative decoding, chunked prefill)
+DECODE_SHAPES = [(1, 32, 1, 16384, 128), (8, 32, 1, 4096, 128), (1, 32, 8, 16384, 128)]
+QUICK_DECODE_SHAPES = DECODE_SHAPES[:1] + DECODE_SHAPES[2:]
+BANDWIDTH_BYTES = 2 ** 30 + 2 ** 28     # read by measure_bandwidth: past any cache
+
+
+def _decode_case(batch, heads, n_q, n_k, d, dtype, torch):
+    """Attention of n_q queries against a cache of n_k keys, per head: K and V (its "bytes") are
+    read once, so the time is set by the memory, and the roofline is the read bandwidth."""
+    shape = (batch, heads)
+
+    def setup(rng):
+        Q, K, V = (rng.standard_normal(shape + (n, d), dtype=np.float32).astype(dtype, copy=False)
+                   for n in (n_q, n_k, n_k))
+        state = {"Q": Q, "K": K, "V": V}
+        if torch is not None:
+            state["t"] = [torch.from_numpy(a) for a in (Q, K, V)]
+        return state
+
+    def torch_sdpa(s):
+        with torch.inference_mode():
+            return torch.nn.functional.scaled_dot_product_attention(*s["t"])
+
+    name = np.dtype(dtype).name
+    return {
+        "name": f"decode {name} B={batch} H={heads} n_q={n_q} n_k={n_k} d={d}",
+        "group": "decode",
+        "dtype": name,
+        "flops": 4.0 * batch * heads * n_q * n_k * d,
+        # K and V are read once: the roofline is the memory's read bandwidth
+        "roofline": ("read", 2.0 * batch * heads * n_k * d * np.dtype(dtype).itemsize),
+        "setup": setup,
+        "ours": lambda s: selfattn.scaled_dot_product_attention(s["Q"], s["K"], s["V"]),
+        "peers": {"torch": torch_sdpa if torch is not None else None},
+    }
+
+
+def decode_cases(quick, torch):
+    return [_decode_case(*shape, np.float32, torch)
+            for shape in (QUICK_DECODE_SHAPES if quick else DECODE_SHAPES)]
+
+
+def measure_bandwidth(threads, repeat, nbytes=BANDWIDTH_BYTES):
+    """The machine's read bandwidth in GB/s: `threads` threads each summing its share of one
+    array larger than any cache (np.add.reduce releases the GIL and is vectorised, so a core
+    reads as fast as the memory delivers); the median of the repeats."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    data = np.ones(nbytes // 4, np.float32)
+    parts = np.array_split(data, threads)
+    with ThreadPoolExecutor(threads) as pool:
+        def read():
+            t0 = time.perf_counter()
+            list(pool.map(np.sum, parts))
+            return time.perf_counter() - t0
+        read()
+        times = [read() for _ in range(max(3, repeat))]
+    return data.nbytes / statistics.median(times) / 1e9
+
+
+def measure_read_rate(repeat):
+    """The roofline's read bandwidth with the bench's thread count, in bytes per second."""
+    return {"read": measure_bandwidth(selfattn.get_num_threads(), repeat) * 1e9}
+
+
 def build_cases(quick, torch):
     cases = [_layer_case(8, 4, 4, np.float64, False)]          # the notebook's own size
     sizes = QUICK_SIZES if quick else SIZES
@@ -317,6 +386,7 @@ def build_cases(quick, torch):
             cases.extend(_step_cases(n, 64, dtype))
     # a causal sliding window of w = 256 keys (Mistral's shape, 4096 there)
     cases.append(_window_case(2048 if quick else 16384, (255, 0), 64, np.float32, True))
+    cases.extend(decode_cases(quick, torch))
     cases.extend(_bench_training.CASES)
     return cases
 
@@ -386,6 +456,7 @@ def measure_gemm_rates(repeat):
 # rate per second}). A case's roofline is (its amount of work / its time) / the named rate.
 ROOFLINE_RATES = [
     ({"sgemm": "GFLOP/s", "dgemm": "GFLOP/s"}, "np.matmul 2048^2", measure_gemm_rates),
+    ({"read": "GB/s"}, "the bench's threads summing 1.25 GiB with np.sum", measure_read_rate),
 ]
 _GEMM_RATE = {"float32": "sgemm", "float64": "dgemm"}
 _UNIT_SCALE = {"GFLOP/s": 1e9, "GB/s": 1e9}

@@ -75,3 +75,22 @@ def test_dropout_with_grouped_heads_drops_what_repeated_heads_drop(isa, dtype):
     np.testing.assert_array_equal(dQ, rQ)
     assert_close(dK, rK.reshape(2, 2, 2, 9, 8).sum(axis=2, dtype=LD), dtype)
     assert_close(dV, rV.reshape(2, 2, 2, 9, 8).sum(axis=2, dtype=LD), dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_decoding_with_cache_lengths_and_the_other_variants(isa, dtype):
+    """Few queries against a long cache (the decode kernel's shape) with per-sequence cache
+    lengths, bottom-right causality and a window; with return_lse, softcap or dropout the call
+    takes the fused kernel instead: every route agrees with the oracle."""
+    rng = np.random.default_rng(8)
+    Q = rng.standard_normal((3, 2, 2, 16)).astype(dtype)
+    K, V = (rng.standard_normal((3, 2, 700, 16)).astype(dtype) for _ in range(2))
+    base = dict(key_lengths=[700, 333, 0], is_causal="bottom_right", window=(300, 0))
+    for extra in ({}, {"return_lse": True}, {"softcap": 4.0}, {"dropout_p": 0.2, "seed": 3}):
+        got = selfattn.scaled_dot_product_attention(Q, K, V, **base, **extra)
+        out = got[0] if extra.get("return_lse") else got
+        ref_kw = {k: v for k, v in extra.items() if k != "return_lse"}
+        assert_close(out, ref_attention(Q, K, V, **base, **ref_kw)[0], dtype)
+        assert not out[2].any()                          # an empty cache gives 0
+        if extra.get("return_lse"):
+            assert_close(got[1], ref_lse(ref_scores(Q, K, **base)), dtype)

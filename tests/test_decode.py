@@ -1,0 +1,266 @@
+"""Decoding: few queries (n_q = 1..16) against many keys, the fast tiers' decode kernel
+(csrc/attention_decode.inc, chosen by csrc/attention_decode.h for n_q <= 16 and n_k >= 8 n_q
+without weights). Its answers against the long-double oracle, with masks, bands and broadcast
+batches; its rules for masked rows, NaN rows and zero-weight keys over non-finite values; the same
+bits for every thread count; Ctrl-C.
+
+The key counts span several of the kernel's chunks (256 keys) and end inside one, so the merge of
+partial softmaxes is exercised, as are head sizes that are no multiple of any vector width.
+"""
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import selfattn
+from selfattn import _core
+from attn_reference import assert_close, ref_attention
+import calls
+
+THREAD_COUNTS = sorted({1, 2, 3, 7, max(4, os.cpu_count() or 1)})
+
+# (n_q, n_k, d_k, d_v): single-query decoding, a few queries, the largest n_q the kernel takes
+SHAPES = [(1, 1000, 64, 64), (1, 8, 5, 3), (2, 513, 37, 41), (5, 700, 128, 128),
+          (16, 300, 24, 17)]
+
+
+def band_mask(n_q, n_k, band):
+    """The band (lo, hi) of attn.h's sa_band as a boolean mask: query i sees i+lo <= j <= i+hi."""
+    i = np.arange(n_q)[:, None]
+    j = np.arange(n_k)[None, :]
+    return (j >= i + band[0]) & (j <= i + band[1])
+
+
+def attention(Q, K, V, mask=None, scale=0.125, band=None, batch=None, isa=None):
+    """_core.attention without weights (the decode kernel's entry), on the current tier."""
+    n_q, n_k = Q.shape[-2], K.shape[-2]
+    batch = batch if batch is not None else np.broadcast_shapes(Q.shape[:-2], K.shape[:-2],
+                                                                V.shape[:-2])
+    band = band if band is not None else (-n_q, n_k)
+    out = np.empty(batch + (n_q, V.shape[-1]), Q.dtype)
+    b = lambda a, rows, cols: np.broadcast_to(a, batch + (rows, cols))
+    _core.attention(out, None, b(Q, n_q, Q.shape[-1]), b(K, n_k, K.shape[-1]),
+                    b(V, n_k, V.shape[-1]), None if mask is None else b(mask, n_q, n_k), scale,
+                    band, _core.isa_code(isa or selfattn.get_isa()))
+    return out
+
+
+def oracle(Q, K, V, mask=None, scale=0.125, band=None):
+    """The oracle's output, the band folded into the mask (-inf / False where it hides a key)."""
+    n_q, n_k = Q.shape[-2], K.shape[-2]
+    if band is not None:
+        seen = band_mask(n_q, n_k, band)
+        if mask is None:
+            mask = seen
+        elif mask.dtype == bool:
+            mask = mask & seen
+        else:
+            mask = np.where(seen, mask, -np.inf)
+    return ref_attention(Q, K, V, scale=scale, mask=mask)[0]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_q, n_k, d_k, d_v", SHAPES)
+def test_against_the_oracle(isa, dtype, n_q, n_k, d_k, d_v):
+    rng = np.random.default_rng(n_q * 1000 + n_k)
+    Q = rng.standard_normal((2, n_q, d_k)).astype(dtype)
+    K = rng.standard_normal((2, n_k, d_k)).astype(dtype)
+    V = rng.standard_normal((2, n_k, d_v)).astype(dtype)
+    assert_close(attention(Q, K, V), oracle(Q, K, V), dtype)
+    # the public function, default scale: the same kernel
+    assert_close(selfattn.scaled_dot_product_attention(Q, K, V),
+                 ref_attention(Q, K, V)[0], dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_masks_and_bands(isa, dtype):
+    """Float and boolean masks, and the bands decoding uses: bottom-right causal (the common
+    case: the last query sees the last key), top-left causal, a sliding window, and a band whose
+    first queries see no key (their output is 0)."""
+    rng = np.random.default_rng(3)
+    n_q, n_k, d = 6, 900, 40
+    Q = rng.standard_normal((3, n_q, d)).astype(dtype)
+    K = rng.standard_normal((3, n_k, d)).astype(dtype)
+    V = rng.standard_normal((3, n_k, d + 3)).astype(dtype)
+    float_mask = np.where(rng.random((3, n_q, n_k)) < 0.2, -np.inf,
+                          rng.standard_normal((3, n_q, n_k))).astype(dtype)
+    float_mask[1, 2, :] = -np.inf                        # a fully masked row
+    bool_mask = rng.random((3, n_q, n_k)) < 0.7
+    bool_mask[2, 4, :] = False
+    bands = [None, (-n_q, n_k - n_q), (-n_q, 0), (n_k - n_q - 300, n_k - n_q), (-3, 2),
+             (n_k - 2, n_k)]
+    for mask in (None, float_mask, bool_mask):
+        for band in bands:
+            got = attention(Q, K, V, mask=mask, band=band)
+            assert_close(got, oracle(Q, K, V, mask=mask, band=band), dtype)
+    assert not attention(Q, K, V, mask=float_mask)[1, 2].any()
+    assert not attention(Q, K, V, mask=bool_mask)[2, 4].any()
+    assert not attention(Q, K, V, band=(n_k - 2, n_k))[:, 2:].any()   # rows 2.. see no key
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_broadcast_batches(isa, dtype):
+    """A KV cache shared by a batch of queries, per-head queries against shared keys, a mask
+    broadcast over the heads, and the public function on (batch, heads, 1, d)."""
+    rng = np.random.default_rng(5)
+    B, H, n_k, d = 3, 4, 600, 32
+    Q = rng.standard_normal((B, H, 2, d)).astype(dtype)
+    K = rng.standard_normal((1, H, n_k, d)).astype(dtype)
+    V = rng.standard_normal((B, 1, n_k, d)).astype(dtype)
+    mask = rng.random((B, 1, 2, n_k)) < 0.8
+    assert_close(attention(Q, K, V, mask=mask), oracle(Q, K, V, mask=mask), dtype)
+    Q1 = rng.standard_normal((B, H, 1, d)).astype(dtype)
+    assert_close(selfattn.scaled_dot_product_attention(Q1, K, V, is_causal=True),
+                 ref_attention(Q1, K, V, is_causal=True)[0], dtype)
+
+
+def test_non_finite_rows_and_values(isa):
+    """NaN in a query row gives a NaN output row (that row only); a score that overflows is NaN;
+    inf or NaN in a V row whose weight is 0 (masked, or outside the band) changes nothing; one
+    with a nonzero weight reaches the output as the oracle says."""
+    rng = np.random.default_rng(7)
+    n_q, n_k, d = 3, 700, 16
+    Q = rng.standard_normal((2, n_q, d))
+    K = rng.standard_normal((2, n_k, d))
+    V = rng.standard_normal((2, n_k, d))
+    Qn = Q.copy()
+    Qn[0, 1, 3] = np.nan
+    got = attention(Qn, K, V)
+    assert np.isnan(got[0, 1]).all() and np.isfinite(got[0, [0, 2]]).all()
+    assert np.isfinite(got[1]).all()
+    assert_close(got, oracle(Qn, K, V))
+
+    Qbig = Q.copy()
+    Qbig[1, 0, :] = 1e300                  # finite operands whose scores overflow: NaN
+    Kbig = K.copy()
+    Kbig[1, 5, :] = 1e300
+    got = attention(Qbig, Kbig, V, scale=1.0)
+    assert np.isnan(got[1, 0]).all()
+
+    mask = np.ones((2, n_q, n_k), bool)
+    mask[:, :, 400] = False
+    Vbad = V.copy()
+    Vbad[:, 400, :] = np.inf               # masked for every query
+    Vbad[:, 650, 2] = np.nan               # outside the band below for every query
+    band = (-n_q, 600 - n_q)
+    got = attention(Q, K, Vbad, mask=mask, band=band)
+    assert np.isfinite(got).all()
+    assert_close(got, oracle(Q, K, Vbad, mask=mask, band=band))
+
+    Vinf = V.copy()
+    Vinf[0, 10, 4] = np.inf                # weighed: inf in that column of batch item 0
+    Vinf[1, 20, 5] = np.nan
+    got = attention(Q, K, Vinf)
+    assert_close(got, oracle(Q, K, Vinf))
+    assert np.isposinf(got[0, :, 4]).all() and np.isnan(got[1, :, 5]).all()
+
+
+@pytest.mark.c_backend
+def test_values_rerun_on_the_reference_tier(isa):
+    """The zero-weight rule where the oracle cannot tell (next comment): the decode kernel's
+    answer is the reference tier's, bit for bit."""
+    # An inf weighed within its chunk of keys (weight e^-50 there) whose final weight is 0 in
+    # float32 (e^-110 next to a key of score 60 in a later chunk): the rule gives a finite output,
+    # the reference tier's bits (the oracle, in long double, cannot tell: its weight is not 0).
+    Q1 = np.zeros((1, 1, 4), np.float32)
+    Q1[..., 0] = 1
+    K1 = np.zeros((1, 600, 4), np.float32)
+    K1[0, 10, 0] = -50
+    K1[0, 500, 0] = 60
+    V1 = np.ones((1, 600, 4), np.float32)
+    V1[0, 10, 1] = np.inf
+    got = attention(Q1, K1, V1, scale=1.0)
+    assert np.isfinite(got).all()
+    assert calls.same_outcome(got, attention(Q1, K1, V1, scale=1.0, isa="reference"))
+
+
+def test_float32_scores_near_the_range(isa):
+    """Scores below float32's largest number but above it once multiplied by log2(e) (no scan of
+    K chooses the units here: the kernel works in natural units): the weights stay the oracle's."""
+    rng = np.random.default_rng(8)
+    Q = np.zeros((1, 1, 8), np.float32)
+    Q[..., 0] = 1.6e19
+    K = rng.standard_normal((1, 300, 8)).astype(np.float32)
+    K[..., 0] = np.linspace(-1.6e19, 1.6e19, 300, dtype=np.float32)   # scores up to 2.56e38
+    K[0, 100, 0] = 1.5e19
+    V = rng.standard_normal((1, 300, 8)).astype(np.float32)
+    got = attention(Q, K, V, scale=1.0)
+    assert np.isfinite(got).all()
+    assert_close(got, oracle(Q, K, V, scale=1.0), np.float32)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_same_bits_for_every_thread_count(isa, dtype, threads):
+    """Chunks of keys run on whichever thread; their merge is in key order, so the bits do not
+    depend on the number of threads (the pattern of tests/test_thread_count.py)."""
+    rng = np.random.default_rng(11)
+    n_k, d = 3000, 72
+    K = rng.standard_normal((2, 3, n_k, d)).astype(dtype)
+    V = rng.standard_normal((2, 3, n_k, d + 5)).astype(dtype)
+    mask = np.where(rng.random((2, 1, 4, n_k)) < 0.1, -np.inf, 0).astype(dtype)
+    for n_q, m, band in [(1, None, None), (4, mask, (-4, n_k - 4)), (16, None, (-30, 700))]:
+        Q = rng.standard_normal((2, 3, n_q, d)).astype(dtype)
+        runs = []
+        for n in THREAD_COUNTS:
+            selfattn.set_num_threads(n)
+            runs.append(attention(Q, K, V, mask=m, band=band))
+        assert all(calls.same_outcome(r, runs[0]) for r in runs[1:])
+
+
+@pytest.mark.c_backend      # the decode kernel's tasks, between which the pool polls
+@pytest.mark.slow
+@pytest.mark.timing
+@pytest.mark.usefixtures("sigint_raises")
+def test_ctrl_c(time_scale):
+    """A long decode call (many heads of a long cache) stops within half a second of SIGINT, and
+    the next call works."""
+    rng = np.random.default_rng(13)
+    heads, n_k, d = 512, 8192, 64      # K and V: 2 x 1 GiB of float32 read, broadcast over heads
+    K = np.broadcast_to(rng.standard_normal((1, n_k, d)).astype(np.float32), (heads, n_k, d))
+    V = np.broadcast_to(rng.standard_normal((1, n_k, d)).astype(np.float32), (heads, n_k, d))
+    Q = rng.standard_normal((heads, 1, d)).astype(np.float32)
+    start = time.perf_counter()
+    attention(Q, K, V)
+    took = time.perf_counter() - start
+    reps = max(1, int(4.0 / max(took, 1e-3)))      # about 4 s uninterrupted
+    Qr = np.broadcast_to(Q[None], (reps,) + Q.shape)
+    sent = []
+
+    def fire():
+        sent.append(time.perf_counter())
+        os.kill(os.getpid(), signal.SIGINT)
+
+    timer = threading.Timer(0.3, fire)
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        try:
+            attention(Qr, K, V)
+        finally:
+            timer.cancel()
+    assert sent and time.perf_counter() - sent[0] < 0.5 * time_scale
+    assert_close(attention(Q[:2], K[:2], V[:2]), oracle(Q[:2], K[:2], V[:2]), np.float32)
+
+
+def test_the_benchmark_cases():
+    """The benchmark's decode cases (selfattn/_bench.py) compute what torch computes, and the
+    table shows their roofline as the share of the read bandwidth measured in the run (the
+    roofline rate 'read')."""
+    from selfattn import _bench
+    torch = _bench._torch()
+    case = _bench._decode_case(2, 3, 2, 300, 16, np.float32, torch)
+    state = case["setup"](np.random.default_rng(0))
+    ours = case["ours"](state)
+    assert_close(ours, ref_attention(state["Q"], state["K"], state["V"])[0], np.float32)
+    if torch is not None:
+        np.testing.assert_allclose(np.asarray(case["peers"]["torch"](state)), ours, rtol=1e-4,
+                                   atol=1e-5)
+    nbytes = 2 * 2 * 3 * 300 * 16 * 4                   # K and V, read once
+    assert case["roofline"] == ("read", nbytes)
+    result = {"name": case["name"], "time_s": nbytes / 5e9, "flops": case["flops"],
+              "dtype": "float32", "roofline": _bench.case_roofline(case), "peers": {}}
+    table = _bench.format_table([result], {"sgemm": 100e9, "read": 10e9}, [])
+    assert "50% read" in table
+    assert _bench.measure_bandwidth(2, 1, nbytes=2 ** 24) > 0
