@@ -303,8 +303,10 @@ BANDWIDTH_BYTES = 2 ** 30 + 2 ** 28     # read by measure_bandwidth: past any ca
 
 
 def _decode_case(batch, heads, n_q, n_k, d, dtype, torch):
-    """Attention of n_q queries against a cache of n_k keys, per head: K and V (its "bytes") are
-    read once, so the time is set by the memory, and the roofline is the read bandwidth."""
+    """Attention of n_q queries, the last tokens, against a cache of n_k keys, per head, causal
+    aligned bottom-right (query i sees keys j <= i + n_k - n_q; torch's causal_lower_right): K
+    and V are read once, so the time is set by the memory, and the roofline is the read
+    bandwidth."""
     shape = (batch, heads)
 
     def setup(rng):
@@ -316,19 +318,22 @@ def _decode_case(batch, heads, n_q, n_k, d, dtype, torch):
         return state
 
     def torch_sdpa(s):
+        from torch.nn.attention.bias import causal_lower_right
         with torch.inference_mode():
-            return torch.nn.functional.scaled_dot_product_attention(*s["t"])
+            return torch.nn.functional.scaled_dot_product_attention(
+                *s["t"], attn_mask=causal_lower_right(n_q, n_k))
 
     name = np.dtype(dtype).name
     return {
-        "name": f"decode {name} B={batch} H={heads} n_q={n_q} n_k={n_k} d={d}",
+        "name": f"decode {name} B={batch} H={heads} n_q={n_q} n_k={n_k} d={d} bottom-right",
         "group": "decode",
         "dtype": name,
         "flops": 4.0 * batch * heads * n_q * n_k * d,
         # K and V are read once: the roofline is the memory's read bandwidth
         "roofline": ("read", 2.0 * batch * heads * n_k * d * np.dtype(dtype).itemsize),
         "setup": setup,
-        "ours": lambda s: selfattn.scaled_dot_product_attention(s["Q"], s["K"], s["V"]),
+        "ours": lambda s: selfattn.scaled_dot_product_attention(s["Q"], s["K"], s["V"],
+                                                                is_causal="bottom_right"),
         "peers": {"torch": torch_sdpa if torch is not None else None},
     }
 

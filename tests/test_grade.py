@@ -15,13 +15,16 @@ from selfattn.testing.load import NOTEBOOK_FUNCTIONS
 
 
 @pytest.fixture(scope="module")
-def graded(tmp_path_factory):
+def graded(tmp_path_factory, time_scale):
     root = tmp_path_factory.mktemp("class")
+    # 5 s a student: an instrumented build (ASan, TSan, valgrind) runs the students' selfattn
+    # calls many times slower, and a correct submission timed out there on a busy machine
+    timeout = str(round(5 * time_scale))
     expected = submissions.write(root / "submissions")
     # in Python's dev mode, as CI runs it: its faulthandler must not reach the students' lines
     env = dict(os.environ, PYTHONDEVMODE="1", PYTHONFAULTHANDLER="1")
     run = subprocess.run([sys.executable, "-m", "selfattn", "grade", str(root / "submissions"),
-                          "--out", str(root / "grades"), "--timeout", "5", "--jobs", "2"],
+                          "--out", str(root / "grades"), "--timeout", timeout, "--jobs", "2"],
                          capture_output=True, text=True, timeout=300, env=env)
     return root / "grades", expected, run
 
