@@ -115,11 +115,16 @@ def scaled_dot_product_attention(
     scale: float | None = ...,
     mask: ArrayLike | None = ...,
     bias: ArrayLike | None = ...,
-    is_causal: bool = ...,
+    is_causal: _Causal = ...,
+    return_weights: Literal[False] = ...,
+    window: _Window = ...,
+    enable_gqa: bool = ...,
     query_lengths: ArrayLike | None = ...,
     key_lengths: ArrayLike | None = ...,
-    return_weights: Literal[False] = ...,
     return_lse: Literal[True],
+    softcap: float | None = ...,
+    dropout_p: float = ...,
+    seed: int | None = ...,
 ) -> tuple[_Float, _Float]: ...
 @overload
 def scaled_dot_product_attention(
@@ -130,11 +135,16 @@ def scaled_dot_product_attention(
     scale: float | None = ...,
     mask: ArrayLike | None = ...,
     bias: ArrayLike | None = ...,
-    is_causal: bool = ...,
+    is_causal: _Causal = ...,
+    return_weights: Literal[True],
+    window: _Window = ...,
+    enable_gqa: bool = ...,
     query_lengths: ArrayLike | None = ...,
     key_lengths: ArrayLike | None = ...,
-    return_weights: Literal[True],
     return_lse: Literal[True],
+    softcap: float | None = ...,
+    dropout_p: float = ...,
+    seed: int | None = ...,
 ) -> tuple[_Float, _Float, _Float]: ...
 @overload
 def multi_head_attention(
@@ -289,8 +299,6 @@ def explain(
     mask: ArrayLike | None = ...,
     is_causal: _Causal = ...,
     window: _Window = ...,
-    query_lengths: ArrayLike | None = ...,
-    key_lengths: ArrayLike | None = ...,
 ) -> AttentionTrace: ...
 def plot_attention(
     weights: ArrayLike,
@@ -300,4 +308,6 @@ def plot_attention(
     ax: Any = ...,
     annotate: bool | None = ...,
     head: int | None = ...,
+    vmin: float | None = ...,
+    vmax: float | None = ...,
 ) -> Any: ...

@@ -68,6 +68,32 @@ def test_stubs_and_py_typed_are_installed_and_complete():
     assert "__version__: str" in stub
 
 
+def test_each_stub_names_exactly_the_parameters_of_its_function():
+    """Every public function's stub (each overload) has the function's parameters, no more and no
+    fewer: a keyword argument added or renamed in one place but not the other fails here."""
+    import ast
+    import inspect
+
+    tree = ast.parse((PACKAGE_DIR / "__init__.pyi").read_text())
+    stubs = {}
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef):
+            args = node.args
+            stubs.setdefault(node.name, []).append(
+                [a.arg for a in args.posonlyargs + args.args + args.kwonlyargs])
+    checked = 0
+    for name in selfattn.__all__:
+        obj = getattr(selfattn, name)
+        if not inspect.isfunction(obj):
+            continue
+        params = set(inspect.signature(obj).parameters)
+        assert name in stubs, f"no stub for {name}"
+        for overload in stubs[name]:
+            assert set(overload) == params, (name, set(overload) ^ params)
+        checked += 1
+    assert checked >= 15
+
+
 def test_all_is_exported():
     for name in selfattn.__all__:
         assert hasattr(selfattn, name), name
