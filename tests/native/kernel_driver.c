@@ -32,6 +32,14 @@ static void fill(double *x, size_t n, uint64_t seed)
     }
 }
 
+/* The kernels' band (attn.h's sa_band) of a call without lengths: causal top-left, or every key. */
+static sa_band band_of(int causal, sa_int n_q, sa_int n_k)
+{
+    sa_band band = {.lo = -(n_q + n_k), .hi = causal ? 0 : n_q + n_k, .from_end = 0,
+                    .n_rows = n_q, .n_keys = n_k, .row_lengths = NULL, .key_lengths = NULL};
+    return band;
+}
+
 static uint64_t fnv(const void *data, size_t nbytes)
 {
     const unsigned char *p = data;
@@ -110,11 +118,13 @@ static int run_case(int c, int precision, const sa_exec *ex, const inputs *in, u
     size_t hashed = (size_t)B * N_Q * D_V;
     switch (c) {
     case 0:
-        rc = k->scores[precision](ex, &batch, &mS, &mQ, &mK, &no_mask, N_Q, N_K, D_K, scale, 1);
+        rc = k->scores[precision](ex, &batch, &mS, &mQ, &mK, &no_mask, N_Q, N_K, D_K, scale,
+                                  band_of(1, N_Q, N_K), NULL);
         out = S, hashed = (size_t)B * N_Q * N_K;
         break;
     case 1:
-        rc = k->scores[precision](ex, &batch, &mS, &mQ, &mK, &no_mask, N_Q, N_K, D_K, scale, 0);
+        rc = k->scores[precision](ex, &batch, &mS, &mQ, &mK, &no_mask, N_Q, N_K, D_K, scale,
+                                  band_of(0, N_Q, N_K), NULL);
         if (rc == SA_OK)
             rc = k->softmax[precision](ex, &batch, &mS, &mS, N_Q, N_K);
         out = S, hashed = (size_t)B * N_Q * N_K;
@@ -126,19 +136,20 @@ static int run_case(int c, int precision, const sa_exec *ex, const inputs *in, u
     }
     case 3:
         rc = k->attention[precision](ex, &batch, &mO, NULL, &mQ, &mK, &mV, &no_mask, N_Q, N_K, D_K,
-                                     D_V, scale, 0);
+                                     D_V, scale, band_of(0, N_Q, N_K), NULL, NULL);
         break;
     case 4:
         rc = k->attention[precision](ex, &batch, &mO, &mS, &mQ, &mK, &mV, &no_mask, N_Q, N_K, D_K,
-                                     D_V, scale, 0);
+                                     D_V, scale, band_of(0, N_Q, N_K), NULL, NULL);
         break;
     case 5:
         rc = k->attention[precision](ex, &batch, &mO, NULL, &mQ, &mK, &mV, &no_mask, N_Q, N_K, D_K,
-                                     D_V, scale, 1);
+                                     D_V, scale, band_of(1, N_Q, N_K), NULL, NULL);
         break;
     default:
         rc = k->attention_backward[precision](ex, &batch, &mdQ, &mdK, &mdV, &mdO, &mQ, &mK, &mV,
-                                              &no_mask, N_Q, N_K, D_K, D_V, scale, 1);
+                                              &no_mask, N_Q, N_K, D_K, D_V, scale,
+                                              band_of(1, N_Q, N_K), NULL);
         hashed = (size_t)B * N_Q * D_K;
         break;
     }
