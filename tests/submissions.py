@@ -228,7 +228,7 @@ _add("huge_allocation", _cells(CORRECT, after=["big = np.ones((50_000, 1_000_000
 # ---- submissions that would take a grader down with them -------------------------------------
 _add("infinite_loop", _cells(CORRECT, after=["while True:\n    pass\n"]),
      {**{n: ("timed out", []) for n in FUNCTIONS}, "status": "timed out",
-      "problems": ["still running after 5 s"]})
+      "problems": ["still running after ", "an infinite loop?"]})
 _add("os_abort", _cells(CORRECT, after=["import os\nos.abort()\n"]),
      {**{n: ("crashed", []) for n in FUNCTIONS}, "status": "crashed",
       "problems": ["SIGABRT"]})
