@@ -2,9 +2,11 @@
 
     python bench/targets.py run1.json [run2.json ...]
 
-Prints one Markdown row per target of the fast-kernel and gradient issues and one column per run:
-the measured ratio (peer time / selfattn time, medians of interleaved repeats) or fraction. Several
-runs side by side show how much a shared machine moves the figures.
+Prints two Markdown tables, one row per target and one column per run: the fast-kernel and gradient
+issues' targets, then issue 11's (decoding, batches of small problems, the backwards, the steps,
+long sequences). A cell is the measured ratio (peer time / selfattn time, medians of interleaved
+repeats) or fraction of a roofline rate measured in the same run. Several runs side by side show how
+much a shared machine moves the figures.
 """
 import json
 import sys
@@ -72,6 +74,68 @@ def rows_of(path):
     return info, rows
 
 
+def issue11_rows(path):
+    """(info, [(case, target, measured), ...]) for issue 11's targets, found by group and name so
+    that every case of a group the bench runs gets a row."""
+    data = json.load(open(path))
+    info = data["info"]
+    results = data["results"]
+    by_name = {r["name"]: r for r in results}
+    rates = info.get("roofline_rates", {})
+
+    def peer(r, word):
+        return next((v for k, v in r["peers"].items() if word in k and v), None)
+
+    def ratio(name, word):
+        r = by_name.get(name)
+        p = r and peer(r, word)
+        return f"{p['ratio']:.2f}x" if p else "not measured"
+
+    def roofline(r):
+        if not r.get("roofline") or r["roofline"][0] not in rates:
+            return ""
+        rate, work = r["roofline"]
+        return f"; {100 * work / r['time_s'] / rates[rate]:.0f}% {rate}"
+
+    rows = []
+    for r in results:
+        if r["group"] == "decode":
+            rows.append((f"{r['name']} vs torch SDPA; roofline", "≥ 1.2x; ≥ 70% read",
+                         ratio(r["name"], "torch") + roofline(r)))
+    for r in results:
+        if r["group"] == "batches":
+            rows.append((f"{r['name']} vs torch SDPA", "≥ 1.3x", ratio(r["name"], "torch")))
+    for r in results:
+        if r["name"].startswith("multi_head_attention "):
+            rows.append((f"{r['name']} vs torch SDPA with its projections", "≥ 1.5x",
+                         ratio(r["name"], "torch")))
+    for r in results:
+        if r["name"].startswith("scaled_dot_product_attention_backward"):
+            forward = peer(r, "fused forward")
+            rows.append((f"{r['name']}: time / our fused forward's time", "≤ 2.5x",
+                         f"{1 / forward['ratio']:.2f}x" if forward else "not measured"))
+            rows.append((f"{r['name']} vs torch autograd", "≥ 1.5x", ratio(r["name"], "torch")))
+        elif r["name"].startswith("multi_head_attention_backward"):
+            rows.append((f"{r['name']} vs torch autograd", "≥ 1.5x", ratio(r["name"], "torch")))
+    for step in ("scores", "output", "projection"):
+        for dtype in ("float32", "float64"):
+            cells = ", ".join(ratio(f"{step} {dtype} n={n} d=64", "np.matmul")
+                              for n in (512, 2048, 4096))
+            rows.append((f"{step} {dtype} vs np.matmul (n=512, 2048, 4096)", "≥ 1.0x", cells))
+    for dtype in ("float32", "float64"):
+        for d in (64, 128):
+            cells = ", ".join(ratio(f"sdpa {dtype} n={n} d={d}", "torch") for n in (2048, 4096, 8192))
+            rows.append((f"sdpa {dtype} d={d} vs torch SDPA (n=2048, 4096, 8192)", "≥ 1.0x", cells))
+    return info, rows
+
+
+def print_table(runs):
+    print("| case | target | " + " | ".join(f"run of {info['date']}" for info, _ in runs) + " |")
+    print("|---|---|" + "---|" * len(runs))
+    for i, (case, target, _) in enumerate(runs[0][1]):
+        print(f"| {case} | {target} | " + " | ".join(rows[i][2] for _, rows in runs) + " |")
+
+
 def main(paths):
     runs = [rows_of(path) for path in paths]
     for info, _ in runs:
@@ -80,10 +144,9 @@ def main(paths):
               f"NumPy {info['numpy']}, torch {info.get('torch')}; GEMM peak by np.matmul: sgemm "
               f"{peak['float32']:.0f}, dgemm {peak['float64']:.0f} GFLOP/s")
     print()
-    print("| case | target | " + " | ".join(f"run of {info['date']}" for info, _ in runs) + " |")
-    print("|---|---|" + "---|" * len(runs))
-    for i, (case, target, _) in enumerate(runs[0][1]):
-        print(f"| {case} | {target} | " + " | ".join(rows[i][2] for _, rows in runs) + " |")
+    print_table(runs)
+    print()
+    print_table([issue11_rows(path) for path in paths])
 
 
 if __name__ == "__main__":
