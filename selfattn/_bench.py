@@ -668,6 +668,10 @@ def main(argv=None) -> int:
     def progress(msg):
         print(msg, file=sys.stderr, flush=True)
 
+    if blas_limit is None:
+        progress(f"note: threadpoolctl is not installed, so NumPy's BLAS (the np.matmul peer) "
+                 f"keeps its own thread count instead of {threads}; `pip install threadpoolctl`")
+
     if os.environ.get("OPENBLAS_CORETYPE") or os.environ.get("OPENBLAS_L2_SIZE"):
         progress("note: OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE are set, which can slow NumPy's BLAS "
                  "(a peer); run `env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m selfattn "
