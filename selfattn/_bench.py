@@ -217,13 +217,12 @@ def _window_case(n, window, d, dtype, causal):
 
 def _step_cases(n, d, dtype):
     """The notebook's steps one call at a time, each against np.matmul of the same operands (its
-    own BLAS threads = ours), both allocating their result. scores: ours is Q @ K^T times the
-    default 1/sqrt(d) with its non-finite rule, the np.matmul peer the bare product of the
-    transposed view (no scale: ours does more), the naive peer the product then the scale as a
-    second pass. output: weights @ V, ours with its zero-weight rule (a scan of V). projection:
-    X @ W_all (the three d x d projections side by side), through compute_attention_output."""
+    BLAS threads = ours), both allocating their result. scores: Q @ K^T on both sides, ours with
+    scale=1.0 (the raw dot products; its default scale would be a multiply np.matmul does not do)
+    and np.matmul of the transposed view (no naive peer: it is np.matmul). output: weights @ V,
+    ours with its zero-weight rule (a scan of V). projection: X @ W_all (the three d x d
+    projections side by side), through compute_attention_output."""
     name = np.dtype(dtype).name
-    scale = 1 / math.sqrt(d)
 
     def setup(rng):
         Q, K, V = (rng.standard_normal((n, d)).astype(dtype) for _ in range(3))
@@ -237,9 +236,8 @@ def _step_cases(n, d, dtype):
     return [
         {"name": f"scores {name} n={n} d={d}", "group": "steps", "dtype": name,
          "flops": 2.0 * n * n * d, "setup": setup,
-         "ours": lambda s: selfattn.compute_self_attention_scores(s["Q"], s["K"]),
-         "peers": {"np.matmul": lambda s: np.matmul(s["Q"], s["K"].T),
-                   "naive": lambda s: np.matmul(s["Q"], s["K"].T) * scale}},
+         "ours": lambda s: selfattn.compute_self_attention_scores(s["Q"], s["K"], scale=1.0),
+         "peers": {"np.matmul": lambda s: np.matmul(s["Q"], s["K"].T)}},
         {"name": f"softmax {name} n={n}", "group": "steps", "dtype": None,
          "flops": None, "setup": setup,
          "ours": lambda s: selfattn.softmax_attention_weights(s["S"]),
