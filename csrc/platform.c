@@ -118,6 +118,17 @@ static void *thread_main(void *raw)
     return 0;
 }
 
+void sa_cpu_relax(void)
+{
+#if defined(_MSC_VER) && !defined(__clang__)
+    YieldProcessor();
+#elif defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__) || defined(__arm__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
 int sa_thread_start(void (*fn)(void *arg), void *arg)
 {
     thread_start *start = malloc(sizeof *start);

@@ -48,6 +48,9 @@ int sa_thread_start(void (*fn)(void *arg), void *arg);
    the OS has no fork (Windows). */
 void sa_at_fork_child(void (*fn)(void));
 
+/* Tells the CPU that this thread is spinning on a flag (x86 PAUSE, ARM YIELD; a no-op elsewhere). */
+void sa_cpu_relax(void);
+
 /* A monotonic clock, nanoseconds from an arbitrary origin. */
 long long sa_now_ns(void);
 

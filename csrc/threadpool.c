@@ -17,6 +17,11 @@
 /* How often the calling thread asks the poll callback whether to stop. */
 #define SA_POLL_INTERVAL_NS 2000000L
 
+/* A worker that finished a job, and a caller waiting for its helpers, spin this long before they
+   sleep: waking a sleeping thread took longer than a whole 100 us GEMM on a 2-vCPU VM, so the
+   helper of a short call, or of the next call in a loop, came too late to take a task. */
+#define SA_SPIN_NS 200000L
+
 /* Below this many flops a loop stays on one thread: waking workers costs ~10-50 us. */
 #define SA_PARALLEL_MIN_FLOPS 2.0e6
 
@@ -29,6 +34,7 @@ typedef struct {
     atomic_int status;          /* first error wins */
     int helpers_in;             /* helpers that joined; guarded by pool.lock */
     int helpers_done;           /* guarded by pool.lock */
+    atomic_ulong helpers_busy;  /* joined and not done: what the caller spins on */
 } sa_job;
 
 static struct {
@@ -38,6 +44,7 @@ static struct {
     sa_mutex in_use;            /* held by the thread whose job the pool runs */
     int n_workers;              /* threads started, ids 1..n_workers */
     unsigned long generation;
+    atomic_ulong published;     /* generation, for workers that spin without the lock */
     sa_job *job;
 } pool;
 
@@ -106,6 +113,19 @@ static void run_tasks(sa_job *job, int worker, const sa_exec *ex_for_polling)
     current = outer;
 }
 
+/* Spins (at most SA_SPIN_NS) while (*word == value) == while_equal. */
+static void spin_while(atomic_ulong *word, unsigned long value, int while_equal)
+{
+    long long give_up = sa_now_ns() + SA_SPIN_NS;
+    for (unsigned spins = 1;; spins++) {
+        if ((atomic_load_explicit(word, memory_order_acquire) == value) != while_equal)
+            return;
+        sa_cpu_relax();
+        if (spins % 64 == 0 && sa_now_ns() > give_up)
+            return;
+    }
+}
+
 static void worker_main(void *arg)
 {
     int id = (int)(intptr_t)arg;
@@ -115,6 +135,11 @@ static void worker_main(void *arg)
     unsigned long seen = 0;
     sa_mutex_lock(&pool.lock);
     for (;;) {
+        if (pool.generation == seen) {
+            sa_mutex_unlock(&pool.lock);
+            spin_while(&pool.published, seen, 1);
+            sa_mutex_lock(&pool.lock);
+        }
         while (pool.generation == seen)
             sa_cond_wait(&pool.wake, &pool.lock);
         seen = pool.generation;
@@ -124,9 +149,11 @@ static void worker_main(void *arg)
         if (job == NULL || id > job->n_helpers)
             continue;
         job->helpers_in++;
+        atomic_fetch_add(&job->helpers_busy, 1);
         sa_mutex_unlock(&pool.lock);
         run_tasks(job, id, NULL);
         sa_mutex_lock(&pool.lock);
+        atomic_fetch_sub(&job->helpers_busy, 1);
         if (++job->helpers_done == job->helpers_in)
             sa_cond_signal(&pool.done);
     }
@@ -169,6 +196,7 @@ int sa_parallel_for(const sa_exec *ex, int n_threads, sa_int n_tasks, sa_task_fn
     sa_job job = {.fn = fn, .arg = arg, .n_tasks = n_tasks, .n_helpers = 0};
     atomic_init(&job.next_task, 0);
     atomic_init(&job.status, SA_OK);
+    atomic_init(&job.helpers_busy, 0);
     if (n_tasks <= 0)
         return SA_OK;
 
@@ -181,6 +209,7 @@ int sa_parallel_for(const sa_exec *ex, int n_threads, sa_int n_tasks, sa_task_fn
         sa_mutex_lock(&pool.lock);
         pool.job = &job;
         pool.generation++;
+        atomic_store_explicit(&pool.published, pool.generation, memory_order_release);
         sa_cond_broadcast(&pool.wake);
         sa_mutex_unlock(&pool.lock);
     }
@@ -191,6 +220,11 @@ int sa_parallel_for(const sa_exec *ex, int n_threads, sa_int n_tasks, sa_task_fn
         /* Close the job to helpers that have not joined yet, then wait for those that have. */
         sa_mutex_lock(&pool.lock);
         pool.job = NULL;
+        if (job.helpers_done < job.helpers_in) {
+            sa_mutex_unlock(&pool.lock);
+            spin_while(&job.helpers_busy, 0, 0);
+            sa_mutex_lock(&pool.lock);
+        }
         while (job.helpers_done < job.helpers_in)
             sa_cond_wait(&pool.done, &pool.lock);
         sa_mutex_unlock(&pool.lock);

@@ -18,17 +18,27 @@
 #ifndef MM_NC_F64
 #define MM_NC_F64 128
 #endif
-/* GEMM task rows come in steps of 8 slivers */
-#ifndef MM_MC
-#define MM_MC (MM_MR * 8)
-#endif
-/* a GEMM task's work: amortises packing B, yet a few ms so that Ctrl-C is polled; at most 64
-   steps of rows, so that a huge m still makes many tasks */
+/* a GEMM task's work: amortises packing its B panel, yet about a millisecond so that Ctrl-C is
+   polled; at most 512 slivers of MR rows, so that a huge m still makes many tasks. A matmul's pack
+   copies B's rows; the scores' pack transposes K (a few cycles an element: with 2e7 it was 4% of
+   the scores at n = 4096, d = 64, where 1.6e8 makes one task per column panel, 16 of them) */
 #ifndef GEMM_TASK_FLOPS
-#define GEMM_TASK_FLOPS 2.0e7
+#define GEMM_TASK_FLOPS 5.0e6
 #endif
-#ifndef GEMM_MAX_MC_STEPS
-#define GEMM_MAX_MC_STEPS 64
+#ifndef GEMM_SCORES_TASK_FLOPS
+#define GEMM_SCORES_TASK_FLOPS 1.6e8
+#endif
+#ifndef GEMM_MAX_SLIVERS
+#define GEMM_MAX_SLIVERS 512
+#endif
+/* a GEMM call is cut into at least this many tasks where it has rows enough for tasks of at least
+   GEMM_MIN_SLIVERS slivers (below that the B panel's pack outweighs the product): with 8, 2 or 4
+   threads take equal shares of a small product */
+#ifndef GEMM_MIN_TASKS
+#define GEMM_MIN_TASKS 8
+#endif
+#ifndef GEMM_MIN_SLIVERS
+#define GEMM_MIN_SLIVERS 4
 #endif
 /* a softmax task's elements: amortises the hand-out, short enough to poll */
 #ifndef SOFTMAX_TASK_ELEMENTS

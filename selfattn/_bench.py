@@ -23,8 +23,9 @@ and ``"flops"`` gets the GEMM rate of its dtype without saying so). Other module
 
 NumPy's OpenBLAS reads ``OPENBLAS_CORETYPE`` when it loads, so to measure it at its best run
 ``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m selfattn bench``. With several threads
-the runner pauses ``--cooldown`` seconds (0.1) after each peer's sample, because OpenBLAS's idle
-threads spin for about 0.1 s after a call and would take a core from whatever is timed next.
+the runner pauses ``--cooldown`` seconds (0.15) after each peer's sample, because OpenBLAS's idle
+threads spin for 2**28 clock ticks after a call (0.103 s at 2.6 GHz: 0.1 s was too short) and
+would take a core from whatever is timed next.
 On a machine shared with other work the numbers vary from run to run; ``--threads 1`` is the
 steadiest comparison.
 """
@@ -215,8 +216,13 @@ def _window_case(n, window, d, dtype, causal):
 
 
 def _step_cases(n, d, dtype):
+    """The notebook's steps one call at a time, each against np.matmul of the same operands (its
+    BLAS threads = ours), both allocating their result. scores: Q @ K^T on both sides, ours with
+    scale=1.0 (the raw dot products; its default scale would be a multiply np.matmul does not do)
+    and np.matmul of the transposed view (no naive peer: it is np.matmul). output: weights @ V,
+    ours with its zero-weight rule (a scan of V). projection: X @ W_all (the three d x d
+    projections side by side), through compute_attention_output."""
     name = np.dtype(dtype).name
-    scale = 1 / math.sqrt(d)
 
     def setup(rng):
         Q, K, V = (rng.standard_normal((n, d)).astype(dtype) for _ in range(3))
@@ -230,9 +236,8 @@ def _step_cases(n, d, dtype):
     return [
         {"name": f"scores {name} n={n} d={d}", "group": "steps", "dtype": name,
          "flops": 2.0 * n * n * d, "setup": setup,
-         "ours": lambda s: selfattn.compute_self_attention_scores(s["Q"], s["K"]),
-         "peers": {"np.matmul": lambda s: np.matmul(s["Q"], s["K"].T),
-                   "naive": lambda s: np.matmul(s["Q"], s["K"].T) * scale}},
+         "ours": lambda s: selfattn.compute_self_attention_scores(s["Q"], s["K"], scale=1.0),
+         "peers": {"np.matmul": lambda s: np.matmul(s["Q"], s["K"].T)}},
         {"name": f"softmax {name} n={n}", "group": "steps", "dtype": None,
          "flops": None, "setup": setup,
          "ours": lambda s: selfattn.softmax_attention_weights(s["S"]),
@@ -637,7 +642,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-memory", action="store_true", help="skip the n=65536 memory case")
     parser.add_argument("--cooldown", type=float, metavar="S",
                         help="seconds to pause after each peer's sample so that its spinning "
-                             "BLAS threads go idle (default 0.1 with several threads, else 0)")
+                             "BLAS threads go idle (default 0.15 with several threads, else 0)")
     args = parser.parse_args(argv)
     if args.repeat is not None and args.repeat < 1:
         parser.error("--repeat must be at least 1")
@@ -661,6 +666,10 @@ def main(argv=None) -> int:
     def progress(msg):
         print(msg, file=sys.stderr, flush=True)
 
+    if blas_limit is None:
+        progress(f"note: threadpoolctl is not installed, so NumPy's BLAS (the np.matmul peer) "
+                 f"keeps its own thread count instead of {threads}; `pip install threadpoolctl`")
+
     if os.environ.get("OPENBLAS_CORETYPE") or os.environ.get("OPENBLAS_L2_SIZE"):
         progress("note: OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE are set, which can slow NumPy's BLAS "
                  "(a peer); run `env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m selfattn "
@@ -681,7 +690,7 @@ def main(argv=None) -> int:
     info["gemm_peak_gflops"] = {dtype: rates[name] / 1e9 for dtype, name in _GEMM_RATE.items()}
     progress(f"  {describe_rates(rates)}")
 
-    cooldown = args.cooldown if args.cooldown is not None else (0.1 if threads > 1 else 0.0)
+    cooldown = args.cooldown if args.cooldown is not None else (0.15 if threads > 1 else 0.0)
     info["cooldown_s"] = cooldown
     cases = _select(build_cases(args.quick, torch), args.cases)
     rng = np.random.default_rng(12345)

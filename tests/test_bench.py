@@ -22,6 +22,19 @@ def arrays(result):
 @pytest.mark.parametrize("case", small_cases(), ids=lambda c: c["name"])
 def test_peers_compute_what_ours_computes(case):
     """Every peer returns the same values, in the same dtype, as selfattn for that case."""
+    assert_peers_agree(case)
+
+
+@pytest.mark.parametrize("case", _bench._step_cases(512, 64, np.float32)
+                         + _bench._step_cases(512, 64, np.float64), ids=lambda c: c["name"])
+def test_step_cases_time_the_same_product(case):
+    """The step cases (scores, output, projection against np.matmul) at a size the quick set
+    does not run: the same operation on both sides (the scores' np.matmul peer has no scale, so
+    ours is timed with scale=1.0)."""
+    assert_peers_agree(case)
+
+
+def assert_peers_agree(case):
     state = case["setup"](np.random.default_rng(0))
     ours = arrays(case["ours"](state))
     for name, peer in case["peers"].items():

@@ -1,0 +1,114 @@
+"""The step products (compute_self_attention_scores, compute_attention_output and the projection
+GEMM: csrc/matmul_fast.inc) on the shapes where their tiling changes: row counts around the
+micro-tile's slivers and the task tiles, columns around a B panel (MM_NC), depths around a k step
+(MM_KC), strided operands, and the small products that are cut into many small tasks.
+
+The fast tiers promise that the tiling changes no bits (each element is the same sum in the same
+order whichever task computes it), so any run of rows of a product equals those rows of the whole
+product, bit for bit, for every thread count; and every result is exact to the oracle's bound.
+"""
+import numpy as np
+import pytest
+
+import selfattn
+from selfattn import _core
+from attn_reference import LD, assert_close, ref_output, ref_scores
+
+pytestmark = pytest.mark.c_backend
+
+# rows around slivers of 4, 6, 8 and 12 and the task tiles built from them; the projection's 512
+THREADS = (1, 2, 3, 7)
+
+
+def product(A, B, code, out=None):
+    C = np.empty((A.shape[0], B.shape[1]), A.dtype) if out is None else out
+    _core.matmul(C, A, B, code)
+    return C
+
+
+def scores(Q, K, code, scale=0.125):
+    S = np.empty((Q.shape[0], K.shape[0]), Q.dtype)
+    n_q, n_k = S.shape
+    _core.scores(S, Q, K, None, scale, (-n_q - n_k, n_q + n_k), code)
+    return S
+
+
+def for_every_thread_count(run):
+    """run() for each of THREADS, which must give the same bits; returns the 1-thread result."""
+    selfattn.set_num_threads(THREADS[0])
+    first = run()
+    for n in THREADS[1:]:
+        selfattn.set_num_threads(n)
+        np.testing.assert_array_equal(run(), first, err_msg=f"{n} threads differ from 1")
+    return first
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m, k, n", [(512, 64, 192), (97, 64, 192), (145, 257, 129),
+                                     (13, 255, 257), (1, 3, 5), (300, 1, 33)])
+def test_matmul_rows_are_the_rows_of_the_whole(isa, dtype, threads, m, k, n):
+    """Rows [lo, hi) of A @ B equal, bit for bit, A[lo:hi] @ B computed alone (a different tiling:
+    other tiles, other edge slivers), with 1 to 7 threads; the whole is exact."""
+    code = _core.isa_code(isa)
+    rng = np.random.default_rng(m * 1000 + k)
+    A = rng.standard_normal((m, k)).astype(dtype)
+    B = rng.standard_normal((k, n)).astype(dtype)
+    whole = for_every_thread_count(lambda: product(A, B, code))
+    assert_close(whole, ref_output(A, B))
+    if isa == "reference":
+        return                      # its loops have no tiles
+    for lo, hi in [(0, m // 2), (m // 3, m), (min(5, m - 1), m), (m - 1, m)]:
+        if lo < hi:
+            part = for_every_thread_count(lambda: product(A[lo:hi], B, code))
+            np.testing.assert_array_equal(part, whole[lo:hi], err_msg=f"rows {lo}:{hi}")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_q, n_k, d", [(512, 512, 64), (601, 257, 64), (25, 129, 255),
+                                         (13, 1000, 8)])
+def test_scores_rows_are_the_rows_of_the_whole(isa, dtype, threads, n_q, n_k, d):
+    """The same for the scores (scale, then the overflow and the mask rules, on each tile)."""
+    code = _core.isa_code(isa)
+    rng = np.random.default_rng(n_q + n_k + d)
+    Q = rng.standard_normal((n_q, d)).astype(dtype)
+    K = rng.standard_normal((n_k, d)).astype(dtype)
+    whole = for_every_thread_count(lambda: scores(Q, K, code))
+    assert_close(whole, ref_scores(Q, K, scale=0.125))
+    if isa == "reference":
+        return
+    for lo, hi in [(0, n_q // 2), (n_q // 3, n_q), (n_q - 1, n_q)]:
+        part = for_every_thread_count(lambda: scores(Q[lo:hi], K, code))
+        np.testing.assert_array_equal(part, whole[lo:hi], err_msg=f"rows {lo}:{hi}")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_strided_operands(isa, dtype, threads):
+    """Operands whose rows are longer than their columns (column slices of wider arrays, a
+    transposed-then-copied K) and a strided output give the contiguous operands' bits."""
+    code = _core.isa_code(isa)
+    rng = np.random.default_rng(7)
+    wide_A = rng.standard_normal((530, 100)).astype(dtype)
+    wide_B = rng.standard_normal((70, 300)).astype(dtype)
+    A, B = wide_A[:, 3:73], wide_B[:, 5:200]
+    out = np.full((530, 250), np.nan, dtype)
+    got = for_every_thread_count(lambda: product(A, B, code, out[:, 10:205]))
+    np.testing.assert_array_equal(got, product(A.copy(), B.copy(), code))
+    assert np.isnan(out[:, :10]).all() and np.isnan(out[:, 205:]).all(), "wrote outside out"
+
+    Q, K = wide_A[:, 20:84], wide_A[::2, 30:94]
+    np.testing.assert_array_equal(scores(Q, K, code), scores(Q.copy(), K.copy(), code))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_public_steps_on_step_bench_shapes(dtype, threads, rng):
+    """The functions the step benchmark times (n = 512, d = 64), through the public API with the
+    default scale, for 1 and 2 threads: exact, and the same bits."""
+    Q, K, V, X = (rng.standard_normal((512, 64)).astype(dtype) for _ in range(4))
+    W_all = rng.standard_normal((64, 192)).astype(dtype)
+    S = for_every_thread_count(lambda: selfattn.compute_self_attention_scores(Q, K))
+    assert_close(S, ref_scores(Q, K))
+    W = selfattn.softmax_attention_weights(S)
+    out = for_every_thread_count(lambda: selfattn.compute_attention_output(W, V))
+    assert_close(out, ref_output(W, V))
+    proj = for_every_thread_count(lambda: selfattn.compute_attention_output(X, W_all))
+    assert_close(proj, np.matmul(X.astype(LD), W_all.astype(LD)))
