@@ -180,17 +180,18 @@ TINY_QUERIES = [1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 24, 31, 32, 33, 48]
 def test_tiny_problems_in_many_items(isa, dtype, threads):
     """Batches of many tiny heads (whole-item tasks, a single-vector last micro-tile): every query
     count around a vector and a micro-tile, plain and causal with more keys than queries, match
-    the reference tier within tolerance and give the same bits for any thread count."""
+    the oracle within tolerance and give the same bits for any thread count."""
     rng = np.random.default_rng(17)
     for n in TINY_QUERIES:
         Q = rng.standard_normal((12, 2, n, 16)).astype(dtype)
         K, V = (rng.standard_normal((12, 2, n + 3, 16)).astype(dtype) for _ in range(2))
-        for causal in (False, "bottom_right"):
+        for causal, band in [(False, (-n, n + 3)), ("bottom_right", (-n - 3, 3))]:
             run = lambda: selfattn.scaled_dot_product_attention(Q, K, V, is_causal=causal)
             out = same_for_every_thread_count(run)
-            assert_close(out, reference(run), dtype)
+            assert_close(out, oracle(Q, K, V, band, 0.25), dtype)
 
 
+@pytest.mark.c_backend
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_many_items_with_every_operand_kind(isa, dtype, threads):
     """The whole-item tasks with what a batch of encoder heads brings: a K and V shared by every
@@ -213,3 +214,60 @@ def test_many_items_with_every_operand_kind(isa, dtype, threads):
         run = lambda: selfattn.scaled_dot_product_attention(Q, K, V, **kwargs)
         out = same_for_every_thread_count(run)
         assert_close(out, reference(run), dtype)
+
+
+# ---- the batched call without the general Python path (_api._plain_batch_sdpa) ---------------
+
+def general_path(Q, K, V, **kwargs):
+    """scaled_dot_product_attention through the general path: a NumPy bool for return_weights
+    is a valid flag that the plain paths do not take."""
+    return selfattn.scaled_dot_product_attention(Q, K, V, return_weights=np.False_, **kwargs)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_plain_batch_path_gives_the_general_paths_bits(isa, dtype):
+    """Batches the plain batched path takes (3-D and 4-D, causal or not, default, float and int
+    scales, sliced batch axes, a head axis broadcast by a zero stride) give the general path's
+    result bit for bit."""
+    from selfattn._api import _PLAIN_BANDS, _plain_batch_sdpa
+    rng = np.random.default_rng(41)
+    big = rng.standard_normal((6, 8, 33, 24)).astype(dtype)
+    Q, K, V = big[:, :4, :, :16], big[:, 4:, :30, :16], big[:, 4:, :30, 8:]
+    cases = [(Q[0], K[0], V[0]), (Q, K, V), (Q[::2], K[::2], V[::2]),
+             (Q, np.broadcast_to(K[:, :1], K.shape), V)]
+    for q, k, v in cases:
+        for causal in (False, True):
+            for scale in (None, 0.3, 2):
+                plain = _plain_batch_sdpa(q, k, v, scale, _PLAIN_BANDS[causal])
+                assert plain is not None, "the plain batched path declined a plain batch"
+                want = general_path(q, k, v, scale=scale, is_causal=causal)
+                assert plain.dtype == want.dtype and np.array_equal(plain, want)
+                got = selfattn.scaled_dot_product_attention(q, k, v, scale=scale,
+                                                            is_causal=causal)
+                assert np.array_equal(got, want)
+
+
+def test_the_plain_batch_path_declines_the_rest():
+    """Everything else goes to the general path (which owns every rule and message): other
+    dtypes, mixed or byte-swapped ones, broadcasting between operands, mismatched sizes, empty
+    operands, rows that are not contiguous, subclasses and lists, NumPy or non-finite or bool
+    scales, 2-D matrices (_core.plain_sdpa's)."""
+    from selfattn._api import _PLAIN_BANDS, _plain_batch_sdpa
+    rng = np.random.default_rng(43)
+    Q, K, V = (rng.standard_normal((3, 4, 10, 8)) for _ in range(3))
+
+    class Sub(np.ndarray):
+        pass
+
+    declined = [
+        (Q.astype(np.float16), K, V), (Q.astype(np.float32), K, V), (Q.astype(">f8"), K, V),
+        (Q, K[:, :1], V[:, :1]), (Q, K[..., :7], V), (Q, K, V[:, :, :9]), (Q[:, :, :0], K, V),
+        (Q, K, V[..., :0]), (Q[..., ::2], K[..., ::2], V), (Q.view(Sub), K, V),
+        (Q.tolist(), K, V), (Q[0, 0], K[0, 0], V[0, 0]),
+    ]
+    for q, k, v in declined:
+        assert _plain_batch_sdpa(q, k, v, None, _PLAIN_BANDS[False]) is None
+    for scale in (np.float64(0.5), float("inf"), float("nan"), True, 10**400, "0.5"):
+        assert _plain_batch_sdpa(Q, K, V, scale, _PLAIN_BANDS[False]) is None
+    with pytest.raises(ValueError, match="the last dimensions of Q and K must match"):
+        selfattn.scaled_dot_product_attention(Q, K[..., :7], V)
