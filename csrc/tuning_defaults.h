@@ -49,6 +49,14 @@
 #ifndef FA_SMALL_BAND_BLOCKS
 #define FA_SMALL_BAND_BLOCKS 8
 #endif
+/* the fused kernel runs a whole small problem (at most this many flops: tens of microseconds) as
+   one task when the batch has at least FA_ITEM_TASK_MIN_ITEMS of them */
+#ifndef FA_ITEM_TASK_FLOPS
+#define FA_ITEM_TASK_FLOPS 1.6e7
+#endif
+#ifndef FA_ITEM_TASK_MIN_ITEMS
+#define FA_ITEM_TASK_MIN_ITEMS 8
+#endif
 /* the fused kernel's mask step works on this much of its scores at once (in L1) */
 #ifndef FA_MASK_CHUNK_BYTES
 #define FA_MASK_CHUNK_BYTES 16384

@@ -1,10 +1,13 @@
 """Many small problems (batch x heads large, n of a few hundred at most), as encoders run them:
 the fused kernel's task split, and the non-finite check that reads every value operand once.
 
-The fused kernel cuts a banded (causal, sliding-window) call of few queries into tasks of one
-micro-tile of queries, and every other call into tasks of the tier's full query block
-(attention_fused.inc's FAST(fa_plan)); either way the bits must not depend on the thread count,
-and the results must stay within the oracle's tolerance on both sides of every cut.
+The fused kernel cuts a banded (causal, sliding-window) call of few queries into blocks of one
+micro-tile of queries, and every other call into blocks of the tier's full query block; a small
+problem in a batch of many is one task holding all its blocks, else each block is a task
+(attention_fused.inc's FAST(fa_plan)). A block's last micro-tile is a single vector when that
+holds its rest, and each block picks its own units from its rows. Either way the bits must not
+depend on the thread count nor on the other items of the batch, and the results must stay within
+the oracle's tolerance on both sides of every cut.
 """
 import numpy as np
 import pytest
@@ -122,9 +125,9 @@ def test_the_output_step_with_a_zero_weight_on_a_non_finite_value(isa, dtype):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("item", [0, 77, 129])
 def test_huge_scores_in_one_item_of_a_large_batch(isa, dtype, item, threads):
-    """The fused kernel picks its units from the largest |Q| and |K| of the whole batch, scanned
-    in tasks of a few items each: scores near the float range in any single item (the first,
-    one inside a task, the last) must be seen, or the exp2 units overflow there to inf or NaN."""
+    """The fused kernel picks each block's units from the largest |Q| of its queries and |K| of
+    the keys they see: scores near the float range in any single item (the first, one inside
+    the batch, the last) must be seen, or the exp2 units overflow there to inf or NaN."""
     code = _core.isa_code(isa)
     rng = np.random.default_rng(21)
     Q, K, V = (rng.standard_normal((130, 6, 8)).astype(dtype) for _ in range(3))
@@ -135,3 +138,136 @@ def test_huge_scores_in_one_item_of_a_large_batch(isa, dtype, item, threads):
     out = same_for_every_thread_count(lambda: fused(Q, K, V, band, 1.0, code))
     assert np.all(np.isfinite(out))
     assert_close(out[item], oracle(Q[item], K[item], V[item], band, 1.0), dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_an_item_gives_the_same_bits_alone_and_in_a_batch(isa, dtype, threads):
+    """Each block picks its units from its own rows, so an item's result does not depend on the
+    other items: scores near the float range in one item (natural units there) leave the others
+    bit for bit as they are alone, in a batch of whole-item tasks (many small items) and of
+    one-block tasks (few items, a long one). Before, the units were one choice for the whole
+    call, and one huge item moved every other item's bits."""
+    rng = np.random.default_rng(31)
+    for B, n in [(40, 20), (2, 300)]:
+        Q, K, V = (rng.standard_normal((B, n, 16)).astype(dtype) for _ in range(3))
+        u = np.full(16, np.sqrt(0.8 * float(np.finfo(dtype).max) / 16))
+        Q[B - 1, 3] = K[B - 1, 5] = u
+        for threads_ in (1, 3):
+            selfattn.set_num_threads(threads_)
+            batch = selfattn.scaled_dot_product_attention(Q, K, V, scale=1.0, is_causal=True)
+            assert np.all(np.isfinite(batch))
+            for b in (0, B // 2, B - 1):
+                alone = selfattn.scaled_dot_product_attention(Q[b], K[b], V[b], scale=1.0,
+                                                              is_causal=True)
+                assert np.array_equal(batch[b], alone), f"item {b} of {B} differs from alone"
+
+
+def reference(run):
+    """run() on the reference tier (the scalar kernels the fast ones are tested against)."""
+    before = selfattn.get_isa()
+    selfattn.set_isa("reference")
+    try:
+        return run()
+    finally:
+        selfattn.set_isa(before)
+
+
+# query counts of tiny problems around one vector (2, 4, 8 or 16 lanes) and one micro-tile
+TINY_QUERIES = [1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 24, 31, 32, 33, 48]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_tiny_problems_in_many_items(isa, dtype, threads):
+    """Batches of many tiny heads (whole-item tasks, a single-vector last micro-tile): every query
+    count around a vector and a micro-tile, plain and causal with more keys than queries, match
+    the oracle within tolerance and give the same bits for any thread count."""
+    rng = np.random.default_rng(17)
+    for n in TINY_QUERIES:
+        Q = rng.standard_normal((12, 2, n, 16)).astype(dtype)
+        K, V = (rng.standard_normal((12, 2, n + 3, 16)).astype(dtype) for _ in range(2))
+        for causal, band in [(False, (-n, n + 3)), ("bottom_right", (-n - 3, 3))]:
+            run = lambda: selfattn.scaled_dot_product_attention(Q, K, V, is_causal=causal)
+            out = same_for_every_thread_count(run)
+            assert_close(out, oracle(Q, K, V, band, 0.25), dtype)
+
+
+@pytest.mark.c_backend
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_many_items_with_every_operand_kind(isa, dtype, threads):
+    """The whole-item tasks with what a batch of encoder heads brings: a K and V shared by every
+    head (broadcast batch axes), strided (sliced) inputs, a per-head float mask with a fully
+    masked row, a boolean padding mask, per-sequence lengths and a sliding window. Against the
+    reference tier, and the same bits for any thread count."""
+    rng = np.random.default_rng(23)
+    B, H, n, d = 6, 4, 40, 24
+    Q = rng.standard_normal((B, H, n, 2 * d)).astype(dtype)[..., ::2]      # strided rows
+    K = rng.standard_normal((B, 1, n, d)).astype(dtype)                      # shared by the heads
+    V = np.asfortranarray(rng.standard_normal((B, 1, n, d + 5)).astype(dtype))
+    float_mask = rng.standard_normal((H, n, n)).astype(dtype)
+    float_mask[1, 7] = -np.inf
+    pad = np.ones((B, 1, 1, n), bool)
+    pad[2, ..., 30:] = False
+    calls = [dict(), dict(mask=float_mask), dict(mask=pad, is_causal=True),
+             dict(query_lengths=np.arange(B) * 7, key_lengths=n - np.arange(B)),
+             dict(window=(5, 2))]
+    for kwargs in calls:
+        run = lambda: selfattn.scaled_dot_product_attention(Q, K, V, **kwargs)
+        out = same_for_every_thread_count(run)
+        assert_close(out, reference(run), dtype)
+
+
+# ---- the batched call without the general Python path (_api._plain_batch_sdpa) ---------------
+
+def general_path(Q, K, V, **kwargs):
+    """scaled_dot_product_attention through the general path: a NumPy bool for return_weights
+    is a valid flag that the plain paths do not take."""
+    return selfattn.scaled_dot_product_attention(Q, K, V, return_weights=np.False_, **kwargs)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_plain_batch_path_gives_the_general_paths_bits(isa, dtype):
+    """Batches the plain batched path takes (3-D and 4-D, causal or not, default, float and int
+    scales, sliced batch axes, a head axis broadcast by a zero stride) give the general path's
+    result bit for bit."""
+    from selfattn._api import _PLAIN_BANDS, _plain_batch_sdpa
+    rng = np.random.default_rng(41)
+    big = rng.standard_normal((6, 8, 33, 24)).astype(dtype)
+    Q, K, V = big[:, :4, :, :16], big[:, 4:, :30, :16], big[:, 4:, :30, 8:]
+    cases = [(Q[0], K[0], V[0]), (Q, K, V), (Q[::2], K[::2], V[::2]),
+             (Q, np.broadcast_to(K[:, :1], K.shape), V)]
+    for q, k, v in cases:
+        for causal in (False, True):
+            for scale in (None, 0.3, 2):
+                plain = _plain_batch_sdpa(q, k, v, scale, _PLAIN_BANDS[causal])
+                assert plain is not None, "the plain batched path declined a plain batch"
+                want = general_path(q, k, v, scale=scale, is_causal=causal)
+                assert plain.dtype == want.dtype and np.array_equal(plain, want)
+                got = selfattn.scaled_dot_product_attention(q, k, v, scale=scale,
+                                                            is_causal=causal)
+                assert np.array_equal(got, want)
+
+
+def test_the_plain_batch_path_declines_the_rest():
+    """Everything else goes to the general path (which owns every rule and message): other
+    dtypes, mixed or byte-swapped ones, broadcasting between operands, mismatched sizes, empty
+    operands, rows that are not contiguous, subclasses and lists, NumPy or non-finite or bool
+    scales, 2-D matrices (_core.plain_sdpa's)."""
+    from selfattn._api import _PLAIN_BANDS, _plain_batch_sdpa
+    rng = np.random.default_rng(43)
+    Q, K, V = (rng.standard_normal((3, 4, 10, 8)) for _ in range(3))
+
+    class Sub(np.ndarray):
+        pass
+
+    declined = [
+        (Q.astype(np.float16), K, V), (Q.astype(np.float32), K, V), (Q.astype(">f8"), K, V),
+        (Q, K[:, :1], V[:, :1]), (Q, K[..., :7], V), (Q, K, V[:, :, :9]), (Q[:, :, :0], K, V),
+        (Q, K, V[..., :0]), (Q[..., ::2], K[..., ::2], V), (Q.view(Sub), K, V),
+        (Q.tolist(), K, V), (Q[0, 0], K[0, 0], V[0, 0]),
+    ]
+    for q, k, v in declined:
+        assert _plain_batch_sdpa(q, k, v, None, _PLAIN_BANDS[False]) is None
+    for scale in (np.float64(0.5), float("inf"), float("nan"), True, 10**400, "0.5"):
+        assert _plain_batch_sdpa(Q, K, V, scale, _PLAIN_BANDS[False]) is None
+    with pytest.raises(ValueError, match="the last dimensions of Q and K must match"):
+        selfattn.scaled_dot_product_attention(Q, K[..., :7], V)
