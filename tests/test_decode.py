@@ -158,6 +158,28 @@ def test_non_finite_rows_and_values(isa):
     assert np.isposinf(got[0, :, 4]).all() and np.isnan(got[1, :, 5]).all()
 
 
+def test_non_finite_values_weighed_by_one_query(isa):
+    """The kernel learns of an inf or NaN in V from the sums it weighs them into (no test of each
+    element read): a V row that one query weighs and another does not (masked there) reaches
+    only the first's output; beside a NaN query, whose row is NaN whatever V holds, the others'
+    outputs are still the oracle's, in a chunk and a batch item of their own."""
+    rng = np.random.default_rng(9)
+    n_q, n_k, d = 2, 900, 8
+    Q = rng.standard_normal((3, n_q, d)).astype(np.float32)
+    K = rng.standard_normal((3, n_k, d)).astype(np.float32)
+    V = rng.standard_normal((3, n_k, d)).astype(np.float32)
+    mask = np.ones((3, n_q, n_k), bool)
+    mask[:, 0, 300] = False                 # query 0 does not see key 300; query 1 does
+    V[:, 300, 2] = np.inf
+    V[2, 700, 5] = np.nan                   # item 2: weighed by both queries
+    Q[1, 1, 0] = np.nan                     # item 1: query 1 is NaN
+    got = attention(Q, K, V, mask=mask)
+    assert np.isfinite(got[:2, 0]).all() and np.isfinite(got[2, 0, [0, 1, 2, 3, 4, 6, 7]]).all()
+    assert np.isposinf(got[0, 1, 2]) and np.isnan(got[1, 1]).all()
+    assert np.isnan(got[2, :, 5]).all()
+    assert_close(got, oracle(Q, K, V, mask=mask), np.float32)
+
+
 @pytest.mark.c_backend
 def test_values_rerun_on_the_reference_tier(isa):
     """The zero-weight rule where the oracle cannot tell (next comment): the decode kernel's
