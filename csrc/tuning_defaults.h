@@ -50,6 +50,11 @@
 #ifndef BWF_ROWS_F64
 #define BWF_ROWS_F64 32
 #endif
+/* fused backward dQ product: keys per step, so that their K tile (BWF_DQ_KEYS x one micro-tile of
+   columns: 16 KiB in float on AVX-512) stays in L1 while every sliver of query rows uses it */
+#ifndef BWF_DQ_KEYS
+#define BWF_DQ_KEYS 128
+#endif
 /* fused backward chunks per call: at n = 2048, 4 and 8 cost the same, 16 about 10% more */
 #ifndef BWF_TASKS
 #define BWF_TASKS 8
