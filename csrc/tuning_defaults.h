@@ -68,14 +68,6 @@
 #ifndef BWF_RED_KEYS
 #define BWF_RED_KEYS 256
 #endif
-/* keys the backward's packing transposes at a time: the strided side stays in L1 */
-#ifndef BWF_PACK_TILE
-#define BWF_PACK_TILE 16
-#endif
-/* backward panel rows this many bytes apart share L1 sets: one more tile of stride (10% faster) */
-#ifndef BWF_PAD_BYTES
-#define BWF_PAD_BYTES 1024
-#endif
 
 /* decode: keys per task (a chunk of the KV cache); its scores stay in L1 for up to 16 queries,
    and a task reads 256 KiB of K and V at d = 128 (f32): tens of microseconds, so Ctrl-C is polled */
