@@ -44,13 +44,14 @@
 #define FA_MASK_CHUNK_BYTES 16384
 #endif
 /* fused backward query rows per block: each block reads and writes the dK, dV accumulator once,
-   so more rows mean less of that traffic; the tiled S and dP panels stream, so 2 MiB of them at
-   2048 keys (double) is no worse than 1 MiB (float: 128 rows measured the same as 64) */
+   so more rows mean less of that traffic (float: 128 rows measured the same as 64; double: 64
+   rows 4-5% faster than 32, but the panel of 64 rows passes SA_BACKWARD_PANEL_BYTES at half the
+   keys, 8192, where the slower blocked backward takes over) */
 #ifndef BWF_ROWS_F32
 #define BWF_ROWS_F32 64
 #endif
 #ifndef BWF_ROWS_F64
-#define BWF_ROWS_F64 64
+#define BWF_ROWS_F64 32
 #endif
 /* fused backward dQ product: keys per step, so that their K tile (BWF_DQ_KEYS x one micro-tile of
    columns: 16 KiB in float on AVX-512) stays in L1 while every sliver of query rows uses it */

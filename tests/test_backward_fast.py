@@ -1,5 +1,5 @@
 """The fast tiers' fused backward (csrc/backward_fused.inc) at the edges of its blocks: query blocks
-of 64 or 66 rows (whole micro-tiles), key panels padded to whole tiles of 4 to 32 keys, the dQ
+of 64 or 66 rows in float32, 32 or 36 in float64 (whole micro-tiles), key panels padded to whole tiles of 4 to 32 keys, the dQ
 product's steps of keys, head sizes padded to micro-tile rows; masks with zero strides, causal
 with n_q != n_k, several chunks of query blocks, and chunks whose first block sees fewer keys
 than the next, or none (their bits for every thread count: here and test_thread_count.py). Every result is checked against the
@@ -128,8 +128,8 @@ def _band_mask(n_q, n_k, band):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("band", ["bottom_right", (100, 0), (30, 70)])
 def test_chunks_whose_first_block_sees_other_keys(band, dtype, isa, threads):
-    """1300 queries are 21 blocks: 7 chunks of 3 blocks, the first of which sets the chunk's dK,
-    dV sums (keys it does not see start at 0). Bottom-right causal over 600 keys: the first 700
+    """1300 queries are 21 blocks in float32 (41 in float64): 7 chunks of 3 (6) blocks, the first
+    of which sets the chunk's dK, dV sums (keys it does not see start at 0). Bottom-right causal over 600 keys: the first 700
     queries see no key, so one chunk starts with a block that sees none and then blocks that see
     a few; a sliding window: each block sees keys the chunk's first block does not. 130 keys
     past a multiple of the dQ product's 128-key step; the same bits for 1, 2 and 3 threads."""
