@@ -1,10 +1,10 @@
 """The fast tiers' fused backward (csrc/backward_fused.inc) at the edges of its blocks: query blocks
-of 64 or 66 rows in float32, 32 or 36 in float64 (whole micro-tiles), key panels padded to whole tiles of 4 to 32 keys, the dQ
-product's steps of keys, head sizes padded to micro-tile rows; masks with zero strides, causal
-with n_q != n_k, several chunks of query blocks, and chunks whose first block sees fewer keys
-than the next, or none (their bits for every thread count: here and test_thread_count.py). Every result is checked against the
-extended-precision reference of test_gradients.py; the reference tier is checked too, so a wrong
-case shows which side is wrong."""
+of 64 or 66 rows in float32, 32 or 36 in float64 (whole micro-tiles), key panels padded to whole
+tiles of 4 to 32 keys, the dQ product's steps of keys, head sizes padded to micro-tile rows; masks
+with zero strides, causal with n_q != n_k, several chunks of query blocks, and chunks whose first
+block sees fewer keys than the next, or none (their bits for every thread count: here and
+test_thread_count.py). Every result is checked against the extended-precision reference of
+test_gradients.py; the reference tier is checked too, so a wrong case shows which side is wrong."""
 import numpy as np
 import pytest
 
