@@ -129,10 +129,11 @@ def _band_mask(n_q, n_k, band):
 @pytest.mark.parametrize("band", ["bottom_right", (100, 0), (30, 70)])
 def test_chunks_whose_first_block_sees_other_keys(band, dtype, isa, threads):
     """1300 queries are 21 blocks in float32 (41 in float64): 7 chunks of 3 (6) blocks, the first
-    of which sets the chunk's dK, dV sums (keys it does not see start at 0). Bottom-right causal over 600 keys: the first 700
-    queries see no key, so one chunk starts with a block that sees none and then blocks that see
-    a few; a sliding window: each block sees keys the chunk's first block does not. 130 keys
-    past a multiple of the dQ product's 128-key step; the same bits for 1, 2 and 3 threads."""
+    of which sets the chunk's dK, dV sums (keys it does not see start at 0). Bottom-right causal
+    over 600 keys: the first 700 queries see no key, so one chunk starts with a block that sees
+    none and then blocks that see a few; a sliding window: each block sees keys the chunk's
+    first block does not. 1030 keys: past a multiple of the dQ product's 128-key step. The same
+    bits for 1, 2 and 3 threads."""
     rng = np.random.default_rng(7)
     n_q, n_k = 1300, 600 if band == "bottom_right" else 1030
     Q, K, V, dO = (rand(rng, n, 8) for n in (n_q, n_k, n_k, n_q))
