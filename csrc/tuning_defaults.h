@@ -61,12 +61,20 @@
 #ifndef FA_MASK_CHUNK_BYTES
 #define FA_MASK_CHUNK_BYTES 16384
 #endif
-/* fused backward query rows per block: the S and dP panels of 2048 keys stay near 1 MiB (L2) */
+/* fused backward query rows per block: each block reads and writes the dK, dV accumulator once,
+   so more rows mean less of that traffic (float: 128 rows measured the same as 64; double: 64
+   rows 4-5% faster than 32, but the panel of 64 rows passes SA_BACKWARD_PANEL_BYTES at half the
+   keys, 8192, where the slower blocked backward takes over) */
 #ifndef BWF_ROWS_F32
 #define BWF_ROWS_F32 64
 #endif
 #ifndef BWF_ROWS_F64
 #define BWF_ROWS_F64 32
+#endif
+/* fused backward dQ product: keys per step, so that their K tile (BWF_DQ_KEYS x one micro-tile of
+   columns: 16 KiB in float on AVX-512) stays in L1 while every sliver of query rows uses it */
+#ifndef BWF_DQ_KEYS
+#define BWF_DQ_KEYS 128
 #endif
 /* fused backward chunks per call: at n = 2048, 4 and 8 cost the same, 16 about 10% more */
 #ifndef BWF_TASKS
@@ -78,14 +86,6 @@
 #endif
 #ifndef BWF_RED_KEYS
 #define BWF_RED_KEYS 256
-#endif
-/* keys the backward's packing transposes at a time: the strided side stays in L1 */
-#ifndef BWF_PACK_TILE
-#define BWF_PACK_TILE 16
-#endif
-/* backward panel rows this many bytes apart share L1 sets: one more tile of stride (10% faster) */
-#ifndef BWF_PAD_BYTES
-#define BWF_PAD_BYTES 1024
 #endif
 
 /* decode: keys per task (a chunk of the KV cache); its scores stay in L1 for up to 16 queries,

@@ -1,10 +1,10 @@
 """The fast tiers' fused backward (csrc/backward_fused.inc) at the edges of its blocks: query blocks
 of 64 or 66 rows in float32, 32 or 36 in float64 (whole micro-tiles), key panels padded to whole
-vectors (4 to 32 lanes) and, at multiples of 1 KiB, to a longer row stride, head sizes padded to
-micro-tile rows; masks with zero strides, causal with n_q != n_k, several chunks of query blocks
-(their bits for every thread count: test_thread_count.py). Every result is checked against the
-extended-precision reference of test_gradients.py; the reference tier is checked too, so a wrong
-case shows which side is wrong."""
+tiles of 4 to 32 keys, the dQ product's steps of keys, head sizes padded to micro-tile rows; masks
+with zero strides, causal with n_q != n_k, several chunks of query blocks, and chunks whose first
+block sees fewer keys than the next, or none (their bits for every thread count: here and
+test_thread_count.py). Every result is checked against the extended-precision reference of
+test_gradients.py; the reference tier is checked too, so a wrong case shows which side is wrong."""
 import numpy as np
 import pytest
 
@@ -17,7 +17,7 @@ SIZES = [1, 31, 32, 33, 36, 37, 63, 64, 65, 66, 67, 127, 129]
 
 
 @pytest.mark.parametrize("n_q", SIZES)
-@pytest.mark.parametrize("n_k", [1, 31, 33, 64, 65, 129, 256])   # 256: the padded row stride
+@pytest.mark.parametrize("n_k", [1, 31, 33, 64, 65, 129, 256])
 def test_block_boundary_sequence_lengths(n_q, n_k, isa):
     rng = np.random.default_rng(n_q * 1000 + n_k)
     Q, K, V, dO = rand(rng, n_q, 5), rand(rng, n_k, 5), rand(rng, n_k, 3), rand(rng, n_q, 3)
@@ -115,6 +115,41 @@ def test_several_chunks_and_batches(batch_q, batch_k, isa):
         got = sdpa_backward(dO, Q, K, V, scale=0.35, is_causal=causal)
         for g, w in zip(got, want):
             assert_close(g, w, 1e-12)
+
+
+def _band_mask(n_q, n_k, band):
+    i, j = np.arange(n_q)[:, None], np.arange(n_k)[None, :]
+    if band == "bottom_right":
+        return j <= i - (n_q - n_k)
+    left, right = band
+    return (i - left <= j) & (j <= i + right)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("band", ["bottom_right", (100, 0), (30, 70)])
+def test_chunks_whose_first_block_sees_other_keys(band, dtype, isa, threads):
+    """1300 queries are 21 blocks in float32 (41 in float64): 7 chunks of 3 (6) blocks, the first
+    of which sets the chunk's dK, dV sums (keys it does not see start at 0). Bottom-right causal
+    over 600 keys: the first 700 queries see no key, so one chunk starts with a block that sees
+    none and then blocks that see a few; a sliding window: each block sees keys the chunk's
+    first block does not. 1030 keys: past a multiple of the dQ product's 128-key step. The same
+    bits for 1, 2 and 3 threads."""
+    rng = np.random.default_rng(7)
+    n_q, n_k = 1300, 600 if band == "bottom_right" else 1030
+    Q, K, V, dO = (rand(rng, n, 8) for n in (n_q, n_k, n_k, n_q))
+    mask = _band_mask(n_q, n_k, band)
+    want = _backward_f64(dO, Q, K, V, 0.4, mask)
+    args = [a.astype(dtype) for a in (dO, Q, K, V)]
+    kw = {"is_causal": "bottom_right"} if band == "bottom_right" else {"window": band}
+    results = []
+    for n in (1, 2, 3):
+        selfattn.set_num_threads(n)
+        results.append(sdpa_backward(*args, scale=0.4, **kw))
+    for got in results[1:]:
+        for g, s in zip(got, results[0]):
+            assert np.array_equal(g, s)
+    for g, w in zip(results[0], want):
+        assert_close(g, w, 1e-12 if dtype == np.float64 else 2e-5)
 
 
 # The fused backward's budgets (csrc/attn.h): each thread's panel of scores (a block of query rows
