@@ -17,6 +17,7 @@
 #include "attn.h"
 #include "attention_decode.h"
 #include "platform.h"
+#include "transpose.h"
 
 #include <math.h>
 #include <string.h>
@@ -768,6 +769,36 @@ static PyObject *core_attention_backward(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+PyDoc_STRVAR(transpose_doc,
+             "transpose(out, A, isa)\n--\n\n"
+             "out[...] = A[...]^T (private): out (..., cols, rows) of A's type, A (..., rows, cols) "
+             "with contiguous rows, broadcast to out's batch shape; the transposed operands of "
+             "the gradients' products.");
+
+static PyObject *core_transpose(PyObject *self, PyObject *args)
+{
+    PyObject *out_obj, *A_obj;
+    int isa, typenum, precision;
+    if (!PyArg_ParseTuple(args, "OOi", &out_obj, &A_obj, &isa))
+        return NULL;
+    sa_batch batch;
+    sa_mat out, A;
+    sa_exec ex;
+    if (get_out(out_obj, &batch, &typenum, &precision) < 0)
+        return NULL;
+    npy_intp rows = dim(out_obj, 1), cols = dim(out_obj, 2);
+    if (get_mat(out_obj, typenum, 1, &batch, cols, rows, &out, "out") < 0
+        || get_mat(A_obj, typenum, 0, &batch, rows, cols, &A, "A") < 0 || make_exec(&ex, isa) < 0)
+        return NULL;
+    size_t itemsize = precision == SA_F32 ? sizeof(float) : sizeof(double);
+    int status;
+    RUN_KERNEL(status, (double)batch.count * rows * cols,
+               sa_transpose(&ex, &batch, &out, &A, rows, cols, itemsize));
+    if (raise_status(status) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
 /* ---- the common case without the Python layer ---------------------------------------------- */
 /*
  * The notebook's calls are 2-D, same-dtype, C-ordered arrays with no mask. For those the Python
@@ -1126,6 +1157,7 @@ static PyMethodDef core_methods[] = {
     {"project", core_project, METH_VARARGS, project_doc},
     {"attention", core_attention, METH_VARARGS, attention_doc},
     {"attention_backward", core_attention_backward, METH_VARARGS, attention_backward_doc},
+    {"transpose", core_transpose, METH_VARARGS, transpose_doc},
     {"plain_scores", core_plain_scores, METH_VARARGS,
      "plain_scores(Q, K, scale, band)\n--\n\nScores of plain 2-D matrices, or None (private)."},
     {"plain_softmax", core_plain_softmax, METH_O,
