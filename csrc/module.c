@@ -17,6 +17,7 @@
 #include "attn.h"
 #include "attention_decode.h"
 #include "platform.h"
+#include "transpose.h"
 
 #include <math.h>
 #include <string.h>
@@ -494,6 +495,20 @@ static int project_impl(int isa, int precision, const sa_batch *batch, const sa_
     return 0;
 }
 
+/* out = A^T, a copy (no tier: the same bytes everywhere); its work counts one unit an element. */
+static int transpose_impl(int isa, int precision, const sa_batch *batch, const sa_mat *out,
+                          const sa_mat *A, sa_int rows, sa_int cols)
+{
+    sa_exec ex;
+    if (make_exec(&ex, isa) < 0)
+        return -1;
+    size_t itemsize = precision == SA_F32 ? sizeof(float) : sizeof(double);
+    int status;
+    RUN_KERNEL(status, (double)batch->count * rows * cols,
+               sa_transpose(&ex, batch, out, A, rows, cols, itemsize));
+    return raise_status(status);
+}
+
 /* ---- the general entry points: parse, check the kernel contract, then the operation's helper */
 
 PyDoc_STRVAR(scores_doc, "scores(out, Q, K, mask, scale, band, isa)\n--\n\n"
@@ -534,7 +549,9 @@ static PyObject *core_scores(PyObject *self, PyObject *args)
 PyDoc_STRVAR(softmax_doc, "softmax(out, x, isa)\n--\n\n"
                           "out[...] = softmax over the last axis of x (private); out may be x.");
 
-static PyObject *core_softmax(PyObject *self, PyObject *args)
+/* The entry points of one input and one output of its shape or its transpose: softmax(out, x,
+   isa) and transpose(out, A, isa). */
+static PyObject *parse_unary(PyObject *args, int transposes)
 {
     PyObject *out_obj, *in_obj;
     int isa, typenum, precision;
@@ -544,13 +561,17 @@ static PyObject *core_softmax(PyObject *self, PyObject *args)
     sa_mat out, in;
     if (get_out(out_obj, &batch, &typenum, &precision) < 0)
         return NULL;
-    npy_intp rows = dim(out_obj, 2), n = dim(out_obj, 1);
-    if (get_mat(out_obj, typenum, 1, &batch, rows, n, &out, "out") < 0
-        || get_mat(in_obj, typenum, 0, &batch, rows, n, &in, "x") < 0
-        || softmax_impl(isa, precision, &batch, &out, &in, rows, n) < 0)
+    npy_intp out_rows = dim(out_obj, 2), out_cols = dim(out_obj, 1);
+    npy_intp rows = transposes ? out_cols : out_rows, cols = transposes ? out_rows : out_cols;
+    if (get_mat(out_obj, typenum, 1, &batch, out_rows, out_cols, &out, "out") < 0
+        || get_mat(in_obj, typenum, 0, &batch, rows, cols, &in, transposes ? "A" : "x") < 0
+        || (transposes ? transpose_impl(isa, precision, &batch, &out, &in, rows, cols)
+                       : softmax_impl(isa, precision, &batch, &out, &in, rows, cols)) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
+
+static PyObject *core_softmax(PyObject *self, PyObject *args) { return parse_unary(args, 0); }
 
 PyDoc_STRVAR(matmul_doc, "matmul(out, A, B, isa)\n--\n\nout[...] = A @ B (private).");
 PyDoc_STRVAR(output_doc, "output(out, weights, V, isa)\n--\n\nout[...] = weights @ V, where a "
@@ -767,6 +788,14 @@ static PyObject *core_attention_backward(PyObject *self, PyObject *args)
         return NULL;
     Py_RETURN_NONE;
 }
+
+PyDoc_STRVAR(transpose_doc,
+             "transpose(out, A, isa)\n--\n\n"
+             "out[...] = A[...]^T (private): out (..., cols, rows) of A's type, A (..., rows, cols) "
+             "with contiguous rows, broadcast to out's batch shape; the transposed operands of "
+             "the gradients' products.");
+
+static PyObject *core_transpose(PyObject *self, PyObject *args) { return parse_unary(args, 1); }
 
 /* ---- the common case without the Python layer ---------------------------------------------- */
 /*
@@ -1126,6 +1155,7 @@ static PyMethodDef core_methods[] = {
     {"project", core_project, METH_VARARGS, project_doc},
     {"attention", core_attention, METH_VARARGS, attention_doc},
     {"attention_backward", core_attention_backward, METH_VARARGS, attention_backward_doc},
+    {"transpose", core_transpose, METH_VARARGS, transpose_doc},
     {"plain_scores", core_plain_scores, METH_VARARGS,
      "plain_scores(Q, K, scale, band)\n--\n\nScores of plain 2-D matrices, or None (private)."},
     {"plain_softmax", core_plain_softmax, METH_O,

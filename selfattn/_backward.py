@@ -100,17 +100,30 @@ def _layer_input_grads(L, dO, Q, K, V):
     for A, A_all in ((dKh, dK_all), (dVh, dV_all)):
         if A_all is not A:
             A[...] = _sum_to(A_all, A.shape)
-    grads, weight_grads, d_proj = {}, [], []
+    grads, weight_grads, bias_grads = {}, [], []
     for name, src, W_all, dP, parts in sources:
         grads[name] = _sum_to(_matmul(dP, _transpose(W_all), c, b), src.shape)
-        for W, lo, hi in parts:
-            d_proj.append(dP[..., lo:hi])
-            weight_grads.append(_weight_grad(src, d_proj[-1], W.shape, c))
+        weight_grads += _packed_weight_grads(src, dP, parts, c)
+        # a bias is added to every row: its gradient is dP summed over the rows
+        row_sums = dP.sum(axis=-2) if any(b_ is not None for b_ in L.biases[:3]) else None
+        bias_grads += [None if row_sums is None else row_sums[..., lo:hi] for _, lo, hi in parts]
     grads.update(zip(("dW_q", "dW_k", "dW_v"), weight_grads))
-    for name, b_, dP in zip(("db_q", "db_k", "db_v"), L.biases, d_proj):
-        if b_ is not None:     # b is added to every row: its gradient is dP summed over the rows
-            grads[name] = _sum_to(dP.sum(axis=-2), b_.shape)
+    for name, b_, db in zip(("db_q", "db_k", "db_v"), L.biases, bias_grads):
+        if b_ is not None:
+            grads[name] = _sum_to(db, b_.shape)
     return {name: _finish(g, L.result) for name, g in grads.items()}
+
+
+def _packed_weight_grads(src, dP, parts, compute):
+    """The gradients of the projections packed side by side in dP (parts: (W, lo, hi), W's
+    columns being dP's [lo, hi)): one product src^T @ dP for all of them, as the forward's one
+    product src @ W_all, where the W's share their batch shape (the usual case); one product per
+    W otherwise (each W summed over its own broadcast axes)."""
+    shapes = {W.shape[:-1] for W, _, _ in parts}
+    if len(shapes) > 1:
+        return [_weight_grad(src, dP[..., lo:hi], W.shape, compute) for W, lo, hi in parts]
+    dW_all = _weight_grad(src, dP, shapes.pop() + (dP.shape[-1],), compute)
+    return [dW_all[..., lo:hi] for _, lo, hi in parts]
 
 
 def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None, bias=None,

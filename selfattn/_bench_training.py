@@ -146,44 +146,56 @@ def _bw_case(shape):
     }
 
 
-# ---- multi-head backward: n=512, d_model=256, 8 heads, float32 ----------------------------------
+# ---- multi-head backward: (n, d_model, 8 heads) in float32 and float64 ------------------------
 
-MB_N, MB_D, MB_H = 512, 256, 8
-
-
-def _mb_setup(rng):
-    s = 1 / np.sqrt(MB_D)
-    state = {"X": rng.standard_normal((MB_N, MB_D)).astype(np.float32),
-             "dY": rng.standard_normal((MB_N, MB_D)).astype(np.float32)}
-    for name in ("W_q", "W_k", "W_v", "W_o"):
-        state[name] = (rng.standard_normal((MB_D, MB_D)) * s).astype(np.float32)
-    if _HAVE_TORCH:
-        torch = _torch()
-        t = {k: torch.from_numpy(v.copy()).requires_grad_(k != "dY") for k, v in state.items()}
-        dh = MB_D // MB_H
-
-        def split(A):
-            return A.view(1, MB_N, MB_H, dh).transpose(1, 2)
-
-        X = t["X"]
-        heads = torch.nn.functional.scaled_dot_product_attention(
-            split(X @ t["W_q"]), split(X @ t["W_k"]), split(X @ t["W_v"]))
-        t["Y"] = heads.transpose(1, 2).reshape(MB_N, MB_D) @ t["W_o"]
-        state["t"] = t
-    return state
+MB_H = 8
 
 
-def _mb_ours(st):
-    return selfattn.multi_head_attention_backward(st["dY"], st["X"], st["W_q"], st["W_k"],
-                                                  st["W_v"], st["W_o"], num_heads=MB_H)
+def _mb_case(n, d_model, dtype):
+    """multi_head_attention_backward against torch autograd on the same graph (projections, SDPA,
+    W_o), the forward built once in setup."""
+    dh = d_model // MB_H
 
+    def setup(rng):
+        s = 1 / np.sqrt(d_model)
+        state = {"X": rng.standard_normal((n, d_model)).astype(dtype),
+                 "dY": rng.standard_normal((n, d_model)).astype(dtype)}
+        for name in ("W_q", "W_k", "W_v", "W_o"):
+            state[name] = (rng.standard_normal((d_model, d_model)) * s).astype(dtype)
+        if _HAVE_TORCH:
+            torch = _torch()
+            t = {k: torch.from_numpy(v.copy()).requires_grad_(k != "dY") for k, v in state.items()}
 
-def _mb_torch(st):
-    t = st["t"]
-    for k in ("X", "W_q", "W_k", "W_v", "W_o"):
-        t[k].grad = None
-    t["Y"].backward(t["dY"], retain_graph=True)
-    return tuple(t[k].grad for k in ("X", "W_q", "W_k", "W_v", "W_o"))   # as ours returns them
+            def split(A):
+                return A.view(1, n, MB_H, dh).transpose(1, 2)
+
+            X = t["X"]
+            heads = torch.nn.functional.scaled_dot_product_attention(
+                split(X @ t["W_q"]), split(X @ t["W_k"]), split(X @ t["W_v"]))
+            t["Y"] = heads.transpose(1, 2).reshape(n, d_model) @ t["W_o"]
+            state["t"] = t
+        return state
+
+    def ours(st):
+        return selfattn.multi_head_attention_backward(st["dY"], st["X"], st["W_q"], st["W_k"],
+                                                      st["W_v"], st["W_o"], num_heads=MB_H)
+
+    def torch_backward(st):
+        t = st["t"]
+        for k in ("X", "W_q", "W_k", "W_v", "W_o"):
+            t[k].grad = None
+        t["Y"].backward(t["dY"], retain_graph=True)
+        return tuple(t[k].grad for k in ("X", "W_q", "W_k", "W_v", "W_o"))   # as ours returns
+
+    bits = 32 if dtype == np.float32 else 64
+    return {
+        "name": f"multi_head_attention_backward f{bits} n={n} d_model={d_model} heads={MB_H}",
+        "group": "backward",
+        "flops": 2 * 4 * 2.0 * n * d_model * d_model + 10.0 * n * n * d_model,
+        "setup": setup,
+        "ours": ours,
+        "peers": {"torch autograd backward": torch_backward if _HAVE_TORCH else None},
+    }
 
 
 CASES = [
@@ -197,12 +209,7 @@ CASES = [
                   "torch SDPA + projections": _mh_torch if _HAVE_TORCH else None},
     },
     *(_bw_case(shape) for shape in BW_SHAPES),
-    {
-        "name": f"multi_head_attention_backward f32 n={MB_N} d_model={MB_D} heads={MB_H}",
-        "group": "backward",
-        "flops": 2 * 4 * 2.0 * MB_N * MB_D * MB_D + 10.0 * MB_N * MB_N * MB_D,
-        "setup": _mb_setup,
-        "ours": _mb_ours,
-        "peers": {"torch autograd backward": _mb_torch if _HAVE_TORCH else None},
-    },
+    _mb_case(512, 256, np.float32),
+    _mb_case(1024, 512, np.float32),
+    _mb_case(512, 256, np.float64),
 ]

@@ -92,8 +92,14 @@ def _split_heads(A, heads):
 
 
 def _transpose(W):
-    """The last two axes swapped, as a copy with contiguous rows (what the kernels read)."""
-    return np.ascontiguousarray(np.swapaxes(W, -1, -2))
+    """The last two axes swapped, as a copy with contiguous rows (what the kernels read): on
+    _core.transpose (tiled and threaded) for native float arrays, NumPy's copy otherwise and
+    for small ones (where a call's overhead, ~1 us, would be most of the time)."""
+    if W.dtype not in (np.float32, np.float64) or W.ndim < 2 or W.size < 4096:
+        return np.ascontiguousarray(np.swapaxes(W, -1, -2))
+    out = np.empty(W.shape[:-2] + (W.shape[-1], W.shape[-2]), dtype=W.dtype)
+    _core.transpose(out, _operand(W, W.dtype, W.shape[:-2]), _ISA_DEFAULT)
+    return out
 
 
 def _matmul(A, B, compute, batch):

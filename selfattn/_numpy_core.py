@@ -437,6 +437,14 @@ def attention_backward(dQ, dK, dV, dO, Q, K, V, mask, scale, band, isa, softcap=
     dK *= scale_c
 
 
+
+def transpose(out, A, isa):
+    """out[...] = A[...]^T: out (..., cols, rows), A (..., rows, cols) of out's dtype."""
+    _isa(isa)
+    out = _out(out)
+    A = _operand(A, out.dtype, out.shape[:-2] + out.shape[-1:] + out.shape[-2:-1], "A")
+    out[...] = np.swapaxes(A, -1, -2)
+
 # ---- the plain entry points: the C extension's fast path for 2-D calls ------------------------
 
 def _decline(*args):

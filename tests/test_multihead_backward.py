@@ -1,0 +1,112 @@
+"""multi_head_attention_backward at sizes where its fast paths run (the weight gradients as one
+product on the packed [dQ | dK | dV], the transposed operands in C): against a long-double
+oracle, for every thread count, and for any layout of the inputs."""
+import os
+
+import numpy as np
+import pytest
+
+import selfattn
+from selfattn import multi_head_attention_backward
+from test_gradients import LD, assert_close, ref_backward, sum_to
+
+
+def oracle(dY, X, W_q, W_k, W_v, W_o, biases, heads, causal):
+    """(dX, dW_q, dW_k, dW_v, dW_o, db_q, db_k, db_v, db_o), one head at a time in long double."""
+    dY, X, W_q, W_k, W_v, W_o = (np.asarray(a, LD) for a in (dY, X, W_q, W_k, W_v, W_o))
+    b_q, b_k, b_v, b_o = (np.asarray(b, LD) for b in biases)
+    Q, K, V = X @ W_q + b_q, X @ W_k + b_k, X @ W_v + b_v
+    dh, dv = Q.shape[-1] // heads, V.shape[-1] // heads
+    scale = 1 / np.sqrt(dh)
+    dH = dY @ np.swapaxes(W_o, -1, -2)
+    dQ, dK, dV = np.zeros_like(Q), np.zeros_like(K), np.zeros_like(V)
+    outs = []
+    for h in range(heads):
+        c, v = slice(h * dh, (h + 1) * dh), slice(h * dv, (h + 1) * dv)
+        dQ[..., c], dK[..., c], dV[..., v] = ref_backward(dH[..., v], Q[..., c], K[..., c],
+                                                          V[..., v], scale, None, causal)
+        P = ref_backward.__globals__["ref_weights"](Q[..., c], K[..., c], scale, None, causal)
+        outs.append(P @ V[..., v])
+    Hcat = np.concatenate(outs, axis=-1)
+    T = lambda a: np.swapaxes(a, -1, -2)  # noqa: E731
+    dX = dQ @ T(W_q) + dK @ T(W_k) + dV @ T(W_v)
+    weight_grads = [sum_to(T(A) @ G, W.shape) for A, G, W in
+                    ((X, dQ, W_q), (X, dK, W_k), (X, dV, W_v), (Hcat, dY, W_o))]
+    bias_grads = [sum_to(G.sum(axis=-2), b.shape) for G, b in
+                  ((dQ, b_q), (dK, b_k), (dV, b_v), (dY, b_o))]
+    return [dX] + weight_grads + bias_grads
+
+
+def problem(rng, batch, n, d_model, heads, d_head, w_batches=((), (), ()), dtype=np.float64):
+    width = heads * d_head
+    X, dY = (rng.standard_normal(batch + (n, d_model)) for _ in range(2))
+    Ws = [rng.standard_normal(wb + (d_model, width)) / np.sqrt(d_model) for wb in w_batches]
+    W_o = rng.standard_normal((width, d_model)) / np.sqrt(width)
+    biases = [rng.standard_normal((w,)) / 4 for w in (width, width, width, d_model)]
+    return [a.astype(dtype) for a in [dY, X] + Ws + [W_o]], [b.astype(dtype) for b in biases]
+
+
+@pytest.mark.parametrize("heads,d_head,w_batches", [
+    (4, 15, ((), (), ())),             # odd head size; one product for dW_q, dW_k, dW_v
+    (5, 8, ((2,), (2,), (2,))),        # weights per sequence: still one product
+    (3, 7, ((2,), (), (1,))),          # weights of different batch shapes: one product each
+])
+def test_gradients_match_the_oracle(heads, d_head, w_batches, isa):
+    rng = np.random.default_rng(heads)
+    arrays, biases = problem(rng, (2,), 70, 60, heads, d_head, w_batches)
+    b_q, b_k, b_v, b_o = biases
+    got = multi_head_attention_backward(*arrays, num_heads=heads, b_q=b_q, b_k=b_k, b_v=b_v,
+                                        b_o=b_o, is_causal=True)
+    want = oracle(*arrays, biases, heads, True)
+    assert len(got) == len(want) == 9
+    for i, (g, w, a) in enumerate(zip(got, want, arrays[1:] + biases)):
+        assert g.shape == a.shape and g.dtype == np.float64
+        if i == 6:    # db_k is 0 (the softmax ignores a shift shared by a row's scores): rounding
+            assert np.abs(g).max() <= 1e-12 * np.abs(want[2]).max()     # on dW_k's scale
+        else:
+            assert_close(g, w, 1e-12)
+
+
+def test_the_same_bits_for_every_thread_count(threads):
+    """float32 at sizes where the products, the attention and the transposes all run on several
+    threads, with biases, grouped K/V heads and cross-attention."""
+    rng = np.random.default_rng(7)
+    arrays, biases = problem(rng, (2,), 300, 96, 6, 16, dtype=np.float32)
+    dY, X, W_q, W_k, W_v, W_o = arrays
+    kv = rng.standard_normal((2, 260, 40)).astype(np.float32)
+    Wk2, Wv2 = (rng.standard_normal((40, 32)).astype(np.float32) / 6 for _ in range(2))
+    calls = [
+        lambda: multi_head_attention_backward(*arrays, num_heads=6, is_causal=True,
+                                              b_q=biases[0], b_o=biases[3]),
+        lambda: multi_head_attention_backward(dY, X, W_q, Wk2, Wv2, W_o, num_heads=6, kv=kv,
+                                              num_kv_heads=2, b_k=biases[1][:32]),
+    ]
+    for call in calls:
+        selfattn.set_num_threads(1)
+        want = call()
+        for n in (2, 3, max(4, os.cpu_count() or 1)):
+            selfattn.set_num_threads(n)
+            for g, w in zip(call(), want):
+                assert g.dtype == np.float32 and g.tobytes() == w.tobytes(), n
+
+
+def test_any_layout_gives_the_same_bits():
+    """Strided views, Fortran order and broadcast batch axes go to the kernels as they are or
+    as row-contiguous copies: the same gradients, bit for bit, as C-ordered inputs."""
+    rng = np.random.default_rng(8)
+    arrays, biases = problem(rng, (2,), 90, 48, 4, 12, dtype=np.float32)
+    want = multi_head_attention_backward(*arrays, num_heads=4, b_v=biases[2])
+    dY, X, W_q, W_k, W_v, W_o = arrays
+    wide = np.zeros((2, 90, 96), np.float32)
+    wide[..., ::2] = X                                       # X with columns 8 bytes apart
+    odd = [dY[:, ::-1][:, ::-1], wide[..., ::2], np.asfortranarray(W_q),
+           np.ascontiguousarray(W_k.T).T, W_v, np.asfortranarray(W_o)]
+    got = multi_head_attention_backward(*odd, num_heads=4, b_v=biases[2][::-1][::-1])
+    for g, w in zip(got, want):
+        assert g.tobytes() == w.tobytes()
+    # a weight shared by both sequences, given as a broadcast view, sums over them as one would
+    shared = multi_head_attention_backward(dY, X, np.broadcast_to(W_q, (2,) + W_q.shape), W_k,
+                                           W_v, W_o, num_heads=4)
+    plain = multi_head_attention_backward(dY, X, W_q, W_k, W_v, W_o, num_heads=4)
+    assert shared[1].shape == (2,) + W_q.shape
+    np.testing.assert_allclose(shared[1].sum(axis=0), plain[1], rtol=1e-5, atol=1e-5)
