@@ -132,8 +132,14 @@ def issue11_rows(path):
 def print_table(runs):
     print("| case | target | " + " | ".join(f"run of {info['date']}" for info, _ in runs) + " |")
     print("|---|---|" + "---|" * len(runs))
-    for i, (case, target, _) in enumerate(runs[0][1]):
-        print(f"| {case} | {target} | " + " | ".join(rows[i][2] for _, rows in runs) + " |")
+    cases = {}                               # case -> target, in the order the runs first give them
+    for _, rows in runs:
+        for case, target, _ in rows:
+            cases.setdefault(case, target)
+    cells = [{case: measured for case, _, measured in rows} for _, rows in runs]
+    for case, target in cases.items():
+        print(f"| {case} | {target} | " + " | ".join(c.get(case, "not measured") for c in cells)
+              + " |")
 
 
 def main(paths):
