@@ -671,7 +671,8 @@ def main(argv=None) -> int:
 
     if blas_limit is None:
         progress(f"note: threadpoolctl is not installed, so NumPy's BLAS (the np.matmul peer) "
-                 f"keeps its own thread count instead of {threads}; `pip install threadpoolctl`")
+                 f"keeps its own thread count instead of {threads}; "
+                 f"`pip install threadpoolctl` (or `pip install .[bench]`)")
 
     if os.environ.get("OPENBLAS_CORETYPE") or os.environ.get("OPENBLAS_L2_SIZE"):
         progress("note: OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE are set, which can slow NumPy's BLAS "
