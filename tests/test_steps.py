@@ -82,6 +82,34 @@ def test_scores_rows_are_the_rows_of_the_whole(isa, dtype, threads, n_q, n_k, d)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_wide_score_tiles_are_the_narrow_ones(isa, dtype, threads):
+    """Enough keys and a small d_k make the scores' tiles wider than MM_NC (several pieces of
+    MM_NC columns in a tile, each finished on its own): every run of columns equals, bit for bit,
+    the scores against those keys alone (narrow tiles), with the mask, a band and the overflow
+    rule (one query row whose scaled scores overflow), for 1 to 7 threads."""
+    code = _core.isa_code(isa)
+    n_q, n_k, d = 61, 4200, 64
+    rng = np.random.default_rng(11)
+    Q = rng.standard_normal((n_q, d)).astype(dtype)
+    K = rng.standard_normal((n_k, d)).astype(dtype)
+    Q[7] *= np.finfo(dtype).max / 4            # its scores overflow: the overflow rule's row
+    mask = rng.random((n_q, n_k)) < 0.9
+    lo, hi = -1000, 3000                       # key j visible from row i when lo <= j - i <= hi
+
+    def run(K_part, mask_part, shift):
+        S = np.empty((n_q, K_part.shape[0]), dtype)
+        _core.scores(S, Q, K_part, mask_part, 0.125, (lo - shift, hi - shift), code)
+        return S
+
+    whole = for_every_thread_count(lambda: run(K, mask, 0))
+    assert np.isinf(whole[7]).any() and np.isfinite(whole[7]).any()
+    assert np.isneginf(whole[0, 3001:]).all() and np.isfinite(whole[0, :3001][mask[0, :3001]]).all()
+    for c0, c1 in [(0, 600), (1000, 1513), (1990, 2990), (4000, n_k)]:
+        part = for_every_thread_count(lambda: run(K[c0:c1], mask[:, c0:c1], c0))
+        np.testing.assert_array_equal(part, whole[:, c0:c1], err_msg=f"keys {c0}:{c1}")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_strided_operands(isa, dtype, threads):
     """Operands whose rows are longer than their columns (column slices of wider arrays, a
     transposed-then-copied K) and a strided output give the contiguous operands' bits."""
