@@ -76,8 +76,10 @@
 #ifndef BWF_ROWS_F64
 #define BWF_ROWS_F64 32
 #endif
-/* fused backward dQ product: keys per step, so that their K tile (BWF_DQ_KEYS x one micro-tile of
-   columns: 16 KiB in float on AVX-512) stays in L1 while every sliver of query rows uses it */
+/* fused backward: keys per step of P, dS and the dQ, dK, dV products, so that their K tile
+   (BWF_DQ_KEYS x one micro-tile of columns: 16 KiB in float on AVX-512) stays in L1 while every
+   sliver of query rows uses it; any multiple of the micro-tile's columns gives the same bits
+   (64 and 256 measured the same as 128) */
 #ifndef BWF_DQ_KEYS
 #define BWF_DQ_KEYS 128
 #endif

@@ -152,6 +152,23 @@ def test_chunks_whose_first_block_sees_other_keys(band, dtype, isa, threads):
         assert_close(g, w, 1e-12 if dtype == np.float64 else 2e-5)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_key_steps_that_a_band_starts_and_ends_inside(dtype, isa):
+    """After the row statistics, P and dS, the dQ product and the dK, dV product run together
+    over steps of 128 keys (BWF_DQ_KEYS) from the block's first visible tile. A window whose
+    blocks' keys start and end inside a step, 389 keys (three steps and a partial tile), an
+    additive mask with -inf entries."""
+    rng = np.random.default_rng(11)
+    n_q, n_k, window = 150, 389, (70, 90)
+    Q, K, V, dO = rand(rng, n_q, 12), rand(rng, n_k, 12), rand(rng, n_k, 20), rand(rng, n_q, 20)
+    add = np.where(rng.random((n_q, n_k)) < 0.1, -np.inf, rng.standard_normal((n_q, n_k)))
+    want = ref_backward(dO, Q, K, V, 0.45, np.where(_band_mask(n_q, n_k, window), add, -np.inf))
+    got = sdpa_backward(*(a.astype(dtype) for a in (dO, Q, K, V)), scale=0.45,
+                        mask=add.astype(dtype), window=window)
+    for g, w in zip(got, want):
+        assert_close(g, w, 1e-12 if dtype == np.float64 else 2e-5)
+
+
 # The fused backward's budgets (csrc/attn.h): each thread's panel of scores (a block of query rows
 # by every key) under 8 MiB, the partial sums of dK, dV under 64 MiB; past either the blocked
 # backward runs. 17000 keys are past the panel budget on every tier in both precisions.
