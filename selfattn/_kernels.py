@@ -107,8 +107,8 @@ def _empty_rows(shape, dtype):
     views (multi-head Q, K, V, their gradients): a row of a multiple of 1 KiB is padded by one
     cache line. With such a stride the rows of a head's view fall on a few L1 sets only (at
     6 KiB, [Q|K|V] of d_model = 512 float32, on 8 of 64) and evict each other: the fused
-    attention and its backward took 15% / 22% longer on them (8 heads of 64, n = 1024). Only the row stride changes; the
-    values (and so the bits) are the same."""
+    attention and its backward took 15% / 22% longer on them (8 heads of 64, n = 1024). Only
+    the row stride changes; the values (and so the bits) are the same."""
     row_bytes = shape[-1] * np.dtype(dtype).itemsize
     if row_bytes == 0 or row_bytes % 1024:
         return np.empty(shape, dtype=dtype)
