@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from ._kernels import _attention_grads, _finish, _matmul, _split_heads, _transpose
+from ._kernels import _attention_grads, _empty_rows, _finish, _matmul, _split_heads, _transpose
 from ._layer import _Layer
 from ._validate import (
     _QKV,
@@ -77,15 +77,15 @@ def _layer_input_grads(L, dO, Q, K, V):
     # from kv; each is the matching QKV's layout, so dX = dP @ W_all^T and dW = X^T @ dP.
     if L.KV is None:
         _check_size(L.func, b + (n, wq + wk + wv), c)
-        dP = np.empty(b + (n, wq + wk + wv), dtype=c)
+        dP = _empty_rows(b + (n, wq + wk + wv), c)
         dQ, dK, dV = dP[..., :wq], dP[..., wq: wq + wk], dP[..., wq + wk:]
         sources = [("dX", L.X, L.W_all, dP, ((L.W_q, 0, wq), (L.W_k, wq, wq + wk),
                                              (L.W_v, wq + wk, wq + wk + wv)))]
     else:
         _check_size(L.func, b + (n, wq), c)
         _check_size(L.func, b + (L.n_k, wk + wv), c)
-        dQ = np.empty(b + (n, wq), dtype=c)
-        d_kv = np.empty(b + (L.n_k, wk + wv), dtype=c)
+        dQ = _empty_rows(b + (n, wq), c)
+        d_kv = _empty_rows(b + (L.n_k, wk + wv), c)
         dK, dV = d_kv[..., :wk], d_kv[..., wk:]
         sources = [("dX", L.X, L.W_all, dQ, ((L.W_q, 0, wq),)),
                    ("dkv", L.KV, L.W_kv, d_kv, ((L.W_k, 0, wk), (L.W_v, wk, wk + wv)))]

@@ -178,5 +178,5 @@ class _Layer:
     def output(self, out):
         """Y = out @ W_o + b_o (multi-head), through the same projection path as Q, K, V."""
         (Y,), _ = _project(self.func, out, (self.W_o,), self.compute, self.y_batch, self.o_batch,
-                           (self.biases[3],))
+                           (self.biases[3],), padded=False)
         return Y

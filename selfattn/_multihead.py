@@ -241,8 +241,8 @@ def multi_head_attention_backward(dY, X, W_q, W_k, W_v, W_o, *, num_heads, kv=No
     out, _ = L.attend(Q, K, V, False)
     # Y = out @ W_o + b_o: dW_o = out^T @ dY, db_o = dY summed over the rows, d(out) = dY @ W_o^T
     # (summed back to out's batch shape).
-    d_out = _sum_to(_matmul(dY, _transpose(L.W_o), c, L.y_batch), out.shape)
-    grads = _layer_input_grads(L, np.ascontiguousarray(d_out), Q, K, V)
+    d_out = _sum_to(_matmul(dY, _transpose(L.W_o), c, L.y_batch, padded=True), out.shape)
+    grads = _layer_input_grads(L, d_out, Q, K, V)
     grads["dW_o"] = _finish(_weight_grad(out, dY, L.W_o.shape, c), L.result)
     if L.biases[3] is not None:
         grads["db_o"] = _finish(_sum_to(dY.sum(axis=-2), L.biases[3].shape), L.result)

@@ -110,3 +110,29 @@ def test_any_layout_gives_the_same_bits():
     plain = multi_head_attention_backward(dY, X, W_q, W_k, W_v, W_o, num_heads=4)
     assert shared[1].shape == (2,) + W_q.shape
     np.testing.assert_allclose(shared[1].sum(axis=0), plain[1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype,d_head", [(np.float64, 32), (np.float32, 64)])
+def test_rows_of_a_kib_padded_inside(dtype, d_head, threads):
+    """Projections 1 KiB wide (4 heads): [Q | K | V], the heads' output and [dQ | dK | dV] get
+    a padded row stride inside (_kernels._empty_rows); the gradients still match the oracle,
+    the same bits for every thread count, and what the user gets is C-ordered."""
+    rng = np.random.default_rng(9)
+    arrays, biases = problem(rng, (), 80, 48, 4, d_head, dtype=dtype)
+    dY, X, W_q, W_k, W_v, W_o = arrays
+    assert W_q.shape[-1] * W_q.itemsize == 1024
+    Y = selfattn.multi_head_attention(*arrays[1:], num_heads=4, b_q=biases[0], is_causal=True)
+    assert Y.flags.c_contiguous
+    selfattn.set_num_threads(1)
+    got = multi_head_attention_backward(*arrays, num_heads=4, b_q=biases[0], is_causal=True)
+    assert got[0].flags.c_contiguous
+    zero = [np.zeros_like(b) for b in biases]
+    want = oracle(*arrays, [biases[0]] + zero[1:], 4, True)
+    for g, w in zip(got, want[:5] + want[5:6]):
+        assert_close(g, w, 1e-12 if dtype == np.float64 else 2e-5)
+    for n in (2, 3):
+        selfattn.set_num_threads(n)
+        again = multi_head_attention_backward(*arrays, num_heads=4, b_q=biases[0],
+                                              is_causal=True)
+        for g, w in zip(again, got):
+            assert g.tobytes() == w.tobytes(), n
