@@ -104,6 +104,7 @@ def test_a_non_finite_value_of_a_hidden_key_is_found(isa, dtype, where, bad):
     np.testing.assert_allclose(out, want, rtol=TOLERANCE[dtype], atol=TOLERANCE[dtype])
 
 
+@pytest.mark.c_backend
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("bad", [np.inf, np.nan])
 def test_a_non_finite_value_the_fused_kernel_reads(isa, dtype, bad, threads):
