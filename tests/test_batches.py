@@ -227,6 +227,23 @@ def test_tiny_problems_in_many_items(isa, dtype, threads):
             assert_close(out, oracle(Q, K, V, band, 0.25), dtype)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_tasks_of_several_tiny_items(isa, dtype, threads):
+    """Heads so small that a task holds several (284 items of 5 x 8: 8 a task, the last task 4):
+    every item, the last task's included, gives the bits it gives alone, for any thread count,
+    within the oracle's tolerance, plain and causal."""
+    rng = np.random.default_rng(23)
+    Q, K, V = (rng.standard_normal((71, 4, 5, 8)).astype(dtype) for _ in range(3))
+    for causal, band in [(False, (-5, 5)), (True, (-5, 0))]:
+        run = lambda: selfattn.scaled_dot_product_attention(Q, K, V, is_causal=causal)
+        out = same_for_every_thread_count(run)
+        assert_close(out, oracle(Q, K, V, band, 8 ** -0.5), dtype)
+        for b, h in [(0, 0), (35, 2), (70, 0), (70, 3)]:
+            alone = selfattn.scaled_dot_product_attention(Q[b, h], K[b, h], V[b, h],
+                                                          is_causal=causal)
+            np.testing.assert_array_equal(out[b, h], alone)
+
+
 @pytest.mark.c_backend
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_many_items_with_every_operand_kind(isa, dtype, threads):
