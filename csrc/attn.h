@@ -374,8 +374,9 @@ int sa_interrupted(void);
  *            needs O((n_q + n_k) d) memory. Otherwise it also stores the softmax weights in
  *            weights[b] (n_q, n_k). Fully masked rows give weights 0 and output 0. A key whose
  *            weight is 0 contributes nothing, even where its V row holds inf or NaN: the reference
- *            tier guarantees this; the fast tiers may assume V is finite (sa_kernels_for_values
- *            routes other inputs to the reference tier).
+ *            tier guarantees this; with weights the fast tiers may assume V is finite
+ *            (sa_kernels_for_values routes other inputs to the reference tier), and fused they
+ *            rerun the call on the reference tier when a sum of V rows is not finite.
  *            lse, unless NULL, receives each row's log-sum-exp of its scores (those above, after
  *            the mask and the band), natural log: lse[b * n_q + i] (T, batch->count x n_q,
  *            contiguous); -inf for a fully masked row, NaN for a row holding NaN or +inf.

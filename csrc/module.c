@@ -404,8 +404,9 @@ static int attention_impl(int isa, int precision, const sa_batch *batch, const s
 {
     sa_exec ex;
     const sa_values values[] = {{V, n_k, d_v}};
-    /* the decode kernel checks the sums of the V rows it weighs: no scan of the cache here */
-    int scan = !sa_attention_decode_applies(n_q, n_k, weights != NULL, lse != NULL, mods);
+    /* the fused and decode kernels check the sums of the V rows they weigh (a scan of V only
+       where the weights are wanted) */
+    int scan = weights != NULL;
     const sa_kernels *tier = prepare(&ex, isa, batch, precision, values, scan);
     if (tier == NULL)
         return -1;

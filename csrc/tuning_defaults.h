@@ -62,6 +62,11 @@
 #ifndef FA_ITEM_TASK_MIN_ITEMS
 #define FA_ITEM_TASK_MIN_ITEMS 8
 #endif
+/* ... and several such problems as one task when each is tiny, so that a task is at least this
+   many flops (a task's hand-out and poll check cost ~50 ns: a twentieth of a 16 x 16 head) */
+#ifndef FA_TASK_MIN_FLOPS
+#define FA_TASK_MIN_FLOPS 1.0e5
+#endif
 /* the fused kernel's mask step works on this much of its scores at once (in L1) */
 #ifndef FA_MASK_CHUNK_BYTES
 #define FA_MASK_CHUNK_BYTES 16384

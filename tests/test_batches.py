@@ -104,6 +104,42 @@ def test_a_non_finite_value_of_a_hidden_key_is_found(isa, dtype, where, bad):
     np.testing.assert_allclose(out, want, rtol=TOLERANCE[dtype], atol=TOLERANCE[dtype])
 
 
+@pytest.mark.c_backend
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bad", [np.inf, np.nan])
+def test_a_non_finite_value_the_fused_kernel_reads(isa, dtype, bad, threads):
+    """The fused kernel does not scan V before it runs: a non-finite V entry it reads makes its
+    sums non-finite, and the call is rerun on the reference tier. Causal tiny heads: key 11 is
+    read by the block of queries 0-15, hidden (weight exactly 0) from queries 0-10 and weighed by
+    11-15, so the first stay finite, the others take the inf or NaN, as on the reference tier,
+    with the same bits for any thread count."""
+    rng = np.random.default_rng(21)
+    Q, K, V = (rng.standard_normal((8, 4, 16, 16)).astype(dtype) for _ in range(3))
+    V[5, 2, 11, 7] = bad
+    out = same_for_every_thread_count(
+        lambda: selfattn.scaled_dot_product_attention(Q, K, V, is_causal=True))
+    want = fused(Q, K, V, (-16, 0), 1 / 4, _core.isa_code("reference"))
+    np.testing.assert_array_equal(out, want)
+    assert np.all(np.isfinite(out[5, 2, :11])) and not np.any(np.isfinite(out[5, 2, 11:, 7]))
+    V[5, 2, 11, 7] = 0
+    clean = selfattn.scaled_dot_product_attention(Q, K, V, is_causal=True)
+    assert_close(out[5, 2, :11], clean[5, 2, :11], dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_nan_query_keeps_the_fast_tier(isa, dtype):
+    """A NaN score gives its row NaN on every tier; it is not a non-finite V, and the other rows
+    keep the call's tier: the same bits as with the NaN row made finite."""
+    rng = np.random.default_rng(22)
+    Q, K, V = (rng.standard_normal((8, 4, 16, 16)).astype(dtype) for _ in range(3))
+    clean = selfattn.scaled_dot_product_attention(Q, K, V)
+    Q[3, 1, 9, 4] = np.nan
+    out = selfattn.scaled_dot_product_attention(Q, K, V)
+    assert np.all(np.isnan(out[3, 1, 9]))
+    out[3, 1, 9] = clean[3, 1, 9]
+    np.testing.assert_array_equal(out, clean)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_the_output_step_with_a_zero_weight_on_a_non_finite_value(isa, dtype):
     """compute_attention_output on a batch: a weight of exactly 0 takes nothing from an inf or
@@ -189,6 +225,23 @@ def test_tiny_problems_in_many_items(isa, dtype, threads):
             run = lambda: selfattn.scaled_dot_product_attention(Q, K, V, is_causal=causal)
             out = same_for_every_thread_count(run)
             assert_close(out, oracle(Q, K, V, band, 0.25), dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_tasks_of_several_tiny_items(isa, dtype, threads):
+    """Heads so small that a task holds several (284 items of 5 x 8: 8 a task, the last task 4):
+    every item, the last task's included, gives the bits it gives alone, for any thread count,
+    within the oracle's tolerance, plain and causal."""
+    rng = np.random.default_rng(23)
+    Q, K, V = (rng.standard_normal((71, 4, 5, 8)).astype(dtype) for _ in range(3))
+    for causal, band in [(False, (-5, 5)), (True, (-5, 0))]:
+        run = lambda: selfattn.scaled_dot_product_attention(Q, K, V, is_causal=causal)
+        out = same_for_every_thread_count(run)
+        assert_close(out, oracle(Q, K, V, band, 8 ** -0.5), dtype)
+        for b, h in [(0, 0), (35, 2), (70, 0), (70, 3)]:
+            alone = selfattn.scaled_dot_product_attention(Q[b, h], K[b, h], V[b, h],
+                                                          is_causal=causal)
+            np.testing.assert_array_equal(out[b, h], alone)
 
 
 @pytest.mark.c_backend
