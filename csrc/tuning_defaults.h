@@ -42,6 +42,12 @@
 #ifndef GEMM_MIN_TASKS
 #define GEMM_MIN_TASKS 8
 #endif
+/* ... and the scores likewise, with this many: they share one K^T pack per call once they have
+   several row tiles (gemm_run), so more tiles transpose nothing again; 1 keeps the tiles of
+   GEMM_SCORES_TASK_FLOPS */
+#ifndef GEMM_SCORES_MIN_TASKS
+#define GEMM_SCORES_MIN_TASKS 1
+#endif
 #ifndef GEMM_MIN_SLIVERS
 #define GEMM_MIN_SLIVERS 4
 #endif

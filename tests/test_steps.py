@@ -140,3 +140,74 @@ def test_public_steps_on_step_bench_shapes(dtype, threads, rng):
     assert_close(out, ref_output(W, V))
     proj = for_every_thread_count(lambda: selfattn.compute_attention_output(X, W_all))
     assert_close(proj, np.matmul(X.astype(LD), W_all.astype(LD)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_q, n_k, d", [(300, 150, 300), (512, 129, 64), (97, 1030, 17)])
+def test_scores_with_one_shared_kt_pack(isa, dtype, threads, n_q, n_k, d):
+    """Scores cut into several row tiles read one K^T pack made for the whole call (several k
+    steps where d > MM_KC, keys not a whole number of slivers); fewer rows make fewer tiles and
+    one tile packs its own panel: the same bits either way, with the mask, a band and the
+    overflow rule, for 1 to 7 threads, and exact."""
+    code = _core.isa_code(isa)
+    rng = np.random.default_rng(n_q * 7 + n_k + d)
+    Q = rng.standard_normal((n_q, d)).astype(dtype)
+    K = rng.standard_normal((n_k, d)).astype(dtype)
+    Q[n_q // 2] *= np.finfo(dtype).max / 4          # a row whose scaled scores overflow
+    mask = rng.random((n_q, n_k)) < 0.9
+    lo, hi = -n_k // 2, n_k                         # key j visible from row i when lo <= j - i <= hi
+
+    def run(rows):
+        S = np.empty((rows.stop - rows.start, n_k), dtype)
+        _core.scores(S, Q[rows], K, mask[rows], 0.125, (lo + rows.start, hi + rows.start), code)
+        return S
+
+    whole = for_every_thread_count(lambda: run(slice(0, n_q)))
+    plain = np.empty((n_q, n_k), dtype)
+    _core.scores(plain, Q, K, None, 0.125, (-n_q - n_k, n_q + n_k), code)
+    finite = np.isfinite(plain).all(axis=1)
+    assert_close(plain[finite], ref_scores(Q, K, scale=0.125)[finite])
+    assert np.isinf(whole[n_q // 2]).any()
+    visible = mask & (np.arange(n_k) - np.arange(n_q)[:, None] >= lo) \
+        & (np.arange(n_k) - np.arange(n_q)[:, None] <= hi)
+    np.testing.assert_array_equal(np.isneginf(whole[finite]), ~visible[finite])
+    np.testing.assert_array_equal(whole[visible & finite[:, None]],
+                                  plain[visible & finite[:, None]])
+    if isa == "reference":
+        return
+    for lo_row, hi_row in [(0, 12), (n_q // 3, n_q), (5, 5 + n_q // 4), (n_q - 1, n_q)]:
+        part = for_every_thread_count(lambda: run(slice(lo_row, hi_row)))
+        np.testing.assert_array_equal(part, whole[lo_row:hi_row], err_msg=f"rows {lo_row}:{hi_row}")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batched_scores_share_one_pack_per_item(dtype, threads, rng):
+    """A batch of scores (one K^T pack per item, in one buffer) gives each item's bits as its own
+    call does, for 1 to 7 threads."""
+    Q = rng.standard_normal((3, 2, 203, 40)).astype(dtype)
+    K = rng.standard_normal((3, 2, 77, 40)).astype(dtype)
+    whole = for_every_thread_count(lambda: selfattn.compute_self_attention_scores(Q, K))
+    for b in range(3):
+        for h in range(2):
+            alone = selfattn.compute_self_attention_scores(Q[b, h], K[b, h])
+            np.testing.assert_array_equal(whole[b, h], alone, err_msg=f"item {b}, {h}")
+            assert_close(alone, ref_scores(Q[b, h], K[b, h]))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_output_deep_products_in_big_tasks(isa, dtype, threads):
+    """The attention output's shape, k = n large and 64 columns (a task packs all of V's k steps
+    for its rows; the tier's GEMM_TASK_FLOPS sets how many rows): any run of rows equals those
+    rows of the whole, bit for bit, for 1 to 7 threads, and exact."""
+    code = _core.isa_code(isa)
+    rng = np.random.default_rng(5)
+    m, k, n = 700, 1100, 64
+    A = rng.random((m, k)).astype(dtype)
+    B = rng.standard_normal((k, n)).astype(dtype)
+    whole = for_every_thread_count(lambda: product(A, B, code))
+    assert_close(whole, ref_output(A, B))
+    if isa == "reference":
+        return
+    for lo, hi in [(0, 31), (100, 700), (699, 700)]:
+        part = for_every_thread_count(lambda: product(A[lo:hi], B, code))
+        np.testing.assert_array_equal(part, whole[lo:hi], err_msg=f"rows {lo}:{hi}")
