@@ -48,6 +48,20 @@ def test_huge_finite_scores_are_attended_exactly(dtype, isa):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_keys_made_huge_in_place_between_calls(dtype, isa):
+    """The same key array, at the same address, first ordinary and then overwritten with keys
+    whose scores pass the float range times log2(e): the second call must pick its units from
+    the new keys (the fused kernel remembers a worker's last scan of keys within a call only)."""
+    dO, Q, K, V = huge_case(dtype)
+    keys = np.ones_like(K)
+    first = sdpa(Q, keys, V, scale=1.0)
+    assert_close(first, ref_weights(Q, keys, 1.0) @ np.asarray(V, np.longdouble), TOL[dtype])
+    keys[...] = K
+    want = ref_weights(Q, K, 1.0) @ np.asarray(V, np.longdouble)
+    assert_close(sdpa(Q, keys, V, scale=1.0), want, TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_huge_finite_scores_give_exact_gradients(dtype, isa):
     """One weight of 1 per row (the rest e^-1e37 = 0): dS = 0, so dQ = dK = 0 and dV = P^T dO.
     (With ties, dQ = dS K cancels terms of 3e38: too ill-conditioned to check.)"""
