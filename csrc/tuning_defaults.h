@@ -92,6 +92,12 @@
 #ifndef BWF_TASKS
 #define BWF_TASKS 8
 #endif
+/* fused backward: the chunks are halved (down to 2) while their partial sums of dK, dV pass this
+   many bytes; by default never below SA_BACKWARD_PARTIAL_BYTES, where the blocked backward takes
+   over anyway */
+#ifndef BWF_PARTIALS_BYTES
+#define BWF_PARTIALS_BYTES SA_BACKWARD_PARTIAL_BYTES
+#endif
 /* keys per packing task, and per reduction task (whose row buffer stays in L1), of the backward */
 #ifndef BWF_PACK_KEYS
 #define BWF_PACK_KEYS 256

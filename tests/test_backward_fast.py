@@ -176,6 +176,27 @@ def test_chunks_take_equal_shares_of_rows_in_blocks_of_unequal_sizes(n_q, dtype,
             assert_close(g, w, 1e-12 if dtype == np.float64 else 2e-5)
 
 
+@pytest.mark.parametrize("dtype, d", [(np.float32, 128), (np.float64, 64)])
+def test_fewer_chunks_where_their_partial_sums_are_large(dtype, d, isa, threads):
+    """480 queries by 2600 keys: 8 chunks' partial sums of dK, dV would be ~22 MB, past the AVX2
+    tier's BWF_PARTIALS_BYTES (20 MiB), which halves them to 4 (other tiers keep 8); either way
+    the gradients, and the same bits for 1, 2 and 3 threads."""
+    rng = np.random.default_rng(d)
+    n_q, n_k = 480, 2600
+    Q, dO = rand(rng, n_q, d) / 4, rand(rng, n_q, d)
+    K, V = rand(rng, n_k, d) / 4, rand(rng, n_k, d)
+    args = [a.astype(dtype) for a in (dO, Q, K, V)]
+    results = []
+    for n in (1, 2, 3):
+        selfattn.set_num_threads(n)
+        results.append(sdpa_backward(*args, scale=0.2))
+    for got in results[1:]:
+        for g, s in zip(got, results[0]):
+            assert np.array_equal(g, s)
+    for g, w in zip(results[0], _backward_f64(dO, Q, K, V, 0.2)):
+        assert_close(g, w, 1e-12 if dtype == np.float64 else 2e-5)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_key_steps_that_a_band_starts_and_ends_inside(dtype, isa):
     """After the row statistics, P and dS, the dQ product and the dK, dV product run together
