@@ -83,8 +83,9 @@
 #endif
 /* fused backward: keys per step of P, dS and the dQ, dK, dV products, so that their K tile
    (BWF_DQ_KEYS x one micro-tile of columns: 16 KiB in float on AVX-512) stays in L1 while every
-   sliver of query rows uses it; any multiple of the micro-tile's columns gives the same bits
-   (64 and 256 measured the same as 128) */
+   sliver of query rows uses it; any multiple of the micro-tile's columns works (64 and 256
+   measured the same as 128). The dQ sum restarts from 0 at each step (FAST(bwf_ukernel_dq)), so
+   its bits depend on this value, never on the thread count */
 #ifndef BWF_DQ_KEYS
 #define BWF_DQ_KEYS 128
 #endif
