@@ -64,6 +64,12 @@ static inline vf64 min_f64(vf64 a, vf64 b) { return (vf64)_mm256_min_pd((__m256d
    K^T pack (gemm_run) keeps the extra row tiles from transposing K again. */
 #define GEMM_TASK_FLOPS 4.0e7
 #define GEMM_SCORES_MIN_TASKS 8
+/* The fused backward's partial sums of dK, dV at most 20 MiB: at f32 n = 4096, d = 128 its 8
+   chunks' partials were 35 MB (4 chunks: 17 MB). On this tier's test machine (AMD EPYC Zen 3,
+   32 MiB L3, glibc) a scratch block past 32 MB is mapped afresh by malloc on every call, so its
+   ~10^4 pages were faulted in and cleared each time (~5% of the call in the profile), and the
+   reduction read them from memory; with 4 chunks 2 or 4 threads still take equal shares. */
+#define BWF_PARTIALS_BYTES (20L << 20)
 #include "tuning_defaults.h"
 #define TIER avx2
 #define TIER_TABLE sa_kernels_avx2

@@ -89,14 +89,21 @@
 #endif
 /* fused backward: keys per step of P, dS and the dQ, dK, dV products, so that their K tile
    (BWF_DQ_KEYS x one micro-tile of columns: 16 KiB in float on AVX-512) stays in L1 while every
-   sliver of query rows uses it; any multiple of the micro-tile's columns gives the same bits
-   (64 and 256 measured the same as 128) */
+   sliver of query rows uses it; any multiple of the micro-tile's columns works (64 and 256
+   measured the same as 128). The dQ sum restarts from 0 at each step (FAST(bwf_ukernel_dq)), so
+   its bits depend on this value, never on the thread count */
 #ifndef BWF_DQ_KEYS
 #define BWF_DQ_KEYS 128
 #endif
 /* fused backward chunks per call: at n = 2048, 4 and 8 cost the same, 16 about 10% more */
 #ifndef BWF_TASKS
 #define BWF_TASKS 8
+#endif
+/* fused backward: the chunks are halved (down to 2) while their partial sums of dK, dV pass this
+   many bytes; by default never below SA_BACKWARD_PARTIAL_BYTES, where the blocked backward takes
+   over anyway */
+#ifndef BWF_PARTIALS_BYTES
+#define BWF_PARTIALS_BYTES SA_BACKWARD_PARTIAL_BYTES
 #endif
 /* keys per packing task, and per reduction task (whose row buffer stays in L1), of the backward */
 #ifndef BWF_PACK_KEYS

@@ -153,6 +153,51 @@ def test_chunks_whose_first_block_sees_other_keys(band, dtype, isa, threads):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_q", [7, 257, 1000, 2053])
+def test_chunks_take_equal_shares_of_rows_in_blocks_of_unequal_sizes(n_q, dtype, isa, threads):
+    """Each chunk takes an equal share of the micro-tile rows (slivers), cut into the fewest
+    blocks of at most one query block, equal to within a sliver: 1000 queries are 7 chunks of 23
+    or 24 slivers in float64 (blocks of 5 and 6 slivers of 6 rows on AVX2), 2053 a last sliver of
+    one row; a row missed or counted twice at a chunk's or a block's edge shows in dQ and in the
+    sums of dK, dV. The same bits for 1, 2, 3 and 7 threads, with and without causal."""
+    rng = np.random.default_rng(n_q)
+    n_k = 150
+    Q, dO, K, V = rand(rng, n_q, 8), rand(rng, n_q, 8), rand(rng, n_k, 8), rand(rng, n_k, 8)
+    args = [a.astype(dtype) for a in (dO, Q, K, V)]
+    for causal in (False, True):
+        results = []
+        for n in (1, 2, 3, 7):
+            selfattn.set_num_threads(n)
+            results.append(sdpa_backward(*args, scale=0.3, is_causal=causal))
+        for got in results[1:]:
+            for g, s in zip(got, results[0]):
+                assert np.array_equal(g, s)
+        for g, w in zip(results[0], _backward_f64(dO, Q, K, V, 0.3, causal=causal)):
+            assert_close(g, w, 1e-12 if dtype == np.float64 else 2e-5)
+
+
+@pytest.mark.parametrize("dtype, d", [(np.float32, 128), (np.float64, 64)])
+def test_fewer_chunks_where_their_partial_sums_are_large(dtype, d, isa, threads):
+    """480 queries by 2600 keys: 8 chunks' partial sums of dK, dV would be ~22 MB, past the AVX2
+    tier's BWF_PARTIALS_BYTES (20 MiB), which halves them to 4 (other tiers keep 8); either way
+    the gradients, and the same bits for 1, 2 and 3 threads."""
+    rng = np.random.default_rng(d)
+    n_q, n_k = 480, 2600
+    Q, dO = rand(rng, n_q, d) / 4, rand(rng, n_q, d)
+    K, V = rand(rng, n_k, d) / 4, rand(rng, n_k, d)
+    args = [a.astype(dtype) for a in (dO, Q, K, V)]
+    results = []
+    for n in (1, 2, 3):
+        selfattn.set_num_threads(n)
+        results.append(sdpa_backward(*args, scale=0.2))
+    for got in results[1:]:
+        for g, s in zip(got, results[0]):
+            assert np.array_equal(g, s)
+    for g, w in zip(results[0], _backward_f64(dO, Q, K, V, 0.2)):
+        assert_close(g, w, 1e-12 if dtype == np.float64 else 2e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_key_steps_that_a_band_starts_and_ends_inside(dtype, isa):
     """After the row statistics, P and dS, the dQ product and the dK, dV product run together
     over steps of 128 keys (BWF_DQ_KEYS) from the block's first visible tile. A window whose
