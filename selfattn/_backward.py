@@ -16,7 +16,15 @@ import math
 
 import numpy as np
 
-from ._kernels import _attention_grads, _empty_rows, _finish, _matmul, _split_heads, _transpose
+from ._kernels import (
+    _attention_grads,
+    _empty_rows,
+    _finish,
+    _matmul,
+    _split_heads,
+    _stacked_transpose,
+    _transpose,
+)
 from ._layer import _Layer
 from ._validate import (
     _QKV,
@@ -74,21 +82,22 @@ def _layer_input_grads(L, dO, Q, K, V):
     c, n, b = L.compute, L.n, L.out_batch
     wq, wk, wv = L.W_q.shape[-1], L.W_k.shape[-1], L.W_v.shape[-1]
     # One gradient array per projection call: [dQ | dK | dV] from X, or dQ from X and [dK | dV]
-    # from kv; each is the matching QKV's layout, so dX = dP @ W_all^T and dW = X^T @ dP.
+    # from kv; each is the matching QKV's layout, so dX = dP @ [W_q | W_k | W_v]^T and
+    # [dW_q | dW_k | dW_v] = X^T @ dP.
     if L.KV is None:
         _check_size(L.func, b + (n, wq + wk + wv), c)
         dP = _empty_rows(b + (n, wq + wk + wv), c)
         dQ, dK, dV = dP[..., :wq], dP[..., wq: wq + wk], dP[..., wq + wk:]
-        sources = [("dX", L.X, L.W_all, dP, ((L.W_q, 0, wq), (L.W_k, wq, wq + wk),
-                                             (L.W_v, wq + wk, wq + wk + wv)))]
+        sources = [("dX", L.X, dP, ((L.W_q, 0, wq), (L.W_k, wq, wq + wk),
+                                    (L.W_v, wq + wk, wq + wk + wv)))]
     else:
         _check_size(L.func, b + (n, wq), c)
         _check_size(L.func, b + (L.n_k, wk + wv), c)
         dQ = _empty_rows(b + (n, wq), c)
         d_kv = _empty_rows(b + (L.n_k, wk + wv), c)
         dK, dV = d_kv[..., :wk], d_kv[..., wk:]
-        sources = [("dX", L.X, L.W_all, dQ, ((L.W_q, 0, wq),)),
-                   ("dkv", L.KV, L.W_kv, d_kv, ((L.W_k, 0, wk), (L.W_v, wk, wk + wv)))]
+        sources = [("dX", L.X, dQ, ((L.W_q, 0, wq),)),
+                   ("dkv", L.KV, d_kv, ((L.W_k, 0, wk), (L.W_v, wk, wk + wv)))]
     dQh, dOh = _split_heads(dQ, L.heads), _split_heads(dO, L.heads)
     dKh, dVh = _split_heads(dK, L.kv_split), _split_heads(dV, L.kv_split)
     # A K/V head shared by a group of query heads (GQA) is broadcast over the group: the kernel
@@ -101,8 +110,9 @@ def _layer_input_grads(L, dO, Q, K, V):
         if A_all is not A:
             A[...] = _sum_to(A_all, A.shape)
     grads, weight_grads, bias_grads = {}, [], []
-    for name, src, W_all, dP, parts in sources:
-        grads[name] = _sum_to(_matmul(dP, _transpose(W_all), c, b), src.shape)
+    for name, src, dP, parts in sources:
+        W_all_t = _stacked_transpose([W for W, _, _ in parts], c, L.w_batch)
+        grads[name] = _sum_to(_matmul(dP, W_all_t, c, b), src.shape)
         weight_grads += _packed_weight_grads(src, dP, parts, c)
         # a bias is added to every row: its gradient is dP summed over the rows
         row_sums = dP.sum(axis=-2) if any(b_ is not None for b_ in L.biases[:3]) else None
