@@ -126,9 +126,9 @@ def _layer_input_grads(L, dO, Q, K, V):
 
 def _packed_weight_grads(src, dP, parts, compute):
     """The gradients of the projections packed side by side in dP (parts: (W, lo, hi), W's
-    columns being dP's [lo, hi)): one product src^T @ dP for all of them, as the forward's one
-    product src @ W_all, where the W's share their batch shape (the usual case); one product per
-    W otherwise (each W summed over its own broadcast axes)."""
+    columns being dP's [lo, hi)): one product src^T @ dP for all of them (src^T, the product's
+    packed operand, is copied once), where the W's share their batch shape (the usual case); one
+    product per W otherwise (each W summed over its own broadcast axes)."""
     shapes = {W.shape[:-1] for W, _, _ in parts}
     if len(shapes) > 1:
         return [_weight_grad(src, dP[..., lo:hi], W.shape, compute) for W, lo, hi in parts]
