@@ -75,10 +75,14 @@ def _weight_grad(X, G, w_shape, compute):
     return out.reshape(pad + out.shape[-2:]).reshape(w_shape)
 
 
-def _layer_input_grads(L, dO, Q, K, V):
-    """The gradients of layer L's projections (after L.project()) from dO, the gradient of the
-    concatenated heads' output (out_batch, n, num_heads * d_v): a dict with dX, dW_q, dW_k, dW_v,
-    and dkv (cross-attention) and db_q, db_k, db_v for the inputs L has."""
+def _layer_input_grads(L, spent):
+    """The gradients of layer L's projections from spent = [dO, Q, K, V] (Q, K, V from
+    L.project(); dO the gradient of the concatenated heads' output (out_batch, n, num_heads *
+    d_v)): a dict with dX, dW_q, dW_k, dW_v, and dkv (cross-attention) and db_q, db_k, db_v for
+    the inputs L has. The list is emptied: with the caller keeping no other reference, its arrays
+    are freed once the attention's gradients are computed."""
+    dO, Q, K, V = spent
+    spent.clear()
     c, n, b = L.compute, L.n, L.out_batch
     wq, wk, wv = L.W_q.shape[-1], L.W_k.shape[-1], L.W_v.shape[-1]
     # One gradient array per projection call: [dQ | dK | dV] from X, or dQ from X and [dK | dV]
@@ -106,6 +110,10 @@ def _layer_input_grads(L, dO, Q, K, V):
                       for A in (dKh, dVh))
     _attention_grads(L.att_batch, dQh, dK_all, dV_all, dOh, Q, K, V, L.mask, L.scale,
                      L.visibility, c, L.lengths, L.softcap, L.dropout)
+    # Q, K, V and dO are spent: with the callers holding no other reference, their memory goes
+    # back to the allocator here and the products' operands and results below reuse it, instead
+    # of fresh pages (1 page fault per 4 KiB, ~4500 a call at n = 1024, d_model = 512: 3-8%)
+    del Q, K, V, dO, dOh
     for A, A_all in ((dKh, dK_all), (dVh, dV_all)):
         if A_all is not A:
             A[...] = _sum_to(A_all, A.shape)
@@ -302,6 +310,5 @@ def self_attention_layer_backward(dY, X, W_q, W_k, W_v, *, scale=None, mask=None
                window=window, lengths=(query_lengths, key_lengths), softcap=softcap,
                dropout_p=dropout_p, seed=seed, backward=True)
     _check_grad_shape(func, "dY", dY, L.out_batch + (L.n, L.d_v), "output")
-    Q, K, V = L.project()
-    grads = _layer_input_grads(L, dY.astype(L.compute, copy=False), Q, K, V)
+    grads = _layer_input_grads(L, [dY.astype(L.compute, copy=False), *L.project()])
     return tuple(grads[name] for name in ("dX", "dW_q", "dW_k", "dW_v"))
