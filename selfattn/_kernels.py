@@ -91,13 +91,18 @@ def _split_heads(A, heads):
     return np.moveaxis(view, -2 - len(axes), -2)
 
 
-def _transpose(W):
-    """The last two axes swapped, as a copy with contiguous rows (what the kernels read): on
-    _core.transpose (tiled and threaded) for native float arrays, NumPy's copy otherwise and
-    for small ones (where a call's overhead, ~1 us, would be most of the time)."""
+def _transpose(W, out=None):
+    """The last two axes swapped, as a copy with contiguous rows (what the kernels read), into
+    `out` if given (rows contiguous, W's dtype): on _core.transpose (tiled and threaded) for
+    native float arrays, NumPy's copy otherwise and for small ones (where a call's overhead,
+    ~1 us, would be most of the time)."""
     if W.dtype not in (np.float32, np.float64) or W.ndim < 2 or W.size < 4096:
-        return np.ascontiguousarray(np.swapaxes(W, -1, -2))
-    out = np.empty(W.shape[:-2] + (W.shape[-1], W.shape[-2]), dtype=W.dtype)
+        if out is None:
+            return np.ascontiguousarray(np.swapaxes(W, -1, -2))
+        out[...] = np.swapaxes(W, -1, -2)
+        return out
+    if out is None:
+        out = np.empty(W.shape[:-2] + (W.shape[-1], W.shape[-2]), dtype=W.dtype)
     _core.transpose(out, _operand(W, W.dtype, W.shape[:-2]), _ISA_DEFAULT)
     return out
 
@@ -127,17 +132,16 @@ def _matmul(A, B, compute, batch, padded=False):
 
 def _project(func, X, Ws, compute, batch, w_batch, biases=None, padded=True):
     """X @ W_1 + b_1, X @ W_2 + b_2, ... (1 to 3 projections; a missing bias is 0) as views of one
-    (batch, n, widths) array, and W_all = [W_1 | W_2 | ...] (for the backward's dX):
-    _core.project, the one projection path of every layer. A bias (..., width) has batch axes
-    that broadcast to w_batch; the biases travel as one row (w_batch, 1, widths), added in C.
-    The views' rows are padded (_empty_rows) unless `padded` is False (a result for the user)."""
+    (batch, n, widths) array: _core.project, the one projection path of every layer, one product
+    per W into its columns (the W's are never copied side by side). A bias (..., width) has
+    batch axes that broadcast to w_batch; the biases travel as one row (w_batch, 1, widths),
+    added in C. The views' rows are padded (_empty_rows) unless `padded` is False (a result for
+    the user)."""
     n, d_model = X.shape[-2:]
     total = sum(W.shape[-1] for W in Ws)
     w_batch = (1,) * (len(batch) - len(w_batch)) + tuple(w_batch)
     _check_size(func, batch + (n, total), compute)
-    _check_size(func, w_batch + (d_model, total), compute)
     QKV = (_empty_rows if padded else np.empty)(batch + (n, total), compute)
-    W_all = np.empty(w_batch + (d_model, total), dtype=compute)
     b_all = None
     if biases is not None and any(b is not None for b in biases):
         b_all = np.zeros(w_batch + (1, total), dtype=compute)
@@ -146,14 +150,29 @@ def _project(func, X, Ws, compute, batch, w_batch, biases=None, padded=True):
             if b is not None:
                 b_all[..., start: start + W.shape[-1]] = b[..., None, :]
             start += W.shape[-1]
-    if QKV.size or W_all.size:
-        _core.project(QKV, W_all, _operand(X, compute, batch),
+    if QKV.size:
+        _core.project(QKV, _operand(X, compute, batch),
                       tuple(_operand(W, compute, w_batch) for W in Ws), b_all, _ISA_DEFAULT)
     views, start = [], 0
     for W in Ws:
         views.append(QKV[..., start: start + W.shape[-1]])
         start += W.shape[-1]
-    return views, W_all
+    return views
+
+
+def _stacked_transpose(Ws, compute, w_batch):
+    """[W_1 | W_2 | ...]^T, the W's (..., d_model, width_i) transposed into the row blocks of one
+    (w_batch, sum of widths, d_model) array: the operand of a layer's dX = dP @ [W_1 | ...]^T,
+    built without the concatenated [W_1 | ...] (which _project never makes)."""
+    d_model = Ws[0].shape[-2]
+    w_batch = tuple(w_batch)
+    out = np.empty(w_batch + (sum(W.shape[-1] for W in Ws), d_model), dtype=compute)
+    start = 0
+    for W in Ws:
+        width = W.shape[-1]
+        _transpose(_operand(W, compute, w_batch), out=out[..., start: start + width, :])
+        start += width
+    return out
 
 
 def _attend(func, batch, Q, K, V, mask, scale, visibility, compute, return_weights, heads=None,

@@ -2,7 +2,8 @@
 
 One class checks a layer's arguments (X, the projections, W_o for multi-head, scale, mask,
 is_causal) and works out its batch shapes once; its two forward pieces are the only projection
-path (X @ [W_q | W_k | W_v] on _core.project) and the attention of the projected Q, K, V.
+path (X @ [W_q | W_k | W_v] on _core.project, one product per W into its columns of one array)
+and the attention of the projected Q, K, V.
 
 Multi-head layout. W_q, W_k, W_v are (d_model, num_heads * d_head); head h uses columns
 [h * d_head, (h + 1) * d_head). Q = X @ W_q is (..., n, num_heads * d_head), and its view
@@ -112,7 +113,6 @@ class _Layer:
             self.lengths = tuple(None if side is None else np.repeat(side, per_item)
                                  for side in self.lengths)
         self.X, self.KV, self.W_q, self.W_k, self.W_v, self.W_o = X, KV, W_q, W_k, W_v, W_o
-        self.W_all = self.W_kv = None
         if heads is not None:
             named_o = [("the heads' output", np.broadcast_to(
                 np.zeros((), self.compute), self.out_batch + (n, heads * self.d_v)), 2),
@@ -150,17 +150,16 @@ class _Layer:
     def project(self):
         """Q, K, V (views of one or two (proj_batch, n, widths) arrays, heads split when
         multi-head): one _core.project call for self-attention, one for X and one for kv when
-        cross-attending. Keeps W_all (and W_kv, cross-attention) for the backward's dX, dkv."""
+        cross-attending."""
         b_q, b_k, b_v, _ = self.biases
         if self.KV is None:
-            views, self.W_all = _project(self.func, self.X, (self.W_q, self.W_k, self.W_v),
-                                         self.compute, self.proj_batch, self.w_batch,
-                                         (b_q, b_k, b_v))
+            views = _project(self.func, self.X, (self.W_q, self.W_k, self.W_v), self.compute,
+                             self.proj_batch, self.w_batch, (b_q, b_k, b_v))
         else:
-            (Q,), self.W_all = _project(self.func, self.X, (self.W_q,), self.compute,
-                                        self.proj_batch, self.w_batch, (b_q,))
-            (K, V), self.W_kv = _project(self.func, self.KV, (self.W_k, self.W_v), self.compute,
-                                         self.proj_batch, self.w_batch, (b_k, b_v))
+            Q, = _project(self.func, self.X, (self.W_q,), self.compute, self.proj_batch,
+                          self.w_batch, (b_q,))
+            K, V = _project(self.func, self.KV, (self.W_k, self.W_v), self.compute,
+                            self.proj_batch, self.w_batch, (b_k, b_v))
             views = (Q, K, V)
         return tuple(_split_heads(A, split)
                      for A, split in zip(views, (self.heads, self.kv_split, self.kv_split)))
@@ -177,6 +176,6 @@ class _Layer:
 
     def output(self, out):
         """Y = out @ W_o + b_o (multi-head), through the same projection path as Q, K, V."""
-        (Y,), _ = _project(self.func, out, (self.W_o,), self.compute, self.y_batch, self.o_batch,
-                           (self.biases[3],), padded=False)
+        Y, = _project(self.func, out, (self.W_o,), self.compute, self.y_batch, self.o_batch,
+                      (self.biases[3],), padded=False)
         return Y

@@ -240,10 +240,16 @@ def multi_head_attention_backward(dY, X, W_q, W_k, W_v, W_o, *, num_heads, kv=No
     Q, K, V = L.project()
     out, _ = L.attend(Q, K, V, False)
     # Y = out @ W_o + b_o: dW_o = out^T @ dY, db_o = dY summed over the rows, d(out) = dY @ W_o^T
-    # (summed back to out's batch shape).
-    d_out = _sum_to(_matmul(dY, _transpose(L.W_o), c, L.y_batch, padded=True), out.shape)
-    grads = _layer_input_grads(L, d_out, Q, K, V)
-    grads["dW_o"] = _finish(_weight_grad(out, dY, L.W_o.shape, c), L.result)
+    # (summed back to out's batch shape). dW_o first: out is then freed and d(out) takes its
+    # memory (no fresh pages); _layer_input_grads frees Q, K, V and d(out) once spent.
+    dW_o = _finish(_weight_grad(out, dY, L.W_o.shape, c), L.result)
+    out_shape = out.shape
+    del out
+    d_out = _sum_to(_matmul(dY, _transpose(L.W_o), c, L.y_batch, padded=True), out_shape)
+    spent = [d_out, Q, K, V]
+    del d_out, Q, K, V
+    grads = _layer_input_grads(L, spent)
+    grads["dW_o"] = dW_o
     if L.biases[3] is not None:
         grads["db_o"] = _finish(_sum_to(dY.sum(axis=-2), L.biases[3].shape), L.result)
     order = ("dX", "dW_q", "dW_k", "dW_v", "dW_o", "dkv", "db_q", "db_k", "db_v", "db_o")

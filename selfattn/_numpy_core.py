@@ -316,9 +316,10 @@ def output(out, weights, V, isa):
     _product(out, weights, V, isa, weighs_values=True)
 
 
-def project(QKV, W_all, X, Ws, bias, isa):
-    """W_all[...] = [W_1 | ...] for the 1 to 3 matrices of the tuple Ws, then
-    QKV[...] = X @ W_all + bias (bias None, or (..., 1, width of QKV))."""
+def project(QKV, X, Ws, bias, isa):
+    """QKV[...] = X @ [W_1 | ...] + bias for the 1 to 3 matrices of the tuple Ws, one product per
+    W into its columns of QKV (bias None, or (..., 1, width of QKV)); the W's and the bias share
+    one batch shape whose axes are QKV's or 1."""
     _isa(isa)
     QKV = _out(QKV)
     if not isinstance(Ws, tuple) or not 1 <= len(Ws) <= 3:
@@ -327,15 +328,19 @@ def project(QKV, W_all, X, Ws, bias, isa):
     Ws = [_matrix(W, name) for W, name in zip(Ws, names)]
     if sum(W.shape[-1] for W in Ws) != QKV.shape[-1]:
         raise ValueError("_core: QKV must be as wide as the W's together")
-    W_all = _operand(W_all, QKV.dtype, W_all.shape, "W_all", writeable=True)
-    if W_all.ndim != QKV.ndim or any(w not in (1, b) for w, b in zip(W_all.shape, QKV.shape[:-2])):
-        raise ValueError("_core: W_all must have QKV's batch axes or 1")
-    np.concatenate([_operand(W, QKV.dtype, W_all.shape[:-1] + W.shape[-1:], name)
-                    for W, name in zip(Ws, names)], axis=-1, out=W_all)
+    w_batch = Ws[0].shape[:-2]
+    if len(w_batch) != QKV.ndim - 2 or any(w not in (1, b) for w, b in zip(w_batch, QKV.shape[:-2])):
+        raise ValueError("_core: the W's must have QKV's batch axes or 1")
+    Ws = [_operand(W, QKV.dtype, w_batch + W.shape[-2:], name) for W, name in zip(Ws, names)]
     if QKV.size:
-        matmul(QKV, X, np.broadcast_to(W_all, QKV.shape[:-2] + W_all.shape[-2:]), isa)
+        start = 0
+        for W in Ws:
+            width = W.shape[-1]
+            matmul(QKV[..., start: start + width], X,
+                   np.broadcast_to(W, QKV.shape[:-2] + W.shape[-2:]), isa)
+            start += width
         if bias is not None:
-            QKV += _operand(bias, QKV.dtype, W_all.shape[:-2] + (1, QKV.shape[-1]), "bias")
+            QKV += _operand(bias, QKV.dtype, w_batch + (1, QKV.shape[-1]), "bias")
 
 
 def _attention_operands(out_shape, dtype, Q, K, V, mask):

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from attn_reference import LD, assert_close, ref_output
 from selfattn import (
     multi_head_attention,
     padding_mask,
@@ -133,3 +134,72 @@ def test_mask_without_head_axis_gets_a_hint():
     with pytest.raises(ValueError, match=r"mask.shape=\(3, 4, 4\) does not broadcast .* "
                                          r"\(3, 2, 4, 4\).*mask\[:, None\]"):
         multi_head_attention(X, W, W, W, W, num_heads=2, mask=np.ones((3, 4, 4), bool))
+
+
+# ---- the projection path (csrc/module.c's project_impl: one product per W into its columns) ----
+
+PROJECTION_THREADS = (1, 2, 3, 7)
+
+
+def _same_for_every_thread_count(run):
+    """run() with 1, 2, 3 and 7 threads, which must give the same bits; the 1-thread result."""
+    import selfattn
+    selfattn.set_num_threads(PROJECTION_THREADS[0])
+    first = run()
+    for n in PROJECTION_THREADS[1:]:
+        selfattn.set_num_threads(n)
+        for a, b in zip(run(), first):
+            np.testing.assert_array_equal(a, b, err_msg=f"{n} threads differ from 1")
+    return first
+
+
+@pytest.mark.c_backend
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n, d_model, widths, biased", [
+    (97, 37, (5, 5, 7), (True, False, True)),   # widths below a vector, rows not whole slivers
+    (64, 64, (64, 64, 64), (False,) * 3),       # whole micro-tiles
+    (13, 300, (1, 13, 300), (True,) * 3),       # d_model beyond a k step, a one-column W
+    (1, 8, (24,), (True,)),                     # one row, one projection (the output's)
+    (33, 16, (0, 16, 8), (False, True, True)),  # an empty projection
+])
+def test_projections_are_the_bits_of_one_product_with_the_weights_side_by_side(
+        isa, threads, dtype, n, d_model, widths, biased):
+    """The layers' projection computes each X @ W_i into its own columns of one array, never
+    copying the W's side by side: every column is the bits of one product X @ [W_1 | ... ] (plus
+    the bias, added after the product), for weights shared by a batch and any thread count."""
+    from selfattn import _kernels
+    rng = np.random.default_rng(n + d_model + sum(widths))
+    X = rng.standard_normal((2, 3, n, d_model)).astype(dtype)
+    Ws = tuple(rng.standard_normal((2, 1, d_model, w)).astype(dtype) for w in widths)
+    biases = tuple(rng.standard_normal((w,)).astype(dtype) if b else None
+                   for w, b in zip(widths, biased))
+    dt = np.dtype(dtype)
+    views = _same_for_every_thread_count(
+        lambda: _kernels._project("test", X, Ws, dt, (2, 3), (2, 1), biases))
+    together = _kernels._matmul(X, np.concatenate(Ws, axis=-1), dt, (2, 3))
+    together += np.concatenate([np.zeros(w, dtype) if b is None else b
+                                for w, b in zip(widths, biases)])
+    start = 0
+    for view, W in zip(views, Ws):
+        np.testing.assert_array_equal(view, together[..., start: start + W.shape[-1]])
+        start += W.shape[-1]
+    bias_row = np.concatenate([np.zeros(w) if b is None else b for w, b in zip(widths, biases)])
+    assert_close(np.concatenate(views, axis=-1),
+                 ref_output(X, np.concatenate(Ws, axis=-1)) + bias_row.astype(LD))
+
+
+@pytest.mark.c_backend
+@pytest.mark.parametrize("shapes", [((8, 5), (8, 5), (8, 7)),        # NumPy's copy (small)
+                                    ((512, 96), (512, 96), (512, 64)),  # _core.transpose
+                                    ((300, 1),)])
+def test_stacked_transpose_is_the_transpose_of_the_weights_side_by_side(threads, shapes):
+    """The backward's [W_1 | ... ]^T, built W by W into row blocks, is exactly the transpose of
+    the concatenated weights (a copy), for weights shared along a batch axis."""
+    from selfattn import _kernels
+    rng = np.random.default_rng(len(shapes))
+    Ws = [rng.standard_normal((1, 3) + s).astype(np.float32) for s in shapes]
+    Ws[0] = np.broadcast_to(Ws[0][:, :1], Ws[0].shape)     # one W broadcast along the batch
+    want = np.swapaxes(np.concatenate(Ws, axis=-1), -1, -2)
+    got = _same_for_every_thread_count(
+        lambda: (_kernels._stacked_transpose(Ws, np.dtype(np.float32), (1, 3)),))[0]
+    np.testing.assert_array_equal(got, want)

@@ -136,3 +136,66 @@ def test_rows_of_a_kib_padded_inside(dtype, d_head, threads):
                                               is_causal=True)
         for g, w in zip(again, got):
             assert g.tobytes() == w.tobytes(), n
+
+
+def _root(a):
+    """The array that owns a view's memory."""
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return a
+
+
+@pytest.mark.parametrize("single_head", [False, True])
+def test_spent_arrays_are_freed_before_the_projection_gradients(monkeypatch, single_head):
+    """The backward gives back the memory of Q, K, V (one array), of the heads' output and of its
+    gradient as soon as they are spent, so that the projections' gradient products reuse it
+    instead of fresh pages: when [W_q | W_k | W_v]^T is built for dX, none of them is alive (and
+    the heads' output is gone before its gradient is allocated); the gradients are unchanged."""
+    import weakref
+
+    from selfattn import _backward, _kernels, _layer, _multihead
+
+    rng = np.random.default_rng(5)
+    n, d_model, heads = 40, 24, 3
+    X = rng.standard_normal((2, n, d_model))
+    W_q, W_k, W_v, W_o = rng.standard_normal((4, d_model, d_model)) / 5
+    dY = rng.standard_normal((2, n, d_model))
+    if single_head:
+        call = lambda: selfattn.self_attention_layer_backward(dY, X, W_q, W_k, W_v)
+    else:
+        call = lambda: multi_head_attention_backward(dY, X, W_q, W_k, W_v, W_o, num_heads=heads)
+    want = call()
+    alive = {}
+    real_project, real_attend = _layer._Layer.project, _layer._Layer.attend
+    real_matmul, real_stacked = _kernels._matmul, _kernels._stacked_transpose
+
+    def project(self):
+        views = real_project(self)
+        alive["QKV"] = weakref.ref(_root(views[0]))
+        return views
+
+    def attend(self, *args):
+        out, weights = real_attend(self, *args)
+        alive["out"] = weakref.ref(_root(out))
+        return out, weights
+
+    def matmul(A, B, compute, batch, padded=False):
+        result = real_matmul(A, B, compute, batch, padded)
+        if padded:        # the heads' output's gradient, dY @ W_o^T
+            assert alive["out"]() is None, "the heads' output outlives its use"
+            alive["d_out"] = weakref.ref(_root(result))
+        return result
+
+    def stacked_transpose(Ws, compute, w_batch):
+        for name, ref in alive.items():
+            assert ref() is None, f"{name} is still alive at the projections' gradients"
+        return real_stacked(Ws, compute, w_batch)
+
+    monkeypatch.setattr(_layer._Layer, "project", project)
+    monkeypatch.setattr(_layer._Layer, "attend", attend)
+    monkeypatch.setattr(_multihead, "_matmul", matmul)
+    monkeypatch.setattr(_backward, "_stacked_transpose", stacked_transpose)
+    got = call()
+    assert "QKV" in alive and (single_head or "d_out" in alive)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
