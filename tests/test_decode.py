@@ -22,9 +22,13 @@ import calls
 
 THREAD_COUNTS = sorted({1, 2, 3, 7, max(4, os.cpu_count() or 1)})
 
-# (n_q, n_k, d_k, d_v): single-query decoding, a few queries, the largest n_q the kernel takes
+# (n_q, n_k, d_k, d_v): single-query decoding, a few queries, the largest n_q the kernel takes.
+# Several queries run in register blocks of up to 4 queries x 2 keys (x 4 keys for two queries),
+# so the counts below leave a group of 1, 2 or 3 queries and an odd key at a chunk's end, and
+# their V sums in blocks of 32 keys, which 333 or 1100 keys do not fill.
 SHAPES = [(1, 1000, 64, 64), (1, 8, 5, 3), (2, 513, 37, 41), (5, 700, 128, 128),
-          (16, 300, 24, 17)]
+          (16, 300, 24, 17), (3, 333, 19, 40), (8, 1100, 128, 128), (13, 401, 9, 33),
+          (2, 16, 1, 2)]
 
 
 def band_mask(n_q, n_k, band):
@@ -76,12 +80,14 @@ def test_against_the_oracle(isa, dtype, n_q, n_k, d_k, d_v):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_masks_and_bands(isa, dtype):
+@pytest.mark.parametrize("n_q", [6, 13])
+def test_masks_and_bands(isa, dtype, n_q):
     """Float and boolean masks, and the bands decoding uses: bottom-right causal (the common
     case: the last query sees the last key), top-left causal, a sliding window, and a band whose
-    first queries see no key (their output is 0)."""
-    rng = np.random.default_rng(3)
-    n_q, n_k, d = 6, 900, 40
+    first queries see no key (their output is 0); for 6 queries (groups of 4 and 2) and 13 (three
+    groups of 4 and one, keys some queries do not weigh among those others do)."""
+    rng = np.random.default_rng(3 + n_q)
+    n_k, d = 900, 40
     Q = rng.standard_normal((3, n_q, d)).astype(dtype)
     K = rng.standard_normal((3, n_k, d)).astype(dtype)
     V = rng.standard_normal((3, n_k, d + 3)).astype(dtype)
@@ -223,7 +229,10 @@ def test_same_bits_for_every_thread_count(isa, dtype, threads):
     K = rng.standard_normal((2, 3, n_k, d)).astype(dtype)
     V = rng.standard_normal((2, 3, n_k, d + 5)).astype(dtype)
     mask = np.where(rng.random((2, 1, 4, n_k)) < 0.1, -np.inf, 0).astype(dtype)
-    for n_q, m, band in [(1, None, None), (4, mask, (-4, n_k - 4)), (16, None, (-30, 700))]:
+    sparse = rng.random((2, 1, 7, n_k)) < 0.3          # most keys weighed by a few queries only
+    for n_q, m, band in [(1, None, None), (4, mask, (-4, n_k - 4)), (16, None, (-30, 700)),
+                         (2, None, None), (7, sparse, None),
+                         (13, None, (-13, n_k - 13))]:
         Q = rng.standard_normal((2, 3, n_q, d)).astype(dtype)
         runs = []
         for n in THREAD_COUNTS:
