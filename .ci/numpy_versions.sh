@@ -4,6 +4,10 @@
 #
 #   .ci/numpy_versions.sh [numpy versions...]     (default: the declared floor, and the newest)
 #
+# A version is X.Y.Z, `floor` (the declared floor) or `newest` (the newest 2.x). .ci/run passes
+# `floor` alone: its step 1 has already run the whole suite on the newest NumPy, the one the
+# README's Quick start installs.
+#
 # PYTHON selects the interpreter (default python3). Needs PyPI. The tests run from a copy of the
 # tree without selfattn/, so they import the installed wheel, never the source folder.
 source "$(dirname "$0")/lib.sh" numpy
@@ -29,6 +33,9 @@ log "$WHEEL"
 # not the package's source folder: `import selfattn` must find the installed wheel.
 copy_tree "$WORK/run" '^selfattn/'
 
+for i in "${!VERSIONS[@]}"; do
+    [ "${VERSIONS[$i]}" = floor ] && VERSIONS[$i]="$FLOOR"
+done
 for version in "${VERSIONS[@]}"; do
     venv="$WORK/venv-$version"
     if [ "$version" = newest ]; then spec="numpy>=2"; else spec="numpy==$version"; fi
