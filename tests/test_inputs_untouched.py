@@ -7,7 +7,8 @@ import pytest
 
 import selfattn as sa
 
-pytestmark = pytest.mark.skipif(not hasattr(sys, "getrefcount"), reason="needs sys.getrefcount")
+pytestmark = [pytest.mark.skipif(not hasattr(sys, "getrefcount"), reason="needs sys.getrefcount"),
+              pytest.mark.usefixtures("frozen_heap")]
 
 
 def calls(rng):

@@ -21,6 +21,8 @@ import pytest
 import selfattn
 import calls
 
+pytestmark = pytest.mark.usefixtures("frozen_heap")
+
 FOUNDATION = calls.FOUNDATION
 SUCCESS = calls.success_calls()
 ERRORS = calls.error_calls()
