@@ -1,19 +1,53 @@
 """The benchmark rows of selfattn/_bench_training.py: well formed, and every peer computes what
 ours computes (checked at small sizes, so the test stays fast)."""
+import importlib.util
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from selfattn import _bench_training as bench
+from selfattn import _bench, _bench_training as bench
 
 
 def test_cases_are_well_formed():
     assert len(bench.CASES) >= 3
     for case in bench.CASES:
-        assert set(case) == {"name", "group", "flops", "setup", "ours", "peers"}
+        assert set(case) == {"name", "group", "dtype", "flops", "setup", "ours", "peers"}
         assert isinstance(case["name"], str) and isinstance(case["group"], str)
         assert case["flops"] > 0 and callable(case["setup"]) and callable(case["ours"])
         for peer in case["peers"].values():
             assert peer is None or callable(peer)
+        # the roofline column: the share of the GEMM rate of the case's precision
+        precision = "f64" if "f64" in case["name"] else "f32"
+        assert case["dtype"] == {"f32": "float32", "f64": "float64"}[precision]
+        gemm = {"f32": "sgemm", "f64": "dgemm"}[precision]
+        assert _bench.case_roofline(case) == (gemm, case["flops"])
+
+
+def load_targets():
+    path = Path(__file__).resolve().parents[1] / "bench" / "targets.py"
+    spec = importlib.util.spec_from_file_location("bench_targets", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_targets_show_what_a_ratio_target_needs_of_the_gemm_rate(tmp_path):
+    """bench/targets.py's issue-11 rows: against torch, the GEMM rate's share that ours and torch
+    reach by the case's flops, and what the target needs (here 1e9 flops in 10 ms = 100 GFLOP/s,
+    50% of a 200 GFLOP/s sgemm; torch takes 1.25x as long: 40%; 1.5x torch needs 60%)."""
+    result = {"name": "multi_head_attention_backward f32 n=512 d_model=256 heads=8",
+              "group": "backward", "flops": 1e9, "dtype": "float32", "time_s": 0.01,
+              "roofline": ["sgemm", 1e9],
+              "peers": {"torch autograd backward": {"ratio": 1.25}}}
+    info = {"date": "today", "roofline_rates": {"sgemm": 2e11, "dgemm": 1e11, "read": 2e10}}
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"info": info, "results": [result]}))
+    _, rows = load_targets().issue11_rows(str(path))
+    cells = {case: measured for case, _, measured in rows}
+    assert cells[result["name"] + " vs torch autograd"] == (
+        "1.25x (sgemm: ours 50%, torch 40%; 1.5x needs 60%)")
 
 
 @pytest.fixture
