@@ -39,7 +39,11 @@ def test_tour_runs_without_error(tmp_path, monkeypatch):
                             kernel_spec_manager=_kernel_spec_manager(tmp_path))
     client = nbclient.NotebookClient(nb, km=manager, timeout=120, allow_errors=False,
                                      resources={"metadata": {"path": str(tmp_path)}})
-    client.execute()  # raises CellExecutionError on the first failing cell
+    # raises CellExecutionError on the first failing cell; cleanup_kc: nbclient shuts down a
+    # kernel it was given only when asked, and left running, the kernel and its client's
+    # sockets were collected later, in another test, with ResourceWarnings
+    client.execute(cleanup_kc=True)
+    assert not manager.has_kernel                   # the kernel was shut down, not left running
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
     text = json.dumps(outputs)
