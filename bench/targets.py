@@ -164,9 +164,13 @@ def main(paths):
     runs = [rows_of(path) for path in paths]
     for info, _ in runs:
         peak = info["gemm_peak_gflops"]
+        end = info.get("roofline_rates_end")
+        again = "" if not end else (
+            f" (at the end of the run: sgemm {end['sgemm'] / 1e9:.0f}, dgemm "
+            f"{end['dgemm'] / 1e9:.0f} GFLOP/s; {'steady' if info.get('steady') else 'unsteady'})")
         print(f"- run of {info['date']}: {info['cpu']}, {info['threads']} threads, {info['isa']}, "
               f"NumPy {info['numpy']}, torch {info.get('torch')}; GEMM peak by np.matmul: sgemm "
-              f"{peak['float32']:.0f}, dgemm {peak['float64']:.0f} GFLOP/s")
+              f"{peak['float32']:.0f}, dgemm {peak['float64']:.0f} GFLOP/s{again}")
     print()
     print_table(runs)
     print()

@@ -13,7 +13,10 @@ It prints times, GFLOP/s (attention counts ``4 n_q n_k d``, causal the visible h
 as a fraction of a rate the machine reaches in the same run (see ``ROOFLINE_RATES``): for a
 compute-bound case the sgemm or dgemm rate of ``np.matmul`` on large squares, for a memory-bound
 one (decoding: K and V read once) the read bandwidth of NumPy reading 1.25 GiB (an OR-reduction of
-64-bit words, see ``measure_bandwidth``). Progress goes to stderr.
+64-bit words, see ``measure_bandwidth``). The rates are measured again once the cases have run, and
+the report says whether the run was steady: where a rate moved by more than ``STEADY_DRIFT``, the
+machine's speed changed during the run (on a shared host, another tenant's work), and its ratios
+are best read beside another run's. Progress goes to stderr.
 
 A case is a dict ``{"name", "group", "flops", "setup": f(rng) -> state, "ours": f(state),
 "peers": {name: f(state) or None}}``, optionally with ``"roofline": (rate, amount)``: the work
@@ -458,7 +461,7 @@ def measure_gemm_rates(repeat):
         n = 2048
         A, B = (rng.standard_normal((n, n)).astype(dtype) for _ in range(2))
         A @ B
-        times = [_time_once(lambda s: A @ B, None, 1) for _ in range(max(3, repeat))]
+        times = [_time_once(lambda s: A @ B, None, 1) for _ in range(max(5, repeat))]
         rates[name] = 2.0 * n ** 3 / statistics.median(times)
     return rates
 
@@ -492,6 +495,37 @@ def describe_rates(rates):
             if name in rates:
                 parts.append(f"{name} {rates[name] / _UNIT_SCALE[unit]:.1f} {unit}")
     return ", ".join(parts)
+
+
+# A run whose roofline rates moved by more than this between its start and its end ran while the
+# machine's speed changed (another tenant of a shared host, a frequency change): its ratios are
+# best read beside another run's. (On the 2-core AMD EPYC of docs/performance.md, six sgemm
+# measurements back to back, a second apart, ranged from 124 to 149 GFLOP/s: 10% is noise there.)
+STEADY_DRIFT = 0.15
+
+
+def rate_drift(start, end):
+    """The rate that moved most between two measurements of ROOFLINE_RATES: (name, end / start),
+    or None where they share no rate."""
+    changes = [(name, end[name] / start[name]) for name in start if name in end and start[name] > 0]
+    if not changes:
+        return None
+    return max(changes, key=lambda change: abs(math.log(change[1])) if change[1] > 0 else math.inf)
+
+
+def describe_drift(start, end):
+    """A line on how steady the machine was during a run, from its rates at the start and end."""
+    drift = rate_drift(start, end)
+    if drift is None:
+        return "no rate measured twice"
+    name, ratio = drift
+    unit = next(units[name] for units, _, _ in ROOFLINE_RATES if name in units)
+    moved = (f"{name} {start[name] / _UNIT_SCALE[unit]:.1f} at the start, "
+             f"{end[name] / _UNIT_SCALE[unit]:.1f} {unit} at the end ({100 * (ratio - 1):+.0f}%)")
+    if abs(ratio - 1) > STEADY_DRIFT:
+        return (f"unsteady: {moved}: the machine's speed changed during the run, so read its "
+                f"ratios beside another run's")
+    return f"steady: the rates moved by {100 * abs(ratio - 1):.0f}% at most ({moved})"
 
 
 def case_roofline(case):
@@ -708,6 +742,12 @@ def main(argv=None) -> int:
             [{"name": "memory", "group": "memory"}], args.cases)):
         progress(f"memory: self_attention_layer float32 n={MEMORY_N} d=64 ...")
         memory = measure_memory(MEMORY_N, 64, causal=args.quick)
+    # the rates again, now that the cases ran: a shared machine whose speed changed meanwhile
+    # shows it here (the roofline column keeps the rates of the start)
+    rates_end = measure_roofline_rates(repeat, progress)
+    info["roofline_rates_end"] = rates_end
+    drift = rate_drift(rates, rates_end)
+    info["steady"] = drift is None or abs(drift[1] - 1) <= STEADY_DRIFT
     if blas_limit is not None:
         blas_limit.restore_original_limits()
 
@@ -721,6 +761,8 @@ def main(argv=None) -> int:
           f"; torch {info['torch'] or '-'}; BLAS: {info['blas'] or '?'}")
     sources = "; ".join(" and ".join(units) + ": " + what for units, what, _ in ROOFLINE_RATES)
     print(f"roofline rates, measured in this run: {describe_rates(rates)} ({sources})")
+    print(f"measured again at the end: {describe_rates(rates_end)}; "
+          f"{describe_drift(rates, rates_end)}")
     print("x PEER = peer time / selfattn time (above 1: selfattn is faster); medians of "
           f"{repeat} interleaved repeats\n")
     print(format_table(results, rates, peer_names))

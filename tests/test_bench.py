@@ -65,6 +65,23 @@ def test_main_writes_json_and_table(tmp_path, capsys):
         assert r["time_s"] > 0
         assert r["peers"]["naive"]["ratio"] > 0
     assert data["info"]["gemm_peak_gflops"]["float32"] > 0
+    # the rates measured again at the end, and the run called steady or not
+    assert set(data["info"]["roofline_rates_end"]) == set(data["info"]["roofline_rates"])
+    assert isinstance(data["info"]["steady"], bool)
+    assert "measured again at the end" in out.out
+
+
+def test_a_run_whose_rates_moved_is_called_unsteady():
+    start = {"sgemm": 150e9, "dgemm": 70e9, "read": 25e9}
+    steady = {"sgemm": 145e9, "dgemm": 72e9, "read": 24.5e9}
+    assert _bench.rate_drift(start, steady) == ("sgemm", pytest.approx(145 / 150))
+    assert _bench.describe_drift(start, steady).startswith("steady: the rates moved by 3% at most")
+    moved = dict(steady, dgemm=51e9)      # another tenant took a core for part of the run
+    assert _bench.rate_drift(start, moved)[0] == "dgemm"
+    line = _bench.describe_drift(start, moved)
+    assert line.startswith("unsteady: dgemm 70.0 at the start, 51.0 GFLOP/s at the end (-27%)")
+    assert "beside another run's" in line
+    assert _bench.rate_drift(start, {}) is None
 
 
 def test_case_filter_and_bad_arguments():
