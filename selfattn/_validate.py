@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import operator
+import warnings
 from collections.abc import Mapping
 
 import numpy as np
@@ -31,6 +32,22 @@ _KIND_NAMES = {
     "m": "timedelta",
     "V": "structured (void)",
 }
+
+
+# NumPy before 1.24 warns (VisibleDeprecationWarning) on a ragged nested list and makes an object
+# array of it, where newer ones raise ValueError; both end in the same clear error of ours, which
+# the warning would only precede. Its home moved to np.exceptions in 1.25 (and left np in 2.0).
+_RAGGED_WARNING = getattr(getattr(np, "exceptions", np), "VisibleDeprecationWarning", None)
+
+
+def _as_ndarray(value):
+    """np.asarray(value), without NumPy's warning about a ragged nested list (_RAGGED_WARNING);
+    an ndarray passes through untouched (no warnings context on the common path)."""
+    if isinstance(value, np.ndarray) or _RAGGED_WARNING is None:
+        return np.asarray(value)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", _RAGGED_WARNING)
+        return np.asarray(value)
 
 
 def _as_array(func, name, value):
@@ -54,7 +71,7 @@ def _as_array(func, name, value):
             f"or a nested list of numbers (e.g. list({name}.values()) if the values are rows)"
         )
     try:
-        arr = np.asarray(value)
+        arr = _as_ndarray(value)
     except (ValueError, TypeError) as exc:
         raise ValueError(
             f"{func}: {name} could not be read as an array ({exc}); pass a NumPy array or a "

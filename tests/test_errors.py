@@ -1,8 +1,11 @@
 """Bad input: a clear ValueError/TypeError naming the function, the argument, the shapes and the rule."""
+import warnings
+
 import numpy as np
 import pytest
 
 import selfattn as sa
+from selfattn.testing import assert_attention_close
 
 
 def message(call):
@@ -112,6 +115,20 @@ def test_axis_errors():
 def test_ragged_lists():
     msg = message(lambda: sa.softmax_attention_weights([[1, 2], [3]]))
     assert "attn_scores could not be read as an array" in msg or "ragged" in msg
+
+
+def test_a_ragged_list_gets_our_error_alone():
+    """NumPy before 1.24 warned about a ragged nested list before making an object array of it
+    (newer ones raise ValueError): either way the learner sees our error, and no NumPy warning
+    ahead of it (CI's NumPy-floor run is where this can fail)."""
+    ragged = [[1.0, 2.0], [3.0]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises((TypeError, ValueError), match="could not be read as an array|ragged"):
+            sa.compute_self_attention_scores(ragged, ragged)
+        # a grader's assertion on a student's ragged result
+        with pytest.raises(AssertionError, match="do not form one array of numbers"):
+            assert_attention_close(ragged, np.zeros((2, 2)))
 
 
 def test_unknown_keyword_and_positional_options_are_rejected():

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._validate import _as_ndarray
+
 #: ``(rtol, atol)`` by dtype: two results agree where ``|actual - desired| <= atol + rtol * |desired|``.
 #: The coarser dtype of the two arrays decides; integers and booleans count as float64.
 TOLERANCES = {
@@ -157,7 +159,7 @@ def _not_an_array(value):
                 f"several values; return one array.")
     if isinstance(value, list):
         try:
-            arr = np.asarray(value)
+            arr = _as_ndarray(value)
         except ValueError:
             arr = None
         if arr is None or arr.dtype.kind not in "biuf":
