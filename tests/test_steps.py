@@ -211,3 +211,50 @@ def test_output_deep_products_in_big_tasks(isa, dtype, threads):
     for lo, hi in [(0, 31), (100, 700), (699, 700)]:
         part = for_every_thread_count(lambda: product(A[lo:hi], B, code))
         np.testing.assert_array_equal(part, whole[lo:hi], err_msg=f"rows {lo}:{hi}")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("a_batch, b_batch, m", [
+    ((2, 1), (2, 1), 97),       # a B per item: its row tiles (every tier cuts 2 items into
+    ((2, 1), (1, 1), 97),       # at least 8 tasks) share its one pack; B broadcast and k > m:
+    ((2, 1), (1, 1), 400),      # each tile packs its panel; k <= m: one pack per item, shared
+])
+def test_matmul_with_one_shared_b_pack(isa, dtype, threads, a_batch, b_batch, m):
+    """A batched matmul cut into several row tiles reads one pack of B made for the call (two k
+    steps, columns not a whole number of slivers), except where B is broadcast over the batch
+    and deeper than the result is tall (that pack would outgrow B and the result; the tiles pack
+    their own panels): either way each item's bits are those of its own call, for 1 to 7
+    threads, and exact."""
+    rng = np.random.default_rng(m)
+    k, n = 300, 201
+    A = rng.standard_normal(a_batch + (m, k)).astype(dtype)
+    B = rng.standard_normal(b_batch + (k, n)).astype(dtype)
+    whole = for_every_thread_count(lambda: selfattn.compute_attention_output(A, B))
+    assert whole.shape == a_batch + (m, n)
+    for b in range(a_batch[0]):
+        for h in range(a_batch[1]):
+            B_item = B[b % b_batch[0], h]
+            alone = selfattn.compute_attention_output(A[b, h], B_item)
+            np.testing.assert_array_equal(whole[b, h], alone, err_msg=f"item {b}, {h}")
+            assert_close(alone, ref_output(A[b, h], B_item))
+
+
+def test_a_broadcast_b_is_not_packed_once_per_item(threads):
+    """A deep product against one B broadcast over a batch (k = 4096 > m: a projection's shared
+    weights) is cut into several row tiles per item, yet allocates less than B itself: a pack of
+    B shared by the tiles would be a copy per item (4 x B here), so the tiles pack their own
+    panels instead. The result is still exact."""
+    import tracemalloc
+
+    rng = np.random.default_rng(3)
+    A = rng.standard_normal((4, 100, 4096)).astype(np.float32)
+    B = rng.standard_normal((4096, 256)).astype(np.float32)
+    selfattn.set_num_threads(2)
+    tracemalloc.start()
+    try:
+        out = selfattn.compute_attention_output(A, B)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < out.nbytes + B.nbytes, (peak, out.nbytes, B.nbytes)
+    assert_close(out[3], ref_output(A[3], B))
