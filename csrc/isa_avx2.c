@@ -55,14 +55,13 @@ static inline vf64 min_f64(vf64 a, vf64 b) { return (vf64)_mm256_min_pd((__m256d
 #define FA_BK_F32 66
 #define FA_BK_F64 36
 /* Tuning constants: the defaults of tuning_defaults.h but for these, measured on AMD Zen 3 (EPYC,
-   2 vCPUs, no AVX-512). A matmul task of 4e7 flops (about a millisecond here) packs its B panel
-   an eighth as often as one of 5e6: the attention output (k = n, a 64-column tile of V) spent a
-   third of its micro-kernel's time copying V with 4-sliver tasks (perf), and with 4e7 it ran
-   7-20% faster at n = 2048 and 4096 (one thread, process time, interleaved). The scores are cut
-   into at least 8 tasks like a matmul, so that two threads can share n = 512 (2 tiles of 256
-   columns with the defaults) and n = 2048 (4) evenly however late one of them starts; the shared
-   K^T pack (gemm_run) keeps the extra row tiles from transposing K again. */
-#define GEMM_TASK_FLOPS 4.0e7
+   2 vCPUs, no AVX-512). The scores are cut into at least 8 tasks like a matmul, so that two
+   threads can share n = 512 (2 tiles of 256 columns with the defaults) and n = 2048 (4) evenly
+   however late one of them starts; the shared K^T pack (gemm_run) keeps the extra row tiles from
+   transposing K again. (Matmul tasks were 4e7 flops here while each task packed its own B panel:
+   the attention output, k = n, spent a third of its time copying V with the default's small
+   tasks. Since the tiles share one pack of B, the default's tasks ran 0.93-1.04x the time of
+   4e7's, within the noise, on the step, projection and multi-head products.) */
 #define GEMM_SCORES_MIN_TASKS 8
 /* The fused backward's partial sums of dK, dV at most 20 MiB: at f32 n = 4096, d = 128 its 8
    chunks' partials were 35 MB (4 chunks: 17 MB). On this tier's test machine (AMD EPYC Zen 3,

@@ -18,9 +18,10 @@
 #ifndef MM_NC_F64
 #define MM_NC_F64 128
 #endif
-/* a GEMM task's work: amortises packing its B panel, yet about a millisecond so that Ctrl-C is
-   polled; at most 512 slivers of MR rows, so that a huge m still makes many tasks. A matmul's pack
-   copies B's rows; the scores' pack transposes K (a few cycles an element: with 2e7 it was 4% of
+/* a GEMM task's work: amortises packing its B panel where a task packs its own (a call of one
+   row tile; a broadcast B deeper than the result: matmul_fast.inc's gemm_shares_b_pack), yet
+   about a millisecond so that Ctrl-C is polled; at most 512 slivers of MR rows, so that a huge m
+   still makes many tasks. A matmul's pack copies B's rows; the scores' pack transposes K (a few cycles an element: with 2e7 it was 4% of
    the scores at n = 4096, d = 64, where 1.6e8 makes one task per column panel, 16 of them) */
 #ifndef GEMM_TASK_FLOPS
 #define GEMM_TASK_FLOPS 5.0e6

@@ -196,8 +196,8 @@ def test_batched_scores_share_one_pack_per_item(dtype, threads, rng):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_output_deep_products_in_big_tasks(isa, dtype, threads):
-    """The attention output's shape, k = n large and 64 columns (a task packs all of V's k steps
-    for its rows; the tier's GEMM_TASK_FLOPS sets how many rows): any run of rows equals those
+    """The attention output's shape, k = n large and 64 columns (the tasks read one pack of all
+    of V's k steps; the tier's GEMM_TASK_FLOPS sets their rows): any run of rows equals those
     rows of the whole, bit for bit, for 1 to 7 threads, and exact."""
     code = _core.isa_code(isa)
     rng = np.random.default_rng(5)
