@@ -406,10 +406,15 @@ typedef int (*sa_attention_fn)(const sa_exec *ex, const sa_batch *batch, const s
  *            contributes nothing even where its V row or dO holds inf or NaN: the reference tier
  *            guarantees this; the other tiers may assume V and dO are finite (sa_kernels_for_values
  *            routes other inputs to the reference tier). The mask gets no gradient.
+ *            out: NULL, or out[b] (n_q, d_v) = the forward's O (with dropout, of the dropped
+ *            weights), from the weights the backward builds anyway; a multi-head layer's weight
+ *            gradient needs it, which saves it a forward pass. Exact as the forward is, not
+ *            necessarily its bits (the sums run in another order); the same rules (a fully
+ *            masked row 0, a weight of 0 takes nothing from V on the reference tier).
  */
 typedef int (*sa_attention_backward_fn)(const sa_exec *ex, const sa_batch *batch,
                                         const sa_mat *dQ, const sa_mat *dK, const sa_mat *dV,
-                                        const sa_mat *dO, const sa_mat *Q, const sa_mat *K,
+                                        const sa_mat *out, const sa_mat *dO, const sa_mat *Q, const sa_mat *K,
                                         const sa_mat *V, const sa_mask *mask, sa_int n_q,
                                         sa_int n_k, sa_int d_k, sa_int d_v, double scale,
                                         sa_band band, const sa_score_mods *mods);
@@ -478,17 +483,17 @@ extern const sa_kernels sa_kernels_neon;
    weights recomputed block by block; its block products run on the tier's own matmul
    (sa_kernels_for(ex->isa)->matmul), so every tier can put these in its table. */
 int sa_attention_backward_blocked_f32(const sa_exec *ex, const sa_batch *batch, const sa_mat *dQ,
-                                      const sa_mat *dK, const sa_mat *dV, const sa_mat *dO,
-                                      const sa_mat *Q, const sa_mat *K, const sa_mat *V,
-                                      const sa_mask *mask, sa_int n_q, sa_int n_k, sa_int d_k,
-                                      sa_int d_v, double scale, sa_band band,
-                                      const sa_score_mods *mods);
+                                      const sa_mat *dK, const sa_mat *dV, const sa_mat *out,
+                                      const sa_mat *dO, const sa_mat *Q, const sa_mat *K,
+                                      const sa_mat *V, const sa_mask *mask, sa_int n_q,
+                                      sa_int n_k, sa_int d_k, sa_int d_v, double scale,
+                                      sa_band band, const sa_score_mods *mods);
 int sa_attention_backward_blocked_f64(const sa_exec *ex, const sa_batch *batch, const sa_mat *dQ,
-                                      const sa_mat *dK, const sa_mat *dV, const sa_mat *dO,
-                                      const sa_mat *Q, const sa_mat *K, const sa_mat *V,
-                                      const sa_mask *mask, sa_int n_q, sa_int n_k, sa_int d_k,
-                                      sa_int d_v, double scale, sa_band band,
-                                      const sa_score_mods *mods);
+                                      const sa_mat *dK, const sa_mat *dV, const sa_mat *out,
+                                      const sa_mat *dO, const sa_mat *Q, const sa_mat *K,
+                                      const sa_mat *V, const sa_mask *mask, sa_int n_q,
+                                      sa_int n_k, sa_int d_k, sa_int d_v, double scale,
+                                      sa_band band, const sa_score_mods *mods);
 
 /* The backward's memory budgets. The fast tiers' fused backward keeps its partial sums of dK and
    dV under SA_BACKWARD_PARTIAL_BYTES and each thread's panel of scores (a block of query rows by

@@ -419,7 +419,7 @@ static int attention_impl(int isa, int precision, const sa_batch *batch, const s
 
 static int attention_backward_impl(int isa, int precision, const sa_batch *batch,
                                    const sa_mat *dQ, const sa_mat *dK, const sa_mat *dV,
-                                   const sa_mat *dO, const sa_mat *Q, const sa_mat *K,
+                                   const sa_mat *out, const sa_mat *dO, const sa_mat *Q, const sa_mat *K,
                                    const sa_mat *V, const sa_mask *mask, sa_int n_q, sa_int n_k,
                                    sa_int d_k, sa_int d_v, double scale, sa_band band,
                                    const sa_score_mods *mods)
@@ -431,8 +431,8 @@ static int attention_backward_impl(int isa, int precision, const sa_batch *batch
         return -1;
     int status;
     RUN_KERNEL(status, 2.0 * batch->count * n_q * n_k * (3 * d_k + 4 * d_v),
-               tier->attention_backward[precision](&ex, batch, dQ, dK, dV, dO, Q, K, V, mask, n_q,
-                                                   n_k, d_k, d_v, scale,
+               tier->attention_backward[precision](&ex, batch, dQ, dK, dV, out, dO, Q, K, V, mask,
+                                                   n_q, n_k, d_k, d_v, scale,
                                                    clamped_band(band, n_q, n_k), mods));
     return raise_status(status);
 }
@@ -735,27 +735,27 @@ static PyObject *core_attention(PyObject *self, PyObject *args)
 
 PyDoc_STRVAR(attention_backward_doc,
              "attention_backward(dQ, dK, dV, dO, Q, K, V, mask, scale, band, isa, softcap=0.0, "
-             "dropout_p=0.0, seed=0)"
+             "dropout_p=0.0, seed=0, out=None)"
              "\n--\n\n"
              "dQ, dK, dV[...] = the gradients of attention(..., band, ..., softcap, dropout_p, "
-             "seed) given dO "
-             "(private).");
+             "seed) given dO, and out[...] = its output when out is an array (private).");
 
 static PyObject *core_attention_backward(PyObject *self, PyObject *args)
 {
     PyObject *dQ_obj, *dK_obj, *dV_obj, *dO_obj, *Q_obj, *K_obj, *V_obj, *mask_obj;
+    PyObject *out_obj = Py_None;
     double scale;
     band_arg band;
     int isa, typenum, precision;
     sa_score_mods mods = {.softcap = 0, .dropout_p = 0, .seed = 0};
     unsigned long long seed = 0;
-    if (!PyArg_ParseTuple(args, "OOOOOOOOdO&i|ddK", &dQ_obj, &dK_obj, &dV_obj, &dO_obj, &Q_obj,
+    if (!PyArg_ParseTuple(args, "OOOOOOOOdO&i|ddKO", &dQ_obj, &dK_obj, &dV_obj, &dO_obj, &Q_obj,
                           &K_obj, &V_obj, &mask_obj, &scale, band_converter, &band, &isa,
-                          &mods.softcap, &mods.dropout_p, &seed))
+                          &mods.softcap, &mods.dropout_p, &seed, &out_obj))
         return NULL;
     mods.seed = (uint64_t)seed;
     sa_batch batch;
-    sa_mat dQ, dK, dV, dO, Q, K, V;
+    sa_mat dQ, dK, dV, out, dO, Q, K, V;
     sa_mask mask;
     if (get_out(dQ_obj, &batch, &typenum, &precision) < 0)
         return NULL;
@@ -768,14 +768,16 @@ static PyObject *core_attention_backward(PyObject *self, PyObject *args)
     if (get_mat(dQ_obj, typenum, 1, &batch, n_q, d_k, &dQ, "dQ") < 0
         || get_mat(dK_obj, typenum, 1, &batch, n_k, d_k, &dK, "dK") < 0
         || get_mat(dV_obj, typenum, 1, &batch, n_k, d_v, &dV, "dV") < 0
+        || (out_obj != Py_None && get_mat(out_obj, typenum, 1, &batch, n_q, d_v, &out, "out") < 0)
         || get_mat(dO_obj, typenum, 0, &batch, n_q, d_v, &dO, "dO") < 0
         || get_mat(Q_obj, typenum, 0, &batch, n_q, d_k, &Q, "Q") < 0
         || get_mat(K_obj, typenum, 0, &batch, n_k, d_k, &K, "K") < 0
         || get_mat(V_obj, typenum, 0, &batch, n_k, d_v, &V, "V") < 0
         || get_mask(mask_obj, typenum, &batch, n_q, n_k, &mask) < 0
         || check_band(&band, &batch, n_q, n_k) < 0
-        || attention_backward_impl(isa, precision, &batch, &dQ, &dK, &dV, &dO, &Q, &K, &V, &mask,
-                                   n_q, n_k, d_k, d_v, scale, band.band, &mods) < 0)
+        || attention_backward_impl(isa, precision, &batch, &dQ, &dK, &dV,
+                                   out_obj == Py_None ? NULL : &out, &dO, &Q, &K, &V, &mask, n_q,
+                                   n_k, d_k, d_v, scale, band.band, &mods) < 0)
         return NULL;
     Py_RETURN_NONE;
 }

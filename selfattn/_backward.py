@@ -75,12 +75,15 @@ def _weight_grad(X, G, w_shape, compute):
     return out.reshape(pad + out.shape[-2:]).reshape(w_shape)
 
 
-def _layer_input_grads(L, spent):
+def _layer_input_grads(L, spent, w_o_grad=None):
     """The gradients of layer L's projections from spent = [dO, Q, K, V] (Q, K, V from
     L.project(); dO the gradient of the concatenated heads' output (out_batch, n, num_heads *
     d_v)): a dict with dX, dW_q, dW_k, dW_v, and dkv (cross-attention) and db_q, db_k, db_v for
     the inputs L has. The list is emptied: with the caller keeping no other reference, its arrays
-    are freed once the attention's gradients are computed."""
+    are freed once the attention's gradients are computed. `w_o_grad` (multi-head): None, or a
+    function of the heads' output (L.attend's, of dO's shape) giving dW_o; the attention
+    backward fills that output from the weights it builds anyway (no forward pass), and it is
+    freed with the rest before the projections' products."""
     dO, Q, K, V = spent
     spent.clear()
     c, n, b = L.compute, L.n, L.out_batch
@@ -108,16 +111,20 @@ def _layer_input_grads(L, spent):
     # writes each query head's share into a full-batch array, summed into the shared head after.
     dK_all, dV_all = (A if A.shape[:-2] == L.att_batch else np.empty(L.att_batch + A.shape[-2:], c)
                       for A in (dKh, dVh))
+    out = None if w_o_grad is None else _empty_rows(dO.shape, c)
     _attention_grads(L.att_batch, dQh, dK_all, dV_all, dOh, Q, K, V, L.mask, L.scale,
-                     L.visibility, c, L.lengths, L.softcap, L.dropout)
-    # Q, K, V and dO are spent: with the callers holding no other reference, their memory goes
-    # back to the allocator here and the products' operands and results below reuse it, instead
-    # of fresh pages (1 page fault per 4 KiB, ~4500 a call at n = 1024, d_model = 512: 3-8%)
-    del Q, K, V, dO, dOh
+                     L.visibility, c, L.lengths, L.softcap, L.dropout,
+                     None if out is None else _split_heads(out, L.heads))
+    grads = {} if out is None else {"dW_o": w_o_grad(out)}
+    # Q, K, V, dO and out are spent: with the callers holding no other reference, their memory
+    # goes back to the allocator here and the products' operands and results below reuse it,
+    # instead of fresh pages (1 page fault per 4 KiB, ~4500 a call at n = 1024, d_model = 512:
+    # 3-8%)
+    del Q, K, V, dO, dOh, out
     for A, A_all in ((dKh, dK_all), (dVh, dV_all)):
         if A_all is not A:
             A[...] = _sum_to(A_all, A.shape)
-    grads, weight_grads, bias_grads = {}, [], []
+    weight_grads, bias_grads = [], []
     for name, src, dP, parts in sources:
         W_all_t = _stacked_transpose([W for W, _, _ in parts], c, L.w_batch)
         grads[name] = _sum_to(_matmul(dP, W_all_t, c, b), src.shape)

@@ -203,14 +203,16 @@ def _attend(func, batch, Q, K, V, mask, scale, visibility, compute, return_weigh
 
 
 def _attention_grads(batch, dQ, dK, dV, dO, Q, K, V, mask, scale, visibility, compute,
-                     lengths=None, softcap=0.0, dropout=(0.0, 0)):
-    """Runs the backward kernel: dQ, dK, dV (outputs, batch shape `batch`) from dO and Q, K, V."""
+                     lengths=None, softcap=0.0, dropout=(0.0, 0), out=None):
+    """Runs the backward kernel: dQ, dK, dV (outputs, batch shape `batch`) from dO and Q, K, V;
+    with `out` (an output of dO's shape), also the forward's output, from the weights the kernel
+    builds anyway (a layer's weight gradient needs it: no second forward pass)."""
     n_q, n_k = Q.shape[-2], K.shape[-2]
     if n_q == 0 or n_k == 0 or not (dQ.size or dK.size or dV.size):
-        for g in (dQ, dK, dV):    # no query or no key: nothing flows (and no empty operands)
-            g[...] = 0
+        for g in (dQ, dK, dV) + (() if out is None else (out,)):
+            g[...] = 0            # no query or no key: nothing flows (and no empty operands)
         return
     Qb, Kb, Vb, dOb = (_operand(a, compute, batch) for a in (Q, K, V, dO))
     _core.attention_backward(dQ, dK, dV, dOb, Qb, Kb, Vb, _mask_operand(mask, batch, n_q, n_k),
                              scale, _band(visibility, n_q, n_k, lengths), _ISA_DEFAULT, softcap,
-                             *dropout)
+                             *dropout, out)

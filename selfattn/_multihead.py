@@ -11,7 +11,14 @@ import numpy as np
 from ._backward import _layer_input_grads, _sum_to, _weight_grad
 from ._kernels import _finish, _finish_attention, _matmul, _transpose
 from ._layer import _Layer
-from ._validate import _as_matrices, _check_grad_shape, _flag, _integer, _kv_heads
+from ._validate import (
+    _as_matrices,
+    _check_grad_shape,
+    _check_size,
+    _flag,
+    _integer,
+    _kv_heads,
+)
 
 __all__ = ["multi_head_attention", "multi_head_attention_backward"]
 
@@ -178,7 +185,8 @@ def multi_head_attention_backward(dY, X, W_q, W_k, W_v, W_o, *, num_heads, kv=No
     dK``, ``dW_v = kv^T @ dV``.
 
     where ``dQ`` concatenates the heads' ``dQ_h`` as ``Q`` does. Everything is recomputed from
-    the inputs; the attention backward runs in C with the heads in parallel.
+    the inputs: the projections, and ``H`` from the weights the attention backward builds anyway
+    (no forward pass runs); the attention backward runs in C with the heads in parallel.
 
     Parameters
     ----------
@@ -238,18 +246,21 @@ def multi_head_attention_backward(dY, X, W_q, W_k, W_v, W_o, *, num_heads, kv=No
     _check_grad_shape(func, "dY", dY, L.y_batch + (L.n, L.W_o.shape[-1]), "output")
     dY = dY.astype(c, copy=False)
     Q, K, V = L.project()
-    out, _ = L.attend(Q, K, V, False)
-    # Y = out @ W_o + b_o: dW_o = out^T @ dY, db_o = dY summed over the rows, d(out) = dY @ W_o^T
-    # (summed back to out's batch shape). dW_o first: out is then freed and d(out) takes its
-    # memory (no fresh pages); _layer_input_grads frees Q, K, V and d(out) once spent.
-    dW_o = _finish(_weight_grad(out, dY, L.W_o.shape, c), L.result)
-    out_shape = out.shape
-    del out
+    # Y = out @ W_o + b_o, out the heads' output side by side: d(out) = dY @ W_o^T (summed back
+    # to out's batch shape), dW_o = out^T @ dY, db_o = dY summed over the rows. The attention
+    # backward gives out from the weights it builds anyway (no forward pass: one product instead
+    # of the forward's two and its exps); _layer_input_grads frees Q, K, V, d(out) and out once
+    # spent.
+    out_shape = L.out_batch + (L.n, L.W_o.shape[-2])
+    _check_size(func, out_shape, c)
     d_out = _sum_to(_matmul(dY, _transpose(L.W_o), c, L.y_batch, padded=True), out_shape)
     spent = [d_out, Q, K, V]
     del d_out, Q, K, V
-    grads = _layer_input_grads(L, spent)
-    grads["dW_o"] = dW_o
+
+    def w_o_grad(out):
+        return _finish(_weight_grad(out, dY, L.W_o.shape, c), L.result)
+
+    grads = _layer_input_grads(L, spent, w_o_grad)
     if L.biases[3] is not None:
         grads["db_o"] = _finish(_sum_to(dY.sum(axis=-2), L.biases[3].shape), L.result)
     order = ("dX", "dW_q", "dW_k", "dW_v", "dW_o", "dkv", "db_q", "db_k", "db_v", "db_o")

@@ -397,8 +397,9 @@ def attention(out, weights, Q, K, V, mask, scale, band, isa, lse=None, softcap=0
 
 
 def attention_backward(dQ, dK, dV, dO, Q, K, V, mask, scale, band, isa, softcap=0.0,
-                       dropout_p=0.0, seed=0):
-    """dQ, dK, dV[...] = the gradients of softmax(scale * Q @ K^T + mask) @ V given dO:
+                       dropout_p=0.0, seed=0, out=None):
+    """dQ, dK, dV[...] = the gradients of softmax(scale * Q @ K^T + mask) @ V given dO, and
+    out[...] = that output (of the dropped weights) where out is an array:
     P = softmax(S), dP = dO V^T, D = rowsum(P * dP), dS = P * (dP - D) (times the soft-cap's
     slope 1 - tanh^2 with softcap > 0), dQ = scale * dS K; with dropout factors Z, dP = Z dO V^T
     and dV = (P Z)^T dO,
@@ -414,9 +415,12 @@ def attention_backward(dQ, dK, dV, dO, Q, K, V, mask, scale, band, isa, softcap=
     dK = _operand(dK, dtype, batch + (n_k, d_k), "dK", writeable=True)
     dV = _operand(dV, dtype, batch + (n_k, d_v), "dV", writeable=True)
     dO = _operand(dO, dtype, batch + (n_q, d_v), "dO")
+    if out is not None:
+        out = _operand(out, dtype, batch + (n_q, d_v), "out", writeable=True)
     Q, K, V, mask = _attention_operands(batch + (n_q, d_v), dtype, Q, K, V, mask)
     scale_c = dtype.type(scale)
     bad_K = _nonfinite_columns(K)
+    bad_V = _nonfinite_columns(V) if out is not None else None
     dK[...] = 0
     dV[...] = 0
     with np.errstate(invalid="ignore", over="ignore"):
@@ -431,6 +435,8 @@ def attention_backward(dQ, dK, dV, dO, Q, K, V, mask, scale, band, isa, softcap=
                 Z = _dropout_factors(batch, rows, n_k, dropout_p, seed, dtype)
                 dP = _drop(dP, Z)
                 PT = np.swapaxes(_drop(P, Z), -1, -2)
+            if out is not None:
+                _weigh(np.swapaxes(PT, -1, -2), V, bad_V, out=out[..., rows, :])
             D = (P * dP).sum(axis=-1, keepdims=True)
             dS = np.where(P == 0, 0, P * (dP - D)).astype(dtype, copy=False)
             if slope:

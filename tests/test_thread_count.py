@@ -87,7 +87,8 @@ def test_every_core_kernel(isa, dtype, threads):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_the_attention_backward(isa, dtype, threads):
     """The backward kernel (the fused one on the fast tiers: several chunks of query blocks whose
-    partial dK, dV are summed in a fixed order), with batches, causality and both mask kinds."""
+    partial dK, dV are summed in a fixed order), with batches, causality and both mask kinds, and
+    the forward's output it gives the multi-head backward (d = 24: V padded on the fast tiers)."""
     code = _core.isa_code(isa)
     rng = np.random.default_rng(40)
     n_q, n_k, d = 700, 333, 24
@@ -105,10 +106,11 @@ def test_the_attention_backward(isa, dtype, threads):
             mask = np.broadcast_to(mask, batch + (n_q, n_k))
 
         def backward():
-            grads = [np.empty_like(a) for a in (Q, K, V)]
+            grads = [np.empty_like(a) for a in (Q, K, V, dO)]
             band = (-n_q, 0) if causal else (-n_q, n_k)
-            _core.attention_backward(*grads, dO, Q, K, V, mask, 0.2, band, code)
-            return tuple(grads)
+            _core.attention_backward(*grads[:3], dO, Q, K, V, mask, 0.2, band, code, 0.0, 0.0, 0,
+                                     grads[3] if causal else None)
+            return tuple(grads if causal else grads[:3])
         same_for_every_thread_count(backward)
 
 
@@ -124,9 +126,10 @@ def test_lengths_and_the_lse(isa, threads):
     for band in [(-n_q, n_k, False) + lengths, (-sys.maxsize, 0, True) + lengths]:
         def run():
             out, lse = np.empty((3, n_q, d), np.float32), np.empty((3, n_q), np.float32)
-            grads = [np.empty_like(a) for a in (Q, K, V)]
+            grads = [np.empty_like(a) for a in (Q, K, V, dO)]
             _core.attention(out, None, Q, K, V, None, 0.25, band, code, lse)
-            _core.attention_backward(*grads, dO, Q, K, V, None, 0.25, band, code)
+            _core.attention_backward(*grads[:3], dO, Q, K, V, None, 0.25, band, code, 0.0, 0.0, 0,
+                                     grads[3])
             return out, lse, *grads
         same_for_every_thread_count(run)
 

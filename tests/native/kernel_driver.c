@@ -147,8 +147,8 @@ static int run_case(int c, int precision, const sa_exec *ex, const inputs *in, u
                                      D_V, scale, band_of(1, N_Q, N_K), NULL, NULL);
         break;
     default:
-        rc = k->attention_backward[precision](ex, &batch, &mdQ, &mdK, &mdV, &mdO, &mQ, &mK, &mV,
-                                              &no_mask, N_Q, N_K, D_K, D_V, scale,
+        rc = k->attention_backward[precision](ex, &batch, &mdQ, &mdK, &mdV, NULL, &mdO, &mQ, &mK,
+                                              &mV, &no_mask, N_Q, N_K, D_K, D_V, scale,
                                               band_of(1, N_Q, N_K), NULL);
         hashed = (size_t)B * N_Q * D_K;
         break;
