@@ -1,7 +1,8 @@
 """``python -m selfattn bench``: selfattn's own benchmark.
 
 Every case times selfattn ("ours") and its peers in the same run, interleaved (ours, peer 1,
-peer 2, ours, ...), and reports medians of the repeats:
+peer 2, ours, ...), each sample right after an untimed call of the same function, and reports
+medians of the repeats:
 
 * the naive NumPy solution of the notebook (``Q @ K.T / sqrt(d)``, ``exp(x - max) / sum``,
   ``W @ V``), and plain ``np.matmul`` for the products;
@@ -419,7 +420,11 @@ def run_case(case, repeat, rng, min_sample=0.02, cooldown=0.0):
     """Medians of `repeat` interleaved samples of ours and every available peer.
 
     After each peer's sample the runner sleeps `cooldown` seconds: OpenBLAS's idle threads spin
-    for about 0.1 s after a call, and would otherwise steal a core from whatever runs next."""
+    for about 0.1 s after a call, and would otherwise steal a core from whatever runs next.
+    Each sample follows one untimed call of the same function (its warm-up): on these shared
+    hosts the first call after the pause ran 19-30% slower with two threads (the cores had gone
+    idle), and without the warm-up the function timed right after a pause paid that while the
+    one timed after it did not (ours always followed a pause, the first peer never)."""
     state = case["setup"](rng)
     fns = {"ours": case["ours"]}
     fns.update({k: v for k, v in case["peers"].items() if v is not None})
@@ -428,11 +433,12 @@ def run_case(case, repeat, rng, min_sample=0.02, cooldown=0.0):
         _time_once(fn, state, 1)
         first[key] = _time_once(fn, state, 1)
         number[key] = max(1, min(10_000, math.ceil(min_sample / max(first[key], 1e-7))))
-    slowest = max(first[k] * number[k] for k in fns)
+    slowest = max(first[k] * (number[k] + 1) for k in fns)        # the sample and its warm-up
     reps = repeat if slowest * repeat * len(fns) < 120 else max(3, int(120 / (slowest * len(fns))))
     samples = {key: [] for key in fns}
     for _ in range(reps):
         for key, fn in fns.items():
+            fn(state)
             samples[key].append(_time_once(fn, state, number[key]))
             if key != "ours" and cooldown:
                 time.sleep(cooldown)

@@ -91,3 +91,48 @@ def test_case_filter_and_bad_arguments():
     assert _bench._select([{"name": "sdpa float32 n=8 d=64", "group": "attention"},
                            {"name": "softmax float64 n=512", "group": "steps"}],
                           ["steps"])[0]["name"] == "softmax float64 n=512"
+
+
+class FakeHost:
+    """A clock and a sleep for run_case, and functions whose first call after a pause is slow,
+    as on the shared hosts (cores gone idle): 5 ms cold, 1 ms warm, on a clock that only the calls
+    move, so the test is exact."""
+
+    def __init__(self):
+        self.now, self.cold, self.calls = 0.0, True, []
+
+    def perf_counter(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+        self.cold = True
+        self.calls.append("pause")
+
+    def function(self, name):
+        def call(state):
+            self.now += 0.005 if self.cold else 0.001
+            self.cold = False
+            self.calls.append(name)
+        return call
+
+
+def test_each_sample_follows_a_warm_up_call_of_its_own_function(monkeypatch):
+    """A pause (the cooldown after a peer's sample) makes the next call slow; neither ours nor a
+    peer is charged for it, whatever its place in the order."""
+    host = FakeHost()
+    monkeypatch.setattr(_bench, "time", host)
+    case = {"name": "fake", "group": "fake", "setup": lambda rng: None,
+            "ours": host.function("ours"),
+            "peers": {"first peer": host.function("first peer"),
+                      "second peer": host.function("second peer")}}
+    result = _bench.run_case(case, repeat=3, rng=None, min_sample=0.001, cooldown=0.15)
+    assert result["time_s"] == pytest.approx(0.001)
+    for peer in ("first peer", "second peer"):
+        assert result["peers"][peer]["time_s"] == pytest.approx(0.001)
+        assert result["peers"][peer]["ratio"] == pytest.approx(1.0)
+    # the timed loop: each function twice in a row (warm-up, sample), a pause after each peer
+    timed = host.calls[-3 * 8:]
+    assert timed[:8] == ["ours", "ours", "first peer", "first peer", "pause",
+                         "second peer", "second peer", "pause"]
+    assert timed == timed[:8] * 3
