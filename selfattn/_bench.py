@@ -770,7 +770,7 @@ def main(argv=None) -> int:
     print(f"measured again at the end: {describe_rates(rates_end)}; "
           f"{describe_drift(rates, rates_end)}")
     print("x PEER = peer time / selfattn time (above 1: selfattn is faster); medians of "
-          f"{repeat} interleaved repeats\n")
+          f"{repeat} interleaved repeats, each after an untimed call of its function\n")
     print(format_table(results, rates, peer_names))
     for r in results:
         if "peak_bytes" in r:
