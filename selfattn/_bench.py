@@ -673,7 +673,8 @@ def main(argv=None) -> int:
         prog="python -m selfattn bench",
         description="selfattn's benchmark: selfattn against naive NumPy, np.matmul and torch "
                     "SDPA, measured side by side (interleaved, medians of repeats).")
-    parser.add_argument("--quick", action="store_true", help="a reduced set (about two minutes on 2 cores)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a reduced set (about two minutes on 2 cores)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--plot", metavar="PNG", help="also draw the speed-ups (needs matplotlib)")
     parser.add_argument("--threads", type=int, metavar="N",
