@@ -74,27 +74,30 @@ const sa_kernels *sa_kernels_for(sa_isa isa)
     }
 }
 
-/* Whether every element of row[0..cols) is finite. Tests the exponent bits and ORs the answers
-   without an early exit, so that the compiler vectorises the loop: this check reads every value
-   operand of a call once, and a scalar isfinite() loop cost as much as a fifth of a batched
-   attention call. */
+/* Whether every element of row[0..cols) is finite. Adds one to each exponent field (masked out
+   of the bits): only an exponent of all ones (inf, NaN) carries into the sign bit. ORing the sums
+   without an early exit lets the compiler vectorise the loop with plain integer adds; this check
+   reads every value operand of a call once. A scalar isfinite() loop cost as much as a fifth of a
+   batched attention call, and comparing each exponent with all ones (SSE2 has no 64-bit compare)
+   3.7 times what this does (512 x 64 doubles: 27.6 against 7.4 us). */
 static int row_finite(const void *row, sa_int cols, int precision)
 {
-    unsigned bad = 0;
     if (precision == SA_F32) {
+        uint32_t carries = 0;
         for (sa_int c = 0; c < cols; c++) {
             uint32_t bits;              /* memcpy: the bits without breaking aliasing rules */
             memcpy(&bits, (const float *)row + c, sizeof bits);
-            bad |= (bits & 0x7f800000u) == 0x7f800000u;
+            carries |= (bits & 0x7f800000u) + 0x00800000u;
         }
-    } else {
-        for (sa_int c = 0; c < cols; c++) {
-            uint64_t bits;
-            memcpy(&bits, (const double *)row + c, sizeof bits);
-            bad |= (bits & 0x7ff0000000000000u) == 0x7ff0000000000000u;
-        }
+        return !(carries >> 31);
     }
-    return !bad;
+    uint64_t carries = 0;
+    for (sa_int c = 0; c < cols; c++) {
+        uint64_t bits;
+        memcpy(&bits, (const double *)row + c, sizeof bits);
+        carries |= (bits & 0x7ff0000000000000u) + 0x0010000000000000u;
+    }
+    return !(carries >> 63);
 }
 
 /* Whether every element of the rows x cols matrix of one batch item is finite. */

@@ -49,6 +49,11 @@
 #ifndef GEMM_SCORES_MIN_TASKS
 #define GEMM_SCORES_MIN_TASKS 1
 #endif
+/* a matmul of at most this many rows reads a narrow B in place instead of packing it
+   (matmul_fast.inc's gemm_reads_b_in_place) */
+#ifndef GEMM_B_IN_PLACE_MAX_ROWS
+#define GEMM_B_IN_PLACE_MAX_ROWS 1024
+#endif
 #ifndef GEMM_MIN_SLIVERS
 #define GEMM_MIN_SLIVERS 4
 #endif

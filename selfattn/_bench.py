@@ -1,8 +1,8 @@
 """``python -m selfattn bench``: selfattn's own benchmark.
 
 Every case times selfattn ("ours") and its peers in the same run, interleaved (ours, peer 1,
-peer 2, ours, ...), each sample right after an untimed call of the same function, and reports
-medians of the repeats:
+peer 2, ours, ...), each sample right after at least 20 ms of untimed calls of the same function
+(at least one call), and reports medians of the repeats:
 
 * the naive NumPy solution of the notebook (``Q @ K.T / sqrt(d)``, ``exp(x - max) / sum``,
   ``W @ V``), and plain ``np.matmul`` for the products;
@@ -416,15 +416,18 @@ def _time_once(fn, state, number):
     return (time.perf_counter() - t0) / number
 
 
-def run_case(case, repeat, rng, min_sample=0.02, cooldown=0.0):
+def run_case(case, repeat, rng, min_sample=0.02, cooldown=0.0, warm_up=0.02):
     """Medians of `repeat` interleaved samples of ours and every available peer.
 
     After each peer's sample the runner sleeps `cooldown` seconds: OpenBLAS's idle threads spin
     for about 0.1 s after a call, and would otherwise steal a core from whatever runs next.
-    Each sample follows one untimed call of the same function (its warm-up): on these shared
-    hosts the first call after the pause ran 19-30% slower with two threads (the cores had gone
-    idle), and without the warm-up the function timed right after a pause paid that while the
-    one timed after it did not (ours always followed a pause, the first peer never)."""
+    Each sample follows untimed calls of the same function for at least `warm_up` seconds (at
+    least one call): on these shared hosts the first call after the pause ran 19-30% slower with
+    two threads (the cores had gone idle), and without the warm-up the function timed right after
+    a pause paid that while the one timed after it did not (ours always followed a pause, the
+    first peer never). One call was not enough for short ones: on an AMD EPYC (Zen 4) the f64
+    scores at n=512 (0.5 ms) timed 0.61-0.65 ms after one warm-up call, 0.48 ms after 10 ms of
+    them, as when called in a loop."""
     state = case["setup"](rng)
     fns = {"ours": case["ours"]}
     fns.update({k: v for k, v in case["peers"].items() if v is not None})
@@ -433,12 +436,15 @@ def run_case(case, repeat, rng, min_sample=0.02, cooldown=0.0):
         _time_once(fn, state, 1)
         first[key] = _time_once(fn, state, 1)
         number[key] = max(1, min(10_000, math.ceil(min_sample / max(first[key], 1e-7))))
-    slowest = max(first[k] * (number[k] + 1) for k in fns)        # the sample and its warm-up
+    slowest = max(first[k] * number[k] + max(first[k], warm_up) for k in fns)  # sample, warm-up
     reps = repeat if slowest * repeat * len(fns) < 120 else max(3, int(120 / (slowest * len(fns))))
     samples = {key: [] for key in fns}
     for _ in range(reps):
         for key, fn in fns.items():
+            warm_until = time.perf_counter() + warm_up
             fn(state)
+            while time.perf_counter() < warm_until:
+                fn(state)
             samples[key].append(_time_once(fn, state, number[key]))
             if key != "ours" and cooldown:
                 time.sleep(cooldown)
@@ -771,7 +777,8 @@ def main(argv=None) -> int:
     print(f"measured again at the end: {describe_rates(rates_end)}; "
           f"{describe_drift(rates, rates_end)}")
     print("x PEER = peer time / selfattn time (above 1: selfattn is faster); medians of "
-          f"{repeat} interleaved repeats, each after an untimed call of its function\n")
+          f"{repeat} interleaved repeats, each after 20 ms or more of untimed calls of its "
+          "function\n")
     print(format_table(results, rates, peer_names))
     for r in results:
         if "peak_bytes" in r:

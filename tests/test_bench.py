@@ -94,45 +94,63 @@ def test_case_filter_and_bad_arguments():
 
 
 class FakeHost:
-    """A clock and a sleep for run_case, and functions whose first call after a pause is slow,
-    as on the shared hosts (cores gone idle): 5 ms cold, 1 ms warm, on a clock that only the calls
-    move, so the test is exact."""
+    """A clock and a sleep for run_case, and functions that run slow for a while after a pause,
+    as on the shared hosts (cores gone idle): 5 ms a call until 8 ms after the pause, then 1 ms,
+    on a clock that only the calls and pauses move, so the test is exact."""
 
     def __init__(self):
-        self.now, self.cold, self.calls = 0.0, True, []
+        self.now, self.warm_at, self.calls = 0.0, 0.008, []
 
     def perf_counter(self):
         return self.now
 
     def sleep(self, seconds):
         self.now += seconds
-        self.cold = True
+        self.warm_at = self.now + 0.008
         self.calls.append("pause")
 
     def function(self, name):
         def call(state):
-            self.now += 0.005 if self.cold else 0.001
-            self.cold = False
+            self.now += 0.005 if self.now < self.warm_at else 0.001
             self.calls.append(name)
         return call
 
 
-def test_each_sample_follows_a_warm_up_call_of_its_own_function(monkeypatch):
-    """A pause (the cooldown after a peer's sample) makes the next call slow; neither ours nor a
-    peer is charged for it, whatever its place in the order."""
+def test_each_sample_follows_its_own_warm_up(monkeypatch):
+    """A pause (the cooldown after a peer's sample) makes the next calls slow for 8 ms, longer
+    than one call; neither ours nor a peer is charged for it, whatever its place in the order,
+    because each sample follows at least warm_up seconds of calls of its own function."""
     host = FakeHost()
     monkeypatch.setattr(_bench, "time", host)
     case = {"name": "fake", "group": "fake", "setup": lambda rng: None,
             "ours": host.function("ours"),
             "peers": {"first peer": host.function("first peer"),
                       "second peer": host.function("second peer")}}
-    result = _bench.run_case(case, repeat=3, rng=None, min_sample=0.001, cooldown=0.15)
+    result = _bench.run_case(case, repeat=3, rng=None, min_sample=0.004, cooldown=0.15,
+                             warm_up=0.01)
     assert result["time_s"] == pytest.approx(0.001)
     for peer in ("first peer", "second peer"):
         assert result["peers"][peer]["time_s"] == pytest.approx(0.001)
         assert result["peers"][peer]["ratio"] == pytest.approx(1.0)
-    # the timed loop: each function twice in a row (warm-up, sample), a pause after each peer
-    timed = host.calls[-3 * 8:]
-    assert timed[:8] == ["ours", "ours", "first peer", "first peer", "pause",
-                         "second peer", "second peer", "pause"]
-    assert timed == timed[:8] * 3
+    # the timed loop, a pause after each peer's sample: runs of one function's calls
+    pauses = [i for i, call in enumerate(host.calls) if call == "pause"]
+    timed = host.calls[pauses[-6] + 1:]
+    runs = [call for i, call in enumerate(timed) if i == 0 or timed[i - 1] != call]
+    assert runs == ["second peer", "pause", "ours", "first peer", "pause"] * 2 + ["second peer",
+                                                                                  "pause"]
+    # ours after a pause: two slow calls (10 ms) of warm-up, then its sample of 1 ms calls
+    ours_run = timed[timed.index("ours"):timed.index("first peer")]
+    assert len(ours_run) > 2
+
+
+def test_a_single_call_of_warm_up_would_time_the_slow_calls(monkeypatch):
+    """The fake host's slow start outlasts one call: with warm_up=0 (one call) ours, which follows
+    a pause, is charged for it, so the test above can fail."""
+    host = FakeHost()
+    monkeypatch.setattr(_bench, "time", host)
+    case = {"name": "fake", "group": "fake", "setup": lambda rng: None,
+            "ours": host.function("ours"), "peers": {"peer": host.function("peer")}}
+    result = _bench.run_case(case, repeat=3, rng=None, min_sample=0.004, cooldown=0.15,
+                             warm_up=0.0)
+    assert result["time_s"] > 0.001
+    assert result["peers"]["peer"]["time_s"] == pytest.approx(0.001)

@@ -214,6 +214,34 @@ def test_output_deep_products_in_big_tasks(isa, dtype, threads):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m, k, n", [(512, 64, 192), (97, 300, 64), (1024, 64, 128),
+                                     (1025, 64, 128), (13, 520, 96)])
+def test_matmul_reads_a_narrow_b_in_place_with_the_bits_of_its_pack(isa, dtype, threads, m, k,
+                                                                    n):
+    """A narrow B (whole column slivers, rows at most two tiles wide) under a product of at most
+    1024 rows is read in place rather than packed (matmul_fast.inc's gemm_reads_b_in_place); the
+    same B as a view into rows 4096 wide is packed. Both give the same bits, for 1 to 7 threads,
+    one k step or several, rows in whole slivers or not, and are exact."""
+    code = _core.isa_code(isa)
+    rng = np.random.default_rng(m + k + n)
+    A = rng.standard_normal((m, k)).astype(dtype)
+    B = rng.standard_normal((k, n)).astype(dtype)
+    wide = np.zeros((k, 4096), dtype)
+    wide[:, 7:7 + n] = B
+    B_view = wide[:, 7:7 + n]
+    assert B_view.strides[0] == 4096 * A.itemsize
+    in_place = for_every_thread_count(lambda: product(A, B, code))
+    packed = for_every_thread_count(lambda: product(A, B_view, code))
+    np.testing.assert_array_equal(in_place, packed)
+    assert_close(in_place, ref_output(A, B))
+    # a batch against one broadcast B, read in place for every item
+    A3 = rng.standard_normal((3, m, k)).astype(dtype)
+    batched = for_every_thread_count(lambda: selfattn.compute_attention_output(A3, B))
+    for item in range(3):
+        np.testing.assert_array_equal(batched[item], product(A3[item], B, code))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("a_batch, b_batch, m", [
     ((2, 1), (2, 1), 97),       # a B per item: its row tiles (every tier cuts 2 items into
     ((2, 1), (1, 1), 97),       # at least 8 tasks) share its one pack; B broadcast and k > m:
