@@ -14,9 +14,14 @@ import json
 import sys
 
 
+def load(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
 def rows_of(path):
     """(info, [(case, target, measured), ...]) for one run."""
-    data = json.load(open(path))
+    data = load(path)
     info = data["info"]
     by_name = {r["name"]: r for r in data["results"]}
     peak = info["gemm_peak_gflops"]
@@ -79,7 +84,7 @@ def rows_of(path):
 def issue11_rows(path):
     """(info, [(case, target, measured), ...]) for issue 11's targets, found by group and name so
     that every case of a group the bench runs gets a row."""
-    data = json.load(open(path))
+    data = load(path)
     info = data["info"]
     results = data["results"]
     by_name = {r["name"]: r for r in results}
