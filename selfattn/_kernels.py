@@ -95,14 +95,16 @@ def _transpose(W, out=None):
     """The last two axes swapped, as a copy with contiguous rows (what the kernels read), into
     `out` if given (rows contiguous, W's dtype): on _core.transpose (tiled and threaded) for
     native float arrays, NumPy's copy otherwise and for small ones (where a call's overhead,
-    ~1 us, would be most of the time)."""
+    ~1 us, would be most of the time). Without `out`, the copy's rows are padded where they are
+    a multiple of 1 KiB (_empty_rows): X^T of 512 rows of float64, a weight gradient's A operand
+    read in place, had rows 4 KiB apart, and its product took 1.2-1.5x as long."""
     if W.dtype not in (np.float32, np.float64) or W.ndim < 2 or W.size < 4096:
         if out is None:
             return np.ascontiguousarray(np.swapaxes(W, -1, -2))
         out[...] = np.swapaxes(W, -1, -2)
         return out
     if out is None:
-        out = np.empty(W.shape[:-2] + (W.shape[-1], W.shape[-2]), dtype=W.dtype)
+        out = _empty_rows(W.shape[:-2] + (W.shape[-1], W.shape[-2]), W.dtype)
     _core.transpose(out, _operand(W, W.dtype, W.shape[:-2]), _ISA_DEFAULT)
     return out
 

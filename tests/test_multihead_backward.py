@@ -112,13 +112,15 @@ def test_any_layout_gives_the_same_bits():
     np.testing.assert_allclose(shared[1].sum(axis=0), plain[1], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("dtype,d_head", [(np.float64, 32), (np.float32, 64)])
-def test_rows_of_a_kib_padded_inside(dtype, d_head, threads):
+@pytest.mark.parametrize("dtype,d_head,n", [(np.float64, 32, 80), (np.float32, 64, 80),
+                                             (np.float64, 32, 128), (np.float32, 64, 256)])
+def test_rows_of_a_kib_padded_inside(dtype, d_head, n, threads):
     """Projections 1 KiB wide (4 heads): [Q | K | V], the heads' output and [dQ | dK | dV] get
-    a padded row stride inside (_kernels._empty_rows); the gradients still match the oracle,
-    the same bits for every thread count, and what the user gets is C-ordered."""
+    a padded row stride inside (_kernels._empty_rows), and with n rows of 1 KiB so do the
+    transposed copies X^T and out^T that the weights' gradients read; the gradients still match
+    the oracle, the same bits for every thread count, and what the user gets is C-ordered."""
     rng = np.random.default_rng(9)
-    arrays, biases = problem(rng, (), 80, 48, 4, d_head, dtype=dtype)
+    arrays, biases = problem(rng, (), n, 48, 4, d_head, dtype=dtype)
     dY, X, W_q, W_k, W_v, W_o = arrays
     assert W_q.shape[-1] * W_q.itemsize == 1024
     Y = selfattn.multi_head_attention(*arrays[1:], num_heads=4, b_q=biases[0], is_causal=True)

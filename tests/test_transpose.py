@@ -52,6 +52,19 @@ def test_the_layer_helper_takes_any_layout():
         assert got.flags.c_contiguous and np.array_equal(got, np.swapaxes(A, -1, -2))
 
 
+@pytest.mark.parametrize("dtype,rows,padded", [(np.float64, 512, True), (np.float32, 256, True),
+                                               (np.float32, 512, True), (np.float64, 500, False)])
+def test_the_layer_helper_pads_rows_of_a_multiple_of_1_kib(dtype, rows, padded):
+    """A transposed copy whose rows are a multiple of 1 KiB gets one cache line more between its
+    rows (_kernels._empty_rows): read in place as a product's A operand, 12 rows 4 KiB apart
+    fall on one L1 set. The values are the transpose's, each row still contiguous."""
+    A = np.random.default_rng(4).standard_normal((rows, 96)).astype(dtype)
+    got = _transpose(A)
+    row_bytes = rows * A.itemsize
+    assert got.strides == (row_bytes + 64 if padded else row_bytes, A.itemsize)
+    assert np.array_equal(got, A.T)
+
+
 def test_bad_operands_are_refused():
     A = np.ones((4, 3), np.float32)
     with pytest.raises(ValueError, match="wrong shape"):
