@@ -43,7 +43,109 @@ static int poll_signals(void *unused)
     return stop;
 }
 
-static void *raw_alloc(size_t nbytes) { return PyMem_RawMalloc(nbytes ? nbytes : 1); }
+/* ---- scratch kept between calls -----------------------------------------------------------
+ * A kernel takes its scratch through ex->alloc once a call. glibc hands a block of more than its
+ * mmap threshold (32 MiB at most) back to the system when it is freed, and smaller ones often
+ * with the top of its heap, so the next call took every page again with a fault: 11,800 faults a
+ * call of the float32 backward at n = 4096, d = 128 (46 MB of partial sums, panels and packed
+ * K, V), and 430 of the multi-head backward of float32 n = 512, d_model = 256, at a few
+ * microseconds each on a virtual machine. So a freed block of at least SCRATCH_KEEP_MIN bytes is
+ * kept, at most SCRATCH_KEEP_BLOCKS of them and SCRATCH_KEEP_BYTES in all (the least recently
+ * freed dropped first), and an allocation takes the smallest kept block that holds it with at
+ * most a quarter to spare. tracemalloc sees a kept block as freed and a reused one as allocated
+ * again, so what it measures is still what a call holds. Each block starts with a header that
+ * holds its size. */
+#define SCRATCH_KEEP_MIN ((size_t)256 << 10)
+#define SCRATCH_KEEP_BYTES ((size_t)96 << 20)
+#define SCRATCH_KEEP_BLOCKS 8
+#define SCRATCH_HEADER 64           /* keeps the caller's bytes as aligned as the block */
+
+static struct {
+    sa_mutex lock;
+    char *blocks[SCRATCH_KEEP_BLOCKS];      /* the oldest first */
+    int count;
+    size_t bytes;
+} kept;
+static sa_once_flag kept_once;
+
+/* Also in a child after fork(): a thread of the parent may have held the lock; the child
+   forgets the parent's blocks (its copies of them are never freed). */
+static void kept_init(void)
+{
+    sa_mutex_init(&kept.lock);
+    kept.count = 0;
+    kept.bytes = 0;
+}
+
+static void kept_setup(void)
+{
+    kept_init();
+    sa_at_fork_child(kept_init);
+}
+
+static size_t block_size(const char *block) { return *(const size_t *)block; }
+
+static void *raw_alloc(size_t nbytes)
+{
+    if (nbytes > SIZE_MAX - SCRATCH_HEADER)
+        return NULL;
+    char *block = NULL;
+    if (nbytes + SCRATCH_HEADER >= SCRATCH_KEEP_MIN) {
+        sa_once(&kept_once, kept_setup);
+        sa_mutex_lock(&kept.lock);
+        int best = -1;
+        for (int i = 0; i < kept.count; i++) {
+            size_t size = block_size(kept.blocks[i]);
+            if (size >= nbytes && size - nbytes <= nbytes / 4
+                && (best < 0 || size < block_size(kept.blocks[best])))
+                best = i;
+        }
+        if (best >= 0) {
+            block = kept.blocks[best];
+            kept.bytes -= block_size(block) + SCRATCH_HEADER;
+            memmove(kept.blocks + best, kept.blocks + best + 1,
+                    (size_t)(kept.count - best - 1) * sizeof(char *));
+            kept.count--;
+        }
+        sa_mutex_unlock(&kept.lock);
+        if (block) {
+            PyTraceMalloc_Track(0, (uintptr_t)block, block_size(block) + SCRATCH_HEADER);
+            return block + SCRATCH_HEADER;
+        }
+    }
+    block = PyMem_RawMalloc(nbytes + SCRATCH_HEADER);
+    if (block == NULL)
+        return NULL;
+    *(size_t *)block = nbytes;
+    return block + SCRATCH_HEADER;
+}
+
+static void raw_free(void *ptr)
+{
+    if (ptr == NULL)
+        return;
+    char *block = (char *)ptr - SCRATCH_HEADER;
+    size_t total = block_size(block) + SCRATCH_HEADER;
+    if (total < SCRATCH_KEEP_MIN || total > SCRATCH_KEEP_BYTES) {
+        PyMem_RawFree(block);
+        return;
+    }
+    char *dropped[SCRATCH_KEEP_BLOCKS];
+    int n_dropped = 0;
+    PyTraceMalloc_Untrack(0, (uintptr_t)block);
+    sa_mutex_lock(&kept.lock);
+    while (kept.count == SCRATCH_KEEP_BLOCKS || kept.bytes + total > SCRATCH_KEEP_BYTES) {
+        dropped[n_dropped++] = kept.blocks[0];
+        kept.bytes -= block_size(kept.blocks[0]) + SCRATCH_HEADER;
+        memmove(kept.blocks, kept.blocks + 1, (size_t)(kept.count - 1) * sizeof(char *));
+        kept.count--;
+    }
+    kept.blocks[kept.count++] = block;
+    kept.bytes += total;
+    sa_mutex_unlock(&kept.lock);
+    for (int i = 0; i < n_dropped; i++)
+        PyMem_RawFree(dropped[i]);
+}
 
 static int make_exec(sa_exec *ex, int isa)
 {
@@ -55,7 +157,7 @@ static int make_exec(sa_exec *ex, int isa)
         return -1;
     }
     *ex = (sa_exec){.n_threads = setting_threads, .isa = (sa_isa)isa, .poll = poll_signals,
-                    .alloc = raw_alloc, .dealloc = PyMem_RawFree};
+                    .alloc = raw_alloc, .dealloc = raw_free};
     return 0;
 }
 

@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-from . import _core
+from . import _core, _scratch
 from ._validate import _check_size
 
 _ISA_DEFAULT = -1  # the process-wide tier (selfattn.set_isa / SELFATTN_ISA)
@@ -118,8 +118,9 @@ def _empty_rows(shape, dtype):
     the row stride changes; the values (and so the bits) are the same."""
     row_bytes = shape[-1] * np.dtype(dtype).itemsize
     if row_bytes == 0 or row_bytes % 1024:
-        return np.empty(shape, dtype=dtype)
-    padded = np.empty(tuple(shape[:-1]) + (shape[-1] + 64 // np.dtype(dtype).itemsize,), dtype)
+        return _scratch.empty(shape, dtype)
+    padded = _scratch.empty(tuple(shape[:-1]) + (shape[-1] + 64 // np.dtype(dtype).itemsize,),
+                            dtype)
     return padded[..., :shape[-1]]
 
 
@@ -168,7 +169,7 @@ def _stacked_transpose(Ws, compute, w_batch):
     built without the concatenated [W_1 | ...] (which _project never makes)."""
     d_model = Ws[0].shape[-2]
     w_batch = tuple(w_batch)
-    out = np.empty(w_batch + (sum(W.shape[-1] for W in Ws), d_model), dtype=compute)
+    out = _scratch.empty(w_batch + (sum(W.shape[-1] for W in Ws), d_model), compute)
     start = 0
     for W in Ws:
         width = W.shape[-1]
