@@ -40,6 +40,22 @@ def test_an_array_like_np_empty(pool):
     assert small.shape == SMALL and small.base is None and not _pooled(small)
 
 
+def test_under_tracemalloc_every_array_is_new(pool):
+    """A pooled buffer allocated before tracing started would be invisible to tracemalloc: while
+    it traces, the arrays come from np.empty, and its peak holds the whole call."""
+    import tracemalloc
+
+    a = _scratch.empty(BIG, np.float32)
+    del a
+    tracemalloc.start()
+    try:
+        b = _scratch.empty(BIG, np.float32)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert not _pooled(b) and len(pool) == 1 and peak >= b.nbytes
+
+
 def test_a_dropped_array_gives_its_buffer_back(pool):
     a = _scratch.empty(BIG, np.float32)
     address = a.ctypes.data
