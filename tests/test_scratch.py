@@ -135,9 +135,13 @@ def test_a_second_call_reuses_every_buffer_and_gives_the_same_bits(pool, dtype):
     assert sorted(buf.ctypes.data for buf in pool) == sorted(buffers)
     for g, w in zip(again, first):
         assert g.tobytes() == w.tobytes() and not _pooled(g)
-    Y = selfattn.multi_head_attention(X, *Ws, num_heads=4)
-    out = selfattn.self_attention_layer(X, *Ws[:3])
-    assert not _pooled(Y) and not _pooled(out)
+    results = [selfattn.multi_head_attention(X, *Ws, num_heads=4),
+               selfattn.self_attention_layer(X, *Ws[:3]),
+               *selfattn.self_attention_layer_backward(dY, X, *Ws[:3]),
+               *selfattn.multi_head_attention_backward(dY, X, Ws[0], Ws[1][:, :64],
+                                                       Ws[2][:, :64], Ws[3], num_heads=4,
+                                                       kv=X[::-1], num_kv_heads=2, b_q=Ws[0][0])]
+    assert len(pool) >= len(buffers) and not any(_pooled(r) for r in results)
     assert all(_scratch._free(pool, i) for i in range(len(pool)))
 
 
