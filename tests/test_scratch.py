@@ -153,6 +153,7 @@ def _backward_4096():
     return lambda: selfattn.scaled_dot_product_attention_backward(dO, Q, K, V)
 
 
+@pytest.mark.c_backend
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts faults with getrusage")
 def test_a_second_call_takes_its_scratch_without_page_faults(threads):
     """The float32 backward at n = 4096, d = 128 takes about 46 MB of scratch (partial sums of
@@ -171,6 +172,7 @@ def test_a_second_call_takes_its_scratch_without_page_faults(threads):
         assert g.tobytes() == w.tobytes()
 
 
+@pytest.mark.c_backend
 def test_tracemalloc_still_sees_the_scratch_a_call_holds(threads):
     """A kept block counts as freed and a reused one as allocated again: the backward's peak
     includes its 32 MiB of partial sums though they come from a block kept since the call
@@ -191,6 +193,7 @@ def test_tracemalloc_still_sees_the_scratch_a_call_holds(threads):
     assert current - outputs < 1 << 20, current
 
 
+@pytest.mark.c_backend
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork() here")
 def test_a_child_after_fork_computes_with_its_own_scratch(threads):
     """The kept blocks' lock may be held by another thread at fork(); the child starts with an
