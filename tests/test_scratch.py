@@ -158,7 +158,8 @@ def _backward_4096():
 def test_a_second_call_takes_its_scratch_without_page_faults(threads):
     """The float32 backward at n = 4096, d = 128 takes about 46 MB of scratch (partial sums of
     dK, dV for 8 chunks, panels, packed K and V): freed to glibc, it came back with 11,800 page
-    faults a call. Kept, a second call faults in at most its 6 MB of outputs."""
+    faults a call. Kept, a second call faults in its 6 MB of outputs (1,536 pages) and a little
+    more (under ASan its shadow pages: 1,923 faults in all), far from the scratch's 11,200."""
     import resource
 
     selfattn.set_num_threads(2)
@@ -167,7 +168,7 @@ def test_a_second_call_takes_its_scratch_without_page_faults(threads):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     again = call()
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-    assert faults < 3 * 4096 * 128 * 4 // 4096 + 200, faults
+    assert faults < 3 * 4096 * 128 * 4 // 4096 + 2000, faults
     for g, w in zip(again, first):
         assert g.tobytes() == w.tobytes()
 
