@@ -119,6 +119,13 @@
 #define BWF_RED_KEYS 256
 #endif
 
+/* decode: sums held in registers at once, beside the vectors they are made from: dot products
+   of the scores pass (queries x keys) and vectors of V sums (queries x vectors of d_v). 8 leave
+   room in 16 vector registers; the AVX-512 tier, with 32, takes 16 */
+#ifndef DECODE_SUMS
+#define DECODE_SUMS 8
+#endif
+
 /* decode: keys per task (a chunk of the KV cache); its scores stay in L1 for up to 16 queries,
    and a task reads 256 KiB of K and V at d = 128 (f32): tens of microseconds, so Ctrl-C is polled */
 #ifndef DECODE_CHUNK_KEYS
