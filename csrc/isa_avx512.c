@@ -55,8 +55,8 @@ static inline vf64 min_f64(vf64 a, vf64 b) { return (vf64)_mm512_min_pd((__m512d
 #define FA_QT_F64 6
 #define FA_BK_F32 256
 #define FA_BK_F64 128
-/* 16 sums of the decode kernel in registers (4 queries x 4 keys in its scores pass, 8 queries
-   x 2 vectors in its V pass); the rest of the tuning constants as in tuning_defaults.h */
+/* 16 vectors of V sums of the decode kernel in registers (8 queries x 2 vectors); the rest of
+   the tuning constants as in tuning_defaults.h */
 #define DECODE_SUMS 16
 #include "tuning_defaults.h"
 #define TIER avx512

@@ -119,9 +119,9 @@
 #define BWF_RED_KEYS 256
 #endif
 
-/* decode: sums held in registers at once, beside the vectors they are made from: dot products
-   of the scores pass (queries x keys) and vectors of V sums (queries x vectors of d_v). 8 leave
-   room in 16 vector registers; the AVX-512 tier, with 32, takes 16 */
+/* decode: vectors of V sums held in registers at once (queries x vectors of d_v), beside the
+   vectors of V they are made from: 8 leave room in 16 vector registers (4 queries at a time);
+   the AVX-512 tier, with 32, takes 16 (8 queries at a time) */
 #ifndef DECODE_SUMS
 #define DECODE_SUMS 8
 #endif
