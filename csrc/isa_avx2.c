@@ -22,10 +22,11 @@
 #pragma clang attribute push(__attribute__((target("avx2,fma,bmi,bmi2"))), apply_to = function)
 #endif
 
-typedef float vf32 __attribute__((vector_size(32)));
-typedef int32_t vi32 __attribute__((vector_size(32)));
-typedef double vf64 __attribute__((vector_size(32)));
-typedef int64_t vi64 __attribute__((vector_size(32)));
+#define VBYTES 32                  /* bytes per vector */
+typedef float vf32 __attribute__((vector_size(VBYTES)));
+typedef int32_t vi32 __attribute__((vector_size(VBYTES)));
+typedef double vf64 __attribute__((vector_size(VBYTES)));
+typedef int64_t vi64 __attribute__((vector_size(VBYTES)));
 
 static inline vf32 vsplat_f32(float s) { return (vf32)_mm256_set1_ps(s); }
 static inline vf32 fma_f32(vf32 a, vf32 b, vf32 c)

@@ -26,10 +26,11 @@
 #pragma clang attribute push(__attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma,bmi,bmi2"))), apply_to = function)
 #endif
 
-typedef float vf32 __attribute__((vector_size(64)));
-typedef int32_t vi32 __attribute__((vector_size(64)));
-typedef double vf64 __attribute__((vector_size(64)));
-typedef int64_t vi64 __attribute__((vector_size(64)));
+#define VBYTES 64                  /* bytes per vector */
+typedef float vf32 __attribute__((vector_size(VBYTES)));
+typedef int32_t vi32 __attribute__((vector_size(VBYTES)));
+typedef double vf64 __attribute__((vector_size(VBYTES)));
+typedef int64_t vi64 __attribute__((vector_size(VBYTES)));
 
 static inline vf32 vsplat_f32(float s) { return (vf32)_mm512_set1_ps(s); }
 static inline vf32 fma_f32(vf32 a, vf32 b, vf32 c)
@@ -54,7 +55,9 @@ static inline vf64 min_f64(vf64 a, vf64 b) { return (vf64)_mm512_min_pd((__m512d
 #define FA_QT_F64 6
 #define FA_BK_F32 256
 #define FA_BK_F64 128
-/* Tuning constants: the defaults of tuning_defaults.h (none overridden on this tier). */
+/* 16 vectors of V sums of the decode kernel in registers (8 queries x 2 vectors); the rest of
+   the tuning constants as in tuning_defaults.h */
+#define DECODE_SUMS 16
 #include "tuning_defaults.h"
 #define TIER avx512
 #define TIER_TABLE sa_kernels_avx512

@@ -12,10 +12,11 @@
 #include <stdint.h>
 #include <string.h>
 
-typedef float vf32 __attribute__((vector_size(16)));
-typedef int32_t vi32 __attribute__((vector_size(16)));
-typedef double vf64 __attribute__((vector_size(16)));
-typedef int64_t vi64 __attribute__((vector_size(16)));
+#define VBYTES 16                  /* bytes per vector */
+typedef float vf32 __attribute__((vector_size(VBYTES)));
+typedef int32_t vi32 __attribute__((vector_size(VBYTES)));
+typedef double vf64 __attribute__((vector_size(VBYTES)));
+typedef int64_t vi64 __attribute__((vector_size(VBYTES)));
 
 /* a > b ? a : b per lane, b where unordered (as MAXPS), written with masks as C vectors allow */
 static inline vf32 max_f32(vf32 a, vf32 b)

@@ -22,10 +22,11 @@
 #include <stdint.h>
 #include <string.h>
 
-typedef float vf32 __attribute__((vector_size(16)));
-typedef int32_t vi32 __attribute__((vector_size(16)));
-typedef double vf64 __attribute__((vector_size(16)));
-typedef int64_t vi64 __attribute__((vector_size(16)));
+#define VBYTES 16                  /* bytes per vector */
+typedef float vf32 __attribute__((vector_size(VBYTES)));
+typedef int32_t vi32 __attribute__((vector_size(VBYTES)));
+typedef double vf64 __attribute__((vector_size(VBYTES)));
+typedef int64_t vi64 __attribute__((vector_size(VBYTES)));
 
 /* VMAX/VMIN must give b where a lane is unordered, as x86's MAXPS does (isa_tier.inc); NEON's
    FMAX returns NaN if either lane is NaN, and FMAXNM the number, so each is a compare and a

@@ -119,6 +119,13 @@
 #define BWF_RED_KEYS 256
 #endif
 
+/* decode: vectors of V sums held in registers at once (queries x vectors of d_v), beside the
+   vectors of V they are made from: 8 leave room in 16 vector registers (4 queries at a time);
+   the AVX-512 tier, with 32, takes 16 (8 queries at a time) */
+#ifndef DECODE_SUMS
+#define DECODE_SUMS 8
+#endif
+
 /* decode: keys per task (a chunk of the KV cache); its scores stay in L1 for up to 16 queries,
    and a task reads 256 KiB of K and V at d = 128 (f32): tens of microseconds, so Ctrl-C is polled */
 #ifndef DECODE_CHUNK_KEYS

@@ -23,12 +23,15 @@ import calls
 THREAD_COUNTS = sorted({1, 2, 3, 7, max(4, os.cpu_count() or 1)})
 
 # (n_q, n_k, d_k, d_v): single-query decoding, a few queries, the largest n_q the kernel takes.
-# Several queries run in register blocks of up to 4 queries x 2 keys (x 4 keys for two queries),
-# so the counts below leave a group of 1, 2 or 3 queries and an odd key at a chunk's end, and
-# their V sums in blocks of 32 keys, which 333 or 1100 keys do not fill.
+# Several queries run in register blocks of up to 4 queries x 2 keys (x 4 keys for two queries,
+# and from 8 queries on where d is a multiple of 16 for float32 on the AVX-512 tier), their V
+# sums in groups of 4 queries (8 on the AVX-512 tier); so the counts below leave a group of 1, 2
+# or 3 queries, a group of 8 and one of 1 or 4, keys at a chunk's end that fill no block (1023
+# and 777 keys leave 255 and 9), columns past the last whole vector (d = 24, 9, 17, 48), and V
+# sums in blocks of 32 keys, which 333 or 1100 keys do not fill.
 SHAPES = [(1, 1000, 64, 64), (1, 8, 5, 3), (2, 513, 37, 41), (5, 700, 128, 128),
           (16, 300, 24, 17), (3, 333, 19, 40), (8, 1100, 128, 128), (13, 401, 9, 33),
-          (2, 16, 1, 2)]
+          (2, 16, 1, 2), (9, 1023, 128, 128), (12, 777, 24, 48)]
 
 
 def band_mask(n_q, n_k, band):
@@ -218,6 +221,25 @@ def test_float32_scores_near_the_range(isa):
     got = attention(Q, K, V, scale=1.0)
     assert np.isfinite(got).all()
     assert_close(got, oracle(Q, K, V, scale=1.0), np.float32)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("d", [128, 40])
+def test_same_bits_whichever_queries_share_the_call(isa, dtype, d):
+    """From two queries on, a query's output has the same bits whichever queries share its call:
+    its dot products are summed over d in order, then across the lanes in dc_hsum's order, both
+    one at a time and by the levels that sum 16 of them at once (dc_dots_4x4: from 8 queries on,
+    d a multiple of 16, float32, AVX-512), and its V sums are the same in groups of 4 queries and
+    of 8."""
+    rng = np.random.default_rng(13)
+    n_k = 1000
+    Q = rng.standard_normal((2, 16, d)).astype(dtype)
+    K = rng.standard_normal((2, n_k, d)).astype(dtype)
+    V = rng.standard_normal((2, n_k, d)).astype(dtype)
+    every = attention(Q, K, V)
+    for rows in ([0, 1], [0, 1, 2, 3], [4, 5, 6, 7, 8], list(range(8)), list(range(3, 15)),
+                 [15, 2, 9, 4, 11, 6, 13, 0]):
+        np.testing.assert_array_equal(attention(Q[:, rows], K, V), every[:, rows])
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
