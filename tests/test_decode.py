@@ -11,6 +11,7 @@ import os
 import signal
 import threading
 import time
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -241,6 +242,29 @@ def test_same_bits_whichever_queries_share_the_call(isa, dtype, d):
     for rows in ([0, 1], [0, 1, 2, 3], [4, 5, 6, 7, 8], list(range(8)), list(range(3, 15)),
                  [15, 2, 9, 4, 11, 6, 13, 0]):
         np.testing.assert_array_equal(attention(Q[:, rows], K, V), every[:, rows])
+
+
+@pytest.mark.c_backend      # the decode kernel's groups of items and their scratch
+def test_many_items_in_groups(isa):
+    """A call with more items than one group's partials hold (attention_decode.inc's
+    DC_PARTIALS_BYTES, 8 MiB: here 6 KiB or more an item on every tier, so 2,750 items make
+    two groups or more) gives each item the bits of a call holding it alone or with a few
+    neighbours, and only the group's partials are allocated."""
+    rng = np.random.default_rng(17)
+    items, n_q, n_k = 2750, 16, 2048          # 8 chunks of keys; d = 1: little arithmetic
+    Q = rng.standard_normal((items, n_q, 1))
+    K = rng.standard_normal((1, n_k, 1))
+    V = rng.standard_normal((1, n_k, 1))
+    tracemalloc.start()
+    try:
+        every = attention(Q, K, V)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 12 << 20, peak               # all the items' partials: 16 MiB or more
+    for part in (slice(0, 7), slice(1300, 1400), slice(items - 7, items)):
+        np.testing.assert_array_equal(attention(Q[part], K, V), every[part])
+    assert_close(every[-3:], oracle(Q[-3:], K, V), np.float64)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
