@@ -138,7 +138,8 @@ def issue11_rows(path):
             rows.append((f"{r['name']}: time / our fused forward's time", "≤ 2.5x",
                          f"{1 / forward['ratio']:.2f}x" if forward else "not measured"))
             rows.append((f"{r['name']} vs torch autograd", "≥ 1.5x", against(r, "torch", 1.5)))
-        elif r["name"].startswith("multi_head_attention_backward"):
+        elif r["name"].startswith(("multi_head_attention_backward",
+                                   "multi_head_attention_vjp backward")):
             rows.append((f"{r['name']} vs torch autograd", "≥ 1.5x", against(r, "torch", 1.5)))
     for step in ("scores", "output", "projection"):
         for dtype in ("float32", "float64"):

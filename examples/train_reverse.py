@@ -11,8 +11,9 @@ The model, all plain NumPy arrays:
     logits = H @ W_out                                      (n, vocab)
     loss   = cross-entropy(logits, reversed tokens)
 
-The gradients of the attention layer come from selfattn.multi_head_attention_backward; the rest
-is three lines of NumPy; Adam updates every parameter.
+The attention layer and its gradients come from selfattn.multi_head_attention_vjp (the forward,
+whose backward reuses its projections and heads' output); the rest is three lines of NumPy; Adam
+updates every parameter.
 
 Run:  python examples/train_reverse.py [steps]
 """
@@ -44,7 +45,7 @@ def loss_and_grads(params, tokens):
     target = tokens[:, ::-1]
     X = p["E"][tokens] + p["P"]                                     # (batch, n, d)
     weights = (p["W_q"], p["W_k"], p["W_v"], p["W_o"])
-    H = selfattn.multi_head_attention(X, *weights, num_heads=HEADS)
+    H, attention_backward = selfattn.multi_head_attention_vjp(X, *weights, num_heads=HEADS)
     logits = H @ p["W_out"]                                         # (batch, n, vocab)
 
     logits = logits - logits.max(axis=-1, keepdims=True)
@@ -60,8 +61,7 @@ def loss_and_grads(params, tokens):
     d_logits /= target.size
     grads = {"W_out": np.einsum("bnd,bnv->dv", H, d_logits)}
     dH = d_logits @ p["W_out"].T
-    dX, grads["W_q"], grads["W_k"], grads["W_v"], grads["W_o"] = \
-        selfattn.multi_head_attention_backward(dH, X, *weights, num_heads=HEADS)
+    dX, grads["W_q"], grads["W_k"], grads["W_v"], grads["W_o"] = attention_backward(dH)
     grads["P"] = dX.sum(axis=0)
     grads["E"] = np.zeros_like(p["E"])
     np.add.at(grads["E"], tokens, dX)

@@ -33,7 +33,8 @@ from ._api import (
     softmax_attention_weights,
 )
 from ._masks import alibi_bias, causal_mask, lengths_mask, padding_mask, window_mask
-from ._multihead import multi_head_attention, multi_head_attention_backward
+from ._multihead import (multi_head_attention, multi_head_attention_backward,
+                         multi_head_attention_vjp)
 from ._backward import scaled_dot_product_attention_backward, self_attention_layer_backward
 from ._config import config, get_isa, get_num_threads, set_isa, set_num_threads
 from ._config import _apply_environment
@@ -50,6 +51,7 @@ __all__ = [
     "scaled_dot_product_attention_backward",
     "self_attention_layer_backward",
     "multi_head_attention_backward",
+    "multi_head_attention_vjp",
     "causal_mask",
     "padding_mask",
     "window_mask",

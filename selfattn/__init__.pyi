@@ -1,4 +1,4 @@
-from typing import Any, Literal, overload
+from typing import Any, Callable, Literal, overload
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -262,6 +262,31 @@ def multi_head_attention_backward(
     dropout_p: float = ...,
     seed: int | None = ...,
 ) -> tuple[_Float, ...]: ...
+def multi_head_attention_vjp(
+    X: ArrayLike,
+    W_q: ArrayLike,
+    W_k: ArrayLike,
+    W_v: ArrayLike,
+    W_o: ArrayLike,
+    *,
+    num_heads: int,
+    kv: ArrayLike | None = ...,
+    b_q: ArrayLike | None = ...,
+    b_k: ArrayLike | None = ...,
+    b_v: ArrayLike | None = ...,
+    b_o: ArrayLike | None = ...,
+    scale: float | None = ...,
+    mask: ArrayLike | None = ...,
+    bias: ArrayLike | None = ...,
+    is_causal: _Causal = ...,
+    window: _Window = ...,
+    num_kv_heads: int | None = ...,
+    query_lengths: ArrayLike | None = ...,
+    key_lengths: ArrayLike | None = ...,
+    softcap: float | None = ...,
+    dropout_p: float = ...,
+    seed: int | None = ...,
+) -> tuple[_Float, Callable[[ArrayLike], tuple[_Float, ...]]]: ...
 def causal_mask(
     n_q: int, n_k: int | None = ..., *, align: Literal["top_left", "bottom_right"] = ...
 ) -> NDArray[np.bool_]: ...

@@ -1,4 +1,5 @@
-"""Multi-head attention and its gradient: multi_head_attention, multi_head_attention_backward.
+"""Multi-head attention and its gradient: multi_head_attention, multi_head_attention_backward,
+and multi_head_attention_vjp (the forward, keeping what the backward would otherwise recompute).
 
 The heads are one more batch axis of the single-head machinery (selfattn/_layer.py describes the
 layout, cross-attention's second projection and the biases); the output projection W_o (+ b_o)
@@ -20,7 +21,7 @@ from ._validate import (
     _kv_heads,
 )
 
-__all__ = ["multi_head_attention", "multi_head_attention_backward"]
+__all__ = ["multi_head_attention", "multi_head_attention_backward", "multi_head_attention_vjp"]
 
 
 def multi_head_attention(X, W_q, W_k, W_v, W_o, *, num_heads, kv=None, b_q=None, b_k=None,
@@ -242,26 +243,114 @@ def multi_head_attention_backward(dY, X, W_q, W_k, W_v, W_o, *, num_heads, kv=No
                (b_q, b_k, b_v, b_o), bias, window=window, kv_heads=kv_heads,
                lengths=(query_lengths, key_lengths), softcap=softcap, dropout_p=dropout_p,
                seed=seed, backward=True)
-    c = L.compute
     _check_grad_shape(func, "dY", dY, L.y_batch + (L.n, L.W_o.shape[-1]), "output")
+    return _grads(L, dY, list(L.project()))
+
+
+def _grads(L, dY, qkv, out=None):
+    """The gradients multi_head_attention_backward returns, for dY (checked), from layer L's
+    projections qkv = [Q, K, V] (L.project(); the list is emptied, so that they are freed once
+    spent where the caller holds no other reference) and, where the forward kept it, the heads'
+    output `out`.
+
+    Y = out @ W_o + b_o, out the heads' output side by side: d(out) = dY @ W_o^T (summed back to
+    out's batch shape), dW_o = out^T @ dY, db_o = dY summed over the rows. Without `out` the
+    attention backward gives it from the weights it builds anyway (no forward pass: one product
+    instead of the forward's two and its exps); _layer_input_grads frees Q, K, V, d(out) and that
+    out once spent."""
+    Q, K, V = qkv
+    qkv.clear()
+    c = L.compute
     dY = dY.astype(c, copy=False)
-    Q, K, V = L.project()
-    # Y = out @ W_o + b_o, out the heads' output side by side: d(out) = dY @ W_o^T (summed back
-    # to out's batch shape), dW_o = out^T @ dY, db_o = dY summed over the rows. The attention
-    # backward gives out from the weights it builds anyway (no forward pass: one product instead
-    # of the forward's two and its exps); _layer_input_grads frees Q, K, V, d(out) and out once
-    # spent.
     out_shape = L.out_batch + (L.n, L.W_o.shape[-2])
-    _check_size(func, out_shape, c)
+    _check_size(L.func, out_shape, c)
     d_out = _sum_to(_matmul(dY, _transpose(L.W_o), c, L.y_batch, padded=True), out_shape)
     spent = [d_out, Q, K, V]
     del d_out, Q, K, V
 
-    def w_o_grad(out):
-        return _finish(_weight_grad(out, dY, L.W_o.shape, c), L.result)
+    def w_o_grad(heads_out):
+        return _finish(_weight_grad(heads_out, dY, L.W_o.shape, c), L.result)
 
-    grads = _layer_input_grads(L, spent, w_o_grad)
+    if out is None:
+        grads = _layer_input_grads(L, spent, w_o_grad)
+    else:
+        grads = {"dW_o": w_o_grad(out), **_layer_input_grads(L, spent)}
     if L.biases[3] is not None:
         grads["db_o"] = _finish(_sum_to(dY.sum(axis=-2), L.biases[3].shape), L.result)
     order = ("dX", "dW_q", "dW_k", "dW_v", "dW_o", "dkv", "db_q", "db_k", "db_v", "db_o")
     return tuple(grads[name] for name in order if name in grads)
+
+
+def multi_head_attention_vjp(X, W_q, W_k, W_v, W_o, *, num_heads, kv=None, b_q=None, b_k=None,
+                             b_v=None, b_o=None, scale=None, mask=None, bias=None,
+                             is_causal=False, window=None, num_kv_heads=None, query_lengths=None,
+                             key_lengths=None, softcap=None, dropout_p=0.0, seed=None):
+    """:func:`multi_head_attention` and its backward in one: ``(Y, backward)``, where ``Y`` is
+    the layer's output and ``backward(dY)`` returns what :func:`multi_head_attention_backward`
+    returns for ``dY`` and these arguments (as ``jax.vjp`` returns a vector-Jacobian product).
+
+    For a training step, which needs both: ``backward`` reuses the forward's projections ``X @
+    W_q``, ``X @ W_k``, ``X @ W_v`` and the heads' output instead of computing them again, as
+    :func:`multi_head_attention_backward` (given only the inputs) must. It keeps them until it is
+    freed: the size of the projections and the output, O(n d_model), never the
+    ``(n, n_k)`` weights. It can be called any number of times, each time from scratch (it reads
+    the arrays as they were when the forward ran: do not change them in place in between).
+
+    Parameters
+    ----------
+    X, W_q, W_k, W_v, W_o, num_heads, kv, b_q, b_k, b_v, b_o, scale, mask, bias, is_causal, \
+    window, num_kv_heads, query_lengths, key_lengths, softcap
+        As in :func:`multi_head_attention` (``return_weights`` is not taken).
+    dropout_p, seed : optional
+        As in :func:`multi_head_attention`; a seed drawn by the forward (``seed=None``) is kept
+        for the backward, which then drops the same weights.
+
+    Returns
+    -------
+    Y : ndarray, shape (..., n, d_out)
+        The output, as :func:`multi_head_attention` returns it (the same bits).
+    backward : function
+        ``backward(dY)``, ``dY`` of ``Y``'s shape: the tuple of gradients
+        :func:`multi_head_attention_backward` returns (``dX, dW_q, dW_k, dW_v, dW_o``, then
+        ``dkv`` and the biases' for those given); equal to its results to rounding (``dW_o``
+        is summed from the forward's heads' output, where the backward rebuilds it).
+
+    Raises
+    ------
+    ValueError, TypeError
+        As :func:`multi_head_attention`; ``backward`` raises ValueError if ``dY`` does not have
+        ``Y``'s shape.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from selfattn import multi_head_attention_backward, multi_head_attention_vjp
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(6, 8))
+    >>> W_q, W_k, W_v, W_o = rng.normal(size=(4, 8, 8)) / 3
+    >>> Y, backward = multi_head_attention_vjp(X, W_q, W_k, W_v, W_o, num_heads=4)
+    >>> dX, dW_q, dW_k, dW_v, dW_o = backward(2 * Y)           # loss = (Y ** 2).sum()
+    >>> again = multi_head_attention_backward(2 * Y, X, W_q, W_k, W_v, W_o, num_heads=4)
+    >>> max(float(np.abs(a - b).max()) for a, b in zip((dX, dW_q, dW_k, dW_v, dW_o), again)) < 1e-12
+    True
+    """
+    func = "multi_head_attention_vjp"
+    heads = _integer(func, "num_heads", num_heads, 1)
+    kv_heads = _kv_heads(func, num_kv_heads, heads)
+    L = _Layer(func, X, W_q, W_k, W_v, W_o, heads, scale, mask, is_causal, kv,
+               (b_q, b_k, b_v, b_o), bias, window=window, kv_heads=kv_heads,
+               lengths=(query_lengths, key_lengths), softcap=softcap, dropout_p=dropout_p,
+               seed=seed)
+    Q, K, V = L.project()
+    out, _ = L.attend(Q, K, V, False)
+    Y = _finish_attention(L.output(out), None, L.result)
+
+    def backward(dY):
+        dY, = _as_matrices(func, ("dY", dY, "(seq_len, d_out)"))
+        _check_grad_shape(func, "dY", dY, Y.shape, "output")
+        return _grads(L, dY, [Q, K, V], out)
+
+    backward.__doc__ = (f"The gradients of {func}'s output for dY (the gradient of the loss "
+                        f"with respect to it, of shape {Y.shape}): the tuple "
+                        f"multi_head_attention_backward returns.")
+    return Y, backward

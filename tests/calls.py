@@ -81,6 +81,14 @@ def _builders(rng, n):
              {"num_heads": 2, "kv": _f(rng, 2, n + 3, 5), "b_q": _f(rng, 8), "b_v": _f(rng, 8),
               "b_o": _f(rng, d), "is_causal": True}),
         ],
+        "multi_head_attention_vjp": [
+            ((X, _f(rng, d, 8), _f(rng, d, 8), _f(rng, d, 8), _f(rng, 8, d)), {"num_heads": 2}),
+            ((X32, _f(rng, d, 8), _f(rng, d, 8), _f(rng, d, 8), _f(rng, 8, d)),
+             {"num_heads": 4, "is_causal": True, "dropout_p": 0.25, "seed": 3}),
+            ((X, _f(rng, d, 8), _f(rng, 5, 4), _f(rng, 5, 4), _f(rng, 8, d)),    # cross, GQA
+             {"num_heads": 2, "num_kv_heads": 1, "kv": _f(rng, 2, n + 3, 5), "b_k": _f(rng, 4),
+              "b_o": _f(rng, d), "mask": mask}),
+        ],
         "scaled_dot_product_attention_backward": [
             ((_f(rng, 2, n, d + 2), Q, K, V), {}),
             ((_f(rng, 2, n, d + 2), Q, K, V), {"mask": mask, "is_causal": True}),
@@ -163,6 +171,10 @@ def error_calls():
                                    np.ones((4, 4))), {"num_heads": 2, "kv": A}),
                                  ((A, np.ones((4, 4)), np.ones((4, 4)), np.ones((4, 4)),
                                    np.ones((4, 4))), {"num_heads": 2, "b_k": np.ones(3)})],
+        "multi_head_attention_vjp": [((A, np.ones((4, 3)), np.ones((4, 3)), np.ones((4, 3)),
+                                       np.ones((3, 4))), {"num_heads": 2}),
+                                     ((A, np.ones((4, 4)), np.ones((4, 4)), np.ones((4, 4)),
+                                       np.ones((4, 4))), {"num_heads": 2, "dropout_p": 2.0})],
         "scaled_dot_product_attention_backward": [((B, A, A, A), {})],
         "self_attention_layer_backward": [((B, A, B, B, B), {})],
         "multi_head_attention_backward": [((A, A, np.ones((4, 3)), np.ones((4, 3)), np.ones((4, 3)),
@@ -217,10 +229,19 @@ def pool_sized_calls(rng, dtype):
     ]
 
 
+def run(func, args, kw):
+    """func(*args, **kw); a function that returns its output and a backward (a vjp) is run to
+    the end: its result is the output followed by the backward's gradients for dY = that output."""
+    result = func(*args, **kw)
+    if isinstance(result, tuple) and len(result) == 2 and callable(result[1]):
+        return (result[0],) + tuple(result[1](result[0]))
+    return result
+
+
 def outcome(name, args, kw):
-    """selfattn.<name>(*args, **kw), or (exception type, message) if it raises a clean error."""
+    """run(selfattn.<name>, args, kw), or (exception type, message) if it raises a clean error."""
     try:
-        return getattr(selfattn, name)(*args, **kw)
+        return run(getattr(selfattn, name), args, kw)
     except (TypeError, ValueError) as exc:
         return (type(exc), str(exc))
 

@@ -74,7 +74,8 @@ def check_peers(case):
 
 def test_peers_compute_the_same_thing(small):
     for case in bench.CASES:
-        if case["name"].startswith("multi_head_attention_backward"):
+        if case["name"].startswith(("multi_head_attention_backward",
+                                    "multi_head_attention_vjp backward")):
             continue    # sized by _mb_case's arguments: test_multi_head_backward_cases
         check_peers(case)
 
@@ -85,5 +86,14 @@ def test_multi_head_backward_cases(dtype):
     for bits in (32, 64):
         assert f"multi_head_attention_backward f{bits} n=512 d_model=256 heads=8" in names
     assert "multi_head_attention_backward f32 n=1024 d_model=512 heads=8" in names
+    for name in ("f32 n=512 d_model=256", "f32 n=1024 d_model=512", "f64 n=512 d_model=256"):
+        assert f"multi_head_attention_vjp backward {name} heads=8" in names
     check_peers(bench._mb_case(20, 16, dtype))
+    saved = bench._mb_case(20, 16, dtype, saved=True)
+    assert saved["name"].startswith("multi_head_attention_vjp backward")
+    check_peers(saved)
+    state = saved["setup"](np.random.default_rng(0))
+    stateless = bench._mb_case(20, 16, dtype)["ours"](state)
+    for a, b in zip(saved["ours"](state), stateless):          # the same gradients
+        np.testing.assert_allclose(a, b, rtol=1e-4 if dtype == np.float32 else 1e-10, atol=1e-6)
 

@@ -47,11 +47,11 @@ def run_all(func, cases, expect_error):
     for args, kw in cases:
         if expect_error:
             try:
-                func(*args, **kw)
+                calls.run(func, args, kw)
             except (TypeError, ValueError):
                 pass
         else:
-            func(*args, **kw)
+            calls.run(func, args, kw)
 
 
 def success_path(name):
