@@ -286,3 +286,38 @@ def test_a_broadcast_b_is_not_packed_once_per_item(threads):
         tracemalloc.stop()
     assert peak < out.nbytes + B.nbytes, (peak, out.nbytes, B.nbytes)
     assert_close(out[3], ref_output(A[3], B))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("batch, m, k, n", [((), 97, 300, 64), ((), 512, 200, 129),
+                                            ((), 25, 40, 7), ((9,), 128, None, 256)])
+def test_a_rows_on_one_l1_set_are_copied_with_the_same_bits(isa, dtype, threads, batch, m, k, n):
+    """Rows of A 4 KiB apart (1024 floats, 512 doubles: the attention weights at n = 1024 or 512)
+    all start on one L1 set, so each task copies its slivers' rows to a padded stride before the
+    micro-kernel reads them (matmul_fast.inc's gemm_copies_a: where A is at most 4 MiB, or, the
+    last case, 4.5 MiB with n a whole tile of columns). The matmul and the scores on
+    such a view give the bits of the same values in a contiguous array (rows 4 * k or 8 * k bytes
+    apart, read in place), for 1 to 7 threads, with k steps of 256 and a partial one, rows in
+    whole slivers or not, and are exact."""
+    code = _core.isa_code(isa)
+    k = k or 4096 // np.dtype(dtype).itemsize - 24          # 4.5 MiB of A in all
+    rng = np.random.default_rng(m + k + n)
+    A = rng.standard_normal(batch + (m, k)).astype(dtype)
+    wide = np.zeros(batch + (m, 4096 // A.itemsize), dtype)
+    wide[..., 5:5 + k] = A
+    A_view = wide[..., 5:5 + k]
+    assert A_view.strides[-2] == 4096 and np.array_equal(A_view, A)
+    B = rng.standard_normal((k, n)).astype(dtype)
+    if batch:
+        run = lambda X: selfattn.compute_attention_output(X, B)
+    else:
+        run = lambda X: product(X, B, code)
+    copied = for_every_thread_count(lambda: run(A_view))
+    np.testing.assert_array_equal(copied, run(A))
+    assert_close(copied, ref_output(A, B))
+    if batch:
+        return
+    K = rng.standard_normal((n, k)).astype(dtype)
+    copied = for_every_thread_count(lambda: scores(A_view, K, code))
+    np.testing.assert_array_equal(copied, scores(A, K, code))
+    assert_close(copied, ref_scores(A, K, 0.125))
