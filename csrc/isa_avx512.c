@@ -46,6 +46,21 @@ static inline vf64 fma_f64(vf64 a, vf64 b, vf64 c)
 }
 static inline vf64 max_f64(vf64 a, vf64 b) { return (vf64)_mm512_max_pd((__m512d)a, (__m512d)b); }
 static inline vf64 min_f64(vf64 a, vf64 b) { return (vf64)_mm512_min_pd((__m512d)a, (__m512d)b); }
+/* p * 2^n in the lanes where y is not below lo (or is NaN), +0 in the others: the fast exps' last
+   step as one VSCALEFPS where the other tiers build 2^n in the exponent bits, mask the flushed
+   lanes and add back the NaNs (vexp_fast.inc's exp_scale; the same bits, 6 fewer operations a
+   vector) */
+#define HAS_SCALE2 1
+static inline vf32 scale2_f32(vf32 p, vf32 n, vf32 y, float lo)
+{
+    __mmask16 keep = _mm512_cmp_ps_mask((__m512)y, _mm512_set1_ps(lo), _CMP_NLT_UQ);
+    return (vf32)_mm512_maskz_scalef_ps(keep, (__m512)p, (__m512)n);
+}
+static inline vf64 scale2_f64(vf64 p, vf64 n, vf64 y, double lo)
+{
+    __mmask8 keep = _mm512_cmp_pd_mask((__m512d)y, _mm512_set1_pd(lo), _CMP_NLT_UQ);
+    return (vf64)_mm512_maskz_scalef_pd(keep, (__m512d)p, (__m512d)n);
+}
 
 #define MM_MR 12
 #define MM_NV 2

@@ -57,6 +57,14 @@
 #ifndef GEMM_MIN_SLIVERS
 #define GEMM_MIN_SLIVERS 4
 #endif
+/* the GEMM's micro-kernel asks for B's rows this many k steps ahead (3 KiB at 128 bytes a step):
+   the packed B panel comes from L2, and on an Intel Xeon (AVX-512, 2 MiB L2) the loads of B were
+   where the micro-kernel waited; 24 steps ahead took 0.92-0.97 of the time of a 1024^3 to
+   2048^3 float32 matmul on one thread (16: 0.96-1.03, 32: 1.02). The fused kernels gained
+   nothing from it (their forward 0.98-1.02, the backward 1.02-1.05) and do not ask. 0: none */
+#ifndef GEMM_B_AHEAD
+#define GEMM_B_AHEAD 24
+#endif
 /* a GEMM reads its A operand's rows in place, MR of them at a time; where more than this many of
    them start on one set of a 64-set L1 (a row stride of 4 KiB: 512 doubles, 1024 floats), a task
    copies its sliver's rows to a padded stride first, if A comes from cache (at most

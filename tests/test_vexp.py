@@ -125,6 +125,29 @@ def test_no_subnormal_results(tier, dtype, mode):
     np.testing.assert_array_equal(got[x < lo - 1], 0)
 
 
+FMA_TIERS = [t for t in FAST_TIERS if t in ("avx2", "avx512")]
+
+
+@pytest.mark.skipif(len(FMA_TIERS) < 2, reason="needs the avx2 and avx512 tiers on this CPU")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("mode", MODES)
+def test_fma_tiers_give_the_same_bits(dtype, mode):
+    """avx512 ends its exps with one VSCALEF (vexp_fast.inc's exp_finish) where avx2 builds 2^n
+    in the exponent bits, masks and adds the NaNs back: the same bits for every argument (for the
+    variants on x <= 0, every such argument and NaN), flushed ones and edges included."""
+    lo, hi = mode_range(dtype, mode)
+    rng = np.random.default_rng(11)
+    x = np.concatenate([rng.uniform(lo - 40, hi + 40, 400_000), np.linspace(lo - 2, lo + 2, 4001),
+                        [np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, lo, hi]]).astype(dtype)
+    if mode in (EXP_NONPOS, EXP2_NONPOS):
+        x = x[~(x > 0)]
+    a, b = vexp(x, FMA_TIERS[0], mode), vexp(x, FMA_TIERS[1], mode)
+    nan = np.isnan(a)
+    np.testing.assert_array_equal(nan, np.isnan(b))
+    np.testing.assert_array_equal(a[~nan], b[~nan])
+    assert (np.signbit(a[~nan]) == np.signbit(b[~nan])).all()
+
+
 def test_reference_tier_is_libm():
     x = np.linspace(-50, 50, 1001)
     np.testing.assert_array_equal(vexp(x, "reference", EXP), [math.exp(v) for v in x])
