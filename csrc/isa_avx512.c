@@ -48,8 +48,8 @@ static inline vf64 max_f64(vf64 a, vf64 b) { return (vf64)_mm512_max_pd((__m512d
 static inline vf64 min_f64(vf64 a, vf64 b) { return (vf64)_mm512_min_pd((__m512d)a, (__m512d)b); }
 /* p * 2^n in the lanes where y is not below lo (or is NaN), +0 in the others: the fast exps' last
    step as one VSCALEFPS where the other tiers build 2^n in the exponent bits, mask the flushed
-   lanes and add back the NaNs (vexp_fast.inc's exp_scale; the same bits, 6 fewer operations a
-   vector) */
+   lanes and add back the NaNs (vexp_fast.inc's exp_finish: the same bits, two operations a
+   vector where those take six) */
 #define HAS_SCALE2 1
 static inline vf32 scale2_f32(vf32 p, vf32 n, vf32 y, float lo)
 {

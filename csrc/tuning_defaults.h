@@ -60,7 +60,8 @@
 /* the GEMM's micro-kernel asks for B's rows this many k steps ahead (3 KiB at 128 bytes a step):
    the packed B panel comes from L2, and on an Intel Xeon (AVX-512, 2 MiB L2) the loads of B were
    where the micro-kernel waited; 24 steps ahead took 0.92-0.97 of the time of a 1024^3 to
-   2048^3 float32 matmul on one thread (16: 0.96-1.03, 32: 1.02). The fused kernels gained
+   2048^3 float32 matmul on one thread, 20: 0.89-0.95 but 1.13 once at 1024 x 512 x 512, 16:
+   0.96-1.03, 32: 1.01-1.02 (docs/performance.md). The fused kernels gained
    nothing from it (their forward 0.98-1.02, the backward 1.02-1.05) and do not ask. 0: none */
 #ifndef GEMM_B_AHEAD
 #define GEMM_B_AHEAD 24
