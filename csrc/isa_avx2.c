@@ -43,6 +43,40 @@ static inline vf64 fma_f64(vf64 a, vf64 b, vf64 c)
 static inline vf64 max_f64(vf64 a, vf64 b) { return (vf64)_mm256_max_pd((__m256d)a, (__m256d)b); }
 static inline vf64 min_f64(vf64 a, vf64 b) { return (vf64)_mm256_min_pd((__m256d)a, (__m256d)b); }
 
+/* A VL x VL tile held as VL vectors, transposed in registers (see isa_avx512.c's) */
+#define HAS_TRANSPOSE 1
+static inline void transpose_f32(vf32 rows[8])
+{
+    __m256 t[8], r[8];
+    /* 1. pairs of rows interleaved; 2. then pairs of pairs: r[4i + j]'s 128-bit lane L holds
+          column 4L + j of rows 4i .. 4i + 3; 3. the lanes gathered */
+    for (int i = 0; i < 4; i++) {
+        t[2 * i] = _mm256_unpacklo_ps((__m256)rows[2 * i], (__m256)rows[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_ps((__m256)rows[2 * i], (__m256)rows[2 * i + 1]);
+    }
+    for (int i = 0; i < 2; i++)
+        for (int j = 0; j < 2; j++) {
+            __m256d a = _mm256_castps_pd(t[4 * i + j]), b = _mm256_castps_pd(t[4 * i + j + 2]);
+            r[4 * i + 2 * j] = _mm256_castpd_ps(_mm256_unpacklo_pd(a, b));
+            r[4 * i + 2 * j + 1] = _mm256_castpd_ps(_mm256_unpackhi_pd(a, b));
+        }
+    for (int j = 0; j < 4; j++) {
+        rows[j] = (vf32)_mm256_permute2f128_ps(r[j], r[4 + j], 0x20);
+        rows[4 + j] = (vf32)_mm256_permute2f128_ps(r[j], r[4 + j], 0x31);
+    }
+}
+static inline void transpose_f64(vf64 rows[4])
+{
+    __m256d t0 = _mm256_unpacklo_pd((__m256d)rows[0], (__m256d)rows[1]);
+    __m256d t1 = _mm256_unpackhi_pd((__m256d)rows[0], (__m256d)rows[1]);
+    __m256d t2 = _mm256_unpacklo_pd((__m256d)rows[2], (__m256d)rows[3]);
+    __m256d t3 = _mm256_unpackhi_pd((__m256d)rows[2], (__m256d)rows[3]);
+    rows[0] = (vf64)_mm256_permute2f128_pd(t0, t2, 0x20);
+    rows[1] = (vf64)_mm256_permute2f128_pd(t1, t3, 0x20);
+    rows[2] = (vf64)_mm256_permute2f128_pd(t0, t2, 0x31);
+    rows[3] = (vf64)_mm256_permute2f128_pd(t1, t3, 0x31);
+}
+
 #define MM_MR 6
 #define MM_NV 2
 #define FA_MR 6

@@ -62,6 +62,62 @@ static inline vf64 scale2_f64(vf64 p, vf64 n, vf64 y, double lo)
     return (vf64)_mm512_maskz_scalef_pd(keep, (__m512d)p, (__m512d)n);
 }
 
+/* A VL x VL tile held as VL vectors, transposed in registers: rows[i][j] becomes rows[j][i].
+   The fused forward packs its queries and writes its outputs through this (a lane at a time,
+   those were a sixth of a batch of BERT-sized heads). Moves only: the same bits. */
+#define HAS_TRANSPOSE 1
+static inline void transpose_f32(vf32 rows[16])
+{
+    __m512 t[16], r[16];
+    for (int i = 0; i < 16; i++)
+        r[i] = (__m512)rows[i];
+    /* 1. pairs of rows interleaved; 2. then pairs of pairs: r[4i + j]'s 128-bit lane L holds
+          column 4L + j of rows 4i .. 4i + 3 */
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < 2; j++) {
+            __m512d a = _mm512_castps_pd(t[4 * i + j]), b = _mm512_castps_pd(t[4 * i + j + 2]);
+            r[4 * i + 2 * j] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+            r[4 * i + 2 * j + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+        }
+    /* 3., 4. the 128-bit lanes gathered: lanes 0 and 2 (0x88) or 1 and 3 (0xdd) of two vectors */
+    for (int j = 0; j < 4; j++) {
+        t[j] = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x88);
+        t[4 + j] = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xdd);
+        t[8 + j] = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x88);
+        t[12 + j] = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xdd);
+    }
+    for (int j = 0; j < 4; j++) {
+        rows[j] = (vf32)_mm512_shuffle_f32x4(t[j], t[8 + j], 0x88);
+        rows[8 + j] = (vf32)_mm512_shuffle_f32x4(t[j], t[8 + j], 0xdd);
+        rows[4 + j] = (vf32)_mm512_shuffle_f32x4(t[4 + j], t[12 + j], 0x88);
+        rows[12 + j] = (vf32)_mm512_shuffle_f32x4(t[4 + j], t[12 + j], 0xdd);
+    }
+}
+static inline void transpose_f64(vf64 rows[8])
+{
+    __m512d t[8];
+    /* 1. pairs of rows interleaved: t[2i + j]'s 128-bit lane L holds column 2L + j of rows 2i,
+          2i + 1; 2., 3. the 128-bit lanes gathered as in transpose_f32 */
+    for (int i = 0; i < 4; i++) {
+        t[2 * i] = _mm512_unpacklo_pd((__m512d)rows[2 * i], (__m512d)rows[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_pd((__m512d)rows[2 * i], (__m512d)rows[2 * i + 1]);
+    }
+    for (int j = 0; j < 2; j++) {
+        __m512d a0 = _mm512_shuffle_f64x2(t[j], t[2 + j], 0x88);
+        __m512d a1 = _mm512_shuffle_f64x2(t[j], t[2 + j], 0xdd);
+        __m512d b0 = _mm512_shuffle_f64x2(t[4 + j], t[6 + j], 0x88);
+        __m512d b1 = _mm512_shuffle_f64x2(t[4 + j], t[6 + j], 0xdd);
+        rows[j] = (vf64)_mm512_shuffle_f64x2(a0, b0, 0x88);
+        rows[4 + j] = (vf64)_mm512_shuffle_f64x2(a0, b0, 0xdd);
+        rows[2 + j] = (vf64)_mm512_shuffle_f64x2(a1, b1, 0x88);
+        rows[6 + j] = (vf64)_mm512_shuffle_f64x2(a1, b1, 0xdd);
+    }
+}
+
 #define MM_MR 12
 #define MM_NV 2
 #define FA_MR 8

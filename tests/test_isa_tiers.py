@@ -231,6 +231,27 @@ def test_attention_masks_causal_batches(isa, dtype, kind, n_q, n_k):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_attention_tiles_and_edges_give_the_same_bits(isa, dtype):
+    """The fused forward packs its queries and writes its outputs through VL x VL tiles in
+    registers and a lane at a time past the last whole tile: a query, or an output column, gives
+    the same bits whichever way it went. 48 queries and columns are whole tiles for every vector
+    width (2 to 16 lanes); dropping the last query (column) sends its neighbours to the edge."""
+    rng = np.random.default_rng(48)
+    Q, K, V = rand(rng, (2, 48, 48), dtype), rand(rng, (2, 80, 48), dtype), rand(rng, (2, 80, 48), dtype)
+    full = selfattn.scaled_dot_product_attention(Q, K, V)
+    want, _ = ref_attention(Q, K, V, 1 / np.sqrt(48), None, False)
+    assert_close(full, want, dtype, f"{isa} whole tiles")
+    fewer_queries = selfattn.scaled_dot_product_attention(Q[:, :47], K, V)
+    np.testing.assert_array_equal(fewer_queries, full[:, :47])
+    fewer_columns = selfattn.scaled_dot_product_attention(Q, K, V[..., :47])
+    np.testing.assert_array_equal(fewer_columns, full[..., :47])
+    # a strided query row (ld > d_k) read through the tiles
+    wide = np.zeros((2, 48, 64), dtype)
+    wide[..., :48] = Q
+    np.testing.assert_array_equal(selfattn.scaled_dot_product_attention(wide[..., :48], K, V), full)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_attention_fully_masked_and_nan_rows(isa, dtype):
     rng = np.random.default_rng(3)
     n_q, n_k, d = 130, 300, 64
