@@ -62,6 +62,27 @@ static inline vf64 min_f64(vf64 a, vf64 b)
                            (float64x2_t)b);
 }
 
+/* A VL x VL tile held as VL vectors, transposed in registers (see isa_avx512.c's): pairs of
+   rows interleaved (TRN1/TRN2 on 32-bit lanes), then pairs of pairs (on 64-bit lanes) */
+#define HAS_TRANSPOSE 1
+static inline void transpose_f32(vf32 rows[4])
+{
+    float32x4_t t0 = vtrn1q_f32((float32x4_t)rows[0], (float32x4_t)rows[1]);
+    float32x4_t t1 = vtrn2q_f32((float32x4_t)rows[0], (float32x4_t)rows[1]);
+    float32x4_t t2 = vtrn1q_f32((float32x4_t)rows[2], (float32x4_t)rows[3]);
+    float32x4_t t3 = vtrn2q_f32((float32x4_t)rows[2], (float32x4_t)rows[3]);
+    rows[0] = (vf32)vtrn1q_f64((float64x2_t)t0, (float64x2_t)t2);
+    rows[1] = (vf32)vtrn1q_f64((float64x2_t)t1, (float64x2_t)t3);
+    rows[2] = (vf32)vtrn2q_f64((float64x2_t)t0, (float64x2_t)t2);
+    rows[3] = (vf32)vtrn2q_f64((float64x2_t)t1, (float64x2_t)t3);
+}
+static inline void transpose_f64(vf64 rows[2])
+{
+    float64x2_t r0 = (float64x2_t)rows[0], r1 = (float64x2_t)rows[1];
+    rows[0] = (vf64)vtrn1q_f64(r0, r1);
+    rows[1] = (vf64)vtrn2q_f64(r0, r1);
+}
+
 #define MM_MR 10
 #define MM_NV 2
 #define FA_MR 8
