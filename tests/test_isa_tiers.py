@@ -232,9 +232,9 @@ def test_attention_masks_causal_batches(isa, dtype, kind, n_q, n_k):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_attention_tiles_and_edges_give_the_same_bits(isa, dtype):
-    """The fused forward packs its queries and writes its outputs through VL x VL tiles in
-    registers and a lane at a time past the last whole tile: a query, or an output column, gives
-    the same bits whichever way it went. 48 queries and columns are whole tiles for every vector
+    """The fused forward packs its queries and writes its outputs, and the scores pack K^T,
+    through VL x VL tiles in registers and a lane at a time past the last whole tile: a query,
+    an output column or a key gives the same bits whichever way it went. 48 queries and columns are whole tiles for every vector
     width (2 to 16 lanes); dropping the last query (column) sends its neighbours to the edge."""
     rng = np.random.default_rng(48)
     Q, K, V = rand(rng, (2, 48, 48), dtype), rand(rng, (2, 80, 48), dtype), rand(rng, (2, 80, 48), dtype)
@@ -249,6 +249,10 @@ def test_attention_tiles_and_edges_give_the_same_bits(isa, dtype):
     wide = np.zeros((2, 48, 64), dtype)
     wide[..., :48] = Q
     np.testing.assert_array_equal(selfattn.scaled_dot_product_attention(wide[..., :48], K, V), full)
+    # the scores' pack of K^T goes through the same tiles
+    scores = selfattn.compute_self_attention_scores(Q, K[:, :48])
+    np.testing.assert_array_equal(selfattn.compute_self_attention_scores(Q, K[:, :47]),
+                                  scores[..., :47])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
