@@ -104,14 +104,21 @@
 #define FA_MASK_CHUNK_BYTES 16384
 #endif
 /* fused backward query rows per block: each block reads and writes the dK, dV accumulator once,
-   so more rows mean less of that traffic (float: 128 rows measured the same as 64; double: 64
-   rows 4-5% faster than 32, but the panel of 64 rows passes SA_BACKWARD_PANEL_BYTES at half the
-   keys, 8192, where the slower blocked backward takes over) */
+   so more rows mean less of that traffic (float: 128 rows measured the same as 64; double, on an
+   Intel Xeon: 64 rows took 0.91-0.96 of the time of 32 at n = 1024 to 8192). Where a thread's
+   panels of scores, 2 x rows x n_k reals, would pass SA_BACKWARD_PANEL_BYTES, the rows are halved
+   down to BWF_MIN_ROWS (double: 32 rows keep the fused backward up to 16384 keys, as before) */
 #ifndef BWF_ROWS_F32
 #define BWF_ROWS_F32 64
 #endif
 #ifndef BWF_ROWS_F64
-#define BWF_ROWS_F64 32
+#define BWF_ROWS_F64 64
+#endif
+#ifndef BWF_MIN_ROWS_F32
+#define BWF_MIN_ROWS_F32 64
+#endif
+#ifndef BWF_MIN_ROWS_F64
+#define BWF_MIN_ROWS_F64 32
 #endif
 /* fused backward: keys per step of P, dS and the dQ, dK, dV products, so that their K tile
    (BWF_DQ_KEYS x one micro-tile of columns: 16 KiB in float on AVX-512) stays in L1 while every

@@ -248,6 +248,32 @@ def _backward_f64(dO, Q, K, V, scale, mask=None, causal=False):
 
 
 @pytest.mark.c_backend
+def test_long_rows_halve_the_blocks_and_keep_the_fused_backward(isa, threads):
+    """float64, 12000 keys: a block of 64 query rows would hold panels of 2 x 64 x 12000 doubles
+    (12 MB), past the 8 MiB budget, so the blocks halve to 32 rows (6 MB) and the fused backward
+    still runs: a panel is stored (the blocked backward stores none: its peak at 17000 keys is
+    half of one); the gradients, and the same bits for 1, 2 and 3 threads."""
+    if isa == "reference":
+        pytest.skip("the reference tier has no fused backward")
+    rng = np.random.default_rng(52)
+    n_q, n_k, d = 100, 12000, 8
+    Q, dO, K, V = rand(rng, n_q, d), rand(rng, n_q, d), rand(rng, n_k, d), rand(rng, n_k, d)
+    inputs = (2 * n_q + 2 * n_k) * d * 8
+    results = []
+    for n in (1, 2, 3):
+        selfattn.set_num_threads(n)
+        got, peak = _peak_bytes(lambda: sdpa_backward(dO, Q, K, V, scale=0.3))
+        if n == 1:
+            assert peak - inputs >= 2 * 32 * n_k * 8, peak
+        results.append(got)
+    for got in results[1:]:
+        for g, s in zip(got, results[0]):
+            assert np.array_equal(g, s)
+    for g, w in zip(results[0], _backward_f64(dO, Q, K, V, 0.3)):
+        assert_close(g, w, 1e-12)
+
+
+@pytest.mark.c_backend
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n_q", [50, 130])      # one query block, or three (partial sums)
 def test_past_the_panel_budget_the_blocked_backward_gives_the_gradients(n_q, dtype, isa):
