@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import operator
+import sys
 import warnings
 from collections.abc import Mapping
 
@@ -57,7 +58,10 @@ def _as_array(func, name, value):
             f"{func}: {name} is None; pass an array (a function that ends without `return`, "
             f"like the notebook's unfinished `pass` stubs, returns None)"
         )
-    if isinstance(value, np.ma.MaskedArray):
+    # (numpy imports numpy.ma lazily: asking np.ma here would import it, half a MiB, on a
+    # learner's first call; a masked array exists only once numpy.ma has been imported)
+    masked = sys.modules.get("numpy.ma")
+    if masked is not None and isinstance(value, masked.MaskedArray):
         # Honouring the mask has no single meaning here (hide a key? a value? a score?), and
         # np.asarray would silently drop it: refuse and let the caller say what they mean.
         raise TypeError(
