@@ -107,7 +107,9 @@
    so more rows mean less of that traffic (float: 128 rows measured the same as 64; double, on an
    Intel Xeon: 64 rows took 0.91-0.96 of the time of 32 at n = 1024 to 8192). Where a thread's
    panels of scores, 2 x rows x n_k reals, would pass SA_BACKWARD_PANEL_BYTES, the rows are halved
-   down to BWF_MIN_ROWS (double: 32 rows keep the fused backward up to 16384 keys, as before) */
+   down to BWF_MIN_ROWS: 16 keep the fused backward up to 65536 keys in float, 32768 in double,
+   where at d = 64 its partial sums reach their budget too (with 32, float n = 40000 took the
+   blocked backward, 4.2x the time of the fused one with 16 rows; double n = 20000 2.7x) */
 #ifndef BWF_ROWS_F32
 #define BWF_ROWS_F32 64
 #endif
@@ -115,10 +117,10 @@
 #define BWF_ROWS_F64 64
 #endif
 #ifndef BWF_MIN_ROWS_F32
-#define BWF_MIN_ROWS_F32 64
+#define BWF_MIN_ROWS_F32 16
 #endif
 #ifndef BWF_MIN_ROWS_F64
-#define BWF_MIN_ROWS_F64 32
+#define BWF_MIN_ROWS_F64 16
 #endif
 /* fused backward: keys per step of P, dS and the dQ, dK, dV products, so that their K tile
    (BWF_DQ_KEYS x one micro-tile of columns: 16 KiB in float on AVX-512) stays in L1 while every
@@ -133,8 +135,8 @@
 #define BWF_TASKS 8
 #endif
 /* fused backward: the chunks are halved (down to 2) while their partial sums of dK, dV pass this
-   many bytes; by default never below SA_BACKWARD_PARTIAL_BYTES, where the blocked backward takes
-   over anyway */
+   many bytes; by default SA_BACKWARD_PARTIAL_BYTES, the memory budget, which the chunks meet
+   anyway (backward_fused.inc's plan) */
 #ifndef BWF_PARTIALS_BYTES
 #define BWF_PARTIALS_BYTES SA_BACKWARD_PARTIAL_BYTES
 #endif

@@ -215,8 +215,10 @@ def test_key_steps_that_a_band_starts_and_ends_inside(dtype, isa):
 
 
 # The fused backward's budgets (csrc/attn.h): each thread's panel of scores (a block of query rows
-# by every key) under 8 MiB, the partial sums of dK, dV under 64 MiB; past either the blocked
-# backward runs. 17000 keys are past the panel budget on every tier in both precisions.
+# by every key) under 8 MiB, the partial sums of dK, dV under 64 MiB. Long rows take blocks of
+# fewer query rows (down to 16) and fewer chunks; past either budget even so the blocked backward
+# runs. 66000 keys are past the panel budget on every tier in both precisions (2 x 16 x 66000
+# floats is 8.4 MB).
 PANEL_BYTES, PARTIAL_BYTES = 8 << 20, 64 << 20
 
 
@@ -247,47 +249,87 @@ def _backward_f64(dO, Q, K, V, scale, mask=None, causal=False):
     return dS @ K * scale, dS.T @ Q * scale, P.T @ dO
 
 
+def _fused_backward_ran(peak, outputs, rows, n_k, d, itemsize):
+    """Beside the gradients, the fused backward stores each thread's panels, 2 x rows x n_k reals,
+    and K and V packed, 2 x n_k x d and more; the blocked backward stores neither (at most partial
+    sums of dK, dV: below that with the chunks of these tests)."""
+    return peak - outputs >= (2 * rows + 2 * d) * n_k * itemsize
+
+
 @pytest.mark.c_backend
-def test_long_rows_halve_the_blocks_and_keep_the_fused_backward(isa, threads):
-    """float64, 12000 keys: a block of 64 query rows would hold panels of 2 x 64 x 12000 doubles
-    (12 MB), past the 8 MiB budget, so the blocks halve to 32 rows (6 MB) and the fused backward
-    still runs: a panel is stored (the blocked backward stores none: its peak at 17000 keys is
-    half of one); the gradients, and the same bits for 1, 2 and 3 threads."""
+@pytest.mark.parametrize("dtype, n_k, rows", [(np.float64, 12000, 32), (np.float32, 40000, 16)])
+def test_long_rows_halve_the_blocks_and_keep_the_fused_backward(dtype, n_k, rows, isa, threads):
+    """A block of 64 query rows by n_k keys would hold panels past the 8 MiB budget (2 x 64 x
+    12000 doubles, 12 MB; 2 x 64 x 40000 floats, 20 MB), so the blocks halve until theirs fit
+    (32 rows, 16 rows) and the fused backward still runs: the gradients, and the same bits for 1,
+    2 and 3 threads."""
     if isa == "reference":
         pytest.skip("the reference tier has no fused backward")
     rng = np.random.default_rng(52)
-    n_q, n_k, d = 100, 12000, 8
+    n_q, d = 100, 8
     Q, dO, K, V = rand(rng, n_q, d), rand(rng, n_q, d), rand(rng, n_k, d), rand(rng, n_k, d)
-    inputs = (2 * n_q + 2 * n_k) * d * 8
+    args = [x.astype(dtype) for x in (dO, Q, K, V)]
     results = []
     for n in (1, 2, 3):
         selfattn.set_num_threads(n)
-        got, peak = _peak_bytes(lambda: sdpa_backward(dO, Q, K, V, scale=0.3))
+        got, peak = _peak_bytes(lambda: sdpa_backward(*args, scale=0.3))
         if n == 1:
-            assert peak - inputs >= 2 * 32 * n_k * 8, peak
+            size = args[0].itemsize
+            assert _fused_backward_ran(peak, (n_q + 2 * n_k) * d * size, rows, n_k, d, size), peak
         results.append(got)
     for got in results[1:]:
         for g, s in zip(got, results[0]):
             assert np.array_equal(g, s)
     for g, w in zip(results[0], _backward_f64(dO, Q, K, V, 0.3)):
-        assert_close(g, w, 1e-12)
+        assert_close(g, w, 1e-12 if dtype == np.float64 else 2e-5)
+
+
+@pytest.mark.c_backend
+@pytest.mark.parametrize("items, n_q, n_k, rows", [(1, 512, 9000, 64), (2, 128, 17000, 32)])
+def test_long_rows_take_fewer_chunks_and_keep_the_fused_backward(items, n_q, n_k, rows, isa):
+    """d = 128, float32: 8 chunks' partial sums of dK, dV (8 x 9000 x 256 floats, 74 MB) would
+    pass their 64 MiB budget, so one item takes 2 chunks; two items of 17000 keys would pass it
+    with 2 chunks each (70 MB), so each item is one chunk (no partials). The fused backward still
+    runs: the gradients, and the same bits for 1 and 2 threads."""
+    if isa == "reference":
+        pytest.skip("the reference tier has no fused backward")
+    rng = np.random.default_rng(53)
+    d = 128
+    Q, dO = (rng.standard_normal((items, n_q, d)).astype(np.float32) for _ in range(2))
+    K, V = (rng.standard_normal((items, n_k, d)).astype(np.float32) / 4 for _ in range(2))
+    results = []
+    for n in (1, 2):
+        selfattn.set_num_threads(n)
+        got, peak = _peak_bytes(lambda: sdpa_backward(dO, Q, K, V))
+        if n == 1:
+            outputs = items * (n_q + 2 * n_k) * d * 4
+            assert _fused_backward_ran(peak, outputs, rows, n_k, d, 4), peak
+        results.append(got)
+    for g, s in zip(results[1], results[0]):
+        assert np.array_equal(g, s)
+    for b in range(items):
+        f64 = [x[b].astype(np.float64) for x in (dO, Q, K, V)]
+        for g, w in zip(results[0], _backward_f64(*f64, d ** -0.5)):
+            assert_close(g[b], w, 2e-5)
 
 
 @pytest.mark.c_backend
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n_q", [50, 130])      # one query block, or three (partial sums)
 def test_past_the_panel_budget_the_blocked_backward_gives_the_gradients(n_q, dtype, isa):
-    """17000 keys: the fused backward's panel would pass its budget, so the blocked backward runs
-    (its plan A) with O(n d) memory; masks, fully masked rows and a NaN row as everywhere."""
+    """66000 keys: the fused backward's panel would pass its budget even with blocks of 16 rows,
+    so the blocked backward runs (its plan A) with O(n d) memory; masks, fully masked rows and a
+    NaN row as everywhere."""
     rng = np.random.default_rng(50)
-    n_k, d = 17000, 8
+    n_k, d = 66000, 4
     Q, dO = rand(rng, n_q, d), rand(rng, n_q, d)
     K, V = rand(rng, n_k, d), rand(rng, n_k, d)
     mask = rng.random((n_q, n_k)) < 0.7
     mask[[0, n_q - 1]] = False                 # two queries see no key
     args = [x.astype(dtype) for x in (dO, Q, K, V)]
     got, peak = _peak_bytes(lambda: sdpa_backward(*args, mask=mask))
-    assert peak - 3 * n_k * d * args[0].itemsize < PANEL_BYTES     # no panel was stored
+    size = args[0].itemsize
+    assert not _fused_backward_ran(peak, (n_q + 2 * n_k) * d * size, 16, n_k, d, size), peak
     want = _backward_f64(dO, Q, K, V, d ** -0.5, mask)
     for g, w in zip(got, want):
         assert_close(g, w, 1e-5 if dtype == np.float32 else 1e-12)
@@ -303,12 +345,12 @@ def test_past_the_panel_budget_the_blocked_backward_gives_the_gradients(n_q, dty
 
 @pytest.mark.slow
 def test_past_the_partials_budget_the_blocked_backward_gives_the_gradients(isa):
-    """288 query rows in 5 to 8 chunks, 14000 keys, d = 64, float64: the fused backward's panel
-    fits but its partial sums of dK, dV (chunks x 14000 x 128 doubles) pass 64 MiB, and so do the
-    blocked backward's (plan A): it takes plan B (query blocks, then key blocks), whose scratch is
-    a few blocks per thread."""
+    """288 query rows in 5 chunks, 33000 keys, d = 64, float64: past the fused backward's panel
+    budget (blocks of 16 rows by 33000 keys), and the blocked backward's partial sums of dK, dV
+    (5 x 33000 x 128 doubles) pass 64 MiB: it takes plan B (query blocks, then key blocks), whose
+    scratch is a few blocks per thread."""
     rng = np.random.default_rng(51)
-    n_q, n_k, d = 288, 14000, 64
+    n_q, n_k, d = 288, 33000, 64
     Q, dO, K, V = rand(rng, n_q, d), rand(rng, n_q, d), rand(rng, n_k, d), rand(rng, n_k, d)
     mask = rng.random((n_q, n_k)) < 0.9
     got, peak = _peak_bytes(lambda: sdpa_backward(dO, Q, K, V, mask=mask, is_causal=True))

@@ -144,13 +144,13 @@ def test_gradients_match_finite_differences(isa):
 
 @pytest.mark.c_backend
 def test_the_blocked_backward_honours_lengths(isa):
-    """17000 keys: past the fused backward's panel budget (tests/test_backward_fast.py), so the
+    """66000 keys: past the fused backward's panel budget (tests/test_backward_fast.py), so the
     blocked backward runs; it agrees with the same rule given as a mask."""
     rng = np.random.default_rng(7)
-    n_q, n_k, d = 40, 17000, 4
+    n_q, n_k, d = 40, 66000, 4
     Q, dO = rng.standard_normal((2, n_q, d)), rng.standard_normal((2, n_q, d))
     K, V = rng.standard_normal((2, n_k, d)), rng.standard_normal((2, n_k, d))
-    ql, kl = np.array([40, 13]), np.array([17000, 9001])
+    ql, kl = np.array([40, 13]), np.array([66000, 9001])
     Q[1, 13:] = np.nan                          # padding: left out of every product
     K[1, 9001:] = np.inf
     for causal in (False, True):
