@@ -104,14 +104,15 @@
 #define FA_MASK_CHUNK_BYTES 16384
 #endif
 /* fused backward query rows per block: each block reads and writes the dK, dV accumulator once,
-   so more rows mean less of that traffic (float: 128 rows measured the same as 64; double, on an
-   Intel Xeon: 64 rows took 0.91-0.96 of the time of 32 at n = 1024 to 8192). Where a thread's
+   so more rows mean less of that traffic (on an Intel Xeon, float: 128 rows took 0.96-0.98 of
+   the time of 64 at n = 4096 and 8192, the same at 2048; double: 64 rows took 0.91-0.96 of the
+   time of 32 at n = 1024 to 8192, 96 the same as 64). Where a thread's
    panels of scores, 2 x rows x n_k reals, would pass SA_BACKWARD_PANEL_BYTES, the rows are halved
    down to BWF_MIN_ROWS: 16 keep the fused backward up to 65536 keys in float, 32768 in double,
    where at d = 64 its partial sums reach their budget too (with 32, float n = 40000 took the
    blocked backward, 4.2x the time of the fused one with 16 rows; double n = 20000 2.7x) */
 #ifndef BWF_ROWS_F32
-#define BWF_ROWS_F32 64
+#define BWF_ROWS_F32 128
 #endif
 #ifndef BWF_ROWS_F64
 #define BWF_ROWS_F64 64

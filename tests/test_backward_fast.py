@@ -288,7 +288,7 @@ def test_long_rows_halve_the_blocks_and_keep_the_fused_backward(dtype, n_k, rows
 @pytest.mark.parametrize("items, n_q, n_k, rows", [(1, 512, 9000, 64), (2, 128, 17000, 32)])
 def test_long_rows_take_fewer_chunks_and_keep_the_fused_backward(items, n_q, n_k, rows, isa):
     """d = 128, float32: 8 chunks' partial sums of dK, dV (8 x 9000 x 256 floats, 74 MB) would
-    pass their 64 MiB budget, so one item takes 2 chunks; two items of 17000 keys would pass it
+    pass their 64 MiB budget, so one item takes 4 chunks; two items of 17000 keys would pass it
     with 2 chunks each (70 MB), so each item is one chunk (no partials). The fused backward still
     runs: the gradients, and the same bits for 1 and 2 threads."""
     if isa == "reference":
