@@ -54,6 +54,10 @@
 #ifndef GEMM_B_IN_PLACE_MAX_ROWS
 #define GEMM_B_IN_PLACE_MAX_ROWS 1024
 #endif
+/* ... and whose B holds at most this many bytes (k x row stride): one that stays in L2 */
+#ifndef GEMM_B_IN_PLACE_MAX_BYTES
+#define GEMM_B_IN_PLACE_MAX_BYTES (512.0 * 1024)
+#endif
 #ifndef GEMM_MIN_SLIVERS
 #define GEMM_MIN_SLIVERS 4
 #endif

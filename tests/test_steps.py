@@ -215,12 +215,12 @@ def test_output_deep_products_in_big_tasks(isa, dtype, threads):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("m, k, n", [(512, 64, 192), (97, 300, 64), (1024, 64, 128),
-                                     (1025, 64, 128), (13, 520, 96)])
+                                     (1025, 64, 128), (13, 520, 96), (1000, 1100, 128)])
 def test_matmul_reads_a_narrow_b_in_place_with_the_bits_of_its_pack(isa, dtype, threads, m, k,
                                                                     n):
     """A narrow B (whole column slivers, rows at most two tiles wide) under a product of at most
-    1024 rows is read in place rather than packed (matmul_fast.inc's gemm_reads_b_in_place); the
-    same B as a view into rows 4096 wide is packed. Both give the same bits, for 1 to 7 threads,
+    1024 rows is read in place rather than packed (matmul_fast.inc's gemm_reads_b_in_place), unless
+    it holds more than 512 KiB (1100 x 128); the same B as a view into rows 4096 wide is packed. Both give the same bits, for 1 to 7 threads,
     one k step or several, rows in whole slivers or not, and are exact."""
     code = _core.isa_code(isa)
     rng = np.random.default_rng(m + k + n)
