@@ -369,6 +369,10 @@ int sa_interrupted(void);
  *            entry -inf) becomes all zeros; a row holding NaN becomes all NaN. out may alias in.
  * matmul:    C[b] (m, n) = A[b] (m, k) . B[b] (k, n), IEEE products (0 * inf is NaN), on every
  *            tier. (Projections and gradients; the output product adds sa_output_zero_weights.)
+ *            `layout` (SA_MATMUL_* below, ORed; 0: none) says how the operands are stored:
+ *            A given as its transpose (k, m), B as its transpose (n, k), C added to rather than
+ *            overwritten. A gradient's X^T . dP and dP . W^T then read X and W where they are,
+ *            with the bits of the same product of transposed copies.
  * attention: out[b] (n_q, d_v) = softmax(scores(Q, K, mask, scale, band)) . V[b] (n_k, d_v).
  *            With weights == NULL it is fused: it never materialises the (n_q, n_k) scores and
  *            needs O((n_q + n_k) d) memory. Otherwise it also stores the softmax weights in
@@ -387,8 +391,14 @@ typedef int (*sa_scores_fn)(const sa_exec *ex, const sa_batch *batch, const sa_m
                             const sa_score_mods *mods);
 typedef int (*sa_softmax_fn)(const sa_exec *ex, const sa_batch *batch, const sa_mat *out,
                              const sa_mat *in, sa_int n_rows, sa_int n);
+enum {
+    SA_MATMUL_A_T = 1,      /* A(i, p) = A->data[p * A->ld + i]: the (k, m) matrix A^T is given */
+    SA_MATMUL_B_T = 2,      /* B(p, j) = B->data[j * B->ld + p]: the (n, k) matrix B^T is given */
+    SA_MATMUL_ADD = 4,      /* C[b] += A . B: the products' sum is added to what C holds */
+};
 typedef int (*sa_matmul_fn)(const sa_exec *ex, const sa_batch *batch, const sa_mat *C,
-                            const sa_mat *A, const sa_mat *B, sa_int m, sa_int n, sa_int k);
+                            const sa_mat *A, const sa_mat *B, sa_int m, sa_int n, sa_int k,
+                            int layout);
 typedef int (*sa_attention_fn)(const sa_exec *ex, const sa_batch *batch, const sa_mat *out,
                                const sa_mat *weights, const sa_mat *Q, const sa_mat *K, const sa_mat *V,
                                const sa_mask *mask, sa_int n_q, sa_int n_k, sa_int d_k,

@@ -17,7 +17,6 @@
 #include "attn.h"
 #include "attention_decode.h"
 #include "platform.h"
-#include "transpose.h"
 
 #include <math.h>
 #include <string.h>
@@ -473,9 +472,9 @@ static int softmax_impl(int isa, int precision, const sa_batch *batch, const sa_
     return raise_status(status);
 }
 
-/* C = A . B with IEEE products: projections and gradients. */
+/* C = A . B (layout: attn.h's SA_MATMUL_*) with IEEE products: projections and gradients. */
 static int matmul_impl(int isa, int precision, const sa_batch *batch, const sa_mat *C,
-                       const sa_mat *A, const sa_mat *B, sa_int m, sa_int n, sa_int k)
+                       const sa_mat *A, const sa_mat *B, sa_int m, sa_int n, sa_int k, int layout)
 {
     sa_exec ex;
     const sa_kernels *tier = prepare(&ex, isa, batch, precision, NULL, 0);
@@ -483,7 +482,7 @@ static int matmul_impl(int isa, int precision, const sa_batch *batch, const sa_m
         return -1;
     int status;
     RUN_KERNEL(status, 2.0 * batch->count * m * n * k,
-               tier->matmul[precision](&ex, batch, C, A, B, m, n, k));
+               tier->matmul[precision](&ex, batch, C, A, B, m, n, k, layout));
     return raise_status(status);
 }
 
@@ -492,7 +491,7 @@ static int matmul_impl(int isa, int precision, const sa_batch *batch, const sa_m
 static int output_impl(int isa, int precision, const sa_batch *batch, const sa_mat *out,
                        const sa_mat *weights, const sa_mat *V, sa_int n_q, sa_int n_k, sa_int d_v)
 {
-    if (matmul_impl(isa, precision, batch, out, weights, V, n_q, d_v, n_k) < 0)
+    if (matmul_impl(isa, precision, batch, out, weights, V, n_q, d_v, n_k, 0) < 0)
         return -1;
     sa_output_zero_weights(batch, precision, out, weights, V, n_q, d_v, n_k);
     return 0;
@@ -565,7 +564,7 @@ static int project_impl(int isa, int precision, const sa_batch *batch, const sa_
         sa_mat columns = *QKV;
         columns.data = (char *)QKV->data + (size_t)d_all * itemsize;
         if (width[i] > 0
-            && matmul_impl(isa, precision, batch, &columns, X, &W[i], n, width[i], d_model) < 0)
+            && matmul_impl(isa, precision, batch, &columns, X, &W[i], n, width[i], d_model, 0) < 0)
             return -1;
         d_all += width[i];
     }
@@ -590,20 +589,6 @@ static int project_impl(int isa, int precision, const sa_batch *batch, const sa_
         }
     }
     return 0;
-}
-
-/* out = A^T, a copy (no tier: the same bytes everywhere); its work counts one unit an element. */
-static int transpose_impl(int isa, int precision, const sa_batch *batch, const sa_mat *out,
-                          const sa_mat *A, sa_int rows, sa_int cols)
-{
-    sa_exec ex;
-    if (make_exec(&ex, isa) < 0)
-        return -1;
-    size_t itemsize = precision == SA_F32 ? sizeof(float) : sizeof(double);
-    int status;
-    RUN_KERNEL(status, (double)batch->count * rows * cols,
-               sa_transpose(&ex, batch, out, A, rows, cols, itemsize));
-    return raise_status(status);
 }
 
 /* ---- the general entry points: parse, check the kernel contract, then the operation's helper */
@@ -646,9 +631,8 @@ static PyObject *core_scores(PyObject *self, PyObject *args)
 PyDoc_STRVAR(softmax_doc, "softmax(out, x, isa)\n--\n\n"
                           "out[...] = softmax over the last axis of x (private); out may be x.");
 
-/* The entry points of one input and one output of its shape or its transpose: softmax(out, x,
-   isa) and transpose(out, A, isa). */
-static PyObject *parse_unary(PyObject *args, int transposes)
+/* softmax(out, x, isa): one input, one output of its shape */
+static PyObject *core_softmax(PyObject *self, PyObject *args)
 {
     PyObject *out_obj, *in_obj;
     int isa, typenum, precision;
@@ -658,19 +642,17 @@ static PyObject *parse_unary(PyObject *args, int transposes)
     sa_mat out, in;
     if (get_out(out_obj, &batch, &typenum, &precision) < 0)
         return NULL;
-    npy_intp out_rows = dim(out_obj, 2), out_cols = dim(out_obj, 1);
-    npy_intp rows = transposes ? out_cols : out_rows, cols = transposes ? out_rows : out_cols;
-    if (get_mat(out_obj, typenum, 1, &batch, out_rows, out_cols, &out, "out") < 0
-        || get_mat(in_obj, typenum, 0, &batch, rows, cols, &in, transposes ? "A" : "x") < 0
-        || (transposes ? transpose_impl(isa, precision, &batch, &out, &in, rows, cols)
-                       : softmax_impl(isa, precision, &batch, &out, &in, rows, cols)) < 0)
+    npy_intp rows = dim(out_obj, 2), cols = dim(out_obj, 1);
+    if (get_mat(out_obj, typenum, 1, &batch, rows, cols, &out, "out") < 0
+        || get_mat(in_obj, typenum, 0, &batch, rows, cols, &in, "x") < 0
+        || softmax_impl(isa, precision, &batch, &out, &in, rows, cols) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
 
-static PyObject *core_softmax(PyObject *self, PyObject *args) { return parse_unary(args, 0); }
-
-PyDoc_STRVAR(matmul_doc, "matmul(out, A, B, isa)\n--\n\nout[...] = A @ B (private).");
+PyDoc_STRVAR(matmul_doc, "matmul(out, A, B, isa, layout=0)\n--\n\nout[...] = A @ B (private); "
+                         "layout ORs 1 (A given as A^T, shape (k, m)), 2 (B given as B^T, shape "
+                         "(n, k)), 4 (out[...] += A @ B).");
 PyDoc_STRVAR(output_doc, "output(out, weights, V, isa)\n--\n\nout[...] = weights @ V, where a "
                          "weight of exactly 0 takes nothing from V, even inf or NaN (private).");
 
@@ -678,9 +660,15 @@ PyDoc_STRVAR(output_doc, "output(out, weights, V, isa)\n--\n\nout[...] = weights
 static PyObject *parse_product(PyObject *args, int weighs_values)
 {
     PyObject *out_obj, *A_obj, *B_obj;
-    int isa, typenum, precision;
-    if (!PyArg_ParseTuple(args, "OOOi", &out_obj, &A_obj, &B_obj, &isa))
+    int isa, typenum, precision, layout = 0;
+    if (!PyArg_ParseTuple(args, weighs_values ? "OOOi" : "OOOi|i", &out_obj, &A_obj, &B_obj, &isa,
+                          &layout))
         return NULL;
+    if (layout & ~(SA_MATMUL_A_T | SA_MATMUL_B_T | SA_MATMUL_ADD)) {
+        PyErr_SetString(PyExc_ValueError, "_core: layout must OR 1, 2 and 4");
+        return NULL;
+    }
+    int a_t = (layout & SA_MATMUL_A_T) != 0, b_t = (layout & SA_MATMUL_B_T) != 0;
     sa_batch batch;
     sa_mat C, A, B;
     if (get_out(out_obj, &batch, &typenum, &precision) < 0)
@@ -690,12 +678,12 @@ static PyObject *parse_product(PyObject *args, int weighs_values)
         PyErr_SetString(PyExc_ValueError, "_core: A must be a matrix");
         return NULL;
     }
-    npy_intp k = dim(A_obj, 1);
+    npy_intp k = dim(A_obj, a_t ? 2 : 1);
     if (get_mat(out_obj, typenum, 1, &batch, m, n, &C, "out") < 0
-        || get_mat(A_obj, typenum, 0, &batch, m, k, &A, "A") < 0
-        || get_mat(B_obj, typenum, 0, &batch, k, n, &B, "B") < 0
+        || get_mat(A_obj, typenum, 0, &batch, a_t ? k : m, a_t ? m : k, &A, "A") < 0
+        || get_mat(B_obj, typenum, 0, &batch, b_t ? n : k, b_t ? k : n, &B, "B") < 0
         || (weighs_values ? output_impl(isa, precision, &batch, &C, &A, &B, m, k, n)
-                          : matmul_impl(isa, precision, &batch, &C, &A, &B, m, n, k)) < 0)
+                          : matmul_impl(isa, precision, &batch, &C, &A, &B, m, n, k, layout)) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -884,13 +872,6 @@ static PyObject *core_attention_backward(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-PyDoc_STRVAR(transpose_doc,
-             "transpose(out, A, isa)\n--\n\n"
-             "out[...] = A[...]^T (private): out (..., cols, rows) of A's type, A (..., rows, cols) "
-             "with contiguous rows, broadcast to out's batch shape; the transposed operands of "
-             "the gradients' products.");
-
-static PyObject *core_transpose(PyObject *self, PyObject *args) { return parse_unary(args, 1); }
 
 /* ---- the common case without the Python layer ---------------------------------------------- */
 /*
@@ -1248,7 +1229,6 @@ static PyMethodDef core_methods[] = {
     {"project", core_project, METH_VARARGS, project_doc},
     {"attention", core_attention, METH_VARARGS, attention_doc},
     {"attention_backward", core_attention_backward, METH_VARARGS, attention_backward_doc},
-    {"transpose", core_transpose, METH_VARARGS, transpose_doc},
     {"plain_scores", core_plain_scores, METH_VARARGS,
      "plain_scores(Q, K, scale, band)\n--\n\nScores of plain 2-D matrices, or None (private)."},
     {"plain_softmax", core_plain_softmax, METH_O,

@@ -22,8 +22,6 @@ from ._kernels import (
     _finish,
     _matmul,
     _split_heads,
-    _stacked_transpose,
-    _transpose,
 )
 from ._layer import _Layer
 from ._validate import (
@@ -69,7 +67,7 @@ def _weight_grad(X, G, w_shape, compute):
     rows = math.prod(batch[i] for i in folded) * G.shape[-2]
     A = np.transpose(np.broadcast_to(X, batch + X.shape[-2:]), perm).reshape(kshape + (rows, X.shape[-1]))
     Gf = np.transpose(G, perm).reshape(kshape + (rows, G.shape[-1]))
-    out = _matmul(_transpose(A), Gf, compute, kshape)
+    out = _matmul(A, Gf, compute, kshape, a_t=True)
     if rows == 0:
         out[...] = 0
     return out.reshape(pad + out.shape[-2:]).reshape(w_shape)
@@ -126,8 +124,12 @@ def _layer_input_grads(L, spent, w_o_grad=None):
             A[...] = _sum_to(A_all, A.shape)
     weight_grads, bias_grads = [], []
     for name, src, dP, parts in sources:
-        W_all_t = _stacked_transpose([W for W, _, _ in parts], c, L.w_batch)
-        grads[name] = _sum_to(_matmul(dP, W_all_t, c, b), src.shape)
+        # dP @ [W_1 | ...]^T, one product per W, each adding to the last (the W's read where
+        # they are, never transposed or put side by side)
+        d_src = None
+        for W, lo, hi in parts:
+            d_src = _matmul(dP[..., lo:hi], W, c, b, b_t=True, add_to=d_src)
+        grads[name] = _sum_to(d_src, src.shape)
         weight_grads += _packed_weight_grads(src, dP, parts, c)
         # a bias is added to every row: its gradient is dP summed over the rows
         row_sums = dP.sum(axis=-2) if any(b_ is not None for b_ in L.biases[:3]) else None

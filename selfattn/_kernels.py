@@ -91,24 +91,6 @@ def _split_heads(A, heads):
     return np.moveaxis(view, -2 - len(axes), -2)
 
 
-def _transpose(W, out=None):
-    """The last two axes swapped, as a copy with contiguous rows (what the kernels read), into
-    `out` if given (rows contiguous, W's dtype): on _core.transpose (tiled and threaded) for
-    native float arrays, NumPy's copy otherwise and for small ones (where a call's overhead,
-    ~1 us, would be most of the time). Without `out`, the copy's rows are padded where they are
-    a multiple of 1 KiB (_empty_rows): X^T of 512 rows of float64, a weight gradient's A operand
-    read in place, had rows 4 KiB apart, and its product took 1.2-1.5x as long."""
-    if W.dtype not in (np.float32, np.float64) or W.ndim < 2 or W.size < 4096:
-        if out is None:
-            return np.ascontiguousarray(np.swapaxes(W, -1, -2))
-        out[...] = np.swapaxes(W, -1, -2)
-        return out
-    if out is None:
-        out = _empty_rows(W.shape[:-2] + (W.shape[-1], W.shape[-2]), W.dtype)
-    _core.transpose(out, _operand(W, W.dtype, W.shape[:-2]), _ISA_DEFAULT)
-    return out
-
-
 def _empty_rows(shape, dtype):
     """np.empty(shape, dtype) for an internal array whose heads are read or written as strided
     views (multi-head Q, K, V, their gradients): a row of a multiple of 1 KiB is padded by one
@@ -124,12 +106,21 @@ def _empty_rows(shape, dtype):
     return padded[..., :shape[-1]]
 
 
-def _matmul(A, B, compute, batch, padded=False):
+def _matmul(A, B, compute, batch, padded=False, a_t=False, b_t=False, add_to=None):
     """A @ B on the matmul kernel, A and B broadcast to `batch`; `padded`: an internal result
-    read by heads (_empty_rows)."""
-    out = (_empty_rows if padded else np.empty)(batch + (A.shape[-2], B.shape[-1]), compute)
+    read by heads (_empty_rows). With a_t (b_t), A (B) is given as its transpose, (..., k, m)
+    ((..., n, k)): the kernel reads it where it is, with the bits of a transposed copy (a
+    gradient's X^T @ dP, dP @ W^T). With add_to (an array of the result's shape and dtype), the
+    product is added to it in place and it is returned."""
+    m = A.shape[-1] if a_t else A.shape[-2]
+    n = B.shape[-2] if b_t else B.shape[-1]
+    out = add_to
+    if out is None:
+        out = (_empty_rows if padded else np.empty)(batch + (m, n), compute)
+    layout = (1 if a_t else 0) | (2 if b_t else 0) | (4 if add_to is not None else 0)
     if out.size:
-        _core.matmul(out, _operand(A, compute, batch), _operand(B, compute, batch), _ISA_DEFAULT)
+        _core.matmul(out, _operand(A, compute, batch), _operand(B, compute, batch), _ISA_DEFAULT,
+                     layout)
     return out
 
 
@@ -161,21 +152,6 @@ def _project(func, X, Ws, compute, batch, w_batch, biases=None, padded=True):
         views.append(QKV[..., start: start + W.shape[-1]])
         start += W.shape[-1]
     return views
-
-
-def _stacked_transpose(Ws, compute, w_batch):
-    """[W_1 | W_2 | ...]^T, the W's (..., d_model, width_i) transposed into the row blocks of one
-    (w_batch, sum of widths, d_model) array: the operand of a layer's dX = dP @ [W_1 | ...]^T,
-    built without the concatenated [W_1 | ...] (which _project never makes)."""
-    d_model = Ws[0].shape[-2]
-    w_batch = tuple(w_batch)
-    out = _scratch.empty(w_batch + (sum(W.shape[-1] for W in Ws), d_model), compute)
-    start = 0
-    for W in Ws:
-        width = W.shape[-1]
-        _transpose(_operand(W, compute, w_batch), out=out[..., start: start + width, :])
-        start += width
-    return out
 
 
 def _attend(func, batch, Q, K, V, mask, scale, visibility, compute, return_weights, heads=None,

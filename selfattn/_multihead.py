@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._backward import _layer_input_grads, _sum_to, _weight_grad
-from ._kernels import _finish, _finish_attention, _matmul, _transpose
+from ._kernels import _finish, _finish_attention, _matmul
 from ._layer import _Layer
 from ._validate import (
     _as_matrices,
@@ -264,7 +264,7 @@ def _grads(L, dY, qkv, out=None):
     dY = dY.astype(c, copy=False)
     out_shape = L.out_batch + (L.n, L.W_o.shape[-2])
     _check_size(L.func, out_shape, c)
-    d_out = _sum_to(_matmul(dY, _transpose(L.W_o), c, L.y_batch, padded=True), out_shape)
+    d_out = _sum_to(_matmul(dY, L.W_o, c, L.y_batch, padded=True, b_t=True), out_shape)
     spent = [d_out, Q, K, V]
     del d_out, Q, K, V
 

@@ -293,22 +293,30 @@ def softmax(out, x, isa):
         out[..., rows, :] = _softmax_rows(x[..., rows, :])
 
 
-def _product(out, A, B, isa, weighs_values):
+def _product(out, A, B, isa, weighs_values, layout=0):
     _isa(isa)
     out = _out(out)
+    if not isinstance(layout, int) or layout & ~7:
+        raise ValueError("_core: layout must OR 1, 2 and 4")
+    a_t, b_t, add = layout & 1, layout & 2, layout & 4
     batch, (m, n) = out.shape[:-2], out.shape[-2:]
-    k = _matrix(A, "A").shape[-1]
-    A = _operand(A, out.dtype, batch + (m, k), "A")
-    B = _operand(B, out.dtype, batch + (k, n), "B")
+    k = _matrix(A, "A").shape[-2 if a_t else -1]
+    A = _operand(A, out.dtype, batch + ((k, m) if a_t else (m, k)), "A")
+    B = _operand(B, out.dtype, batch + ((n, k) if b_t else (k, n)), "B")
+    A, B = (np.swapaxes(A, -1, -2) if a_t else A), (np.swapaxes(B, -1, -2) if b_t else B)
     bad = _nonfinite_columns(B) if weighs_values else ()
     with np.errstate(invalid="ignore", over="ignore"):
         for rows in _row_blocks(m, _items(batch) * max(n, k), out.itemsize):
-            _weigh(A[..., rows, :], B, bad, out=out[..., rows, :])
+            if add:
+                out[..., rows, :] += np.matmul(A[..., rows, :], B)
+            else:
+                _weigh(A[..., rows, :], B, bad, out=out[..., rows, :])
 
 
-def matmul(out, A, B, isa):
-    """out[...] = A @ B (IEEE products: 0 * inf is NaN)."""
-    _product(out, A, B, isa, weighs_values=False)
+def matmul(out, A, B, isa, layout=0):
+    """out[...] = A @ B (IEEE products: 0 * inf is NaN); layout ORs 1 (A given as A^T, shape
+    (..., k, m)), 2 (B given as B^T, shape (..., n, k)) and 4 (out[...] += A @ B)."""
+    _product(out, A, B, isa, weighs_values=False, layout=layout)
 
 
 def output(out, weights, V, isa):
@@ -448,13 +456,6 @@ def attention_backward(dQ, dK, dV, dO, Q, K, V, mask, scale, band, isa, softcap=
     dK *= scale_c
 
 
-
-def transpose(out, A, isa):
-    """out[...] = A[...]^T: out (..., cols, rows), A (..., rows, cols) of out's dtype."""
-    _isa(isa)
-    out = _out(out)
-    A = _operand(A, out.dtype, out.shape[:-2] + out.shape[-1:] + out.shape[-2:-1], "A")
-    out[...] = np.swapaxes(A, -1, -2)
 
 # ---- the plain entry points: the C extension's fast path for 2-D calls ------------------------
 

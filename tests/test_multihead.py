@@ -186,20 +186,3 @@ def test_projections_are_the_bits_of_one_product_with_the_weights_side_by_side(
     bias_row = np.concatenate([np.zeros(w) if b is None else b for w, b in zip(widths, biases)])
     assert_close(np.concatenate(views, axis=-1),
                  ref_output(X, np.concatenate(Ws, axis=-1)) + bias_row.astype(LD))
-
-
-@pytest.mark.c_backend
-@pytest.mark.parametrize("shapes", [((8, 5), (8, 5), (8, 7)),        # NumPy's copy (small)
-                                    ((512, 96), (512, 96), (512, 64)),  # _core.transpose
-                                    ((300, 1),)])
-def test_stacked_transpose_is_the_transpose_of_the_weights_side_by_side(threads, shapes):
-    """The backward's [W_1 | ... ]^T, built W by W into row blocks, is exactly the transpose of
-    the concatenated weights (a copy), for weights shared along a batch axis."""
-    from selfattn import _kernels
-    rng = np.random.default_rng(len(shapes))
-    Ws = [rng.standard_normal((1, 3) + s).astype(np.float32) for s in shapes]
-    Ws[0] = np.broadcast_to(Ws[0][:, :1], Ws[0].shape)     # one W broadcast along the batch
-    want = np.swapaxes(np.concatenate(Ws, axis=-1), -1, -2)
-    got = _same_for_every_thread_count(
-        lambda: (_kernels._stacked_transpose(Ws, np.dtype(np.float32), (1, 3)),))[0]
-    np.testing.assert_array_equal(got, want)

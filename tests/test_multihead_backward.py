@@ -151,7 +151,7 @@ def _root(a):
 def test_spent_arrays_are_freed_before_the_projection_gradients(monkeypatch, single_head):
     """The backward gives back the memory of Q, K, V (one array), of the heads' output and of its
     gradient as soon as they are spent, so that the projections' gradient products reuse it
-    instead of fresh pages: when [W_q | W_k | W_v]^T is built for dX, none of them is alive; the
+    instead of fresh pages: at dX's products (dP @ W^T, one per W) none of them is alive; the
     heads' output comes from the attention backward (no forward pass runs); the gradients are
     unchanged."""
     import weakref
@@ -170,7 +170,8 @@ def test_spent_arrays_are_freed_before_the_projection_gradients(monkeypatch, sin
     want = call()
     alive = {}
     real_project, real_grads = _layer._Layer.project, _kernels._attention_grads
-    real_matmul, real_stacked = _kernels._matmul, _kernels._stacked_transpose
+    real_matmul = _kernels._matmul
+    products = []
 
     def project(self):
         views = real_project(self)
@@ -187,23 +188,26 @@ def test_spent_arrays_are_freed_before_the_projection_gradients(monkeypatch, sin
             alive["out"] = weakref.ref(_root(out))
         return real_grads(*args)
 
-    def matmul(A, B, compute, batch, padded=False):
-        result = real_matmul(A, B, compute, batch, padded)
+    def matmul(A, B, compute, batch, padded=False, **layout):
+        result = real_matmul(A, B, compute, batch, padded, **layout)
         if padded:        # the heads' output's gradient, dY @ W_o^T
             alive["d_out"] = weakref.ref(_root(result))
         return result
 
-    def stacked_transpose(Ws, compute, w_batch):
-        for name, ref in alive.items():
-            assert ref() is None, f"{name} is still alive at the projections' gradients"
-        return real_stacked(Ws, compute, w_batch)
+    def projection_product(A, B, compute, batch, padded=False, **layout):
+        if layout.get("b_t"):         # dX's dP @ W^T
+            products.append(B.shape)
+            for name, ref in alive.items():
+                assert ref() is None, f"{name} is still alive at the projections' gradients"
+        return real_matmul(A, B, compute, batch, padded, **layout)
 
     monkeypatch.setattr(_layer._Layer, "project", project)
     monkeypatch.setattr(_layer._Layer, "attend", attend)
     monkeypatch.setattr(_backward, "_attention_grads", attention_grads)
     monkeypatch.setattr(_multihead, "_matmul", matmul)
-    monkeypatch.setattr(_backward, "_stacked_transpose", stacked_transpose)
+    monkeypatch.setattr(_backward, "_matmul", projection_product)
     got = call()
     assert "QKV" in alive and (single_head or {"d_out", "out"} <= set(alive))
+    assert products == [W_q.shape, W_k.shape, W_v.shape]
     for g, w in zip(got, want):
         np.testing.assert_array_equal(g, w)

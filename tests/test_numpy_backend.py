@@ -44,6 +44,10 @@ def _calls(rng):
         lambda: sdpa(Q, K, V_inf, mask=hide),
         lambda: selfattn.self_attention_layer(Q, np.eye(8), np.eye(8), np.eye(8), mask=bool_mask),
         lambda: selfattn.scaled_dot_product_attention_backward(V, Q, K, V_inf, mask=float_mask),
+        # the gradients' products read X, W and W_o transposed in place (matmul's layouts)
+        lambda: selfattn.multi_head_attention_backward(Q, Q, *rng.standard_normal((4, 8, 8)),
+                                                       num_heads=2, b_q=np.ones(8)),
+        lambda: selfattn.self_attention_layer_backward(V[0], Q[0], *rng.standard_normal((3, 8, 8))),
     ]
 
 

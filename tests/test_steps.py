@@ -321,3 +321,66 @@ def test_a_rows_on_one_l1_set_are_copied_with_the_same_bits(isa, dtype, threads,
     copied = for_every_thread_count(lambda: scores(A_view, K, code))
     np.testing.assert_array_equal(copied, scores(A, K, code))
     assert_close(copied, ref_scores(A, K, 0.125))
+
+
+def layout_product(A, B, code, layout, shape, add_to=None):
+    C = np.empty(shape, A.dtype) if add_to is None else add_to.copy()
+    _core.matmul(C, A, B, code, layout)
+    return C
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m, k, n", [(1, 1, 1), (13, 7, 33), (97, 300, 64), (200, 520, 300),
+                                     (1024, 512, 64), (36, 1100, 40), (24, 0, 16)])
+def test_matmul_reads_transposed_operands_with_the_bits_of_their_copies(isa, dtype, threads, m,
+                                                                        k, n):
+    """matmul's layout (csrc/attn.h's SA_MATMUL_*), as the gradients' X^T @ dP and dP @ W^T use it:
+    A given as A^T (k, m) and B as B^T (n, k), read where they are, give the bits of the product
+    of transposed copies for 1 to 7 threads, rows in whole slivers or not, one k step or several;
+    with 4 the product is added to what out holds (exact to the oracle); the inputs are left as
+    they were."""
+    code = _core.isa_code(isa)
+    rng = np.random.default_rng(m + 3 * k + 7 * n)
+    A = rng.standard_normal((m, k)).astype(dtype)
+    B = rng.standard_normal((k, n)).astype(dtype)
+    At, Bt = np.ascontiguousarray(A.T), np.ascontiguousarray(B.T)
+    At_copy, Bt_copy = At.copy(), Bt.copy()
+    plain = for_every_thread_count(lambda: product(A, B, code))
+    for layout, a, b in [(1, At, B), (2, A, Bt), (3, At, Bt)]:
+        got = for_every_thread_count(lambda: layout_product(a, b, code, layout, (m, n)))
+        np.testing.assert_array_equal(got, plain, err_msg=f"layout {layout}")
+    C0 = rng.standard_normal((m, n)).astype(dtype)
+    for layout, a, b in [(4, A, B), (7, At, Bt)]:
+        added = for_every_thread_count(lambda: layout_product(a, b, code, layout, (m, n), C0))
+        assert_close(added, C0.astype(LD) + ref_output(A, B))
+    np.testing.assert_array_equal(At, At_copy)
+    np.testing.assert_array_equal(Bt, Bt_copy)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_matmul_transposed_operands_strided_and_broadcast(isa, dtype):
+    """A^T as a view into longer rows and B^T one matrix broadcast over the batch (a weight shared
+    by every sequence), against NumPy in extended precision; and added to a batch of results."""
+    from selfattn._kernels import _matmul
+    rng = np.random.default_rng(11)
+    m, k, n = 70, 45, 130
+    At = rng.standard_normal((3, k, 2 * m + 5)).astype(dtype)[..., 5: 5 + m]   # (3, k, m)
+    Bt = rng.standard_normal((1, n, k)).astype(dtype)                           # (1, n, k)
+    want = np.matmul(np.swapaxes(At, -1, -2).astype(LD), np.swapaxes(Bt, -1, -2).astype(LD))
+    got = _matmul(At, Bt, np.dtype(dtype), (3,), a_t=True, b_t=True)     # on the isa's tier
+    assert_close(got, want)
+    C0 = rng.standard_normal((3, m, n)).astype(dtype)
+    total = C0.copy()
+    assert _matmul(At, Bt, np.dtype(dtype), (3,), a_t=True, b_t=True, add_to=total) is total
+    assert_close(total, want + C0.astype(LD))
+
+
+def test_matmul_refuses_an_unknown_layout():
+    """Only 1, 2 and 4 ORed; a transposed operand has the transposed shape."""
+    A = np.ones((2, 3))
+    with pytest.raises(ValueError, match="layout"):
+        _core.matmul(np.empty((2, 2)), A, A.T.copy(), -1, 8)
+    with pytest.raises(ValueError, match="wrong shape"):
+        _core.matmul(np.empty((2, 2)), A, A.T.copy(), -1, 2)    # B^T is (n, k) = (2, 3)
+    with pytest.raises(ValueError, match="wrong shape"):
+        _core.matmul(np.empty((2, 2)), A, A.T.copy(), -1, 1)    # A^T has out's 2 rows as columns
