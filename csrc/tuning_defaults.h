@@ -23,6 +23,14 @@
    about a millisecond so that Ctrl-C is polled; at most 512 slivers of MR rows, so that a huge m
    still makes many tasks. A matmul's pack copies B's rows; the scores' pack transposes K (a few cycles an element: with 2e7 it was 4% of
    the scores at n = 4096, d = 64, where 1.6e8 makes one task per column panel, 16 of them) */
+/* the fused attention's step 4 (Ot += V^T P) in runs of this many keys of a key block; 0: the
+   whole block at once (a tier sets it where runs measured faster: isa_avx512.c) */
+#ifndef FA_PV_KEYS_F32
+#define FA_PV_KEYS_F32 0
+#endif
+#ifndef FA_PV_KEYS_F64
+#define FA_PV_KEYS_F64 0
+#endif
 #ifndef GEMM_TASK_FLOPS
 #define GEMM_TASK_FLOPS 5.0e6
 #endif
