@@ -127,7 +127,7 @@ static inline void transpose_f64(vf64 rows[8])
 #define FA_BK_F32 256
 #define FA_BK_F64 128
 /* the fused attention's step 4 in runs of 64 float keys: a run's rows of V and P (40 KiB at
-   d_v = 64) stay in L1. On a Xeon, 2 threads: 0.92-0.95 of the time of whole blocks on 8 heads of
+   d_v = 64) stay in L1. On a Xeon, 2 threads: 0.92-0.98 of the time of whole blocks on 8 heads of
    n = 512-1024 read as strided views of [Q|K|V], 0.97 on contiguous heads and sdpa at n = 4096
    (d = 64 and 128), 0.98 on BERT-sized batches; float64, whose runs do not fit: 0.98-1.02 */
 #define FA_PV_KEYS_F32 64
