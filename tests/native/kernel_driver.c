@@ -131,7 +131,7 @@ static int run_case(int c, int precision, const sa_exec *ex, const inputs *in, u
         break;
     case 2: {   /* O (n_q, d_v) = Q (n_q, d_k) . K[:d_k] viewed as (d_k, d_v) */
         sa_mat mB = mat(K, D_V, 0);
-        rc = k->matmul[precision](ex, &batch, &mO, &mQ, &mB, N_Q, D_V, D_K);
+        rc = k->matmul[precision](ex, &batch, &mO, &mQ, &mB, N_Q, D_V, D_K, 0);
         break;
     }
     case 3:
