@@ -122,8 +122,16 @@ static inline void transpose_f64(vf64 rows[8])
 #define MM_NV 2
 #define FA_MR 8
 #define FA_NV 2
-#define FA_QT_F32 3
-#define FA_QT_F64 6
+/* fused blocks of 128 queries (4 and 8 micro-tiles) where a call has many: each key block, read
+   from L2, then serves a third more queries. On a Xeon, 2 threads, sdpa at n = 1024-8192 took
+   0.97-0.99 (float, d = 64), 0.965-0.99 (float, d = 128) and 0.91-0.97 (double) of the time of
+   blocks of 96; 8 heads of n = 1024 read as views, 1.01. Blocks of 96 stay where a call has few
+   blocks (one more or less unbalances the threads: n = 200 took 1.2x the time), one key block
+   (BERT-sized heads: 1.03x) or a band (causal n = 1000: 1.07x, the edge blocks' hidden pairs) */
+#define FA_QT_F32 4
+#define FA_QT_F64 8
+#define FA_QT_FEW_F32 3
+#define FA_QT_FEW_F64 6
 #define FA_BK_F32 256
 #define FA_BK_F64 128
 /* the fused attention's step 4 in runs of 64 float keys: a run's rows of V and P (40 KiB at

@@ -18,11 +18,18 @@
 #ifndef MM_NC_F64
 #define MM_NC_F64 128
 #endif
-/* a GEMM task's work: amortises packing its B panel where a task packs its own (a call of one
-   row tile; a broadcast B deeper than the result: matmul_fast.inc's gemm_shares_b_pack), yet
-   about a millisecond so that Ctrl-C is polled; at most 512 slivers of MR rows, so that a huge m
-   still makes many tasks. A matmul's pack copies B's rows; the scores' pack transposes K (a few cycles an element: with 2e7 it was 4% of
-   the scores at n = 4096, d = 64, where 1.6e8 makes one task per column panel, 16 of them) */
+/* the fused attention's blocks of FA_QT_FEW micro-tiles of queries rather than FA_QT: where a call
+   has fewer than FA_FEW_BLOCKS blocks of FA_QT in all (items x blocks), one key block, or a band
+   (attention_fused.inc's FAST(fa_plan)); a tier that sets FA_QT above FA_QT_FEW: isa_avx512.c */
+#ifndef FA_QT_FEW_F32
+#define FA_QT_FEW_F32 FA_QT_F32
+#endif
+#ifndef FA_QT_FEW_F64
+#define FA_QT_FEW_F64 FA_QT_F64
+#endif
+#ifndef FA_FEW_BLOCKS
+#define FA_FEW_BLOCKS 8
+#endif
 /* the fused attention's step 4 (Ot += V^T P) in runs of this many keys of a key block; 0: the
    whole block at once (a tier sets it where runs measured faster: isa_avx512.c) */
 #ifndef FA_PV_KEYS_F32
@@ -31,6 +38,11 @@
 #ifndef FA_PV_KEYS_F64
 #define FA_PV_KEYS_F64 0
 #endif
+/* a GEMM task's work: amortises packing its B panel where a task packs its own (a call of one
+   row tile; a broadcast B deeper than the result: matmul_fast.inc's gemm_shares_b_pack), yet
+   about a millisecond so that Ctrl-C is polled; at most 512 slivers of MR rows, so that a huge m
+   still makes many tasks. A matmul's pack copies B's rows; the scores' pack transposes K (a few cycles an element: with 2e7 it was 4% of
+   the scores at n = 4096, d = 64, where 1.6e8 makes one task per column panel, 16 of them) */
 #ifndef GEMM_TASK_FLOPS
 #define GEMM_TASK_FLOPS 5.0e6
 #endif

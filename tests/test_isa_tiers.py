@@ -231,6 +231,30 @@ def test_attention_masks_causal_batches(isa, dtype, kind, n_q, n_k):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch,n_q,n_k,causal", [
+    (1, 1000, 300, False),  # 8 blocks of 128 (AVX-512), the last of 104 queries
+    (3, 300, 300, False),   # 9 blocks of 128 over 3 items
+    (1, 700, 300, False),   # 6 blocks of 128: few, so blocks of 96
+    (1, 1000, 120, False),  # one key block: blocks of 96
+    (1, 1000, 1000, True),  # a band: blocks of 96
+])
+def test_attention_block_plans(isa, dtype, batch, n_q, n_k, causal):
+    """The fused forward cuts the queries into blocks whose size depends on the call
+    (attention_fused.inc's FAST(fa_plan): on AVX-512, 128 queries where a call has many blocks
+    and more than one key block, 96 elsewhere, each with its own row stride). Every plan, with
+    each kind of mask and an output width off the micro-tile, agrees with the reference."""
+    rng = np.random.default_rng(n_q + n_k + batch)
+    d, d_v = 40, 77
+    Q, K, V = (rand(rng, (batch, n, w), dtype) for n, w in ((n_q, d), (n_k, d), (n_k, d_v)))
+    for kind in (None, "bool", "add"):
+        mask = make_mask(kind, rng, n_q, n_k, dtype)
+        want, _ = ref_attention(Q, K, V, 0.15, mask, causal)
+        got = selfattn.scaled_dot_product_attention(Q, K, V, mask=mask, is_causal=causal,
+                                                    scale=0.15)
+        assert_close(got, want, dtype, f"{isa} {kind} {batch}x{n_q}x{n_k} causal={causal}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_attention_tiles_and_edges_give_the_same_bits(isa, dtype):
     """The fused forward packs its queries and writes its outputs, and the scores pack K^T,
     through VL x VL tiles in registers and a lane at a time past the last whole tile: a query,
