@@ -176,8 +176,10 @@ def test_a_second_call_takes_its_scratch_without_page_faults(threads):
 @pytest.mark.c_backend
 def test_tracemalloc_still_sees_the_scratch_a_call_holds(threads):
     """A kept block counts as freed and a reused one as allocated again: the backward's peak
-    includes its 32 MiB of partial sums though they come from a block kept since the call
-    before, and none of it is counted once the call is done."""
+    includes its scratch though it comes from a block kept since the call before, and none of it
+    is counted once the call is done. Whatever the tier's plan, the scratch holds the packed K and
+    V (4 MiB), a panel per thread and the partial sums of dK, dV for at least 2 chunks (8 MiB or
+    more: 17 MB in 4 chunks on AVX2, 35 MB in 8 on AVX-512)."""
     import tracemalloc
 
     selfattn.set_num_threads(2)
@@ -190,7 +192,7 @@ def test_tracemalloc_still_sees_the_scratch_a_call_holds(threads):
     finally:
         tracemalloc.stop()
     outputs = sum(g.nbytes for g in result)
-    assert peak - outputs > 32 << 20, peak
+    assert peak - outputs > 12 << 20, peak
     assert current - outputs < 1 << 20, current
 
 
