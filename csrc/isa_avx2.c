@@ -35,6 +35,16 @@ static inline vf32 fma_f32(vf32 a, vf32 b, vf32 c)
 }
 static inline vf32 max_f32(vf32 a, vf32 b) { return (vf32)_mm256_max_ps((__m256)a, (__m256)b); }
 static inline vf32 min_f32(vf32 a, vf32 b) { return (vf32)_mm256_min_ps((__m256)a, (__m256)b); }
+static inline float hmax_f32(vf32 v)
+{
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128((__m256)v), _mm256_extractf128_ps((__m256)v, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    return _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
+}
+static inline int any_gt_f32(vf32 a, vf32 b)
+{
+    return _mm256_movemask_ps(_mm256_cmp_ps((__m256)a, (__m256)b, _CMP_GT_OQ)) != 0;
+}
 static inline vf64 vsplat_f64(double s) { return (vf64)_mm256_set1_pd(s); }
 static inline vf64 fma_f64(vf64 a, vf64 b, vf64 c)
 {
@@ -42,6 +52,16 @@ static inline vf64 fma_f64(vf64 a, vf64 b, vf64 c)
 }
 static inline vf64 max_f64(vf64 a, vf64 b) { return (vf64)_mm256_max_pd((__m256d)a, (__m256d)b); }
 static inline vf64 min_f64(vf64 a, vf64 b) { return (vf64)_mm256_min_pd((__m256d)a, (__m256d)b); }
+static inline double hmax_f64(vf64 v)
+{
+    __m128d h = _mm_max_pd(_mm256_castpd256_pd128((__m256d)v),
+                           _mm256_extractf128_pd((__m256d)v, 1));
+    return _mm_cvtsd_f64(_mm_max_sd(h, _mm_unpackhi_pd(h, h)));
+}
+static inline int any_gt_f64(vf64 a, vf64 b)
+{
+    return _mm256_movemask_pd(_mm256_cmp_pd((__m256d)a, (__m256d)b, _CMP_GT_OQ)) != 0;
+}
 
 /* A VL x VL tile held as VL vectors, transposed in registers (see isa_avx512.c's) */
 #define HAS_TRANSPOSE 1

@@ -39,6 +39,11 @@ static inline vf32 fma_f32(vf32 a, vf32 b, vf32 c)
 }
 static inline vf32 max_f32(vf32 a, vf32 b) { return (vf32)_mm512_max_ps((__m512)a, (__m512)b); }
 static inline vf32 min_f32(vf32 a, vf32 b) { return (vf32)_mm512_min_ps((__m512)a, (__m512)b); }
+static inline float hmax_f32(vf32 v) { return _mm512_reduce_max_ps((__m512)v); }
+static inline int any_gt_f32(vf32 a, vf32 b)
+{
+    return _mm512_cmp_ps_mask((__m512)a, (__m512)b, _CMP_GT_OQ) != 0;
+}
 static inline vf64 vsplat_f64(double s) { return (vf64)_mm512_set1_pd(s); }
 static inline vf64 fma_f64(vf64 a, vf64 b, vf64 c)
 {
@@ -46,6 +51,11 @@ static inline vf64 fma_f64(vf64 a, vf64 b, vf64 c)
 }
 static inline vf64 max_f64(vf64 a, vf64 b) { return (vf64)_mm512_max_pd((__m512d)a, (__m512d)b); }
 static inline vf64 min_f64(vf64 a, vf64 b) { return (vf64)_mm512_min_pd((__m512d)a, (__m512d)b); }
+static inline double hmax_f64(vf64 v) { return _mm512_reduce_max_pd((__m512d)v); }
+static inline int any_gt_f64(vf64 a, vf64 b)
+{
+    return _mm512_cmp_pd_mask((__m512d)a, (__m512d)b, _CMP_GT_OQ) != 0;
+}
 /* p * 2^n in the lanes where y is not below lo (or is NaN), +0 in the others: the fast exps' last
    step as one VSCALEFPS where the other tiers build 2^n in the exponent bits, mask the flushed
    lanes and add back the NaNs (vexp_fast.inc's exp_finish: the same bits, two operations a

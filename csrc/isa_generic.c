@@ -29,6 +29,16 @@ static inline vf32 min_f32(vf32 a, vf32 b)
     vi32 m = a < b;
     return (vf32)((m & (vi32)a) | (~m & (vi32)b));
 }
+static inline float hmax_f32(vf32 v)
+{
+    float m01 = v[1] > v[0] ? v[1] : v[0], m23 = v[3] > v[2] ? v[3] : v[2];
+    return m23 > m01 ? m23 : m01;
+}
+static inline int any_gt_f32(vf32 a, vf32 b)
+{
+    vi32 m = a > b;
+    return (m[0] | m[1] | m[2] | m[3]) != 0;
+}
 static inline vf32 vsplat_f32(float s) { return (vf32){s, s, s, s}; }
 static inline vf32 fma_f32(vf32 a, vf32 b, vf32 c) { return a * b + c; }
 static inline vf64 max_f64(vf64 a, vf64 b)
@@ -40,6 +50,12 @@ static inline vf64 min_f64(vf64 a, vf64 b)
 {
     vi64 m = a < b;
     return (vf64)((m & (vi64)a) | (~m & (vi64)b));
+}
+static inline double hmax_f64(vf64 v) { return v[1] > v[0] ? v[1] : v[0]; }
+static inline int any_gt_f64(vf64 a, vf64 b)
+{
+    vi64 m = a > b;
+    return (m[0] | m[1]) != 0;
 }
 static inline vf64 vsplat_f64(double s) { return (vf64){s, s}; }
 static inline vf64 fma_f64(vf64 a, vf64 b, vf64 c) { return a * b + c; }

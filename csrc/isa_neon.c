@@ -46,6 +46,11 @@ static inline vf32 min_f32(vf32 a, vf32 b)
     return (vf32)vbslq_f32(vcltq_f32((float32x4_t)a, (float32x4_t)b), (float32x4_t)a,
                            (float32x4_t)b);
 }
+static inline float hmax_f32(vf32 v) { return vmaxvq_f32((float32x4_t)v); }
+static inline int any_gt_f32(vf32 a, vf32 b)
+{
+    return vmaxvq_u32(vcgtq_f32((float32x4_t)a, (float32x4_t)b)) != 0;
+}
 static inline vf64 vsplat_f64(double s) { return (vf64)vdupq_n_f64(s); }
 static inline vf64 fma_f64(vf64 a, vf64 b, vf64 c)
 {
@@ -60,6 +65,12 @@ static inline vf64 min_f64(vf64 a, vf64 b)
 {
     return (vf64)vbslq_f64(vcltq_f64((float64x2_t)a, (float64x2_t)b), (float64x2_t)a,
                            (float64x2_t)b);
+}
+
+static inline double hmax_f64(vf64 v) { return vmaxvq_f64((float64x2_t)v); }
+static inline int any_gt_f64(vf64 a, vf64 b)
+{
+    return vmaxvq_u32(vreinterpretq_u32_u64(vcgtq_f64((float64x2_t)a, (float64x2_t)b))) != 0;
 }
 
 /* A VL x VL tile held as VL vectors, transposed in registers (see isa_avx512.c's): pairs of

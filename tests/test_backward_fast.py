@@ -358,3 +358,43 @@ def test_past_the_partials_budget_the_blocked_backward_gives_the_gradients(isa):
     want = _backward_f64(dO, Q, K, V, d ** -0.5, mask, causal=True)
     for g, w in zip(got, want):
         assert_close(g, w, 1e-11)
+
+
+def _drifting_masks(n_q, n_k):
+    """Additive masks (natural units) that move a row's largest score along its keys, so that
+    the fused backward's running reference (BWF_REF_SLACK) moves, once, on every tile, or
+    never after the first, and masks that hide a row's first keys (the reference -inf, then
+    finite)."""
+    j = np.arange(n_k, dtype=float)
+    hidden = np.zeros((n_q, n_k))
+    hidden[::2, :100] = -np.inf                   # even rows see nothing before key 100
+    hidden[5, :] = -np.inf                        # one row sees nothing at all
+    return {
+        "rising 0.5 a key (every tile moves)": np.broadcast_to(0.5 * j, (n_q, n_k)),
+        "rising 0.1 a key (weights below the smallest normal float)":
+            np.broadcast_to(0.1 * j, (n_q, n_k)),
+        "falling 0.5 a key (the first tile's stays)": np.broadcast_to(-0.5 * j, (n_q, n_k)),
+        "a step of 40 at key 150 (one move; the weights before it vanish)":
+            np.broadcast_to(np.where(j < 150, 0.0, 40.0), (n_q, n_k)),
+        "a step down at key 150, rows shifted": np.where(j[None, :] < 150 + np.arange(n_q)[:, None],
+                                                         30.0, 0.0),
+        "the first 100 keys hidden from even rows": hidden,
+        "the first 100 keys hidden, then rising": hidden + 0.5 * j,
+    }
+
+
+@pytest.mark.parametrize("which", list(_drifting_masks(8, 8)))
+def test_rows_whose_largest_score_moves_along_the_keys(which, isa):
+    rng = np.random.default_rng(17)
+    n_q, n_k = 70, 300
+    Q, K, V, dO = rand(rng, n_q, 16), rand(rng, n_k, 16), rand(rng, n_k, 8), rand(rng, n_q, 8)
+    mask = _drifting_masks(n_q, n_k)[which]
+    for causal in (False, True):
+        want = ref_backward(dO, Q, K, V, 0.25, mask, causal)
+        got = sdpa_backward(dO, Q, K, V, scale=0.25, mask=mask, is_causal=causal)
+        for g, w in zip(got, want):
+            assert_close(g, w, 1e-12)
+        f32 = sdpa_backward(*(a.astype(np.float32) for a in (dO, Q, K, V)), scale=0.25,
+                            mask=mask.astype(np.float32), is_causal=causal)
+        for g, w in zip(f32, want):
+            assert_close(g, w, 2e-5)
