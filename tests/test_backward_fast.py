@@ -398,3 +398,37 @@ def test_rows_whose_largest_score_moves_along_the_keys(which, isa):
                             mask=mask.astype(np.float32), is_causal=causal)
         for g, w in zip(f32, want):
             assert_close(g, w, 2e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_an_additive_mask_read_in_whole_tiles_or_one_value_at_a_time(dtype, isa):
+    """A mask whose rows are contiguous is read a vector at a time over whole tiles of keys (and
+    one value at a time over a row's last partial tile); the same mask in Fortran order is read one
+    value at a time everywhere. Both apply the saturation rule (a finite value whose scaling
+    overflows becomes the largest finite number: a row masked with finfo.min keeps the
+    reference's weights), -inf, and NaN (its row's gradients NaN) the same way: the same bits, and
+    the reference's values where the row is finite."""
+    rng = np.random.default_rng(43)
+    n_q, n_k = 40, 200
+    info = np.finfo(dtype)
+    Q, K, V, dO = rand(rng, n_q, 8), rand(rng, n_k, 8), rand(rng, n_k, 4), rand(rng, n_q, 4)
+    mask = rng.standard_normal((n_q, n_k))
+    where = rng.random((n_q, n_k))
+    mask[where < 0.15] = float(info.min)            # scaled by log2 e: overflows, saturates
+    mask[(where >= 0.15) & (where < 0.2)] = -0.6 * float(info.max)   # 0.87 max once scaled
+    mask[(where >= 0.2) & (where < 0.25)] = -np.inf
+    mask[5] = float(info.min)                       # a whole row masked with finfo.min
+    mask[7, 3::5] = np.nan
+    mask = mask.astype(dtype)
+    args = [a.astype(dtype) for a in (dO, Q, K, V)]
+    by_tiles = sdpa_backward(*args, scale=0.5, mask=np.ascontiguousarray(mask))
+    one_by_one = sdpa_backward(*args, scale=0.5, mask=np.asfortranarray(mask))
+    for g, w in zip(by_tiles, one_by_one):
+        assert g.tobytes() == w.tobytes()
+    dQ, dK, dV = by_tiles
+    assert np.isnan(dQ[7]).all() and np.isfinite(np.delete(dQ, 7, axis=0)).all()
+    finite = np.arange(n_q) != 7
+    want = ref_backward(dO[finite], Q[finite], K, V, 0.5, mask[finite].astype(np.float64))
+    got = sdpa_backward(*(a[finite] for a in args[:2]), *args[2:], scale=0.5, mask=mask[finite])
+    for g, w in zip(got, want):
+        assert_close(g, w, 2e-5 if dtype == np.float32 else 1e-12)
