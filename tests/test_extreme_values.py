@@ -132,3 +132,58 @@ def test_an_overflowed_dot_product_of_a_masked_key_changes_nothing(dtype, isa):
     for g, w in ((dQ, dQ1), (dK[1:], dK1), (dV[1:], dV1)):
         assert_close(g, w, tol)
     assert np.all(dK[0] == 0) and np.all(dV[0] == 0)
+
+
+# ---- weights far below their row's largest, and rows holding +inf ---------------------------------
+
+GAP = {np.float32: 80.0, np.float64: 700.0}   # e^-80 = 1.8e-35, e^-700 = 9.9e-305: both normal
+
+
+@pytest.mark.parametrize("largest", ["in the first keys", "after tiles of smaller ones"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_key_whose_weight_is_tiny_in_every_row_keeps_its_gradients(dtype, largest, isa):
+    """A weight e^-80 (float32) or e^-700 (float64) of its row's largest is a normal number: the
+    forward keeps it, and so must the backward. Key 101's weight is that small in every row, so
+    its dK and dV come from those weights alone and are tiny, not 0; checked against the oracle
+    value by value, not against the largest gradient. The rows' largest score is in the first
+    keys, or comes only at key 100, after tiles of smaller scores (where the fused backward's
+    running reference moves a second time: it used to move 2^24 above, flushing key 101)."""
+    rng = np.random.default_rng(7)
+    n_q, n_k, d, tiny = 3, 150, 2, 101
+    dO, Q, V = (rng.standard_normal((r, d)).astype(dtype) for r in (n_q, n_q, n_k))
+    K = np.zeros((n_k, d), dtype)                   # raw scores 0: the bias sets them
+    bias = np.zeros((n_q, n_k), dtype)
+    top = 30.0 if largest == "after tiles of smaller ones" else 0.0
+    bias[:, 100] = top
+    bias[:, tiny] = top - GAP[dtype]
+    weights = np.exp(np.asarray(bias, np.longdouble) - top)
+    weights /= weights.sum(axis=1, keepdims=True)
+    dO_, Q_, V_ = (np.asarray(a, np.longdouble) for a in (dO, Q, V))
+    dP = dO_ @ V_.T
+    dS = weights * (dP - (weights * dP).sum(axis=1, keepdims=True))
+    want_dV, want_dK = weights.T @ dO_, dS.T @ Q_
+    assert 0 < np.abs(want_dV[tiny]).max() < 1e-30 * np.abs(want_dV).max()
+    dQ, dK, dV = sdpa_backward(dO, Q, K, V, scale=1.0, mask=bias)
+    assert_close(dV, want_dV, TOL[dtype])     # (dK's other rows cancel: dS ~ 0 beside a weight ~1)
+    for got, want in ((dV[tiny], want_dV[tiny]), (dK[tiny], want_dK[tiny])):
+        np.testing.assert_allclose(np.asarray(got, np.longdouble), want, rtol=10 * TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_row_holding_plus_inf_gives_nan_gradients_even_to_keys_it_masks(dtype, isa):
+    """A row holding +inf (here from its bias) has NaN weights, those of the keys it masks with
+    -inf too: the forward's softmax gives them so, as torch's does. So every key's dK and dV are
+    NaN, key 2 (which only that row masks) and key 3 (which every row masks) included, on every
+    tier; the other rows' dQ stay finite."""
+    rng = np.random.default_rng(8)
+    dO, Q = (rng.standard_normal((3, 2)).astype(dtype) for _ in range(2))
+    K, V = (rng.standard_normal((4, 2)).astype(dtype) for _ in range(2))
+    bias = np.zeros((3, 4), dtype)
+    bias[0, 0], bias[0, 2], bias[:, 3] = np.inf, -np.inf, -np.inf
+    S = scores(Q, K, scale=1.0, bias=bias)
+    from selfattn import softmax_attention_weights
+    assert np.isnan(softmax_attention_weights(S)[0]).all()
+    assert np.isnan(sdpa(Q, K, V, scale=1.0, mask=bias)[0]).all()
+    dQ, dK, dV = sdpa_backward(dO, Q, K, V, scale=1.0, mask=bias)
+    assert np.isnan(dQ[0]).all() and np.isfinite(dQ[1:]).all()
+    assert np.isnan(dK).all() and np.isnan(dV).all()
