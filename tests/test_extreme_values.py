@@ -187,3 +187,27 @@ def test_a_row_holding_plus_inf_gives_nan_gradients_even_to_keys_it_masks(dtype,
     dQ, dK, dV = sdpa_backward(dO, Q, K, V, scale=1.0, mask=bias)
     assert np.isnan(dQ[0]).all() and np.isfinite(dQ[1:]).all()
     assert np.isnan(dK).all() and np.isnan(dV).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_an_output_whose_products_all_round_to_zero_is_zero(dtype, isa):
+    """Output column 0 sums 1 x -0 (key 0, the largest weight) and weights of 2^-70 times a V
+    value so small that each product rounds to zero: the exact sum is negative but below the
+    smallest number, so the output is zero on every path and tier. Its sign is the arithmetic's:
+    +0 where each product is rounded before it is added to a sum that starts from +0 (the
+    reference and portable tiers), -0 where a fused multiply-add rounds the exact sum once (the
+    SIMD tiers' products, fused or composed, as the exact sum's sign). Column 1 (V = 1) is 1."""
+    n = 40
+    small = {np.float32: -1e-30, np.float64: -1e-305}[dtype]   # x 2^-70: below the subnormals
+    Q = np.ones((n, 1), dtype)
+    K = np.full((n, 1), -70 * np.log(2), dtype)                 # scores -70 ln 2: weights 2^-70
+    K[0] = 0
+    V = np.column_stack([np.full(n, small), np.ones(n)]).astype(dtype)
+    V[0, 0] = -0.0
+    fused = sdpa(Q, K, V, scale=1.0)
+    composed = sdpa(Q, K, V, scale=1.0, return_weights=True)[0]
+    for out in (fused, composed):
+        assert (out[:, 0] == 0).all()
+        np.testing.assert_allclose(out[:, 1], 1, rtol=TOL[dtype])
+    # one sign on a tier, whichever path computed it
+    assert (np.signbit(fused[:, 0]) == np.signbit(composed[:, 0])).all()
