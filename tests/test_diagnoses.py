@@ -10,6 +10,7 @@ SCORES = "compute_self_attention_scores"
 SOFTMAX = "softmax_attention_weights"
 OUTPUT = "compute_attention_output"
 LAYER = "self_attention_layer"
+SDPA = "scaled_dot_product_attention"
 
 
 def softmax(attn_scores):
@@ -92,6 +93,21 @@ def scores_list(Q, K):
 
 
 # (id, function, name, scale, the one diagnosis's beginning, texts no part of the report may hold)
+# sqrt(d_k) typed in as 2, right for the notebook's d_k = 4 only: the cases with another d_k
+# (6 for the scores, 3 for the layer) tell it apart
+def scores_over_two(Q, K):
+    return Q @ K.T / 2
+
+
+def layer_over_two(X, W_q, W_k, W_v):
+    Q, K, V = X @ W_q, X @ W_k, X @ W_v
+    return softmax(Q @ K.T / 2) @ V
+
+
+def sdpa_over_two(Q, K, V):
+    return softmax(Q @ K.T / 2) @ V
+
+
 CASES = [
     ("softmax returns its weights transposed", softmax_transposed, SOFTMAX, None,
      "Your weights are transposed", ["attn_weights @ V"]),
@@ -120,6 +136,12 @@ CASES = [
      "Your result is rounded towards zero", []),
     ("scores returned as a list of lists", scores_list, SCORES, 1.0,
      "Your function returns a Python list", []),
+    ("scores divided by 2 typed in", scores_over_two, SCORES, None,
+     "Your scores are divided by the number 2", ["divided by d_k"]),
+    ("layer divides its scores by 2 typed in", layer_over_two, LAYER, "scaled",
+     "Your scores are divided by the number 2", ["divided by d_k"]),
+    ("sdpa divides its scores by 2 typed in", sdpa_over_two, SDPA, None,
+     "Your scores are divided by the number 2", ["divided by d_k"]),
 ]
 
 

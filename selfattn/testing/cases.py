@@ -10,6 +10,9 @@ import numpy as np
 
 from .. import _api
 from .._validate import _visibility
+from .compare import TOLERANCES
+
+_TOLERANCE_F32 = TOLERANCES[np.dtype(np.float32)]
 
 #: The functions ``check`` knows, by their public names.
 NAMES = (
@@ -50,7 +53,8 @@ class Case:
     args : tuple of ndarray
         The positional arguments, in the notebook's order.
     expected : ndarray
-        selfattn's result for ``args`` (with ``scale`` where the function has one).
+        selfattn's result for ``args`` (with ``scale`` where the function has one), computed in
+        float64 and rounded to the dtype of ``args``.
     scale : float or None
         The scale the expected result was computed with (None for functions without one).
     batched : bool
@@ -150,12 +154,13 @@ def _normal(rng, shape, dtype, s=1.0):
     return (rng.standard_normal(shape) * s).astype(dtype)
 
 
-def _large_integer_inputs(rng, shapes, low, high, scores_of, power, target=2400.0):
+def _large_integer_inputs(rng, shapes, low, high, scores_of, power, target=2400.0, qkv_of=None):
     """Integer-valued inputs whose scores reach +-`target` (before scaling), exact in float32 and
     float64 so that a learner's rounding cannot matter.
 
     The first array is multiplied by a small integer c to reach the target; it enters the scores
-    `power` times (Q: once, X: twice).
+    `power` times (Q: once, X: twice). With `qkv_of` (Q, K and V from the arrays), a draw is kept
+    only where a correct float32 answer cannot miss the float32 tolerance (_float32_safe).
     """
     for _ in range(1000):
         arrays = [rng.integers(low, high + 1, size=s).astype(np.float64) for s in shapes]
@@ -165,9 +170,37 @@ def _large_integer_inputs(rng, shapes, low, high, scores_of, power, target=2400.
             continue  # too small to scale up by a small factor
         c = math.ceil((target / reach) ** (1.0 / power))
         arrays[0] *= c
-        if np.abs(scores_of(arrays)).max() < 2.0 ** 24:  # every product exact in float32
+        if np.abs(scores_of(arrays)).max() >= 2.0 ** 24:  # every product exact in float32
+            continue
+        if qkv_of is None or _float32_safe(*qkv_of(arrays)):
             return arrays
     raise RuntimeError("selfattn.testing: could not draw large-score inputs")  # pragma: no cover
+
+
+def _float32_safe(q, k, v):
+    """Whether any float32 computation of softmax(Q K^T * scale) @ V, at either convention's scale
+    (1 or 1/sqrt(d_k)), stays within a quarter of the float32 tolerance of the exact result.
+
+    The exact scores are representable, but a float32 kernel may round on the way (Q pre-scaled,
+    the sum in another order): a score off by a few eps times sum_k |q_k k_k| moves an output by
+    its weight times the distance of its V row from the output, which is large where two large
+    scores (nearly) tie. And each weight carries a few roundings of its own, (n_k + 3) eps of the
+    sum of w |v|. A draw where those bounds pass a quarter of atol + rtol |output| is drawn again:
+    a learner's exact answer failed against selfattn's float32 one on 1-2% of the seeds.
+    """
+    rtol, atol = _TOLERANCE_F32
+    eps = float(np.finfo(np.float32).eps)
+    scores, terms = q @ k.T, np.abs(q) @ np.abs(k).T
+    for scale in (1.0, 1.0 / math.sqrt(q.shape[-1])):
+        weights = _softmax_np(scores * scale)
+        out = weights @ v
+        score_error = 4 * eps * scale * terms                              # (n_q, n_k)
+        moved = np.einsum("ij,ij,ijc->ic", weights, score_error,
+                          np.abs(v[None, :, :] - out[:, None, :]))
+        rounded = (k.shape[0] + 3) * eps * (weights @ np.abs(v))
+        if np.any(moved + rounded > 0.25 * (atol + rtol * np.abs(out))):
+            return False
+    return True
 
 
 def _softmax_np(s, axis=-1):
@@ -239,13 +272,17 @@ def cases(name, *, scale=None, seed=0, batched=True, is_causal=False, window=Non
         for a in args:
             a.setflags(write=False)  # a grader's test cannot change the case for the next one
         case_scale = None
+        # in float64, then rounded to the case's dtype: a float32 case expects the exact result
+        # to float32's precision, not one float32 computation of it (selfattn's own rounds too)
+        wide = tuple(a.astype(np.float64) for a in args)
         if name in _SCALED:
             d_k = args[1].shape[-1]  # K for scores and sdpa, W_q for the layer
             case_scale = _effective_scale(scale, d_k)
             grouped = {"enable_gqa": True} if flags.get("grouped") else {}
-            expected = _REFERENCE[name](*args, scale=case_scale, **kwargs, **grouped)
+            expected = _REFERENCE[name](*wide, scale=case_scale, **kwargs, **grouped)
         else:
-            expected = _REFERENCE[name](*args)
+            expected = _REFERENCE[name](*wide)
+        expected = expected.astype(np.result_type(*args))
         expected.setflags(write=False)
         if kwargs:
             label += " with " + ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
@@ -276,9 +313,13 @@ def _qk_cases(rng, with_v):
             arrays.append(_normal(rng, batch + (n_k, d_v), dtype))
         return arrays
 
-    sizes = "n_q=3, n_k=5, d_k=4" + (", d_v=2" if with_v else "")
-    yield "unequal-float64", f"unequal sizes {sizes} (float64)", qkv(3, 5, 4, 2, f64), {}
-    yield "unequal-float32", f"unequal sizes {sizes} (float32)", qkv(3, 5, 4, 2, f32), {}
+    d_v_text = ", d_v=2" if with_v else ""
+    yield "unequal-float64", f"unequal sizes n_q=3, n_k=5, d_k=4{d_v_text} (float64)", \
+        qkv(3, 5, 4, 2, f64), {}
+    # d_k = 6, not a square: elsewhere sqrt(d_k) is 2, which a hard-coded 2 (or sqrt(d_k) // 1)
+    # would match
+    yield "unequal-float32", f"unequal sizes n_q=3, n_k=5, d_k=6{d_v_text} (float32)", \
+        qkv(3, 5, 6, 2, f32), {}
     v_text = (" = d_v", ", d_v=2") if with_v else ("", "")
     yield "square-float64", f"square: n_q = n_k = d_k{v_text[0]} = 4 (float64)", \
         qkv(4, 4, 4, 4, f64), {}
@@ -290,7 +331,9 @@ def _qk_cases(rng, with_v):
     # subtraction overflows (exp(710) is inf in float64, exp(89) in float32).
     shapes = [(3, 4), (5, 4)] + ([(5, 2)] if with_v else [])
     for dtype, dname in ((f64, "float64"), (f32, "float32")):
-        arrays = _large_integer_inputs(rng, shapes, -12, 12, lambda a: a[0] @ a[1].T, power=1)
+        arrays = _large_integer_inputs(rng, shapes, -12, 12, lambda a: a[0] @ a[1].T, power=1,
+                                       qkv_of=(lambda a: (a[0], a[1], a[2] / 4.0)) if with_v
+                                       else None)
         if with_v:
             arrays[2] = arrays[2] / 4.0
         top = int(abs(arrays[0] @ arrays[1].T).max())
@@ -371,9 +414,11 @@ def _layer_cases(rng):
         return [_normal(rng, batch + (n, d_model), dtype), _normal(rng, (d_model, d_k), dtype, s),
                 _normal(rng, (d_model, d_k), dtype, s), _normal(rng, (d_model, d_v), dtype, s)]
 
-    sizes = "n=5 tokens, d_model=6, d_k=4, d_v=3"
-    yield "unequal-float64", f"unequal sizes {sizes} (float64)", xw(5, 6, 4, 3, f64), {}
-    yield "unequal-float32", f"unequal sizes {sizes} (float32)", xw(5, 6, 4, 3, f32), {}
+    yield "unequal-float64", "unequal sizes n=5 tokens, d_model=6, d_k=4, d_v=3 (float64)", \
+        xw(5, 6, 4, 3, f64), {}
+    # d_k = 3, not a square (as in _qk_cases), nor 2 (where / d_k would be / 2)
+    yield "unequal-float32", "unequal sizes n=5 tokens, d_model=6, d_k=3, d_v=3 (float32)", \
+        xw(5, 6, 3, 3, f32), {}
     yield "square-float64", "square: n = d_model = d_k = d_v = 4 (float64)", xw(4, 4, 4, 4, f64), {}
     yield "single-token", "a single token: n=1, d_model=6, d_k=4, d_v=3 (float64)", \
         xw(1, 6, 4, 3, f64), {}
@@ -383,7 +428,8 @@ def _layer_cases(rng):
         return (a[0] @ a[1]) @ (a[0] @ a[2]).T
 
     for dtype, dname in ((f64, "float64"), (f32, "float32")):
-        arrays = _large_integer_inputs(rng, shapes, -3, 3, scores_of, power=2)
+        arrays = _large_integer_inputs(rng, shapes, -3, 3, scores_of, power=2,
+                                       qkv_of=lambda a: (a[0] @ a[1], a[0] @ a[2], a[0] @ a[3]))
         top = int(abs((arrays[0] @ arrays[1]) @ (arrays[0] @ arrays[2]).T).max())
         yield f"large-scores-{dname}", f"large scores, |Q.K| up to {top} ({dname})", \
             [a.astype(dtype) for a in arrays], {"large": True}

@@ -134,6 +134,8 @@ _HINTS = {
                     "(n_q, n_k) @ (n_k, d_v), not V @ attn_weights.",
     "floor_div": "Your scale uses // (floor division), which rounds down to whole numbers: "
                  "write Q @ K.T / np.sqrt(d_k) with a single /.",
+    "fixed_scale": "Your scores are divided by the number 2, which is sqrt(d_k) only where "
+                   "d_k = 4: take d_k from the inputs, Q @ K.T / np.sqrt(K.shape[-1]).",
     "zero_scale": "Your scores are all multiplied by 0: 1 // np.sqrt(d_k) is 0.0. Use "
                   "1 / np.sqrt(d_k) (a single /).",
     "int_buffer": "Your result is rounded towards zero to whole numbers: the array you fill "
@@ -170,6 +172,7 @@ TITLES = {
     "returned_list": "returns a list", "returns_weights": "layer returns the weights",
     "no_softmax": "softmax skipped", "v_at_weights": "V @ attn_weights",
     "floor_div": "// in the scale", "zero_scale": "scale 1 // sqrt(d_k) = 0",
+    "fixed_scale": "scale typed in as 2 (sqrt(d_k) for d_k = 4)",
     "int_buffer": "integer result buffer", "mixed_scale": "raw and scaled scores mixed",
     "scale_raw": "raw scores where scaled were asked", "scale_sqrt_dk": "scaled where raw was asked",
     "scale_dk": "scores divided by d_k", "scale_sqrt_nk": "sqrt(n_k) instead of sqrt(d_k)",
@@ -331,6 +334,9 @@ def _mistakes(case, user_scale, either=False):
         # `Q @ K.T // np.sqrt(d_k)` floors every score; `Q @ K.T * (1 // np.sqrt(d_k))` zeroes them.
         out.append((_HINTS["floor_div"], finish(np.floor_divide(raw, math.sqrt(dims["d_k"])))))
         out.append((_HINTS["zero_scale"], finish(raw * 0.0)))
+        # 2 typed in for sqrt(d_k): right wherever d_k = 4, as in most cases
+        if dims["d_k"] != 4:
+            out.append((_HINTS["fixed_scale"], finish(raw / 2.0)))
         with_scales(_HINTS["int_buffer"], lambda s: finish(np.trunc(raw * s)))
         with_scales(_HINTS["scores_transposed"], transposed_scores)
         if k.shape[-2] == k.shape[-1]:
