@@ -7,6 +7,15 @@ from __future__ import annotations
 
 import sys
 
+# --help's text: the docstring's, without its reStructuredText markup
+USAGE = """usage: python -m selfattn [bench | grade] [options]
+
+  python -m selfattn                         a worked example, this build's facts and an
+                                             agreement check
+  python -m selfattn bench [--help]          the project's benchmark: selfattn against naive
+                                             NumPy, np.matmul and torch, side by side
+  python -m selfattn grade SUBMISSIONS...    grades a class's notebooks (grade --help)"""
+
 import numpy as np
 
 import selfattn
@@ -86,7 +95,7 @@ def main(argv=None):
               f"grade notebooks", file=sys.stderr)
         return 2
     if argv:
-        print(__doc__)
+        print(USAGE)
         return 0
     return demo()
 

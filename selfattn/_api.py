@@ -11,7 +11,6 @@ otherwise cost more than the arithmetic.
 from __future__ import annotations
 
 import math
-import operator
 
 import numpy as np
 
@@ -36,6 +35,7 @@ from ._validate import (
     _dtypes,
     _dropout,
     _flag,
+    _integer,
     _visibility,
     _grouped_operands,
     _ungroup_heads,
@@ -245,10 +245,7 @@ def softmax_attention_weights(attn_scores, *, axis=-1):
     x = _as_array(func, "attn_scores", attn_scores)
     if x.ndim == 0:
         raise ValueError(f"{func}: attn_scores must have at least 1 dimension, got a scalar")
-    try:
-        axis = operator.index(axis)
-    except TypeError:
-        raise TypeError(f"{func}: axis must be an integer, got {axis!r}") from None
+    axis = _integer(func, "axis", axis)
     if not -x.ndim <= axis < x.ndim:
         raise _AxisError(
             f"{func}: axis={axis} is out of range for attn_scores with {x.ndim} dimension(s) "

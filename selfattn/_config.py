@@ -1,13 +1,13 @@
 """Process-wide settings: threads and the instruction-set tier the kernels run on."""
 from __future__ import annotations
 
-import operator
 import os
 import warnings
 
 import numpy as np
 
 from . import _core
+from ._validate import _integer
 
 __all__ = ["set_num_threads", "get_num_threads", "set_isa", "get_isa", "config"]
 
@@ -28,11 +28,7 @@ def set_num_threads(n):
     1
     >>> selfattn.set_num_threads(before)
     """
-    try:
-        n = operator.index(n)
-    except TypeError:
-        raise TypeError(f"set_num_threads: n must be an integer, got {n!r}") from None
-    _core.set_num_threads(n)
+    _core.set_num_threads(_integer("set_num_threads", "n", n))
 
 
 def get_num_threads():

@@ -26,6 +26,7 @@ from ._validate import (
     _bias,
     _batch_shape,
     _check_projections,
+    _check_size,
     _dtypes,
     _group_mask,
     _lengths,
@@ -114,6 +115,8 @@ class _Layer:
                                  for side in self.lengths)
         self.X, self.KV, self.W_q, self.W_k, self.W_v, self.W_o = X, KV, W_q, W_k, W_v, W_o
         if heads is not None:
+            # refused as too large here, where np.broadcast_to would say only that its iterator is
+            _check_size(func, self.out_batch + (n, heads * self.d_v), self.compute)
             named_o = [("the heads' output", np.broadcast_to(
                 np.zeros((), self.compute), self.out_batch + (n, heads * self.d_v)), 2),
                 ("W_o", W_o, 2)] + ([("b_o", b_o, 1)] if b_o is not None else [])

@@ -4,10 +4,11 @@ matplotlib is imported when the function is called, never by ``import selfattn``
 """
 from __future__ import annotations
 
-import operator
 import warnings
 
 import numpy as np
+
+from ._validate import _integer
 
 __all__ = ["plot_attention"]
 
@@ -69,7 +70,8 @@ def plot_attention(weights, tokens=None, *, key_tokens=None, ax=None, annotate=N
     vmin, vmax : float, optional
         The weights drawn in the darkest and the brightest colour. Default: 0 and 1, except
         that from 16 keys on, where every weight is small (a uniform row is 1/n_k), vmax is the
-        largest weight, so that the structure shows.
+        largest weight, so that the structure shows; and where a weight is above 1 (and none
+        below 0: weights after dropout), vmax is the largest.
 
     Returns
     -------
@@ -79,8 +81,10 @@ def plot_attention(weights, tokens=None, *, key_tokens=None, ax=None, annotate=N
     Warns
     -----
     UserWarning
-        For values outside [0, 1] (scores rather than weights?) and for rows that do not sum to 1
-        (a softmax over the wrong axis?), since each row of attention weights sums to 1.
+        For values outside [0, 1] (scores rather than weights?; values above 1 and none below 0,
+        as weights after dropout have, are drawn up to the largest rather than clipped) and for
+        rows that do not sum to 1 (a softmax over the wrong axis?), since each row of attention
+        weights sums to 1.
 
     Raises
     ------
@@ -128,10 +132,7 @@ def plot_attention(weights, tokens=None, *, key_tokens=None, ax=None, annotate=N
                     f"head=0 ... head={n_heads - 1}"
                 )
             head = 0
-        try:
-            head = operator.index(head)
-        except TypeError:
-            raise TypeError(f"{func}: head must be an integer, got {head!r}") from None
+        head = _integer(func, "head", head)
         if not -n_heads <= head < n_heads:
             raise ValueError(f"{func}: head={head} does not exist; weights has {n_heads} heads "
                              f"(0 ... {n_heads - 1})")
@@ -142,6 +143,9 @@ def plot_attention(weights, tokens=None, *, key_tokens=None, ax=None, annotate=N
     n_q, n_k = w.shape
     if n_q == 0 or n_k == 0:
         raise ValueError(f"{func}: weights {w.shape} is empty; there is nothing to draw")
+    # labels read once (a generator is used up by its first reading)
+    tokens, key_tokens = (t if t is None or isinstance(t, str) else list(t)
+                          for t in (tokens, key_tokens))
     if key_tokens is None and tokens is not None and n_q != n_k:
         raise ValueError(
             f"{func}: tokens has {len(tokens)} labels for the {n_q} queries, but there are {n_k} "
@@ -154,19 +158,29 @@ def plot_attention(weights, tokens=None, *, key_tokens=None, ax=None, annotate=N
         annotate = n_q <= _ANNOTATE_MAX and n_k <= _ANNOTATE_MAX
     w = w.astype(np.float64)
     finite = w[np.isfinite(w)]
-    if finite.size and (finite.min() < -1e-6 or finite.max() > 1 + 1e-6):
+    above_one = False
+    if finite.size and finite.min() < -1e-6:
         warnings.warn(
             f"{func}: some values lie outside [0, 1] (from {finite.min():.3g} to "
             f"{finite.max():.3g}); are these scores rather than weights? Softmax them with "
             f"selfattn.softmax_attention_weights first. The colours are clipped to [0, 1].",
             UserWarning, stacklevel=2)
+    elif finite.size and finite.max() > 1 + 1e-6:
+        # none negative: weights after dropout (kept ones are divided by 1 - p) look like this
+        above_one = True
+        warnings.warn(
+            f"{func}: some values are above 1 (up to {finite.max():.3g}), which no softmax "
+            f"weight is; weights after dropout are (the kept ones are divided by 1 - dropout_p), "
+            f"scores may be (softmax them with selfattn.softmax_attention_weights first). The "
+            f"colours go up to the largest value.", UserWarning, stacklevel=2)
     else:
         _warn_rows_not_one(func, w)
     if vmin is None:
         vmin = 0.0
     if vmax is None:
         vmax = 1.0
-        if n_k >= _SMALL_WEIGHTS_FROM and finite.size and vmin < finite.max() < 1.0:
+        if above_one or (n_k >= _SMALL_WEIGHTS_FROM and finite.size
+                         and vmin < finite.max() < 1.0):
             vmax = float(finite.max())
 
     if ax is None:

@@ -118,10 +118,15 @@ def _as_matrices(func, *named):
 
 def _require_matrix(func, name, arr, expected):
     if arr.ndim < 2:
+        hint = ""
+        if arr.ndim == 1 and name.startswith("W_"):  # a weight's rows are its inputs
+            hint = (f"; for a projection to a single column use {name}[:, None] "
+                    f"(shape ({arr.shape[0]}, 1))")
+        elif arr.ndim == 1:
+            hint = f"; for a single token use {name}[None, :] (shape (1, {arr.shape[0]}))"
         raise ValueError(
             f"{func}: {name} must have at least 2 dimensions {expected}, got {name}.shape={arr.shape}"
-            + (f"; for a single token use {name}[None, :] (shape (1, {arr.shape[0]}))"
-               if arr.ndim == 1 else "")
+            + hint
         )
 
 
@@ -281,8 +286,9 @@ def _dropout(func, dropout_p, seed, backward=False):
     return p, seed
 
 
-def _integer(func, name, value, at_least):
-    """`value` as a Python int >= at_least (0: a size; 1: a count such as num_heads)."""
+def _integer(func, name, value, at_least=None):
+    """`value` as a Python int >= at_least (0: a size; 1: a count such as num_heads; None: any,
+    as an axis). True and False are refused, as NumPy refuses them for an axis."""
     what = "a non-negative integer" if at_least == 0 else "an integer"
     if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{func}: {name} must be {what}, got {value!r}")
@@ -290,7 +296,7 @@ def _integer(func, name, value, at_least):
         value = operator.index(value)
     except TypeError:
         raise TypeError(f"{func}: {name} must be {what}, got {value!r}") from None
-    if value < at_least:
+    if at_least is not None and value < at_least:
         raise ValueError(f"{func}: {name} must be a non-negative integer, got {value}" if at_least == 0
                          else f"{func}: {name} must be at least {at_least}, got {name}={value}")
     return value

@@ -110,6 +110,33 @@ def test_axis_errors():
         sa.softmax_attention_weights(np.ones((2, 2)), axis=-3)
     with pytest.raises(TypeError, match="axis must be an integer"):
         sa.softmax_attention_weights(np.ones((2, 2)), axis=1.0)
+    for flag in (True, np.bool_(False)):    # as NumPy: a bool is not an axis
+        with pytest.raises(TypeError, match="softmax_attention_weights: axis must be an integer"):
+            sa.softmax_attention_weights(np.ones((2, 2)), axis=flag)
+    np.testing.assert_allclose(sa.softmax_attention_weights(np.ones((2, 2)), axis=np.int64(0)),
+                               0.5)
+
+
+def test_thread_counts_are_integers_not_flags():
+    before = sa.get_num_threads()
+    for bad in (True, np.bool_(True), 2.0, "2"):
+        with pytest.raises(TypeError, match="set_num_threads: n must be an integer"):
+            sa.set_num_threads(bad)
+    assert sa.get_num_threads() == before
+
+
+def test_a_one_dimensional_weight_gets_a_weights_hint():
+    """A 1-D W is a projection to one column (W[:, None]), not a single token (W[None, :])."""
+    X = np.ones((3, 8))
+    for call in (lambda: sa.multi_head_attention(X, np.ones(8), *np.ones((3, 8, 8)), num_heads=2),
+                 lambda: sa.self_attention_layer(X, np.ones(8), np.ones((8, 4)), np.ones((8, 4)))):
+        msg = message(call)
+        assert "W_q.shape=(8,); for a projection to a single column use W_q[:, None] (shape (8, 1))" \
+            in msg, msg
+        assert "single token" not in msg
+    assert "for a single token use X[None, :] (shape (1, 8))" in message(
+        lambda: sa.self_attention_layer(np.ones(8), np.ones((8, 4)), np.ones((8, 4)),
+                                        np.ones((8, 4))))
 
 
 def test_ragged_lists():

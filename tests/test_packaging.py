@@ -130,6 +130,14 @@ def test_python_m_selfattn_main_job():
     assert "-> OK" in out
 
 
+def test_python_m_selfattn_help_is_plain_text():
+    proc = run("-m", "selfattn", "--help")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: python -m selfattn [bench | grade]")
+    assert "python -m selfattn grade SUBMISSIONS..." in proc.stdout
+    assert "``" not in proc.stdout
+
+
 @pytest.mark.c_backend
 def test_environment_settings_are_read_at_import():
     code = "import selfattn; print(selfattn.get_num_threads(), selfattn.get_isa())"

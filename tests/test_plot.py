@@ -113,6 +113,28 @@ def test_clear_errors():
         selfattn.plot_attention(np.array([[3.0, -1.0], [0.5, 0.5]]))
 
 
+def test_weights_after_dropout_are_drawn_up_to_their_largest():
+    """Kept weights after dropout are divided by 1 - p, so some are above 1 and none below 0:
+    the warning names dropout, and the colours are not clipped at 1."""
+    rng = np.random.default_rng(0)
+    X, W = rng.normal(size=(6, 8)), rng.normal(size=(3, 8, 4))
+    _, w = selfattn.self_attention_layer(X, *W, return_weights=True, dropout_p=0.5, seed=1)
+    assert w.max() > 1 and w.min() >= 0
+    with pytest.warns(UserWarning, match=r"above 1 \(up to .*weights after dropout.*colours go up "
+                                         r"to the largest") as record:
+        ax = selfattn.plot_attention(w)
+    assert not any("scores rather than weights" in str(r.message) for r in record)
+    assert ax.images[0].get_clim() == (0.0, pytest.approx(w.max()))
+
+
+def test_token_labels_from_a_generator():
+    w = _weights(2, 3)
+    ax = selfattn.plot_attention(w, (t for t in "ab"), key_tokens=(t for t in "xyz"))
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["x", "y", "z"]
+    with pytest.raises(ValueError, match="tokens has 2 labels for the 2 queries, but there are 3"):
+        selfattn.plot_attention(w, (t for t in "ab"))
+
+
 def test_without_matplotlib_import_error_says_how_to_install(monkeypatch):
     for mod in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
         monkeypatch.setitem(sys.modules, mod, None)  # hidden: importing it raises ImportError

@@ -125,6 +125,22 @@ def test_multi_head_attention_with_a_huge_sequence():
     refused(lambda: mha(Xb, W, W, W, W, num_heads=2))
 
 
+def test_multi_head_batches_that_broadcast_past_the_address_space_name_the_function():
+    """X's and W_q's batch axes broadcast to 2**62 items: refused as too large by name, not
+    with the 'iterator is too large' of np.broadcast_to."""
+    X = big_view((2 ** 31, 1, 3, 4))
+    W = big_view((1, 2 ** 31, 4, 4))
+    eye = np.eye(4)
+    for call, name in ((lambda: selfattn.multi_head_attention(X, W, eye, eye, eye, num_heads=2),
+                        "multi_head_attention"),
+                       (lambda: selfattn.multi_head_attention_backward(np.ones((3, 4)), X, W, eye,
+                                                                       eye, eye, num_heads=2),
+                        "multi_head_attention_backward")):
+        error = refused(call, ValueError)
+        assert str(error).startswith(f"{name}: the result would have shape (2147483648, "
+                                     f"2147483648, 3, 4)"), error
+
+
 def test_zero_sized_results_are_fine_next_to_huge_axes():
     # A zero-length axis makes the result empty however long the others are.
     Q = big_view((BIG, 0))
