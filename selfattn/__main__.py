@@ -7,6 +7,12 @@ from __future__ import annotations
 
 import sys
 
+import numpy as np
+
+import selfattn
+
+SENTENCE = "the cat sat on the mat".split()
+
 # --help's text: the docstring's, without its reStructuredText markup
 USAGE = """usage: python -m selfattn [bench | grade] [options]
 
@@ -15,12 +21,6 @@ USAGE = """usage: python -m selfattn [bench | grade] [options]
   python -m selfattn bench [--help]          the project's benchmark: selfattn against naive
                                              NumPy, np.matmul and torch, side by side
   python -m selfattn grade SUBMISSIONS...    grades a class's notebooks (grade --help)"""
-
-import numpy as np
-
-import selfattn
-
-SENTENCE = "the cat sat on the mat".split()
 
 
 def _matrix_text(weights, tokens):
