@@ -335,4 +335,5 @@ def plot_attention(
     head: int | None = ...,
     vmin: float | None = ...,
     vmax: float | None = ...,
+    mask: ArrayLike | None = ...,
 ) -> Any: ...

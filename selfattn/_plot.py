@@ -15,6 +15,8 @@ __all__ = ["plot_attention"]
 _ANNOTATE_MAX = 20  # annotate=None writes the values in the cells up to this many rows and columns
 _ANNOTATE_LARGE_FONT = 12  # up to this many, in the larger font
 _SMALL_WEIGHTS_FROM = 16  # from this many keys, the colours run up to the largest weight, not 1
+_TICKS_MAX = 40  # more rows or columns than this: every k-th one labelled, so labels stay legible
+_FIGURE_MAX = (12.0, 10.0)  # the default figure's largest width and height, inches
 
 
 def _import_pyplot():
@@ -47,14 +49,16 @@ def _labels(func, name, tokens, count, what, whats):
 
 
 def plot_attention(weights, tokens=None, *, key_tokens=None, ax=None, annotate=None, head=None,
-                   vmin=None, vmax=None):
+                   vmin=None, vmax=None, mask=None):
     """Draw attention weights as a heatmap: queries as rows, keys as columns.
 
     Parameters
     ----------
     weights : array_like, shape (n_q, n_k) or (..., H, n_q, n_k)
         Attention weights, e.g. from ``self_attention_layer(..., return_weights=True)``. Leading
-        dimensions of size 1 are ignored; with several heads, choose one with `head`.
+        dimensions of size 1 are ignored; with several heads, choose one with `head`. A boolean
+        array is drawn as a mask (``causal_mask(n)``, ``window_mask(...)``): the keys each query
+        may attend to (True) coloured, the others white.
     tokens : sequence of str, optional
         Labels of the queries (rows). They also label the keys (columns) unless `key_tokens` is
         given, which requires ``n_q == n_k`` (self-attention).
@@ -72,6 +76,10 @@ def plot_attention(weights, tokens=None, *, key_tokens=None, ax=None, annotate=N
         that from 16 keys on, where every weight is small (a uniform row is 1/n_k), vmax is the
         largest weight, so that the structure shows; and where a weight is above 1 (and none
         below 0: weights after dropout), vmax is the largest.
+    mask : array_like of bool, optional
+        The mask the weights were computed with (True: may attend), broadcastable to `weights`:
+        the keys it hides are drawn white, without a number, so that they are not mistaken for
+        visible keys whose weight is close to 0.
 
     Returns
     -------
@@ -82,17 +90,24 @@ def plot_attention(weights, tokens=None, *, key_tokens=None, ax=None, annotate=N
     -----
     UserWarning
         For values outside [0, 1] (scores rather than weights?; values above 1 and none below 0,
-        as weights after dropout have, are drawn up to the largest rather than clipped) and for
+        as weights after dropout have, are drawn up to the largest rather than clipped), for
         rows that do not sum to 1 (a softmax over the wrong axis?), since each row of attention
-        weights sums to 1.
+        weights sums to 1, and for a weight on a key that `mask` hides (the mask applied after
+        the softmax rather than to the scores?).
 
     Raises
     ------
     ImportError
         If matplotlib is not installed (``pip install matplotlib``).
     ValueError
-        For weights that are not a matrix (or a stack of heads), a head that does not exist, or
-        token labels whose count does not match.
+        For weights that are not a matrix (or a stack of heads), a head that does not exist,
+        token labels whose count does not match, or a mask that does not broadcast to the
+        weights.
+
+    Notes
+    -----
+    The default figure grows with the number of tokens up to 12 x 10 inches; from 41 rows or
+    columns on, every k-th one is labelled.
 
     Examples
     --------
@@ -100,12 +115,14 @@ def plot_attention(weights, tokens=None, *, key_tokens=None, ax=None, annotate=N
     >>> X = np.random.default_rng(0).normal(size=(3, 4))
     >>> _, w = selfattn.self_attention_layer(X, *np.eye(4)[None].repeat(3, 0), return_weights=True)
     >>> ax = selfattn.plot_attention(w, ["the", "cat", "sat"])   # doctest: +SKIP
+    >>> ax = selfattn.plot_attention(selfattn.causal_mask(3), ["the", "cat", "sat"])  # doctest: +SKIP
     """
     func = "plot_attention"
     matplotlib = _import_pyplot()
     w = np.asarray(weights)
     if w.dtype.kind not in "biuf":
         raise TypeError(f"{func}: weights must be real numbers, got dtype {w.dtype}")
+    visible = _visible(func, mask, w.shape)
     if w.ndim < 2:
         raise ValueError(
             f"{func}: weights must be a matrix (n_q, n_k), got shape {w.shape}"
@@ -124,6 +141,8 @@ def plot_attention(weights, tokens=None, *, key_tokens=None, ax=None, annotate=N
                 f"plot one example at a time, e.g. weights[0]"
             )
         stack = w.reshape(w.shape[-3:])
+        if visible is not None:
+            visible = visible.reshape(stack.shape)
         n_heads = stack.shape[0]
         if head is None:
             if n_heads != 1:
@@ -138,6 +157,8 @@ def plot_attention(weights, tokens=None, *, key_tokens=None, ax=None, annotate=N
                              f"(0 ... {n_heads - 1})")
         head %= n_heads
         w = stack[head]
+        if visible is not None:
+            visible = visible[head]
         if n_heads > 1:
             title = f"head {head}"
     n_q, n_k = w.shape
@@ -156,6 +177,21 @@ def plot_attention(weights, tokens=None, *, key_tokens=None, ax=None, annotate=N
                          n_k, "key", "keys (columns)")
     if annotate is None:
         annotate = n_q <= _ANNOTATE_MAX and n_k <= _ANNOTATE_MAX
+    if ax is None:
+        import matplotlib.pyplot as plt
+        size = (min(max(3.0, 0.55 * n_k + 2.0), _FIGURE_MAX[0]),
+                min(max(2.5, 0.5 * n_q + 1.2), _FIGURE_MAX[1]))
+        _, ax = plt.subplots(figsize=size, constrained_layout=True)
+    _ticks(ax, row_labels, col_labels, n_q, n_k)
+    ax.set_ylabel("query")
+    ax.set_xlabel("key")
+    if w.dtype == bool:
+        if visible is not None:
+            w = w & visible
+        _draw_mask(matplotlib, ax, w, title)
+        return ax
+    if title:
+        ax.set_title(title)
     w = w.astype(np.float64)
     finite = w[np.isfinite(w)]
     above_one = False
@@ -175,6 +211,19 @@ def plot_attention(weights, tokens=None, *, key_tokens=None, ax=None, annotate=N
             f"colours go up to the largest value.", UserWarning, stacklevel=2)
     else:
         _warn_rows_not_one(func, w)
+    blank = None  # hidden keys drawn white: those the mask hides and that hold no weight
+    if visible is not None:
+        leaks = ~visible & np.isfinite(w) & (w != 0)
+        if leaks.any():
+            i, j = (int(x) for x in np.argwhere(leaks)[0])
+            warnings.warn(
+                f"{func}: {int(leaks.sum())} weights sit on keys the mask hides (query {i} gives "
+                f"{w[i, j]:.3g} to key {j}); a hidden key's weight is 0. Was the mask applied "
+                f"after the softmax rather than to the scores? They are drawn as weights.",
+                UserWarning, stacklevel=2)
+        blank = ~visible & ~leaks
+        if blank.any():
+            ax.set_xlabel("key (white: hidden by the mask)")
     if vmin is None:
         vmin = 0.0
     if vmax is None:
@@ -183,30 +232,19 @@ def plot_attention(weights, tokens=None, *, key_tokens=None, ax=None, annotate=N
                          and vmin < finite.max() < 1.0):
             vmax = float(finite.max())
 
-    if ax is None:
-        import matplotlib.pyplot as plt
-        size = (max(3.0, 0.55 * n_k + 2.0), max(2.5, 0.5 * n_q + 1.2))
-        _, ax = plt.subplots(figsize=size, constrained_layout=True)
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.8")
     image = ax.imshow(np.ma.masked_invalid(w), cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto",
                       interpolation="nearest")
-    # Positions and labels are set together, so that they cannot drift apart.
-    ax.set_yticks(np.arange(n_q), labels=row_labels if row_labels is not None else np.arange(n_q))
-    ax.set_xticks(np.arange(n_k), labels=col_labels if col_labels is not None else np.arange(n_k))
-    if col_labels is not None:
-        ax.tick_params(axis="x", labelrotation=45)
-        for label in ax.get_xticklabels():
-            label.set_horizontalalignment("right")
-            label.set_rotation_mode("anchor")
-    ax.set_ylabel("query")
-    ax.set_xlabel("key")
-    if title:
-        ax.set_title(title)
+    if blank is not None and blank.any():
+        ax.imshow(np.ma.masked_where(~blank, np.zeros_like(w)), aspect="auto",
+                  interpolation="nearest", cmap=matplotlib.colors.ListedColormap(["white"]))
     if annotate:
         fontsize = 8 if max(n_q, n_k) <= _ANNOTATE_LARGE_FONT else 6
         bright = vmin + 0.6 * (vmax - vmin)  # viridis is light from here on: black text
         for i in range(n_q):
             for j in range(n_k):
+                if blank is not None and blank[i, j]:
+                    continue
                 v = w[i, j]
                 text = f"{v:.2f}" if np.isfinite(v) else str(v)
                 color = "black" if np.isfinite(v) and v > bright else "white"
@@ -214,6 +252,50 @@ def plot_attention(weights, tokens=None, *, key_tokens=None, ax=None, annotate=N
     label = "attention weight" if vmax == 1.0 else f"attention weight (colours up to {vmax:.3g})"
     ax.figure.colorbar(image, ax=ax, label=label)
     return ax
+
+
+def _visible(func, mask, shape):
+    """The keys each query may see, as booleans of the weights' shape, from mask= (None: all).
+    As scaled_dot_product_attention reads a mask: True may attend; a float mask is added to the
+    scores, so -inf hides a key."""
+    if mask is None:
+        return None
+    m = np.asarray(mask)
+    if m.dtype.kind == "f":
+        m = m != -np.inf
+    elif m.dtype != bool:
+        raise TypeError(f"{func}: mask must be boolean (True: may attend), as causal_mask() and "
+                        f"window_mask() return, or float (added to the scores), got dtype "
+                        f"{m.dtype}")
+    try:
+        return np.broadcast_to(m, shape)
+    except ValueError:
+        raise ValueError(f"{func}: mask {m.shape} does not broadcast to the weights "
+                         f"{tuple(shape)}") from None
+
+
+def _ticks(ax, row_labels, col_labels, n_q, n_k):
+    """Rows and columns labelled, every k-th one past _TICKS_MAX. Positions and labels are set
+    together, so that they cannot drift apart."""
+    for n, labels, set_ticks in ((n_q, row_labels, ax.set_yticks), (n_k, col_labels, ax.set_xticks)):
+        step = -(-n // _TICKS_MAX)
+        at = np.arange(0, n, step)
+        set_ticks(at, labels=labels[::step] if labels is not None else at)
+    if col_labels is not None:
+        ax.tick_params(axis="x", labelrotation=45)
+        for label in ax.get_xticklabels():
+            label.set_horizontalalignment("right")
+            label.set_rotation_mode("anchor")
+
+
+def _draw_mask(matplotlib, ax, visible, title):
+    """A boolean mask: the keys each query may attend to coloured, the hidden ones white."""
+    cmap = matplotlib.colors.ListedColormap(["white", matplotlib.colormaps["viridis"](0.35)])
+    image = ax.imshow(visible.astype(np.float64), cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto",
+                      interpolation="nearest")
+    ax.set_title(f"{title}: mask" if title else "mask")
+    bar = ax.figure.colorbar(image, ax=ax, ticks=[0.25, 0.75])
+    bar.ax.set_yticklabels(["hidden", "may attend"])
 
 
 def _warn_rows_not_one(func, w):

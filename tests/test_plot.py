@@ -1,6 +1,7 @@
 """plot_attention: a heatmap with queries as rows and keys as columns, rendered offscreen (Agg)."""
 import io
 import subprocess
+import warnings
 import sys
 
 import numpy as np
@@ -176,3 +177,84 @@ def test_rows_that_do_not_sum_to_one_warn():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         selfattn.plot_attention(masked)
+
+
+def test_long_sequences_keep_a_readable_figure():
+    """A figure that grew with the tokens was 72 x 65 inches at 128 tokens (1.9 GB to save):
+    the default figure stops at 12 x 10 inches, and from 41 tokens every k-th one is labelled,
+    each label still at its own token's position."""
+    tokens = [f"t{i}" for i in range(128)]
+    ax = selfattn.plot_attention(_weights(128, 128), tokens)
+    assert tuple(ax.figure.get_size_inches()) == (12.0, 10.0)
+    for ticks, labels in ((ax.get_xticks(), ax.get_xticklabels()),
+                          (ax.get_yticks(), ax.get_yticklabels())):
+        assert 20 <= len(ticks) <= 40
+        assert [t.get_text() for t in labels] == [tokens[int(i)] for i in ticks]
+    assert tuple(selfattn.plot_attention(_weights(3, 4)).figure.get_size_inches()) == (4.2, 2.7)
+    ax = selfattn.plot_attention(_weights(40, 40))  # up to 40: every one labelled
+    assert list(ax.get_xticks()) == list(range(40))
+
+
+def test_mask_draws_hidden_keys_white_and_without_a_number():
+    """Hidden keys have weight 0, as do visible keys whose weight rounds to 0.00: with mask=,
+    the hidden ones are drawn white, unnumbered, and the key axis says so."""
+    n = 5
+    mask = selfattn.causal_mask(n)
+    scores = np.random.default_rng(0).normal(size=(n, n)) * 8
+    w = selfattn.softmax_attention_weights(np.where(mask, scores, -np.inf))
+    assert (w[~mask] == 0).all() and (w[mask] < 0.005).any()  # some visible weights read 0.00
+    ax = selfattn.plot_attention(w, list("abcde"), mask=mask)
+    heat, blank = ax.images
+    np.testing.assert_array_equal(np.asarray(heat.get_array()), w)
+    np.testing.assert_array_equal(np.ma.getmaskarray(blank.get_array()), mask)  # shown where hidden
+    image = _png(ax.figure)
+    assert image.shape[-1] == 4 and image[..., :3].max() == 1.0  # white is drawn
+    assert len(ax.texts) == int(mask.sum())       # one number per visible key
+    assert ax.get_xlabel() == "key (white: hidden by the mask)"
+    # the same mask as a float (added to the scores: -inf hides), or broadcast over heads
+    ax = selfattn.plot_attention(w, mask=np.where(mask, 0.0, -np.inf))
+    assert len(ax.texts) == int(mask.sum())
+    ax = selfattn.plot_attention(np.stack([w, w]), head=1, mask=mask)
+    assert len(ax.texts) == int(mask.sum()) and ax.get_title() == "head 1"
+    ax = selfattn.plot_attention(w, mask=np.ones((n, n), bool))  # nothing hidden
+    assert len(ax.images) == 1 and ax.get_xlabel() == "key"
+
+
+def test_weights_on_hidden_keys_are_named_and_drawn():
+    """A student's mask applied after the softmax leaves weight on hidden keys: a warning says
+    so (with a query and a key), and those cells keep their colour and number."""
+    n = 4
+    mask = selfattn.causal_mask(n)
+    w = selfattn.softmax_attention_weights(np.random.default_rng(1).normal(size=(n, n)))
+    with pytest.warns(UserWarning, match=r"6 weights sit on keys the mask hides \(query 0 gives "
+                                         r"0\.\d+ to key 1\).*applied after the softmax"):
+        ax = selfattn.plot_attention(w, mask=mask)
+    assert len(ax.images) == 1 and len(ax.texts) == n * n
+
+
+def test_bad_masks_are_named():
+    w = _weights(3, 4)
+    with pytest.raises(ValueError, match=r"plot_attention: mask \(3, 3\) does not broadcast to "
+                                         r"the weights \(3, 4\)"):
+        selfattn.plot_attention(w, mask=np.ones((3, 3), bool))
+    with pytest.raises(TypeError, match=r"mask must be boolean \(True: may attend\).*int64"):
+        selfattn.plot_attention(w, mask=np.ones((3, 4), np.int64))
+
+
+def test_a_boolean_array_is_drawn_as_a_mask():
+    """causal_mask / window_mask drawn as they are: two colours and a legend, not weights
+    (no warning that its rows do not sum to 1, no colour scale of 'attention weight')."""
+    mask = selfattn.window_mask(6, 6, 2, 0) & selfattn.causal_mask(6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ax = selfattn.plot_attention(mask, list("abcdef"))
+    np.testing.assert_array_equal(np.asarray(ax.images[0].get_array()), mask.astype(float))
+    assert ax.get_title() == "mask" and len(ax.texts) == 0
+    bar = ax.figure.axes[1]
+    assert [t.get_text() for t in bar.get_yticklabels()] == ["hidden", "may attend"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == list("abcdef")
+    heads = np.stack([mask, selfattn.causal_mask(6)])
+    ax = selfattn.plot_attention(heads, head=1, mask=~np.eye(6, dtype=bool))  # both: and
+    np.testing.assert_array_equal(np.asarray(ax.images[0].get_array()),
+                                  (selfattn.causal_mask(6) & ~np.eye(6, dtype=bool)).astype(float))
+    assert ax.get_title() == "head 1: mask"
