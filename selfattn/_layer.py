@@ -70,7 +70,8 @@ class _Layer:
             if W_o.shape[-2] != width:
                 hint = ""
                 if W_o.shape[-1] == width:
-                    hint = " W_o looks transposed: selfattn computes heads @ W_o; pass W_o.T"
+                    hint = (" W_o looks transposed: selfattn computes heads @ W_o; transpose it "
+                            "(W_o.T, or drop a .T you added)")
                 raise ValueError(
                     f"{func}: the heads' concatenated output has width num_heads * d_v_head = "
                     f"{width} (W_v.shape={W_v.shape}) but W_o has {W_o.shape[-2]} rows "

@@ -374,8 +374,9 @@ def _check_projections(func, X, W_q, W_k, W_v, heads=None, KV=None, kv_heads=Non
         if W.shape[-2] != d_in:
             hint = ""
             if W.shape[-1] == d_in:
-                hint = (f" {name} looks transposed: selfattn computes {src_name} @ {name}, so pass "
-                        f"it as ({dim}, {width}), e.g. {name}.T")
+                hint = (f" {name} looks transposed: selfattn computes {src_name} @ {name}, so it "
+                        f"must be ({dim}, {width}); transpose it ({name}.T, or drop a .T you "
+                        f"added)")
             raise ValueError(
                 f"{func}: {src_name} has {dim}={d_in} ({src_name}.shape={src.shape}) but {name} "
                 f"has {W.shape[-2]} rows ({name}.shape={W.shape}); each projection must be "

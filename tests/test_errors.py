@@ -54,7 +54,7 @@ def test_layer_weight_shapes():
     msg = message(lambda: sa.self_attention_layer(X, np.ones((4, 8)), np.ones((8, 4)), np.ones((8, 4))))
     assert ("self_attention_layer: X has d_model=8 (X.shape=(3, 8)) but W_q has 4 rows "
             "(W_q.shape=(4, 8))") in msg
-    assert "W_q looks transposed" in msg
+    assert "W_q looks transposed" in msg and "transpose it (W_q.T, or drop a .T you added)" in msg
     msg = message(lambda: sa.self_attention_layer(X, np.ones((8, 4)), np.ones((8, 3)), np.ones((8, 4))))
     assert "W_q makes queries of d_k=4" in msg and "W_k makes keys of d_k=3" in msg
     msg = message(lambda: sa.self_attention_layer(X, np.ones((8, 4)), np.ones((8, 4)), np.ones((7, 4))))

@@ -726,3 +726,16 @@ def test_docstring_examples_run():
     for module in (testing, selfattn._explain, selfattn._plot):
         result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
         assert result.failed == 0 and result.attempted > 0, module.__name__
+
+
+def test_a_nan_answer_is_reported_as_nan_not_as_an_infinite_error():
+    def softmax_of_nans(s):
+        return np.full(np.shape(s), np.nan)
+
+    report = check(softmax_of_nans, SOFTMAX)
+    failed = report.failures[0]
+    assert failed.max_error == np.inf  # the field: no finite bound on the error
+    line = f"max error inf or NaN at {testing.compare._fmt_index(failed.worst_index)}"
+    assert line in str(report) and "max error inf at" not in str(report)
+    assert f">inf or NaN at {testing.compare._fmt_index(failed.worst_index)}</td>" \
+        in report._repr_html_()

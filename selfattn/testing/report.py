@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import html
+import math
 import textwrap
 
 from .cases import _SCALED, _band_kwargs, _check_name, _check_scale, cases
@@ -123,9 +124,8 @@ class CheckReport:
         lines.append("")
         label_w = max(len(r.case.label) for r in self.results)
         for r in self.results:
-            err = "" if r.max_error is None else f"max error {r.max_error:.3g}"
-            if r.worst_index is not None and r.verdict != "pass":
-                err += f" at {_fmt_index(r.worst_index)}"
+            err = _error_text(r)
+            err = f"max error {err}" if err else ""
             lines.append(f"{r.verdict:>4}  {r.case.label:<{label_w}}  {err}".rstrip())
             detail = []
             if r.message:
@@ -162,9 +162,7 @@ class CheckReport:
                      "<th style='text-align:left'>details</th></tr></thead><tbody>")
         colors = {"pass": "#1a7f37", "FAIL": "#cf222e", "note": "#9a6700"}
         for r in self.results:
-            err = "" if r.max_error is None else f"{r.max_error:.3g}"
-            if r.worst_index is not None and r.verdict != "pass":
-                err += f" at {_fmt_index(r.worst_index)}"
+            err = _error_text(r)
             detail = [e(line) for line in r.message.split("\n")] if r.message else []
             if r.verdict == "FAIL":
                 refs = [str(number[h]) for h in r.hints if h in number]
@@ -279,3 +277,14 @@ def assert_implementation(fn, name=None, *, scale="either", seed=0, gqa=False):
     """
     __tracebackhide__ = True
     check(fn, name, scale=scale, seed=seed, gqa=gqa).raise_if_failed()
+
+
+def _error_text(r):
+    """A case's largest error as its line shows it: "3.2e-05 at (1, 2)"; "inf or NaN" where the
+    answer holds one and the expected result does not (or the other way round)."""
+    if r.max_error is None:
+        return ""
+    err = "inf or NaN" if math.isinf(r.max_error) else f"{r.max_error:.3g}"
+    if r.worst_index is not None and r.verdict != "pass":
+        err += f" at {_fmt_index(r.worst_index)}"
+    return err
