@@ -26,6 +26,7 @@ result is the same whatever the setting).
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 
@@ -161,12 +162,11 @@ def _weigh(W, B, bad_columns, out=None):
     """W @ B where a weight of exactly 0 takes nothing from B, even inf or NaN: the IEEE product,
     then each column of B that holds inf or NaN recomputed without the zero weights (summed in
     float64, as csrc/dispatch.c's sa_output_zero_weights does)."""
-    with np.errstate(invalid="ignore", over="ignore"):
-        out = np.matmul(W, B, out=out)
-        if len(bad_columns):
-            for col in bad_columns:
-                terms = np.where(W != 0, W * B[..., None, :, col], 0)
-                out[..., col] = terms.sum(axis=-1, dtype=np.float64)
+    out = np.matmul(W, B, out=out)
+    if len(bad_columns):
+        for col in bad_columns:
+            terms = np.where(W != 0, W * B[..., None, :, col], 0)
+            out[..., col] = terms.sum(axis=-1, dtype=np.float64)
     return out
 
 
@@ -194,9 +194,8 @@ def _scores_block(Q, K, rows, mask, scale, band, softcap=0.0, slope=None):
     (for the backward)."""
     n_q, n_k = Q.shape[-2], K.shape[-2]
     Q = Q[..., rows, :]
-    with np.errstate(over="ignore", invalid="ignore"):
-        S = np.matmul(Q, np.swapaxes(K, -1, -2))
-        S *= S.dtype.type(scale)
+    S = np.matmul(Q, np.swapaxes(K, -1, -2))
+    S *= S.dtype.type(scale)
     overflowed = ~np.isfinite(S)
     if overflowed.any():
         finite_q = np.isfinite(Q).all(axis=-1)[..., :, None]
@@ -206,8 +205,7 @@ def _scores_block(Q, K, rows, mask, scale, band, softcap=0.0, slope=None):
         # in double, as the C tiers' reference (attn.h's sa_softcap_score and sa_softcap_slope)
         x = S.astype(np.float64) / softcap
         if slope is not None:
-            with np.errstate(over="ignore"):
-                g = 2 / (np.exp(2 * np.abs(x)) + 1)
+            g = 2 / (np.exp(2 * np.abs(x)) + 1)
             slope.append((g * (2 - g)).astype(S.dtype))
         S = (softcap * np.tanh(x)).astype(S.dtype)
     if mask is not None:
@@ -262,15 +260,28 @@ def _softmax_rows(S):
     """Softmax of each row of S: max subtracted; a row of -inf gives 0, a row with NaN gives NaN."""
     top = np.max(S, axis=-1, keepdims=True, initial=-np.inf)
     masked = top == -np.inf
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        E = np.exp(S - np.where(masked, 0, top).astype(S.dtype, copy=False))
-        E *= 1 / E.sum(axis=-1, keepdims=True)
+    E = np.exp(S - np.where(masked, 0, top).astype(S.dtype, copy=False))
+    E *= 1 / E.sum(axis=-1, keepdims=True)
     E[np.broadcast_to(masked, E.shape)] = 0
     return E
 
 
 # ---- the entry points (the signatures of csrc/module.c's) ----------------------------------------
 
+
+def _quiet(kernel):
+    """An entry point run under np.errstate(all="ignore"): the C kernels compute with the IEEE
+    rules and signal nothing, whatever np.seterr says, and so does this backend (a learner's
+    np.seterr(all="raise") made a softmax's underflow in exp a FloatingPointError). Overflow is
+    handled by the rules above, not by warnings."""
+    @functools.wraps(kernel)
+    def run(*args, **kwargs):
+        with np.errstate(all="ignore"):
+            return kernel(*args, **kwargs)
+    return run
+
+
+@_quiet
 def scores(out, Q, K, mask, scale, band, isa):
     """out[...] = scale * Q @ K^T with the mask applied."""
     _isa(isa)
@@ -284,6 +295,7 @@ def scores(out, Q, K, mask, scale, band, isa):
         out[..., rows, :] = _scores_block(Q, K, rows, mask, scale, band)
 
 
+@_quiet
 def softmax(out, x, isa):
     """out[...] = softmax over the last axis of x; out may be x."""
     _isa(isa)
@@ -305,25 +317,27 @@ def _product(out, A, B, isa, weighs_values, layout=0):
     B = _operand(B, out.dtype, batch + ((n, k) if b_t else (k, n)), "B")
     A, B = (np.swapaxes(A, -1, -2) if a_t else A), (np.swapaxes(B, -1, -2) if b_t else B)
     bad = _nonfinite_columns(B) if weighs_values else ()
-    with np.errstate(invalid="ignore", over="ignore"):
-        for rows in _row_blocks(m, _items(batch) * max(n, k), out.itemsize):
-            if add:
-                out[..., rows, :] += np.matmul(A[..., rows, :], B)
-            else:
-                _weigh(A[..., rows, :], B, bad, out=out[..., rows, :])
+    for rows in _row_blocks(m, _items(batch) * max(n, k), out.itemsize):
+        if add:
+            out[..., rows, :] += np.matmul(A[..., rows, :], B)
+        else:
+            _weigh(A[..., rows, :], B, bad, out=out[..., rows, :])
 
 
+@_quiet
 def matmul(out, A, B, isa, layout=0):
     """out[...] = A @ B (IEEE products: 0 * inf is NaN); layout ORs 1 (A given as A^T, shape
     (..., k, m)), 2 (B given as B^T, shape (..., n, k)) and 4 (out[...] += A @ B)."""
     _product(out, A, B, isa, weighs_values=False, layout=layout)
 
 
+@_quiet
 def output(out, weights, V, isa):
     """out[...] = weights @ V, where a weight of exactly 0 takes nothing from V, even inf or NaN."""
     _product(out, weights, V, isa, weighs_values=True)
 
 
+@_quiet
 def project(QKV, X, Ws, bias, isa):
     """QKV[...] = X @ [W_1 | ...] + bias for the 1 to 3 matrices of the tuple Ws, one product per
     W into its columns of QKV (bias None, or (..., 1, width of QKV)); the W's and the bias share
@@ -366,12 +380,12 @@ def _lse_rows(S):
     weights are NaN), as csrc/attn.h's sa_row_lse."""
     top = np.max(S, axis=-1, keepdims=True, initial=-np.inf)
     finite = np.isfinite(top)
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        total = np.exp(S - np.where(finite, top, 0).astype(S.dtype, copy=False)).sum(axis=-1)
-        lse = np.where(finite[..., 0], top[..., 0] + np.log(total), top[..., 0])
+    total = np.exp(S - np.where(finite, top, 0).astype(S.dtype, copy=False)).sum(axis=-1)
+    lse = np.where(finite[..., 0], top[..., 0] + np.log(total), top[..., 0])
     return np.where(lse == np.inf, np.nan, lse).astype(S.dtype, copy=False)
 
 
+@_quiet
 def attention(out, weights, Q, K, V, mask, scale, band, isa, lse=None, softcap=0.0, dropout_p=0.0,
               seed=0):
     """out[...] = softmax(scale * Q @ K^T + mask) @ V, block by block of query rows; weights is
@@ -404,6 +418,7 @@ def attention(out, weights, Q, K, V, mask, scale, band, isa, lse=None, softcap=0
         _weigh(P, V, bad, out=out[..., rows, :])
 
 
+@_quiet
 def attention_backward(dQ, dK, dV, dO, Q, K, V, mask, scale, band, isa, softcap=0.0,
                        dropout_p=0.0, seed=0, out=None):
     """dQ, dK, dV[...] = the gradients of softmax(scale * Q @ K^T + mask) @ V given dO, and
@@ -431,28 +446,27 @@ def attention_backward(dQ, dK, dV, dO, Q, K, V, mask, scale, band, isa, softcap=
     bad_V = _nonfinite_columns(V) if out is not None else None
     dK[...] = 0
     dV[...] = 0
-    with np.errstate(invalid="ignore", over="ignore"):
-        for rows in _row_blocks(n_q, 3 * _items(batch) * n_k, dQ.itemsize):
-            slope = []
-            P = _softmax_rows(_scores_block(Q, K, rows, mask, scale, band, softcap, slope))
-            PT = np.swapaxes(P, -1, -2)
-            dO_block, Q_block = dO[..., rows, :], Q[..., rows, :]
-            # 1. dP and D, zero where the weight is
-            dP = np.where(P == 0, 0, np.matmul(dO_block, np.swapaxes(V, -1, -2)))
-            if dropout_p:
-                Z = _dropout_factors(batch, rows, n_k, dropout_p, seed, dtype)
-                dP = _drop(dP, Z)
-                PT = np.swapaxes(_drop(P, Z), -1, -2)
-            if out is not None:
-                _weigh(np.swapaxes(PT, -1, -2), V, bad_V, out=out[..., rows, :])
-            D = (P * dP).sum(axis=-1, keepdims=True)
-            dS = np.where(P == 0, 0, P * (dP - D)).astype(dtype, copy=False)
-            if slope:
-                dS *= slope[0]
-            # 2. this block's dQ, and its share of dK and dV
-            dQ[..., rows, :] = _weigh(dS, K, bad_K) * scale_c
-            dV += _weigh(PT, dO_block, _nonfinite_columns(dO_block))
-            dK += _weigh(np.swapaxes(dS, -1, -2), Q_block, _nonfinite_columns(Q_block))
+    for rows in _row_blocks(n_q, 3 * _items(batch) * n_k, dQ.itemsize):
+        slope = []
+        P = _softmax_rows(_scores_block(Q, K, rows, mask, scale, band, softcap, slope))
+        PT = np.swapaxes(P, -1, -2)
+        dO_block, Q_block = dO[..., rows, :], Q[..., rows, :]
+        # 1. dP and D, zero where the weight is
+        dP = np.where(P == 0, 0, np.matmul(dO_block, np.swapaxes(V, -1, -2)))
+        if dropout_p:
+            Z = _dropout_factors(batch, rows, n_k, dropout_p, seed, dtype)
+            dP = _drop(dP, Z)
+            PT = np.swapaxes(_drop(P, Z), -1, -2)
+        if out is not None:
+            _weigh(np.swapaxes(PT, -1, -2), V, bad_V, out=out[..., rows, :])
+        D = (P * dP).sum(axis=-1, keepdims=True)
+        dS = np.where(P == 0, 0, P * (dP - D)).astype(dtype, copy=False)
+        if slope:
+            dS *= slope[0]
+        # 2. this block's dQ, and its share of dK and dV
+        dQ[..., rows, :] = _weigh(dS, K, bad_K) * scale_c
+        dV += _weigh(PT, dO_block, _nonfinite_columns(dO_block))
+        dK += _weigh(np.swapaxes(dS, -1, -2), Q_block, _nonfinite_columns(Q_block))
     dK *= scale_c
 
 

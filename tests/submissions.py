@@ -129,6 +129,13 @@ def softmax_attention_weights(attn_scores):
     return e / e.sum(axis=1, keepdims=True)
 ''')), {"softmax_attention_weights": ("fail", ["no_max"]),
         "self_attention_layer": ("fail", ["no_max"])})
+_add("softmax_min_subtracted", _cells(_replace(CORRECT, softmax_attention_weights='''
+def softmax_attention_weights(attn_scores):
+    e = np.exp(attn_scores - attn_scores.min(axis=1, keepdims=True))   # "stable" on shifted rows
+    return e / e.sum(axis=1, keepdims=True)
+''')), {"softmax_attention_weights": ("fail", ["shift_not_max"]),
+        "self_attention_layer": ("fail", ["shift_not_max"])})
+_add("correct_under_np_seterr_raise", _cells(CORRECT, before=['np.seterr(all="raise")\n']))
 _add("softmax_max_no_keepdims", _cells(_replace(CORRECT, softmax_attention_weights='''
 def softmax_attention_weights(attn_scores):
     e = np.exp(attn_scores - attn_scores.max(axis=1))

@@ -211,3 +211,44 @@ def test_an_output_whose_products_all_round_to_zero_is_zero(dtype, isa):
         np.testing.assert_allclose(out[:, 1], 1, rtol=TOL[dtype])
     # one sign on a tier, whichever path computed it
     assert (np.signbit(fused[:, 0]) == np.signbit(composed[:, 0])).all()
+
+
+@pytest.fixture
+def numpy_raises_on_every_fp_error():
+    """A learner's np.seterr(all="raise"), restored after the test."""
+    old = np.seterr(all="raise")
+    yield
+    np.seterr(**old)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_np_seterr_raise_changes_nothing(numpy_raises_on_every_fp_error, dtype):
+    """Every entry point computes by the IEEE rules whatever np.seterr says, as the C kernels do:
+    the NumPy backend (SELFATTN_BACKEND=numpy) raised FloatingPointError on a softmax's underflow
+    in exp, a hidden key's exp(-inf) or a score that overflows. Same results as without it."""
+    import selfattn
+    rng = np.random.default_rng(0)
+    n, d = 6, 4
+    X = (rng.standard_normal((n, d)) * 60).astype(dtype)   # weights that underflow to 0
+    W = rng.standard_normal((3, d, d)).astype(dtype)
+    dO = rng.standard_normal((n, d)).astype(dtype)
+    W_o = rng.standard_normal((d, d)).astype(dtype)
+    _, Qh, Kh, Vh = huge_case(dtype, tie=False)            # scores that overflow
+    calls = {
+        "softmax": lambda: selfattn.softmax_attention_weights(
+            np.array([[0, -1e4, 1e4], [1, 2, 3]], dtype)),
+        "scores": lambda: scores(X, X),
+        "layer": lambda: selfattn.self_attention_layer(X, *W, return_weights=True),
+        "sdpa masked": lambda: sdpa(X, X, X, is_causal=True, mask=~np.eye(n, dtype=bool)),
+        "sdpa huge": lambda: sdpa(Qh, Kh, Vh),
+        "backward": lambda: sdpa_backward(dO, X, X, X, is_causal=True),
+        "layer backward": lambda: selfattn.self_attention_layer_backward(dO, X, *W),
+        "multi-head": lambda: selfattn.multi_head_attention(
+            X, *W, W_o, num_heads=2, is_causal=True),
+    }
+    got = {name: call() for name, call in calls.items()}
+    np.seterr(all="ignore")
+    for name, call in calls.items():
+        want = call()
+        for g, w in zip(*(v if isinstance(v, tuple) else (v,) for v in (got[name], want))):
+            np.testing.assert_array_equal(g, w, err_msg=name)

@@ -264,6 +264,13 @@ def cases(name, *, scale=None, seed=0, batched=True, is_causal=False, window=Non
     scale = _check_scale("cases", scale)
     kwargs = _band_kwargs("cases", name, is_causal, window)
     gqa = _check_gqa("cases", name, gqa)
+    # the draws and the expected results signal nothing whatever the caller's np.seterr (a
+    # notebook's np.seterr(all="raise") made the float32 filter's underflow a FloatingPointError)
+    with np.errstate(all="ignore"):
+        return _build(name, scale, seed, batched, kwargs, gqa)
+
+
+def _build(name, scale, seed, batched, kwargs, gqa):
     rng = np.random.default_rng(seed)
     builder = _BUILDERS[name]
     out = []
@@ -381,12 +388,17 @@ def _softmax_cases(rng):
     yield "square-float64", "square: n_q = n_k = 4 (float64)", [_normal(rng, (4, 4), f64, 1.5)], {}
     yield "single-token", "a single token: n_q = n_k = 1 (float64)", [_normal(rng, (1, 1), f64)], {}
     # Rows around +1000, -1000 and +300: exp overflows (inf / inf = NaN) or underflows (0 / 0).
-    offsets = np.array([[1000.0], [-1000.0], [300.0]])
-    yield "large-scores-float64", "large scores: rows around 1000, -1000 and 300 (float64)", \
-        [(offsets + np.round(_normal(rng, (3, 5), f64, 3.0), 2)).astype(f64)], {"large": True}
-    offsets = np.array([[500.0], [-500.0], [120.0]])
-    yield "large-scores-float32", "large scores: rows around 500, -500 and 120 (float32)", \
-        [(offsets + np.round(_normal(rng, (3, 5), f64, 3.0), 2)).astype(f32)], {"large": True}
+    # The last row spans more than exp's range, from its first entry (the smallest) to its last
+    # (the largest): subtracting the row's minimum, mean or first entry instead of its maximum
+    # still overflows there, where a row that is only shifted does not.
+    for dtype, big, wide, label in ((f64, 1000.0, 800.0, "(float64)"),
+                                    (f32, 500.0, 120.0, "(float32)")):
+        offsets = np.array([[big], [-big], [0.3 * big], [0.0]])
+        rows = offsets + np.round(_normal(rng, (4, 5), f64, 3.0), 2)
+        rows[3] = np.round([-wide, 0.9 * wide, 0.0, -0.5 * wide, wide] + rows[3], 2)
+        yield (f"large-scores-{np.dtype(dtype).name}",
+               f"large scores: rows around {big:g}, {-big:g} and {0.3 * big:g}, and one from "
+               f"{-wide:g} to {wide:g} {label}", [rows.astype(dtype)], {"large": True})
     yield "batched-float64", "batched: a leading batch dimension of 2 (float64)", \
         [_normal(rng, (2, 3, 5), f64, 1.5)], {"batched": True}
 

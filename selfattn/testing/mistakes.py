@@ -70,6 +70,10 @@ _HINTS = {
               "float64, exp(89) in float32) and inf / inf gives NaN (very negative rows give "
               "0 / 0). Softmax does not change if you subtract the same number from a whole row, "
               "so subtract each row's maximum first: e = np.exp(s - s.max(axis=-1, keepdims=True)).",
+    "shift_not_max": "You subtract a number from each row, but not its maximum (its minimum, its "
+                     "mean or its first entry?): where a row's scores spread wider than exp's range "
+                     "(exp(710) is inf in float64, exp(89) in float32) the exponentials still "
+                     "overflow. Subtract each row's maximum: s - s.max(axis=-1, keepdims=True).",
     "global_max": "You subtracted the maximum of the whole matrix (s.max()), not of each row: rows "
                   "far below that maximum underflow to 0 / 0 = NaN. Subtract each row's own "
                   "maximum: s - s.max(axis=-1, keepdims=True).",
@@ -160,6 +164,7 @@ TITLES = {
     "qt_k": "Q.T @ K", "axis": "softmax over axis 0", "axis_all": "softmax over the whole matrix",
     "no_keepdims_sum": "sum without keepdims", "no_keepdims_max": "max without keepdims",
     "no_keepdims_both": "max and sum without keepdims", "no_max": "no max subtraction",
+    "shift_not_max": "row min, mean or first entry subtracted, not the max",
     "global_max": "global max subtracted", "no_exp": "np.exp missing",
     "not_normalised": "weights not normalised", "scaled_in_softmax": "scaled inside the softmax",
     "weights_out_transposed": "softmax returns transposed weights",
@@ -252,6 +257,9 @@ def _softmax_mistakes(s):
         naive = np.exp(s)
         out.append(("no_max", naive / naive.sum(axis=-1, keepdims=True)))
         out.append(("global_max", e_all / e_all.sum(axis=-1, keepdims=True)))
+        for shift in (s.min(axis=-1, keepdims=True), s.mean(axis=-1, keepdims=True), s[..., :1]):
+            e_shift = np.exp(s - shift)
+            out.append(("shift_not_max", e_shift / e_shift.sum(axis=-1, keepdims=True)))
         out.append(("no_exp", s / s.sum(axis=-1, keepdims=True)))
         out.append(("not_normalised", e))
         out.append(("not_normalised", naive))
@@ -347,14 +355,14 @@ def _mistakes(case, user_scale, either=False):
             return [(h, a) for h, a in out if a is not None]
 
         # No max subtraction first: where every variant overflows to NaN, it is the likeliest.
-        for key in ("no_max", "global_max", "axis", "axis_all", "no_keepdims_sum", "no_keepdims_max",
-                    "no_keepdims_both", "no_exp", "not_normalised", "scaled_in_softmax"):
-            def make(s, key=key):
-                for k2, w in _softmax_mistakes(q @ _swap(k) * s):
-                    if k2 == key:
-                        return w @ v
-                return None
-            with_scales(_HINTS[key], make)
+        for key in ("no_max", "global_max", "shift_not_max", "axis", "axis_all", "no_keepdims_sum",
+                    "no_keepdims_max", "no_keepdims_both", "no_exp", "not_normalised",
+                    "scaled_in_softmax"):
+            for variant in range(3 if key == "shift_not_max" else 1):  # min, mean, first
+                def make(s, key=key, variant=variant):
+                    found = [w for k2, w in _softmax_mistakes(q @ _swap(k) * s) if k2 == key]
+                    return found[variant] @ v if variant < len(found) else None
+                with_scales(_HINTS[key], make)
         if q.shape[-2] == k.shape[-2]:
             with_scales(_HINTS["weights_transposed"],
                         lambda s: _swap(_softmax_np(q @ _swap(k) * s)) @ v)
