@@ -227,6 +227,20 @@ _add("only_softmax", [IMPORTS, SOFTMAX],
 _add("renamed_everything", [IMPORTS, "def my_softmax(x):\n    return x\n"],
      {**{n: ("missing", []) for n in FUNCTIONS},
       "problems": ["defines none of the notebook's functions", "it defines: my_softmax"]})
+_add("name_typo", [IMPORTS, "def compute_self_attention_score(Q, K):   # the s is missing\n"
+                             "    return Q @ K.T\n", *(CORRECT[n] for n in FUNCTIONS[1:])],
+     {"compute_self_attention_scores": ("missing", []),
+      "self_attention_layer": ("error", ["raised_name"]),
+      "problems": ["missing: compute_self_attention_scores",
+                   "compute_self_attention_scores is missing, but the notebook defines "
+                   "compute_self_attention_score: a typo in the name?"]})
+_add("imports_selfattn", [IMPORTS, "from selfattn import *\n",
+                          CORRECT["compute_self_attention_scores"]],
+     {**{n: ("missing", []) for n in FUNCTIONS[1:]},
+      "problems": ["missing: softmax_attention_weights",
+                   "softmax_attention_weights, compute_attention_output, self_attention_layer, "
+                   "scaled_dot_product_attention are selfattn's own (imported from selfattn, not written in the notebook), so not "
+                   "graded"]})
 _add("syntax_error_cell", _cells(CORRECT, after=["def broken(:\n    pass\n"]),
      {"problems": ["cell 6: SyntaxError"]})
 _add("huge_allocation", _cells(CORRECT, after=["big = np.ones((50_000, 1_000_000))\n"]),
@@ -236,6 +250,24 @@ _add("huge_allocation", _cells(CORRECT, after=["big = np.ones((50_000, 1_000_000
 _add("infinite_loop", _cells(CORRECT, after=["while True:\n    pass\n"]),
      {**{n: ("timed out", []) for n in FUNCTIONS}, "status": "timed out",
       "problems": ["still running after ", "an infinite loop?"]})
+_add("loops_forever_on_one_token", _cells(_replace(CORRECT, softmax_attention_weights='''
+def softmax_attention_weights(attn_scores):
+    while attn_scores.size == 1:   # a loop meant for something else
+        pass
+    e = np.exp(attn_scores - attn_scores.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+''')), {**{n: ("timed out", []) for n in FUNCTIONS[1:]}, "status": "timed out",
+          "problems": ["still running after ", "while checking softmax_attention_weights"]})
+_add("sys_exit_in_a_function", _cells(_replace(CORRECT, compute_attention_output='''
+def compute_attention_output(attn_weights, V):
+    import sys
+    sys.exit("not done yet")
+''')), {"compute_attention_output": ("error", ["raised"]),
+        "self_attention_layer": ("error", ["raised"])})
+_add("leaves_a_process_and_a_thread_running", _cells(CORRECT, after=[
+    "import subprocess, sys, threading, time\n"
+    "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+    "threading.Thread(target=time.sleep, args=(120,)).start()\n"]))
 _add("os_abort", _cells(CORRECT, after=["import os\nos.abort()\n"]),
      {**{n: ("crashed", []) for n in FUNCTIONS}, "status": "crashed",
       "problems": ["SIGABRT"]})

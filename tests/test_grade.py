@@ -10,7 +10,7 @@ import sys
 import pytest
 
 import submissions
-from selfattn.testing.grade import grade
+from selfattn.testing.grade import _points, grade
 from selfattn.testing.load import NOTEBOOK_FUNCTIONS
 
 
@@ -80,7 +80,7 @@ def test_summary_counts_named_mistakes_and_functions(graded):
     assert f"softmax over axis 0: 1 of {n}" in summary
     assert f"attn_weights.T @ V: 2 of {n}" in summary
     assert "Functions, most failed first:\n  self_attention_layer:" in summary
-    assert "timed out: 1, crashed: 1" in summary
+    assert "timed out: 2, crashed: 1" in summary
 
 
 def test_each_student_has_a_self_contained_html_report(graded):
@@ -125,3 +125,41 @@ def test_progress_shows_as_a_counter_on_a_terminal(tmp_path, capsys):
     assert capsys.readouterr().out.startswith("\rgrading [##############################] 1/1")
     grade([folder], tmp_path / "out", progress=False, echo=None)
     assert capsys.readouterr().out == ""
+
+
+def test_folders_per_student_say_what_was_graded_and_what_was_not(tmp_path):
+    """A class as it is handed in: a notebook one folder deeper, a folder with a draft beside the
+    submission, a folder with only a zip, and two names that make the same file name. Every
+    student gets a row, and a report page of their own."""
+    correct = json.dumps(submissions.notebook_json(submissions._cells(submissions.CORRECT)))
+    root = tmp_path / "class"
+    (root / "alice" / "hw").mkdir(parents=True)
+    (root / "alice" / "hw" / "solution.ipynb").write_text(correct)
+    (root / "bob").mkdir()
+    (root / "bob" / "a_draft.ipynb").write_text(correct)
+    (root / "bob" / "submission.ipynb").write_text(correct)
+    (root / "dan").mkdir()
+    (root / "dan" / "submission.zip").write_bytes(b"PK\x05\x06" + bytes(18))
+    (root / "a b.py").write_text(submissions.IMPORTS + submissions.SOFTMAX)
+    (root / "a_b.py").write_text(submissions.IMPORTS + submissions.OUTPUT)
+    results = {r["student"]: r for r in grade([root], tmp_path / "out", timeout=60, echo=None)}
+    assert sorted(results) == ["a b", "a_b", "alice", "bob", "dan"]
+    assert results["alice"]["status"] == "graded" and results["alice"]["problems"] == []
+    assert results["alice"]["path"].endswith(os.path.join("alice", "hw", "solution.ipynb"))
+    assert _points(results["alice"]) == (23, 23)
+    assert results["bob"]["problems"][0] == ("graded a_draft.ipynb; the folder also holds "
+                                             "submission.ipynb (grade one of them by giving its "
+                                             "path)")
+    dan = results["dan"]
+    assert dan["status"] == "no submission" and _points(dan) == (0, 23)
+    assert dan["problems"] == ["no .ipynb or .py file in dan/ (it holds: submission.zip)"]
+    assert {f["verdict"] for f in dan["functions"].values()} == {"no submission"}
+    pages = {r["student"]: r["report"] for r in results.values()}
+    assert len(set(pages.values())) == 5
+    assert {pages["a b"], pages["a_b"]} == {"reports/a_b.html", "reports/a_b-2.html"}
+    for student, page in pages.items():
+        assert f"<h1>{student}</h1>" in (tmp_path / "out" / page).read_text()
+    summary = (tmp_path / "out" / "summary.txt").read_text()
+    assert "graded: 4, no submission: 1" in summary
+    assert "dan,no submission,no submission,no submission,no submission,0,23,,no submission," \
+        in (tmp_path / "out" / "gradebook.csv").read_text()

@@ -3,15 +3,19 @@
 Each submission (a ``.ipynb`` or ``.py`` file, or a folder of them) is loaded and checked in a
 process of its own, with a wall-clock limit (``--timeout``) and, on Linux and macOS, a memory
 limit (``RLIMIT_AS``, ``--memory``), so that an infinite loop, a crash or a huge allocation in one
-student's code costs that student a "timed out" or "crashed" line and nothing else. On Windows
-there is no ``RLIMIT_AS``: the time limit holds, the memory limit is not enforced.
+student's code costs that student a "timed out" or "crashed" line and nothing else (the functions
+checked before it keep their grades; what the process started is stopped with it). On Windows
+there is no ``RLIMIT_AS``: the time limit holds, the memory limit is not enforced. It is not a
+sandbox: the students' code runs with the grader's permissions.
 
 Written to ``--out`` (default ``grades/``):
 
 - ``gradebook.csv``: one row per student, one column per function (pass, fail, missing, error,
-  or the submission's "timed out"/"crashed"), with points for partial credit (one per passed case);
+  or the submission's "timed out"/"crashed"/"no submission"), with points for partial credit (one
+  per passed case);
 - ``results.json``: every case of every function of every student;
-- ``reports/STUDENT.html``: one self-contained page per student (the check reports);
+- ``reports/STUDENT.html``: one self-contained page per student (the check reports; its path is
+  the result's "report");
 - ``summary.txt``: the class summary, also printed: how many students made each named mistake
   and which functions failed most.
 """
@@ -37,18 +41,19 @@ from .report import check
 __all__ = ["grade", "check_functions", "main"]
 
 _SUFFIXES = (".ipynb", ".py")
-_TIMED_OUT, _CRASHED = "timed out", "crashed"
+_TIMED_OUT, _CRASHED, _NO_SUBMISSION = "timed out", "crashed", "no submission"
 _MEMORY_MB = 4096
 
 
 # ---- inside the child process: one submission ------------------------------------------------
 
-def check_functions(functions, scale="either", seed=0):
+def check_functions(functions, scale="either", seed=0, progress=None):
     """Check each notebook function of a submission; the scale convention must be one for all.
 
     With ``scale="either"`` each function with scores may be raw or scaled; when they disagree,
     the convention of the first that passed (scores, then the layer) is pinned for the others,
-    which then fail with the explanation of the pinned convention.
+    which then fail with the explanation of the pinned convention. ``progress``, if given, is
+    called with the reports so far after each function.
 
     Returns a dict: name -> CheckReport, or None for a function the submission lacks.
     """
@@ -56,6 +61,8 @@ def check_functions(functions, scale="either", seed=0):
     for name in NOTEBOOK_FUNCTIONS:
         fn = functions.get(name)
         reports[name] = None if fn is None else check(fn, name, scale=scale, seed=seed)
+        if progress is not None:
+            progress(reports)
     if _check_scale("grade", scale, either=True) == "either":
         passed = [r for r in reports.values() if r is not None and r and r.name in _SCALED]
         if passed:
@@ -132,53 +139,88 @@ def _address_space():
 
 
 def _child(path, scale, result_path, memory_mb):
-    """Grade one submission and write its result as JSON (run in its own process)."""
+    """Grade one submission and write its result as JSON (run in its own process): after each
+    function too, so that a function that never returns (or ends the process) costs only itself
+    and the functions after it; "complete" marks the last write."""
     _set_memory_limit(memory_mb)
     submission = load_notebook(path)
-    reports = check_functions(submission.functions, scale)
-    result = {
-        "status": "graded",
-        "problems": submission.problems(),
-        "skipped": submission.skipped,
-        "output": submission.output,
-        "functions": {name: _function_result(name, r) for name, r in reports.items()},
-        "html": "".join(r._repr_html_() for r in reports.values() if r is not None),
-    }
-    with open(result_path, "w", encoding="utf-8") as f:
-        json.dump(result, f)
+    base = {"status": "graded", "problems": submission.problems(), "skipped": submission.skipped,
+            "output": submission.output}
+
+    def write(reports, complete=False):
+        result = dict(base, complete=complete,
+                      functions={name: _function_result(name, r) for name, r in reports.items()},
+                      html="".join(r._repr_html_() for r in reports.values() if r is not None))
+        with open(result_path + ".part", "w", encoding="utf-8") as f:
+            json.dump(result, f)
+        os.replace(result_path + ".part", result_path)  # whole, whenever the process is stopped
+
+    write(check_functions(submission.functions, scale, progress=write), complete=True)
+    # Done: a thread or process the student's code left running must not hold the grade back.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 # ---- in the teacher's process: the class ---------------------------------------------------
 
 def _submissions(paths):
-    """(student, path) for every submission: files as given, and in a folder its notebooks and
-    scripts, or for a sub-folder per student, that folder's first notebook (or script)."""
+    """(student, path, notes) for every submission: files as given, and in a folder its notebooks
+    and scripts, or for a sub-folder per student, the first notebook (or script) in it or in its
+    own sub-folders. `notes` say what a teacher should know: the other candidates in a student's
+    folder, or (path None) that a folder holds none."""
     found = []
     for p in paths:
         p = os.fspath(p)
         if os.path.isfile(p):
-            found.append((os.path.splitext(os.path.basename(p))[0], p))
+            found.append((os.path.splitext(os.path.basename(p))[0], p, []))
             continue
         if not os.path.isdir(p):
             raise FileNotFoundError(f"grade: {p} does not exist")
         for entry in sorted(os.listdir(p)):
             full = os.path.join(p, entry)
-            if entry.startswith(".") or entry == "__pycache__":  # .ipynb_checkpoints and such
+            if _hidden(entry):  # .ipynb_checkpoints and such
                 continue
             if os.path.isfile(full) and entry.endswith(_SUFFIXES):
-                found.append((os.path.splitext(entry)[0], full))
+                found.append((os.path.splitext(entry)[0], full, []))
             elif os.path.isdir(full):
-                inside = sorted(e for e in os.listdir(full)
-                                if e.endswith(_SUFFIXES) and not e.startswith("."))
-                inside.sort(key=lambda e: not e.endswith(".ipynb"))
-                if inside:
-                    found.append((entry, os.path.join(full, inside[0])))
+                found.append((entry, *_student_folder(full)))
     names = {}
     unique = []
-    for student, path in found:  # two students called "solution" in different folders
+    for student, path, notes in found:  # two students called "solution" in different folders
         names[student] = names.get(student, 0) + 1
-        unique.append((student if names[student] == 1 else f"{student}-{names[student]}", path))
+        unique.append((student if names[student] == 1 else f"{student}-{names[student]}", path,
+                       notes))
     return unique
+
+
+def _hidden(entry):
+    return entry.startswith(".") or entry == "__pycache__"
+
+
+def _student_folder(folder):
+    """(path, notes) of a student's folder: its first notebook, else its first script, at the
+    top or in a sub-folder (nearest first)."""
+    candidates, others = [], []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not _hidden(d))
+        for f in sorted(files):
+            if _hidden(f):
+                continue
+            rel = os.path.relpath(os.path.join(root, f), folder)
+            (candidates if f.endswith(_SUFFIXES) else others).append(rel)
+    candidates.sort(key=lambda rel: (not rel.endswith(".ipynb"), rel.count(os.sep), rel))
+    if not candidates:
+        return None, [f"no .ipynb or .py file in {os.path.basename(folder)}/"
+                      + (f" (it holds: {', '.join(others[:5])}"
+                         + (", ..." if len(others) > 5 else "") + ")" if others
+                         else " (it is empty)")]
+    notes = []
+    if len(candidates) > 1:
+        notes.append(f"graded {candidates[0]}; the folder also holds {', '.join(candidates[1:4])}"
+                     + (", ..." if len(candidates) > 4 else "")
+                     + " (grade one of them by giving its path)")
+    return os.path.join(folder, candidates[0]), notes
 
 
 def _child_env():
@@ -195,41 +237,93 @@ def _child_env():
     return env
 
 
-def _grade_one(student, path, scale, timeout, memory_mb):
-    """Run one submission in a child process; its result, or why there is none."""
+def _grade_one(student, path, notes, scale, timeout, memory_mb):
+    """Run one submission in a child process; its result, or why there is none (with the
+    functions checked before it timed out or crashed)."""
+    if path is None:
+        result = _no_result(_NO_SUBMISSION, {})
+        result.update(student=student, path="", seconds=0.0, problems=notes)
+        return result
+    result = _run_child(path, scale, timeout, memory_mb)
+    result["problems"] = notes + result["problems"]
+    result.update(student=student, path=path)
+    return result
+
+
+def _no_result(status, checked):
+    """A result's functions where grading did not finish: those checked, and `status` for the
+    others."""
+    return {"status": status, "problems": [], "skipped": [], "output": "", "html": "",
+            "functions": {n: checked.get(n) or {"verdict": status, "points": 0,
+                                                "max_points": _max_points(n), "convention": None,
+                                                "mistakes": [], "diagnoses": [], "cases": [],
+                                                "text": ""}
+                          for n in NOTEBOOK_FUNCTIONS}}
+
+
+def _run_child(path, scale, timeout, memory_mb):
     with tempfile.TemporaryDirectory(prefix="selfattn-grade-") as tmp:
         result_path = os.path.join(tmp, "result.json")
         code = ("import sys; from selfattn.testing.grade import _child; "
                 "_child(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]))")
         start = time.perf_counter()
         status, detail = "graded", ""
-        try:
-            run = subprocess.run(
+        # What the functions print while checked is not kept (the cells' output is); stderr
+        # goes to a file, which a process the student started cannot keep open past the end.
+        with open(os.path.join(tmp, "stderr"), "w+b") as stderr:
+            child = subprocess.Popen(
                 [sys.executable, "-c", code, os.path.abspath(path), scale, result_path,
                  str(memory_mb)],
                 cwd=os.path.dirname(os.path.abspath(path)), env=_child_env(),
-                # What the functions print while checked is not kept (the cells' output is).
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                timeout=timeout)
-            if run.returncode != 0 or not os.path.exists(result_path):
-                status = _CRASHED
-                detail = _crash_detail(run.returncode, run.stderr)
-        except subprocess.TimeoutExpired:
-            status = _TIMED_OUT
-            detail = f"still running after {timeout:g} s (an infinite loop?); stopped"
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
+                start_new_session=_PROCESS_GROUPS)
+            try:
+                returncode = child.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                returncode = None
+            _stop(child)
+            stderr.seek(0)
+            errors = stderr.read()
         seconds = time.perf_counter() - start
-        if status == "graded":
+        result = None
+        if os.path.exists(result_path):
             with open(result_path, encoding="utf-8") as f:
                 result = json.load(f)
-        else:
-            result = {"status": status, "problems": [detail], "skipped": [], "output": "",
-                      "html": "",
-                      "functions": {n: {"verdict": status, "points": 0,
-                                        "max_points": _max_points(n), "convention": None,
-                                        "mistakes": [], "diagnoses": [], "cases": [], "text": ""}
-                                    for n in NOTEBOOK_FUNCTIONS}}
-    result.update(student=student, path=path, seconds=round(seconds, 2))
+        if returncode is None:
+            status = _TIMED_OUT
+            detail = f"still running after {timeout:g} s (an infinite loop?); stopped"
+        elif returncode != 0 or result is None or not result.get("complete"):
+            status = _CRASHED
+            detail = _crash_detail(returncode, errors)
+        if status != "graded":
+            checked = result["functions"] if result is not None else {}
+            unfinished = [n for n in NOTEBOOK_FUNCTIONS if n not in checked]
+            if unfinished and checked:
+                detail += f", while checking {unfinished[0]}"
+            partial = result or {}
+            result = dict(_no_result(status, checked),
+                          **{k: partial[k] for k in ("skipped", "output", "html") if k in partial})
+            result["problems"] = partial.get("problems", []) + [detail]
+        result.pop("complete", None)
+    result["seconds"] = round(seconds, 2)
     return result
+
+
+# Each child leads a process group of its own, stopped as a whole when it ends (POSIX)
+_PROCESS_GROUPS = os.name == "posix"
+
+
+def _stop(child):
+    """Stop the child and every process it started (a student's subprocess.Popen("sleep ..."))."""
+    if _PROCESS_GROUPS:
+        import signal
+        try:
+            os.killpg(child.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):  # the child and all it started have ended
+            pass
+    elif child.poll() is None:
+        child.kill()
+    child.wait()
 
 
 def _crash_detail(returncode, stderr):
@@ -317,7 +411,7 @@ def _html_page(r):
     e = html.escape
     points, top = _points(r)
     parts = [f"<h1>{e(r['student'])}</h1>",
-             f"<p>{e(os.path.basename(r['path']))}: <b>{points} of {top} points</b> "
+             f"<p>{e(os.path.basename(r['path']) or 'no file')}: <b>{points} of {top} points</b> "
              f"({e(r['status'])}"
              + (f"; convention: {e(_convention(r))}" if _convention(r) else "") + ")</p>",
              "<table><tr><th>function</th><th>verdict</th><th>points</th></tr>"]
@@ -339,8 +433,19 @@ def _html_page(r):
     return _PAGE.format(title=e(f"selfattn grade: {r['student']}"), body="\n".join(parts))
 
 
-def _safe_name(student):
-    return re.sub(r"[^\w.-]+", "_", student) or "student"
+def _report_names(students):
+    """A file name per student, from the name with only letters, digits, '.', '-' and '_' kept,
+    and made unique ("a b" and "a_b" would both be a_b: the second is a_b-2)."""
+    taken, names = set(), []
+    for student in students:
+        base = re.sub(r"[^\w.-]+", "_", student).strip(".") or "student"
+        name, k = base, 1
+        while name.lower() in taken:  # lower: one file on a case-insensitive disk
+            k += 1
+            name = f"{base}-{k}"
+        taken.add(name.lower())
+        names.append(name)
+    return names
 
 
 def grade(paths, out="grades", *, scale="either", timeout=60.0, jobs=1, memory_mb=_MEMORY_MB,
@@ -361,8 +466,8 @@ def grade(paths, out="grades", *, scale="either", timeout=60.0, jobs=1, memory_m
     results = [None] * len(submissions)
     done = 0
     with ThreadPoolExecutor(max_workers=max(1, int(jobs))) as pool:
-        futures = {pool.submit(_grade_one, s, p, scale, timeout, memory_mb): i
-                   for i, (s, p) in enumerate(submissions)}
+        futures = {pool.submit(_grade_one, s, p, notes, scale, timeout, memory_mb): i
+                   for i, (s, p, notes) in enumerate(submissions)}
         for future in as_completed(futures):
             results[futures[future]] = future.result()
             done += 1
@@ -374,9 +479,9 @@ def grade(paths, out="grades", *, scale="either", timeout=60.0, jobs=1, memory_m
     if progress:
         sys.stdout.write("\n")
     seconds = time.perf_counter() - start
-    for r in results:
-        with open(os.path.join(out, "reports", _safe_name(r["student"]) + ".html"), "w",
-                  encoding="utf-8") as f:
+    for r, page in zip(results, _report_names(r["student"] for r in results)):
+        r["report"] = f"reports/{page}.html"
+        with open(os.path.join(out, r["report"]), "w", encoding="utf-8") as f:
             f.write(_html_page(r))
     _write_gradebook(results, os.path.join(out, "gradebook.csv"))
     with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:

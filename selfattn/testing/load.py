@@ -10,6 +10,7 @@ script``) is split into cells at its ``# In[ ]:`` or ``# %%`` markers and run th
 from __future__ import annotations
 
 import contextlib
+import difflib
 import io
 import json
 import linecache
@@ -62,7 +63,10 @@ class Submission:
         The notebook's functions it defines (name -> function), among :data:`NOTEBOOK_FUNCTIONS`
         and ``scaled_dot_product_attention``.
     missing : list of str
-        The notebook's four functions it does not define.
+        The notebook's four functions it does not define (or takes from selfattn).
+    borrowed : list of str
+        The notebook's functions that are selfattn's own, imported rather than written
+        (``from selfattn import *``): they are not in `functions`, so they are not graded.
     errors : list of CellError
         The cells that raised, in order.
     skipped : list of str
@@ -80,23 +84,38 @@ class Submission:
         self.skipped = skipped
         self.output = output
         self.n_cells = n_cells
-        self.functions = {n: namespace[n] for n in NAMES
-                          if n in namespace and callable(namespace[n])}
+        defined = {n: namespace[n] for n in NAMES if n in namespace and callable(namespace[n])}
+        # selfattn's own functions, imported (from selfattn import *) rather than written: the
+        # grade would be selfattn's, so they count as missing, and problems() says why
+        self.borrowed = [n for n, f in defined.items()
+                         if str(getattr(f, "__module__", "")).split(".")[0] == "selfattn"]
+        self.functions = {n: f for n, f in defined.items() if n not in self.borrowed}
         self.missing = [n for n in NOTEBOOK_FUNCTIONS if n not in self.functions]
 
     def problems(self):
         """What a teacher should know besides the grades, as sentences."""
         out = [f"{e}" + (" (the cells after it still ran)" if e.cell < self.n_cells else "")
                for e in self.errors]
+        # the functions the cells wrote themselves
+        own = sorted(n for n, v in self.namespace.items() if callable(v) and not n.startswith("_")
+                     and getattr(v, "__module__", None) in (None, "__main__"))
         if len(self.missing) == len(NOTEBOOK_FUNCTIONS):
-            defined = sorted(n for n, v in self.namespace.items()
-                             if callable(v) and not n.startswith("_")
-                             and getattr(v, "__module__", None) in (None, "__main__"))
             out.append(f"{os.path.basename(self.path)} defines none of the notebook's functions "
                        f"({', '.join(NOTEBOOK_FUNCTIONS)}); it defines: "
-                       f"{', '.join(defined) if defined else 'no functions at all'}")
+                       f"{', '.join(own) if own else 'no functions at all'}")
         elif self.missing:
             out.append("missing: " + ", ".join(self.missing))
+        if self.borrowed:
+            out.append(f"{', '.join(self.borrowed)} {'is' if len(self.borrowed) == 1 else 'are'} "
+                       f"selfattn's own (imported from selfattn, not written in the notebook), "
+                       f"so not graded")
+        for name in self.missing:
+            if name in self.borrowed:
+                continue
+            close = difflib.get_close_matches(name, own, n=1, cutoff=0.8)
+            if close:
+                out.append(f"{name} is missing, but the notebook defines {close[0]}: a typo in "
+                           f"the name?")
         return out
 
     def __getattr__(self, name):

@@ -191,7 +191,8 @@ def _run_case(fn, case, user_scale, either=False):
         try:
             got = fn(*copies, **case.kwargs)
             exc = None
-        except Exception as e:  # the learner's bug, reported in words; never KeyboardInterrupt
+        # the learner's bug, reported in words (sys.exit() too); never KeyboardInterrupt
+        except (Exception, SystemExit) as e:
             got, exc = None, e
     for w in recorded:
         text = f"{w.category.__name__}: {w.message}"
