@@ -39,6 +39,7 @@ from ._validate import (
     _visibility,
     _grouped_operands,
     _ungroup_heads,
+    _ungrouped_batch,
     _lengths,
     _softcap,
 )
@@ -448,7 +449,7 @@ def scaled_dot_product_attention(Q, K, V, *, scale=None, mask=None, bias=None, i
     if (mask is None and bias is None and window is None and return_weights is False
             and type(is_causal) is bool and enable_gqa is False and query_lengths is None
             and key_lengths is None and return_lse is False and softcap is None
-            and type(dropout_p) in (int, float) and dropout_p == 0):
+            and type(dropout_p) in (int, float) and dropout_p == 0 and seed is None):
         result = _core.plain_sdpa(Q, K, V, scale, _PLAIN_BANDS[is_causal])
         if result is None:
             result = _plain_batch_sdpa(Q, K, V, scale, _PLAIN_BANDS[is_causal])
@@ -461,7 +462,9 @@ def scaled_dot_product_attention(Q, K, V, *, scale=None, mask=None, bias=None, i
     return_lse = _flag(func, "return_lse", return_lse)
     batch, scale, visibility, mask, result, compute = _attention_operands(
         func, Q, K, V, mask, is_causal, scale, bias=bias, window=window, groups=groups)
-    lengths = _lengths(func, query_lengths, key_lengths, batch, Q.shape[-2], K.shape[-2])
+    # lengths index the caller's batch axes (the query heads, not the groups of the kernels')
+    lengths = _lengths(func, query_lengths, key_lengths, _ungrouped_batch(batch, groups),
+                       Q.shape[-2], K.shape[-2])
     softcap, dropout = _softcap(func, softcap), _dropout(func, dropout_p, seed)
     lse = None
     if return_lse:
@@ -553,7 +556,8 @@ def self_attention_layer(X, W_q, W_k, W_v, *, scale=None, mask=None, bias=None,
     """
     if (mask is None and bias is None and window is None and return_weights is False
             and type(is_causal) is bool and query_lengths is None and key_lengths is None
-            and softcap is None and type(dropout_p) in (int, float) and dropout_p == 0):
+            and softcap is None and type(dropout_p) in (int, float) and dropout_p == 0
+            and seed is None):
         result = _core.plain_layer(X, W_q, W_k, W_v, scale, _PLAIN_BANDS[is_causal])
         if result is not None:
             return result

@@ -36,6 +36,7 @@ from ._validate import (
     _grouped_operands,
     _lengths,
     _softcap,
+    _ungrouped_batch,
 )
 
 __all__ = ["scaled_dot_product_attention_backward", "self_attention_layer_backward"]
@@ -237,7 +238,7 @@ def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None,
     softcap = _softcap(func, softcap)
     dropout = _dropout(func, dropout_p, seed, backward=True)
     n_q, n_k, d_k, d_v = Q.shape[-2], K.shape[-2], Q.shape[-1], V.shape[-1]
-    out_batch = batch if groups is None else batch[:-2] + (batch[-2] * batch[-1],)
+    out_batch = _ungrouped_batch(batch, groups)
     _check_grad_shape(func, "dO", dO, out_batch + (n_q, d_v), "output")
     if groups is not None:
         dO = _group_heads(dO, *groups)
@@ -248,7 +249,7 @@ def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None,
     dK = np.empty(batch + (n_k, d_k), dtype=compute)
     dV = np.empty(batch + (n_k, d_v), dtype=compute)
     dO_c = dO.astype(compute, copy=False)
-    lengths = _lengths(func, query_lengths, key_lengths, batch, n_q, n_k)
+    lengths = _lengths(func, query_lengths, key_lengths, out_batch, n_q, n_k)
     _attention_grads(batch, dQ, dK, dV, dO_c, Q, K, V, mask, scale, visibility, compute, lengths,
                      softcap, dropout)
     # with groups, each summed gradient has its input's grouped shape: reshaping undoes that

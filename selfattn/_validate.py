@@ -491,6 +491,13 @@ def _ungroup_heads(A):
     return A.reshape(A.shape[:-4] + (A.shape[-4] * A.shape[-3],) + A.shape[-2:])
 
 
+def _ungrouped_batch(batch, groups):
+    """The caller's batch shape (..., heads) of a grouped call's batch (..., kv_heads, group): the
+    shape its per-head arguments (dO, lengths) have. Its items, in C order, are the grouped
+    batch's, one for one."""
+    return batch if groups is None else batch[:-2] + (batch[-2] * batch[-1],)
+
+
 def _grouped_operands(func, Q, K, V, enable_gqa):
     """(groups, Q, K, V): _kv_groups of the call and Q, K, V grouped by it (unchanged if None)."""
     groups = _kv_groups(func, Q, K, V, enable_gqa)

@@ -239,8 +239,8 @@ _add("imports_selfattn", [IMPORTS, "from selfattn import *\n",
      {**{n: ("missing", []) for n in FUNCTIONS[1:]},
       "problems": ["missing: softmax_attention_weights",
                    "softmax_attention_weights, compute_attention_output, self_attention_layer, "
-                   "scaled_dot_product_attention are selfattn's own (imported from selfattn, not written in the notebook), so not "
-                   "graded"]})
+                   "scaled_dot_product_attention are selfattn's own (imported from selfattn, "
+                   "not written in the notebook), so not graded"]})
 _add("syntax_error_cell", _cells(CORRECT, after=["def broken(:\n    pass\n"]),
      {"problems": ["cell 6: SyntaxError"]})
 _add("huge_allocation", _cells(CORRECT, after=["big = np.ones((50_000, 1_000_000))\n"]),

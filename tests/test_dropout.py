@@ -231,6 +231,9 @@ def test_seeds(rng):
     ({"dropout_p": "0.1"}, TypeError), ({"dropout_p": None}, TypeError),
     ({"dropout_p": 0.1, "seed": -1}, ValueError), ({"dropout_p": 0.1, "seed": 2 ** 64}, ValueError),
     ({"dropout_p": 0.1, "seed": 1.5}, TypeError), ({"dropout_p": 0.1, "seed": True}, TypeError),
+    # without dropout too: the 2-D fast path took any seed ("abc", -5, 2**70) unchecked
+    ({"seed": "abc"}, TypeError), ({"seed": -5}, ValueError), ({"seed": 2 ** 70}, ValueError),
+    ({"dropout_p": 0, "seed": 1.5}, TypeError),
 ])
 def test_invalid_arguments(kw, error):
     Q = np.ones((2, 2))

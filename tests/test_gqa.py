@@ -328,3 +328,32 @@ def test_testing_knows_grouped_query_attention():
     assert not report and all("np.repeat(K" in r.hints[-1] for r in report.failures)
     with pytest.raises(ValueError, match="gqa=True is for scaled_dot_product_attention"):
         cases("softmax_attention_weights", gqa=True)
+
+
+def test_lengths_index_the_query_heads_as_without_gqa():
+    """query_lengths / key_lengths index the caller's batch axes, the query heads among them, as
+    they do with K and V repeated: they were checked against the kernels' grouped batch
+    (..., kv_heads, group), so that (H,) lengths were refused and (H_kv,) ones were taken as one
+    length per group."""
+    rng = np.random.default_rng(7)
+    Q = rng.standard_normal((2, 6, 5, 4))
+    K, V = rng.standard_normal((2, 2, 7, 4)), rng.standard_normal((2, 2, 7, 3))
+    K_rep, V_rep = np.repeat(K, 3, axis=1), np.repeat(V, 3, axis=1)
+    dO = rng.standard_normal((2, 6, 5, 3))
+    for lengths in ({"key_lengths": rng.integers(0, 8, size=(2, 6))},
+                    {"key_lengths": [3, 7], "query_lengths": [[5], [2]]},
+                    {"query_lengths": rng.integers(0, 6, size=(2, 6)), "key_lengths": 4}):
+        got = scaled_dot_product_attention(Q, K, V, enable_gqa=True, **lengths)
+        np.testing.assert_array_equal(got, scaled_dot_product_attention(Q, K_rep, V_rep, **lengths))
+        dQ, dK, dV = scaled_dot_product_attention_backward(dO, Q, K, V, enable_gqa=True, **lengths)
+        want = scaled_dot_product_attention_backward(dO, Q, K_rep, V_rep, **lengths)
+        np.testing.assert_array_equal(dQ, want[0])
+        for g, w in zip((dK, dV), want[1:]):
+            np.testing.assert_allclose(g, w.reshape(2, 2, 3, *w.shape[-2:]).sum(axis=2),
+                                       rtol=1e-12, atol=1e-12)
+    for bad in ([[1, 7], [3, 4]], np.ones((2, 2), int)):  # one per K/V head: not the batch's
+        with pytest.raises(ValueError, match=r"key_lengths.shape=\(2, 2\) must be a prefix of "
+                                             r"the batch shape \(2, 6\)"):
+            scaled_dot_product_attention(Q, K, V, enable_gqa=True, key_lengths=bad)
+        with pytest.raises(ValueError, match=r"batch shape \(2, 6\)"):
+            scaled_dot_product_attention_backward(dO, Q, K, V, enable_gqa=True, key_lengths=bad)

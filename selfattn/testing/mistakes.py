@@ -71,9 +71,10 @@ _HINTS = {
               "0 / 0). Softmax does not change if you subtract the same number from a whole row, "
               "so subtract each row's maximum first: e = np.exp(s - s.max(axis=-1, keepdims=True)).",
     "shift_not_max": "You subtract a number from each row, but not its maximum (its minimum, its "
-                     "mean or its first entry?): where a row's scores spread wider than exp's range "
-                     "(exp(710) is inf in float64, exp(89) in float32) the exponentials still "
-                     "overflow. Subtract each row's maximum: s - s.max(axis=-1, keepdims=True).",
+                     "mean or its first entry?): where a row's scores spread wider than exp's "
+                     "range (exp(710) is inf in float64, exp(89) in float32) the exponentials "
+                     "still overflow. Subtract each row's maximum: "
+                     "s - s.max(axis=-1, keepdims=True).",
     "global_max": "You subtracted the maximum of the whole matrix (s.max()), not of each row: rows "
                   "far below that maximum underflow to 0 / 0 = NaN. Subtract each row's own "
                   "maximum: s - s.max(axis=-1, keepdims=True).",
