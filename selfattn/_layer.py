@@ -25,6 +25,7 @@ from ._validate import (
     _as_array,
     _bias,
     _batch_shape,
+    _broadcast_shapes,
     _check_projections,
     _check_size,
     _dtypes,
@@ -135,7 +136,7 @@ class _Layer:
             self.mask = _group_mask(func, what, self.mask, self.groups)
             proj_heads = self.proj_batch + self.groups
         try:
-            att_batch = np.broadcast_shapes(proj_heads, self.mask.shape[:-2])
+            att_batch = _broadcast_shapes([proj_heads, self.mask.shape[:-2]])
         except ValueError:
             raise ValueError(
                 f"{func}: {what}.shape={self.mask.shape} does not broadcast against the "

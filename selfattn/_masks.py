@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 
 from ._kernels import _band
-from ._validate import _as_array, _check_size, _integer, _visibility, _window
+from ._validate import (_as_array, _broadcast_shapes, _check_size, _integer, _visibility,
+                        _window)
 
 __all__ = ["causal_mask", "window_mask", "padding_mask", "lengths_mask", "alibi_bias"]
 
@@ -331,7 +332,7 @@ def lengths_mask(query_lengths, key_lengths, n_q, n_k, *, head_axis=False):
         raise TypeError(f"{func}: head_axis must be True or False, got {head_axis!r}")
     q, k = (np.full((), n) if side is None else side for side, n in zip(sides, (n_q, n_k)))
     try:
-        batch = np.broadcast_shapes(q.shape, k.shape) + ((1,) if head_axis else ())
+        batch = _broadcast_shapes([q.shape, k.shape]) + ((1,) if head_axis else ())
     except ValueError:
         raise ValueError(f"{func}: query_lengths.shape={q.shape} and key_lengths.shape="
                          f"{k.shape} do not broadcast") from None

@@ -334,7 +334,7 @@ def _mask(func, mask, n_q, n_k, compute, bias=None):
             )
         arr = _score_term(func, "mask", mask, arr, n_q, n_k)
         if arr.dtype.kind == "f":
-            arr = arr.astype(compute, copy=False)
+            arr = _additive(arr, compute)
     if bias is None:
         return arr
     bias_arr = _as_array(func, "bias", bias)
@@ -343,11 +343,11 @@ def _mask(func, mask, n_q, n_k, compute, bias=None):
             f"{func}: bias has dtype bool; bias= is a float added to the scores (e.g. ALiBi); "
             f"a boolean that says which keys a query may attend to goes in mask="
         )
-    bias_arr = _score_term(func, "bias", bias, bias_arr, n_q, n_k).astype(compute, copy=False)
+    bias_arr = _additive(_score_term(func, "bias", bias, bias_arr, n_q, n_k), compute)
     if arr is None:
         return bias_arr
     try:
-        np.broadcast_shapes(arr.shape, bias_arr.shape)
+        _broadcast_shapes([arr.shape, bias_arr.shape])
     except ValueError:
         raise ValueError(
             f"{func}: mask.shape={np.shape(mask)} and bias.shape={np.shape(bias)} do not "
@@ -356,6 +356,18 @@ def _mask(func, mask, n_q, n_k, compute, bias=None):
     if arr.dtype.kind == "b":
         return np.where(arr, bias_arr, compute.type(-np.inf))
     return arr + bias_arr
+
+
+def _additive(arr, compute):
+    """A float mask or bias in the compute dtype. A finite value beyond its range becomes its
+    largest finite value, not inf: finfo(float64).min in a float32 call still only shifts the
+    scores, as it does in a float64 call (a row it covers whole keeps its weights), where a cast
+    made it -inf, which hides the key, with a bare "overflow encountered in cast"."""
+    if arr.dtype.itemsize > compute.itemsize:
+        info = np.finfo(compute)
+        with np.errstate(invalid="ignore"):
+            arr = np.where(np.isfinite(arr), np.clip(arr, info.min, info.max), arr)
+    return arr.astype(compute, copy=False)
 
 
 def _check_projections(func, X, W_q, W_k, W_v, heads=None, KV=None, kv_heads=None):
@@ -540,13 +552,26 @@ def _batch_shape(func, named):
     """Broadcast the leading (batch) dimensions of (name, array, core_ndim) triples."""
     shapes = [a.shape[: a.ndim - core] for _, a, core in named]
     try:
-        return np.broadcast_shapes(*shapes)
+        return _broadcast_shapes(shapes)
     except ValueError:
         listed = ", ".join(f"{name}.shape[:-{core}]={s}" for (name, _, core), s in zip(named, shapes))
         raise ValueError(
             f"{func}: the batch (leading) dimensions do not broadcast: {listed}; each must be "
             f"equal or 1, as in np.matmul"
         ) from None
+
+
+def _broadcast_shapes(shapes):
+    """np.broadcast_shapes, for any number of dimensions: NumPy's stops at 32 (a RuntimeError
+    naming no function), where NumPy 2's arrays, and np.matmul, take up to 64."""
+    out = [1] * max((len(s) for s in shapes), default=0)
+    for shape in shapes:
+        for axis, extent in enumerate(shape, len(out) - len(shape)):
+            if extent != 1:
+                if out[axis] not in (1, extent):
+                    raise ValueError("shapes do not broadcast")
+                out[axis] = extent
+    return tuple(out)
 
 
 def _check_size(func, shape, dtype):

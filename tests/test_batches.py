@@ -352,3 +352,23 @@ def test_the_plain_batch_path_declines_the_rest():
         assert _plain_batch_sdpa(Q, K, V, scale, _PLAIN_BANDS[False]) is None
     with pytest.raises(ValueError, match="the last dimensions of Q and K must match"):
         selfattn.scaled_dot_product_attention(Q, K[..., :7], V)
+
+
+@pytest.mark.skipif(np.lib.NumpyVersion(np.__version__) < "2.0.0",
+                    reason="NumPy 1.x arrays have at most 32 dimensions")
+def test_more_than_32_batch_dimensions_as_np_matmul():
+    """np.broadcast_shapes stops at 32 dimensions with a RuntimeError that names no function;
+    NumPy 2's arrays, and np.matmul, take up to 64, and so does selfattn."""
+    rng = np.random.default_rng(0)
+    Q = rng.standard_normal((1,) * 32 + (2, 3, 4))
+    K = rng.standard_normal((2, 5, 4))
+    V = rng.standard_normal((1,) * 34 + (5, 2))
+    scores = selfattn.compute_self_attention_scores(Q, K, scale=1.0)
+    np.testing.assert_allclose(scores, np.matmul(Q, np.swapaxes(K, -1, -2)), rtol=1e-13)
+    out = selfattn.scaled_dot_product_attention(Q, K, V, mask=np.ones((1,) * 33 + (3, 5), bool))
+    assert out.shape == (1,) * 33 + (2, 3, 2)  # V has 34 batch dimensions
+    np.testing.assert_allclose(out.reshape(2, 3, 2),
+                               selfattn.scaled_dot_product_attention(Q.reshape(2, 3, 4), K,
+                                                                     V.reshape(5, 2)), rtol=1e-13)
+    with pytest.raises(ValueError, match="scaled_dot_product_attention: the batch .* broadcast"):
+        selfattn.scaled_dot_product_attention(Q, rng.standard_normal((1,) * 33 + (3, 5, 4)), V)

@@ -129,3 +129,27 @@ def test_new_functions_are_exported_with_numpy_style_docstrings(name):
     doc = getattr(selfattn, name).__doc__
     for section in ("Parameters\n", "Returns\n", "Raises\n", "Examples\n"):
         assert section in doc, (name, section)
+
+
+def test_a_wide_float_mask_keeps_its_meaning_in_a_float32_call():
+    """finfo(float64).min (a finite 'hide' value, as some libraries write masks) in a float32
+    call: it was cast to -inf, with NumPy's bare 'overflow encountered in cast', so a row it
+    covered whole gave 0 where the float64 call (and torch) give that row's plain weights. Now
+    a finite value beyond float32's range becomes float32's largest; inf stays inf."""
+    import warnings
+    rng = np.random.default_rng(3)
+    Q, K, V = (rng.standard_normal(s) for s in [(4, 3), (5, 3), (5, 2)])
+    mask = np.zeros((4, 5))
+    mask[0, :] = np.finfo(np.float64).min       # the whole row: a shift, no key hidden
+    mask[1, 2] = np.finfo(np.float64).min       # one key, hidden in effect
+    mask[2, 3] = -np.inf                        # hidden
+    bias = np.full((4, 5), 1e300)               # a wide bias: a shift of every score
+    f32 = [a.astype(np.float32) for a in (Q, K, V)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = scaled_dot_product_attention(*f32, mask=mask)
+        got_bias = scaled_dot_product_attention(*f32, bias=bias)
+    want = scaled_dot_product_attention(Q, K, V, mask=mask)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got[0], V.mean(axis=0), rtol=1e-5, atol=1e-6)
+    assert np.isfinite(got_bias).all()
