@@ -152,6 +152,24 @@ class _Layer:
             )
         return att_batch
 
+    def keep_inputs(self, arguments):
+        """Copy the arrays a later backward reads (the inputs, weights, biases and mask) where
+        they share memory with one of the caller's `arguments`, so that changing those in place
+        afterwards changes no gradient. A broadcast view (stride 0) is copied as the block it
+        repeats, not at its broadcast size."""
+        theirs = [a for a in arguments if isinstance(a, np.ndarray)]
+
+        def own(a):
+            if a is None or not any(np.may_share_memory(a, t) for t in theirs):
+                return a
+            block = a[tuple(slice(0, 1) if step == 0 else slice(None) for step in a.strides)]
+            return np.broadcast_to(block.copy(), a.shape)
+
+        self.X, self.KV, self.W_q, self.W_k, self.W_v, self.W_o = map(
+            own, (self.X, self.KV, self.W_q, self.W_k, self.W_v, self.W_o))
+        self.biases = tuple(map(own, self.biases))
+        self.mask = own(self.mask)
+
     def project(self):
         """Q, K, V (views of one or two (proj_batch, n, widths) arrays, heads split when
         multi-head): one _core.project call for self-attention, one for X and one for kv when

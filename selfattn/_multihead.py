@@ -293,8 +293,10 @@ def multi_head_attention_vjp(X, W_q, W_k, W_v, W_o, *, num_heads, kv=None, b_q=N
     W_q``, ``X @ W_k``, ``X @ W_v`` and the heads' output instead of computing them again, as
     :func:`multi_head_attention_backward` (given only the inputs) must. It keeps them until it is
     freed: the size of the projections and the output, O(n d_model), never the
-    ``(n, n_k)`` weights. It can be called any number of times, each time from scratch (it reads
-    the arrays as they were when the forward ran: do not change them in place in between).
+    ``(n, n_k)`` weights, and a copy of the arguments it reads that the caller could change in
+    place (an optimizer's ``W_q -= lr * dW_q`` between the forward and ``backward``): it computes
+    the gradients at the arrays as they were when the forward ran. It can be called any number
+    of times, each time from scratch.
 
     Parameters
     ----------
@@ -344,6 +346,7 @@ def multi_head_attention_vjp(X, W_q, W_k, W_v, W_o, *, num_heads, kv=None, b_q=N
     Q, K, V = L.project()
     out, _ = L.attend(Q, K, V, False)
     Y = _finish_attention(L.output(out), None, L.result)
+    L.keep_inputs((X, kv, W_q, W_k, W_v, W_o, b_q, b_k, b_v, b_o, mask, bias))
 
     def backward(dY):
         dY, = _as_matrices(func, ("dY", dY, "(seq_len, d_out)"))
