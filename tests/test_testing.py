@@ -739,3 +739,23 @@ def test_a_nan_answer_is_reported_as_nan_not_as_an_infinite_error():
     assert line in str(report) and "max error inf at" not in str(report)
     assert f">inf or NaN at {testing.compare._fmt_index(failed.worst_index)}</td>" \
         in report._repr_html_()
+
+
+def test_a_near_miss_shows_numbers_that_differ_and_says_it_is_close():
+    """An epsilon in the softmax's denominator: the numbers shown have the digits that tell them
+    apart (6 digits made 'yours 0.526561, expected 0.526561'), and the report says the result is
+    close but not to float64's precision, naming the likely causes."""
+    def softmax_eps(attn_scores):
+        e = np.exp(attn_scores - attn_scores.max(axis=-1, keepdims=True))
+        return e / (e.sum(axis=-1, keepdims=True) + 1e-9)
+
+    report = check(softmax_eps, SOFTMAX)
+    assert not report
+    text = " ".join(str(report).split())
+    for pair in re.findall(r"yours ([-\d.e]+), expected ([-\d.e]+)", text):
+        assert pair[0] != pair[1], pair
+    assert "your result is close, but not to float64's precision" in text
+    assert "an epsilon such as + 1e-9 in a denominator" in text
+    assert testing.compare._fmt_pair(0.5265611234, 0.5265612234) == ("0.5265611", "0.5265612")
+    assert testing.compare._fmt_pair(0.25, 0.5) == ("0.25", "0.5")
+    assert testing.compare._fmt_pair(1.0, 1.0) == ("1", "1")

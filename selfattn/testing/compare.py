@@ -87,6 +87,16 @@ def _fmt(x):
     return f"{x:.6g}"
 
 
+def _fmt_pair(a, b):
+    """Two numbers that differ, each with as many digits as it takes to show that they do (from
+    6 significant digits up to 17): "0.526561" twice told a learner nothing."""
+    for digits in range(6, 18):
+        sa, sb = f"{a:.{digits}g}", f"{b:.{digits}g}"
+        if sa != sb or a == b or not (math.isfinite(a) and math.isfinite(b)):
+            break
+    return _fmt(a) if digits == 6 else sa, _fmt(b) if digits == 6 else sb
+
+
 def _fmt_index(index):
     return "(" + ", ".join(str(i) for i in index) + ")" if len(index) != 1 else f"({index[0]},)"
 
@@ -185,9 +195,10 @@ def _diff_message(diff, rtol, atol, dt):
     else:
         gap = abs(diff.worst_actual - diff.worst_desired)
         rel = gap / abs(diff.worst_desired) if diff.worst_desired != 0 else math.inf
+        actual, desired = _fmt_pair(diff.worst_actual, diff.worst_desired)
         lines.append(
-            f"Largest difference at index {idx}: actual {_fmt(diff.worst_actual)}, desired "
-            f"{_fmt(diff.worst_desired)} (|difference| {_fmt(gap)}, relative {_fmt(rel)})."
+            f"Largest difference at index {idx}: actual {actual}, desired {desired} "
+            f"(|difference| {_fmt(gap)}, relative {_fmt(rel)})."
         )
         if diff.n_bad > 1:
             lines.append(f"Max absolute difference {_fmt(diff.max_abs)}; max relative difference "

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .cases import Case  # noqa: F401  (the type of CaseResult.case)
-from .compare import _diff, _diff_message, _fmt, _fmt_index, _tolerance
+from .compare import _diff, _diff_message, _fmt, _fmt_index, _fmt_pair, _tolerance
 from .mistakes import _HINTS, _hint, _mistakes
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -337,11 +337,17 @@ def _facts(case, got, diff, rtol, atol):
     with np.errstate(all="ignore"):
         bad = ~((np.abs(got - exp) <= atol + rtol * np.abs(exp)) | (np.isnan(got) & np.isnan(exp))
                 | (np.isinf(got) & (got == exp)))
-    shown = [f"{_fmt_index(tuple(int(i) for i in idx))} yours {_fmt(float(got[tuple(idx)]))}, "
-             f"expected {_fmt(float(exp[tuple(idx)]))}" for idx in np.argwhere(bad)[:3]]
+    shown = [f"{_fmt_index(tuple(int(i) for i in idx))} yours %s, expected %s"
+             % _fmt_pair(float(got[tuple(idx)]), float(exp[tuple(idx)]))
+             for idx in np.argwhere(bad)[:3]]
     lines = ["first differing entries: " + "; ".join(shown)]
     if diff.n_nonfinite and np.isfinite(exp).all():
         lines.append("your result has inf or NaN where the expected result is finite")
+    elif not diff.n_nonfinite and diff.max_rel <= 1e-5 and exp.dtype == np.float64:
+        lines.append(f"your result is close, but not to float64's precision (relative "
+                     f"difference at most {_fmt(diff.max_rel)}, rtol={rtol:g} asked): a small "
+                     f"constant added somewhere (an epsilon such as + 1e-9 in a denominator), "
+                     f"or arithmetic in float32, would do this")
     if case.name == "softmax_attention_weights":
         with np.errstate(all="ignore"):
             if (got < 0).any():
