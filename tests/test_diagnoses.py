@@ -108,6 +108,33 @@ def sdpa_over_two(Q, K, V):
     return softmax(Q @ K.T / 2) @ V
 
 
+def softmax_min_subtracted(attn_scores):
+    e = np.exp(attn_scores - attn_scores.min(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def softmax_mean_subtracted(attn_scores):
+    e = np.exp(attn_scores - attn_scores.mean(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def scores_times_sqrt_dk(Q, K):
+    return Q @ K.T * np.sqrt(K.shape[1])
+
+
+def sdpa_over_sqrt_dv(Q, K, V):
+    return softmax(Q @ K.T / np.sqrt(V.shape[1])) @ V
+
+
+def output_returns_weights(attn_weights, V):
+    return attn_weights
+
+
+def layer_with_residual(X, W_q, W_k, W_v):
+    Q, K, V = X @ W_q, X @ W_k, X @ W_v
+    return softmax(Q @ K.T) @ V + X
+
+
 CASES = [
     ("softmax returns its weights transposed", softmax_transposed, SOFTMAX, None,
      "Your weights are transposed", ["attn_weights @ V"]),
@@ -142,6 +169,18 @@ CASES = [
      "Your scores are divided by the number 2", ["divided by d_k"]),
     ("sdpa divides its scores by 2 typed in", sdpa_over_two, SDPA, None,
      "Your scores are divided by the number 2", ["divided by d_k"]),
+    ("softmax subtracts the row's minimum", softmax_min_subtracted, SOFTMAX, None,
+     "You subtract a number from each row, but not its maximum", ["No max subtraction"]),
+    ("softmax subtracts the row's mean", softmax_mean_subtracted, SOFTMAX, None,
+     "You subtract a number from each row, but not its maximum", ["No max subtraction"]),
+    ("layer subtracts the row's minimum", layer_with(softmax_min_subtracted), LAYER, 1.0,
+     "You subtract a number from each row, but not its maximum", []),
+    ("scores multiplied by sqrt(d_k)", scores_times_sqrt_dk, SCORES, "scaled",
+     "Your scores are multiplied by sqrt(d_k)", []),
+    ("sdpa divides by sqrt(d_v)", sdpa_over_sqrt_dv, SDPA, None,
+     "Your scores are divided by sqrt(d_v)", []),
+    ("output returns the weights", output_returns_weights, OUTPUT, None,
+     "Your function returns attn_weights itself", []),
 ]
 
 
@@ -155,6 +194,16 @@ def test_the_mistake_is_named_and_nothing_else(label, fn, name, scale, diagnosis
     text = str(report)
     for wrong in absent:
         assert wrong not in text
+
+
+def test_a_residual_is_named_where_the_shapes_let_it_run():
+    """X + the attention output runs only where d_v = d_model (the square case); elsewhere it
+    raises, and the report says so with the line."""
+    report = check(layer_with_residual, LAYER, scale=1.0)
+    square = [r for r in report.results if r.case.label.startswith("square")]
+    assert len(square) == 1 and square[0].hints[0].startswith("Your layer adds X")
+    assert "Your layer adds X to the attention output" in report.diagnoses[1]
+    assert "return softmax(Q @ K.T) @ V + X" in str(report)
 
 
 def test_no_hint_from_shapes_alone_and_the_differing_entries_shown():
@@ -184,5 +233,6 @@ def test_assert_attention_close_names_none_tuple_and_list_results(value, words):
 
 def test_every_mistake_has_a_short_title_for_the_class_summary():
     from selfattn.testing.mistakes import _HINTS, TITLES
-    scale_keys = {f"scale_{k}" for k in ("raw", "sqrt_dk", "dk", "sqrt_nk", "sqrt_nq", "sqrt_dmodel")}
+    scale_keys = {f"scale_{k}" for k in ("raw", "sqrt_dk", "dk", "sqrt_nk", "sqrt_nq", "sqrt_dmodel",
+                                         "sqrt_dv", "times_sqrt_dk")}
     assert set(_HINTS) | scale_keys | {"batched"} == set(TITLES)

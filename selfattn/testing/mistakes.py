@@ -46,6 +46,10 @@ _HINTS = {
                "instead of sqrt(d_k), the length of each query vector: d_k = Q.shape[-1].",
     "sqrt_dmodel": "Your scores are divided by sqrt(d_model), the width of X (X.shape[-1]), instead "
                    "of sqrt(d_k), the width of Q and K (W_q.shape[-1]).",
+    "sqrt_dv": "Your scores are divided by sqrt(d_v), the width of V (V.shape[-1]), instead of "
+               "sqrt(d_k), the width of Q and K: d_k = K.shape[-1].",
+    "times_sqrt_dk": "Your scores are multiplied by sqrt(d_k); scaled dot-product attention "
+                     "divides by it: Q @ K.T / np.sqrt(d_k).",
     "scores_transposed": "Your scores are transposed: rows must be queries and columns keys, so "
                          "compute Q @ K.T (not K @ Q.T, and not Q and K swapped).",
     "k_not_transposed": "K is not transposed: the scores are Q @ K.T, shapes (n_q, d_k) @ (d_k, n_k). "
@@ -130,6 +134,11 @@ _HINTS = {
                    "in `pass` or lacks a `return`.",
     "raised_name": "A name is not defined: run the cell that defines it (and `import numpy as np`).",
     "raised": "Your function raised an exception on these inputs; the message and the line are above.",
+    "output_is_weights": "Your function returns attn_weights itself: the output is each query's "
+                         "weighted sum of the value rows, attn_weights @ V.",
+    "residual": "Your layer adds X to the attention output (a residual connection). The "
+                "notebook's self_attention_layer returns the attention output alone; the residual "
+                "belongs to the transformer block around it.",
     "returns_weights": "Your layer returns the attention weights; it must return the output, "
                        "attn_weights @ V (one row per token, d_v columns).",
     "all_wq": "Q, K and V are all computed with W_q: K = X @ W_k and V = X @ W_v.",
@@ -176,6 +185,7 @@ TITLES = {
     "mutated": "input changed in place", "returned_none": "returns None",
     "returned_tuple": "returns a tuple", "not_array": "returns no array",
     "returned_list": "returns a list", "returns_weights": "layer returns the weights",
+    "output_is_weights": "output returns the weights", "residual": "X added to the output",
     "no_softmax": "softmax skipped", "v_at_weights": "V @ attn_weights",
     "floor_div": "// in the scale", "zero_scale": "scale 1 // sqrt(d_k) = 0",
     "fixed_scale": "scale typed in as 2 (sqrt(d_k) for d_k = 4)",
@@ -184,6 +194,8 @@ TITLES = {
     "scale_dk": "scores divided by d_k", "scale_sqrt_nk": "sqrt(n_k) instead of sqrt(d_k)",
     "scale_sqrt_nq": "sqrt(n_q) instead of sqrt(d_k)",
     "scale_sqrt_dmodel": "sqrt(d_model) instead of sqrt(d_k)",
+    "sqrt_dv": "sqrt(d_v) instead of sqrt(d_k)", "scale_sqrt_dv": "sqrt(d_v) instead of sqrt(d_k)",
+    "times_sqrt_dk": "multiplied by sqrt(d_k)", "scale_times_sqrt_dk": "multiplied by sqrt(d_k)",
     "raised_matmul": "raised: shapes do not fit a matrix product",
     "raised_broadcast": "raised: shapes do not broadcast",
     "raised_elementwise": "raised: elementwise * instead of @",
@@ -213,12 +225,15 @@ def _scale_hint(key, user_scale, either=False):
         return _hint(f"Your scores are the raw dot products Q @ K.T, but check was asked for "
                      f"scale={user_scale:g}: multiply the dot products by it.", scale_key)
     if user_scale == 1.0:
-        what = {"sqrt_dk": "sqrt(d_k)", "dk": "d_k", "sqrt_nk": "sqrt(n_k), the number of keys",
-                "sqrt_nq": "sqrt(n_q), the number of queries",
-                "sqrt_dmodel": "sqrt(d_model), the width of X"}[key]
-        return _hint(f"Your scores are divided by {what}, but check was asked for the raw "
-                     f"convention (scale=\"raw\"), where the scores are the plain dot products "
-                     f"Q @ K.T. Remove the division, or, if your course uses scaled dot-product "
+        what = {"sqrt_dk": "divided by sqrt(d_k)", "dk": "divided by d_k",
+                "sqrt_nk": "divided by sqrt(n_k), the number of keys",
+                "sqrt_nq": "divided by sqrt(n_q), the number of queries",
+                "sqrt_dmodel": "divided by sqrt(d_model), the width of X",
+                "sqrt_dv": "divided by sqrt(d_v), the width of V",
+                "times_sqrt_dk": "multiplied by sqrt(d_k)"}[key]
+        return _hint(f"Your scores are {what}, but check was asked for the raw convention "
+                     f"(scale=\"raw\"), where the scores are the plain dot products Q @ K.T. "
+                     f"Remove the factor, or, if your course uses scaled dot-product "
                      f"attention, check with scale=\"scaled\" or scale=\"either\".", scale_key)
     if key == "sqrt_dk" and user_scale is not None:
         return _hint(f"Your scores are divided by sqrt(d_k), but check was asked for "
@@ -229,8 +244,10 @@ def _scale_hint(key, user_scale, either=False):
 def _alt_scales(user_scale, s_ref, dims):
     """(key, scale) of the scalings a learner may have used instead of `s_ref`."""
     d_k = dims["d_k"]
-    out = [("raw", 1.0), ("sqrt_dk", 1 / math.sqrt(d_k)), ("dk", 1.0 / d_k)]
-    for key, dim in (("sqrt_nk", "n_k"), ("sqrt_nq", "n_q"), ("sqrt_dmodel", "d_model")):
+    out = [("raw", 1.0), ("sqrt_dk", 1 / math.sqrt(d_k)), ("dk", 1.0 / d_k),
+           ("times_sqrt_dk", math.sqrt(d_k))]
+    for key, dim in (("sqrt_nk", "n_k"), ("sqrt_nq", "n_q"), ("sqrt_dmodel", "d_model"),
+                     ("sqrt_dv", "d_v")):
         if dim in dims and dims[dim] != d_k:
             out.append((key, 1 / math.sqrt(dims[dim])))
     # Two variants may give the same factor on a case (sqrt(n_k) is 1 for one key): both are
@@ -298,16 +315,18 @@ def _mistakes(case, user_scale, either=False):
                 out.append((_HINTS["result_transposed"], _swap(v) @ _swap(w)))
                 out.append((_HINTS["v_at_weights"], v @ w))
             out.append((_HINTS["int_buffer"], np.trunc(w @ v)))
+            out.append((_HINTS["output_is_weights"], w))
             return out
 
         # The functions with scores: compose every mistake with the scalings a learner may use.
         if name == "self_attention_layer":
             x, wq, wk, wv = args
             q, k, v = x @ wq, x @ wk, x @ wv
-            dims = {"n_q": x.shape[-2], "n_k": x.shape[-2], "d_k": wq.shape[-1], "d_model": x.shape[-1]}
+            dims = {"n_q": x.shape[-2], "n_k": x.shape[-2], "d_k": wq.shape[-1],
+                    "d_model": x.shape[-1], "d_v": wv.shape[-1]}
         elif name == "scaled_dot_product_attention":
             q, k, v = args
-            dims = {"n_q": q.shape[-2], "n_k": k.shape[-2], "d_k": q.shape[-1]}
+            dims = {"n_q": q.shape[-2], "n_k": k.shape[-2], "d_k": q.shape[-1], "d_v": v.shape[-1]}
         else:
             q, k = args
             v = None
@@ -376,6 +395,8 @@ def _mistakes(case, user_scale, either=False):
             with_scales(_HINTS["elementwise"], lambda s: _softmax_np(raw * s) * v)
         if name == "self_attention_layer":
             x, wq, wk, wv = args
+            if wv.shape[-1] == x.shape[-1]:
+                with_scales(_HINTS["residual"], lambda s: _softmax_np(raw * s) @ v + x)
             with_scales(_HINTS["no_projection"],
                         lambda s: _softmax_np(x @ _swap(x) * s) @ x)
             with_scales(_HINTS["k_from_wq"], lambda s: _softmax_np(q @ _swap(q) * s) @ v)
