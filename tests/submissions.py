@@ -77,6 +77,11 @@ _add("correct_raw_with_magics", _cells(CORRECT, before=[
     "W = np.random.default_rng(1).normal(size=(3, 8, 4))\n"
     "out = self_attention_layer(X, *W)\nprint(out.shape)\nplt.imshow(out)\nplt.show()\n"]),
     {"problems": ["cell 9: AssertionError"]})
+_add("correct_with_help_lines_and_a_modulo", _cells(CORRECT, before=[
+    "np.exp?\n??np.sum\n",
+    "blocks = (10\n          % 3)   # a modulo on a continued line, not a magic\n"
+    "assert blocks == 1\n"], after=[
+    "softmax_attention_weights?\n"]))
 _add("correct_scaled_np_dot", _cells(CORRECT_SCALED, before=["%%time\nx = 1\n"]))
 _add("correct_loops", [IMPORTS, '''
 def compute_self_attention_scores(Q, K):
@@ -112,6 +117,7 @@ def self_attention_layer(X, W_q, W_k, W_v):
 _add("correct_nbconvert_script", ["#!/usr/bin/env python\n# coding: utf-8\n\n# In[1]:\n\n\n" + IMPORTS
      + "get_ipython().run_line_magic('matplotlib', 'inline')\n"
      + "".join(f"\n\n# In[{i}]:\n\n{CORRECT[n]}" for i, n in enumerate(FUNCTIONS, 2))
+     + "\n\n# In[8]:\n\n\nfiles = get_ipython().getoutput('ls')\n"
      + "\n\n# In[9]:\n\n\nundefined_variable + 1\n"],
      {"problems": ["NameError"]}, kind="py")
 

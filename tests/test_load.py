@@ -47,6 +47,25 @@ def test_magics_shell_lines_prints_and_a_failing_cell(tmp_path):
         sub.self_attention_layer
 
 
+def test_help_lines_nbconvert_magics_and_a_continued_modulo(tmp_path):
+    """`name?` and `??name` are IPython's help (they were a SyntaxError that lost the cell);
+    nbconvert writes an assigned magic as `x = get_ipython()...` (a NameError); and a line that
+    starts with % inside brackets, after a backslash or in a string continues the statement (it
+    was taken for a magic)."""
+    path = _notebook(tmp_path, [
+        "import numpy as np\nnp.exp?\n??np.sum\n",
+        "files = get_ipython().getoutput('ls')\nres = get_ipython().run_line_magic('time', '1')\n",
+        "blocks = (10\n          % 3)\nassert blocks == 1\n",
+        "total = 7 \\\n    % 4\n",
+        "text = '''\n%not a magic inside a string\n'''\n",
+    ])
+    sub = load_notebook(path)
+    assert sub.errors == []
+    assert sub.skipped == ["np.exp?", "??np.sum", "files = get_ipython().getoutput('ls')",
+                           "res = get_ipython().run_line_magic('time', '1')"]
+    assert sub.blocks == 1 and sub.total == 3 and sub.text == "\n%not a magic inside a string\n"
+
+
 def test_a_notebook_without_the_functions_is_a_clear_message(tmp_path):
     sub = load_notebook(_notebook(tmp_path, ["def my_scores(Q, K):\n    return Q @ K.T\n"]))
     assert sub.functions == {}

@@ -16,6 +16,7 @@ import json
 import linecache
 import os
 import re
+import tokenize
 import traceback
 from dataclasses import dataclass
 
@@ -31,7 +32,10 @@ NOTEBOOK_FUNCTIONS = NAMES[:4]
 _PYTHON_CELL_MAGICS = ("%%time", "%%timeit", "%%capture", "%%prun")
 # `%magic`, `!command`, and `x = !command` / `x = %magic` assignments.
 _MAGIC_LINE = re.compile(r"^(\s*)(?:[%!]|[\w., ]+=\s*[%!])")
-_IPYTHON_CALL = re.compile(r"^(\s*)get_ipython\(\)")
+# nbconvert's form of a magic, also assigned (`files = get_ipython().getoutput('ls')`), and IPython's
+# help lines (`np.exp?`, `??softmax`)
+_IPYTHON_CALL = re.compile(r"^(\s*)(?:[\w., ]+=\s*)?get_ipython\(\)")
+_HELP_LINE = re.compile(r"^(\s*)(?:\?{1,2}[\w.]+|[\w.]+\?{1,2})\s*$")
 _PY_CELL_MARKER = re.compile(r"^# (?:In\[[ \d]*\]:|%%)")
 _OUTPUT_LIMIT = 20_000  # characters of printed output kept per submission
 
@@ -174,12 +178,25 @@ def _strip_magics(source, skipped):
         source = first[1] if len(first) > 1 else ""
     out = []
     for line in source.split("\n"):
-        m = _MAGIC_LINE.match(line) or _IPYTHON_CALL.match(line)
-        if m and not line.strip().startswith(("%=", "!=")):
+        m = _MAGIC_LINE.match(line) or _IPYTHON_CALL.match(line) or _HELP_LINE.match(line)
+        if m and not line.strip().startswith(("%=", "!=")) and not _continues(out):
             skipped.append(line.strip())
             line = f"{m.group(1)}pass"
         out.append(line)
     return "\n".join(out)
+
+
+def _continues(lines):
+    """Whether the next line continues a statement of these (an open bracket, a backslash, a
+    triple-quoted string), so that `% 3` there is the modulo operator or text, not a magic."""
+    if not lines:
+        return False
+    try:
+        for _ in tokenize.generate_tokens(io.StringIO("\n".join(lines) + "\n").readline):
+            pass
+    except (tokenize.TokenError, SyntaxError):  # "EOF in multi-line statement"
+        return True
+    return False
 
 
 def _display(*objs, **kwargs):
