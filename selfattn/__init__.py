@@ -14,6 +14,18 @@ where no C compiler was found at install time, a pure-NumPy backend with the sam
 and ``self_attention_layer`` follow the notebook; ``scaled_dot_product_attention`` is the same
 from Q, K and V. Scores are scaled by ``1/sqrt(d_k)`` unless ``scale=`` says otherwise.
 Run ``python -m selfattn`` for a worked example and this build's facts.
+
+Where to go next (each has a docstring: ``selfattn.explain?`` in Jupyter, ``help(...)``):
+
+- ``explain(X, W_q, W_k, W_v, tokens=...)``: every step of a layer, labelled with the tokens.
+- ``plot_attention(weights, tokens)``: the weights as a heatmap (matplotlib).
+- ``testing.check(your_function)``: your notebook solution against selfattn's, case by case,
+  with the mistake it matches; ``testing.grade`` and ``python -m selfattn grade`` for a class.
+- ``causal_mask``, ``window_mask``, ``padding_mask``, ``lengths_mask``: masks to print, plot or
+  pass as ``mask=``.
+- ``multi_head_attention`` (and ``_backward``, ``_vjp``), ``scaled_dot_product_attention_backward``,
+  ``self_attention_layer_backward``: heads, projections and gradients.
+- ``set_num_threads``, ``config()``: threads, the instruction set in use, the build.
 """
 __version__ = "0.1.0"
 

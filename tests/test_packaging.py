@@ -176,3 +176,15 @@ def test_importing_from_the_source_tree_uses_the_installed_build():
                           cwd=root, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[[2.]]"
+
+
+def test_the_package_docstring_points_to_what_exists():
+    """help(selfattn) lists its modules and every function alphabetically; its docstring says
+    where a learner goes next, and each name it gives is there."""
+    import re
+    guide = selfattn.__doc__.split("Where to go next", 1)[1].split("\n", 1)[1]
+    names = re.findall(r"``(?:testing\.)?([a-z_]+)(?:\(|``)", guide)
+    names = [n if not n.startswith("_") else "multi_head_attention" + n for n in names]
+    assert {"explain", "plot_attention", "check", "causal_mask", "set_num_threads"} <= set(names)
+    for name in names:
+        assert hasattr(selfattn, name) or hasattr(selfattn.testing, name), name
