@@ -269,9 +269,13 @@ def alibi_bias(num_heads, n_q, n_k=None):
     # minus the distance, in integers first so that the diagonal is +0.0, not -0.0
     offsets = -np.abs(np.arange(n_q)[:, None] - np.arange(n_k)[None, :])
     return _alibi_slopes(num_heads)[:, None, None] * offsets.astype(np.float64)
+
+
 def _lengths_array(func, name, lengths, n_name, n):
     """`lengths` as an integer array, each in [0, n]."""
     lengths = _as_array(func, name, lengths)
+    if lengths.size == 0 and lengths.dtype.kind == "f":  # [] reads as float64: no sequences
+        lengths = lengths.astype(np.intp)
     if lengths.dtype.kind not in "iu":
         raise TypeError(
             f"{func}: {name} must be integers (the number of real tokens in each sequence), "

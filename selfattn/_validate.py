@@ -77,8 +77,10 @@ def _as_array(func, name, value):
     try:
         arr = _as_ndarray(value)
     except (ValueError, TypeError) as exc:
+        why = ("its rows have different lengths" if "inhomogeneous" in str(exc)
+               else f"NumPy says: {exc}")
         raise ValueError(
-            f"{func}: {name} could not be read as an array ({exc}); pass a NumPy array or a "
+            f"{func}: {name} could not be read as an array ({why}); pass a NumPy array or a "
             f"rectangular nested list of numbers"
         ) from None
     kind = arr.dtype.kind
@@ -91,8 +93,12 @@ def _as_array(func, name, value):
         )
     what = _KIND_NAMES.get(kind, str(arr.dtype))
     hint = ""
-    if kind == "O":
-        hint = (f" (a {type(value).__name__} object, not an array-like)" if arr.ndim == 0 else
+    if kind == "O" and arr.ndim == 0:
+        hint = f" (a {type(value).__name__} object, not an array-like)"
+    elif kind == "O":
+        odd = [x for x in arr.flat if not isinstance(x, (int, float, np.number))][:1]
+        hint = (f" (it holds {odd[0]!r}, a {type(odd[0]).__name__}, where a number should be)"
+                if odd and not isinstance(odd[0], (list, tuple, np.ndarray)) else
                 " (a ragged nested list, with rows of different lengths, becomes an object array)")
     raise TypeError(
         f"{func}: {name} has dtype {arr.dtype} ({what}){hint}; selfattn needs real numbers: "

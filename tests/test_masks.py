@@ -153,3 +153,13 @@ def test_a_wide_float_mask_keeps_its_meaning_in_a_float32_call():
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got[0], V.mean(axis=0), rtol=1e-5, atol=1e-6)
     assert np.isfinite(got_bias).all()
+
+
+def test_masks_of_no_sequences():
+    """An empty list of lengths is no sequence (NumPy reads [] as float64: it was a TypeError
+    asking for integers)."""
+    assert padding_mask([], 4).shape == (0, 1, 4)
+    from selfattn import lengths_mask
+    assert lengths_mask([], [], 3, 4).shape == (0, 3, 4)
+    with pytest.raises(TypeError, match="must be integers"):
+        padding_mask([1.5], 4)
