@@ -26,6 +26,7 @@ from ._validate import (
     _bias,
     _batch_shape,
     _broadcast_shapes,
+    _repeated_block,
     _check_projections,
     _check_size,
     _dtypes,
@@ -157,13 +158,15 @@ class _Layer:
         they share memory with one of the caller's `arguments`, so that changing those in place
         afterwards changes no gradient. A broadcast view (stride 0) is copied as the block it
         repeats, not at its broadcast size."""
-        theirs = [a for a in arguments if isinstance(a, np.ndarray)]
+        # what the arguments read as: an ndarray, or a view of a buffer (a memoryview, a torch
+        # tensor); a list is read into a new array, which nobody else holds
+        theirs = [np.asarray(a) for a in arguments
+                  if a is not None and not isinstance(a, (list, tuple, int, float))]
 
         def own(a):
             if a is None or not any(np.may_share_memory(a, t) for t in theirs):
                 return a
-            block = a[tuple(slice(0, 1) if step == 0 else slice(None) for step in a.strides)]
-            return np.broadcast_to(block.copy(), a.shape)
+            return np.broadcast_to(_repeated_block(a).copy(), a.shape)
 
         self.X, self.KV, self.W_q, self.W_k, self.W_v, self.W_o = map(
             own, (self.X, self.KV, self.W_q, self.W_k, self.W_v, self.W_o))

@@ -76,10 +76,11 @@ def plot_attention(weights, tokens=None, *, key_tokens=None, ax=None, annotate=N
         that from 16 keys on, where every weight is small (a uniform row is 1/n_k), vmax is the
         largest weight, so that the structure shows; and where a weight is above 1 (and none
         below 0: weights after dropout), vmax is the largest.
-    mask : array_like of bool, optional
-        The mask the weights were computed with (True: may attend), broadcastable to `weights`:
-        the keys it hides are drawn white, without a number, so that they are not mistaken for
-        visible keys whose weight is close to 0.
+    mask : array_like of bool or float, optional
+        The mask the weights were computed with, broadcastable to `weights`: boolean (True: may
+        attend) or float (added to the scores: -inf, or a large negative number that left a
+        weight of exactly 0, hides the key). The keys it hides are drawn white, without a
+        number, so that they are not mistaken for visible keys whose weight is close to 0.
 
     Returns
     -------
@@ -187,7 +188,7 @@ def plot_attention(weights, tokens=None, *, key_tokens=None, ax=None, annotate=N
     ax.set_xlabel("key")
     if w.dtype == bool:
         if visible is not None:
-            w = w & visible
+            w = w & ~_hidden(visible, w)
         _draw_mask(matplotlib, ax, w, title)
         return ax
     if title:
@@ -213,15 +214,18 @@ def plot_attention(weights, tokens=None, *, key_tokens=None, ax=None, annotate=N
         _warn_rows_not_one(func, w)
     blank = None  # hidden keys drawn white: those the mask hides and that hold no weight
     if visible is not None:
-        leaks = ~visible & np.isfinite(w) & (w != 0)
+        hidden = _hidden(visible, w)
+        leaks = hidden & np.isfinite(w) & (w != 0)
         if leaks.any():
             i, j = (int(x) for x in np.argwhere(leaks)[0])
+            count = int(leaks.sum())
             warnings.warn(
-                f"{func}: {int(leaks.sum())} weights sit on keys the mask hides (query {i} gives "
-                f"{w[i, j]:.3g} to key {j}); a hidden key's weight is 0. Was the mask applied "
-                f"after the softmax rather than to the scores? They are drawn as weights.",
+                f"{func}: {count} weight{'s sit' if count > 1 else ' sits'} on keys the mask "
+                f"hides (query {i} gives {w[i, j]:.3g} to key {j}); a hidden key's weight is 0. "
+                f"Was the mask applied after the softmax rather than to the scores? "
+                f"{'They are drawn as weights' if count > 1 else 'It is drawn as a weight'}.",
                 UserWarning, stacklevel=2)
-        blank = ~visible & ~leaks
+        blank = hidden & ~leaks
         if blank.any():
             ax.set_xlabel("key (white: hidden by the mask)")
     if vmin is None:
@@ -255,23 +259,33 @@ def plot_attention(weights, tokens=None, *, key_tokens=None, ax=None, annotate=N
 
 
 def _visible(func, mask, shape):
-    """The keys each query may see, as booleans of the weights' shape, from mask= (None: all).
-    As scaled_dot_product_attention reads a mask: True may attend; a float mask is added to the
-    scores, so -inf hides a key."""
+    """mask= broadcast to the weights' shape (None: no mask), for _hidden: boolean (True may
+    attend) or float (added to the scores). Leading dimensions of size 1 are dropped, as the
+    weights' are."""
     if mask is None:
         return None
     m = np.asarray(mask)
-    if m.dtype.kind == "f":
-        m = m != -np.inf
-    elif m.dtype != bool:
+    if m.dtype.kind not in "bf":
         raise TypeError(f"{func}: mask must be boolean (True: may attend), as causal_mask() and "
                         f"window_mask() return, or float (added to the scores), got dtype "
                         f"{m.dtype}")
+    while m.ndim > len(shape) and m.shape[0] == 1:
+        m = m[0]
     try:
         return np.broadcast_to(m, shape)
     except ValueError:
         raise ValueError(f"{func}: mask {m.shape} does not broadcast to the weights "
                          f"{tuple(shape)}") from None
+
+
+def _hidden(mask, w):
+    """The keys the mask hides from each query: False in a boolean mask; in a float one, -inf,
+    or a negative value that left the weight exactly 0 (a large negative number such as -1e9,
+    as many libraries write masks)."""
+    if mask.dtype == bool:
+        return ~mask
+    with np.errstate(invalid="ignore"):
+        return (mask == -np.inf) | ((mask < 0) & (w == 0))
 
 
 def _ticks(ax, row_labels, col_labels, n_q, n_k):

@@ -77,8 +77,8 @@ def _as_array(func, name, value):
     try:
         arr = _as_ndarray(value)
     except (ValueError, TypeError) as exc:
-        why = ("its rows have different lengths" if "inhomogeneous" in str(exc)
-               else f"NumPy says: {exc}")
+        why = ("it is not rectangular: rows of different lengths, or a list where a number "
+               "should be" if "inhomogeneous" in str(exc) else f"NumPy says: {exc}")
         raise ValueError(
             f"{func}: {name} could not be read as an array ({why}); pass a NumPy array or a "
             f"rectangular nested list of numbers"
@@ -97,9 +97,16 @@ def _as_array(func, name, value):
         hint = f" (a {type(value).__name__} object, not an array-like)"
     elif kind == "O":
         odd = [x for x in arr.flat if not isinstance(x, (int, float, np.number))][:1]
-        hint = (f" (it holds {odd[0]!r}, a {type(odd[0]).__name__}, where a number should be)"
-                if odd and not isinstance(odd[0], (list, tuple, np.ndarray)) else
-                " (a ragged nested list, with rows of different lengths, becomes an object array)")
+        if not odd:
+            hint = (" (Python numbers that NumPy keeps as objects, such as integers beyond int64: "
+                    f"convert with np.asarray({name}, dtype=float))")
+        elif odd[0] is None:
+            hint = " (it holds None where a number should be)"
+        elif isinstance(odd[0], (list, tuple, np.ndarray)):
+            hint = " (a ragged nested list, with rows of different lengths, becomes an object array)"
+        else:
+            hint = (f" (it holds {odd[0]!r}, a {type(odd[0]).__name__}, which NumPy does not "
+                    f"compute with: convert the entries with float())")
     raise TypeError(
         f"{func}: {name} has dtype {arr.dtype} ({what}){hint}; selfattn needs real numbers: "
         f"float32, float64, float16, or integers and booleans (computed as float64)"
@@ -361,7 +368,9 @@ def _mask(func, mask, n_q, n_k, compute, bias=None):
         ) from None
     if arr.dtype.kind == "b":
         return np.where(arr, bias_arr, compute.type(-np.inf))
-    return arr + bias_arr
+    with np.errstate(over="ignore"):
+        total = arr + bias_arr
+    return _finite_where_finite(total, arr, bias_arr)
 
 
 def _additive(arr, compute):
@@ -369,11 +378,34 @@ def _additive(arr, compute):
     largest finite value, not inf: finfo(float64).min in a float32 call still only shifts the
     scores, as it does in a float64 call (a row it covers whole keeps its weights), where a cast
     made it -inf, which hides the key, with a bare "overflow encountered in cast"."""
+    if arr.dtype == compute:
+        return arr
+    block = _repeated_block(arr)  # a broadcast mask stays one: cast what it repeats
+    with np.errstate(over="ignore"):
+        out = block.astype(compute)
     if arr.dtype.itemsize > compute.itemsize:
-        info = np.finfo(compute)
-        with np.errstate(invalid="ignore"):
-            arr = np.where(np.isfinite(arr), np.clip(arr, info.min, info.max), arr)
-    return arr.astype(compute, copy=False)
+        out = _finite_where_finite(out, block)
+    return np.broadcast_to(out, arr.shape) if block.shape != arr.shape else out
+
+
+def _repeated_block(a):
+    """The part of `a` that a broadcast view (stride 0 along some axes) repeats: `a` itself
+    where it has no such axis."""
+    return a[tuple(slice(0, 1) if step == 0 and n > 1 else slice(None)
+                   for step, n in zip(a.strides, a.shape))]
+
+
+def _finite_where_finite(out, *terms):
+    """`out` (a new array, computed from `terms`) with each inf that no term holds, an overflow
+    of finite values, made the largest finite value of its sign; boolean temporaries only."""
+    overflowed = np.isinf(out)
+    if overflowed.any():
+        for term in terms:
+            overflowed &= np.isfinite(term)
+        big = np.finfo(out.dtype).max
+        out[overflowed & (out > 0)] = big
+        out[overflowed & (out < 0)] = -big
+    return out
 
 
 def _check_projections(func, X, W_q, W_k, W_v, heads=None, KV=None, kv_heads=None):

@@ -141,15 +141,20 @@ def test_a_one_dimensional_weight_gets_a_weights_hint():
 
 def test_ragged_lists():
     msg = message(lambda: sa.softmax_attention_weights([[1, 2], [3]]))
-    assert ("attn_scores could not be read as an array (its rows have different lengths)" in msg
-            or "ragged" in msg)  # NumPy < 1.24 makes an object array of it
+    assert ("attn_scores could not be read as an array (it is not rectangular: rows of different "
+            "lengths" in msg or "ragged" in msg)  # NumPy < 1.24 makes an object array of it
 
 
 def test_a_rectangular_list_holding_none_names_it():
-    """A rectangular list with a None (or a Fraction) is an object array too: the message says
-    what it holds, not that its rows have different lengths."""
+    """A rectangular list with a None (or a Fraction, or integers beyond int64) is an object
+    array too: the message says what it holds, not that its rows have different lengths."""
     msg = message(lambda: sa.softmax_attention_weights([[1.0, None], [2.0, 3.0]]))
-    assert "(it holds None, a NoneType, where a number should be)" in msg and "ragged" not in msg
+    assert "(it holds None where a number should be)" in msg and "ragged" not in msg
+    from fractions import Fraction
+    msg = message(lambda: sa.softmax_attention_weights([[Fraction(1, 2), 1.0]]))
+    assert "(it holds Fraction(1, 2), a Fraction, which NumPy does not compute with" in msg
+    msg = message(lambda: sa.softmax_attention_weights([[2 ** 70, 1], [1, 1]]))
+    assert "such as integers beyond int64: convert with np.asarray(attn_scores, dtype=float)" in msg
 
 
 def test_a_ragged_list_gets_our_error_alone():

@@ -163,3 +163,45 @@ def test_folders_per_student_say_what_was_graded_and_what_was_not(tmp_path):
     assert "graded: 4, no submission: 1" in summary
     assert "dan,no submission,no submission,no submission,no submission,0,23,,no submission," \
         in (tmp_path / "out" / "gradebook.csv").read_text()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc for the processes")
+def test_ctrl_c_stops_the_students_processes_too(tmp_path):
+    """Each child leads a session of its own (so that what it starts can be stopped with it),
+    which Ctrl-C at the terminal does not reach: an interrupted grade stops them itself, the
+    running one and every one not yet started, and leaves none behind."""
+    import signal
+    import time
+    loop = submissions._cells(submissions._replace(submissions.CORRECT, softmax_attention_weights=(
+        "def softmax_attention_weights(attn_scores):\n    while True:\n        pass\n")))
+    folder = tmp_path / "class"
+    folder.mkdir()
+    for name in ("ann", "bob", "cy"):
+        (folder / f"{name}.ipynb").write_text(json.dumps(submissions.notebook_json(loop)))
+
+    def children():  # the graders' children: their command lines name a notebook of the class
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if str(folder).encode() + b"/" in f.read():  # the grader's: folder\0
+                        found.append(int(pid))
+            except OSError:
+                pass
+        return found
+
+    grader = subprocess.Popen([sys.executable, "-m", "selfattn", "grade", str(folder), "--out",
+                               str(tmp_path / "out"), "--timeout", "120", "--jobs", "2"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while len(children()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(children()) == 2, "the two children did not start"
+        grader.send_signal(signal.SIGINT)
+        grader.wait(timeout=30)
+    finally:
+        grader.kill()
+    time.sleep(0.5)
+    assert children() == []
+    assert grader.returncode != 0 and b"KeyboardInterrupt" in grader.stderr.read()

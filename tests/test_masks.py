@@ -163,3 +163,32 @@ def test_masks_of_no_sequences():
     assert lengths_mask([], [], 3, 4).shape == (0, 3, 4)
     with pytest.raises(TypeError, match="must be integers"):
         padding_mask([1.5], 4)
+
+
+def test_wide_masks_and_biases_stay_finite_and_small():
+    """mask + bias of finfo(float64).min each overflowed to -inf with a bare warning (a row they
+    cover whole then got weight 0): the sum of finite terms stays finite. A float64 mask
+    broadcast over heads, in a float32 call, is cast as the block it repeats (the full cast took
+    4 x the broadcast size; the fix's first form, 10 x)."""
+    import tracemalloc
+    import warnings
+    rng = np.random.default_rng(5)
+    Q, K, V = (rng.standard_normal(s) for s in [(3, 4), (5, 4), (5, 2)])
+    low = np.full((3, 5), np.finfo(np.float64).min)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = scaled_dot_product_attention(Q, K, V, mask=low, bias=low)
+        np.testing.assert_allclose(got, np.broadcast_to(V.mean(axis=0), (3, 2)), rtol=1e-12)
+        Qh = rng.standard_normal((4, 8, 256, 16)).astype(np.float32)
+        block = np.where(rng.random((256, 256)) < 0.5, 0.0, -1e300)
+        peaks, outs = [], []
+        for mask in (block, np.broadcast_to(block, (4, 8, 256, 256))):
+            tracemalloc.start()
+            try:
+                outs.append(scaled_dot_product_attention(Qh, Qh, Qh, mask=mask))
+                peaks.append(tracemalloc.get_traced_memory()[1])
+            finally:
+                tracemalloc.stop()
+    # the broadcast mask cast whole, in float32, would be 8 MiB more
+    assert peaks[1] < peaks[0] + block.nbytes, peaks
+    np.testing.assert_array_equal(outs[0], outs[1])

@@ -206,3 +206,18 @@ def test_backward_uses_the_arguments_as_they_were_at_the_forward():
     assert len(got) == len(want)
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12)
+
+
+def test_backward_copies_buffers_the_caller_can_change_too():
+    """Not only ndarrays: a memoryview (or a torch tensor) shares its memory with the array it
+    reads as, and a change to it between the forward and backward() changes no gradient."""
+    rng = np.random.default_rng(6)
+    X = rng.standard_normal((5, 8))
+    Ws = [rng.standard_normal((8, 8)) for _ in range(4)]
+    dY = rng.standard_normal((5, 8))
+    want = multi_head_attention_backward(dY, X, *Ws, num_heads=2)
+    view = memoryview(X)
+    _, backward = multi_head_attention_vjp(view, *(W.tolist() for W in Ws), num_heads=2)
+    X[...] = 0
+    for g, w in zip(backward(dY), want):
+        np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12)

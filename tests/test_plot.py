@@ -258,3 +258,21 @@ def test_a_boolean_array_is_drawn_as_a_mask():
     np.testing.assert_array_equal(np.asarray(ax.images[0].get_array()),
                                   (selfattn.causal_mask(6) & ~np.eye(6, dtype=bool)).astype(float))
     assert ax.get_title() == "head 1: mask"
+
+
+def test_masks_as_libraries_write_them():
+    """A mask with the batch and head axes of size 1 that the weights drop, and a float mask of
+    -1e9 rather than -inf (a hidden key whose weight is exactly 0): both draw the hidden keys
+    white. One weight on a hidden key is told in the singular."""
+    n = 4
+    causal = selfattn.causal_mask(n)
+    w = selfattn.softmax_attention_weights(np.where(causal, 0.0, -1e9))
+    for mask in (causal[None, None], np.where(causal, 0.0, -1e9)[None]):
+        ax = selfattn.plot_attention(w[None], mask=mask)
+        assert len(ax.images) == 2 and len(ax.texts) == int(causal.sum())
+    one = w.copy()
+    one[0] = [0.5, 0.5, 0, 0]      # rows still sum to 1
+    with pytest.warns(UserWarning, match=r"^plot_attention: 1 weight sits on keys the mask hides "
+                                         r"\(query 0 gives 0\.5 to key 1\).* It is drawn as a "
+                                         r"weight\.$"):
+        selfattn.plot_attention(one, mask=causal)

@@ -757,5 +757,6 @@ def test_a_near_miss_shows_numbers_that_differ_and_says_it_is_close():
     assert "your result is close, but not to float64's precision" in text
     assert "an epsilon such as + 1e-9 in a denominator" in text
     assert testing.compare._fmt_pair(0.5265611234, 0.5265612234) == ("0.5265611", "0.5265612")
+    assert testing.compare._fmt_pair(1.0, 1.0000001) == ("1.0000000", "1.0000001")  # zeros kept
     assert testing.compare._fmt_pair(0.25, 0.5) == ("0.25", "0.5")
     assert testing.compare._fmt_pair(1.0, 1.0) == ("1", "1")

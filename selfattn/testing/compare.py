@@ -90,11 +90,13 @@ def _fmt(x):
 def _fmt_pair(a, b):
     """Two numbers that differ, each with as many digits as it takes to show that they do (from
     6 significant digits up to 17): "0.526561" twice told a learner nothing."""
-    for digits in range(6, 18):
-        sa, sb = f"{a:.{digits}g}", f"{b:.{digits}g}"
-        if sa != sb or a == b or not (math.isfinite(a) and math.isfinite(b)):
+    if a == b or not (math.isfinite(a) and math.isfinite(b)) or _fmt(a) != _fmt(b):
+        return _fmt(a), _fmt(b)
+    for digits in range(7, 18):  # "#": trailing zeros kept, so both show the same digits
+        sa, sb = f"{a:#.{digits}g}", f"{b:#.{digits}g}"
+        if sa != sb:
             break
-    return _fmt(a) if digits == 6 else sa, _fmt(b) if digits == 6 else sb
+    return sa, sb
 
 
 def _fmt_index(index):

@@ -4,8 +4,9 @@ Each submission (a ``.ipynb`` or ``.py`` file, or a folder of them) is loaded an
 process of its own, with a wall-clock limit (``--timeout``) and, on Linux and macOS, a memory
 limit (``RLIMIT_AS``, ``--memory``), so that an infinite loop, a crash or a huge allocation in one
 student's code costs that student a "timed out" or "crashed" line and nothing else (the functions
-checked before it keep their grades; what the process started is stopped with it). On Windows
-there is no ``RLIMIT_AS``: the time limit holds, the memory limit is not enforced. It is not a
+checked before it keep their grades; what the process started is stopped with it, and so is
+every child when the grade is interrupted). On Windows there is no ``RLIMIT_AS``: the time limit
+holds, the memory limit is not enforced, and a process a submission starts is not stopped with it. It is not a
 sandbox: the students' code runs with the grader's permissions.
 
 Written to ``--out`` (default ``grades/``):
@@ -27,9 +28,11 @@ import html
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
@@ -138,11 +141,12 @@ def _address_space():
         return 0
 
 
-def _child(path, scale, result_path, memory_mb):
+def _child(path, scale, result_path, memory_mb, timeout):
     """Grade one submission and write its result as JSON (run in its own process): after each
     function too, so that a function that never returns (or ends the process) costs only itself
     and the functions after it; "complete" marks the last write."""
     _set_memory_limit(memory_mb)
+    _set_cpu_limit(timeout)
     submission = load_notebook(path)
     base = {"status": "graded", "problems": submission.problems(), "skipped": submission.skipped,
             "output": submission.output}
@@ -157,9 +161,26 @@ def _child(path, scale, result_path, memory_mb):
 
     write(check_functions(submission.functions, scale, progress=write), complete=True)
     # Done: a thread or process the student's code left running must not hold the grade back.
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):  # a student closed or replaced it
+            pass
     os._exit(0)
+
+
+def _set_cpu_limit(timeout):
+    """A backstop for a child that outlives its grader (killed with SIGKILL, which cannot stop
+    the children first): the system ends it after a few times its time limit of CPU."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return
+    soft = int(2 * timeout) + 10
+    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        resource.setrlimit(resource.RLIMIT_CPU, (soft, soft + 5 if hard == resource.RLIM_INFINITY
+                                                 else min(soft + 5, hard)))
 
 
 # ---- in the teacher's process: the class ---------------------------------------------------
@@ -214,7 +235,7 @@ def _student_folder(folder):
         return None, [f"no .ipynb or .py file in {os.path.basename(folder)}/"
                       + (f" (it holds: {', '.join(others[:5])}"
                          + (", ..." if len(others) > 5 else "") + ")" if others
-                         else " (it is empty)")]
+                         else " (nor any other file but hidden ones)")]
     notes = []
     if len(candidates) > 1:
         notes.append(f"graded {candidates[0]}; the folder also holds {', '.join(candidates[1:4])}"
@@ -237,14 +258,14 @@ def _child_env():
     return env
 
 
-def _grade_one(student, path, notes, scale, timeout, memory_mb):
+def _grade_one(student, path, notes, scale, timeout, memory_mb, children):
     """Run one submission in a child process; its result, or why there is none (with the
     functions checked before it timed out or crashed)."""
     if path is None:
         result = _no_result(_NO_SUBMISSION, {})
         result.update(student=student, path="", seconds=0.0, problems=notes)
         return result
-    result = _run_child(path, scale, timeout, memory_mb)
+    result = _run_child(path, scale, timeout, memory_mb, children)
     result["problems"] = notes + result["problems"]
     result.update(student=student, path=path)
     return result
@@ -261,56 +282,96 @@ def _no_result(status, checked):
                           for n in NOTEBOOK_FUNCTIONS}}
 
 
-def _run_child(path, scale, timeout, memory_mb):
-    with tempfile.TemporaryDirectory(prefix="selfattn-grade-") as tmp:
-        result_path = os.path.join(tmp, "result.json")
-        code = ("import sys; from selfattn.testing.grade import _child; "
-                "_child(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]))")
-        start = time.perf_counter()
-        status, detail = "graded", ""
-        # What the functions print while checked is not kept (the cells' output is); stderr
-        # goes to a file, which a process the student started cannot keep open past the end.
-        with open(os.path.join(tmp, "stderr"), "w+b") as stderr:
-            child = subprocess.Popen(
-                [sys.executable, "-c", code, os.path.abspath(path), scale, result_path,
-                 str(memory_mb)],
-                cwd=os.path.dirname(os.path.abspath(path)), env=_child_env(),
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
-                start_new_session=_PROCESS_GROUPS)
-            try:
-                returncode = child.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                returncode = None
-            _stop(child)
-            stderr.seek(0)
-            errors = stderr.read()
-        seconds = time.perf_counter() - start
-        result = None
-        if os.path.exists(result_path):
-            with open(result_path, encoding="utf-8") as f:
-                result = json.load(f)
-        if returncode is None:
-            status = _TIMED_OUT
-            detail = f"still running after {timeout:g} s (an infinite loop?); stopped"
-        elif returncode != 0 or result is None or not result.get("complete"):
-            status = _CRASHED
-            detail = _crash_detail(returncode, errors)
-        if status != "graded":
-            checked = result["functions"] if result is not None else {}
-            unfinished = [n for n in NOTEBOOK_FUNCTIONS if n not in checked]
-            if unfinished and checked:
-                detail += f", while checking {unfinished[0]}"
-            partial = result or {}
-            result = dict(_no_result(status, checked),
-                          **{k: partial[k] for k in ("skipped", "output", "html") if k in partial})
-            result["problems"] = partial.get("problems", []) + [detail]
-        result.pop("complete", None)
+def _run_child(path, scale, timeout, memory_mb, children):
+    tmp = tempfile.mkdtemp(prefix="selfattn-grade-")
+    try:
+        return _run_child_in(tmp, path, scale, timeout, memory_mb, children)
+    finally:
+        # ignore_errors: on Windows a process the student started may still hold a file open
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _run_child_in(tmp, path, scale, timeout, memory_mb, children):
+    """_run_child's work, its files in `tmp`."""
+    result_path = os.path.join(tmp, "result.json")
+    code = ("import sys; from selfattn.testing.grade import _child; "
+            "_child(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), "
+            "float(sys.argv[5]))")
+    start = time.perf_counter()
+    status, detail = "graded", ""
+    # What the functions print while checked is not kept (the cells' output is); stderr
+    # goes to a file, which a process the student started cannot keep open past the end.
+    with open(os.path.join(tmp, "stderr"), "w+b") as stderr:
+        child = children.start(
+            [sys.executable, "-c", code, os.path.abspath(path), scale, result_path,
+             str(memory_mb), repr(float(timeout))],
+            cwd=os.path.dirname(os.path.abspath(path)), env=_child_env(),
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
+            start_new_session=_PROCESS_GROUPS)
+        try:
+            returncode = child.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            returncode = None
+        children.stop(child)
+        stderr.seek(0)
+        errors = stderr.read()
+    seconds = time.perf_counter() - start
+    result = None
+    if os.path.exists(result_path):
+        with open(result_path, encoding="utf-8") as f:
+            result = json.load(f)
+    if returncode is None:
+        status = _TIMED_OUT
+        detail = f"still running after {timeout:g} s (an infinite loop?); stopped"
+    elif returncode != 0 or result is None or not result.get("complete"):
+        status = _CRASHED
+        detail = _crash_detail(returncode, errors)
+    if status != "graded":
+        checked = result["functions"] if result is not None else {}
+        unfinished = [n for n in NOTEBOOK_FUNCTIONS if n not in checked]
+        if unfinished and checked:
+            detail += f", while checking {unfinished[0]}"
+        partial = result or {}
+        result = dict(_no_result(status, checked),
+                      **{k: partial[k] for k in ("skipped", "output", "html") if k in partial})
+        result["problems"] = partial.get("problems", []) + [detail]
+    result.pop("complete", None)
     result["seconds"] = round(seconds, 2)
     return result
 
 
 # Each child leads a process group of its own, stopped as a whole when it ends (POSIX)
 _PROCESS_GROUPS = os.name == "posix"
+
+
+class _Children:
+    """A grade's running children. Each leads a session of its own, which Ctrl-C at the terminal
+    does not reach, so an interrupted grade stops them all itself (and starts no more)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._running = set()
+        self._stopping = False
+
+    def start(self, *args, **kwargs):
+        with self._lock:
+            if self._stopping:
+                raise KeyboardInterrupt("grading was interrupted")
+            child = subprocess.Popen(*args, **kwargs)
+            self._running.add(child)
+        return child
+
+    def stop(self, child):
+        _stop(child)
+        with self._lock:
+            self._running.discard(child)
+
+    def stop_all(self):
+        with self._lock:
+            self._stopping = True
+            running = list(self._running)
+        for child in running:
+            _stop(child)
 
 
 def _stop(child):
@@ -465,8 +526,10 @@ def grade(paths, out="grades", *, scale="either", timeout=60.0, jobs=1, memory_m
     start = time.perf_counter()
     results = [None] * len(submissions)
     done = 0
-    with ThreadPoolExecutor(max_workers=max(1, int(jobs))) as pool:
-        futures = {pool.submit(_grade_one, s, p, notes, scale, timeout, memory_mb): i
+    children = _Children()
+    pool = ThreadPoolExecutor(max_workers=max(1, int(jobs)))
+    try:
+        futures = {pool.submit(_grade_one, s, p, notes, scale, timeout, memory_mb, children): i
                    for i, (s, p, notes) in enumerate(submissions)}
         for future in as_completed(futures):
             results[futures[future]] = future.result()
@@ -476,6 +539,11 @@ def grade(paths, out="grades", *, scale="either", timeout=60.0, jobs=1, memory_m
                 bar = "#" * (width * done // len(submissions))
                 sys.stdout.write(f"\rgrading [{bar:<{width}}] {done}/{len(submissions)}")
                 sys.stdout.flush()
+    except BaseException:  # Ctrl-C (or an error of ours): no student's process outlives it
+        pool.shutdown(wait=False, cancel_futures=True)
+        children.stop_all()
+        raise
+    pool.shutdown()
     if progress:
         sys.stdout.write("\n")
     seconds = time.perf_counter() - start

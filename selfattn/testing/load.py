@@ -177,9 +177,11 @@ def _strip_magics(source, skipped):
             return None
         source = first[1] if len(first) > 1 else ""
     out = []
+    complete = 0  # out[:complete] ends a statement: only the lines after it are read again
     for line in source.split("\n"):
         m = _MAGIC_LINE.match(line) or _IPYTHON_CALL.match(line) or _HELP_LINE.match(line)
-        if m and not line.strip().startswith(("%=", "!=")) and not _continues(out):
+        if m and not line.strip().startswith(("%=", "!=")) and not _continues(out[complete:]):
+            complete = len(out) + 1
             skipped.append(line.strip())
             line = f"{m.group(1)}pass"
         out.append(line)

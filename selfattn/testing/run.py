@@ -86,7 +86,7 @@ _EXPLAINED_BY = {
     "raised_matmul": ("k_not_transposed", "qt_k", "scores_transposed", "weights_transposed",
                       "result_transposed", "projection_order", "no_projection", "v_at_weights",
                       "all_wq"),
-    "raised_broadcast": ("no_keepdims_sum", "no_keepdims_max", "no_keepdims_both"),
+    "raised_broadcast": ("no_keepdims_sum", "no_keepdims_max", "no_keepdims_both", "residual"),
     "raised_elementwise": ("elementwise",),
 }
 
