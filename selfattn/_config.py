@@ -17,7 +17,9 @@ def set_num_threads(n):
 
     The default is the number of CPUs this process may run on, or ``SELFATTN_NUM_THREADS`` if
     that is set when selfattn is imported. Results are bitwise identical for every thread count;
-    small problems run on one thread whatever the setting.
+    small problems run on one thread whatever the setting. On the pure-NumPy backend
+    (``config()["backend"] == "numpy"``) the setting is kept and reported, but NumPy's BLAS
+    chooses its own threads.
 
     Examples
     --------
@@ -47,7 +49,11 @@ def set_isa(name):
     """
     if not isinstance(name, str):
         raise TypeError(f"set_isa: name must be a string, got {name!r}")
-    _core.set_isa(name)
+    try:
+        _core.set_isa(name.strip().lower())  # "AVX2" as SELFATTN_ISA=AVX2 takes it
+    except ValueError as exc:
+        raise ValueError(f"{exc}; this machine's tiers: "
+                         f"{', '.join(_core.supported_isas())}") from None
 
 
 def get_isa():
@@ -76,14 +82,20 @@ def _apply_environment():
     threads = os.environ.get("SELFATTN_NUM_THREADS")
     if threads:
         try:
-            set_num_threads(int(threads))
-        except (TypeError, ValueError) as exc:
-            warnings.warn(f"selfattn: ignoring SELFATTN_NUM_THREADS={threads!r}: {exc}",
-                          RuntimeWarning, stacklevel=3)
+            count = int(threads)
+        except ValueError:
+            warnings.warn(f"selfattn: ignoring SELFATTN_NUM_THREADS={threads!r}: not a whole "
+                          f"number of threads", RuntimeWarning, stacklevel=3)
+        else:
+            try:
+                set_num_threads(count)
+            except ValueError as exc:
+                warnings.warn(f"selfattn: ignoring SELFATTN_NUM_THREADS={threads!r}: {exc}",
+                              RuntimeWarning, stacklevel=3)
     isa = os.environ.get("SELFATTN_ISA")
     if isa:
         try:
-            set_isa(isa.strip().lower())
+            set_isa(isa)
         except ValueError as exc:
             warnings.warn(f"selfattn: ignoring SELFATTN_ISA={isa!r}: {exc}; using "
                           f"{get_isa()!r}", RuntimeWarning, stacklevel=3)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import math
+import textwrap
 
 import numpy as np
 
@@ -77,6 +78,7 @@ class AttentionTrace:
         if self.mask is not None:
             hidden.append("the mask hides the keys where it is False (or adds its values)")
         mask_text = ("; " + " and ".join(hidden) + ": those scores are -inf") if hidden else ""
+        blind = bool((self.row_max == -np.inf).any())  # rows whose every key is hidden
         return [
             ("1. Project the tokens", "Q = X @ W_q,  K = X @ W_k,  V = X @ W_v",
              "Each token's row of X becomes a query (what it looks for), a key (what it offers) "
@@ -91,16 +93,21 @@ class AttentionTrace:
              [("row_max", self.row_max)]),
             ("4. Exponentials", "exponentials = np.exp(scores - row_max)",
              "Every entry is now between 0 and 1: the row's best match is exactly 1"
-             + (", a hidden key exactly 0." if hidden else "."),
+             + (", a hidden key (score -inf) exactly 0" if hidden else "")
+             + ("; a row whose keys are all hidden (row_max -inf) is shifted by 0 instead, so "
+                "all its entries are 0" if blind else "") + ".",
              [("exponentials", self.exponentials)]),
             ("5. Row sums", "row_sums = exponentials.sum(axis=-1, keepdims=True)",
              "One sum per query.",
              [("row_sums", self.row_sums)]),
             ("6. Weights (softmax)", "weights = exponentials / row_sums",
-             "Each row is a probability distribution over the keys: >= 0, summing to 1.",
+             "Each row is a probability distribution over the keys: >= 0, summing to 1"
+             + ("; a row that sees no key gets weights 0 (0 / 0 is not computed)" if blind
+                else "") + ".",
              [("weights", self.weights)]),
             ("7. Output", "output = weights @ V",
-             "Row i is query i's weighted average of the value rows.",
+             "Row i is query i's weighted average of the value rows"
+             + ("; 0 for a row that sees no key" if blind else "") + ".",
              [("output", self.output)]),
         ]
 
@@ -115,15 +122,16 @@ class AttentionTrace:
         lines = [f"Self-attention, step by step: n={self.n} tokens, d_model={self.X.shape[1]}, "
                  f"d_k={self.Q.shape[1]}, d_v={self.V.shape[1]}"]
         if self.tokens is not None:
-            lines.append("tokens: " + " ".join(self.tokens))
-        with np.printoptions(precision=4, suppress=True, linewidth=100, threshold=200, edgeitems=4):
-            for title, formula, why, arrays in self.steps():
-                lines += ["", title, "  " + formula, "  " + why]
-                for name, arr in arrays:
-                    lines.append(f"  {name} {arr.shape} =")
-                    rows, cols = self._labels(name, arr)
-                    text = str(arr) if rows is None else _text_matrix(arr, rows, cols)
-                    lines += ["    " + row for row in text.splitlines()]
+            lines += textwrap.wrap("tokens: " + " ".join(self.tokens), 100,
+                                   subsequent_indent="        ")
+        for title, formula, why, arrays in self.steps():
+            lines += ["", title, "  " + formula]
+            lines += textwrap.wrap(why, 96, initial_indent="  ", subsequent_indent="  ")
+            for name, arr in arrays:
+                lines.append(f"  {name} {arr.shape} =")
+                rows, cols = self._labels(name, arr)
+                text = _text_matrix(arr, rows, cols)
+                lines += ["    " + row for row in text.splitlines()]
         return "\n".join(lines)
 
     def __repr__(self):
@@ -155,9 +163,12 @@ def _shown(n):
     return list(range(half)) + [None] + list(range(n - half, n))
 
 
-def _text_matrix(arr, rows, cols=None):
+def _text_matrix(arr, rows=None, cols=None):
     """The matrix as a table with the tokens as row labels (and column labels, for the (n, n)
-    matrices), the middle elided past 12 rows or columns as in the HTML form."""
+    matrices), or the row indices without tokens, the middle elided past 12 rows or columns as
+    in the HTML form."""
+    if rows is None:
+        rows = [str(i) for i in range(arr.shape[0])]
     shown_cols = _shown(arr.shape[1])
     cells = [["⋮" if i is None else ("…" if j is None else _num(arr[i, j])) for j in shown_cols]
              for i in _shown(arr.shape[0])]
@@ -204,8 +215,8 @@ def explain(X, W_q, W_k, W_v, *, tokens=None, scale=None, mask=None, is_causal=F
             window=None):
     """Run one self-attention layer and keep every intermediate, to look at step by step.
 
-    The same computation as :func:`selfattn.self_attention_layer` (same arguments, same result in
-    ``.output``), but the returned trace holds ``Q, K, V, scores, row_max, exponentials,
+    The same computation as :func:`selfattn.self_attention_layer` (same arguments; ``.output``
+    is its result, to rounding: the steps run one by one), but the returned trace holds ``Q, K, V, scores, row_max, exponentials,
     row_sums, weights, output`` as attributes, and shows them step by step: in Jupyter as HTML,
     elsewhere with ``print(trace)``.
 
@@ -261,6 +272,15 @@ def explain(X, W_q, W_k, W_v, *, tokens=None, scale=None, mask=None, is_causal=F
                 f"{func}: {name} must be 2-D (explain shows one sequence), got {name}.shape={a.shape}; "
                 f"for a batch, explain one example, e.g. {name}[0]"
             )
+    if mask is not None:
+        mask = np.asarray(mask)
+        if mask.ndim > 2:
+            if any(d != 1 for d in mask.shape[:-2]):
+                raise ValueError(
+                    f"{func}: mask has shape {mask.shape}, with batch dimensions "
+                    f"{mask.shape[:-2]}; explain shows one sequence: pass its (n, n) mask, "
+                    f"e.g. mask[0]")
+            mask = mask.reshape(mask.shape[-2:])  # padding_mask's (1, 1, n) and the like
     dtype = output.dtype
     n = X.shape[0]
     if n == 0:
@@ -284,8 +304,9 @@ def explain(X, W_q, W_k, W_v, *, tokens=None, scale=None, mask=None, is_causal=F
     scores = _api.compute_self_attention_scores(Q, K, scale=scale_value, mask=mask,
                                                 is_causal=is_causal, window=window)
     row_max = scores.max(axis=-1, keepdims=True)
-    # A fully masked row has max -inf; shifting by 0 there gives exp(-inf) = 0, not NaN.
-    shift = np.where(np.isfinite(row_max), row_max, 0).astype(scores.dtype)
+    # A fully masked row has max -inf; shifting by 0 there gives exp(-inf) = 0, not NaN (as
+    # softmax_attention_weights does). A NaN maximum stays: its row is NaN, as the formula says.
+    shift = np.where(row_max == -np.inf, 0, row_max).astype(scores.dtype)
     with np.errstate(under="ignore"):
         exponentials = np.exp(scores - shift)
     row_sums = exponentials.sum(axis=-1, keepdims=True)

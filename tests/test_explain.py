@@ -144,5 +144,46 @@ def test_text_form_labels_rows_and_columns_with_the_tokens():
 def test_hidden_keys_are_mentioned_only_when_something_hides_them():
     X, W_q, W_k, W_v = _inputs()
     assert "hidden" not in str(selfattn.explain(X, W_q, W_k, W_v))
-    text = str(selfattn.explain(X, W_q, W_k, W_v, is_causal=True))
-    assert "a hidden key exactly 0" in text and "is_causal hides the keys" in text
+    text = " ".join(str(selfattn.explain(X, W_q, W_k, W_v, is_causal=True)).split())
+    assert "a hidden key (score -inf) exactly 0" in text and "is_causal hides the keys" in text
+    assert "a row whose keys are all hidden" not in text  # causal: every row sees a key
+
+
+def test_masks_as_the_mask_helpers_make_them_and_rows_that_see_nothing():
+    """padding_mask's (1, 1, n) mask (a batch of one) gave 3-D steps and an HTML view that
+    raised; a batch of several is refused by name. A row whose keys are all hidden is 0 in the
+    exponentials, weights and output, and the steps' text says so (it said 'exactly 1' and
+    'summing to 1'); a NaN stays NaN in its row, as np.exp(scores - row_max) makes it."""
+    X, W_q, W_k, W_v = _inputs()
+    n = X.shape[0]
+    t = selfattn.explain(X, W_q, W_k, W_v, mask=selfattn.padding_mask([3], n),
+                         tokens=[f"t{i}" for i in range(n)])
+    assert t.scores.shape == t.weights.shape == (n, n) and "<table>" in t._repr_html_()
+    np.testing.assert_allclose(t.output, selfattn.self_attention_layer(
+        X, W_q, W_k, W_v, mask=selfattn.padding_mask([3], n)[0]), rtol=1e-12)
+    with pytest.raises(ValueError, match=r"explain: mask has shape \(2, 4, 4\), with batch "
+                                         r"dimensions \(2,\); explain shows one sequence"):
+        selfattn.explain(X, W_q, W_k, W_v, mask=np.ones((2, n, n), bool))
+    blind = np.ones((n, n), bool)
+    blind[1] = False
+    t = selfattn.explain(X, W_q, W_k, W_v, mask=blind)
+    assert (t.exponentials[1] == 0).all() and (t.weights[1] == 0).all() and (t.output[1] == 0).all()
+    text = " ".join(str(t).split())
+    assert "a row whose keys are all hidden (row_max -inf) is shifted by 0 instead" in text
+    assert "a row that sees no key gets weights 0" in text
+    X_nan = X.copy()
+    X_nan[0, 0] = np.nan
+    t = selfattn.explain(X_nan, W_q, W_k, W_v)
+    assert np.isnan(t.exponentials[0]).all() and np.isnan(t.weights[0]).all()
+
+
+def test_the_text_form_has_one_number_format_with_or_without_tokens():
+    """Without tokens the matrices were NumPy's print (8.8e-12 shown as 0., other elisions):
+    both forms now show 4 significant digits and elide past 12 rows alike."""
+    X, W_q, W_k, W_v = _inputs()
+    X = X * 1e-6
+    plain = str(selfattn.explain(X, W_q, W_k, W_v))
+    labelled = str(selfattn.explain(X, W_q, W_k, W_v, tokens=list("abcd")))
+    q = selfattn.explain(X, W_q, W_k, W_v).Q
+    assert f"{q[0, 0]:.4g}" in plain and f"{q[0, 0]:.4g}" in labelled
+    assert all(len(line) <= 110 for line in plain.splitlines())

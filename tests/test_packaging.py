@@ -145,7 +145,7 @@ def test_environment_settings_are_read_at_import():
     assert proc.stdout.split() == ["3", "generic"], proc.stderr
     proc = run("-W", "always", "-c", code, env={"SELFATTN_NUM_THREADS": "many", "SELFATTN_ISA": "sse9"})
     assert proc.returncode == 0
-    assert "ignoring SELFATTN_NUM_THREADS='many'" in proc.stderr
+    assert "ignoring SELFATTN_NUM_THREADS='many': not a whole number of threads" in proc.stderr
     assert "ignoring SELFATTN_ISA='sse9'" in proc.stderr
 
 
@@ -158,6 +158,13 @@ def test_isa_setting():
             assert selfattn.get_isa() == name
         with pytest.raises(ValueError, match="unknown instruction set"):
             selfattn.set_isa("sse9")
+        selfattn.set_isa(" Generic ")        # as SELFATTN_ISA is read: case and spaces aside
+        assert selfattn.get_isa() == "generic"
+        missing = {"avx512", "avx2", "neon"} - set(selfattn.config()["supported_isas"])
+        for name in missing:
+            with pytest.raises(ValueError, match=r"does not support .*; this machine's tiers: "
+                                                 + ", ".join(selfattn.config()["supported_isas"])):
+                selfattn.set_isa(name)
         with pytest.raises(TypeError):
             selfattn.set_isa(3)
     finally:
