@@ -20,7 +20,8 @@ Where to go next (each has a docstring: ``selfattn.explain?`` in Jupyter, ``help
 - ``explain(X, W_q, W_k, W_v, tokens=...)``: every step of a layer, labelled with the tokens.
 - ``plot_attention(weights, tokens)``: the weights as a heatmap (matplotlib).
 - ``testing.check(your_function)``: your notebook solution against selfattn's, case by case,
-  with the mistake it matches; ``testing.grade`` and ``python -m selfattn grade`` for a class.
+  with the mistake it matches; ``python -m selfattn grade`` (``testing.grade.grade``) for a
+  class.
 - ``causal_mask``, ``window_mask``, ``padding_mask``, ``lengths_mask``: masks to print, plot or
   pass as ``mask=``.
 - ``multi_head_attention`` (and ``_backward``, ``_vjp``), ``scaled_dot_product_attention_backward``,
