@@ -193,15 +193,16 @@ def test_ctrl_c_stops_the_students_processes_too(tmp_path):
     grader = subprocess.Popen([sys.executable, "-m", "selfattn", "grade", str(folder), "--out",
                                str(tmp_path / "out"), "--timeout", "120", "--jobs", "2"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 60
-        while len(children()) < 2 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert len(children()) == 2, "the two children did not start"
-        grader.send_signal(signal.SIGINT)
-        grader.wait(timeout=30)
-    finally:
-        grader.kill()
+    with grader:
+        try:
+            deadline = time.monotonic() + 60
+            while len(children()) < 2 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert len(children()) == 2, "the two children did not start"
+            grader.send_signal(signal.SIGINT)
+            _, errors = grader.communicate(timeout=30)
+        finally:
+            grader.kill()
     time.sleep(0.5)
     assert children() == []
-    assert grader.returncode != 0 and b"KeyboardInterrupt" in grader.stderr.read()
+    assert grader.returncode != 0 and b"KeyboardInterrupt" in errors

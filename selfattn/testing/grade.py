@@ -6,8 +6,8 @@ limit (``RLIMIT_AS``, ``--memory``), so that an infinite loop, a crash or a huge
 student's code costs that student a "timed out" or "crashed" line and nothing else (the functions
 checked before it keep their grades; what the process started is stopped with it, and so is
 every child when the grade is interrupted). On Windows there is no ``RLIMIT_AS``: the time limit
-holds, the memory limit is not enforced, and a process a submission starts is not stopped with it. It is not a
-sandbox: the students' code runs with the grader's permissions.
+holds, the memory limit is not enforced, and a process a submission starts is not stopped with
+it. It is not a sandbox: the students' code runs with the grader's permissions.
 
 Written to ``--out`` (default ``grades/``):
 
