@@ -166,3 +166,33 @@ def test_every_public_call_and_error(isa, threads):
     error calls: the same bits, or the same error message, for any thread count."""
     for name, args, kw in calls.all_calls(200):
         same_for_every_thread_count(lambda: calls.outcome(name, args, kw))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_every_gemm_tile_is_computed_once(isa, dtype, threads):
+    """The GEMM's threads take its tiles a few row tiles at a time (matmul_fast.inc's row_group,
+    the thread count or fewer), each group across every column panel: a product of many row
+    tiles that the groups do not divide evenly, and several column panels, added to C in place
+    (SA_MATMUL_ADD = 4), so that a tile computed twice, or never, shows; and the scores."""
+    code = _core.isa_code(isa)
+    rng = np.random.default_rng(3)
+    A = rng.standard_normal((400, 256)).astype(dtype)
+    B = rng.standard_normal((256, 1000)).astype(dtype)
+    C0 = rng.standard_normal((400, 1000)).astype(dtype)
+    reference = C0.astype(np.longdouble) + A.astype(np.longdouble) @ B.astype(np.longdouble)
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    K = rng.standard_normal((3000, 256)).astype(dtype)
+    scores_reference = A.astype(np.longdouble) @ K.astype(np.longdouble).T * 0.125
+
+    def matmul_add():
+        C = C0.copy()
+        _core.matmul(C, A, B, code, 4)
+        return C
+    def scores():
+        S = np.full((400, 3000), np.nan, dtype)
+        _core.scores(S, A, K, None, 0.125, (-400, 3000), code)
+        return S
+    for run, expected in [(matmul_add, reference), (scores, scores_reference)]:
+        serial = same_for_every_thread_count(run)
+        scale = np.abs(expected).max()
+        assert np.abs(serial - expected).max() <= tol * scale * 10, run.__name__
