@@ -5,13 +5,16 @@
 Prints two Markdown tables, one row per target and one column per run: the fast-kernel and gradient
 issues' targets, then issue 11's (decoding, batches of small problems, the backwards, the steps,
 long sequences). A cell is the measured ratio (peer time / selfattn time, medians of interleaved
-repeats) or fraction of a roofline rate measured in the same run; against torch in the multi-head
+repeats) or fraction of a roofline rate measured in the same run (the read bandwidth of a decode
+case between its own repeats: selfattn._bench.RATES_BESIDE); against torch in the multi-head
 and backward cases also the share of the run's GEMM rate that ours and torch reach by the case's
 flop count, and the share the target would need (past 100%, more than the machine's GEMM rate).
 Several runs side by side show how much a shared machine moves the figures.
 """
 import json
 import sys
+
+from selfattn._bench import roofline_fraction, roofline_rate
 
 
 def load(path):
@@ -99,10 +102,8 @@ def issue11_rows(path):
         return f"{p['ratio']:.2f}x" if p else "not measured"
 
     def roofline(r):
-        if not r.get("roofline") or r["roofline"][0] not in rates:
-            return ""
-        rate, work = r["roofline"]
-        return f"; {100 * work / r['time_s'] / rates[rate]:.0f}% {rate}"
+        fraction = roofline_fraction(r, rates)
+        return "" if fraction is None else f"; {100 * fraction:.0f}% {r['roofline'][0]}"
 
     def against(r, word, target):
         """The ratio to a peer, and for a compute-bound case the GEMM rate's share that ours, the
@@ -112,10 +113,10 @@ def issue11_rows(path):
         if not p:
             return "not measured"
         spec = r.get("roofline")
-        if not spec or spec[0] not in rates or spec[0] == "read":
+        if not spec or not roofline_rate(r, rates) or spec[0] == "read":
             return f"{p['ratio']:.2f}x"
         rate, work = spec
-        share = work / r["time_s"] / rates[rate]
+        share = work / r["time_s"] / roofline_rate(r, rates)
         return (f"{p['ratio']:.2f}x ({rate}: ours {100 * share:.0f}%, {word} "
                 f"{100 * share / p['ratio']:.0f}%; {target:g}x needs "
                 f"{100 * share * target / p['ratio']:.0f}%)")

@@ -14,7 +14,9 @@ It prints times, GFLOP/s (attention counts ``4 n_q n_k d``, causal the visible h
 as a fraction of a rate the machine reaches in the same run (see ``ROOFLINE_RATES``): for a
 compute-bound case the sgemm or dgemm rate of ``np.matmul`` on large squares, for a memory-bound
 one (decoding: K and V read once) the read bandwidth of NumPy reading 1.25 GiB (an OR-reduction of
-64-bit words, see ``measure_bandwidth``). The rates are measured again once the cases have run, and
+64-bit words, see ``read_probe``), which such a case measures again after each round of its own
+repeats and is compared with (``RATES_BESIDE``): on a shared host the bandwidth moves by a quarter
+within a run. The rates are measured again once the cases have run, and
 the report says whether the run was steady: where a rate moved by more than ``STEADY_DRIFT``, the
 machine's speed changed during the run (on a shared host, another tenant's work), and its ratios
 are best read beside another run's. Progress goes to stderr.
@@ -36,6 +38,7 @@ steadiest comparison.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import gc
 import json
@@ -352,12 +355,14 @@ def decode_cases(quick, torch):
             for shape in (QUICK_DECODE_SHAPES if quick else DECODE_SHAPES)]
 
 
-def measure_bandwidth(threads, repeat, nbytes=BANDWIDTH_BYTES):
-    """The machine's read bandwidth in GB/s: `threads` threads each reading its share of one
-    array larger than any cache, the median of the repeats. The read is np.bitwise_or.reduce
-    over 64-bit words (it releases the GIL and is vectorised): on the lead's Xeon, one thread,
-    it reads 18.8 GB/s, as fast as a C loop of 256-bit loads (18.9; of 512-bit loads 15.7),
-    where np.sum of float32 reads 17.7 (a lower ceiling, which flattered the roofline column)."""
+@contextlib.contextmanager
+def read_probe(threads, nbytes=BANDWIDTH_BYTES):
+    """Yields read(): `threads` threads each read their share of one array larger than any cache
+    (allocated once, read once untimed), and read() returns the rate in bytes per second. The
+    read is np.bitwise_or.reduce over 64-bit words (it releases the GIL and is vectorised): on
+    the lead's Xeon, one thread, it reads 18.8 GB/s, as fast as a C loop of 256-bit loads (18.9;
+    of 512-bit loads 15.7), where np.sum of float32 reads 17.7 (a lower ceiling, which flattered
+    the roofline column)."""
     from concurrent.futures import ThreadPoolExecutor
 
     data = np.ones(nbytes // 8, np.uint64)
@@ -366,15 +371,26 @@ def measure_bandwidth(threads, repeat, nbytes=BANDWIDTH_BYTES):
         def read():
             t0 = time.perf_counter()
             list(pool.map(np.bitwise_or.reduce, parts))
-            return time.perf_counter() - t0
+            return data.nbytes / (time.perf_counter() - t0)
         read()
-        times = [read() for _ in range(max(3, repeat))]
-    return data.nbytes / statistics.median(times) / 1e9
+        yield read
+
+
+def measure_bandwidth(threads, repeat, nbytes=BANDWIDTH_BYTES):
+    """The machine's read bandwidth in GB/s (read_probe), the median of the repeats."""
+    with read_probe(threads, nbytes) as read:
+        return statistics.median(read() for _ in range(max(3, repeat))) / 1e9
 
 
 def measure_read_rate(repeat):
     """The roofline's read bandwidth with the bench's thread count, in bytes per second."""
     return {"read": measure_bandwidth(selfattn.get_num_threads(), repeat) * 1e9}
+
+
+def read_rate_beside():
+    """read_probe with the bench's thread count: what run_case measures between a memory-bound
+    case's repeats (RATES_BESIDE)."""
+    return read_probe(selfattn.get_num_threads())
 
 
 def build_cases(quick, torch):
@@ -428,6 +444,14 @@ def run_case(case, repeat, rng, min_sample=0.02, cooldown=0.0, warm_up=0.02):
     first peer never). One call was not enough for short ones: on an AMD EPYC (Zen 4) the f64
     scores at n=512 (0.5 ms) timed 0.61-0.65 ms after one warm-up call, 0.48 ms after 10 ms of
     them, as when called in a loop."""
+    with contextlib.ExitStack() as stack:
+        return _run_case(case, repeat, rng, min_sample, cooldown, warm_up, stack)
+
+
+def _run_case(case, repeat, rng, min_sample, cooldown, warm_up, stack):
+    spec = case_roofline(case)
+    beside = (stack.enter_context(RATES_BESIDE[spec[0]]())
+              if spec and spec[0] in RATES_BESIDE else None)
     state = case["setup"](rng)
     fns = {"ours": case["ours"]}
     fns.update({k: v for k, v in case["peers"].items() if v is not None})
@@ -439,6 +463,7 @@ def run_case(case, repeat, rng, min_sample=0.02, cooldown=0.0, warm_up=0.02):
     slowest = max(first[k] * number[k] + max(first[k], warm_up) for k in fns)  # sample, warm-up
     reps = repeat if slowest * repeat * len(fns) < 120 else max(3, int(120 / (slowest * len(fns))))
     samples = {key: [] for key in fns}
+    rates_beside = []
     for _ in range(reps):
         for key, fn in fns.items():
             warm_until = time.perf_counter() + warm_up
@@ -448,6 +473,8 @@ def run_case(case, repeat, rng, min_sample=0.02, cooldown=0.0, warm_up=0.02):
             samples[key].append(_time_once(fn, state, number[key]))
             if key != "ours" and cooldown:
                 time.sleep(cooldown)
+        if beside is not None:
+            rates_beside.append(beside())
     memory = case["memory"](state) if "memory" in case else None
     del state
     gc.collect()
@@ -462,6 +489,8 @@ def run_case(case, repeat, rng, min_sample=0.02, cooldown=0.0, warm_up=0.02):
             result["peers"][key] = None
     if memory is not None:
         result["peak_bytes"] = memory
+    if rates_beside:
+        result["rate_beside"] = {spec[0]: statistics.median(rates_beside)}
     return result
 
 
@@ -488,6 +517,12 @@ ROOFLINE_RATES = [
 ]
 _GEMM_RATE = {"float32": "sgemm", "float64": "dgemm"}
 _UNIT_SCALE = {"GFLOP/s": 1e9, "GB/s": 1e9}
+# Rates that a case whose roofline names them measures again itself, once after each round of its
+# interleaved repeats (rate name -> a context manager yielding measure() -> rate per second), and
+# whose median is its roofline's rate: the read bandwidth of this shared machine moved by 24%
+# between the start and the end of one run (35.1 and 26.8 GB/s), so a decode case measured
+# against the start's rate was read as 56% of a bandwidth it may never have had.
+RATES_BESIDE = {"read": read_rate_beside}
 
 
 def measure_roofline_rates(repeat, progress=lambda msg: None):
@@ -497,6 +532,11 @@ def measure_roofline_rates(repeat, progress=lambda msg: None):
         progress(f"measuring {', '.join(units)} ({what}) ...")
         rates.update(measure(repeat))
     return rates
+
+
+def _rate_unit(name):
+    """The unit of a ROOFLINE_RATES rate: "GFLOP/s", "GB/s"."""
+    return next(units[name] for units, _, _ in ROOFLINE_RATES if name in units)
 
 
 def describe_rates(rates):
@@ -531,7 +571,7 @@ def describe_drift(start, end):
     if drift is None:
         return "no rate measured twice"
     name, ratio = drift
-    unit = next(units[name] for units, _, _ in ROOFLINE_RATES if name in units)
+    unit = _rate_unit(name)
     moved = (f"{name} {start[name] / _UNIT_SCALE[unit]:.1f} at the start, "
              f"{end[name] / _UNIT_SCALE[unit]:.1f} {unit} at the end ({100 * (ratio - 1):+.0f}%)")
     if abs(ratio - 1) > STEADY_DRIFT:
@@ -549,12 +589,21 @@ def case_roofline(case):
     return None
 
 
+def roofline_rate(result, rates):
+    """The rate a result's roofline compares it with (per second): the one measured beside its
+    repeats (RATES_BESIDE) where it has one, else the run's, from `rates`; or None."""
+    spec = result.get("roofline")
+    if not spec:
+        return None
+    return result.get("rate_beside", {}).get(spec[0], rates.get(spec[0]))
+
+
 def roofline_fraction(result, rates):
     """The fraction of its measured rate a result reached, or None."""
-    spec = result.get("roofline")
-    if not spec or spec[0] not in rates or not result.get("time_s"):
+    rate = roofline_rate(result, rates)
+    if not rate or not result.get("time_s"):
         return None
-    return spec[1] / result["time_s"] / rates[spec[0]]
+    return result["roofline"][1] / result["time_s"] / rate
 
 
 def measure_memory(n, d, causal):
@@ -620,8 +669,14 @@ def format_table(results, rates, peer_names):
     for r in results:
         gf = r["flops"] / r["time_s"] / 1e9 if r.get("flops") else None
         fraction = roofline_fraction(r, rates)
-        row = [r["name"], _fmt_time(r["time_s"]), f"{gf:.1f}" if gf else "-",
-               f"{100 * fraction:.0f}% {r['roofline'][0]}" if fraction is not None else "-"]
+        roofline = "-"
+        if fraction is not None:
+            name = r["roofline"][0]
+            roofline = f"{100 * fraction:.0f}% {name}"
+            if name in r.get("rate_beside", {}):        # the rate measured beside the case
+                unit = _rate_unit(name)
+                roofline += f" of {r['rate_beside'][name] / _UNIT_SCALE[unit]:.1f} {unit}"
+        row = [r["name"], _fmt_time(r["time_s"]), f"{gf:.1f}" if gf else "-", roofline]
         for p in peer_names:
             info = r["peers"].get(p)
             row.append(f"{info['ratio']:.2f}" if info else "-")
@@ -773,7 +828,9 @@ def main(argv=None) -> int:
     print(f"CPU: {info['cpu']}; threads: {threads}; isa: {info['isa']}; numpy {info['numpy']}"
           f"; torch {info['torch'] or '-'}; BLAS: {info['blas'] or '?'}")
     sources = "; ".join(" and ".join(units) + ": " + what for units, what, _ in ROOFLINE_RATES)
-    print(f"roofline rates, measured in this run: {describe_rates(rates)} ({sources})")
+    print(f"roofline rates, measured in this run: {describe_rates(rates)} ({sources}); a "
+          f"case whose roofline is {' or '.join(RATES_BESIDE)} measures that rate again after "
+          "each round of its repeats and is compared with their median")
     print(f"measured again at the end: {describe_rates(rates_end)}; "
           f"{describe_drift(rates, rates_end)}")
     print("x PEER = peer time / selfattn time (above 1: selfattn is faster); medians of "

@@ -1,4 +1,5 @@
 """The benchmark (python -m selfattn bench) compares like with like and writes what it says."""
+import contextlib
 import json
 
 import numpy as np
@@ -154,3 +155,52 @@ def test_a_single_call_of_warm_up_would_time_the_slow_calls(monkeypatch):
                              warm_up=0.0)
     assert result["time_s"] > 0.001
     assert result["peers"]["peer"]["time_s"] == pytest.approx(0.001)
+
+
+def test_a_memory_bound_case_is_compared_with_the_rate_measured_beside_it(monkeypatch):
+    """A case whose roofline is the read bandwidth measures it again after each round of its
+    interleaved repeats (RATES_BESIDE), and its roofline column compares it with their median,
+    not with the run's rate from minutes before: here the bandwidth moves (10, 30, 20 GB/s) and
+    ours reads 20 MB a call in 1 ms, so 100% of the 20 GB/s beside it, where the run's 40 GB/s
+    would have said 50%. A compute-bound case keeps the run's rate."""
+    host = FakeHost()
+    monkeypatch.setattr(_bench, "time", host)
+    entered = []
+
+    @contextlib.contextmanager
+    def fake_read_rate():
+        entered.append(True)
+        rates = iter([10e9, 30e9, 20e9])
+
+        def measure():
+            host.calls.append("read")
+            return next(rates)
+        yield measure
+
+    monkeypatch.setattr(_bench, "RATES_BESIDE", {"read": fake_read_rate})
+    case = {"name": "fake decode", "group": "decode", "setup": lambda rng: None,
+            "roofline": ("read", 20e6), "ours": host.function("ours"),
+            "peers": {"peer": host.function("peer")}}
+    result = _bench.run_case(case, repeat=3, rng=None, min_sample=0.004, cooldown=0.15,
+                             warm_up=0.01)
+    assert entered == [True]                          # one probe for the case, set up once
+    assert result["rate_beside"] == {"read": 20e9}
+    assert _bench.roofline_fraction(result, {"read": 40e9}) == pytest.approx(1.0)
+    timed = host.calls[host.calls.index("read") - 1:]
+    rounds = [call for i, call in enumerate(timed) if i == 0 or timed[i - 1] != call]
+    assert rounds[1:] == ["read", "ours", "peer", "pause"] * 2 + ["read"]
+    table = _bench.format_table([result], {"read": 40e9}, ["peer"])
+    assert "100% read of 20.0 GB/s" in table
+
+    gemm = dict(case, name="fake scores", roofline=("sgemm", 2e8))
+    result = _bench.run_case(gemm, repeat=3, rng=None, min_sample=0.004, cooldown=0.15,
+                             warm_up=0.01)
+    assert "rate_beside" not in result and len(entered) == 1
+    assert _bench.roofline_fraction(result, {"sgemm": 4e11}) == pytest.approx(0.5)
+
+
+def test_the_read_probe_reads_its_array():
+    """read_probe's threads read an array of the size asked (one read untimed), at some rate."""
+    with _bench.read_probe(2, nbytes=1 << 22) as read:
+        assert read() > 0 and read() > 0
+    assert _bench.measure_bandwidth(2, 3, nbytes=1 << 22) > 0

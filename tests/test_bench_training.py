@@ -50,6 +50,24 @@ def test_targets_show_what_a_ratio_target_needs_of_the_gemm_rate(tmp_path):
         "1.25x (sgemm: ours 50%, torch 40%; 1.5x needs 60%)")
 
 
+def test_targets_read_a_decode_case_against_the_bandwidth_beside_it(tmp_path):
+    """A decode row's roofline is the read rate measured beside the case (rate_beside) where the
+    run has one: 537 MB in 20 ms is 26.8 GB/s, 89% of the 30 GB/s beside it (67% of the run's
+    40 GB/s from its start); a run without it (older JSON) keeps the start's rate."""
+    result = {"name": "decode float32 B=1 H=32 n_q=1 n_k=16384 d=128 bottom-right",
+              "group": "decode", "flops": 1e8, "dtype": "float32", "time_s": 0.02,
+              "roofline": ["read", 536870912.0], "rate_beside": {"read": 3e10},
+              "peers": {"torch": {"ratio": 1.5}}}
+    info = {"date": "today", "roofline_rates": {"sgemm": 2e11, "dgemm": 1e11, "read": 4e10}}
+    for beside, cell in ((True, "1.50x; 89% read"), (False, "1.50x; 67% read")):
+        run = dict(result) if beside else {k: v for k, v in result.items() if k != "rate_beside"}
+        path = tmp_path / "run.json"
+        path.write_text(json.dumps({"info": info, "results": [run]}))
+        _, rows = load_targets().issue11_rows(str(path))
+        cells = {case: measured for case, _, measured in rows}
+        assert cells[result["name"] + " vs torch SDPA; roofline"] == cell
+
+
 @pytest.fixture
 def small(monkeypatch):
     for name, value in (("MH_N", 24), ("MH_D", 32), ("MH_H", 4), ("BW_N", 70), ("BW_D", 8)):
