@@ -20,6 +20,7 @@ SOURCES = [
     "csrc/isa_avx512.c",
     "csrc/isa_neon.c",
     "csrc/backward_blocked.c",
+    "csrc/read_memory.c",
 ]
 
 # Flags by compiler family. -O3 without -ffast-math: the kernels rely on IEEE infinities and NaN

@@ -520,6 +520,10 @@ sa_isa sa_isa_best(void);
 const char *sa_isa_name(sa_isa isa);
 const sa_kernels *sa_kernels_for(sa_isa isa);
 
+/* csrc/read_memory.c: *out = the OR of n_words words, read as fast as one core can (the bench's
+   read-bandwidth probe; each of its threads calls it on its own share). */
+int sa_read_memory(uint64_t *out, const uint64_t *words, sa_int n_words);
+
 /* The non-finite policy, decided here only: a weight of exactly 0 contributes nothing, even
    against an inf or NaN in the values it weighs (V, dO). The reference tier's attention kernels
    guarantee that; the fast tiers assume value operands are finite. Returns the table to run on:

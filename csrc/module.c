@@ -1129,6 +1129,29 @@ static PyObject *core_vexp(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+PyDoc_STRVAR(read_memory_doc, "read_memory(words)\n--\n\n"
+                              "The OR of a 1-d contiguous uint64 array, read as fast as one core "
+                              "can, without the GIL (private; the bench's read-bandwidth probe, "
+                              "whose threads each read their own share).");
+
+static PyObject *core_read_memory(PyObject *self, PyObject *words_obj)
+{
+    if (!PyArray_Check(words_obj) || PyArray_TYPE((PyArrayObject *)words_obj) != NPY_UINT64
+        || PyArray_NDIM((PyArrayObject *)words_obj) != 1
+        || !PyArray_ISCARRAY_RO((PyArrayObject *)words_obj)) {
+        PyErr_SetString(PyExc_ValueError,
+                        "_core.read_memory: words must be a 1-d contiguous aligned native uint64 "
+                        "ndarray");
+        return NULL;
+    }
+    PyArrayObject *words = (PyArrayObject *)words_obj;
+    uint64_t all = 0;
+    Py_BEGIN_ALLOW_THREADS
+    sa_read_memory(&all, PyArray_DATA(words), PyArray_DIM(words, 0));
+    Py_END_ALLOW_THREADS
+    return PyLong_FromUnsignedLongLong(all);
+}
+
 /* ---- settings ------------------------------------------------------------------------------- */
 
 static PyObject *core_set_num_threads(PyObject *self, PyObject *arg)
@@ -1243,6 +1266,7 @@ static PyMethodDef core_methods[] = {
      "plain_layer(X, W_q, W_k, W_v, scale, band)\n--\n\nUnmasked layer of plain matrices, or "
      "None (private)."},
     {"vexp", core_vexp, METH_VARARGS, vexp_doc},
+    {"read_memory", core_read_memory, METH_O, read_memory_doc},
     {"set_num_threads", core_set_num_threads, METH_O, "set_num_threads(n)\n--\n\n"},
     {"get_num_threads", core_get_num_threads, METH_NOARGS, "get_num_threads()\n--\n\n"},
     {"available_cpus", core_available_cpus, METH_NOARGS, "available_cpus()\n--\n\n"},

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+import selfattn
 from selfattn import _bench
 
 
@@ -197,6 +198,48 @@ def test_a_memory_bound_case_is_compared_with_the_rate_measured_beside_it(monkey
                              warm_up=0.01)
     assert "rate_beside" not in result and len(entered) == 1
     assert _bench.roofline_fraction(result, {"sgemm": 4e11}) == pytest.approx(0.5)
+
+
+def read_memory_cores():
+    """read_memory of each backend this build has: the C extension's four streams and the NumPy
+    backend's reduction."""
+    from selfattn import _numpy_core
+    cores = [pytest.param(_numpy_core, id="numpy")]
+    if selfattn.config()["backend"] == "c":
+        cores.append(pytest.param(selfattn._core, id="c"))
+    return cores
+
+
+@pytest.mark.parametrize("core", read_memory_cores())
+@pytest.mark.parametrize("n_words", [0, 1, 31, 32, 33, 1023, 1024 * 4 + 37, 40000])
+def test_read_memory_reads_every_word(core, n_words):
+    """The probe's reader ORs every word of its array (so a probe that skipped some of it would
+    report a rate it never read at): one bit set at each of many places (each stream's start, end
+    and middle, the words left over after the four streams, the last word), one at a time, is
+    always in the result; the array is not changed."""
+    words = np.zeros(n_words, np.uint64)
+    assert core.read_memory(words) == 0
+    stream = n_words // 32 * 8
+    places = {0, n_words - 1, n_words // 2, 4 * stream, 4 * stream - 1}
+    places |= {s * stream + k for s in range(4) for k in (0, 7, 8, stream // 2, stream - 1)}
+    for bit, place in enumerate(sorted(p for p in places if 0 <= p < n_words)):
+        words[:] = 0
+        words[place] = np.uint64(1) << np.uint64(bit % 64)
+        copy = words.copy()
+        assert core.read_memory(words) == 1 << (bit % 64), place
+        np.testing.assert_array_equal(words, copy)
+    words = np.arange(n_words, dtype=np.uint64) << np.uint64(20)
+    assert core.read_memory(words) == int(np.bitwise_or.reduce(words))
+
+
+@pytest.mark.skipif(selfattn.config()["backend"] != "c", reason="the C extension's argument check")
+@pytest.mark.parametrize("words", [np.zeros(8, np.float64), np.zeros(8, np.int64),
+                                   np.zeros(16, np.uint64)[::2], np.zeros((2, 4), np.uint64),
+                                   np.zeros(8, np.dtype(np.uint64).newbyteorder()), [1, 2]],
+                         ids=["float64", "int64", "strided", "2-d", "swapped", "list"])
+def test_read_memory_takes_only_what_it_can_read_in_place(words):
+    with pytest.raises(ValueError, match="_core.read_memory: words must be a 1-d contiguous"):
+        selfattn._core.read_memory(words)
 
 
 def test_the_read_probe_reads_its_array():
