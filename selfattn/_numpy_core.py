@@ -295,13 +295,13 @@ def scores(out, Q, K, mask, scale, band, isa):
         out[..., rows, :] = _scores_block(Q, K, rows, mask, scale, band)
 
 
-@_quiet
 def read_memory(words):
     """The OR of a 1-d uint64 array (the bench's read-bandwidth probe): NumPy's reduction, which
     reads more slowly than the C extension's four streams asked for ahead."""
     return int(np.bitwise_or.reduce(words))
 
 
+@_quiet
 def softmax(out, x, isa):
     """out[...] = softmax over the last axis of x; out may be x."""
     _isa(isa)

@@ -6,6 +6,7 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -71,6 +72,24 @@ def test_the_numpy_backend_agrees_with_the_c_extension(monkeypatch):
             with np.errstate(invalid="ignore"):
                 error = float(np.linalg.norm((g - w)[finite]))
             assert error <= rtol * norm, case
+
+
+@pytest.mark.parametrize("backend", ["numpy", pytest.param("c", marks=pytest.mark.c_backend)])
+def test_a_learners_np_seterr_raise_changes_nothing(monkeypatch, backend):
+    """Each backend computes with the IEEE rules and signals nothing, as the C kernels do: under
+    np.seterr(all="raise") (a learner's setting) with warnings as errors, every call (fully masked
+    rows, overflowing scores, an inf in V that the mask hides) returns the same bits as without
+    it, no FloatingPointError, no RuntimeWarning."""
+    if backend == "numpy":
+        _numpy_backend(monkeypatch)
+    want = [_flat(call()) for call in _calls(np.random.default_rng(3))]
+    calls = _calls(np.random.default_rng(3))
+    with np.errstate(all="raise"), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = [_flat(call()) for call in calls]
+    for case, (w, g) in enumerate(zip(want, got)):
+        for a, b in zip(w, g):
+            assert a.dtype == b.dtype and np.array_equal(a, b, equal_nan=True), case
 
 
 def _import_copy(tmp_path, env_backend=None, extension=None):
