@@ -78,6 +78,18 @@ def to_compute(arr, compute):
         return arr.astype(compute).astype(LD)
 
 
+def additive_to_compute(arr, compute):
+    """A float mask as the kernel sees it: rounded to the compute dtype, where a finite value
+    beyond its range becomes its largest finite value of that sign, not inf (the package's rule
+    for additive masks, selfattn/_validate.py's _additive: finfo(float64).min in a float32 call
+    only shifts the scores), in long double."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = arr.astype(compute)
+    overflowed = np.isinf(out) & np.isfinite(arr)
+    out[overflowed] = np.copysign(np.finfo(compute).max, arr[overflowed])
+    return out.astype(LD)
+
+
 def default_scale(scale, d_k):
     if scale is None:
         return 1.0 / math.sqrt(d_k) if d_k > 0 else 1.0
@@ -196,7 +208,7 @@ def apply_mask(S, mask, is_causal, compute, window=None):
         hide = np.broadcast_to(~mask, shape)
         value[hide], tol[hide], unc[hide] = -np.inf, 0, False
     elif mask is not None:
-        m = np.broadcast_to(to_compute(mask, compute), shape)
+        m = np.broadcast_to(additive_to_compute(mask, compute), shape)
         with np.errstate(all="ignore"):
             new = value + m
             t = tol + u * np.abs(np.where(np.isfinite(new), new, 0)) + eta

@@ -61,6 +61,29 @@ def test_valid_special_values(name, data):
     on_a_tier(data, lambda: F.run_case(name, args, kw, must_succeed=True))
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("mask", [[[1e308]], [[-1e308]], [[1e308, -1e308], [-1e308, 3.0]]],
+                         ids=["1e308", "-1e308", "both"])
+def test_a_float64_mask_past_float32s_range(isa, mask):
+    """A case the fuzzer drew in CI: float32 Q and K (and V) with a float64 mask of 1e308. The
+    package makes a finite mask value past the compute dtype's range that dtype's largest of the
+    same sign, not inf (selfattn/_validate.py's _additive), and the reference now reads the mask
+    so too (it had cast it to inf and asked for inf)."""
+    mask = np.array(mask)
+    n = mask.shape[0]
+    Q, K, V = (np.arange(n * 2, dtype=np.float32).reshape(n, 2) / 4 for _ in range(3))
+    before = selfattn.get_isa()
+    selfattn.set_isa(isa)
+    try:
+        got = F.run_case("compute_self_attention_scores", (Q, K), {"mask": mask},
+                         must_succeed=True)
+        F.run_case("scaled_dot_product_attention", (Q, K, V), {"mask": mask}, must_succeed=True)
+    finally:
+        selfattn.set_isa(before)
+    big = np.finfo(np.float32).max
+    assert got.dtype == np.float32 and np.array_equal(np.abs(got) == big, np.abs(mask) == 1e308)
+
+
 @pytest.mark.parametrize("name", KNOWN)
 @CI
 @given(data=st.data())
