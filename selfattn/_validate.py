@@ -14,6 +14,7 @@ Running the kernels (kernel-ready operands, outputs) is selfattn/_kernels.py's p
 """
 from __future__ import annotations
 
+import functools
 import math
 import operator
 import sys
@@ -619,6 +620,37 @@ def _check_size(func, shape, dtype):
             f"{func}: the result would have shape {tuple(shape)} ({count:,} elements), which is "
             f"too large to allocate"
         )
+
+
+def _memory_named(function=None, *, name=None, float32_helps=True):
+    """`function` (a public one) whose MemoryError names it: the one rule for running out of
+    memory, wherever the call ran out (NumPy's "Unable to allocate 335. GiB for an array with
+    shape ...", or a kernel's scratch space, a bare MemoryError). _check_size refuses what no
+    machine could address; this tells a learner which call asked for too much on this one. The
+    wrapper's frame is hidden in pytest's and IPython's tracebacks. float32_helps=False for the
+    mask makers, whose dtypes the caller does not choose."""
+    if function is None:
+        return functools.partial(_memory_named, name=name, float32_helps=float32_helps)
+    name = name or function.__name__
+
+    @functools.wraps(function)
+    def call(*args, **kwargs):
+        __tracebackhide__ = True
+        try:
+            return function(*args, **kwargs)
+        except MemoryError as error:
+            # from a public call inside this one: the outermost, the learner's call, is named
+            what = (getattr(error, "_selfattn_what", None) or str(error)
+                    or "the kernel could not allocate its scratch space")
+            # float32 where NumPy's account says the array was float64, the one case it helps
+            smaller = (", or float32 inputs (half the bytes)"
+                       if float32_helps and "float64" in what else "")
+            named = MemoryError(
+                f"{name}: not enough memory for this call: {what}. Try smaller inputs (fewer "
+                f"or shorter sequences, a smaller batch){smaller}.")
+            named._selfattn_what = what
+            raise named from None
+    return call
 
 
 # ---- the shared attention front end -----------------------------------------------------------

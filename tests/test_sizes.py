@@ -4,6 +4,7 @@ Broadcast views (np.broadcast_to) make inputs of any logical size for free, so a
 trusts the size of its inputs would try to compute (or allocate) astronomically large results.
 Each call here must raise ValueError or MemoryError with a message, within a second.
 """
+import re
 import time
 
 import numpy as np
@@ -24,6 +25,8 @@ def refused(call, *exceptions):
         call()
     assert time.perf_counter() - start < 1.0, "the refusal was not immediate"
     assert str(info.value).strip()
+    if isinstance(info.value, MemoryError):      # _validate._memory_named's rule
+        assert re.match(r"\w+: not enough memory for this call: \S", str(info.value)), info.value
     return info.value
 
 
@@ -162,3 +165,89 @@ def test_the_private_kernels_refuse_a_mismatched_call():
         _core.softmax(out, np.ones((2, 3), np.float32), -1)
     with pytest.raises(ValueError):
         _core.scores(out, np.ones((2, 4))[:, ::2], np.ones((3, 2)), None, 1.0, (0, 0), -1)
+
+
+# 2**48 elements: addressable (no ValueError), but more than a 47-bit address space holds
+SIDE = 2 ** 24
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda: selfattn.compute_self_attention_scores(big_view((SIDE, 4)), big_view((SIDE, 4))),
+     "compute_self_attention_scores"),
+    (lambda: selfattn.softmax_attention_weights(big_view((SIDE, SIDE), np.float32)),
+     "softmax_attention_weights"),
+    (lambda: selfattn.compute_attention_output(*[big_view((SIDE, SIDE), np.float32)] * 2),
+     "compute_attention_output"),
+    (lambda: selfattn.scaled_dot_product_attention(*[big_view((SIDE, 4))] * 3,
+                                                   return_weights=True),
+     "scaled_dot_product_attention"),
+    (lambda: selfattn.self_attention_layer(big_view((SIDE, 1), np.float32),
+                                           *[np.ones((1, 1), np.float32)] * 3,
+                                           return_weights=True),
+     "self_attention_layer"),
+    (lambda: selfattn.causal_mask(SIDE), "causal_mask"),
+    (lambda: selfattn.window_mask(SIDE, SIDE, 3, 0), "window_mask"),
+    (lambda: selfattn.alibi_bias(1, SIDE), "alibi_bias"),
+    (lambda: selfattn.padding_mask(np.full(SIDE, SIDE), SIDE), "padding_mask"),
+])
+def test_running_out_of_memory_names_the_call(call, name):
+    """A result the machine cannot allocate: a MemoryError that names the learner's call, keeps
+    NumPy's account of the allocation, and says what to try; one exception, not a chain."""
+    error = refused(call, MemoryError)
+    message = str(error)
+    assert message.startswith(f"{name}: not enough memory for this call: Unable to allocate ")
+    assert "Try smaller inputs" in message and message.endswith(".")
+    # float32 is offered where the failed array was float64 and the inputs set its dtype
+    maker = name.endswith(("_mask", "_bias"))
+    assert ("or float32 inputs" in message) == ("data type float64" in message and not maker)
+    assert error.__cause__ is None and error.__suppress_context__
+
+
+def test_the_outermost_public_call_is_named():
+    """A public function that calls another (here one made for the test, as _api's do) names
+    itself, the call the learner made; a bare MemoryError (a kernel's scratch space) says so."""
+    from selfattn._validate import _memory_named
+
+    @_memory_named
+    def inner():
+        raise MemoryError()
+
+    @_memory_named
+    def outer():
+        return inner()
+
+    with pytest.raises(MemoryError) as info:
+        outer()
+    assert str(info.value) == ("outer: not enough memory for this call: the kernel could not "
+                               "allocate its scratch space. Try smaller inputs (fewer or shorter "
+                               "sequences, a smaller batch).")
+    with pytest.raises(MemoryError, match="^inner: not enough memory"):
+        inner()
+
+
+def test_the_vjp_backward_names_itself(monkeypatch):
+    """The function multi_head_attention_vjp returns is named as its backward (its gradients'
+    arrays fail here as a kernel's scratch space would)."""
+    X = np.ones((6, 4))
+    W = np.eye(4)
+    _, backward = selfattn.multi_head_attention_vjp(X, W, W, W, W, num_heads=2)
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr(selfattn._multihead, "_grads", no_memory)
+    with pytest.raises(MemoryError, match="^multi_head_attention_vjp's backward: not enough "
+                                          "memory for this call: the kernel could not"):
+        backward(np.ones((6, 4)))
+
+
+def test_the_named_functions_keep_their_signatures_and_docstrings():
+    """What a learner reads with `?`: the wrapper's frame changes neither."""
+    import inspect
+    for name in ("compute_self_attention_scores", "scaled_dot_product_attention", "causal_mask",
+                 "multi_head_attention_vjp"):
+        function = getattr(selfattn, name)
+        assert function.__name__ == name and function.__doc__ == function.__wrapped__.__doc__
+        assert inspect.signature(function) == inspect.signature(function.__wrapped__)
+    assert list(inspect.signature(selfattn.compute_self_attention_scores).parameters)[:2] == [
+        "Q", "K"]
