@@ -14,7 +14,7 @@ import sys
 import numpy as np
 
 from . import _core, _scratch
-from ._validate import _check_size
+from ._validate import _check_size, _narrowed
 
 _ISA_DEFAULT = -1  # the process-wide tier (selfattn.set_isa / SELFATTN_ISA)
 _UNBOUNDED = sys.maxsize  # a side of a band that hides nothing (the glue clamps it to n_q + n_k)
@@ -64,7 +64,7 @@ def _mask_operand(mask, batch, n_q, n_k):
 
 
 def _finish(out, result_dtype):
-    return out if out.dtype == result_dtype else out.astype(result_dtype)
+    return out if out.dtype == result_dtype else _narrowed(out, result_dtype)
 
 
 def _finish_attention(out, weights, result_dtype):

@@ -653,6 +653,59 @@ def _memory_named(function=None, *, name=None, float32_helps=True):
     return call
 
 
+_PUBLIC_CALL = _memory_named(lambda: None, name="").__code__  # every public wrapper's frame runs it
+
+
+def _public_caller():
+    """(name, stacklevel) for a message about the public call running now: the outermost
+    public function on the stack (the learner's call, as a MemoryError names it) and the
+    stacklevel that makes warnings.warn, called by this function's caller, point at the line
+    that called it. ("selfattn", 2) outside any public call. Walks the stack: only for the
+    rare warning, never on a call's normal path."""
+    name, level = "selfattn", 2
+    frame, depth = sys._getframe(1), 1
+    while frame is not None:
+        if frame.f_code is _PUBLIC_CALL:
+            name, level = frame.f_locals["name"], depth + 1
+        frame, depth = frame.f_back, depth + 1
+    return name, level
+
+
+def _narrowed(out, dtype):
+    """out.astype(dtype) where dtype is narrower than the computation's (float16 results, computed
+    in float32): the one rule for values beyond its range. They become inf, as NumPy's casts make
+    them, and the overflow is reported as NumPy reports its own (np.errstate's "over": ignored,
+    a RuntimeWarning, FloatingPointError, or its call/print/log), but naming the call and its
+    remedy at the learner's line, where NumPy's bare "overflow encountered in cast" pointed
+    inside selfattn."""
+    mode = np.geterr()["over"]
+    with np.errstate(over="ignore"):
+        narrow = out.astype(dtype)
+    if mode == "ignore":
+        return narrow
+    where = np.isinf(narrow) & np.isfinite(out)
+    overflowed = np.count_nonzero(where)
+    if not overflowed:
+        return narrow
+    if mode not in ("warn", "raise"):
+        out.astype(dtype)  # NumPy's own report, by its errcall or print
+        return narrow
+    name, level = _public_caller()
+    largest = float(np.finfo(dtype).max)
+    negative = np.count_nonzero(np.signbit(narrow[where]))
+    became = "-inf" if negative == overflowed else "inf or -inf" if negative else "inf"
+    message = (
+        f"{name}: {overflowed} of the {narrow.size} values of its {dtype} result "
+        f"{'is' if overflowed == 1 else 'are'} beyond {dtype}'s range (largest {largest:g}) and "
+        f"became {became}; selfattn computes {dtype} inputs in float32, so float32 inputs "
+        f"(x.astype(np.float32)) keep them"
+    )
+    if mode == "raise":
+        raise FloatingPointError(message)
+    warnings.warn(message, RuntimeWarning, stacklevel=level)
+    return narrow
+
+
 # ---- the shared attention front end -----------------------------------------------------------
 
 def _attention_operands(func, Q, K, V, mask, is_causal, scale, names=("Q", "K", "V"),

@@ -1,4 +1,7 @@
 """The dtype table: what each input dtype computes in and returns."""
+import sys
+import warnings
+
 import numpy as np
 import pytest
 
@@ -46,6 +49,88 @@ def test_float16_is_computed_in_float32(rng):
     want = ref_attention(Q.astype(np.float32), Q.astype(np.float32), Q.astype(np.float32))[0]
     assert out.dtype == np.float16
     np.testing.assert_allclose(out.astype(float), want.astype(float), atol=2e-2, rtol=5e-3)
+
+
+def _line_after():
+    """The number of the caller's next line."""
+    return sys._getframe(1).f_lineno + 1
+
+
+def test_a_float16_result_beyond_its_range_warns_naming_the_call_at_the_learners_line():
+    """Scores of 40 * 40 * 64 = 102400 fit float32, where float16 inputs are computed, but not the
+    float16 result (largest 65504): they become inf, as NumPy's cast makes them, and the warning
+    says which call, how many values and what keeps them, at the line that called it (NumPy's
+    "overflow encountered in cast" pointed at selfattn/_kernels.py)."""
+    Q = np.full((2, 64), 40, np.float16)
+    with pytest.warns(RuntimeWarning) as record:
+        line = _line_after()
+        scores = sa.compute_self_attention_scores(Q, Q, scale=1.0)
+    assert scores.dtype == np.float16 and np.isposinf(scores).all()
+    (warning,) = record
+    assert (warning.filename, warning.lineno) == (__file__, line)
+    assert str(warning.message) == (
+        "compute_self_attention_scores: 4 of the 4 values of its float16 result are beyond "
+        "float16's range (largest 65504) and became inf; selfattn computes float16 inputs in "
+        "float32, so float32 inputs (x.astype(np.float32)) keep them")
+    np.testing.assert_array_equal(
+        sa.compute_self_attention_scores(Q.astype(np.float32), Q, scale=1.0), 102400)
+    signs, small = np.float16([[1], [-1]]), np.float16([[1], [1 / 40]])
+    with pytest.warns(RuntimeWarning, match=r": 4 of the 4 values .* are beyond .* became -inf; "):
+        sa.compute_self_attention_scores(Q, -Q, scale=1.0)
+    with pytest.warns(RuntimeWarning, match=r": 2 of the 4 values .* are beyond .* became inf or "
+                                            r"-inf; "):
+        sa.compute_self_attention_scores(Q * signs, Q * small, scale=1.0)
+    with pytest.warns(RuntimeWarning, match=r": 1 of the 2 values .* is beyond .* became inf; "):
+        sa.compute_self_attention_scores(Q[:1], Q * small, scale=1.0)
+
+
+def test_a_float16_overflow_inside_a_public_call_names_the_outermost_one():
+    """The layer's output is a mean of V's rows (X @ W_v = 4 * 30000 each, in float32); it is the
+    call the learner made, so the warning names it and points at the learner's helper."""
+    X = np.ones((3, 4), np.float16)
+    W_zero, W_v = np.zeros((4, 2), np.float16), np.full((4, 2), 30000, np.float16)
+
+    def helper():
+        line = _line_after()
+        return sa.self_attention_layer(X, W_zero, W_zero, W_v), line
+
+    with pytest.warns(RuntimeWarning, match=r"^self_attention_layer: 6 of the 6 values") as record:
+        out, line = helper()
+    assert np.isposinf(out).all()
+    assert [(w.filename, w.lineno) for w in record] == [(__file__, line)]
+
+
+def test_a_float16_overflow_follows_np_errstate():
+    """Reported as NumPy reports its own overflows: ignored, raised as FloatingPointError (naming
+    the call), or NumPy's own call/print/log for the other modes; the result is the same."""
+    Q = np.full((2, 64), 40, np.float16)
+    with np.errstate(over="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.isposinf(sa.compute_self_attention_scores(Q, Q, scale=1.0)).all()
+    with np.errstate(over="raise"), pytest.raises(
+            FloatingPointError, match=r"^compute_self_attention_scores: 4 of the 4 values .* "
+                                      r"float32 inputs \(x.astype\(np.float32\)\) keep them$"):
+        sa.compute_self_attention_scores(Q, Q, scale=1.0)
+    calls = []
+    with np.errstate(over="call", call=lambda kind, flag: calls.append(kind)):
+        assert np.isposinf(sa.compute_self_attention_scores(Q, Q, scale=1.0)).all()
+    assert calls == ["overflow"]
+
+
+def test_float16_results_in_range_and_infinite_inputs_do_not_warn(rng):
+    """Only finite values that the cast made inf are reported: not an inf the computation gave
+    (an infinite query), not the results that fit."""
+    Q = np.array([[np.inf, 0.0], [1.0, 2.0]], np.float16)
+    K = np.array([[1.0, 0.0]], np.float16)
+    with np.errstate(over="raise"), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scores = sa.compute_self_attention_scores(Q, K, scale=1.0)
+        X = (rng.standard_normal((5, 8)) * 3).astype(np.float16)
+        out = sa.scaled_dot_product_attention(X, X, X)
+        grads = sa.scaled_dot_product_attention_backward(X, X, X, X)
+    np.testing.assert_array_equal(scores, [[np.inf], [1.0]])
+    assert out.dtype == np.float16 and np.isfinite(out).all()
+    assert all(g.dtype == np.float16 and np.isfinite(g).all() for g in grads)
 
 
 def test_float32_is_computed_in_float32(rng):

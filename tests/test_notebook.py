@@ -63,3 +63,29 @@ def test_committed_notebook_matches_its_generator():
     assert all(not c.get("outputs") for c in committed.cells if c.cell_type == "code"), \
         "commit the notebook without outputs"
     nbformat.validate(committed)
+
+
+def test_a_float16_overflow_warns_at_the_cells_line_in_a_real_kernel(tmp_path):
+    """What a learner sees in Jupyter: the warning names the call and shows the cell's own line,
+    not a line inside selfattn, and the cell still returns its (inf) result."""
+    import ipykernel  # noqa: F401
+    from jupyter_client.manager import KernelManager
+
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("import numpy as np\nimport selfattn as sa"),
+        nbformat.v4.new_code_cell("Q = np.full((2, 64), 40, np.float16)\n"
+                                  "scores = sa.compute_self_attention_scores(Q, Q, scale=1.0)\n"
+                                  "scores"),
+    ])
+    manager = KernelManager(kernel_name="selfattn-test",
+                            kernel_spec_manager=_kernel_spec_manager(tmp_path))
+    nbclient.NotebookClient(nb, km=manager, timeout=120, allow_errors=False,
+                            resources={"metadata": {"path": str(tmp_path)}}).execute(
+                                cleanup_kc=True)
+    outputs = nb.cells[1].outputs
+    stderr = "".join(o.text for o in outputs if o.get("name") == "stderr")
+    assert "RuntimeWarning: compute_self_attention_scores: 4 of the 4 values" in stderr
+    assert "scores = sa.compute_self_attention_scores(Q, Q, scale=1.0)" in stderr
+    assert "_kernels.py" not in stderr and "_validate.py" not in stderr
+    result = [o for o in outputs if o.get("output_type") == "execute_result"]
+    assert "inf" in result[0]["data"]["text/plain"]
