@@ -425,6 +425,20 @@ def test_the_most_common_mistake_comes_first():
     assert len(report.diagnoses) == 1 and 'scale="raw"' in report.diagnoses[0]
 
 
+def test_no_convention_is_named_when_no_result_could_be_compared():
+    """A scaled layer that returns (output, weights) fails every case before any value is
+    compared: the report names neither convention (the tie-break's raw would be the wrong one),
+    and the hint says what to change. A result that was compared names the closest."""
+    for report in (check(layer_returns_tuple, LAYER), check(layer_returns_tuple, LAYER, seed=3)):
+        text = str(report)
+        assert "Convention: neither recognised: no result of yours could be compared;" in text
+        assert "raw dot products Q @ K.T" not in text and "closest" not in text
+        assert "returns a tuple" in report.diagnoses[0]
+        assert report._repr_html_().count("Convention: neither recognised") == 1
+    wrong_axis = str(check(layer_raw_and_wrong_axis, LAYER))
+    assert "Convention: compared with the closest to yours: raw dot products" in wrong_axis
+
+
 def test_either_convention_passes_by_default_and_a_pinned_one_fails_the_other():
     for raw, scaled, name in ((scores_raw, scaled_scores, SCORES), (layer_raw, scaled_layer, LAYER)):
         for fn, convention in ((raw, "raw"), (scaled, "scaled")):

@@ -101,6 +101,10 @@ class CheckReport:
         text = _CONVENTION.get(self.scale) or f"scores multiplied by scale={self.scale:g}"
         if not self.either:
             return text
+        if not any(r.max_error is not None for r in self.results):
+            # nothing to tell the conventions apart by (a tuple, an error, a wrong shape in
+            # every case): naming the tie-break's, raw, would blame a convention never compared
+            return f"neither recognised: no result of yours could be compared; {_EITHER_NOTE}"
         found = "recognised" if self.passed else "compared with the closest to yours"
         return f"{found}: {text}; {_EITHER_NOTE}"
 
