@@ -36,7 +36,7 @@ from ._validate import (
     _dropout,
     _flag,
     _integer,
-    _memory_named,
+    _public_call,
     _visibility,
     _grouped_operands,
     _ungroup_heads,
@@ -107,7 +107,7 @@ except ImportError:  # pragma: no cover - NumPy 1.23/1.24
 
 # ---- the public functions ---------------------------------------------------------------------
 
-@_memory_named
+@_public_call
 def compute_self_attention_scores(Q, K, *, scale=None, mask=None, bias=None, is_causal=False,
                                   window=None):
     """Attention scores between every query and every key: ``(Q @ K^T) * scale``.
@@ -200,7 +200,7 @@ def compute_self_attention_scores(Q, K, *, scale=None, mask=None, bias=None, is_
     return _finish(out, result)
 
 
-@_memory_named
+@_public_call
 def softmax_attention_weights(attn_scores, *, axis=-1):
     """Softmax of the scores: each query's row becomes weights that are >= 0 and sum to 1.
 
@@ -271,7 +271,7 @@ def softmax_attention_weights(attn_scores, *, axis=-1):
     return _finish(out, result)
 
 
-@_memory_named
+@_public_call
 def compute_attention_output(attn_weights, V):
     """The attention output: each query's weighted sum of the value rows, ``attn_weights @ V``.
 
@@ -334,7 +334,7 @@ def compute_attention_output(attn_weights, V):
     return _finish(out, result)
 
 
-@_memory_named
+@_public_call
 def scaled_dot_product_attention(Q, K, V, *, scale=None, mask=None, bias=None, is_causal=False,
                                  return_weights=False, window=None, enable_gqa=False,
                                  query_lengths=None, key_lengths=None, return_lse=False,
@@ -486,7 +486,7 @@ def scaled_dot_product_attention(Q, K, V, *, scale=None, mask=None, bias=None, i
     return (returned if isinstance(returned, tuple) else (returned,)) + (_finish(lse, result),)
 
 
-@_memory_named
+@_public_call
 def self_attention_layer(X, W_q, W_k, W_v, *, scale=None, mask=None, bias=None,
                          is_causal=False, return_weights=False, window=None, query_lengths=None,
                          key_lengths=None, softcap=None, dropout_p=0.0, seed=None):

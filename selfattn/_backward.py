@@ -35,7 +35,7 @@ from ._validate import (
     _group_heads,
     _grouped_operands,
     _lengths,
-    _memory_named,
+    _public_call,
     _softcap,
     _ungrouped_batch,
 )
@@ -155,7 +155,7 @@ def _packed_weight_grads(src, dP, parts, compute):
     return [dW_all[..., lo:hi] for _, lo, hi in parts]
 
 
-@_memory_named
+@_public_call
 def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None, bias=None,
                                           is_causal=False, window=None, enable_gqa=False,
                                           query_lengths=None, key_lengths=None, softcap=None,
@@ -259,7 +259,7 @@ def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None,
                  for g, x, shape in ((dQ, Q, shapes[0]), (dK, K, shapes[1]), (dV, V, shapes[2])))
 
 
-@_memory_named
+@_public_call
 def self_attention_layer_backward(dY, X, W_q, W_k, W_v, *, scale=None, mask=None, bias=None,
                                   is_causal=False, window=None, query_lengths=None,
                                   key_lengths=None, softcap=None, dropout_p=0.0, seed=None):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._kernels import _band
-from ._validate import (_as_array, _broadcast_shapes, _check_size, _integer, _memory_named,
+from ._validate import (_as_array, _broadcast_shapes, _check_size, _integer, _public_call,
                         _visibility, _window)
 
 __all__ = ["causal_mask", "window_mask", "padding_mask", "lengths_mask", "alibi_bias"]
@@ -30,7 +30,7 @@ def _align(func, align):
     return align
 
 
-@_memory_named(float32_helps=False)
+@_public_call(float32_helps=False)
 def causal_mask(n_q, n_k=None, *, align="top_left"):
     """A causal mask: query ``i`` may attend to key ``j`` only if ``j <= i`` (or, aligned
     bottom-right, ``j <= i + n_k - n_q``).
@@ -84,7 +84,7 @@ def causal_mask(n_q, n_k=None, *, align="top_left"):
     return _band_mask(func, n_q, n_k, _visibility(func, _align(func, align)))
 
 
-@_memory_named(float32_helps=False)
+@_public_call(float32_helps=False)
 def window_mask(n_q, n_k, left, right, *, align="top_left"):
     """A sliding-window (local) mask: query ``i`` may attend to keys ``i - left .. i + right``.
 
@@ -135,7 +135,7 @@ def window_mask(n_q, n_k, left, right, *, align="top_left"):
     return _band_mask(func, n_q, n_k, (_align(func, align), left, right))
 
 
-@_memory_named(float32_helps=False)
+@_public_call(float32_helps=False)
 def padding_mask(lengths, n_k, *, head_axis=False):
     """A padding mask: in sequence ``b``, only the first ``lengths[b]`` keys may be attended to.
 
@@ -214,7 +214,7 @@ def _alibi_slopes(num_heads):
     return np.array(slopes)
 
 
-@_memory_named(float32_helps=False)
+@_public_call(float32_helps=False)
 def alibi_bias(num_heads, n_q, n_k=None):
     """The ALiBi bias (Press et al. 2022, "Train Short, Test Long"): each head penalises a key by
     its distance from the query, ``bias[h, i, j] = -slope_h * |i - j|``.
@@ -294,7 +294,7 @@ def _lengths_array(func, name, lengths, n_name, n):
     return lengths
 
 
-@_memory_named(float32_helps=False)
+@_public_call(float32_helps=False)
 def lengths_mask(query_lengths, key_lengths, n_q, n_k, *, head_axis=False):
     """The mask of per-sequence lengths: in sequence ``b``, query ``i`` may attend to key ``j``
     only when ``i < query_lengths[b]`` and ``j < key_lengths[b]``.

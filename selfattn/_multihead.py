@@ -19,13 +19,13 @@ from ._validate import (
     _flag,
     _integer,
     _kv_heads,
-    _memory_named,
+    _public_call,
 )
 
 __all__ = ["multi_head_attention", "multi_head_attention_backward", "multi_head_attention_vjp"]
 
 
-@_memory_named
+@_public_call
 def multi_head_attention(X, W_q, W_k, W_v, W_o, *, num_heads, kv=None, b_q=None, b_k=None,
                          b_v=None, b_o=None, scale=None, mask=None, bias=None, is_causal=False,
                          return_weights=False, window=None, num_kv_heads=None,
@@ -168,7 +168,7 @@ def multi_head_attention(X, W_q, W_k, W_v, W_o, *, num_heads, kv=None, b_q=None,
     return _finish_attention(L.output(out), weights, L.result)
 
 
-@_memory_named
+@_public_call
 def multi_head_attention_backward(dY, X, W_q, W_k, W_v, W_o, *, num_heads, kv=None, b_q=None,
                                   b_k=None, b_v=None, b_o=None, scale=None, mask=None, bias=None,
                                   is_causal=False, window=None, num_kv_heads=None,
@@ -284,7 +284,7 @@ def _grads(L, dY, qkv, out=None):
     return tuple(grads[name] for name in order if name in grads)
 
 
-@_memory_named
+@_public_call
 def multi_head_attention_vjp(X, W_q, W_k, W_v, W_o, *, num_heads, kv=None, b_q=None, b_k=None,
                              b_v=None, b_o=None, scale=None, mask=None, bias=None,
                              is_causal=False, window=None, num_kv_heads=None, query_lengths=None,
@@ -357,7 +357,7 @@ def multi_head_attention_vjp(X, W_q, W_k, W_v, W_o, *, num_heads, kv=None, b_q=N
         _check_grad_shape(func, "dY", dY, Y.shape, "output")
         return _grads(L, dY, [Q, K, V], out)
 
-    backward = _memory_named(backward, name=f"{func}'s backward")
+    backward = _public_call(backward, name=f"{func}'s backward")
     backward.__doc__ = (f"The gradients of {func}'s output for dY (the gradient of the loss "
                         f"with respect to it, of shape {Y.shape}): the tuple "
                         f"multi_head_attention_backward returns.")

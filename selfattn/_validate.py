@@ -622,22 +622,35 @@ def _check_size(func, shape, dtype):
         )
 
 
-def _memory_named(function=None, *, name=None, float32_helps=True):
-    """`function` (a public one) whose MemoryError names it: the one rule for running out of
-    memory, wherever the call ran out (NumPy's "Unable to allocate 335. GiB for an array with
-    shape ...", or a kernel's scratch space, a bare MemoryError). _check_size refuses what no
-    machine could address; this tells a learner which call asked for too much on this one. The
-    wrapper's frame is hidden in pytest's and IPython's tracebacks. float32_helps=False for the
-    mask makers, whose dtypes the caller does not choose."""
+def _public_call(function=None, *, name=None, float32_helps=True):
+    """`function` (a public one that computes) as the learner calls it; the wrapper's frame is
+    hidden in pytest's and IPython's tracebacks, and _public_caller finds it on the stack.
+
+    - A MemoryError names the call: the one rule for running out of memory, wherever the call
+      ran out (NumPy's "Unable to allocate 335. GiB for an array with shape ...", or a kernel's
+      scratch space, a bare MemoryError). _check_size refuses what no machine could address;
+      this tells a learner which call asked for too much on this one. float32_helps=False for
+      the mask makers, whose dtypes the caller does not choose.
+    - An input error (a TypeError or ValueError whose message starts with the call's name, as
+      every message of the checks does, or Python's for arguments the call does not take)
+      leaves selfattn's frames out of its traceback but this one: the learner's line, then the
+      message, which says all there is to fix. Any other error keeps its frames, for whoever
+      debugs it."""
     if function is None:
-        return functools.partial(_memory_named, name=name, float32_helps=float32_helps)
+        return functools.partial(_public_call, name=name, float32_helps=float32_helps)
     name = name or function.__name__
+    prefix = f"{name.partition(chr(39) + 's ')[0]}: "  # "f's backward" reports as "f: ..."
 
     @functools.wraps(function)
     def call(*args, **kwargs):
         __tracebackhide__ = True
         try:
             return function(*args, **kwargs)
+        except (TypeError, ValueError) as error:
+            # ours by its message, or Python's for the arguments (raised before the call ran)
+            if not (str(error).startswith(prefix) or error.__traceback__.tb_next is None):
+                raise
+            raise error.with_traceback(None)  # the learner's input: see the message
         except MemoryError as error:
             # from a public call inside this one: the outermost, the learner's call, is named
             what = (getattr(error, "_selfattn_what", None) or str(error)
@@ -653,7 +666,7 @@ def _memory_named(function=None, *, name=None, float32_helps=True):
     return call
 
 
-_PUBLIC_CALL = _memory_named(lambda: None, name="").__code__  # every public wrapper's frame runs it
+_PUBLIC_CALL = _public_call(lambda: None, name="").__code__  # every public wrapper's frame runs it
 
 
 def _public_caller():

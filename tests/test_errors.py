@@ -1,4 +1,6 @@
 """Bad input: a clear ValueError/TypeError naming the function, the argument, the shapes and the rule."""
+import os
+import traceback
 import warnings
 
 import numpy as np
@@ -12,6 +14,55 @@ def message(call):
     with pytest.raises((ValueError, TypeError)) as info:
         call()
     return str(info.value)
+
+
+def frames(call):
+    """(file name, function) of each frame of the error's traceback, from this file's frame that
+    made the call."""
+    with pytest.raises((ValueError, TypeError)) as info:
+        call()
+    return [(os.path.basename(f.filename), f.name)
+            for f in traceback.extract_tb(info.value.__traceback__)]
+
+
+def test_an_input_error_shows_the_learners_line_and_not_selfattns_checks():
+    """The message says what to change; the traceback is the learner's own frames and the
+    public call's wrapper (hidden by pytest), not the checks several frames deep."""
+    X, W = np.ones((4, 6)), np.ones((6, 6))
+    bad_calls = [
+        lambda: sa.compute_self_attention_scores(np.ones((3, 4)), np.ones((3, 5))),
+        lambda: sa.softmax_attention_weights("abc"),
+        lambda: sa.scaled_dot_product_attention(X, X, X, mask=np.ones((3, 3), bool)),
+        lambda: sa.multi_head_attention(X, W, W, W, W, num_heads=4),
+        lambda: sa.self_attention_layer(X, W, W, W, is_causal="sideways"),
+        lambda: sa.multi_head_attention_vjp(X, W, W, W, W, num_heads=2)[1](np.ones((3, 6))),
+        lambda: sa.causal_mask(-1, 2),
+        lambda: sa.compute_attention_output(np.ones((2, 3)), np.ones((4, 2)), axis=0),
+    ]
+    for call in bad_calls:
+        assert frames(call) == [("test_errors.py", "frames"), ("test_errors.py", "<lambda>"),
+                                ("_validate.py", "call")]
+
+
+def test_other_errors_keep_their_frames():
+    """Only an error that names the call is the learner's input; anything else (a bug of ours,
+    an error from a function the call was given) keeps every frame."""
+    from selfattn._validate import _public_call
+
+    def check_input():
+        raise ValueError("public: x must be positive")
+
+    def broken():
+        raise ValueError("an internal step failed")
+
+    @_public_call(name="public")
+    def public(fail):
+        fail()
+
+    assert frames(lambda: public(check_input)) == [
+        ("test_errors.py", "frames"), ("test_errors.py", "<lambda>"), ("_validate.py", "call")]
+    assert [name for _, name in frames(lambda: public(broken))] == [
+        "frames", "<lambda>", "call", "public", "broken"]
 
 
 def test_dk_mismatch_names_both_shapes_and_the_rule():

@@ -2,6 +2,7 @@
 import importlib.util
 import json
 import pathlib
+import re
 import sys
 
 import pytest
@@ -65,9 +66,10 @@ def test_committed_notebook_matches_its_generator():
     nbformat.validate(committed)
 
 
-def test_a_float16_overflow_warns_at_the_cells_line_in_a_real_kernel(tmp_path):
-    """What a learner sees in Jupyter: the warning names the call and shows the cell's own line,
-    not a line inside selfattn, and the cell still returns its (inf) result."""
+def test_a_warning_and_an_input_error_show_the_cells_line_in_a_real_kernel(tmp_path):
+    """What a learner sees in Jupyter. A float16 overflow: the warning names the call and shows
+    the cell's own line, not a line inside selfattn, and the cell still returns its (inf)
+    result. A shape error: the cell's line and the message, none of the checks' frames."""
     import ipykernel  # noqa: F401
     from jupyter_client.manager import KernelManager
 
@@ -76,16 +78,26 @@ def test_a_float16_overflow_warns_at_the_cells_line_in_a_real_kernel(tmp_path):
         nbformat.v4.new_code_cell("Q = np.full((2, 64), 40, np.float16)\n"
                                   "scores = sa.compute_self_attention_scores(Q, Q, scale=1.0)\n"
                                   "scores"),
+        nbformat.v4.new_code_cell("K = np.ones((3, 5))\n"
+                                  "sa.compute_self_attention_scores(np.ones((3, 4)), K)"),
     ])
     manager = KernelManager(kernel_name="selfattn-test",
                             kernel_spec_manager=_kernel_spec_manager(tmp_path))
-    nbclient.NotebookClient(nb, km=manager, timeout=120, allow_errors=False,
+    nbclient.NotebookClient(nb, km=manager, timeout=120, allow_errors=True,
                             resources={"metadata": {"path": str(tmp_path)}}).execute(
                                 cleanup_kc=True)
-    outputs = nb.cells[1].outputs
-    stderr = "".join(o.text for o in outputs if o.get("name") == "stderr")
+    first, warned, failed = (cell.outputs for cell in nb.cells)
+    assert not [o for o in first + warned if o.get("output_type") == "error"]
+    stderr = "".join(o.text for o in warned if o.get("name") == "stderr")
     assert "RuntimeWarning: compute_self_attention_scores: 4 of the 4 values" in stderr
     assert "scores = sa.compute_self_attention_scores(Q, Q, scale=1.0)" in stderr
     assert "_kernels.py" not in stderr and "_validate.py" not in stderr
-    result = [o for o in outputs if o.get("output_type") == "execute_result"]
+    result = [o for o in warned if o.get("output_type") == "execute_result"]
     assert "inf" in result[0]["data"]["text/plain"]
+    (error,) = [o for o in failed if o.get("output_type") == "error"]
+    assert error.ename == "ValueError" and error.evalue.startswith(
+        "compute_self_attention_scores: Q has d_k=4 (Q.shape=(3, 4)) but K has d_k=5")
+    shown = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(error.traceback))  # without the colours
+    assert "sa.compute_self_attention_scores(np.ones((3, 4)), K)" in shown
+    assert "_api.py" not in shown and "_attention_operands" not in shown
+    assert shown.count("File ") == 1                # the public call's wrapper, nothing deeper

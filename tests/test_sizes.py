@@ -25,7 +25,7 @@ def refused(call, *exceptions):
         call()
     assert time.perf_counter() - start < 1.0, "the refusal was not immediate"
     assert str(info.value).strip()
-    if isinstance(info.value, MemoryError):      # _validate._memory_named's rule
+    if isinstance(info.value, MemoryError):      # _validate._public_call's rule
         assert re.match(r"\w+: not enough memory for this call: \S", str(info.value)), info.value
     return info.value
 
@@ -202,13 +202,13 @@ def test_running_out_of_memory_names_the_call(call, name):
 def test_the_outermost_public_call_is_named():
     """A public function that calls another (here one made for the test, as _api's do) names
     itself, the call the learner made; a bare MemoryError (a kernel's scratch space) says so."""
-    from selfattn._validate import _memory_named
+    from selfattn._validate import _public_call
 
-    @_memory_named
+    @_public_call
     def inner():
         raise MemoryError()
 
-    @_memory_named
+    @_public_call
     def outer():
         return inner()
 
