@@ -104,7 +104,11 @@ def _import_copy(tmp_path, env_backend=None, extension=None):
     env["PYTHONPATH"] = str(tmp_path)
     if env_backend:
         env["SELFATTN_BACKEND"] = env_backend
-    code = "import selfattn; print(selfattn.config()['backend'])"
+    # an editable install's finder (setuptools', on sys.meta_path) would find the checkout's
+    # compiled _core for the copy's `import selfattn._core`: the copy stands alone, as a wheel
+    code = ("import sys; sys.meta_path[:] = [f for f in sys.meta_path if not "
+            "getattr(f, '__module__', '').startswith('__editable__')]; "
+            "import selfattn; print(selfattn.config()['backend'])")
     run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=120)
     return run.stdout, run.stderr
