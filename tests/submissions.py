@@ -142,6 +142,10 @@ def softmax_attention_weights(attn_scores):
 ''')), {"softmax_attention_weights": ("fail", ["shift_not_max"]),
         "self_attention_layer": ("fail", ["shift_not_max"])})
 _add("correct_under_np_seterr_raise", _cells(CORRECT, before=['np.seterr(all="raise")\n']))
+_add("correct_written_to_a_file_and_imported", [
+    "%%writefile attention.py\n" + IMPORTS + "".join(CORRECT[n] for n in FUNCTIONS[:3]),
+    "%%writefile -a attention.py\n" + CORRECT["self_attention_layer"],
+    "from attention import *\n"])
 _add("softmax_max_no_keepdims", _cells(_replace(CORRECT, softmax_attention_weights='''
 def softmax_attention_weights(attn_scores):
     e = np.exp(attn_scores - attn_scores.max(axis=1))

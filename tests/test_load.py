@@ -1,8 +1,11 @@
 """load_notebook / load_module: a submission runs cell by cell in a fresh namespace, past magics,
 shell lines and failing cells, with its prints captured, and without Jupyter."""
 import json
+import os
 import subprocess
 import sys
+import tempfile
+import types
 
 import numpy as np
 import pytest
@@ -127,3 +130,61 @@ def test_the_generated_submissions_are_valid_notebooks():
     for name, kind, cells, _ in submissions.SUBMISSIONS:
         if kind == "ipynb":
             nbformat.validate(nbformat.from_dict(submissions.notebook_json(cells)))
+
+
+WRONG_AXIS = "def softmax_attention_weights(s):\n    return np.exp(s) / np.exp(s).sum(axis=0)\n"
+RIGHT = ("def softmax_attention_weights(s):\n"
+         "    e = np.exp(s - s.max(axis=-1, keepdims=True))\n"
+         "    return e / e.sum(axis=-1, keepdims=True)\n")
+
+
+def test_a_writefile_cell_writes_a_module_the_next_cells_import(tmp_path):
+    """As in Jupyter: the file is written (-a appends) and `from attention import *` finds it.
+    After the run the folder, its sys.path entry and the imported module are gone."""
+    path_before, tmp_before = list(sys.path), set(os.listdir(tempfile.gettempdir()))
+    sub = load_notebook(_notebook(tmp_path, [
+        "%%writefile attention.py\nimport numpy as np\n" + RIGHT,
+        "%%writefile -a attention.py\nHELPER = 'appended'\n",
+        "from attention import *\nprint(HELPER)\n",
+        "%%writefile pkg/__init__.py\nVALUE = 3\n",
+        "import pkg\n",
+    ]))
+    assert sub.errors == [] and sub.skipped == []
+    assert sub.output == "appended\n" and sub.pkg.VALUE == 3
+    assert list(sub.functions) == ["softmax_attention_weights"]
+    assert check(sub.softmax_attention_weights)                # the module's function, working
+    assert "attention" not in sys.modules and "pkg" not in sys.modules
+    assert sys.path == path_before and set(os.listdir(tempfile.gettempdir())) == tmp_before
+    assert not (tmp_path / "attention.py").exists()           # nothing beside the notebook
+
+
+def test_each_submission_imports_its_own_written_file_not_anothers(tmp_path):
+    """Two students both write attention.py: each is graded on their own (the second's import
+    must not find the first's module in sys.modules); a module of that name imported before the
+    run (the grader's own) is back afterwards, untouched."""
+    graders = types.ModuleType("attention")
+    sys.modules["attention"] = graders
+    try:
+        subs = [load_notebook(_notebook(tmp_path, [
+            "%%writefile attention.py\nimport numpy as np\n" + softmax,
+            "from attention import softmax_attention_weights\n"], name=f"{i}.ipynb"))
+            for i, softmax in enumerate((RIGHT, WRONG_AXIS, RIGHT))]
+        assert sys.modules["attention"] is graders
+    finally:
+        del sys.modules["attention"]
+    assert [bool(check(s.softmax_attention_weights)) for s in subs] == [True, False, True]
+
+
+def test_a_writefile_outside_the_notebooks_folder_is_not_written(tmp_path):
+    outside = tmp_path / "outside.py"
+    sub = load_notebook(_notebook(tmp_path, [
+        f"%%writefile {outside}\nx = 1\n",
+        "%%writefile ../escaped.py\nx = 2\n",
+        "import escaped\n",
+    ]))
+    assert not outside.exists()
+    assert not os.path.exists(os.path.join(tempfile.gettempdir(), "escaped.py"))
+    assert sub.skipped == [
+        f"%%writefile {outside} (not written: a file outside the notebook's folder)",
+        "%%writefile ../escaped.py (not written: a file outside the notebook's folder)"]
+    assert [e.error for e in sub.errors] == ["ModuleNotFoundError: No module named 'escaped'"]

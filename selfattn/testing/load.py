@@ -4,6 +4,9 @@ Neither Jupyter nor a kernel is needed: a notebook is JSON, read with the standa
 code cell runs in one fresh namespace, top to bottom, as "Restart and run all" would, except that
 IPython magics and shell lines (``%matplotlib inline``, ``%%time``, ``!pip list``) are skipped
 and a cell that raises is recorded (its number and error) and does not stop the cells after it.
+A ``%%writefile`` cell writes its file, as in Jupyter, but into a folder of the run's own, which
+the later cells import from (``from attention import *``); it and the modules imported from it
+are gone after the run, so one submission never imports another's file (or the grader's).
 What the cells print is captured. A ``.py`` file (for example from ``jupyter nbconvert --to
 script``) is split into cells at its ``# In[ ]:`` or ``# %%`` markers and run the same way.
 """
@@ -11,11 +14,15 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import importlib
 import io
 import json
 import linecache
 import os
 import re
+import shutil
+import sys
+import tempfile
 import tokenize
 import traceback
 from dataclasses import dataclass
@@ -27,9 +34,10 @@ __all__ = ["load_notebook", "load_module", "Submission", "CellError"]
 #: The notebook's four functions, which a submission is expected to define.
 NOTEBOOK_FUNCTIONS = NAMES[:4]
 
-# Cell magics whose body is Python and still runs; any other %%magic cell (%%bash, %%html,
-# %%writefile, ...) is skipped whole.
+# Cell magics whose body is Python and still runs; %%writefile writes its file (_WrittenFiles);
+# any other %%magic cell (%%bash, %%html, ...) is skipped whole.
 _PYTHON_CELL_MAGICS = ("%%time", "%%timeit", "%%capture", "%%prun")
+_WRITEFILE = re.compile(r"^%%writefile(\s+(?:-a|--append))?\s+(\S.*?)\s*$")
 # `%magic`, `!command`, and `x = !command` / `x = %magic` assignments.
 _MAGIC_LINE = re.compile(r"^(\s*)(?:[%!]|[\w., ]+=\s*[%!])")
 # nbconvert's form of a magic, also assigned (`files = get_ipython().getoutput('ls')`), and IPython's
@@ -201,6 +209,58 @@ def _continues(lines):
     return False
 
 
+class _WrittenFiles:
+    """The files a submission's %%writefile cells write, in a folder of the run's own that is
+    first on sys.path while its cells run. On leaving: the folder, its place on sys.path and the
+    modules imported from it are removed, and any module of the same name imported before the
+    run (another submission's, the grader's own) is put back."""
+
+    def __init__(self):
+        self.folder = None
+        self.hidden = {}
+
+    def __enter__(self):
+        return self
+
+    def take(self, source, skipped):
+        """Whether `source` is a %%writefile cell; if it is, its file is written (or refused,
+        noted in `skipped`)."""
+        first, _, body = source.lstrip().partition("\n")
+        match = _WRITEFILE.match(first.strip())
+        if not match:
+            return False
+        name = match.group(2).strip("'\"")
+        if self.folder is None:
+            self.folder = tempfile.mkdtemp(prefix="selfattn-submission-")
+            sys.path.insert(0, self.folder)
+        target = os.path.normpath(os.path.join(self.folder, name))
+        if os.path.isabs(name) or not target.startswith(self.folder + os.sep):
+            skipped.append(f"{first.strip()} (not written: a file outside the notebook's folder)")
+            return True
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with open(target, "a" if match.group(1) else "w", encoding="utf-8") as f:
+            f.write(body)
+        module = os.path.basename(target)[:-3] if target.endswith(".py") else None
+        if module and module in sys.modules and not self._written(sys.modules[module]):
+            self.hidden[module] = sys.modules.pop(module)
+        importlib.invalidate_caches()  # a file written after the folder was last listed
+        return True
+
+    def _written(self, module):
+        where = getattr(module, "__file__", None) or ""
+        return self.folder is not None and os.path.abspath(where).startswith(self.folder + os.sep)
+
+    def __exit__(self, *exc):
+        if self.folder is None:
+            return
+        for name in [n for n, m in list(sys.modules.items()) if self._written(m)]:
+            del sys.modules[name]
+        sys.modules.update(self.hidden)
+        with contextlib.suppress(ValueError):
+            sys.path.remove(self.folder)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
 def _display(*objs, **kwargs):
     """IPython's display(), as text: a notebook calls it without importing it."""
     for obj in objs:
@@ -211,10 +271,20 @@ def _run_cells(path, sources):
     namespace = {"__name__": "__main__", "__file__": str(path), "display": _display}
     errors, skipped = [], []
     captured = io.StringIO()
-    for number, source in enumerate(sources, 1):
-        code = _strip_magics(source, skipped)
-        if not code or not code.strip():
-            continue
+    with _WrittenFiles() as written:
+        for number, source in enumerate(sources, 1):
+            if not written.take(source, skipped):
+                _run_cell(path, number, source, namespace, errors, skipped, captured)
+    output = captured.getvalue()
+    if len(output) > _OUTPUT_LIMIT:
+        output = output[:_OUTPUT_LIMIT] + f"\n... ({len(output) - _OUTPUT_LIMIT} more characters)"
+    return Submission(path, namespace, errors, skipped, output, len(sources))
+
+
+def _run_cell(path, number, source, namespace, errors, skipped, captured):
+    """Runs one code cell in `namespace`, past its magics; a failure is recorded in `errors`."""
+    code = _strip_magics(source, skipped)
+    if code and code.strip():
         filename = f"<{os.path.basename(path)} cell {number}>"
         # Tracebacks and check's reports show the line of the cell that failed.
         linecache.cache[filename] = (len(code), None, code.splitlines(keepends=True), filename)
@@ -232,18 +302,15 @@ def _run_cells(path, sources):
                                     else type(exc).__name__, line))
         except SystemExit:  # sys.exit() in a cell ends that cell, as in Jupyter
             errors.append(CellError(number, "SystemExit: the cell called sys.exit()"))
-    output = captured.getvalue()
-    if len(output) > _OUTPUT_LIMIT:
-        output = output[:_OUTPUT_LIMIT] + f"\n... ({len(output) - _OUTPUT_LIMIT} more characters)"
-    return Submission(path, namespace, errors, skipped, output, len(sources))
 
 
 def load_notebook(path):
     """Run a notebook's code cells top to bottom in a fresh namespace and return what it defines.
 
-    Magics and shell lines (``%``, ``%%``, ``!``) are skipped, a cell that raises is recorded in
-    ``.errors`` (cell number, error, line) and the next cells still run, and what the cells print
-    is kept in ``.output``. Jupyter is not needed. The code runs in this process: for code you do
+    Magics and shell lines (``%``, ``%%``, ``!``) are skipped, but a ``%%writefile`` cell
+    writes its file, into a folder of the run's own that the later cells import from (removed
+    after the run); a cell that raises is recorded in ``.errors`` (cell number, error, line) and
+    the next cells still run, and what the cells print is kept in ``.output``. Jupyter is not needed. The code runs in this process: for code you do
     not trust, or that may never finish, use ``python -m selfattn grade``, which runs each
     submission in its own process with a time and a memory limit.
 
