@@ -71,6 +71,22 @@ def test_masked_arrays_are_refused_with_a_way_forward(where):
         selfattn.compute_self_attention_scores(args["Q"], args["K"], mask=args["mask"])
 
 
+@pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
+def test_an_np_matrix_is_read_as_an_array_and_gives_an_ndarray():
+    """np.matrix (which NumPy asks its users to leave for ndarray) computes as its values do and
+    comes back as a plain ndarray, with the function's own shape: the scores of a (2, 3) matrix
+    and a 3-row matrix's weights, not 2-d matrix rules."""
+    Q = np.arange(6.0).reshape(2, 3)
+    scores = selfattn.compute_self_attention_scores(np.matrix(Q), np.matrix(Q))
+    assert type(scores) is np.ndarray
+    np.testing.assert_array_equal(scores, selfattn.compute_self_attention_scores(Q, Q))
+    out = selfattn.scaled_dot_product_attention(np.matrix(Q), Q, np.matrix(Q))
+    assert type(out) is np.ndarray and out.shape == (2, 3)
+    weights = selfattn.softmax_attention_weights(np.matrix(Q))
+    assert type(weights) is np.ndarray
+    np.testing.assert_array_equal(weights, selfattn.softmax_attention_weights(Q))
+
+
 @pytest.mark.parametrize("q_dtype", [np.float64, np.float32])
 def test_broadcast_query_is_not_copied(q_dtype):
     # a 0-stride Q of shape (8192, 4096): 256 MiB if copied, for a 0.25 MiB result
