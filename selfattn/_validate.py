@@ -687,10 +687,10 @@ def _public_caller():
 def _narrowed(out, dtype):
     """out.astype(dtype) where dtype is narrower than the computation's (float16 results, computed
     in float32): the one rule for values beyond its range. They become inf, as NumPy's casts make
-    them, and the overflow is reported as NumPy reports its own (np.errstate's "over": ignored,
-    a RuntimeWarning, FloatingPointError, or its call/print/log), but naming the call and its
-    remedy at the learner's line, where NumPy's bare "overflow encountered in cast" pointed
-    inside selfattn."""
+    them, and the overflow is reported as NumPy reports its own, by np.errstate's "over":
+    ignored, a RuntimeWarning, FloatingPointError, printed, logged, or its call ("overflow",
+    2), but naming the call and its remedy at the learner's line, where NumPy's bare "overflow
+    encountered in cast" pointed inside selfattn (and NumPy before 1.24 said nothing)."""
     mode = np.geterr()["over"]
     with np.errstate(over="ignore"):
         narrow = out.astype(dtype)
@@ -700,8 +700,8 @@ def _narrowed(out, dtype):
     overflowed = np.count_nonzero(where)
     if not overflowed:
         return narrow
-    if mode not in ("warn", "raise"):
-        out.astype(dtype)  # NumPy's own report, by its errcall or print
+    if mode == "call":
+        np.geterrcall()("overflow", 2)  # NumPy's arguments: the error's name, its FPE flag
         return narrow
     name, level = _public_caller()
     largest = float(np.finfo(dtype).max)
@@ -715,7 +715,12 @@ def _narrowed(out, dtype):
     )
     if mode == "raise":
         raise FloatingPointError(message)
-    warnings.warn(message, RuntimeWarning, stacklevel=level)
+    if mode == "warn":
+        warnings.warn(message, RuntimeWarning, stacklevel=level)
+    elif mode == "log":
+        np.geterrcall().write(f"Warning: {message}\n")
+    else:  # "print"
+        sys.stderr.write(f"Warning: {message}\n")
     return narrow
 
 

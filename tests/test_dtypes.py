@@ -102,7 +102,8 @@ def test_a_float16_overflow_inside_a_public_call_names_the_outermost_one():
 
 def test_a_float16_overflow_follows_np_errstate():
     """Reported as NumPy reports its own overflows: ignored, raised as FloatingPointError (naming
-    the call), or NumPy's own call/print/log for the other modes; the result is the same."""
+    the call), NumPy's errcall called with ("overflow", 2), or its log written; the result is the
+    same. NumPy before 1.24 reported no overflow in casts: this does not depend on it."""
     Q = np.full((2, 64), 40, np.float16)
     with np.errstate(over="ignore"), warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -112,9 +113,25 @@ def test_a_float16_overflow_follows_np_errstate():
                                       r"float32 inputs \(x.astype\(np.float32\)\) keep them$"):
         sa.compute_self_attention_scores(Q, Q, scale=1.0)
     calls = []
-    with np.errstate(over="call", call=lambda kind, flag: calls.append(kind)):
+    with np.errstate(over="call", call=lambda kind, flag: calls.append((kind, flag))):
         assert np.isposinf(sa.compute_self_attention_scores(Q, Q, scale=1.0)).all()
-    assert calls == ["overflow"]
+    assert calls == [("overflow", 2)]
+
+    class Log:
+        def write(self, text):
+            calls.append(text)
+
+    with np.errstate(over="log", call=Log()):
+        sa.compute_self_attention_scores(Q, Q, scale=1.0)
+    assert calls[1].startswith("Warning: compute_self_attention_scores: 4 of the 4 values")
+
+
+def test_a_float16_overflow_printed_names_the_call(capsys):
+    Q = np.full((2, 64), 40, np.float16)
+    with np.errstate(over="print"):
+        sa.compute_self_attention_scores(Q, Q, scale=1.0)
+    assert capsys.readouterr().err.startswith(
+        "Warning: compute_self_attention_scores: 4 of the 4 values of its float16 result")
 
 
 def test_float16_results_in_range_and_infinite_inputs_do_not_warn(rng):
