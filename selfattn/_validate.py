@@ -624,7 +624,8 @@ def _check_size(func, shape, dtype):
 
 def _public_call(function=None, *, name=None, float32_helps=True):
     """`function` (a public one that computes) as the learner calls it; the wrapper's frame is
-    hidden in pytest's and IPython's tracebacks, and _public_caller finds it on the stack.
+    hidden in pytest's tracebacks (and IPython's, but for the last frame), and _public_caller
+    finds it on the stack.
 
     - A MemoryError names the call: the one rule for running out of memory, wherever the call
       ran out (NumPy's "Unable to allocate 335. GiB for an array with shape ...", or a kernel's
