@@ -146,6 +146,12 @@ _add("correct_written_to_a_file_and_imported", [
     "%%writefile attention.py\n" + IMPORTS + "".join(CORRECT[n] for n in FUNCTIONS[:3]),
     "%%writefile -a attention.py\n" + CORRECT["self_attention_layer"],
     "from attention import *\n"])
+_add("correct_written_to_a_file_nbconvert_script", [  # the one above, as nbconvert writes it
+    "#!/usr/bin/env python\n# coding: utf-8\n\n# In[1]:\n\n\nget_ipython().run_cell_magic("
+    f"'writefile', 'attention.py', {IMPORTS + ''.join(CORRECT[n] for n in FUNCTIONS[:3])!r})\n"
+    "\n\n# In[2]:\n\n\nget_ipython().run_cell_magic("
+    f"'writefile', '-a attention.py', {CORRECT['self_attention_layer']!r})\n"
+    "\n\n# In[3]:\n\n\nfrom attention import *\n"], kind="py")
 _add("softmax_max_no_keepdims", _cells(_replace(CORRECT, softmax_attention_weights='''
 def softmax_attention_weights(attn_scores):
     e = np.exp(attn_scores - attn_scores.max(axis=1))

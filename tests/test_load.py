@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import submissions
-from selfattn.testing import check, load_module, load_notebook
+from selfattn.testing import CellError, check, load_module, load_notebook
 
 
 def _notebook(tmp_path, cells, name="nb.ipynb"):
@@ -37,7 +37,7 @@ def test_magics_shell_lines_prints_and_a_failing_cell(tmp_path):
     assert sub.skipped == ["%matplotlib inline", "!pip list", "files = !ls", "%%bash", "%%time",
                            "%time y = 2"]
     assert "timed cell ran" in sub.output and "hello" in sub.output and "never" not in sub.output
-    assert "array([0, 1, 2])" in sub.output
+    assert "array([0, 1, 2])" in sub.output and sub.y == 2  # %time's statement ran, as in IPython
     assert [(e.cell, e.error, e.line) for e in sub.errors] == \
         [(5, "ZeroDivisionError: division by zero", "x = 1 / 0")]
     assert sub.problems() == [
@@ -188,3 +188,69 @@ def test_a_writefile_outside_the_notebooks_folder_is_not_written(tmp_path):
         f"%%writefile {outside} (not written: a file outside the notebook's folder)",
         "%%writefile ../escaped.py (not written: a file outside the notebook's folder)"]
     assert [e.error for e in sub.errors] == ["ModuleNotFoundError: No module named 'escaped'"]
+
+
+NBCONVERT_CELLS = [  # a notebook's cells whose magics nbconvert rewrites as get_ipython() calls
+    "%matplotlib inline\nimport numpy as np\n",
+    "%%writefile attention.py\nimport numpy as np\n" + RIGHT,
+    "%%writefile -a attention.py\nHELPER = 'it''s \\n appended'\n",
+    "%%time\nfrom attention import *\nprint(HELPER)\n",
+    "%%bash\necho never\n",
+    "",
+    "x = 1\nif x:\n    %time y = x + 1\nx = 1 / 0\n",
+    "print(y)\n",
+]
+
+
+def _same_submission(notebook, script):
+    assert script.errors == notebook.errors == [
+        CellError(7, "ZeroDivisionError: division by zero", "x = 1 / 0")]
+    assert script.output == notebook.output == "its \n appended\n2\n"  # 'it''s' is "its"
+    assert script.n_cells == notebook.n_cells == len(NBCONVERT_CELLS)
+    assert list(script.functions) == list(notebook.functions) == ["softmax_attention_weights"]
+    assert check(script.softmax_attention_weights) and script.y == notebook.y == 2
+    assert [s for s in script.skipped if s.startswith("%%")] == ["%%time", "%%bash"]
+    assert len(script.skipped) == len(notebook.skipped) == 4  # and %matplotlib, %time
+
+
+def test_a_script_from_nbconvert_is_the_notebooks_submission(tmp_path):
+    """`jupyter nbconvert --to script` writes `%%writefile f` as get_ipython().run_cell_magic(
+    'writefile', 'f', body), `%time s` as run_line_magic('time', 's'), and a header before the
+    first cell: the script writes the same files, runs the same statements and numbers its cells
+    as the notebook does (the header was a cell 1 of its own, every error a cell late)."""
+    notebook = tmp_path / "student.ipynb"
+    notebook.write_text(json.dumps(submissions.notebook_json(NBCONVERT_CELLS)))
+    script = tmp_path / "student.py"
+    script.write_text(
+        "#!/usr/bin/env python\n# coding: utf-8\n\n# In[1]:\n\n\n"
+        "get_ipython().run_line_magic('matplotlib', 'inline')\nimport numpy as np\n"
+        "\n\n# In[2]:\n\n\nget_ipython().run_cell_magic('writefile', 'attention.py', "
+        f"{'import numpy as np' + chr(10) + RIGHT!r})\n"
+        "\n\n# In[3]:\n\n\nget_ipython().run_cell_magic('writefile', '-a attention.py', "
+        "\"HELPER = 'it''s \\\\n appended'\\n\")\n"
+        "\n\n# In[4]:\n\n\nget_ipython().run_cell_magic('time', '', "
+        "'from attention import *\\nprint(HELPER)\\n')\n"
+        "\n\n# In[5]:\n\n\nget_ipython().run_cell_magic('bash', '', 'echo never\\n')\n"
+        "\n\n# In[ ]:\n\n\n\n"
+        "\n\n# In[6]:\n\n\nx = 1\nif x:\n    get_ipython().run_line_magic('time', 'y = x + 1')\n"
+        "x = 1 / 0\n"
+        "\n\n# In[7]:\n\n\nprint(y)\n")
+    _same_submission(load_notebook(notebook), load_module(script))
+
+
+def test_nbconverts_own_script_is_the_notebooks_submission(tmp_path):
+    """The same, with the script written by nbconvert itself."""
+    nbformat = pytest.importorskip("nbformat")
+    exporters = pytest.importorskip("nbconvert.exporters")
+    notebook = nbformat.v4.new_notebook(
+        cells=[nbformat.v4.new_code_cell(c) for c in NBCONVERT_CELLS],
+        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"},
+                  "language_info": {"name": "python", "nbconvert_exporter": "python",
+                                    "file_extension": ".py"}})
+    path = tmp_path / "student.ipynb"
+    nbformat.write(notebook, str(path))
+    script, _ = exporters.ScriptExporter().from_filename(str(path))
+    assert "get_ipython().run_cell_magic('writefile', 'attention.py'" in script
+    (tmp_path / "student.py").write_text(script)
+    _same_submission(load_notebook(path), load_module(tmp_path / "student.py"))

@@ -2,16 +2,20 @@
 
 Neither Jupyter nor a kernel is needed: a notebook is JSON, read with the standard library. Each
 code cell runs in one fresh namespace, top to bottom, as "Restart and run all" would, except that
-IPython magics and shell lines (``%matplotlib inline``, ``%%time``, ``!pip list``) are skipped
-and a cell that raises is recorded (its number and error) and does not stop the cells after it.
+IPython magics and shell lines (``%matplotlib inline``, ``%%bash``, ``!pip list``) are skipped
+(the body of a ``%%time`` cell and the statement of a ``%time`` line still run, untimed), and a
+cell that raises is recorded (its number and error) and does not stop the cells after it.
 A ``%%writefile`` cell writes its file, as in Jupyter, but into a folder of the run's own, which
 the later cells import from (``from attention import *``); it and the modules imported from it
 are gone after the run, so one submission never imports another's file (or the grader's).
 What the cells print is captured. A ``.py`` file (for example from ``jupyter nbconvert --to
-script``) is split into cells at its ``# In[ ]:`` or ``# %%`` markers and run the same way.
+script``) is split into cells at its ``# In[ ]:`` or ``# %%`` markers and run the same way;
+nbconvert's ``get_ipython().run_cell_magic(...)`` and ``run_line_magic('time', ...)`` lines are
+run as the notebook's magics were, so a notebook and its script give the same submission.
 """
 from __future__ import annotations
 
+import ast
 import contextlib
 import difflib
 import importlib
@@ -45,6 +49,9 @@ _MAGIC_LINE = re.compile(r"^(\s*)(?:[%!]|[\w., ]+=\s*[%!])")
 _IPYTHON_CALL = re.compile(r"^(\s*)(?:[\w., ]+=\s*)?get_ipython\(\)")
 _HELP_LINE = re.compile(r"^(\s*)(?:\?{1,2}[\w.]+|[\w.]+\?{1,2})\s*$")
 _PY_CELL_MARKER = re.compile(r"^# (?:In\[[ \d]*\]:|%%)")
+# `%time statement`, also as nbconvert writes it: the statement runs, untimed, as in IPython
+_TIME_LINE = re.compile(r"^(\s*)(?:%time\s+(\S.*)|get_ipython\(\)\.run_line_magic\(([\"'])time\3,"
+                        r" (.+)\))\s*$")
 _OUTPUT_LIMIT = 20_000  # characters of printed output kept per submission
 
 
@@ -171,7 +178,45 @@ def _script_cells(path):
         current.append(line)
     if current:
         cells.append("".join(current))
+    # nbconvert's header (`#!/usr/bin/env python`, `# coding: utf-8`) is no cell of the
+    # notebook's: joined to the first, the cells keep the notebook's numbers
+    if len(cells) > 1 and all(not line.strip() or line.lstrip().startswith("#")
+                              for line in cells[0].splitlines()):
+        cells[:2] = [cells[0] + cells[1]]
     return cells
+
+
+def _as_in_the_notebook(source):
+    """A script's cell that nbconvert wrote from a cell magic, ``get_ipython().run_cell_magic(
+    'writefile', 'attention.py', '...')``, given back the notebook's form (``%%writefile
+    attention.py`` and its body), so that it runs as the notebook's cell does; any other cell as
+    it is."""
+    try:
+        body = ast.parse(source).body
+    except SyntaxError:
+        return source
+    call = body[0].value if len(body) == 1 and isinstance(body[0], ast.Expr) else None
+    if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
+            and call.func.attr == "run_cell_magic" and ast.unparse(call.func.value) == "get_ipython()"
+            and len(call.args) == 3 and not call.keywords
+            and all(isinstance(a, ast.Constant) and isinstance(a.value, str) for a in call.args)):
+        return source
+    magic, line, cell = (a.value for a in call.args)
+    return f"%%{magic} {line}".rstrip() + "\n" + cell
+
+
+def _timed_statement(line):
+    """The statement of a `%time statement` line (either form), with its indent; else None."""
+    match = _TIME_LINE.match(line)
+    if not match:
+        return None
+    if match.group(2) is not None:
+        return match.group(1) + match.group(2)
+    try:
+        statement = ast.literal_eval(match.group(4))
+    except (ValueError, SyntaxError):
+        return None
+    return match.group(1) + statement if isinstance(statement, str) else None
 
 
 def _strip_magics(source, skipped):
@@ -191,7 +236,7 @@ def _strip_magics(source, skipped):
         if m and not line.strip().startswith(("%=", "!=")) and not _continues(out[complete:]):
             complete = len(out) + 1
             skipped.append(line.strip())
-            line = f"{m.group(1)}pass"
+            line = _timed_statement(line) or f"{m.group(1)}pass"
         out.append(line)
     return "\n".join(out)
 
@@ -307,7 +352,8 @@ def _run_cell(path, number, source, namespace, errors, skipped, captured):
 def load_notebook(path):
     """Run a notebook's code cells top to bottom in a fresh namespace and return what it defines.
 
-    Magics and shell lines (``%``, ``%%``, ``!``) are skipped, but a ``%%writefile`` cell
+    Magics and shell lines (``%``, ``%%``, ``!``) are skipped (a ``%%time`` cell's body and a
+    ``%time`` line's statement still run, untimed), but a ``%%writefile`` cell
     writes its file, into a folder of the run's own that the later cells import from (removed
     after the run); a cell that raises is recorded in ``.errors`` (cell number, error, line) and
     the next cells still run, and what the cells print is kept in ``.output``. Jupyter is not needed. The code runs in this process: for code you do
@@ -344,7 +390,9 @@ def load_notebook(path):
 def load_module(path):
     """Run a ``.py`` file as :func:`load_notebook` runs a notebook: split into cells at its
     ``# In[ ]:`` or ``# %%`` markers (one cell if it has none), with ``get_ipython()`` lines
-    skipped, a failing cell recorded and the next cells still run. Returns a :class:`Submission`.
+    skipped, a failing cell recorded and the next cells still run. The lines nbconvert writes for
+    a cell magic (``get_ipython().run_cell_magic('writefile', 'attention.py', ...)``) and for
+    ``%time`` run as the notebook's cells did. Returns a :class:`Submission`.
     """
     path = os.fspath(path)
-    return _run_cells(path, _script_cells(path))
+    return _run_cells(path, [_as_in_the_notebook(cell) for cell in _script_cells(path)])
