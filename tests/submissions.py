@@ -152,6 +152,12 @@ _add("correct_written_to_a_file_nbconvert_script", [  # the one above, as nbconv
     "\n\n# In[2]:\n\n\nget_ipython().run_cell_magic("
     f"'writefile', '-a attention.py', {CORRECT['self_attention_layer']!r})\n"
     "\n\n# In[3]:\n\n\nfrom attention import *\n"], kind="py")
+_add("correct_written_to_a_file_jupytext_script", [  # the same, as jupytext's percent format
+    "# ---\n# jupyter:\n#   jupytext:\n#     text_representation:\n#       extension: .py\n"
+    "#       format_name: percent\n# ---\n\n# %% [markdown]\n# # Self-attention\n\n"
+    "# %%\n# %%writefile attention.py\n" + IMPORTS + "".join(CORRECT[n] for n in FUNCTIONS[:3])
+    + "\n# %%\n# %%writefile -a attention.py\n" + CORRECT["self_attention_layer"]
+    + "\n# %%\nfrom attention import *\n"], kind="py")
 _add("softmax_max_no_keepdims", _cells(_replace(CORRECT, softmax_attention_weights='''
 def softmax_attention_weights(attn_scores):
     e = np.exp(attn_scores - attn_scores.max(axis=1))

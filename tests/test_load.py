@@ -190,14 +190,14 @@ def test_a_writefile_outside_the_notebooks_folder_is_not_written(tmp_path):
     assert [e.error for e in sub.errors] == ["ModuleNotFoundError: No module named 'escaped'"]
 
 
-NBCONVERT_CELLS = [  # a notebook's cells whose magics nbconvert rewrites as get_ipython() calls
+MAGIC_CELLS = [  # a notebook's cells whose magics nbconvert and jupytext write in a script's form
     "%matplotlib inline\nimport numpy as np\n",
     "%%writefile attention.py\nimport numpy as np\n" + RIGHT,
     "%%writefile -a attention.py\nHELPER = 'it''s \\n appended'\n",
     "%%time\nfrom attention import *\nprint(HELPER)\n",
     "%%bash\necho never\n",
     "",
-    "x = 1\nif x:\n    %time y = x + 1\nx = 1 / 0\n",
+    "x = 1\nif x:\n    %time y = x + 1\n# %time z = 1 (a comment that looks like a magic)\nx = 1 / 0\n",
     "print(y)\n",
 ]
 
@@ -206,11 +206,19 @@ def _same_submission(notebook, script):
     assert script.errors == notebook.errors == [
         CellError(7, "ZeroDivisionError: division by zero", "x = 1 / 0")]
     assert script.output == notebook.output == "its \n appended\n2\n"  # 'it''s' is "its"
-    assert script.n_cells == notebook.n_cells == len(NBCONVERT_CELLS)
+    assert script.n_cells == notebook.n_cells == len(MAGIC_CELLS)
     assert list(script.functions) == list(notebook.functions) == ["softmax_attention_weights"]
     assert check(script.softmax_attention_weights) and script.y == notebook.y == 2
+    assert "z" not in script.namespace and "z" not in notebook.namespace
     assert [s for s in script.skipped if s.startswith("%%")] == ["%%time", "%%bash"]
     assert len(script.skipped) == len(notebook.skipped) == 4  # and %matplotlib, %time
+
+
+def _notebook_and_script(tmp_path, script):
+    notebook = tmp_path / "student.ipynb"
+    notebook.write_text(json.dumps(submissions.notebook_json(MAGIC_CELLS)))
+    (tmp_path / "student.py").write_text(script)
+    return load_notebook(notebook), load_module(tmp_path / "student.py")
 
 
 def test_a_script_from_nbconvert_is_the_notebooks_submission(tmp_path):
@@ -218,10 +226,7 @@ def test_a_script_from_nbconvert_is_the_notebooks_submission(tmp_path):
     'writefile', 'f', body), `%time s` as run_line_magic('time', 's'), and a header before the
     first cell: the script writes the same files, runs the same statements and numbers its cells
     as the notebook does (the header was a cell 1 of its own, every error a cell late)."""
-    notebook = tmp_path / "student.ipynb"
-    notebook.write_text(json.dumps(submissions.notebook_json(NBCONVERT_CELLS)))
-    script = tmp_path / "student.py"
-    script.write_text(
+    _same_submission(*_notebook_and_script(tmp_path, (
         "#!/usr/bin/env python\n# coding: utf-8\n\n# In[1]:\n\n\n"
         "get_ipython().run_line_magic('matplotlib', 'inline')\nimport numpy as np\n"
         "\n\n# In[2]:\n\n\nget_ipython().run_cell_magic('writefile', 'attention.py', "
@@ -233,24 +238,53 @@ def test_a_script_from_nbconvert_is_the_notebooks_submission(tmp_path):
         "\n\n# In[5]:\n\n\nget_ipython().run_cell_magic('bash', '', 'echo never\\n')\n"
         "\n\n# In[ ]:\n\n\n\n"
         "\n\n# In[6]:\n\n\nx = 1\nif x:\n    get_ipython().run_line_magic('time', 'y = x + 1')\n"
-        "x = 1 / 0\n"
-        "\n\n# In[7]:\n\n\nprint(y)\n")
-    _same_submission(load_notebook(notebook), load_module(script))
+        "# %time z = 1 (a comment that looks like a magic)\nx = 1 / 0\n"
+        "\n\n# In[7]:\n\n\nprint(y)\n")))
 
 
-def test_nbconverts_own_script_is_the_notebooks_submission(tmp_path):
-    """The same, with the script written by nbconvert itself."""
+def test_a_script_from_jupytext_is_the_notebooks_submission(tmp_path):
+    """jupytext's percent format comments magics out (`# %%writefile f`, `# %time s`; a comment
+    that looks like a magic gets a second `# `), writes a %%bash cell as `# %% language="bash"`
+    and a markdown cell as `# %% [markdown]`: `# %%writefile` was taken for a cell marker (the
+    body ran as code and the import failed), `# %time s` for a comment, and markdown counted as a
+    cell."""
+    _same_submission(*_notebook_and_script(tmp_path, (
+        "# ---\n# jupyter:\n#   jupytext:\n#     text_representation:\n#       extension: .py\n"
+        "#       format_name: percent\n# ---\n\n"
+        "# %%\n# %matplotlib inline\nimport numpy as np\n\n"
+        "# %% [markdown]\n# ## Part 1\n#\n# %not code\n\n"
+        "# %%\n# %%writefile attention.py\nimport numpy as np\n" + RIGHT + "\n"
+        "# %%\n# %%writefile -a attention.py\nHELPER = 'it''s \\n appended'\n\n"
+        "# %%\n# %%time\nfrom attention import *\nprint(HELPER)\n\n"
+        "# %% language=\"bash\"\n# echo never\n#\n\n"
+        "# %%\n\n"
+        "# %%\nx = 1\nif x:\n    # %time y = x + 1\n"
+        "# # %time z = 1 (a comment that looks like a magic)\nx = 1 / 0\n\n"
+        "# %% [raw]\n# raw text\n\n"
+        "# %%\nprint(y)\n")))
+
+
+@pytest.mark.parametrize("tool", ["nbconvert", "jupytext"])
+def test_the_tools_own_script_is_the_notebooks_submission(tmp_path, tool):
+    """The same, with the script written by nbconvert or jupytext itself, from a notebook with a
+    markdown cell between the code cells (nbconvert writes a raw cell's text as it is: code)."""
     nbformat = pytest.importorskip("nbformat")
-    exporters = pytest.importorskip("nbconvert.exporters")
+    cells = [nbformat.v4.new_code_cell(c) for c in MAGIC_CELLS]
+    cells[2:2] = [nbformat.v4.new_markdown_cell("## Part 1\n\n%not code")]
     notebook = nbformat.v4.new_notebook(
-        cells=[nbformat.v4.new_code_cell(c) for c in NBCONVERT_CELLS],
+        cells=cells,
         metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
                                  "language": "python"},
                   "language_info": {"name": "python", "nbconvert_exporter": "python",
                                     "file_extension": ".py"}})
     path = tmp_path / "student.ipynb"
     nbformat.write(notebook, str(path))
-    script, _ = exporters.ScriptExporter().from_filename(str(path))
-    assert "get_ipython().run_cell_magic('writefile', 'attention.py'" in script
+    if tool == "nbconvert":
+        script, _ = pytest.importorskip("nbconvert.exporters").ScriptExporter().from_filename(
+            str(path))
+        assert "get_ipython().run_cell_magic('writefile', 'attention.py'" in script
+    else:
+        script = pytest.importorskip("jupytext").writes(notebook, fmt="py:percent")
+        assert "# %%\n# %%writefile attention.py\n" in script
     (tmp_path / "student.py").write_text(script)
     _same_submission(load_notebook(path), load_module(tmp_path / "student.py"))

@@ -9,9 +9,11 @@ A ``%%writefile`` cell writes its file, as in Jupyter, but into a folder of the 
 the later cells import from (``from attention import *``); it and the modules imported from it
 are gone after the run, so one submission never imports another's file (or the grader's).
 What the cells print is captured. A ``.py`` file (for example from ``jupyter nbconvert --to
-script``) is split into cells at its ``# In[ ]:`` or ``# %%`` markers and run the same way;
-nbconvert's ``get_ipython().run_cell_magic(...)`` and ``run_line_magic('time', ...)`` lines are
-run as the notebook's magics were, so a notebook and its script give the same submission.
+script``, or jupytext's percent format) is split into cells at its ``# In[ ]:`` or ``# %%``
+markers and run the same way: nbconvert's ``get_ipython().run_cell_magic(...)`` and
+``run_line_magic('time', ...)`` lines and jupytext's commented magics (``# %%writefile f``) run
+as the notebook's magics did, and its markdown cells are not counted, so a notebook and its
+script give the same submission.
 """
 from __future__ import annotations
 
@@ -48,7 +50,13 @@ _MAGIC_LINE = re.compile(r"^(\s*)(?:[%!]|[\w., ]+=\s*[%!])")
 # help lines (`np.exp?`, `??softmax`)
 _IPYTHON_CALL = re.compile(r"^(\s*)(?:[\w., ]+=\s*)?get_ipython\(\)")
 _HELP_LINE = re.compile(r"^(\s*)(?:\?{1,2}[\w.]+|[\w.]+\?{1,2})\s*$")
-_PY_CELL_MARKER = re.compile(r"^# (?:In\[[ \d]*\]:|%%)")
+_PY_CELL_MARKER = re.compile(r"^# (?:In\[[ \d]*\]:|%%(?:\s|$))")
+# jupytext's cells (`# %%`, with a title and attributes: `# %% [markdown]`, `# %% language="bash"`)
+# and the magics it comments out: `# %time`, `# %%writefile f`, `# !pip`, `# x = !ls`, `# np.exp?`
+# (a comment that looks like one gets a second `# `: one is taken off)
+_PERCENT_MARKER = re.compile(r"^# %%(?:\s|$)")
+_COMMENTED_MAGIC = re.compile(r"^(\s*)# ((?:# )*(?:%{1,3}[A-Za-z]|!\s*[A-Za-z.~$\\/{}]|\?"
+                              r"|[\w.]+\?{1,2}\s*$|[A-Za-z_]\w*\s*=\s*(?:%{1,2}[A-Za-z]|!)).*)$")
 # `%time statement`, also as nbconvert writes it: the statement runs, untimed, as in IPython
 _TIME_LINE = re.compile(r"^(\s*)(?:%time\s+(\S.*)|get_ipython\(\)\.run_line_magic\(([\"'])time\3,"
                         r" (.+)\))\s*$")
@@ -178,19 +186,28 @@ def _script_cells(path):
         current.append(line)
     if current:
         cells.append("".join(current))
-    # nbconvert's header (`#!/usr/bin/env python`, `# coding: utf-8`) is no cell of the
-    # notebook's: joined to the first, the cells keep the notebook's numbers
+    # nbconvert's header (`#!/usr/bin/env python`, `# coding: utf-8`) or jupytext's (`# ---`)
+    # is no cell of the notebook's: without it, the cells keep the notebook's numbers
     if len(cells) > 1 and all(not line.strip() or line.lstrip().startswith("#")
                               for line in cells[0].splitlines()):
-        cells[:2] = [cells[0] + cells[1]]
+        del cells[0]
     return cells
 
 
 def _as_in_the_notebook(source):
-    """A script's cell that nbconvert wrote from a cell magic, ``get_ipython().run_cell_magic(
-    'writefile', 'attention.py', '...')``, given back the notebook's form (``%%writefile
-    attention.py`` and its body), so that it runs as the notebook's cell does; any other cell as
-    it is."""
+    """A script's cell in the form the notebook had, so that it runs as the notebook's cell does;
+    None for a cell that is not code. nbconvert writes a cell magic as ``get_ipython().
+    run_cell_magic('writefile', 'attention.py', '...')``; jupytext comments magics out
+    (``# %%writefile attention.py``), writes ``%%bash`` cells as ``# %% language="bash"`` and
+    markdown cells as ``# %% [markdown]``."""
+    first, _, rest = source.partition("\n")
+    if _PERCENT_MARKER.match(first):
+        if re.search(r"\[(?:markdown|md|raw)\]", first):
+            return None
+        language = re.search(r'\blanguage="([^"]+)"', first)
+        if language:    # a cell magic whose body is not Python
+            return f"%%{language.group(1)}\n"
+        return "\n".join(_COMMENTED_MAGIC.sub(r"\1\2", line) for line in rest.split("\n"))
     try:
         body = ast.parse(source).body
     except SyntaxError:
@@ -392,7 +409,10 @@ def load_module(path):
     ``# In[ ]:`` or ``# %%`` markers (one cell if it has none), with ``get_ipython()`` lines
     skipped, a failing cell recorded and the next cells still run. The lines nbconvert writes for
     a cell magic (``get_ipython().run_cell_magic('writefile', 'attention.py', ...)``) and for
-    ``%time`` run as the notebook's cells did. Returns a :class:`Submission`.
+    ``%time``, and the magics jupytext comments out (``# %%writefile attention.py``), run as the
+    notebook's cells did; jupytext's markdown and raw cells are not code cells. Returns a
+    :class:`Submission`.
     """
     path = os.fspath(path)
-    return _run_cells(path, [_as_in_the_notebook(cell) for cell in _script_cells(path)])
+    cells = (_as_in_the_notebook(cell) for cell in _script_cells(path))
+    return _run_cells(path, [cell for cell in cells if cell is not None])
