@@ -288,3 +288,38 @@ def test_the_tools_own_script_is_the_notebooks_submission(tmp_path, tool):
         assert "# %%\n# %%writefile attention.py\n" in script
     (tmp_path / "student.py").write_text(script)
     _same_submission(load_notebook(path), load_module(tmp_path / "student.py"))
+
+
+def test_jupytexts_light_format_is_read_by_jupytext(tmp_path, monkeypatch):
+    """`jupytext --to py` writes its light format: cells told apart by blank lines (`# +` where a
+    cell has its own), which only jupytext reads back, so load_module has jupytext read it where
+    it is installed (its round trip can add an empty cell: the numbers may differ by one), and
+    otherwise reads it as one cell and says so."""
+    jupytext = pytest.importorskip("jupytext")
+    notebook = tmp_path / "student.ipynb"
+    notebook.write_text(json.dumps(submissions.notebook_json(MAGIC_CELLS)))
+    script = jupytext.writes(jupytext.read(notebook), fmt="py:light")
+    assert "format_name: light" in script and "\n# %%writefile attention.py\n" in script
+    (tmp_path / "student.py").write_text(script)
+    sub, ref = load_module(tmp_path / "student.py"), load_notebook(notebook)
+    assert sub.output == ref.output and sub.skipped == ref.skipped and sub.y == 2
+    assert [(e.error, e.line) for e in sub.errors] == [(e.error, e.line) for e in ref.errors]
+    assert list(sub.functions) == ["softmax_attention_weights"]
+    assert check(sub.softmax_attention_weights)
+
+    monkeypatch.setitem(sys.modules, "jupytext", None)  # not installed
+    alone = load_module(tmp_path / "student.py")
+    assert alone.n_cells == 1 and alone.problems()[0] == (
+        "jupytext's light format, read as one cell (with jupytext installed, its cells run one "
+        "by one, magics included)")
+
+
+def test_a_writefile_cell_saved_without_a_final_newline(tmp_path):
+    """Jupyter saves a cell's last line without a newline, and IPython adds one before
+    %%writefile writes it: an appended cell starts on a line of its own."""
+    sub = load_notebook(_notebook(tmp_path, [
+        "%%writefile attention.py\nimport numpy as np\n" + RIGHT.rstrip("\n"),
+        "%%writefile -a attention.py\nHELPER = 1",
+        "from attention import *",
+    ]))
+    assert sub.errors == [] and sub.HELPER == 1 and check(sub.softmax_attention_weights)

@@ -10,7 +10,7 @@ the later cells import from (``from attention import *``); it and the modules im
 are gone after the run, so one submission never imports another's file (or the grader's).
 What the cells print is captured. A ``.py`` file (for example from ``jupyter nbconvert --to
 script``, or jupytext's percent format) is split into cells at its ``# In[ ]:`` or ``# %%``
-markers and run the same way: nbconvert's ``get_ipython().run_cell_magic(...)`` and
+markers (jupytext's light format, by jupytext where it is installed) and run the same way: nbconvert's ``get_ipython().run_cell_magic(...)`` and
 ``run_line_magic('time', ...)`` lines and jupytext's commented magics (``# %%writefile f``) run
 as the notebook's magics did, and its markdown cells are not counted, so a notebook and its
 script give the same submission.
@@ -55,6 +55,7 @@ _PY_CELL_MARKER = re.compile(r"^# (?:In\[[ \d]*\]:|%%(?:\s|$))")
 # and the magics it comments out: `# %time`, `# %%writefile f`, `# !pip`, `# x = !ls`, `# np.exp?`
 # (a comment that looks like one gets a second `# `: one is taken off)
 _PERCENT_MARKER = re.compile(r"^# %%(?:\s|$)")
+_JUPYTEXT_HEADER = re.compile(r"(?:#!.*\n)?(?:#.*coding.*\n)?\s*# ---\n# jupyter:\n(?:#.*\n)*?#   jupytext:")
 _COMMENTED_MAGIC = re.compile(r"^(\s*)# ((?:# )*(?:%{1,3}[A-Za-z]|!\s*[A-Za-z.~$\\/{}]|\?"
                               r"|[\w.]+\?{1,2}\s*$|[A-Za-z_]\w*\s*=\s*(?:%{1,2}[A-Za-z]|!)).*)$")
 # `%time statement`, also as nbconvert writes it: the statement runs, untimed, as in IPython
@@ -102,10 +103,14 @@ class Submission:
         What the cells printed (stdout and stderr), cut after 20,000 characters.
     n_cells : int
         The number of code cells.
+    notes : list of str
+        How the file was read, where that may have changed the grade (a script whose cells could
+        not be told apart); the first of :meth:`problems`.
     """
 
-    def __init__(self, path, namespace, errors, skipped, output, n_cells):
+    def __init__(self, path, namespace, errors, skipped, output, n_cells, notes=()):
         self.path = str(path)
+        self.notes = list(notes)
         self.namespace = namespace
         self.errors = errors
         self.skipped = skipped
@@ -121,8 +126,9 @@ class Submission:
 
     def problems(self):
         """What a teacher should know besides the grades, as sentences."""
-        out = [f"{e}" + (" (the cells after it still ran)" if e.cell < self.n_cells else "")
-               for e in self.errors]
+        out = list(self.notes)
+        out += [f"{e}" + (" (the cells after it still ran)" if e.cell < self.n_cells else "")
+                for e in self.errors]
         # the functions the cells wrote themselves
         own = sorted(n for n, v in self.namespace.items() if callable(v) and not n.startswith("_")
                      and getattr(v, "__module__", None) in (None, "__main__"))
@@ -174,10 +180,9 @@ def _notebook_cells(path):
     return sources
 
 
-def _script_cells(path):
-    """A .py file split at its cell markers (``# In[3]:`` from nbconvert, ``# %%``)."""
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().splitlines(keepends=True)
+def _script_cells(text):
+    """A .py file's text split at its cell markers (``# In[3]:`` from nbconvert, ``# %%``)."""
+    lines = text.splitlines(keepends=True)
     cells, current = [], []
     for line in lines:
         if _PY_CELL_MARKER.match(line) and current:
@@ -300,6 +305,8 @@ class _WrittenFiles:
             skipped.append(f"{first.strip()} (not written: a file outside the notebook's folder)")
             return True
         os.makedirs(os.path.dirname(target), exist_ok=True)
+        if not body.endswith("\n"):    # IPython ends every cell with one (Jupyter saves a
+            body += "\n"               # cell without): an appended cell starts a new line
         with open(target, "a" if match.group(1) else "w", encoding="utf-8") as f:
             f.write(body)
         module = os.path.basename(target)[:-3] if target.endswith(".py") else None
@@ -329,7 +336,7 @@ def _display(*objs, **kwargs):
         print(repr(obj))
 
 
-def _run_cells(path, sources):
+def _run_cells(path, sources, notes=()):
     namespace = {"__name__": "__main__", "__file__": str(path), "display": _display}
     errors, skipped = [], []
     captured = io.StringIO()
@@ -340,7 +347,7 @@ def _run_cells(path, sources):
     output = captured.getvalue()
     if len(output) > _OUTPUT_LIMIT:
         output = output[:_OUTPUT_LIMIT] + f"\n... ({len(output) - _OUTPUT_LIMIT} more characters)"
-    return Submission(path, namespace, errors, skipped, output, len(sources))
+    return Submission(path, namespace, errors, skipped, output, len(sources), notes)
 
 
 def _run_cell(path, number, source, namespace, errors, skipped, captured):
@@ -410,9 +417,27 @@ def load_module(path):
     skipped, a failing cell recorded and the next cells still run. The lines nbconvert writes for
     a cell magic (``get_ipython().run_cell_magic('writefile', 'attention.py', ...)``) and for
     ``%time``, and the magics jupytext comments out (``# %%writefile attention.py``), run as the
-    notebook's cells did; jupytext's markdown and raw cells are not code cells. Returns a
-    :class:`Submission`.
+    notebook's cells did; jupytext's markdown and raw cells are not code cells. jupytext's light
+    format (``jupytext --to py``, cells without markers) is read by jupytext, where it is
+    installed; otherwise as one cell, which ``.problems()`` says. Returns a :class:`Submission`.
     """
     path = os.fspath(path)
-    cells = (_as_in_the_notebook(cell) for cell in _script_cells(path))
-    return _run_cells(path, [cell for cell in cells if cell is not None])
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    notes = []
+    if _JUPYTEXT_HEADER.match(text) and not any(map(_PERCENT_MARKER.match, text.splitlines())):
+        # jupytext's light format (its default for .py): cells told apart by blank lines and
+        # `# +` / `# -`, by rules only jupytext itself knows
+        try:
+            import jupytext
+            notebook = jupytext.reads(text, fmt="py")
+        except ImportError:
+            notes.append("jupytext's light format, read as one cell (with jupytext installed, "
+                         "its cells run one by one, magics included)")
+        except Exception as exc:  # noqa: BLE001 -- jupytext's own errors: a student's file
+            notes.append(f"jupytext's light format, read as one cell (jupytext could not read "
+                         f"it: {type(exc).__name__}: {exc})")
+        else:
+            return _run_cells(path, [c.source for c in notebook.cells if c.cell_type == "code"])
+    cells = (_as_in_the_notebook(cell) for cell in _script_cells(text))
+    return _run_cells(path, [cell for cell in cells if cell is not None], notes)
