@@ -54,6 +54,13 @@
 #ifndef GEMM_SCORES_MIN_COL_TILES
 #define GEMM_SCORES_MIN_COL_TILES 4
 #endif
+/* a GEMM result of at least this many bytes an item is cut into a row tile per thread at least
+   (matmul_fast.inc's gemm_run): the scores' f64 n = 2048, d = 64 (32 MiB) took 0.82-0.92x the
+   time, f32 n = 1024 0.94x (Xeon, 2 threads, in one process alternated); below it (n = 512,
+   a column panel a thread) the second row tile measured 1.03-1.13x, in a noisy hour */
+#ifndef GEMM_ROWS_APART_BYTES
+#define GEMM_ROWS_APART_BYTES (4.0 * 1024 * 1024)
+#endif
 #ifndef GEMM_MAX_SLIVERS
 #define GEMM_MAX_SLIVERS 512
 #endif
