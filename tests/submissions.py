@@ -158,6 +158,9 @@ _add("correct_written_to_a_file_jupytext_script", [  # the same, as jupytext's p
     "# %%\n# %%writefile attention.py\n" + IMPORTS + "".join(CORRECT[n] for n in FUNCTIONS[:3])
     + "\n# %%\n# %%writefile -a attention.py\n" + CORRECT["self_attention_layer"]
     + "\n# %%\nfrom attention import *\n"], kind="py")
+_add("correct_written_to_a_file_and_run", [  # %run: the file's names join the notebook's
+    "%%writefile attention.py\n" + IMPORTS + "".join(CORRECT[n] for n in FUNCTIONS),
+    "%run attention.py\n"])
 _add("softmax_max_no_keepdims", _cells(_replace(CORRECT, softmax_attention_weights='''
 def softmax_attention_weights(attn_scores):
     e = np.exp(attn_scores - attn_scores.max(axis=1))

@@ -190,6 +190,157 @@ def test_a_writefile_outside_the_notebooks_folder_is_not_written(tmp_path):
     assert [e.error for e in sub.errors] == ["ModuleNotFoundError: No module named 'escaped'"]
 
 
+SCRIPT = ("import sys\nimport numpy as np\n" + RIGHT + "ARGV = sys.argv\nNAME = __name__\n"
+          "if __name__ == '__main__':\n    MAIN = True\n")
+
+
+def test_a_run_line_runs_the_file_and_its_names_join_the_notebooks(tmp_path, monkeypatch):
+    """`%run file` runs the file as IPython does: as __main__ in a namespace of its own (it does
+    not see the cells' names), sys.argv its name and arguments, then its names join the
+    cells'; -n runs it under its module's name, `name` finds name.py, -i in the cells'
+    namespace. A file the %%writefile cells wrote comes first, then one beside the notebook
+    (the working folder is elsewhere here). It was skipped: the notebook defined nothing."""
+    (tmp_path / "helper.py").write_text("HELPED = 7\n")
+    (tmp_path / "data.txt").write_text("")
+    monkeypatch.chdir(tmp_path.parent)
+    argv = sys.argv
+    sub = load_notebook(_notebook(tmp_path, [
+        "%%writefile attention.py\n" + SCRIPT,
+        "SEEN = 1\n%run attention.py 'a b' *.txt *.none\nafter = NAME\n",
+        "%run -n attention\nNAME_N = NAME\n",
+        "%%writefile uses.py\nprint(SEEN + 1)\nUSED = SEEN\n",
+        "%run -i uses.py\n",
+        "if True:\n    %run helper\n",
+        "%%writefile pkg/__init__.py\n\n",
+        "%%writefile pkg/__main__.py\nFROM_MODULE = __name__\n",
+        "%run -m pkg\n",
+        "%run -t -N3 uses.py\n",
+    ]))
+    assert sys.argv is argv
+    assert sub.errors[0] == CellError(10, "NameError: name 'SEEN' is not defined",
+                                      "%run -t -N3 uses.py (uses.py line 1: print(SEEN + 1))")
+    assert len(sub.errors) == 1 and sub.skipped == []
+    assert list(sub.functions) == ["softmax_attention_weights"]
+    assert check(sub.softmax_attention_weights)
+    assert sub.ARGV == ["attention.py"]                                   # the last run's, -n
+    assert sub.after == "__main__" and sub.MAIN and sub.NAME_N == "attention"
+    assert sub.USED == 1 and sub.output == "2\n" and sub.HELPED == 7
+    assert sub.FROM_MODULE == "__main__" and "pkg" not in sys.modules
+    assert sub.namespace["__name__"] == "__main__" and sub.__file__.endswith("nb.ipynb")
+    # wildcards are expanded as the shell would (unless -G), in the working folder; one that
+    # matches nothing stays as it is
+    cells = ["%%writefile a.py\nimport sys\nARGV = sys.argv\n",
+             "%run a.py 'a b' *.txt *.none\nFIRST = ARGV\n", "%run -G a.py *.txt\n"]
+    globbed = load_notebook(_notebook(tmp_path, cells, name="glob.ipynb"))
+    assert globbed.errors == [] and globbed.ARGV == ["a.py", "*.txt"]
+    assert globbed.FIRST == ["a.py", "a b", "*.txt", "*.none"]
+    monkeypatch.chdir(tmp_path)
+    globbed = load_notebook(tmp_path / "glob.ipynb")
+    assert globbed.FIRST == ["a.py", "a b", "data.txt", "*.none"]
+    assert globbed.ARGV == ["a.py", "*.txt"]
+
+
+def test_a_run_files_errors_are_recorded_and_the_cell_goes_on_as_in_ipython(tmp_path):
+    """IPython prints an error in the file and runs the rest of the cell, with the names the file
+    defined before it; sys.exit(0) is quiet, another status an error (but not with -e); a file
+    that is not there stops the cell."""
+    sub = load_notebook(_notebook(tmp_path, [
+        "%%writefile bad.py\ndef g():\n    return 2\nraise ValueError('boom')\n",
+        "%run bad.py\nafter_bad = g()\n",
+        "%%writefile quits.py\nimport sys\nH = 3\nsys.exit(0)\nNEVER = 1\n",
+        "%run quits.py\n%run -e quits.py\nafter_quit = H\n",
+        "%%writefile fails.py\nimport sys\nK = 4\nsys.exit('stop')\n",
+        "%run fails.py\n%run -e fails.py\nafter_fail = K\n",
+        "%run missing.py\nnot_reached = 1\n",
+        "%%writefile broken.py\nx = (\n",
+        "%run broken.py\n",
+    ]))
+    assert sub.errors == [
+        CellError(2, "ValueError: boom", "%run bad.py (bad.py line 3: raise ValueError('boom'))"),
+        CellError(6, "SystemExit: stop", "%run fails.py (fails.py line 3: sys.exit('stop'))"),
+        CellError(7, "FileNotFoundError: %run missing.py: no file 'missing.py' (looked among the "
+                     "files the notebook's %%writefile cells wrote, beside the notebook and in "
+                     "the working folder)", "%run missing.py"),
+        CellError(9, "SyntaxError: '(' was never closed (broken.py, line 1)",
+                  "%run broken.py (broken.py line 1: x = ()")]
+    assert sub.after_bad == 2 and sub.after_quit == 3 and sub.after_fail == 4
+    assert "NEVER" not in sub.namespace and "not_reached" not in sub.namespace
+
+
+def test_run_lines_it_cannot_run_as_ipython_would_are_skipped(tmp_path):
+    """The debugger's and profiler's options, and $name / {expr}, which IPython fills in from
+    the namespace, are skipped as other magics are; so is `x = %run f` (None in IPython)."""
+    lines = ["%run -d attention.py", "%run -p attention.py", "%run $name", "%run {name}.py",
+             "x = %run attention.py", "%run 'unclosed"]
+    sub = load_notebook(_notebook(tmp_path, [
+        "%%writefile attention.py\nRAN = True\n", "name = 'attention'\n", "\n".join(lines)]))
+    assert sub.errors == [] and sub.skipped == lines and "RAN" not in sub.namespace
+
+
+@pytest.mark.parametrize("tool", ["nbconvert", "jupytext"])
+def test_run_lines_in_the_tools_scripts_run_as_in_the_notebook(tmp_path, tool):
+    """nbconvert writes `%run f` as get_ipython().run_line_magic('run', 'f'), jupytext as
+    `# %run f`: the script runs the file as the notebook does."""
+    nbformat = pytest.importorskip("nbformat")
+    cells = ["%%writefile attention.py\n" + SCRIPT, "%run attention.py x\n"]
+    notebook = nbformat.v4.new_notebook(
+        cells=[nbformat.v4.new_code_cell(c) for c in cells],
+        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"},
+                  "language_info": {"name": "python", "nbconvert_exporter": "python",
+                                    "file_extension": ".py"}})
+    path = tmp_path / "student.ipynb"
+    nbformat.write(notebook, str(path))
+    if tool == "nbconvert":
+        script, _ = pytest.importorskip("nbconvert.exporters").ScriptExporter().from_filename(
+            str(path))
+        assert "get_ipython().run_line_magic('run', 'attention.py x')" in script
+    else:
+        script = pytest.importorskip("jupytext").writes(notebook, fmt="py:percent")
+        assert "# %run attention.py x\n" in script
+    (tmp_path / "student.py").write_text(script)
+    for sub in (load_notebook(path), load_module(tmp_path / "student.py")):
+        assert sub.errors == [] and sub.skipped == [] and sub.ARGV == ["attention.py", "x"]
+        assert check(sub.softmax_attention_weights)
+
+
+def test_run_gives_what_ipython_gives(tmp_path):
+    """The same cells in IPython itself (in a process of its own, in a folder where its
+    %%writefile writes): the same names with the same values, and the same lines of each cell
+    run."""
+    pytest.importorskip("IPython")
+    cells = [
+        "%%writefile bad.py\nimport sys\nB = sys.argv[1:]\nif __name__ == '__main__':\n"
+        "    M = 1\nraise ValueError('boom')\n",
+        "SEEN = 5\n%run bad.py 'a b' c\nr1 = B\n",
+        "%%writefile quits.py\nQ = 2\nimport sys\nsys.exit('stop')\n",
+        "%run quits.py\nr2 = 2\n",
+        "%%writefile sees.py\nS = SEEN + 1\n",
+        "%run sees.py\nr3 = 3\n%run -i sees.py\nr4 = 4\n",
+        "%run -n bad\nr5 = 5\n",
+        "%run missing.py\nr6 = 6\n",
+        "r7 = 7\n",
+    ]
+    names = ["B", "M", "r1", "Q", "r2", "S", "r3", "r4", "r5", "r6", "r7"]
+    ours = load_notebook(_notebook(tmp_path, cells))
+    folder = tmp_path / "ipython"
+    folder.mkdir()
+    code = ("import json, sys\n"
+            "from IPython.core.interactiveshell import InteractiveShell\n"
+            "shell = InteractiveShell.instance()\n"
+            "for cell in json.loads(sys.argv[1]):\n"
+            "    shell.run_cell(cell, silent=True)\n"
+            "print(json.dumps({n: shell.user_ns[n] for n in json.loads(sys.argv[2])\n"
+            "                  if n in shell.user_ns}))\n")
+    run = subprocess.run([sys.executable, "-c", code, json.dumps(cells), json.dumps(names)],
+                         capture_output=True, text=True, timeout=120, cwd=folder,
+                         env=dict(os.environ, IPYTHONDIR=str(tmp_path / "ipythondir")))
+    theirs = json.loads(run.stdout.strip().splitlines()[-1])
+    assert {n: ours.namespace[n] for n in names if n in ours.namespace} == theirs
+    assert theirs["r1"] == ["a b", "c"] and theirs["B"] == [] and "r6" not in theirs
+    assert theirs["S"] == 6 and theirs["Q"] == 2
+
+
 MAGIC_CELLS = [  # a notebook's cells whose magics nbconvert and jupytext write in a script's form
     "%matplotlib inline\nimport numpy as np\n",
     "%%writefile attention.py\nimport numpy as np\n" + RIGHT,

@@ -8,10 +8,12 @@ cell that raises is recorded (its number and error) and does not stop the cells 
 A ``%%writefile`` cell writes its file, as in Jupyter, but into a folder of the run's own, which
 the later cells import from (``from attention import *``); it and the modules imported from it
 are gone after the run, so one submission never imports another's file (or the grader's).
+``%run attention.py`` runs such a file, or one beside the notebook, as IPython does (_RunMagic).
 What the cells print is captured. A ``.py`` file (for example from ``jupyter nbconvert --to
 script``, or jupytext's percent format) is split into cells at its ``# In[ ]:`` or ``# %%``
-markers (jupytext's light format, by jupytext where it is installed) and run the same way: nbconvert's ``get_ipython().run_cell_magic(...)`` and
-``run_line_magic('time', ...)`` lines and jupytext's commented magics (``# %%writefile f``) run
+markers (jupytext's light format, by jupytext where it is installed) and run the same way:
+nbconvert's ``get_ipython().run_cell_magic(...)`` and ``run_line_magic('time' or 'run', ...)``
+lines and jupytext's commented magics (``# %%writefile f``, ``# %run f``) run
 as the notebook's magics did, and its markdown cells are not counted, so a notebook and its
 script give the same submission.
 """
@@ -20,12 +22,15 @@ from __future__ import annotations
 import ast
 import contextlib
 import difflib
+import glob
 import importlib
+import importlib.util
 import io
 import json
 import linecache
 import os
 import re
+import shlex
 import shutil
 import sys
 import tempfile
@@ -62,6 +67,12 @@ _COMMENTED_MAGIC = re.compile(r"^(\s*)# ((?:# )*(?:%{1,3}[A-Za-z]|!\s*[A-Za-z.~$
 _TIME_LINE = re.compile(r"^(\s*)(?:%time\s+(\S.*)|get_ipython\(\)\.run_line_magic\(([\"'])time\3,"
                         r" (.+)\))\s*$")
 _OUTPUT_LIMIT = 20_000  # characters of printed output kept per submission
+# `%run [options] file [args]`, also as nbconvert writes it: the file runs as IPython runs it
+# (_RunMagic), through a call of the cells' namespace's _RUN_HELPER in the line's place
+_RUN_LINE = re.compile(r"^(\s*)(?:%run\s+(\S.*?)|get_ipython\(\)\.run_line_magic\(([\"'])run\3,"
+                       r"\s*(.+)\))\s*$")
+_RUN_HELPER = "__selfattn_run__"
+_RUN_CALL = re.compile(r"^" + _RUN_HELPER + r"\((.*)\)$")
 
 
 @dataclass
@@ -98,7 +109,8 @@ class Submission:
     errors : list of CellError
         The cells that raised, in order.
     skipped : list of str
-        The magic and shell lines that were not run.
+        The magic and shell lines that were not run as in Jupyter (a ``%time`` line's statement
+        runs, untimed; a ``%run`` line that runs is not listed).
     output : str
         What the cells printed (stdout and stderr), cut after 20,000 characters.
     n_cells : int
@@ -241,6 +253,167 @@ def _timed_statement(line):
     return match.group(1) + statement if isinstance(statement, str) else None
 
 
+def _run_options(args):
+    """The parts of a ``%run`` line's arguments (after ``%run``): (flags, repeats, module, rest),
+    where rest is [file, args...], or the script's args after ``-m module``; None for a line
+    this loader does not run as IPython would: options other than -i -n -e -t -G -N<n> and -m
+    (the debugger's, the profiler's), and ``$name`` or ``{expr}``, which IPython fills in from
+    the namespace."""
+    if "$" in args or "{" in args:
+        return None
+    try:
+        tokens = shlex.split(args, posix=os.name == "posix")
+    except ValueError:  # an unclosed quote
+        return None
+    if os.name != "posix":  # Windows' rule, as IPython there: double quotes group, and go
+        tokens = [t[1:-1] if len(t) > 1 and t[0] == t[-1] == '"' else t for t in tokens]
+    flags, repeats = set(), 1
+    while tokens and tokens[0].startswith("-") and len(tokens[0]) > 1:
+        token = tokens.pop(0)
+        if token == "-m":
+            return (flags, repeats, tokens[0], tokens[1:]) if tokens else None
+        body = token[1:]
+        if body.startswith("N") and body[1:].isdigit() or body == "N" and tokens[:1] \
+                and tokens[0].isdigit():
+            repeats = int(body[1:] or tokens.pop(0))
+            continue
+        if not set(body) <= set("inetG"):
+            return None
+        flags |= set(body)
+    return (flags, repeats, None, tokens) if tokens else None
+
+
+def _run_statement(line):
+    """A ``%run`` line (either form) as the call that runs it, with the line's indent; else
+    None (the line is then skipped, as other magics are)."""
+    match = _RUN_LINE.match(line)
+    if not match:
+        return None
+    args = match.group(2)
+    if args is None:
+        try:
+            args = ast.literal_eval(match.group(4))
+        except (ValueError, SyntaxError):
+            return None
+        if not isinstance(args, str):
+            return None
+    if _run_options(args) is None:
+        return None
+    return f"{match.group(1)}{_RUN_HELPER}({args!r})"
+
+
+class _RunMagic:
+    """IPython's ``%run``, for a submission's cells (the call _run_statement puts in a %run
+    line's place). As in IPython: the file runs in a namespace of its own as ``__main__`` (with
+    ``-n``, as its module's name; with ``-i``, in the cells' namespace), ``sys.argv`` is the file
+    and its arguments (wildcards expanded unless ``-G``), and what it defines then joins the
+    cells' namespace (all but ``__name__`` and ``__file__``); a file it does not find stops
+    the cell (FileNotFoundError). An error in the file does not stop the cell, as in IPython
+    (which prints it): the names defined before it still join, and it is recorded in `errors`
+    for the cell, as is a ``sys.exit()`` with an error status (not with ``-e``). ``-t`` runs
+    the file untimed, ``-N<n>`` times; ``-m module`` runs the module's file.
+
+    A relative file name is looked for among the files the run's %%writefile cells wrote, then
+    beside the notebook (Jupyter runs a notebook in its folder), then in the working folder;
+    ``name`` without ``.py`` also as ``name.py``, as in IPython."""
+
+    def __init__(self, path, namespace, written, errors):
+        self.folder = os.path.dirname(os.path.abspath(path))
+        self.namespace, self.written, self.errors = namespace, written, errors
+        self.cell = 0  # the cell running (set by _run_cells)
+
+    def __call__(self, args):
+        flags, repeats, module, rest = _run_options(args)
+        if module is not None:
+            path, shown, argv = self._module_file(module, args), module, rest
+        else:
+            (path, shown), argv = self._find(rest[0], args), rest[1:]
+        if "G" not in flags:
+            argv = [m for a in argv for m in (sorted(glob.glob(a)) or [a])]
+        ns = self.namespace if "i" in flags else {}
+        saved = {k: ns[k] for k in ("__name__", "__file__") if k in ns}
+        ns["__name__"] = ("__main__" if "n" not in flags or "i" in flags
+                          else os.path.splitext(os.path.basename(path))[0])
+        ns["__file__"] = path
+        saved_argv, sys.argv = sys.argv, [shown] + argv
+        try:
+            for _ in range(repeats):
+                if not self._execute(path, ns, args, flags):
+                    break
+        finally:
+            sys.argv = saved_argv
+            if ns is self.namespace:
+                ns.pop("__file__")
+                ns.update(saved)
+            else:
+                self.namespace.update((k, v) for k, v in ns.items()
+                                      if k not in ("__name__", "__file__"))
+
+    def _execute(self, path, ns, args, flags):
+        """One run of the file; False where it failed (recorded)."""
+        try:
+            with tokenize.open(path) as f:
+                code = compile(f.read(), path, "exec", dont_inherit=True)
+            exec(code, ns)
+            return True
+        except SystemExit as exc:
+            if exc.code not in (None, 0) and "e" not in flags:
+                self._record(f"SystemExit: {exc.code}", args, path, exc)
+            return False
+        except Exception as exc:  # as IPython: shown, and the cell goes on
+            text = str(exc).strip()
+            self._record(f"{type(exc).__name__}: {text}" if text else type(exc).__name__, args,
+                         path, exc)
+            return False
+
+    def _record(self, error, args, path, exc):
+        where = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == path]
+        name = os.path.basename(path)
+        if where:
+            detail = f" ({name} line {where[-1].lineno}: {(where[-1].line or '').strip()})"
+        elif isinstance(exc, SyntaxError) and exc.filename == path:
+            detail = f" ({name} line {exc.lineno}: {(exc.text or '').strip()})"
+        else:
+            detail = ""
+        self.errors.append(CellError(self.cell, error, f"%run {args}{detail}"))
+
+    def _find(self, name, args):
+        name = os.path.expanduser(name)
+        bases = [self.written.folder] if self.written.folder else []
+        bases += [self.folder, os.getcwd()]
+        for candidate in [name] + ([] if name.endswith(".py") else [name + ".py"]):
+            for base in bases:
+                path = os.path.join(base, candidate)  # candidate itself, where it is absolute
+                if os.path.isfile(path):
+                    return os.path.abspath(path), candidate
+        raise FileNotFoundError(f"%run {args}: no file {name!r} (looked among the files the "
+                                f"notebook's %%writefile cells wrote, beside the notebook and in "
+                                f"the working folder)")
+
+    def _module_file(self, module, args):
+        try:
+            spec = importlib.util.find_spec(module)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is not None and spec.submodule_search_locations is not None:
+            main = importlib.util.find_spec(module + ".__main__")
+            spec = main if main is not None else spec
+        origin = getattr(spec, "origin", None)
+        if not origin or not origin.endswith(".py") or not os.path.isfile(origin):
+            raise ModuleNotFoundError(f"%run {args}: no module {module!r} with a Python file to "
+                                      f"run")
+        return origin
+
+
+def _shown_line(line):
+    """A cell's line as the learner wrote it: a %run line for _run_statement's call."""
+    match = _RUN_CALL.match(line)
+    if match:
+        with contextlib.suppress(ValueError, SyntaxError):
+            return f"%run {ast.literal_eval(match.group(1))}"
+    return line
+
+
 def _strip_magics(source, skipped):
     """The cell's Python, with magic and shell lines replaced by `pass` (same line numbers), or
     None for a cell that is not Python at all (%%bash and the like)."""
@@ -257,8 +430,10 @@ def _strip_magics(source, skipped):
         m = _MAGIC_LINE.match(line) or _IPYTHON_CALL.match(line) or _HELP_LINE.match(line)
         if m and not line.strip().startswith(("%=", "!=")) and not _continues(out[complete:]):
             complete = len(out) + 1
-            skipped.append(line.strip())
-            line = _timed_statement(line) or f"{m.group(1)}pass"
+            run = _run_statement(line)
+            if run is None:
+                skipped.append(line.strip())
+            line = run or _timed_statement(line) or f"{m.group(1)}pass"
         out.append(line)
     return "\n".join(out)
 
@@ -341,7 +516,9 @@ def _run_cells(path, sources, notes=()):
     errors, skipped = [], []
     captured = io.StringIO()
     with _WrittenFiles() as written:
+        run = namespace[_RUN_HELPER] = _RunMagic(path, namespace, written, errors)
         for number, source in enumerate(sources, 1):
+            run.cell = number
             if not written.take(source, skipped):
                 _run_cell(path, number, source, namespace, errors, skipped, captured)
     output = captured.getvalue()
@@ -363,7 +540,7 @@ def _run_cell(path, number, source, namespace, errors, skipped, captured):
                 exec(compiled, namespace)
         except Exception as exc:  # the learner's cell fails: record it, run the next one
             frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == filename]
-            line = frames[-1].line.strip() if frames and frames[-1].line else ""
+            line = _shown_line(frames[-1].line.strip()) if frames and frames[-1].line else ""
             if isinstance(exc, SyntaxError):
                 line = (exc.text or "").strip()
             text = str(exc).strip()
@@ -379,10 +556,12 @@ def load_notebook(path):
     Magics and shell lines (``%``, ``%%``, ``!``) are skipped (a ``%%time`` cell's body and a
     ``%time`` line's statement still run, untimed), but a ``%%writefile`` cell
     writes its file, into a folder of the run's own that the later cells import from (removed
-    after the run); a cell that raises is recorded in ``.errors`` (cell number, error, line) and
-    the next cells still run, and what the cells print is kept in ``.output``. Jupyter is not needed. The code runs in this process: for code you do
-    not trust, or that may never finish, use ``python -m selfattn grade``, which runs each
-    submission in its own process with a time and a memory limit.
+    after the run), and ``%run file`` runs a file as IPython does (its names join the cells';
+    an error in it is recorded for its cell, which goes on, as in IPython); a cell that raises
+    is recorded in ``.errors`` (cell number, error, line) and the next cells still run, and
+    what the cells print is kept in ``.output``. Jupyter is not needed. The code runs in this
+    process: for code you do not trust, or that may never finish, use ``python -m selfattn
+    grade``, which runs each submission in its own process with a time and a memory limit.
 
     Parameters
     ----------
@@ -416,8 +595,8 @@ def load_module(path):
     ``# In[ ]:`` or ``# %%`` markers (one cell if it has none), with ``get_ipython()`` lines
     skipped, a failing cell recorded and the next cells still run. The lines nbconvert writes for
     a cell magic (``get_ipython().run_cell_magic('writefile', 'attention.py', ...)``) and for
-    ``%time``, and the magics jupytext comments out (``# %%writefile attention.py``), run as the
-    notebook's cells did; jupytext's markdown and raw cells are not code cells. jupytext's light
+    ``%time`` and ``%run``, and the magics jupytext comments out (``# %%writefile
+    attention.py``), run as the notebook's cells did; jupytext's markdown and raw cells are not code cells. jupytext's light
     format (``jupytext --to py``, cells without markers) is read by jupytext, where it is
     installed; otherwise as one cell, which ``.problems()`` says. Returns a :class:`Submission`.
     """
