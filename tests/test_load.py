@@ -277,14 +277,14 @@ def test_run_lines_it_cannot_run_as_ipython_would_are_skipped(tmp_path):
     assert sub.errors == [] and sub.skipped == lines and "RAN" not in sub.namespace
 
 
-@pytest.mark.parametrize("tool", ["nbconvert", "jupytext"])
-def test_run_lines_in_the_tools_scripts_run_as_in_the_notebook(tmp_path, tool):
-    """nbconvert writes `%run f` as get_ipython().run_line_magic('run', 'f'), jupytext as
-    `# %run f`: the script runs the file as the notebook does."""
+def _tools_script(tmp_path, tool, cells):
+    """A notebook of these cells (nbformat cells, or code cells' sources) written by nbformat,
+    and its script as `tool` (nbconvert or jupytext's percent format) writes it: (path of the
+    notebook, path of the script, the script's text)."""
     nbformat = pytest.importorskip("nbformat")
-    cells = ["%%writefile attention.py\n" + SCRIPT, "%run attention.py x\n"]
+    cells = [c if isinstance(c, dict) else nbformat.v4.new_code_cell(c) for c in cells]
     notebook = nbformat.v4.new_notebook(
-        cells=[nbformat.v4.new_code_cell(c) for c in cells],
+        cells=cells,
         metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
                                  "language": "python"},
                   "language_info": {"name": "python", "nbconvert_exporter": "python",
@@ -294,12 +294,21 @@ def test_run_lines_in_the_tools_scripts_run_as_in_the_notebook(tmp_path, tool):
     if tool == "nbconvert":
         script, _ = pytest.importorskip("nbconvert.exporters").ScriptExporter().from_filename(
             str(path))
-        assert "get_ipython().run_line_magic('run', 'attention.py x')" in script
     else:
         script = pytest.importorskip("jupytext").writes(notebook, fmt="py:percent")
-        assert "# %run attention.py x\n" in script
     (tmp_path / "student.py").write_text(script)
-    for sub in (load_notebook(path), load_module(tmp_path / "student.py")):
+    return path, tmp_path / "student.py", script
+
+
+@pytest.mark.parametrize("tool", ["nbconvert", "jupytext"])
+def test_run_lines_in_the_tools_scripts_run_as_in_the_notebook(tmp_path, tool):
+    """nbconvert writes `%run f` as get_ipython().run_line_magic('run', 'f'), jupytext as
+    `# %run f`: the script runs the file as the notebook does."""
+    path, script_path, script = _tools_script(
+        tmp_path, tool, ["%%writefile attention.py\n" + SCRIPT, "%run attention.py x\n"])
+    assert ("get_ipython().run_line_magic('run', 'attention.py x')" if tool == "nbconvert"
+            else "# %run attention.py x\n") in script
+    for sub in (load_notebook(path), load_module(script_path)):
         assert sub.errors == [] and sub.skipped == [] and sub.ARGV == ["attention.py", "x"]
         assert check(sub.softmax_attention_weights)
 
@@ -422,23 +431,10 @@ def test_the_tools_own_script_is_the_notebooks_submission(tmp_path, tool):
     nbformat = pytest.importorskip("nbformat")
     cells = [nbformat.v4.new_code_cell(c) for c in MAGIC_CELLS]
     cells[2:2] = [nbformat.v4.new_markdown_cell("## Part 1\n\n%not code")]
-    notebook = nbformat.v4.new_notebook(
-        cells=cells,
-        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
-                                 "language": "python"},
-                  "language_info": {"name": "python", "nbconvert_exporter": "python",
-                                    "file_extension": ".py"}})
-    path = tmp_path / "student.ipynb"
-    nbformat.write(notebook, str(path))
-    if tool == "nbconvert":
-        script, _ = pytest.importorskip("nbconvert.exporters").ScriptExporter().from_filename(
-            str(path))
-        assert "get_ipython().run_cell_magic('writefile', 'attention.py'" in script
-    else:
-        script = pytest.importorskip("jupytext").writes(notebook, fmt="py:percent")
-        assert "# %%\n# %%writefile attention.py\n" in script
-    (tmp_path / "student.py").write_text(script)
-    _same_submission(load_notebook(path), load_module(tmp_path / "student.py"))
+    path, script_path, script = _tools_script(tmp_path, tool, cells)
+    assert ("get_ipython().run_cell_magic('writefile', 'attention.py'" if tool == "nbconvert"
+            else "# %%\n# %%writefile attention.py\n") in script
+    _same_submission(load_notebook(path), load_module(script_path))
 
 
 def test_jupytexts_light_format_is_read_by_jupytext(tmp_path, monkeypatch):
