@@ -210,6 +210,8 @@ def test_a_run_line_runs_the_file_and_its_names_join_the_notebooks(tmp_path, mon
         "%run -n attention\nNAME_N = NAME\n",
         "%%writefile uses.py\nprint(SEEN + 1)\nUSED = SEEN\n",
         "%run -i uses.py\n",
+        "%%writefile forgets.py\ndel __file__\nFORGOT = __name__\n",
+        "%run -i forgets.py\n",
         "if True:\n    %run helper\n",
         "%%writefile pkg/__init__.py\n\n",
         "%%writefile pkg/__main__.py\nFROM_MODULE = __name__\n",
@@ -217,14 +219,14 @@ def test_a_run_line_runs_the_file_and_its_names_join_the_notebooks(tmp_path, mon
         "%run -t -N3 uses.py\n",
     ]))
     assert sys.argv is argv
-    assert sub.errors[0] == CellError(10, "NameError: name 'SEEN' is not defined",
+    assert sub.errors[0] == CellError(12, "NameError: name 'SEEN' is not defined",
                                       "%run -t -N3 uses.py (uses.py line 1: print(SEEN + 1))")
     assert len(sub.errors) == 1 and sub.skipped == []
     assert list(sub.functions) == ["softmax_attention_weights"]
     assert check(sub.softmax_attention_weights)
     assert sub.ARGV == ["attention.py"]                                   # the last run's, -n
     assert sub.after == "__main__" and sub.MAIN and sub.NAME_N == "attention"
-    assert sub.USED == 1 and sub.output == "2\n" and sub.HELPED == 7
+    assert sub.USED == 1 and sub.output == "2\n" and sub.HELPED == 7 and sub.FORGOT == "__main__"
     assert sub.FROM_MODULE == "__main__" and "pkg" not in sys.modules
     assert sub.namespace["__name__"] == "__main__" and sub.__file__.endswith("nb.ipynb")
     # wildcards are expanded as the shell would (unless -G), in the working folder; one that

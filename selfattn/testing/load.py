@@ -343,7 +343,7 @@ class _RunMagic:
         finally:
             sys.argv = saved_argv
             if ns is self.namespace:
-                ns.pop("__file__")
+                ns.pop("__file__", None)   # (the file may have deleted it)
                 ns.update(saved)
             else:
                 self.namespace.update((k, v) for k, v in ns.items()
