@@ -108,6 +108,17 @@ def test_extension_is_compiled_and_numpy_is_the_only_dependency():
     assert [r.split(">")[0].split("=")[0].strip() for r in runtime] == ["numpy"]
 
 
+def test_license_is_declared_and_its_text_is_installed():
+    # PEP 639: an SPDX expression (the older `license = { text = ... }` table is deprecated by
+    # setuptools), and the MIT text itself, which the license asks every copy to carry
+    from importlib.metadata import distribution
+    dist = distribution("selfattn")
+    assert dist.metadata["License-Expression"] == "MIT"
+    license_file, = [f for f in dist.files if f.name == "LICENSE"]
+    text = license_file.read_text()
+    assert text.startswith("MIT License") and "selfattn developers" in text
+
+
 def test_no_flush_to_zero_side_effect():
     # a library built with -ffast-math would set FTZ/DAZ for the whole process
     assert 2.0 ** -1073 != 0
