@@ -472,3 +472,36 @@ def test_a_writefile_cell_saved_without_a_final_newline(tmp_path):
         "from attention import *",
     ]))
     assert sub.errors == [] and sub.HELPER == 1 and check(sub.softmax_attention_weights)
+
+
+def test_selfattns_own_functions_are_not_the_students_by_attribute_either(tmp_path):
+    # a grader that calls student.softmax_attention_weights(...) would otherwise grade selfattn
+    sub = load_notebook(_notebook(tmp_path, ["from selfattn import *\n",
+                                             "def compute_self_attention_scores(Q, K):\n"
+                                             "    return Q @ K.T\n"]))
+    assert "softmax_attention_weights" in sub.borrowed
+    with pytest.raises(AttributeError, match=r"nb.ipynb does not define "
+                       r"'softmax_attention_weights': its softmax_attention_weights is "
+                       r"selfattn's own \(imported from selfattn"):
+        sub.softmax_attention_weights
+    assert sub.compute_self_attention_scores is sub.functions["compute_self_attention_scores"]
+    assert not hasattr(sub, "self_attention_layer")
+
+
+@pytest.mark.parametrize("header", [b"\xef\xbb\xbf", b"# -*- coding: latin-1 -*-\n# \xe9t\xe9\n"],
+                         ids=["utf8-bom", "latin-1-coding-line"])
+def test_a_script_is_read_as_python_reads_it(tmp_path, header):
+    # Notepad saves UTF-8 with a BOM; an old editor writes a coding line: python runs both
+    path = tmp_path / "solution.py"
+    path.write_bytes(header + b"def compute_attention_output(attn_weights, V):\n"
+                              b"    return attn_weights @ V\n")
+    assert subprocess.run([sys.executable, str(path)]).returncode == 0
+    sub = load_module(path)
+    assert sub.errors == [] and check(sub.compute_attention_output)
+
+
+def test_a_notebook_saved_with_a_bom_loads(tmp_path):
+    path = tmp_path / "nb.ipynb"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(submissions.notebook_json(
+        ["def compute_attention_output(attn_weights, V):\n    return attn_weights @ V\n"])).encode())
+    assert check(load_notebook(path).compute_attention_output)

@@ -91,7 +91,8 @@ class Submission:
     """A learner's code after running it: the functions it defines and what went wrong.
 
     Attribute access reaches the submission's namespace (``submission.softmax_attention_weights``);
-    a function it does not define raises AttributeError with a message that says so.
+    a function it does not define, or one of `borrowed`, raises AttributeError with a message that
+    says so.
 
     Attributes
     ----------
@@ -165,10 +166,15 @@ class Submission:
 
     def __getattr__(self, name):
         namespace = self.__dict__.get("namespace", {})
+        file = os.path.basename(self.__dict__.get("path", "?"))
+        if name in self.__dict__.get("borrowed", ()):
+            # as in `functions`: a grader's `student.softmax_attention_weights(...)` must not
+            # grade selfattn against itself
+            raise AttributeError(f"{file} does not define {name!r}: its {name} is selfattn's own "
+                                 f"(imported from selfattn, not written in the notebook)")
         if name in namespace:
             return namespace[name]
-        raise AttributeError(f"{os.path.basename(self.__dict__.get('path', '?'))} does not "
-                             f"define {name!r}")
+        raise AttributeError(f"{file} does not define {name!r}")
 
     def __repr__(self):
         return (f"<Submission {os.path.basename(self.path)}: {self.n_cells} cells, defines "
@@ -178,7 +184,7 @@ class Submission:
 
 def _notebook_cells(path):
     """The source of each code cell of a notebook file (nbformat 4, or 3)."""
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:   # (a BOM, which some editors write)
         nb = json.load(f)
     cells = nb.get("cells")
     if cells is None:  # nbformat 3: cells inside worksheets, the code in "input"
@@ -601,7 +607,7 @@ def load_module(path):
     installed; otherwise as one cell, which ``.problems()`` says. Returns a :class:`Submission`.
     """
     path = os.fspath(path)
-    with open(path, encoding="utf-8") as f:
+    with tokenize.open(path) as f:   # as Python reads a script: its coding line, a BOM
         text = f.read()
     notes = []
     if _JUPYTEXT_HEADER.match(text) and not any(map(_PERCENT_MARKER.match, text.splitlines())):
