@@ -100,6 +100,23 @@ def test_grade_usage_errors_exit_2(tmp_path):
     assert run.returncode == 2 and "no .ipynb or .py files" in run.stderr
 
 
+@pytest.mark.parametrize("option, value, message", [
+    ("--timeout", "0", "the timeout must be a positive number of seconds, got 0.0"),
+    ("--timeout", "-5", "the timeout must be a positive number of seconds, got -5.0"),
+    ("--timeout", "nan", "the timeout must be a positive number of seconds, got nan"),
+    ("--jobs", "0", "jobs must be a whole number, 1 or more, got 0"),
+    ("--memory", "-1", "the memory limit (MiB) must be a whole number, 1 or more, got -1"),
+])
+def test_limits_that_cannot_mean_what_they_say_are_refused(tmp_path, option, value, message):
+    # a timeout of 0 s marked every student "timed out ... after -5 s" with 0 points
+    folder = _one_student(tmp_path, [submissions.IMPORTS, submissions.SOFTMAX])
+    run = subprocess.run([sys.executable, "-m", "selfattn", "grade", str(folder), "--out",
+                          str(tmp_path / "out"), option, value],
+                         capture_output=True, text=True, timeout=60)
+    assert (run.returncode, run.stderr) == (2, f"python -m selfattn grade: {message}\n")
+    assert not (tmp_path / "out").exists()
+
+
 def _one_student(tmp_path, cells):
     folder = tmp_path / "class"
     folder.mkdir()
@@ -117,6 +134,21 @@ def test_the_memory_limit_refuses_an_allocation_that_would_otherwise_succeed(tmp
     assert result["problems"][0].startswith("cell 2: MemoryError")
     (result,) = grade([folder], tmp_path / "out", memory_mb=8192, timeout=30, echo=None)
     assert not any("MemoryError" in p for p in result["problems"])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc for the size")
+def test_a_memory_limit_too_small_to_apply_is_said_in_the_summary(tmp_path):
+    # 16 MiB is less than twice what Python with NumPy takes before any student code: the limit
+    # is not set (it would fail every allocation), and the teacher is told
+    folder = _one_student(tmp_path, [submissions.IMPORTS, submissions.SOFTMAX])
+    (result,) = grade([folder], tmp_path / "out", memory_mb=16, timeout=60, echo=None)
+    assert result["memory_limited"] is False and result["status"] == "graded"
+    assert ("(the memory limit was not applied to 1 of 1: their process had more than half of "
+            "--memory 16 MiB before the student's code ran; give a larger --memory)"
+            in (tmp_path / "out" / "summary.txt").read_text())
+    if "asan" not in os.environ.get("LD_PRELOAD", ""):   # (whose shadow memory is larger)
+        grade([folder], tmp_path / "out", timeout=60, echo=None)
+        assert "not applied" not in (tmp_path / "out" / "summary.txt").read_text()
 
 
 def test_progress_shows_as_a_counter_on_a_terminal(tmp_path, capsys):
@@ -165,13 +197,36 @@ def test_folders_per_student_say_what_was_graded_and_what_was_not(tmp_path):
         in (tmp_path / "out" / "gradebook.csv").read_text()
 
 
+def test_every_student_has_a_name_of_their_own_and_the_output_folder_is_not_one(tmp_path):
+    # a.ipynb and a.py are two students called "a": the second is not called a-2 when a student
+    # a-2 exists. And grades written inside the class's folder are no student at the next grade.
+    root = tmp_path / "class"
+    root.mkdir()
+    for name, code in (("a.ipynb", submissions.SOFTMAX), ("a.py", submissions.OUTPUT),
+                       ("a-2.ipynb", submissions.SCORES_RAW)):
+        if name.endswith(".py"):
+            (root / name).write_text(submissions.IMPORTS + code)
+        else:
+            (root / name).write_text(json.dumps(submissions.notebook_json([submissions.IMPORTS,
+                                                                           code])))
+    for _ in range(2):
+        results = grade([root], root / "grades", timeout=60, echo=None)
+        names = {r["student"]: os.path.basename(r["path"]) for r in results}
+        assert names == {"a": "a.ipynb", "a-2": "a-2.ipynb", "a-3": "a.py"}
+        rows = list(csv.DictReader((root / "grades" / "gradebook.csv").read_text().splitlines()))
+        assert sorted(r["student"] for r in rows) == ["a", "a-2", "a-3"]
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc for the processes")
-def test_ctrl_c_stops_the_students_processes_too(tmp_path):
+@pytest.mark.parametrize("signame, said", [("SIGINT", "Ctrl-C"), ("SIGTERM", "SIGTERM")])
+def test_ctrl_c_stops_the_students_processes_too(tmp_path, signame, said):
     """Each child leads a session of its own (so that what it starts can be stopped with it),
     which Ctrl-C at the terminal does not reach: an interrupted grade stops them itself, the
-    running one and every one not yet started, and leaves none behind."""
+    running one and every one not yet started, and leaves none behind. So does SIGTERM (what
+    `timeout` and a cancelled CI job send), which left a student's process running."""
     import signal
     import time
+    signum = getattr(signal, signame)
     loop = submissions._cells(submissions._replace(submissions.CORRECT, softmax_attention_weights=(
         "def softmax_attention_weights(attn_scores):\n    while True:\n        pass\n")))
     folder = tmp_path / "class"
@@ -199,10 +254,12 @@ def test_ctrl_c_stops_the_students_processes_too(tmp_path):
             while len(children()) < 2 and time.monotonic() < deadline:
                 time.sleep(0.1)
             assert len(children()) == 2, "the two children did not start"
-            grader.send_signal(signal.SIGINT)
+            grader.send_signal(signum)
             _, errors = grader.communicate(timeout=30)
         finally:
             grader.kill()
     time.sleep(0.5)
     assert children() == []
-    assert grader.returncode != 0 and b"KeyboardInterrupt" in errors
+    assert grader.returncode == 128 + signum
+    assert errors.decode() == (f"python -m selfattn grade: stopped ({said}); the students' "
+                               f"processes were stopped too, and this run wrote no grades\n")

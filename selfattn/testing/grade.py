@@ -5,7 +5,7 @@ process of its own, with a wall-clock limit (``--timeout``) and, on Linux and ma
 limit (``RLIMIT_AS``, ``--memory``), so that an infinite loop, a crash or a huge allocation in one
 student's code costs that student a "timed out" or "crashed" line and nothing else (the functions
 checked before it keep their grades; what the process started is stopped with it, and so is
-every child when the grade is interrupted). On Windows there is no ``RLIMIT_AS``: the time limit
+every child when the grade is interrupted, by Ctrl-C or by SIGTERM). On Windows there is no ``RLIMIT_AS``: the time limit
 holds, the memory limit is not enforced, and a process a submission starts is not stopped with
 it. It is not a sandbox: the students' code runs with the grader's permissions.
 
@@ -122,8 +122,9 @@ def _set_memory_limit(megabytes):
         return False
     limit = megabytes * 2**20
     if _address_space() > limit // 2:
-        # Already this large before any student code (a sanitizer's shadow memory): a limit
-        # would fail every allocation, not a student's huge one.
+        # Already this large before any student code (a sanitizer's shadow memory, or a small
+        # --memory): a limit would fail every allocation, not a student's huge one. The summary
+        # says it was not applied.
         return False
     _, hard = resource.getrlimit(resource.RLIMIT_AS)
     if hard != resource.RLIM_INFINITY:
@@ -145,11 +146,11 @@ def _child(path, scale, result_path, memory_mb, timeout):
     """Grade one submission and write its result as JSON (run in its own process): after each
     function too, so that a function that never returns (or ends the process) costs only itself
     and the functions after it; "complete" marks the last write."""
-    _set_memory_limit(memory_mb)
+    limited = _set_memory_limit(memory_mb)
     _set_cpu_limit(timeout)
     submission = load_notebook(path)
     base = {"status": "graded", "problems": submission.problems(), "skipped": submission.skipped,
-            "output": submission.output}
+            "output": submission.output, "memory_limited": limited}
 
     def write(reports, complete=False):
         result = dict(base, complete=complete,
@@ -185,11 +186,13 @@ def _set_cpu_limit(timeout):
 
 # ---- in the teacher's process: the class ---------------------------------------------------
 
-def _submissions(paths):
+def _submissions(paths, out=None):
     """(student, path, notes) for every submission: files as given, and in a folder its notebooks
     and scripts, or for a sub-folder per student, the first notebook (or script) in it or in its
-    own sub-folders. `notes` say what a teacher should know: the other candidates in a student's
+    own sub-folders (not the output folder `out`, which a grade may write inside the class's
+    folder). `notes` say what a teacher should know: the other candidates in a student's
     folder, or (path None) that a folder holds none."""
+    out = os.path.realpath(out) if out is not None else None
     found = []
     for p in paths:
         p = os.fspath(p)
@@ -204,14 +207,19 @@ def _submissions(paths):
                 continue
             if os.path.isfile(full) and entry.endswith(_SUFFIXES):
                 found.append((os.path.splitext(entry)[0], full, []))
-            elif os.path.isdir(full):
+            elif os.path.isdir(full) and os.path.realpath(full) != out:
                 found.append((entry, *_student_folder(full)))
-    names = {}
-    unique = []
-    for student, path, notes in found:  # two students called "solution" in different folders
-        names[student] = names.get(student, 0) + 1
-        unique.append((student if names[student] == 1 else f"{student}-{names[student]}", path,
-                       notes))
+    # Two students called "solution" in different folders: the second is solution-2, unless a
+    # student is already called that (a-2.ipynb beside a.ipynb and a.py)
+    taken = {student for student, _, _ in found}
+    seen, unique = set(), []
+    for student, path, notes in found:
+        name, k = student, 1
+        while name in seen or (name != student and name in taken):
+            k += 1
+            name = f"{student}-{k}"
+        seen.add(name)
+        unique.append((name, path, notes))
     return unique
 
 
@@ -422,7 +430,7 @@ def _write_gradebook(results, path):
                         points, top, _convention(r), r["status"], " | ".join(r["problems"])])
 
 
-def _summary(results, scale, seconds, memory_limited):
+def _summary(results, scale, seconds, memory_limited, memory_mb):
     n = len(results)
     lines = [f"selfattn grade: {n} submission{'s' if n != 1 else ''} in {seconds:.1f} s "
              f"(scale={scale})"]
@@ -434,6 +442,12 @@ def _summary(results, scale, seconds, memory_limited):
     lines.append(f"  all four functions right: {everything} of {n}")
     if not memory_limited:
         lines.append("  (no memory limit on this platform: RLIMIT_AS is not available)")
+    else:
+        unlimited = sum(r.get("memory_limited") is False for r in results)
+        if unlimited:
+            lines.append(f"  (the memory limit was not applied to {unlimited} of {n}: their "
+                         f"process had more than half of --memory {memory_mb} MiB before the "
+                         f"student's code ran; give a larger --memory)")
     lines += ["", "Functions, most failed first:"]
     fails = []
     for name in NOTEBOOK_FUNCTIONS:
@@ -518,7 +532,8 @@ def grade(paths, out="grades", *, scale="either", timeout=60.0, jobs=1, memory_m
     _check_scale("grade", scale, either=True)
     if not isinstance(scale, str):
         raise ValueError(f'grade: scale must be "raw", "scaled" or "either", got {scale!r}')
-    submissions = _submissions(paths)
+    _check_limits(timeout, jobs, memory_mb)
+    submissions = _submissions(paths, out)
     if not submissions:
         raise FileNotFoundError(f"grade: no .ipynb or .py files in {', '.join(map(str, paths))}")
     os.makedirs(os.path.join(out, "reports"), exist_ok=True)
@@ -527,7 +542,7 @@ def grade(paths, out="grades", *, scale="either", timeout=60.0, jobs=1, memory_m
     results = [None] * len(submissions)
     done = 0
     children = _Children()
-    pool = ThreadPoolExecutor(max_workers=max(1, int(jobs)))
+    pool = ThreadPoolExecutor(max_workers=int(jobs))
     try:
         futures = {pool.submit(_grade_one, s, p, notes, scale, timeout, memory_mb, children): i
                    for i, (s, p, notes) in enumerate(submissions)}
@@ -554,13 +569,25 @@ def grade(paths, out="grades", *, scale="either", timeout=60.0, jobs=1, memory_m
     _write_gradebook(results, os.path.join(out, "gradebook.csv"))
     with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
         json.dump([{k: v for k, v in r.items() if k != "html"} for r in results], f, indent=1)
-    summary = _summary(results, scale, seconds, _memory_limit_available())
+    summary = _summary(results, scale, seconds, _memory_limit_available(), memory_mb)
     with open(os.path.join(out, "summary.txt"), "w", encoding="utf-8") as f:
         f.write(summary)
     if echo is not None:
         echo(summary + f"\nWritten to {out}/: gradebook.csv, results.json, summary.txt, "
                        f"reports/ (one HTML page per student)")
     return results
+
+
+def _check_limits(timeout, jobs, memory_mb):
+    """The numbers a grade runs with, refused where they cannot mean what they say (a timeout of
+    0 s would mark every student "timed out")."""
+    import math
+    import numbers
+    if not (isinstance(timeout, numbers.Real) and math.isfinite(timeout) and timeout > 0):
+        raise ValueError(f"grade: the timeout must be a positive number of seconds, got {timeout!r}")
+    for what, value in (("jobs", jobs), ("the memory limit (MiB)", memory_mb)):
+        if not (isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1):
+            raise ValueError(f"grade: {what} must be a whole number, 1 or more, got {value!r}")
 
 
 def _memory_limit_available():
@@ -589,10 +616,30 @@ def main(argv=None):
                         help=f"memory limit per submission in MiB (default {_MEMORY_MB}; "
                              f"not enforced on Windows)")
     args = parser.parse_args(argv)
+    _terminate_as_interrupt()
     try:
         grade(args.submissions, args.out, scale=args.scale, timeout=args.timeout, jobs=args.jobs,
               memory_mb=args.memory)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError) as exc:
         print(f"python -m selfattn {exc}", file=sys.stderr)  # "grade: ..."
         return 2
+    except KeyboardInterrupt as exc:
+        # grade() has stopped every student's process by now
+        signum = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 2
+        print(f"python -m selfattn grade: stopped ({'Ctrl-C' if signum == 2 else 'SIGTERM'}); "
+              f"the students' processes were stopped too, and this run wrote no grades",
+              file=sys.stderr)
+        return 128 + signum
     return 0
+
+
+def _terminate_as_interrupt():
+    """SIGTERM (`timeout`, a cancelled CI job, `kill`) ends the grade as Ctrl-C does, so the
+    students' processes, each in a session of its own, are stopped with it, not left running."""
+    import signal
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(signum)
+    signal.signal(signal.SIGTERM, interrupt)
