@@ -225,6 +225,7 @@ def test_no_hint_from_shapes_alone_and_the_differing_entries_shown():
     (None, "your function returned None"),
     ((np.zeros(2), np.zeros(2)), "a tuple of 2 values"),
     ([np.zeros(2), np.zeros(3)], "a list"),
+    ((x for x in [np.zeros(2)]), "a generator: your function uses `yield`"),
 ])
 def test_assert_attention_close_names_none_tuple_and_list_results(value, words):
     with pytest.raises(AssertionError, match=words):

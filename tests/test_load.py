@@ -505,3 +505,11 @@ def test_a_notebook_saved_with_a_bom_loads(tmp_path):
     path.write_bytes(b"\xef\xbb\xbf" + json.dumps(submissions.notebook_json(
         ["def compute_attention_output(attn_weights, V):\n    return attn_weights @ V\n"])).encode())
     assert check(load_notebook(path).compute_attention_output)
+
+
+def test_a_cell_that_closes_stdout_loses_no_output_and_no_function(tmp_path):
+    sub = load_notebook(_notebook(tmp_path, [
+        "import sys\nprint('before')\nsys.stdout.close()\n",
+        "print('after')\ndef compute_attention_output(attn_weights, V):\n    return attn_weights @ V\n"]))
+    assert sub.errors == [] and sub.output == "before\nafter\n"
+    assert check(sub.compute_attention_output)

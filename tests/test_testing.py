@@ -222,6 +222,11 @@ def softmax_unfinished(attn_scores):
     pass
 
 
+def softmax_yields(attn_scores):
+    e = np.exp(attn_scores - attn_scores.max(axis=1, keepdims=True))
+    yield e / e.sum(axis=1, keepdims=True)
+
+
 def softmax_undefined_name(attn_scores):
     return np.exp(attn_scores) / total  # noqa: F821
 
@@ -345,6 +350,8 @@ BUGGY = [
       "when called as softmax_attention_weights(attn_scores (3, 5))",
       "of softmax_raises(): return np.softmax(attn_scores, axis=-1)"]),
     ("softmax unfinished", softmax_unfinished, SOFTMAX, None, ["returned None", "`pass`"]),
+    ("softmax yields", softmax_yields, SOFTMAX, None,
+     ["returned a generator (the function uses `yield`), not an array", "Use `return`, not `yield`"]),
     ("softmax undefined name", softmax_undefined_name, SOFTMAX, None,
      ["raised NameError", "name 'total' is not defined", "A name is not defined"]),
     ("output weights transposed", output_weights_transposed, OUTPUT, None,

@@ -1,6 +1,7 @@
 """Comparing arrays: tolerances chosen by dtype, and a message that says where and by how much."""
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 
@@ -165,6 +166,8 @@ def _not_an_array(value):
     if value is None:
         return ("None: your function returned None (it still ends in `pass`, or lacks a "
                 "`return`).")
+    if inspect.isgenerator(value):
+        return "a generator: your function uses `yield`; use `return` to give back one array."
     if isinstance(value, tuple):
         shapes = ", ".join(str(np.shape(v)) if not np.isscalar(v) else "scalar" for v in value)
         return (f"a tuple of {len(value)} values (shapes {shapes}): your function returns "

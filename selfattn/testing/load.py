@@ -517,10 +517,18 @@ def _display(*objs, **kwargs):
         print(repr(obj))
 
 
+class _Output(io.StringIO):
+    """What the cells print. A cell's sys.stdout.close() closes nothing, so the output so far is
+    kept (and the submission loaded: a closed StringIO has no value to give)."""
+
+    def close(self):
+        pass
+
+
 def _run_cells(path, sources, notes=()):
     namespace = {"__name__": "__main__", "__file__": str(path), "display": _display}
     errors, skipped = [], []
-    captured = io.StringIO()
+    captured = _Output()
     with _WrittenFiles() as written:
         run = namespace[_RUN_HELPER] = _RunMagic(path, namespace, written, errors)
         for number, source in enumerate(sources, 1):

@@ -1,6 +1,7 @@
 """Running a learner's function on the cases, and telling what happened on each."""
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import re
@@ -241,6 +242,9 @@ def _run_case(fn, case, user_scale, either=False):
         return done(f"returned a tuple of {len(got)} values (shapes {shapes})",
                     [_HINTS["returned_tuple"]])
     returned_list = isinstance(got, list)
+    if inspect.isgenerator(got):   # np.asarray makes it an object array: say what it is
+        return done("returned a generator (the function uses `yield`), not an array",
+                    [_hint(_HINTS["not_array"] + " Use `return`, not `yield`.", "not_array")])
     try:
         got = np.asarray(got)
     except Exception:  # a ragged list and the like
