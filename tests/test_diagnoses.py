@@ -88,6 +88,28 @@ def layer_int_buffer(X, W_q, W_k, W_v):
     return result
 
 
+def layer_int_buffer_in_its_softmax(X, W_q, W_k, W_v):
+    def softmax_into_ints(scores):
+        weights = np.zeros_like(scores, dtype=int)
+        weights[:] = softmax(scores)
+        return weights
+    return softmax_into_ints((X @ W_q) @ (X @ W_k).T) @ (X @ W_v)
+
+
+def layer_v_from_w_k(X, W_q, W_k, W_v):
+    Q, K, V = X @ W_q, X @ W_k, X @ W_k
+    return softmax(Q @ K.T) @ V
+
+
+def layer_global_max_scaled_by_a_float64(X, W_q, W_k, W_v):
+    # np.sqrt of an int is a float64 scalar: float32 scores become float64 (NumPy 2), and the
+    # rows a global max underflows are not float32's
+    Q, K, V = X @ W_q, X @ W_k, X @ W_v
+    scores = Q @ K.T / np.sqrt(K.shape[-1])
+    e = np.exp(scores - np.max(scores))
+    return e / e.sum(axis=1, keepdims=True) @ V
+
+
 def scores_list(Q, K):
     return [[float(q @ k) for k in K] for q in Q]
 
@@ -160,7 +182,15 @@ CASES = [
     ("layer scales with //", layer_floor_division, LAYER, None,
      "Your scale uses // (floor division)", []),
     ("layer fills an integer buffer", layer_int_buffer, LAYER, 1.0,
-     "Your result is rounded towards zero", []),
+     "Your result, or the weights it is made from, is rounded towards zero", []),
+    ("layer's softmax fills an integer buffer", layer_int_buffer_in_its_softmax, LAYER, 1.0,
+     "Your result, or the weights it is made from, is rounded towards zero", []),
+    ("layer subtracts the global max, in float64 from its scale on",
+     layer_global_max_scaled_by_a_float64, LAYER, None,
+     "You subtracted the maximum of the whole matrix", []),
+    # d_k != d_v in most cases: the shape is wrong there, and this is why
+    ("layer computes V with W_k", layer_v_from_w_k, LAYER, 1.0,
+     "V is computed with W_k (or W_q)", []),
     ("scores returned as a list of lists", scores_list, SCORES, 1.0,
      "Your function returns a Python list", []),
     ("scores divided by 2 typed in", scores_over_two, SCORES, None,
@@ -194,6 +224,8 @@ def test_the_mistake_is_named_and_nothing_else(label, fn, name, scale, diagnosis
     text = str(report)
     for wrong in absent:
         assert wrong not in text
+    # no failed case says otherwise (the cases where d_k != d_v said so of V = X @ W_k)
+    assert "matches none of the mistakes" not in text, text
 
 
 def test_a_residual_is_named_where_the_shapes_let_it_run():

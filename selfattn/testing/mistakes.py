@@ -152,7 +152,8 @@ _HINTS = {
                    "d_k = 4: take d_k from the inputs, Q @ K.T / np.sqrt(K.shape[-1]).",
     "zero_scale": "Your scores are all multiplied by 0: 1 // np.sqrt(d_k) is 0.0. Use "
                   "1 / np.sqrt(d_k) (a single /).",
-    "int_buffer": "Your result is rounded towards zero to whole numbers: the array you fill "
+    "int_buffer": "Your result, or the weights it is made from, is rounded towards zero to "
+                  "whole numbers: the array you fill "
                   "was created with an integer dtype (np.zeros(shape, dtype=int), or from "
                   "integer inputs), so each value you store is truncated. Create it with "
                   "np.zeros(shape) (float64) or dtype=X.dtype.",
@@ -390,6 +391,8 @@ def _mistakes(case, user_scale, either=False):
         with_scales(_HINTS["no_softmax"], lambda s: raw * s @ v)
         with_scales(_HINTS["returns_weights"], lambda s: _softmax_np(raw * s))
         with_scales(_HINTS["int_buffer"], lambda s: np.trunc(_softmax_np(raw * s) @ v))
+        # the softmax's own buffer an integer array: the weights truncated (most to 0)
+        with_scales(_HINTS["int_buffer"], lambda s: np.trunc(_softmax_np(raw * s)) @ v)
         if v.shape[-1] == q.shape[-2]:
             with_scales(_HINTS["v_at_weights"], lambda s: v @ _softmax_np(raw * s))
             with_scales(_HINTS["elementwise"], lambda s: _softmax_np(raw * s) * v)
@@ -401,9 +404,9 @@ def _mistakes(case, user_scale, either=False):
                         lambda s: _softmax_np(x @ _swap(x) * s) @ x)
             with_scales(_HINTS["k_from_wq"], lambda s: _softmax_np(q @ _swap(q) * s) @ v)
             with_scales(_HINTS["all_wq"], lambda s: _softmax_np(q @ _swap(q) * s) @ q)
-            if wk.shape[-1] == wv.shape[-1]:
-                with_scales(_HINTS["v_from_wk"], lambda s: _softmax_np(q @ _swap(k) * s) @ k)
-                with_scales(_HINTS["v_from_wk"], lambda s: _softmax_np(q @ _swap(k) * s) @ q)
+            # (where d_k != d_v too: the result then has d_k columns, and this is why)
+            with_scales(_HINTS["v_from_wk"], lambda s: _softmax_np(q @ _swap(k) * s) @ k)
+            with_scales(_HINTS["v_from_wk"], lambda s: _softmax_np(q @ _swap(k) * s) @ q)
             if wq.shape[-1] == wq.shape[-2]:
                 def transposed_proj(s):
                     q2, k2, v2 = x @ _swap(wq), x @ _swap(wk), x @ _swap(wv)

@@ -1,6 +1,7 @@
 """Running a learner's function on the cases, and telling what happened on each."""
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 import os
@@ -316,6 +317,15 @@ def _match_mistakes(case, got, user_scale, either, rtol, atol):
             continue  # this mistake makes no difference on this case
         if _diff(got, wrong, loose_r, loose_a).close:
             found.append(hint)
+    narrow = [isinstance(a, np.ndarray) and a.dtype == np.float32 for a in case.args]
+    if not found and any(narrow) and got.dtype == np.float64:
+        # float32 inputs and a float64 result: the learner's code went to float64 part way
+        # (`/ np.sqrt(d_k)` divides by a float64 scalar, which NumPy 2 does not demote), and a
+        # mistake that overflows or underflows does so elsewhere in float64: the mistakes again,
+        # computed in float64
+        wider = tuple(a.astype(np.float64) if f32 else a for a, f32 in zip(case.args, narrow))
+        return _match_mistakes(dataclasses.replace(case, args=wider), got, user_scale, either,
+                               rtol, atol)
     # One mistake explains a result better than the same mistake with a second one.
     return sorted(found, key=lambda h: len(getattr(h, "keys", ())))
 
