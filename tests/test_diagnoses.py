@@ -269,3 +269,27 @@ def test_every_mistake_has_a_short_title_for_the_class_summary():
     scale_keys = {f"scale_{k}" for k in ("raw", "sqrt_dk", "dk", "sqrt_nk", "sqrt_nq", "sqrt_dmodel",
                                          "sqrt_dv", "times_sqrt_dk")}
     assert set(_HINTS) | scale_keys | {"batched"} == set(TITLES)
+
+
+def layer_nan_stub(X, W_q, W_k, W_v):
+    return np.full((X.shape[0], W_v.shape[1]), np.nan)
+
+
+def layer_max_subtracted_but_sum_over_the_wrong_axis(X, W_q, W_k, W_v):
+    Q, K, V = X @ W_q, X @ W_k, X @ W_v
+    s = Q @ K.T
+    e = np.exp(s - s.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=0, keepdims=True) @ V
+
+
+@pytest.mark.parametrize("fn", [layer_nan_stub, layer_max_subtracted_but_sum_over_the_wrong_axis])
+def test_a_result_of_only_nan_is_no_evidence_of_an_overflowing_mistake(fn):
+    # NaN everywhere is what every overflowing softmax gives on the large cases: it named one
+    # ("you subtract a number from each row, but not its maximum") for code that subtracts the
+    # max, and for a stub
+    report = check(fn, LAYER)
+    assert [d.split(".")[0] for d in report.diagnoses] == [
+        "Your result differs from selfattn's and matches none of the mistakes check() knows"]
+    text = str(report)
+    assert "maximum" not in text and "max subtraction" not in text.lower()
+    assert "your result has inf or NaN where the expected result is finite" in text

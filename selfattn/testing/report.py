@@ -8,7 +8,8 @@ import textwrap
 from .cases import _SCALED, _band_kwargs, _check_name, _check_scale, cases
 from .compare import _fmt_index
 from .mistakes import _HINTS
-from .run import _agree_on_mistakes, _merge_combined, _merge_explained, _run_case
+from .run import (_agree_on_mistakes, _confirm_matches, _merge_combined, _merge_explained,
+                  _run_case)
 
 _CONVENTION = {
     None: "scores scaled by 1/sqrt(d_k), as in selfattn (scale=\"scaled\")",
@@ -262,6 +263,7 @@ def _unexplained(report):
 def _check_once(fn, name, scale, seed, notes, either=False, band=None, gqa=False):
     results = [_run_case(fn, case, scale, either)
                for case in cases(name, scale=scale, seed=seed, gqa=gqa, **(band or {}))]
+    _confirm_matches(results)
     _agree_on_mistakes(results)
     _merge_explained(results)
     _merge_combined(results)

@@ -38,6 +38,11 @@ class CaseResult:
     worst_index: tuple | None = None
     warnings: list = field(default_factory=list)
     matches: list = field(default_factory=list)  # every known mistake that reproduces the result
+    # The result holds no finite number, which every mistake that overflows reproduces: its
+    # `matches` need another case's support (_confirm_matches), and where they have none, these
+    # facts are what the case shows instead.
+    nonfinite: bool = False
+    unconfirmed_facts: str | None = None
 
     @property
     def passed(self):
@@ -290,8 +295,11 @@ def _run_case(fn, case, user_scale, either=False):
     if not (case.batched or case.grouped):
         result.matches = _match_mistakes(case, got, user_scale, either, rtol, atol)
         hints += result.matches[:1]
+        result.nonfinite = not np.isfinite(got).any()
         if not result.matches:
             message += "\n" + _facts(case, got, diff, rtol, atol)
+        elif result.nonfinite:
+            result.unconfirmed_facts = _facts(case, got, diff, rtol, atol)
     return done(message, hints)
 
 
@@ -328,6 +336,31 @@ def _match_mistakes(case, got, user_scale, either, rtol, atol):
                                rtol, atol)
     # One mistake explains a result better than the same mistake with a second one.
     return sorted(found, key=lambda h: len(getattr(h, "keys", ())))
+
+
+def _confirm_matches(results):
+    """A result of nothing but inf and NaN matches every mistake that overflows on its case, so
+    it is weak evidence of one. Such a case keeps a mistake that a failed case with numbers in its
+    result names too, or, where every failed case is all inf and NaN, that all of them name (a
+    softmax that subtracts each row's minimum fails only on large scores, all NaN there); else
+    it is unexplained, as it is (a stub that returns NaN everywhere)."""
+    failed = [r for r in results if r.verdict == "FAIL"]
+    informative = [r for r in failed if not r.nonfinite]
+    if informative:
+        supported = {h for r in informative for h in r.matches}
+    else:
+        supported = set.intersection(*(set(r.matches) for r in failed)) if failed else set()
+    for r in failed:
+        if r.unconfirmed_facts is None or r.matches[0] in supported:
+            continue
+        kept = [h for h in r.matches if h in supported]
+        r.hints = [h for h in r.hints if h not in r.matches]
+        if kept:
+            r.hints.append(kept[0])
+        else:
+            r.message += "\n" + r.unconfirmed_facts
+            r.hints.append(_HINTS["unknown"])
+        r.matches = kept
 
 
 def _agree_on_mistakes(results):
