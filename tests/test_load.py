@@ -513,3 +513,13 @@ def test_a_cell_that_closes_stdout_loses_no_output_and_no_function(tmp_path):
         "print('after')\ndef compute_attention_output(attn_weights, V):\n    return attn_weights @ V\n"]))
     assert sub.errors == [] and sub.output == "before\nafter\n"
     assert check(sub.compute_attention_output)
+
+
+def test_get_ipython_itself_runs_and_answers_none_as_outside_ipython(tmp_path):
+    # `ip = get_ipython()` was skipped as if it were a magic, so `print(ip)` raised NameError
+    sub = load_notebook(_notebook(tmp_path, [
+        "ip = get_ipython()\nIN_COLAB = 'google.colab' in str(get_ipython())\nprint(ip, IN_COLAB)\n",
+        "get_ipython().run_line_magic('matplotlib', 'inline')\nprint(get_ipython())\n"]))
+    assert sub.errors == [] and sub.output == "None False\nNone\n"
+    assert sub.skipped == ["get_ipython().run_line_magic('matplotlib', 'inline')"]
+    assert sub.IN_COLAB is False

@@ -53,7 +53,7 @@ _WRITEFILE = re.compile(r"^%%writefile(\s+(?:-a|--append))?\s+(\S.*?)\s*$")
 _MAGIC_LINE = re.compile(r"^(\s*)(?:[%!]|[\w., ]+=\s*[%!])")
 # nbconvert's form of a magic, also assigned (`files = get_ipython().getoutput('ls')`), and IPython's
 # help lines (`np.exp?`, `??softmax`)
-_IPYTHON_CALL = re.compile(r"^(\s*)(?:[\w., ]+=\s*)?get_ipython\(\)")
+_IPYTHON_CALL = re.compile(r"^(\s*)(?:[\w., ]+=\s*)?get_ipython\(\)\s*\.")
 _HELP_LINE = re.compile(r"^(\s*)(?:\?{1,2}[\w.]+|[\w.]+\?{1,2})\s*$")
 _PY_CELL_MARKER = re.compile(r"^# (?:In\[[ \d]*\]:|%%(?:\s|$))")
 # jupytext's cells (`# %%`, with a title and attributes: `# %% [markdown]`, `# %% language="bash"`)
@@ -525,8 +525,16 @@ class _Output(io.StringIO):
         pass
 
 
+def _get_ipython():
+    """IPython's get_ipython() where no IPython shell runs (the cells run without a kernel), as
+    IPython.get_ipython() answers then: None. So `ip = get_ipython()` and Colab's test
+    `'google.colab' in str(get_ipython())` run; a call of its methods is a magic (skipped)."""
+    return None
+
+
 def _run_cells(path, sources, notes=()):
-    namespace = {"__name__": "__main__", "__file__": str(path), "display": _display}
+    namespace = {"__name__": "__main__", "__file__": str(path), "display": _display,
+                 "get_ipython": _get_ipython}
     errors, skipped = [], []
     captured = _Output()
     with _WrittenFiles() as written:
@@ -606,8 +614,9 @@ def load_notebook(path):
 
 def load_module(path):
     """Run a ``.py`` file as :func:`load_notebook` runs a notebook: split into cells at its
-    ``# In[ ]:`` or ``# %%`` markers (one cell if it has none), with ``get_ipython()`` lines
-    skipped, a failing cell recorded and the next cells still run. The lines nbconvert writes for
+    ``# In[ ]:`` or ``# %%`` markers (one cell if it has none), with the magics nbconvert writes
+    (``get_ipython().run_line_magic(...)``) skipped, a failing cell recorded and the next cells
+    still run. The lines nbconvert writes for
     a cell magic (``get_ipython().run_cell_magic('writefile', 'attention.py', ...)``) and for
     ``%time`` and ``%run``, and the magics jupytext comments out (``# %%writefile
     attention.py``), run as the notebook's cells did; jupytext's markdown and raw cells are not code cells. jupytext's light
