@@ -525,7 +525,8 @@ def self_attention_layer(X, W_q, W_k, W_v, *, scale=None, mask=None, bias=None,
         unbounded), together with ``is_causal`` and ``mask`` (see
         :func:`scaled_dot_product_attention`).
     query_lengths, key_lengths : int or array_like of int, optional
-        Per-sequence lengths of a padded batch, one per entry of X's first batch axis (see
+        Per-sequence lengths of a padded batch, one per entry of the first batch axis (of the
+        batch shape X and the weights broadcast to; any prefix of it, see
         :func:`scaled_dot_product_attention`): tokens at or past their query length give output
         0, tokens at or past their key length are attended by none. For a padded batch of
         self-attention pass the same lengths to both.

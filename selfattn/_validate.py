@@ -208,12 +208,13 @@ def _item_lengths(func, name, lengths, batch, n):
     if arr.dtype == np.bool_ or arr.dtype.kind not in "iu":
         raise TypeError(f"{func}: {name} must hold integers (one length per sequence), got "
                         f"dtype {arr.dtype}")
+    if not batch and arr.ndim:
+        raise ValueError(f"{func}: {name}.shape={arr.shape}, but these inputs have no batch axis "
+                         f"(one sequence): pass its length as an int")
     if arr.ndim > len(batch) or any(a not in (1, b) for a, b in zip(arr.shape, batch)):
         raise ValueError(
             f"{func}: {name}.shape={arr.shape} must be a prefix of the batch shape {batch} (one "
-            f"length per entry of the first batch axis: shape ({batch[0] if batch else 1},)), "
-            f"or a scalar"
-            + ("" if batch else "; these inputs have no batch axis, so pass an int"))
+            f"length per entry of the first batch axis: shape ({batch[0]},)), or a scalar")
     if arr.size and (arr.min() < 0 or arr.max() > n):
         raise ValueError(f"{func}: {name} must lie in [0, {n}], got values from {arr.min()} to "
                          f"{arr.max()}")

@@ -280,6 +280,9 @@ def test_bad_lengths_are_refused(bad, error, message):
 
 def test_lengths_need_a_batch_axis():
     Q = np.ones((4, 2))
-    with pytest.raises(ValueError, match="no batch axis"):
+    # (it offered "shape (1,)" as the rule, the shape it refused)
+    with pytest.raises(ValueError) as info:
         sdpa(Q, Q, Q, query_lengths=[3])
+    assert str(info.value) == ("scaled_dot_product_attention: query_lengths.shape=(1,), but these "
+                               "inputs have no batch axis (one sequence): pass its length as an int")
     assert not sdpa(Q, Q, Q, query_lengths=2)[2:].any()
