@@ -266,6 +266,20 @@ _add("imports_selfattn", [IMPORTS, "from selfattn import *\n",
                    "softmax_attention_weights, compute_attention_output, self_attention_layer, "
                    "scaled_dot_product_attention are selfattn's own (imported from selfattn, "
                    "not written in the notebook), so not graded"]})
+# selfattn's functions wrapped, by name or through a helper of the notebook's: selfattn's grade
+_add("wraps_selfattn", [IMPORTS, "import selfattn as sa\n",
+                        CORRECT["compute_self_attention_scores"], CORRECT["compute_attention_output"],
+                        "def my_softmax(s):\n    return sa.softmax_attention_weights(s)\n\n"
+                        "def softmax_attention_weights(attn_scores):\n"
+                        "    return my_softmax(attn_scores)\n",
+                        "def self_attention_layer(X, W_q, W_k, W_v):\n"
+                        "    return sa.self_attention_layer(X, W_q, W_k, W_v, scale=1.0)\n"],
+     {"softmax_attention_weights": ("missing", []), "self_attention_layer": ("missing", []),
+      "problems": ["missing: softmax_attention_weights, self_attention_layer",
+                   "softmax_attention_weights calls selfattn's sa.softmax_attention_weights "
+                   "(through my_softmax), so it is selfattn's result, not graded",
+                   "self_attention_layer calls selfattn's sa.self_attention_layer, so it is "
+                   "selfattn's result, not graded"]})
 _add("syntax_error_cell", _cells(CORRECT, after=["def broken(:\n    pass\n"]),
      {"problems": ["cell 6: SyntaxError"]})
 _add("huge_allocation", _cells(CORRECT, after=["big = np.ones((50_000, 1_000_000))\n"]),

@@ -523,3 +523,35 @@ def test_get_ipython_itself_runs_and_answers_none_as_outside_ipython(tmp_path):
     assert sub.errors == [] and sub.output == "None False\nNone\n"
     assert sub.skipped == ["get_ipython().run_line_magic('matplotlib', 'inline')"]
     assert sub.IN_COLAB is False
+
+
+def test_functions_that_call_selfattns_are_not_the_students(tmp_path):
+    # by a name imported from selfattn, through the module, as a partial, through a helper of the
+    # notebook's; a function that mentions no selfattn stays the student's
+    sub = load_notebook(_notebook(tmp_path, [
+        "import functools\nimport numpy as np\nimport selfattn as sa\n"
+        "from selfattn import compute_attention_output as cao\n",
+        "def compute_self_attention_scores(Q, K):\n    return sa.compute_self_attention_scores(Q, K)\n",
+        "softmax_attention_weights = functools.partial(sa.softmax_attention_weights)\n",
+        "def compute_attention_output(attn_weights, V):\n    return cao(attn_weights, V)\n",
+        "def my_softmax(s):\n    def inner(t):\n        return sa.softmax_attention_weights(t)\n"
+        "    return inner(s)\n\ndef self_attention_layer(X, W_q, W_k, W_v):\n"
+        "    return my_softmax(X @ W_q @ (X @ W_k).T) @ (X @ W_v)\n",
+        "def scaled_dot_product_attention(Q, K, V):\n    return np.exp(Q @ K.T) @ V\n"]))
+    assert sub.functions == {"scaled_dot_product_attention": sub.scaled_dot_product_attention}
+    assert sub.borrowed == ["compute_self_attention_scores", "softmax_attention_weights",
+                            "compute_attention_output", "self_attention_layer"]
+    assert sub.problems() == [
+        "missing: compute_self_attention_scores, softmax_attention_weights, "
+        "compute_attention_output, self_attention_layer",
+        "softmax_attention_weights is selfattn's own (imported from selfattn, not written in the "
+        "notebook), so not graded",
+        "compute_self_attention_scores calls selfattn's sa.compute_self_attention_scores, so it "
+        "is selfattn's result, not graded",
+        "compute_attention_output calls selfattn's compute_attention_output (as cao), so it is "
+        "selfattn's result, not graded",
+        "self_attention_layer calls selfattn's sa.softmax_attention_weights (through my_softmax), "
+        "so it is selfattn's result, not graded"]
+    with pytest.raises(AttributeError, match=r"\(it calls selfattn's compute_attention_output "
+                                             r"\(as cao\)\)"):
+        sub.compute_attention_output

@@ -36,6 +36,7 @@ import sys
 import tempfile
 import tokenize
 import traceback
+import types
 from dataclasses import dataclass
 
 from .cases import NAMES
@@ -106,7 +107,9 @@ class Submission:
         The notebook's four functions it does not define (or takes from selfattn).
     borrowed : list of str
         The notebook's functions that are selfattn's own, imported rather than written
-        (``from selfattn import *``): they are not in `functions`, so they are not graded.
+        (``from selfattn import *``), or written to call selfattn's (``return
+        selfattn.softmax_attention_weights(s)``, directly or through the notebook's other
+        functions): they are not in `functions`, so they are not graded.
     errors : list of CellError
         The cells that raised, in order.
     skipped : list of str
@@ -130,10 +133,10 @@ class Submission:
         self.output = output
         self.n_cells = n_cells
         defined = {n: namespace[n] for n in NAMES if n in namespace and callable(namespace[n])}
-        # selfattn's own functions, imported (from selfattn import *) rather than written: the
-        # grade would be selfattn's, so they count as missing, and problems() says why
-        self.borrowed = [n for n, f in defined.items()
-                         if str(getattr(f, "__module__", "")).split(".")[0] == "selfattn"]
+        # selfattn's own functions, imported (from selfattn import *) or called by the notebook's:
+        # the grade would be selfattn's, so they count as missing, and problems() says why
+        self._uses = {n: _selfattn_used(f, set()) for n, f in defined.items()}
+        self.borrowed = [n for n, used in self._uses.items() if used]
         self.functions = {n: f for n, f in defined.items() if n not in self.borrowed}
         self.missing = [n for n in NOTEBOOK_FUNCTIONS if n not in self.functions]
 
@@ -145,16 +148,21 @@ class Submission:
         # the functions the cells wrote themselves
         own = sorted(n for n, v in self.namespace.items() if callable(v) and not n.startswith("_")
                      and getattr(v, "__module__", None) in (None, "__main__"))
-        if len(self.missing) == len(NOTEBOOK_FUNCTIONS):
+        if len(self.missing) == len(NOTEBOOK_FUNCTIONS) and not self.borrowed:
             out.append(f"{os.path.basename(self.path)} defines none of the notebook's functions "
                        f"({', '.join(NOTEBOOK_FUNCTIONS)}); it defines: "
                        f"{', '.join(own) if own else 'no functions at all'}")
         elif self.missing:
             out.append("missing: " + ", ".join(self.missing))
-        if self.borrowed:
-            out.append(f"{', '.join(self.borrowed)} {'is' if len(self.borrowed) == 1 else 'are'} "
+        imported = [n for n in self.borrowed if self._uses[n] == _IMPORTED]
+        if imported:
+            out.append(f"{', '.join(imported)} {'is' if len(imported) == 1 else 'are'} "
                        f"selfattn's own (imported from selfattn, not written in the notebook), "
                        f"so not graded")
+        for name in self.borrowed:
+            if self._uses[name] != _IMPORTED:
+                out.append(f"{name} calls selfattn's {self._uses[name]}, so it is selfattn's "
+                           f"result, not graded")
         for name in self.missing:
             if name in self.borrowed:
                 continue
@@ -170,8 +178,10 @@ class Submission:
         if name in self.__dict__.get("borrowed", ()):
             # as in `functions`: a grader's `student.softmax_attention_weights(...)` must not
             # grade selfattn against itself
+            used = self.__dict__["_uses"][name]
             raise AttributeError(f"{file} does not define {name!r}: its {name} is selfattn's own "
-                                 f"(imported from selfattn, not written in the notebook)")
+                                 + ("(imported from selfattn, not written in the notebook)"
+                                    if used == _IMPORTED else f"(it calls selfattn's {used})"))
         if name in namespace:
             return namespace[name]
         raise AttributeError(f"{file} does not define {name!r}")
@@ -180,6 +190,53 @@ class Submission:
         return (f"<Submission {os.path.basename(self.path)}: {self.n_cells} cells, defines "
                 f"{', '.join(self.functions) or 'none of the functions'}"
                 f"{f', {len(self.errors)} cell(s) raised' if self.errors else ''}>")
+
+
+_IMPORTED = "(imported)"
+
+
+def _is_selfattns(obj):
+    if isinstance(obj, types.ModuleType):
+        return obj.__name__.split(".")[0] == "selfattn"
+    obj = getattr(obj, "func", obj)   # functools.partial(selfattn.softmax_attention_weights)
+    return str(getattr(obj, "__module__", "")).split(".")[0] == "selfattn"
+
+
+def _selfattn_used(fn, seen):
+    """What of selfattn's `fn` is or uses: _IMPORTED where it is selfattn's own; else the
+    name, as the notebook's code spells it, of the selfattn function or module that its code or
+    the code of the notebook's functions it calls refers to; else "". Read from the code, not
+    run: a name it mentions in a branch not taken counts too."""
+    if _is_selfattns(fn):
+        return _IMPORTED
+    code = getattr(fn, "__code__", None)
+    if code is None or id(fn) in seen:
+        return ""
+    seen.add(id(fn))
+    # the notebook's code only (a cell, or a %%writefile file): not NumPy's functions
+    if not (code.co_filename.startswith("<") or "selfattn-submission-" in code.co_filename):
+        return ""
+    names, codes = [], [code]
+    while codes:    # the function's own code and that of the functions defined inside it
+        c = codes.pop()
+        names += c.co_names
+        codes += [k for k in c.co_consts if isinstance(k, types.CodeType)]
+    scope = getattr(fn, "__globals__", {})
+    for name in dict.fromkeys(names):
+        if name not in scope:   # (also an attribute's name, as in X.T: no global of that name)
+            continue
+        value = scope[name]
+        if isinstance(value, types.ModuleType) and _is_selfattns(value):
+            attrs = [a for a in names if callable(getattr(value, a, None))]
+            return f"{name}.{attrs[0]}" if attrs else f"functions (the module {name})"
+        if _is_selfattns(value):
+            real = getattr(getattr(value, "func", value), "__name__", name)
+            return real if real == name else f"{real} (as {name})"
+        if isinstance(value, types.FunctionType):
+            used = _selfattn_used(value, seen)
+            if used:
+                return f"{used} (through {name})" if used != _IMPORTED else name
+    return ""
 
 
 def _notebook_cells(path):
