@@ -23,6 +23,7 @@ Written to ``--out`` (default ``grades/``):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import html
 import json
@@ -616,10 +617,10 @@ def main(argv=None):
                         help=f"memory limit per submission in MiB (default {_MEMORY_MB}; "
                              f"not enforced on Windows)")
     args = parser.parse_args(argv)
-    _terminate_as_interrupt()
     try:
-        grade(args.submissions, args.out, scale=args.scale, timeout=args.timeout, jobs=args.jobs,
-              memory_mb=args.memory)
+        with _terminate_as_interrupt():
+            grade(args.submissions, args.out, scale=args.scale, timeout=args.timeout,
+                  jobs=args.jobs, memory_mb=args.memory)
     except (FileNotFoundError, ValueError) as exc:
         print(f"python -m selfattn {exc}", file=sys.stderr)  # "grade: ..."
         return 2
@@ -633,13 +634,20 @@ def main(argv=None):
     return 0
 
 
+@contextlib.contextmanager
 def _terminate_as_interrupt():
-    """SIGTERM (`timeout`, a cancelled CI job, `kill`) ends the grade as Ctrl-C does, so the
-    students' processes, each in a session of its own, are stopped with it, not left running."""
+    """While in it, SIGTERM (`timeout`, a cancelled CI job, `kill`) ends the grade as Ctrl-C
+    does, so the students' processes, each in a session of its own, are stopped with it, not left
+    running."""
     import signal
-    if threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread():  # (signals reach only it)
+        yield
         return
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt(signum)
-    signal.signal(signal.SIGTERM, interrupt)
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
