@@ -100,6 +100,15 @@ def test_grade_usage_errors_exit_2(tmp_path):
     assert run.returncode == 2 and "no .ipynb or .py files" in run.stderr
 
 
+def test_main_puts_back_the_callers_sigterm_handler(tmp_path, capsys):
+    import signal
+    from selfattn.testing.grade import main
+    before = signal.getsignal(signal.SIGTERM)
+    assert main([str(tmp_path / "nowhere")]) == 2
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert "does not exist" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("option, value, message", [
     ("--timeout", "0", "the timeout must be a positive number of seconds, got 0.0"),
     ("--timeout", "-5", "the timeout must be a positive number of seconds, got -5.0"),
