@@ -5,8 +5,17 @@ import os
 import sys
 
 import numpy
+import setuptools
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+
+# pyproject.toml states the license as PEP 639 asks (license = "MIT"), which setuptools reads from
+# version 77 on; an older one (a Python 3.11 venv comes with 65) stops with a schema error about
+# `project.license`. pip install . fetches a new one itself (build-system.requires); a direct
+# `python setup.py ...` or --no-build-isolation uses this environment's.
+if int(setuptools.__version__.split(".")[0]) < 77:
+    sys.exit(f"selfattn's build needs setuptools 77 or newer; this environment has "
+             f"{setuptools.__version__}: pip install -U setuptools (pip install . needs nothing)")
 
 # Every source of the extension, listed explicitly (no globbing: a stray file never slips in).
 SOURCES = [

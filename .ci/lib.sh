@@ -32,7 +32,8 @@ build_in_place() {  # $1: a copy of the tree, $2: SELFATTN_CFLAGS, $3: SELFATTN_
         || { cat "$1/build.log"; echo "build failed"; return 1; }
 }
 
-new_venv() {    # $1: folder; a fresh virtual environment of $PY with a current pip
+new_venv() {    # $1: folder; a fresh virtual environment of $PY with a current pip, and the
+    # setuptools that build_in_place's `setup.py build_ext` needs (77+: setup.py says why)
     "$PY" -m venv "$1"
-    "$1/bin/python" -m pip install -q --upgrade pip
+    "$1/bin/python" -m pip install -q --upgrade pip "setuptools>=77"
 }
