@@ -555,3 +555,34 @@ def test_functions_that_call_selfattns_are_not_the_students(tmp_path):
     with pytest.raises(AttributeError, match=r"\(it calls selfattn's compute_attention_output "
                                              r"\(as cao\)\)"):
         sub.compute_attention_output
+
+
+def test_what_only_looks_like_selfattn_in_a_function_is_the_students(tmp_path):
+    # the loader's own display() and get_ipython(), an attribute named like a name selfattn
+    # exports (np.testing beside `from selfattn import *`), an object whose attributes raise
+    # KeyError: none is a call of selfattn's, and none may crash the loading
+    softmax = ("    e = np.exp(s - s.max(axis=cfg.axis, keepdims=True))\n"
+               "    return e / e.sum(axis=-1, keepdims=True)\n")
+    sub = load_notebook(_notebook(tmp_path, [
+        "import numpy as np\nfrom selfattn import *\n"
+        "class Cfg(dict):\n    __getattr__ = dict.__getitem__\ncfg = Cfg(axis=-1)\n",
+        "def softmax_attention_weights(s):\n    display(s.shape)\n"
+        "    if get_ipython() is not None:\n        pass\n"
+        "    np.testing.assert_equal(s.ndim, 2)\n" + softmax]))
+    assert list(sub.functions) == ["softmax_attention_weights"]
+    assert check(sub.softmax_attention_weights)
+    assert "softmax_attention_weights" not in sub.borrowed
+
+
+@pytest.mark.parametrize("how", ["from helpers import *\n", "%run helpers.py\n"])
+def test_a_wrapper_in_a_file_beside_the_notebook_is_found_too(tmp_path, monkeypatch, how):
+    (tmp_path / "helpers.py").write_text(
+        "import selfattn as sa\n\ndef softmax_attention_weights(s):\n"
+        "    return sa.softmax_attention_weights(s)\n")
+    monkeypatch.chdir(tmp_path)          # as grade runs a notebook: in its folder
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "helpers", raising=False)
+    sub = load_notebook(_notebook(tmp_path, [how]))
+    assert sub.borrowed == ["softmax_attention_weights"], sub.errors
+    assert "softmax_attention_weights calls selfattn's sa.softmax_attention_weights, so it is " \
+           "selfattn's result, not graded" in sub.problems()

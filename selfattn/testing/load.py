@@ -22,6 +22,8 @@ from __future__ import annotations
 import ast
 import contextlib
 import difflib
+import dis
+import functools
 import glob
 import importlib
 import importlib.util
@@ -33,6 +35,7 @@ import re
 import shlex
 import shutil
 import sys
+import sysconfig
 import tempfile
 import tokenize
 import traceback
@@ -193,42 +196,64 @@ class Submission:
 
 
 _IMPORTED = "(imported)"
+# Where installed libraries live (NumPy's functions are no learner's code to read)
+_LIBRARIES = tuple(os.path.realpath(p) + os.sep for p in {
+    sys.prefix, sys.base_prefix, *(sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib",
+                                                                     "purelib", "platlib"))})
 
 
 def _is_selfattns(obj):
+    """Whether `obj` is selfattn (a module of it, a function, a partial of one); the loader's own
+    stand-ins in the cells' namespace (display, get_ipython, %run's helper) are not."""
     if isinstance(obj, types.ModuleType):
         return obj.__name__.split(".")[0] == "selfattn"
-    obj = getattr(obj, "func", obj)   # functools.partial(selfattn.softmax_attention_weights)
-    return str(getattr(obj, "__module__", "")).split(".")[0] == "selfattn"
+    try:   # functools.partial(selfattn.softmax_attention_weights)
+        obj = obj.func if isinstance(obj, functools.partial) else obj
+        module = str(getattr(obj, "__module__", "") or "")
+    except Exception:  # noqa: BLE001 -- a learner's object whose attributes raise
+        return False
+    return module.split(".")[0] == "selfattn" and module != __name__
+
+
+def _global_loads(code):
+    """(name, attribute or None) for each global name `code` and the functions defined in it
+    read, with the attribute read from it next (`sa.softmax_attention_weights`). Not co_names,
+    which holds attribute names as well (`np.testing` would be a global `testing`)."""
+    loads, codes = [], [code]
+    while codes:
+        c = codes.pop()
+        codes += [k for k in c.co_consts if isinstance(k, types.CodeType)]
+        instructions = list(dis.get_instructions(c))
+        for here, after in zip(instructions, instructions[1:] + [None]):
+            if here.opname in ("LOAD_GLOBAL", "LOAD_NAME"):
+                attr = (after.argval if after is not None
+                        and after.opname in ("LOAD_ATTR", "LOAD_METHOD") else None)
+                loads.append((here.argval, attr))
+    return loads
 
 
 def _selfattn_used(fn, seen):
     """What of selfattn's `fn` is or uses: _IMPORTED where it is selfattn's own; else the
-    name, as the notebook's code spells it, of the selfattn function or module that its code or
-    the code of the notebook's functions it calls refers to; else "". Read from the code, not
-    run: a name it mentions in a branch not taken counts too."""
+    name, as the learner's code spells it, of the selfattn function or module that its code, or
+    the code of the learner's functions it calls (the cells', a %%writefile or %run file's, a
+    module beside the notebook's), reads; else "". Read from the code, not run: a name read in a
+    branch not taken counts too."""
     if _is_selfattns(fn):
         return _IMPORTED
     code = getattr(fn, "__code__", None)
-    if code is None or id(fn) in seen:
+    if not isinstance(code, types.CodeType) or id(fn) in seen:
         return ""
     seen.add(id(fn))
-    # the notebook's code only (a cell, or a %%writefile file): not NumPy's functions
-    if not (code.co_filename.startswith("<") or "selfattn-submission-" in code.co_filename):
+    if not code.co_filename.startswith("<") and \
+            os.path.realpath(code.co_filename).startswith(_LIBRARIES):
         return ""
-    names, codes = [], [code]
-    while codes:    # the function's own code and that of the functions defined inside it
-        c = codes.pop()
-        names += c.co_names
-        codes += [k for k in c.co_consts if isinstance(k, types.CodeType)]
-    scope = getattr(fn, "__globals__", {})
-    for name in dict.fromkeys(names):
-        if name not in scope:   # (also an attribute's name, as in X.T: no global of that name)
+    scope = getattr(fn, "__globals__", None) or {}
+    for name, attr in dict.fromkeys(_global_loads(code)):
+        if name not in scope:   # a builtin
             continue
         value = scope[name]
         if isinstance(value, types.ModuleType) and _is_selfattns(value):
-            attrs = [a for a in names if callable(getattr(value, a, None))]
-            return f"{name}.{attrs[0]}" if attrs else f"functions (the module {name})"
+            return f"{name}.{attr}" if attr else f"functions (the module {name})"
         if _is_selfattns(value):
             real = getattr(getattr(value, "func", value), "__name__", name)
             return real if real == name else f"{real} (as {name})"
