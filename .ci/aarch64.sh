@@ -95,7 +95,8 @@ log "$(in_root uname -m), $(in_root python3 --version)"
 step "aarch64 3. pip install the tree inside it (numpy, pytest, hypothesis from PyPI)"
 copy_tree "$ARM_ROOT/src"
 in_root python3 -m venv /venv
-in_root pip install -q setuptools wheel numpy pytest hypothesis
+# setuptools 77+ (setup.py says why): the venv has Debian's 66, which a plain install would keep
+in_root pip install -q --upgrade "setuptools>=77" wheel numpy pytest hypothesis
 # no build isolation: the build reuses the numpy just installed instead of fetching it again
 in_root sh -c 'cd /src && pip install -q --no-build-isolation --no-deps .' \
     >"$WORK/pip.log" 2>&1 || { tail -40 "$WORK/pip.log"; exit 1; }
