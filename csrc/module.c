@@ -449,6 +449,8 @@ static int scores_impl(int isa, int precision, const sa_batch *batch, const sa_m
                        const sa_score_mods *mods)
 {
     sa_exec ex;
+    if (sa_softcap_needs_reference(mods, precision))
+        isa = SA_ISA_REFERENCE;
     const sa_kernels *tier = prepare(&ex, isa, batch, precision, NULL, 0);
     if (tier == NULL)
         return -1;
@@ -504,6 +506,8 @@ static int attention_impl(int isa, int precision, const sa_batch *batch, const s
                           const sa_score_mods *mods)
 {
     sa_exec ex;
+    if (sa_softcap_needs_reference(mods, precision))
+        isa = SA_ISA_REFERENCE;
     const sa_values values[] = {{V, n_k, d_v}};
     /* the fused and decode kernels check the sums of the V rows they weigh (a scan of V only
        where the weights are wanted) */
@@ -526,6 +530,8 @@ static int attention_backward_impl(int isa, int precision, const sa_batch *batch
                                    const sa_score_mods *mods)
 {
     sa_exec ex;
+    if (sa_softcap_needs_reference(mods, precision))
+        isa = SA_ISA_REFERENCE;
     const sa_values values[] = {{V, n_k, d_v}, {dO, n_q, d_v}};
     const sa_kernels *tier = prepare(&ex, isa, batch, precision, values, 2);
     if (tier == NULL)

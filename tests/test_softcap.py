@@ -121,6 +121,32 @@ def test_huge_scores_natural_units(isa, dtype):
     assert_close(got, ref_attention(Q, K, V, scale=1.0, softcap=4.0)[0])
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_caps_near_the_largest_value(isa, dtype):
+    """A cap near the dtype's largest value, or beyond float32's in a float32 call, is a cap like
+    any other: the fast tiers held it times log2 e, which overflowed past about 2.4e38 in float32
+    (1.2e308 in float64) and gave NaN."""
+    rng = np.random.default_rng(4)
+    big = float(np.finfo(dtype).max)
+    caps = [big, big * 0.69, big * 0.71, big / 4]
+    if dtype == np.float32:
+        caps += [1e39, 1e300]
+    for spread in (1.0, 0.03):
+        Q, K, V = operands(rng, dtype, spread=spread)
+        dO = rng.standard_normal(V.shape[:-2] + (Q.shape[-2], V.shape[-1])).astype(dtype)
+        for cap in caps:
+            out, w = scaled_dot_product_attention(Q, K, V, softcap=cap, return_weights=True)
+            want_out, want_w = ref_attention(Q, K, V, softcap=cap)
+            assert np.isfinite(out).all(), (cap, spread)
+            assert_close(out, want_out)
+            assert_close(w, want_w)
+            fused = scaled_dot_product_attention(Q, K, V, softcap=cap)
+            assert_close(fused, want_out)
+            got = scaled_dot_product_attention_backward(dO, Q, K, V, softcap=cap)
+            for g, want in zip(got, ref_attention_grads(dO, Q, K, V, softcap=cap)):
+                assert_close(g, want, rtol=GRAD_RTOL[dtype])
+
+
 def test_masks_apply_after_the_cap(isa, rng):
     """-inf masks stay -inf (weight exactly 0, even next to inf in V), a fully masked row gives 0,
     a float mask and a bias are added to the capped scores (not capped themselves)."""
