@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 
 from ._kernels import _band
-from ._validate import (_as_array, _broadcast_shapes, _check_size, _integer, _public_call,
-                        _visibility, _window)
+from ._validate import (_as_array, _broadcast_shapes, _check_size, _distinct, _integer,
+                        _public_call, _visibility, _window)
 
 __all__ = ["causal_mask", "window_mask", "padding_mask", "lengths_mask", "alibi_bias"]
 
@@ -209,9 +209,8 @@ def _alibi_slopes(num_heads):
     then every other slope of 2p heads (k = 1, 3, 5, ...) until there are num_heads, so that the
     added heads' slopes fall between the others."""
     p = 1 << (num_heads.bit_length() - 1)
-    slopes = [2.0 ** (-8.0 * k / p) for k in range(1, p + 1)]
-    slopes += [2.0 ** (-8.0 * k / (2 * p)) for k in range(1, 2 * (num_heads - p), 2)]
-    return np.array(slopes)
+    return np.concatenate([2.0 ** (-8.0 * np.arange(1, p + 1) / p),
+                           2.0 ** (-8.0 * np.arange(1, 2 * (num_heads - p), 2) / (2 * p))])
 
 
 @_public_call(float32_helps=False)
@@ -270,6 +269,8 @@ def alibi_bias(num_heads, n_q, n_k=None):
     n_q = _integer(func, "n_q", n_q, 0)
     n_k = n_q if n_k is None else _integer(func, "n_k", n_k, 0)
     _check_size(func, (num_heads, n_q, n_k), np.dtype(np.float64))
+    if n_q == 0 or n_k == 0:    # no slopes to compute (num_heads of them could be billions)
+        return np.zeros((num_heads, n_q, n_k))
     # minus the distance, in integers first so that the diagonal is +0.0, not -0.0
     offsets = -np.abs(np.arange(n_q)[:, None] - np.arange(n_k)[None, :])
     return _alibi_slopes(num_heads)[:, None, None] * offsets.astype(np.float64)
@@ -285,8 +286,9 @@ def _lengths_array(func, name, lengths, n_name, n):
             f"{func}: {name} must be integers (the number of real tokens in each sequence), "
             f"got dtype {lengths.dtype}"
         )
-    if lengths.size and (lengths.min() < 0 or lengths.max() > n):
-        bad = lengths[(lengths < 0) | (lengths > n)].flat[0]
+    distinct = _distinct(lengths)
+    if lengths.size and (distinct.min() < 0 or distinct.max() > n):
+        bad = distinct[(distinct < 0) | (distinct > n)].flat[0]
         raise ValueError(
             f"{func}: every length must be between 0 and {n_name}={n}, got a length of {bad} "
             f"({name}={lengths.tolist() if lengths.size <= 16 else lengths.shape})"

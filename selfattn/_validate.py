@@ -77,7 +77,15 @@ def _as_array(func, name, value):
         )
     try:
         arr = _as_ndarray(value)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, RuntimeError) as exc:
+        if not isinstance(value, (list, tuple)):
+            # an object's own conversion refused (torch: a tensor that requires grad, on a GPU,
+            # or in bfloat16): its words say how to get an array out of it
+            kind = type(value)
+            raise TypeError(
+                f"{func}: {name}, a {kind.__module__}.{kind.__qualname__}, could not be converted "
+                f"to a NumPy array; it says: {exc}"
+            ) from None
         why = ("it is not rectangular: rows of different lengths, or a list where a number "
                "should be" if "inhomogeneous" in str(exc) else f"NumPy says: {exc}")
         raise ValueError(
@@ -204,7 +212,7 @@ def _item_lengths(func, name, lengths, batch, n):
     after it (heads); each length is in [0, n]."""
     if lengths is None:
         return None
-    arr = np.asarray(lengths)
+    arr = _as_array(func, name, lengths)
     if arr.dtype == np.bool_ or arr.dtype.kind not in "iu":
         raise TypeError(f"{func}: {name} must hold integers (one length per sequence), got "
                         f"dtype {arr.dtype}")
@@ -215,11 +223,19 @@ def _item_lengths(func, name, lengths, batch, n):
         raise ValueError(
             f"{func}: {name}.shape={arr.shape} must be a prefix of the batch shape {batch} (one "
             f"length per entry of the first batch axis: shape ({batch[0]},)), or a scalar")
-    if arr.size and (arr.min() < 0 or arr.max() > n):
-        raise ValueError(f"{func}: {name} must lie in [0, {n}], got values from {arr.min()} to "
-                         f"{arr.max()}")
+    distinct = _distinct(arr)
+    if arr.size and (distinct.min() < 0 or distinct.max() > n):
+        raise ValueError(f"{func}: {name} must lie in [0, {n}], got values from {distinct.min()} "
+                         f"to {distinct.max()}")
     full = np.broadcast_to(arr.reshape(arr.shape + (1,) * (len(batch) - arr.ndim)), batch)
     return np.ascontiguousarray(full, dtype=np.intp).reshape(-1)
+
+
+def _distinct(arr):
+    """The elements of `arr` with its broadcast axes (stride 0, np.broadcast_to's) taken once:
+    what a scan of its values (min, max) needs, however large the view."""
+    return arr[tuple(0 if stride == 0 and extent > 1 else slice(None)
+                     for stride, extent in zip(arr.strides, arr.shape))]
 
 
 def _lengths(func, query_lengths, key_lengths, batch, n_q, n_k):
@@ -362,12 +378,17 @@ def _mask(func, mask, n_q, n_k, compute, bias=None):
     if arr is None:
         return bias_arr
     try:
-        _broadcast_shapes([arr.shape, bias_arr.shape])
+        merged = _broadcast_shapes([arr.shape, bias_arr.shape])
     except ValueError:
         raise ValueError(
             f"{func}: mask.shape={np.shape(mask)} and bias.shape={np.shape(bias)} do not "
             f"broadcast together; both broadcast against the scores (..., n_q, n_k)"
         ) from None
+    if math.prod(merged) * compute.itemsize > np.iinfo(np.intp).max:
+        raise ValueError(
+            f"{func}: mask.shape={np.shape(mask)} and bias.shape={np.shape(bias)} broadcast to "
+            f"{merged} ({math.prod(merged):,} elements), which is too large to allocate"
+        )
     if arr.dtype.kind == "b":
         return np.where(arr, bias_arr, compute.type(-np.inf))
     with np.errstate(over="ignore"):

@@ -196,6 +196,64 @@ def test_ragged_lists():
             "lengths" in msg or "ragged" in msg)  # NumPy < 1.24 makes an object array of it
 
 
+class _RefusesConversion:
+    """An array-like whose own conversion refuses, as a torch tensor that requires grad does
+    (RuntimeError), or one in bfloat16 (TypeError)."""
+
+    def __init__(self, error):
+        self.error = error
+
+    def __array__(self, dtype=None, copy=None):
+        raise self.error
+
+
+@pytest.mark.parametrize("error", [RuntimeError("Can't call numpy() on Tensor that requires "
+                                                "grad. Use tensor.detach().numpy() instead."),
+                                   TypeError("Got unsupported ScalarType BFloat16")])
+def test_an_object_that_refuses_conversion_gets_a_typeerror_with_its_words(error):
+    """The object's own words say how to get an array out of it; before, a RuntimeError escaped
+    raw (a grader catching TypeError and ValueError crashed), and a TypeError was reported as a
+    ValueError about the shape."""
+    thing = _RefusesConversion(error)
+    name = f"{__name__}._RefusesConversion"
+    with pytest.raises(TypeError) as info:
+        sa.softmax_attention_weights(thing)
+    assert str(info.value) == (f"softmax_attention_weights: attn_scores, a {name}, could not be "
+                               f"converted to a NumPy array; it says: {error}")
+    Q = np.ones((2, 3, 4))
+    for kwargs in ({"mask": thing}, {"bias": thing}, {"query_lengths": thing}):
+        with pytest.raises(TypeError, match=f"{list(kwargs)[0]}, a {name}, could not be"):
+            sa.scaled_dot_product_attention(Q, Q, Q, **kwargs)
+
+
+def test_torch_tensors_that_numpy_cannot_take_are_named():
+    torch = pytest.importorskip("torch")
+    with pytest.raises(TypeError, match=r"Q, a torch.Tensor, could not be converted to a NumPy "
+                                        r"array; it says: .*detach"):
+        sa.compute_self_attention_scores(torch.ones(2, 3, requires_grad=True), np.ones((2, 3)))
+    with pytest.raises(TypeError, match="BFloat16"):
+        sa.softmax_attention_weights(torch.ones(2, 3, dtype=torch.bfloat16))
+
+
+def test_ragged_lengths_and_huge_mask_bias_pairs_get_our_errors():
+    Q = np.ones((2, 3, 4))
+    msg = message(lambda: sa.scaled_dot_product_attention(Q, Q, Q, query_lengths=[[1, 2], [3]]))
+    assert msg.startswith("scaled_dot_product_attention: query_lengths could not be read as an "
+                          "array (it is not rectangular"), msg
+    # lengths beyond n in a broadcast view are found without scanning every entry
+    msg = message(lambda: sa.scaled_dot_product_attention(
+        Q, Q, Q, query_lengths=np.broadcast_to(np.array([5]), (2,))))
+    assert "query_lengths must lie in [0, 3], got values from 5 to 5" in msg
+    # a mask and a bias whose broadcast no machine could hold: refused before np.where tried
+    x = np.ones((3, 4))
+    mask = np.broadcast_to(np.ones((1, 1, 3, 3), bool), (2 ** 31, 1, 3, 3))
+    bias = np.broadcast_to(np.zeros((1, 3, 3)), (2 ** 31, 3, 3))
+    msg = message(lambda: sa.scaled_dot_product_attention(x, x, x, mask=mask, bias=bias))
+    assert msg == ("scaled_dot_product_attention: mask.shape=(2147483648, 1, 3, 3) and "
+                   "bias.shape=(2147483648, 3, 3) broadcast to (2147483648, 2147483648, 3, 3) "
+                   "(41,505,174,165,846,491,136 elements), which is too large to allocate")
+
+
 def test_a_rectangular_list_holding_none_names_it():
     """A rectangular list with a None (or a Fraction, or integers beyond int64) is an object
     array too: the message says what it holds, not that its rows have different lengths."""

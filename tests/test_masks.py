@@ -4,6 +4,7 @@ import pytest
 
 from selfattn import (
     causal_mask,
+    lengths_mask,
     multi_head_attention,
     padding_mask,
     scaled_dot_product_attention,
@@ -104,6 +105,21 @@ def test_padding_mask_errors():
         padding_mask([1], 4.0)
     with pytest.raises(TypeError, match=r"padding_mask: head_axis must be True or False"):
         padding_mask([1], 4, head_axis=1)
+
+
+def test_broadcast_lengths_are_read_once_per_distinct_value():
+    """A broadcast view of lengths (np.broadcast_to, stride 0) is checked by its distinct values:
+    one of 2**59 entries was scanned whole (min and max) before the size check refused it."""
+    many = np.broadcast_to(np.array([1]), (2 ** 59,))
+    with pytest.raises(ValueError, match="too large to allocate"):
+        padding_mask(many, 3)
+    with pytest.raises(ValueError, match="too large to allocate"):
+        lengths_mask(many, None, 3, 3)
+    with pytest.raises(ValueError, match="got a length of 5"):
+        padding_mask(np.broadcast_to(np.array([[2], [5]]), (2, 2 ** 58)), 3)
+    # and a broadcast view gives the mask its values give
+    lengths = np.broadcast_to(np.array([[1], [3]]), (2, 3))
+    np.testing.assert_array_equal(padding_mask(lengths, 4), padding_mask(lengths.copy(), 4))
 
 
 def test_docstring_examples_of_the_new_modules_run():
