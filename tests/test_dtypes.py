@@ -21,6 +21,10 @@ TABLE = [
     ((np.float16, np.float32), np.float32),
     ((np.float32, np.int64), np.float64),
     ((np.float16, np.float64), np.float64),
+    # the README's rule: integers and booleans give float64 beside any float (NumPy: float32,
+    # float16)
+    ((np.float32, np.int8), np.float64),
+    ((np.float16, np.bool_), np.float64),
 ]
 
 
