@@ -175,6 +175,24 @@ def test_long_backward_is_interruptible(one_or_all_threads, time_scale):
     small_attention_is_correct()
 
 
+def backward_many_keys_call(n_k, n_q=64, d=16):
+    # past the fused backward's limits (10^5 keys and more) the blocked one runs; each of its
+    # first pass's tasks takes a block of queries against every key. K and V are broadcast views.
+    rng = np.random.default_rng(4)
+    Q, dO = (rng.standard_normal((n_q, d)).astype(np.float32) for _ in range(2))
+    K, V = (np.broadcast_to(rng.standard_normal((1, d)).astype(np.float32), (n_k, d))
+            for _ in range(2))
+    return lambda: selfattn.scaled_dot_product_attention_backward(dO, Q, K, V)
+
+
+def test_backward_over_millions_of_keys_is_interruptible(one_or_all_threads, time_scale):
+    """A task of the blocked backward's first pass (a block of queries against every key) ran
+    for seconds without polling: 5 s from the signal with 4M keys."""
+    n_k = calibrated(backward_many_keys_call, 2 ** 16, 1, 2 ** 22)
+    check_interrupt(backward_many_keys_call, n_k, time_scale)
+    small_attention_is_correct()
+
+
 def test_long_softmax_is_interruptible(one_or_all_threads, time_scale):
     # The output (rows x 4096 float64) is capped at MAX_BYTES; with fast kernels that may be too
     # quick to interrupt, which the skip says (scores and attention cover the mechanism then).
