@@ -16,7 +16,8 @@ import numpy as np
 
 from . import _core
 from ._kernels import (
-    _ISA_DEFAULT,
+    _isa,
+    _on_one_tier,
     _attend,
     _band,
     _finish,
@@ -95,7 +96,7 @@ def _plain_batch_sdpa(Q, K, V, scale, band):
     if math.prod(out_shape) * itemsize > _INTP_MAX:
         return None
     out = np.empty(out_shape, dtype)
-    _core.attention(out, None, Q, K, V, None, scale, band, _ISA_DEFAULT)
+    _core.attention(out, None, Q, K, V, None, scale, band, _isa())
     return out
 
 
@@ -196,7 +197,7 @@ def compute_self_attention_scores(Q, K, *, scale=None, mask=None, bias=None, is_
     if out.size:
         _core.scores(out, _operand(Q, compute, batch), _operand(K, compute, batch),
                      _mask_operand(mask, batch, n_q, n_k), scale, _band(visibility, n_q, n_k),
-                     _ISA_DEFAULT)
+                     _isa())
     return _finish(out, result)
 
 
@@ -264,7 +265,7 @@ def softmax_attention_weights(attn_scores, *, axis=-1):
     out = np.empty(moved.shape, dtype=compute)
     if out.size:
         batch = moved.shape[:-2]
-        _core.softmax(out, _operand(moved, compute, batch), _ISA_DEFAULT)
+        _core.softmax(out, _operand(moved, compute, batch), _isa())
     out = out.reshape(np.moveaxis(x, axis, -1).shape)
     if axis != x.ndim - 1:
         out = np.ascontiguousarray(np.moveaxis(out, -1, axis))
@@ -330,7 +331,7 @@ def compute_attention_output(attn_weights, V):
     _check_size(func, batch + (n_q, V.shape[-1]), compute)
     out = np.empty(batch + (n_q, V.shape[-1]), dtype=compute)
     if out.size:
-        _core.output(out, _operand(W, compute, batch), _operand(V, compute, batch), _ISA_DEFAULT)
+        _core.output(out, _operand(W, compute, batch), _operand(V, compute, batch), _isa())
     return _finish(out, result)
 
 
@@ -573,5 +574,5 @@ def self_attention_layer(X, W_q, W_k, W_v, *, scale=None, mask=None, bias=None,
     L = _Layer(func, X, W_q, W_k, W_v, None, None, scale, mask, is_causal, bias=bias,
                window=window, lengths=(query_lengths, key_lengths), softcap=softcap,
                dropout_p=dropout_p, seed=seed)
-    out, weights = L.attend(*L.project(), return_weights)
+    out, weights = _on_one_tier(lambda: L.attend(*L.project(), return_weights))
     return _finish_attention(out, weights, L.result)

@@ -21,6 +21,7 @@ from ._kernels import (
     _empty_rows,
     _finish,
     _matmul,
+    _one_tier,
     _split_heads,
 )
 from ._layer import _Layer
@@ -156,6 +157,7 @@ def _packed_weight_grads(src, dP, parts, compute):
 
 
 @_public_call
+@_one_tier
 def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None, bias=None,
                                           is_causal=False, window=None, enable_gqa=False,
                                           query_lengths=None, key_lengths=None, softcap=None,
@@ -260,6 +262,7 @@ def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None,
 
 
 @_public_call
+@_one_tier
 def self_attention_layer_backward(dY, X, W_q, W_k, W_v, *, scale=None, mask=None, bias=None,
                                   is_causal=False, window=None, query_lengths=None,
                                   key_lengths=None, softcap=None, dropout_p=0.0, seed=None):

@@ -8,8 +8,10 @@ NaN in the values it weighs.
 """
 from __future__ import annotations
 
+import functools
 import math
 import sys
+import threading
 
 import numpy as np
 
@@ -18,6 +20,35 @@ from ._validate import _check_size, _narrowed
 
 _ISA_DEFAULT = -1  # the process-wide tier (selfattn.set_isa / SELFATTN_ISA)
 _UNBOUNDED = sys.maxsize  # a side of a band that hides nothing (the glue clamps it to n_q + n_k)
+_pinned = threading.local()  # .isa: the tier this thread's running call pinned (_one_tier)
+
+
+def _isa():
+    """The tier for the next kernel: the one the running public call pinned, else the process-wide
+    one (-1: read by the kernel as it starts)."""
+    return getattr(_pinned, "isa", _ISA_DEFAULT)
+
+
+def _on_one_tier(run):
+    """run(), which runs several kernels (projections, attention, gradients), with every kernel on
+    the tier set as it starts: otherwise set_isa in another thread during the call ran its steps
+    on two tiers, whose mixed bits no single tier gives."""
+    if hasattr(_pinned, "isa"):                  # inside a pinned call: already pinned
+        return run()
+    _pinned.isa = _core.isa_code(_core.get_isa())
+    try:
+        return run()
+    finally:
+        del _pinned.isa
+
+
+def _one_tier(function):
+    """`function` (a public call) run by _on_one_tier."""
+    @functools.wraps(function)
+    def call(*args, **kwargs):
+        __tracebackhide__ = True
+        return _on_one_tier(lambda: function(*args, **kwargs))
+    return call
 
 
 def _band(visibility, n_q, n_k, lengths=None):
@@ -119,7 +150,7 @@ def _matmul(A, B, compute, batch, padded=False, a_t=False, b_t=False, add_to=Non
         out = (_empty_rows if padded else np.empty)(batch + (m, n), compute)
     layout = (1 if a_t else 0) | (2 if b_t else 0) | (4 if add_to is not None else 0)
     if out.size:
-        _core.matmul(out, _operand(A, compute, batch), _operand(B, compute, batch), _ISA_DEFAULT,
+        _core.matmul(out, _operand(A, compute, batch), _operand(B, compute, batch), _isa(),
                      layout)
     return out
 
@@ -146,7 +177,7 @@ def _project(func, X, Ws, compute, batch, w_batch, biases=None, padded=True):
             start += W.shape[-1]
     if QKV.size:
         _core.project(QKV, _operand(X, compute, batch),
-                      tuple(_operand(W, compute, w_batch) for W in Ws), b_all, _ISA_DEFAULT)
+                      tuple(_operand(W, compute, w_batch) for W in Ws), b_all, _isa())
     views, start = [], 0
     for W in Ws:
         views.append(QKV[..., start: start + W.shape[-1]])
@@ -176,7 +207,7 @@ def _attend(func, batch, Q, K, V, mask, scale, visibility, compute, return_weigh
         Qb, Kb, Vb = (_operand(a, compute, batch) for a in (Q, K, V))
         _core.attention(_split_heads(out, heads), weights, Qb, Kb, Vb,
                         _mask_operand(mask, batch, n_q, n_k), scale,
-                        _band(visibility, n_q, n_k, lengths), _ISA_DEFAULT, lse, softcap,
+                        _band(visibility, n_q, n_k, lengths), _isa(), lse, softcap,
                         *dropout)
     return out, weights
 
@@ -193,5 +224,5 @@ def _attention_grads(batch, dQ, dK, dV, dO, Q, K, V, mask, scale, visibility, co
         return
     Qb, Kb, Vb, dOb = (_operand(a, compute, batch) for a in (Q, K, V, dO))
     _core.attention_backward(dQ, dK, dV, dOb, Qb, Kb, Vb, _mask_operand(mask, batch, n_q, n_k),
-                             scale, _band(visibility, n_q, n_k, lengths), _ISA_DEFAULT, softcap,
+                             scale, _band(visibility, n_q, n_k, lengths), _isa(), softcap,
                              *dropout, out)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._backward import _layer_input_grads, _sum_to, _weight_grad
-from ._kernels import _finish, _finish_attention, _matmul
+from ._kernels import _finish, _finish_attention, _matmul, _one_tier
 from ._layer import _Layer
 from ._validate import (
     _as_matrices,
@@ -26,6 +26,7 @@ __all__ = ["multi_head_attention", "multi_head_attention_backward", "multi_head_
 
 
 @_public_call
+@_one_tier
 def multi_head_attention(X, W_q, W_k, W_v, W_o, *, num_heads, kv=None, b_q=None, b_k=None,
                          b_v=None, b_o=None, scale=None, mask=None, bias=None, is_causal=False,
                          return_weights=False, window=None, num_kv_heads=None,
@@ -169,6 +170,7 @@ def multi_head_attention(X, W_q, W_k, W_v, W_o, *, num_heads, kv=None, b_q=None,
 
 
 @_public_call
+@_one_tier
 def multi_head_attention_backward(dY, X, W_q, W_k, W_v, W_o, *, num_heads, kv=None, b_q=None,
                                   b_k=None, b_v=None, b_o=None, scale=None, mask=None, bias=None,
                                   is_causal=False, window=None, num_kv_heads=None,
@@ -285,6 +287,7 @@ def _grads(L, dY, qkv, out=None):
 
 
 @_public_call
+@_one_tier
 def multi_head_attention_vjp(X, W_q, W_k, W_v, W_o, *, num_heads, kv=None, b_q=None, b_k=None,
                              b_v=None, b_o=None, scale=None, mask=None, bias=None,
                              is_causal=False, window=None, num_kv_heads=None, query_lengths=None,
@@ -357,7 +360,7 @@ def multi_head_attention_vjp(X, W_q, W_k, W_v, W_o, *, num_heads, kv=None, b_q=N
         _check_grad_shape(func, "dY", dY, Y.shape, "output")
         return _grads(L, dY, [Q, K, V], out)
 
-    backward = _public_call(backward, name=f"{func}'s backward")
+    backward = _public_call(_one_tier(backward), name=f"{func}'s backward")
     backward.__doc__ = (f"The gradients of {func}'s output for dY (the gradient of the loss "
                         f"with respect to it, of shape {Y.shape}): the tuple "
                         f"multi_head_attention_backward returns.")

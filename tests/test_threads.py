@@ -110,3 +110,64 @@ def test_settings_are_consistent_under_concurrent_changes(threads):
     for t in ts:
         t.join()
     assert set(seen) <= set(range(1, 8))
+
+
+@pytest.mark.c_backend
+def test_set_isa_from_another_thread_never_mixes_tiers_within_a_call(rng):
+    """A call that runs several kernels (projections, attention, gradients) runs them all on the
+    tier set when it started: with set_isa switching tiers in another thread every fraction of a
+    millisecond, each result is bit for bit one tier's serial result. Before, the multi-head and
+    layer functions ran their steps on whichever tier was set as each began (about 1 in 20 calls
+    gave bits of no tier)."""
+    tiers = list(selfattn._core.supported_isas())
+    if len(tiers) < 2:
+        pytest.skip("one tier on this machine")
+    X = rng.standard_normal((24, 16))
+    W = [rng.standard_normal((16, 16)) for _ in range(4)]
+    dY = rng.standard_normal((24, 16))
+    work = {
+        "multi_head_attention": lambda: selfattn.multi_head_attention(X, *W, num_heads=4),
+        "multi_head_attention_backward": lambda: selfattn.multi_head_attention_backward(
+            dY, X, *W, num_heads=4),
+        "self_attention_layer": lambda: selfattn.self_attention_layer(X, *W[:3], is_causal=True,
+                                                                      window=(5, 0)),
+        "self_attention_layer_backward": lambda: selfattn.self_attention_layer_backward(
+            dY, X, *W[:3]),
+        "multi_head_attention_vjp": lambda: selfattn.multi_head_attention_vjp(
+            X, *W, num_heads=4)[0],
+    }
+    # the vjp's backward is a call of its own (its forward's tier may differ): one made once
+    before = selfattn.get_isa()
+    work["the vjp's backward"] = lambda backward=selfattn.multi_head_attention_vjp(
+        X, *W, num_heads=4)[1]: backward(dY)
+
+    def flat(result):
+        return np.concatenate([np.ravel(r) for r in (result if isinstance(result, tuple)
+                                                     else (result,))]).tobytes()
+
+    expected = {}
+    for tier in tiers:
+        selfattn.set_isa(tier)
+        for name, call in work.items():
+            expected.setdefault(name, set()).add(flat(call()))
+    stop = threading.Event()
+
+    def switcher():
+        k = 0
+        while not stop.is_set():
+            selfattn.set_isa(tiers[k % len(tiers)])
+            k += 1
+
+    thread = threading.Thread(target=switcher)
+    thread.start()
+    mixed = {}
+    try:
+        for _ in range(150):
+            for name, call in work.items():
+                if flat(call()) not in expected[name]:
+                    mixed[name] = mixed.get(name, 0) + 1
+    finally:
+        stop.set()
+        thread.join()
+        selfattn.set_isa(before)
+    assert not mixed, f"results of no single tier (of {tiers}), per function: {mixed}"
