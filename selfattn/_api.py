@@ -242,7 +242,7 @@ def softmax_attention_weights(attn_scores, *, axis=-1):
     array([[0.5, 0.5],
            [0. , 0. ]])
     """
-    if axis == -1 and type(axis) is int:
+    if type(axis) is int and axis == -1:      # (an array's == is an array: type first)
         result = _core.plain_softmax(attn_scores)
         if result is not None:
             return result

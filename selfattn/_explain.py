@@ -13,7 +13,7 @@ import textwrap
 import numpy as np
 
 from . import _api
-from ._validate import _visibility
+from ._validate import _label_list, _visibility
 
 __all__ = ["explain", "AttentionTrace"]
 
@@ -286,11 +286,8 @@ def explain(X, W_q, W_k, W_v, *, tokens=None, scale=None, mask=None, is_causal=F
     if n == 0:
         raise ValueError(f"{func}: X has 0 tokens (X.shape={X.shape}); explain needs at least "
                          f"one token (one row of X) to show")
+    tokens = _label_list(func, "tokens", tokens, n, "token (row of X)")
     if tokens is not None:
-        if isinstance(tokens, str):
-            raise TypeError(f"{func}: tokens must be a list of {n} labels, not a single string; "
-                            f"for words use tokens=sentence.split()")
-        tokens = [str(t) for t in tokens]
         if len(tokens) != n:
             raise ValueError(f"{func}: tokens has {len(tokens)} labels but X has {n} tokens (rows)")
     X, W_q, W_k, W_v = (a.astype(dtype) for a in (X, W_q, W_k, W_v))
@@ -300,16 +297,19 @@ def explain(X, W_q, W_k, W_v, *, tokens=None, scale=None, mask=None, is_causal=F
     else:
         scale_value = 1.0 / math.sqrt(d_k) if d_k else 1.0
 
-    Q, K, V = X @ W_q, X @ W_k, X @ W_v
+    # inf and NaN follow the layer's rules, silently as its kernels do (NumPy would warn of inf
+    # times 0 in the products and inf - inf in the shift)
+    with np.errstate(invalid="ignore", over="ignore"):
+        Q, K, V = X @ W_q, X @ W_k, X @ W_v
     scores = _api.compute_self_attention_scores(Q, K, scale=scale_value, mask=mask,
                                                 is_causal=is_causal, window=window)
     row_max = scores.max(axis=-1, keepdims=True)
     # A fully masked row has max -inf; shifting by 0 there gives exp(-inf) = 0, not NaN (as
     # softmax_attention_weights does). A NaN maximum stays: its row is NaN, as the formula says.
     shift = np.where(row_max == -np.inf, 0, row_max).astype(scores.dtype)
-    with np.errstate(under="ignore"):
+    with np.errstate(under="ignore", invalid="ignore", over="ignore"):
         exponentials = np.exp(scores - shift)
-    row_sums = exponentials.sum(axis=-1, keepdims=True)
+        row_sums = exponentials.sum(axis=-1, keepdims=True)
     weights_steps = _api.softmax_attention_weights(scores)
     output_steps = _api.compute_attention_output(weights_steps, V)
     return AttentionTrace(

@@ -8,7 +8,7 @@ import warnings
 
 import numpy as np
 
-from ._validate import _integer
+from ._validate import _integer, _label_list
 
 __all__ = ["plot_attention"]
 
@@ -31,15 +31,10 @@ def _import_pyplot():
     return matplotlib
 
 
-def _labels(func, name, tokens, count, what, whats):
-    if tokens is None:
+def _labels(func, name, labels, count, what, whats):
+    """The labels (_label_list's) of one side, checked against its `count` of rows or columns."""
+    if labels is None:
         return None
-    if isinstance(tokens, str):
-        raise TypeError(
-            f"{func}: {name} must be a list of {count} labels, one per {what}, not a single string; "
-            f"for words use {name}=sentence.split()"
-        )
-    labels = [str(t) for t in tokens]
     if len(labels) != count:
         raise ValueError(
             f"{func}: {name} has {len(labels)} labels but the weights have {count} {whats} "
@@ -165,9 +160,8 @@ def plot_attention(weights, tokens=None, *, key_tokens=None, ax=None, annotate=N
     n_q, n_k = w.shape
     if n_q == 0 or n_k == 0:
         raise ValueError(f"{func}: weights {w.shape} is empty; there is nothing to draw")
-    # labels read once (a generator is used up by its first reading)
-    tokens, key_tokens = (t if t is None or isinstance(t, str) else list(t)
-                          for t in (tokens, key_tokens))
+    tokens = _label_list(func, "tokens", tokens, n_q, "query")
+    key_tokens = _label_list(func, "key_tokens", key_tokens, n_k, "key")
     if key_tokens is None and tokens is not None and n_q != n_k:
         raise ValueError(
             f"{func}: tokens has {len(tokens)} labels for the {n_q} queries, but there are {n_k} "

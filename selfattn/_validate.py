@@ -195,12 +195,26 @@ def _window(func, window):
         return None, None
     rule = (f"window must be a pair (left, right) of non-negative integers or None (None = "
             f"unbounded on that side), got {window!r}; query i sees the keys i - left .. i + right")
-    if not isinstance(window, (tuple, list, np.ndarray)):
+    if not isinstance(window, (tuple, list, np.ndarray)) or np.ndim(window) != 1:
         raise TypeError(f"{func}: {rule}")
     if len(window) != 2:
         raise ValueError(f"{func}: {rule}")
     return tuple(None if side is None else _integer(func, f"window[{k}] ({name})", side, 0)
                  for k, (name, side) in enumerate(zip(("left", "right"), window)))
+
+
+def _label_list(func, name, tokens, count, what):
+    """tokens= (one label per `what`, `count` of them; None: no labels) as a list of str, read
+    once (a generator is used up by its first reading). The count is the caller's to check."""
+    if tokens is None:
+        return None
+    rule = f"{func}: {name} must be a list of {count} labels, one per {what}"
+    if isinstance(tokens, str):
+        raise TypeError(f"{rule}, not a single string; for words use {name}=sentence.split()")
+    try:
+        return [str(t) for t in tokens]
+    except TypeError:
+        raise TypeError(f"{rule}, got {tokens!r}") from None
 
 
 def _item_lengths(func, name, lengths, batch, n):

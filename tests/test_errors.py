@@ -306,3 +306,15 @@ def test_none_is_named_as_none():
         sa.compute_attention_output(np.ones((2, 2)), None)
     with pytest.raises(TypeError, match=r"softmax_attention_weights: attn_scores is None"):
         sa.softmax_attention_weights(None)
+
+
+def test_zero_dimensional_and_empty_arrays_as_options_get_our_errors():
+    """window=np.array('s') raised "len() of unsized object", axis=np.array([]) NumPy's "truth
+    value of an empty array is ambiguous": neither named the call or the argument."""
+    x = np.ones((3, 4))
+    msg = message(lambda: sa.scaled_dot_product_attention(x, x, x, window=np.array("s")))
+    assert msg.startswith("scaled_dot_product_attention: window must be a pair (left, right)"), msg
+    assert sa.scaled_dot_product_attention(x, x, x, window=np.array([1, 0])).shape == (3, 4)
+    for axis in (np.array([]), np.zeros(1, dtype=[("a", "i4")])[0]):
+        msg = message(lambda: sa.softmax_attention_weights(x, axis=axis))
+        assert msg.startswith("softmax_attention_weights: axis must be an integer, got"), msg

@@ -1,4 +1,6 @@
 """explain: every intermediate of one layer, equal to selfattn's layer, shown step by step."""
+import warnings
+
 import numpy as np
 import pytest
 
@@ -109,6 +111,9 @@ def test_errors_name_explain():
         selfattn.explain(X, W_q, W_k, W_v, tokens=["a", "b", "c"])
     with pytest.raises(TypeError, match="not a single string"):
         selfattn.explain(X, W_q, W_k, W_v, tokens="abcd")
+    with pytest.raises(TypeError, match=r"^explain: tokens must be a list of 4 labels, one per "
+                                        r"token \(row of X\), got 4$"):
+        selfattn.explain(X, W_q, W_k, W_v, tokens=4)
     with pytest.raises(ValueError, match=r"explain shows one sequence.*X\[0\]"):
         selfattn.explain(np.stack([X, X]), W_q, W_k, W_v)
     with pytest.raises(TypeError, match=r"^explain: X has dtype complex"):
@@ -187,3 +192,18 @@ def test_the_text_form_has_one_number_format_with_or_without_tokens():
     q = selfattn.explain(X, W_q, W_k, W_v).Q
     assert f"{q[0, 0]:.4g}" in plain and f"{q[0, 0]:.4g}" in labelled
     assert all(len(line) <= 110 for line in plain.splitlines())
+
+
+def test_non_finite_inputs_are_explained_without_numpy_warnings():
+    """inf and NaN follow the layer's rules, silently, as the layer computes them: NumPy's
+    "invalid value encountered in matmul" (inf times 0 in the projections) and "in subtract"
+    (a +inf mask: inf - inf) escaped, and under -W error were exceptions."""
+    X, W_q, W_k, W_v = _inputs()
+    X[0, 0] = np.inf
+    W_q[1, :] = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        trace = selfattn.explain(X, W_q, W_k, W_v)
+        np.testing.assert_array_equal(trace.output, selfattn.self_attention_layer(X, W_q, W_k, W_v))
+        trace = selfattn.explain(_inputs()[0], W_q, W_k, W_v, mask=np.inf)
+    assert np.isnan(trace.output).all()     # a +inf in the mask makes the row NaN

@@ -106,6 +106,11 @@ def test_clear_errors():
         selfattn.plot_attention(w, list("abc"), key_tokens=list("abc"))
     with pytest.raises(TypeError, match="not a single string"):
         selfattn.plot_attention(_weights(3, 3), "abc")
+    with pytest.raises(TypeError, match=r"^plot_attention: tokens must be a list of 3 labels, "
+                                        r"one per query, got 5$"):
+        selfattn.plot_attention(_weights(3, 3), 5)
+    with pytest.raises(TypeError, match="key_tokens must be a list of 4 labels, one per key, got"):
+        selfattn.plot_attention(w, list("abc"), key_tokens=4)
     with pytest.raises(ValueError, match="must be a matrix"):
         selfattn.plot_attention(np.ones(3) / 3)
     with pytest.raises(TypeError, match="real numbers"):
