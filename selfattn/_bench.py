@@ -730,6 +730,32 @@ def _select(cases, filters):
     return [c for c in cases if any(p.search(c["name"]) or p.search(c["group"]) for p in pats)]
 
 
+def _check_arguments(parser, args):
+    """Refuses, before anything is measured, what would fail mid-run or after it (the results
+    lost with it): a bad --cases pattern, --cooldown, --threads, or an output file that cannot be
+    written."""
+    if args.repeat is not None and args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    if args.threads is not None and args.threads < 1:
+        parser.error("--threads must be at least 1")
+    if args.cooldown is not None and not (math.isfinite(args.cooldown) and args.cooldown >= 0):
+        parser.error(f"--cooldown must be a number of seconds >= 0, got {args.cooldown}")
+    for pattern in args.cases or ():
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            parser.error(f"--cases: {pattern!r} is not a regular expression ({exc})")
+    for option, path in (("--json", args.json), ("--plot", args.plot)):
+        if path is None:
+            continue
+        folder = os.path.dirname(os.path.abspath(path))
+        if os.path.isdir(path) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            parser.error(f"{option}: cannot write {path!r} (" + (
+                "a folder of that name exists" if os.path.isdir(path) else
+                "its folder does not exist" if not os.path.isdir(folder) else
+                "its folder is not writable") + ")")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m selfattn bench",
@@ -750,18 +776,27 @@ def main(argv=None) -> int:
                         help="seconds to pause after each peer's sample so that its spinning "
                              "BLAS threads go idle (default 0.15 with several threads, else 0)")
     args = parser.parse_args(argv)
-    if args.repeat is not None and args.repeat < 1:
-        parser.error("--repeat must be at least 1")
+    _check_arguments(parser, args)
     repeat = args.repeat or (3 if args.quick else 7)
 
     if args.threads is not None:
-        if args.threads < 1:
-            parser.error("--threads must be at least 1")
-        selfattn.set_num_threads(args.threads)
+        try:
+            selfattn.set_num_threads(args.threads)
+        except ValueError as exc:
+            parser.error(f"--threads: {exc}")
     threads = selfattn.get_num_threads()
     torch = _torch()
     if torch is not None:
         torch.set_num_threads(threads)
+    every_case = build_cases(args.quick, torch)
+    cases = _select(every_case, args.cases)
+    memory_case = [{"name": "memory", "group": "memory"}]
+    with_memory = not args.no_memory and (not args.cases or _select(memory_case, args.cases))
+    if not cases and not with_memory:
+        groups = {c["group"] for c in every_case + ([] if args.no_memory else memory_case)}
+        parser.error(f"--cases: no case matches {' '.join(args.cases)}"
+                     + (" (and --no-memory leaves out the memory case)" if args.no_memory else "")
+                     + f"; the groups: {', '.join(sorted(groups))}")
     blas_limit = None
     try:
         from threadpoolctl import threadpool_limits
@@ -799,7 +834,6 @@ def main(argv=None) -> int:
 
     cooldown = args.cooldown if args.cooldown is not None else (0.15 if threads > 1 else 0.0)
     info["cooldown_s"] = cooldown
-    cases = _select(build_cases(args.quick, torch), args.cases)
     rng = np.random.default_rng(12345)
     results = []
     t_start = time.perf_counter()
@@ -807,8 +841,7 @@ def main(argv=None) -> int:
         progress(f"[{k + 1}/{len(cases)}] {case['name']}")
         results.append(run_case(case, repeat, rng, cooldown=cooldown))
     memory = None
-    if not args.no_memory and (not args.cases or _select(
-            [{"name": "memory", "group": "memory"}], args.cases)):
+    if with_memory:
         progress(f"memory: self_attention_layer float32 n={MEMORY_N} d=64 ...")
         memory = measure_memory(MEMORY_N, 64, causal=args.quick)
     # the rates again, now that the cases ran: a shared machine whose speed changed meanwhile

@@ -86,10 +86,26 @@ def test_a_run_whose_rates_moved_is_called_unsteady():
     assert _bench.rate_drift(start, {}) is None
 
 
-def test_case_filter_and_bad_arguments():
+def test_case_filter_and_bad_arguments(tmp_path, capsys):
     for bad in (["--repeat", "0"], ["--threads", "0"], ["--no-such-option"]):
         with pytest.raises(SystemExit):
             _bench.main(bad)
+    # refused before anything is measured (these raised mid-run, or after it, losing the results)
+    for bad, words in (
+            (["--threads", "100000"], "--threads: set_num_threads: n must be between 1 and"),
+            (["--cooldown", "-1"], "--cooldown must be a number of seconds >= 0, got -1.0"),
+            (["--cooldown", "nan"], "--cooldown must be a number of seconds >= 0, got nan"),
+            (["--cases", "["], "--cases: '[' is not a regular expression"),
+            (["--json", str(tmp_path / "no" / "x.json")], "(its folder does not exist)"),
+            (["--plot", str(tmp_path)], "(a folder of that name exists)"),
+            (["--cases", "nosuch"], "--cases: no case matches nosuch; the groups: attention, "),
+            (["--cases", "nosuch", "--no-memory"], "(and --no-memory leaves out the memory case)")):
+        before = selfattn.get_num_threads()
+        with pytest.raises(SystemExit) as info:
+            _bench.main(bad)
+        assert info.value.code == 2
+        assert words in capsys.readouterr().err, bad
+        assert selfattn.get_num_threads() == before
     assert _bench._select([{"name": "sdpa float32 n=8 d=64", "group": "attention"},
                            {"name": "softmax float64 n=512", "group": "steps"}],
                           ["steps"])[0]["name"] == "softmax float64 n=512"
