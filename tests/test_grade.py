@@ -126,6 +126,19 @@ def test_limits_that_cannot_mean_what_they_say_are_refused(tmp_path, option, val
     assert not (tmp_path / "out").exists()
 
 
+def test_an_output_folder_that_cannot_be_made_is_refused_before_grading(tmp_path, capsys):
+    # a file where --out's folder goes raised NotADirectoryError with a traceback
+    from selfattn.testing.grade import main
+    folder = _one_student(tmp_path, [submissions.IMPORTS, submissions.SOFTMAX])
+    (tmp_path / "grades.txt").write_text("not a folder")
+    out = str(tmp_path / "grades.txt")
+    assert main([str(folder), "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("python -m selfattn grade: cannot make the output folder "
+                          f"{str(tmp_path / 'grades.txt' / 'reports')!r} ("), err
+    assert err.endswith("); choose another with --out\n"), err
+
+
 def _one_student(tmp_path, cells):
     folder = tmp_path / "class"
     folder.mkdir()

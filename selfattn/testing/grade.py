@@ -537,7 +537,11 @@ def grade(paths, out="grades", *, scale="either", timeout=60.0, jobs=1, memory_m
     submissions = _submissions(paths, out)
     if not submissions:
         raise FileNotFoundError(f"grade: no .ipynb or .py files in {', '.join(map(str, paths))}")
-    os.makedirs(os.path.join(out, "reports"), exist_ok=True)
+    try:
+        os.makedirs(os.path.join(out, "reports"), exist_ok=True)
+    except OSError as exc:  # a file where the folder goes, no permission: before any grading
+        raise ValueError(f"grade: cannot make the output folder {os.path.join(out, 'reports')!r}"
+                         f" ({exc.strerror or exc}); choose another with --out") from None
     progress = sys.stdout.isatty() if progress is None else progress
     start = time.perf_counter()
     results = [None] * len(submissions)
