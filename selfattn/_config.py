@@ -81,12 +81,13 @@ def _apply_environment():
     """Read SELFATTN_NUM_THREADS and SELFATTN_ISA once, at import."""
     threads = os.environ.get("SELFATTN_NUM_THREADS")
     if threads:
-        try:
-            count = int(threads)
-        except ValueError:
+        # digits only: int() also reads "4_0" as 40 and other scripts' digits ("１")
+        digits = threads.strip()
+        if not (digits.isascii() and digits.isdigit()):
             warnings.warn(f"selfattn: ignoring SELFATTN_NUM_THREADS={threads!r}: not a whole "
                           f"number of threads", RuntimeWarning, stacklevel=3)
         else:
+            count = int(digits)
             try:
                 set_num_threads(count)
             except ValueError as exc:

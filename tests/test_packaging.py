@@ -158,6 +158,12 @@ def test_environment_settings_are_read_at_import():
     assert proc.returncode == 0
     assert "ignoring SELFATTN_NUM_THREADS='many': not a whole number of threads" in proc.stderr
     assert "ignoring SELFATTN_ISA='sse9'" in proc.stderr
+    # digits alone: int() would read "4_0" as 40 threads, and a full-width "２" as 2
+    for text in ("4_0", "\uff12", "+2", "2.0"):
+        proc = run("-W", "always", "-c", code, env={"SELFATTN_NUM_THREADS": text})
+        assert f"ignoring SELFATTN_NUM_THREADS={text!r}: not a whole number" in proc.stderr, text
+    proc = run("-c", code, env={"SELFATTN_NUM_THREADS": " 2 "})
+    assert proc.stdout.split()[0] == "2", proc.stderr
 
 
 @pytest.mark.c_backend
