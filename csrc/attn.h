@@ -469,13 +469,18 @@ typedef struct {
 enum { SA_F32 = 0, SA_F64 = 1 };
 
 /* The soft-cap's tier rule, decided here only: the fast tiers hold the cap in the call's precision
-   and in log2 units (c log2 e, attention_fused.inc), which overflows for a cap above the largest
-   finite value over log2 e (about 2.4e38 in float32, 1.2e308 in float64) and gave NaN; such a
-   call runs on the reference tier, which soft-caps in double (sa_softcap_score). */
+   and in log2 units, c log2 e computed as attention_fused.inc does, which overflows for a cap
+   from about the largest finite value over log2 e (2.4e38 in float32, 1.2e308 in float64) and
+   gave NaN; such a call runs on the reference tier, which soft-caps in double
+   (sa_softcap_score). */
 static inline int sa_softcap_needs_reference(const sa_score_mods *mods, int precision)
 {
-    double largest = precision == SA_F32 ? 3.4028234663852886e38 : 1.7976931348623157e308;
-    return mods && mods->softcap > largest / 1.4426950408889634074;
+    const double log2e = 1.4426950408889634074;
+    if (mods == NULL || !(mods->softcap > 0))
+        return 0;
+    if (precision == SA_F32)
+        return !(mods->softcap * (double)(float)log2e <= 3.4028234663852886e38);
+    return !isfinite(mods->softcap * log2e);
 }
 
 /* Each row's log-sum-exp (sa_row_lse) of the scores[b] (n_q, n_k) of every batch item, into

@@ -128,7 +128,11 @@ def test_caps_near_the_largest_value(isa, dtype):
     (1.2e308 in float64) and gave NaN."""
     rng = np.random.default_rng(4)
     big = float(np.finfo(dtype).max)
-    caps = [big, big * 0.69, big * 0.71, big / 4]
+    # about the boundary: the largest value over log2 e as the kernels hold log2 e, and its
+    # neighbours (the rule's first form missed the float64 one exactly there)
+    edge = big / float(dtype(1.4426950408889634))
+    caps = [big, big * 0.69, big * 0.71, big / 4, edge, np.nextafter(edge, 0),
+            np.nextafter(edge, np.inf)]
     if dtype == np.float32:
         caps += [1e39, 1e300]
     for spread in (1.0, 0.03):
