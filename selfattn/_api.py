@@ -6,7 +6,8 @@ kernel through selfattn/_kernels.py, and returns a new array; inputs are never m
 Before that, each function offers its arguments to a `_core.plain_*` entry point, which handles
 the notebook's common case (2-D, same-dtype, C-ordered arrays, no mask) entirely in C and returns
 None for anything else, errors included. At the notebook's sizes the general path's overhead would
-otherwise cost more than the arithmetic.
+otherwise cost more than the arithmetic. Not inside a call that pinned its tier (_kernels's
+_on_one_tier: explain's steps): the plain entry points read the process-wide tier.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from . import _core
 from ._kernels import (
     _isa,
     _on_one_tier,
+    _pinned,
     _attend,
     _band,
     _finish,
@@ -183,7 +185,8 @@ def compute_self_attention_scores(Q, K, *, scale=None, mask=None, bias=None, is_
            [  0.,   1., -inf],
            [  1.,   1.,   2.]])
     """
-    if mask is None and bias is None and window is None and type(is_causal) is bool:
+    if (mask is None and bias is None and window is None and type(is_causal) is bool
+            and _pinned.isa < 0):
         result = _core.plain_scores(Q, K, scale, _PLAIN_BANDS[is_causal])
         if result is not None:
             return result
@@ -242,7 +245,7 @@ def softmax_attention_weights(attn_scores, *, axis=-1):
     array([[0.5, 0.5],
            [0. , 0. ]])
     """
-    if type(axis) is int and axis == -1:      # (an array's == is an array: type first)
+    if type(axis) is int and axis == -1 and _pinned.isa < 0:  # (an array's == is an array)
         result = _core.plain_softmax(attn_scores)
         if result is not None:
             return result
@@ -311,9 +314,10 @@ def compute_attention_output(attn_weights, V):
     array([[2., 0.],
            [1., 2.]])
     """
-    result = _core.plain_output(attn_weights, V)
-    if result is not None:
-        return result
+    if _pinned.isa < 0:
+        result = _core.plain_output(attn_weights, V)
+        if result is not None:
+            return result
     func = "compute_attention_output"
     W, V = _as_matrices(func, ("attn_weights", attn_weights, "(n_q, n_k)"), ("V", V, "(n_k, d_v)"))
     n_q, n_k = W.shape[-2:]
@@ -455,7 +459,8 @@ def scaled_dot_product_attention(Q, K, V, *, scale=None, mask=None, bias=None, i
     if (mask is None and bias is None and window is None and return_weights is False
             and type(is_causal) is bool and enable_gqa is False and query_lengths is None
             and key_lengths is None and return_lse is False and softcap is None
-            and type(dropout_p) in (int, float) and dropout_p == 0 and seed is None):
+            and type(dropout_p) in (int, float) and dropout_p == 0 and seed is None
+            and _pinned.isa < 0):
         result = _core.plain_sdpa(Q, K, V, scale, _PLAIN_BANDS[is_causal])
         if result is None:
             result = _plain_batch_sdpa(Q, K, V, scale, _PLAIN_BANDS[is_causal])
@@ -565,7 +570,7 @@ def self_attention_layer(X, W_q, W_k, W_v, *, scale=None, mask=None, bias=None,
     if (mask is None and bias is None and window is None and return_weights is False
             and type(is_causal) is bool and query_lengths is None and key_lengths is None
             and softcap is None and type(dropout_p) in (int, float) and dropout_p == 0
-            and seed is None):
+            and seed is None and _pinned.isa < 0):
         result = _core.plain_layer(X, W_q, W_k, W_v, scale, _PLAIN_BANDS[is_causal])
         if result is not None:
             return result

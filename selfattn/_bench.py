@@ -779,15 +779,7 @@ def main(argv=None) -> int:
     _check_arguments(parser, args)
     repeat = args.repeat or (3 if args.quick else 7)
 
-    if args.threads is not None:
-        try:
-            selfattn.set_num_threads(args.threads)
-        except ValueError as exc:
-            parser.error(f"--threads: {exc}")
-    threads = selfattn.get_num_threads()
     torch = _torch()
-    if torch is not None:
-        torch.set_num_threads(threads)
     every_case = build_cases(args.quick, torch)
     cases = _select(every_case, args.cases)
     memory_case = [{"name": "memory", "group": "memory"}]
@@ -797,6 +789,14 @@ def main(argv=None) -> int:
         parser.error(f"--cases: no case matches {' '.join(args.cases)}"
                      + (" (and --no-memory leaves out the memory case)" if args.no_memory else "")
                      + f"; the groups: {', '.join(sorted(groups))}")
+    if args.threads is not None:
+        try:
+            selfattn.set_num_threads(args.threads)
+        except ValueError as exc:
+            parser.error(f"--threads: {exc}")
+    threads = selfattn.get_num_threads()
+    if torch is not None:
+        torch.set_num_threads(threads)
     blas_limit = None
     try:
         from threadpoolctl import threadpool_limits

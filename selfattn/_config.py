@@ -86,6 +86,9 @@ def _apply_environment():
         if not (digits.isascii() and digits.isdigit()):
             warnings.warn(f"selfattn: ignoring SELFATTN_NUM_THREADS={threads!r}: not a whole "
                           f"number of threads", RuntimeWarning, stacklevel=3)
+        elif len(digits.lstrip("0")) > 9:
+            warnings.warn(f"selfattn: ignoring SELFATTN_NUM_THREADS={threads!r}: far more threads "
+                          f"than any machine has", RuntimeWarning, stacklevel=3)
         else:
             count = int(digits)
             try:

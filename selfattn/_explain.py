@@ -13,6 +13,7 @@ import textwrap
 import numpy as np
 
 from . import _api
+from ._kernels import _one_tier
 from ._validate import _label_list, _visibility
 
 __all__ = ["explain", "AttentionTrace"]
@@ -211,6 +212,7 @@ def _num(x):
     return f"{x:.4g}"
 
 
+@_one_tier
 def explain(X, W_q, W_k, W_v, *, tokens=None, scale=None, mask=None, is_causal=False,
             window=None):
     """Run one self-attention layer and keep every intermediate, to look at step by step.

@@ -20,26 +20,30 @@ from ._validate import _check_size, _narrowed
 
 _ISA_DEFAULT = -1  # the process-wide tier (selfattn.set_isa / SELFATTN_ISA)
 _UNBOUNDED = sys.maxsize  # a side of a band that hides nothing (the glue clamps it to n_q + n_k)
-_pinned = threading.local()  # .isa: the tier this thread's running call pinned (_one_tier)
+class _Pinned(threading.local):
+    isa = _ISA_DEFAULT  # the tier this thread's running call pinned (_on_one_tier), or -1
+
+
+_pinned = _Pinned()
 
 
 def _isa():
     """The tier for the next kernel: the one the running public call pinned, else the process-wide
     one (-1: read by the kernel as it starts)."""
-    return getattr(_pinned, "isa", _ISA_DEFAULT)
+    return _pinned.isa
 
 
 def _on_one_tier(run):
     """run(), which runs several kernels (projections, attention, gradients), with every kernel on
     the tier set as it starts: otherwise set_isa in another thread during the call ran its steps
     on two tiers, whose mixed bits no single tier gives."""
-    if hasattr(_pinned, "isa"):                  # inside a pinned call: already pinned
+    if _pinned.isa != _ISA_DEFAULT:             # inside a pinned call: already pinned
         return run()
     _pinned.isa = _core.isa_code(_core.get_isa())
     try:
         return run()
     finally:
-        del _pinned.isa
+        _pinned.isa = _ISA_DEFAULT
 
 
 def _one_tier(function):

@@ -1,6 +1,8 @@
 """Mask helpers: boolean masks (True = may attend) for causal and padded batches."""
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from ._kernels import _band
@@ -209,8 +211,10 @@ def _alibi_slopes(num_heads):
     then every other slope of 2p heads (k = 1, 3, 5, ...) until there are num_heads, so that the
     added heads' slopes fall between the others."""
     p = 1 << (num_heads.bit_length() - 1)
-    return np.concatenate([2.0 ** (-8.0 * np.arange(1, p + 1) / p),
-                           2.0 ** (-8.0 * np.arange(1, 2 * (num_heads - p), 2) / (2 * p))])
+    # Python's pow (the C library's), not np.power, whose SIMD loops may differ by an ulp per CPU
+    slopes = itertools.chain((2.0 ** (-8.0 * k / p) for k in range(1, p + 1)),
+                             (2.0 ** (-8.0 * k / (2 * p)) for k in range(1, 2 * (num_heads - p), 2)))
+    return np.fromiter(slopes, np.float64, count=num_heads)
 
 
 @_public_call(float32_helps=False)
@@ -269,11 +273,15 @@ def alibi_bias(num_heads, n_q, n_k=None):
     n_q = _integer(func, "n_q", n_q, 0)
     n_k = n_q if n_k is None else _integer(func, "n_k", n_k, 0)
     _check_size(func, (num_heads, n_q, n_k), np.dtype(np.float64))
-    if n_q == 0 or n_k == 0:    # no slopes to compute (num_heads of them could be billions)
-        return np.zeros((num_heads, n_q, n_k))
+    # the result first: its size bounds the slopes' (one per head), so a count of heads no memory
+    # holds fails here at once, not in their loop
+    bias = np.empty((num_heads, n_q, n_k))
+    if bias.size == 0:
+        return bias
     # minus the distance, in integers first so that the diagonal is +0.0, not -0.0
     offsets = -np.abs(np.arange(n_q)[:, None] - np.arange(n_k)[None, :])
-    return _alibi_slopes(num_heads)[:, None, None] * offsets.astype(np.float64)
+    return np.multiply(_alibi_slopes(num_heads)[:, None, None], offsets.astype(np.float64),
+                       out=bias)
 
 
 def _lengths_array(func, name, lengths, n_name, n):

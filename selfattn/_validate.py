@@ -39,7 +39,9 @@ _KIND_NAMES = {
 # NumPy before 1.24 warns (VisibleDeprecationWarning) on a ragged nested list and makes an object
 # array of it, where newer ones raise ValueError; both end in the same clear error of ours, which
 # the warning would only precede. Its home moved to np.exceptions in 1.25 (and left np in 2.0).
-_RAGGED_WARNING = getattr(getattr(np, "exceptions", np), "VisibleDeprecationWarning", None)
+# None where NumPy raises: no warnings context (a few microseconds a list) is needed there.
+_RAGGED_WARNING = (None if np.lib.NumpyVersion(np.__version__) >= "1.24.0" else
+                   getattr(np, "VisibleDeprecationWarning", None))
 
 
 def _as_ndarray(value):
@@ -50,6 +52,11 @@ def _as_ndarray(value):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", _RAGGED_WARNING)
         return np.asarray(value)
+
+
+# How an object converts itself to an array (NumPy's protocols), rather than being read as nested
+# sequences of numbers
+_ARRAY_HOOKS = ("__array__", "__array_interface__", "__array_struct__")
 
 
 def _as_array(func, name, value):
@@ -77,8 +84,10 @@ def _as_array(func, name, value):
         )
     try:
         arr = _as_ndarray(value)
+    except RecursionError:
+        raise
     except (ValueError, TypeError, RuntimeError) as exc:
-        if not isinstance(value, (list, tuple)):
+        if any(hasattr(value, hook) for hook in _ARRAY_HOOKS):
             # an object's own conversion refused (torch: a tensor that requires grad, on a GPU,
             # or in bfloat16): its words say how to get an array out of it
             kind = type(value)
@@ -86,6 +95,8 @@ def _as_array(func, name, value):
                 f"{func}: {name}, a {kind.__module__}.{kind.__qualname__}, could not be converted "
                 f"to a NumPy array; it says: {exc}"
             ) from None
+        if isinstance(exc, RuntimeError):
+            raise
         why = ("it is not rectangular: rows of different lengths, or a list where a number "
                "should be" if "inhomogeneous" in str(exc) else f"NumPy says: {exc}")
         raise ValueError(
@@ -195,7 +206,8 @@ def _window(func, window):
         return None, None
     rule = (f"window must be a pair (left, right) of non-negative integers or None (None = "
             f"unbounded on that side), got {window!r}; query i sees the keys i - left .. i + right")
-    if not isinstance(window, (tuple, list, np.ndarray)) or np.ndim(window) != 1:
+    if not isinstance(window, (tuple, list, np.ndarray)) or (isinstance(window, np.ndarray)
+                                                             and window.ndim != 1):
         raise TypeError(f"{func}: {rule}")
     if len(window) != 2:
         raise ValueError(f"{func}: {rule}")
@@ -212,9 +224,10 @@ def _label_list(func, name, tokens, count, what):
     if isinstance(tokens, str):
         raise TypeError(f"{rule}, not a single string; for words use {name}=sentence.split()")
     try:
-        return [str(t) for t in tokens]
+        items = list(tokens)
     except TypeError:
         raise TypeError(f"{rule}, got {tokens!r}") from None
+    return [str(t) for t in items]
 
 
 def _item_lengths(func, name, lengths, batch, n):
@@ -226,7 +239,8 @@ def _item_lengths(func, name, lengths, batch, n):
     after it (heads); each length is in [0, n]."""
     if lengths is None:
         return None
-    arr = _as_array(func, name, lengths)
+    arr = (np.asarray(lengths) if isinstance(lengths, (int, np.integer, np.ndarray))
+           else _as_array(func, name, lengths))
     if arr.dtype == np.bool_ or arr.dtype.kind not in "iu":
         raise TypeError(f"{func}: {name} must hold integers (one length per sequence), got "
                         f"dtype {arr.dtype}")

@@ -99,13 +99,16 @@ def test_case_filter_and_bad_arguments(tmp_path, capsys):
             (["--json", str(tmp_path / "no" / "x.json")], "(its folder does not exist)"),
             (["--plot", str(tmp_path)], "(a folder of that name exists)"),
             (["--cases", "nosuch"], "--cases: no case matches nosuch; the groups: attention, "),
-            (["--cases", "nosuch", "--no-memory"], "(and --no-memory leaves out the memory case)")):
+            (["--cases", "nosuch", "--no-memory"], "(and --no-memory leaves out the memory case)"),
+            (["--threads", "1", "--cases", "nosuch"], "--cases: no case matches nosuch")):
         before = selfattn.get_num_threads()
+        selfattn.set_num_threads(2)
         with pytest.raises(SystemExit) as info:
             _bench.main(bad)
         assert info.value.code == 2
         assert words in capsys.readouterr().err, bad
-        assert selfattn.get_num_threads() == before
+        assert selfattn.get_num_threads() == 2      # nothing was set before the refusal
+        selfattn.set_num_threads(before)
     assert _bench._select([{"name": "sdpa float32 n=8 d=64", "group": "attention"},
                            {"name": "softmax float64 n=512", "group": "steps"}],
                           ["steps"])[0]["name"] == "softmax float64 n=512"

@@ -270,6 +270,21 @@ def test_alibi_bias_errors():
         alibi_bias(2, 2 ** 40)
 
 
+def test_alibi_slopes_are_correctly_rounded():
+    """Each slope is 2 ** x correctly rounded (Python's pow, the C library's), the same bits on
+    every CPU: np.power's SIMD loops were an ulp off for some of 133 heads or more."""
+    from fractions import Fraction
+    import math
+    for num_heads in (133, 256, 300):
+        slopes = -alibi_bias(num_heads, 2)[:, 1, 0]
+        p = 1 << (num_heads.bit_length() - 1)
+        ks = [Fraction(-8 * k, p) for k in range(1, p + 1)]
+        ks += [Fraction(-8 * k, 2 * p) for k in range(1, 2 * (num_heads - p), 2)]
+        for slope, x in zip(slopes, ks):
+            # x as Python computes it (-8.0 * k / p, one rounding), then 2 ** x
+            assert slope == 2.0 ** float(x) == math.pow(2.0, float(x))
+
+
 def test_alibi_bias_of_no_positions_computes_no_slopes():
     """With no queries or keys the bias is empty however many heads: the slopes, one per head,
     were built first (as a Python list), 20 s and 6 GB for 2**27 heads."""

@@ -164,6 +164,9 @@ def test_environment_settings_are_read_at_import():
         assert f"ignoring SELFATTN_NUM_THREADS={text!r}: not a whole number" in proc.stderr, text
     proc = run("-c", code, env={"SELFATTN_NUM_THREADS": " 2 "})
     assert proc.stdout.split()[0] == "2", proc.stderr
+    # more digits than int() reads (4300) stopped the import with a ValueError
+    proc = run("-W", "always", "-c", code, env={"SELFATTN_NUM_THREADS": "9" * 5000})
+    assert proc.returncode == 0 and "far more threads than any machine has" in proc.stderr
 
 
 @pytest.mark.c_backend

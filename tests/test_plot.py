@@ -111,6 +111,12 @@ def test_clear_errors():
         selfattn.plot_attention(_weights(3, 3), 5)
     with pytest.raises(TypeError, match="key_tokens must be a list of 4 labels, one per key, got"):
         selfattn.plot_attention(w, list("abc"), key_tokens=4)
+
+    class Unprintable:
+        def __str__(self):
+            raise TypeError("no str for this one")
+    with pytest.raises(TypeError, match="^no str for this one$"):     # its own error, not ours
+        selfattn.plot_attention(_weights(3, 3), ["a", Unprintable(), "c"])
     with pytest.raises(ValueError, match="must be a matrix"):
         selfattn.plot_attention(np.ones(3) / 3)
     with pytest.raises(TypeError, match="real numbers"):

@@ -135,6 +135,7 @@ def test_set_isa_from_another_thread_never_mixes_tiers_within_a_call(rng):
             dY, X, *W[:3]),
         "multi_head_attention_vjp": lambda: selfattn.multi_head_attention_vjp(
             X, *W, num_heads=4)[0],
+        "explain": lambda: selfattn.explain(X, *W[:3], is_causal=True).output,
     }
     # the vjp's backward is a call of its own (its forward's tier may differ): one made once
     before = selfattn.get_isa()
