@@ -262,6 +262,8 @@ def _item_lengths(func, name, lengths, batch, n):
 def _distinct(arr):
     """The elements of `arr` with its broadcast axes (stride 0, np.broadcast_to's) taken once:
     what a scan of its values (min, max) needs, however large the view."""
+    if arr.ndim == 0:  # (arr[()] would be a NumPy scalar, whose min() grew traced memory)
+        return arr
     return arr[tuple(0 if stride == 0 and extent > 1 else slice(None)
                      for stride, extent in zip(arr.strides, arr.shape))]
 
