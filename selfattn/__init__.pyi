@@ -6,6 +6,33 @@ from numpy.typing import ArrayLike, NDArray
 from . import testing as testing
 from ._explain import AttentionTrace
 
+__all__ = [
+    "compute_self_attention_scores",
+    "softmax_attention_weights",
+    "compute_attention_output",
+    "self_attention_layer",
+    "scaled_dot_product_attention",
+    "multi_head_attention",
+    "scaled_dot_product_attention_backward",
+    "self_attention_layer_backward",
+    "multi_head_attention_backward",
+    "multi_head_attention_vjp",
+    "causal_mask",
+    "padding_mask",
+    "window_mask",
+    "alibi_bias",
+    "lengths_mask",
+    "set_num_threads",
+    "get_num_threads",
+    "set_isa",
+    "get_isa",
+    "config",
+    "testing",
+    "explain",
+    "plot_attention",
+    "__version__",
+]
+
 __version__: str
 
 class NumPyBackendWarning(UserWarning): ...
@@ -66,6 +93,25 @@ def self_attention_layer(
     dropout_p: float = ...,
     seed: int | None = ...,
 ) -> tuple[_Float, _Float]: ...
+@overload
+def self_attention_layer(
+    X: ArrayLike,
+    W_q: ArrayLike,
+    W_k: ArrayLike,
+    W_v: ArrayLike,
+    *,
+    scale: float | None = ...,
+    mask: ArrayLike | None = ...,
+    bias: ArrayLike | None = ...,
+    is_causal: _Causal = ...,
+    query_lengths: ArrayLike | None = ...,
+    key_lengths: ArrayLike | None = ...,
+    return_weights: bool = ...,
+    window: _Window = ...,
+    softcap: float | None = ...,
+    dropout_p: float = ...,
+    seed: int | None = ...,
+) -> _Float | tuple[_Float, _Float]: ...
 @overload
 def scaled_dot_product_attention(
     Q: ArrayLike,
@@ -147,6 +193,26 @@ def scaled_dot_product_attention(
     seed: int | None = ...,
 ) -> tuple[_Float, _Float, _Float]: ...
 @overload
+def scaled_dot_product_attention(
+    Q: ArrayLike,
+    K: ArrayLike,
+    V: ArrayLike,
+    *,
+    scale: float | None = ...,
+    mask: ArrayLike | None = ...,
+    bias: ArrayLike | None = ...,
+    is_causal: _Causal = ...,
+    return_weights: bool = ...,
+    window: _Window = ...,
+    enable_gqa: bool = ...,
+    query_lengths: ArrayLike | None = ...,
+    key_lengths: ArrayLike | None = ...,
+    return_lse: bool = ...,
+    softcap: float | None = ...,
+    dropout_p: float = ...,
+    seed: int | None = ...,
+) -> _Float | tuple[_Float, _Float] | tuple[_Float, _Float, _Float]: ...
+@overload
 def multi_head_attention(
     X: ArrayLike,
     W_q: ArrayLike,
@@ -200,6 +266,33 @@ def multi_head_attention(
     dropout_p: float = ...,
     seed: int | None = ...,
 ) -> tuple[_Float, _Float]: ...
+@overload
+def multi_head_attention(
+    X: ArrayLike,
+    W_q: ArrayLike,
+    W_k: ArrayLike,
+    W_v: ArrayLike,
+    W_o: ArrayLike,
+    *,
+    num_heads: int,
+    kv: ArrayLike | None = ...,
+    b_q: ArrayLike | None = ...,
+    b_k: ArrayLike | None = ...,
+    b_v: ArrayLike | None = ...,
+    b_o: ArrayLike | None = ...,
+    scale: float | None = ...,
+    mask: ArrayLike | None = ...,
+    bias: ArrayLike | None = ...,
+    is_causal: _Causal = ...,
+    query_lengths: ArrayLike | None = ...,
+    key_lengths: ArrayLike | None = ...,
+    return_weights: bool = ...,
+    window: _Window = ...,
+    num_kv_heads: int | None = ...,
+    softcap: float | None = ...,
+    dropout_p: float = ...,
+    seed: int | None = ...,
+) -> _Float | tuple[_Float, _Float]: ...
 def scaled_dot_product_attention_backward(
     dO: ArrayLike,
     Q: ArrayLike,
@@ -310,7 +403,7 @@ def lengths_mask(
 ) -> NDArray[np.bool_]: ...
 def set_num_threads(n: int) -> None: ...
 def get_num_threads() -> int: ...
-def set_isa(name: Literal["avx512", "avx2", "generic", "reference"]) -> None: ...
+def set_isa(name: Literal["avx512", "avx2", "neon", "generic", "reference", "numpy"]) -> None: ...
 def get_isa() -> str: ...
 def config() -> dict[str, Any]: ...
 def explain(

@@ -498,7 +498,7 @@ def self_attention_layer(X, W_q, W_k, W_v, *, scale=None, mask=None, bias=None,
                          key_lengths=None, softcap=None, dropout_p=0.0, seed=None):
     """A full single-head self-attention layer: project X to Q, K, V, then attend.
 
-    Step 4 of the notebook. Exactly::
+    Step 4 of the notebook. To rounding (the fused kernel adds in its own order)::
 
         Q, K, V = X @ W_q, X @ W_k, X @ W_v
         weights = softmax_attention_weights(compute_self_attention_scores(Q, K, scale=..., ...))

@@ -178,8 +178,8 @@ def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None,
     ``dV = (P * Z)^T @ dO`` and ``dP = Z * (dO @ V^T)``.
 
     computed in C block by block (FlashAttention-2 style): the ``n_q x n_k`` weights are never
-    stored. Each thread keeps at most one panel of 64 query rows (up to 8 MiB); where that would
-    not fit, the weights are recomputed block by block from each row's log-sum-exp, so memory
+    stored. Each thread keeps one panel of 128 query rows by every key (64 in float64; fewer, down
+    to 16, so that it stays under 8 MiB); where even that would not fit, the weights are recomputed block by block from each row's log-sum-exp, so memory
     stays proportional to ``n * d``. The mask and the bias get no gradient (the bias's would be
     ``dS`` summed over its broadcast axes; selfattn treats both as constants).
 

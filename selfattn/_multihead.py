@@ -34,8 +34,8 @@ def multi_head_attention(X, W_q, W_k, W_v, W_o, *, num_heads, kv=None, b_q=None,
                          seed=None):
     """Multi-head attention: ``num_heads`` attention heads side by side, then ``W_o``.
 
-    The step after the notebook's single head. Exactly (``kv`` defaults to ``X``, self-attention;
-    a missing bias is 0)::
+    The step after the notebook's single head. To rounding (``kv`` defaults to ``X``,
+    self-attention; a missing bias is 0)::
 
         Q, K, V = X @ W_q + b_q, kv @ W_k + b_k, kv @ W_v + b_v   # (..., n, num_heads * d_head)
         head_h  = scaled_dot_product_attention(Q[..., h*d_head:(h+1)*d_head],

@@ -215,3 +215,23 @@ def test_the_package_docstring_points_to_what_exists():
     assert {"explain", "plot_attention", "check", "causal_mask", "set_num_threads"} <= set(names)
     for name in names:
         assert hasattr(selfattn, name) or hasattr(selfattn.testing, name), name
+
+
+def test_stub_all_and_tier_names_match_the_runtime():
+    """The stub's __all__ is the package's (stubtest's complaint), and set_isa's Literal names
+    every tier the C extension knows (dispatch.c's list) and the NumPy backend's, so a type
+    checker accepts set_isa("neon") as the runtime does."""
+    import ast
+    import re
+
+    tree = ast.parse((PACKAGE_DIR / "__init__.pyi").read_text())
+    stub_all = next(ast.literal_eval(node.value) for node in tree.body
+                    if isinstance(node, ast.Assign) and node.targets[0].id == "__all__")
+    assert stub_all == list(selfattn.__all__)
+    set_isa = next(node for node in tree.body
+                   if isinstance(node, ast.FunctionDef) and node.name == "set_isa")
+    stub_tiers = set(ast.literal_eval(set_isa.args.args[0].annotation.slice))
+    dispatch = (pathlib.Path(__file__).resolve().parent.parent / "csrc" / "dispatch.c").read_text()
+    names = re.search(r"isa_names\[SA_ISA_COUNT\] = \{(.*?)\}", dispatch, re.S).group(1)
+    assert stub_tiers == set(re.findall(r'"(\w+)"', names)) | {"numpy"}
+    assert set(selfattn.config()["supported_isas"]) <= stub_tiers
