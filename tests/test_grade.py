@@ -239,6 +239,32 @@ def test_every_student_has_a_name_of_their_own_and_the_output_folder_is_not_one(
         assert sorted(r["student"] for r in rows) == ["a", "a-2", "a-3"]
 
 
+def test_an_earlier_grades_folder_and_a_macs_zip_folder_are_no_students(tmp_path):
+    # grades written with another --out inside the class's folder, then the class graded again;
+    # and __MACOSX/, which unzipping a Mac's zip leaves beside the students' folders
+    root = tmp_path / "class"
+    (root / "alice").mkdir(parents=True)
+    (root / "alice" / "hw.py").write_text(submissions.IMPORTS + submissions.SOFTMAX)
+    (root / "__MACOSX" / "alice").mkdir(parents=True)
+    (root / "__MACOSX" / "alice" / "._hw.py").write_bytes(b"\x00\x05\x16\x07")
+    grade([root], root / "grades-monday", timeout=60, echo=None)
+    results = grade([root], root / "grades-tuesday", timeout=60, echo=None)
+    assert [r["student"] for r in results] == ["alice"]
+
+
+def test_files_of_one_name_given_one_by_one_are_named_by_their_folders(tmp_path):
+    # `grade class/*/hw.ipynb`: three students' hw, rows alice, bob and carol (not hw, hw-2, hw-3)
+    paths = []
+    for student in ("alice", "bob", "carol"):
+        (tmp_path / student).mkdir()
+        paths.append(tmp_path / student / "hw.py")
+        paths[-1].write_text(submissions.IMPORTS + submissions.SOFTMAX)
+    other = tmp_path / "dan.py"
+    other.write_text(submissions.IMPORTS + submissions.SOFTMAX)
+    results = grade([*paths, other], tmp_path / "out", timeout=60, echo=None)
+    assert [r["student"] for r in results] == ["alice", "bob", "carol", "dan"]
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc for the processes")
 @pytest.mark.parametrize("signame, said", [("SIGINT", "Ctrl-C"), ("SIGTERM", "SIGTERM")])
 def test_ctrl_c_stops_the_students_processes_too(tmp_path, signame, said):

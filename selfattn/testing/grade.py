@@ -195,10 +195,15 @@ def _submissions(paths, out=None):
     folder, or (path None) that a folder holds none."""
     out = os.path.realpath(out) if out is not None else None
     found = []
+    files = [os.fspath(p) for p in paths if os.path.isfile(os.fspath(p))]
+    stems = [os.path.splitext(os.path.basename(f))[0] for f in files]
     for p in paths:
         p = os.fspath(p)
         if os.path.isfile(p):
-            found.append((os.path.splitext(os.path.basename(p))[0], p, []))
+            # `grade class/*/hw.ipynb`: every file is "hw", so each is named by its folder
+            stem = os.path.splitext(os.path.basename(p))[0]
+            folder = os.path.basename(os.path.dirname(os.path.abspath(p)))
+            found.append((folder if stems.count(stem) > 1 and folder else stem, p, []))
             continue
         if not os.path.isdir(p):
             raise FileNotFoundError(f"grade: {p} does not exist")
@@ -208,7 +213,8 @@ def _submissions(paths, out=None):
                 continue
             if os.path.isfile(full) and entry.endswith(_SUFFIXES):
                 found.append((os.path.splitext(entry)[0], full, []))
-            elif os.path.isdir(full) and os.path.realpath(full) != out:
+            elif (os.path.isdir(full) and os.path.realpath(full) != out
+                  and not _earlier_output(full)):
                 found.append((entry, *_student_folder(full)))
     # Two students called "solution" in different folders: the second is solution-2, unless a
     # student is already called that (a-2.ipynb beside a.ipynb and a.py)
@@ -225,7 +231,14 @@ def _submissions(paths, out=None):
 
 
 def _hidden(entry):
-    return entry.startswith(".") or entry == "__pycache__"
+    # __MACOSX: the resource forks a zip made on a Mac unpacks beside the students' folders
+    return entry.startswith(".") or entry in ("__pycache__", "__MACOSX")
+
+
+def _earlier_output(folder):
+    """Whether `folder` is what an earlier grade wrote (its --out inside the class's folder)."""
+    return all(os.path.isfile(os.path.join(folder, f))
+               for f in ("gradebook.csv", "results.json", "summary.txt"))
 
 
 def _student_folder(folder):
