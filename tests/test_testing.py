@@ -102,6 +102,45 @@ def test_batched_cases_pass_for_batched_solution_and_are_notes_for_2d_ones():
     assert "optional" in flat and "np.swapaxes(K, -1, -2)" in flat
 
 
+def test_the_batched_note_fits_the_function_and_what_failed():
+    # a softmax over axis=1 has no K to transpose; an output by np.dot is told about @
+    def softmax_attention_weights(s):
+        e = np.exp(s - s.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    def compute_attention_output(w, V):
+        return np.dot(w, V)
+
+    def notes(report):
+        return [" ".join(h.split()) for r in report.results if r.verdict == "note" for h in r.hints]
+
+    softmax_notes = notes(check(softmax_attention_weights))
+    assert len(softmax_notes) == 1 and "axis=-1" in softmax_notes[0]
+    assert "K" not in softmax_notes[0].replace("keepdims", "")
+    output_notes = notes(check(compute_attention_output))
+    assert len(output_notes) == 1 and "np.dot" in output_notes[0] and "K.T" not in output_notes[0]
+
+    # a batched case that fails as the plain ones do keeps their diagnosis, not batch advice
+    def listed(attn_scores):
+        e = np.exp(attn_scores - attn_scores.max(axis=-1, keepdims=True))
+        return (e / e.sum(axis=-1, keepdims=True)).tolist()
+
+    report = check(listed, SOFTMAX)
+    batched = [r for r in report.results if r.case.batched]
+    assert [r.verdict for r in batched] == ["note"]
+    assert batched[0].hints[1:] == report.diagnoses
+    assert "axis=-1" not in batched[0].hints[0] and "follows" in batched[0].hints[0]
+
+
+def test_the_hint_for_an_exception_points_at_the_cases():
+    def softmax_attention_weights(attn_scores):
+        raise ValueError("oops")
+
+    text = str(check(softmax_attention_weights))
+    hint, first_case = text.index("raised an exception"), text.index("raised ValueError: oops")
+    assert hint < first_case and "each case it failed shows the message" in " ".join(text.split())
+
+
 def test_name_is_taken_from_the_function():
     def compute_self_attention_scores(Q, K):
         return Q @ K.T

@@ -133,7 +133,7 @@ _HINTS = {
     "raised_none": "Something was None: a function you call (perhaps one of your own) still ends "
                    "in `pass` or lacks a `return`.",
     "raised_name": "A name is not defined: run the cell that defines it (and `import numpy as np`).",
-    "raised": "Your function raised an exception on these inputs; the message and the line are above.",
+    "raised": "Your function raised an exception on these inputs; each case it failed shows the message and the line of your code.",
     "output_is_weights": "Your function returns attn_weights itself: the output is each query's "
                          "weighted sum of the value rows, attn_weights @ V.",
     "residual": "Your layer adds X to the attention output (a residual connection). The "

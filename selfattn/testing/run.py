@@ -167,6 +167,20 @@ def _exception_result(case, exc):
     return message, [hint]
 
 
+_K_FOR_BATCHES = ("To support batches, use np.swapaxes(K, -1, -2) (or K.mT in NumPy 2) instead "
+                  "of K.T, and @ (np.matmul), which multiplies batches matrix by matrix, instead "
+                  "of np.dot.")
+_BATCH_ADVICE = {
+    "compute_self_attention_scores": _K_FOR_BATCHES,
+    "softmax_attention_weights": "To support batches, take the max and the sum over axis=-1 (the "
+                                 "last axis, the keys) instead of axis=1, with keepdims=True.",
+    "compute_attention_output": "To support batches, use @ (np.matmul), which multiplies batches "
+                                "matrix by matrix, instead of np.dot, and no .T of a whole array.",
+    "self_attention_layer": _K_FOR_BATCHES + " The softmax takes axis=-1.",
+    "scaled_dot_product_attention": _K_FOR_BATCHES + " The softmax takes axis=-1.",
+}
+
+
 def _shape_message(case, got_shape):
     """What the shapes say, in words. No hint: only a mistake's reproduced output names one."""
     exp = case.expected.shape
@@ -230,12 +244,16 @@ def _run_case(fn, case, user_scale, either=False):
         if case.grouped and result.verdict == "FAIL":
             result.hints.append(_HINTS["grouped"])
         if case.batched and result.verdict == "FAIL":
+            # the advice for batches only where batches are what failed: a case that fails as
+            # the plain ones do (an input changed in place, a list returned) keeps their hints
+            specific = [h for h in result.hints if h not in (_HINTS["unknown"], _HINTS["raised"])
+                        and not getattr(h, "keys", None) == ("raised_matmul",)]
             result.verdict = "note"
             result.hints = [_hint(
                 "Batched inputs (a leading batch dimension) are optional: the notebook's functions "
-                "take one sequence, so this does not count against you. To support batches, use "
-                "np.swapaxes(K, -1, -2) (or K.mT in NumPy 2) instead of K.T, and axis=-1 instead "
-                "of axis=1.", "batched")]
+                "take one sequence, so this does not count against you. "
+                + ("What is wrong in this case follows." if specific else _BATCH_ADVICE[case.name]),
+                "batched")] + specific
         return result
 
     if exc is not None:
