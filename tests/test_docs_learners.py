@@ -108,3 +108,22 @@ def test_readme_grading_section_runs_as_shown(tmp_path):
     assert (tmp_path / "grades" / "gradebook.csv").read_text() == gradebook
     assert sorted(p.name for p in (tmp_path / "grades" / "reports").iterdir()) == \
         [f"{s}.html" for s in CLASS]
+
+
+def test_grader_tells_a_layer_that_returns_a_tuple_what_is_wrong(tmp_path):
+    # the README grader's own test of the layer: "returns several values", not NumPy's
+    # "setting an array element with a sequence" from picking raw or scaled scores
+    (tmp_path / "test_self_attention.py").write_text(GRADER.read_text())
+    tuple_layer = BUGGY_STUDENT.replace(
+        "    return compute_attention_output(softmax_attention_weights(compute_self_attention_scores(Q, K)), V)",
+        "    weights = softmax_attention_weights(compute_self_attention_scores(Q, K))\n"
+        "    return compute_attention_output(weights, V), weights")
+    assert tuple_layer != BUGGY_STUDENT
+    (tmp_path / "student_solution.py").write_text(tuple_layer)
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          "--rootdir", str(tmp_path), str(tmp_path), "-k", "sentence"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    out = run.stdout + run.stderr
+    assert run.returncode == 1, out
+    assert "your function returns several values; return one array" in out
+    assert "setting an array element" not in out
