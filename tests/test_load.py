@@ -229,17 +229,18 @@ def test_a_run_line_runs_the_file_and_its_names_join_the_notebooks(tmp_path, mon
     assert sub.USED == 1 and sub.output == "2\n" and sub.HELPED == 7 and sub.FORGOT == "__main__"
     assert sub.FROM_MODULE == "__main__" and "pkg" not in sys.modules
     assert sub.namespace["__name__"] == "__main__" and sub.__file__.endswith("nb.ipynb")
-    # wildcards are expanded as the shell would (unless -G), in the working folder; one that
-    # matches nothing stays as it is
+    # wildcards are expanded as the shell would (unless -G), in the working folder, which is
+    # the notebook's wherever it is loaded from; one that matches nothing stays as it is
     cells = ["%%writefile a.py\nimport sys\nARGV = sys.argv\n",
              "%run a.py 'a b' *.txt *.none\nFIRST = ARGV\n", "%run -G a.py *.txt\n"]
-    globbed = load_notebook(_notebook(tmp_path, cells, name="glob.ipynb"))
-    assert globbed.errors == [] and globbed.ARGV == ["a.py", "*.txt"]
-    assert globbed.FIRST == ["a.py", "a b", "*.txt", "*.none"]
-    monkeypatch.chdir(tmp_path)
-    globbed = load_notebook(tmp_path / "glob.ipynb")
-    assert globbed.FIRST == ["a.py", "a b", "data.txt", "*.none"]
-    assert globbed.ARGV == ["a.py", "*.txt"]
+    _notebook(tmp_path, cells, name="glob.ipynb")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "other.txt").write_text("")
+    for where in (tmp_path, tmp_path / "elsewhere"):
+        monkeypatch.chdir(where)
+        globbed = load_notebook(tmp_path / "glob.ipynb")
+        assert globbed.errors == [] and globbed.ARGV == ["a.py", "*.txt"]
+        assert globbed.FIRST == ["a.py", "a b", "data.txt", "*.none"]
 
 
 def test_a_run_files_errors_are_recorded_and_the_cell_goes_on_as_in_ipython(tmp_path):
@@ -586,3 +587,23 @@ def test_a_wrapper_in_a_file_beside_the_notebook_is_found_too(tmp_path, monkeypa
     assert sub.borrowed == ["softmax_attention_weights"], sub.errors
     assert "softmax_attention_weights calls selfattn's sa.softmax_attention_weights, so it is " \
            "selfattn's result, not graded" in sub.problems()
+
+
+def test_cells_run_in_the_notebooks_folder_and_the_callers_folder_comes_back(tmp_path,
+                                                                            monkeypatch):
+    # a notebook reads a file beside it, as it does in Jupyter, and a cell's os.chdir('/')
+    # does not stay with the teacher's process
+    folder = tmp_path / "alice"
+    folder.mkdir()
+    (folder / "config.txt").write_text("4\n")
+    elsewhere = tmp_path / "teacher"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    path = _notebook(folder, ["D_K = int(open('config.txt').read())\n",
+                              "import os\nHERE = os.getcwd()\nos.chdir(os.sep)\n",
+                              "AFTER = os.getcwd()\n"])
+    sub = load_notebook(os.path.relpath(path))
+    assert sub.errors == [] and sub.namespace["D_K"] == 4
+    assert sub.namespace["HERE"] == str(folder) and sub.namespace["AFTER"] == os.sep
+    assert os.getcwd() == str(elsewhere)
+    assert os.path.isabs(sub.namespace["__file__"])

@@ -615,12 +615,13 @@ def _get_ipython():
 
 
 def _run_cells(path, sources, notes=()):
-    namespace = {"__name__": "__main__", "__file__": str(path), "display": _display,
+    namespace = {"__name__": "__main__", "__file__": os.path.abspath(path), "display": _display,
                  "get_ipython": _get_ipython}
     errors, skipped = [], []
     captured = _Output()
-    with _WrittenFiles() as written:
-        run = namespace[_RUN_HELPER] = _RunMagic(path, namespace, written, errors)
+    with _WrittenFiles() as written, _in_folder_of(path):
+        run = namespace[_RUN_HELPER] = _RunMagic(namespace["__file__"], namespace, written,
+                                                 errors)
         for number, source in enumerate(sources, 1):
             run.cell = number
             if not written.take(source, skipped):
@@ -629,6 +630,28 @@ def _run_cells(path, sources, notes=()):
     if len(output) > _OUTPUT_LIMIT:
         output = output[:_OUTPUT_LIMIT] + f"\n... ({len(output) - _OUTPUT_LIMIT} more characters)"
     return Submission(path, namespace, errors, skipped, output, len(sources), notes)
+
+
+@contextlib.contextmanager
+def _in_folder_of(path):
+    """The cells run in the notebook's folder, as Jupyter runs them (and grade's process for a
+    submission): `open("data.csv")` finds the file beside it. The caller's working folder is
+    put back after, a cell's own os.chdir() included."""
+    path = os.path.abspath(path)
+    try:
+        caller = os.getcwd()
+    except OSError:   # the caller's folder was removed: nothing to go back to
+        caller = None
+    try:
+        os.chdir(os.path.dirname(path))
+    except OSError:
+        pass
+    try:
+        yield
+    finally:
+        if caller is not None:
+            with contextlib.suppress(OSError):
+                os.chdir(caller)
 
 
 def _run_cell(path, number, source, namespace, errors, skipped, captured):
@@ -663,7 +686,8 @@ def load_notebook(path):
     after the run), and ``%run file`` runs a file as IPython does (its names join the cells';
     an error in it is recorded for its cell, which goes on, as in IPython); a cell that raises
     is recorded in ``.errors`` (cell number, error, line) and the next cells still run, and
-    what the cells print is kept in ``.output``. Jupyter is not needed. The code runs in this
+    what the cells print is kept in ``.output``. The cells run in the notebook's folder, as in
+    Jupyter (the working folder is put back after). Jupyter is not needed. The code runs in this
     process: for code you do not trust, or that may never finish, use ``python -m selfattn
     grade``, which runs each submission in its own process with a time and a memory limit.
 
