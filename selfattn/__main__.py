@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import os
 import sys
 
 import numpy as np
@@ -100,5 +101,18 @@ def main(argv=None):
     return demo()
 
 
+def _run():
+    try:
+        code = main()
+        sys.stdout.flush()  # a pipe closed early fails here, inside the try
+    except BrokenPipeError:
+        # `python -m selfattn grade ... | head`: the reader has what it wanted; stop quietly,
+        # as a Unix tool does. stdout goes to devnull first, or the interpreter's flush at exit
+        # would raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    return code
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_run())
