@@ -471,15 +471,17 @@ enum { SA_F32 = 0, SA_F64 = 1 };
 /* The soft-cap's tier rule, decided here only: the fast tiers hold the cap in the call's precision
    and in log2 units, c log2 e computed as attention_fused.inc does, which overflows for a cap
    from about the largest finite value over log2 e (2.4e38 in float32, 1.2e308 in float64) and
-   gave NaN; such a call runs on the reference tier, which soft-caps in double
-   (sa_softcap_score). */
+   gave NaN. In float32 a cap below the smallest normal float (1.2e-38) loses its bits, and one
+   below about 7e-46 rounds to 0, which means no cap: the call ran uncapped. Such calls run on
+   the reference tier, which soft-caps in double (sa_softcap_score). */
 static inline int sa_softcap_needs_reference(const sa_score_mods *mods, int precision)
 {
     const double log2e = 1.4426950408889634074;
     if (mods == NULL || !(mods->softcap > 0))
         return 0;
     if (precision == SA_F32)
-        return !(mods->softcap * (double)(float)log2e <= 3.4028234663852886e38);
+        return !(mods->softcap * (double)(float)log2e <= 3.4028234663852886e38
+                 && mods->softcap >= 1.1754943508222875e-38);
     return !isfinite(mods->softcap * log2e);
 }
 

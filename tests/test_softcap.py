@@ -151,6 +151,29 @@ def test_caps_near_the_largest_value(isa, dtype):
                 assert_close(g, want, rtol=GRAD_RTOL[dtype])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_caps_below_float32s_normal_range(isa, dtype):
+    """A cap too small for a float32 normal number is a cap too: the fast tiers held it as a
+    float32, which rounded caps below about 7e-46 to 0, no cap (the call ran uncapped, silently),
+    and kept few bits of a subnormal one. Every capped score is about 0: the weights uniform."""
+    rng = np.random.default_rng(5)
+    tiny = float(np.finfo(np.float32).tiny)
+    caps = [1e-300, 1e-46, 1e-45, 1e-40, tiny / 2, np.nextafter(tiny, 0), tiny,
+            np.nextafter(tiny, 1)]
+    Q, K, V = operands(rng, dtype)
+    dO = rng.standard_normal(V.shape[:-2] + (Q.shape[-2], V.shape[-1])).astype(dtype)
+    for cap in caps:
+        out, w = scaled_dot_product_attention(Q, K, V, softcap=cap, return_weights=True)
+        want_out, want_w = ref_attention(Q, K, V, softcap=cap)
+        assert_close(out, want_out)
+        assert_close(w, want_w)
+        np.testing.assert_allclose(w, 1 / K.shape[-2], rtol=1e-3)
+        assert_close(scaled_dot_product_attention(Q, K, V, softcap=cap), want_out)
+        got = scaled_dot_product_attention_backward(dO, Q, K, V, softcap=cap)
+        for g, want in zip(got, ref_attention_grads(dO, Q, K, V, softcap=cap)):
+            assert_close(g, want, rtol=GRAD_RTOL.get(dtype))
+
+
 def test_masks_apply_after_the_cap(isa, rng):
     """-inf masks stay -inf (weight exactly 0, even next to inf in V), a fully masked row gives 0,
     a float mask and a bias are added to the capped scores (not capped themselves)."""
