@@ -996,7 +996,7 @@ static PyObject *core_plain_sdpa(PyObject *self, PyObject *args)
     double scale;
     if (!plain_matrix(Q_obj, &typenum, &Q, &n_q, &d_k) || !plain_matrix(K_obj, &typenum, &K, &n_k, &d_k2)
         || !plain_matrix(V_obj, &typenum, &V, &n_v, &d_v) || d_k != d_k2 || n_v != n_k
-        || !plain_scale(scale_obj, d_k, &scale))
+        || !fits(n_q, d_v, typenum) || !plain_scale(scale_obj, d_k, &scale))
         Py_RETURN_NONE;
     return plain_attention(typenum, &Q, &K, &V, n_q, n_k, d_k, d_v, scale, band.band);
 }
@@ -1122,9 +1122,11 @@ static PyObject *core_vexp(PyObject *self, PyObject *args)
         || PyArray_NDIM(out) != 1 || PyArray_NDIM(in) != 1
         || PyArray_DIM(out, 0) != PyArray_DIM(in, 0)
         || !PyArray_IS_C_CONTIGUOUS(out) || !PyArray_IS_C_CONTIGUOUS(in)
-        || !PyArray_ISNOTSWAPPED(out) || !PyArray_ISNOTSWAPPED(in) || !PyArray_ISWRITEABLE(out)) {
-        PyErr_SetString(PyExc_ValueError, "_core.vexp: out and x must be 1-d contiguous native "
-                                          "arrays of one float type and length; out writeable");
+        || !PyArray_ISNOTSWAPPED(out) || !PyArray_ISNOTSWAPPED(in) || !PyArray_ISWRITEABLE(out)
+        || !PyArray_ISALIGNED(out) || !PyArray_ISALIGNED(in)) {
+        PyErr_SetString(PyExc_ValueError, "_core.vexp: out and x must be 1-d contiguous aligned "
+                                          "native arrays of one float type and length; out "
+                                          "writeable");
         return NULL;
     }
     sa_exec ex;

@@ -73,6 +73,16 @@ def test_fused_attention_with_an_enormous_output():
     refused(lambda: selfattn.scaled_dot_product_attention(Q, Q, V))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_plain_2d_attention_past_the_address_space_names_the_function(dtype):
+    # the 2-D fast path of sdpa (straight to C) steps aside for the general path's message;
+    # NumPy's own "array is too big" came out before (softmax's result is its input's size)
+    Q = np.broadcast_to(np.zeros((1, 4), dtype), (2 ** 40, 4))   # rows contiguous: plain
+    V = np.zeros((3, 2 ** 22), dtype)
+    exc = refused(lambda: selfattn.scaled_dot_product_attention(Q, V[:, :4], V), ValueError)
+    assert "scaled_dot_product_attention" in str(exc) and "too large" in str(exc)
+
+
 def test_batch_dimensions_that_multiply_past_the_address_space():
     # Each operand is small in its own batch, but the broadcast batch is 2**62 matrices.
     Q = big_view((2 ** 31, 1, 1, 4))

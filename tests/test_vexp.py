@@ -160,3 +160,16 @@ def test_mode_is_checked():
     x = np.zeros(4)
     with pytest.raises(ValueError, match="mode"):
         _core.vexp(np.empty_like(x), x, _core.isa_code("reference"), 7)
+
+
+def test_misaligned_arrays_are_refused():
+    # the kernels load whole elements: a float64 array at an odd address was a misaligned load
+    # (UBSan); NumPy makes one from a buffer at an offset
+    buffer = np.zeros(8 * 4 + 1, np.uint8)
+    x = np.frombuffer(buffer.data, np.float64, count=4, offset=1)
+    assert not x.flags.aligned
+    with pytest.raises(ValueError, match="aligned"):
+        _core.vexp(np.empty(4), x, _core.isa_code("reference"), 0)
+    out = np.frombuffer(bytearray(8 * 4 + 1), np.float64, count=4, offset=1)
+    with pytest.raises(ValueError, match="aligned"):
+        _core.vexp(out, np.zeros(4), _core.isa_code("reference"), 0)
