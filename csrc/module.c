@@ -788,6 +788,18 @@ static int get_lse(PyObject *obj, int typenum, const sa_batch *batch, sa_int n_q
     return 0;
 }
 
+/* The private entry points' own check of what the Python layer validates (_softcap, _dropout):
+   a dropout_p beyond [0, 1] is an undefined conversion where the keep threshold is made. */
+static int mods_ok(const sa_score_mods *mods)
+{
+    if (isfinite(mods->softcap) && mods->softcap >= 0 && mods->dropout_p >= 0
+        && mods->dropout_p <= 1)
+        return 1;
+    PyErr_SetString(PyExc_ValueError, "_core: softcap must be finite and >= 0 (0: none), "
+                                      "dropout_p within [0, 1]");
+    return 0;
+}
+
 static PyObject *core_attention(PyObject *self, PyObject *args)
 {
     PyObject *out_obj, *weights_obj, *Q_obj, *K_obj, *V_obj, *mask_obj, *lse_obj = Py_None;
@@ -799,6 +811,8 @@ static PyObject *core_attention(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OOOOOOdO&i|OddK", &out_obj, &weights_obj, &Q_obj, &K_obj, &V_obj,
                           &mask_obj, &scale, band_converter, &band, &isa, &lse_obj,
                           &mods.softcap, &mods.dropout_p, &seed))
+        return NULL;
+    if (!mods_ok(&mods))
         return NULL;
     mods.seed = (uint64_t)seed;
     sa_batch batch;
@@ -848,6 +862,8 @@ static PyObject *core_attention_backward(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OOOOOOOOdO&i|ddKO", &dQ_obj, &dK_obj, &dV_obj, &dO_obj, &Q_obj,
                           &K_obj, &V_obj, &mask_obj, &scale, band_converter, &band, &isa,
                           &mods.softcap, &mods.dropout_p, &seed, &out_obj))
+        return NULL;
+    if (!mods_ok(&mods))
         return NULL;
     mods.seed = (uint64_t)seed;
     sa_batch batch;

@@ -4,6 +4,7 @@ Broadcast views (np.broadcast_to) make inputs of any logical size for free, so a
 trusts the size of its inputs would try to compute (or allocate) astronomically large results.
 Each call here must raise ValueError or MemoryError with a message, within a second.
 """
+import math
 import re
 import time
 
@@ -175,6 +176,24 @@ def test_the_private_kernels_refuse_a_mismatched_call():
         _core.softmax(out, np.ones((2, 3), np.float32), -1)
     with pytest.raises(ValueError):
         _core.scores(out, np.ones((2, 4))[:, ::2], np.ones((3, 2)), None, 1.0, (0, 0), -1)
+
+
+@pytest.mark.parametrize("mods", [{"softcap": math.nan}, {"softcap": math.inf}, {"softcap": -1.0},
+                                  {"dropout_p": math.inf}, {"dropout_p": -0.5},
+                                  {"dropout_p": 1.5}, {"dropout_p": math.nan}])
+def test_the_private_attention_refuses_modifiers_out_of_range(mods):
+    # the public calls validate these; the private ones check them too (dropout_p=inf was an
+    # undefined float-to-integer conversion, a NaN cap a NaN result)
+    from selfattn import _core
+    from selfattn._api import _PLAIN_BANDS
+    x = np.ones((3, 4))
+    args = (0.5, _PLAIN_BANDS[False], -1)
+    with pytest.raises(ValueError, match="dropout_p within"):
+        _core.attention(np.empty((3, 4)), None, x, x, x, None, *args, None,
+                        mods.get("softcap", 0.0), mods.get("dropout_p", 0.0), 1)
+    with pytest.raises(ValueError, match="dropout_p within"):
+        _core.attention_backward(*(np.empty((3, 4)) for _ in range(3)), x, x, x, x, None, *args,
+                                 mods.get("softcap", 0.0), mods.get("dropout_p", 0.0), 1)
 
 
 # 2**48 elements: addressable (no ValueError), but more than a 47-bit address space holds
