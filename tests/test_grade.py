@@ -248,8 +248,16 @@ def test_an_earlier_grades_folder_and_a_macs_zip_folder_are_no_students(tmp_path
     (root / "__MACOSX" / "alice").mkdir(parents=True)
     (root / "__MACOSX" / "alice" / "._hw.py").write_bytes(b"\x00\x05\x16\x07")
     grade([root], root / "grades-monday", timeout=60, echo=None)
+    (root / "grades-stopped" / "reports").mkdir(parents=True)   # a grade stopped mid-way
+    (root / "grades-stopped" / "reports" / "alice.html").write_text("<h1>alice</h1>")
+    # a student who handed in a gradebook of their own beside the notebook is a student
+    (root / "bob" / "reports").mkdir(parents=True)
+    (root / "bob" / "reports" / "r.html").write_text("")
+    for name in ("gradebook.csv", "results.json", "summary.txt"):
+        (root / "bob" / name).write_text("")
+    (root / "bob" / "hw.py").write_text(submissions.IMPORTS + submissions.SOFTMAX)
     results = grade([root], root / "grades-tuesday", timeout=60, echo=None)
-    assert [r["student"] for r in results] == ["alice"]
+    assert [r["student"] for r in results] == ["alice", "bob"]
 
 
 def test_files_of_one_name_given_one_by_one_are_named_by_their_folders(tmp_path):
@@ -263,6 +271,15 @@ def test_files_of_one_name_given_one_by_one_are_named_by_their_folders(tmp_path)
     other.write_text(submissions.IMPORTS + submissions.SOFTMAX)
     results = grade([*paths, other], tmp_path / "out", timeout=60, echo=None)
     assert [r["student"] for r in results] == ["alice", "bob", "carol", "dan"]
+    # one folder's two files keep their file names; a file given twice, or given beside its
+    # folder, is graded once
+    (tmp_path / "alice" / "hw.ipynb").write_text(json.dumps(submissions.notebook_json(
+        [submissions.IMPORTS, submissions.SOFTMAX])))
+    results = grade([paths[0], tmp_path / "alice" / "hw.ipynb", paths[0]], tmp_path / "out",
+                    timeout=60, echo=None)
+    assert [r["student"] for r in results] == ["hw", "hw-2"]
+    results = grade([paths[1], tmp_path / "bob"], tmp_path / "out", timeout=60, echo=None)
+    assert [r["student"] for r in results] == ["hw"]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc for the processes")

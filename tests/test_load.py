@@ -604,6 +604,23 @@ def test_cells_run_in_the_notebooks_folder_and_the_callers_folder_comes_back(tmp
                               "AFTER = os.getcwd()\n"])
     sub = load_notebook(os.path.relpath(path))
     assert sub.errors == [] and sub.namespace["D_K"] == 4
-    assert sub.namespace["HERE"] == str(folder) and sub.namespace["AFTER"] == os.sep
+    assert sub.namespace["HERE"] == str(folder)
+    assert sub.namespace["AFTER"] == os.path.abspath(os.sep)
     assert os.getcwd() == str(elsewhere)
     assert os.path.isabs(sub.namespace["__file__"])
+
+
+def test_a_module_beside_one_notebook_is_not_the_next_ones(tmp_path, monkeypatch):
+    # alice's notebook imports helpers.py beside it (as in Jupyter); bob's, with none beside it,
+    # must not get alice's from sys.modules (nor from the working folder)
+    for student in ("alice", "bob"):
+        (tmp_path / student).mkdir()
+        _notebook(tmp_path / student, ["import helpers\nWHO = helpers.WHO\n"])
+    (tmp_path / "alice" / "helpers.py").write_text("WHO = 'alice'\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend("")   # as the REPL and Jupyter have it
+    alice = load_notebook(os.path.join("alice", "nb.ipynb"))
+    assert alice.errors == [] and alice.WHO == "alice"
+    bob = load_notebook(os.path.join("bob", "nb.ipynb"))
+    assert [e.error for e in bob.errors] == ["ModuleNotFoundError: No module named 'helpers'"]
+    assert "helpers" not in sys.modules and str(tmp_path / "alice") not in sys.path

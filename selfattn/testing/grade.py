@@ -195,15 +195,11 @@ def _submissions(paths, out=None):
     folder, or (path None) that a folder holds none."""
     out = os.path.realpath(out) if out is not None else None
     found = []
-    files = [os.fspath(p) for p in paths if os.path.isfile(os.fspath(p))]
-    stems = [os.path.splitext(os.path.basename(f))[0] for f in files]
+    by_folder = _named_by_folder([os.fspath(p) for p in paths if os.path.isfile(os.fspath(p))])
     for p in paths:
         p = os.fspath(p)
         if os.path.isfile(p):
-            # `grade class/*/hw.ipynb`: every file is "hw", so each is named by its folder
-            stem = os.path.splitext(os.path.basename(p))[0]
-            folder = os.path.basename(os.path.dirname(os.path.abspath(p)))
-            found.append((folder if stems.count(stem) > 1 and folder else stem, p, []))
+            found.append((by_folder.get(p) or os.path.splitext(os.path.basename(p))[0], p, []))
             continue
         if not os.path.isdir(p):
             raise FileNotFoundError(f"grade: {p} does not exist")
@@ -219,8 +215,12 @@ def _submissions(paths, out=None):
     # Two students called "solution" in different folders: the second is solution-2, unless a
     # student is already called that (a-2.ipynb beside a.ipynb and a.py)
     taken = {student for student, _, _ in found}
-    seen, unique = set(), []
+    seen, unique, files = set(), [], set()
     for student, path, notes in found:
+        if path is not None:   # a file given twice, or given and in a folder given: graded once
+            if os.path.realpath(path) in files:
+                continue
+            files.add(os.path.realpath(path))
         name, k = student, 1
         while name in seen or (name != student and name in taken):
             k += 1
@@ -235,10 +235,27 @@ def _hidden(entry):
     return entry.startswith(".") or entry in ("__pycache__", "__MACOSX")
 
 
+def _named_by_folder(files):
+    """{file: its folder's name} for files given one by one that share a name in different
+    folders (`grade class/*/hw.ipynb`: each "hw", so each is named alice, bob, ...)."""
+    stems = {}
+    for f in files:
+        stems.setdefault(os.path.splitext(os.path.basename(f))[0], []).append(f)
+    names = {}
+    for group in stems.values():
+        folders = [os.path.basename(os.path.dirname(os.path.abspath(f))) for f in group]
+        if len(group) > 1 and all(folders) and len(set(folders)) == len(folders):
+            names.update(zip(group, folders))
+    return names
+
+
 def _earlier_output(folder):
-    """Whether `folder` is what an earlier grade wrote (its --out inside the class's folder)."""
-    return all(os.path.isfile(os.path.join(folder, f))
-               for f in ("gradebook.csv", "results.json", "summary.txt"))
+    """Whether `folder` is what an earlier grade wrote (its --out inside the class's folder, or
+    one a stopped grade left): its reports/ of HTML pages and no notebook or script at all."""
+    reports = os.path.join(folder, "reports")
+    if not os.path.isdir(reports) or any(not f.endswith(".html") for f in os.listdir(reports)):
+        return False
+    return not any(f.endswith(_SUFFIXES) for _, _, names in os.walk(folder) for f in names)
 
 
 def _student_folder(folder):

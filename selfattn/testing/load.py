@@ -635,20 +635,28 @@ def _run_cells(path, sources, notes=()):
 @contextlib.contextmanager
 def _in_folder_of(path):
     """The cells run in the notebook's folder, as Jupyter runs them (and grade's process for a
-    submission): `open("data.csv")` finds the file beside it. The caller's working folder is
-    put back after, a cell's own os.chdir() included."""
-    path = os.path.abspath(path)
+    submission): `open("data.csv")` finds the file beside it and `import helpers` the module.
+    After the run the caller's working folder is put back (a cell's own os.chdir() included),
+    the folder leaves sys.path, and the modules imported from it leave sys.modules, so the next
+    notebook loaded never gets this one's `helpers`."""
+    folder = os.path.dirname(os.path.abspath(path))
     try:
         caller = os.getcwd()
     except OSError:   # the caller's folder was removed: nothing to go back to
         caller = None
-    try:
-        os.chdir(os.path.dirname(path))
-    except OSError:
-        pass
+    before = set(sys.modules)
+    with contextlib.suppress(OSError):
+        os.chdir(folder)
+    sys.path.insert(0, folder)
     try:
         yield
     finally:
+        with contextlib.suppress(ValueError):
+            sys.path.remove(folder)
+        for name in [n for n in list(sys.modules) if n not in before]:
+            where = getattr(sys.modules[name], "__file__", None) or ""
+            if os.path.abspath(where).startswith(folder + os.sep):
+                del sys.modules[name]
         if caller is not None:
             with contextlib.suppress(OSError):
                 os.chdir(caller)
