@@ -391,6 +391,13 @@ def _lse_rows(S):
     return np.where(lse == np.inf, np.nan, lse).astype(S.dtype, copy=False)
 
 
+def _mods(softcap, dropout_p):
+    """module.c's mods_ok: what the Python layer validates, checked by the private calls too."""
+    if not (math.isfinite(softcap) and softcap >= 0 and 0 <= dropout_p <= 1):
+        raise ValueError("_core: softcap must be finite and >= 0 (0: none), dropout_p within "
+                         "[0, 1]")
+
+
 @_quiet
 def attention(out, weights, Q, K, V, mask, scale, band, isa, lse=None, softcap=0.0, dropout_p=0.0,
               seed=0):
@@ -399,6 +406,7 @@ def attention(out, weights, Q, K, V, mask, scale, band, isa, lse=None, softcap=0
     an output (batch..., n_q) for each row's log-sum-exp; softcap > 0 caps the scores before the
     mask; dropout_p > 0 drops weights after the softmax."""
     _isa(isa)
+    _mods(softcap, dropout_p)
     out = _out(out)
     Q, K, V, mask = _attention_operands(out.shape, out.dtype, Q, K, V, mask)
     n_q, n_k = Q.shape[-2], K.shape[-2]
@@ -435,6 +443,7 @@ def attention_backward(dQ, dK, dV, dO, Q, K, V, mask, scale, band, isa, softcap=
     dK = scale * dS^T Q, dV = P^T dO, where a weight of exactly 0 contributes nothing.
     One pass over blocks of query rows: dQ block by block, dK and dV summed over the blocks."""
     _isa(isa)
+    _mods(softcap, dropout_p)
     dQ = _out(dQ)
     for grad in (dK, dV):
         if not isinstance(grad, np.ndarray) or grad.ndim < 2:

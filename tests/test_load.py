@@ -599,7 +599,7 @@ def test_cells_run_in_the_notebooks_folder_and_the_callers_folder_comes_back(tmp
     elsewhere = tmp_path / "teacher"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    path = _notebook(folder, ["D_K = int(open('config.txt').read())\n",
+    path = _notebook(folder, ["with open('config.txt') as f:\n    D_K = int(f.read())\n",
                               "import os\nHERE = os.getcwd()\nos.chdir(os.sep)\n",
                               "AFTER = os.getcwd()\n"])
     sub = load_notebook(os.path.relpath(path))
