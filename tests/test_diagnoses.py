@@ -157,6 +157,33 @@ def layer_with_residual(X, W_q, W_k, W_v):
     return softmax(Q @ K.T) @ V + X
 
 
+def scores_of_int_inputs(Q, K):
+    Q, K = np.array(Q, dtype=int), np.array(K, dtype=int)
+    return Q @ K.T
+
+
+def softmax_of_int_scores(attn_scores):
+    return softmax(attn_scores.astype(int))
+
+
+def output_of_int_inputs(attn_weights, V):
+    return np.asarray(attn_weights, dtype=int) @ np.asarray(V, dtype=int)
+
+
+def layer_of_int_inputs(X, W_q, W_k, W_v):
+    X, W_q, W_k, W_v = (np.array(a, dtype=int) for a in (X, W_q, W_k, W_v))
+    Q, K, V = X @ W_q, X @ W_k, X @ W_v
+    return softmax(Q @ K.T / np.sqrt(K.shape[1])) @ V
+
+
+def scores_over_sqrt_n_q(Q, K):
+    return Q @ K.T / np.sqrt(Q.shape[0])
+
+
+def softmax_placeholder(attn_scores):
+    return 1.0
+
+
 CASES = [
     ("softmax returns its weights transposed", softmax_transposed, SOFTMAX, None,
      "Your weights are transposed", ["attn_weights @ V"]),
@@ -211,6 +238,23 @@ CASES = [
      "Your scores are divided by sqrt(d_v)", []),
     ("output returns the weights", output_returns_weights, OUTPUT, None,
      "Your function returns attn_weights itself", []),
+    # a single token's scores under 1 truncate to 0, as `1 // np.sqrt(d_k)` makes them: that
+    # case alone named the // mistake, which the code does not have
+    ("scores of inputs made integers", scores_of_int_inputs, SCORES, None,
+     "Your function turns its inputs into integers", ["floor division", "// np.sqrt", "none of"]),
+    ("softmax of scores made integers", softmax_of_int_scores, SOFTMAX, None,
+     "Your function turns its inputs into integers", []),
+    ("output of inputs made integers", output_of_int_inputs, OUTPUT, None,
+     "Your function turns its inputs into integers", []),
+    ("layer of inputs made integers", layer_of_int_inputs, LAYER, None,
+     "Your function turns its inputs into integers", []),
+    # n_q = d_k in the square case: sqrt(n_q) is sqrt(d_k) there, and n_q = 1 makes it raw; it
+    # was reported a second time as raw and scaled scores mixed
+    ("scores divided by sqrt(n_q)", scores_over_sqrt_n_q, SCORES, "either",
+     "Your scores are divided by the square root of the number of queries",
+     ["raw dot products in some cases"]),
+    ("softmax returns a placeholder number", softmax_placeholder, SOFTMAX, None,
+     "Your function returns a single number", ["axis=1"]),
 ]
 
 
@@ -293,3 +337,19 @@ def test_a_result_of_only_nan_is_no_evidence_of_an_overflowing_mistake(fn):
     text = str(report)
     assert "maximum" not in text and "max subtraction" not in text.lower()
     assert "your result has inf or NaN where the expected result is finite" in text
+
+
+def test_batch_advice_waits_until_the_cases_without_a_batch_pass():
+    """The advice on batches (axis=-1, not axis=1) fits a softmax that works on one sequence;
+    one that fails there too is told to fix that first."""
+    def softmax_wrong_axis(attn_scores):
+        e = np.exp(attn_scores - attn_scores.max(axis=0, keepdims=True))
+        return e / e.sum(axis=0, keepdims=True)
+
+    batched = [r for r in check(softmax_wrong_axis, SOFTMAX).results if r.case.batched]
+    assert batched and "Fix the failed cases without a batch first" in batched[0].hints[0]
+    assert "axis=1" not in batched[0].hints[0]
+    results = check(softmax, SOFTMAX).results  # axis=1: right without a batch only
+    batched = [r for r in results if r.case.batched]
+    assert [r.verdict for r in results].count("FAIL") == 0
+    assert "take the max and the sum over axis=-1" in batched[0].hints[0]

@@ -113,6 +113,9 @@ _HINTS = {
     "returned_tuple": "Your function returns a tuple; it must return a single array "
                       "(for self_attention_layer: only the output, not the weights).",
     "not_array": "Your function must return a NumPy array of numbers.",
+    "returned_scalar": "Your function returns a single number, not an array with one entry per "
+                       "query (and per key or output column): return the whole array, without "
+                       "a float(...), .item(), .sum() or index that reduces it to one number.",
     "unknown": "Your result differs from selfattn's and matches none of the mistakes check() knows. "
                "Compare step by step with selfattn's functions on the same inputs "
                "(selfattn.testing.cases(name) has them, with the expected outputs); "
@@ -152,6 +155,9 @@ _HINTS = {
                    "d_k = 4: take d_k from the inputs, Q @ K.T / np.sqrt(K.shape[-1]).",
     "zero_scale": "Your scores are all multiplied by 0: 1 // np.sqrt(d_k) is 0.0. Use "
                   "1 / np.sqrt(d_k) (a single /).",
+    "int_inputs": "Your function turns its inputs into integers (np.array(x, dtype=int), "
+                  "x.astype(int) or int(...)), which cuts off their fractions: keep them as they "
+                  "are, or convert with np.asarray(x, dtype=float).",
     "int_buffer": "Your result, or the weights it is made from, is rounded towards zero to "
                   "whole numbers: the array you fill "
                   "was created with an integer dtype (np.zeros(shape, dtype=int), or from "
@@ -185,12 +191,12 @@ TITLES = {
     "projection_order": "projections the wrong way round", "precision": "computed in float32",
     "mutated": "input changed in place", "returned_none": "returns None",
     "returned_tuple": "returns a tuple", "not_array": "returns no array",
-    "returned_list": "returns a list", "returns_weights": "layer returns the weights",
+    "returned_list": "returns a list", "returned_scalar": "returns a single number", "returns_weights": "layer returns the weights",
     "output_is_weights": "output returns the weights", "residual": "X added to the output",
     "no_softmax": "softmax skipped", "v_at_weights": "V @ attn_weights",
     "floor_div": "// in the scale", "zero_scale": "scale 1 // sqrt(d_k) = 0",
     "fixed_scale": "scale typed in as 2 (sqrt(d_k) for d_k = 4)",
-    "int_buffer": "integer result buffer", "mixed_scale": "raw and scaled scores mixed",
+    "int_buffer": "integer result buffer", "int_inputs": "inputs made integers", "mixed_scale": "raw and scaled scores mixed",
     "scale_raw": "raw scores where scaled were asked", "scale_sqrt_dk": "scaled where raw was asked",
     "scale_dk": "scores divided by d_k", "scale_sqrt_nk": "sqrt(n_k) instead of sqrt(d_k)",
     "scale_sqrt_nq": "sqrt(n_q) instead of sqrt(d_k)",
@@ -249,10 +255,11 @@ def _alt_scales(user_scale, s_ref, dims):
            ("times_sqrt_dk", math.sqrt(d_k))]
     for key, dim in (("sqrt_nk", "n_k"), ("sqrt_nq", "n_q"), ("sqrt_dmodel", "d_model"),
                      ("sqrt_dv", "d_v")):
-        if dim in dims and dims[dim] != d_k:
+        if dim in dims:
             out.append((key, 1 / math.sqrt(dims[dim])))
-    # Two variants may give the same factor on a case (sqrt(n_k) is 1 for one key): both are
-    # kept, and the report names the one that explains the other cases too.
+    # Two variants may give the same factor on a case (sqrt(n_k) is 1 for one key, sqrt(n_q) is
+    # sqrt(d_k) where n_q = d_k): both are kept, and the report names the one that explains the
+    # other cases too (so that sqrt(n_q) is not also reported as raw and scaled scores mixed).
     return [(key, s) for key, s in out if abs(s - s_ref) > 1e-12 * s_ref]
 
 
@@ -303,6 +310,7 @@ def _mistakes(case, user_scale, either=False):
             out.append((_HINTS["weights_out_transposed"], _swap(_softmax_np(s))))
             out.append((_HINTS["weights_out_transposed"], _swap(_softmax_np(s, axis=-2))))
             out.append((_HINTS["int_buffer"], np.trunc(_softmax_np(s))))
+            out.append((_HINTS["int_inputs"], _softmax_np(np.trunc(s))))
             return out
 
         if name == "compute_attention_output":
@@ -317,6 +325,7 @@ def _mistakes(case, user_scale, either=False):
                 out.append((_HINTS["v_at_weights"], v @ w))
             out.append((_HINTS["int_buffer"], np.trunc(w @ v)))
             out.append((_HINTS["output_is_weights"], w))
+            out.append((_HINTS["int_inputs"], np.trunc(w) @ np.trunc(v)))
             return out
 
         # The functions with scores: compose every mistake with the scalings a learner may use.
@@ -367,6 +376,15 @@ def _mistakes(case, user_scale, either=False):
         if dims["d_k"] != 4:
             out.append((_HINTS["fixed_scale"], finish(raw / 2.0)))
         with_scales(_HINTS["int_buffer"], lambda s: finish(np.trunc(raw * s)))
+        # every input truncated to whole numbers (np.array(Q, dtype=int)), the layer's X and
+        # projections too
+        whole = [np.trunc(a) for a in args]
+        if name == "self_attention_layer":
+            whole = [whole[0] @ w for w in whole[1:]]
+        q_int, k_int = whole[:2]
+        v_int = whole[2] if v is not None else None
+        with_scales(_HINTS["int_inputs"], lambda s: (
+            q_int @ _swap(k_int) * s if v is None else _softmax_np(q_int @ _swap(k_int) * s) @ v_int))
         with_scales(_HINTS["scores_transposed"], transposed_scores)
         if k.shape[-2] == k.shape[-1]:
             with_scales(_HINTS["k_not_transposed"], lambda s: finish(q @ k * s))

@@ -8,8 +8,8 @@ import textwrap
 from .cases import _SCALED, _band_kwargs, _check_name, _check_scale, cases
 from .compare import _fmt_index
 from .mistakes import _HINTS
-from .run import (_agree_on_mistakes, _confirm_matches, _merge_combined, _merge_explained,
-                  _run_case)
+from .run import (_agree_on_mistakes, _batch_advice_after_plain, _confirm_matches,
+                  _merge_combined, _merge_explained, _run_case)
 
 _CONVENTION = {
     None: "scores scaled by 1/sqrt(d_k), as in selfattn (scale=\"scaled\")",
@@ -267,6 +267,7 @@ def _check_once(fn, name, scale, seed, notes, either=False, band=None, gqa=False
     _agree_on_mistakes(results)
     _merge_explained(results)
     _merge_combined(results)
+    _batch_advice_after_plain(results)
     return CheckReport(name, getattr(fn, "__name__", None), scale, results, notes, either=either)
 
 
