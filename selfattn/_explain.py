@@ -14,7 +14,7 @@ import numpy as np
 
 from . import _api
 from ._kernels import _one_tier
-from ._validate import _label_list, _visibility
+from ._validate import _label_list, _public_call, _visibility
 
 __all__ = ["explain", "AttentionTrace"]
 
@@ -212,6 +212,7 @@ def _num(x):
     return f"{x:.4g}"
 
 
+@_public_call
 @_one_tier
 def explain(X, W_q, W_k, W_v, *, tokens=None, scale=None, mask=None, is_causal=False,
             window=None):

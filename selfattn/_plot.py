@@ -8,7 +8,7 @@ import warnings
 
 import numpy as np
 
-from ._validate import _integer, _label_list
+from ._validate import _integer, _label_list, _public_call, _public_caller
 
 __all__ = ["plot_attention"]
 
@@ -43,6 +43,7 @@ def _labels(func, name, labels, count, what, whats):
     return labels
 
 
+@_public_call(float32_helps=False)
 def plot_attention(weights, tokens=None, *, key_tokens=None, ax=None, annotate=None, head=None,
                    vmin=None, vmax=None, mask=None):
     """Draw attention weights as a heatmap: queries as rows, keys as columns.
@@ -190,12 +191,13 @@ def plot_attention(weights, tokens=None, *, key_tokens=None, ax=None, annotate=N
     w = w.astype(np.float64)
     finite = w[np.isfinite(w)]
     above_one = False
+    hidden = None if visible is None else _hidden(visible, w)
     if finite.size and finite.min() < -1e-6:
         warnings.warn(
             f"{func}: some values lie outside [0, 1] (from {finite.min():.3g} to "
             f"{finite.max():.3g}); are these scores rather than weights? Softmax them with "
             f"selfattn.softmax_attention_weights first. The colours are clipped to [0, 1].",
-            UserWarning, stacklevel=2)
+            UserWarning, stacklevel=_public_caller()[1])
     elif finite.size and finite.max() > 1 + 1e-6:
         # none negative: weights after dropout (kept ones are divided by 1 - p) look like this
         above_one = True
@@ -203,12 +205,11 @@ def plot_attention(weights, tokens=None, *, key_tokens=None, ax=None, annotate=N
             f"{func}: some values are above 1 (up to {finite.max():.3g}), which no softmax "
             f"weight is; weights after dropout are (the kept ones are divided by 1 - dropout_p), "
             f"scores may be (softmax them with selfattn.softmax_attention_weights first). The "
-            f"colours go up to the largest value.", UserWarning, stacklevel=2)
+            f"colours go up to the largest value.", UserWarning, stacklevel=_public_caller()[1])
     else:
-        _warn_rows_not_one(func, w)
+        _warn_rows_not_one(func, w, hidden)
     blank = None  # hidden keys drawn white: those the mask hides and that hold no weight
-    if visible is not None:
-        hidden = _hidden(visible, w)
+    if hidden is not None:
         leaks = hidden & np.isfinite(w) & (w != 0)
         if leaks.any():
             i, j = (int(x) for x in np.argwhere(leaks)[0])
@@ -218,7 +219,7 @@ def plot_attention(weights, tokens=None, *, key_tokens=None, ax=None, annotate=N
                 f"hides (query {i} gives {w[i, j]:.3g} to key {j}); a hidden key's weight is 0. "
                 f"Was the mask applied after the softmax rather than to the scores? "
                 f"{'They are drawn as weights' if count > 1 else 'It is drawn as a weight'}.",
-                UserWarning, stacklevel=2)
+                UserWarning, stacklevel=_public_caller()[1])
         blank = hidden & ~leaks
         if blank.any():
             ax.set_xlabel("key (white: hidden by the mask)")
@@ -307,8 +308,9 @@ def _draw_mask(matplotlib, ax, visible, title):
     bar.ax.set_yticklabels(["hidden", "may attend"])
 
 
-def _warn_rows_not_one(func, w):
-    """Warn when rows of weights do not sum to 1 (all-zero rows are fully masked queries)."""
+def _warn_rows_not_one(func, w, hidden=None):
+    """Warn when rows of weights do not sum to 1 (all-zero rows are fully masked queries).
+    `hidden`: the keys a mask hides, or None."""
     with np.errstate(all="ignore"):
         sums = np.where(np.isfinite(w), w, 0.0).sum(axis=1)
     bad = ~(np.isclose(sums, 1.0, rtol=1e-3, atol=1e-3) | (sums == 0))
@@ -318,7 +320,13 @@ def _warn_rows_not_one(func, w):
     cols = np.where(np.isfinite(w), w, 0.0).sum(axis=0)
     why = (" Its columns sum to 1: a softmax over axis 0 instead of each row (axis=-1)?"
            if np.allclose(cols, 1.0, rtol=1e-3, atol=1e-3) else "")
+    if not why and hidden is not None and (sums[bad] < 1).all() and hidden[bad].any(axis=1).all() \
+            and not (hidden & (w != 0)).any():
+        # a softmax over all the keys, then the hidden ones zeroed: the usual order slip
+        why = (" The keys the mask hides hold no weight, but what is left sums to less than 1: was "
+               "the mask applied after the softmax (weights * mask)? Mask the scores before the "
+               "softmax, so that the keys a query may see share all of its weight.")
     warnings.warn(
         f"{func}: {int(bad.sum())} of {w.shape[0]} rows of the weights do not sum to 1 (row {i} "
         f"sums to {sums[i]:.3g}); each query's weights over the keys should.{why}",
-        UserWarning, stacklevel=3)
+        UserWarning, stacklevel=_public_caller()[1])

@@ -91,9 +91,11 @@ def _as_array(func, name, value):
             # an object's own conversion refused (torch: a tensor that requires grad, on a GPU,
             # or in bfloat16): its words say how to get an array out of it
             kind = type(value)
+            fix = (f"; convert it to float32 first: {name}.float()"  # torch says no more
+                   if "ScalarType BFloat16" in str(exc) else "")
             raise TypeError(
                 f"{func}: {name}, a {kind.__module__}.{kind.__qualname__}, could not be converted "
-                f"to a NumPy array; it says: {exc}"
+                f"to a NumPy array; it says: {exc}{fix}"
             ) from None
         if isinstance(exc, RuntimeError):
             raise
@@ -106,10 +108,12 @@ def _as_array(func, name, value):
     kind = arr.dtype.kind
     if kind in "biu" or (kind == "f" and arr.dtype.itemsize <= 8):
         return arr
-    if kind == "f":
+    # kind "V" for a float type of a dtype package (ml_dtypes' bfloat16 and float8, as JAX
+    # arrays convert to), not only for structured data
+    if kind == "f" or (kind == "V" and arr.dtype.type is not np.void):
         raise TypeError(
             f"{func}: {name} has dtype {arr.dtype}, which selfattn does not compute in; "
-            f"convert it with {name}.astype(np.float64)"
+            f"convert it with {name}.astype({'np.float64' if kind == 'f' else 'np.float32'})"
         )
     what = _KIND_NAMES.get(kind, str(arr.dtype))
     hint = ""
@@ -480,6 +484,10 @@ def _check_projections(func, X, W_q, W_k, W_v, heads=None, KV=None, kv_heads=Non
                 hint = (f" {name} looks transposed: selfattn computes {src_name} @ {name}, so it "
                         f"must be ({dim}, {width}); transpose it ({name}.T, or drop a .T you "
                         f"added)")
+            elif src.shape[-2] == W.shape[-2]:
+                hint = (f" {src_name} looks transposed: its rows must be the tokens, "
+                        f"({'seq_len' if src_name == 'X' else 'n_k'}, {dim}); transpose it "
+                        f"({src_name}.T, or drop a .T you added)")
             raise ValueError(
                 f"{func}: {src_name} has {dim}={d_in} ({src_name}.shape={src.shape}) but {name} "
                 f"has {W.shape[-2]} rows ({name}.shape={W.shape}); each projection must be "

@@ -38,6 +38,7 @@ def test_an_input_error_shows_the_learners_line_and_not_selfattns_checks():
         lambda: sa.multi_head_attention_vjp(X, W, W, W, W, num_heads=2)[1](np.ones((3, 6))),
         lambda: sa.causal_mask(-1, 2),
         lambda: sa.compute_attention_output(np.ones((2, 3)), np.ones((4, 2)), axis=0),
+        lambda: sa.explain(X, W[:4], W, W),  # it showed three frames of selfattn's
     ]
     for call in bad_calls:
         assert frames(call) == [("test_errors.py", "frames"), ("test_errors.py", "<lambda>"),
@@ -106,6 +107,11 @@ def test_layer_weight_shapes():
     assert ("self_attention_layer: X has d_model=8 (X.shape=(3, 8)) but W_q has 4 rows "
             "(W_q.shape=(4, 8))") in msg
     assert "W_q looks transposed" in msg and "transpose it (W_q.T, or drop a .T you added)" in msg
+    # X.T: the message named the weights, with no word on X
+    msg = message(lambda: sa.self_attention_layer(X.T, np.ones((8, 4)), np.ones((8, 4)), np.ones((8, 4))))
+    assert "X has d_model=3 (X.shape=(8, 3)) but W_q has 8 rows" in msg
+    assert "X looks transposed: its rows must be the tokens, (seq_len, d_model)" in msg
+    assert "W_q looks transposed" not in msg
     msg = message(lambda: sa.self_attention_layer(X, np.ones((8, 4)), np.ones((8, 3)), np.ones((8, 4))))
     assert "W_q makes queries of d_k=4" in msg and "W_k makes keys of d_k=3" in msg
     msg = message(lambda: sa.self_attention_layer(X, np.ones((8, 4)), np.ones((8, 4)), np.ones((7, 4))))
@@ -218,8 +224,9 @@ def test_an_object_that_refuses_conversion_gets_a_typeerror_with_its_words(error
     name = f"{__name__}._RefusesConversion"
     with pytest.raises(TypeError) as info:
         sa.softmax_attention_weights(thing)
+    fix = "; convert it to float32 first: attn_scores.float()" if "BFloat16" in str(error) else ""
     assert str(info.value) == (f"softmax_attention_weights: attn_scores, a {name}, could not be "
-                               f"converted to a NumPy array; it says: {error}")
+                               f"converted to a NumPy array; it says: {error}{fix}")
     Q = np.ones((2, 3, 4))
     for kwargs in ({"mask": thing}, {"bias": thing}, {"query_lengths": thing}):
         with pytest.raises(TypeError, match=f"{list(kwargs)[0]}, a {name}, could not be"):
@@ -242,8 +249,23 @@ def test_torch_tensors_that_numpy_cannot_take_are_named():
     with pytest.raises(TypeError, match=r"Q, a torch.Tensor, could not be converted to a NumPy "
                                         r"array; it says: .*detach"):
         sa.compute_self_attention_scores(torch.ones(2, 3, requires_grad=True), np.ones((2, 3)))
-    with pytest.raises(TypeError, match="BFloat16"):
+    with pytest.raises(TypeError, match=r"BFloat16; convert it to float32 first: attn_scores\.float\(\)"):
         sa.softmax_attention_weights(torch.ones(2, 3, dtype=torch.bfloat16))
+
+
+@pytest.mark.parametrize("dtype_name", ["bfloat16", "float8_e4m3fn"])
+def test_bfloat16_and_float8_arrays_are_named_as_the_floats_they_are(dtype_name):
+    """JAX's bfloat16 arrays convert to ml_dtypes' bfloat16, a dtype of kind "V": it was called
+    "structured (void)", which a JAX user does not recognise."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    x = np.ones((2, 3), dtype=getattr(ml_dtypes, dtype_name))
+    with pytest.raises(TypeError) as info:
+        sa.softmax_attention_weights(x)
+    assert str(info.value) == (f"softmax_attention_weights: attn_scores has dtype {dtype_name}, which "
+                   f"selfattn does not compute in; convert it with attn_scores.astype(np.float32)")
+    # structured data is still called what it is
+    record = np.zeros(3, dtype=[("a", "f8"), ("b", "f8")])
+    assert "structured (void)" in message(lambda: sa.softmax_attention_weights(record))
 
 
 def test_ragged_lengths_and_huge_mask_bias_pairs_get_our_errors():

@@ -1,8 +1,10 @@
 """plot_attention: a heatmap with queries as rows and keys as columns, rendered offscreen (Agg)."""
+import os
 import io
 import subprocess
 import warnings
 import sys
+import traceback
 
 import numpy as np
 import pytest
@@ -241,6 +243,29 @@ def test_weights_on_hidden_keys_are_named_and_drawn():
                                          r"0\.\d+ to key 1\).*applied after the softmax"):
         ax = selfattn.plot_attention(w, mask=mask)
     assert len(ax.images) == 1 and len(ax.texts) == n * n
+
+
+def test_a_mask_applied_after_the_softmax_is_named_and_the_warning_points_at_the_call():
+    """weights * mask (the keys' weights zeroed after the softmax) leaves rows summing to less
+    than 1 and nothing on hidden keys: the warning says which slip that is, at the caller's
+    line."""
+    n = 6
+    mask = selfattn.causal_mask(n)
+    w = selfattn.softmax_attention_weights(np.random.default_rng(1).normal(size=(n, n)))
+    with pytest.warns(UserWarning, match=r"5 of 6 rows .*was the mask applied after the softmax "
+                                         r"\(weights \* mask\)\?") as caught:
+        selfattn.plot_attention(w * mask, mask=mask)
+    assert [os.path.basename(c.filename) for c in caught] == ["test_plot.py"]
+    with pytest.warns(UserWarning, match="do not sum to 1") as caught:
+        selfattn.plot_attention(w * mask)  # without the mask nothing says which keys are hidden
+    assert "after the softmax" not in str(caught[0].message)
+
+
+def test_errors_show_the_callers_line_only():
+    with pytest.raises(ValueError, match="plot_attention: tokens has 2 labels") as info:
+        selfattn.plot_attention(_weights(3, 3), ["a", "b"])
+    files = [os.path.basename(f.filename) for f in traceback.extract_tb(info.value.__traceback__)]
+    assert files == ["test_plot.py", "_validate.py"]  # the public call's one frame
 
 
 def test_bad_masks_are_named():
