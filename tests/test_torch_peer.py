@@ -1,0 +1,32 @@
+"""The README's recipe for torch users: nn.MultiheadAttention's weights and masks as
+multi_head_attention takes them. torch is a peer, never a dependency: skipped without it."""
+import numpy as np
+import pytest
+
+import selfattn as sa
+
+torch = pytest.importorskip("torch")
+
+
+def test_multihead_attention_matches_torch_with_its_masks_inverted():
+    B, n, E, H = 2, 5, 8, 2
+    X = np.random.default_rng(0).normal(size=(B, n, E))
+    torch.manual_seed(0)
+    mha = torch.nn.MultiheadAttention(E, H, batch_first=True, dtype=torch.float64)
+    blocked = np.triu(np.ones((n, n), bool), 1)                 # torch: True hides a key
+    padding = np.array([[False] * 5, [False] * 3 + [True] * 2])  # torch: True ignores a key
+    expected = mha(*[torch.tensor(X)] * 3, attn_mask=torch.tensor(blocked),
+                   key_padding_mask=torch.tensor(padding), need_weights=False)[0].detach().numpy()
+    W = mha.in_proj_weight.detach().numpy()
+    b = mha.in_proj_bias.detach().numpy()
+    weights = (W[:E].T, W[E:2 * E].T, W[2 * E:].T, mha.out_proj.weight.detach().numpy().T)
+    biases = dict(b_q=b[:E], b_k=b[E:2 * E], b_v=b[2 * E:], b_o=mha.out_proj.bias.detach().numpy())
+    both = sa.multi_head_attention(X, *weights, num_heads=H, mask=~blocked & ~padding[:, None, None, :],
+                                   **biases)
+    lengths = sa.multi_head_attention(X, *weights, num_heads=H, mask=~blocked, key_lengths=[5, 3],
+                                      **biases)
+    np.testing.assert_allclose(both, expected, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(lengths, expected, rtol=1e-12, atol=1e-13)
+    # the same boolean array given to both is a different answer, as the README warns
+    same = sa.multi_head_attention(X, *weights, num_heads=H, mask=blocked, **biases)
+    assert not np.allclose(same, expected, atol=1e-3)
