@@ -306,7 +306,7 @@ def learner_attention(Q, K, V, is_causal=False, window=None):
                                 dict(is_causal="bottom_right", window=(1, 1)),
                                 dict(is_causal=True, window=(0, 3))])
 def test_check_knows_a_learners_banded_attention(kw):
-    from selfattn.testing import cases, check
+    from selfattn.testing import assert_implementation, cases, check
 
     def scaled_dot_product_attention(Q, K, V, **given):
         assert given == kw                          # check passes the keywords on
@@ -321,6 +321,11 @@ def test_check_knows_a_learners_banded_attention(kw):
     # the same learner ignoring the band fails where the band hides keys
     assert not check(lambda Q, K, V, **given: learner_attention(Q, K, V),
                      "scaled_dot_product_attention", **kw)
+    # and a grader's one line says the same (it took no is_causal or window before)
+    assert_implementation(scaled_dot_product_attention, **kw)
+    with pytest.raises(AssertionError, match="FAILED"):
+        assert_implementation(lambda Q, K, V, **given: learner_attention(Q, K, V),
+                              "scaled_dot_product_attention", **kw)
 
 
 def test_check_refuses_the_band_where_no_learner_writes_it():

@@ -271,10 +271,13 @@ def _check_once(fn, name, scale, seed, notes, either=False, band=None, gqa=False
     return CheckReport(name, getattr(fn, "__name__", None), scale, results, notes, either=either)
 
 
-def assert_implementation(fn, name=None, *, scale="either", seed=0, gqa=False):
+def assert_implementation(fn, name=None, *, scale="either", seed=0, is_causal=False, window=None,
+                          gqa=False):
     """Raise AssertionError, with the :func:`check` report as its message, unless `fn` is correct.
 
     For pytest graders: one line per function, and the student sees every case and every hint.
+    The arguments are :func:`check`'s (``is_causal`` and ``window`` for a causal or windowed
+    assignment).
 
     >>> import numpy as np
     >>> from selfattn.testing import assert_implementation
@@ -283,7 +286,8 @@ def assert_implementation(fn, name=None, *, scale="either", seed=0, gqa=False):
     >>> assert_implementation(compute_self_attention_scores)   # silent: correct
     """
     __tracebackhide__ = True
-    check(fn, name, scale=scale, seed=seed, gqa=gqa).raise_if_failed()
+    check(fn, name, scale=scale, seed=seed, is_causal=is_causal, window=window,
+          gqa=gqa).raise_if_failed()
 
 
 def _error_text(r):
