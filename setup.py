@@ -1,6 +1,7 @@
 """Build script for selfattn's C extension; the metadata lives in pyproject.toml."""
 import concurrent.futures
 import glob
+import importlib.util
 import os
 import sys
 
@@ -8,6 +9,7 @@ import numpy
 import setuptools
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 
 # pyproject.toml states the license as PEP 639 asks (license = "MIT"), which setuptools reads from
 # version 77 on; an older one (a Python 3.11 venv comes with 65) stops with a schema error about
@@ -32,14 +34,31 @@ SOURCES = [
     "csrc/read_memory.c",
 ]
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _source_hash():
+    """selfattn/_find_core.py's hash of csrc/, the one definition (that file imports only the
+    standard library, so it loads without the package)."""
+    spec = importlib.util.spec_from_file_location(
+        "selfattn_find_core", os.path.join(HERE, "selfattn", "_find_core.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.source_hash(HERE)
+
+
+SOURCE_HASH = _source_hash()
+
 # Flags by compiler family. -O3 without -ffast-math: the kernels rely on IEEE infinities and NaN
 # (masks are -inf). No -march=native either: instruction sets are chosen at run time
 # (csrc/dispatch.c), and each tier file asks for its own with a target pragma.
 # -ffp-contract=off: no FMA unless a kernel asks for one (VFMA). gcc in C11 mode already works so;
 # clang would otherwise fuse a*b+c inside expressions, and exact zeros (a softmax over one key has
 # gradient 0) became 6e-17.
+# -g0: Python's own CFLAGS hold -g, which made the installed .so 8 MB of debug info around 1.3 MB
+# of code; SELFATTN_CFLAGS come later, so a debugging build (CI's sanitizers) passes -g again.
 GCC_LIKE_ARGS = ["-std=c11", "-O3", "-fno-math-errno", "-ffp-contract=off", "-Wall", "-Wextra",
-                 "-Wno-unused-parameter"]
+                 "-Wno-unused-parameter", "-g0"]
 GCC_LIKE_LINK = ["-pthread"]
 # MSVC: C11 with its atomics (Visual Studio 2022 17.5 or newer); /fp:precise is the default.
 MSVC_ARGS = ["/O2", "/std:c11", "/experimental:c11atomics", "/W3"]
@@ -83,7 +102,20 @@ class BuildExt(build_ext):
             ext.extra_link_args = link_args
         if not msvc:
             self.compiler.compile = self._parallel_compile
+        # pip builds in this folder, and setuptools keeps build/ from one `pip install .` to the
+        # next: it took a build/ of other flags or another compiler (CC=clang) as up to date
+        config = repr((getattr(self.compiler, "compiler_so", self.compiler.compiler_type),
+                       compile_args, link_args, sys.version, numpy.__version__))
+        stamp = os.path.join(self.build_temp, "selfattn-build-config.txt")
+        try:
+            with open(stamp, encoding="utf-8") as f:
+                self.force = self.force or f.read() != config
+        except OSError:
+            self.force = True
         super().build_extensions()
+        os.makedirs(self.build_temp, exist_ok=True)
+        with open(stamp, "w", encoding="utf-8") as f:
+            f.write(config)
 
     def _parallel_compile(self, sources, output_dir=None, macros=None, include_dirs=None,
                           debug=0, extra_preargs=None, extra_postargs=None, depends=None):
@@ -109,8 +141,23 @@ class BuildExt(build_ext):
         return objects
 
 
+class BuildPy(build_py):
+    """Copies the package afresh: the Python files an earlier build left in build/ go first, so
+    that a module removed from the source tree is not installed again. The compiled extension
+    stays (BuildExt decides whether it is up to date)."""
+
+    def run(self):
+        for package in self.packages or ():
+            folder = os.path.join(self.build_lib, *package.split("."))
+            for name in os.listdir(folder) if os.path.isdir(folder) else ():
+                path = os.path.join(folder, name)
+                if os.path.isfile(path) and not name.startswith("_core."):
+                    os.remove(path)
+        super().run()
+
+
 setup(
-    cmdclass={"build_ext": BuildExt},
+    cmdclass={"build_ext": BuildExt, "build_py": BuildPy},
     ext_modules=[
         Extension(
             "selfattn._core",
@@ -118,7 +165,8 @@ setup(
             # every header and included kernel file: an edit to any of them rebuilds the extension
             depends=sorted(glob.glob("csrc/*.h") + glob.glob("csrc/*.inc")),
             include_dirs=[numpy.get_include(), "csrc"],
-            define_macros=[("NPY_TARGET_VERSION", "NPY_1_23_API_VERSION")],
+            define_macros=[("NPY_TARGET_VERSION", "NPY_1_23_API_VERSION"),
+                           ("SELFATTN_SOURCE_HASH", SOURCE_HASH)],
             optional=True,
         )
     ],

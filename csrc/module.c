@@ -1302,9 +1302,21 @@ static PyMethodDef core_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+/* setup.py passes the hash of csrc/ (selfattn/_find_core.py's source_hash) as a bare token;
+   selfattn/_find_core.py compares it with a source tree's before it loads an installed build. */
+#ifdef SELFATTN_SOURCE_HASH
+#define SA_STRING(token) #token
+#define SA_EXPANDED_STRING(token) SA_STRING(token)
+#define SA_SOURCE_HASH SA_EXPANDED_STRING(SELFATTN_SOURCE_HASH)
+#else
+#define SA_SOURCE_HASH ""   /* not built by setup.py */
+#endif
+
 static int core_exec(PyObject *module)
 {
     import_array1(-1);
+    if (PyModule_AddStringConstant(module, "source_hash", SA_SOURCE_HASH) < 0)
+        return -1;
     setting_threads = sa_available_cpus();
     setting_isa = sa_isa_best();
     return 0;

@@ -17,10 +17,27 @@ selfattn/_backend.py runs on the pure-NumPy backend. A _core that exists but doe
 never taken for "not built".
 """
 import glob
+import hashlib
 import importlib.machinery
 import importlib.util
 import os
 import sys
+
+
+def source_hash(root):
+    """The letter h and 16 hex digits of sha256 over the C sources in root/csrc (names and
+    contents, line endings made \\n): an identifier, which setup.py passes to the compiler as a
+    bare token (no quotes to survive each shell and compiler driver), and _core holds as
+    _core.source_hash. An installed build loaded from a source tree must carry the tree's own,
+    or it was built from other sources (an earlier checkout, the tree edited since) and lacks or
+    differs in what the tree's Python calls."""
+    digest = hashlib.sha256()
+    for path in sorted(glob.glob(os.path.join(root, "csrc", "*.[ch]"))
+                       + glob.glob(os.path.join(root, "csrc", "*.inc"))):
+        digest.update(os.path.basename(path).encode() + b"\0")
+        with open(path, "rb") as f:
+            digest.update(f.read().replace(b"\r\n", b"\n") + b"\0")
+    return "h" + digest.hexdigest()[:16]
 
 
 def _installed_version(site_dir):
@@ -76,7 +93,15 @@ def load_installed_core(package_dir, version, error):
         loader = importlib.machinery.ExtensionFileLoader("selfattn._core", path)
         spec = importlib.util.spec_from_file_location("selfattn._core", path, loader=loader)
         module = importlib.util.module_from_spec(spec)
-        sys.modules["selfattn._core"] = module
         spec.loader.exec_module(module)
+        tree = os.path.dirname(source)
+        if getattr(module, "source_hash", None) != source_hash(tree):
+            # the same version number says nothing of the sources between two commits
+            raise ImportError(
+                f"selfattn is being imported from its source tree ({tree}), but the build "
+                f"installed in {entry} was made from other C sources (an earlier checkout, or "
+                f"csrc/ edited since); run `pip install .` again in {tree}"
+            ) from error
+        sys.modules["selfattn._core"] = module
         return module
     return None

@@ -205,6 +205,42 @@ def test_importing_from_the_source_tree_uses_the_installed_build():
     assert proc.stdout.strip() == "[[2.]]"
 
 
+@pytest.mark.c_backend
+def test_an_installed_build_of_other_c_sources_is_refused_from_the_source_tree(tmp_path):
+    """Same version, other sources: the source tree's Python called functions an older installed
+    _core lacked (an AttributeError deep in `python -m selfattn bench`), after a demo that said
+    the build was fine."""
+    import shutil
+    root = pathlib.Path(__file__).resolve().parent.parent
+    if not (root / "csrc" / "module.c").exists():
+        pytest.skip("tests are not beside selfattn's C sources")
+    site, tree = tmp_path / "site", tmp_path / "tree"
+    shutil.copytree(PACKAGE_DIR, site / "selfattn", ignore=shutil.ignore_patterns("__pycache__"))
+    (site / f"selfattn-{selfattn.__version__}.dist-info").mkdir()
+    shutil.copytree(root / "csrc", tree / "csrc")
+    shutil.copy(root / "pyproject.toml", tree)
+    shutil.copytree(PACKAGE_DIR, tree / "selfattn",
+                    ignore=shutil.ignore_patterns("__pycache__", "_core.*"))
+    code = "import selfattn; print(selfattn.config()['backend'])"
+    # -S: no site-packages, where an editable install's finder would serve selfattn._core from
+    # its own folder; NumPy's folder is given instead
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(site), str(pathlib.Path(np.__file__).parent.parent)]))
+    env.pop("SELFATTN_BACKEND", None)
+
+    def run():
+        return subprocess.run([sys.executable, "-S", "-c", code], cwd=tree, env=env,
+                              capture_output=True, text=True, timeout=120)
+    same = run()
+    assert same.returncode == 0 and same.stdout.strip() == "c", same.stderr
+    with open(tree / "csrc" / "attn.h", "a") as f:
+        f.write("/* edited since the build */\n")
+    edited = run()
+    assert edited.returncode == 1
+    assert (f"selfattn is being imported from its source tree ({tree}), but the build installed "
+            f"in {site} was made from other C sources") in edited.stderr, edited.stderr
+
+
 def test_the_package_docstring_points_to_what_exists():
     """help(selfattn) lists its modules and every function alphabetically; its docstring says
     where a learner goes next, and each name it gives is there."""
