@@ -23,6 +23,17 @@ NOT_BUILT = (
 )
 
 
+# Python started in a source checkout (its root, or a notebook there) whose extension is built
+# nowhere: never installed, perhaps, where a compiler is there and only the build is missing
+NOT_BUILT_IN_TREE = (
+    "selfattn: imported from its source folder {tree}, where the C extension is not built, and "
+    "no installed build of it was found, so selfattn runs on its pure-NumPy backend (same "
+    "results, slower). To build it, run `pip install .` in that folder (it needs a C compiler: "
+    "macOS: `xcode-select --install`; Windows: Microsoft C++ Build Tools; Linux: gcc). Set "
+    "SELFATTN_BACKEND=numpy to silence this."
+)
+
+
 class NumPyBackendWarning(UserWarning):
     """selfattn runs on its pure-NumPy backend because the C extension is not built."""
 
@@ -41,7 +52,7 @@ def load_core(package_dir, version):
         from . import _core
         return _core
     except ImportError as error:
-        from ._find_core import load_installed_core
+        from ._find_core import _is_source_tree, load_installed_core
 
         core = load_installed_core(package_dir, version, error)
         if core is not None:
@@ -49,7 +60,9 @@ def load_core(package_dir, version):
         if choice == "c":
             raise ImportError("selfattn: SELFATTN_BACKEND=c, but the C extension is not built "
                               f"for selfattn {version} in {package_dir}") from error
-    _warn_from_importer(NOT_BUILT, package_dir)
+        in_tree = _is_source_tree(package_dir)
+    tree = os.path.dirname(os.path.realpath(package_dir))
+    _warn_from_importer(NOT_BUILT_IN_TREE.format(tree=tree) if in_tree else NOT_BUILT, package_dir)
     from . import _numpy_core
     return _numpy_core
 

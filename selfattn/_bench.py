@@ -699,7 +699,8 @@ def write_plot(path, results, peer_names):
         import matplotlib.pyplot as plt
     except ImportError:
         print("selfattn bench: --plot needs matplotlib, which is not installed "
-              "(pip install matplotlib, or pip install selfattn[plot]); no plot written",
+              "(pip install matplotlib, or in selfattn's source folder pip install \".[plot]\"); "
+              "no plot written",
               file=sys.stderr)
         return False
     rated = [r for r in results if any(r["peers"].get(p) for p in peer_names)]

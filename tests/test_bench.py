@@ -266,3 +266,13 @@ def test_the_read_probe_reads_its_array():
     with _bench.read_probe(2, nbytes=1 << 22) as read:
         assert read() > 0 and read() > 0
     assert _bench.measure_bandwidth(2, 3, nbytes=1 << 22) > 0
+
+
+def test_plot_without_matplotlib_names_an_install_that_exists(monkeypatch, capsys, tmp_path):
+    """No selfattn on PyPI: `pip install selfattn[plot]` would fail, or one day install another
+    package; the advice names matplotlib, or the extra from selfattn's own folder."""
+    monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)
+    assert _bench.write_plot(str(tmp_path / "p.png"), [], ["torch"]) is False
+    err = capsys.readouterr().err
+    assert "pip install matplotlib" in err and 'pip install ".[plot]"' in err, err
+    assert "pip install selfattn" not in err

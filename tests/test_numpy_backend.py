@@ -92,11 +92,15 @@ def test_a_learners_np_seterr_raise_changes_nothing(monkeypatch, backend):
             assert a.dtype == b.dtype and np.array_equal(a, b, equal_nan=True), case
 
 
-def _import_copy(tmp_path, env_backend=None, extension=None):
+def _import_copy(tmp_path, env_backend=None, extension=None, source_tree=False):
     """Imports a copy of selfattn's Python files (no compiled _core, or `extension` as one) in a
-    fresh interpreter; returns (stdout, stderr)."""
+    fresh interpreter; returns (stdout, stderr). `source_tree`: beside the files that make a
+    source checkout (pyproject.toml, csrc/)."""
     shutil.copytree(PACKAGE_DIR, tmp_path / "selfattn",
                     ignore=shutil.ignore_patterns("_core*", "__pycache__"))
+    if source_tree:
+        (tmp_path / "pyproject.toml").write_text("")
+        (tmp_path / "csrc").mkdir()
     if extension is not None:
         (tmp_path / "selfattn" / ("_core" + importlib.machinery.EXTENSION_SUFFIXES[0])
          ).write_bytes(extension)
@@ -121,6 +125,19 @@ def test_without_a_built_extension_selfattn_says_so_once_in_one_line(tmp_path):
     assert len(notices) == 1, err
     assert "C extension is not built" in notices[0] and "pip install ." in notices[0]
     assert "Xcode" in notices[0] and "Build Tools" in notices[0]
+
+
+def test_a_source_checkout_never_built_is_told_to_run_pip_install(tmp_path):
+    """A fresh clone where Python starts (python -m selfattn, a notebook there): the compiler is
+    likely there and only `pip install .` missing, which the notice says rather than send the
+    learner to install a compiler first."""
+    out, err = _import_copy(tmp_path, source_tree=True)
+    assert out.split() == ["numpy"], err
+    notices = [line for line in err.splitlines() if "NumPyBackendWarning" in line]
+    assert len(notices) == 1, err
+    assert (f"imported from its source folder {os.path.realpath(tmp_path)}, where the C "
+            f"extension is not built, and no installed build of it was found") in notices[0]
+    assert "run `pip install .` in that folder" in notices[0]
 
 
 def test_choosing_the_numpy_backend_is_silent(tmp_path):
