@@ -215,7 +215,8 @@ def test_an_installed_build_of_other_c_sources_is_refused_from_the_source_tree(t
     if not (root / "csrc" / "module.c").exists():
         pytest.skip("tests are not beside selfattn's C sources")
     site, tree = tmp_path / "site", tmp_path / "tree"
-    shutil.copytree(PACKAGE_DIR, site / "selfattn", ignore=shutil.ignore_patterns("__pycache__"))
+    built = pathlib.Path(selfattn._core.__file__).parent  # in site-packages, or an in-place build
+    shutil.copytree(built, site / "selfattn", ignore=shutil.ignore_patterns("__pycache__"))
     (site / f"selfattn-{selfattn.__version__}.dist-info").mkdir()
     shutil.copytree(root / "csrc", tree / "csrc")
     shutil.copy(root / "pyproject.toml", tree)
