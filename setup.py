@@ -87,6 +87,7 @@ class BuildExt(build_ext):
         try:
             super().build_extension(ext)
         except Exception as error:
+            self.failed = True
             print(NO_COMPILER.format(error=str(error).strip() or type(error).__name__),
                   file=sys.stderr)
             raise
@@ -104,18 +105,22 @@ class BuildExt(build_ext):
             self.compiler.compile = self._parallel_compile
         # pip builds in this folder, and setuptools keeps build/ from one `pip install .` to the
         # next: it took a build/ of other flags or another compiler (CC=clang) as up to date
+        # (and file dates do not tell an older csrc/ unpacked over the tree: its hash does)
         config = repr((getattr(self.compiler, "compiler_so", self.compiler.compiler_type),
-                       compile_args, link_args, sys.version, numpy.__version__))
+                       compile_args, link_args, sys.version, numpy.__version__, SOURCE_HASH))
         stamp = os.path.join(self.build_temp, "selfattn-build-config.txt")
         try:
             with open(stamp, encoding="utf-8") as f:
                 self.force = self.force or f.read() != config
+            os.remove(stamp)  # until this build succeeds: a failed one is no build of `config`
         except OSError:
             self.force = True
+        self.failed = False
         super().build_extensions()
-        os.makedirs(self.build_temp, exist_ok=True)
-        with open(stamp, "w", encoding="utf-8") as f:
-            f.write(config)
+        if not self.failed:
+            os.makedirs(self.build_temp, exist_ok=True)
+            with open(stamp, "w", encoding="utf-8") as f:
+                f.write(config)
 
     def _parallel_compile(self, sources, output_dir=None, macros=None, include_dirs=None,
                           debug=0, extra_preargs=None, extra_postargs=None, depends=None):

@@ -18,7 +18,9 @@ clang --version | head -1
 copy_tree "$WORK/src"
 if [[ -d "$ROOT/build" ]]; then
     cp -r "$ROOT/build" "$WORK/src/build"
-    for lib in "$WORK"/src/build/lib.*/selfattn; do echo "GONE = 1" > "$lib/_removed_module.py"; done
+    for lib in "$WORK"/src/build/lib.*/selfattn; do
+        if [[ -d "$lib" ]]; then echo "GONE = 1" > "$lib/_removed_module.py"; fi
+    done
 fi
 new_venv "$WORK/venv"
 log "building with clang"

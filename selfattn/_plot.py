@@ -325,7 +325,8 @@ def _warn_rows_not_one(func, w, hidden=None):
         # a softmax over all the keys, then the hidden ones zeroed: the usual order slip
         why = (" The keys the mask hides hold no weight, but what is left sums to less than 1: was "
                "the mask applied after the softmax (weights * mask)? Mask the scores before the "
-               "softmax, so that the keys a query may see share all of its weight.")
+               "softmax, so that the keys a query may see share all of its weight. (Weights "
+               "after dropout do not sum to 1 either.)")
     warnings.warn(
         f"{func}: {int(bad.sum())} of {w.shape[0]} rows of the weights do not sum to 1 (row {i} "
         f"sums to {sums[i]:.3g}); each query's weights over the keys should.{why}",

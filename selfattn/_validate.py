@@ -108,8 +108,8 @@ def _as_array(func, name, value):
     kind = arr.dtype.kind
     if kind in "biu" or (kind == "f" and arr.dtype.itemsize <= 8):
         return arr
-    # kind "V" for a float type of a dtype package (ml_dtypes' bfloat16 and float8, as JAX
-    # arrays convert to), not only for structured data
+    # kind "V" for a number type of a dtype package (ml_dtypes' bfloat16, float8 and int4, as
+    # JAX arrays convert to), not only for structured data: float32 holds each of them
     if kind == "f" or (kind == "V" and arr.dtype.type is not np.void):
         raise TypeError(
             f"{func}: {name} has dtype {arr.dtype}, which selfattn does not compute in; "

@@ -106,6 +106,12 @@ def _import_copy(tmp_path, env_backend=None, extension=None, source_tree=False):
          ).write_bytes(extension)
     env = {k: v for k, v in os.environ.items() if k != "SELFATTN_BACKEND"}
     env["PYTHONPATH"] = str(tmp_path)
+    flags = []
+    if source_tree:
+        # a source tree looks for an installed build on sys.path: -S leaves site-packages (and
+        # a `pip install .` of selfattn there) out, NumPy's folder is given instead
+        env["PYTHONPATH"] += os.pathsep + os.path.dirname(os.path.dirname(np.__file__))
+        flags = ["-S"]
     if env_backend:
         env["SELFATTN_BACKEND"] = env_backend
     # an editable install's finder (setuptools', on sys.meta_path) would find the checkout's
@@ -113,7 +119,7 @@ def _import_copy(tmp_path, env_backend=None, extension=None, source_tree=False):
     code = ("import sys; sys.meta_path[:] = [f for f in sys.meta_path if not "
             "getattr(f, '__module__', '').startswith('__editable__')]; "
             "import selfattn; print(selfattn.config()['backend'])")
-    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+    run = subprocess.run([sys.executable, *flags, "-c", code], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=120)
     return run.stdout, run.stderr
 

@@ -242,6 +242,32 @@ def test_an_installed_build_of_other_c_sources_is_refused_from_the_source_tree(t
             f"in {site} was made from other C sources") in edited.stderr, edited.stderr
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="CC=/bin/false: a compiler that fails")
+def test_a_failed_build_records_no_build_configuration(tmp_path):
+    """setup.py keeps the compiler and flags of its last build in build/ and rebuilds when they
+    change; a build that failed recorded them too, so the next one with the same compiler (now
+    installed) took the earlier compiler's objects as up to date."""
+    import shutil
+    import setuptools
+    root = pathlib.Path(__file__).resolve().parent.parent
+    if not (root / "setup.py").exists():
+        pytest.skip("tests are not inside a source checkout")
+    if int(setuptools.__version__.split(".")[0]) < 77:
+        pytest.skip("setup.py needs setuptools 77 (pip install . fetches it itself)")
+    tree = tmp_path / "tree"
+    shutil.copytree(root / "csrc", tree / "csrc")
+    shutil.copytree(root / "selfattn", tree / "selfattn",
+                    ignore=shutil.ignore_patterns("__pycache__", "_core.*"))
+    for name in ("setup.py", "pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(root / name, tree)
+    run = subprocess.run([sys.executable, "setup.py", "build_ext"], cwd=tree,
+                         env=dict(os.environ, CC="/bin/false"), capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr   # the extension is optional
+    assert "the C extension selfattn._core could not be built" in run.stderr, run.stderr
+    assert list(tree.glob("build/temp*")) and not list(tree.glob("build/*/selfattn-build-config*"))
+
+
 def test_the_package_docstring_points_to_what_exists():
     """help(selfattn) lists its modules and every function alphabetically; its docstring says
     where a learner goes next, and each name it gives is there."""

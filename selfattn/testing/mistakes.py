@@ -325,7 +325,9 @@ def _mistakes(case, user_scale, either=False):
                 out.append((_HINTS["v_at_weights"], v @ w))
             out.append((_HINTS["int_buffer"], np.trunc(w @ v)))
             out.append((_HINTS["output_is_weights"], w))
-            out.append((_HINTS["int_inputs"], np.trunc(w) @ np.trunc(v)))
+            whole = np.trunc(w) @ np.trunc(v)
+            if whole.any():  # weights below 1 truncate to 0: a zeros stub is no evidence of it
+                out.append((_HINTS["int_inputs"], whole))
             return out
 
         # The functions with scores: compose every mistake with the scalings a learner may use.

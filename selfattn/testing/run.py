@@ -190,8 +190,9 @@ def _batched_hint(advice):
 
 def _batch_advice_after_plain(results):
     """Advice on batches only for a function that works on one sequence: while cases without a
-    batch fail too, the batched one fails for the same reason as likely as for the batch."""
-    if not any(r.verdict == "FAIL" and not r.case.batched for r in results):
+    batch fail too, the batched one fails for the same reason as likely as for the batch. (The
+    grouped cases have batch axes too: they fail for the batch's reason.)"""
+    if not any(r.verdict == "FAIL" and not (r.case.batched or r.case.grouped) for r in results):
         return
     for r in results:
         if r.case.batched and r.hints and r.hints[0] == _batched_hint(_BATCH_ADVICE[r.case.name]):
