@@ -109,8 +109,14 @@ def _import_copy(tmp_path, env_backend=None, extension=None, source_tree=False):
     flags = []
     if source_tree:
         # a source tree looks for an installed build on sys.path: -S leaves site-packages (and
-        # a `pip install .` of selfattn there) out, NumPy's folder is given instead
-        env["PYTHONPATH"] += os.pathsep + os.path.dirname(os.path.dirname(np.__file__))
+        # a `pip install .` of selfattn there) out, and a folder of NumPy alone stands in for it
+        deps = tmp_path.parent / f"{tmp_path.name}-numpy-only"
+        deps.mkdir()
+        site = pathlib.Path(np.__file__).parent.parent
+        for name in ("numpy", "numpy.libs"):   # numpy.libs: a manylinux wheel's own libraries
+            if (site / name).is_dir():
+                (deps / name).symlink_to(site / name, target_is_directory=True)
+        env["PYTHONPATH"] += os.pathsep + str(deps)
         flags = ["-S"]
     if env_backend:
         env["SELFATTN_BACKEND"] = env_backend
