@@ -3,6 +3,16 @@
 
 #include <math.h>
 
+/* A reference row runs over every key, and at millions of keys one row outlasts the half second a
+   Ctrl-C may take: the loops over keys ask sa_interrupted() every REF_POLL_KEYS keys (under a
+   millisecond of work between two asks; an ask is a clock read). */
+#define REF_POLL_KEYS 4096
+
+static int ref_stop_at(sa_int j)
+{
+    return j % REF_POLL_KEYS == REF_POLL_KEYS - 1 && sa_interrupted();
+}
+
 #define real float
 #define REF(name) ref_##name##_f32
 #define EXP expf

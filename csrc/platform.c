@@ -49,6 +49,11 @@ void sa_mutex_unlock(sa_mutex *m) { ReleaseSRWLockExclusive(OS_MUTEX(m)); }
 
 void sa_cond_init(sa_cond *c) { InitializeConditionVariable(OS_COND(c)); }
 void sa_cond_wait(sa_cond *c, sa_mutex *m) { SleepConditionVariableSRW(OS_COND(c), OS_MUTEX(m), INFINITE, 0); }
+void sa_cond_wait_for(sa_cond *c, sa_mutex *m, long long ns)
+{
+    DWORD ms = (DWORD)((ns + 999999) / 1000000);
+    SleepConditionVariableSRW(OS_COND(c), OS_MUTEX(m), ms, 0);
+}
 void sa_cond_signal(sa_cond *c) { WakeConditionVariable(OS_COND(c)); }
 void sa_cond_broadcast(sa_cond *c) { WakeAllConditionVariable(OS_COND(c)); }
 #else
@@ -64,6 +69,17 @@ void sa_mutex_unlock(sa_mutex *m) { pthread_mutex_unlock(OS_MUTEX(m)); }
 
 void sa_cond_init(sa_cond *c) { pthread_cond_init(OS_COND(c), NULL); }
 void sa_cond_wait(sa_cond *c, sa_mutex *m) { pthread_cond_wait(OS_COND(c), OS_MUTEX(m)); }
+void sa_cond_wait_for(sa_cond *c, sa_mutex *m, long long ns)
+{
+    /* CLOCK_REALTIME, the one clock macOS's condition variables take: a clock step makes one wait
+       shorter or longer, and the caller loops */
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    long long nsec = deadline.tv_nsec + ns;
+    deadline.tv_sec += (time_t)(nsec / 1000000000LL);
+    deadline.tv_nsec = (long)(nsec % 1000000000LL);
+    pthread_cond_timedwait(OS_COND(c), OS_MUTEX(m), &deadline);
+}
 void sa_cond_signal(sa_cond *c) { pthread_cond_signal(OS_COND(c)); }
 void sa_cond_broadcast(sa_cond *c) { pthread_cond_broadcast(OS_COND(c)); }
 #endif

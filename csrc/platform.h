@@ -33,6 +33,8 @@ void sa_mutex_unlock(sa_mutex *m);
 
 void sa_cond_init(sa_cond *c);
 void sa_cond_wait(sa_cond *c, sa_mutex *m);
+/* Waits at most about `ns` nanoseconds (or until signalled, or spuriously): the caller re-checks. */
+void sa_cond_wait_for(sa_cond *c, sa_mutex *m, long long ns);
 void sa_cond_signal(sa_cond *c);
 void sa_cond_broadcast(sa_cond *c);
 

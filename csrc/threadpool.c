@@ -7,7 +7,12 @@
  * bits for any thread count, so this changes speed, never results.
  *
  * Tasks are handed out from an atomic counter. Only the calling thread polls for interrupts,
- * because the poll callback takes the GIL and checks signals, which only the main thread can see.
+ * because the poll callback takes the GIL and checks signals, which only the main thread can see;
+ * it goes on polling while it waits for its helpers' last tasks.
+ *
+ * Workers are never stopped. Those a job does not need (ids above its helpers, after a call with
+ * more threads than now) sleep on their own condition variable, so that the next jobs neither
+ * wake them nor wait while they spin.
  */
 #include "attn.h"
 #include "platform.h"
@@ -40,9 +45,11 @@ typedef struct {
 static struct {
     sa_mutex lock;              /* guards everything below */
     sa_cond wake;               /* workers wait here for a new generation */
+    sa_cond parked;             /* ... and workers with ids above n_wanted here */
     sa_cond done;               /* the caller waits here for its helpers */
     sa_mutex in_use;            /* held by the thread whose job the pool runs */
     int n_workers;              /* threads started, ids 1..n_workers */
+    int n_wanted;               /* the last job's helpers: ids above it are parked */
     unsigned long generation;
     atomic_ulong published;     /* generation, for workers that spin without the lock */
     sa_job *job;
@@ -54,8 +61,10 @@ static void init_pool(void)
     sa_mutex_init(&pool.lock);
     sa_mutex_init(&pool.in_use);
     sa_cond_init(&pool.wake);
+    sa_cond_init(&pool.parked);
     sa_cond_init(&pool.done);
     pool.n_workers = 0;
+    pool.n_wanted = 0;
     pool.job = NULL;
 }
 
@@ -68,6 +77,16 @@ typedef struct {
 
 static SA_THREAD_LOCAL sa_task_context current;
 
+/* Asks the poll callback whether to stop, and records a stop in the job. */
+static int ask_poller(sa_job *job, const sa_exec *poller)
+{
+    if (!poller->poll(poller->poll_arg))
+        return 0;
+    int expected = SA_OK;
+    atomic_compare_exchange_strong(&job->status, &expected, SA_ERR_INTERRUPTED);
+    return 1;
+}
+
 /* Polls (on the calling thread, at most every SA_POLL_INTERVAL_NS) and records a stop in the job;
    returns nonzero once the job should stop. */
 static int check_stop(void)
@@ -78,11 +97,7 @@ static int check_stop(void)
     if (current.poller == NULL || sa_now_ns() < current.next_poll)
         return 0;
     current.next_poll = sa_now_ns() + SA_POLL_INTERVAL_NS;
-    if (!current.poller->poll(current.poller->poll_arg))
-        return 0;
-    int expected = SA_OK;
-    atomic_compare_exchange_strong(&job->status, &expected, SA_ERR_INTERRUPTED);
-    return 1;
+    return ask_poller(job, current.poller);
 }
 
 int sa_interrupted(void)
@@ -135,13 +150,13 @@ static void worker_main(void *arg)
     unsigned long seen = 0;
     sa_mutex_lock(&pool.lock);
     for (;;) {
-        if (pool.generation == seen) {
+        if (pool.generation == seen && id <= pool.n_wanted) {
             sa_mutex_unlock(&pool.lock);
             spin_while(&pool.published, seen, 1);
             sa_mutex_lock(&pool.lock);
         }
-        while (pool.generation == seen)
-            sa_cond_wait(&pool.wake, &pool.lock);
+        while (pool.generation == seen || id > pool.n_wanted)
+            sa_cond_wait(id > pool.n_wanted ? &pool.parked : &pool.wake, &pool.lock);
         seen = pool.generation;
         sa_job *job = pool.job;
         /* NULL also when the caller already finished every task: a helper that was slow to be
@@ -210,7 +225,11 @@ int sa_parallel_for(const sa_exec *ex, int n_threads, sa_int n_tasks, sa_task_fn
         pool.job = &job;
         pool.generation++;
         atomic_store_explicit(&pool.published, pool.generation, memory_order_release);
+        int unpark = job.n_helpers > pool.n_wanted;
+        pool.n_wanted = job.n_helpers;
         sa_cond_broadcast(&pool.wake);
+        if (unpark)
+            sa_cond_broadcast(&pool.parked);
         sa_mutex_unlock(&pool.lock);
     }
 
@@ -225,8 +244,16 @@ int sa_parallel_for(const sa_exec *ex, int n_threads, sa_int n_tasks, sa_task_fn
             spin_while(&job.helpers_busy, 0, 0);
             sa_mutex_lock(&pool.lock);
         }
-        while (job.helpers_done < job.helpers_in)
-            sa_cond_wait(&pool.done, &pool.lock);
+        /* a helper's task may be long: the caller keeps polling, and a stop ends its tasks */
+        while (job.helpers_done < job.helpers_in) {
+            sa_cond_wait_for(&pool.done, &pool.lock, SA_POLL_INTERVAL_NS);
+            if (job.helpers_done < job.helpers_in && ex && ex->poll
+                && atomic_load_explicit(&job.status, memory_order_relaxed) == SA_OK) {
+                sa_mutex_unlock(&pool.lock);    /* the poll takes the GIL */
+                ask_poller(&job, ex);
+                sa_mutex_lock(&pool.lock);
+            }
+        }
         sa_mutex_unlock(&pool.lock);
         sa_mutex_unlock(&pool.in_use);
     }

@@ -205,3 +205,39 @@ def test_long_softmax_is_interruptible(one_or_all_threads, time_scale):
         pytest.skip(f"a {MAX_BYTES >> 20} MiB softmax takes {expected:.2f} s here: too short")
     check_interrupt(softmax_call, rows, time_scale)
     small_attention_is_correct()
+
+
+def reference_many_keys_call(n_k, backward=False, inf_in_v=False, n_q=64, d=64):
+    # 64 queries against millions of keys (K and V broadcast views) on the scalar reference
+    # kernels, where one query's row over every key outlasts the half second
+    rng = np.random.default_rng(6)
+    Q, dO = (rng.standard_normal((n_q, d)).astype(np.float32) for _ in range(2))
+    K, V = (rng.standard_normal((1, d)).astype(np.float32) for _ in range(2))
+    if inf_in_v:
+        V[0, 5] = np.inf
+    K, V = (np.broadcast_to(x, (n_k, d)) for x in (K, V))
+    if backward:
+        return lambda: selfattn.scaled_dot_product_attention_backward(dO, Q, K, V)
+    return lambda: selfattn.scaled_dot_product_attention(Q, K, V)
+
+
+@pytest.mark.c_backend
+@pytest.mark.parametrize("backward", [False, True], ids=["forward", "backward"])
+@pytest.mark.parametrize("route", ["reference tier", "inf in V"])
+def test_the_reference_kernels_over_millions_of_keys_are_interruptible(
+        route, backward, one_or_all_threads, time_scale):
+    """The reference tier's tasks (16 queries against every key) never polled: 4-11 s from the
+    signal with 2-4M keys. A V holding inf or NaN takes a call on any tier there (attn.h's rule
+    for non-finite values), and MSVC builds have that tier alone."""
+    before = selfattn.get_isa()
+    if route == "reference tier":
+        selfattn.set_isa("reference")
+    try:
+        def make_call(n_k):
+            return reference_many_keys_call(n_k, backward, inf_in_v=route == "inf in V")
+        make_call.__name__ = f"{route} {'backward' if backward else 'forward'}"
+        n_k = calibrated(make_call, 2 ** 14, 1, 2 ** 23)
+        check_interrupt(make_call, n_k, time_scale)
+    finally:
+        selfattn.set_isa(before)
+    small_attention_is_correct()

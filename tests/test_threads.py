@@ -10,6 +10,11 @@ import os
 import random
 import threading
 
+try:
+    import resource
+except ImportError:     # Windows
+    resource = None
+
 import numpy as np
 import pytest
 
@@ -93,6 +98,28 @@ def test_num_threads_setting(threads):
     with pytest.raises(TypeError):
         selfattn.set_num_threads(2.5)
     assert selfattn.get_num_threads() == 3
+
+
+@pytest.mark.c_backend
+@pytest.mark.skipif(resource is None, reason="no getrusage (Windows)")
+def test_workers_beyond_the_thread_count_sleep_through_later_calls(threads):
+    """One call with 64 threads started 63 workers, and each later call woke them all; each spun
+    for 200 us before sleeping again, which made every 2-thread call after it 2-3x slower for the
+    life of the process. Counted, not timed: the process's voluntary context switches per call
+    (a woken worker going back to sleep is one; about 1 per call is the helper's own)."""
+    rng = np.random.default_rng(0)
+    many = rng.standard_normal((64, 256, 64)).astype(np.float32)     # 128 tasks
+    Q = many[:8]
+    selfattn.set_num_threads(64)
+    selfattn.scaled_dot_product_attention(many, many, many)
+    selfattn.set_num_threads(2)
+    for _ in range(20):
+        selfattn.scaled_dot_product_attention(Q, Q, Q)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
+    for _ in range(100):
+        selfattn.scaled_dot_product_attention(Q, Q, Q)
+    per_call = (resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw - before) / 100
+    assert per_call < 8, f"{per_call:.1f} voluntary context switches per 2-thread call"
 
 
 def test_settings_are_consistent_under_concurrent_changes(threads):
