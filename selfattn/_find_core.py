@@ -93,8 +93,17 @@ def load_installed_core(package_dir, version, error):
         loader = importlib.machinery.ExtensionFileLoader("selfattn._core", path)
         spec = importlib.util.spec_from_file_location("selfattn._core", path, loader=loader)
         module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
         tree = os.path.dirname(source)
+        try:
+            spec.loader.exec_module(module)
+        except ImportError as exc:
+            # NumPy's own words ("numpy._core.multiarray failed to import") name neither build
+            raise ImportError(
+                f"selfattn is being imported from its source tree ({tree}), which has no build "
+                f"of its own, and the build installed in {entry} failed to import: {exc}. Check "
+                f"that NumPy imports in this interpreter (python -c 'import numpy'), or run "
+                f"`pip install .` again in {tree}"
+            ) from exc
         if getattr(module, "source_hash", None) != source_hash(tree):
             # the same version number says nothing of the sources between two commits
             raise ImportError(

@@ -234,6 +234,18 @@ def test_an_installed_build_of_other_c_sources_is_refused_from_the_source_tree(t
                               capture_output=True, text=True, timeout=120)
     same = run()
     assert same.returncode == 0 and same.stdout.strip() == "c", same.stderr
+    broken = tmp_path / "broken"
+    (broken / "numpy").mkdir(parents=True)
+    (broken / "numpy" / "__init__.py").write_text("raise ImportError('simulated: broken NumPy')\n")
+    env_numpy = env["PYTHONPATH"]
+    env["PYTHONPATH"] = os.pathsep.join([str(site), str(broken)])
+    no_numpy = run()        # NumPy's own message alone named neither the tree nor the build
+    assert no_numpy.returncode == 1
+    assert (f"selfattn is being imported from its source tree ({tree}), which has no build of "
+            f"its own, and the build installed in {site} failed to import") in no_numpy.stderr, \
+        no_numpy.stderr
+    assert "python -c 'import numpy'" in no_numpy.stderr, no_numpy.stderr
+    env["PYTHONPATH"] = env_numpy
     with open(tree / "csrc" / "attn.h", "a") as f:
         f.write("/* edited since the build */\n")
     edited = run()
