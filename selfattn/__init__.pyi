@@ -38,6 +38,19 @@ __version__: str
 class NumPyBackendWarning(UserWarning): ...
 
 _Float = NDArray[np.floating[Any]]
+
+class _MultiHeadGradients(tuple[_Float, ...]):
+    # a named tuple of the gradients given: dkv and each db_* exist where kv= and that bias were
+    dX: _Float
+    dW_q: _Float
+    dW_k: _Float
+    dW_v: _Float
+    dW_o: _Float
+    dkv: _Float
+    db_q: _Float
+    db_k: _Float
+    db_v: _Float
+    db_o: _Float
 # is_causal: True is "top_left"; False and None are no causality
 _Causal = bool | Literal["top_left", "bottom_right"] | None
 # window=(left, right): query i sees keys i - left .. i + right; None leaves a side unbounded
@@ -354,7 +367,7 @@ def multi_head_attention_backward(
     softcap: float | None = ...,
     dropout_p: float = ...,
     seed: int | None = ...,
-) -> tuple[_Float, ...]: ...
+) -> _MultiHeadGradients: ...
 def multi_head_attention_vjp(
     X: ArrayLike,
     W_q: ArrayLike,
@@ -379,7 +392,7 @@ def multi_head_attention_vjp(
     softcap: float | None = ...,
     dropout_p: float = ...,
     seed: int | None = ...,
-) -> tuple[_Float, Callable[[ArrayLike], tuple[_Float, ...]]]: ...
+) -> tuple[_Float, Callable[[ArrayLike], _MultiHeadGradients]]: ...
 def causal_mask(
     n_q: int, n_k: int | None = ..., *, align: Literal["top_left", "bottom_right"] = ...
 ) -> NDArray[np.bool_]: ...

@@ -139,11 +139,13 @@ class _Layer:
         try:
             att_batch = _broadcast_shapes([proj_heads, self.mask.shape[:-2]])
         except ValueError:
+            # padding_mask makes a bool mask, which bias= refuses: offered for mask= alone
+            padding = ", or padding_mask(..., head_axis=True)" if what != "bias" else ""
             raise ValueError(
                 f"{func}: {what}.shape={self.mask.shape} does not broadcast against the "
                 f"scores' shape (..., num_heads, n_q, n_k) = {proj_heads + (n, n_k)}; a {what} "
                 f"shared by every head needs a head axis of 1: use {what.split()[0]}[:, None] for "
-                f"a (batch, n_q, n_k) one, or padding_mask(..., head_axis=True)"
+                f"a (batch, n_q, n_k) one{padding}"
             ) from None
         if self.groups is None and att_batch[-1] != heads:
             raise ValueError(

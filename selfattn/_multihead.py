@@ -7,6 +7,10 @@ and its gradient are the only multi-head additions.
 """
 from __future__ import annotations
 
+import collections
+import copy
+import functools
+
 import numpy as np
 
 from ._backward import _layer_input_grads, _sum_to, _weight_grad
@@ -212,9 +216,10 @@ def multi_head_attention_backward(dY, X, W_q, W_k, W_v, W_o, *, num_heads, kv=No
         One gradient per array argument given, in the signature's order and each of its
         argument's shape: ``dX, dW_q, dW_k, dW_v, dW_o``, then ``dkv`` if ``kv`` was given, then
         ``db_q``, ``db_k``, ``db_v``, ``db_o`` for each bias given (e.g. ``kv`` and ``b_o``
-        alone: ``(dX, dW_q, dW_k, dW_v, dW_o, dkv, db_o)``). Summed over the batch axes along
-        which each input was broadcast. The mask and the score ``bias`` get no gradient. Dtype: that of the forward
-        output.
+        alone: ``(dX, dW_q, dW_k, dW_v, dW_o, dkv, db_o)``), also by name (``grads.dkv``,
+        ``grads.db_o``: a named tuple, whose names do not move when arguments are added). Summed
+        over the batch axes along which each input was broadcast. The mask and the score ``bias``
+        get no gradient. Dtype: that of the forward output.
 
     Raises
     ------
@@ -283,7 +288,21 @@ def _grads(L, dY, qkv, out=None):
     if L.biases[3] is not None:
         grads["db_o"] = _finish(_sum_to(dY.sum(axis=-2), L.biases[3].shape), L.result)
     order = ("dX", "dW_q", "dW_k", "dW_v", "dW_o", "dkv", "db_q", "db_k", "db_v", "db_o")
-    return tuple(grads[name] for name in order if name in grads)
+    names = tuple(name for name in order if name in grads)
+    return _gradients_type(names)(*(grads[name] for name in names))
+
+
+@functools.lru_cache(maxsize=None)
+def _gradients_type(names):
+    """The tuple multi_head_attention_backward returns for these gradients: its positions depend
+    on the arguments given (kv=, the biases), its names (grads.db_o) do not, as jax.vjp's one
+    cotangent per input. Pickled as a plain tuple: the class is made at run time."""
+    base = collections.namedtuple("MultiHeadGradients", names)
+    return type("MultiHeadGradients", (base,), {
+        "__slots__": (), "__module__": __name__,
+        "__reduce__": lambda self: (tuple, (tuple(self),)),
+        "__copy__": lambda self: self,
+        "__deepcopy__": lambda self, memo: type(self)(*copy.deepcopy(tuple(self), memo))})
 
 
 @_public_call

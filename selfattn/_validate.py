@@ -245,6 +245,9 @@ def _item_lengths(func, name, lengths, batch, n):
         return None
     arr = (np.asarray(lengths) if isinstance(lengths, (int, np.integer, np.ndarray))
            else _as_array(func, name, lengths))
+    if arr.size == 0 and not isinstance(lengths, np.ndarray):
+        # the lengths of an empty batch, [len(s) for s in batch]: NumPy reads [] as float64
+        arr = arr.astype(np.intp)
     if arr.dtype == np.bool_ or arr.dtype.kind not in "iu":
         raise TypeError(f"{func}: {name} must hold integers (one length per sequence), got "
                         f"dtype {arr.dtype}")

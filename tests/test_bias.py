@@ -145,8 +145,13 @@ def test_bias_errors():
     with pytest.raises(ValueError, match=r"mask.shape=\(2, 3, 3\) and bias.shape=\(4, 1, 3\) do "
                                          r"not broadcast together"):
         compute_self_attention_scores(Q, Q, mask=np.ones((2, 3, 3), bool), bias=np.ones((4, 1, 3)))
-    with pytest.raises(ValueError, match=r"bias.shape=\(3, 3, 3\) does not broadcast against .* use bias\[:, None\]"):
+    with pytest.raises(ValueError, match=r"bias.shape=\(3, 3, 3\) does not broadcast against .* use bias\[:, None\]") as info:
         multi_head_attention(np.ones((3, 4)), *(np.ones((4, 4)),) * 4, num_heads=2,
                              bias=np.ones((3, 3, 3)))
+    # padding_mask makes a bool mask, which bias= refuses: offered for a mask only
+    assert "padding_mask" not in str(info.value), info.value
+    with pytest.raises(ValueError, match=r"use mask\[:, None\] .* or padding_mask"):
+        multi_head_attention(np.ones((3, 4)), *(np.ones((4, 4)),) * 4, num_heads=2,
+                             mask=np.ones((3, 3, 3), bool))
     with pytest.raises(TypeError, match=r"bias has dtype complex128"):
         self_attention_layer(Q, *(np.eye(4),) * 3, bias=np.ones((3, 3), complex))

@@ -286,3 +286,17 @@ def test_lengths_need_a_batch_axis():
     assert str(info.value) == ("scaled_dot_product_attention: query_lengths.shape=(1,), but these "
                                "inputs have no batch axis (one sequence): pass its length as an int")
     assert not sdpa(Q, Q, Q, query_lengths=2)[2:].any()
+
+
+def test_the_lengths_of_an_empty_batch_may_be_an_empty_list():
+    """[len(s) for s in batch] is [] for an empty batch, which NumPy reads as float64: it was
+    refused as 'must hold integers, got dtype float64'."""
+    X, W = np.zeros((0, 5, 8)), np.eye(8)
+    out = selfattn.multi_head_attention(X, W, W, W, W, num_heads=2, key_lengths=[],
+                                        query_lengths=[])
+    assert out.shape == (0, 5, 8)
+    Q = np.zeros((0, H, N_Q, 4))
+    assert sdpa(Q, Q, Q, key_lengths=[]).shape == Q.shape
+    assert sdpa_backward(Q, Q, Q, Q, key_lengths=[])[0].shape == Q.shape
+    with pytest.raises(TypeError, match="must hold integers"):   # an array keeps its dtype's rule
+        sdpa(Q, Q, Q, key_lengths=np.array([], dtype=np.float64))

@@ -211,3 +211,36 @@ def test_spent_arrays_are_freed_before_the_projection_gradients(monkeypatch, sin
     assert products == [W_q.shape, W_k.shape, W_v.shape]
     for g, w in zip(got, want):
         np.testing.assert_array_equal(g, w)
+
+
+def test_the_gradients_are_named_whatever_arguments_were_given():
+    """The tuple's positions move when kv= or a bias is given (b_o's gradient is 6th alone, 10th
+    with kv and every bias); its names do not, as jax.vjp gives one cotangent per input."""
+    import copy
+    import pickle
+    rng = np.random.default_rng(8)
+    X, kv = rng.standard_normal((2, 5, 8)), rng.standard_normal((2, 7, 6))
+    W_q, W_o = rng.standard_normal((2, 8, 8))
+    W_k, W_v = rng.standard_normal((2, 6, 8))
+    b = {name: rng.standard_normal(8) for name in ("b_q", "b_k", "b_v", "b_o")}
+    dY = rng.standard_normal((2, 5, 8))
+    plain = multi_head_attention_backward(dY, X, W_q, W_q, W_q, W_o, num_heads=2)
+    assert plain._fields == ("dX", "dW_q", "dW_k", "dW_v", "dW_o")
+    full = multi_head_attention_backward(dY, X, W_q, W_k, W_v, W_o, num_heads=2, kv=kv, **b)
+    assert full._fields == ("dX", "dW_q", "dW_k", "dW_v", "dW_o", "dkv", "db_q", "db_k", "db_v",
+                            "db_o")
+    only_b_o = multi_head_attention_backward(dY, X, W_q, W_q, W_q, W_o, num_heads=2, b_o=b["b_o"])
+    assert only_b_o[5] is only_b_o.db_o and only_b_o.db_o.shape == (8,)
+    np.testing.assert_allclose(only_b_o.db_o, dY.sum(axis=(0, 1)), rtol=1e-13)
+    assert full.dkv.shape == kv.shape and full.db_k.shape == (8,)
+    dX, dW_q, dW_k, dW_v, dW_o = plain                  # unpacking as before
+    assert dX is plain.dX and isinstance(plain, tuple) and len(full) == 10
+    _, backward = selfattn.multi_head_attention_vjp(X, W_q, W_k, W_v, W_o, num_heads=2, kv=kv,
+                                                    **b)
+    assert backward(dY)._fields == full._fields
+    again = pickle.loads(pickle.dumps(full))            # a plain tuple: the class is made at run time
+    assert type(again) is tuple and all(np.array_equal(a, g) for a, g in zip(again, full))
+    assert copy.copy(full) is full
+    deep = copy.deepcopy(full)
+    assert deep._fields == full._fields and deep.dX is not full.dX
+    np.testing.assert_array_equal(deep.dX, full.dX)
