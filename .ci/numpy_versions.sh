@@ -8,7 +8,8 @@
 # `floor` alone: its step 1 has already run the whole suite on the newest NumPy, the one the
 # README's Quick start installs.
 #
-# PYTHON selects the interpreter (default python3). Needs PyPI. The tests run from a copy of the
+# PYTHON selects the interpreter (default python3), TESTS the test paths (default: tests, the
+# suite; .ci/python_versions.sh passes a subset). Needs PyPI. The tests run from a copy of the
 # tree without selfattn/, so they import the installed wheel, never the source folder.
 source "$(dirname "$0")/lib.sh" numpy
 
@@ -44,10 +45,14 @@ for version in "${VERSIONS[@]}"; do
     # the wheel with its test extra, and NumPy pinned in the same resolution
     "$venv/bin/python" -m pip install --quiet "$spec" "selfattn[test] @ file://$WHEEL" \
         >"$WORK/install-$version.log" 2>&1 || { cat "$WORK/install-$version.log"; exit 1; }
-    (cd "$WORK/run" && "$venv/bin/python" -P -c '
+    # -P (no working folder on sys.path; Python 3.11+) on top of run/'s having no selfattn/
+    safe_path=()
+    "$venv/bin/python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' && safe_path=(-P)
+    (cd "$WORK/run" && "$venv/bin/python" "${safe_path[@]}" -c '
 import sys, numpy, selfattn, hypothesis
 print("   numpy", numpy.__version__, "| selfattn from", selfattn.__file__, "| hypothesis", hypothesis.__version__)
 sys.exit(0 if selfattn.__file__.startswith(sys.prefix) else "selfattn is not the installed wheel")')
-    (cd "$WORK/run" && "$venv/bin/python" -P -m pytest -p no:cacheprovider -q -m "not slow" tests)
+    # shellcheck disable=SC2086  # TESTS is a list of paths
+    (cd "$WORK/run" && "$venv/bin/python" "${safe_path[@]}" -m pytest -p no:cacheprovider -q -m "not slow" ${TESTS:-tests})
 done
 log "NumPy versions: ${VERSIONS[*]} all pass"
