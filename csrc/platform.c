@@ -67,14 +67,27 @@ void sa_mutex_lock(sa_mutex *m) { pthread_mutex_lock(OS_MUTEX(m)); }
 int sa_mutex_trylock(sa_mutex *m) { return pthread_mutex_trylock(OS_MUTEX(m)) == 0; }
 void sa_mutex_unlock(sa_mutex *m) { pthread_mutex_unlock(OS_MUTEX(m)); }
 
+/* The timed waits measure on CLOCK_MONOTONIC where the OS lets a condition variable use it
+   (not macOS): a step of the wall clock then never stretches one. */
+#if defined(__linux__)
+#define SA_COND_CLOCK CLOCK_MONOTONIC
+void sa_cond_init(sa_cond *c)
+{
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(OS_COND(c), &attr);
+    pthread_condattr_destroy(&attr);
+}
+#else
+#define SA_COND_CLOCK CLOCK_REALTIME
 void sa_cond_init(sa_cond *c) { pthread_cond_init(OS_COND(c), NULL); }
+#endif
 void sa_cond_wait(sa_cond *c, sa_mutex *m) { pthread_cond_wait(OS_COND(c), OS_MUTEX(m)); }
 void sa_cond_wait_for(sa_cond *c, sa_mutex *m, long long ns)
 {
-    /* CLOCK_REALTIME, the one clock macOS's condition variables take: a clock step makes one wait
-       shorter or longer, and the caller loops */
     struct timespec deadline;
-    clock_gettime(CLOCK_REALTIME, &deadline);
+    clock_gettime(SA_COND_CLOCK, &deadline);
     long long nsec = deadline.tv_nsec + ns;
     deadline.tv_sec += (time_t)(nsec / 1000000000LL);
     deadline.tv_nsec = (long)(nsec % 1000000000LL);
