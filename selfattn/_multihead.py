@@ -374,12 +374,14 @@ def multi_head_attention_vjp(X, W_q, W_k, W_v, W_o, *, num_heads, kv=None, b_q=N
     Y = _finish_attention(L.output(out), None, L.result)
     L.keep_inputs((X, kv, W_q, W_k, W_v, W_o, b_q, b_k, b_v, b_o, mask, bias))
 
+    name = f"{func}'s backward"     # the call that raises, days after the forward's
+
     def backward(dY):
-        dY, = _as_matrices(func, ("dY", dY, "(seq_len, d_out)"))
-        _check_grad_shape(func, "dY", dY, Y.shape, "output")
+        dY, = _as_matrices(name, ("dY", dY, "(seq_len, d_out)"))
+        _check_grad_shape(name, "dY", dY, Y.shape, "output")
         return _grads(L, dY, [Q, K, V], out)
 
-    backward = _public_call(_one_tier(backward), name=f"{func}'s backward")
+    backward = _public_call(_one_tier(backward), name=name)
     backward.__doc__ = (f"The gradients of {func}'s output for dY (the gradient of the loss "
                         f"with respect to it, of shape {Y.shape}): the tuple "
                         f"multi_head_attention_backward returns.")

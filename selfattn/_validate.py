@@ -703,7 +703,8 @@ def _public_call(function=None, *, name=None, float32_helps=True):
     if function is None:
         return functools.partial(_public_call, name=name, float32_helps=float32_helps)
     name = name or function.__name__
-    prefix = f"{name.partition(chr(39) + 's ')[0]}: "  # "f's backward" reports as "f: ..."
+    # "f's backward" reports its own checks as "f's backward: ...", its forward's as "f: ..."
+    prefixes = (f"{name}: ", f"{name.partition(chr(39) + 's ')[0]}: ")
 
     @functools.wraps(function)
     def call(*args, **kwargs):
@@ -712,7 +713,7 @@ def _public_call(function=None, *, name=None, float32_helps=True):
             return function(*args, **kwargs)
         except (TypeError, ValueError) as error:
             # ours by its message, or Python's for the arguments (raised before the call ran)
-            if not (str(error).startswith(prefix) or error.__traceback__.tb_next is None):
+            if not (str(error).startswith(prefixes) or error.__traceback__.tb_next is None):
                 raise
             raise error.with_traceback(None)  # the learner's input: see the message
         except MemoryError as error:
