@@ -69,16 +69,19 @@ def load_core(package_dir, version):
 
 def _warn_from_importer(message, package_dir):
     """warnings.warn, attributed to the line that imported selfattn (the first frame outside
-    selfattn and the import machinery), which is what a notebook shows under the warning."""
-    frame = sys._getframe(1)
+    selfattn and the import machinery), which is what a notebook shows under the warning; under
+    `python -m selfattn`, where runpy imported it from no line of anyone's, to selfattn's own
+    line (it was `<frozen runpy>:112`)."""
+    frame, own = sys._getframe(1), None
     package_dir = os.path.realpath(package_dir)
-    while frame is not None and (
-            frame.f_code.co_filename.startswith("<frozen importlib")
-            or os.path.realpath(frame.f_code.co_filename).startswith(package_dir + os.sep)):
+    while frame is not None:
+        if os.path.realpath(frame.f_code.co_filename).startswith(package_dir + os.sep):
+            own = frame
+        elif not (frame.f_code.co_filename.startswith("<frozen importlib")
+                  or frame.f_globals.get("__name__") == "runpy"):
+            break
         frame = frame.f_back
-    if frame is None:
-        warnings.warn(message, NumPyBackendWarning, stacklevel=2)
-    else:
-        # no module_globals: a loader's get_source can raise (python -c's __main__)
-        warnings.warn_explicit(message, NumPyBackendWarning, frame.f_code.co_filename,
-                               frame.f_lineno)
+    where = frame or own
+    # no module_globals: a loader's get_source can raise (python -c's __main__)
+    warnings.warn_explicit(message, NumPyBackendWarning, where.f_code.co_filename,
+                           where.f_lineno)

@@ -3,6 +3,7 @@ inputs, and selfattn falls back to it, with one notice, only when the extension 
 import importlib.machinery
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -92,10 +93,11 @@ def test_a_learners_np_seterr_raise_changes_nothing(monkeypatch, backend):
             assert a.dtype == b.dtype and np.array_equal(a, b, equal_nan=True), case
 
 
-def _import_copy(tmp_path, env_backend=None, extension=None, source_tree=False):
+def _import_copy(tmp_path, env_backend=None, extension=None, source_tree=False, main=False):
     """Imports a copy of selfattn's Python files (no compiled _core, or `extension` as one) in a
     fresh interpreter; returns (stdout, stderr). `source_tree`: beside the files that make a
-    source checkout (pyproject.toml, csrc/)."""
+    source checkout (pyproject.toml, csrc/). `main`: as `python -m selfattn` (with source_tree,
+    whose -S keeps an editable install's finder out)."""
     shutil.copytree(PACKAGE_DIR, tmp_path / "selfattn",
                     ignore=shutil.ignore_patterns("_core*", "__pycache__"))
     if source_tree:
@@ -125,7 +127,8 @@ def _import_copy(tmp_path, env_backend=None, extension=None, source_tree=False):
     code = ("import sys; sys.meta_path[:] = [f for f in sys.meta_path if not "
             "getattr(f, '__module__', '').startswith('__editable__')]; "
             "import selfattn; print(selfattn.config()['backend'])")
-    run = subprocess.run([sys.executable, *flags, "-c", code], cwd=tmp_path, env=env,
+    command = ["-m", "selfattn"] if main else ["-c", code]
+    run = subprocess.run([sys.executable, *flags, *command], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=120)
     return run.stdout, run.stderr
 
@@ -150,6 +153,16 @@ def test_a_source_checkout_never_built_is_told_to_run_pip_install(tmp_path):
     assert (f"imported from its source folder {os.path.realpath(tmp_path)}, where the C "
             f"extension is not built, and no installed build of it was found") in notices[0]
     assert "run `pip install .` in that folder" in notices[0]
+    assert notices[0].startswith("<string>:1: "), notices[0]    # python -c's line
+    tree = tmp_path / "again"
+    tree.mkdir()
+    out, err = _import_copy(tree, source_tree=True, main=True)   # python -m selfattn there
+    assert "self-attention on the sentence" in out, err
+    notices = [line for line in err.splitlines() if "NumPyBackendWarning" in line]
+    assert len(notices) == 1, err
+    # selfattn's own line, where runpy's import has none of the user's (was "<frozen runpy>:112")
+    init = os.path.join(str(tree), "selfattn", "__init__.py")
+    assert re.match(re.escape(init) + r":\d+: NumPyBackendWarning: ", notices[0]), notices[0]
 
 
 def test_choosing_the_numpy_backend_is_silent(tmp_path):
