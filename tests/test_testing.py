@@ -527,6 +527,11 @@ def test_max_error_and_index_are_reported():
     got = softmax_wrong_axis(np.array(failed.case.args[0]))
     assert failed.max_error == pytest.approx(np.abs(got - exp).max())
     assert failed.worst_index is not None and len(failed.worst_index) == 2
+    # the index is that of the largest difference, not of the largest relative one (which differ
+    # here: the wrong axis's weights are furthest apart in relative terms where they are small)
+    gaps = np.abs(got - exp)
+    assert gaps[failed.worst_index] == gaps.max()
+    assert np.unravel_index(np.argmax(gaps / exp), exp.shape) != failed.worst_index
     assert f"max error {failed.max_error:.3g} at {testing.compare._fmt_index(failed.worst_index)}" \
         in str(report)
     assert all(r.max_error is not None and r.max_error < 1e-12
@@ -624,6 +629,16 @@ def test_assert_attention_close_message_says_where_and_how_much():
 
     with pytest.raises(AssertionError, match=r"float32 tolerance: rtol=1e-05"):
         assert_attention_close(actual.astype(np.float32), desired)  # the coarser dtype decides
+
+    # the largest difference, 10, is named where it is; the relative one (999x) is only a number
+    with pytest.raises(AssertionError) as info:
+        assert_attention_close([1, 100], [0.001, 90])
+    assert "Largest difference at index (1,): actual 100, desired 90 (|difference| 10," \
+        in str(info.value)
+    # a larger difference that is within the tolerance (of a large value) is not the one shown
+    with pytest.raises(AssertionError) as info:
+        assert_attention_close([1e6 + 1e-5, 1e-6], [1e6, 0.0])
+    assert "Largest difference outside the tolerance at index (1,)" in str(info.value)
 
     with pytest.raises(AssertionError, match=r"actual looks transposed"):
         assert_attention_close(np.zeros((4, 3)), np.zeros((3, 4)))

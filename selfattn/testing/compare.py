@@ -39,7 +39,9 @@ class _Diff:
     size: int
     max_abs: float           # largest |actual - desired| where both are finite (0.0 if none)
     max_rel: float
-    worst_index: tuple       # the element that is furthest outside the tolerance, or None
+    worst_index: tuple       # the largest |difference| outside the tolerance (the first
+                             # non-finite mismatch if any), or None
+    max_abs_index: tuple     # where max_abs is (None if no element differs)
     worst_actual: float
     worst_desired: float
     n_nonfinite: int         # elements where one side is inf/NaN and the other is not the same
@@ -57,7 +59,6 @@ def _diff(actual, desired, rtol, atol):
     with np.errstate(all="ignore"):
         err = np.where(finite, np.abs(a - d), 0.0)
         allowed = atol + rtol * np.abs(np.where(finite, d, 0.0))
-        excess = np.where(finite, err / allowed, 0.0)
         rel = np.where(finite & (d != 0), err / np.abs(d), np.where(finite & (err > 0), np.inf, 0.0))
     nonfinite_bad = ~finite & ~same_special
     bad = nonfinite_bad | (finite & (err > allowed))
@@ -66,15 +67,19 @@ def _diff(actual, desired, rtol, atol):
     if n_bad:
         if nonfinite_bad.any():
             flat = int(np.flatnonzero(nonfinite_bad.ravel())[0])
-        else:
-            flat = int(np.argmax(excess.ravel()))
+        else:   # the largest difference, as the message says: not the largest relative one
+            flat = int(np.argmax(np.where(bad, err, -1.0).ravel()))
         worst = tuple(int(i) for i in np.unravel_index(flat, a.shape))
+    max_abs_index = None
+    if err.size and err.max() > 0:
+        max_abs_index = tuple(int(i) for i in np.unravel_index(int(np.argmax(err.ravel())), a.shape))
     return _Diff(
         n_bad=n_bad,
         size=int(a.size),
         max_abs=float(err.max()) if err.size else 0.0,
         max_rel=float(rel.max()) if rel.size else 0.0,
         worst_index=worst,
+        max_abs_index=max_abs_index,
         worst_actual=float(a[worst]) if worst is not None else math.nan,
         worst_desired=float(d[worst]) if worst is not None else math.nan,
         n_nonfinite=int(nonfinite_bad.sum()),
@@ -201,8 +206,10 @@ def _diff_message(diff, rtol, atol, dt):
         gap = abs(diff.worst_actual - diff.worst_desired)
         rel = gap / abs(diff.worst_desired) if diff.worst_desired != 0 else math.inf
         actual, desired = _fmt_pair(diff.worst_actual, diff.worst_desired)
+        # an element can differ more yet pass, where the desired value is large (rtol)
+        where = "" if gap == diff.max_abs else " outside the tolerance"
         lines.append(
-            f"Largest difference at index {idx}: actual {actual}, desired {desired} "
+            f"Largest difference{where} at index {idx}: actual {actual}, desired {desired} "
             f"(|difference| {_fmt(gap)}, relative {_fmt(rel)})."
         )
         if diff.n_bad > 1:

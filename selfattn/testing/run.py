@@ -307,7 +307,8 @@ def _run_case(fn, case, user_scale, either=False):
 
     diff = _diff(got, exp, rtol, atol)
     result.max_error = diff.max_abs if not diff.n_nonfinite else math.inf
-    result.worst_index = diff.worst_index
+    # the index the line shows beside max_error (or beside "inf or NaN": the first such element)
+    result.worst_index = diff.max_abs_index if not diff.n_nonfinite else diff.worst_index
     if diff.close:
         result.verdict = "pass"
         notes = []
