@@ -80,6 +80,17 @@ class AttentionTrace:
             hidden.append("the mask hides the keys where it is False (or adds its values)")
         mask_text = ("; " + " and ".join(hidden) + ": those scores are -inf") if hidden else ""
         blind = bool((self.row_max == -np.inf).any())  # rows whose every key is hidden
+        # NaN or inf in the inputs makes rows NaN from the scores on: the steps' promises
+        # (between 0 and 1, summing to 1) do not hold for those rows, so say which they are
+        nan_rows = np.flatnonzero(np.isnan(self.weights).any(axis=-1)) if self.weights.size else []
+        if len(nan_rows):
+            rows = ", ".join(str(int(i)) for i in nan_rows[:8]) + (", ..." if len(nan_rows) > 8
+                                                                   else "")
+            broken = (f" (but not in row{'s' if len(nan_rows) > 1 else ''} {rows}, which hold "
+                      f"NaN: NaN or inf in X, W_q, W_k or W_v made {'their' if len(nan_rows) > 1 else 'its'} "
+                      f"scores NaN or inf, and every step after that gives NaN)")
+        else:
+            broken = ""
         return [
             ("1. Project the tokens", "Q = X @ W_q,  K = X @ W_k,  V = X @ W_v",
              "Each token's row of X becomes a query (what it looks for), a key (what it offers) "
@@ -96,7 +107,7 @@ class AttentionTrace:
              "Every entry is now between 0 and 1: the row's best match is exactly 1"
              + (", a hidden key (score -inf) exactly 0" if hidden else "")
              + ("; a row whose keys are all hidden (row_max -inf) is shifted by 0 instead, so "
-                "all its entries are 0" if blind else "") + ".",
+                "all its entries are 0" if blind else "") + broken + ".",
              [("exponentials", self.exponentials)]),
             ("5. Row sums", "row_sums = exponentials.sum(axis=-1, keepdims=True)",
              "One sum per query.",
@@ -104,7 +115,7 @@ class AttentionTrace:
             ("6. Weights (softmax)", "weights = exponentials / row_sums",
              "Each row is a probability distribution over the keys: >= 0, summing to 1"
              + ("; a row that sees no key gets weights 0 (0 / 0 is not computed)" if blind
-                else "") + ".",
+                else "") + broken + ".",
              [("weights", self.weights)]),
             ("7. Output", "output = weights @ V",
              "Row i is query i's weighted average of the value rows"

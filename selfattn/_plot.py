@@ -70,7 +70,7 @@ def plot_attention(weights, tokens=None, *, key_tokens=None, ax=None, annotate=N
     vmin, vmax : float, optional
         The weights drawn in the darkest and the brightest colour. Default: 0 and 1, except
         that from 16 keys on, where every weight is small (a uniform row is 1/n_k), vmax is the
-        largest weight, so that the structure shows; and where a weight is above 1 (and none
+        largest weight, so that the structure shows (unless all weights are equal); and where a weight is above 1 (and none
         below 0: weights after dropout), vmax is the largest.
     mask : array_like of bool or float, optional
         The mask the weights were computed with, broadcastable to `weights`: boolean (True: may
@@ -86,7 +86,8 @@ def plot_attention(weights, tokens=None, *, key_tokens=None, ax=None, annotate=N
     Warns
     -----
     UserWarning
-        For values outside [0, 1] (scores rather than weights?; values above 1 and none below 0,
+        For NaN or inf weights (drawn grey: a softmax that overflowed?), for values outside
+        [0, 1] (scores rather than weights?; values above 1 and none below 0,
         as weights after dropout have, are drawn up to the largest rather than clipped), for
         rows that do not sum to 1 (a softmax over the wrong axis?), since each row of attention
         weights sums to 1, and for a weight on a key that `mask` hides (the mask applied after
@@ -192,6 +193,17 @@ def plot_attention(weights, tokens=None, *, key_tokens=None, ax=None, annotate=N
     finite = w[np.isfinite(w)]
     above_one = False
     hidden = None if visible is None else _hidden(visible, w)
+    broken = ~np.isfinite(w)
+    if broken.any():
+        i, j = (int(x) for x in np.argwhere(broken)[0])
+        count = int(broken.sum())
+        warnings.warn(
+            f"{func}: {count} of the weights {'are' if count > 1 else 'is'} NaN or inf (query "
+            f"{i}, key {j}: {w[i, j]}), which no softmax weight is; drawn grey. A softmax that "
+            f"does not subtract each row's maximum before np.exp overflows on large scores "
+            f"(inf / inf is nan): np.exp(s - s.max(axis=-1, keepdims=True)). NaN or inf in the "
+            f"inputs gives them too.", UserWarning, stacklevel=_public_caller()[1])
+        ax.set_xlabel("key (grey: NaN or inf)")
     if finite.size and finite.min() < -1e-6:
         warnings.warn(
             f"{func}: some values lie outside [0, 1] (from {finite.min():.3g} to "
@@ -222,13 +234,16 @@ def plot_attention(weights, tokens=None, *, key_tokens=None, ax=None, annotate=N
                 UserWarning, stacklevel=_public_caller()[1])
         blank = hidden & ~leaks
         if blank.any():
-            ax.set_xlabel("key (white: hidden by the mask)")
+            ax.set_xlabel("key (white: hidden by the mask" + ("; grey: NaN or inf)" if broken.any()
+                                                               else ")"))
     if vmin is None:
         vmin = 0.0
     if vmax is None:
         vmax = 1.0
+        # equal weights (a uniform row) have no structure to show: on 0..1 they look as small
+        # as they are, where colours up to the largest would paint them all at the top
         if above_one or (n_k >= _SMALL_WEIGHTS_FROM and finite.size
-                         and vmin < finite.max() < 1.0):
+                         and vmin < finite.max() < 1.0 and finite.min() < finite.max()):
             vmax = float(finite.max())
 
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.8")
@@ -246,7 +261,7 @@ def plot_attention(weights, tokens=None, *, key_tokens=None, ax=None, annotate=N
                     continue
                 v = w[i, j]
                 text = f"{v:.2f}" if np.isfinite(v) else str(v)
-                color = "black" if np.isfinite(v) and v > bright else "white"
+                color = "black" if not np.isfinite(v) or v > bright else "white"  # on grey too
                 ax.text(j, i, text, ha="center", va="center", color=color, fontsize=fontsize)
     label = "attention weight" if vmax == 1.0 else f"attention weight (colours up to {vmax:.3g})"
     ax.figure.colorbar(image, ax=ax, label=label)
@@ -313,7 +328,8 @@ def _warn_rows_not_one(func, w, hidden=None):
     `hidden`: the keys a mask hides, or None."""
     with np.errstate(all="ignore"):
         sums = np.where(np.isfinite(w), w, 0.0).sum(axis=1)
-    bad = ~(np.isclose(sums, 1.0, rtol=1e-3, atol=1e-3) | (sums == 0))
+    # a row holding NaN or inf has had its own warning: what its finite weights sum to says nothing
+    bad = ~(np.isclose(sums, 1.0, rtol=1e-3, atol=1e-3) | (sums == 0)) & np.isfinite(w).all(axis=1)
     if not bad.any():
         return
     i = int(np.flatnonzero(bad)[0])

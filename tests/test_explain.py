@@ -207,3 +207,17 @@ def test_non_finite_inputs_are_explained_without_numpy_warnings():
         np.testing.assert_array_equal(trace.output, selfattn.self_attention_layer(X, W_q, W_k, W_v))
         trace = selfattn.explain(_inputs()[0], W_q, W_k, W_v, mask=np.inf)
     assert np.isnan(trace.output).all()     # a +inf in the mask makes the row NaN
+
+
+def test_rows_made_nan_by_the_inputs_are_named_where_the_steps_promise_0_to_1():
+    X, W_q, W_k, W_v = _inputs()
+    text = " ".join(str(selfattn.explain(X, W_q, W_k, W_v)).split())
+    assert "which hold NaN" not in text
+    X[1, 0] = np.nan    # every query sees token 1's key: every row is NaN
+    text = " ".join(str(selfattn.explain(X, W_q, W_k, W_v)).split())
+    assert "exactly 1 (but not in rows 0, 1, 2" in text
+    assert text.count("which hold NaN: NaN or inf in X, W_q, W_k or W_v") == 2
+    # a causal mask keeps the NaN key from the rows before it
+    trace = selfattn.explain(X, W_q, W_k, W_v, is_causal=True)
+    assert "(but not in rows 1, 2" in " ".join(str(trace).split())
+    assert not np.isnan(trace.weights[0]).any()

@@ -312,3 +312,39 @@ def test_masks_as_libraries_write_them():
                                          r"\(query 0 gives 0\.5 to key 1\).* It is drawn as a "
                                          r"weight\.$"):
         selfattn.plot_attention(one, mask=causal)
+
+
+def test_nan_and_inf_weights_are_named_and_the_grey_explained():
+    """A learner's softmax without the max subtracted gives NaN rows: plotted silently in grey,
+    with "row 0 sums to 0.5" for a row [nan, 0.5] as the only warning."""
+    scores = np.array([[1000.0, 999.0, -5.0], [0.1, 0.2, 0.3]])
+    with np.errstate(all="ignore"):
+        naive = np.exp(scores) / np.exp(scores).sum(axis=-1, keepdims=True)   # row 0: nan, nan, 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ax = selfattn.plot_attention(naive)
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1, messages
+    assert "2 of the weights are NaN or inf (query 0, key 0: nan)" in messages[0]
+    assert "s.max(axis=-1, keepdims=True)" in messages[0]
+    assert caught[0].filename == __file__
+    assert "grey: NaN or inf" in ax.get_xlabel()
+    # the numbers written on grey cells are black, readable on light grey
+    nan_texts = [t for t in ax.texts if t.get_text() == "nan"]
+    assert len(nan_texts) == 2 and all(t.get_color() == "black" for t in nan_texts)
+
+    half = np.array([[np.nan, 0.5], [0.5, 0.5]])
+    with pytest.warns(UserWarning, match="1 of the weights is NaN or inf") as record:
+        selfattn.plot_attention(half)
+    assert not any("sum to 1" in str(w.message) for w in record)
+    with pytest.warns(UserWarning, match=r"query 1, key 0: inf"):
+        selfattn.plot_attention(np.array([[1.0, 0.0], [np.inf, 0.0]]))
+
+
+def test_equal_weights_keep_the_colours_of_0_to_1():
+    """Uniform attention over 16 keys was drawn at the top of the colour scale (vmax = 1/16),
+    where over 15 it was dark: equal weights have no structure to stretch."""
+    for n in (15, 16, 40):
+        uniform = np.full((3, n), 1.0 / n)
+        assert selfattn.plot_attention(uniform).images[0].get_clim() == (0.0, 1.0)
+        plt.close("all")
