@@ -1,4 +1,4 @@
-from typing import Any, Callable, Literal, overload
+from typing import Any, Callable, Literal, Sequence, overload
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -38,35 +38,41 @@ __version__: str
 class NumPyBackendWarning(UserWarning): ...
 
 _Float = NDArray[np.floating[Any]]
+# NumPy's scalars are accepted wherever a Python number is (num_heads=np.int64(2),
+# scale=np.float32(0.5), is_causal=np.True_), as at run time
+_Int = int | np.integer[Any]
+_Real = float | np.floating[Any] | np.integer[Any]
+_Bool = bool | np.bool_
 
 class _MultiHeadGradients(tuple[_Float, ...]):
-    # a named tuple of the gradients given: dkv and each db_* exist where kv= and that bias were
+    # a named tuple of the gradients given: dkv and each db_* are in it where kv= and that bias
+    # were given, and None otherwise
     dX: _Float
     dW_q: _Float
     dW_k: _Float
     dW_v: _Float
     dW_o: _Float
-    dkv: _Float
-    db_q: _Float
-    db_k: _Float
-    db_v: _Float
-    db_o: _Float
+    dkv: _Float | None
+    db_q: _Float | None
+    db_k: _Float | None
+    db_v: _Float | None
+    db_o: _Float | None
 # is_causal: True is "top_left"; False and None are no causality
-_Causal = bool | Literal["top_left", "bottom_right"] | None
+_Causal = _Bool | Literal["top_left", "bottom_right"] | None
 # window=(left, right): query i sees keys i - left .. i + right; None leaves a side unbounded
-_Window = tuple[int | None, int | None] | None
+_Window = tuple[_Int | None, _Int | None] | Sequence[_Int | None] | None
 
 def compute_self_attention_scores(
     Q: ArrayLike,
     K: ArrayLike,
     *,
-    scale: float | None = ...,
+    scale: _Real | None = ...,
     mask: ArrayLike | None = ...,
     bias: ArrayLike | None = ...,
     is_causal: _Causal = ...,
     window: _Window = ...,
 ) -> _Float: ...
-def softmax_attention_weights(attn_scores: ArrayLike, *, axis: int = ...) -> _Float: ...
+def softmax_attention_weights(attn_scores: ArrayLike, *, axis: _Int = ...) -> _Float: ...
 def compute_attention_output(attn_weights: ArrayLike, V: ArrayLike) -> _Float: ...
 @overload
 def self_attention_layer(
@@ -75,7 +81,7 @@ def self_attention_layer(
     W_k: ArrayLike,
     W_v: ArrayLike,
     *,
-    scale: float | None = ...,
+    scale: _Real | None = ...,
     mask: ArrayLike | None = ...,
     bias: ArrayLike | None = ...,
     is_causal: _Causal = ...,
@@ -83,9 +89,9 @@ def self_attention_layer(
     key_lengths: ArrayLike | None = ...,
     return_weights: Literal[False] = ...,
     window: _Window = ...,
-    softcap: float | None = ...,
-    dropout_p: float = ...,
-    seed: int | None = ...,
+    softcap: _Real | None = ...,
+    dropout_p: _Real = ...,
+    seed: _Int | None = ...,
 ) -> _Float: ...
 @overload
 def self_attention_layer(
@@ -94,7 +100,7 @@ def self_attention_layer(
     W_k: ArrayLike,
     W_v: ArrayLike,
     *,
-    scale: float | None = ...,
+    scale: _Real | None = ...,
     mask: ArrayLike | None = ...,
     bias: ArrayLike | None = ...,
     is_causal: _Causal = ...,
@@ -102,9 +108,9 @@ def self_attention_layer(
     key_lengths: ArrayLike | None = ...,
     return_weights: Literal[True],
     window: _Window = ...,
-    softcap: float | None = ...,
-    dropout_p: float = ...,
-    seed: int | None = ...,
+    softcap: _Real | None = ...,
+    dropout_p: _Real = ...,
+    seed: _Int | None = ...,
 ) -> tuple[_Float, _Float]: ...
 @overload
 def self_attention_layer(
@@ -113,17 +119,17 @@ def self_attention_layer(
     W_k: ArrayLike,
     W_v: ArrayLike,
     *,
-    scale: float | None = ...,
+    scale: _Real | None = ...,
     mask: ArrayLike | None = ...,
     bias: ArrayLike | None = ...,
     is_causal: _Causal = ...,
     query_lengths: ArrayLike | None = ...,
     key_lengths: ArrayLike | None = ...,
-    return_weights: bool = ...,
+    return_weights: _Bool = ...,
     window: _Window = ...,
-    softcap: float | None = ...,
-    dropout_p: float = ...,
-    seed: int | None = ...,
+    softcap: _Real | None = ...,
+    dropout_p: _Real = ...,
+    seed: _Int | None = ...,
 ) -> _Float | tuple[_Float, _Float]: ...
 @overload
 def scaled_dot_product_attention(
@@ -131,19 +137,19 @@ def scaled_dot_product_attention(
     K: ArrayLike,
     V: ArrayLike,
     *,
-    scale: float | None = ...,
+    scale: _Real | None = ...,
     mask: ArrayLike | None = ...,
     bias: ArrayLike | None = ...,
     is_causal: _Causal = ...,
     return_weights: Literal[False] = ...,
     window: _Window = ...,
-    enable_gqa: bool = ...,
+    enable_gqa: _Bool = ...,
     query_lengths: ArrayLike | None = ...,
     key_lengths: ArrayLike | None = ...,
     return_lse: Literal[False] = ...,
-    softcap: float | None = ...,
-    dropout_p: float = ...,
-    seed: int | None = ...,
+    softcap: _Real | None = ...,
+    dropout_p: _Real = ...,
+    seed: _Int | None = ...,
 ) -> _Float: ...
 @overload
 def scaled_dot_product_attention(
@@ -151,19 +157,19 @@ def scaled_dot_product_attention(
     K: ArrayLike,
     V: ArrayLike,
     *,
-    scale: float | None = ...,
+    scale: _Real | None = ...,
     mask: ArrayLike | None = ...,
     bias: ArrayLike | None = ...,
     is_causal: _Causal = ...,
     return_weights: Literal[True],
     window: _Window = ...,
-    enable_gqa: bool = ...,
+    enable_gqa: _Bool = ...,
     query_lengths: ArrayLike | None = ...,
     key_lengths: ArrayLike | None = ...,
     return_lse: Literal[False] = ...,
-    softcap: float | None = ...,
-    dropout_p: float = ...,
-    seed: int | None = ...,
+    softcap: _Real | None = ...,
+    dropout_p: _Real = ...,
+    seed: _Int | None = ...,
 ) -> tuple[_Float, _Float]: ...
 @overload
 def scaled_dot_product_attention(
@@ -171,19 +177,19 @@ def scaled_dot_product_attention(
     K: ArrayLike,
     V: ArrayLike,
     *,
-    scale: float | None = ...,
+    scale: _Real | None = ...,
     mask: ArrayLike | None = ...,
     bias: ArrayLike | None = ...,
     is_causal: _Causal = ...,
     return_weights: Literal[False] = ...,
     window: _Window = ...,
-    enable_gqa: bool = ...,
+    enable_gqa: _Bool = ...,
     query_lengths: ArrayLike | None = ...,
     key_lengths: ArrayLike | None = ...,
     return_lse: Literal[True],
-    softcap: float | None = ...,
-    dropout_p: float = ...,
-    seed: int | None = ...,
+    softcap: _Real | None = ...,
+    dropout_p: _Real = ...,
+    seed: _Int | None = ...,
 ) -> tuple[_Float, _Float]: ...
 @overload
 def scaled_dot_product_attention(
@@ -191,19 +197,19 @@ def scaled_dot_product_attention(
     K: ArrayLike,
     V: ArrayLike,
     *,
-    scale: float | None = ...,
+    scale: _Real | None = ...,
     mask: ArrayLike | None = ...,
     bias: ArrayLike | None = ...,
     is_causal: _Causal = ...,
     return_weights: Literal[True],
     window: _Window = ...,
-    enable_gqa: bool = ...,
+    enable_gqa: _Bool = ...,
     query_lengths: ArrayLike | None = ...,
     key_lengths: ArrayLike | None = ...,
     return_lse: Literal[True],
-    softcap: float | None = ...,
-    dropout_p: float = ...,
-    seed: int | None = ...,
+    softcap: _Real | None = ...,
+    dropout_p: _Real = ...,
+    seed: _Int | None = ...,
 ) -> tuple[_Float, _Float, _Float]: ...
 @overload
 def scaled_dot_product_attention(
@@ -211,19 +217,19 @@ def scaled_dot_product_attention(
     K: ArrayLike,
     V: ArrayLike,
     *,
-    scale: float | None = ...,
+    scale: _Real | None = ...,
     mask: ArrayLike | None = ...,
     bias: ArrayLike | None = ...,
     is_causal: _Causal = ...,
-    return_weights: bool = ...,
+    return_weights: _Bool = ...,
     window: _Window = ...,
-    enable_gqa: bool = ...,
+    enable_gqa: _Bool = ...,
     query_lengths: ArrayLike | None = ...,
     key_lengths: ArrayLike | None = ...,
-    return_lse: bool = ...,
-    softcap: float | None = ...,
-    dropout_p: float = ...,
-    seed: int | None = ...,
+    return_lse: _Bool = ...,
+    softcap: _Real | None = ...,
+    dropout_p: _Real = ...,
+    seed: _Int | None = ...,
 ) -> _Float | tuple[_Float, _Float] | tuple[_Float, _Float, _Float]: ...
 @overload
 def multi_head_attention(
@@ -233,13 +239,13 @@ def multi_head_attention(
     W_v: ArrayLike,
     W_o: ArrayLike,
     *,
-    num_heads: int,
+    num_heads: _Int,
     kv: ArrayLike | None = ...,
     b_q: ArrayLike | None = ...,
     b_k: ArrayLike | None = ...,
     b_v: ArrayLike | None = ...,
     b_o: ArrayLike | None = ...,
-    scale: float | None = ...,
+    scale: _Real | None = ...,
     mask: ArrayLike | None = ...,
     bias: ArrayLike | None = ...,
     is_causal: _Causal = ...,
@@ -247,10 +253,10 @@ def multi_head_attention(
     key_lengths: ArrayLike | None = ...,
     return_weights: Literal[False] = ...,
     window: _Window = ...,
-    num_kv_heads: int | None = ...,
-    softcap: float | None = ...,
-    dropout_p: float = ...,
-    seed: int | None = ...,
+    num_kv_heads: _Int | None = ...,
+    softcap: _Real | None = ...,
+    dropout_p: _Real = ...,
+    seed: _Int | None = ...,
 ) -> _Float: ...
 @overload
 def multi_head_attention(
@@ -260,13 +266,13 @@ def multi_head_attention(
     W_v: ArrayLike,
     W_o: ArrayLike,
     *,
-    num_heads: int,
+    num_heads: _Int,
     kv: ArrayLike | None = ...,
     b_q: ArrayLike | None = ...,
     b_k: ArrayLike | None = ...,
     b_v: ArrayLike | None = ...,
     b_o: ArrayLike | None = ...,
-    scale: float | None = ...,
+    scale: _Real | None = ...,
     mask: ArrayLike | None = ...,
     bias: ArrayLike | None = ...,
     is_causal: _Causal = ...,
@@ -274,10 +280,10 @@ def multi_head_attention(
     key_lengths: ArrayLike | None = ...,
     return_weights: Literal[True],
     window: _Window = ...,
-    num_kv_heads: int | None = ...,
-    softcap: float | None = ...,
-    dropout_p: float = ...,
-    seed: int | None = ...,
+    num_kv_heads: _Int | None = ...,
+    softcap: _Real | None = ...,
+    dropout_p: _Real = ...,
+    seed: _Int | None = ...,
 ) -> tuple[_Float, _Float]: ...
 @overload
 def multi_head_attention(
@@ -287,24 +293,24 @@ def multi_head_attention(
     W_v: ArrayLike,
     W_o: ArrayLike,
     *,
-    num_heads: int,
+    num_heads: _Int,
     kv: ArrayLike | None = ...,
     b_q: ArrayLike | None = ...,
     b_k: ArrayLike | None = ...,
     b_v: ArrayLike | None = ...,
     b_o: ArrayLike | None = ...,
-    scale: float | None = ...,
+    scale: _Real | None = ...,
     mask: ArrayLike | None = ...,
     bias: ArrayLike | None = ...,
     is_causal: _Causal = ...,
     query_lengths: ArrayLike | None = ...,
     key_lengths: ArrayLike | None = ...,
-    return_weights: bool = ...,
+    return_weights: _Bool = ...,
     window: _Window = ...,
-    num_kv_heads: int | None = ...,
-    softcap: float | None = ...,
-    dropout_p: float = ...,
-    seed: int | None = ...,
+    num_kv_heads: _Int | None = ...,
+    softcap: _Real | None = ...,
+    dropout_p: _Real = ...,
+    seed: _Int | None = ...,
 ) -> _Float | tuple[_Float, _Float]: ...
 def scaled_dot_product_attention_backward(
     dO: ArrayLike,
@@ -312,17 +318,17 @@ def scaled_dot_product_attention_backward(
     K: ArrayLike,
     V: ArrayLike,
     *,
-    scale: float | None = ...,
+    scale: _Real | None = ...,
     mask: ArrayLike | None = ...,
     bias: ArrayLike | None = ...,
     is_causal: _Causal = ...,
     window: _Window = ...,
-    enable_gqa: bool = ...,
+    enable_gqa: _Bool = ...,
     query_lengths: ArrayLike | None = ...,
     key_lengths: ArrayLike | None = ...,
-    softcap: float | None = ...,
-    dropout_p: float = ...,
-    seed: int | None = ...,
+    softcap: _Real | None = ...,
+    dropout_p: _Real = ...,
+    seed: _Int | None = ...,
 ) -> tuple[_Float, _Float, _Float]: ...
 def self_attention_layer_backward(
     dY: ArrayLike,
@@ -331,16 +337,16 @@ def self_attention_layer_backward(
     W_k: ArrayLike,
     W_v: ArrayLike,
     *,
-    scale: float | None = ...,
+    scale: _Real | None = ...,
     mask: ArrayLike | None = ...,
     bias: ArrayLike | None = ...,
     is_causal: _Causal = ...,
     window: _Window = ...,
     query_lengths: ArrayLike | None = ...,
     key_lengths: ArrayLike | None = ...,
-    softcap: float | None = ...,
-    dropout_p: float = ...,
-    seed: int | None = ...,
+    softcap: _Real | None = ...,
+    dropout_p: _Real = ...,
+    seed: _Int | None = ...,
 ) -> tuple[_Float, _Float, _Float, _Float]: ...
 def multi_head_attention_backward(
     dY: ArrayLike,
@@ -350,23 +356,23 @@ def multi_head_attention_backward(
     W_v: ArrayLike,
     W_o: ArrayLike,
     *,
-    num_heads: int,
+    num_heads: _Int,
     kv: ArrayLike | None = ...,
     b_q: ArrayLike | None = ...,
     b_k: ArrayLike | None = ...,
     b_v: ArrayLike | None = ...,
     b_o: ArrayLike | None = ...,
-    scale: float | None = ...,
+    scale: _Real | None = ...,
     mask: ArrayLike | None = ...,
     bias: ArrayLike | None = ...,
     is_causal: _Causal = ...,
     window: _Window = ...,
-    num_kv_heads: int | None = ...,
+    num_kv_heads: _Int | None = ...,
     query_lengths: ArrayLike | None = ...,
     key_lengths: ArrayLike | None = ...,
-    softcap: float | None = ...,
-    dropout_p: float = ...,
-    seed: int | None = ...,
+    softcap: _Real | None = ...,
+    dropout_p: _Real = ...,
+    seed: _Int | None = ...,
 ) -> _MultiHeadGradients: ...
 def multi_head_attention_vjp(
     X: ArrayLike,
@@ -375,46 +381,46 @@ def multi_head_attention_vjp(
     W_v: ArrayLike,
     W_o: ArrayLike,
     *,
-    num_heads: int,
+    num_heads: _Int,
     kv: ArrayLike | None = ...,
     b_q: ArrayLike | None = ...,
     b_k: ArrayLike | None = ...,
     b_v: ArrayLike | None = ...,
     b_o: ArrayLike | None = ...,
-    scale: float | None = ...,
+    scale: _Real | None = ...,
     mask: ArrayLike | None = ...,
     bias: ArrayLike | None = ...,
     is_causal: _Causal = ...,
     window: _Window = ...,
-    num_kv_heads: int | None = ...,
+    num_kv_heads: _Int | None = ...,
     query_lengths: ArrayLike | None = ...,
     key_lengths: ArrayLike | None = ...,
-    softcap: float | None = ...,
-    dropout_p: float = ...,
-    seed: int | None = ...,
+    softcap: _Real | None = ...,
+    dropout_p: _Real = ...,
+    seed: _Int | None = ...,
 ) -> tuple[_Float, Callable[[ArrayLike], _MultiHeadGradients]]: ...
 def causal_mask(
-    n_q: int, n_k: int | None = ..., *, align: Literal["top_left", "bottom_right"] = ...
+    n_q: _Int, n_k: _Int | None = ..., *, align: Literal["top_left", "bottom_right"] = ...
 ) -> NDArray[np.bool_]: ...
 def window_mask(
-    n_q: int,
-    n_k: int,
-    left: int | None,
-    right: int | None,
+    n_q: _Int,
+    n_k: _Int,
+    left: _Int | None,
+    right: _Int | None,
     *,
     align: Literal["top_left", "bottom_right"] = ...,
 ) -> NDArray[np.bool_]: ...
-def padding_mask(lengths: ArrayLike, n_k: int, *, head_axis: bool = ...) -> NDArray[np.bool_]: ...
-def alibi_bias(num_heads: int, n_q: int, n_k: int | None = ...) -> NDArray[np.float64]: ...
+def padding_mask(lengths: ArrayLike, n_k: _Int, *, head_axis: _Bool = ...) -> NDArray[np.bool_]: ...
+def alibi_bias(num_heads: _Int, n_q: _Int, n_k: _Int | None = ...) -> NDArray[np.float64]: ...
 def lengths_mask(
     query_lengths: ArrayLike | None,
     key_lengths: ArrayLike | None,
-    n_q: int,
-    n_k: int,
+    n_q: _Int,
+    n_k: _Int,
     *,
-    head_axis: bool = ...,
+    head_axis: _Bool = ...,
 ) -> NDArray[np.bool_]: ...
-def set_num_threads(n: int) -> None: ...
+def set_num_threads(n: _Int) -> None: ...
 def get_num_threads() -> int: ...
 def set_isa(name: Literal["avx512", "avx2", "neon", "generic", "reference", "numpy"]) -> None: ...
 def get_isa() -> str: ...
@@ -426,7 +432,7 @@ def explain(
     W_v: ArrayLike,
     *,
     tokens: list[str] | None = ...,
-    scale: float | None = ...,
+    scale: _Real | None = ...,
     mask: ArrayLike | None = ...,
     is_causal: _Causal = ...,
     window: _Window = ...,
@@ -437,9 +443,9 @@ def plot_attention(
     *,
     key_tokens: list[str] | None = ...,
     ax: Any = ...,
-    annotate: bool | None = ...,
-    head: int | None = ...,
-    vmin: float | None = ...,
-    vmax: float | None = ...,
+    annotate: _Bool | None = ...,
+    head: _Int | None = ...,
+    vmin: _Real | None = ...,
+    vmax: _Real | None = ...,
     mask: ArrayLike | None = ...,
 ) -> Any: ...

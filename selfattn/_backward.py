@@ -141,7 +141,13 @@ def _layer_input_grads(L, spent, w_o_grad=None):
     for name, b_, db in zip(("db_q", "db_k", "db_v"), L.biases, bias_grads):
         if b_ is not None:
             grads[name] = _sum_to(db, b_.shape)
-    return {name: _finish(g, L.result) for name, g in grads.items()}
+    # the packed gradients are column slices of one buffer: each is returned as its own
+    # C-contiguous array, as np.matmul's results are (a slice kept the others' memory alive)
+    return {name: _own(_finish(g, L.result)) for name, g in grads.items()}
+
+
+def _own(grad):
+    return grad if grad.flags.c_contiguous and grad.base is None else grad.copy()
 
 
 def _packed_weight_grads(src, dP, parts, compute):

@@ -286,7 +286,7 @@ def alibi_bias(num_heads, n_q, n_k=None):
 
 def _lengths_array(func, name, lengths, n_name, n):
     """`lengths` as an integer array, each in [0, n]."""
-    lengths = _as_array(func, name, lengths)
+    lengths = _as_array(func, name, lengths, lengths=True)
     if lengths.size == 0 and lengths.dtype.kind == "f":  # [] reads as float64: no sequences
         lengths = lengths.astype(np.intp)
     if lengths.dtype.kind not in "iu":

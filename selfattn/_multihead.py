@@ -217,7 +217,8 @@ def multi_head_attention_backward(dY, X, W_q, W_k, W_v, W_o, *, num_heads, kv=No
         argument's shape: ``dX, dW_q, dW_k, dW_v, dW_o``, then ``dkv`` if ``kv`` was given, then
         ``db_q``, ``db_k``, ``db_v``, ``db_o`` for each bias given (e.g. ``kv`` and ``b_o``
         alone: ``(dX, dW_q, dW_k, dW_v, dW_o, dkv, db_o)``), also by name (``grads.dkv``,
-        ``grads.db_o``: a named tuple, whose names do not move when arguments are added). Summed
+        ``grads.db_o``: a named tuple, whose names do not move when arguments are added;
+        the name of one not given is None). Summed
         over the batch axes along which each input was broadcast. The mask and the score ``bias``
         get no gradient. Dtype: that of the forward output.
 
@@ -287,19 +288,25 @@ def _grads(L, dY, qkv, out=None):
         grads = {"dW_o": w_o_grad(out), **_layer_input_grads(L, spent)}
     if L.biases[3] is not None:
         grads["db_o"] = _finish(_sum_to(dY.sum(axis=-2), L.biases[3].shape), L.result)
-    order = ("dX", "dW_q", "dW_k", "dW_v", "dW_o", "dkv", "db_q", "db_k", "db_v", "db_o")
-    names = tuple(name for name in order if name in grads)
+    names = tuple(name for name in _GRADIENT_NAMES if name in grads)
     return _gradients_type(names)(*(grads[name] for name in names))
+
+
+# every gradient multi_head_attention_backward can return, in the signature's order
+_GRADIENT_NAMES = ("dX", "dW_q", "dW_k", "dW_v", "dW_o", "dkv", "db_q", "db_k", "db_v", "db_o")
 
 
 @functools.lru_cache(maxsize=None)
 def _gradients_type(names):
     """The tuple multi_head_attention_backward returns for these gradients: its positions depend
     on the arguments given (kv=, the biases), its names (grads.db_o) do not, as jax.vjp's one
-    cotangent per input. Pickled as a plain tuple: the class is made at run time."""
+    cotangent per input; the name of an argument not given is None (grads.db_o is None without
+    b_o, as torch's .grad of a tensor that got none). Pickled as a plain tuple: the class is made
+    at run time."""
     base = collections.namedtuple("MultiHeadGradients", names)
+    absent = {name: None for name in _GRADIENT_NAMES if name not in names}
     return type("MultiHeadGradients", (base,), {
-        "__slots__": (), "__module__": __name__,
+        **absent, "__slots__": (), "__module__": __name__,
         "__reduce__": lambda self: (tuple, (tuple(self),)),
         "__copy__": lambda self: self,
         "__deepcopy__": lambda self, memo: type(self)(*copy.deepcopy(tuple(self), memo))})

@@ -59,8 +59,10 @@ def _as_ndarray(value):
 _ARRAY_HOOKS = ("__array__", "__array_interface__", "__array_struct__")
 
 
-def _as_array(func, name, value):
-    """`value` as an ndarray of a kind we can compute with, or a clear TypeError/ValueError."""
+def _as_array(func, name, value, lengths=False):
+    """`value` as an ndarray of a kind we can compute with, or a clear TypeError/ValueError.
+    `lengths`: the value holds lengths, so the messages ask for integers (the caller refuses
+    floats and booleans)."""
     if value is None:
         raise TypeError(
             f"{func}: {name} is None; pass an array (a function that ends without `return`, "
@@ -118,10 +120,13 @@ def _as_array(func, name, value):
     what = _KIND_NAMES.get(kind, str(arr.dtype))
     hint = ""
     if kind == "O" and arr.ndim == 0:
-        hint = f" (a {type(value).__name__} object, not an array-like)"
+        kind_name = type(value).__name__
+        hint = f" ({'an' if kind_name[:1] in 'aeiouAEIOU' else 'a'} {kind_name} object, not an array-like)"
     elif kind == "O":
         odd = [x for x in arr.flat if not isinstance(x, (int, float, np.number))][:1]
-        if not odd:
+        if not odd and lengths:
+            hint = " (integers beyond int64, which no length is)"
+        elif not odd:
             hint = (" (Python numbers that NumPy keeps as objects, such as integers beyond int64: "
                     f"convert with np.asarray({name}, dtype=float))")
         elif odd[0] is None:
@@ -131,6 +136,9 @@ def _as_array(func, name, value):
         else:
             hint = (f" (it holds {odd[0]!r}, a {type(odd[0]).__name__}, which NumPy does not "
                     f"compute with: convert the entries with float())")
+    if lengths:
+        raise TypeError(f"{func}: {name} has dtype {arr.dtype} ({what}){hint}; it must hold "
+                        f"integers (one length per sequence)")
     raise TypeError(
         f"{func}: {name} has dtype {arr.dtype} ({what}){hint}; selfattn needs real numbers: "
         f"float32, float64, float16, or integers and booleans (computed as float64)"
@@ -243,8 +251,9 @@ def _item_lengths(func, name, lengths, batch, n):
     after it (heads); each length is in [0, n]."""
     if lengths is None:
         return None
-    arr = (np.asarray(lengths) if isinstance(lengths, (int, np.integer, np.ndarray))
-           else _as_array(func, name, lengths))
+    # (a subclass, numpy.ma's masked array, goes through _as_array, which refuses it)
+    arr = (np.asarray(lengths) if isinstance(lengths, (int, np.integer)) or type(lengths) is np.ndarray
+           else _as_array(func, name, lengths, lengths=True))
     if arr.size == 0 and not isinstance(lengths, np.ndarray):
         # the lengths of an empty batch, [len(s) for s in batch]: NumPy reads [] as float64
         arr = arr.astype(np.intp)

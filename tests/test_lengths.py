@@ -300,3 +300,36 @@ def test_the_lengths_of_an_empty_batch_may_be_an_empty_list():
     assert sdpa_backward(Q, Q, Q, Q, key_lengths=[])[0].shape == Q.shape
     with pytest.raises(TypeError, match="must hold integers"):   # an array keeps its dtype's rule
         sdpa(Q, Q, Q, key_lengths=np.array([], dtype=np.float64))
+
+
+def test_masked_lengths_are_refused_as_every_masked_argument_is():
+    """np.ma's mask on query_lengths= and key_lengths= was dropped: the values under it were
+    used as lengths (and quoted in the range error), where every other argument refuses one."""
+    rng = np.random.default_rng(13)
+    Q, K, V = operands(rng)
+    masked = np.ma.array([2, 3, N_K + 5], mask=[False, False, True])
+    X, W = np.zeros((B, 5, 8)), np.eye(8)
+    calls = [lambda kw: sdpa(Q, K, V, **kw),
+             lambda kw: sdpa_backward(np.zeros((B, H, N_Q, DV)), Q, K, V, **kw),
+             lambda kw: selfattn.self_attention_layer(X, W, W, W, **kw),
+             lambda kw: selfattn.multi_head_attention(X, W, W, W, W, num_heads=2, **kw),
+             lambda kw: selfattn.multi_head_attention_vjp(X, W, W, W, W, num_heads=2, **kw)]
+    for call in calls:
+        for name in ("query_lengths", "key_lengths"):
+            with pytest.raises(TypeError, match=f"{name} is a masked array"):
+                call({name: masked})
+
+
+@pytest.mark.parametrize("make, what", [
+    (lambda: [2, 2**70, 1], r"\(integers beyond int64, which no length is\)"),
+    (lambda: (n for n in [1, 2, 3]), r"\(a generator object, not an array-like\)"),
+])
+def test_the_lengths_errors_ask_for_integers(make, what):
+    """They told the caller to convert with dtype=float and listed floats and booleans as
+    accepted, which the lengths then refused."""
+    Q, K, V = operands(np.random.default_rng(14))
+    for call in (lambda: sdpa(Q, K, V, key_lengths=make()), lambda: selfattn.padding_mask(make(), 4)):
+        with pytest.raises(TypeError, match=what + r"; it must hold integers \(one length per "
+                                                   r"sequence\)$") as info:
+            call()
+        assert "float" not in str(info.value)

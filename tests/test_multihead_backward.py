@@ -238,9 +238,36 @@ def test_the_gradients_are_named_whatever_arguments_were_given():
     _, backward = selfattn.multi_head_attention_vjp(X, W_q, W_k, W_v, W_o, num_heads=2, kv=kv,
                                                     **b)
     assert backward(dY)._fields == full._fields
+    # an argument not given has the name, holding None (torch's .grad of a tensor given none)
+    assert plain.dkv is None and plain.db_o is None and only_b_o.db_q is None
+    assert len(plain) == 5 and all(g is not None for g in plain)
     again = pickle.loads(pickle.dumps(full))            # a plain tuple: the class is made at run time
     assert type(again) is tuple and all(np.array_equal(a, g) for a, g in zip(again, full))
     assert copy.copy(full) is full
     deep = copy.deepcopy(full)
     assert deep._fields == full._fields and deep.dX is not full.dX
     np.testing.assert_array_equal(deep.dX, full.dX)
+
+
+def test_each_gradient_is_its_own_c_contiguous_array():
+    """dW_q, dW_k and dW_v were column slices of one (d_model, 3 d) buffer: not C-contiguous
+    (.resize refused them), each keeping the others' memory alive."""
+    rng = np.random.default_rng(9)
+    X, dY = rng.standard_normal((2, 2, 5, 8))
+    kv = rng.standard_normal((2, 7, 6))
+    W_q, W_o = rng.standard_normal((2, 8, 8))
+    W_k, W_v = rng.standard_normal((2, 6, 8))
+    b = {name: rng.standard_normal(8) for name in ("b_q", "b_k", "b_v", "b_o")}
+    _, backward = selfattn.multi_head_attention_vjp(X, W_q, W_q, W_q, W_o, num_heads=2, **b)
+    results = [
+        selfattn.self_attention_layer_backward(dY, X, W_q, W_q, W_q),
+        multi_head_attention_backward(dY, X, W_q, W_q, W_q, W_o, num_heads=2, **b),
+        multi_head_attention_backward(dY, X, W_q, W_k, W_v, W_o, num_heads=2, kv=kv, **b),
+        backward(dY),
+    ]
+    for grads in results:
+        for i, g in enumerate(grads):
+            assert g.flags.c_contiguous and g.flags.writeable, i
+            assert g.base is None or g.base.nbytes == g.nbytes, i
+            assert not any(np.shares_memory(g, h) for h in grads[i + 1:]), i
+        grads[1].resize(grads[1].size, refcheck=False)     # single-segment

@@ -326,3 +326,73 @@ def test_a_reader_that_stops_early_gets_no_traceback():
     _, err = proc.communicate(timeout=120)
     assert b"Traceback" not in err and b"BrokenPipe" not in err, err.decode()
     assert proc.returncode == 1
+
+
+# Keyword values of NumPy scalar types, as a NumPy user passes them (n = X.shape[0] is a Python
+# int, but np.int64 from a reduction or an array element is common): every call runs
+_NUMPY_SCALARS = {
+    "compute_self_attention_scores": lambda s, Q, X, W: s.compute_self_attention_scores(
+        Q, Q, scale=np.float32(0.5), is_causal=np.True_, window=[np.int64(2), None]),
+    "softmax_attention_weights": lambda s, Q, X, W: s.softmax_attention_weights(
+        Q, axis=np.int64(-1)),
+    "self_attention_layer": lambda s, Q, X, W: s.self_attention_layer(
+        X, W, W, W, scale=np.float32(0.3), is_causal=np.True_, return_weights=np.True_,
+        softcap=np.float32(5), dropout_p=np.float32(0.1), seed=np.uint64(7)),
+    "scaled_dot_product_attention": lambda s, Q, X, W: s.scaled_dot_product_attention(
+        Q, Q[:, :2], Q[:, :2], enable_gqa=np.True_, return_lse=np.True_,
+        window=(np.int64(1), np.int64(1))),
+    "scaled_dot_product_attention_backward":
+        lambda s, Q, X, W: s.scaled_dot_product_attention_backward(
+            Q, Q, Q, Q, enable_gqa=np.False_, seed=np.int64(3), dropout_p=np.float32(0.2)),
+    "self_attention_layer_backward": lambda s, Q, X, W: s.self_attention_layer_backward(
+        X, X, W, W, W, scale=np.float64(0.5), is_causal=np.True_, softcap=np.int64(3)),
+    "multi_head_attention": lambda s, Q, X, W: s.multi_head_attention(
+        X, W, W[:, :4], W[:, :4], W, num_heads=np.int64(2), num_kv_heads=np.int64(1),
+        return_weights=np.True_),
+    "multi_head_attention_backward": lambda s, Q, X, W: s.multi_head_attention_backward(
+        X, X, W, W, W, W, num_heads=np.int64(2)),
+    "multi_head_attention_vjp": lambda s, Q, X, W: s.multi_head_attention_vjp(
+        X, W, W, W, W, num_heads=np.int64(2)),
+    "causal_mask": lambda s, Q, X, W: s.causal_mask(np.int64(3), np.int64(4)),
+    "window_mask": lambda s, Q, X, W: s.window_mask(np.int64(3), np.int64(4), np.int64(1), None),
+    "padding_mask": lambda s, Q, X, W: s.padding_mask([1, 2], np.int64(3), head_axis=np.True_),
+    "alibi_bias": lambda s, Q, X, W: s.alibi_bias(np.int64(2), np.int64(3), np.int64(4)),
+    "lengths_mask": lambda s, Q, X, W: s.lengths_mask([1], [2], np.int64(3), np.int64(3),
+                                                      head_axis=np.True_),
+    "set_num_threads": lambda s, Q, X, W: s.set_num_threads(np.int64(s.get_num_threads())),
+    "explain": lambda s, Q, X, W: s.explain(X[0], W, W, W, scale=np.float32(0.5),
+                                            is_causal=np.True_, window=[np.int64(1), np.int64(0)]),
+}
+
+
+def test_the_stub_takes_numpy_scalars_where_the_functions_do():
+    """The stub said `int`, `float` and `bool`, so mypy refused num_heads=np.int64(2),
+    scale=np.float32(0.5), is_causal=np.True_ and window=[1, 1], which every function takes:
+    each call above runs, and no parameter of the stub names a bare Python number type."""
+    import ast
+
+    rng = np.random.default_rng(0)
+    Q, X, W = rng.normal(size=(2, 4, 6, 8)), rng.normal(size=(2, 6, 8)), np.eye(8)
+    for name, call in _NUMPY_SCALARS.items():
+        call(selfattn, Q, X, W)
+    tree = ast.parse((PACKAGE_DIR / "__init__.pyi").read_text())
+    bare = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef):
+            args = node.args.args + node.args.kwonlyargs
+            for arg in args:
+                names = ({n.id for n in ast.walk(arg.annotation) if isinstance(n, ast.Name)}
+                         if arg.annotation else set())
+                if names & {"int", "float", "bool"}:
+                    bare.append(f"{node.name}({arg.arg})")
+    assert not bare, bare
+    aliases = {node.targets[0].id: ast.unparse(node.value) for node in tree.body
+               if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)}
+    assert "np.integer" in aliases["_Int"] and "np.floating" in aliases["_Real"]
+    assert "np.bool_" in aliases["_Bool"] and "Sequence" in aliases["_Window"]
+    # a function whose keyword takes a number is listed above (plot_attention: test_plot)
+    number_params = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)
+                     and any(n.id in ("_Int", "_Real", "_Bool", "_Causal", "_Window")
+                             for a in node.args.args + node.args.kwonlyargs if a.annotation
+                             for n in ast.walk(a.annotation) if isinstance(n, ast.Name))}
+    assert number_params - {"plot_attention"} == set(_NUMPY_SCALARS), number_params
