@@ -628,3 +628,35 @@ def test_a_module_beside_one_notebook_is_not_the_next_ones(tmp_path, monkeypatch
     bob = load_notebook(os.path.join("bob", "nb.ipynb"))
     assert [e.error for e in bob.errors] == ["ModuleNotFoundError: No module named 'helpers'"]
     assert "helpers" not in sys.modules and str(tmp_path / "alice") not in sys.path
+
+
+def test_a_notebooks_global_settings_do_not_outlive_its_load(tmp_path):
+    """One student's np.seterr(all="raise") and warnings filter stayed set: the next student's
+    correct softmax, called by the teacher's test, raised FloatingPointError (underflow in exp).
+    And a cell's input() waited, silently, for a terminal."""
+    import warnings
+    first = _notebook(tmp_path, [
+        "import numpy as np, warnings\n"
+        "np.seterr(all='raise')\nwarnings.filterwarnings('error')\n"
+        "np.set_printoptions(precision=2)\nnp.random.seed(0)\n",
+        "name = input('your name: ')\n",
+        "after = 'ran'\n",
+    ], name="a.ipynb")
+    errors_before, printing = np.geterr(), np.get_printoptions()
+    filters = list(warnings.filters)
+    state = np.random.get_state()[1].copy()
+    sub = load_notebook(first)
+    assert sub.after == "ran"
+    assert [(e.cell, e.error) for e in sub.errors] == [(2, "EOFError: EOF when reading a line")]
+    assert np.geterr() == errors_before and np.get_printoptions() == printing
+    assert warnings.filters == filters
+    assert np.array_equal(np.random.get_state()[1], state)
+    second = _notebook(tmp_path, [
+        "import numpy as np\n"
+        "def softmax_attention_weights(s):\n"
+        "    e = np.exp(s - s.max(axis=-1, keepdims=True))\n"
+        "    return e / e.sum(axis=-1, keepdims=True)\n",
+    ], name="b.ipynb")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_notebook(second).softmax_attention_weights(np.array([[0.0, -800.0]]))  # underflows

@@ -651,8 +651,24 @@ def test_assert_attention_close_message_says_where_and_how_much():
         assert_attention_close(bad, desired)
     with pytest.raises(AssertionError, match=r"^grading step 2\n"):
         assert_attention_close(actual, desired, err_msg="grading step 2")
-    with pytest.raises(TypeError, match="dtype complex"):
+    # a wrong answer of the wrong kind fails the assertion (a failed test, not an error in it);
+    # a `desired` of the wrong kind is the test's own mistake
+    with pytest.raises(AssertionError, match=r"actual is an array of dtype complex128, not of "
+                                             r"real numbers: return an np.ndarray of floats"):
         assert_attention_close(np.zeros(2, complex), np.zeros(2))
+    with pytest.raises(AssertionError, match=r"actual is a dict, not an array of numbers"):
+        assert_attention_close({"a": 1}, np.zeros(2))
+    with pytest.raises(AssertionError, match=r"actual is an array of dtype object"):
+        assert_attention_close(np.array([0.5, "x"], dtype=object), np.zeros(2))
+
+    class Refuses:      # as a torch tensor that requires grad does
+        def __array__(self, dtype=None, copy=None):
+            raise RuntimeError("Can't call numpy() on Tensor that requires grad.")
+    with pytest.raises(AssertionError, match=r"actual, a Refuses, could not be read as an array: "
+                                             r"Can't call numpy\(\) on Tensor"):
+        assert_attention_close(Refuses(), np.zeros(2))
+    with pytest.raises(TypeError, match="desired has dtype complex"):
+        assert_attention_close(np.zeros(2), np.zeros(2, complex))
 
 
 # ---- cases() -----------------------------------------------------------------------------------
@@ -835,3 +851,36 @@ def test_a_near_miss_shows_numbers_that_differ_and_says_it_is_close():
     assert testing.compare._fmt_pair(1.0, 1.0000001) == ("1.0000000", "1.0000001")  # zeros kept
     assert testing.compare._fmt_pair(0.25, 0.5) == ("0.25", "0.5")
     assert testing.compare._fmt_pair(1.0, 1.0) == ("1", "1")
+
+
+class _OtherLibraryArray:
+    """Another library's array (torch's, jax's): converts with np.asarray, is not an ndarray."""
+
+    def __init__(self, values):
+        self.values = values
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self.values, dtype=dtype)
+
+
+def test_another_librarys_array_fails_as_a_list_does_and_says_so():
+    """A softmax returning a torch tensor passed every case, silently, where the same values
+    as a list failed: both are now failed, with what they are and the fix."""
+    report = check(lambda s: _OtherLibraryArray(softmax(np.asarray(s))), SOFTMAX)
+    assert not report
+    text = " ".join(str(report).split())
+    assert "the values are right, but they are a test_testing._OtherLibraryArray, not a NumPy " \
+           "array" in text
+    assert "returns another library's array" in text and "result.detach().numpy()" in text
+    as_list = check(lambda s: softmax(np.asarray(s)).tolist(), SOFTMAX)
+    assert len(as_list.failures) == len(report.failures)
+    assert check(lambda s: softmax(np.asarray(s)), SOFTMAX)     # an ndarray passes
+
+
+def test_a_torch_tensor_result_is_named():
+    torch = pytest.importorskip("torch")
+    report = check(lambda s: torch.softmax(torch.as_tensor(np.asarray(s)), dim=-1), SOFTMAX)
+    assert not report and "they are a torch.Tensor, not a NumPy array" in str(report)
+    grad = check(lambda s: torch.as_tensor(np.asarray(s)).requires_grad_(), SOFTMAX)
+    assert "returned Tensor, which is not an array (Can't call numpy() on Tensor that requires " \
+           "grad" in " ".join(str(grad).split())

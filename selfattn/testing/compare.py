@@ -144,12 +144,21 @@ def assert_attention_close(actual, desired, *, rtol=None, atol=None, err_msg="")
     problem = _not_an_array(actual)
     if problem:
         raise AssertionError(f"{prefix}actual is {problem}")
-    a = np.asarray(actual)
+    # What is wrong with `actual` is a wrong answer (an AssertionError, which a grader counts as
+    # a failed test); with `desired`, a mistake in the test (TypeError)
+    try:
+        a = np.asarray(actual)
+    except Exception as exc:   # torch: a tensor that requires grad; an object's own __array__
+        raise AssertionError(f"{prefix}actual, a {type(actual).__name__}, could not be read as "
+                             f"an array: {exc}") from None
+    if a.dtype.kind not in "biuf":
+        what = (f"a {type(actual).__name__}, not an array of numbers" if a.ndim == 0 and
+                a.dtype.kind == "O" else f"an array of dtype {a.dtype}, not of real numbers")
+        raise AssertionError(f"{prefix}actual is {what}: return an np.ndarray of floats.")
     d = np.asarray(desired)
-    for what, arr in (("actual", a), ("desired", d)):
-        if arr.dtype.kind not in "biuf":
-            raise TypeError(f"assert_attention_close: {what} has dtype {arr.dtype}; "
-                            f"expected real numbers")
+    if d.dtype.kind not in "biuf":
+        raise TypeError(f"assert_attention_close: desired has dtype {d.dtype}; "
+                        f"expected real numbers")
     if a.shape != d.shape:
         hint = ""
         if a.ndim >= 2 and a.shape[:-2] + a.shape[-2:][::-1] == d.shape:

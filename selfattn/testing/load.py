@@ -40,7 +40,10 @@ import tempfile
 import tokenize
 import traceback
 import types
+import warnings
 from dataclasses import dataclass
+
+import numpy as np
 
 from .cases import NAMES
 
@@ -619,7 +622,7 @@ def _run_cells(path, sources, notes=()):
                  "get_ipython": _get_ipython}
     errors, skipped = [], []
     captured = _Output()
-    with _WrittenFiles() as written, _in_folder_of(path):
+    with _WrittenFiles() as written, _in_folder_of(path), _settings_kept():
         run = namespace[_RUN_HELPER] = _RunMagic(namespace["__file__"], namespace, written,
                                                  errors)
         for number, source in enumerate(sources, 1):
@@ -660,6 +663,29 @@ def _in_folder_of(path):
         if caller is not None:
             with contextlib.suppress(OSError):
                 os.chdir(caller)
+
+
+@contextlib.contextmanager
+def _settings_kept():
+    """The process-wide settings a notebook's cells may change, put back after its run, so that
+    they do not carry over to the caller's tests of its functions or to the next notebook loaded
+    in this process (one student's np.seterr(all="raise") made the next one's correct softmax
+    raise): NumPy's error handling and print options, its global random state and the warnings
+    filters. And sys.stdin reads as empty meanwhile: a cell's input() fails at once (EOFError,
+    recorded as its error, as under grade) where it waited for a terminal, silently, since the
+    prompt goes to the captured output."""
+    errors, printing = np.geterr(), np.get_printoptions()
+    random_state = np.random.get_state()
+    stdin = sys.stdin
+    try:
+        with warnings.catch_warnings():
+            sys.stdin = io.StringIO()
+            yield
+    finally:
+        sys.stdin = stdin
+        np.seterr(**errors)
+        np.set_printoptions(**printing)
+        np.random.set_state(random_state)
 
 
 def _run_cell(path, number, source, namespace, errors, skipped, captured):

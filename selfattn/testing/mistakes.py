@@ -165,6 +165,10 @@ _HINTS = {
                   "np.zeros(shape) (float64) or dtype=X.dtype.",
     "returned_list": "Your function returns a Python list; return an np.ndarray (np.array(rows), "
                      "or better, compute with NumPy operations such as @).",
+    "returned_foreign": "Your function returns another library's array (a torch tensor, say); "
+                        "the notebook's functions take and return NumPy arrays, which the next "
+                        "step computes with: compute with NumPy, or return np.asarray(result) "
+                        "(a torch tensor: result.detach().numpy()).",
     "mixed_scale": "Your scores are raw dot products in some cases and scaled by 1/sqrt(d_k) in "
                    "others (or in some functions and not others): use one convention throughout.",
     "grouped": "In grouped-query attention K and V have fewer heads (axis -3) than Q, and query "
@@ -191,7 +195,8 @@ TITLES = {
     "projection_order": "projections the wrong way round", "precision": "computed in float32",
     "mutated": "input changed in place", "returned_none": "returns None",
     "returned_tuple": "returns a tuple", "not_array": "returns no array",
-    "returned_list": "returns a list", "returned_scalar": "returns a single number", "returns_weights": "layer returns the weights",
+    "returned_list": "returns a list", "returned_foreign": "returns another library's array",
+    "returned_scalar": "returns a single number", "returns_weights": "layer returns the weights",
     "output_is_weights": "output returns the weights", "residual": "X added to the output",
     "no_softmax": "softmax skipped", "v_at_weights": "V @ attn_weights",
     "floor_div": "// in the scale", "zero_scale": "scale 1 // sqrt(d_k) = 0",

@@ -285,15 +285,20 @@ def _run_case(fn, case, user_scale, either=False):
     if inspect.isgenerator(got):   # np.asarray makes it an object array: say what it is
         return done("returned a generator (the function uses `yield`), not an array",
                     [_hint(_HINTS["not_array"] + " Use `return`, not `yield`.", "not_array")])
+    # another library's array (torch, jax) converts, but is not what the notebook's functions
+    # return: failed as a list is, with the values still compared
+    foreign = (None if returned_list or isinstance(got, (np.ndarray, np.generic, float, int))
+               else f"{type(got).__module__.split('.')[0]}.{type(got).__qualname__}")
     try:
         got = np.asarray(got)
-    except Exception:  # a ragged list and the like
-        return done(f"returned {type(got).__name__}, which is not an array", [_HINTS["not_array"]])
+    except Exception as exc:  # a ragged list, a torch tensor that requires grad, and the like
+        return done(f"returned {type(got).__name__}, which is not an array ({exc})",
+                    [_HINTS["returned_foreign" if foreign else "not_array"]])
     if got.dtype.kind not in "biuf":
         return done(f"returned {'a list' if returned_list else 'an array'} of dtype {got.dtype}",
                     [_HINTS["returned_list" if returned_list else "not_array"]])
-    if returned_list:
-        result.hints.append(_HINTS["returned_list"])
+    if returned_list or foreign:
+        result.hints.append(_HINTS["returned_list" if returned_list else "returned_foreign"])
 
     exp = case.expected
     # The case's dtype decides: a float64 answer to a float32 case is fine.
@@ -314,11 +319,12 @@ def _run_case(fn, case, user_scale, either=False):
         notes = []
         if got.dtype != exp.dtype:
             notes.append(f"returned {got.dtype} for {exp.dtype} inputs (accepted)")
-        if not mutated and not returned_list:
+        if not mutated and not returned_list and not foreign:
             return done("; ".join(notes))
         result.verdict = "FAIL"
-        if returned_list:
-            return done("the values are right, but they are a list, not an array")
+        if returned_list or foreign:
+            return done(f"the values are right, but they are "
+                        f"{'a list' if returned_list else 'a ' + foreign}, not a NumPy array")
         return done("the output is right")  # done() adds what changed in the input
 
     message = _diff_message(diff, rtol, atol, exp.dtype).replace("Arrays are not close", "Not close")
