@@ -328,3 +328,26 @@ def test_ctrl_c_stops_the_students_processes_too(tmp_path, signame, said):
     assert grader.returncode == 128 + signum
     assert errors.decode() == (f"python -m selfattn grade: stopped ({said}); the students' "
                                f"processes were stopped too, and this run wrote no grades\n")
+
+
+def test_a_regrade_into_the_same_folder_leaves_no_report_of_an_earlier_class(tmp_path):
+    """Grading class 2 into class 1's --out kept class 1's pages in reports/ beside class 2's
+    gradebook, to be handed out with it. What the teacher put there stays."""
+    classes = []
+    for number, names in ((1, ("ann", "bob")), (2, ("cat",))):
+        folder = tmp_path / f"class{number}"
+        folder.mkdir()
+        for name in names:
+            (folder / f"{name}.ipynb").write_text(json.dumps(submissions.notebook_json(
+                [submissions.IMPORTS, submissions.SOFTMAX])))
+        classes.append(folder)
+    out = tmp_path / "grades"
+    grade([classes[0]], out, timeout=60, echo=None)
+    assert sorted(os.listdir(out / "reports")) == ["ann.html", "bob.html"]
+    (out / "reports" / "notes.html").write_text("the teacher's own page")
+    said = []
+    grade([classes[1]], out, timeout=60, echo=said.append)
+    assert sorted(os.listdir(out / "reports")) == ["cat.html", "notes.html"]
+    assert "the earlier grade's 2 reports of students not in this one removed" in said[0]
+    grade([classes[1]], out, timeout=60, echo=said.append)     # the same class again: no note
+    assert "removed" not in said[1] and (out / "reports" / "cat.html").exists()

@@ -16,7 +16,8 @@ Written to ``--out`` (default ``grades/``):
   per passed case);
 - ``results.json``: every case of every function of every student;
 - ``reports/STUDENT.html``: one self-contained page per student (the check reports; its path is
-  the result's "report");
+  the result's "report"); the pages an earlier grade into the folder wrote for students not in
+  this one are removed;
 - ``summary.txt``: the class summary, also printed: how many students made each named mistake
   and which functions failed most.
 """
@@ -597,10 +598,17 @@ def grade(paths, out="grades", *, scale="either", timeout=60.0, jobs=1, memory_m
     if progress:
         sys.stdout.write("\n")
     seconds = time.perf_counter() - start
+    earlier = _earlier_reports(out)
     for r, page in zip(results, _report_names(r["student"] for r in results)):
         r["report"] = f"reports/{page}.html"
         with open(os.path.join(out, r["report"]), "w", encoding="utf-8") as f:
             f.write(_html_page(r))
+    # the pages of an earlier grade into this folder whose students are not in this one: left,
+    # they would be handed out with this class's (a teacher's own files are never listed there)
+    stale = sorted(earlier - {r["report"] for r in results})
+    for page in stale:
+        with contextlib.suppress(OSError):
+            os.remove(os.path.join(out, page))
     _write_gradebook(results, os.path.join(out, "gradebook.csv"))
     with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
         json.dump([{k: v for k, v in r.items() if k != "html"} for r in results], f, indent=1)
@@ -608,9 +616,24 @@ def grade(paths, out="grades", *, scale="either", timeout=60.0, jobs=1, memory_m
     with open(os.path.join(out, "summary.txt"), "w", encoding="utf-8") as f:
         f.write(summary)
     if echo is not None:
+        removed = (f"; the earlier grade's {len(stale)} report{'s' if len(stale) > 1 else ''} of "
+                   f"students not in this one removed" if stale else "")
         echo(summary + f"\nWritten to {out}/: gradebook.csv, results.json, summary.txt, "
-                       f"reports/ (one HTML page per student)")
+                       f"reports/ (one HTML page per student{removed})")
     return results
+
+
+def _earlier_reports(out):
+    """The report pages an earlier grade into `out` wrote, as its results.json lists them
+    ("reports/NAME.html"): nothing else in the folder is ours to remove."""
+    try:
+        with open(os.path.join(out, "results.json"), encoding="utf-8") as f:
+            earlier = json.load(f)
+        pages = {r["report"] for r in earlier if isinstance(r, dict)
+                 and isinstance(r.get("report"), str)}
+    except (OSError, ValueError, TypeError):   # none, or not one of ours
+        return set()
+    return {p for p in pages if re.fullmatch(r"reports/[^/\\]+\.html", p)}
 
 
 def _check_limits(timeout, jobs, memory_mb):
