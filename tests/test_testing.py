@@ -884,3 +884,21 @@ def test_a_torch_tensor_result_is_named():
     grad = check(lambda s: torch.as_tensor(np.asarray(s)).requires_grad_(), SOFTMAX)
     assert "returned Tensor, which is not an array (Can't call numpy() on Tensor that requires " \
            "grad" in " ".join(str(grad).split())
+
+
+def test_a_softmax_that_transposes_is_not_blamed_on_the_scores_alone():
+    """A layer whose softmax transposes its input gives the numbers of transposed scores: the
+    layer's hint said "compute Q @ K.T (not K @ Q.T)" to a student whose scores function passed."""
+    def softmax_attention_weights(s):
+        return softmax(np.asarray(s).T)
+
+    def self_attention_layer(X, W_q, W_k, W_v):
+        Q, K, V = X @ W_q, X @ W_k, X @ W_v
+        return softmax_attention_weights(Q @ K.T / np.sqrt(K.shape[1])) @ V
+
+    text = " ".join(str(check(self_attention_layer)).split())
+    assert "Either the scores are transposed (compute Q @ K.T" in text
+    assert "or your softmax transposes what it is given" in text
+    # the scores function alone is still told about its scores
+    text = " ".join(str(check(scores_transposed, SCORES)).split())
+    assert "Your scores are transposed" in text and "softmax" not in text

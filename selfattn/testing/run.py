@@ -90,9 +90,9 @@ _PRODUCTS = {
 # A generic hint from an exception, and the specific mistakes that explain it when another case
 # (where the sizes happened to fit) matched one of them.
 _EXPLAINED_BY = {
-    "raised_matmul": ("k_not_transposed", "qt_k", "scores_transposed", "weights_transposed",
-                      "result_transposed", "projection_order", "no_projection", "v_at_weights",
-                      "all_wq"),
+    "raised_matmul": ("k_not_transposed", "qt_k", "scores_transposed", "scores_transposed_layer",
+                      "weights_transposed", "result_transposed", "projection_order",
+                      "no_projection", "v_at_weights", "all_wq"),
     "raised_broadcast": ("no_keepdims_sum", "no_keepdims_max", "no_keepdims_both", "residual"),
     "raised_elementwise": ("elementwise",),
 }
