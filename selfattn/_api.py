@@ -325,6 +325,9 @@ def compute_attention_output(attn_weights, V):
         hint = ""
         if V.shape[-1] == n_k:
             hint = " V looks transposed: pass V as (n_k, d_v), one row per key"
+        elif V.shape[-1] == n_q:
+            hint = (" The product fits the other way round: were the arguments swapped? The "
+                    "weights come first: compute_attention_output(attn_weights, V)")
         raise ValueError(
             f"{func}: attn_weights has n_k={n_k} columns (attn_weights.shape={W.shape}) but V has "
             f"{V.shape[-2]} rows (V.shape={V.shape}); the last dimension of attn_weights must "

@@ -99,6 +99,12 @@ def test_value_rows_must_match_keys():
     assert msg.startswith("compute_attention_output: attn_weights has n_k=5 columns "
                           "(attn_weights.shape=(2, 5)) but V has 4 rows (V.shape=(4, 5))")
     assert "V looks transposed" in msg
+    # the weights (3, 5) and V (5, 4) passed the other way round
+    weights, V = sa.softmax_attention_weights(np.ones((3, 5))), np.ones((5, 4))
+    msg = message(lambda: sa.compute_attention_output(V, weights))
+    assert msg.endswith("were the arguments swapped? The weights come first: "
+                        "compute_attention_output(attn_weights, V)")
+    assert "swapped" not in message(lambda: sa.compute_attention_output(weights, np.ones((4, 2))))
 
 
 def test_layer_weight_shapes():
