@@ -1,4 +1,4 @@
-from typing import Any, Callable, Literal, Sequence, overload
+from typing import Any, Callable, Literal, overload
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -60,7 +60,7 @@ class _MultiHeadGradients(tuple[_Float, ...]):
 # is_causal: True is "top_left"; False and None are no causality
 _Causal = _Bool | Literal["top_left", "bottom_right"] | None
 # window=(left, right): query i sees keys i - left .. i + right; None leaves a side unbounded
-_Window = tuple[_Int | None, _Int | None] | Sequence[_Int | None] | None
+_Window = tuple[_Int | None, _Int | None] | list[_Int | None] | None
 
 def compute_self_attention_scores(
     Q: ArrayLike,

@@ -80,17 +80,7 @@ class AttentionTrace:
             hidden.append("the mask hides the keys where it is False (or adds its values)")
         mask_text = ("; " + " and ".join(hidden) + ": those scores are -inf") if hidden else ""
         blind = bool((self.row_max == -np.inf).any())  # rows whose every key is hidden
-        # NaN or inf in the inputs makes rows NaN from the scores on: the steps' promises
-        # (between 0 and 1, summing to 1) do not hold for those rows, so say which they are
-        nan_rows = np.flatnonzero(np.isnan(self.weights).any(axis=-1)) if self.weights.size else []
-        if len(nan_rows):
-            rows = ", ".join(str(int(i)) for i in nan_rows[:8]) + (", ..." if len(nan_rows) > 8
-                                                                   else "")
-            broken = (f" (but not in row{'s' if len(nan_rows) > 1 else ''} {rows}, which hold "
-                      f"NaN: NaN or inf in X, W_q, W_k or W_v made {'their' if len(nan_rows) > 1 else 'its'} "
-                      f"scores NaN or inf, and every step after that gives NaN)")
-        else:
-            broken = ""
+        broken = self._nan_rows_text()
         return [
             ("1. Project the tokens", "Q = X @ W_q,  K = X @ W_k,  V = X @ W_v",
              "Each token's row of X becomes a query (what it looks for), a key (what it offers) "
@@ -122,6 +112,31 @@ class AttentionTrace:
              + ("; 0 for a row that sees no key" if blind else "") + ".",
              [("output", self.output)]),
         ]
+
+    def _nan_rows_text(self):
+        """" (but not in rows ..., which hold NaN: <why>)" for the steps that promise weights in
+        [0, 1] summing to 1, where NaN made rows NaN from the scores on; "" when none did."""
+        nan_rows = np.flatnonzero(np.isnan(self.weights).any(axis=-1)) if self.weights.size else []
+        if not len(nan_rows):
+            return ""
+        many = len(nan_rows) > 1
+        rows = ", ".join(str(int(i)) for i in nan_rows[:8]) + (", ..." if len(nan_rows) > 8 else "")
+        causes = [name for name, a in (("X", self.X), ("W_q", self.W_q), ("W_k", self.W_k),
+                                        ("W_v", self.W_v)) if not np.isfinite(a).all()]
+        why = []
+        if causes:
+            why.append(f"NaN or inf in {', '.join(causes[:-1]) + ' or ' if len(causes) > 1 else ''}"
+                       f"{causes[-1]}")
+        mask = None if self.mask is None else np.asarray(self.mask)
+        if mask is not None and mask.dtype.kind == "f" and (np.isnan(mask) | (mask == np.inf)).any():
+            # (1 - allowed) * -np.inf is the usual way there: 0 * -inf is NaN
+            why.append("NaN or +inf in the mask (0 * -inf is NaN: build a float mask with "
+                       "np.where(allowed, 0.0, -np.inf))")
+        if not why:
+            why.append("scores too large for the dtype (inf)")
+        return (f" (but not in row{'s' if many else ''} {rows}, which hold{'' if many else 's'} "
+                f"NaN: {' and '.join(why)} made {'their' if many else 'its'} scores NaN or inf, "
+                f"and every step after that gives NaN)")
 
     def _labels(self, name, arr):
         """(row labels, column labels) for a named matrix."""

@@ -197,13 +197,22 @@ def plot_attention(weights, tokens=None, *, key_tokens=None, ax=None, annotate=N
     if broken.any():
         i, j = (int(x) for x in np.argwhere(broken)[0])
         count = int(broken.sum())
+        rows = broken.any(axis=1)
+        if hidden is not None and hidden[rows].all():
+            # every key of those rows hidden: the max subtracted is -inf, and -inf - -inf is NaN
+            # (drawn white below, as the hidden keys are)
+            why = (f"drawn white, as hidden keys. {'Those rows see' if rows.sum() > 1 else 'That row sees'} "
+                   f"no key (the mask hides all of them), and a softmax over nothing but -inf "
+                   f"is 0 / 0; selfattn gives such a row weights of 0 instead.")
+        else:
+            why = ("drawn grey. A softmax that does not subtract each row's maximum before "
+                   "np.exp overflows on large scores (inf / inf is nan): np.exp(s - "
+                   "s.max(axis=-1, keepdims=True)). NaN or inf in the inputs gives them too.")
+            ax.set_xlabel("key (grey: NaN or inf)")
         warnings.warn(
             f"{func}: {count} of the weights {'are' if count > 1 else 'is'} NaN or inf (query "
-            f"{i}, key {j}: {w[i, j]}), which no softmax weight is; drawn grey. A softmax that "
-            f"does not subtract each row's maximum before np.exp overflows on large scores "
-            f"(inf / inf is nan): np.exp(s - s.max(axis=-1, keepdims=True)). NaN or inf in the "
-            f"inputs gives them too.", UserWarning, stacklevel=_public_caller()[1])
-        ax.set_xlabel("key (grey: NaN or inf)")
+            f"{i}, key {j}: {w[i, j]}), which no softmax weight is; {why}",
+            UserWarning, stacklevel=_public_caller()[1])
     if finite.size and finite.min() < -1e-6:
         warnings.warn(
             f"{func}: some values lie outside [0, 1] (from {finite.min():.3g} to "
@@ -234,7 +243,8 @@ def plot_attention(weights, tokens=None, *, key_tokens=None, ax=None, annotate=N
                 UserWarning, stacklevel=_public_caller()[1])
         blank = hidden & ~leaks
         if blank.any():
-            ax.set_xlabel("key (white: hidden by the mask" + ("; grey: NaN or inf)" if broken.any()
+            grey = broken & ~blank
+            ax.set_xlabel("key (white: hidden by the mask" + ("; grey: NaN or inf)" if grey.any()
                                                                else ")"))
     if vmin is None:
         vmin = 0.0
@@ -243,7 +253,8 @@ def plot_attention(weights, tokens=None, *, key_tokens=None, ax=None, annotate=N
         # equal weights (a uniform row) have no structure to show: on 0..1 they look as small
         # as they are, where colours up to the largest would paint them all at the top
         if above_one or (n_k >= _SMALL_WEIGHTS_FROM and finite.size
-                         and vmin < finite.max() < 1.0 and finite.min() < finite.max()):
+                         and vmin < finite.max() < 1.0
+                         and not np.isclose(finite.min(), finite.max(), rtol=1e-5, atol=0)):
             vmax = float(finite.max())
 
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.8")

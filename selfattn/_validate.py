@@ -112,6 +112,9 @@ def _as_array(func, name, value, lengths=False):
         return arr
     # kind "V" for a number type of a dtype package (ml_dtypes' bfloat16, float8 and int4, as
     # JAX arrays convert to), not only for structured data: float32 holds each of them
+    if lengths and (kind == "f" or (kind == "V" and arr.dtype.type is not np.void)):
+        raise TypeError(f"{func}: {name} has dtype {arr.dtype}; it must hold integers (one "
+                        f"length per sequence)")
     if kind == "f" or (kind == "V" and arr.dtype.type is not np.void):
         raise TypeError(
             f"{func}: {name} has dtype {arr.dtype}, which selfattn does not compute in; "
@@ -125,7 +128,9 @@ def _as_array(func, name, value, lengths=False):
     elif kind == "O":
         odd = [x for x in arr.flat if not isinstance(x, (int, float, np.number))][:1]
         if not odd and lengths:
-            hint = " (integers beyond int64, which no length is)"
+            hint = (" (integers beyond int64, which no length is)"
+                    if all(isinstance(x, (int, np.integer)) for x in arr.flat) else
+                    " (numbers that NumPy keeps as objects: floats beside integers beyond int64)")
         elif not odd:
             hint = (" (Python numbers that NumPy keeps as objects, such as integers beyond int64: "
                     f"convert with np.asarray({name}, dtype=float))")
@@ -135,7 +140,7 @@ def _as_array(func, name, value, lengths=False):
             hint = " (a ragged nested list, with rows of different lengths, becomes an object array)"
         else:
             hint = (f" (it holds {odd[0]!r}, a {type(odd[0]).__name__}, which NumPy does not "
-                    f"compute with: convert the entries with float())")
+                    f"compute with: convert the entries with {'int' if lengths else 'float'}())")
     if lengths:
         raise TypeError(f"{func}: {name} has dtype {arr.dtype} ({what}){hint}; it must hold "
                         f"integers (one length per sequence)")

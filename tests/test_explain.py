@@ -216,8 +216,18 @@ def test_rows_made_nan_by_the_inputs_are_named_where_the_steps_promise_0_to_1():
     X[1, 0] = np.nan    # every query sees token 1's key: every row is NaN
     text = " ".join(str(selfattn.explain(X, W_q, W_k, W_v)).split())
     assert "exactly 1 (but not in rows 0, 1, 2" in text
-    assert text.count("which hold NaN: NaN or inf in X, W_q, W_k or W_v") == 2
+    assert text.count("which hold NaN: NaN or inf in X made their scores NaN or inf") == 2
     # a causal mask keeps the NaN key from the rows before it
     trace = selfattn.explain(X, W_q, W_k, W_v, is_causal=True)
     assert "(but not in rows 1, 2" in " ".join(str(trace).split())
     assert not np.isnan(trace.weights[0]).any()
+    # the NaN of a mask built as (1 - allowed) * -inf (0 * -inf) is the mask's, not the inputs'
+    X, W_q, W_k, W_v = _inputs()
+    n = X.shape[0]
+    with np.errstate(invalid="ignore"):
+        mask = (1 - np.tril(np.ones((n, n)))) * -np.inf
+    mask[1:] = np.where(np.tril(np.ones((n, n)))[1:] > 0, 0.0, -np.inf)   # only row 0 is NaN
+    text = " ".join(str(selfattn.explain(X, W_q, W_k, W_v, mask=mask)).split())
+    assert ("(but not in row 0, which holds NaN: NaN or +inf in the mask (0 * -inf is NaN: build a "
+            "float mask with np.where(allowed, 0.0, -np.inf)) made its scores") in text
+    assert "in X" not in text

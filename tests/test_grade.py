@@ -351,3 +351,27 @@ def test_a_regrade_into_the_same_folder_leaves_no_report_of_an_earlier_class(tmp
     assert "the earlier grade's 2 reports of students not in this one removed" in said[0]
     grade([classes[1]], out, timeout=60, echo=said.append)     # the same class again: no note
     assert "removed" not in said[1] and (out / "reports" / "cat.html").exists()
+
+
+def test_a_student_renamed_in_case_keeps_the_new_page(tmp_path, monkeypatch):
+    """Ann.html of the last grade was removed after ann.html was written: on a disk that ignores
+    case (macOS, Windows), the new page itself. Stale pages now go before any is written."""
+    folder = tmp_path / "class"
+    folder.mkdir()
+    notebook = json.dumps(submissions.notebook_json([submissions.IMPORTS, submissions.SOFTMAX]))
+    (folder / "Ann.ipynb").write_text(notebook)
+    out = tmp_path / "grades"
+    grade([folder], out, timeout=60, echo=None)
+    (folder / "Ann.ipynb").rename(folder / "ann.ipynb")
+    events = []
+    real_remove, real_open = os.remove, open
+    monkeypatch.setattr(os, "remove", lambda p: (events.append(("remove", os.path.basename(p))),
+                                                 real_remove(p))[1])
+    import builtins
+    monkeypatch.setattr(builtins, "open", lambda p, *a, **k: (
+        events.append(("write", os.path.basename(p))) if a[:1] == ("w",) else None,
+        real_open(p, *a, **k))[1])
+    grade([folder], out, timeout=60, echo=None)
+    pages = [e for e in events if e[1].lower() == "ann.html"]
+    assert pages == [("remove", "Ann.html"), ("write", "ann.html")]
+    assert os.listdir(out / "reports") == ["ann.html"]

@@ -647,7 +647,8 @@ def test_a_notebooks_global_settings_do_not_outlive_its_load(tmp_path):
     state = np.random.get_state()[1].copy()
     sub = load_notebook(first)
     assert sub.after == "ran"
-    assert [(e.cell, e.error) for e in sub.errors] == [(2, "EOFError: EOF when reading a line")]
+    assert [(e.cell, e.error) for e in sub.errors] == [
+        (2, "EOFError: EOF when reading a line (input() gets no answer while a notebook is loaded)")]
     assert np.geterr() == errors_before and np.get_printoptions() == printing
     assert warnings.filters == filters
     assert np.array_equal(np.random.get_state()[1], state)

@@ -389,7 +389,7 @@ def test_the_stub_takes_numpy_scalars_where_the_functions_do():
     aliases = {node.targets[0].id: ast.unparse(node.value) for node in tree.body
                if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)}
     assert "np.integer" in aliases["_Int"] and "np.floating" in aliases["_Real"]
-    assert "np.bool_" in aliases["_Bool"] and "Sequence" in aliases["_Window"]
+    assert "np.bool_" in aliases["_Bool"] and "list" in aliases["_Window"]
     # a function whose keyword takes a number is listed above (plot_attention: test_plot)
     number_params = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)
                      and any(n.id in ("_Int", "_Real", "_Bool", "_Causal", "_Window")

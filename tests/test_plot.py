@@ -348,3 +348,27 @@ def test_equal_weights_keep_the_colours_of_0_to_1():
         uniform = np.full((3, n), 1.0 / n)
         assert selfattn.plot_attention(uniform).images[0].get_clim() == (0.0, 1.0)
         plt.close("all")
+
+
+def test_nan_rows_the_mask_hides_whole_are_named_as_such():
+    """A row that sees no key is NaN from a softmax (-inf - -inf): the advice to subtract the
+    row's maximum, which made the NaN, was wrong there."""
+    mask = np.tril(np.ones((3, 3), dtype=bool))
+    mask[0] = False
+    weights = _weights(3, 3)
+    weights[0] = np.nan
+    weights[1:] = np.where(mask[1:], weights[1:], 0.0)
+    weights[1:] /= weights[1:].sum(axis=-1, keepdims=True)
+    with pytest.warns(UserWarning) as record:
+        ax = selfattn.plot_attention(weights, mask=mask)
+    text = " ".join(str(w.message) for w in record)
+    assert "3 of the weights are NaN or inf (query 0, key 0: nan)" in text
+    assert "drawn white, as hidden keys. That row sees no key (the mask hides all of them)" in text
+    assert "subtract" not in text and "grey" not in ax.get_xlabel()
+
+
+def test_nearly_equal_float32_weights_keep_the_colours_of_0_to_1():
+    uniform = selfattn.softmax_attention_weights(np.float32(np.random.default_rng(3).normal(
+        size=(1, 16)) * 1e-7 + 0.5).repeat(3, axis=0))
+    assert uniform.min() != uniform.max()       # a unit in the last place apart
+    assert selfattn.plot_attention(uniform).images[0].get_clim() == (0.0, 1.0)

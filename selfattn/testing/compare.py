@@ -40,8 +40,7 @@ class _Diff:
     max_abs: float           # largest |actual - desired| where both are finite (0.0 if none)
     max_rel: float
     worst_index: tuple       # the largest |difference| outside the tolerance (the first
-                             # non-finite mismatch if any), or None
-    max_abs_index: tuple     # where max_abs is (None if no element differs)
+                             # non-finite mismatch if any), or None when all are close
     worst_actual: float
     worst_desired: float
     n_nonfinite: int         # elements where one side is inf/NaN and the other is not the same
@@ -70,16 +69,12 @@ def _diff(actual, desired, rtol, atol):
         else:   # the largest difference, as the message says: not the largest relative one
             flat = int(np.argmax(np.where(bad, err, -1.0).ravel()))
         worst = tuple(int(i) for i in np.unravel_index(flat, a.shape))
-    max_abs_index = None
-    if err.size and err.max() > 0:
-        max_abs_index = tuple(int(i) for i in np.unravel_index(int(np.argmax(err.ravel())), a.shape))
     return _Diff(
         n_bad=n_bad,
         size=int(a.size),
         max_abs=float(err.max()) if err.size else 0.0,
         max_rel=float(rel.max()) if rel.size else 0.0,
         worst_index=worst,
-        max_abs_index=max_abs_index,
         worst_actual=float(a[worst]) if worst is not None else math.nan,
         worst_desired=float(d[worst]) if worst is not None else math.nan,
         n_nonfinite=int(nonfinite_bad.sum()),

@@ -598,17 +598,19 @@ def grade(paths, out="grades", *, scale="either", timeout=60.0, jobs=1, memory_m
     if progress:
         sys.stdout.write("\n")
     seconds = time.perf_counter() - start
-    earlier = _earlier_reports(out)
     for r, page in zip(results, _report_names(r["student"] for r in results)):
         r["report"] = f"reports/{page}.html"
+    # the pages of an earlier grade into this folder whose students are not in this one: left,
+    # they would be handed out with this class's (a teacher's own files are never listed there).
+    # Removed before the new pages are written: Ann.html of the last grade and ann.html of this
+    # one are one file on macOS and Windows
+    stale = sorted(_earlier_reports(out) - {r["report"] for r in results})
+    for page in stale:
+        with contextlib.suppress(OSError, ValueError):
+            os.remove(os.path.join(out, page))
+    for r in results:
         with open(os.path.join(out, r["report"]), "w", encoding="utf-8") as f:
             f.write(_html_page(r))
-    # the pages of an earlier grade into this folder whose students are not in this one: left,
-    # they would be handed out with this class's (a teacher's own files are never listed there)
-    stale = sorted(earlier - {r["report"] for r in results})
-    for page in stale:
-        with contextlib.suppress(OSError):
-            os.remove(os.path.join(out, page))
     _write_gradebook(results, os.path.join(out, "gradebook.csv"))
     with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
         json.dump([{k: v for k, v in r.items() if k != "html"} for r in results], f, indent=1)

@@ -705,6 +705,8 @@ def _run_cell(path, number, source, namespace, errors, skipped, captured):
             if isinstance(exc, SyntaxError):
                 line = (exc.text or "").strip()
             text = str(exc).strip()
+            if isinstance(exc, EOFError) and "input(" in line:
+                text += " (input() gets no answer while a notebook is loaded)"
             errors.append(CellError(number, f"{type(exc).__name__}: {text}" if text
                                     else type(exc).__name__, line))
         except SystemExit:  # sys.exit() in a cell ends that cell, as in Jupyter
@@ -721,7 +723,9 @@ def load_notebook(path):
     an error in it is recorded for its cell, which goes on, as in IPython); a cell that raises
     is recorded in ``.errors`` (cell number, error, line) and the next cells still run, and
     what the cells print is kept in ``.output``. The cells run in the notebook's folder, as in
-    Jupyter (the working folder is put back after). Jupyter is not needed. The code runs in this
+    Jupyter (the working folder is put back after, as are NumPy's error handling, print options
+    and global random state and the warnings filters, which a cell may change; ``input()`` gets
+    no answer: EOFError). Jupyter is not needed. The code runs in this
     process: for code you do not trust, or that may never finish, use ``python -m selfattn
     grade``, which runs each submission in its own process with a time and a memory limit.
 

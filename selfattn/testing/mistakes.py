@@ -52,11 +52,6 @@ _HINTS = {
                      "divides by it: Q @ K.T / np.sqrt(d_k).",
     "scores_transposed": "Your scores are transposed: rows must be queries and columns keys, so "
                          "compute Q @ K.T (not K @ Q.T, and not Q and K swapped).",
-    "scores_transposed_layer": "Your weights are the softmax of the transposed scores: rows must "
-                               "be queries and columns keys. Either the scores are transposed "
-                               "(compute Q @ K.T, not K @ Q.T, and not Q and K swapped), or your "
-                               "softmax transposes what it is given (it must normalise each row of "
-                               "the scores as they are).",
     "k_not_transposed": "K is not transposed: the scores are Q @ K.T, shapes (n_q, d_k) @ (d_k, n_k). "
                         "Q @ K only runs when n_k == d_k, and then gives wrong numbers.",
     "qt_k": "Your result looks like Q.T @ K, a (d_k, d_k) matrix; the scores need one row per "
@@ -181,13 +176,20 @@ _HINTS = {
                "np.repeat(K, Q.shape[-3] // K.shape[-3], axis=-3), then attend as usual.",
 }
 _HINTS = {key: _hint(text, key) for key, text in _HINTS.items()}
+# The layer's (and sdpa's) transposed scores: the same numbers come from a softmax that transposes
+# its input, so the hint names both; one mistake in the class summary, whichever step made it
+_SCORES_TRANSPOSED_THROUGH_SOFTMAX = _hint(
+    "Your weights are the softmax of the transposed scores: rows must "
+    "be queries and columns keys. Either the scores are transposed "
+    "(compute Q @ K.T, not K @ Q.T, and not Q and K swapped), or your "
+    "softmax transposes what it is given (it must normalise each row of "
+    "the scores as they are).", "scores_transposed")
 
 #: A short name for each mistake, as the class summary of ``python -m selfattn grade`` counts them.
 TITLES = {
     "dk": "scores divided by d_k", "sqrt_nk": "sqrt(n_k) instead of sqrt(d_k)",
     "sqrt_nq": "sqrt(n_q) instead of sqrt(d_k)", "sqrt_dmodel": "sqrt(d_model) instead of sqrt(d_k)",
-    "scores_transposed": "scores transposed (K @ Q.T)",
-    "scores_transposed_layer": "scores transposed (K @ Q.T), or by the softmax", "k_not_transposed": "K not transposed",
+    "scores_transposed": "scores transposed (K @ Q.T, or by the softmax)", "k_not_transposed": "K not transposed",
     "qt_k": "Q.T @ K", "axis": "softmax over axis 0", "axis_all": "softmax over the whole matrix",
     "no_keepdims_sum": "sum without keepdims", "no_keepdims_max": "max without keepdims",
     "no_keepdims_both": "max and sum without keepdims", "no_max": "no max subtraction",
@@ -398,9 +400,8 @@ def _mistakes(case, user_scale, either=False):
         v_int = whole[2] if v is not None else None
         with_scales(_HINTS["int_inputs"], lambda s: (
             q_int @ _swap(k_int) * s if v is None else _softmax_np(q_int @ _swap(k_int) * s) @ v_int))
-        # through a softmax, the same numbers come from a softmax that transposes its input
-        with_scales(_HINTS["scores_transposed" if v is None else "scores_transposed_layer"],
-                    transposed_scores)
+        with_scales(_HINTS["scores_transposed"] if v is None else
+                    _SCORES_TRANSPOSED_THROUGH_SOFTMAX, transposed_scores)
         if k.shape[-2] == k.shape[-1]:
             with_scales(_HINTS["k_not_transposed"], lambda s: finish(q @ k * s))
         if v is None:

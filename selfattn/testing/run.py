@@ -27,8 +27,8 @@ class CaseResult:
     ``verdict`` is ``"pass"``, ``"FAIL"`` or ``"note"`` (an optional case that did not pass:
     batched inputs, which the notebook's functions need not support). ``max_error`` is the largest
     absolute difference from the expected output (None when there is no output to compare),
-    ``worst_index`` where the largest difference is, ``message`` what happened on this case and
-    ``hints`` what to change, in words.
+    ``worst_index`` where the largest difference outside the tolerance is (None when all are
+    close), ``message`` what happened on this case and ``hints`` what to change, in words.
     """
     case: Case
     verdict: str
@@ -90,9 +90,9 @@ _PRODUCTS = {
 # A generic hint from an exception, and the specific mistakes that explain it when another case
 # (where the sizes happened to fit) matched one of them.
 _EXPLAINED_BY = {
-    "raised_matmul": ("k_not_transposed", "qt_k", "scores_transposed", "scores_transposed_layer",
-                      "weights_transposed", "result_transposed", "projection_order",
-                      "no_projection", "v_at_weights", "all_wq"),
+    "raised_matmul": ("k_not_transposed", "qt_k", "scores_transposed", "weights_transposed",
+                      "result_transposed", "projection_order", "no_projection", "v_at_weights",
+                      "all_wq"),
     "raised_broadcast": ("no_keepdims_sum", "no_keepdims_max", "no_keepdims_both", "residual"),
     "raised_elementwise": ("elementwise",),
 }
@@ -287,13 +287,12 @@ def _run_case(fn, case, user_scale, either=False):
                     [_hint(_HINTS["not_array"] + " Use `return`, not `yield`.", "not_array")])
     # another library's array (torch, jax) converts, but is not what the notebook's functions
     # return: failed as a list is, with the values still compared
-    foreign = (None if returned_list or isinstance(got, (np.ndarray, np.generic, float, int))
-               else f"{type(got).__module__.split('.')[0]}.{type(got).__qualname__}")
+    foreign = _other_library_array(got)
     try:
         got = np.asarray(got)
     except Exception as exc:  # a ragged list, a torch tensor that requires grad, and the like
-        return done(f"returned {type(got).__name__}, which is not an array ({exc})",
-                    [_HINTS["returned_foreign" if foreign else "not_array"]])
+        return done(f"returned {'a ' + foreign if foreign else type(got).__name__}, which is not "
+                    f"an array ({exc})", [_HINTS["returned_foreign" if foreign else "not_array"]])
     if got.dtype.kind not in "biuf":
         return done(f"returned {'a list' if returned_list else 'an array'} of dtype {got.dtype}",
                     [_HINTS["returned_list" if returned_list else "not_array"]])
@@ -312,8 +311,7 @@ def _run_case(fn, case, user_scale, either=False):
 
     diff = _diff(got, exp, rtol, atol)
     result.max_error = diff.max_abs if not diff.n_nonfinite else math.inf
-    # the index the line shows beside max_error (or beside "inf or NaN": the first such element)
-    result.worst_index = diff.max_abs_index if not diff.n_nonfinite else diff.worst_index
+    result.worst_index = diff.worst_index
     if diff.close:
         result.verdict = "pass"
         notes = []
@@ -445,3 +443,17 @@ def _facts(case, got, diff, rtol, atol):
             if not np.allclose(got.sum(axis=-1), 1.0, rtol=1e-4, atol=1e-6):
                 lines.append("the rows of your weights do not sum to 1")
     return "\n".join(lines)
+
+
+def _other_library_array(value):
+    """"torch.Tensor" for another library's array (one that converts itself: NumPy's array
+    protocols or DLPack), which np.asarray reads but the notebook's functions do not return;
+    None for NumPy's own types, Python's numbers and sequences, and the standard library's."""
+    kind = type(value)
+    root = kind.__module__.split(".")[0]
+    if isinstance(value, (np.ndarray, np.generic)) or root in ("builtins", "array", "numpy"):
+        return None
+    if not any(hasattr(value, hook) for hook in ("__array__", "__array_interface__",
+                                                 "__array_struct__", "__dlpack__")):
+        return None
+    return f"{root}.{kind.__qualname__}"
