@@ -15,7 +15,7 @@ import selfattn
 SENTENCE = "the cat sat on the mat".split()
 
 # --help's text: the docstring's, without its reStructuredText markup
-USAGE = """usage: python -m selfattn [bench | grade] [options]
+USAGE = """usage: python -m selfattn [bench [options] | grade [options] SUBMISSIONS...]
 
   python -m selfattn                         a worked example, this build's facts and an
                                              agreement check

@@ -148,7 +148,8 @@ def compute_self_attention_scores(Q, K, *, scale=None, mask=None, bias=None, is_
         A sliding window: query ``i`` sees only keys ``i - left <= j <= i + right`` (each side an
         int >= 0, or None for unbounded), measured from ``i + n_k - n_q`` instead of ``i`` with
         ``is_causal="bottom_right"``. Combined with ``is_causal`` and ``mask`` (all must allow).
-        Same as ``mask=window_mask(n_q, n_k, left, right)``, without its O(n_q * n_k) cost.
+        Same as ``mask=window_mask(n_q, n_k, left, right)`` (with ``align="bottom_right"``
+        where ``is_causal="bottom_right"``), without its O(n_q * n_k) cost.
 
     Returns
     -------

@@ -76,9 +76,15 @@ class AttentionTrace:
             hidden.append(f"the band (window={tuple(self.window)}"
                           + (f", is_causal={self.is_causal!r}" if self.is_causal else "")
                           + f") hides from query i every key j but {seen}")
-        if self.mask is not None:
-            hidden.append("the mask hides the keys where it is False (or adds its values)")
-        mask_text = ("; " + " and ".join(hidden) + ": those scores are -inf") if hidden else ""
+        added = ""
+        if self.mask is not None and np.asarray(self.mask).dtype == bool:
+            hidden.append("the mask hides the keys where it is False")
+        elif self.mask is not None:
+            # a float mask is added: its -inf hide keys, -1e9 leaves a finite score, ALiBi hides
+            # nothing, so "those scores are -inf" would be untrue of it
+            added = "; the mask's values are added to the scores (a -inf hides a key)"
+        mask_text = ("; " + " and ".join(hidden) + ": those scores are -inf" if hidden
+                     else "") + added
         blind = bool((self.row_max == -np.inf).any())  # rows whose every key is hidden
         broken = self._nan_rows_text()
         return [
@@ -95,7 +101,8 @@ class AttentionTrace:
              [("row_max", self.row_max)]),
             ("4. Exponentials", "exponentials = np.exp(scores - row_max)",
              "Every entry is now between 0 and 1: the row's best match is exactly 1"
-             + (", a hidden key (score -inf) exactly 0" if hidden else "")
+             + (", a hidden key (score -inf) exactly 0" if (self.scores == -np.inf).any()
+                else "")
              + ("; a row whose keys are all hidden (row_max -inf) is shifted by 0 instead, so "
                 "all its entries are 0" if blind else "") + broken + ".",
              [("exponentials", self.exponentials)]),

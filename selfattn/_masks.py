@@ -313,7 +313,10 @@ def lengths_mask(query_lengths, key_lengths, n_q, n_k, *, head_axis=False):
     :func:`scaled_dot_product_attention` apply without building a mask, drawn as one, so that
     it can be plotted (:func:`plot_attention`) or combined with other masks: passing it as
     ``mask=`` gives the same output (rows past their query length see no key, so their output
-    is 0).
+    is 0). Not with ``is_causal="bottom_right"`` (or a window) beside the lengths keywords,
+    whose diagonal is each sequence's own (``i + key_lengths[b] - query_lengths[b]``): this mask
+    combined with ``causal_mask(n_q, n_k, align="bottom_right")`` aligns every sequence to the
+    padded ``n_q`` and ``n_k`` instead.
 
     Parameters
     ----------

@@ -145,8 +145,8 @@ def plot_attention(weights, tokens=None, *, key_tokens=None, ax=None, annotate=N
         if head is None:
             if n_heads != 1:
                 raise ValueError(
-                    f"{func}: weights holds {n_heads} heads (shape {w.shape}); choose one with "
-                    f"head=0 ... head={n_heads - 1}"
+                    f"{func}: weights holds {n_heads} heads, or the sequences of a batch (shape "
+                    f"{w.shape}); choose one with head=0 ... head={n_heads - 1}"
                 )
             head = 0
         head = _integer(func, "head", head)
@@ -238,8 +238,9 @@ def plot_attention(weights, tokens=None, *, key_tokens=None, ax=None, annotate=N
             warnings.warn(
                 f"{func}: {count} weight{'s sit' if count > 1 else ' sits'} on keys the mask "
                 f"hides (query {i} gives {w[i, j]:.3g} to key {j}); a hidden key's weight is 0. "
-                f"Was the mask applied after the softmax rather than to the scores? "
-                f"{'They are drawn as weights' if count > 1 else 'It is drawn as a weight'}.",
+                + (_INVERTED if hidden.any() and not (w[~hidden] != 0).any() else
+                   "Was the mask applied after the softmax rather than to the scores? ")
+                + f"{'They are drawn as weights' if count > 1 else 'It is drawn as a weight'}.",
                 UserWarning, stacklevel=_public_caller()[1])
         blank = hidden & ~leaks
         if blank.any():
@@ -332,6 +333,14 @@ def _draw_mask(matplotlib, ax, visible, title):
     ax.set_title(f"{title}: mask" if title else "mask")
     bar = ax.figure.colorbar(image, ax=ax, ticks=[0.25, 0.75])
     bar.ax.set_yticklabels(["hidden", "may attend"])
+
+
+# The weights sit only where the mask hides keys, and none where it lets them be seen: the
+# opposite convention's mask (torch's nn.MultiheadAttention: True = hide)
+_INVERTED = ("Every weight sits where the mask hides keys and none where it lets them be seen: "
+             "is the mask inverted? Here True means 'may attend' (as in torch's "
+             "scaled_dot_product_attention); nn.MultiheadAttention's masks mean the opposite "
+             "(True = hide): pass ~mask. ")
 
 
 def _warn_rows_not_one(func, w, hidden=None):

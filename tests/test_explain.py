@@ -231,3 +231,20 @@ def test_rows_made_nan_by_the_inputs_are_named_where_the_steps_promise_0_to_1():
     assert ("(but not in row 0, which holds NaN: NaN or +inf in the mask (0 * -inf is NaN: build a "
             "float mask with np.where(allowed, 0.0, -np.inf)) made its scores") in text
     assert "in X" not in text
+
+
+def test_a_float_mask_is_said_to_be_added_and_minus_inf_named_only_where_scores_are():
+    """A -1e9 mask (and ALiBi's bias as a mask) was told "those scores are -inf" and "a hidden
+    key (score -inf) exactly 0", above scores that held no -inf."""
+    X, W_q, W_k, W_v = _inputs()
+    n = X.shape[0]
+    allowed = selfattn.causal_mask(n)
+    texts = {kind: " ".join(str(selfattn.explain(X, W_q, W_k, W_v, mask=mask)).split())
+             for kind, mask in (("bool", allowed), ("-1e9", np.where(allowed, 0.0, -1e9)),
+                                ("-inf", np.where(allowed, 0.0, -np.inf)))}
+    assert "the mask hides the keys where it is False: those scores are -inf" in texts["bool"]
+    assert "a hidden key (score -inf) exactly 0" in texts["bool"]
+    for kind in ("-1e9", "-inf"):
+        assert "the mask's values are added to the scores (a -inf hides a key)" in texts[kind]
+        assert "those scores are -inf" not in texts[kind]
+    assert "(score -inf)" not in texts["-1e9"] and "(score -inf)" in texts["-inf"]

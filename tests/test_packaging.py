@@ -144,7 +144,9 @@ def test_python_m_selfattn_main_job():
 def test_python_m_selfattn_help_is_plain_text():
     proc = run("-m", "selfattn", "--help")
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("usage: python -m selfattn [bench | grade]")
+    # (the bare command takes no options: "[bench | grade] [options]" said it did)
+    assert proc.stdout.startswith("usage: python -m selfattn [bench [options] | grade [options] "
+                                  "SUBMISSIONS...]\n")
     assert "python -m selfattn grade SUBMISSIONS..." in proc.stdout
     assert "``" not in proc.stdout
 

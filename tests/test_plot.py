@@ -88,7 +88,8 @@ def test_heads():
     np.testing.assert_array_equal(np.asarray(ax.images[0].get_array()), w[3])
     ax = selfattn.plot_attention(w[:1])  # one head needs no head=
     np.testing.assert_array_equal(np.asarray(ax.images[0].get_array()), w[0])
-    with pytest.raises(ValueError, match=r"holds 4 heads .*head=0 \.\.\. head=3"):
+    with pytest.raises(ValueError, match=r"holds 4 heads, or the sequences of a batch "
+                                         r".*head=0 \.\.\. head=3"):
         selfattn.plot_attention(w)
     with pytest.raises(ValueError, match=r"head=4 does not exist; weights has 4 heads"):
         selfattn.plot_attention(w, head=4)
@@ -372,3 +373,17 @@ def test_nearly_equal_float32_weights_keep_the_colours_of_0_to_1():
         size=(1, 16)) * 1e-7 + 0.5).repeat(3, axis=0))
     assert uniform.min() != uniform.max()       # a unit in the last place apart
     assert selfattn.plot_attention(uniform).images[0].get_clim() == (0.0, 1.0)
+
+
+def test_a_mask_of_the_opposite_convention_is_named_as_inverted():
+    """torch's nn.MultiheadAttention masks (True = hide) given as mask=: every weight sits on a
+    'hidden' key, and the warning asked whether the mask came after the softmax."""
+    weights = selfattn.scaled_dot_product_attention(
+        np.eye(6), np.eye(6), np.eye(6), is_causal=True, return_weights=True)[1]
+    with pytest.warns(UserWarning, match=r"is the mask inverted\? Here True means 'may attend'.*"
+                                         r"pass ~mask") as record:
+        selfattn.plot_attention(weights, mask=~selfattn.causal_mask(6))
+    assert "after the softmax" not in " ".join(str(w.message) for w in record)
+    # weights on hidden keys beside visible ones: the order slip it was
+    with pytest.warns(UserWarning, match="after the softmax"):
+        selfattn.plot_attention(_weights(6, 6), mask=selfattn.causal_mask(6))
