@@ -14,8 +14,9 @@ HERE = pathlib.Path(__file__).parent
 SUBMISSION = HERE / "student_solution.ipynb"
 if not SUBMISSION.exists():
     SUBMISSION = HERE / "student_solution.py"  # a script works too
-# Runs every cell: magics and shell lines are skipped, a failing cell does not stop the rest.
-student = load_notebook(SUBMISSION)
+# Runs every cell: magics and shell lines are skipped, a failing cell does not stop the rest,
+# and a cell still running after 60 s (an infinite loop) is stopped (on Linux and macOS).
+student = load_notebook(SUBMISSION, timeout=60)
 
 # Raw dot products Q @ K.T (the notebook's text) or scaled by 1/sqrt(d_k): "either" accepts
 # both, each function in one convention throughout its cases (`python -m selfattn grade` also

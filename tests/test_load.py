@@ -661,3 +661,57 @@ def test_a_notebooks_global_settings_do_not_outlive_its_load(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_notebook(second).softmax_attention_weights(np.array([[0.0, -800.0]]))  # underflows
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "setitimer"), reason="no timer signal")
+def test_a_cell_past_the_timeout_is_stopped_recorded_and_the_next_cells_run(tmp_path):
+    """The pytest route (load_notebook at import) hung on a student's infinite loop: only the
+    grade command had a time limit."""
+    import signal
+    import time
+    import warnings
+    path = _notebook(tmp_path, [
+        "import time\ndef softmax_attention_weights(s):\n    return s\n",
+        "n = 0\nwhile True:\n    n += 1\n",
+        "try:\n    time.sleep(60)\nexcept Exception:\n    pass\n",     # an except that catches
+        "after = 'ran'\n",
+    ])
+    fired = []
+    previous = signal.signal(signal.SIGALRM, lambda *_: fired.append(1))
+    signal.setitimer(signal.ITIMER_REAL, 30)      # the caller's own timer (pytest-timeout's)
+    try:
+        start = time.monotonic()
+        sub = load_notebook(path, timeout=0.3)
+        took = time.monotonic() - start
+        left = signal.getitimer(signal.ITIMER_REAL)[0]
+        assert signal.getsignal(signal.SIGALRM) is not None and not fired
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert took < 5 and 20 < left <= 30 - took + 0.1
+    assert [(e.cell, e.error) for e in sub.errors] == [
+        (2, "TimeoutError: the cell ran past timeout=0.3 s and was stopped"),
+        (3, "TimeoutError: the cell ran past timeout=0.3 s and was stopped")]
+    assert sub.errors[0].line in ("while True:", "n += 1")     # where the loop was
+    assert sub.errors[1].line == "time.sleep(60)"
+    assert sub.after == "ran" and "softmax_attention_weights" in sub.functions
+    assert "cell 2: TimeoutError: the cell ran past timeout=0.3 s" in sub.problems()[0]
+    # no limit by default; a limit that cannot mean what it says, or off the main thread, refused
+    with pytest.raises(ValueError, match=r"load_notebook: timeout must be a number of seconds "
+                                         r"> 0, or None, got 0"):
+        load_notebook(path, timeout=0)
+    import threading
+    caught = []
+
+    def elsewhere():
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            fast = _notebook(tmp_path, ["x = 1\n"], name="fast.ipynb")
+            caught.append((load_notebook(fast, timeout=1).x, record))
+    worker = threading.Thread(target=elsewhere)
+    worker.start()
+    worker.join()
+    x, record = caught[0]
+    assert x == 1 and len(record) == 1 and record[0].category is RuntimeWarning
+    assert "timeout=1 is not applied here" in str(record[0].message)
+    assert record[0].filename == __file__

@@ -34,9 +34,12 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import sys
 import sysconfig
 import tempfile
+import threading
+import time
 import tokenize
 import traceback
 import types
@@ -617,7 +620,61 @@ def _get_ipython():
     return None
 
 
-def _run_cells(path, sources, notes=()):
+class _CellTimedOut(BaseException):
+    """Raised in a cell that ran past load_notebook's timeout (a BaseException: a cell's
+    `except Exception` does not keep it running)."""
+
+
+def _time_limit_available(func, timeout):
+    """`timeout` (None, or seconds > 0) checked, where a cell can be stopped: a timer's signal
+    interrupts the main thread only, and Windows has no such timer."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0 \
+            or timeout == float("inf"):
+        raise ValueError(f"{func}: timeout must be a number of seconds > 0, or None, got "
+                         f"{timeout!r}")
+    if not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+        # a warning, not an error: the same grader file runs on a teacher's Windows machine
+        warnings.warn(f"{func}: timeout={timeout!r} is not applied here: it stops a cell with a "
+                      f"timer signal, which needs the main thread of a process on Linux or "
+                      f"macOS; the cells run without a time limit (`python -m selfattn grade` "
+                      f"has one everywhere: it stops a submission's own process)",
+                      RuntimeWarning, stacklevel=3)
+        return None
+    return float(timeout)
+
+
+@contextlib.contextmanager
+def _cell_time_limit(filename, seconds):
+    """Stops the cell `filename` (raising _CellTimedOut in it) once it has run `seconds`, and
+    every 0.25 s after, should it catch that; the caller's own timer and handler (pytest-timeout's)
+    are put back after, with what was left of the timer."""
+    if seconds is None:
+        yield
+        return
+
+    def stop(signum, frame):
+        # only in the cell (its code is on the stack): not in ours, after it has returned
+        while frame is not None:
+            if frame.f_code.co_filename == filename:
+                raise _CellTimedOut
+            frame = frame.f_back
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    left, interval = signal.setitimer(signal.ITIMER_REAL, seconds, 0.25)
+    start = time.monotonic()
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        if left:
+            signal.setitimer(signal.ITIMER_REAL, max(left - (time.monotonic() - start), 1e-3),
+                             interval)
+
+
+def _run_cells(path, sources, notes=(), timeout=None):
     namespace = {"__name__": "__main__", "__file__": os.path.abspath(path), "display": _display,
                  "get_ipython": _get_ipython}
     errors, skipped = [], []
@@ -628,7 +685,7 @@ def _run_cells(path, sources, notes=()):
         for number, source in enumerate(sources, 1):
             run.cell = number
             if not written.take(source, skipped):
-                _run_cell(path, number, source, namespace, errors, skipped, captured)
+                _run_cell(path, number, source, namespace, errors, skipped, captured, timeout)
     output = captured.getvalue()
     if len(output) > _OUTPUT_LIMIT:
         output = output[:_OUTPUT_LIMIT] + f"\n... ({len(output) - _OUTPUT_LIMIT} more characters)"
@@ -688,8 +745,9 @@ def _settings_kept():
         np.random.set_state(random_state)
 
 
-def _run_cell(path, number, source, namespace, errors, skipped, captured):
-    """Runs one code cell in `namespace`, past its magics; a failure is recorded in `errors`."""
+def _run_cell(path, number, source, namespace, errors, skipped, captured, timeout=None):
+    """Runs one code cell in `namespace`, past its magics; a failure is recorded in `errors`,
+    as is a run past `timeout` seconds."""
     code = _strip_magics(source, skipped)
     if code and code.strip():
         filename = f"<{os.path.basename(path)} cell {number}>"
@@ -697,8 +755,14 @@ def _run_cell(path, number, source, namespace, errors, skipped, captured):
         linecache.cache[filename] = (len(code), None, code.splitlines(keepends=True), filename)
         try:
             compiled = compile(code, filename, "exec")
-            with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
+            with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured), \
+                    _cell_time_limit(filename, timeout):
                 exec(compiled, namespace)
+        except _CellTimedOut as exc:
+            frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == filename]
+            line = _shown_line(frames[-1].line.strip()) if frames and frames[-1].line else ""
+            errors.append(CellError(number, f"TimeoutError: the cell ran past timeout={timeout:g} "
+                                            f"s and was stopped", line))
         except Exception as exc:  # the learner's cell fails: record it, run the next one
             frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == filename]
             line = _shown_line(frames[-1].line.strip()) if frames and frames[-1].line else ""
@@ -713,7 +777,7 @@ def _run_cell(path, number, source, namespace, errors, skipped, captured):
             errors.append(CellError(number, "SystemExit: the cell called sys.exit()"))
 
 
-def load_notebook(path):
+def load_notebook(path, *, timeout=None):
     """Run a notebook's code cells top to bottom in a fresh namespace and return what it defines.
 
     Magics and shell lines (``%``, ``%%``, ``!``) are skipped (a ``%%time`` cell's body and a
@@ -726,13 +790,21 @@ def load_notebook(path):
     Jupyter (the working folder is put back after, as are NumPy's error handling, print options
     and global random state and the warnings filters, which a cell may change; ``input()`` gets
     no answer: EOFError). Jupyter is not needed. The code runs in this
-    process: for code you do not trust, or that may never finish, use ``python -m selfattn
-    grade``, which runs each submission in its own process with a time and a memory limit.
+    process: for code you do not trust, use ``python -m selfattn grade``, which runs each
+    submission in its own process with a time and a memory limit.
 
     Parameters
     ----------
     path : str or os.PathLike
         A ``.ipynb`` file (a ``.py`` file is passed on to :func:`load_module`).
+    timeout : float, optional
+        Seconds each cell may run: one that runs longer (an infinite loop) is stopped, recorded
+        as its error (``TimeoutError``, with the line it was at), and the next cells still run.
+        None (default): no limit. It needs the main thread on Linux or macOS (a timer signal;
+        the caller's own timer, pytest-timeout's, is put back after); elsewhere a
+        RuntimeWarning says it is not applied. A cell that catches every
+        exception in its loop (a bare ``except:``) is not stopped; nor are the functions it
+        defines, when called later (pytest-timeout limits those).
 
     Returns
     -------
@@ -747,16 +819,17 @@ def load_notebook(path):
     >>> selfattn.testing.check(sub.softmax_attention_weights)            # doctest: +SKIP
     """
     path = os.fspath(path)
+    timeout = _time_limit_available("load_notebook", timeout)
     if path.endswith(".py"):
-        return load_module(path)
+        return load_module(path, timeout=timeout)
     try:
         sources = _notebook_cells(path)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValueError(f"load_notebook: {path} is not a notebook (not JSON: {exc})") from None
-    return _run_cells(path, sources)
+    return _run_cells(path, sources, timeout=timeout)
 
 
-def load_module(path):
+def load_module(path, *, timeout=None):
     """Run a ``.py`` file as :func:`load_notebook` runs a notebook: split into cells at its
     ``# In[ ]:`` or ``# %%`` markers (one cell if it has none), with the magics nbconvert writes
     (``get_ipython().run_line_magic(...)``) skipped, a failing cell recorded and the next cells
@@ -765,9 +838,11 @@ def load_module(path):
     ``%time`` and ``%run``, and the magics jupytext comments out (``# %%writefile
     attention.py``), run as the notebook's cells did; jupytext's markdown and raw cells are not code cells. jupytext's light
     format (``jupytext --to py``, cells without markers) is read by jupytext, where it is
-    installed; otherwise as one cell, which ``.problems()`` says. Returns a :class:`Submission`.
+    installed; otherwise as one cell, which ``.problems()`` says. ``timeout``: seconds each cell
+    may run, as in :func:`load_notebook`. Returns a :class:`Submission`.
     """
     path = os.fspath(path)
+    timeout = _time_limit_available("load_module", timeout)
     with tokenize.open(path) as f:   # as Python reads a script: its coding line, a BOM
         text = f.read()
     notes = []
@@ -784,6 +859,7 @@ def load_module(path):
             notes.append(f"jupytext's light format, read as one cell (jupytext could not read "
                          f"it: {type(exc).__name__}: {exc})")
         else:
-            return _run_cells(path, [c.source for c in notebook.cells if c.cell_type == "code"])
+            return _run_cells(path, [c.source for c in notebook.cells if c.cell_type == "code"],
+                              timeout=timeout)
     cells = (_as_in_the_notebook(cell) for cell in _script_cells(text))
-    return _run_cells(path, [cell for cell in cells if cell is not None], notes)
+    return _run_cells(path, [cell for cell in cells if cell is not None], notes, timeout)
