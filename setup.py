@@ -4,6 +4,7 @@ import glob
 import importlib.util
 import os
 import sys
+import sysconfig
 
 import numpy
 import setuptools
@@ -78,6 +79,16 @@ To build the extension, install a C compiler (macOS: Xcode Command Line Tools,
 """
 
 
+def _missing_headers():
+    """A line for NO_COMPILER where Python's own headers are missing (Python.h: a compiler
+    alone does not build an extension), else ""."""
+    include = sysconfig.get_paths()["include"]
+    if os.path.exists(os.path.join(include, "Python.h")):
+        return ""
+    return (f"Python's headers are missing too (no Python.h in {include}): install them "
+            f"(Debian, Ubuntu: python3-dev; Fedora: python3-devel).\n")
+
+
 class BuildExt(build_ext):
     """Gives each compiler its own spelling of the flags; SELFATTN_CFLAGS / SELFATTN_LDFLAGS add
     extra ones for special builds (sanitizers, assertions). A build that fails is reported with
@@ -88,9 +99,22 @@ class BuildExt(build_ext):
             super().build_extension(ext)
         except Exception as error:
             self.failed = True
-            print(NO_COMPILER.format(error=str(error).strip() or type(error).__name__),
-                  file=sys.stderr)
+            # an earlier build's _core in build/lib (or, --inplace, in selfattn/) would be
+            # installed (or imported) as this one, of other sources, after "installed without it"
+            built = self.get_ext_fullpath(ext.name)
+            for stale in (built, os.path.join(HERE, "selfattn", os.path.basename(built))
+                          if self.in_place else None):
+                if stale and os.path.exists(stale):
+                    os.remove(stale)
+            print(NO_COMPILER.format(error=str(error).strip() or type(error).__name__)
+                  + _missing_headers(), file=sys.stderr)
             raise
+
+    def run(self):
+        # setuptools builds into build/lib even with --inplace (then copies): remember where
+        # the extension would have gone, for a failed build's stale one (build_extension)
+        self.in_place = self.inplace
+        super().run()
 
     def build_extensions(self):
         msvc = self.compiler.compiler_type == "msvc"

@@ -50,7 +50,6 @@ def load_core(package_dir, version):
                       RuntimeWarning, stacklevel=2)
     try:
         from . import _core
-        return _core
     except ImportError as error:
         from ._find_core import _is_source_tree, load_installed_core
 
@@ -61,6 +60,11 @@ def load_core(package_dir, version):
             raise ImportError("selfattn: SELFATTN_BACKEND=c, but the C extension is not built "
                               f"for selfattn {version} in {package_dir}") from error
         in_tree = _is_source_tree(package_dir)
+    else:
+        from ._find_core import check_tree_build
+
+        check_tree_build(package_dir, _core)
+        return _core
     tree = os.path.dirname(os.path.realpath(package_dir))
     _warn_from_importer(NOT_BUILT_IN_TREE.format(tree=tree) if in_tree else NOT_BUILT, package_dir)
     from . import _numpy_core

@@ -56,6 +56,23 @@ def _extension_in(folder):
     return None
 
 
+def check_tree_build(package_dir, module):
+    """Refuse a _core built in a source tree's package folder (``pip install -e .``,
+    ``setup.py build_ext --inplace``) from other C sources than the tree's: a ``git pull`` or an
+    edit of csrc/ since, which the tree's Python would call into unannounced. Nothing to check
+    for an installed package (no csrc/ beside it)."""
+    tree = os.path.dirname(os.path.realpath(package_dir))
+    if not (os.path.exists(os.path.join(tree, "pyproject.toml"))
+            and os.path.isdir(os.path.join(tree, "csrc"))):
+        return
+    if getattr(module, "source_hash", None) != source_hash(tree):
+        raise ImportError(
+            f"selfattn's build in its source tree ({module.__file__}) was made from other C "
+            f"sources than {os.path.join(tree, 'csrc')} (an earlier checkout, or csrc/ edited "
+            f"since); build it again in {tree}: `pip install -e .` (or `python setup.py "
+            f"build_ext --inplace`)")
+
+
 def _is_source_tree(package_dir):
     parent = os.path.dirname(os.path.realpath(package_dir))
     return (_extension_in(package_dir) is None

@@ -256,6 +256,40 @@ def test_an_installed_build_of_other_c_sources_is_refused_from_the_source_tree(t
             f"in {site} was made from other C sources") in edited.stderr, edited.stderr
 
 
+@pytest.mark.c_backend
+def test_a_build_in_the_source_tree_of_other_c_sources_is_refused(tmp_path):
+    """`pip install -e .` (or build_ext --inplace) builds _core into the tree's selfattn/, where
+    it was imported after a `git pull` or an edit of csrc/ without a word: the tree's Python then
+    called a _core of other sources (the installed build from a tree was already checked)."""
+    import shutil
+    root = pathlib.Path(__file__).resolve().parent.parent
+    if not (root / "csrc" / "module.c").exists():
+        pytest.skip("tests are not beside selfattn's C sources")
+    tree = tmp_path / "tree"
+    shutil.copytree(root / "csrc", tree / "csrc")
+    shutil.copy(root / "pyproject.toml", tree)
+    shutil.copytree(PACKAGE_DIR, tree / "selfattn",
+                    ignore=shutil.ignore_patterns("__pycache__", "_core.*"))
+    shutil.copy(selfattn._core.__file__, tree / "selfattn")     # the build, of these sources
+    env = dict(os.environ, PYTHONPATH=str(pathlib.Path(np.__file__).parent.parent))
+    env.pop("SELFATTN_BACKEND", None)
+
+    def run():
+        return subprocess.run([sys.executable, "-S", "-c", "import selfattn; print("
+                               "selfattn.config()['backend'], selfattn._core.__file__)"],
+                              cwd=tree, env=env, capture_output=True, text=True, timeout=120)
+    same = run()
+    assert same.returncode == 0 and same.stdout.split()[0] == "c", same.stderr
+    assert same.stdout.split()[1].startswith(str(tree / "selfattn")), same.stdout
+    with open(tree / "csrc" / "platform.c", "a") as f:
+        f.write("/* a git pull since the build */\n")
+    edited = run()
+    assert edited.returncode == 1
+    assert (f"selfattn's build in its source tree ({tree / 'selfattn'}" in edited.stderr
+            and f"was made from other C sources than {tree / 'csrc'}" in edited.stderr
+            and "`pip install -e .`" in edited.stderr), edited.stderr
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="CC=/bin/false: a compiler that fails")
 def test_a_failed_build_records_no_build_configuration(tmp_path):
     """setup.py keeps the compiler and flags of its last build in build/ and rebuilds when they
@@ -281,6 +315,31 @@ def test_a_failed_build_records_no_build_configuration(tmp_path):
     assert run.returncode == 0, run.stderr   # the extension is optional
     assert "the C extension selfattn._core could not be built" in run.stderr, run.stderr
     assert list(tree.glob("build/temp*")) and not list(tree.glob("build/*/selfattn-build-config*"))
+    assert "Python's headers are missing" not in run.stderr
+    # an earlier build's _core (in build/lib for pip, in selfattn/ --inplace) was installed after
+    # the failed one said "installed without it": another build's, of other sources
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    stale = [tree / "selfattn" / f"_core{suffix}"]
+    stale += [lib / "selfattn" / f"_core{suffix}" for lib in tree.glob("build/lib*")] or [
+        tree / "build" / "lib" / "selfattn" / f"_core{suffix}"]
+    for path in stale:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"an earlier build")
+    for args in (["build_ext", "--build-lib", str(stale[1].parent.parent)], ["build_ext", "--inplace"]):
+        run = subprocess.run([sys.executable, "setup.py", *args], cwd=tree,
+                             env=dict(os.environ, CC="/bin/false"), capture_output=True,
+                             text=True, timeout=300)
+        assert run.returncode == 0, run.stderr
+    assert not any(path.exists() for path in stale), stale
+    # where Python's headers are missing, the message says so (a compiler alone does not build)
+    fake = ("import runpy, sys, sysconfig; real = sysconfig.get_paths; "
+            "sysconfig.get_paths = lambda *a, **k: {**real(*a, **k), 'include': '/nowhere'}; "
+            "sys.argv = ['setup.py', 'build_ext']; runpy.run_path('setup.py', run_name='__main__')")
+    run = subprocess.run([sys.executable, "-c", fake], cwd=tree,
+                         env=dict(os.environ, CC="/bin/false"), capture_output=True, text=True,
+                         timeout=300)
+    assert ("Python's headers are missing too (no Python.h in /nowhere): install them (Debian, "
+            "Ubuntu: python3-dev; Fedora: python3-devel)") in run.stderr, run.stderr
 
 
 def test_the_package_docstring_points_to_what_exists():
