@@ -85,8 +85,9 @@ def _missing_headers():
     include = sysconfig.get_paths()["include"]
     if os.path.exists(os.path.join(include, "Python.h")):
         return ""
-    return (f"Python's headers are missing too (no Python.h in {include}): install them "
-            f"(Debian, Ubuntu: python3-dev; Fedora: python3-devel).\n")
+    return (f"Python's headers are missing (no Python.h in {include}), which the build needs "
+            f"beside a compiler: install them (Debian, Ubuntu: python3-dev; Fedora: "
+            f"python3-devel).\n")
 
 
 class BuildExt(build_ext):
@@ -99,15 +100,20 @@ class BuildExt(build_ext):
             super().build_extension(ext)
         except Exception as error:
             self.failed = True
+            print(NO_COMPILER.format(error=str(error).strip() or type(error).__name__)
+                  + _missing_headers(), file=sys.stderr)
             # an earlier build's _core in build/lib (or, --inplace, in selfattn/) would be
             # installed (or imported) as this one, of other sources, after "installed without it"
             built = self.get_ext_fullpath(ext.name)
             for stale in (built, os.path.join(HERE, "selfattn", os.path.basename(built))
                           if self.in_place else None):
-                if stale and os.path.exists(stale):
-                    os.remove(stale)
-            print(NO_COMPILER.format(error=str(error).strip() or type(error).__name__)
-                  + _missing_headers(), file=sys.stderr)
+                try:
+                    if stale and os.path.exists(stale):
+                        os.remove(stale)
+                except OSError as exc:   # Windows: a .pyd a running Python has loaded
+                    print(f"selfattn: could not remove the earlier build {stale} ({exc}); "
+                          f"import refuses it if its C sources differ from these.",
+                          file=sys.stderr)
             raise
 
     def run(self):

@@ -677,14 +677,25 @@ def test_a_cell_past_the_timeout_is_stopped_recorded_and_the_next_cells_run(tmp_
         "after = 'ran'\n",
     ])
     fired = []
-    previous = signal.signal(signal.SIGALRM, lambda *_: fired.append(1))
+
+    def handler(*_):
+        fired.append(time.monotonic())
+    previous = signal.signal(signal.SIGALRM, handler)
     signal.setitimer(signal.ITIMER_REAL, 30)      # the caller's own timer (pytest-timeout's)
     try:
         start = time.monotonic()
         sub = load_notebook(path, timeout=0.3)
         took = time.monotonic() - start
         left = signal.getitimer(signal.ITIMER_REAL)[0]
-        assert signal.getsignal(signal.SIGALRM) is not None and not fired
+        assert signal.getsignal(signal.SIGALRM) is handler and not fired
+        # a caller's deadline inside the load still comes on time (each cell took it back for
+        # its own run, and the load ran on past it): cells of 0.4 s, a caller's timer of 1 s
+        slow = _notebook(tmp_path, ["import time\ntime.sleep(0.4)\n"] * 5, name="slow.ipynb")
+        signal.setitimer(signal.ITIMER_REAL, 1.0)
+        start_slow = time.monotonic()
+        assert load_notebook(slow, timeout=30).errors == []
+        assert len(fired) == 1 and 0.9 < fired[0] - start_slow < 1.3, fired
+        assert signal.getsignal(signal.SIGALRM) is handler
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
@@ -700,6 +711,21 @@ def test_a_cell_past_the_timeout_is_stopped_recorded_and_the_next_cells_run(tmp_
     with pytest.raises(ValueError, match=r"load_notebook: timeout must be a number of seconds "
                                          r"> 0, or None, got 0"):
         load_notebook(path, timeout=0)
+    fast = _notebook(tmp_path, ["x = 1\n"], name="quick.ipynb")
+    for limit in (np.int64(5), np.float32(0.5), 10**12, 1e300):   # (beyond setitimer's range)
+        assert load_notebook(fast, timeout=limit).x == 1
+    assert signal.getsignal(signal.SIGALRM) is previous
+    # a load_notebook run from a cell stops at its caller's timeout: the inner load (without
+    # one) took the outer cell's stop for its own, and failed formatting timeout=None
+    inner = _notebook(tmp_path, ["import time\ntime.sleep(30)\n"], name="inner.ipynb")
+    outer = _notebook(tmp_path, [
+        "from selfattn.testing import load_notebook\n"
+        f"inner = load_notebook({str(inner)!r})\n",
+        "after = 'ran'\n"], name="outer.ipynb")
+    nested = load_notebook(outer, timeout=0.3)
+    assert [(e.cell, e.error) for e in nested.errors] == [
+        (1, "TimeoutError: the cell ran past timeout=0.3 s and was stopped")]
+    assert nested.after == "ran"
     import threading
     caught = []
 

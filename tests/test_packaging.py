@@ -331,6 +331,22 @@ def test_a_failed_build_records_no_build_configuration(tmp_path):
                              text=True, timeout=300)
         assert run.returncode == 0, run.stderr
     assert not any(path.exists() for path in stale), stale
+    # a stale build that cannot be removed (Windows: a .pyd a running kernel loaded) leaves the
+    # install going, said; it failed the whole install and hid the compiler's error
+    stale[0].write_bytes(b"an earlier build")
+    locked = ("import os, runpy, sys; real = os.remove\n"
+              "def remove(p):\n"
+              "    if '_core' in str(p): raise PermissionError(13, 'in use by another process', p)\n"
+              "    real(p)\n"
+              "os.remove = remove; sys.argv = ['setup.py', 'build_ext', '--inplace']\n"
+              "runpy.run_path('setup.py', run_name='__main__')\n")
+    run = subprocess.run([sys.executable, "-c", locked], cwd=tree,
+                         env=dict(os.environ, CC="/bin/false"), capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "the C extension selfattn._core could not be built" in run.stderr
+    assert f"could not remove the earlier build {stale[0]}" in run.stderr, run.stderr
+    stale[0].unlink()
     # where Python's headers are missing, the message says so (a compiler alone does not build)
     fake = ("import runpy, sys, sysconfig; real = sysconfig.get_paths; "
             "sysconfig.get_paths = lambda *a, **k: {**real(*a, **k), 'include': '/nowhere'}; "
@@ -338,8 +354,9 @@ def test_a_failed_build_records_no_build_configuration(tmp_path):
     run = subprocess.run([sys.executable, "-c", fake], cwd=tree,
                          env=dict(os.environ, CC="/bin/false"), capture_output=True, text=True,
                          timeout=300)
-    assert ("Python's headers are missing too (no Python.h in /nowhere): install them (Debian, "
-            "Ubuntu: python3-dev; Fedora: python3-devel)") in run.stderr, run.stderr
+    assert ("Python's headers are missing (no Python.h in /nowhere), which the build needs "
+            "beside a compiler: install them (Debian, Ubuntu: python3-dev; Fedora: "
+            "python3-devel)") in run.stderr, run.stderr
 
 
 def test_the_package_docstring_points_to_what_exists():

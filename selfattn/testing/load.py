@@ -30,6 +30,8 @@ import importlib.util
 import io
 import json
 import linecache
+import math
+import numbers
 import os
 import re
 import shlex
@@ -621,8 +623,12 @@ def _get_ipython():
 
 
 class _CellTimedOut(BaseException):
-    """Raised in a cell that ran past load_notebook's timeout (a BaseException: a cell's
-    `except Exception` does not keep it running)."""
+    """Raised in a cell that ran past load_notebook's timeout: args (the cell's file name, the
+    seconds). A BaseException: a cell's `except Exception` does not keep it running."""
+
+
+# Seconds beyond which a timeout is no limit (setitimer's range ends near 9e9 s)
+_NO_LIMIT = 1e8
 
 
 def _time_limit_available(func, timeout):
@@ -630,8 +636,8 @@ def _time_limit_available(func, timeout):
     interrupts the main thread only, and Windows has no such timer."""
     if timeout is None:
         return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0 \
-            or timeout == float("inf"):
+    if isinstance(timeout, (bool, np.bool_)) or not isinstance(timeout, numbers.Real) \
+            or not timeout > 0 or math.isnan(timeout):
         raise ValueError(f"{func}: timeout must be a number of seconds > 0, or None, got "
                          f"{timeout!r}")
     if not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
@@ -642,36 +648,50 @@ def _time_limit_available(func, timeout):
                       f"has one everywhere: it stops a submission's own process)",
                       RuntimeWarning, stacklevel=3)
         return None
-    return float(timeout)
+    return None if float(timeout) >= _NO_LIMIT else float(timeout)
 
 
 @contextlib.contextmanager
 def _cell_time_limit(filename, seconds):
     """Stops the cell `filename` (raising _CellTimedOut in it) once it has run `seconds`, and
-    every 0.25 s after, should it catch that; the caller's own timer and handler (pytest-timeout's)
-    are put back after, with what was left of the timer."""
+    every 0.25 s after, should it catch that. The caller's own timer (pytest-timeout's) keeps its
+    deadline: the timer is armed for whichever comes first, the caller's handler runs at the
+    caller's, and both are put back after, with what is left of the caller's."""
     if seconds is None:
         yield
         return
+    start = time.monotonic()
+    cell_due = start + seconds
+    left, interval = signal.getitimer(signal.ITIMER_REAL)
+    caller = {"due": start + left if left else None, "interval": interval}
 
     def stop(signum, frame):
+        now = time.monotonic()
+        if caller["due"] is not None and now >= caller["due"] - 1e-3:
+            caller["due"] = None        # the caller's deadline: its handler, then ours again
+            signal.setitimer(signal.ITIMER_REAL, max(cell_due - now, 1e-3), 0.25)
+            if callable(previous):
+                previous(signum, frame)
+            return
         # only in the cell (its code is on the stack): not in ours, after it has returned
         while frame is not None:
             if frame.f_code.co_filename == filename:
-                raise _CellTimedOut
+                raise _CellTimedOut(filename, seconds)
             frame = frame.f_back
 
     previous = signal.signal(signal.SIGALRM, stop)
-    left, interval = signal.setitimer(signal.ITIMER_REAL, seconds, 0.25)
-    start = time.monotonic()
     try:
+        first = min(seconds, left) if left else seconds
+        signal.setitimer(signal.ITIMER_REAL, first, 0.25)
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
-        if left:
-            signal.setitimer(signal.ITIMER_REAL, max(left - (time.monotonic() - start), 1e-3),
-                             interval)
+        if caller["due"] is not None:
+            signal.setitimer(signal.ITIMER_REAL, max(caller["due"] - time.monotonic(), 1e-3),
+                             caller["interval"])
+        elif left and caller["interval"]:   # it fired meanwhile and repeats
+            signal.setitimer(signal.ITIMER_REAL, caller["interval"], caller["interval"])
 
 
 def _run_cells(path, sources, notes=(), timeout=None):
@@ -759,10 +779,12 @@ def _run_cell(path, number, source, namespace, errors, skipped, captured, timeou
                     _cell_time_limit(filename, timeout):
                 exec(compiled, namespace)
         except _CellTimedOut as exc:
+            if exc.args[0] != filename:     # a load_notebook's, in which this one was called
+                raise
             frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == filename]
             line = _shown_line(frames[-1].line.strip()) if frames and frames[-1].line else ""
-            errors.append(CellError(number, f"TimeoutError: the cell ran past timeout={timeout:g} "
-                                            f"s and was stopped", line))
+            errors.append(CellError(number, f"TimeoutError: the cell ran past timeout="
+                                            f"{exc.args[1]:g} s and was stopped", line))
         except Exception as exc:  # the learner's cell fails: record it, run the next one
             frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == filename]
             line = _shown_line(frames[-1].line.strip()) if frames and frames[-1].line else ""
