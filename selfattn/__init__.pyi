@@ -1,4 +1,4 @@
-from typing import Any, Callable, Literal, overload
+from typing import Any, Callable, Literal, Sequence, overload
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -57,10 +57,12 @@ class _MultiHeadGradients(tuple[_Float, ...]):
     db_k: _Float | None
     db_v: _Float | None
     db_o: _Float | None
+    _fields: tuple[str, ...]
+    def _asdict(self) -> dict[str, _Float]: ...
 # is_causal: True is "top_left"; False and None are no causality
 _Causal = _Bool | Literal["top_left", "bottom_right"] | None
 # window=(left, right): query i sees keys i - left .. i + right; None leaves a side unbounded
-_Window = tuple[_Int | None, _Int | None] | list[_Int | None] | None
+_Window = tuple[_Int | None, _Int | None] | Sequence[_Int | None] | NDArray[np.integer[Any]] | None
 
 def compute_self_attention_scores(
     Q: ArrayLike,
@@ -431,7 +433,7 @@ def explain(
     W_k: ArrayLike,
     W_v: ArrayLike,
     *,
-    tokens: list[str] | None = ...,
+    tokens: Sequence[str] | NDArray[np.str_] | None = ...,
     scale: _Real | None = ...,
     mask: ArrayLike | None = ...,
     is_causal: _Causal = ...,
@@ -439,9 +441,9 @@ def explain(
 ) -> AttentionTrace: ...
 def plot_attention(
     weights: ArrayLike,
-    tokens: list[str] | None = ...,
+    tokens: Sequence[str] | NDArray[np.str_] | None = ...,
     *,
-    key_tokens: list[str] | None = ...,
+    key_tokens: Sequence[str] | NDArray[np.str_] | None = ...,
     ax: Any = ...,
     annotate: _Bool | None = ...,
     head: _Int | None = ...,

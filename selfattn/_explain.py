@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import math
 import textwrap
+from typing import Any
 
 import numpy as np
 
@@ -49,14 +50,34 @@ class AttentionTrace:
         ``weights @ V``.
     """
 
-    def __init__(self, **values):
+    # declared for type checkers (the attributes come in as keywords): tr.weights is an array
+    X: np.ndarray
+    W_q: np.ndarray
+    W_k: np.ndarray
+    W_v: np.ndarray
+    tokens: list[str] | None
+    scale: float
+    mask: Any
+    is_causal: bool | str
+    window: Any
+    Q: np.ndarray
+    K: np.ndarray
+    V: np.ndarray
+    scores: np.ndarray
+    row_max: np.ndarray
+    exponentials: np.ndarray
+    row_sums: np.ndarray
+    weights: np.ndarray
+    output: np.ndarray
+
+    def __init__(self, **values: Any) -> None:
         self.__dict__.update(values)
 
     @property
     def n(self):
         return self.X.shape[0]
 
-    def steps(self):
+    def steps(self) -> list[tuple[str, str, str, list[tuple[str, np.ndarray]]]]:
         """(title, formula, explanation, [(name, array)]) for each step, in order."""
         d_k = self.Q.shape[1]
         if math.isclose(self.scale, 1 / math.sqrt(d_k)) if d_k else False:

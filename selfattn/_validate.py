@@ -76,8 +76,9 @@ def _as_array(func, name, value, lengths=False):
         # np.asarray would silently drop it: refuse and let the caller say what they mean.
         raise TypeError(
             f"{func}: {name} is a masked array (numpy.ma), whose mask selfattn would ignore; pass "
-            f"{name}.filled(value) to choose what the masked entries hold, or, to hide keys from "
-            f"attention, a boolean mask= argument (True = may attend)"
+            f"{name}.filled(value) to choose what the masked entries hold"
+            + ("" if lengths else ", or, to hide keys from attention, a boolean mask= argument "
+                                  "(True = may attend)")
         )
     if isinstance(value, Mapping):
         raise TypeError(

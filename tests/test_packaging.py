@@ -467,10 +467,49 @@ def test_the_stub_takes_numpy_scalars_where_the_functions_do():
     aliases = {node.targets[0].id: ast.unparse(node.value) for node in tree.body
                if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)}
     assert "np.integer" in aliases["_Int"] and "np.floating" in aliases["_Real"]
-    assert "np.bool_" in aliases["_Bool"] and "list" in aliases["_Window"]
+    assert "np.bool_" in aliases["_Bool"] and "Sequence" in aliases["_Window"]
     # a function whose keyword takes a number is listed above (plot_attention: test_plot)
     number_params = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)
                      and any(n.id in ("_Int", "_Real", "_Bool", "_Causal", "_Window")
                              for a in node.args.args + node.args.kwonlyargs if a.annotation
                              for n in ast.walk(a.annotation) if isinstance(n, ast.Name))}
     assert number_params - {"plot_attention"} == set(_NUMPY_SCALARS), number_params
+
+
+_TYPED_USER = """
+import numpy as np
+import selfattn
+
+X = np.zeros((2, 6, 8))
+W = np.eye(8)
+window: list[int] = [2, 0]
+out = selfattn.scaled_dot_product_attention(X, X, X, window=window, scale=np.float32(0.5),
+                                            is_causal=np.True_)
+out2 = selfattn.scaled_dot_product_attention(X, X, X, window=np.array([2, 0]))
+Y, weights = selfattn.self_attention_layer(X, W, W, W, return_weights=True)
+trace = selfattn.explain(X[0], W, W, W, tokens=("a", "b", "c", "d", "e", "f"))
+w: np.ndarray = trace.weights
+grads = selfattn.multi_head_attention_backward(X, X, W, W, W, W, num_heads=np.int64(2))
+named = grads._asdict()
+dX: np.ndarray = grads.dX
+db_o = grads.db_o
+if db_o is not None:
+    db_o.sum()
+mask = selfattn.causal_mask(np.int64(6)) & selfattn.padding_mask([6, 4], 6)[:, None]
+"""
+
+
+def test_a_typed_users_script_type_checks(tmp_path):
+    """mypy refused a window list held in a variable (list is invariant), explain's trace.weights
+    (AttentionTrace's attributes came in as keywords), tokens as a tuple, grads._asdict(): each
+    ran. The script runs, and mypy accepts it against the stub."""
+    mypy = pytest.importorskip("mypy.api")
+    script = tmp_path / "user.py"
+    script.write_text(_TYPED_USER)
+    exec(compile(_TYPED_USER, str(script), "exec"), {})
+    # the package as installed (or this checkout's, first on the path when run from it);
+    # --follow-imports=silent: the stub and the modules it names, not selfattn's own code's typing
+    out, err, status = mypy.run([str(script), "--follow-imports=silent", "--no-incremental",
+                                 "--cache-dir", str(tmp_path / "cache"),
+                                 "--python-executable", sys.executable])
+    assert status == 0, out + err
