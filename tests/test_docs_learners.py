@@ -127,3 +127,18 @@ def test_grader_tells_a_layer_that_returns_a_tuple_what_is_wrong(tmp_path):
     assert run.returncode == 1, out
     assert "your function returns several values; return one array" in out
     assert "setting an array element" not in out
+
+
+def test_grader_compares_a_raw_layer_returned_as_a_list_with_the_raw_reference(tmp_path):
+    # is_raw asked isinstance(got, np.ndarray): raw scores returned as a list (or a tensor) were
+    # compared with the scaled reference, "56 of 56 elements differ", and never said why
+    (tmp_path / "test_self_attention.py").write_text(GRADER.read_text())
+    as_list = BUGGY_STUDENT.replace(
+        "    return compute_attention_output(softmax_attention_weights(compute_self_attention_scores(Q, K)), V)",
+        "    return compute_attention_output(softmax_attention_weights(compute_self_attention_scores(Q, K)), V).tolist()")
+    assert as_list != BUGGY_STUDENT
+    (tmp_path / "student_solution.py").write_text(as_list)
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          "--rootdir", str(tmp_path), str(tmp_path), "-k", "sentence"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr

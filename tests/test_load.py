@@ -741,3 +741,22 @@ def test_a_cell_past_the_timeout_is_stopped_recorded_and_the_next_cells_run(tmp_
     assert x == 1 and len(record) == 1 and record[0].category is RuntimeWarning
     assert "timeout=1 is not applied here" in str(record[0].message)
     assert record[0].filename == __file__
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "setitimer"), reason="no timer signal")
+def test_a_cell_that_catches_every_stop_is_stopped_at_its_next_line(tmp_path):
+    """`while True: try: time.sleep(0.1) except: pass` caught each stop (the signal lands in the
+    sleep, inside the try) and ran forever, under pytest-timeout too (the load is at import)."""
+    import sys
+    import time
+    path = _notebook(tmp_path, [
+        "import time\nwhile True:\n    try:\n        time.sleep(0.1)\n    except:\n        pass\n",
+        "after = 'ran'\n",
+    ])
+    tracing = sys.gettrace()
+    start = time.monotonic()
+    sub = load_notebook(path, timeout=0.3)
+    assert time.monotonic() - start < 5
+    assert [(e.cell, e.error) for e in sub.errors] == [
+        (1, "TimeoutError: the cell ran past timeout=0.3 s and was stopped")]
+    assert sub.after == "ran" and sys.gettrace() is tracing

@@ -924,3 +924,17 @@ def test_a_case_whose_values_are_right_shows_no_index():
     failed = report.failures[0]
     assert failed.worst_index is None and " at (" not in str(report).split("\n")[0]
     assert all(" at (" not in line for line in str(report).splitlines() if "max error" in line)
+
+
+def test_a_softmax_that_transposes_its_weights_is_named_in_the_layers_hint():
+    def self_attention_layer(X, W_q, W_k, W_v):
+        Q, K, V = X @ W_q, X @ W_k, X @ W_v
+        return softmax(Q @ K.T / np.sqrt(K.shape[1])).T @ V
+
+    text = " ".join(str(check(self_attention_layer)).split())
+    assert "The weights are transposed" in text and "your softmax may be what transposes them" \
+        in text
+    # the output step alone keeps its own hint
+    text = " ".join(str(check(lambda w, V: np.asarray(w).T @ np.asarray(V),
+                              "compute_attention_output")).split())
+    assert "The weights are transposed" in text and "softmax" not in text

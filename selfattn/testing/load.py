@@ -665,6 +665,14 @@ def _cell_time_limit(filename, seconds):
     left, interval = signal.getitimer(signal.ITIMER_REAL)
     caller = {"due": start + left if left else None, "interval": interval}
 
+    def on_line(frame, event, arg):
+        # a cell that caught the stop (`while True: try: time.sleep(1) except: pass`, the signal
+        # landing in the sleep each time) is stopped at its next line instead: that of the loop,
+        # outside the try, or one of its except clause, which the try does not cover
+        if event == "line":
+            raise _CellTimedOut(filename, seconds)
+        return on_line
+
     def stop(signum, frame):
         now = time.monotonic()
         if caller["due"] is not None and now >= caller["due"] - 1e-3:
@@ -674,11 +682,22 @@ def _cell_time_limit(filename, seconds):
                 previous(signum, frame)
             return
         # only in the cell (its code is on the stack): not in ours, after it has returned
-        while frame is not None:
-            if frame.f_code.co_filename == filename:
-                raise _CellTimedOut(filename, seconds)
+        stack, cell = [], False
+        while frame is not None and not cell:
+            stack.append(frame)
+            cell = frame.f_code.co_filename == filename
             frame = frame.f_back
+        if not cell:
+            return
+        stops["count"] += 1
+        if stops["count"] == 1:
+            raise _CellTimedOut(filename, seconds)
+        for f in stack:         # caught: from now on, every line of the cell's code stops it
+            f.f_trace = on_line
+        sys.settrace(on_line)
 
+    stops = {"count": 0}
+    tracing = sys.gettrace()
     previous = signal.signal(signal.SIGALRM, stop)
     try:
         first = min(seconds, left) if left else seconds
@@ -687,6 +706,8 @@ def _cell_time_limit(filename, seconds):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+        if stops["count"] > 1:
+            sys.settrace(tracing)
         if caller["due"] is not None:
             signal.setitimer(signal.ITIMER_REAL, max(caller["due"] - time.monotonic(), 1e-3),
                              caller["interval"])
@@ -824,9 +845,9 @@ def load_notebook(path, *, timeout=None):
         as its error (``TimeoutError``, with the line it was at), and the next cells still run.
         None (default): no limit. It needs the main thread on Linux or macOS (a timer signal;
         the caller's own timer, pytest-timeout's, is put back after); elsewhere a
-        RuntimeWarning says it is not applied. A cell that catches every
-        exception in its loop (a bare ``except:``) is not stopped; nor are the functions it
-        defines, when called later (pytest-timeout limits those).
+        RuntimeWarning says it is not applied. A cell that catches the stop (a bare ``except:``
+        in its loop) is stopped at its next line. The functions it defines are not limited when
+        called later (pytest-timeout limits those, in a test).
 
     Returns
     -------

@@ -184,6 +184,11 @@ _SCORES_TRANSPOSED_THROUGH_SOFTMAX = _hint(
     "(compute Q @ K.T, not K @ Q.T, and not Q and K swapped), or your "
     "softmax transposes what it is given (it must normalise each row of "
     "the scores as they are).", "scores_transposed")
+# And the layer's weights.T @ V: the output step's mistake, or a softmax returning its weights
+# transposed
+_WEIGHTS_TRANSPOSED_IN_LAYER = _hint(
+    _HINTS["weights_transposed"] + " In a layer, your softmax may be what transposes them (it "
+    "must return one row per query) while the output step is right.", "weights_transposed")
 
 #: A short name for each mistake, as the class summary of ``python -m selfattn grade`` counts them.
 TITLES = {
@@ -419,7 +424,7 @@ def _mistakes(case, user_scale, either=False):
                     return found[variant] @ v if variant < len(found) else None
                 with_scales(_HINTS[key], make)
         if q.shape[-2] == k.shape[-2]:
-            with_scales(_HINTS["weights_transposed"],
+            with_scales(_WEIGHTS_TRANSPOSED_IN_LAYER,
                         lambda s: _swap(_softmax_np(q @ _swap(k) * s)) @ v)
         with_scales(_HINTS["result_transposed"], lambda s: _swap(_softmax_np(q @ _swap(k) * s) @ v))
         with_scales(_HINTS["no_softmax"], lambda s: raw * s @ v)
