@@ -110,19 +110,26 @@ def test_readme_grading_section_runs_as_shown(tmp_path):
         [f"{s}.html" for s in CLASS]
 
 
+def _sentence_test(tmp_path, solution):
+    """The README grader's test of the layer on a sentence, run on `solution` (a .py)."""
+    (tmp_path / "test_self_attention.py").write_text(GRADER.read_text())
+    assert solution != BUGGY_STUDENT
+    (tmp_path / "student_solution.py").write_text(solution)
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "--rootdir", str(tmp_path), str(tmp_path), "-k", "sentence"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+
+
+_LAYER_RETURN = ("    return compute_attention_output(softmax_attention_weights("
+                 "compute_self_attention_scores(Q, K)), V)")
+
+
 def test_grader_tells_a_layer_that_returns_a_tuple_what_is_wrong(tmp_path):
     # the README grader's own test of the layer: "returns several values", not NumPy's
     # "setting an array element with a sequence" from picking raw or scaled scores
-    (tmp_path / "test_self_attention.py").write_text(GRADER.read_text())
-    tuple_layer = BUGGY_STUDENT.replace(
-        "    return compute_attention_output(softmax_attention_weights(compute_self_attention_scores(Q, K)), V)",
+    run = _sentence_test(tmp_path, BUGGY_STUDENT.replace(_LAYER_RETURN, (
         "    weights = softmax_attention_weights(compute_self_attention_scores(Q, K))\n"
-        "    return compute_attention_output(weights, V), weights")
-    assert tuple_layer != BUGGY_STUDENT
-    (tmp_path / "student_solution.py").write_text(tuple_layer)
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                          "--rootdir", str(tmp_path), str(tmp_path), "-k", "sentence"],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        "    return compute_attention_output(weights, V), weights")))
     out = run.stdout + run.stderr
     assert run.returncode == 1, out
     assert "your function returns several values; return one array" in out
@@ -132,13 +139,5 @@ def test_grader_tells_a_layer_that_returns_a_tuple_what_is_wrong(tmp_path):
 def test_grader_compares_a_raw_layer_returned_as_a_list_with_the_raw_reference(tmp_path):
     # is_raw asked isinstance(got, np.ndarray): raw scores returned as a list (or a tensor) were
     # compared with the scaled reference, "56 of 56 elements differ", and never said why
-    (tmp_path / "test_self_attention.py").write_text(GRADER.read_text())
-    as_list = BUGGY_STUDENT.replace(
-        "    return compute_attention_output(softmax_attention_weights(compute_self_attention_scores(Q, K)), V)",
-        "    return compute_attention_output(softmax_attention_weights(compute_self_attention_scores(Q, K)), V).tolist()")
-    assert as_list != BUGGY_STUDENT
-    (tmp_path / "student_solution.py").write_text(as_list)
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                          "--rootdir", str(tmp_path), str(tmp_path), "-k", "sentence"],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    run = _sentence_test(tmp_path, BUGGY_STUDENT.replace(_LAYER_RETURN, _LAYER_RETURN + ".tolist()"))
     assert run.returncode == 0, run.stdout + run.stderr
