@@ -15,6 +15,7 @@ import selfattn
 PUBLIC = ["compute_self_attention_scores", "softmax_attention_weights", "compute_attention_output",
           "self_attention_layer", "scaled_dot_product_attention"]
 PACKAGE_DIR = pathlib.Path(selfattn.__file__).parent
+_SELFATTN_PARENT = str(PACKAGE_DIR.parent)  # where `import selfattn` finds this selfattn
 
 
 def test_version():
@@ -496,13 +497,39 @@ db_o = grads.db_o
 if db_o is not None:
     db_o.sum()
 mask = selfattn.causal_mask(np.int64(6)) & selfattn.padding_mask([6, 4], 6)[:, None]
+
+
+def softmax_attention_weights(attn_scores: np.ndarray) -> np.ndarray:
+    e = np.exp(attn_scores - attn_scores.max(axis=-1, keepdims=True))
+    return np.asarray(e / e.sum(axis=-1, keepdims=True))
+
+
+def compute_self_attention_scores(Q: np.ndarray, K: np.ndarray) -> np.ndarray:
+    return np.asarray(Q @ np.swapaxes(K, -1, -2) * 0.5)
+
+
+from selfattn.testing import CheckReport, assert_attention_close, check, check_functions
+
+report: CheckReport = check(compute_self_attention_scores, scale=np.float32(0.5))
+passed: bool = report.passed and bool(check(softmax_attention_weights))
+assert passed, report
+worst = [r.worst_index for r in report.failures]
+for case in selfattn.testing.cases("softmax_attention_weights", batched=False, seed=np.int64(1)):
+    assert_attention_close(softmax_attention_weights(*case.args), case.expected,
+                           rtol=np.float32(1e-5))
+    scores: np.ndarray = case.inputs["attn_scores"]
+selfattn.testing.assert_implementation(compute_self_attention_scores, scale=0.5, seed=np.int64(2))
+for name, rep in check_functions({"softmax_attention_weights": softmax_attention_weights}).items():
+    if rep is not None:
+        rep.raise_if_failed()
 """
 
 
 def test_a_typed_users_script_type_checks(tmp_path):
     """mypy refused a window list held in a variable (list is invariant), explain's trace.weights
     (AttentionTrace's attributes came in as keywords), tokens as a tuple, grads._asdict(): each
-    ran. The script runs, and mypy accepts it against the stub."""
+    ran. selfattn.testing had no types: --disallow-untyped-calls (part of --strict) refused every
+    call of check. The script runs, and mypy accepts it against the stubs."""
     mypy = pytest.importorskip("mypy.api")
     script = tmp_path / "user.py"
     script.write_text(_TYPED_USER)
@@ -510,6 +537,21 @@ def test_a_typed_users_script_type_checks(tmp_path):
     # the package as installed (or this checkout's, first on the path when run from it);
     # --follow-imports=silent: the stub and the modules it names, not selfattn's own code's typing
     out, err, status = mypy.run([str(script), "--follow-imports=silent", "--no-incremental",
+                                 "--disallow-untyped-calls",
                                  "--cache-dir", str(tmp_path / "cache"),
                                  "--python-executable", sys.executable])
     assert status == 0, out + err
+
+
+def test_the_testing_stub_matches_the_runtime(tmp_path):
+    """selfattn.testing's stub against the modules themselves (mypy's stubtest): a parameter, a
+    field or a public name added in one place but not in the other fails here."""
+    pytest.importorskip("mypy.stubtest")
+    config = tmp_path / "mypy.ini"
+    # jupytext, an optional import of load.py, ships no types
+    config.write_text("[mypy]\nignore_missing_imports = True\n")
+    run = subprocess.run([sys.executable, "-m", "mypy.stubtest", "selfattn.testing",
+                          "--mypy-config-file", str(config)], capture_output=True, text=True,
+                         cwd=tmp_path, env={**os.environ, "PYTHONPATH": _SELFATTN_PARENT})
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "Success" in run.stdout
