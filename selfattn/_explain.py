@@ -272,9 +272,10 @@ def explain(X, W_q, W_k, W_v, *, tokens=None, scale=None, mask=None, is_causal=F
             window=None):
     """Run one self-attention layer and keep every intermediate, to look at step by step.
 
-    The same computation as :func:`selfattn.self_attention_layer` (same arguments; ``.output``
-    is its result, to rounding: the steps run one by one), but the returned trace holds ``Q, K, V, scores, row_max, exponentials,
-    row_sums, weights, output`` as attributes, and shows them step by step: in Jupyter as HTML,
+    The same computation as :func:`selfattn.self_attention_layer` (for the arguments the two
+    share: X, the weights, ``scale``, ``mask``, ``is_causal`` and ``window``; ``.output`` is its
+    result, to rounding: the steps run one by one), but the returned trace holds ``Q, K, V,
+    scores, row_max, exponentials, row_sums, weights, output`` as attributes, and shows them step by step: in Jupyter as HTML,
     elsewhere with ``print(trace)``.
 
     Parameters

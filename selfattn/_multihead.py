@@ -203,8 +203,9 @@ def multi_head_attention_backward(dY, X, W_q, W_k, W_v, W_o, *, num_heads, kv=No
     dY : array_like, shape (..., n, d_out)
         Gradient of the loss with respect to the output; exactly the shape
         :func:`multi_head_attention` returns for these arguments.
-    X, W_q, W_k, W_v, W_o, num_heads, kv, b_q, b_k, b_v, b_o, scale, mask, bias, is_causal, \
-    window, num_kv_heads, query_lengths, key_lengths, softcap
+    X, W_q, W_k, W_v, W_o, num_heads, kv, b_q, b_k, b_v, b_o
+        As in :func:`multi_head_attention`.
+    scale, mask, bias, is_causal, window, num_kv_heads, query_lengths, key_lengths, softcap
         As in :func:`multi_head_attention`. With ``num_kv_heads``, ``dW_k``, ``dW_v``, ``db_k``
         and ``db_v`` sum the gradients of the query heads that share each K/V head.
     dropout_p, seed : optional
@@ -333,8 +334,9 @@ def multi_head_attention_vjp(X, W_q, W_k, W_v, W_o, *, num_heads, kv=None, b_q=N
 
     Parameters
     ----------
-    X, W_q, W_k, W_v, W_o, num_heads, kv, b_q, b_k, b_v, b_o, scale, mask, bias, is_causal, \
-    window, num_kv_heads, query_lengths, key_lengths, softcap
+    X, W_q, W_k, W_v, W_o, num_heads, kv, b_q, b_k, b_v, b_o
+        As in :func:`multi_head_attention`.
+    scale, mask, bias, is_causal, window, num_kv_heads, query_lengths, key_lengths, softcap
         As in :func:`multi_head_attention` (``return_weights`` is not taken).
     dropout_p, seed : optional
         As in :func:`multi_head_attention`; a seed drawn by the forward (``seed=None``) is kept

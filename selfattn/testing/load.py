@@ -112,8 +112,8 @@ class Submission:
     namespace : dict
         Every name the cells defined.
     functions : dict
-        The notebook's functions it defines (name -> function), among :data:`NOTEBOOK_FUNCTIONS`
-        and ``scaled_dot_product_attention``.
+        The notebook's functions it defines (name -> function), among its four (the first four
+        of :data:`NAMES`) and ``scaled_dot_product_attention``.
     missing : list of str
         The notebook's four functions it does not define (or takes from selfattn).
     borrowed : list of str

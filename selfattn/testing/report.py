@@ -35,6 +35,20 @@ class CheckReport:
         Both conventions were accepted (``scale="either"``); ``scale`` is then the one
         recognised in the function's results (or the closest to them when it failed).
     results : list of CaseResult
+        Every case, in order.
+    failures : list of CaseResult
+        The cases that failed.
+    diagnoses : list of str
+        What is wrong, in words: each distinct hint of the failed cases, most frequent first (the
+        report's "What is wrong" list).
+    mistakes : list of str
+        Short keys of the known mistakes named in `diagnoses` (``"axis"``, ``"no_max"``, ...), to count
+        them across a class.
+    notes : list of str
+        Remarks that do not count against the function (an ignored ``scale``, ...).
+
+    :meth:`summary` gives the report's first line, :meth:`raise_if_failed` raises
+    ``AssertionError`` with the whole report unless every case passed.
     """
 
     def __init__(self, name, fn_name, scale, results, notes=(), either=False):
