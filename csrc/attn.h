@@ -316,8 +316,8 @@ typedef struct {
     void (*dealloc)(void *ptr);
 } sa_exec;
 
-/* A value operand of a kernel call (V, dO): a (rows, cols) matrix per batch item, for the
-   non-finite policy (sa_kernels_for_values). */
+/* A value operand of a kernel call (V; in the backward also dO, K and Q): a (rows, cols) matrix
+   per batch item, for the non-finite policy (sa_kernels_for_values). */
 typedef struct {
     const sa_mat *mat;
     sa_int rows, cols;
@@ -413,9 +413,10 @@ typedef int (*sa_attention_fn)(const sa_exec *ex, const sa_batch *batch, const s
  *            dQ[b] (n_q, d_k), dK[b] (n_k, d_k), dV[b] (n_k, d_v) are overwritten. Masks and band
  *            as in `scores`; a fully masked query row gets dQ = 0 and gives nothing to dK, dV; a
  *            row of S holding NaN makes its weights NaN, as in the forward. A key whose weight is 0
- *            contributes nothing even where its V row or dO holds inf or NaN: the reference tier
- *            guarantees this; the other tiers may assume V and dO are finite (sa_kernels_for_values
- *            routes other inputs to the reference tier). The mask gets no gradient.
+ *            contributes nothing even where its V or K row or dO holds inf or NaN, nor a fully
+ *            masked query row where its Q row does: the reference tier guarantees this; the
+ *            other tiers may assume V, dO, K and Q are finite (sa_kernels_for_values routes other
+ *            inputs to the reference tier). The mask gets no gradient.
  *            out: NULL, or out[b] (n_q, d_v) = the forward's O (with dropout, of the dropped
  *            weights), from the weights the backward builds anyway; a multi-head layer's weight
  *            gradient needs it, which saves it a forward pass. Exact as the forward is, not

@@ -532,8 +532,10 @@ static int attention_backward_impl(int isa, int precision, const sa_batch *batch
     sa_exec ex;
     if (sa_softcap_needs_reference(mods, precision))
         isa = SA_ISA_REFERENCE;
-    const sa_values values[] = {{V, n_k, d_v}, {dO, n_q, d_v}};
-    const sa_kernels *tier = prepare(&ex, isa, batch, precision, values, 2);
+    /* every operand a weight or a dS of 0 multiplies: V and dO (dV = P^T dO, dP = dO V^T),
+       K (dQ = dS K: a hidden key's dS is 0) and Q (dK = dS^T Q: a fully masked row's is) */
+    const sa_values values[] = {{V, n_k, d_v}, {dO, n_q, d_v}, {K, n_k, d_k}, {Q, n_q, d_k}};
+    const sa_kernels *tier = prepare(&ex, isa, batch, precision, values, 4);
     if (tier == NULL)
         return -1;
     int status;

@@ -244,3 +244,28 @@ def test_invalid_arguments(kw, error):
         self_attention_layer(X, W, W, W, **kw)
     with pytest.raises(error, match="dropout_p|seed"):
         multi_head_attention(X, W, W, W, W, num_heads=1, **kw)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_nan_row_whose_keys_are_all_dropped_gives_zero(isa, dtype):
+    """A NaN score makes its row's weights NaN; the dropout then sets the dropped ones to
+    exactly 0, so a row with every key dropped has weights 0 and output 0, as it has without
+    the NaN. The fused fast tiers gave NaN there (their output is a sum over the row divided by
+    its NaN sum of exponentials), but 0 when the weights were asked for too."""
+    Q = np.ones((3, 4), dtype)
+    Q[0, 0] = np.nan
+    K, V = np.ones((5, 4), dtype), np.ones((5, 2), dtype)
+    out = scaled_dot_product_attention(Q, K, V, dropout_p=1.0, seed=0)
+    out_w, w = scaled_dot_product_attention(Q, K, V, dropout_p=1.0, seed=0, return_weights=True)
+    assert (out == 0).all() and (out_w == 0).all() and (w == 0).all()
+    # p < 1: a seed that drops every key of the NaN row, and one that keeps some (NaN output)
+    Q1, K1, V1 = Q[:1, :1], K[:2, :1], V[:2]
+    outcomes = set()
+    for seed in range(40):
+        out, w = scaled_dot_product_attention(Q1, K1, V1, dropout_p=0.5, seed=seed,
+                                              return_weights=True)
+        fused = scaled_dot_product_attention(Q1, K1, V1, dropout_p=0.5, seed=seed)
+        np.testing.assert_array_equal(fused, out)
+        outcomes.add("zero" if (w == 0).all() else "nan")
+        assert np.isnan(out).all() != (w == 0).all()
+    assert outcomes == {"zero", "nan"}

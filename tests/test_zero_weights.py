@@ -63,3 +63,44 @@ def test_finite_columns_keep_the_tiers_bits(isa):
     out = selfattn.compute_attention_output(weights, V)
     np.testing.assert_array_equal(np.delete(out, 2, axis=1), np.delete(clean, 2, axis=1))
     np.testing.assert_allclose(out[:, 2], clean[:, 2], rtol=1e-13)
+
+
+def _gradients_with(dO, Q, K, V, **kw):
+    return selfattn.scaled_dot_product_attention_backward(dO, Q, K, V, **kw)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [4, 70])
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_backward_ignores_a_hidden_keys_k_and_a_masked_querys_q(isa, dtype, n, bad):
+    """dQ = dS K and dK = dS^T Q: a hidden key's dS is 0, so inf or NaN in its row of K (fed to
+    the forward, finite there) must reach no gradient, nor one in the Q row of a query that sees
+    no key. The fast tiers' products made 0 * inf a NaN in every row of dQ (or dK); they now
+    leave such calls to the reference tier, as they do for V and dO. The gradients are those of
+    the same call with the bad rows set to 0."""
+    rng = np.random.default_rng(n)
+    dO, Q, K, V = (rng.normal(size=(n, 3)).astype(dtype) for _ in range(4))
+    mask = np.ones((n, n), bool)
+    mask[:, 1] = False                      # key 1: hidden from every query
+    mask[2] = False                         # query 2: sees no key
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    # causal from the top left with one query fewer than keys: the last key is hidden
+    for kw, n_q, row_K, row_Q in [({"mask": mask}, n, 1, 2), ({"is_causal": True}, n - 1, n - 1,
+                                                                 None)]:
+        K_bad, K_zero = K.copy(), K.copy()
+        Q_bad, Q_zero, dO_q = Q[:n_q].copy(), Q[:n_q].copy(), dO[:n_q]
+        K_bad[row_K, 1] = bad
+        K_zero[row_K] = 0
+        if row_Q is not None:
+            Q_bad[row_Q, 0] = bad
+            Q_zero[row_Q] = 0
+        got = _gradients_with(dO_q, Q_bad, K_bad, V, **kw)
+        want = _gradients_with(dO_q, Q_zero, K_zero, V, **kw)
+        for name, g, w in zip(("dQ", "dK", "dV"), got, want):
+            assert np.isfinite(g).all(), (name, kw)
+            np.testing.assert_allclose(g, w, rtol=tol, atol=tol, err_msg=f"{name} {kw}")
+        # the forward agrees: the hidden row reaches no output
+        out = selfattn.scaled_dot_product_attention(Q_bad, K_bad, V, **kw)
+        np.testing.assert_allclose(out, selfattn.scaled_dot_product_attention(Q_zero, K_zero, V,
+                                                                              **kw),
+                                   rtol=tol, atol=tol)
