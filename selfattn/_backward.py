@@ -44,14 +44,30 @@ from ._validate import (
 __all__ = ["scaled_dot_product_attention_backward", "self_attention_layer_backward"]
 
 
+# The NumPy steps of the gradients compute as the kernels do, with the IEEE rules and signalling
+# nothing whatever np.seterr says: a sum that overflows is inf, inf - inf is NaN, a dO beyond
+# the computation's dtype is inf in it (NumPy's bare "overflow encountered in reduce" or "in
+# cast" pointed inside selfattn, and np.seterr(all="raise") made it a FloatingPointError).
+
+def _sum(grad, axis, keepdims=False):
+    with np.errstate(all="ignore"):
+        return grad.sum(axis=axis, keepdims=keepdims)
+
+
+def _in_dtype(grad, dtype):
+    """dO (or dY) in the computation's dtype."""
+    with np.errstate(all="ignore"):
+        return grad.astype(dtype, copy=False)
+
+
 def _sum_to(grad, shape):
     """`grad` summed over the axes along which an input of `shape` was broadcast to grad.shape."""
     extra = grad.ndim - len(shape)
     if extra > 0:
-        grad = grad.sum(axis=tuple(range(extra)))
+        grad = _sum(grad, tuple(range(extra)))
     axes = tuple(i for i, (s, g) in enumerate(zip(shape, grad.shape)) if s == 1 and g != 1)
     if axes:
-        grad = grad.sum(axis=axes, keepdims=True)
+        grad = _sum(grad, axes, keepdims=True)
     return grad
 
 
@@ -135,7 +151,7 @@ def _layer_input_grads(L, spent, w_o_grad=None):
         grads[name] = _sum_to(d_src, src.shape)
         weight_grads += _packed_weight_grads(src, dP, parts, c)
         # a bias is added to every row: its gradient is dP summed over the rows
-        row_sums = dP.sum(axis=-2) if any(b_ is not None for b_ in L.biases[:3]) else None
+        row_sums = _sum(dP, -2) if any(b_ is not None for b_ in L.biases[:3]) else None
         bias_grads += [None if row_sums is None else row_sums[..., lo:hi] for _, lo, hi in parts]
     grads.update(zip(("dW_q", "dW_k", "dW_v"), weight_grads))
     for name, b_, db in zip(("db_q", "db_k", "db_v"), L.biases, bias_grads):
@@ -258,7 +274,7 @@ def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None,
     dQ = np.empty(batch + (n_q, d_k), dtype=compute)
     dK = np.empty(batch + (n_k, d_k), dtype=compute)
     dV = np.empty(batch + (n_k, d_v), dtype=compute)
-    dO_c = dO.astype(compute, copy=False)
+    dO_c = _in_dtype(dO, compute)
     lengths = _lengths(func, query_lengths, key_lengths, out_batch, n_q, n_k)
     _attention_grads(batch, dQ, dK, dV, dO_c, Q, K, V, mask, scale, visibility, compute, lengths,
                      softcap, dropout)
@@ -332,5 +348,5 @@ def self_attention_layer_backward(dY, X, W_q, W_k, W_v, *, scale=None, mask=None
                window=window, lengths=(query_lengths, key_lengths), softcap=softcap,
                dropout_p=dropout_p, seed=seed, backward=True)
     _check_grad_shape(func, "dY", dY, L.out_batch + (L.n, L.d_v), "output")
-    grads = _layer_input_grads(L, [dY.astype(L.compute, copy=False), *L.project()])
+    grads = _layer_input_grads(L, [_in_dtype(dY, L.compute), *L.project()])
     return tuple(grads[name] for name in ("dX", "dW_q", "dW_k", "dW_v"))

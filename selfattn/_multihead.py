@@ -13,7 +13,7 @@ import functools
 
 import numpy as np
 
-from ._backward import _layer_input_grads, _sum_to, _weight_grad
+from ._backward import _in_dtype, _layer_input_grads, _sum, _sum_to, _weight_grad
 from ._kernels import _finish, _finish_attention, _matmul, _one_tier
 from ._layer import _Layer
 from ._validate import (
@@ -273,7 +273,7 @@ def _grads(L, dY, qkv, out=None):
     Q, K, V = qkv
     qkv.clear()
     c = L.compute
-    dY = dY.astype(c, copy=False)
+    dY = _in_dtype(dY, c)
     out_shape = L.out_batch + (L.n, L.W_o.shape[-2])
     _check_size(L.func, out_shape, c)
     d_out = _sum_to(_matmul(dY, L.W_o, c, L.y_batch, padded=True, b_t=True), out_shape)
@@ -288,7 +288,7 @@ def _grads(L, dY, qkv, out=None):
     else:
         grads = {"dW_o": w_o_grad(out), **_layer_input_grads(L, spent)}
     if L.biases[3] is not None:
-        grads["db_o"] = _finish(_sum_to(dY.sum(axis=-2), L.biases[3].shape), L.result)
+        grads["db_o"] = _finish(_sum_to(_sum(dY, -2), L.biases[3].shape), L.result)
     names = tuple(name for name in _GRADIENT_NAMES if name in grads)
     return _gradients_type(names)(*(grads[name] for name in names))
 

@@ -225,7 +225,9 @@ def numpy_raises_on_every_fp_error():
 def test_np_seterr_raise_changes_nothing(numpy_raises_on_every_fp_error, dtype):
     """Every entry point computes by the IEEE rules whatever np.seterr says, as the C kernels do:
     the NumPy backend (SELFATTN_BACKEND=numpy) raised FloatingPointError on a softmax's underflow
-    in exp, a hidden key's exp(-inf) or a score that overflows. Same results as without it."""
+    in exp, a hidden key's exp(-inf) or a score that overflows, and the gradients' own NumPy
+    steps (a cast of dO, sums over a batch or over rows) on either backend. Same results as
+    without it."""
     import selfattn
     rng = np.random.default_rng(0)
     n, d = 6, 4
@@ -234,6 +236,7 @@ def test_np_seterr_raise_changes_nothing(numpy_raises_on_every_fp_error, dtype):
     dO = rng.standard_normal((n, d)).astype(dtype)
     W_o = rng.standard_normal((d, d)).astype(dtype)
     _, Qh, Kh, Vh = huge_case(dtype, tie=False)            # scores that overflow
+    big = float(np.finfo(dtype).max) / 2                   # two of them overflow
     calls = {
         "softmax": lambda: selfattn.softmax_attention_weights(
             np.array([[0, -1e4, 1e4], [1, 2, 3]], dtype)),
@@ -245,6 +248,16 @@ def test_np_seterr_raise_changes_nothing(numpy_raises_on_every_fp_error, dtype):
         "layer backward": lambda: selfattn.self_attention_layer_backward(dO, X, *W),
         "multi-head": lambda: selfattn.multi_head_attention(
             X, *W, W_o, num_heads=2, is_causal=True),
+        # the gradients' NumPy steps: a float64 dO beyond float32's range cast to the inputs'
+        # float32 (inf), a gradient summed over a broadcast batch that overflows, bias gradients
+        # (row sums) that do
+        "backward, dO beyond the dtype": lambda: sdpa_backward(
+            np.full((n, d), 1e300), X, X, X),
+        "backward, batch sum overflows": lambda: sdpa_backward(
+            np.ones((40, 1, 1), dtype), np.full((40, 1, 1), big, dtype),
+            np.array([[1 / big], [0]], dtype), np.array([[1], [0]], dtype), scale=1.0),
+        "multi-head backward, bias sums overflow": lambda: selfattn.multi_head_attention_backward(
+            np.full((n, d), big, dtype), X, *W, W_o, num_heads=2, b_q=W_o[0], b_o=W_o[1]),
     }
     got = {name: call() for name, call in calls.items()}
     np.seterr(all="ignore")
