@@ -832,6 +832,52 @@ def test_a_nan_answer_is_reported_as_nan_not_as_an_infinite_error():
         in report._repr_html_()
 
 
+def test_assert_attention_close_says_what_a_wrong_backward_has_in_common():
+    """A learner checking a hand-written backward against selfattn's gradients got only "100%
+    differ" or "Shapes differ": a missing 1/sqrt(d_k) in dQ, a weight's gradient not summed over
+    the batch, and selfattn's own float32 weight gradient against its float64 one (elements
+    near 0 where large terms cancel) each now say what their differences have in common."""
+    rng = np.random.default_rng(0)
+    dO, Q, K, V = rng.normal(size=(4, 5, 4))
+    dQ, dK, dV = selfattn.scaled_dot_product_attention_backward(dO, Q, K, V)
+    with pytest.raises(AssertionError, match=r"Actual is desired times 2 everywhere "
+                                             r"\(= sqrt\(4\)\): a constant factor"):
+        assert_attention_close(dQ * np.sqrt(4), dQ)      # no 1/sqrt(d_k) in dQ = scale dS K
+    with pytest.raises(AssertionError, match=r"times 0.5 everywhere \(= 1/sqrt\(4\)\)"):
+        assert_attention_close(dK / 2, dK)
+    with pytest.raises(AssertionError, match=r"times -1 everywhere \(the sign is flipped\)"):
+        assert_attention_close(-dV, dV)
+    # W_v shared by a batch of 3: its gradient is the sum of the items' X^T dV
+    X = rng.normal(size=(3, 5, 6))
+    W = rng.normal(size=(3, 6, 4))
+    dY = rng.normal(size=(3, 5, 4))
+    grads = selfattn.self_attention_layer_backward(dY, X, *W)
+    per_item = np.stack([selfattn.self_attention_layer_backward(dY[b], X[b], *W)[3]
+                         for b in range(3)])
+    with pytest.raises(AssertionError) as info:
+        assert_attention_close(per_item, grads[3])
+    assert ("Shapes differ: actual (3, 6, 4), desired (6, 4). Summed over axis 0, actual is "
+            "desired: the gradient of an input shared across a batch (broadcast)") in str(info.value)
+    with pytest.raises(AssertionError, match=r"Summed over axis 0, actual is not desired either"):
+        assert_attention_close(per_item[:, ::-1], grads[3])
+    # float32 rounding in a gradient of large entries: fine to the array's scale, not to each
+    # element's; the advice passes
+    desired = np.array([39.7875, 0.0613702, -30.5])
+    actual = np.float32([39.78751, 0.061387, -30.5])
+    with pytest.raises(AssertionError) as info:
+        assert_attention_close(actual, desired)
+    assert ("Every difference is below rtol=1e-05 times the largest |desired| (39.7875), as "
+            "float32 rounding makes them") in " ".join(str(info.value).split())
+    assert_attention_close(actual, desired, atol=1e-5 * np.abs(desired).max())
+    # float64 arithmetic that lost float32's digits
+    with pytest.raises(AssertionError, match=r"Actual is close, but not to float64's precision"):
+        assert_attention_close(dQ.astype(np.float32).astype(np.float64), dQ)
+    # and none of it where the differences have nothing in common
+    with pytest.raises(AssertionError) as info:
+        assert_attention_close(dQ + rng.normal(size=dQ.shape), dQ)
+    assert str(info.value).count("\n") == 2
+
+
 def test_a_near_miss_shows_numbers_that_differ_and_says_it_is_close():
     """An epsilon in the softmax's denominator: the numbers shown have the digits that tell them
     apart (6 digits made 'yours 0.526561, expected 0.526561'), and the report says the result is

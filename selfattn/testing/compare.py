@@ -112,7 +112,14 @@ def assert_attention_close(actual, desired, *, rtol=None, atol=None, err_msg="")
     from :data:`TOLERANCES` for the coarser dtype of the two arrays (float64: 1e-10 and 1e-12,
     float32: 1e-5 and 1e-5, float16: 1e-3 and 1e-4), so a float32 result is not failed for
     float32 rounding. The message says how many elements differ, where the largest difference
-    is, what both values are there and how far apart they are.
+    is, what both values are there and how far apart they are, and what the differences have in
+    common where they have something: a constant factor (a scale too many or too few), float32
+    rounding, or, for shapes that differ, a batch axis that summed away gives `desired` (the
+    gradient of an input shared across a batch).
+
+    To check a gradient you wrote by hand, compare it with selfattn's
+    (:func:`selfattn.scaled_dot_product_attention_backward` and the other ``*_backward``
+    functions), one array at a time.
 
     Parameters
     ----------
@@ -154,20 +161,90 @@ def assert_attention_close(actual, desired, *, rtol=None, atol=None, err_msg="")
     if d.dtype.kind not in "biuf":
         raise TypeError(f"assert_attention_close: desired has dtype {d.dtype}; "
                         f"expected real numbers")
+    r_default, a_default, dt = _tolerance(a.dtype, d.dtype)
+    rtol = r_default if rtol is None else float(rtol)
+    atol = a_default if atol is None else float(atol)
     if a.shape != d.shape:
         hint = ""
         if a.ndim >= 2 and a.shape[:-2] + a.shape[-2:][::-1] == d.shape:
             hint = " (actual looks transposed: its last two dimensions are swapped)"
+        summed = _summed_to(a, d.shape)
+        if summed is not None:
+            axes = ", ".join(str(i) for i in summed[1])
+            hint += (f". Summed over axis {axes}, actual is "
+                     + ("desired: the gradient of an input shared across a batch (broadcast) "
+                        "is the sum over the batch of its gradients" if
+                        _diff(summed[0], d, rtol, atol).close else "not desired either"))
         raise AssertionError(
             f"{prefix}Shapes differ: actual {a.shape}, desired {d.shape}{hint}."
         )
-    r_default, a_default, dt = _tolerance(a.dtype, d.dtype)
-    rtol = r_default if rtol is None else float(rtol)
-    atol = a_default if atol is None else float(atol)
     diff = _diff(a, d, rtol, atol)
     if diff.close:
         return
-    raise AssertionError(prefix + _diff_message(diff, rtol, atol, dt))
+    message = _diff_message(diff, rtol, atol, dt)
+    pattern = _pattern(a, d, diff, rtol, atol, dt)
+    raise AssertionError(prefix + message + ("\n" + pattern if pattern else ""))
+
+
+def _summed_to(a, shape):
+    """(a summed to `shape`, the axes of `a` summed) where an array of `shape` broadcasts to
+    a.shape (axes it lacks or has as 1), else None."""
+    try:
+        if np.broadcast_shapes(shape, a.shape) != a.shape:
+            return None
+    except ValueError:
+        return None
+    extra = a.ndim - len(shape)
+    axes = tuple(range(extra)) + tuple(extra + i for i, n in enumerate(shape)
+                                       if n == 1 and a.shape[extra + i] != 1)
+    with np.errstate(all="ignore"):
+        out = np.asarray(a, dtype=np.float64).sum(axis=axes, keepdims=True)
+    return out.reshape(shape), axes
+
+
+def _pattern(a, d, diff, rtol, atol, dt, names=("actual", "desired"), atol_advice=True):
+    """What the differences of two arrays of one shape have in common, in a sentence, where
+    they have something: a constant factor, or differences of rounding (float32 arithmetic
+    where float64 is compared, or float32 sums whose terms cancel). "" otherwise. `names` name
+    the two arrays (check's report says "your result" and "the expected result"); atol_advice:
+    say which atol compares to the array's scale (for the test's author, not check's learner)."""
+    if diff.n_nonfinite:
+        return ""
+    mine, theirs = names
+    with np.errstate(all="ignore"):
+        a, d = np.asarray(a, dtype=np.float64), np.asarray(d, dtype=np.float64)
+        norm = float(np.sum(d * d))
+        largest = float(np.abs(d).max())
+        factor = float(np.sum(a * d)) / norm if norm > 0 and math.isfinite(norm) else math.nan
+    if (math.isfinite(factor) and abs(factor - 1) > 1e-3 and factor != 0
+            and _diff(a, factor * d, rtol, atol).close):
+        return (f"{mine[0].upper() + mine[1:]} is {theirs} times {factor:.6g} everywhere"
+                f"{_named_factor(factor)}: a constant factor too many or too few, such as a "
+                f"scale.")
+    if dt == np.float64 and diff.max_rel <= 1e-5:
+        return (f"{mine[0].upper() + mine[1:]} is close, but not to float64's precision "
+                f"(relative difference at most {_fmt(diff.max_rel)}, rtol={rtol:g} asked): "
+                f"arithmetic in float32 (a float32 input or constant), or a small constant "
+                f"added somewhere (an epsilon such as + 1e-9 in a denominator), would do this.")
+    if dt != np.float64 and diff.max_abs <= rtol * largest:
+        return (f"Every difference is below rtol={rtol:g} times the largest |{theirs}| "
+                f"({_fmt(largest)}), as {dt} rounding makes them where large terms cancel (a "
+                f"weight's gradient, a sum over many rows)."
+                + (f" To compare to the array's scale, pass atol={rtol:g} * np.abs(desired).max()."
+                   if atol_advice else ""))
+    return ""
+
+
+def _named_factor(factor):
+    """" (the sign)", " (sqrt(8))", " (1/sqrt(8))" or "" for a factor."""
+    if abs(factor + 1) < 1e-6:
+        return " (the sign is flipped)"
+    for square, name in ((factor * factor, "= sqrt({})"), (1 / (factor * factor), "= 1/sqrt({})")):
+        k = round(square)
+        if 2 <= k <= 1 << 16 and abs(square - k) <= 1e-6 * k:
+            sign = "-" if factor < 0 else ""
+            return f" ({sign}{name.format(k)})"
+    return ""
 
 
 def _not_an_array(value):

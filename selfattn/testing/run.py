@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .cases import Case  # noqa: F401  (the type of CaseResult.case)
-from .compare import _diff, _diff_message, _fmt, _fmt_index, _fmt_pair, _tolerance
+from .compare import _diff, _diff_message, _fmt, _fmt_index, _fmt_pair, _pattern, _tolerance
 from .mistakes import _HINTS, _hint, _mistakes
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -431,11 +431,11 @@ def _facts(case, got, diff, rtol, atol):
     lines = ["first differing entries: " + "; ".join(shown)]
     if diff.n_nonfinite and np.isfinite(exp).all():
         lines.append("your result has inf or NaN where the expected result is finite")
-    elif not diff.n_nonfinite and diff.max_rel <= 1e-5 and exp.dtype == np.float64:
-        lines.append(f"your result is close, but not to float64's precision (relative "
-                     f"difference at most {_fmt(diff.max_rel)}, rtol={rtol:g} asked): a small "
-                     f"constant added somewhere (an epsilon such as + 1e-9 in a denominator), "
-                     f"or arithmetic in float32, would do this")
+    else:
+        pattern = _pattern(got, exp, diff, rtol, atol, exp.dtype,
+                           names=("your result", "the expected result"), atol_advice=False)
+        if pattern:
+            lines.append(pattern[0].lower() + pattern[1:].rstrip("."))
     if case.name == "softmax_attention_weights":
         with np.errstate(all="ignore"):
             if (got < 0).any():
