@@ -149,6 +149,35 @@ def test_name_is_taken_from_the_function():
     assert report.name == SCORES and report
 
 
+def test_a_backward_is_sent_to_assert_attention_close_not_to_a_forward():
+    """check(attention_backward, "scaled_dot_product_attention_backward") asked "did you mean
+    'scaled_dot_product_attention'?", and the forward's cases then failed the backward with a
+    report about scale conventions. A backward's name now gets what to do instead, whose recipe
+    runs."""
+    def attention_backward(dO, Q, K, V):
+        return Q, K, V
+
+    for call in (lambda: check(attention_backward),
+                 lambda: check(attention_backward, "scaled_dot_product_attention_backward"),
+                 lambda: check(lambda *a: a, "my_softmax_grad"),
+                 lambda: testing.cases("self_attention_layer_vjp")):
+        with pytest.raises(ValueError, match=r"looks like a backward; (check|cases) covers the "
+                                             r"forward functions") as info:
+            call()
+        assert "did you mean" not in str(info.value)
+        assert "assert_attention_close(your_dQ, selfattn.scaled_dot_product_attention_backward(" \
+            in str(info.value)
+    with pytest.raises(ValueError, match="cannot tell which function 'upgraded'"):
+        check(_named("upgraded"))
+
+
+def _named(name):
+    def fn(x):
+        return x
+    fn.__name__ = name
+    return fn
+
+
 def test_unknown_name_is_a_clear_error():
     def my_softmax(x):
         return x

@@ -4,6 +4,7 @@ from __future__ import annotations
 import difflib
 import itertools
 import math
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -104,22 +105,32 @@ class Case:
         return f"<Case {self.name}[{self.id}]: {self.shapes()} -> {tuple(self.expected.shape)}>"
 
 
+_BACKWARD_HINT = ("{func} covers the forward functions ({names}). To check gradients you wrote, "
+                  "compare each with selfattn's: assert_attention_close(your_dQ, "
+                  "selfattn.scaled_dot_product_attention_backward(dO, Q, K, V)[0]) (the README's "
+                  "\"Checking a backward you wrote\")")
+
+
 def _check_name(func, name, fn=None):
-    if name is None:
+    given = name is not None
+    if not given:
         name = getattr(fn, "__name__", None)
-        if name not in NAMES:
-            close = difflib.get_close_matches(str(name), NAMES, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(
-                f"{func}: cannot tell which function {name!r} implements{hint}; pass its name, "
-                f"e.g. {func}(fn, 'softmax_attention_weights'). Known names: {', '.join(NAMES)}"
-            )
+    if name in NAMES:
         return name
-    if name not in NAMES:
-        close = difflib.get_close_matches(str(name), NAMES, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"{func}: unknown name {name!r}{hint}; known names: {', '.join(NAMES)}")
-    return name
+    names = ", ".join(NAMES)
+    words = set(re.split(r"[^a-z]+", str(name).lower()))
+    if words & {"backward", "bwd", "grad", "grads", "gradient", "gradients", "vjp", "backprop"}:
+        # the closest name is a forward one: "did you mean" would send the learner there
+        raise ValueError(f"{func}: {name!r} looks like a backward; "
+                         + _BACKWARD_HINT.format(func=func, names=names))
+    close = difflib.get_close_matches(str(name), NAMES, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    if not given:
+        raise ValueError(
+            f"{func}: cannot tell which function {name!r} implements{hint}; pass its name, "
+            f"e.g. {func}(fn, 'softmax_attention_weights'). Known names: {names}"
+        )
+    raise ValueError(f"{func}: unknown name {name!r}{hint}; known names: {names}")
 
 
 #: The scale conventions by name: raw dot products, or divided by sqrt(d_k) (None, as in selfattn).
