@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 
@@ -10,6 +11,20 @@ from ._validate import (_as_array, _broadcast_shapes, _check_size, _distinct, _i
                         _public_call, _visibility, _window)
 
 __all__ = ["causal_mask", "window_mask", "padding_mask", "lengths_mask", "alibi_bias"]
+
+
+def _built(shape, build):
+    """build(), a mask maker's bool result of `shape`: running out of memory anywhere in it (the
+    result, or the index arrays it compares) names the result too, which is what the caller
+    asked for (NumPy's own message, kept, names the array that failed: an int64 index array of
+    one side, which the caller never asked for)."""
+    try:
+        return build()
+    except MemoryError as error:
+        size = math.prod(shape)
+        error._selfattn_what = (f"{error} (building its result, a bool array of shape {shape}: "
+                                f"{size / 2**30:,.1f} GiB)")
+        raise
 
 
 def _band_mask(func, n_q, n_k, visibility):
@@ -22,8 +37,10 @@ def _band_mask(func, n_q, n_k, visibility):
     if n_q == 0 or n_k == 0:   # the indices below would cost the other size for nothing
         return np.zeros((n_q, n_k), dtype=bool)
     lo, hi = (min(max(side, -n_q), n_k) for side in _band(visibility, n_q, n_k))  # as C clamps
-    keys, rows = np.arange(n_k), np.arange(n_q)[:, None]
-    return (keys >= rows + lo) & (keys <= rows + hi)
+    def build():
+        keys, rows = np.arange(n_k), np.arange(n_q)[:, None]
+        return (keys >= rows + lo) & (keys <= rows + hi)
+    return _built((n_q, n_k), build)
 
 
 def _align(func, align):
@@ -201,8 +218,8 @@ def padding_mask(lengths, n_k, *, head_axis=False):
     extra = (1, 1) if head_axis else (1,)
     # keys < lengths below compares intp indices: refuse what could not be addressed as such
     _check_size(func, lengths.shape + extra + (n_k,), np.dtype(np.intp))
-    keys = np.arange(n_k)
-    return keys < lengths.reshape(lengths.shape + extra + (1,))
+    return _built(lengths.shape + extra + (n_k,),
+                  lambda: np.arange(n_k) < lengths.reshape(lengths.shape + extra + (1,)))
 
 
 def _alibi_slopes(num_heads):
@@ -360,6 +377,8 @@ def lengths_mask(query_lengths, key_lengths, n_q, n_k, *, head_axis=False):
                          f"{k.shape} do not broadcast") from None
     _check_size(func, batch + (n_q, n_k), np.dtype(np.intp))
     extra = (1, 1, 1) if head_axis else (1, 1)
-    rows = np.arange(n_q)[:, None] < q.reshape(q.shape + extra)
-    keys = np.arange(n_k)[None, :] < k.reshape(k.shape + extra)
-    return np.broadcast_to(rows & keys, batch + (n_q, n_k)).copy()
+    def build():
+        rows = np.arange(n_q)[:, None] < q.reshape(q.shape + extra)
+        keys = np.arange(n_k)[None, :] < k.reshape(k.shape + extra)
+        return np.broadcast_to(rows & keys, batch + (n_q, n_k)).copy()
+    return _built(batch + (n_q, n_k), build)
