@@ -15,6 +15,7 @@ Running the kernels (kernel-ready operands, outputs) is selfattn/_kernels.py's p
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import operator
 import sys
@@ -727,9 +728,19 @@ def _public_call(function=None, *, name=None, float32_helps=True):
         try:
             return function(*args, **kwargs)
         except (TypeError, ValueError) as error:
-            # ours by its message, or Python's for the arguments (raised before the call ran)
-            if not (str(error).startswith(prefixes) or error.__traceback__.tb_next is None):
+            # ours by its message, or Python's for the arguments (raised before the call ran,
+            # in this frame or, under _one_tier, a few frames down)
+            arguments = isinstance(error, TypeError) and not _binds(function, args, kwargs)
+            if not (str(error).startswith(prefixes) or arguments):
                 raise
+            if arguments and "required positional argument" in str(error):
+                # Python names the last argument missing, which is rarely the one left out
+                # (backward(Q, K, V) lacks dO, not V): the arguments in their order say which
+                positional = [p.name for p in inspect.signature(function).parameters.values()
+                              if p.kind is p.POSITIONAL_OR_KEYWORD]
+                raise TypeError(f"{error}; {name} takes {', '.join(positional)}, in this order"
+                                + (f" ({positional[0]}, the gradient of the output, first)"
+                                   if positional[0] in ("dO", "dY") else "")) from None
             raise error.with_traceback(None)  # the learner's input: see the message
         except MemoryError as error:
             # from a public call inside this one: the outermost, the learner's call, is named
@@ -744,6 +755,15 @@ def _public_call(function=None, *, name=None, float32_helps=True):
             named._selfattn_what = what
             raise named from None
     return call
+
+
+def _binds(function, args, kwargs):
+    """Whether Python takes these arguments for `function` (the one under its wrappers)."""
+    try:
+        inspect.signature(function).bind(*args, **kwargs)
+    except TypeError:
+        return False
+    return True
 
 
 _PUBLIC_CALL = _public_call(lambda: None, name="").__code__  # every public wrapper's frame runs it

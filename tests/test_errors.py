@@ -45,6 +45,32 @@ def test_an_input_error_shows_the_learners_line_and_not_selfattns_checks():
                                 ("_validate.py", "call")]
 
 
+def test_a_missing_argument_lists_the_arguments_in_order():
+    """backward(Q, K, V) lacks dO, but Python says "missing ... argument: 'V'", and under the
+    tier wrapper the error kept selfattn's frames. The arguments in their order say which one
+    was left out; the traceback is the learner's line."""
+    Q = np.ones((3, 2))
+    calls = {
+        "scaled_dot_product_attention_backward() missing 1 required positional argument: 'V'; "
+        "scaled_dot_product_attention_backward takes dO, Q, K, V, in this order (dO, the "
+        "gradient of the output, first)": lambda: sa.scaled_dot_product_attention_backward(Q, Q, Q),
+        "multi_head_attention_backward() missing 1 required positional argument: 'W_o'; "
+        "multi_head_attention_backward takes dY, X, W_q, W_k, W_v, W_o, in this order (dY, the "
+        "gradient of the output, first)":
+            lambda: sa.multi_head_attention_backward(Q, Q, Q, Q, Q, num_heads=1),
+        "self_attention_layer() missing 1 required positional argument: 'W_v'; "
+        "self_attention_layer takes X, W_q, W_k, W_v, in this order":
+            lambda: sa.self_attention_layer(Q, Q, Q),
+    }
+    for expected, call in calls.items():
+        assert message(call) == expected
+        assert frames(call) == [("test_errors.py", "frames"), ("test_errors.py", "<lambda>"),
+                                ("_validate.py", "call")]
+    unknown = lambda: sa.scaled_dot_product_attention_backward(Q, Q, Q, Q, causal=True)  # noqa
+    assert message(unknown).endswith("got an unexpected keyword argument 'causal'")
+    assert len(frames(unknown)) == 3
+
+
 def test_other_errors_keep_their_frames():
     """Only an error that names the call is the learner's input; anything else (a bug of ours,
     an error from a function the call was given) keeps every frame."""
