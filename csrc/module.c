@@ -79,7 +79,7 @@ static void kept_init(void)
 static void kept_setup(void)
 {
     kept_init();
-    sa_at_fork_child(kept_init);
+    sa_at_fork(NULL, NULL, kept_init);
 }
 
 static size_t block_size(const char *block) { return *(const size_t *)block; }

@@ -10,6 +10,7 @@
 #include <fenv.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #if defined(_WIN32)
 #define WIN32_LEAN_AND_MEAN
@@ -158,7 +159,7 @@ void sa_cpu_relax(void)
 #endif
 }
 
-int sa_thread_start(void (*fn)(void *arg), void *arg)
+int sa_thread_start(sa_thread *thread, void (*fn)(void *arg), void *arg)
 {
     thread_start *start = malloc(sizeof *start);
     if (start == NULL)
@@ -167,34 +168,48 @@ int sa_thread_start(void (*fn)(void *arg), void *arg)
     start->arg = arg;
     fegetenv(&start->env);
 #if defined(_WIN32)
-    HANDLE thread = CreateThread(NULL, 0, thread_main, start, 0, NULL);
-    if (thread == NULL) {
+    HANDLE handle = CreateThread(NULL, 0, thread_main, start, 0, NULL);
+    if (handle == NULL) {
         free(start);
         return -1;
     }
-    CloseHandle(thread);    /* detached: the thread lives on without its handle */
+    _Static_assert(sizeof handle <= sizeof thread->opaque, "sa_thread holds a HANDLE");
+    memcpy(thread->opaque, &handle, sizeof handle);
     return 0;
 #else
-    pthread_t thread;
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    int err = pthread_create(&thread, &attr, thread_main, start);
-    pthread_attr_destroy(&attr);
-    if (err != 0) {
+    pthread_t handle;
+    if (pthread_create(&handle, NULL, thread_main, start) != 0) {
         free(start);
         return -1;
     }
+    _Static_assert(sizeof handle <= sizeof thread->opaque, "sa_thread holds a pthread_t");
+    memcpy(thread->opaque, &handle, sizeof handle);
     return 0;
 #endif
 }
 
-void sa_at_fork_child(void (*fn)(void))
+void sa_thread_join(sa_thread *thread)
 {
 #if defined(_WIN32)
-    (void)fn;
+    HANDLE handle;
+    memcpy(&handle, thread->opaque, sizeof handle);
+    WaitForSingleObject(handle, INFINITE);
+    CloseHandle(handle);
 #else
-    pthread_atfork(NULL, NULL, fn);
+    pthread_t handle;
+    memcpy(&handle, thread->opaque, sizeof handle);
+    pthread_join(handle, NULL);
+#endif
+}
+
+void sa_at_fork(void (*prepare)(void), void (*parent)(void), void (*child)(void))
+{
+#if defined(_WIN32)
+    (void)prepare;
+    (void)parent;
+    (void)child;
+#else
+    pthread_atfork(prepare, parent, child);
 #endif
 }
 

@@ -43,12 +43,18 @@ void sa_cond_broadcast(sa_cond *c);
 typedef struct { atomic_int state; } sa_once_flag;
 void sa_once(sa_once_flag *flag, void (*init)(void));
 
-/* Starts a detached thread running fn(arg); 0 on success. */
-int sa_thread_start(void (*fn)(void *arg), void *arg);
+/* A thread to join: pthread_t (8 bytes on Linux and macOS) or a HANDLE. */
+typedef struct { _Alignas(8) unsigned char opaque[16]; } sa_thread;
 
-/* Registers fn to run in the child after fork() (the workers do not exist there); a no-op where
-   the OS has no fork (Windows). */
-void sa_at_fork_child(void (*fn)(void));
+/* Starts a thread running fn(arg) and fills *thread, for sa_thread_join; 0 on success. */
+int sa_thread_start(sa_thread *thread, void (*fn)(void *arg), void *arg);
+/* Waits until the thread has returned from fn, and releases it. */
+void sa_thread_join(sa_thread *thread);
+
+/* Registers what runs around fork(): prepare in the forking thread before it, parent in it
+   after, child in the child (where no other thread exists). A no-op where the OS has no fork
+   (Windows). */
+void sa_at_fork(void (*prepare)(void), void (*parent)(void), void (*child)(void));
 
 /* Tells the CPU that this thread is spinning on a flag (x86 PAUSE, ARM YIELD; a no-op elsewhere). */
 void sa_cpu_relax(void);

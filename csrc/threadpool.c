@@ -10,9 +10,12 @@
  * because the poll callback takes the GIL and checks signals, which only the main thread can see;
  * it goes on polling while it waits for its helpers' last tasks.
  *
- * Workers are never stopped. Those a job does not need (ids above its helpers, after a call with
+ * Workers live between jobs. Those a job does not need (ids above its helpers, after a call with
  * more threads than now) sleep on their own condition variable, so that the next jobs neither
- * wake them nor wait while they spin.
+ * wake them nor wait while they spin. They are stopped only before a fork() while the pool is
+ * idle (stop_for_fork): a process that forks with other threads running may deadlock in the
+ * child, and Python 3.12+ warns of it (a DeprecationWarning, an error under -W error) when it
+ * counts them; the next job starts them again. A child starts over with no workers.
  */
 #include "attn.h"
 #include "platform.h"
@@ -26,6 +29,9 @@
    sleep: waking a sleeping thread took longer than a whole 100 us GEMM on a 2-vCPU VM, so the
    helper of a short call, or of the next call in a loop, came too late to take a task. */
 #define SA_SPIN_NS 200000L
+
+/* set_num_threads allows 1024 threads: the caller and 1023 workers. */
+#define SA_MAX_WORKERS 1023
 
 /* Below this many flops a loop stays on one thread: waking workers costs ~10-50 us. */
 #define SA_PARALLEL_MIN_FLOPS 2.0e6
@@ -49,6 +55,8 @@ static struct {
     sa_cond done;               /* the caller waits here for its helpers */
     sa_mutex in_use;            /* held by the thread whose job the pool runs */
     int n_workers;              /* threads started, ids 1..n_workers */
+    int stopping;               /* workers return (stop_for_fork) */
+    sa_thread threads[SA_MAX_WORKERS];  /* worker id's thread at [id - 1] */
     int n_wanted;               /* the last job's helpers: ids above it are parked */
     unsigned long generation;
     atomic_ulong published;     /* generation, for workers that spin without the lock */
@@ -65,6 +73,7 @@ static void init_pool(void)
     sa_cond_init(&pool.done);
     pool.n_workers = 0;
     pool.n_wanted = 0;
+    pool.stopping = 0;
     pool.job = NULL;
 }
 
@@ -150,13 +159,15 @@ static void worker_main(void *arg)
     unsigned long seen = 0;
     sa_mutex_lock(&pool.lock);
     for (;;) {
-        if (pool.generation == seen && id <= pool.n_wanted) {
+        if (pool.generation == seen && id <= pool.n_wanted && !pool.stopping) {
             sa_mutex_unlock(&pool.lock);
             spin_while(&pool.published, seen, 1);
             sa_mutex_lock(&pool.lock);
         }
-        while (pool.generation == seen || id > pool.n_wanted)
+        while (!pool.stopping && (pool.generation == seen || id > pool.n_wanted))
             sa_cond_wait(id > pool.n_wanted ? &pool.parked : &pool.wake, &pool.lock);
+        if (pool.stopping)
+            break;
         seen = pool.generation;
         sa_job *job = pool.job;
         /* NULL also when the caller already finished every task: a helper that was slow to be
@@ -172,15 +183,16 @@ static void worker_main(void *arg)
         if (++job->helpers_done == job->helpers_in)
             sa_cond_signal(&pool.done);
     }
+    sa_mutex_unlock(&pool.lock);
 }
 
 /* Starts workers until there are `wanted`; returns how many exist (fewer if creation failed). */
 static int ensure_workers(int wanted)
 {
     sa_mutex_lock(&pool.lock);
-    while (pool.n_workers < wanted) {
+    while (pool.n_workers < wanted && pool.n_workers < SA_MAX_WORKERS) {
         int id = pool.n_workers + 1;
-        if (sa_thread_start(worker_main, (void *)(intptr_t)id) != 0)
+        if (sa_thread_start(&pool.threads[id - 1], worker_main, (void *)(intptr_t)id) != 0)
             break;
         pool.n_workers = id;
     }
@@ -189,12 +201,45 @@ static int ensure_workers(int wanted)
     return have;
 }
 
-/* In a child after fork() the workers are gone and the locks may be held by threads that no
-   longer exist: start over. */
+/* Before fork(), in the forking thread: with no job running, the workers return and are joined,
+   and in_use stays held through the fork, so that no job starts meanwhile. A job running (in
+   another thread, or in this one: a signal handler that forks, run by a long call's poll) keeps
+   its workers. */
+static int stopped_for_fork;
+
+static void stop_for_fork(void)
+{
+    stopped_for_fork = sa_mutex_trylock(&pool.in_use);
+    if (!stopped_for_fork)
+        return;
+    sa_mutex_lock(&pool.lock);
+    int n_workers = pool.n_workers;
+    pool.stopping = 1;
+    sa_cond_broadcast(&pool.wake);
+    sa_cond_broadcast(&pool.parked);
+    sa_mutex_unlock(&pool.lock);
+    for (int i = 0; i < n_workers; i++)
+        sa_thread_join(&pool.threads[i]);
+    sa_mutex_lock(&pool.lock);
+    pool.n_workers = 0;
+    pool.n_wanted = 0;
+    pool.stopping = 0;
+    sa_mutex_unlock(&pool.lock);
+}
+
+/* After fork(), in the parent: the next job starts the workers it needs. */
+static void resume_after_fork(void)
+{
+    if (stopped_for_fork)
+        sa_mutex_unlock(&pool.in_use);
+}
+
+/* In a child after fork() the workers are gone (stopped before it, or not copied: only the
+   forking thread is) and the locks may be held by threads that no longer exist: start over. */
 static void setup_pool(void)
 {
     init_pool();
-    sa_at_fork_child(init_pool);
+    sa_at_fork(stop_for_fork, resume_after_fork, init_pool);
 }
 
 static sa_once_flag pool_once;

@@ -51,6 +51,61 @@ def test_the_pool_works_in_a_child_after_fork(threads):
     assert answer == b"same"
 
 
+_FORK_WITH_THE_POOL_IDLE = """
+import os, sys, warnings
+import numpy as np
+import selfattn
+
+def threads():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("Threads:"))
+
+Q = np.random.default_rng(0).standard_normal((2, 300, 64))
+selfattn.set_num_threads(3)
+want = selfattn.scaled_dot_product_attention(Q, Q, Q)
+before = threads()
+with warnings.catch_warnings():
+    warnings.simplefilter("error")  # Python 3.12+: a DeprecationWarning for other threads
+    pid = os.fork()
+if pid == 0:
+    same = np.array_equal(selfattn.scaled_dot_product_attention(Q, Q, Q), want)
+    os._exit(0 if same else 3)
+_, status = os.waitpid(pid, 0)
+after = threads()
+same = np.array_equal(selfattn.scaled_dot_product_attention(Q, Q, Q), want)
+print(before, after, threads(), os.waitstatus_to_exitcode(status), same)
+"""
+
+
+@pytest.mark.c_backend
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="counts threads in /proc")
+def test_fork_with_the_pool_idle_stops_its_workers_and_the_next_call_restarts_them():
+    """The workers ran on through a fork(): a process that forks with other threads may deadlock
+    in the child, and Python 3.12+ warns (DeprecationWarning: "This process is multi-threaded,
+    use of fork() may lead to deadlocks"), an error under -W error. An idle pool's workers are
+    now stopped before the fork; the child and the parent's next call compute the same bits,
+    with the workers started again. (NumPy's OpenBLAS stops its threads too, so none is left.)"""
+    env = {k: v for k, v in os.environ.items() if k != "SELFATTN_NUM_THREADS"}
+    env["OPENBLAS_NUM_THREADS"] = "1"     # NumPy's own threads are not the point
+    out = subprocess.run([sys.executable, "-c", _FORK_WITH_THE_POOL_IDLE], capture_output=True,
+                         text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    before, after, restarted, child, same = out.stdout.split()
+    assert int(before) == 3 and int(after) == 1 and int(restarted) == 3, out.stdout
+    assert child == "0" and same == "True"
+
+
+def test_omp_num_threads_does_not_set_selfattns_threads():
+    """As the README says: selfattn's pool is its own (SELFATTN_NUM_THREADS, set_num_threads)."""
+    env = {k: v for k, v in os.environ.items() if k != "SELFATTN_NUM_THREADS"}
+    code = "import selfattn; print(selfattn.get_num_threads())"
+    default = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             env=env, check=True).stdout
+    omp = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**env, "OMP_NUM_THREADS": "1"}, check=True).stdout
+    assert omp == default
+
+
 @pytest.mark.c_backend
 def test_every_listed_tier_is_supported_and_the_best_is_chosen_by_default():
     tiers = list(_core.supported_isas())
