@@ -265,3 +265,30 @@ def test_np_seterr_raise_changes_nothing(numpy_raises_on_every_fp_error, dtype):
         want = call()
         for g, w in zip(*(v if isinstance(v, tuple) else (v,) for v in (got[name], want))):
             np.testing.assert_array_equal(g, w, err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dropout", [{}, {"dropout_p": 0.5, "seed": 3}])
+def test_a_nan_row_under_a_band_gives_the_gradients_it_gives_under_the_same_mask(dtype, dropout,
+                                                                                 isa):
+    """Query 0's score +inf (Q holds inf) makes its weights NaN, for every key, those causality,
+    a window or key_lengths hide too (the forward's weights are, and torch's causal mask gives
+    the same): so every key's dK is NaN, and dV where the dropout keeps the weight, as under the
+    boolean mask that draws the same band. The reference tier, which such a call runs on, gave
+    NaN only to the keys query 0 sees."""
+    rng = np.random.default_rng(0)
+    n = 6
+    Q, V = rng.normal(size=(2, n, 2)).astype(dtype)
+    K = np.abs(rng.normal(size=(n, 2))).astype(dtype)
+    dO = np.ones((n, 2), dtype)
+    Q[0, 1] = np.inf                                      # score +inf for every key
+    import selfattn
+    for kw, mask in [({"is_causal": True}, selfattn.causal_mask(n)),
+                     ({"window": (1, 1)}, selfattn.window_mask(n, n, 1, 1)),
+                     ({"key_lengths": 2}, selfattn.lengths_mask(None, 2, n, n))]:
+        band = sdpa_backward(dO, Q, K, V, **kw, **dropout)
+        masked = sdpa_backward(dO, Q, K, V, mask=mask, **dropout)
+        for name, b, m in zip(("dQ", "dK", "dV"), band, masked):
+            np.testing.assert_array_equal(np.isnan(b), np.isnan(m), err_msg=f"{name} {kw}")
+        assert np.isnan(band[1]).all(), kw                # every key's dK
+        assert np.isnan(band[0][0]).all() and np.isfinite(band[0][1:]).all(), kw
