@@ -733,14 +733,14 @@ def _public_call(function=None, *, name=None, float32_helps=True):
             arguments = isinstance(error, TypeError) and not _binds(function, args, kwargs)
             if not (str(error).startswith(prefixes) or arguments):
                 raise
-            if arguments and "required positional argument" in str(error):
+            required = [p.name for p in inspect.signature(function).parameters.values()
+                        if p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty]
+            if arguments and "required positional argument" in str(error) and len(required) > 1:
                 # Python names the last argument missing, which is rarely the one left out
                 # (backward(Q, K, V) lacks dO, not V): the arguments in their order say which
-                positional = [p.name for p in inspect.signature(function).parameters.values()
-                              if p.kind is p.POSITIONAL_OR_KEYWORD]
-                raise TypeError(f"{error}; {name} takes {', '.join(positional)}, in this order"
-                                + (f" ({positional[0]}, the gradient of the output, first)"
-                                   if positional[0] in ("dO", "dY") else "")) from None
+                raise TypeError(f"{error}; {name} takes {', '.join(required)}, in this order"
+                                + (f" ({required[0]}, the gradient of the output, first)"
+                                   if required[0] in ("dO", "dY") else "")) from None
             raise error.with_traceback(None)  # the learner's input: see the message
         except MemoryError as error:
             # from a public call inside this one: the outermost, the learner's call, is named

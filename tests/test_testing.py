@@ -160,6 +160,7 @@ def test_a_backward_is_sent_to_assert_attention_close_not_to_a_forward():
     for call in (lambda: check(attention_backward),
                  lambda: check(attention_backward, "scaled_dot_product_attention_backward"),
                  lambda: check(lambda *a: a, "my_softmax_grad"),
+                 lambda: check(lambda *a: a, "attentionBackward"),
                  lambda: testing.cases("self_attention_layer_vjp")):
         with pytest.raises(ValueError, match=r"looks like a backward; (check|cases) covers the "
                                              r"forward functions") as info:
@@ -869,13 +870,23 @@ def test_assert_attention_close_says_what_a_wrong_backward_has_in_common():
     rng = np.random.default_rng(0)
     dO, Q, K, V = rng.normal(size=(4, 5, 4))
     dQ, dK, dV = selfattn.scaled_dot_product_attention_backward(dO, Q, K, V)
-    with pytest.raises(AssertionError, match=r"Actual is desired times 2 everywhere "
-                                             r"\(= sqrt\(4\)\): a constant factor"):
+    with pytest.raises(AssertionError, match=r"Actual is desired times 2 everywhere: a "
+                                             r"constant factor too many or too few\.$"):
         assert_attention_close(dQ * np.sqrt(4), dQ)      # no 1/sqrt(d_k) in dQ = scale dS K
-    with pytest.raises(AssertionError, match=r"times 0.5 everywhere \(= 1/sqrt\(4\)\)"):
-        assert_attention_close(dK / 2, dK)
+    with pytest.raises(AssertionError, match=r"times 0.353553 everywhere \(= 1/sqrt\(8\)\)"):
+        assert_attention_close(dK / np.sqrt(8), dK)
+    with pytest.raises(AssertionError, match=r"times -0.2 everywhere \(= -1/5\)"):
+        assert_attention_close(dK / -5, dK)
     with pytest.raises(AssertionError, match=r"times -1 everywhere \(the sign is flipped\)"):
         assert_attention_close(-dV, dV)
+    # a factor needs several values to show in: not one element, nor one non-zero; and it is
+    # tested at the dtype's tolerance, not at a loose rtol the caller gave
+    for actual, desired, kw in [([3.0], [2.0], {}), ([0.7, 0, 0], [1.0, 0, 0], {}),
+                                (dQ * np.linspace(1.1, 1.3, dQ.size).reshape(dQ.shape), dQ,
+                                 {"rtol": 0.01})]:
+        with pytest.raises(AssertionError) as info:
+            assert_attention_close(actual, desired, **kw)
+        assert "everywhere" not in str(info.value)
     # W_v shared by a batch of 3: its gradient is the sum of the items' X^T dV
     X = rng.normal(size=(3, 5, 6))
     W = rng.normal(size=(3, 6, 4))
@@ -887,17 +898,27 @@ def test_assert_attention_close_says_what_a_wrong_backward_has_in_common():
         assert_attention_close(per_item, grads[3])
     assert ("Shapes differ: actual (3, 6, 4), desired (6, 4). Summed over axis 0, actual is "
             "desired: the gradient of an input shared across a batch (broadcast)") in str(info.value)
-    with pytest.raises(AssertionError, match=r"Summed over axis 0, actual is not desired either"):
+    with pytest.raises(AssertionError) as info:
         assert_attention_close(per_item[:, ::-1], grads[3])
+    assert str(info.value) == "Shapes differ: actual (3, 6, 4), desired (6, 4)."
+    with pytest.raises(AssertionError, match=r"\(actual has an extra axis 0 of length 1\)\.$"):
+        assert_attention_close(grads[3][None], grads[3])
     # float32 rounding in a gradient of large entries: fine to the array's scale, not to each
     # element's; the advice passes
     desired = np.array([39.7875, 0.0613702, -30.5])
     actual = np.float32([39.78751, 0.061387, -30.5])
     with pytest.raises(AssertionError) as info:
         assert_attention_close(actual, desired)
-    assert ("Every difference is below rtol=1e-05 times the largest |desired| (39.7875), as "
-            "float32 rounding makes them") in " ".join(str(info.value).split())
+    assert ("of the largest value (39.7875), the size float32 rounding reaches in sums whose "
+            "large terms cancel") in " ".join(str(info.value).split())
+    assert "atol=1e-05 * np.abs(desired).max()" in str(info.value)
     assert_attention_close(actual, desired, atol=1e-5 * np.abs(desired).max())
+    # not for differences far beyond rounding, nor for an inf both share
+    for actual, desired in [(np.float32([1e6, 3, -2, 8]), np.float32([1e6, 1, 2, 3])),
+                            (np.float32([np.inf, 5, -7, 30]), np.float32([np.inf, 1, 2, 3]))]:
+        with pytest.raises(AssertionError) as info:
+            assert_attention_close(actual, desired)
+        assert "rounding" not in str(info.value)
     # float64 arithmetic that lost float32's digits
     with pytest.raises(AssertionError, match=r"Actual is close, but not to float64's precision"):
         assert_attention_close(dQ.astype(np.float32).astype(np.float64), dQ)

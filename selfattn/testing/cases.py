@@ -118,7 +118,7 @@ def _check_name(func, name, fn=None):
     if name in NAMES:
         return name
     names = ", ".join(NAMES)
-    words = set(re.split(r"[^a-z]+", str(name).lower()))
+    words = set(re.split(r"[^a-z]+", re.sub(r"(?<=[a-z])(?=[A-Z])", "_", str(name)).lower()))
     if words & {"backward", "bwd", "grad", "grads", "gradient", "gradients", "vjp", "backprop"}:
         # the closest name is a forward one: "did you mean" would send the learner there
         raise ValueError(f"{func}: {name!r} looks like a backward; "

@@ -170,11 +170,15 @@ def assert_attention_close(actual, desired, *, rtol=None, atol=None, err_msg="")
             hint = " (actual looks transposed: its last two dimensions are swapped)"
         summed = _summed_to(a, d.shape)
         if summed is not None:
-            axes = ", ".join(str(i) for i in summed[1])
-            hint += (f". Summed over axis {axes}, actual is "
-                     + ("desired: the gradient of an input shared across a batch (broadcast) "
-                        "is the sum over the batch of its gradients" if
-                        _diff(summed[0], d, rtol, atol).close else "not desired either"))
+            axes = summed[1]
+            named = (f"axis {axes[0]}" if len(axes) == 1 else
+                     "axes " + ", ".join(str(i) for i in axes[:-1]) + f" and {axes[-1]}")
+            if all(a.shape[i] == 1 for i in axes):
+                hint += f" (actual has an extra {named} of length 1)"
+            elif a.size and _diff(summed[0], d, rtol, atol).close:
+                hint += (f". Summed over {named}, actual is desired: the gradient of an input "
+                         f"shared across a batch (broadcast) is the sum over the batch of its "
+                         f"gradients")
         raise AssertionError(
             f"{prefix}Shapes differ: actual {a.shape}, desired {d.shape}{hint}."
         )
@@ -207,43 +211,61 @@ def _pattern(a, d, diff, rtol, atol, dt, names=("actual", "desired"), atol_advic
     they have something: a constant factor, or differences of rounding (float32 arithmetic
     where float64 is compared, or float32 sums whose terms cancel). "" otherwise. `names` name
     the two arrays (check's report says "your result" and "the expected result"); atol_advice:
-    say which atol compares to the array's scale (for the test's author, not check's learner)."""
-    if diff.n_nonfinite:
+    for the test's author (assert_attention_close), not check's learner: the rounding of sums
+    that cancel, and the atol that compares to the array's scale.
+    Skipped past 2**24 elements (a failed assertion should not take seconds, or memory, more)."""
+    if diff.n_nonfinite or a.size > 1 << 24:
         return ""
     mine, theirs = names
-    with np.errstate(all="ignore"):
-        a, d = np.asarray(a, dtype=np.float64), np.asarray(d, dtype=np.float64)
-        norm = float(np.sum(d * d))
-        largest = float(np.abs(d).max())
-        factor = float(np.sum(a * d)) / norm if norm > 0 and math.isfinite(norm) else math.nan
+    Mine = mine[0].upper() + mine[1:]
+    try:
+        with np.errstate(all="ignore"):
+            a, d = np.asarray(a, dtype=np.float64), np.asarray(d, dtype=np.float64)
+            finite = np.isfinite(d)
+            af, df = a[finite], d[finite]
+            largest = float(np.abs(df).max()) if df.size else 0.0
+            norm = float(np.sum(df * df))
+            factor = float(np.sum(af * df)) / norm if norm > 0 and math.isfinite(norm) else math.nan
+    except MemoryError:
+        return ""
+    # a factor needs several values to show in: one element (a single token's score) or one
+    # non-zero is any factor; tested at the dtype's own tolerance, not a loose rtol the caller gave
+    r_dt, a_dt, _ = _tolerance(dt)
     if (math.isfinite(factor) and abs(factor - 1) > 1e-3 and factor != 0
-            and _diff(a, factor * d, rtol, atol).close):
-        return (f"{mine[0].upper() + mine[1:]} is {theirs} times {factor:.6g} everywhere"
-                f"{_named_factor(factor)}: a constant factor too many or too few, such as a "
-                f"scale.")
+            and np.count_nonzero(df) >= 3
+            and _diff(af, factor * df, min(rtol, r_dt), min(atol, a_dt)).close):
+        return (f"{Mine} is {theirs} times {factor:.6g} everywhere{_named_factor(factor)}: a "
+                f"constant factor too many or too few.")
     if dt == np.float64 and diff.max_rel <= 1e-5:
-        return (f"{mine[0].upper() + mine[1:]} is close, but not to float64's precision "
-                f"(relative difference at most {_fmt(diff.max_rel)}, rtol={rtol:g} asked): "
-                f"arithmetic in float32 (a float32 input or constant), or a small constant "
-                f"added somewhere (an epsilon such as + 1e-9 in a denominator), would do this.")
-    if dt != np.float64 and diff.max_abs <= rtol * largest:
-        return (f"Every difference is below rtol={rtol:g} times the largest |{theirs}| "
-                f"({_fmt(largest)}), as {dt} rounding makes them where large terms cancel (a "
-                f"weight's gradient, a sum over many rows)."
-                + (f" To compare to the array's scale, pass atol={rtol:g} * np.abs(desired).max()."
-                   if atol_advice else ""))
+        return (f"{Mine} is close, but not to float64's precision (relative difference at most "
+                f"{_fmt(diff.max_rel)}, rtol={rtol:g} asked): arithmetic in float32 (a float32 "
+                f"input or constant), or a small constant added somewhere (an epsilon such as "
+                f"+ 1e-9 in a denominator), would do this.")
+    eps = float(np.finfo(dt).eps) if dt.kind == "f" else 0.0
+    # check's cases are built to pass float32 rounding: there this would excuse a wrong answer
+    if (atol_advice and dt != np.float64 and largest > 0 and math.isfinite(largest)
+            and diff.max_abs <= min(rtol, 8 * eps * math.sqrt(a.size)) * largest):
+        advice = (f" If that is where they come from, compare to the array's scale: "
+                  f"atol={rtol:g} * np.abs(desired).max()." if atol_advice else "")
+        return (f"Every difference is at most {_fmt(diff.max_abs / largest)} of the largest "
+                f"value ({_fmt(largest)}), the size {dt} rounding reaches in sums whose large "
+                f"terms cancel (a weight's gradient, a sum over many rows).{advice}")
     return ""
 
 
 def _named_factor(factor):
-    """" (the sign)", " (sqrt(8))", " (1/sqrt(8))" or "" for a factor."""
+    """" (the sign is flipped)", " (= 1/5)", " (= sqrt(8))", " (= -1/sqrt(8))", or "" for a
+    factor: a whole number or its inverse as such, a square root only where it is no whole
+    number (2 is 2, not sqrt(4))."""
     if abs(factor + 1) < 1e-6:
         return " (the sign is flipped)"
-    for square, name in ((factor * factor, "= sqrt({})"), (1 / (factor * factor), "= 1/sqrt({})")):
-        k = round(square)
-        if 2 <= k <= 1 << 16 and abs(square - k) <= 1e-6 * k:
-            sign = "-" if factor < 0 else ""
-            return f" ({sign}{name.format(k)})"
+    sign = "-" if factor < 0 else ""
+    size = abs(factor)
+    for value, name in ((size, "{}"), (1 / size, "1/{}"), (size * size, "sqrt({})"),
+                        (1 / (size * size), "1/sqrt({})")):
+        k = round(value)
+        if 2 <= k <= 1 << 16 and abs(value - k) <= 1e-6 * k:
+            return "" if name == "{}" else f" (= {sign}{name.format(k)})"
     return ""
 
 
