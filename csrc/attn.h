@@ -414,7 +414,9 @@ typedef int (*sa_attention_fn)(const sa_exec *ex, const sa_batch *batch, const s
  *            as in `scores`; a fully masked query row gets dQ = 0 and gives nothing to dK, dV; a
  *            row of S holding NaN makes its weights NaN, as in the forward. A key whose weight is 0
  *            contributes nothing even where its V or K row or dO holds inf or NaN, nor a fully
- *            masked query row where its Q row does: the reference tier guarantees this; the
+ *            masked query row where its Q row does (hidden by a boolean mask, the band or the
+ *            lengths: an additive -inf plus an inf score is NaN, a NaN weight, on every tier
+ *            alike): the reference tier guarantees this; the
  *            other tiers may assume V, dO, K and Q are finite (sa_kernels_for_values routes other
  *            inputs to the reference tier). The mask gets no gradient.
  *            out: NULL, or out[b] (n_q, d_v) = the forward's O (with dropout, of the dropped

@@ -215,6 +215,10 @@ static void stop_for_fork(void)
     sa_mutex_lock(&pool.lock);
     int n_workers = pool.n_workers;
     pool.stopping = 1;
+    /* a worker spinning on `published` after the last job leaves its spin now, not after
+       SA_SPIN_NS (forks took 1.2-1.7 ms with 4-8 threads on 2 CPUs, 0.5 ms before); it is only
+       a hint, which the next job sets again */
+    atomic_store_explicit(&pool.published, pool.generation + 1, memory_order_release);
     sa_cond_broadcast(&pool.wake);
     sa_cond_broadcast(&pool.parked);
     sa_mutex_unlock(&pool.lock);
