@@ -168,6 +168,7 @@ def test_a_backward_is_sent_to_assert_attention_close_not_to_a_forward():
         assert "did you mean" not in str(info.value)
         assert "assert_attention_close(your_dQ, selfattn.scaled_dot_product_attention_backward(" \
             in str(info.value)
+        assert "selfattn.self_attention_layer_backward(dY, X, W_q, W_k, W_v)[1]" in str(info.value)
     with pytest.raises(ValueError, match="cannot tell which function 'upgraded'"):
         check(_named("upgraded"))
 
@@ -877,7 +878,7 @@ def test_assert_attention_close_says_what_a_wrong_backward_has_in_common():
         assert_attention_close(dK / np.sqrt(8), dK)
     with pytest.raises(AssertionError, match=r"times -0.2 everywhere \(= -1/5\)"):
         assert_attention_close(dK / -5, dK)
-    with pytest.raises(AssertionError, match=r"times -1 everywhere \(the sign is flipped\)"):
+    with pytest.raises(AssertionError, match=r"times -1 everywhere: the sign is flipped\.$"):
         assert_attention_close(-dV, dV)
     # a factor needs several values to show in: not one element, nor one non-zero; and it is
     # tested at the dtype's tolerance, not at a loose rtol the caller gave
@@ -898,6 +899,16 @@ def test_assert_attention_close_says_what_a_wrong_backward_has_in_common():
         assert_attention_close(per_item, grads[3])
     assert ("Shapes differ: actual (3, 6, 4), desired (6, 4). Summed over axis 0, actual is "
             "desired: the gradient of an input shared across a batch (broadcast)") in str(info.value)
+    # in float32 too, where the sum over the batch rounds (it failed the elementwise tolerance
+    # for dW_q and dW_k, so only dW_v got the hint)
+    X32, dY32 = rng.normal(size=(2, 16, 64, 32)).astype(np.float32)
+    W32 = rng.normal(size=(3, 32, 32)).astype(np.float32)
+    grads32 = selfattn.self_attention_layer_backward(dY32, X32, *W32)
+    for k in (1, 2, 3):
+        items = np.stack([selfattn.self_attention_layer_backward(dY32[b], X32[b], *W32)[k]
+                          for b in range(len(X32))])
+        with pytest.raises(AssertionError, match=r"Summed over axis 0, actual is desired"):
+            assert_attention_close(items, grads32[k])
     with pytest.raises(AssertionError) as info:
         assert_attention_close(per_item[:, ::-1], grads[3])
     assert str(info.value) == "Shapes differ: actual (3, 6, 4), desired (6, 4)."
@@ -919,9 +930,15 @@ def test_assert_attention_close_says_what_a_wrong_backward_has_in_common():
         with pytest.raises(AssertionError) as info:
             assert_attention_close(actual, desired)
         assert "rounding" not in str(info.value)
-    # float64 arithmetic that lost float32's digits
+    # float64 arithmetic that lost float32's digits, also where an element near 0 makes the
+    # relative difference large
     with pytest.raises(AssertionError, match=r"Actual is close, but not to float64's precision"):
         assert_attention_close(dQ.astype(np.float32).astype(np.float64), dQ)
+    near_zero = dQ.copy()
+    near_zero[0, 0] = 1e-6
+    with pytest.raises(AssertionError, match=r"Actual is close, but not to float64's precision"):
+        assert_attention_close(near_zero.astype(np.float32).astype(np.float64) + 3e-11 * (
+            near_zero == 1e-6), near_zero)
     # and none of it where the differences have nothing in common
     with pytest.raises(AssertionError) as info:
         assert_attention_close(dQ + rng.normal(size=dQ.shape), dQ)

@@ -107,8 +107,10 @@ class Case:
 
 _BACKWARD_HINT = ("{func} covers the forward functions ({names}). To check gradients you wrote, "
                   "compare each with selfattn's: assert_attention_close(your_dQ, "
-                  "selfattn.scaled_dot_product_attention_backward(dO, Q, K, V)[0]) (the README's "
-                  "\"Checking a backward you wrote\")")
+                  "selfattn.scaled_dot_product_attention_backward(dO, Q, K, V)[0]), or for a "
+                  "layer's, assert_attention_close(your_dW_q, "
+                  "selfattn.self_attention_layer_backward(dY, X, W_q, W_k, W_v)[1]) (the "
+                  "README's \"Checking a backward you wrote\")")
 
 
 def _check_name(func, name, fn=None):

@@ -131,7 +131,7 @@ _HINTS = {
     "raised_elementwise_scores": "Shapes that do not broadcast: the scores are the matrix product "
                                  "Q @ K.T (np.matmul), not an elementwise product Q * K.",
     "raised_signature": "Your function does not take the arguments check() passes: "
-                        "{call}, as in the notebook. Check its parameters, or pass the right "
+                        "{call}, in that order. Check its parameters, or pass the right "
                         "name to check().",
     "raised_none": "Something was None: a function you call (perhaps one of your own) still ends "
                    "in `pass` or lacks a `return`.",
