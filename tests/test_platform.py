@@ -90,9 +90,12 @@ def test_fork_with_the_pool_idle_stops_its_workers_and_the_next_call_restarts_th
     out = subprocess.run([sys.executable, "-c", _FORK_WITH_THE_POOL_IDLE], capture_output=True,
                          text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
-    before, after, restarted, child, same = out.stdout.split()
-    assert int(before) == 3 and int(after) == 1 and int(restarted) == 3, out.stdout
-    assert child == "0" and same == "True"
+    before, after, restarted, child, same = (int(x) if x.isdigit() else x
+                                             for x in out.stdout.split())
+    # 3 threads: the caller and 2 workers (qemu-user, as CI's arm64 check runs, adds one of its
+    # own to every count: 4 2 4 there)
+    assert after == before - 2 and restarted == before, out.stdout
+    assert child == 0 and same == "True"
 
 
 def test_omp_num_threads_does_not_set_selfattns_threads():
