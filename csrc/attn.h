@@ -553,6 +553,16 @@ int sa_read_memory(uint64_t *out, const uint64_t *words, sa_int n_words);
 const sa_kernels *sa_kernels_for_values(sa_exec *ex, const sa_batch *batch, int precision,
                                         const sa_values *values, int n);
 
+/* The rule for a row of S holding NaN or +inf (a NaN bias, or scores that overflow from finite Q
+   and K) in the backward: its weights are NaN for every key, those its band hides too
+   (attention_backward above). The fast tiers compute only the keys a block's band reaches, so
+   after their backward a non-finite dQ (such a row's dQ is NaN) where the band hides keys means
+   the call must rerun on the reference tier, which follows the rule: returns 1 then (and sets
+   ex->isa to SA_ISA_REFERENCE), 0 where the tier's gradients stand. dQ[b] (n_q, d_k). */
+int sa_backward_needs_reference(sa_exec *ex, const sa_batch *batch, int precision,
+                                const sa_mat *dQ, sa_int n_q, sa_int n_k, sa_int d_k,
+                                sa_band band);
+
 /* The same rule for the output product C = weights . V, run on any tier's (IEEE) matmul: every
    column of C where V holds inf or NaN is recomputed in key order, skipping weights that are
    exactly 0; the other columns keep the tier's bits. weights (m, k), V (k, n), C (m, n). */

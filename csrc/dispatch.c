@@ -162,6 +162,33 @@ const sa_kernels *sa_kernels_for_values(sa_exec *ex, const sa_batch *batch, int 
     return sa_kernels_for(ex->isa);
 }
 
+/* Whether the band hides some key from some row of some batch item. */
+static int band_hides_keys(sa_band band, const sa_batch *batch, sa_int n_q, sa_int n_k)
+{
+    sa_int items = band.row_lengths || band.key_lengths ? batch->count : 1;
+    for (sa_int item = 0; item < items; item++)
+        for (sa_int i = 0; i < n_q; i++) {
+            sa_int first, end;
+            sa_band_keys(band, item, i, i + 1, n_k, &first, &end);
+            if (first > 0 || end < n_k)
+                return 1;
+        }
+    return 0;
+}
+
+int sa_backward_needs_reference(sa_exec *ex, const sa_batch *batch, int precision,
+                                const sa_mat *dQ, sa_int n_q, sa_int n_k, sa_int d_k,
+                                sa_band band)
+{
+    /* the scan first: a finite dQ, the usual case, costs no look at the band */
+    if (ex->isa == SA_ISA_REFERENCE || n_k == 0
+        || values_finite(ex, batch, precision, &(sa_values){dQ, n_q, d_k})
+        || !band_hides_keys(band, batch, n_q, n_k))
+        return 0;
+    ex->isa = SA_ISA_REFERENCE;
+    return 1;
+}
+
 static double element(const sa_mat *mat, sa_int at, int precision)
 {
     return precision == SA_F32 ? ((const float *)mat->data)[at] : ((const double *)mat->data)[at];

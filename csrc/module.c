@@ -539,10 +539,18 @@ static int attention_backward_impl(int isa, int precision, const sa_batch *batch
     if (tier == NULL)
         return -1;
     int status;
+    sa_band clamped = clamped_band(band, n_q, n_k);
     RUN_KERNEL(status, 2.0 * batch->count * n_q * n_k * (3 * d_k + 4 * d_v),
                tier->attention_backward[precision](&ex, batch, dQ, dK, dV, out, dO, Q, K, V, mask,
-                                                   n_q, n_k, d_k, d_v, scale,
-                                                   clamped_band(band, n_q, n_k), mods));
+                                                   n_q, n_k, d_k, d_v, scale, clamped, mods));
+    /* a row of NaN weights under a band that hides keys (dispatch.c): again, on the reference
+       tier */
+    if (status == SA_OK
+        && sa_backward_needs_reference(&ex, batch, precision, dQ, n_q, n_k, d_k, clamped))
+        RUN_KERNEL(status, 2.0 * batch->count * n_q * n_k * (3 * d_k + 4 * d_v),
+                   sa_kernels_for(ex.isa)->attention_backward[precision](
+                       &ex, batch, dQ, dK, dV, out, dO, Q, K, V, mask, n_q, n_k, d_k, d_v, scale,
+                       clamped, mods));
     return raise_status(status);
 }
 
