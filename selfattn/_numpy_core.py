@@ -475,9 +475,10 @@ def attention_backward(dQ, dK, dV, dO, Q, K, V, mask, scale, band, isa, softcap=
         if out is not None:
             _weigh(np.swapaxes(PT, -1, -2), V, bad_V, out=out[..., rows, :])
         D = (P * dP).sum(axis=-1, keepdims=True)
-        dS = np.where(P == 0, 0, P * (dP - D)).astype(dtype, copy=False)
-        if slope:
+        dS = P * (dP - D)
+        if slope:               # a hidden key's slope may be NaN (its raw score is): inside the where
             dS *= slope[0]
+        dS = np.where(P == 0, 0, dS).astype(dtype, copy=False)
         # 2. this block's dQ, and its share of dK and dV
         dQ[..., rows, :] = _weigh(dS, K, bad_K) * scale_c
         dV += _weigh(PT, dO_block, _nonfinite_columns(dO_block))

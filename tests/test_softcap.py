@@ -272,6 +272,58 @@ def test_backward_saturated_scores_slope(isa):
     np.testing.assert_allclose(got[0][0], np.asarray(want[0][0], np.float64), rtol=1e-9)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_an_infinite_key_or_query_whose_capped_score_saturates_adds_nothing(isa, dtype):
+    """Key 0's K row holds inf: query 0's score with it is +inf, capped to the cap, so its weight
+    is finite, and its slope 1 - tanh^2 is 0 (so is it for any score past about 19 caps). A dS of
+    0 then takes nothing from the inf in K (dQ) or in Q (dK), as a weight of 0 takes nothing
+    from V: the gradient is that of a key so large that its score saturates, whose limit is 0
+    (the slope falls faster than K grows), where 0 * inf is NaN. The reference tier (such a
+    call's) made query 0's dQ NaN in column 0, and dK NaN where Q held inf."""
+    big = {np.float64: 1e300, np.float32: 1e30}[dtype]
+    Q = np.array([[1.0, 0.5], [-0.5, 0.2], [0.3, 1.0]], dtype)
+    K = np.array([[np.inf, 0.0], [0.5, -1.0], [-1.0, 0.0]], dtype)
+    V = np.array([[1.0, 0.0], [2.0, 1.0], [-1.0, 3.0]], dtype)
+    dO = np.array([[1.0, -1.0], [0.5, 2.0], [-1.0, 1.0]], dtype)
+    kw = {"scale": 1.0, "softcap": 2.0}
+    # (want runs on the fast tiers, whose dS = P (dP - D) cancels to 3e-8 where it is 0 here)
+    tol = {"rtol": 1e-12, "atol": 1e-14} if dtype == np.float64 else {"rtol": 1e-5, "atol": 1e-6}
+    # query 0 sees key 0 (capped to 2, slope 0); queries 1 and 2 see -inf (weight 0)
+    got = scaled_dot_product_attention_backward(dO, Q, K, V, **kw)
+    K_big = np.where(np.isinf(K), big, K)
+    want = scaled_dot_product_attention_backward(dO, Q, K_big, V, **kw)
+    assert np.isfinite(got[0]).all()
+    np.testing.assert_allclose(got[0], want[0], **tol)
+    np.testing.assert_allclose(got[2], want[2], **tol)
+    # dK: Q's row 0 holds inf, every score of that row saturates (K's column 0 > 0 here)
+    K = np.abs(K_big[[1, 2, 1]]) + 0.5
+    Q_inf = Q.copy()
+    Q_inf[0, 0] = np.inf
+    got = scaled_dot_product_attention_backward(dO, Q_inf, K, V, **kw)
+    want = scaled_dot_product_attention_backward(dO, np.where(np.isinf(Q_inf), big, Q_inf), K, V,
+                                                 **kw)
+    assert np.isfinite(got[1]).all() and (got[0][0] == 0).all()
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, **tol)
+
+
+def test_a_hidden_key_whose_raw_score_is_nan_adds_nothing(isa):
+    """Causal: query 0 sees key 0 only; key 1's K row holds NaN (its raw score and slope are NaN)
+    and key 2's inf, both hidden. A hidden key's weight is 0 and takes nothing, with a cap too:
+    the NumPy backend multiplied the hidden keys' dS of 0 by their NaN slope, so query 0's dQ
+    was NaN. Query 0's -inf saturates its visible score: its dS of 0 takes nothing from that
+    -inf either (the C tiers' dK of key 0 was 0 * -inf = NaN)."""
+    Q = np.array([[0.2, -1.5, -np.inf]])
+    K = np.array([[-0.1, -1.9, 2.4], [np.nan, 0.5, -0.5], [1.4, np.inf, 1.5]])
+    V = np.array([[2.2, 0.7], [0.1, 0.9], [0.7, 0.7]])
+    dO = np.array([[0.9, -0.4]])
+    dQ, dK, dV = scaled_dot_product_attention_backward(dO, Q, K, V, softcap=50.0, is_causal=True)
+    # one visible key: weight 1, dS = 1 * (dP - D) = 0 for it, so no gradient reaches Q or K
+    np.testing.assert_array_equal(dQ, np.zeros_like(dQ))
+    np.testing.assert_array_equal(dK, np.zeros_like(dK))
+    np.testing.assert_array_equal(dV, [dO[0], [0, 0], [0, 0]])
+
+
 def test_layer_and_multi_head_backward(isa, rng):
     """Each backward is the derivative of its forward (central finite differences)."""
     X = rng.standard_normal((5, 4)) * 2
