@@ -416,7 +416,9 @@ typedef int (*sa_attention_fn)(const sa_exec *ex, const sa_batch *batch, const s
  *            contributes nothing even where its V or K row or dO holds inf or NaN, nor a fully
  *            masked query row where its Q row does (hidden by a boolean mask, the band or the
  *            lengths: an additive -inf plus an inf score is NaN, a NaN weight, on every tier
- *            alike): the reference tier guarantees this; the
+ *            alike); nor
+ *            does a dS of exactly 0 (a soft-capped score that saturates, as one from inf does:
+ *            its slope is 0) take anything from Q or K: the reference tier guarantees this; the
  *            other tiers may assume V, dO, K and Q are finite (sa_kernels_for_values routes other
  *            inputs to the reference tier). The mask gets no gradient.
  *            out: NULL, or out[b] (n_q, d_v) = the forward's O (with dropout, of the dropped

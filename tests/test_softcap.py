@@ -275,7 +275,7 @@ def test_backward_saturated_scores_slope(isa):
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_an_infinite_key_or_query_whose_capped_score_saturates_adds_nothing(isa, dtype):
     """Key 0's K row holds inf: query 0's score with it is +inf, capped to the cap, so its weight
-    is finite, and its slope 1 - tanh^2 is 0 (so is it for any score past about 19 caps). A dS of
+    is finite, and its slope 1 - tanh^2 is 0 (as for a score past about 355 caps). A dS of
     0 then takes nothing from the inf in K (dQ) or in Q (dK), as a weight of 0 takes nothing
     from V: the gradient is that of a key so large that its score saturates, whose limit is 0
     (the slope falls faster than K grows), where 0 * inf is NaN. The reference tier (such a
