@@ -17,6 +17,7 @@
 #ifndef SELFATTN_ATTN_H
 #define SELFATTN_ATTN_H
 
+#include <float.h>
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -441,23 +442,48 @@ enum { SA_VEXP_EXP = 0, SA_VEXP_EXP2 = 1, SA_VEXP_EXP_NONPOS = 2, SA_VEXP_EXP2_N
        SA_VEXP_TANH = 4 };
 typedef void (*sa_vexp_fn)(void *out, const void *in, sa_int n, int mode);
 
-/* The overflow rule. A score is scale * (q . k) (then the mask). One that is +-inf or NaN although
-   q and k are finite has overflowed (the dot product or its scaling): it is NaN, never a mask, so
-   its row's weights, output and gradients are NaN on every tier, whatever the CPU's FMA made of
-   the overflow (a -inf product plus a +inf one stays -inf when fused, is NaN when not). Where q or
+/* The overflow rule. A score is scale * (q . k) (then the mask), as if computed exactly and rounded
+   once to the call's precision. Where the arithmetic gave +-inf or NaN although q and k are
+   finite, a product, a partial sum or the raw dot product overflowed on the way (where each tier's
+   FMAs differ: fused, -2e38 + 2e19 * 2e19 is 2e38 in float32, unfused inf), so the score is
+   computed again, in a way that cannot overflow: q and k scaled by powers of 2 that bring their
+   largest elements below 1, the sum in double, the powers and the scale's put back by one ldexp.
+   That value where it is finite in the call's precision; else the score itself overflows, and is
+   NaN, never a mask, so its row's weights, output and gradients are NaN on every tier. Where q or
    k holds inf or NaN the score is what IEEE arithmetic gave. Every kernel that computes scores
-   calls this on each score that is not finite (rare, so the scan of q and k costs nothing);
-   q and k are float (is_f32) or double rows of d elements. */
+   calls this on each score that is not finite (rare, so the scans of q and k cost nothing), with
+   the scale it multiplied by; q and k are float (is_f32) or double rows of d elements. */
 static inline double sa_overflowed_score(double score, const void *q, const void *k, sa_int d,
-                                         int is_f32)
+                                         int is_f32, double scale)
 {
+    double q_max = 0, k_max = 0;
     for (sa_int c = 0; c < d; c++) {
         double x = is_f32 ? ((const float *)q)[c] : ((const double *)q)[c];
         double y = is_f32 ? ((const float *)k)[c] : ((const double *)k)[c];
         if (x - x != 0 || y - y != 0)
             return score;
+        q_max = fabs(x) > q_max ? fabs(x) : q_max;
+        k_max = fabs(y) > k_max ? fabs(y) : k_max;
     }
-    return NAN;
+    /* only elements of 1 or more are scaled (down: 2^-e is exact, down to 2^-1024) */
+    int q_exp = 0, k_exp = 0, scale_exp;
+    if (q_max >= 1)
+        frexp(q_max, &q_exp);
+    if (k_max >= 1)
+        frexp(k_max, &k_exp);
+    double q_unit = ldexp(1, -q_exp), k_unit = ldexp(1, -k_exp);
+    double scale_fraction = frexp(scale, &scale_exp);
+    double dot = 0;             /* |each product| < 1 */
+    for (sa_int c = 0; c < d; c++) {
+        double x = is_f32 ? ((const float *)q)[c] : ((const double *)q)[c];
+        double y = is_f32 ? ((const float *)k)[c] : ((const double *)k)[c];
+        dot += (x * q_unit) * (y * k_unit);
+    }
+    double exact = ldexp(dot * scale_fraction, q_exp + k_exp + scale_exp);
+    /* past the largest float, or double, once rounded: 0x1.ffffffp127 rounds to float's inf */
+    if (is_f32 ? !(fabs(exact) < 0x1.ffffffp127) : !(fabs(exact) <= DBL_MAX))
+        return NAN;
+    return exact;
 }
 
 /* One tier's kernels, indexed by precision: [0] float32, [1] float64. */

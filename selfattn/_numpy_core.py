@@ -5,8 +5,9 @@ or when SELFATTN_BACKEND=numpy asks for it (selfattn/_backend.py decides). The P
 is the same for both backends, so validation, dtype rules and messages are shared; this module
 only computes, with the conventions of the C kernels (csrc/attn.h):
 
-* scores = scale * Q @ K^T; one that is inf or NaN although its rows of Q and K are finite has
-  overflowed and is NaN (attn.h's sa_overflowed_score); with a soft-cap c (attention only) it
+* scores = scale * Q @ K^T; one that is inf or NaN although its rows of Q and K are finite is
+  computed again without overflow on the way, and is NaN where it overflows itself (attn.h's
+  sa_overflowed_score); with a soft-cap c (attention only) it
   becomes c * tanh(score / c) (attn.h's sa_score_mods); then a float mask is added, a boolean one
   sets -inf where it is False, keys outside the band (query i sees i + lo <= j <= i + hi) are -inf;
 * softmax subtracts each row's maximum; a row of -inf (every key masked) gives weights 0, a row
@@ -187,6 +188,34 @@ def _band_hidden(band, batch, rows, n_q, n_k):
     return (key < query + lo + shift) | (key > query + hi + shift) | (query >= R) | (key >= K)
 
 
+_F32_ROUNDS_TO_INF = float.fromhex("0x1.ffffffp127")
+
+
+def _overflow_rule(S, Q, K, where, scale):
+    """attn.h's sa_overflowed_score on S[where], scores that came out inf or NaN from finite rows
+    of Q (..., rows, d) and K (..., n_k, d): each computed again in float64 with its rows scaled
+    by powers of 2 that bring their largest elements below 1 (so nothing overflows on the way),
+    the powers and the scale's put back by one ldexp; that value where it is finite in S's dtype,
+    else NaN (the score itself overflows)."""
+    at = np.nonzero(np.broadcast_to(where, S.shape))
+    d = Q.shape[-1]
+    q = np.broadcast_to(Q, S.shape[:-1] + (d,))[at[:-1]].astype(np.float64)
+    k = np.broadcast_to(K, S.shape[:-2] + (K.shape[-2], d))[at[:-2] + at[-1:]].astype(np.float64)
+
+    def unit_exponent(x):
+        largest = np.abs(x).max(axis=-1, initial=0.0)
+        return np.where(largest >= 1, np.frexp(largest)[1], 0)
+
+    q_exp, k_exp = unit_exponent(q), unit_exponent(k)
+    fraction, scale_exp = math.frexp(float(scale))
+    dot = np.einsum("md,md->m", np.ldexp(q, -q_exp[:, None]), np.ldexp(k, -k_exp[:, None]))
+    with np.errstate(over="ignore"):
+        exact = np.ldexp(dot * fraction, q_exp + k_exp + scale_exp)
+    # past float32's largest value once rounded: from 0x1.ffffffp127, which rounds to inf
+    limit = np.abs(exact) < _F32_ROUNDS_TO_INF if S.dtype == np.float32 else np.isfinite(exact)
+    S[at] = np.where(limit, exact, np.nan).astype(S.dtype)
+
+
 def _scores_block(Q, K, rows, mask, scale, band, softcap=0.0, slope=None):
     """The scores of query rows `rows` against every key: scaled, overflow made NaN, soft-capped
     (softcap > 0), masked, and -inf where the band hides the key (_band_hidden). With a soft-cap
@@ -200,7 +229,7 @@ def _scores_block(Q, K, rows, mask, scale, band, softcap=0.0, slope=None):
     if overflowed.any():
         finite_q = np.isfinite(Q).all(axis=-1)[..., :, None]
         finite_k = np.isfinite(K).all(axis=-1)[..., None, :]
-        S[overflowed & finite_q & finite_k] = np.nan
+        _overflow_rule(S, Q, K, overflowed & finite_q & finite_k, scale)
     if softcap:
         # in double, as the C tiers' reference (attn.h's sa_softcap_score and sa_softcap_slope)
         x = S.astype(np.float64) / softcap

@@ -88,15 +88,15 @@ def test_equal_huge_negative_scores_share_the_weight(dtype, isa):
 
 
 def overflow_case(dtype, both_signs):
-    """Row 0 of Q against key 0: every product overflows; with both signs (the issue's case)
-    or all negative (the dot product is -inf everywhere)."""
+    """Row 0 of Q against key 0: every product overflows; with both signs (the issue's case;
+    the exact dot product, -2 big^2, overflows too) or all negative (-inf everywhere)."""
     big = 1e200 if dtype == np.float64 else 1e30
     Q = np.full((3, 8), big, dtype)
     Q[1:] = np.random.default_rng(2).standard_normal((2, 8))
     K = np.random.default_rng(3).standard_normal((5, 8)).astype(dtype)
     K[0] = -big
     if both_signs:
-        K[0, 1::2] = big
+        K[0, 1::2] = big / 2
     V = np.random.default_rng(4).standard_normal((5, 3)).astype(dtype)
     dO = np.random.default_rng(5).standard_normal((3, 3)).astype(dtype)
     return dO, Q, K, V
@@ -115,6 +115,49 @@ def test_an_overflowed_dot_product_is_nan_not_a_mask(dtype, both_signs, isa):
     dQ, dK, dV = sdpa_backward(dO, Q, K, V)
     assert np.isnan(dQ[0]).all() and np.isfinite(dQ[1:]).all()
     assert np.isnan(dK).any() and np.isnan(dV).any()
+
+
+def exact_score(q, k, scale):
+    """scale * (q . k) in exact rational arithmetic, rounded once to a Python float."""
+    from fractions import Fraction
+    return float(Fraction(float(scale)) * sum(Fraction(float(x)) * Fraction(float(y))
+                                              for x, y in zip(q, k)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_score_whose_products_overflow_on_the_way_is_computed_exactly(dtype, isa):
+    """A product or a partial sum of q . k overflows, or the raw dot product does before the scale
+    brings it back into range, but the score itself fits: it is the exact score, on every tier.
+    The FMA tiers gave the first (the fused product never rounded to inf) and the others NaN;
+    the second was NaN on every tier (torch gives both calls' weights of 1)."""
+    c = 1.2e19 if dtype == np.float32 else 8e153      # 2 c^2 fits, 4 c^2 does not
+    largest = float(np.finfo(dtype).max)
+    V = np.array([[1.0, 2.0], [3.0, 4.0]], dtype)
+    # 1. terms -2c^2 and +4c^2 (alone past the largest value): q . k = 2c^2
+    Q = np.array([[-c, 2 * c]], dtype)
+    K = np.array([[2 * c, 2 * c], [0.0, 1.0]], dtype)
+    want = exact_score(Q[0], K[0], 1.0)
+    assert 4 * float(c) ** 2 > largest > want > largest / 2
+    np.testing.assert_allclose(scores(Q, K, scale=1.0)[0, 0], want, rtol=TOL[dtype])
+    np.testing.assert_array_equal(sdpa(Q, K, V, scale=1.0), V[:1])     # weight 1 on key 0
+    dQ, dK, dV = sdpa_backward(np.ones((1, 2), dtype), Q, K, V, scale=1.0)
+    np.testing.assert_array_equal(dV, [[1, 1], [0, 0]])
+    assert np.isfinite(dQ).all() and np.isfinite(dK).all()
+    # 2. the raw q . k = 4c^2 passes the largest value, times 0.5 it does not
+    Q = np.array([[2 * c, 2 * c]], dtype)
+    K = np.array([[c, c], [0.0, 1.0]], dtype)
+    want = exact_score(Q[0], K[0], 0.5)
+    assert largest > want > largest / 2
+    np.testing.assert_allclose(scores(Q, K, scale=0.5)[0, 0], want, rtol=TOL[dtype])
+    np.testing.assert_array_equal(sdpa(Q, K, V, scale=0.5), V[:1])
+    # 3. products of +-4c^2 that cancel exactly: the score is 0, as key 1's, so equal weights
+    Q = np.full((1, 4), 2 * c, dtype)
+    K = np.array([[2 * c, -2 * c, 2 * c, -2 * c], [0.0, 0.0, 0.0, 0.0]], dtype)
+    assert scores(Q, K, scale=1.0)[0, 0] == 0
+    np.testing.assert_array_equal(sdpa(Q, K, V, scale=1.0), [[2.0, 3.0]])
+    # past the range itself still NaN: q . k = 8c^2 (products of 2c^2, each in range)
+    K[0] = 2 * c
+    assert np.isnan(scores(Q, K[:1] / 2, scale=1.0)).all()
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
