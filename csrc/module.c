@@ -939,8 +939,9 @@ static int plain_matrix(PyObject *obj, int *typenum, sa_mat *mat, npy_intp *rows
     return 1;
 }
 
-/* None -> 1/sqrt(d_k); a finite Python or NumPy float or a Python int -> itself; else 0 (defer). */
-static int plain_scale(PyObject *obj, npy_intp d_k, double *scale)
+/* None -> 1/sqrt(d_k); a finite Python or NumPy float or a Python int -> itself; else 0 (defer:
+   also a scale beyond float32's range in a float32 call, which the Python layer rejects). */
+static int plain_scale(PyObject *obj, npy_intp d_k, int typenum, double *scale)
 {
     if (obj == Py_None) {
         *scale = 1.0 / sqrt((double)d_k);
@@ -956,7 +957,7 @@ static int plain_scale(PyObject *obj, npy_intp d_k, double *scale)
         }
     } else
         return 0;
-    return isfinite(*scale);
+    return isfinite(*scale) && (typenum != NPY_FLOAT32 || fabs(*scale) <= FLT_MAX);
 }
 
 /* Whether a rows x cols result is addressable; if not, the Python layer explains why. */
@@ -1022,7 +1023,7 @@ static PyObject *core_plain_sdpa(PyObject *self, PyObject *args)
     double scale;
     if (!plain_matrix(Q_obj, &typenum, &Q, &n_q, &d_k) || !plain_matrix(K_obj, &typenum, &K, &n_k, &d_k2)
         || !plain_matrix(V_obj, &typenum, &V, &n_v, &d_v) || d_k != d_k2 || n_v != n_k
-        || !fits(n_q, d_v, typenum) || !plain_scale(scale_obj, d_k, &scale))
+        || !fits(n_q, d_v, typenum) || !plain_scale(scale_obj, d_k, typenum, &scale))
         Py_RETURN_NONE;
     return plain_attention(typenum, &Q, &K, &V, n_q, n_k, d_k, d_v, scale, band.band);
 }
@@ -1048,7 +1049,7 @@ static PyObject *core_plain_layer(PyObject *self, PyObject *args)
             Py_RETURN_NONE;
     npy_intp d_k = width[0], d_v = width[2], d_all = 2 * d_k + d_v;
     if (width[1] != d_k || !fits(n, d_all, typenum) || !fits(d_model, d_all, typenum)
-        || !plain_scale(scale_obj, d_k, &scale))
+        || !plain_scale(scale_obj, d_k, typenum, &scale))
         Py_RETURN_NONE;
 
     sa_mat QKV;
@@ -1081,7 +1082,7 @@ static PyObject *core_plain_scores(PyObject *self, PyObject *args)
     npy_intp n_q, d_k, n_k, d_k2;
     double scale;
     if (!plain_matrix(Q_obj, &typenum, &Q, &n_q, &d_k) || !plain_matrix(K_obj, &typenum, &K, &n_k, &d_k2)
-        || d_k != d_k2 || !fits(n_q, n_k, typenum) || !plain_scale(scale_obj, d_k, &scale))
+        || d_k != d_k2 || !fits(n_q, n_k, typenum) || !plain_scale(scale_obj, d_k, typenum, &scale))
         Py_RETURN_NONE;
     PyObject *result = new_matrix(n_q, n_k, typenum, &S);
     if (result == NULL)

@@ -35,6 +35,7 @@ from ._validate import (
     _mask,
     _require_matrix,
     _scale,
+    _scale_fits,
     _ungroup_heads,
     _dropout,
     _softcap,
@@ -86,10 +87,10 @@ class _Layer:
         self.biases = (b_q, b_k, b_v, b_o)
         arrays += [b for b in self.biases if b is not None]
         self.visibility = _visibility(func, is_causal, window)
-        self.scale = _scale(func, scale, self.d_k)
         self.softcap = _softcap(func, softcap)
         self.dropout = _dropout(func, dropout_p, seed, backward)
         self.result, self.compute = _dtypes(*arrays)
+        self.scale = _scale_fits(func, _scale(func, scale, self.d_k), self.compute)
         self.n = n = X.shape[-2]
         self.n_k = n_k = n if KV is None else KV.shape[-2]
         self.mask = _mask(func, mask, n, n_k, self.compute, bias)

@@ -319,6 +319,19 @@ def _scale(func, scale, d_k):
     return scale
 
 
+def _scale_fits(func, scale, compute):
+    """A ValueError where the scale is beyond the range of the dtype the call computes in (a float32
+    call's scale of 1e39 would be inf there: every score inf or NaN), else the scale."""
+    largest = float(np.finfo(compute).max)
+    if abs(scale) > largest:
+        raise ValueError(
+            f"{func}: scale={scale!r} is beyond the range of {np.dtype(compute).name} (largest "
+            f"{largest:.4g}), the precision this call computes in; pass a smaller scale, or "
+            f"float64 arrays"
+        )
+    return scale
+
+
 def _real(func, name, value, what):
     """`value` as a float: a real number (not a bool), a NumPy scalar or a 0-d array of one; an
     integer beyond float's range becomes inf. A TypeError naming `what` it must be, otherwise."""
@@ -857,8 +870,8 @@ def _attention_operands(func, Q, K, V, mask, is_causal, scale, names=("Q", "K", 
         named.append((v_name, V, 2))
         arrays.append(V)
     visibility = _visibility(func, is_causal, window)
-    scale = _scale(func, scale, d_k)
     result, compute = _dtypes(*arrays)
+    scale = _scale_fits(func, _scale(func, scale, d_k), compute)
     mask = _group_mask(func, "mask" if bias is None else "mask and bias",
                        _mask(func, mask, n_q, n_k, compute, bias), groups)
     if mask is not None:

@@ -192,6 +192,30 @@ def test_scale_must_be_a_finite_real():
     np.testing.assert_array_equal(sa.compute_self_attention_scores(Q, Q, scale=np.array(2)), 4)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_a_scale_beyond_the_compute_dtypes_range_is_an_error(dtype):
+    """A float32 call (float16 computes in float32) with scale=1e39 (finite as a Python float) had
+    every score inf or NaN: NaN outputs, and gradients 0 or NaN where a row sees no key. It names
+    the range and the ways out; float64 arrays take that scale."""
+    o = np.ones((2, 2), dtype)
+    rule = (r"scale=1e\+39 is beyond the range of float32 \(largest 3\.403e\+38\), the precision "
+            r"this call computes in; pass a smaller scale, or float64 arrays")
+    for call in (lambda: sa.compute_self_attention_scores(o, o, scale=1e39),
+                 lambda: sa.scaled_dot_product_attention(o, o, o, scale=1e39),
+                 lambda: sa.scaled_dot_product_attention(o[None], o, o, scale=-1e39),
+                 lambda: sa.self_attention_layer(o, o, o, o, scale=1e39),
+                 lambda: sa.scaled_dot_product_attention_backward(o, o, o, o, scale=1e39,
+                                                                  query_lengths=0),
+                 lambda: sa.multi_head_attention(o, o, o, o, o, num_heads=1, scale=1e39)):
+        with pytest.raises(ValueError, match=rule.replace("1e\\+39", "-?1e\\+39")):
+            call()
+    assert sa.compute_self_attention_scores(o.astype(np.float64), o, scale=1e39).dtype == np.float64
+    # the largest float32 itself is a scale float32 holds
+    quarter = np.full((2, 2), 0.25, np.float32)
+    S = sa.compute_self_attention_scores(quarter, quarter, scale=float(np.finfo(np.float32).max))
+    assert np.isfinite(S).all()
+
+
 def test_axis_errors():
     with pytest.raises(np.exceptions.AxisError if hasattr(np, "exceptions") else np.AxisError,
                        match="axis=2 is out of range for attn_scores with 2 dimension"):
