@@ -17,20 +17,17 @@
 #define BWD(name) blocked_##name##_f32
 #define BWD_ENTRY sa_attention_backward_blocked_f32
 #define EXP expf
-#define LOG logf
 #define PREC SA_F32
 #include "backward_blocked.inc"
 #undef real
 #undef BWD
 #undef BWD_ENTRY
 #undef EXP
-#undef LOG
 #undef PREC
 
 #define real double
 #define BWD(name) blocked_##name##_f64
 #define BWD_ENTRY sa_attention_backward_blocked_f64
 #define EXP exp
-#define LOG log
 #define PREC SA_F64
 #include "backward_blocked.inc"

@@ -370,3 +370,26 @@ def test_a_nan_row_with_finite_inputs_under_a_long_band_gives_nan_to_every_key(d
             np.testing.assert_allclose(b, m, rtol=TOL[dtype] * 10, atol=TOL[dtype], err_msg=name)
         assert np.isnan(band[1]).all(), kw                # every key's dK
         assert np.isnan(band[0][300]).all() and np.isfinite(np.delete(band[0], 300, 0)).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("mods", [{"softcap": 1e9}, {"dropout_p": 0.3, "seed": 5}],
+                         ids=["softcap", "dropout"])
+def test_large_scores_give_the_gradients_of_the_same_scores_shifted(dtype, mods, isa):
+    """Scores of 1e7 + (1, 0, -38) in float32 (1e15 + ... in float64, every one exact) have the
+    softmax of (1, 0, -38): a row's scores shifted together change no weight. With a soft-cap or
+    dropout the fast tiers run the blocked backward, which rebuilt each weight as e^(s - lse) from
+    the log-sum-exp rounded to the scores' precision (an ulp of 1 at 1e7): weights off by up to
+    e^0.5, gradients off by 2x. It keeps the row's max and 1 / sum, as the reference does."""
+    big = 1e7 if dtype == np.float32 else 1e15
+    rng = np.random.default_rng(6)
+    n_k = 3
+    Q = np.array([[1.0, 0.0], [0.0, 1.0]], dtype)
+    K = np.array([[1.0, 0.0], [0.0, 0.0], [2.0, 1.0]], dtype)     # scores (1, 0, 2), (0, 0, 1)
+    V = rng.standard_normal((n_k, 4)).astype(dtype)
+    dO = rng.standard_normal((2, 4)).astype(dtype)
+    shift = np.array([[0.0, 0.0, -40.0], [0.0, 0.0, -40.0]], dtype)
+    near = sdpa_backward(dO, Q, K, V, scale=1.0, mask=shift, **mods)
+    far = sdpa_backward(dO, Q, K, V, scale=1.0, mask=shift + dtype(big), **mods)
+    for name, g, w in zip(("dQ", "dK", "dV"), far, near):
+        np.testing.assert_allclose(g, w, rtol=TOL[dtype] * 10, atol=TOL[dtype], err_msg=name)
