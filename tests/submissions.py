@@ -184,7 +184,7 @@ def compute_self_attention_scores(Q, K):
     d_k = K.shape[0]
     return Q @ K.T / np.sqrt(d_k)
 ''')), {"compute_self_attention_scores": ("fail", ["scale_sqrt_nk"]),
-        "self_attention_layer": ("fail", ["scale_sqrt_nk"])})
+        "self_attention_layer": ("fail", ["scale_sqrt_n"])})
 _add("scores_floor_division", _cells(_replace(CORRECT, compute_self_attention_scores='''
 def compute_self_attention_scores(Q, K):
     return Q @ K.T // np.sqrt(K.shape[1])

@@ -192,7 +192,7 @@ CASES = [
     ("d_k from the wrong axis", scores_dk_wrong_axis, SCORES, None,
      "Your scores are divided by the square root of the number of keys", ["raw dot products"]),
     ("layer with d_k from the wrong axis", layer_dk_wrong_axis, LAYER, None,
-     "Your scores are divided by the square root of the number of keys", ["raw dot products"]),
+     "Your scores are divided by the square root of the number of tokens", ["raw dot products"]),
     ("layer with a max without keepdims", layer_with(softmax_max_no_keepdims), LAYER, 1.0,
      "A max without keepdims", ["No max subtraction"]),
     ("layer returns the weights", layer_returns_weights, LAYER, 1.0,
@@ -304,8 +304,8 @@ def test_assert_attention_close_names_none_tuple_and_list_results(value, words):
 
 def test_every_mistake_has_a_short_title_for_the_class_summary():
     from selfattn.testing.mistakes import _HINTS, TITLES
-    scale_keys = {f"scale_{k}" for k in ("raw", "sqrt_dk", "dk", "sqrt_nk", "sqrt_nq", "sqrt_dmodel",
-                                         "sqrt_dv", "times_sqrt_dk")}
+    scale_keys = {f"scale_{k}" for k in ("raw", "sqrt_dk", "dk", "sqrt_nk", "sqrt_nq", "sqrt_n",
+                                         "sqrt_dmodel", "sqrt_dv", "times_sqrt_dk")}
     assert set(_HINTS) | scale_keys | {"batched"} == set(TITLES)
 
 
@@ -368,3 +368,39 @@ def test_grouped_cases_keep_the_batch_advice():
     assert all(r.verdict == "pass" for r in results if not (r.case.batched or r.case.grouped))
     batched = [r for r in results if r.case.batched]
     assert batched and "np.swapaxes(K, -1, -2)" in batched[0].hints[0]
+
+
+def test_a_float32_result_of_float64_inputs_fails_every_case_even_where_its_values_are_exact():
+    """A student who returns .astype(np.float32) failed most float64 cases but passed the one of
+    large integer inputs, whose scores float32 holds exactly ("returned float32 for float64
+    inputs (accepted)"): points by luck. Every float64 case now fails, with the precision hint;
+    the float32 cases pass."""
+    def compute_self_attention_scores(Q, K):
+        return (np.asarray(Q) @ np.asarray(K).T / np.sqrt(np.shape(Q)[-1])).astype(np.float32)
+
+    report = check(compute_self_attention_scores)
+    plain = [r for r in report.results if r.verdict != "note"]
+    assert any("happen to be exact in float32" in r.message for r in plain)
+    for r in plain:
+        if r.case.expected.dtype == np.float64:
+            assert r.verdict == "FAIL" and any("float32" in str(h) for h in r.hints), r.message
+        else:
+            assert r.verdict == "pass", r.message
+
+
+def test_a_layer_divided_by_sqrt_of_the_token_count_is_told_so():
+    """A layer that divides by np.sqrt(len(Q)) was told "divided by the square root of the number
+    of keys (K.shape[0])": in the layer's cases queries and keys are the same n tokens, so it is
+    named as the number of tokens, which the learner's len(Q) is."""
+    def self_attention_layer(X, W_q, W_k, W_v):
+        Q, K, V = X @ W_q, X @ W_k, X @ W_v
+        S = Q @ K.T / np.sqrt(len(Q))
+        e = np.exp(S - S.max(axis=-1, keepdims=True))
+        return e / e.sum(axis=-1, keepdims=True) @ V
+
+    report = check(self_attention_layer)
+    text = " ".join(str(report).split())
+    assert not report.passed
+    assert "square root of the number of tokens, n = X.shape[0] (here also len(Q) and len(K))" \
+        in text, text
+    assert "number of keys" not in text

@@ -494,7 +494,12 @@ def _summary(results, scale, seconds, memory_limited, memory_mb):
         lines.append(f"  {name}: {count} of {n} not passed" + (f" ({detail})" if detail else ""))
     counts = {}
     for r in results:
-        for key in dict.fromkeys(k for f in r["functions"].values() for k in f["mistakes"]):
+        keys = dict.fromkeys(k for f in r["functions"].values() for k in f["mistakes"])
+        # a layer's sqrt(n) (its queries and keys are the same n tokens) is, beside a scores
+        # function that divides by sqrt(n_k) or sqrt(n_q), that one mistake: counted once
+        if {"scale_sqrt_nk", "scale_sqrt_nq"} & set(keys):
+            keys.pop("scale_sqrt_n", None)
+        for key in keys:
             counts[key] = counts.get(key, 0) + 1
     lines += ["", "Named mistakes (students who made each):"]
     if not counts:

@@ -44,6 +44,9 @@ _HINTS = {
                "instead of sqrt(d_k), the length of each key vector: d_k = K.shape[-1].",
     "sqrt_nq": "Your scores are divided by the square root of the number of queries (Q.shape[0]) "
                "instead of sqrt(d_k), the length of each query vector: d_k = Q.shape[-1].",
+    "sqrt_n": "Your scores are divided by the square root of the number of tokens, n = X.shape[0] "
+              "(here also len(Q) and len(K)), instead of sqrt(d_k), the width of Q and K: "
+              "d_k = W_q.shape[-1].",
     "sqrt_dmodel": "Your scores are divided by sqrt(d_model), the width of X (X.shape[-1]), instead "
                    "of sqrt(d_k), the width of Q and K (W_q.shape[-1]).",
     "sqrt_dv": "Your scores are divided by sqrt(d_v), the width of V (V.shape[-1]), instead of "
@@ -193,7 +196,8 @@ _WEIGHTS_TRANSPOSED_IN_LAYER = _hint(
 #: A short name for each mistake, as the class summary of ``python -m selfattn grade`` counts them.
 TITLES = {
     "dk": "scores divided by d_k", "sqrt_nk": "sqrt(n_k) instead of sqrt(d_k)",
-    "sqrt_nq": "sqrt(n_q) instead of sqrt(d_k)", "sqrt_dmodel": "sqrt(d_model) instead of sqrt(d_k)",
+    "sqrt_nq": "sqrt(n_q) instead of sqrt(d_k)", "sqrt_n": "sqrt(n) instead of sqrt(d_k)",
+    "sqrt_dmodel": "sqrt(d_model) instead of sqrt(d_k)",
     "scores_transposed": "scores transposed (K @ Q.T, or by the softmax)", "k_not_transposed": "K not transposed",
     "qt_k": "Q.T @ K", "axis": "softmax over axis 0", "axis_all": "softmax over the whole matrix",
     "no_keepdims_sum": "sum without keepdims", "no_keepdims_max": "max without keepdims",
@@ -217,7 +221,7 @@ TITLES = {
     "int_buffer": "integer result buffer", "int_inputs": "inputs made integers", "mixed_scale": "raw and scaled scores mixed",
     "scale_raw": "raw scores where scaled were asked", "scale_sqrt_dk": "scaled where raw was asked",
     "scale_dk": "scores divided by d_k", "scale_sqrt_nk": "sqrt(n_k) instead of sqrt(d_k)",
-    "scale_sqrt_nq": "sqrt(n_q) instead of sqrt(d_k)",
+    "scale_sqrt_nq": "sqrt(n_q) instead of sqrt(d_k)", "scale_sqrt_n": "sqrt(n) instead of sqrt(d_k)",
     "scale_sqrt_dmodel": "sqrt(d_model) instead of sqrt(d_k)",
     "sqrt_dv": "sqrt(d_v) instead of sqrt(d_k)", "scale_sqrt_dv": "sqrt(d_v) instead of sqrt(d_k)",
     "times_sqrt_dk": "multiplied by sqrt(d_k)", "scale_times_sqrt_dk": "multiplied by sqrt(d_k)",
@@ -253,6 +257,7 @@ def _scale_hint(key, user_scale, either=False):
         what = {"sqrt_dk": "divided by sqrt(d_k)", "dk": "divided by d_k",
                 "sqrt_nk": "divided by sqrt(n_k), the number of keys",
                 "sqrt_nq": "divided by sqrt(n_q), the number of queries",
+                "sqrt_n": "divided by sqrt(n), the number of tokens",
                 "sqrt_dmodel": "divided by sqrt(d_model), the width of X",
                 "sqrt_dv": "divided by sqrt(d_v), the width of V",
                 "times_sqrt_dk": "multiplied by sqrt(d_k)"}[key]
@@ -271,8 +276,8 @@ def _alt_scales(user_scale, s_ref, dims):
     d_k = dims["d_k"]
     out = [("raw", 1.0), ("sqrt_dk", 1 / math.sqrt(d_k)), ("dk", 1.0 / d_k),
            ("times_sqrt_dk", math.sqrt(d_k))]
-    for key, dim in (("sqrt_nk", "n_k"), ("sqrt_nq", "n_q"), ("sqrt_dmodel", "d_model"),
-                     ("sqrt_dv", "d_v")):
+    for key, dim in (("sqrt_nk", "n_k"), ("sqrt_nq", "n_q"), ("sqrt_n", "n"),
+                     ("sqrt_dmodel", "d_model"), ("sqrt_dv", "d_v")):
         if dim in dims:
             out.append((key, 1 / math.sqrt(dims[dim])))
     # Two variants may give the same factor on a case (sqrt(n_k) is 1 for one key, sqrt(n_q) is
@@ -352,8 +357,9 @@ def _mistakes(case, user_scale, either=False):
         if name == "self_attention_layer":
             x, wq, wk, wv = args
             q, k, v = x @ wq, x @ wk, x @ wv
-            dims = {"n_q": x.shape[-2], "n_k": x.shape[-2], "d_k": wq.shape[-1],
-                    "d_model": x.shape[-1], "d_v": wv.shape[-1]}
+            # queries and keys are the same n tokens: sqrt(n) is one mistake, named as such
+            dims = {"n": x.shape[-2], "d_k": wq.shape[-1], "d_model": x.shape[-1],
+                    "d_v": wv.shape[-1]}
         elif name == "scaled_dot_product_attention":
             q, k, v = args
             dims = {"n_q": q.shape[-2], "n_k": k.shape[-2], "d_k": q.shape[-1], "d_v": v.shape[-1]}
