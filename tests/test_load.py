@@ -493,6 +493,34 @@ def test_selfattns_own_functions_are_not_the_students_by_attribute_either(tmp_pa
     assert not hasattr(sub, "self_attention_layer")
 
 
+def test_definitions_that_a_later_import_from_selfattn_replaced_are_told_so(tmp_path):
+    """A learner defines the functions, then self-checks in a last cell after `from selfattn
+    import *`: check() passed (it was given selfattn's own), and the grader said the functions
+    were "imported from selfattn, not written in the notebook", which was false. The grader
+    names the cells; check() says that it was given selfattn's own function."""
+    sub = load_notebook(_notebook(tmp_path, [
+        RIGHT,
+        "from selfattn import *\nfrom selfattn.testing import check\n"
+        "ok = check(softmax_attention_weights)\n",
+    ]))
+    assert "softmax_attention_weights" in sub.borrowed
+    told = [p for p in sub.problems() if "replaced it" in p]
+    assert "softmax_attention_weights is defined in cell 1, but `from selfattn import ...` in " \
+           "cell 2 replaced it with selfattn's own, so it is not graded: write `import selfattn` " \
+           "there instead" in told[0]
+    assert len(told) == 1                       # the others were never defined
+    assert not any("not written in the notebook" in p and "softmax_attention_weights" in p
+                   for p in sub.problems())
+    assert sub.ok.passed and "is selfattn's own, not one you wrote, so it passes by " \
+        "construction" in " ".join(sub.ok.notes)
+    # an import above the definitions changes nothing: the notebook's functions are graded
+    sub = load_notebook(_notebook(tmp_path, ["from selfattn import *\n", RIGHT]))
+    assert "softmax_attention_weights" in sub.functions
+    assert not any("replaced it" in p for p in sub.problems())
+    # nor does a checked function the learner wrote get the note
+    assert not check(sub.softmax_attention_weights).notes
+
+
 @pytest.mark.parametrize("header", [b"\xef\xbb\xbf", b"# -*- coding: latin-1 -*-\n# \xe9t\xe9\n"],
                          ids=["utf8-bom", "latin-1-coding-line"])
 def test_a_script_is_read_as_python_reads_it(tmp_path, header):

@@ -135,8 +135,9 @@ class Submission:
         not be told apart); the first of :meth:`problems`.
     """
 
-    def __init__(self, path, namespace, errors, skipped, output, n_cells, notes=()):
+    def __init__(self, path, namespace, errors, skipped, output, n_cells, notes=(), sources=()):
         self.path = str(path)
+        self._sources = list(sources)
         self.notes = list(notes)
         self.namespace = namespace
         self.errors = errors
@@ -166,6 +167,12 @@ class Submission:
         elif self.missing:
             out.append("missing: " + ", ".join(self.missing))
         imported = [n for n in self.borrowed if self._uses[n] == _IMPORTED]
+        for name, defined, replaced in self._replaced_by_import(imported):
+            imported.remove(name)
+            out.append(f"{name} is defined in cell {defined}, but `from selfattn import ...` in "
+                       f"cell {replaced} replaced it with selfattn's own, so it is not graded: "
+                       f"write `import selfattn` there instead (and selfattn.{name} where "
+                       f"selfattn's is wanted), or move that import above the definitions")
         if imported:
             out.append(f"{', '.join(imported)} {'is' if len(imported) == 1 else 'are'} "
                        f"selfattn's own (imported from selfattn, not written in the notebook), "
@@ -182,6 +189,17 @@ class Submission:
                 out.append(f"{name} is missing, but the notebook defines {close[0]}: a typo in "
                            f"the name?")
         return out
+
+    def _replaced_by_import(self, names):
+        """(name, cell defining it, later cell importing selfattn's over it), 1-based, for each
+        of `names` that a cell defines before a `from selfattn import` takes its name."""
+        for name in names:
+            define = re.compile(rf"^\s*def\s+{name}\s*\(", re.M)
+            take = re.compile(rf"^\s*from\s+selfattn\s+import\s+[^\n]*(\*|\b{name}\b)", re.M)
+            defined = [i for i, src in enumerate(self._sources, 1) if define.search(src)]
+            replaced = [i for i, src in enumerate(self._sources, 1) if take.search(src)]
+            if defined and replaced and replaced[-1] > defined[-1]:
+                yield name, defined[-1], replaced[-1]
 
     def __getattr__(self, name):
         namespace = self.__dict__.get("namespace", {})
@@ -730,7 +748,7 @@ def _run_cells(path, sources, notes=(), timeout=None):
     output = captured.getvalue()
     if len(output) > _OUTPUT_LIMIT:
         output = output[:_OUTPUT_LIMIT] + f"\n... ({len(output) - _OUTPUT_LIMIT} more characters)"
-    return Submission(path, namespace, errors, skipped, output, len(sources), notes)
+    return Submission(path, namespace, errors, skipped, output, len(sources), notes, sources)
 
 
 @contextlib.contextmanager

@@ -254,7 +254,7 @@ def check(fn, name=None, *, scale="either", seed=0, is_causal=False, window=None
     name = _check_name("check", name, fn)
     scale = _check_scale("check", scale, either=True)
     band = _band_kwargs("check", name, is_causal, window)
-    notes = []
+    notes = _own_function_notes(fn, name)
     if name not in _SCALED:
         if scale not in (None, "either"):
             notes.append(f"scale={scale:g} is ignored: {name} does not compute scores.")
@@ -266,6 +266,19 @@ def check(fn, name=None, *, scale="either", seed=0, is_causal=False, window=None
     reports = [_check_once(fn, name, s, seed, notes, either=True, band=band, gqa=gqa)
                for s in (1.0, None)]
     return min(reports, key=lambda r: (len(r.failures), _unexplained(r)))
+
+
+def _own_function_notes(fn, name):
+    """A note where `fn` is selfattn's own function (it passes by construction): a learner's
+    notebook whose `from selfattn import *` came after their definitions checks selfattn's."""
+    from .load import _IMPORTED, _selfattn_used
+
+    if _selfattn_used(fn, set()) != _IMPORTED:
+        return []
+    return [f"This {name} is selfattn's own, not one you wrote, so it passes by construction. If "
+            f"you wrote one, an import after your definition replaced it (from selfattn import * "
+            f"or from selfattn import {name}): write import selfattn instead, and "
+            f"selfattn.{name} where you want selfattn's."]
 
 
 def _unexplained(report):
