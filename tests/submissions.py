@@ -286,7 +286,11 @@ _add("huge_allocation", _cells(CORRECT, after=["big = np.ones((50_000, 1_000_000
      {"problems": ["cell 6: MemoryError"]})
 
 # ---- submissions that would take a grader down with them -------------------------------------
+# a cell that never ends is stopped after half the time limit (Linux, macOS); the functions graded
 _add("infinite_loop", _cells(CORRECT, after=["while True:\n    pass\n"]),
+     {**{n: ("pass", []) for n in FUNCTIONS}, "status": "graded",
+      "problems": ["TimeoutError: the cell ran past timeout=", "and was stopped"]}
+     if sys.platform != "win32" else
      {**{n: ("timed out", []) for n in FUNCTIONS}, "status": "timed out",
       "problems": ["still running after ", "an infinite loop?"]})
 _add("loops_forever_on_one_token", _cells(_replace(CORRECT, softmax_attention_weights='''

@@ -67,7 +67,7 @@ def test_gradebook_has_a_row_per_student_and_points(graded):
     assert full["points"] == full["max_points"] and int(full["points"]) > 20
     assert full["convention"] == "raw" and by_name["correct_einsum_scaled"]["convention"] == "scaled"
     assert int(by_name["softmax_no_max"]["points"]) < int(full["points"])
-    assert by_name["infinite_loop"]["self_attention_layer"] == "timed out"
+    assert by_name["loops_forever_on_one_token"]["self_attention_layer"] == "timed out"
     assert by_name["os_abort"]["status"] == "crashed"
     assert by_name["os_abort"]["problems"] == (
         "the process ended (killed by SIGABRT) before grading finished")
@@ -80,7 +80,8 @@ def test_summary_counts_named_mistakes_and_functions(graded):
     assert f"softmax over axis 0: 1 of {n}" in summary
     assert f"attn_weights.T @ V: 2 of {n}" in summary
     assert "Functions, most failed first:\n  self_attention_layer:" in summary
-    assert "timed out: 2, crashed: 1" in summary
+    # (the infinite loop in a test cell times out only where no timer stops a cell: Windows)
+    assert f"timed out: {2 if sys.platform == 'win32' else 1}, crashed: 1" in summary
 
 
 def test_each_student_has_a_self_contained_html_report(graded):
