@@ -393,3 +393,26 @@ def test_a_student_renamed_in_case_keeps_the_new_page(tmp_path, monkeypatch):
     pages = [e for e in events if e[1].lower() == "ann.html"]
     assert pages == [("remove", "Ann.html"), ("write", "ann.html")]
     assert os.listdir(out / "reports") == ["ann.html"]
+
+
+def test_functions_right_on_their_own_but_of_two_conventions_are_told_so():
+    """Raw scores (as the notebook's docstring says) and a layer that divides them by sqrt(d_k):
+    each passes check() alone; graded together the layer failed with "Your scores are raw dot
+    products in some cases and scaled by 1/sqrt(d_k) in others", which is false: each function
+    is consistent. It says which function uses which."""
+    from selfattn.testing.grade import check_functions
+    code = dict(submissions.CORRECT, self_attention_layer=submissions.LAYER.replace(
+        "scores = compute_self_attention_scores(Q, K)",
+        "scores = compute_self_attention_scores(Q, K) / np.sqrt(K.shape[1])"))
+    assert code["self_attention_layer"] != submissions.LAYER
+    namespace = {}
+    exec(submissions.IMPORTS + "".join(code.values()), namespace)
+    functions = {n: namespace[n] for n in NOTEBOOK_FUNCTIONS}
+    reports = check_functions(functions)
+    assert reports["compute_self_attention_scores"] and not reports["self_attention_layer"]
+    text = " ".join(str(reports["self_attention_layer"]).split())
+    assert "Your self_attention_layer uses scaled scores and your compute_self_attention_scores " \
+           "raw ones: each is right on its own, but a notebook uses one convention throughout" \
+        in text, text
+    assert "in some cases" not in text
+    assert reports["self_attention_layer"].mistakes == ["mixed_scale"]

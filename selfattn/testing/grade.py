@@ -41,7 +41,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from .cases import _SCALED, _check_scale, cases
 from .load import NOTEBOOK_FUNCTIONS, load_notebook
-from .mistakes import _HINTS, TITLES
+from .mistakes import _HINTS, TITLES, _hint
 from .report import check
 
 __all__ = ["grade", "check_functions", "main"]
@@ -78,9 +78,17 @@ def check_functions(functions, scale="either", seed=0, progress=None):
                     report = check(functions[name], name, scale=pinned, seed=seed)
                     report.notes.append(f"{passed[0].name} uses {passed[0].convention} scores; "
                                         f"the same convention is asked of {name}.")
-                    for r in report.results:  # the other convention is not wrong, the mix is
-                        r.hints = [_HINTS["mixed_scale"] if set(getattr(h, "keys", ())) &
-                                   {"scale_raw", "scale_sqrt_dk"} else h for h in r.hints]
+                    # the other convention is not wrong, the mix is: where this function was
+                    # right on its own, each function is consistent and only the two disagree
+                    mix = _HINTS["mixed_scale"] if not r else _hint(
+                        f"Your {name} uses {r.convention} scores and your {passed[0].name} "
+                        f"{passed[0].convention} ones: each is right on its own, but a notebook "
+                        f"uses one convention throughout (the layer's scores are those of "
+                        f"compute_self_attention_scores). Use {passed[0].convention} scores in "
+                        f"{name} too, or {r.convention} ones in both.", "mixed_scale")
+                    for case in report.results:
+                        case.hints = [mix if set(getattr(h, "keys", ())) &
+                                      {"scale_raw", "scale_sqrt_dk"} else h for h in case.hints]
                     reports[name] = report
     return reports
 
