@@ -416,3 +416,34 @@ def test_functions_right_on_their_own_but_of_two_conventions_are_told_so():
         in text, text
     assert "in some cases" not in text
     assert reports["self_attention_layer"].mistakes == ["mixed_scale"]
+
+
+def test_a_convention_the_teacher_pinned_is_told_as_the_courses():
+    """With --scale scaled, a raw student's report said "Raw dot products ... pass with
+    scale="raw" or scale="either" (check's default)", and with --scale raw a scaled one "check
+    with scale="scaled" or scale="either"": advice the student cannot take, which reads as "you
+    were right". A grade or assert_implementation with a pinned scale says what the course asks
+    for; check() itself, which the student calls, keeps its advice."""
+    from selfattn.testing import assert_implementation, check
+    from selfattn.testing.grade import check_functions
+    namespace = {}
+    exec(submissions.IMPORTS + submissions.SCORES_RAW, namespace)
+    raw = namespace["compute_self_attention_scores"]
+    namespace = {}
+    exec(submissions.IMPORTS + submissions.SCORES_SCALED, namespace)
+    scaled = namespace["compute_self_attention_scores"]
+    for fn, pinned, said in [
+            (raw, "scaled", "but the course asks for scaled dot-product attention (dot products "
+                            "divided by sqrt(d_k)): divide the scores by np.sqrt(d_k)"),
+            (scaled, "raw", "but the course asks for the raw convention, where the scores are "
+                            "the plain dot products Q @ K.T. Remove the factor.")]:
+        graded = " ".join(str(check_functions({"compute_self_attention_scores": fn},
+                                               scale=pinned)["compute_self_attention_scores"])
+                          .split())
+        with pytest.raises(AssertionError) as raised:
+            assert_implementation(fn, scale=pinned)
+        for text in (graded, " ".join(str(raised.value).split())):
+            assert said in text, text
+            assert "check with scale=" not in text and "(check's default)" not in text
+        own = " ".join(str(check(fn, scale=pinned)).split())
+        assert "check was asked for" in own and said not in own

@@ -42,7 +42,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from .cases import _SCALED, _check_scale, cases
 from .load import NOTEBOOK_FUNCTIONS, load_notebook
 from .mistakes import _HINTS, TITLES, _hint
-from .report import check
+from .report import _in_course_voice, check
 
 __all__ = ["grade", "check_functions", "main"]
 
@@ -64,12 +64,15 @@ def check_functions(functions, scale="either", seed=0, progress=None):
     Returns a dict: name -> CheckReport, or None for a function the submission lacks.
     """
     reports = {}
+    pinned_by_teacher = _check_scale("grade", scale, either=True) != "either"
     for name in NOTEBOOK_FUNCTIONS:
         fn = functions.get(name)
         reports[name] = None if fn is None else check(fn, name, scale=scale, seed=seed)
+        if pinned_by_teacher and reports[name] is not None:
+            _in_course_voice(reports[name])
         if progress is not None:
             progress(reports)
-    if _check_scale("grade", scale, either=True) == "either":
+    if not pinned_by_teacher:
         passed = [r for r in reports.values() if r is not None and r and r.name in _SCALED]
         if passed:
             pinned = passed[0].scale

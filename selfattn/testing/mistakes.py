@@ -37,6 +37,28 @@ _RAW_NOT_ASKED = (
     "np.sqrt(d_k), where d_k = K.shape[-1]."
 )
 
+# _RAW_NOT_ASKED as a grader tells it (_course_voice): the teacher chose the convention
+_RAW_IN_A_SCALED_COURSE = (
+    "Your scores are the raw dot products Q @ K.T, without the 1/sqrt(d_k) factor, but the course "
+    "asks for scaled dot-product attention (dot products divided by sqrt(d_k)): divide the "
+    "scores by np.sqrt(d_k), where d_k = K.shape[-1]."
+)
+
+
+def _course_voice(hint):
+    """A hint as a grader with a scale the teacher pinned tells it: the student cannot pass a
+    scale to the grade, so the scale hints say what the course asks for, not how to call check
+    with another scale. Other hints are returned as they are."""
+    text = str(hint).replace(_RAW_NOT_ASKED, _RAW_IN_A_SCALED_COURSE)
+    text = text.replace(" Remove the factor, or, if your course uses scaled dot-product "
+                        "attention, check with scale=\"scaled\" or scale=\"either\".",
+                        " Remove the factor.")
+    text = text.replace("check was asked for the raw convention (scale=\"raw\")",
+                        "the course asks for the raw convention")
+    text = text.replace("check was asked for", "the course asks for")
+    return hint if text == hint else _hint(text, *getattr(hint, "keys", ()))
+
+
 _HINTS = {
     "dk": "Your scores are divided by d_k (or by sqrt(d_k) twice). Scaled dot-product attention "
           "divides by sqrt(d_k) once: Q @ K.T / np.sqrt(d_k).",
