@@ -442,17 +442,20 @@ enum { SA_VEXP_EXP = 0, SA_VEXP_EXP2 = 1, SA_VEXP_EXP_NONPOS = 2, SA_VEXP_EXP2_N
        SA_VEXP_TANH = 4 };
 typedef void (*sa_vexp_fn)(void *out, const void *in, sa_int n, int mode);
 
-/* The overflow rule. A score is scale * (q . k) (then the mask), as if computed exactly and rounded
-   once to the call's precision. Where the arithmetic gave +-inf or NaN although q and k are
-   finite, a product, a partial sum or the raw dot product overflowed on the way (where each tier's
-   FMAs differ: fused, -2e38 + 2e19 * 2e19 is 2e38 in float32, unfused inf), so the score is
-   computed again, in a way that cannot overflow: q and k scaled by powers of 2 that bring their
-   largest elements below 1, the sum in double, the powers and the scale's put back by one ldexp.
-   That value where it is finite in the call's precision; else the score itself overflows, and is
-   NaN, never a mask, so its row's weights, output and gradients are NaN on every tier. Where q or
-   k holds inf or NaN the score is what IEEE arithmetic gave. Every kernel that computes scores
-   calls this on each score that is not finite (rare, so the scans of q and k cost nothing), with
-   the scale it multiplied by; q and k are float (is_f32) or double rows of d elements. */
+/* The overflow rule. A score is scale * (q . k) (then the mask), as if computed exactly. Where the
+   arithmetic gave +-inf or NaN although q and k are finite, a product, a partial sum or the raw
+   dot product overflowed on the way (where each tier's FMAs differ: fused, -2e38 + 2e19 * 2e19 is
+   2e38 in float32, unfused inf), so the score is computed again in a way that cannot overflow:
+   q and k scaled down by powers of 2 only as far as a sum of d products of their largest elements
+   needs to stay finite (none for float32, whose products double holds exactly), each product's
+   rounding error kept by fma and the sum compensated (Neumaier), so products that cancel leave
+   what the smaller ones add (1 + 9e76 - 9e76 is 1); the powers and the scale's put back by one
+   ldexp. That value (within an ulp or two of the exact score) where it is finite in the call's
+   precision; else the score itself overflows, and is NaN, never a mask, so its row's weights,
+   output and gradients are NaN on every tier. Where q or k holds inf or NaN the score is what
+   IEEE arithmetic gave. Every kernel that computes scores calls this on each score that is not
+   finite (rare, so the scans of q and k cost nothing), with the scale it multiplied by; q and k
+   are float (is_f32) or double rows of d elements. */
 static inline double sa_overflowed_score(double score, const void *q, const void *k, sa_int d,
                                          int is_f32, double scale)
 {
@@ -465,21 +468,25 @@ static inline double sa_overflowed_score(double score, const void *q, const void
         q_max = fabs(x) > q_max ? fabs(x) : q_max;
         k_max = fabs(y) > k_max ? fabs(y) : k_max;
     }
-    /* only elements of 1 or more are scaled (down: 2^-e is exact, down to 2^-1024) */
-    int q_exp = 0, k_exp = 0, scale_exp;
-    if (q_max >= 1)
-        frexp(q_max, &q_exp);
-    if (k_max >= 1)
-        frexp(k_max, &k_exp);
-    double q_unit = ldexp(1, -q_exp), k_unit = ldexp(1, -k_exp);
-    double scale_fraction = frexp(scale, &scale_exp);
-    double dot = 0;             /* |each product| < 1 */
+    /* |sum| < 2^(q_exp + k_exp + d_exp): the shift keeps it below 2^1020, half on each side */
+    int q_exp, k_exp, d_exp, scale_exp;
+    frexp(q_max, &q_exp);
+    frexp(k_max, &k_exp);
+    frexp((double)d, &d_exp);
+    int shift = q_exp + k_exp + d_exp - 1020;
+    shift = shift > 0 ? shift : 0;
+    double q_unit = ldexp(1, -(shift / 2)), k_unit = ldexp(1, -(shift - shift / 2));
+    double sum = 0, err = 0;
     for (sa_int c = 0; c < d; c++) {
-        double x = is_f32 ? ((const float *)q)[c] : ((const double *)q)[c];
-        double y = is_f32 ? ((const float *)k)[c] : ((const double *)k)[c];
-        dot += (x * q_unit) * (y * k_unit);
+        double x = (is_f32 ? ((const float *)q)[c] : ((const double *)q)[c]) * q_unit;
+        double y = (is_f32 ? ((const float *)k)[c] : ((const double *)k)[c]) * k_unit;
+        double p = x * y, t = sum + p;
+        err += fabs(sum) >= fabs(p) ? (sum - t) + p : (p - t) + sum;
+        err += fma(x, y, -p);   /* the product's rounding error */
+        sum = t;
     }
-    double exact = ldexp(dot * scale_fraction, q_exp + k_exp + scale_exp);
+    double scale_fraction = frexp(scale, &scale_exp);
+    double exact = ldexp((sum + err) * scale_fraction, shift + scale_exp);
     /* past the largest float, or double, once rounded: 0x1.ffffffp127 rounds to float's inf */
     if (is_f32 ? !(fabs(exact) < 0x1.ffffffp127) : !(fabs(exact) <= DBL_MAX))
         return NAN;
@@ -584,12 +591,14 @@ const sa_kernels *sa_kernels_for_values(sa_exec *ex, const sa_batch *batch, int 
 /* The rule for a row of S holding NaN or +inf (a NaN bias, or scores that overflow from finite Q
    and K) in the backward: its weights are NaN for every key, those its band hides too
    (attention_backward above). The fast tiers compute only the keys a block's band reaches, so
-   after their backward a non-finite dQ (such a row's dQ is NaN) where the band hides keys means
-   the call must rerun on the reference tier, which follows the rule: returns 1 then (and sets
-   ex->isa to SA_ISA_REFERENCE), 0 where the tier's gradients stand. dQ[b] (n_q, d_k). */
+   after their backward, where the band hides keys, a NaN in dQ (such a row's dQ is NaN; with
+   d_k = 0, a NaN in dV) means the call must rerun on the reference tier, which follows the rule:
+   returns 1 then (and sets ex->isa to SA_ISA_REFERENCE), 0 where the tier's gradients stand.
+   dQ[b] (n_q, d_k), dV[b] (n_k, d_v). The band is looked at first (O(n_q), per item with
+   lengths), the gradients only under a band that hides keys. */
 int sa_backward_needs_reference(sa_exec *ex, const sa_batch *batch, int precision,
-                                const sa_mat *dQ, sa_int n_q, sa_int n_k, sa_int d_k,
-                                sa_band band);
+                                const sa_mat *dQ, const sa_mat *dV, sa_int n_q, sa_int n_k,
+                                sa_int d_k, sa_int d_v, sa_band band);
 
 /* The same rule for the output product C = weights . V, run on any tier's (IEEE) matmul: every
    column of C where V holds inf or NaN is recomputed in key order, skipping weights that are

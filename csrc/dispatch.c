@@ -176,17 +176,43 @@ static int band_hides_keys(sa_band band, const sa_batch *batch, sa_int n_q, sa_i
     return 0;
 }
 
-int sa_backward_needs_reference(sa_exec *ex, const sa_batch *batch, int precision,
-                                const sa_mat *dQ, sa_int n_q, sa_int n_k, sa_int d_k,
-                                sa_band band)
+/* Whether one batch item's rows x cols matrix holds a NaN (x != x: every compiler vectorises it). */
+static int item_has_nan(const sa_mat *mat, sa_int item_offset, sa_int rows, sa_int cols,
+                        int precision)
 {
-    /* the scan first: a finite dQ, the usual case, costs no look at the band */
-    if (ex->isa == SA_ISA_REFERENCE || n_k == 0
-        || values_finite(ex, batch, precision, &(sa_values){dQ, n_q, d_k})
-        || !band_hides_keys(band, batch, n_q, n_k))
+    int nan = 0;
+    for (sa_int r = 0; r < rows && !nan; r++) {
+        sa_int at = item_offset + r * mat->ld;
+        if (precision == SA_F32) {
+            const float *row = (const float *)mat->data + at;
+            for (sa_int c = 0; c < cols; c++)
+                nan |= row[c] != row[c];
+        } else {
+            const double *row = (const double *)mat->data + at;
+            for (sa_int c = 0; c < cols; c++)
+                nan |= row[c] != row[c];
+        }
+    }
+    return nan;
+}
+
+int sa_backward_needs_reference(sa_exec *ex, const sa_batch *batch, int precision,
+                                const sa_mat *dQ, const sa_mat *dV, sa_int n_q, sa_int n_k,
+                                sa_int d_k, sa_int d_v, sa_band band)
+{
+    if (ex->isa == SA_ISA_REFERENCE || n_k == 0 || !band_hides_keys(band, batch, n_q, n_k))
         return 0;
-    ex->isa = SA_ISA_REFERENCE;
-    return 1;
+    /* such a row's dQ is NaN (dV's rows of its keys, where d_k is 0); NaN only: gradients that
+       overflow to inf from finite inputs keep the tier (the reference gives the same infs) */
+    int nan = 0;
+    for (sa_int item = 0; item < batch->count && !nan; item++)
+        nan = d_k > 0 ? item_has_nan(dQ, sa_batch_offset(batch, dQ->bstride, item), n_q, d_k,
+                                     precision)
+                      : item_has_nan(dV, sa_batch_offset(batch, dV->bstride, item), n_k, d_v,
+                                     precision);
+    if (nan)
+        ex->isa = SA_ISA_REFERENCE;
+    return nan;
 }
 
 static double element(const sa_mat *mat, sa_int at, int precision)

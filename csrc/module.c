@@ -546,7 +546,8 @@ static int attention_backward_impl(int isa, int precision, const sa_batch *batch
     /* a row of NaN weights under a band that hides keys (dispatch.c): again, on the reference
        tier */
     if (status == SA_OK
-        && sa_backward_needs_reference(&ex, batch, precision, dQ, n_q, n_k, d_k, clamped))
+        && sa_backward_needs_reference(&ex, batch, precision, dQ, dV, n_q, n_k, d_k, d_v,
+                                       clamped))
         RUN_KERNEL(status, 2.0 * batch->count * n_q * n_k * (3 * d_k + 4 * d_v),
                    sa_kernels_for(ex.isa)->attention_backward[precision](
                        &ex, batch, dQ, dK, dV, out, dO, Q, K, V, mask, n_q, n_k, d_k, d_v, scale,

@@ -201,7 +201,7 @@ def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None,
 
     computed in C block by block (FlashAttention-2 style): the ``n_q x n_k`` weights are never
     stored. Each thread keeps one panel of 128 query rows by every key (64 in float64; fewer, down
-    to 16, so that it stays under 8 MiB); where even that would not fit, the weights are recomputed block by block from each row's log-sum-exp, so memory
+    to 16, so that it stays under 8 MiB); where even that would not fit, the weights are recomputed block by block from each row's max and sum, so memory
     stays proportional to ``n * d``. The mask and the bias get no gradient (the bias's would be
     ``dS`` summed over its broadcast axes; selfattn treats both as constants).
 

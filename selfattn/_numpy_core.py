@@ -193,27 +193,56 @@ _F32_ROUNDS_TO_INF = float.fromhex("0x1.ffffffp127")
 
 def _overflow_rule(S, Q, K, where, scale):
     """attn.h's sa_overflowed_score on S[where], scores that came out inf or NaN from finite rows
-    of Q (..., rows, d) and K (..., n_k, d): each computed again in float64 with its rows scaled
-    by powers of 2 that bring their largest elements below 1 (so nothing overflows on the way),
-    the powers and the scale's put back by one ldexp; that value where it is finite in S's dtype,
-    else NaN (the score itself overflows)."""
+    of Q (..., rows, d) and K (..., n_k, d), with the same arithmetic: q and k scaled down by
+    powers of 2 only as far as a sum of d products of their largest elements needs to stay
+    finite, each product's rounding error kept (Dekker's split, as fma keeps it) and the sum
+    compensated (Neumaier), the powers and the scale (as S's dtype holds it) put back by one
+    ldexp; that value where it is finite in S's dtype, else NaN (the score itself overflows).
+    In chunks of scores, so that many overflowing scores take little memory."""
     at = np.nonzero(np.broadcast_to(where, S.shape))
     d = Q.shape[-1]
-    q = np.broadcast_to(Q, S.shape[:-1] + (d,))[at[:-1]].astype(np.float64)
-    k = np.broadcast_to(K, S.shape[:-2] + (K.shape[-2], d))[at[:-2] + at[-1:]].astype(np.float64)
+    Qb = np.broadcast_to(Q, S.shape[:-1] + (d,))
+    Kb = np.broadcast_to(K, S.shape[:-2] + (K.shape[-2], d))
+    fraction, scale_exp = math.frexp(float(S.dtype.type(scale)))
+    chunk = max(1, (PANEL_BYTES // 16) // max(d, 1))
+    for start in range(0, len(at[0]), chunk):
+        part = tuple(i[start:start + chunk] for i in at)
+        q = Qb[part[:-1]].astype(np.float64)
+        k = Kb[part[:-2] + part[-1:]].astype(np.float64)
+        S[part] = _rescored(q, k, d, fraction, scale_exp, S.dtype)
 
-    def unit_exponent(x):
-        largest = np.abs(x).max(axis=-1, initial=0.0)
-        return np.where(largest >= 1, np.frexp(largest)[1], 0)
 
-    q_exp, k_exp = unit_exponent(q), unit_exponent(k)
-    fraction, scale_exp = math.frexp(float(scale))
-    dot = np.einsum("md,md->m", np.ldexp(q, -q_exp[:, None]), np.ldexp(k, -k_exp[:, None]))
-    with np.errstate(over="ignore"):
-        exact = np.ldexp(dot * fraction, q_exp + k_exp + scale_exp)
+def _rescored(q, k, d, fraction, scale_exp, dtype):
+    """_overflow_rule's scores of rows q, k (m, d) in float64."""
+    exponent = lambda x: np.frexp(np.abs(x).max(axis=-1, initial=0.0))[1]  # noqa: E731
+    shift = np.maximum(exponent(q) + exponent(k) + math.frexp(float(d))[1] - 1020, 0)
+    q = np.ldexp(q, -(shift // 2)[:, None])
+    k = np.ldexp(k, -(shift - shift // 2)[:, None])
+    total, err = np.zeros(len(q)), np.zeros(len(q))
+    with np.errstate(all="ignore"):
+        for c in range(d):
+            x, y = q[:, c], k[:, c]
+            p = x * y
+            t = total + p
+            err += np.where(np.abs(total) >= np.abs(p), (total - t) + p, (p - t) + total)
+            err += _product_error(x, y, p)
+            total = t
+        exact = np.ldexp((total + err) * fraction, shift + scale_exp)
     # past float32's largest value once rounded: from 0x1.ffffffp127, which rounds to inf
-    limit = np.abs(exact) < _F32_ROUNDS_TO_INF if S.dtype == np.float32 else np.isfinite(exact)
-    S[at] = np.where(limit, exact, np.nan).astype(S.dtype)
+    fits = np.abs(exact) < _F32_ROUNDS_TO_INF if dtype == np.float32 else np.isfinite(exact)
+    return np.where(fits, exact, np.nan).astype(dtype)
+
+
+def _product_error(x, y, p):
+    """x * y - p exactly, p = x * y rounded (fma(x, y, -p)), by Dekker's split of x and y into
+    halves of 26 bits (|x|, |y| < 2^1000 here, so the split cannot overflow)."""
+    def split(v):
+        big = v * 134217729.0           # 2^27 + 1
+        high = big - (big - v)
+        return high, v - high
+    xh, xl = split(x)
+    yh, yl = split(y)
+    return ((xh * yh - p) + xh * yl + xl * yh) + xl * yl
 
 
 def _scores_block(Q, K, rows, mask, scale, band, softcap=0.0, slope=None):

@@ -155,6 +155,21 @@ def test_a_score_whose_products_overflow_on_the_way_is_computed_exactly(dtype, i
     K = np.array([[2 * c, -2 * c, 2 * c, -2 * c], [0.0, 0.0, 0.0, 0.0]], dtype)
     assert scores(Q, K, scale=1.0)[0, 0] == 0
     np.testing.assert_array_equal(sdpa(Q, K, V, scale=1.0), [[2.0, 3.0]])
+    # 4. products that cancel beside a small one: the small one is the score (a recomputation
+    #    that scaled every element below 1 lost it to underflow in float64, and the double sum of
+    #    1 + 9e76 - 9e76 in float32 lost it to rounding)
+    small = {np.float32: ([1.0, 3e38, 3e38], [1.0, 3e38, -3e38], 1.0),
+             np.float64: ([1e308, 1e308, 1e100], [1e308, -1e308, 1e100], 1e200)}[dtype]
+    got = scores(np.array([small[0]], dtype), np.array([small[1]], dtype), scale=1.0)[0, 0]
+    want = exact_score(np.array(small[0], dtype), np.array(small[1], dtype), 1.0)
+    assert want == pytest.approx(small[2], rel=1e-6)
+    np.testing.assert_allclose(got, want, rtol=TOL[dtype])
+    # 5. the scale as the call's dtype holds it, as the kernels multiply by it: in float32 this
+    #    one rounds up, and the score passes the largest float32 (the NumPy backend used the
+    #    double scale, and gave 3.4028235e38 where the C tiers gave NaN)
+    if dtype == np.float32:
+        x = np.array([[3.3135788e19]], dtype)
+        assert np.isnan(scores(x, x, scale=0.30991658131711747)).all()
     # past the range itself still NaN: q . k = 8c^2 (products of 2c^2, each in range)
     K[0] = 2 * c
     assert np.isnan(scores(Q, K[:1] / 2, scale=1.0)).all()
@@ -393,3 +408,19 @@ def test_large_scores_give_the_gradients_of_the_same_scores_shifted(dtype, mods,
     far = sdpa_backward(dO, Q, K, V, scale=1.0, mask=shift + dtype(big), **mods)
     for name, g, w in zip(("dQ", "dK", "dV"), far, near):
         np.testing.assert_allclose(g, w, rtol=TOL[dtype] * 10, atol=TOL[dtype], err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_nan_row_with_no_key_width_under_a_band_gives_nan_to_every_keys_dv(dtype, isa):
+    """d_k = 0 (every raw score 0) and a NaN bias at query 0, key 0, causal, 200 keys: row 0's
+    weights are NaN for every key, so every dV row is NaN. dQ has no element to show the NaN row,
+    so the fast tiers' gradients (NaN only for the keys of row 0's block: 64 of 200) were kept."""
+    n = 200
+    rng = np.random.default_rng(9)
+    Q, K = np.zeros((n, 0), dtype), np.zeros((n, 0), dtype)
+    V, dO = (rng.standard_normal((n, 3)).astype(dtype) for _ in range(2))
+    bias = np.zeros((n, n), dtype)
+    bias[0, 0] = np.nan
+    dQ, dK, dV = sdpa_backward(dO, Q, K, V, mask=bias, is_causal=True)
+    assert dQ.shape == (n, 0) and dK.shape == (n, 0)
+    assert np.isnan(dV).all(axis=1).all()
