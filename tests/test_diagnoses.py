@@ -380,7 +380,7 @@ def test_a_float32_result_of_float64_inputs_fails_every_case_even_where_its_valu
 
     report = check(compute_self_attention_scores)
     plain = [r for r in report.results if r.verdict != "note"]
-    assert any("happen to be exact in float32" in r.message for r in plain)
+    assert any("come out within float64's tolerance even so" in r.message for r in plain)
     for r in plain:
         if r.case.expected.dtype == np.float64:
             assert r.verdict == "FAIL" and any("float32" in str(h) for h in r.hints), r.message
@@ -404,3 +404,22 @@ def test_a_layer_divided_by_sqrt_of_the_token_count_is_told_so():
     assert "square root of the number of tokens, n = X.shape[0] (here also len(Q) and len(K))" \
         in text, text
     assert "number of keys" not in text
+
+
+def test_an_integer_result_fails_every_case_even_where_its_values_are_whole():
+    """An np.zeros(..., dtype=int) buffer filled with the scores passed the cases of whole-number
+    inputs ("returned int64 for float64 inputs (accepted)") beside the integer-buffer diagnosis
+    of the others: every case now fails, with that diagnosis."""
+    def compute_self_attention_scores(Q, K):
+        out = np.zeros((Q.shape[0], K.shape[0]), dtype=int)
+        for i in range(Q.shape[0]):
+            for j in range(K.shape[0]):
+                out[i, j] = Q[i] @ K[j]
+        return out
+
+    report = check(compute_self_attention_scores)
+    plain = [r for r in report.results if r.verdict != "note"]
+    assert any("values are whole numbers, so they come out right even so" in r.message
+               for r in plain)
+    assert all(r.verdict == "FAIL" for r in plain)
+    assert "int_buffer" in report.mistakes

@@ -128,20 +128,23 @@ def test_limits_that_cannot_mean_what_they_say_are_refused(tmp_path, option, val
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="no timer stops a cell on Windows")
-def test_a_test_cell_that_never_ends_is_stopped_and_the_functions_graded(tmp_path):
+def test_a_test_cell_that_never_ends_is_stopped_and_the_functions_graded(tmp_path, time_scale):
     """Four right functions, then a cell `while True: time.sleep(...)`: the whole submission was
-    "timed out" (0 points, "still running after 6 s (an infinite loop?)", no cell named). The cell
-    is stopped after half the time limit and recorded as that cell's error."""
+    "timed out" (0 points, "still running after 8 s (an infinite loop?)", no cell named). The cell
+    is stopped after three quarters of the time limit and recorded as that cell's error."""
     cells = submissions._cells(submissions.CORRECT) + [
         "import time\nwhile True:\n    time.sleep(0.05)\n"]
     folder = tmp_path / "class"
     folder.mkdir()
     (folder / "ann.ipynb").write_text(json.dumps(submissions.notebook_json(cells)))
-    result, = grade([folder], tmp_path / "out", timeout=6, echo=None)
+    timeout = 8 * time_scale
+    result, = grade([folder], tmp_path / "out", timeout=timeout, echo=None)
     assert result["status"] == "graded"
     assert all(f["verdict"] == "pass" for f in result["functions"].values()), result["functions"]
-    assert f"cell {len(cells)}: TimeoutError: the cell ran past timeout=3 s and was stopped " \
-           "(line: time.sleep(0.05))" in result["problems"][0], result["problems"]
+    assert f"cell {len(cells)}: TimeoutError: the cell ran past {0.75 * timeout:g} s, three " \
+           f"quarters of the grade's --timeout {timeout:g}, and was stopped (if it is meant to " \
+           "run that long, grade with a larger --timeout) (line: time.sleep(0.05))" \
+        in result["problems"][0], result["problems"]
 
 
 def test_an_output_folder_that_cannot_be_made_is_refused_before_grading(tmp_path, capsys):

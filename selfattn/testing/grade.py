@@ -48,6 +48,8 @@ __all__ = ["grade", "check_functions", "main"]
 
 _SUFFIXES = (".ipynb", ".py")
 _TIMED_OUT, _CRASHED, _NO_SUBMISSION = "timed out", "crashed", "no submission"
+# the share of --timeout one cell may run before it is stopped (the rest: checking the functions)
+_CELL_SHARE = 0.75
 _MEMORY_MB = 4096
 
 
@@ -162,11 +164,17 @@ def _child(path, scale, result_path, memory_mb, timeout):
     and the functions after it; "complete" marks the last write."""
     limited = _set_memory_limit(memory_mb)
     _set_cpu_limit(timeout)
-    # a cell that never ends (a `while True` test loop) is stopped after half the submission's
-    # time and recorded as that cell's error, so the functions are still graded; where no timer
-    # can stop a cell (Windows), the whole process is stopped at the timeout instead
-    submission = load_notebook(path, timeout=timeout / 2 if hasattr(signal, "setitimer") else None)
-    base = {"status": "graded", "problems": submission.problems(), "skipped": submission.skipped,
+    # a cell that never ends (a `while True` test loop) is stopped after three quarters of the
+    # submission's time and recorded as that cell's error, so the functions are still graded;
+    # where no timer can stop a cell (Windows), the whole process is stopped at the timeout
+    cell_limit = _CELL_SHARE * timeout
+    submission = load_notebook(path, timeout=cell_limit if hasattr(signal, "setitimer") else None)
+    stopped = f"ran past timeout={cell_limit:g} s and was stopped"
+    problems = [p.replace(stopped, f"ran past {cell_limit:g} s, three quarters of the grade's "
+                                   f"--timeout {timeout:g}, and was stopped (if it is meant to "
+                                   f"run that long, grade with a larger --timeout)")
+                for p in submission.problems()]
+    base = {"status": "graded", "problems": problems, "skipped": submission.skipped,
             "output": submission.output, "memory_limited": limited}
 
     def write(reports, complete=False):

@@ -312,12 +312,15 @@ def _run_case(fn, case, user_scale, either=False):
     diff = _diff(got, exp, rtol, atol)
     result.max_error = diff.max_abs if not diff.n_nonfinite else math.inf
     result.worst_index = diff.worst_index
-    lower_precision = got.dtype.kind == "f" and got.dtype.itemsize < exp.dtype.itemsize
-    if diff.close and lower_precision:
-        # a float32 result of float64 inputs fails even where its values are exact in float32
-        # (integers, powers of 2): its verdict may not depend on which inputs a case drew
-        return done(f"returned {got.dtype} for {exp.dtype} inputs (the values of this case happen "
-                    f"to be exact in {got.dtype})", [_HINTS["precision"]])
+    # a float32 result of float64 inputs, or an integer one of float inputs, fails even where
+    # this case's values come out close (integers, powers of 2): a verdict may not depend on
+    # which inputs a case drew
+    if diff.close and exp.dtype == np.float64 and got.dtype.kind == "f" and got.itemsize < 8:
+        return done(f"returned {got.dtype} for {exp.dtype} inputs (this case's values come out "
+                    f"within float64's tolerance even so)", [_HINTS["precision"]])
+    if diff.close and got.dtype.kind in "biu":
+        return done(f"returned {got.dtype} for {exp.dtype} inputs (this case's values are whole "
+                    f"numbers, so they come out right even so)", [_HINTS["int_buffer"]])
     if diff.close:
         result.verdict = "pass"
         notes = []
