@@ -136,8 +136,9 @@ def dtype_strategy():
 
 
 def scale_strategy():
+    # (a valid scale fits every compute dtype: beyond float32's 3.4e38 a float32 call refuses it)
     return st.one_of(st.none(), st.floats(-8, 8), st.sampled_from([0.0, 1.0, -0.0, 1e-300, 1e-30, 1e30,
-                                                                 1e300, 2, np.float32(0.5),
+                                                                 3e38, 2, np.float32(0.5),
                                                                  np.int64(3), np.array(0.25)]))
 
 

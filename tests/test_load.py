@@ -505,14 +505,28 @@ def test_definitions_that_a_later_import_from_selfattn_replaced_are_told_so(tmp_
     ]))
     assert "softmax_attention_weights" in sub.borrowed
     told = [p for p in sub.problems() if "replaced it" in p]
-    assert "softmax_attention_weights is defined in cell 1, but `from selfattn import ...` in " \
-           "cell 2 replaced it with selfattn's own, so it is not graded: write `import selfattn` " \
-           "there instead" in told[0]
+    assert "softmax_attention_weights is defined in cell 1, but an import from selfattn (or an " \
+           "assignment) in cell 2 replaced it with selfattn's own, so it is not graded: write " \
+           "`import selfattn` instead" in told[0]
     assert len(told) == 1                       # the others were never defined
     assert not any("not written in the notebook" in p and "softmax_attention_weights" in p
                    for p in sub.problems())
     assert sub.ok.passed and "is selfattn's own, not one you wrote, so it passes by " \
         "construction" in " ".join(sub.ok.notes)
+    # the import over several lines, in the same cell below the definition, or an assignment
+    for cells, where in [
+            ([RIGHT, "from selfattn import (\n    compute_attention_output,\n"
+                     "    softmax_attention_weights,\n)\n"], "in cell 2"),
+            ([RIGHT + "from selfattn import *\n"], "further down that cell"),
+            ([RIGHT, "import selfattn\nsoftmax_attention_weights = "
+                     "selfattn.softmax_attention_weights\n"], "in cell 2")]:
+        sub = load_notebook(_notebook(tmp_path, cells))
+        told = [p for p in sub.problems() if "replaced it" in p]
+        assert len(told) == 1 and f"(or an assignment) {where} replaced it" in told[0], told
+    # a cell that raised before its def defined nothing: not named as the definition
+    sub = load_notebook(_notebook(tmp_path, ["x = undefined_name\n" + RIGHT,
+                                             "from selfattn import *\n"]))
+    assert not any("replaced it" in p for p in sub.problems())
     # an import above the definitions changes nothing: the notebook's functions are graded
     sub = load_notebook(_notebook(tmp_path, ["from selfattn import *\n", RIGHT]))
     assert "softmax_attention_weights" in sub.functions

@@ -169,9 +169,10 @@ class Submission:
         imported = [n for n in self.borrowed if self._uses[n] == _IMPORTED]
         for name, defined, replaced in self._replaced_by_import(imported):
             imported.remove(name)
-            out.append(f"{name} is defined in cell {defined}, but `from selfattn import ...` in "
-                       f"cell {replaced} replaced it with selfattn's own, so it is not graded: "
-                       f"write `import selfattn` there instead (and selfattn.{name} where "
+            where = f"in cell {replaced}" if replaced != defined else "further down that cell"
+            out.append(f"{name} is defined in cell {defined}, but an import from selfattn (or an "
+                       f"assignment) {where} replaced it with selfattn's own, so it is not "
+                       f"graded: write `import selfattn` instead (and selfattn.{name} where "
                        f"selfattn's is wanted), or move that import above the definitions")
         if imported:
             out.append(f"{', '.join(imported)} {'is' if len(imported) == 1 else 'are'} "
@@ -191,15 +192,21 @@ class Submission:
         return out
 
     def _replaced_by_import(self, names):
-        """(name, cell defining it, later cell importing selfattn's over it), 1-based, for each
-        of `names` that a cell defines before a `from selfattn import` takes its name."""
+        """(name, cell defining it, later cell taking selfattn's over it), 1-based, for each of
+        `names` that a cell defines (one that ran without error) before a `from selfattn import`
+        (of `*` or of the name, parenthesised over lines too) or an assignment to the name, in
+        a later cell or further down the same one."""
+        raised = {e.cell for e in self.errors}
         for name in names:
-            define = re.compile(rf"^\s*def\s+{name}\s*\(", re.M)
-            take = re.compile(rf"^\s*from\s+selfattn\s+import\s+[^\n]*(\*|\b{name}\b)", re.M)
-            defined = [i for i, src in enumerate(self._sources, 1) if define.search(src)]
-            replaced = [i for i, src in enumerate(self._sources, 1) if take.search(src)]
-            if defined and replaced and replaced[-1] > defined[-1]:
-                yield name, defined[-1], replaced[-1]
+            define = re.compile(rf"^[ \t]*def[ \t]+{name}[ \t]*\(", re.M)
+            take = re.compile(rf"^[ \t]*(from[ \t]+selfattn[ \t]+import[ \t]*(\*|\([^)]*\b{name}\b"
+                              rf"|[^\n]*\b{name}\b)|{name}[ \t]*=[^=])", re.M)
+            defined = [(i, m.start()) for i, src in enumerate(self._sources, 1)
+                       if i not in raised for m in define.finditer(src)]
+            taken = [(i, m.start()) for i, src in enumerate(self._sources, 1)
+                     for m in take.finditer(src)]
+            if defined and taken and max(taken) > max(defined):
+                yield name, max(defined)[0], max(taken)[0]
 
     def __getattr__(self, name):
         namespace = self.__dict__.get("namespace", {})
