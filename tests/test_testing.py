@@ -464,7 +464,9 @@ def test_each_mistake_is_caught_and_named(label, fn, name, scale, patterns, seed
         assert pattern in flat, f"{pattern!r} missing from:\n{text}"
     with pytest.raises(AssertionError) as info:
         assert_implementation(fn, name, scale=scale, seed=seed)
-    assert str(info.value) == text
+    # a grader's pinned convention (scale=None: scaled) is told as the course's, not as check's
+    from selfattn.testing.report import _in_course_voice
+    assert str(info.value) == str(_in_course_voice(report))
     # Every failed case says what is wrong, in words (never a bare "False").
     for r in report.failures:
         assert r.hints and r.message
