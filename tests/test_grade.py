@@ -213,29 +213,55 @@ def test_folders_per_student_say_what_was_graded_and_what_was_not(tmp_path):
     (root / "bob").mkdir()
     (root / "bob" / "a_draft.ipynb").write_text(correct)
     (root / "bob" / "submission.ipynb").write_text(correct)
+    os.utime(root / "bob" / "a_draft.ipynb", (1e9, 1e9))      # the older of two that tie
+    # a scratch notebook Jupyter named, newer than the homework (it sorted first, and was graded)
+    (root / "erin").mkdir()
+    (root / "erin" / "Untitled.ipynb").write_text(json.dumps(submissions.notebook_json(["1 + 1"])))
+    (root / "erin" / "homework.ipynb").write_text(correct)
+    os.utime(root / "erin" / "homework.ipynb", (1e9, 1e9))
+    # git's merge-conflict markers in the notebook: no crash of the student's code
+    conflicted = correct.replace('"cells": [', '"cells": [\n<<<<<<< HEAD\n=======\n>>>>>>> theirs\n', 1)
+    assert conflicted != correct
+    (root / "fay").mkdir()
+    (root / "fay" / "hw.ipynb").write_text(conflicted)
     (root / "dan").mkdir()
     (root / "dan" / "submission.zip").write_bytes(b"PK\x05\x06" + bytes(18))
     (root / "a b.py").write_text(submissions.IMPORTS + submissions.SOFTMAX)
     (root / "a_b.py").write_text(submissions.IMPORTS + submissions.OUTPUT)
     results = {r["student"]: r for r in grade([root], tmp_path / "out", timeout=60, echo=None)}
-    assert sorted(results) == ["a b", "a_b", "alice", "bob", "dan"]
+    assert sorted(results) == ["a b", "a_b", "alice", "bob", "dan", "erin", "fay"]
     assert results["alice"]["status"] == "graded" and results["alice"]["problems"] == []
     assert results["alice"]["path"].endswith(os.path.join("alice", "hw", "solution.ipynb"))
     assert _points(results["alice"]) == (23, 23)
-    assert results["bob"]["problems"][0] == ("graded a_draft.ipynb; the folder also holds "
-                                             "submission.ipynb (grade one of them by giving its "
-                                             "path)")
+    assert results["bob"]["problems"][0] == (
+        "graded submission.ipynb (the last modified of the files that define the most of the "
+        "notebook's functions, 4); the folder also holds a_draft.ipynb (grade one of them by "
+        "giving its path)")
+    assert results["erin"]["path"].endswith("homework.ipynb") and _points(results["erin"]) == \
+        (23, 23)
+    assert results["erin"]["problems"][0] == (
+        "graded homework.ipynb (it defines 4 of the notebook's functions, Untitled.ipynb 0); the "
+        "folder also holds Untitled.ipynb (grade one of them by giving its path)")
+    fay = results["fay"]
+    assert fay["status"] == "not a notebook" and _points(fay) == (0, 23)
+    assert {f["verdict"] for f in fay["functions"].values()} == {"not a notebook"}
+    line = conflicted[:conflicted.index("<<<<<<<")].count("\n") + 1
+    assert fay["problems"] == [
+        f"{root / 'fay' / 'hw.ipynb'} is not a notebook: it holds unresolved merge-conflict "
+        f"markers ('<<<<<<< HEAD' on line {line}), which git leaves where two versions of the "
+        f"file were merged; keep one version of each conflict, delete the marker lines, and "
+        f"check that the notebook opens in Jupyter"]
     dan = results["dan"]
     assert dan["status"] == "no submission" and _points(dan) == (0, 23)
     assert dan["problems"] == ["no .ipynb or .py file in dan/ (it holds: submission.zip)"]
     assert {f["verdict"] for f in dan["functions"].values()} == {"no submission"}
     pages = {r["student"]: r["report"] for r in results.values()}
-    assert len(set(pages.values())) == 5
+    assert len(set(pages.values())) == 7
     assert {pages["a b"], pages["a_b"]} == {"reports/a_b.html", "reports/a_b-2.html"}
     for student, page in pages.items():
         assert f"<h1>{student}</h1>" in (tmp_path / "out" / page).read_text()
     summary = (tmp_path / "out" / "summary.txt").read_text()
-    assert "graded: 4, no submission: 1" in summary
+    assert "graded: 5, no submission: 1, not a notebook: 1" in summary
     assert "dan,no submission,no submission,no submission,no submission,0,23,,no submission," \
         in (tmp_path / "out" / "gradebook.csv").read_text()
 

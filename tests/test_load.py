@@ -50,6 +50,26 @@ def test_magics_shell_lines_prints_and_a_failing_cell(tmp_path):
         sub.self_attention_layer
 
 
+def test_a_name_a_skipped_shell_line_was_to_set_is_said_so(tmp_path):
+    """`files = !ls` does not run, so a later `len(files)` raises NameError: the error says
+    which skipped line was to set the name, instead of reading as the learner's mistake."""
+    sub = load_notebook(_notebook(tmp_path, [
+        "files = !ls\nn, m = %sx echo 1\nlen(files)\n",
+        "out = get_ipython().getoutput('ls')\nprint(m)\n",
+        "print(out)\n",
+        "print(not_set_anywhere)\n",
+    ]))
+    assert [(e.cell, e.error) for e in sub.errors] == [
+        (1, "NameError: name 'files' is not defined (files was to be set by `files = !ls`, a "
+            "magic or shell line, which does not run when a notebook is loaded or graded)"),
+        (2, "NameError: name 'm' is not defined (m was to be set by `n, m = %sx echo 1`, a magic "
+            "or shell line, which does not run when a notebook is loaded or graded)"),
+        (3, "NameError: name 'out' is not defined (out was to be set by `out = get_ipython()."
+            "getoutput('ls')`, a magic or shell line, which does not run when a notebook is "
+            "loaded or graded)"),
+        (4, "NameError: name 'not_set_anywhere' is not defined")]
+
+
 def test_help_lines_nbconvert_magics_and_a_continued_modulo(tmp_path):
     """`name?` and `??name` are IPython's help (they were a SyntaxError that lost the cell);
     nbconvert writes an assigned magic as `x = get_ipython()...` (a NameError); and a line that
@@ -102,7 +122,20 @@ def test_a_script_is_split_at_its_cell_markers(tmp_path):
 def test_not_a_notebook_is_a_clear_error(tmp_path):
     path = tmp_path / "broken.ipynb"
     path.write_text("{ not json")
-    with pytest.raises(ValueError, match="broken.ipynb is not a notebook"):
+    with pytest.raises(ValueError, match=r"broken.ipynb is not a notebook \(not JSON: "):
+        load_notebook(path)
+    # git's merge-conflict markers, named with their line; not UTF-8; JSON but no notebook
+    path.write_text('{\n "cells": [\n<<<<<<< HEAD\n {"cell_type": "code", "source": "a"}\n'
+                    '=======\n {"cell_type": "code", "source": "b"}\n>>>>>>> f00d\n ]\n}\n')
+    with pytest.raises(ValueError, match=r"^load_notebook: .*broken.ipynb is not a notebook: it "
+                                         r"holds unresolved merge-conflict markers \('<<<<<<< "
+                                         r"HEAD' on line 3\), which git leaves"):
+        load_notebook(path)
+    path.write_bytes(b'{"cells": ["\xe9"]}')
+    with pytest.raises(ValueError, match=r"broken.ipynb is not a notebook \(not UTF-8: "):
+        load_notebook(path)
+    path.write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"broken.ipynb is not a notebook \(JSON, but a list"):
         load_notebook(path)
 
 
@@ -533,6 +566,52 @@ def test_definitions_that_a_later_import_from_selfattn_replaced_are_told_so(tmp_
     assert not any("replaced it" in p for p in sub.problems())
     # nor does a checked function the learner wrote get the note
     assert not check(sub.softmax_attention_weights).notes
+
+
+def test_a_function_defined_again_is_told_and_a_pasted_stub_named(tmp_path):
+    """The template's stub pasted again below a written solution is the definition that runs
+    last, so the one graded: the grade said "returned None: it still ends in `pass`" of a
+    function the learner sees written, and nothing more."""
+    right = "import numpy as np\n" + RIGHT            # def on line 2
+    stub = 'def softmax_attention_weights(attn_scores):\n    """Your code here."""\n    pass\n'
+    sub = load_notebook(_notebook(tmp_path, [right, "x = 1\n", "%time y = 2\n" + stub]))
+    told = [p for p in sub.problems() if "softmax_attention_weights is defined" in p]
+    assert told == ["softmax_attention_weights is defined in cells 1 and 3, and the definition "
+                    "that ran last (cell 3, line 2) is an unfilled stub (its body is only `pass`), "
+                    "so that is the one graded, not the written one: delete the stub, or move it "
+                    "above the solution"]
+    assert sub.softmax_attention_weights(np.zeros((2, 2))) is None      # it is the one graded
+    # in one cell, with `raise NotImplementedError` and `...`; a decorator moves no line
+    for body, words in [("    raise NotImplementedError('TODO')\n", "`raise NotImplementedError`"),
+                        ("    ...\n", "`...`")]:
+        cell = right + "\nimport functools\n@functools.lru_cache\n" \
+            "def softmax_attention_weights(attn_scores):\n" + body
+        sub = load_notebook(_notebook(tmp_path, [cell]))
+        lines = [i for i, line in enumerate(cell.splitlines(), 1)
+                 if line.startswith("def softmax_attention_weights")]
+        told = [p for p in sub.problems() if "softmax_attention_weights is defined" in p]
+        assert len(told) == 1 and told[0].startswith(
+            f"softmax_attention_weights is defined 2 times in cell 1 (lines {lines[0]} and "
+            f"{lines[1]}), and the definition that ran last (cell 1, line {lines[1]}) is an "
+            f"unfilled stub (its body is only {words})"), told
+    # a second written try is named, as the one graded, without calling it a stub
+    second = right.replace("keepdims=True)\n", "keepdims=True)  # v2\n", 1)
+    assert second != right
+    sub = load_notebook(_notebook(tmp_path, [right, second]))
+    assert [p for p in sub.problems() if "is defined" in p] == [
+        "softmax_attention_weights is defined in cells 1 and 2; the one graded is the definition "
+        "that ran last (cell 2, line 2)"]
+    # the stub above the solution: the solution is graded, and said to be
+    sub = load_notebook(_notebook(tmp_path, [stub, right]))
+    assert [p for p in sub.problems() if "is defined" in p] == [
+        "softmax_attention_weights is defined in cells 1 and 2; the one graded is the definition "
+        "that ran last (cell 2, line 2)"]
+    assert sub.softmax_attention_weights(np.zeros((2, 2))).shape == (2, 2)
+    # a def inside a class or a function is no second definition
+    indented = "".join("    " + line + "\n" for line in stub.splitlines())
+    sub = load_notebook(_notebook(tmp_path, [right, "class Mine:\n" + indented,
+                                             "def helper():\n" + indented]))
+    assert not [p for p in sub.problems() if "is defined" in p]
 
 
 @pytest.mark.parametrize("header", [b"\xef\xbb\xbf", b"# -*- coding: latin-1 -*-\n# \xe9t\xe9\n"],

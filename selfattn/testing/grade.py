@@ -12,7 +12,7 @@ it. It is not a sandbox: the students' code runs with the grader's permissions.
 Written to ``--out`` (default ``grades/``):
 
 - ``gradebook.csv``: one row per student, one column per function (pass, fail, missing, error,
-  or the submission's "timed out"/"crashed"/"no submission"), with points for partial credit (one
+  or the submission's "timed out"/"crashed"/"no submission"/"not a notebook"), with points for partial credit (one
   per passed case);
 - ``results.json``: every case of every function of every student;
 - ``reports/STUDENT.html``: one self-contained page per student (the check reports; its path is
@@ -40,7 +40,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from .cases import _SCALED, _check_scale, cases
-from .load import NOTEBOOK_FUNCTIONS, load_notebook
+from .load import NOTEBOOK_FUNCTIONS, _notebook_cells, load_notebook
 from .mistakes import _HINTS, TITLES, _hint
 from .report import _in_course_voice, check
 
@@ -48,6 +48,7 @@ __all__ = ["grade", "check_functions", "main"]
 
 _SUFFIXES = (".ipynb", ".py")
 _TIMED_OUT, _CRASHED, _NO_SUBMISSION = "timed out", "crashed", "no submission"
+_UNREADABLE = "not a notebook"
 # the share of --timeout one cell may run before it is stopped (the rest: checking the functions)
 _CELL_SHARE = 0.75
 _MEMORY_MB = 4096
@@ -283,8 +284,10 @@ def _earlier_output(folder):
 
 
 def _student_folder(folder):
-    """(path, notes) of a student's folder: its first notebook, else its first script, at the
-    top or in a sub-folder (nearest first)."""
+    """(path, notes) of a student's folder: of its notebooks and scripts, at the top or in a
+    sub-folder, the one that defines the most of the notebook's functions (a scratch
+    Untitled.ipynb beside the homework defines none), then the last modified, then the first
+    notebook, else script, nearest first."""
     candidates, others = [], []
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not _hidden(d))
@@ -294,6 +297,9 @@ def _student_folder(folder):
             rel = os.path.relpath(os.path.join(root, f), folder)
             (candidates if f.endswith(_SUFFIXES) else others).append(rel)
     candidates.sort(key=lambda rel: (not rel.endswith(".ipynb"), rel.count(os.sep), rel))
+    defined = {rel: _functions_written(os.path.join(folder, rel)) for rel in candidates}
+    modified = {rel: _modified(os.path.join(folder, rel)) for rel in candidates}
+    candidates.sort(key=lambda rel: (-defined[rel], -modified[rel]))    # (stable: then as above)
     if not candidates:
         return None, [f"no .ipynb or .py file in {os.path.basename(folder)}/"
                       + (f" (it holds: {', '.join(others[:5])}"
@@ -301,10 +307,39 @@ def _student_folder(folder):
                          else " (nor any other file but hidden ones)")]
     notes = []
     if len(candidates) > 1:
-        notes.append(f"graded {candidates[0]}; the folder also holds {', '.join(candidates[1:4])}"
+        first, second = candidates[:2]
+        why = (f"it defines {defined[first]} of the notebook's functions, {second} "
+               f"{defined[second]}" if defined[first] != defined[second]
+               else f"the last modified of the files that define the most of the notebook's "
+                    f"functions, {defined[first]}" if modified[first] != modified[second]
+               else f"the first by name of the files that define the most of the notebook's "
+                    f"functions, {defined[first]}, modified at the same time")
+        notes.append(f"graded {first} ({why}); the folder also holds {', '.join(candidates[1:4])}"
                      + (", ..." if len(candidates) > 4 else "")
                      + " (grade one of them by giving its path)")
     return os.path.join(folder, candidates[0]), notes
+
+
+def _functions_written(path):
+    """How many of the notebook's functions a notebook or script defines (`def name(` in its
+    code), read without running it; -1 for a file that cannot be read."""
+    try:
+        if path.endswith(".ipynb"):
+            text = "\n".join(_notebook_cells(path))
+        else:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                text = f.read()
+    except (ValueError, OSError):
+        return -1
+    return sum(bool(re.search(rf"^[ \t]*def[ \t]+{name}[ \t]*\(", text, re.M))
+               for name in NOTEBOOK_FUNCTIONS)
+
+
+def _modified(path):
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return 0
 
 
 def _child_env():
@@ -327,6 +362,13 @@ def _grade_one(student, path, notes, scale, timeout, memory_mb, children):
     if path is None:
         result = _no_result(_NO_SUBMISSION, {})
         result.update(student=student, path="", seconds=0.0, problems=notes)
+        return result
+    try:     # a file no notebook can be read from (git's merge-conflict markers): said so
+        if path.endswith(".ipynb"):
+            _notebook_cells(path)
+    except (ValueError, OSError) as exc:
+        result = _no_result(_UNREADABLE, {})
+        result.update(student=student, path=path, seconds=0.0, problems=notes + [str(exc)])
         return result
     result = _run_child(path, scale, timeout, memory_mb, children)
     result["problems"] = notes + result["problems"]

@@ -182,6 +182,7 @@ class Submission:
             if self._uses[name] != _IMPORTED:
                 out.append(f"{name} calls selfattn's {self._uses[name]}, so it is selfattn's "
                            f"result, not graded")
+        out += self._defined_again()
         for name in self.missing:
             if name in self.borrowed:
                 continue
@@ -189,6 +190,36 @@ class Submission:
             if close:
                 out.append(f"{name} is missing, but the notebook defines {close[0]}: a typo in "
                            f"the name?")
+        return out
+
+    def _defined_again(self):
+        """A sentence for each graded function that the cells define more than once (a
+        learner's second try, or the template's stub pasted again below the solution): which
+        definition is graded, and whether that one is an unfilled stub."""
+        out = []
+        for name, fn in self.functions.items():
+            places = _definitions(self._sources, name)
+            if _cell_of(fn) is None or len(places) < 2:
+                continue
+            graded, first_line = _cell_of(fn)
+            cells = sorted({cell for cell, _ in places})
+            if len(cells) == 1:
+                where = (f"{len(places)} times in cell {cells[0]} (lines "
+                         f"{_and(str(node.lineno) for _, node in places)})")
+            else:
+                where = f"in cells {_and(map(str, cells))}"
+            mine = [node for cell, node in places if cell == graded
+                    and first_line in _first_lines(node)]
+            stub = _stub_body(mine[-1]) if mine else None
+            if stub and any(_stub_body(node) is None for _, node in places):
+                out.append(f"{name} is defined {where}, and the definition that ran last (cell "
+                           f"{graded}, line {mine[-1].lineno}) is an unfilled stub (its body is "
+                           f"only {stub}), so that is the one graded, not the written one: "
+                           f"delete the stub, or move it above the solution")
+            else:
+                out.append(f"{name} is defined {where}; the one graded is the definition that "
+                           f"ran last (cell {graded}" + (f", line {mine[-1].lineno})" if mine
+                                                         else ")"))
         return out
 
     def _replaced_by_import(self, names):
@@ -229,6 +260,73 @@ class Submission:
 
 
 _IMPORTED = "(imported)"
+
+
+def _cell_of(fn):
+    """(cell, line) where `fn` was defined (1-based; the cell's number from the name _run_cell
+    compiles it under); None for a function from elsewhere (a %run file, an import)."""
+    for _ in range(100):        # through decorators' wrappers (functools.wraps, lru_cache)
+        if not hasattr(fn, "__wrapped__"):
+            break
+        fn = fn.__wrapped__
+    match = re.fullmatch(r"<.* cell (\d+)>", getattr(getattr(fn, "__code__", None), "co_filename",
+                                                      ""))
+    return (int(match.group(1)), fn.__code__.co_firstlineno) if match else None
+
+
+def _definitions(sources, name):
+    """(cell, ast.FunctionDef) for each `def name` of the cells' module level (inside an `if`,
+    `try`, `with` or loop too, not inside a function or class), in order."""
+    found = []
+    for cell, source in enumerate(sources, 1):
+        code = _strip_magics(source, [])
+        try:
+            tree = ast.parse(code or "")
+        except SyntaxError:
+            continue
+        pending = list(tree.body)
+        while pending:
+            node = pending.pop(0)
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == name:
+                found.append((cell, node))
+            elif not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                pending[:0] = [child for field in ("body", "orelse", "finalbody", "handlers")
+                               for child in getattr(node, field, ()) or ()
+                               if isinstance(child, ast.AST)]
+    return found
+
+
+def _first_lines(node):
+    """The lines a function's code may say it starts at: its `def`, or its first decorator."""
+    return {node.lineno, *(d.lineno for d in node.decorator_list[:1])}
+
+
+def _stub_body(node):
+    """How a definition's body is a stub, in words (`pass`, `...`, `raise NotImplementedError`,
+    a bare `return`), or None for a body that does something."""
+    words = []
+    for statement in node.body:
+        if isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant):
+            if statement.value.value is Ellipsis:
+                words.append("`...`")
+            continue       # a docstring
+        if isinstance(statement, ast.Pass):
+            words.append("`pass`")
+        elif (isinstance(statement, ast.Raise) and statement.exc is not None
+              and "NotImplementedError" in ast.unparse(statement.exc)):
+            words.append("`raise NotImplementedError`")
+        elif isinstance(statement, ast.Return) and (
+                statement.value is None or (isinstance(statement.value, ast.Constant)
+                                            and statement.value.value is None)):
+            words.append("`return None`" if statement.value is not None else "`return`")
+        else:
+            return None
+    return _and(dict.fromkeys(words)) if words else "a docstring"
+
+
+def _and(words):
+    words = list(words)
+    return ", ".join(words[:-1]) + " and " + words[-1] if len(words) > 1 else "".join(words)
 # Where installed libraries live (NumPy's functions are no learner's code to read)
 _LIBRARIES = tuple(os.path.realpath(p) + os.sep for p in {
     sys.prefix, sys.base_prefix, *(sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib",
@@ -298,9 +396,18 @@ def _selfattn_used(fn, seen):
 
 
 def _notebook_cells(path):
-    """The source of each code cell of a notebook file (nbformat 4, or 3)."""
-    with open(path, encoding="utf-8-sig") as f:   # (a BOM, which some editors write)
-        nb = json.load(f)
+    """The source of each code cell of a notebook file (nbformat 4, or 3); ValueError, saying
+    why, for a file that is no notebook."""
+    try:
+        with open(path, encoding="utf-8-sig") as f:   # (a BOM, which some editors write)
+            text = f.read()
+        nb = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:   # (UnicodeDecodeError is a ValueError)
+        raise ValueError(_not_a_notebook(path, text if isinstance(exc, json.JSONDecodeError)
+                                         else "", exc)) from None
+    if not isinstance(nb, dict):
+        raise ValueError(f"{path} is not a notebook (JSON, but a {type(nb).__name__}, not an "
+                         f"object with cells)")
     cells = nb.get("cells")
     if cells is None:  # nbformat 3: cells inside worksheets, the code in "input"
         cells = [c for ws in nb.get("worksheets", []) for c in ws.get("cells", [])]
@@ -311,6 +418,20 @@ def _notebook_cells(path):
         src = cell.get("source", cell.get("input", ""))
         sources.append("".join(src) if isinstance(src, list) else str(src))
     return sources
+
+
+def _not_a_notebook(path, text, exc):
+    """Why a .ipynb file whose text (JSON's, or "") could not be read is not a notebook: git's
+    merge-conflict markers, which a merge of two versions leaves in the file, said as such."""
+    marker = re.search(r"^(?:<<<<<<<|>>>>>>>)(?:[ \t].*)?$", text, re.M)
+    if marker:
+        line = text.count("\n", 0, marker.start()) + 1
+        return (f"{path} is not a notebook: it holds unresolved merge-conflict markers "
+                f"({marker.group(0).strip()!r} on line {line}), which git leaves where two "
+                f"versions of the file were merged; keep one version of each conflict, delete "
+                f"the marker lines, and check that the notebook opens in Jupyter")
+    what = "not UTF-8" if isinstance(exc, UnicodeDecodeError) else "not JSON"
+    return f"{path} is not a notebook ({what}: {exc})"
 
 
 def _script_cells(text):
@@ -839,10 +960,27 @@ def _run_cell(path, number, source, namespace, errors, skipped, captured, timeou
             text = str(exc).strip()
             if isinstance(exc, EOFError) and "input(" in line:
                 text += " (input() gets no answer while a notebook is loaded)"
+            if isinstance(exc, NameError):
+                text += _set_by_a_skipped_line(text, skipped)
             errors.append(CellError(number, f"{type(exc).__name__}: {text}" if text
                                     else type(exc).__name__, line))
         except SystemExit:  # sys.exit() in a cell ends that cell, as in Jupyter
             errors.append(CellError(number, "SystemExit: the cell called sys.exit()"))
+
+
+def _set_by_a_skipped_line(message, skipped):
+    """For a NameError's message, the skipped magic or shell line that would have set the name
+    (`files = !ls`), in words; else ""."""
+    match = re.search(r"name '(\w+)' is not defined", message)
+    if not match:
+        return ""
+    name = match.group(1)
+    for line in reversed(skipped):
+        targets = re.match(r"^([\w., ]+?)\s*=\s*(?:[%!]|get_ipython\(\))", line)
+        if targets and name in re.split(r"[\s,]+", targets.group(1)):
+            return (f" ({name} was to be set by `{line}`, a magic or shell line, which does not "
+                    f"run when a notebook is loaded or graded)")
+    return ""
 
 
 def load_notebook(path, *, timeout=None):
@@ -892,8 +1030,8 @@ def load_notebook(path, *, timeout=None):
         return load_module(path, timeout=timeout)
     try:
         sources = _notebook_cells(path)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError(f"load_notebook: {path} is not a notebook (not JSON: {exc})") from None
+    except ValueError as exc:
+        raise ValueError(f"load_notebook: {exc}") from None
     return _run_cells(path, sources, timeout=timeout)
 
 
