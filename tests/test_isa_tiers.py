@@ -335,6 +335,49 @@ def test_attention_masked_with_finfo_min(isa, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_masks_past_the_log2_range_keep_their_order_and_the_lse(isa, dtype):
+    """The fast tiers score in log2 units, where a mask value past ln 2 x the largest float
+    saturated at the largest float: two such values in a row that sees nothing else tied
+    (-0.9 max and -0.7 max gave both keys weight, where the second takes all of it; +0.9 max and
+    +0.8 max the same), and a row masked with finfo.min had the log-sum-exp -0.69 max, not
+    -max. A block of queries holding such a row runs in natural units, forward and
+    backward."""
+    from attn_reference import ref_attention_grads, ref_lse
+    from attn_reference import assert_close as assert_ref_close
+    rng = np.random.default_rng(12)
+    n_q, n_k, d = 150, 260, 16
+    big = float(np.finfo(dtype).max)
+    Q, K, V, dO = (rand(rng, (n, d), dtype) for n in (n_q, n_k, n_k, n_q))
+    mask = rng.standard_normal((n_q, n_k))
+    mask[3, :] = -big                                   # finfo.min: uniform, lse -max + log n_k
+    mask[4, :] = -0.9 * big
+    mask[4, 17] = -0.7 * big                            # key 17 takes row 4
+    mask[100, 5], mask[100, 90] = 0.9 * big, 0.8 * big  # key 5 takes row 100
+    mask[120, :] = -0.8 * big
+    mask[120, 100:] = -0.75 * big                       # keys 100.. share row 120
+    mask = mask.astype(dtype)
+    for causal in (False, True):
+        want, _ = ref_attention(Q, K, V, None, mask, causal)
+        got, lse = selfattn.scaled_dot_product_attention(Q, K, V, mask=mask, is_causal=causal,
+                                                         return_lse=True)
+        assert_close(got, want, dtype, f"causal={causal}")
+        if not causal:
+            np.testing.assert_allclose(got[4], V[17], rtol=tol(dtype), atol=tol(dtype))
+        np.testing.assert_allclose(got[100], V[5], rtol=tol(dtype), atol=tol(dtype))
+        want_lse = ref_lse(ref_scores(Q, K, None, mask, causal))
+        np.testing.assert_allclose(lse.astype(LD), want_lse, rtol=tol(dtype))
+        assert lse[3] == np.float64(-big) or abs(lse[3] / -big - 1) < 1e-6, lse[3]
+        grads = selfattn.scaled_dot_product_attention_backward(dO, Q, K, V, mask=mask,
+                                                              is_causal=causal)
+        for g, w in zip(grads, ref_attention_grads(dO, Q, K, V, None, mask, causal)):
+            assert_ref_close(g, w, dtype, 5e-5 if dtype == np.float32 else 1e-11)
+        # the composed path (weights asked for) agrees
+        got2, W = selfattn.scaled_dot_product_attention(Q, K, V, mask=mask, is_causal=causal,
+                                                        return_weights=True)
+        assert_close(got2, want, dtype, f"weights path, causal={causal}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_attention_extreme_scores(isa, dtype):
     """Scores far apart (weights that underflow) and all equal (uniform weights)."""
     rng = np.random.default_rng(9)
