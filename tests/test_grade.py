@@ -219,34 +219,62 @@ def test_folders_per_student_say_what_was_graded_and_what_was_not(tmp_path):
     (root / "erin" / "Untitled.ipynb").write_text(json.dumps(submissions.notebook_json(["1 + 1"])))
     (root / "erin" / "homework.ipynb").write_text(correct)
     os.utime(root / "erin" / "homework.ipynb", (1e9, 1e9))
-    # git's merge-conflict markers in the notebook: no crash of the student's code
+    # git's merge-conflict markers in the notebook: no crash of the student's code, and no
+    # scratch notebook beside it graded in its place
     conflicted = correct.replace('"cells": [', '"cells": [\n<<<<<<< HEAD\n=======\n>>>>>>> theirs\n', 1)
     assert conflicted != correct
     (root / "fay").mkdir()
     (root / "fay" / "hw.ipynb").write_text(conflicted)
+    (root / "fay" / "Untitled.ipynb").write_text(json.dumps(submissions.notebook_json(["1"])))
+    # the template's unfilled stubs, newer than the solution; a notebook that imports its own
+    # attention.py (which writes the functions); JSON that is no notebook (it crashed the grade)
+    stubs = [f"def {name}(*args):\n    pass\n" for name in submissions.FUNCTIONS]
+    (root / "ivy").mkdir()
+    (root / "ivy" / "hw_solution.ipynb").write_text(correct)
+    os.utime(root / "ivy" / "hw_solution.ipynb", (1e9, 1e9))
+    (root / "ivy" / "hw_template.ipynb").write_text(json.dumps(submissions.notebook_json(stubs)))
+    (root / "jack").mkdir()
+    (root / "jack" / "attention.py").write_text(
+        submissions.IMPORTS + "".join(submissions.CORRECT.values()))
+    (root / "jack" / "hw.ipynb").write_text(json.dumps(submissions.notebook_json(
+        ["from attention import *\n"])))
+    (root / "kay").mkdir()
+    (root / "kay" / "hw.ipynb").write_text('{"cells": ["import numpy"]}')
     (root / "dan").mkdir()
     (root / "dan" / "submission.zip").write_bytes(b"PK\x05\x06" + bytes(18))
     (root / "a b.py").write_text(submissions.IMPORTS + submissions.SOFTMAX)
     (root / "a_b.py").write_text(submissions.IMPORTS + submissions.OUTPUT)
     results = {r["student"]: r for r in grade([root], tmp_path / "out", timeout=60, echo=None)}
-    assert sorted(results) == ["a b", "a_b", "alice", "bob", "dan", "erin", "fay"]
+    assert sorted(results) == ["a b", "a_b", "alice", "bob", "dan", "erin", "fay", "ivy", "jack",
+                               "kay"]
     assert results["alice"]["status"] == "graded" and results["alice"]["problems"] == []
     assert results["alice"]["path"].endswith(os.path.join("alice", "hw", "solution.ipynb"))
     assert _points(results["alice"]) == (23, 23)
     assert results["bob"]["problems"][0] == (
-        "graded submission.ipynb (the last modified of the files that define the most of the "
-        "notebook's functions, 4); the folder also holds a_draft.ipynb (grade one of them by "
+        "graded submission.ipynb (the last modified of the notebooks that write as many of the "
+        "notebook's functions (4)); the folder also holds a_draft.ipynb (grade one of them by "
         "giving its path)")
+    assert results["ivy"]["path"].endswith("hw_solution.ipynb") and _points(results["ivy"]) == \
+        (23, 23)
+    assert results["ivy"]["problems"][0].startswith(
+        "graded hw_solution.ipynb (it writes 4 of the notebook's functions, hw_template.ipynb 0)")
+    assert results["jack"]["path"].endswith("hw.ipynb") and _points(results["jack"]) == (23, 23)
+    assert results["kay"]["status"] == "not a notebook"
+    assert results["kay"]["problems"] == [
+        f"{root / 'kay' / 'hw.ipynb'} is not a notebook (JSON, but an object without a list of "
+        f"cells)"]
     assert results["erin"]["path"].endswith("homework.ipynb") and _points(results["erin"]) == \
         (23, 23)
     assert results["erin"]["problems"][0] == (
-        "graded homework.ipynb (it defines 4 of the notebook's functions, Untitled.ipynb 0); the "
+        "graded homework.ipynb (it writes 4 of the notebook's functions, Untitled.ipynb 0); the "
         "folder also holds Untitled.ipynb (grade one of them by giving its path)")
     fay = results["fay"]
     assert fay["status"] == "not a notebook" and _points(fay) == (0, 23)
     assert {f["verdict"] for f in fay["functions"].values()} == {"not a notebook"}
     line = conflicted[:conflicted.index("<<<<<<<")].count("\n") + 1
-    assert fay["problems"] == [
+    assert fay["problems"][0].startswith("graded hw.ipynb (it writes 4 of the notebook's "
+                                         "functions, Untitled.ipynb 0)")
+    assert fay["problems"][1:] == [
         f"{root / 'fay' / 'hw.ipynb'} is not a notebook: it holds unresolved merge-conflict "
         f"markers ('<<<<<<< HEAD' on line {line}), which git leaves where two versions of the "
         f"file were merged; keep one version of each conflict, delete the marker lines, and "
@@ -256,12 +284,12 @@ def test_folders_per_student_say_what_was_graded_and_what_was_not(tmp_path):
     assert dan["problems"] == ["no .ipynb or .py file in dan/ (it holds: submission.zip)"]
     assert {f["verdict"] for f in dan["functions"].values()} == {"no submission"}
     pages = {r["student"]: r["report"] for r in results.values()}
-    assert len(set(pages.values())) == 7
+    assert len(set(pages.values())) == 10
     assert {pages["a b"], pages["a_b"]} == {"reports/a_b.html", "reports/a_b-2.html"}
     for student, page in pages.items():
         assert f"<h1>{student}</h1>" in (tmp_path / "out" / page).read_text()
     summary = (tmp_path / "out" / "summary.txt").read_text()
-    assert "graded: 5, no submission: 1, not a notebook: 1" in summary
+    assert "graded: 7, no submission: 1, not a notebook: 2" in summary
     assert "dan,no submission,no submission,no submission,no submission,0,23,,no submission," \
         in (tmp_path / "out" / "gradebook.csv").read_text()
 

@@ -134,9 +134,18 @@ def test_not_a_notebook_is_a_clear_error(tmp_path):
     path.write_bytes(b'{"cells": ["\xe9"]}')
     with pytest.raises(ValueError, match=r"broken.ipynb is not a notebook \(not UTF-8: "):
         load_notebook(path)
-    path.write_text("[1, 2]")
-    with pytest.raises(ValueError, match=r"broken.ipynb is not a notebook \(JSON, but a list"):
+    for text, what in [("[1, 2]", "a list"), ("null", "null"), ('{"cells": ["import numpy"]}',
+                                                                "an object without a list of cells"),
+                       ('{"cells": 5}', "an object without a list of cells")]:
+        path.write_text(text)
+        with pytest.raises(ValueError, match=rf"broken.ipynb is not a notebook \(JSON, but {what}\)$"):
+            load_notebook(path)
+    path.write_text("")
+    with pytest.raises(ValueError, match=r"broken.ipynb is not a notebook \(the file is empty\)"):
         load_notebook(path)
+    # the markers inside a cell (nbdime's merge writes them there): its SyntaxError says so
+    sub = load_notebook(_notebook(tmp_path, ["<<<<<<< local\nx = 1\n=======\nx = 2\n>>>>>>> remote\n"]))
+    assert "a merge-conflict marker that git left in the cell" in sub.errors[0].error
 
 
 def test_nbformat_3_notebooks_load(tmp_path):
@@ -607,6 +616,22 @@ def test_a_function_defined_again_is_told_and_a_pasted_stub_named(tmp_path):
         "softmax_attention_weights is defined in cells 1 and 2; the one graded is the definition "
         "that ran last (cell 2, line 2)"]
     assert sub.softmax_attention_weights(np.zeros((2, 2))).shape == (2, 2)
+    # a %%time cell's lines counted as the learner sees them (the body compiles from line 1)
+    sub = load_notebook(_notebook(tmp_path, [right, "\n%%time\n" + stub]))
+    assert [p for p in sub.problems() if "is defined" in p][0].startswith(
+        "softmax_attention_weights is defined in cells 1 and 2, and the definition that ran last "
+        "(cell 2, line 3) is an unfilled stub")
+    # a lambda assigned after the definitions is what is graded, and said to be
+    sub = load_notebook(_notebook(tmp_path, [right, right, "softmax_attention_weights = "
+                                                          "lambda s: s\n"]))
+    assert [p for p in sub.problems() if "is defined" in p] == [
+        "softmax_attention_weights is defined in cells 1 and 2, but what is graded is the lambda "
+        "that cell 3 assigns to the name"]
+    # a decorator's own wrapper (no functools.wraps) defines in its cell: no cell is named
+    sub = load_notebook(_notebook(tmp_path, [
+        "def timed(f):\n    def wrapper(*args):\n        return f(*args)\n    return wrapper\n",
+        right, "@timed\n" + right.replace("import numpy as np\n", "")]))
+    assert not [p for p in sub.problems() if "is defined" in p]
     # a def inside a class or a function is no second definition
     indented = "".join("    " + line + "\n" for line in stub.splitlines())
     sub = load_notebook(_notebook(tmp_path, [right, "class Mine:\n" + indented,

@@ -40,7 +40,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from .cases import _SCALED, _check_scale, cases
-from .load import NOTEBOOK_FUNCTIONS, _notebook_cells, load_notebook
+from .load import NOTEBOOK_FUNCTIONS, _definitions, _notebook_cells, _stub_body, load_notebook
 from .mistakes import _HINTS, TITLES, _hint
 from .report import _in_course_voice, check
 
@@ -284,10 +284,10 @@ def _earlier_output(folder):
 
 
 def _student_folder(folder):
-    """(path, notes) of a student's folder: of its notebooks and scripts, at the top or in a
-    sub-folder, the one that defines the most of the notebook's functions (a scratch
-    Untitled.ipynb beside the homework defines none), then the last modified, then the first
-    notebook, else script, nearest first."""
+    """(path, notes) of a student's folder: of its notebooks (else its scripts), at the top or in
+    a sub-folder, the one that writes the most of the notebook's functions (a scratch
+    Untitled.ipynb beside the homework writes none, nor does the template's copy of unfilled
+    stubs), then the last modified, then the first, nearest the top first."""
     candidates, others = [], []
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not _hidden(d))
@@ -296,42 +296,56 @@ def _student_folder(folder):
                 continue
             rel = os.path.relpath(os.path.join(root, f), folder)
             (candidates if f.endswith(_SUFFIXES) else others).append(rel)
-    candidates.sort(key=lambda rel: (not rel.endswith(".ipynb"), rel.count(os.sep), rel))
-    defined = {rel: _functions_written(os.path.join(folder, rel)) for rel in candidates}
-    modified = {rel: _modified(os.path.join(folder, rel)) for rel in candidates}
-    candidates.sort(key=lambda rel: (-defined[rel], -modified[rel]))    # (stable: then as above)
     if not candidates:
         return None, [f"no .ipynb or .py file in {os.path.basename(folder)}/"
                       + (f" (it holds: {', '.join(others[:5])}"
                          + (", ..." if len(others) > 5 else "") + ")" if others
                          else " (nor any other file but hidden ones)")]
+    # a notebook's own module (attention.py, which it imports) is no submission beside it
+    notebooks = [rel for rel in candidates if rel.endswith(".ipynb")]
+    candidates = sorted(notebooks or candidates, key=lambda rel: (rel.count(os.sep), rel))
+    written = {rel: _functions_written(os.path.join(folder, rel)) for rel in candidates}
+    modified = {rel: _modified(os.path.join(folder, rel)) for rel in candidates}
+    candidates.sort(key=lambda rel: (-written[rel], -modified[rel]))    # (stable: then as above)
     notes = []
     if len(candidates) > 1:
         first, second = candidates[:2]
-        why = (f"it defines {defined[first]} of the notebook's functions, {second} "
-               f"{defined[second]}" if defined[first] != defined[second]
-               else f"the last modified of the files that define the most of the notebook's "
-                    f"functions, {defined[first]}" if modified[first] != modified[second]
-               else f"the first by name of the files that define the most of the notebook's "
-                    f"functions, {defined[first]}, modified at the same time")
-        notes.append(f"graded {first} ({why}); the folder also holds {', '.join(candidates[1:4])}"
-                     + (", ..." if len(candidates) > 4 else "")
+        kind = "notebooks" if notebooks else "scripts"
+        if written[first] != written[second]:
+            why = (f"it writes {written[first]} of the notebook's functions, {second} "
+                   f"{written[second]}")
+        else:
+            which = (f"that write as many of the notebook's functions ({written[first]})"
+                     if written[first] else "none of which writes a notebook function")
+            why = (f"the last modified of the {kind} {which}" if modified[first] != modified[second]
+                   else f"the first, nearest the top and by name, of the {kind} {which}, "
+                        f"modified at the same time")
+        notes.append(f"graded {first} ({why}); the folder also holds "
+                     f"{', '.join(candidates[1:4])}" + (", ..." if len(candidates) > 4 else "")
                      + " (grade one of them by giving its path)")
     return os.path.join(folder, candidates[0]), notes
 
 
 def _functions_written(path):
-    """How many of the notebook's functions a notebook or script defines (`def name(` in its
-    code), read without running it; -1 for a file that cannot be read."""
+    """How many of the notebook's functions a notebook or script defines with a body that is no
+    unfilled stub, read without running it. A notebook that cannot be read (git's conflict
+    markers) counts the `def`s in its text, so that it is still the one graded (and its row says
+    why it cannot be) rather than a scratch file beside it."""
     try:
         if path.endswith(".ipynb"):
-            text = "\n".join(_notebook_cells(path))
+            sources = _notebook_cells(path)
         else:
             with open(path, encoding="utf-8", errors="replace") as f:
-                text = f.read()
+                sources = [f.read()]
     except (ValueError, OSError):
-        return -1
-    return sum(bool(re.search(rf"^[ \t]*def[ \t]+{name}[ \t]*\(", text, re.M))
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                text = f.read()
+        except OSError:
+            return 0
+        return sum(bool(re.search(rf"\bdef[ \t]+{name}[ \t]*\(", text))
+                   for name in NOTEBOOK_FUNCTIONS)
+    return sum(any(_stub_body(node) is None for _, node, _ in _definitions(sources, name))
                for name in NOTEBOOK_FUNCTIONS)
 
 

@@ -198,28 +198,34 @@ class Submission:
         definition is graded, and whether that one is an unfilled stub."""
         out = []
         for name, fn in self.functions.items():
-            places = _definitions(self._sources, name)
-            if _cell_of(fn) is None or len(places) < 2:
+            places = _definitions(self._sources, name)      # (cell, node, line as shown)
+            where_graded = _cell_of(fn, name)
+            if where_graded is None or len(places) < 2:
                 continue
-            graded, first_line = _cell_of(fn)
-            cells = sorted({cell for cell, _ in places})
+            graded, first_line = where_graded
+            cells = sorted({cell for cell, _, _ in places})
             if len(cells) == 1:
                 where = (f"{len(places)} times in cell {cells[0]} (lines "
-                         f"{_and(str(node.lineno) for _, node in places)})")
+                         f"{_and(str(line) for _, _, line in places)})")
             else:
                 where = f"in cells {_and(map(str, cells))}"
-            mine = [node for cell, node in places if cell == graded
-                    and first_line in _first_lines(node)]
-            stub = _stub_body(mine[-1]) if mine else None
-            if stub and any(_stub_body(node) is None for _, node in places):
+            mine = [(node, line) for cell, node, line in places
+                    if cell == graded and first_line in _first_lines(node)]
+            if not mine:        # a lambda or another function assigned to the name after them
+                out.append(f"{name} is defined {where}, but what is graded is the "
+                           f"{'lambda' if fn.__name__ == '<lambda>' else 'function'} that cell "
+                           f"{graded} assigns to the name")
+                continue
+            node, line = mine[-1]
+            stub = _stub_body(node)
+            if stub and any(_stub_body(other) is None for _, other, _ in places):
                 out.append(f"{name} is defined {where}, and the definition that ran last (cell "
-                           f"{graded}, line {mine[-1].lineno}) is an unfilled stub (its body is "
-                           f"only {stub}), so that is the one graded, not the written one: "
-                           f"delete the stub, or move it above the solution")
+                           f"{graded}, line {line}) is an unfilled stub (its body is only "
+                           f"{stub}), so that is the one graded, not the written one: delete "
+                           f"the stub, or move it above the solution")
             else:
                 out.append(f"{name} is defined {where}; the one graded is the definition that "
-                           f"ran last (cell {graded}" + (f", line {mine[-1].lineno})" if mine
-                                                         else ")"))
+                           f"ran last (cell {graded}, line {line})")
         return out
 
     def _replaced_by_import(self, names):
@@ -262,21 +268,26 @@ class Submission:
 _IMPORTED = "(imported)"
 
 
-def _cell_of(fn):
-    """(cell, line) where `fn` was defined (1-based; the cell's number from the name _run_cell
-    compiles it under); None for a function from elsewhere (a %run file, an import)."""
+def _cell_of(fn, name):
+    """(cell, line) where `fn`, graded as `name`, was defined (1-based; the cell's number from
+    the name _run_cell compiles it under); None for a function from elsewhere (a %run file, an
+    import) or under another name."""
     for _ in range(100):        # through decorators' wrappers (functools.wraps, lru_cache)
         if not hasattr(fn, "__wrapped__"):
             break
         fn = fn.__wrapped__
-    match = re.fullmatch(r"<.* cell (\d+)>", getattr(getattr(fn, "__code__", None), "co_filename",
-                                                      ""))
-    return (int(match.group(1)), fn.__code__.co_firstlineno) if match else None
+    code = getattr(fn, "__code__", None)
+    match = re.fullmatch(r"<.* cell (\d+)>", getattr(code, "co_filename", ""))
+    if not match or code.co_name not in (name, "<lambda>"):  # a decorator's wrapper, say
+        return None
+    return int(match.group(1)), code.co_firstlineno
 
 
 def _definitions(sources, name):
-    """(cell, ast.FunctionDef) for each `def name` of the cells' module level (inside an `if`,
-    `try`, `with` or loop too, not inside a function or class), in order."""
+    """(cell, ast.FunctionDef, its line as the cell shows it) for each `def name` of the cells'
+    module level (inside an `if`, `try`, `with` or loop too, not inside a function or class),
+    in order. The node's own line numbers are those of the code that ran, which a cell magic
+    (`%%time`) shifts."""
     found = []
     for cell, source in enumerate(sources, 1):
         code = _strip_magics(source, [])
@@ -284,11 +295,14 @@ def _definitions(sources, name):
             tree = ast.parse(code or "")
         except SyntaxError:
             continue
+        # _run_cell compiles a %%time cell's body from its first line on, and so numbers its
+        # lines (the function's first line); the learner counts the cell's lines
+        shift = source.count("\n") - (code or "").count("\n")
         pending = list(tree.body)
         while pending:
             node = pending.pop(0)
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == name:
-                found.append((cell, node))
+                found.append((cell, node, node.lineno + shift))
             elif not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                 pending[:0] = [child for field in ("body", "orelse", "finalbody", "handlers")
                                for child in getattr(node, field, ()) or ()
@@ -405,18 +419,21 @@ def _notebook_cells(path):
     except (ValueError, UnicodeDecodeError) as exc:   # (UnicodeDecodeError is a ValueError)
         raise ValueError(_not_a_notebook(path, text if isinstance(exc, json.JSONDecodeError)
                                          else "", exc)) from None
-    if not isinstance(nb, dict):
-        raise ValueError(f"{path} is not a notebook (JSON, but a {type(nb).__name__}, not an "
-                         f"object with cells)")
-    cells = nb.get("cells")
-    if cells is None:  # nbformat 3: cells inside worksheets, the code in "input"
-        cells = [c for ws in nb.get("worksheets", []) for c in ws.get("cells", [])]
+    cells = nb.get("cells") if isinstance(nb, dict) else None
+    if cells is None and isinstance(nb, dict):  # nbformat 3: cells in worksheets, code in "input"
+        worksheets = nb.get("worksheets", [])
+        if isinstance(worksheets, list) and all(isinstance(ws, dict) for ws in worksheets):
+            cells = [c for ws in worksheets for c in ws.get("cells", [])]
+    if not (isinstance(cells, list) and all(isinstance(c, dict) for c in cells)):
+        what = {dict: "an object without a list of cells", list: "a list", str: "a string",
+                type(None): "null", bool: "true or false"}.get(type(nb), "a number")
+        raise ValueError(f"{path} is not a notebook (JSON, but {what})")
     sources = []
     for cell in cells:
         if cell.get("cell_type") != "code":
             continue
         src = cell.get("source", cell.get("input", ""))
-        sources.append("".join(src) if isinstance(src, list) else str(src))
+        sources.append("".join(map(str, src)) if isinstance(src, list) else str(src))
     return sources
 
 
@@ -430,8 +447,11 @@ def _not_a_notebook(path, text, exc):
                 f"({marker.group(0).strip()!r} on line {line}), which git leaves where two "
                 f"versions of the file were merged; keep one version of each conflict, delete "
                 f"the marker lines, and check that the notebook opens in Jupyter")
-    what = "not UTF-8" if isinstance(exc, UnicodeDecodeError) else "not JSON"
-    return f"{path} is not a notebook ({what}: {exc})"
+    if isinstance(exc, UnicodeDecodeError):
+        return f"{path} is not a notebook (not UTF-8: {exc})"
+    if not text.strip():
+        return f"{path} is not a notebook (the file is empty)"
+    return f"{path} is not a notebook (not JSON: {exc})"
 
 
 def _script_cells(text):
@@ -957,6 +977,9 @@ def _run_cell(path, number, source, namespace, errors, skipped, captured, timeou
             line = _shown_line(frames[-1].line.strip()) if frames and frames[-1].line else ""
             if isinstance(exc, SyntaxError):
                 line = (exc.text or "").strip()
+                if re.match(r"(?:<<<<<<<|=======|>>>>>>>)(?:\s|$)", line):
+                    exc.msg = (f"{exc.msg} (a merge-conflict marker that git left in the cell: "
+                               f"keep one version and delete the marker lines)")
             text = str(exc).strip()
             if isinstance(exc, EOFError) and "input(" in line:
                 text += " (input() gets no answer while a notebook is loaded)"
