@@ -378,6 +378,42 @@ def test_masks_past_the_log2_range_keep_their_order_and_the_lse(isa, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_a_mask_plus_a_score_past_the_log2_range(isa, dtype):
+    """A large finite mask value plus a large score overflowed to +-inf in log2 units: a row
+    whose largest went to +inf was NaN, one whose every key went to -inf was taken for a row
+    masked out (output 0, lse -inf), where every value is finite in natural units."""
+    from attn_reference import ref_attention_grads, ref_lse
+    from attn_reference import assert_close as assert_ref_close
+    big = float(np.finfo(dtype).max)
+    ulp = 2 * float(np.spacing(np.asarray(big / 2, dtype)))     # the spacing at the largest
+    a, b = np.sqrt(0.17 * big), 8 * np.sqrt(ulp)     # b * b: 64 ulps, far past rounding
+    V, dO = np.array([[1.0], [2.0]], dtype), np.ones((1, 1), dtype)
+    cases = {  # Q (1, 1), K (2, 1), mask (1, 2)
+        "+inf max": ([[a]], [[a], [a / 2]], [[0.6 * big, 0]]),
+        "-inf row": ([[a]], [[-a], [-0.9 * a]], [[-0.6 * big, -0.6 * big]]),
+        "saturated -inf row": ([[b]], [[-b], [-b / 2]], [[-0.9 * big, -0.9 * big]]),
+        "saturated +inf max": ([[b]], [[b], [0]], [[0.9 * big, 0]]),
+    }
+    for name, (Q, K, mask) in cases.items():
+        Q, K, mask = (np.array(x, dtype) for x in (Q, K, mask))
+        want, _ = ref_attention(Q, K, V, 1.0, mask)
+        got, lse = selfattn.scaled_dot_product_attention(Q, K, V, mask=mask, scale=1.0,
+                                                         return_lse=True)
+        assert_close(got, want, dtype, name)
+        want_lse = ref_lse(ref_scores(Q, K, 1.0, mask))
+        assert np.isfinite(lse).all(), name
+        np.testing.assert_allclose(lse.astype(LD), want_lse, rtol=tol(dtype), err_msg=name)
+        grads = selfattn.scaled_dot_product_attention_backward(dO, Q, K, V, mask=mask, scale=1.0)
+        _, _, want_dV = ref_attention_grads(dO, Q, K, V, 1.0, mask)
+        assert_ref_close(grads[2], want_dV, dtype)
+    # a row masked out with -inf (and one of a boolean mask) stays so: 0 and -inf
+    Q, K = np.ones((2, 1), dtype), np.ones((2, 1), dtype)
+    mask = np.array([[-np.inf, -np.inf], [0, -np.inf]], dtype)
+    got, lse = selfattn.scaled_dot_product_attention(Q, K, V, mask=mask, return_lse=True)
+    assert got[0, 0] == 0 and lse[0] == -np.inf and got[1, 0] == 1
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_attention_extreme_scores(isa, dtype):
     """Scores far apart (weights that underflow) and all equal (uniform weights)."""
     rng = np.random.default_rng(9)
