@@ -240,13 +240,43 @@ def test_folders_per_student_say_what_was_graded_and_what_was_not(tmp_path):
         ["from attention import *\n"])))
     (root / "kay").mkdir()
     (root / "kay" / "hw.ipynb").write_text('{"cells": ["import numpy"]}')
+    # the README's ways of writing the functions in a file: %%writefile, beside a newer scratch
+    # notebook; a conflicted template (stubs) beside a solution of three; and a solution script
+    # beside the untouched template, which the report names
+    writefile = ["%%writefile attention.py\n" + submissions.IMPORTS
+                 + "".join(submissions.CORRECT.values()), "from attention import *\n"]
+    (root / "lea").mkdir()
+    (root / "lea" / "hw.ipynb").write_text(json.dumps(submissions.notebook_json(writefile)))
+    os.utime(root / "lea" / "hw.ipynb", (1e9, 1e9))
+    (root / "lea" / "Untitled.ipynb").write_text(json.dumps(submissions.notebook_json(["1"])))
+    (root / "max").mkdir()
+    template = json.dumps(submissions.notebook_json(stubs))
+    (root / "max" / "hw_conflicted.ipynb").write_text(
+        template.replace('"cells": [', '"cells": [\n<<<<<<< HEAD\n=======\n>>>>>>> b\n', 1))
+    three = dict(submissions.CORRECT)
+    del three["self_attention_layer"]
+    (root / "max" / "hw_solution.ipynb").write_text(json.dumps(submissions.notebook_json(
+        [submissions.IMPORTS, *three.values()])))
+    os.utime(root / "max" / "hw_solution.ipynb", (1e9, 1e9))
+    (root / "ned").mkdir()
+    (root / "ned" / "hw.ipynb").write_text(template)
+    (root / "ned" / "my_solution.py").write_text(
+        submissions.IMPORTS + "".join(submissions.CORRECT.values()))
     (root / "dan").mkdir()
     (root / "dan" / "submission.zip").write_bytes(b"PK\x05\x06" + bytes(18))
     (root / "a b.py").write_text(submissions.IMPORTS + submissions.SOFTMAX)
     (root / "a_b.py").write_text(submissions.IMPORTS + submissions.OUTPUT)
     results = {r["student"]: r for r in grade([root], tmp_path / "out", timeout=60, echo=None)}
     assert sorted(results) == ["a b", "a_b", "alice", "bob", "dan", "erin", "fay", "ivy", "jack",
-                               "kay"]
+                               "kay", "lea", "max", "ned"]
+    assert results["lea"]["path"].endswith("hw.ipynb") and _points(results["lea"]) == (23, 23)
+    assert results["max"]["path"].endswith("hw_solution.ipynb")
+    assert results["max"]["problems"][0].startswith(
+        "graded hw_solution.ipynb (it writes 3 of the notebook's functions, hw_conflicted.ipynb "
+        "cannot be read)")
+    assert results["ned"]["problems"][0] == (
+        "graded hw.ipynb (the folder's only notebook); the folder also holds my_solution.py "
+        "(grade one of them by giving its path)")
     assert results["alice"]["status"] == "graded" and results["alice"]["problems"] == []
     assert results["alice"]["path"].endswith(os.path.join("alice", "hw", "solution.ipynb"))
     assert _points(results["alice"]) == (23, 23)
@@ -272,8 +302,9 @@ def test_folders_per_student_say_what_was_graded_and_what_was_not(tmp_path):
     assert fay["status"] == "not a notebook" and _points(fay) == (0, 23)
     assert {f["verdict"] for f in fay["functions"].values()} == {"not a notebook"}
     line = conflicted[:conflicted.index("<<<<<<<")].count("\n") + 1
-    assert fay["problems"][0].startswith("graded hw.ipynb (it writes 4 of the notebook's "
-                                         "functions, Untitled.ipynb 0)")
+    assert fay["problems"][0] == (
+        "graded hw.ipynb (its text defines the notebook's functions, though it cannot be read); "
+        "the folder also holds Untitled.ipynb (grade one of them by giving its path)")
     assert fay["problems"][1:] == [
         f"{root / 'fay' / 'hw.ipynb'} is not a notebook: it holds unresolved merge-conflict "
         f"markers ('<<<<<<< HEAD' on line {line}), which git leaves where two versions of the "
@@ -284,12 +315,12 @@ def test_folders_per_student_say_what_was_graded_and_what_was_not(tmp_path):
     assert dan["problems"] == ["no .ipynb or .py file in dan/ (it holds: submission.zip)"]
     assert {f["verdict"] for f in dan["functions"].values()} == {"no submission"}
     pages = {r["student"]: r["report"] for r in results.values()}
-    assert len(set(pages.values())) == 10
+    assert len(set(pages.values())) == 13
     assert {pages["a b"], pages["a_b"]} == {"reports/a_b.html", "reports/a_b-2.html"}
     for student, page in pages.items():
         assert f"<h1>{student}</h1>" in (tmp_path / "out" / page).read_text()
     summary = (tmp_path / "out" / "summary.txt").read_text()
-    assert "graded: 7, no submission: 1, not a notebook: 2" in summary
+    assert "graded: 10, no submission: 1, not a notebook: 2" in summary
     assert "dan,no submission,no submission,no submission,no submission,0,23,,no submission," \
         in (tmp_path / "out" / "gradebook.csv").read_text()
 

@@ -136,12 +136,17 @@ def test_not_a_notebook_is_a_clear_error(tmp_path):
         load_notebook(path)
     for text, what in [("[1, 2]", "a list"), ("null", "null"), ('{"cells": ["import numpy"]}',
                                                                 "an object without a list of cells"),
-                       ('{"cells": 5}', "an object without a list of cells")]:
+                       ('{"cells": 5}', "an object without a list of cells"),
+                       ("{}", "an object without a list of cells"),
+                       ('{"worksheets": [{"cells": null}]}', "an object without a list of cells")]:
         path.write_text(text)
         with pytest.raises(ValueError, match=rf"broken.ipynb is not a notebook \(JSON, but {what}\)$"):
             load_notebook(path)
     path.write_text("")
     with pytest.raises(ValueError, match=r"broken.ipynb is not a notebook \(the file is empty\)"):
+        load_notebook(path)
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match=r"broken.ipynb is not a notebook \(JSON nested too "):
         load_notebook(path)
     # the markers inside a cell (nbdime's merge writes them there): its SyntaxError says so
     sub = load_notebook(_notebook(tmp_path, ["<<<<<<< local\nx = 1\n=======\nx = 2\n>>>>>>> remote\n"]))
@@ -616,6 +621,13 @@ def test_a_function_defined_again_is_told_and_a_pasted_stub_named(tmp_path):
         "softmax_attention_weights is defined in cells 1 and 2; the one graded is the definition "
         "that ran last (cell 2, line 2)"]
     assert sub.softmax_attention_weights(np.zeros((2, 2))).shape == (2, 2)
+    # the stub above a written one whose cell raised before its def: that is why
+    sub = load_notebook(_notebook(tmp_path, [stub, "x = undefined_name\n" + right]))
+    assert [p for p in sub.problems() if "is defined" in p] == [
+        "softmax_attention_weights is defined in cells 1 and 2, and the definition that ran last "
+        "(cell 1, line 1) is an unfilled stub (its body is only `pass`), so that is the one "
+        "graded: the written one in cell 2 never ran, because that cell raised an error before "
+        "it (see the cell's error)"]
     # a %%time cell's lines counted as the learner sees them (the body compiles from line 1)
     sub = load_notebook(_notebook(tmp_path, [right, "\n%%time\n" + stub]))
     assert [p for p in sub.problems() if "is defined" in p][0].startswith(

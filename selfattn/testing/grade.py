@@ -301,36 +301,55 @@ def _student_folder(folder):
                       + (f" (it holds: {', '.join(others[:5])}"
                          + (", ..." if len(others) > 5 else "") + ")" if others
                          else " (nor any other file but hidden ones)")]
-    # a notebook's own module (attention.py, which it imports) is no submission beside it
+    candidates.sort(key=lambda rel: (not rel.endswith(".ipynb"), rel.count(os.sep), rel))
+    # a notebook's own module (attention.py, which it imports) is no submission beside it; the
+    # nearest _RANKED are read (a virtualenv in the folder holds thousands of scripts)
     notebooks = [rel for rel in candidates if rel.endswith(".ipynb")]
-    candidates = sorted(notebooks or candidates, key=lambda rel: (rel.count(os.sep), rel))
-    written = {rel: _functions_written(os.path.join(folder, rel)) for rel in candidates}
-    modified = {rel: _modified(os.path.join(folder, rel)) for rel in candidates}
-    candidates.sort(key=lambda rel: (-written[rel], -modified[rel]))    # (stable: then as above)
+    ranked = (notebooks or candidates)[:_RANKED]
+    written = {rel: _functions_written(os.path.join(folder, rel)) for rel in ranked}
+    modified = {rel: _modified(os.path.join(folder, rel)) for rel in ranked}
+    ranked.sort(key=lambda rel: (-written[rel], -modified[rel]))    # (stable: then as above)
+    first = ranked[0]
+    rest = [rel for rel in candidates if rel != first]
     notes = []
-    if len(candidates) > 1:
-        first, second = candidates[:2]
+    if rest:
         kind = "notebooks" if notebooks else "scripts"
-        if written[first] != written[second]:
-            why = (f"it writes {written[first]} of the notebook's functions, {second} "
-                   f"{written[second]}")
+        second = ranked[1] if len(ranked) > 1 else None
+        if second is None:
+            why = f"the folder's only {kind[:-1]}"
+        elif written[first] != written[second]:
+            why = (f"its text defines the notebook's functions, though it cannot be read"
+                   if written[first] == _UNREADABLE_WRITES else
+                   f"it writes {written[first]:g} of the notebook's functions, {second} "
+                   + ("cannot be read" if written[second] == _UNREADABLE_WRITES
+                      else f"{written[second]:g}"))
         else:
-            which = (f"that write as many of the notebook's functions ({written[first]})"
+            which = (f"that write as many of the notebook's functions ({written[first]:g})"
                      if written[first] else "none of which writes a notebook function")
             why = (f"the last modified of the {kind} {which}" if modified[first] != modified[second]
                    else f"the first, nearest the top and by name, of the {kind} {which}, "
                         f"modified at the same time")
-        notes.append(f"graded {first} ({why}); the folder also holds "
-                     f"{', '.join(candidates[1:4])}" + (", ..." if len(candidates) > 4 else "")
+        notes.append(f"graded {first} ({why}); the folder also holds {', '.join(rest[:4])}"
+                     + (", ..." if len(rest) > 4 else "")
                      + " (grade one of them by giving its path)")
-    return os.path.join(folder, candidates[0]), notes
+    return os.path.join(folder, first), notes
+
+
+_RANKED = 50
+# what a notebook that cannot be read (git's conflict markers) but whose text defines some of
+# the functions counts: it beats a scratch file that writes none, so that its row says why it
+# cannot be graded, and loses to one that writes any (the template's conflicted copy, stubs)
+_UNREADABLE_WRITES = 0.5
+_DEF = re.compile(r"\bdef[ \t]+(" + "|".join(NOTEBOOK_FUNCTIONS) + r")[ \t]*\(")
+_LOCAL_CODE = re.compile(r"^[ \t]*(?:from[ \t]+(\w+)[ \t]+import|import[ \t]+(\w+)"
+                         r"|%run[ \t]+(?:-\w+[ \t]+)*(\S+?\.py)\b)", re.M)
 
 
 def _functions_written(path):
     """How many of the notebook's functions a notebook or script defines with a body that is no
-    unfilled stub, read without running it. A notebook that cannot be read (git's conflict
-    markers) counts the `def`s in its text, so that it is still the one graded (and its row says
-    why it cannot be) rather than a scratch file beside it."""
+    unfilled stub, read without running it: in its code cells, its %%writefile cells, and the
+    files beside it that it imports or %runs (attention.py). A notebook that cannot be read
+    counts _UNREADABLE_WRITES if its text defines any."""
     try:
         if path.endswith(".ipynb"):
             sources = _notebook_cells(path)
@@ -340,12 +359,25 @@ def _functions_written(path):
     except (ValueError, OSError):
         try:
             with open(path, encoding="utf-8", errors="replace") as f:
-                text = f.read()
+                return _UNREADABLE_WRITES if _DEF.search(f.read()) else 0
         except OSError:
             return 0
-        return sum(bool(re.search(rf"\bdef[ \t]+{name}[ \t]*\(", text))
-                   for name in NOTEBOOK_FUNCTIONS)
-    return sum(any(_stub_body(node) is None for _, node, _ in _definitions(sources, name))
+    folder = os.path.dirname(path)
+    code = []
+    for source in sources:
+        if source.lstrip().startswith("%%writefile"):
+            code.append(source.lstrip().partition("\n")[2])
+        else:
+            code.append(source)
+        for module in _LOCAL_CODE.finditer(source):
+            name = module.group(3) or (module.group(1) or module.group(2)) + ".py"
+            beside = os.path.join(folder, name)
+            if os.path.isfile(beside) and os.path.abspath(beside) != os.path.abspath(path):
+                with contextlib.suppress(OSError), open(beside, encoding="utf-8",
+                                                        errors="replace") as f:
+                    code.append(f.read())
+    code = [c for c in code if _DEF.search(c)]      # parse only what may define one
+    return sum(any(_stub_body(node) is None for _, node, _ in _definitions(code, name))
                for name in NOTEBOOK_FUNCTIONS)
 
 

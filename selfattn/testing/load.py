@@ -218,7 +218,17 @@ class Submission:
                 continue
             node, line = mine[-1]
             stub = _stub_body(node)
-            if stub and any(_stub_body(other) is None for _, other, _ in places):
+            written = [(cell, other.lineno) for cell, other, _ in places
+                       if _stub_body(other) is None]
+            # a written one further down never ran: its cell raised before it
+            skipped = sorted({cell for cell, at in written if (cell, at) > (graded, node.lineno)})
+            if stub and skipped:
+                out.append(f"{name} is defined {where}, and the definition that ran last (cell "
+                           f"{graded}, line {line}) is an unfilled stub (its body is only "
+                           f"{stub}), so that is the one graded: the written one in cell "
+                           f"{_and(map(str, skipped))} never ran, because that cell raised an "
+                           f"error before it (see the cell's error)")
+            elif stub and written:
                 out.append(f"{name} is defined {where}, and the definition that ran last (cell "
                            f"{graded}, line {line}) is an unfilled stub (its body is only "
                            f"{stub}), so that is the one graded, not the written one: delete "
@@ -419,10 +429,14 @@ def _notebook_cells(path):
     except (ValueError, UnicodeDecodeError) as exc:   # (UnicodeDecodeError is a ValueError)
         raise ValueError(_not_a_notebook(path, text if isinstance(exc, json.JSONDecodeError)
                                          else "", exc)) from None
+    except RecursionError:
+        raise ValueError(f"{path} is not a notebook (JSON nested too deeply to read)") from None
     cells = nb.get("cells") if isinstance(nb, dict) else None
     if cells is None and isinstance(nb, dict):  # nbformat 3: cells in worksheets, code in "input"
-        worksheets = nb.get("worksheets", [])
-        if isinstance(worksheets, list) and all(isinstance(ws, dict) for ws in worksheets):
+        worksheets = nb.get("worksheets")
+        if isinstance(worksheets, list) and all(isinstance(ws, dict)
+                                                and isinstance(ws.get("cells", []), list)
+                                                for ws in worksheets):
             cells = [c for ws in worksheets for c in ws.get("cells", [])]
     if not (isinstance(cells, list) and all(isinstance(c, dict) for c in cells)):
         what = {dict: "an object without a list of cells", list: "a list", str: "a string",
