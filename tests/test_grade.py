@@ -10,7 +10,7 @@ import sys
 import pytest
 
 import submissions
-from selfattn.testing.grade import _points, grade
+from selfattn.testing.grade import _points, _submissions, grade
 from selfattn.testing.load import NOTEBOOK_FUNCTIONS
 
 
@@ -434,6 +434,36 @@ def test_ctrl_c_stops_the_students_processes_too(tmp_path, signame, said):
     assert grader.returncode == 128 + signum
     assert errors.decode() == (f"python -m selfattn grade: stopped ({said}); the students' "
                                f"processes were stopped too, and this run wrote no grades\n")
+
+
+def test_upper_case_names_and_linked_sub_folders_are_found(tmp_path):
+    """HW.IPYNB and hw.PY (as a file system that ignores case keeps them) are a notebook and a
+    script; a sub-folder that is a link is looked into, and a link back to its own folder does
+    not loop. They were 'no .ipynb or .py file', and HW.PY was read as a notebook."""
+    correct = json.dumps(submissions.notebook_json(submissions._cells(submissions.CORRECT)))
+    script = submissions.IMPORTS + "".join(submissions.CORRECT.values())
+    root = tmp_path / "class"
+    (root / "amy").mkdir(parents=True)
+    (root / "amy" / "HW.IPYNB").write_text(correct)
+    (root / "bo").mkdir()
+    (root / "bo" / "Solution.PY").write_text(script)
+    (tmp_path / "elsewhere" / "course").mkdir(parents=True)
+    (tmp_path / "elsewhere" / "course" / "hw.ipynb").write_text(correct)
+    (root / "cy").mkdir()
+    try:
+        os.symlink(tmp_path / "elsewhere", root / "cy" / "work", target_is_directory=True)
+        os.symlink(root / "cy", root / "cy" / "work" / "course" / "back",
+                   target_is_directory=True)
+    except (OSError, NotImplementedError):
+        pytest.skip("this file system or account cannot make symbolic links")
+    (root / "CLASS_NOTES.PY").write_text(script)
+    found = {student: (path, notes) for student, path, notes in _submissions([root])}
+    assert sorted(found) == ["CLASS_NOTES", "amy", "bo", "cy"]
+    assert found["amy"] == (str(root / "amy" / "HW.IPYNB"), [])
+    assert found["bo"] == (str(root / "bo" / "Solution.PY"), [])
+    assert found["cy"] == (os.path.join(str(root / "cy"), "work", "course", "hw.ipynb"), [])
+    graded, = grade([root / "bo" / "Solution.PY"], tmp_path / "out", timeout=60, echo=None)
+    assert graded["status"] == "graded" and _points(graded) == (23, 23), graded["problems"]
 
 
 def test_a_regrade_into_the_same_folder_leaves_no_report_of_an_earlier_class(tmp_path):

@@ -47,6 +47,15 @@ from .report import _in_course_voice, check
 __all__ = ["grade", "check_functions", "main"]
 
 _SUFFIXES = (".ipynb", ".py")
+
+
+def _is_submission(name):
+    # HW.IPYNB: a file system that ignores case (Windows, macOS) keeps what the student typed
+    return name.lower().endswith(_SUFFIXES)
+
+
+def _is_notebook(name):
+    return name.lower().endswith(".ipynb")
 _TIMED_OUT, _CRASHED, _NO_SUBMISSION = "timed out", "crashed", "no submission"
 _UNREADABLE = "not a notebook"
 # the share of --timeout one cell may run before it is stopped (the rest: checking the functions)
@@ -232,7 +241,7 @@ def _submissions(paths, out=None):
             full = os.path.join(p, entry)
             if _hidden(entry):  # .ipynb_checkpoints and such
                 continue
-            if os.path.isfile(full) and entry.endswith(_SUFFIXES):
+            if os.path.isfile(full) and _is_submission(entry):
                 found.append((os.path.splitext(entry)[0], full, []))
             elif (os.path.isdir(full) and os.path.realpath(full) != out
                   and not _earlier_output(full)):
@@ -280,7 +289,7 @@ def _earlier_output(folder):
     reports = os.path.join(folder, "reports")
     if not os.path.isdir(reports) or any(not f.endswith(".html") for f in os.listdir(reports)):
         return False
-    return not any(f.endswith(_SUFFIXES) for _, _, names in os.walk(folder) for f in names)
+    return not any(_is_submission(f) for _, _, names in os.walk(folder) for f in names)
 
 
 def _student_folder(folder):
@@ -289,22 +298,27 @@ def _student_folder(folder):
     Untitled.ipynb beside the homework writes none, nor does the template's copy of unfilled
     stubs), then the last modified, then the first, nearest the top first."""
     candidates, others = [], []
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not _hidden(d))
+    # a sub-folder may be a link (to where the student keeps the course's work): followed, each
+    # real folder once, so that a link to its own parent does not loop
+    seen = {os.path.realpath(folder)}
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        dirs[:] = [d for d in sorted(dirs) if not _hidden(d)
+                   and os.path.realpath(os.path.join(root, d)) not in seen]
+        seen.update(os.path.realpath(os.path.join(root, d)) for d in dirs)
         for f in sorted(files):
             if _hidden(f):
                 continue
             rel = os.path.relpath(os.path.join(root, f), folder)
-            (candidates if f.endswith(_SUFFIXES) else others).append(rel)
+            (candidates if _is_submission(f) else others).append(rel)
     if not candidates:
         return None, [f"no .ipynb or .py file in {os.path.basename(folder)}/"
                       + (f" (it holds: {', '.join(others[:5])}"
                          + (", ..." if len(others) > 5 else "") + ")" if others
                          else " (nor any other file but hidden ones)")]
-    candidates.sort(key=lambda rel: (not rel.endswith(".ipynb"), rel.count(os.sep), rel))
+    candidates.sort(key=lambda rel: (not _is_notebook(rel), rel.count(os.sep), rel))
     # a notebook's own module (attention.py, which it imports) is no submission beside it; the
     # nearest _RANKED are read (a virtualenv in the folder holds thousands of scripts)
-    notebooks = [rel for rel in candidates if rel.endswith(".ipynb")]
+    notebooks = [rel for rel in candidates if _is_notebook(rel)]
     ranked = (notebooks or candidates)[:_RANKED]
     written = {rel: _functions_written(os.path.join(folder, rel)) for rel in ranked}
     modified = {rel: _modified(os.path.join(folder, rel)) for rel in ranked}
@@ -351,7 +365,7 @@ def _functions_written(path):
     files beside it that it imports or %runs (attention.py). A notebook that cannot be read
     counts _UNREADABLE_WRITES if its text defines any."""
     try:
-        if path.endswith(".ipynb"):
+        if _is_notebook(path):
             sources = _notebook_cells(path)
         else:
             with open(path, encoding="utf-8", errors="replace") as f:
@@ -410,7 +424,7 @@ def _grade_one(student, path, notes, scale, timeout, memory_mb, children):
         result.update(student=student, path="", seconds=0.0, problems=notes)
         return result
     try:     # a file no notebook can be read from (git's merge-conflict markers): said so
-        if path.endswith(".ipynb"):
+        if _is_notebook(path):
             _notebook_cells(path)
     except (ValueError, OSError) as exc:
         result = _no_result(_UNREADABLE, {})

@@ -1063,7 +1063,7 @@ def load_notebook(path, *, timeout=None):
     """
     path = os.fspath(path)
     timeout = _time_limit_available("load_notebook", timeout)
-    if path.endswith(".py"):
+    if path.lower().endswith(".py"):   # HW.PY as hw.py
         return load_module(path, timeout=timeout)
     try:
         sources = _notebook_cells(path)
