@@ -302,6 +302,13 @@ def softmax_attention_weights(attn_scores):
     return e / e.sum(axis=1, keepdims=True)
 ''')), {**{n: ("timed out", []) for n in FUNCTIONS[1:]}, "status": "timed out",
           "problems": ["still running after ", "while checking softmax_attention_weights"]})
+# the first function checked never returns: named too (no function had been written back yet)
+_add("scores_loop_forever", _cells(_replace(CORRECT, compute_self_attention_scores='''
+def compute_self_attention_scores(Q, K):
+    while True:
+        pass
+''')), {**{n: ("timed out", []) for n in FUNCTIONS}, "status": "timed out",
+         "problems": ["still running after ", "while checking compute_self_attention_scores"]})
 _add("sys_exit_in_a_function", _cells(_replace(CORRECT, compute_attention_output='''
 def compute_attention_output(attn_weights, V):
     import sys

@@ -423,3 +423,91 @@ def test_an_integer_result_fails_every_case_even_where_its_values_are_whole():
                for r in plain)
     assert all(r.verdict == "FAIL" for r in plain)
     assert "int_buffer" in report.mistakes
+
+
+def test_a_float16_result_of_float32_inputs_fails_every_float32_case_and_says_so():
+    """A learner's reviewer: .astype(np.float16) of float32 inputs passed the large-scores case
+    ("accepted": its values come out within float32's tolerance) and failed the other, whose
+    hint spoke of float64 inputs and astype(np.float32). Both fail now, with a hint naming the
+    dtypes involved."""
+    def compute_self_attention_scores(Q, K):
+        s = Q @ K.T
+        return s.astype(np.float16) if Q.dtype == np.float32 else s
+
+    report = check(compute_self_attention_scores)
+    plain = [r for r in report.results if r.verdict != "note"]
+    for r in plain:
+        assert (r.verdict == "FAIL") == (r.case.expected.dtype == np.float32), r.message
+    assert report.diagnoses == [
+        "Your result is right to the precision of a smaller dtype: you compute in float16 "
+        "although the inputs are float32. Keep the inputs' dtype (no astype(np.float16) or "
+        "dtype=np.float16)."]
+
+
+@pytest.mark.parametrize("fill", [-1e9, -1e4, -np.finfo(np.float64).max])
+def test_scores_masked_with_a_large_negative_number_are_told_to_use_minus_inf(fill):
+    """Many tutorials mask with -1e9: check said "matches none of the mistakes" and printed an
+    empty "first differing entries:" line (|-1e9 - -inf| <= inf counted as close)."""
+    def compute_self_attention_scores(Q, K, is_causal=False):
+        s = Q @ K.T
+        if is_causal:
+            s = np.where(np.tril(np.ones(s.shape, bool)), s, fill)
+        return s
+
+    report = check(compute_self_attention_scores, is_causal=True)
+    assert not report and len(report.diagnoses) == 1
+    assert report.diagnoses[0].startswith("Your masked scores are a large negative number")
+    assert "np.where(mask, scores, -np.inf)" in report.diagnoses[0]
+    assert "matches none" not in str(report)
+
+
+def test_the_first_differing_entries_list_a_number_where_minus_inf_is_expected():
+    def compute_self_attention_scores(Q, K, is_causal=False):
+        s = Q @ K.T
+        s[np.triu_indices(s.shape[0], 1, s.shape[1])] = -5.0   # not a mask value anyone uses
+        return s
+
+    text = str(check(compute_self_attention_scores, is_causal=True))
+    assert "matches none of the mistakes" in text
+    assert "first differing entries: (0, 1) yours -5, expected -inf" in text, text
+    assert "first differing entries: \n" not in text + "\n"
+
+
+def test_a_function_without_the_keyword_check_passes_is_told_to_take_it():
+    """check(f, is_causal=True) of a function without is_causal: the call shown left the
+    keyword out, and the hint was only "your function raised an exception"."""
+    def compute_self_attention_scores(Q, K):
+        return Q @ K.T
+
+    report = check(compute_self_attention_scores, is_causal=True)
+    assert "when called as compute_self_attention_scores(Q (3, 4), K (5, 4), is_causal=True)" \
+        in str(report)
+    assert report.diagnoses == [
+        "Your function does not take the keyword argument is_causal, which check() passes "
+        "because you asked for is_causal=True: add it to its parameters, def "
+        "compute_self_attention_scores(Q, K, is_causal=False), and use it in its body."]
+
+    def scaled_dot_product_attention(Q, K, V):
+        return V
+
+    report = check(scaled_dot_product_attention, window=(1, 0))
+    assert report.diagnoses[0].startswith(
+        "Your function does not take the keyword argument window, which check() passes because "
+        "you asked for window=(1, 0): add it to its parameters, def "
+        "scaled_dot_product_attention(Q, K, V, window=None)")
+
+
+def test_a_softmax_of_row_maxima_over_the_whole_sum_is_the_whole_matrix_mistake():
+    def softmax_attention_weights(attn_scores):
+        e = np.exp(attn_scores - attn_scores.max(axis=-1, keepdims=True))
+        return e / e.sum()
+
+    report = check(softmax_attention_weights)
+    assert report.diagnoses and all(d.startswith("Softmax over the whole matrix")
+                                    for d in report.diagnoses), report.diagnoses
+
+    def self_attention_layer(X, W_q, W_k, W_v):
+        return softmax_attention_weights(X @ W_q @ (X @ W_k).T) @ (X @ W_v)
+
+    report = check(self_attention_layer)
+    assert report.diagnoses[0].startswith("Softmax over the whole matrix"), report.diagnoses

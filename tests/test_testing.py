@@ -89,6 +89,13 @@ def test_correct_solutions_pass(label, fn, name, scale, seed):
         assert f"Note: scale={scale:g} is ignored: {name} does not compute scores." in text
 
 
+def test_a_scale_by_name_is_echoed_as_given_where_it_is_ignored():
+    # it said "scale=1 is ignored" of scale="raw"
+    text = str(check(softmax, SOFTMAX, scale="raw"))
+    assert "Note: scale='raw' is ignored: softmax_attention_weights does not compute scores." \
+        in text
+
+
 def test_batched_cases_pass_for_batched_solution_and_are_notes_for_2d_ones():
     report = check(batched_sdpa, SDPA)
     batched = [r for r in report.results if r.case.batched]
@@ -190,6 +197,14 @@ def test_unknown_name_is_a_clear_error():
         check(my_softmax, "softmax_attention_weight")
     with pytest.raises(ValueError, match="did you mean"):
         check(lambda x: x, "softmax_attention")
+    # a word that one name alone has (difflib finds "softmax" too far from the whole name)
+    for short, full in (("softmax", SOFTMAX), ("my_scores", "compute_self_attention_scores"),
+                        ("Output", "compute_attention_output")):
+        with pytest.raises(ValueError, match=rf"unknown name '{short}' \(did you mean '{full}'"):
+            check(softmax, short)
+    with pytest.raises(ValueError, match=r"cannot tell which function 'scores_v2' implements "
+                                         r"\(did you mean 'compute_self_attention_scores'\?\)"):
+        check(_named("scores_v2"))
     with pytest.raises(TypeError, match="must be a function"):
         check(np.zeros(3), SOFTMAX)
     with pytest.raises(ValueError, match="scale must be a finite positive number"):

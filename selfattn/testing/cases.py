@@ -98,6 +98,12 @@ class Case:
         """``"Q (3, 4), K (5, 4)"``: the input shapes, as the report shows them."""
         return ", ".join(f"{n} {tuple(a.shape)}" for n, a in zip(self.arg_names, self.args))
 
+    def call(self):
+        """``"f(Q (3, 4), K (5, 4), is_causal=True)"``: the call check() makes, as the report
+        shows it."""
+        kwargs = "".join(f", {k}={v!r}" for k, v in self.kwargs.items())
+        return f"{self.name}({self.shapes()}{kwargs})"
+
     def __str__(self):
         return self.id
 
@@ -113,6 +119,10 @@ _BACKWARD_HINT = ("{func} covers the forward functions ({names}). To check gradi
                   "README's \"Checking a backward you wrote\")")
 
 
+# the words of several notebook names, which tell none of them apart
+_SHARED_WORDS = {"compute", "self", "attention"}
+
+
 def _check_name(func, name, fn=None):
     given = name is not None
     if not given:
@@ -126,6 +136,9 @@ def _check_name(func, name, fn=None):
         raise ValueError(f"{func}: {name!r} looks like a backward; "
                          + _BACKWARD_HINT.format(func=func, names=names))
     close = difflib.get_close_matches(str(name), NAMES, n=1)
+    if not close:   # "softmax", "my_scores": a word that one name alone has
+        close = [n for n in NAMES if words & (set(n.split("_")) - _SHARED_WORDS)]
+        close = close if len(close) == 1 else []
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     if not given:
         raise ValueError(

@@ -195,6 +195,7 @@ def _child(path, scale, result_path, memory_mb, timeout):
             json.dump(result, f)
         os.replace(result_path + ".part", result_path)  # whole, whenever the process is stopped
 
+    write({})   # the cells have run: a result from here on says which function never returned
     write(check_functions(submission.functions, scale, progress=write), complete=True)
     # Done: a thread or process the student's code left running must not hold the grade back.
     for stream in (sys.stdout, sys.stderr):
@@ -494,7 +495,9 @@ def _run_child_in(tmp, path, scale, timeout, memory_mb, children):
     if status != "graded":
         checked = result["functions"] if result is not None else {}
         unfinished = [n for n in NOTEBOOK_FUNCTIONS if n not in checked]
-        if unfinished and checked:
+        if result is None:      # no write: the notebook's cells had not finished
+            detail += ", while running the notebook's cells"
+        elif unfinished:
             detail += f", while checking {unfinished[0]}"
         partial = result or {}
         result = dict(_no_result(status, checked),

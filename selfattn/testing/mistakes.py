@@ -5,6 +5,7 @@ that the report can list each mistake once however many cases show it.
 """
 from __future__ import annotations
 
+import collections
 import math
 
 import numpy as np
@@ -131,6 +132,11 @@ _HINTS = {
     "precision": "Your result is right to the precision of a smaller dtype: you compute in "
                  "float32 (or float16) although the inputs are float64. Keep the inputs' dtype "
                  "(no astype(np.float32) or dtype=np.float32).",
+    "masked_finite": "Your masked scores are a large negative number (such as -1e9) where "
+                     "selfattn's are -inf. The softmax gives both weight 0 while a row has a key "
+                     "it may see, but -1e9 is still a score: a row whose every key is masked "
+                     "gets equal weights over keys it may not see, where -inf gives it none. "
+                     "Mask with -np.inf: np.where(mask, scores, -np.inf).",
     "mutated": "Your function changes its input in place (for example attn_scores -= ... or "
                "np.exp(x, out=x)). The caller's arrays must stay as they were: write "
                "x = x - x.max(axis=-1, keepdims=True) instead of x -= ....",
@@ -158,6 +164,9 @@ _HINTS = {
     "raised_signature": "Your function does not take the arguments check() passes: "
                         "{call}, in that order. Check its parameters, or pass the right "
                         "name to check().",
+    "raised_keyword": "Your function does not take {names}, which check() passes because you "
+                      "asked for {asked}: add {them} to its parameters, def {call}, and use "
+                      "{them} in its body.",
     "raised_none": "Something was None: a function you call (perhaps one of your own) still ends "
                    "in `pass` or lacks a `return`.",
     "raised_name": "A name is not defined: run the cell that defines it (and `import numpy as np`).",
@@ -232,6 +241,7 @@ TITLES = {
     "elementwise": "elementwise * instead of @", "no_projection": "X not projected",
     "k_from_wq": "K from W_q", "v_from_wk": "V from W_k or W_q", "all_wq": "W_q for Q, K and V",
     "projection_order": "projections the wrong way round", "precision": "computed in float32",
+    "masked_finite": "masked with -1e9 rather than -inf", "raised_keyword": "no is_causal=/window=",
     "mutated": "input changed in place", "returned_none": "returns None",
     "returned_tuple": "returns a tuple", "not_array": "returns no array",
     "returned_list": "returns a list", "returned_foreign": "returns another library's array",
@@ -256,6 +266,16 @@ TITLES = {
     "unknown": "an unrecognised mistake", "batched": "no batch support",
     "grouped": "K/V heads not shared by query-head groups",
 }
+
+
+def _precision_hint(got, inputs):
+    """The "precision" hint for a result of dtype `got` from inputs of the wider `inputs`."""
+    if (got, inputs) in ((np.float32, np.float64), (np.float16, np.float64)):
+        return _HINTS["precision"]
+    got, inputs = np.dtype(got).name, np.dtype(inputs).name
+    return _hint(f"Your result is right to the precision of a smaller dtype: you compute in {got} "
+                 f"although the inputs are {inputs}. Keep the inputs' dtype (no "
+                 f"astype(np.{got}) or dtype=np.{got}).", "precision")
 
 
 def _scale_hint(key, user_scale, either=False):
@@ -319,6 +339,7 @@ def _softmax_mistakes(s):
         e_all = np.exp(s - s.max(axis=(-2, -1), keepdims=True))
         out.append(("axis_all", e_all / e_all.sum(axis=(-2, -1), keepdims=True)))
         e = np.exp(s - s.max(axis=-1, keepdims=True))
+        out.append(("axis_all", e / e.sum(axis=(-2, -1), keepdims=True)))   # each row's max
         if s.shape[-1] == s.shape[-2]:
             m_cols = s.max(axis=-1)[..., None, :]
             out.append(("no_keepdims_sum", e / e.sum(axis=-1)[..., None, :]))
@@ -336,6 +357,10 @@ def _softmax_mistakes(s):
         out.append(("not_normalised", naive))
         out.append(("scaled_in_softmax", _softmax_np(s / math.sqrt(s.shape[-1]))))
     return out
+
+
+# how many variants of each softmax mistake _softmax_mistakes computes (on square scores: all)
+_SOFTMAX_VARIANTS = collections.Counter(key for key, _ in _softmax_mistakes(np.zeros((2, 2))))
 
 
 def _mistakes(case, user_scale, either=False):
@@ -446,7 +471,7 @@ def _mistakes(case, user_scale, either=False):
         for key in ("no_max", "global_max", "shift_not_max", "axis", "axis_all", "no_keepdims_sum",
                     "no_keepdims_max", "no_keepdims_both", "no_exp", "not_normalised",
                     "scaled_in_softmax"):
-            for variant in range(3 if key == "shift_not_max" else 1):  # min, mean, first
+            for variant in range(_SOFTMAX_VARIANTS[key]):  # shift_not_max: min, mean, first
                 def make(s, key=key, variant=variant):
                     found = [w for k2, w in _softmax_mistakes(q @ _swap(k) * s) if k2 == key]
                     return found[variant] @ v if variant < len(found) else None

@@ -252,12 +252,13 @@ def check(fn, name=None, *, scale="either", seed=0, is_causal=False, window=None
     if not callable(fn):
         raise TypeError(f"check: fn must be a function, got {type(fn).__name__}")
     name = _check_name("check", name, fn)
-    scale = _check_scale("check", scale, either=True)
+    given_scale, scale = scale, _check_scale("check", scale, either=True)
     band = _band_kwargs("check", name, is_causal, window)
     notes = _own_function_notes(fn, name)
     if name not in _SCALED:
         if scale not in (None, "either"):
-            notes.append(f"scale={scale:g} is ignored: {name} does not compute scores.")
+            shown = repr(given_scale) if isinstance(given_scale, str) else f"{scale:g}"
+            notes.append(f"scale={shown} is ignored: {name} does not compute scores.")
         scale = None
     if scale != "either":
         return _check_once(fn, name, scale, seed, notes, band=band, gqa=gqa)

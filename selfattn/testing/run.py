@@ -14,7 +14,7 @@ import numpy as np
 
 from .cases import Case  # noqa: F401  (the type of CaseResult.case)
 from .compare import _diff, _diff_message, _fmt, _fmt_index, _fmt_pair, _pattern, _tolerance
-from .mistakes import _HINTS, _hint, _mistakes
+from .mistakes import _HINTS, _hint, _mistakes, _precision_hint
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _NUMPY_DIR = os.path.dirname(os.path.abspath(np.__file__))
@@ -126,7 +126,7 @@ _PRODUCT_NAMES = ("compute_self_attention_scores", "compute_attention_output")
 def _exception_result(case, exc):
     kind = type(exc).__name__
     text = str(exc).strip() or "(no message)"
-    message = f"raised {kind}: {text}\n  when called as {case.name}({case.shapes()})"
+    message = f"raised {kind}: {text}\n  when called as {case.call()}"
     frame, local_vars = _learner_frame(exc)
     nones = _none_names(frame, local_vars)
     if frame is not None:
@@ -140,6 +140,8 @@ def _exception_result(case, exc):
                      f"{'is' if len(nones) == 1 else 'are'} None.", "raised_none")
     elif isinstance(exc, NameError):
         hint = _HINTS["raised_name"]
+    elif isinstance(exc, TypeError) and _refused_keywords(case, text):
+        hint = _keyword_hint(case, _refused_keywords(case, text))
     elif isinstance(exc, TypeError) and "argument" in low and ("positional" in low or "missing" in low):
         hint = _hint(_HINTS["raised_signature"].format(
             call=f"{case.name}({', '.join(case.arg_names)})"), "raised_signature")
@@ -165,6 +167,23 @@ def _exception_result(case, exc):
     else:
         hint = _HINTS["raised"]
     return message, [hint]
+
+
+def _refused_keywords(case, text):
+    """The keyword arguments check() passed (is_causal=, window=) that a TypeError's message
+    says the function does not take."""
+    return [k for k in case.kwargs if re.search(rf"unexpected keyword argument '{k}'", text)]
+
+
+def _keyword_hint(case, refused):
+    """raised_keyword, for a function that takes none of `refused` (of case.kwargs)."""
+    defaults = {"is_causal": "is_causal=False", "window": "window=None"}
+    params = ", ".join(case.arg_names + tuple(defaults.get(k, f"{k}=None") for k in case.kwargs))
+    asked = " and ".join(f"{k}={v!r}" for k, v in case.kwargs.items() if k in refused)
+    names = " and ".join(f"the keyword argument {k}" for k in refused)
+    return _hint(_HINTS["raised_keyword"].format(
+        names=names, asked=asked, them="it" if len(refused) == 1 else "them",
+        call=f"{case.name}({params})"), "raised_keyword")
 
 
 _K_FOR_BATCHES = ("To support batches, use np.swapaxes(K, -1, -2) (or K.mT in NumPy 2) instead "
@@ -315,9 +334,10 @@ def _run_case(fn, case, user_scale, either=False):
     # a float32 result of float64 inputs, or an integer one of float inputs, fails even where
     # this case's values come out close (integers, powers of 2): a verdict may not depend on
     # which inputs a case drew
-    if diff.close and exp.dtype == np.float64 and got.dtype.kind == "f" and got.itemsize < 8:
+    if diff.close and got.dtype.kind == "f" and got.itemsize < exp.itemsize:
         return done(f"returned {got.dtype} for {exp.dtype} inputs (this case's values come out "
-                    f"within float64's tolerance even so)", [_HINTS["precision"]])
+                    f"within {exp.dtype}'s tolerance even so)",
+                    [_precision_hint(got.dtype, exp.dtype)])
     if diff.close and got.dtype.kind in "biu":
         return done(f"returned {got.dtype} for {exp.dtype} inputs (this case's values are whole "
                     f"numbers, so they come out right even so)", [_HINTS["int_buffer"]])
@@ -341,7 +361,7 @@ def _run_case(fn, case, user_scale, either=False):
         low_r, low_a, _ = _tolerance(got.dtype)
         if _diff(got, exp, low_r, low_a).close:
             return done(message + f"\nreturned {got.dtype} for {exp.dtype} inputs",
-                        [_HINTS["precision"]])
+                        [_precision_hint(got.dtype, exp.dtype)])
     if not (case.batched or case.grouped):
         result.matches = _match_mistakes(case, got, user_scale, either, rtol, atol)
         hints += result.matches[:1]
@@ -364,6 +384,8 @@ def _match_mistakes(case, got, user_scale, either, rtol, atol):
         (~np.isfinite(got) & np.isfinite(case.expected)).any())
     overflowing = tuple(_HINTS[k] for k in ("no_max", "global_max", "shift_not_max",
                                             "no_keepdims_max", "no_keepdims_both"))
+    if _masked_with_a_number(case, got, loose_r, loose_a):
+        return [_HINTS["masked_finite"]]
     found = []
     for hint, wrong in _mistakes(case, user_scale, either):
         wrong = np.asarray(wrong)
@@ -386,6 +408,18 @@ def _match_mistakes(case, got, user_scale, either, rtol, atol):
                                rtol, atol)
     # One mistake explains a result better than the same mistake with a second one.
     return sorted(found, key=lambda h: len(getattr(h, "keys", ())))
+
+
+def _masked_with_a_number(case, got, rtol, atol):
+    """Whether `got` is the case's scores with a large negative number (-1e9, -1e4, -finfo.max)
+    where the mask puts -inf, and right elsewhere."""
+    exp = case.expected
+    if case.name != "compute_self_attention_scores" or got.shape != exp.shape:
+        return False
+    masked = np.isneginf(exp)
+    if not masked.any() or not np.isfinite(got[masked]).all() or got[masked].max() > -1e3:
+        return False
+    return _diff(got[~masked], exp[~masked], rtol, atol).close
 
 
 def _confirm_matches(results):
@@ -432,8 +466,9 @@ def _facts(case, got, diff, rtol, atol):
     said of the result without guessing a cause."""
     exp = case.expected
     with np.errstate(all="ignore"):
-        bad = ~((np.abs(got - exp) <= atol + rtol * np.abs(exp)) | (np.isnan(got) & np.isnan(exp))
-                | (np.isinf(got) & (got == exp)))
+        # (-1e9 against -inf is inf <= inf: only finite entries are compared by tolerance)
+        bad = ~((np.isfinite(exp) & (np.abs(got - exp) <= atol + rtol * np.abs(exp)))
+                | (np.isnan(got) & np.isnan(exp)) | (np.isinf(got) & (got == exp)))
     shown = [f"{_fmt_index(tuple(int(i) for i in idx))} yours %s, expected %s"
              % _fmt_pair(float(got[tuple(idx)]), float(exp[tuple(idx)]))
              for idx in np.argwhere(bad)[:3]]
