@@ -141,3 +141,24 @@ def test_grader_compares_a_raw_layer_returned_as_a_list_with_the_raw_reference(t
     # compared with the scaled reference, "56 of 56 elements differ", and never said why
     run = _sentence_test(tmp_path, BUGGY_STUDENT.replace(_LAYER_RETURN, _LAYER_RETURN + ".tolist()"))
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_grader_says_in_full_why_a_function_is_missing(tmp_path):
+    """A teacher's review: `assert name in student.functions, student.problems()` showed the list's
+    repr, cut short by pytest: with a few failing cells before it, the cell that explains why
+    compute_attention_output is missing, and 'missing: ...' itself, were cut off."""
+    (tmp_path / "test_self_attention.py").write_text(GRADER.read_text())
+    cells = [f"raise ValueError('my own scratch cell number {i} failed here, as it does')\n"
+             for i in range(6)]
+    cells.append(BUGGY_STUDENT.split("def compute_attention_output")[0])
+    cells.append("from einops import einsum   # not installed\n\n"
+                 "def compute_attention_output(attn_weights, V):\n"
+                 "    return einsum(attn_weights, V, 'q k, k v -> q v')\n")
+    (tmp_path / "student_solution.ipynb").write_text(json.dumps(submissions.notebook_json(cells)))
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          "--rootdir", str(tmp_path), str(tmp_path), "-k", "test_function"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    out = run.stdout + run.stderr
+    assert run.returncode == 1, out
+    assert "No module named 'einops'" in out
+    assert "missing: compute_attention_output, self_attention_layer" in out

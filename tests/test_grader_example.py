@@ -1,6 +1,8 @@
 # test_self_attention.py: grades a learner's self-attention notebook with selfattn.
 # Put the learner's notebook next to this file as student_solution.ipynb, then run: pytest -v
 # (for a whole class, each notebook in its own process: python -m selfattn grade FOLDER).
+# A function that never returns hangs its test: with pytest-timeout installed, pytest -v
+# --timeout 60 fails that test at the student's line and runs the others.
 import pathlib
 
 import numpy as np
@@ -34,7 +36,7 @@ FUNCTIONS = [
 @pytest.mark.parametrize("name", FUNCTIONS)
 def test_function(name):
     # Every case at once; on failure the message is the full report: each case, its error, a hint.
-    assert name in student.functions, student.problems()
+    assert name in student.functions, "\n".join(student.problems())  # what went wrong, in words
     assert_implementation(student.functions[name], name, scale=SCALE)
 
 

@@ -788,6 +788,47 @@ def test_a_module_beside_one_notebook_is_not_the_next_ones(tmp_path, monkeypatch
     assert "helpers" not in sys.modules and str(tmp_path / "alice") not in sys.path
 
 
+@pytest.mark.parametrize("added", ['sys.path.append(os.path.abspath(""))',
+                                   'sys.path.insert(0, "")', 'sys.path.append("lib")'])
+def test_a_folder_a_notebook_puts_on_sys_path_is_not_the_next_ones(tmp_path, monkeypatch, added):
+    """A teacher's review: alice's cell `sys.path.append(os.path.abspath(""))` (a common notebook
+    idiom) stayed on sys.path, and bob, who forgot his helpers.py, was graded with alice's."""
+    lib = "lib" if "lib" in added else ""
+    for student in ("alice", "bob"):
+        (tmp_path / student / "lib").mkdir(parents=True)
+    (tmp_path / "alice" / lib / "helpers.py").write_text("WHO = 'alice'\n")
+    _notebook(tmp_path / "alice", [f"import os, sys\n{added}\nimport helpers\n"
+                                   f"WHO = helpers.WHO\n"])
+    _notebook(tmp_path / "bob", ["import helpers\nWHO = helpers.WHO\n"])
+    monkeypatch.chdir(tmp_path)
+    path = list(sys.path)
+    alice = load_notebook(os.path.join("alice", "nb.ipynb"))
+    assert alice.errors == [] and alice.WHO == "alice"
+    assert sys.path == path and "helpers" not in sys.modules
+    bob = load_notebook(os.path.join("bob", "nb.ipynb"))
+    assert [e.error for e in bob.errors] == ["ModuleNotFoundError: No module named 'helpers'"]
+
+
+def test_a_module_imported_from_a_folder_already_on_sys_path_stays_imported(tmp_path):
+    """A cell that puts a folder holding the caller's own sys.path (site-packages, "/") on it:
+    what it imported from there is no student's module, and stays."""
+    site = tmp_path / "site"
+    (site / "pkgs").mkdir(parents=True)
+    (site / "pkgs" / "shared_course_lib.py").write_text("X = 1\n")
+    (tmp_path / "s").mkdir()
+    _notebook(tmp_path / "s", [f"import sys\nsys.path.append({str(site)!r})\n"
+                               f"from pkgs import shared_course_lib\n"])
+    sys.path.append(str(site / "pkgs"))
+    try:
+        sub = load_notebook(tmp_path / "s" / "nb.ipynb")
+        assert sub.errors == []
+        assert "pkgs.shared_course_lib" in sys.modules and "pkgs" in sys.modules
+    finally:
+        sys.path.remove(str(site / "pkgs"))
+        for name in ("pkgs.shared_course_lib", "pkgs"):
+            sys.modules.pop(name, None)
+
+
 def test_a_notebooks_global_settings_do_not_outlive_its_load(tmp_path):
     """One student's np.seterr(all="raise") and warnings filter stayed set: the next student's
     correct softmax, called by the teacher's test, raised FloatingPointError (underflow in exp).
@@ -902,13 +943,18 @@ def test_a_cell_past_the_timeout_is_stopped_recorded_and_the_next_cells_run(tmp_
 
 
 @pytest.mark.skipif(not hasattr(__import__("signal"), "setitimer"), reason="no timer signal")
-def test_a_cell_that_catches_every_stop_is_stopped_at_its_next_line(tmp_path):
+@pytest.mark.parametrize("sleep, catch", [(0.1, "except:"), (0.5, "except:"),
+                                          (1.0, "except BaseException:")])
+def test_a_cell_that_catches_every_stop_is_stopped_at_its_next_line(tmp_path, sleep, catch):
     """`while True: try: time.sleep(0.1) except: pass` caught each stop (the signal lands in the
-    sleep, inside the try) and ran forever, under pytest-timeout too (the load is at import)."""
+    sleep, inside the try) and ran forever, under pytest-timeout too (the load is at import).
+    With a sleep past the 0.25 s between stops it still did (a teacher's review): the handler's
+    own line, traced, was where the stop was raised, in the sleep again."""
     import sys
     import time
     path = _notebook(tmp_path, [
-        "import time\nwhile True:\n    try:\n        time.sleep(0.1)\n    except:\n        pass\n",
+        f"import time\nwhile True:\n    try:\n        time.sleep({sleep})\n    {catch}\n"
+        f"        pass\n",
         "after = 'ran'\n",
     ])
     tracing = sys.gettrace()
@@ -918,3 +964,20 @@ def test_a_cell_that_catches_every_stop_is_stopped_at_its_next_line(tmp_path):
     assert [(e.cell, e.error) for e in sub.errors] == [
         (1, "TimeoutError: the cell ran past timeout=0.3 s and was stopped")]
     assert sub.after == "ran" and sys.gettrace() is tracing
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "setitimer"), reason="no timer signal")
+def test_a_function_of_an_earlier_cell_that_catches_every_stop_is_stopped_too(tmp_path):
+    import time
+    path = _notebook(tmp_path, [
+        "import time\ndef spin():\n    while True:\n        try:\n            time.sleep(0.5)\n"
+        "        except:\n            pass\n",
+        "spin()\n",
+        "after = 'ran'\n",
+    ])
+    start = time.monotonic()
+    sub = load_notebook(path, timeout=0.3)
+    assert time.monotonic() - start < 5
+    assert [(e.cell, e.error) for e in sub.errors] == [
+        (2, "TimeoutError: the cell ran past timeout=0.3 s and was stopped")]
+    assert sub.after == "ran"

@@ -546,6 +546,11 @@ def test_either_convention_passes_by_default_and_a_pinned_one_fails_the_other():
     with pytest.raises(ValueError, match='scale must be "raw", "scaled" or "either"'):
         check(scores_raw, SCORES, scale="sqrt")
     with pytest.raises(ValueError, match='scale must be "raw", "scaled" or a positive number'):
+        cases(SCORES, scale="sqrt")
+    # a teacher copying check's default into a per-case test of the scores is told what to pick
+    with pytest.raises(ValueError, match='cases: scale="either" is for check and '
+                                         'assert_implementation.*pick one: "raw" '
+                                         r'\(the notebook\'s Q @ K.T\) or "scaled"'):
         cases(SCORES, scale="either")
 
 

@@ -159,6 +159,11 @@ def _check_scale(func, scale, either=False):
     if isinstance(scale, str):
         if scale == "either" and either:
             return scale
+        if scale == "either":
+            raise ValueError(f'{func}: scale="either" is for check and assert_implementation, '
+                             f'which try both conventions; each case here has one expected '
+                             f'result, so pick one: "raw" (the notebook\'s Q @ K.T) or "scaled" '
+                             f'(divided by sqrt(d_k), the default)')
         if scale in CONVENTIONS:
             return CONVENTIONS[scale]
         words = '"raw", "scaled"' + (' or "either"' if either else "")
@@ -266,7 +271,8 @@ def cases(name, *, scale=None, seed=0, batched=True, is_causal=False, window=Non
         One of :data:`NAMES`.
     scale : float or str, optional
         The convention the expected scores use: None or ``"scaled"`` means ``1/sqrt(d_k)``
-        (selfattn's default), ``"raw"`` or ``1.0`` raw dot products ``Q @ K.T``, another number
+        (selfattn's default), ``"raw"`` or ``1.0`` raw dot products ``Q @ K.T`` (what the
+        notebook's text asks for: a student's raw scores fail every scaled case), another number
         that factor. Ignored by functions without scores.
     seed : int, optional
         Seed of the random inputs (the same seed gives the same cases).

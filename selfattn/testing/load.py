@@ -848,7 +848,12 @@ def _cell_time_limit(filename, seconds):
     def on_line(frame, event, arg):
         # a cell that caught the stop (`while True: try: time.sleep(1) except: pass`, the signal
         # landing in the sleep each time) is stopped at its next line instead: that of the loop,
-        # outside the try, or one of its except clause, which the try does not cover
+        # outside the try, or one of its except clause, which the try does not cover. Never in
+        # `stop` itself, the next time the timer fires (a new frame, so traced): raised there,
+        # the stop landed in the sleep again, caught, and a trace function that raises is
+        # switched off until the next
+        if frame.f_code.co_filename == __file__:
+            return None
         if event == "line":
             raise _CellTimedOut(filename, seconds)
         return on_line
@@ -858,8 +863,13 @@ def _cell_time_limit(filename, seconds):
         if caller["due"] is not None and now >= caller["due"] - 1e-3:
             caller["due"] = None        # the caller's deadline: its handler, then ours again
             signal.setitimer(signal.ITIMER_REAL, max(cell_due - now, 1e-3), 0.25)
-            if callable(previous):
-                previous(signum, frame)
+            if callable(previous):      # (untraced: a line of its own would stop the cell)
+                traced = sys.gettrace()
+                sys.settrace(None)
+                try:
+                    previous(signum, frame)
+                finally:
+                    sys.settrace(traced)
             return
         # only in the cell (its code is on the stack): not in ours, after it has returned
         stack, cell = [], False
@@ -918,29 +928,45 @@ def _in_folder_of(path):
     """The cells run in the notebook's folder, as Jupyter runs them (and grade's process for a
     submission): `open("data.csv")` finds the file beside it and `import helpers` the module.
     After the run the caller's working folder is put back (a cell's own os.chdir() included),
-    the folder leaves sys.path, and the modules imported from it leave sys.modules, so the next
-    notebook loaded never gets this one's `helpers`."""
+    sys.path is as it was (the folder and whatever the cells added: a cell's
+    `sys.path.append(os.path.abspath(""))` left the student's folder there, and the next student
+    without a helpers.py of their own was graded with this one's), and the modules imported from
+    those folders leave sys.modules, so the next notebook loaded never gets this one's
+    `helpers`."""
     folder = os.path.dirname(os.path.abspath(path))
     try:
         caller = os.getcwd()
     except OSError:   # the caller's folder was removed: nothing to go back to
         caller = None
-    before = set(sys.modules)
+    before, path_before = set(sys.modules), list(sys.path)
     with contextlib.suppress(OSError):
         os.chdir(folder)
     sys.path.insert(0, folder)
     try:
         yield
     finally:
-        with contextlib.suppress(ValueError):
-            sys.path.remove(folder)
+        # (a relative entry, "" or "lib", names a folder from where the cells ran: the notebook's)
+        added = {os.path.abspath(os.path.join(folder, p)) for p in sys.path
+                 if isinstance(p, str) and p not in path_before}
+        sys.path[:] = path_before
+        # the modules of the folders added, but none that holds what was on sys.path before (a
+        # cell's sys.path.append("/usr/lib/python3/dist-packages") or "/": torch imported from
+        # there stays imported)
+        kept = [os.path.abspath(p) for p in path_before if isinstance(p, str)]
+        roots = [folder] + [r for r in added if not any(_within(p, r) for p in kept)]
         for name in [n for n in list(sys.modules) if n not in before]:
-            where = getattr(sys.modules[name], "__file__", None) or ""
-            if os.path.abspath(where).startswith(folder + os.sep):
+            where = getattr(sys.modules[name], "__file__", None)
+            if isinstance(where, str) and any(_within(os.path.abspath(where), root)
+                                              for root in roots):
                 del sys.modules[name]
         if caller is not None:
             with contextlib.suppress(OSError):
                 os.chdir(caller)
+
+
+def _within(path, folder):
+    """Whether `path` is `folder` or inside it (both absolute)."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 @contextlib.contextmanager
