@@ -306,7 +306,7 @@ def test_every_mistake_has_a_short_title_for_the_class_summary():
     from selfattn.testing.mistakes import _HINTS, TITLES
     scale_keys = {f"scale_{k}" for k in ("raw", "sqrt_dk", "dk", "sqrt_nk", "sqrt_nq", "sqrt_n",
                                          "sqrt_dmodel", "sqrt_dv", "times_sqrt_dk")}
-    assert set(_HINTS) | scale_keys | {"batched"} == set(TITLES)
+    assert set(_HINTS) | scale_keys | {"batched", "epsilon"} == set(TITLES)
 
 
 def layer_nan_stub(X, W_q, W_k, W_v):
@@ -511,3 +511,30 @@ def test_a_softmax_of_row_maxima_over_the_whole_sum_is_the_whole_matrix_mistake(
 
     report = check(self_attention_layer)
     assert report.diagnoses[0].startswith("Softmax over the whole matrix"), report.diagnoses
+
+
+@pytest.mark.parametrize("eps", [1e-9, 1e-6])
+def test_an_epsilon_in_the_softmax_denominator_is_named_with_its_size(eps):
+    """A teacher's review: `e / (e.sum(...) + 1e-9)` failed the float64 cases with "matches none
+    of the mistakes" while its lines guessed at an epsilon. The epsilon is read off the result."""
+    def softmax_attention_weights(attn_scores):
+        e = np.exp(attn_scores - attn_scores.max(axis=-1, keepdims=True))
+        return e / (e.sum(axis=-1, keepdims=True) + eps)
+
+    report = check(softmax_attention_weights)
+    assert not report and report.diagnoses == [
+        f"Your softmax adds a small number (about {eps:.0e}) to its denominator: e / "
+        f"(e.sum(axis=-1, keepdims=True) + {eps:.0e}). With each row's maximum subtracted the "
+        f"sum is at least 1, so it never divides by 0, and the epsilon only makes each row sum "
+        f"to a little less than 1: drop it."]
+    assert "matches none" not in str(report)
+
+
+def test_a_softmax_computed_in_float32_is_no_epsilon():
+    def softmax_attention_weights(attn_scores):
+        s = np.asarray(attn_scores, dtype=np.float32)
+        e = np.exp(s - s.max(axis=-1, keepdims=True))
+        return (e / e.sum(axis=-1, keepdims=True)).astype(attn_scores.dtype)
+
+    report = check(softmax_attention_weights)
+    assert not report and not any("epsilon" in d for d in report.diagnoses), report.diagnoses

@@ -968,12 +968,13 @@ def test_assert_attention_close_says_what_a_wrong_backward_has_in_common():
 
 
 def test_a_near_miss_shows_numbers_that_differ_and_says_it_is_close():
-    """An epsilon in the softmax's denominator: the numbers shown have the digits that tell them
+    """A near miss no named mistake explains (an epsilon in the softmax's denominator was one,
+    and is now named: test_diagnoses): the numbers shown have the digits that tell them
     apart (6 digits made 'yours 0.526561, expected 0.526561'), and the report says the result is
     close but not to float64's precision, naming the likely causes."""
     def softmax_eps(attn_scores):
-        e = np.exp(attn_scores - attn_scores.max(axis=-1, keepdims=True))
-        return e / (e.sum(axis=-1, keepdims=True) + 1e-9)
+        e = np.exp(attn_scores - attn_scores.max(axis=-1, keepdims=True) + 1e-9 * attn_scores)
+        return e / e.sum(axis=-1, keepdims=True)
 
     report = check(softmax_eps, SOFTMAX)
     assert not report

@@ -242,6 +242,7 @@ TITLES = {
     "k_from_wq": "K from W_q", "v_from_wk": "V from W_k or W_q", "all_wq": "W_q for Q, K and V",
     "projection_order": "projections the wrong way round", "precision": "computed in float32",
     "masked_finite": "masked with -1e9 rather than -inf", "raised_keyword": "no is_causal=/window=",
+    "epsilon": "an epsilon in the softmax's denominator",
     "mutated": "input changed in place", "returned_none": "returns None",
     "returned_tuple": "returns a tuple", "not_array": "returns no array",
     "returned_list": "returns a list", "returned_foreign": "returns another library's array",
@@ -276,6 +277,14 @@ def _precision_hint(got, inputs):
     return _hint(f"Your result is right to the precision of a smaller dtype: you compute in {got} "
                  f"although the inputs are {inputs}. Keep the inputs' dtype (no "
                  f"astype(np.{got}) or dtype=np.{got}).", "precision")
+
+
+def _epsilon_hint(eps):
+    """The hint for a softmax that divides by the row's sum plus `eps`."""
+    return _hint(f"Your softmax adds a small number (about {eps:.0e}) to its denominator: "
+                 f"e / (e.sum(axis=-1, keepdims=True) + {eps:.0e}). With each row's maximum "
+                 f"subtracted the sum is at least 1, so it never divides by 0, and the epsilon "
+                 f"only makes each row sum to a little less than 1: drop it.", "epsilon")
 
 
 def _scale_hint(key, user_scale, either=False):
