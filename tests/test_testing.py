@@ -1074,3 +1074,28 @@ def test_a_softmax_that_transposes_its_weights_is_named_in_the_layers_hint():
     text = " ".join(str(check(lambda w, V: np.asarray(w).T @ np.asarray(V),
                               "compute_attention_output")).split())
     assert "The weights are transposed" in text and "softmax" not in text
+
+
+def test_an_argument_error_of_the_checkers_shows_the_callers_line_and_no_internals():
+    """A learner's review: check(lambda s: s) showed two frames of selfattn's (report.py,
+    cases.py) under the message; the core functions' errors show the caller's line and one."""
+    import os
+    import traceback
+
+    from selfattn.testing import check_functions
+
+    calls = [lambda: check(lambda s: s), lambda: check(softmax, "softmax"),
+             lambda: check(softmax, SOFTMAX, scale="sqrt"),
+             lambda: assert_implementation(softmax, "softmax"),
+             lambda: cases(SCORES, scale="either"),
+             lambda: check_functions({SOFTMAX: softmax}, scale="sqrt")]
+    for call in calls:
+        with pytest.raises((TypeError, ValueError)) as info:
+            call()
+        frames = [(os.path.basename(f.filename), f.name)
+                  for f in traceback.extract_tb(info.value.__traceback__)]
+        assert frames[1:] == [("test_testing.py", "<lambda>"), ("compare.py", "call")], frames
+
+    def softmax_attention_weights(attn_scores):    # a learner's own ValueError is theirs
+        raise ValueError("check: not selfattn's message, though it looks like one")
+    assert not check(softmax_attention_weights)

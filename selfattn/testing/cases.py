@@ -11,7 +11,7 @@ import numpy as np
 
 from .. import _api
 from .._validate import _visibility
-from .compare import TOLERANCES
+from .compare import TOLERANCES, _errors_at_the_call
 
 _TOLERANCE_F32 = TOLERANCES[np.dtype(np.float32)]
 
@@ -252,6 +252,7 @@ def _band_kwargs(func, name, is_causal, window):
     return kwargs
 
 
+@_errors_at_the_call
 def cases(name, *, scale=None, seed=0, batched=True, is_causal=False, window=None, gqa=False):
     """The named cases ``check`` runs for function `name`: inputs and expected output.
 

@@ -1,6 +1,7 @@
 """Comparing arrays: tolerances chosen by dtype, and a message that says where and by how much."""
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from dataclasses import dataclass
@@ -16,6 +17,29 @@ TOLERANCES = {
     np.dtype(np.float32): (1e-5, 1e-5),
     np.dtype(np.float64): (1e-10, 1e-12),
 }
+
+
+# the testing functions whose own argument errors (messages starting "check: " and so on) are
+# raised from the caller's line, as the core functions' are (_validate._public_call)
+_CHECKERS = ("check", "assert_implementation", "cases", "check_functions")
+
+
+def _errors_at_the_call(function):
+    """`function` (one of _CHECKERS) with its own TypeError or ValueError raised with no frame of
+    selfattn's but this one: the message says what to change, the traceback is the caller's
+    line. Any other error (from a learner's function, or a bug of ours) keeps its frames."""
+    prefixes = tuple(f"{name}: " for name in _CHECKERS)
+
+    @functools.wraps(function)
+    def call(*args, **kwargs):
+        __tracebackhide__ = True
+        try:
+            return function(*args, **kwargs)
+        except (TypeError, ValueError) as error:
+            if not str(error).startswith(prefixes):
+                raise
+            raise error.with_traceback(None)
+    return call
 
 
 def _tolerance(*dtypes):

@@ -40,6 +40,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from .cases import _SCALED, _check_scale, cases
+from .compare import _errors_at_the_call
 from .load import NOTEBOOK_FUNCTIONS, _definitions, _notebook_cells, _stub_body, load_notebook
 from .mistakes import _HINTS, TITLES, _hint
 from .report import _in_course_voice, check
@@ -65,6 +66,7 @@ _MEMORY_MB = 4096
 
 # ---- inside the child process: one submission ------------------------------------------------
 
+@_errors_at_the_call
 def check_functions(functions, scale="either", seed=0, progress=None):
     """Check each notebook function of a submission; the scale convention must be one for all.
 
@@ -76,7 +78,7 @@ def check_functions(functions, scale="either", seed=0, progress=None):
     Returns a dict: name -> CheckReport, or None for a function the submission lacks.
     """
     reports = {}
-    pinned_by_teacher = _check_scale("grade", scale, either=True) != "either"
+    pinned_by_teacher = _check_scale("check_functions", scale, either=True) != "either"
     for name in NOTEBOOK_FUNCTIONS:
         fn = functions.get(name)
         reports[name] = None if fn is None else check(fn, name, scale=scale, seed=seed)

@@ -6,7 +6,7 @@ import math
 import textwrap
 
 from .cases import _SCALED, _band_kwargs, _check_name, _check_scale, cases
-from .compare import _fmt_index
+from .compare import _errors_at_the_call, _fmt_index
 from .mistakes import _HINTS, _course_voice
 from .run import (_agree_on_mistakes, _batch_advice_after_plain, _confirm_matches,
                   _merge_combined, _merge_explained, _run_case)
@@ -200,6 +200,7 @@ class CheckReport:
         return "".join(parts)
 
 
+@_errors_at_the_call
 def check(fn, name=None, *, scale="either", seed=0, is_causal=False, window=None, gqa=False):
     """Run your function `fn` on a battery of cases and compare it with selfattn's.
 
@@ -299,6 +300,7 @@ def _check_once(fn, name, scale, seed, notes, either=False, band=None, gqa=False
     return CheckReport(name, getattr(fn, "__name__", None), scale, results, notes, either=either)
 
 
+@_errors_at_the_call
 def assert_implementation(fn, name=None, *, scale="either", seed=0, is_causal=False, window=None,
                           gqa=False):
     """Raise AssertionError, with the :func:`check` report as its message, unless `fn` is correct.
