@@ -482,7 +482,11 @@ def _run_case(case, repeat, rng, min_sample, cooldown, warm_up, stack):
     times = {key: statistics.median(v) for key, v in samples.items()}
     result = {"name": case["name"], "group": case["group"], "flops": case.get("flops"),
               "dtype": case.get("dtype"), "roofline": case_roofline(case), "repeats": reps, "time_s": times["ours"],
-              "peers": {}}
+              "peers": {},
+              # each one's median over its fastest repeat: past UNSTEADY, half its repeats or
+              # more ran that much slower than it can, and the table marks its ratio
+              "spread": {key: times[key] / min(v) if min(v) > 0 else math.inf
+                         for key, v in samples.items()}}
     for key in case["peers"]:
         if key in times:
             result["peers"][key] = {"time_s": times[key], "ratio": times[key] / times["ours"]}
@@ -664,9 +668,50 @@ def _fmt_time(t):
     return f"{t:.2f} s"
 
 
+# a ratio is marked where the median of ours or of the peer's repeats is this many times their
+# fastest: half the repeats or more ran that much slower, the machine busy meanwhile (a torch
+# call of 12 us timed 30 ms in 2 of 3 repeats on a shared host). One slow repeat moves no median
+# and marks nothing (ours ran 2x slower in one of 3 repeats of 20 ms now and then)
+UNSTEADY = 2.0
+# a peer's name longer than this heads its column as a note, "x [1]", told in full below
+_LONG_PEER = 28
+
+
+def _unsteady(result, peer):
+    spread = result.get("spread", {})
+    return max(spread.get("ours", 1.0), spread.get(peer, 1.0)) > UNSTEADY
+
+
 def format_table(results, rates, peer_names):
-    head = ["case", "time", "GFLOP/s", "roofline"] + [f"x {p}" for p in peer_names]
-    rows = []
+    """One table per group of cases (in the order they ran), each with the columns of the peers
+    its cases have; a peer's long name is a numbered note under its table, and a ratio whose
+    repeats were unsteady is marked "?"."""
+    groups = {}
+    for r in results:
+        groups.setdefault(r.get("group"), []).append(r)
+    blocks, marked = [], False
+    for group, members in groups.items():
+        peers = [p for p in peer_names if any(r["peers"].get(p) for r in members)]
+        table, notes, unsteady = _group_table(members, rates, peers)
+        marked |= unsteady
+        blocks.append("\n".join(([f"{group}:"] if group else []) + [table] + notes))
+    if marked:
+        blocks.append(f"?: half the repeats of selfattn or of the peer, or more, ran over "
+                      f"{UNSTEADY:g}x slower than the fastest (the machine was busy meanwhile?): "
+                      f"run the case again (--cases NAME) before reading its ratio")
+    return "\n\n".join(blocks)
+
+
+def _group_table(results, rates, peer_names):
+    heads, notes = [], []
+    for p in peer_names:
+        if len(p) > _LONG_PEER:
+            notes.append(f"[{len(notes) + 1}] x {p}")
+            heads.append(f"x [{len(notes)}]")
+        else:
+            heads.append(f"x {p}")
+    head = ["case", "time", "GFLOP/s", "roofline"] + heads
+    rows, unsteady = [], False
     for r in results:
         gf = r["flops"] / r["time_s"] / 1e9 if r.get("flops") else None
         fraction = roofline_fraction(r, rates)
@@ -680,7 +725,9 @@ def format_table(results, rates, peer_names):
         row = [r["name"], _fmt_time(r["time_s"]), f"{gf:.1f}" if gf else "-", roofline]
         for p in peer_names:
             info = r["peers"].get(p)
-            row.append(f"{info['ratio']:.2f}" if info else "-")
+            mark = "?" if info and _unsteady(r, p) else ""
+            unsteady |= bool(mark)
+            row.append(f"{info['ratio']:.2f}{mark}" if info else "-")
         rows.append(row)
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     lines = ["  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in
@@ -689,7 +736,14 @@ def format_table(results, rates, peer_names):
     for row in rows:
         lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
                                enumerate(zip(row, widths))))
-    return "\n".join(lines)
+    return "\n".join(lines), notes, unsteady
+
+
+def _plotted_peers(peer_names):
+    """The peers whose ratio is a speed-up of selfattn over another library or NumPy code: not
+    selfattn's own other functions (the backward's "x selfattn fused forward" is a ratio of its
+    own two times, not a speed-up)."""
+    return [p for p in peer_names if not p.startswith("selfattn")]
 
 
 def write_plot(path, results, peer_names):
@@ -697,31 +751,59 @@ def write_plot(path, results, peer_names):
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         print("selfattn bench: --plot needs matplotlib, which is not installed "
               "(pip install matplotlib, or in selfattn's source folder pip install \".[plot]\"); "
               "no plot written",
               file=sys.stderr)
         return False
-    rated = [r for r in results if any(r["peers"].get(p) for p in peer_names)]
-    fig, ax = plt.subplots(figsize=(10, max(3, 0.28 * len(rated) + 1.5)))
-    y = np.arange(len(rated))
-    height = 0.8 / max(1, len(peer_names))
-    for k, p in enumerate(peer_names):
-        vals = [r["peers"][p]["ratio"] if r["peers"].get(p) else 0 for r in rated]
-        ax.barh(y + k * height, vals, height=height, label=f"vs {p}")
+    peers = _plotted_peers(peer_names)
+    rated = [r for r in results if any(r["peers"].get(p) for p in peers)]
+    fig, ax = plt.subplots(figsize=(10, max(3, 0.3 * len(rated) + 1.5)))
+    colors = {p: plt.get_cmap("tab10")(k % 10) for k, p in enumerate(peers)}
+    labelled = set()
+    for i, r in enumerate(rated):
+        # each row's bars share its band, centred on its label, whatever peers it has
+        here = [p for p in peers if r["peers"].get(p)]
+        height = 0.8 / len(here)
+        for k, p in enumerate(here):
+            ratio = r["peers"][p]["ratio"]
+            y = i + (k - (len(here) - 1) / 2) * height
+            # from 1 (the peer's speed): left of it slower, right of it faster
+            ax.barh(y, ratio - 1, left=1, height=height, color=colors[p],
+                    label=None if p in labelled else f"vs {p}")
+            labelled.add(p)
+            if _unsteady(r, p):     # beyond the bar's end, on whichever side of 1 it is
+                ax.text(ratio, y, " ? unsteady " if ratio >= 1 else " unsteady ? ",
+                        ha="left" if ratio >= 1 else "right", va="center", fontsize=6)
     ax.axvline(1.0, color="black", linewidth=0.8)
-    ax.set_yticks(y + height * (len(peer_names) - 1) / 2)
+    ax.set_yticks(np.arange(len(rated)))
     ax.set_yticklabels([r["name"] for r in rated], fontsize=7)
-    ax.invert_yaxis()
+    ax.set_ylim(len(rated) - 0.5, -0.5)
     ax.set_xscale("log")
+    plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")    # 2, not 2 x 10^0
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain)
+    ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.set_xlabel("speed-up of selfattn (peer time / selfattn time; > 1 is faster)")
     ax.set_title("selfattn benchmark")
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    # below the axes, where it covers no bar
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, fontsize=7, frameon=False)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return True
+
+
+def _plot_formats():
+    """The file suffixes matplotlib can write, or None without matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    return set(Figure().canvas.get_supported_filetypes())
 
 
 def _select(cases, filters):
@@ -733,8 +815,8 @@ def _select(cases, filters):
 
 def _check_arguments(parser, args):
     """Refuses, before anything is measured, what would fail mid-run or after it (the results
-    lost with it): a bad --cases pattern, --cooldown, --threads, or an output file that cannot be
-    written."""
+    lost with it): a bad --cases pattern, --cooldown, --threads, an output file that cannot be
+    written, or a plot without matplotlib or in a format it cannot write."""
     if args.repeat is not None and args.repeat < 1:
         parser.error("--repeat must be at least 1")
     if args.threads is not None and args.threads < 1:
@@ -755,6 +837,18 @@ def _check_arguments(parser, args):
                 "a folder of that name exists" if os.path.isdir(path) else
                 "its folder does not exist" if not os.path.isdir(folder) else
                 "its folder is not writable") + ")")
+    if args.plot is not None:
+        formats = _plot_formats()
+        suffix = os.path.splitext(args.plot)[1].lower().lstrip(".")
+        if formats is None:
+            parser.error("--plot needs matplotlib, which is not installed (pip install "
+                         "matplotlib, or in selfattn's source folder pip install \".[plot]\")")
+        if suffix not in formats:
+            parser.error(f"--plot: {args.plot!r} " + (f"has no suffix" if not suffix else
+                                                       f"ends in .{suffix}, which matplotlib "
+                                                       f"cannot write")
+                         + f"; name it .png, .svg or .pdf (or one of "
+                         f"{', '.join(sorted(formats))})")
 
 
 def main(argv=None) -> int:

@@ -1,5 +1,6 @@
 """The benchmark (python -m selfattn bench) compares like with like and writes what it says."""
 import contextlib
+import importlib.util
 import json
 
 import numpy as np
@@ -100,7 +101,12 @@ def test_case_filter_and_bad_arguments(tmp_path, capsys):
             (["--plot", str(tmp_path)], "(a folder of that name exists)"),
             (["--cases", "nosuch"], "--cases: no case matches nosuch; the groups: attention, "),
             (["--cases", "nosuch", "--no-memory"], "(and --no-memory leaves out the memory case)"),
-            (["--threads", "1", "--cases", "nosuch"], "--cases: no case matches nosuch")):
+            (["--threads", "1", "--cases", "nosuch"], "--cases: no case matches nosuch"),
+            # a plot matplotlib cannot write was a traceback after the whole run (or a file
+            # named other than asked: "noext" wrote noext.png)
+            (["--plot", str(tmp_path / "plot.txt")], "plot.txt' ends in .txt, which matplotlib "
+                                                     "cannot write; name it .png, .svg or .pdf"),
+            (["--plot", str(tmp_path / "noext")], "noext' has no suffix; name it .png")):
         before = selfattn.get_num_threads()
         selfattn.set_num_threads(2)
         with pytest.raises(SystemExit) as info:
@@ -162,6 +168,27 @@ def test_each_sample_follows_its_own_warm_up(monkeypatch):
     # ours after a pause: two slow calls (10 ms) of warm-up, then its sample of 1 ms calls
     ours_run = timed[timed.index("ours"):timed.index("first peer")]
     assert len(ours_run) > 2
+
+
+def test_a_peer_slow_in_most_repeats_is_unsteady_and_one_slow_repeat_is_not(monkeypatch):
+    """spread: the median over the fastest repeat. A peer whose calls ran 30x slower in 2 of 3
+    repeats (a busy host) is past UNSTEADY; ours, slow in one repeat only, is not."""
+    def ours(state):
+        pass
+
+    def peer(state):
+        pass
+
+    # the times of each one's samples: two to size them, then one a repeat
+    times = {ours: iter([1e-3, 1e-3, 1e-3, 3e-2, 1e-3]), peer: iter([1e-3, 1e-3, 3e-2, 1e-3, 3e-2])}
+    monkeypatch.setattr(_bench, "_time_once", lambda fn, state, number: next(times[fn]))
+    case = {"name": "fake", "group": "fake", "setup": lambda rng: None, "ours": ours,
+            "peers": {"peer": peer}}
+    result = _bench.run_case(case, repeat=3, rng=None, min_sample=0.004, cooldown=0.0,
+                             warm_up=0.0)
+    assert result["spread"] == {"ours": pytest.approx(1.0), "peer": pytest.approx(30.0)}
+    assert _bench._unsteady(result, "peer")
+    assert "30.00?" in _bench.format_table([result], {}, ["peer"])
 
 
 def test_a_single_call_of_warm_up_would_time_the_slow_calls(monkeypatch):
@@ -276,3 +303,55 @@ def test_plot_without_matplotlib_names_an_install_that_exists(monkeypatch, capsy
     err = capsys.readouterr().err
     assert "pip install matplotlib" in err and 'pip install ".[plot]"' in err, err
     assert "pip install selfattn" not in err
+
+
+def _result(name, group, time_s, peers, spread=None):
+    return {"name": name, "group": group, "flops": None, "roofline": None, "time_s": time_s,
+            "peers": {p: {"time_s": t, "ratio": t / time_s} for p, t in peers.items()},
+            "spread": spread or {}}
+
+
+LONG = "selfattn fused forward (forward / backward time; target >= 0.4: backward <= 2.5x)"
+
+
+def test_the_table_has_a_block_per_group_with_only_its_peers():
+    """A reviewer's run: one table of 44 rows with a column for every peer of the run (10, most
+    cells '-'), one header 85 characters long: 366 characters a row."""
+    results = [_result("sdpa n=8", "attention", 1e-5, {"torch": 2e-5, "naive": 3e-5}),
+               _result("backward n=8", "backward", 2e-5, {LONG: 8e-6, "torch autograd": 3e-5}),
+               _result("noisy n=8", "attention", 1e-5, {"torch": 3e-2}, {"ours": 1.1, "torch": 2400})]
+    table = _bench.format_table(results, {}, ["torch", "naive", LONG, "torch autograd"])
+    attention, backward, note = table.split("\n\n")
+    assert attention.startswith("attention:\ncase") and "x naive" in attention
+    assert "x [1]" not in attention and "autograd" not in attention
+    assert backward.startswith("backward:\ncase") and "x torch autograd" in backward
+    assert "x torch " not in backward.splitlines()[1].replace("x torch autograd", "")
+    assert backward.splitlines()[-1] == f"[1] x {LONG}" and "x [1]" in backward
+    assert max(len(line) for line in attention.splitlines() + backward.splitlines()[:-1]) < 100
+    # the noisy peer's ratio is marked, and what the mark means said once
+    assert "3000.00?" in attention and "2.00?" not in attention
+    assert note.startswith("?: half the repeats of selfattn or of the peer, or more, ran over "
+                           "2x slower than the fastest")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="needs matplotlib")
+def test_the_plot_draws_speed_ups_only_and_each_rows_bars_on_its_label(tmp_path, monkeypatch):
+    """The bars were offset by their peer's index among all 10 peers (a 'vs naive' bar above its
+    row's label, another near the next row's), the legend covered the last rows, and the
+    backward's forward/backward ratio was drawn as a 'speed-up' of 0.4. Each bar runs from 1 to
+    its ratio (on the log axis a bar from its edge made 0.95 look like a bar of its own)."""
+    import matplotlib.axes
+    drawn = []
+    barh = matplotlib.axes.Axes.barh
+    monkeypatch.setattr(matplotlib.axes.Axes, "barh",
+                        lambda self, y, width, **kw: drawn.append((y, kw["left"] + width,
+                                                                   kw.get("label")))
+                        or barh(self, y, width, **kw))
+    results = [_result("sdpa n=8", "attention", 1e-5, {"torch": 2e-5, "naive": 3e-5}),
+               _result("backward n=8", "backward", 2e-5, {LONG: 8e-6, "torch autograd": 3e-5})]
+    assert _bench.write_plot(str(tmp_path / "p.png"), results,
+                             ["torch", "naive", LONG, "torch autograd"])
+    assert (tmp_path / "p.png").stat().st_size > 0
+    assert [(round(y, 3), round(w, 3)) for y, w, _ in drawn] == [(-0.2, 2.0), (0.2, 3.0),
+                                                                 (1.0, 1.5)]
+    assert [label for _, _, label in drawn] == ["vs torch", "vs naive", "vs torch autograd"]
