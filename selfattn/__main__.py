@@ -21,7 +21,8 @@ USAGE = """usage: python -m selfattn [bench [options] | grade [options] SUBMISSI
                                              agreement check
   python -m selfattn bench [--help]          the project's benchmark: selfattn against naive
                                              NumPy, np.matmul and torch, side by side
-  python -m selfattn grade SUBMISSIONS...    grades a class's notebooks (grade --help)"""
+  python -m selfattn grade SUBMISSIONS...    grades a class's notebooks (grade --help)
+  python -m selfattn --version               selfattn's version"""
 
 
 def _matrix_text(weights, tokens):
@@ -90,6 +91,9 @@ def main(argv=None):
         from .testing import grade
 
         return grade.main(argv[1:])
+    if argv and argv[0] in ("--version", "-V"):
+        print(f"selfattn {selfattn.__version__}")
+        return 0
     if argv and argv[0] not in ("-h", "--help"):
         print(f"python -m selfattn: unknown command {argv[0]!r}; use 'python -m selfattn' for the "
               f"demo, 'python -m selfattn bench' for the benchmark or 'python -m selfattn grade' to "

@@ -18,8 +18,10 @@ __all__ = ["NumPyBackendWarning", "load_core"]
 NOT_BUILT = (
     "selfattn: the C extension is not built, so selfattn runs on its pure-NumPy backend (same "
     "results, slower). To build it, install a C compiler (macOS: Xcode Command Line Tools, "
-    "`xcode-select --install`; Windows: Microsoft C++ Build Tools; Linux: gcc), then run "
-    "`pip install .` again in selfattn's folder. Set SELFATTN_BACKEND=numpy to silence this."
+    "`xcode-select --install`; Windows: Microsoft C++ Build Tools; Linux: gcc), then install "
+    "selfattn again (`pip install .` in its source folder, or `pip install --force-reinstall "
+    "--no-cache-dir` of the file you installed it from). Set SELFATTN_BACKEND=numpy to "
+    "silence this."
 )
 
 
@@ -46,8 +48,8 @@ def load_core(package_dir, version):
         from . import _numpy_core
         return _numpy_core
     if choice not in ("", "c"):
-        warnings.warn(f"selfattn: ignoring SELFATTN_BACKEND={choice!r}: expected 'c' or 'numpy'",
-                      RuntimeWarning, stacklevel=2)
+        _warn_from_importer(f"selfattn: ignoring SELFATTN_BACKEND={choice!r}: expected 'c' or "
+                            f"'numpy'", package_dir, RuntimeWarning)
     try:
         from . import _core
     except ImportError as error:
@@ -71,7 +73,7 @@ def load_core(package_dir, version):
     return _numpy_core
 
 
-def _warn_from_importer(message, package_dir):
+def _warn_from_importer(message, package_dir, category=NumPyBackendWarning):
     """warnings.warn, attributed to the line that imported selfattn (the first frame outside
     selfattn and the import machinery), which is what a notebook shows under the warning; under
     `python -m selfattn`, where runpy imported it from no line of anyone's, to selfattn's own
@@ -87,5 +89,4 @@ def _warn_from_importer(message, package_dir):
         frame = frame.f_back
     where = frame or own
     # no module_globals: a loader's get_source can raise (python -c's __main__)
-    warnings.warn_explicit(message, NumPyBackendWarning, where.f_code.co_filename,
-                           where.f_lineno)
+    warnings.warn_explicit(message, category, where.f_code.co_filename, where.f_lineno)

@@ -80,6 +80,25 @@ def _is_source_tree(package_dir):
             and os.path.isdir(os.path.join(parent, "csrc")))
 
 
+def _numpy_abi_advice(error):
+    """What to do where NumPy imports but the extension's own import of it failed: NumPy's words
+    for an extension built against NumPy 1.x under NumPy 2 ("numpy.core.multiarray failed to
+    import", NumPy's banner above it) name neither cause nor cure. None for other errors."""
+    if "multiarray failed to import" not in str(error):
+        return None
+    try:
+        import numpy
+    except ImportError:
+        return None
+    if int(numpy.__version__.split(".")[0]) < 2:
+        return None
+    return (f"This build was made against NumPy 1.x (pip install --no-build-isolation with NumPy "
+            f"1 installed, or a build from before an upgrade), which NumPy {numpy.__version__}, "
+            f"installed here, cannot load. Build it again against this NumPy: pip install "
+            f"--force-reinstall --no-cache-dir ., in selfattn's source folder, or of the file you "
+            f"installed it from, without --no-build-isolation.")
+
+
 def load_installed_core(package_dir, version, error):
     """selfattn._core for the package in `package_dir`, whose own import raised `error`; None
     when no compiled _core was built for it."""
@@ -89,8 +108,9 @@ def load_installed_core(package_dir, version, error):
             return None
         raise ImportError(
             f"selfattn {version} is installed in {package_dir}, but its compiled extension "
-            f"{found} failed to import: {error}. Check that NumPy imports in this interpreter "
-            f"(python -c 'import numpy'), then reinstall selfattn if it still fails."
+            f"{found} failed to import: {error}. " + (_numpy_abi_advice(error) or
+            "Check that NumPy imports in this interpreter (python -c 'import numpy'), then "
+            "reinstall selfattn if it still fails.")
         ) from error
     source = os.path.realpath(package_dir)
     for entry in sys.path:

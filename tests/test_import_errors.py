@@ -57,3 +57,25 @@ def test_the_original_error_is_chained(tmp_path):
     message = out.split("MESSAGE:")[1].split("CAUSE:")[0]
     assert f"installed in {PACKAGE_DIR}" in message and "source tree" not in message, out
     assert "halted" in out.split("CAUSE:")[1], out       # Python's own words for the failure
+
+
+def test_a_build_against_numpy_1_says_so_and_how_to_rebuild(tmp_path):
+    """An install reviewer's run: built with --no-build-isolation against NumPy 1.23, then NumPy
+    upgraded to 2.x: "numpy.core.multiarray failed to import. Check that NumPy imports in this
+    interpreter", which it does."""
+    import numpy as np
+
+    from selfattn._find_core import load_installed_core
+    if int(np.__version__.split(".")[0]) < 2:
+        pytest.skip("NumPy 1.x loads a NumPy 1.x build")
+    (tmp_path / os.path.basename(selfattn._core.__file__)).write_bytes(b"")
+    with pytest.raises(ImportError) as info:
+        load_installed_core(str(tmp_path), "0.1.0",
+                            ImportError("numpy.core.multiarray failed to import"))
+    message = str(info.value)
+    assert "This build was made against NumPy 1.x" in message, message
+    assert f"NumPy {np.__version__}, installed here, cannot load" in message
+    assert "pip install --force-reinstall --no-cache-dir ." in message
+    assert "Check that NumPy imports" not in message
+    with pytest.raises(ImportError, match="Check that NumPy imports"):
+        load_installed_core(str(tmp_path), "0.1.0", ImportError("something else"))

@@ -150,6 +150,9 @@ def test_python_m_selfattn_help_is_plain_text():
                                   "SUBMISSIONS...]\n")
     assert "python -m selfattn grade SUBMISSIONS..." in proc.stdout
     assert "``" not in proc.stdout
+    for flag in ("--version", "-V"):     # it was "unknown command '--version'"
+        proc = run("-m", "selfattn", flag)
+        assert (proc.returncode, proc.stdout) == (0, f"selfattn {selfattn.__version__}\n")
 
 
 @pytest.mark.c_backend
@@ -161,6 +164,10 @@ def test_environment_settings_are_read_at_import():
     assert proc.returncode == 0
     assert "ignoring SELFATTN_NUM_THREADS='many': not a whole number of threads" in proc.stderr
     assert "ignoring SELFATTN_ISA='sse9'" in proc.stderr
+    # every one at the line that imported selfattn (SELFATTN_BACKEND's was at selfattn's own)
+    proc = run("-W", "always", "-c", code, env={"SELFATTN_BACKEND": "torch"})
+    assert proc.stderr.startswith("<string>:1: RuntimeWarning: selfattn: ignoring "
+                                  "SELFATTN_BACKEND='torch': expected 'c' or 'numpy'"), proc.stderr
     # digits alone: int() would read "4_0" as 40 threads, and a full-width "２" as 2
     for text in ("4_0", "\uff12", "+2", "2.0"):
         proc = run("-W", "always", "-c", code, env={"SELFATTN_NUM_THREADS": text})
