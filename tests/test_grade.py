@@ -439,8 +439,10 @@ def test_ctrl_c_stops_the_students_processes_too(tmp_path, signame, said):
 
 def test_upper_case_names_and_linked_sub_folders_are_found(tmp_path):
     """HW.IPYNB and hw.PY (as a file system that ignores case keeps them) are a notebook and a
-    script; a sub-folder that is a link is looked into, and a link back to its own folder does
-    not loop. They were 'no .ipynb or .py file', and HW.PY was read as a notebook."""
+    script; a sub-folder that is a link inside the student's folder is looked into, and a link
+    back to its own folder does not loop. They were 'no .ipynb or .py file', and HW.PY was read
+    as a notebook. A link out of the folder is not followed (a reviewer's link to the class
+    folder graded another student's notebook, and that student lost their row)."""
     correct = json.dumps(submissions.notebook_json(submissions._cells(submissions.CORRECT)))
     script = submissions.IMPORTS + "".join(submissions.CORRECT.values())
     root = tmp_path / "class"
@@ -448,21 +450,31 @@ def test_upper_case_names_and_linked_sub_folders_are_found(tmp_path):
     (root / "amy" / "HW.IPYNB").write_text(correct)
     (root / "bo").mkdir()
     (root / "bo" / "Solution.PY").write_text(script)
-    (tmp_path / "elsewhere" / "course").mkdir(parents=True)
-    (tmp_path / "elsewhere" / "course" / "hw.ipynb").write_text(correct)
-    (root / "cy").mkdir()
+    (root / "cy" / "course").mkdir(parents=True)
+    (root / "cy" / "course" / "hw.ipynb").write_text(correct)
+    (root / "dee").mkdir()
+    (root / "dee" / "hw.ipynb").write_text(correct)
+    (root / "eve").mkdir()
     try:
-        os.symlink(tmp_path / "elsewhere", root / "cy" / "work", target_is_directory=True)
-        os.symlink(root / "cy", root / "cy" / "work" / "course" / "back",
-                   target_is_directory=True)
+        os.symlink(root / "cy" / "course", root / "cy" / "work", target_is_directory=True)
+        os.symlink(root / "cy" / "course", root / "cy" / "zz", target_is_directory=True)
+        os.symlink(root / "cy", root / "cy" / "course" / "back", target_is_directory=True)
+        # links out of a student's folder: to the class (a loop through every other student),
+        # to another student's work
+        os.symlink(root, root / "dee" / "loop", target_is_directory=True)
+        os.symlink(root / "amy", root / "eve" / "peek", target_is_directory=True)
     except (OSError, NotImplementedError):
         pytest.skip("this file system or account cannot make symbolic links")
     (root / "CLASS_NOTES.PY").write_text(script)
     found = {student: (path, notes) for student, path, notes in _submissions([root])}
-    assert sorted(found) == ["CLASS_NOTES", "amy", "bo", "cy"]
+    assert sorted(found) == ["CLASS_NOTES", "amy", "bo", "cy", "dee", "eve"]
     assert found["amy"] == (str(root / "amy" / "HW.IPYNB"), [])
     assert found["bo"] == (str(root / "bo" / "Solution.PY"), [])
-    assert found["cy"] == (os.path.join(str(root / "cy"), "work", "course", "hw.ipynb"), [])
+    # each real folder once: course/ and its two links are one folder, read once
+    assert found["cy"] == (os.path.join(str(root / "cy"), "course", "hw.ipynb"), [])
+    assert found["dee"] == (str(root / "dee" / "hw.ipynb"), [])
+    assert found["eve"] == (None, ["no .ipynb or .py file in eve/ (it holds: peek/ (a link out "
+                                   "of eve/, not followed))"])
     graded, = grade([root / "bo" / "Solution.PY"], tmp_path / "out", timeout=60, echo=None)
     assert graded["status"] == "graded" and _points(graded) == (23, 23), graded["problems"]
 

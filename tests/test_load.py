@@ -809,24 +809,61 @@ def test_a_folder_a_notebook_puts_on_sys_path_is_not_the_next_ones(tmp_path, mon
     assert [e.error for e in bob.errors] == ["ModuleNotFoundError: No module named 'helpers'"]
 
 
-def test_a_module_imported_from_a_folder_already_on_sys_path_stays_imported(tmp_path):
-    """A cell that puts a folder holding the caller's own sys.path (site-packages, "/") on it:
-    what it imported from there is no student's module, and stays."""
-    site = tmp_path / "site"
-    (site / "pkgs").mkdir(parents=True)
-    (site / "pkgs" / "shared_course_lib.py").write_text("X = 1\n")
-    (tmp_path / "s").mkdir()
-    _notebook(tmp_path / "s", [f"import sys\nsys.path.append({str(site)!r})\n"
-                               f"from pkgs import shared_course_lib\n"])
-    sys.path.append(str(site / "pkgs"))
+def test_a_course_library_a_notebook_puts_on_sys_path_stays_for_its_functions(tmp_path,
+                                                                             monkeypatch):
+    """A reviewer's regression: with sys.path put back whole, a notebook's functions that use a
+    course library from `sys.path.append("../lib")` (a lazy import in the function, a relative
+    import inside the library) raised ModuleNotFoundError when checked, where Jupyter runs them.
+    What the cells add outside the notebook's folder stays, absolute, with its modules."""
+    (tmp_path / "lib" / "courselib").mkdir(parents=True)
+    (tmp_path / "lib" / "courselib" / "__init__.py").write_text(
+        "def twice(x):\n    from . import extra\n    return extra.TWO * x\n")
+    (tmp_path / "lib" / "courselib" / "extra.py").write_text("TWO = 2\n")
+    (tmp_path / "lib" / "plainlib.py").write_text("THREE = 3\n")
+    (tmp_path / "hw").mkdir()
+    _notebook(tmp_path / "hw", [
+        "import sys\nsys.path.append('../lib')\nimport courselib\n",
+        "def f(x):\n    import plainlib\n    return courselib.twice(x) + plainlib.THREE\n"])
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    sub = load_notebook(os.path.join("hw", "nb.ipynb"))
+    assert sub.errors == [] and sub.namespace["f"](5) == 13
+    assert sys.path[-1] == str(tmp_path / "lib")
+    for name in ("courselib", "courselib.extra", "plainlib"):
+        sys.modules.pop(name, None)
+
+
+def test_a_namespace_package_beside_one_notebook_is_not_the_next_ones(tmp_path, monkeypatch):
+    """utils/helpers.py without an __init__.py: the namespace package `utils` has no __file__,
+    and stayed in sys.modules with its path in a's folder; c, with no utils of its own, got b's."""
+    for student in ("a", "b", "c"):
+        (tmp_path / student).mkdir()
+        _notebook(tmp_path / student, ["from utils.helpers import WHO\n"])
+    for student in ("a", "b"):
+        (tmp_path / student / "utils").mkdir()
+        (tmp_path / student / "utils" / "helpers.py").write_text(f"WHO = {student!r}\n")
+    monkeypatch.chdir(tmp_path)
+    got = [load_notebook(os.path.join(s, "nb.ipynb")) for s in ("a", "b", "c")]
+    assert [g.namespace.get("WHO") for g in got] == ["a", "b", None]
+    assert [e.error for e in got[2].errors] == ["ModuleNotFoundError: No module named 'utils'"]
+    assert "utils" not in sys.modules
+
+
+def test_a_package_from_a_virtualenv_inside_the_notebooks_folder_stays_imported(tmp_path,
+                                                                                 monkeypatch):
+    """The README grader's layout with the project's .venv in the same folder: a package the
+    notebook was first to import (torch, say) came from inside the notebook's folder, and was
+    taken out of sys.modules: the teacher's next import of it crashed the interpreter."""
+    site = tmp_path / "proj" / ".venv" / "site-packages"
+    (site / "venvpkg").mkdir(parents=True)
+    (site / "venvpkg" / "__init__.py").write_text("X = 1\n")
+    _notebook(tmp_path / "proj", ["import venvpkg\n"])
+    monkeypatch.setattr(sys, "path", list(sys.path) + [str(site)])
+    sub = load_notebook(tmp_path / "proj" / "nb.ipynb")
     try:
-        sub = load_notebook(tmp_path / "s" / "nb.ipynb")
-        assert sub.errors == []
-        assert "pkgs.shared_course_lib" in sys.modules and "pkgs" in sys.modules
+        assert sub.errors == [] and "venvpkg" in sys.modules
     finally:
-        sys.path.remove(str(site / "pkgs"))
-        for name in ("pkgs.shared_course_lib", "pkgs"):
-            sys.modules.pop(name, None)
+        sys.modules.pop("venvpkg", None)
 
 
 def test_a_notebooks_global_settings_do_not_outlive_its_load(tmp_path):

@@ -301,13 +301,24 @@ def _student_folder(folder):
     Untitled.ipynb beside the homework writes none, nor does the template's copy of unfilled
     stubs), then the last modified, then the first, nearest the top first."""
     candidates, others = [], []
-    # a sub-folder may be a link (to where the student keeps the course's work): followed, each
-    # real folder once, so that a link to its own parent does not loop
-    seen = {os.path.realpath(folder)}
+    # a sub-folder may be a link: followed where it stays inside the student's folder, each real
+    # folder once (a link to its parent does not loop); one that leads out of it (to another
+    # student's folder, or to /) is named, not followed
+    home = os.path.realpath(folder)
+    seen = {home}
     for root, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = [d for d in sorted(dirs) if not _hidden(d)
-                   and os.path.realpath(os.path.join(root, d)) not in seen]
-        seen.update(os.path.realpath(os.path.join(root, d)) for d in dirs)
+        kept = []
+        for d in sorted(dirs):
+            real = os.path.realpath(os.path.join(root, d))
+            if _hidden(d) or real in seen:
+                continue
+            if real != home and not real.startswith(home.rstrip(os.sep) + os.sep):
+                others.append(os.path.relpath(os.path.join(root, d), folder)
+                              + f"/ (a link out of {os.path.basename(folder)}/, not followed)")
+                continue
+            seen.add(real)
+            kept.append(d)
+        dirs[:] = kept
         for f in sorted(files):
             if _hidden(f):
                 continue

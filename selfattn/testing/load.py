@@ -928,11 +928,15 @@ def _in_folder_of(path):
     """The cells run in the notebook's folder, as Jupyter runs them (and grade's process for a
     submission): `open("data.csv")` finds the file beside it and `import helpers` the module.
     After the run the caller's working folder is put back (a cell's own os.chdir() included),
-    sys.path is as it was (the folder and whatever the cells added: a cell's
-    `sys.path.append(os.path.abspath(""))` left the student's folder there, and the next student
-    without a helpers.py of their own was graded with this one's), and the modules imported from
-    those folders leave sys.modules, so the next notebook loaded never gets this one's
-    `helpers`."""
+    sys.path loses every entry inside the notebook's folder (ours, and a cell's
+    `sys.path.append(os.path.abspath(""))`, which left the student's folder there: the next
+    student without a helpers.py was graded with this one's), and the modules imported from
+    there (a namespace package's too) leave sys.modules, so the next notebook loaded never gets
+    this one's `helpers`. What the cells put on sys.path outside the folder (a course's library,
+    `sys.path.append("../lib")`) stays, as an absolute path, with its modules: the functions the
+    notebook defines may import from it when called. Entries the cells removed come back, and
+    the modules of a folder inside the notebook's that was on sys.path before the run (a
+    virtualenv beside the notebook) stay imported."""
     folder = os.path.dirname(os.path.abspath(path))
     try:
         caller = os.getcwd()
@@ -945,19 +949,25 @@ def _in_folder_of(path):
     try:
         yield
     finally:
-        # (a relative entry, "" or "lib", names a folder from where the cells ran: the notebook's)
-        added = {os.path.abspath(os.path.join(folder, p)) for p in sys.path
-                 if isinstance(p, str) and p not in path_before}
-        sys.path[:] = path_before
-        # the modules of the folders added, but none that holds what was on sys.path before (a
-        # cell's sys.path.append("/usr/lib/python3/dist-packages") or "/": torch imported from
-        # there stays imported)
-        kept = [os.path.abspath(p) for p in path_before if isinstance(p, str)]
-        roots = [folder] + [r for r in added if not any(_within(p, r) for p in kept)]
+        # (a relative entry, "" or "../lib", names a folder from where the cells ran)
+        kept = []
+        for entry in sys.path:
+            if isinstance(entry, str) and entry not in path_before:
+                absolute = os.path.abspath(os.path.join(folder, entry))
+                if not _within(absolute, folder) and absolute not in kept + path_before:
+                    kept.append(absolute)
+        sys.path[:] = path_before + kept
+        # (the caller's entries, relative to the caller's folder)
+        own = [os.path.abspath(os.path.join(caller or folder, p)) for p in path_before
+               if isinstance(p, str)]
+        others = [p for p in own if _within(p, folder) and p != folder]
         for name in [n for n in list(sys.modules) if n not in before]:
-            where = getattr(sys.modules[name], "__file__", None)
-            if isinstance(where, str) and any(_within(os.path.abspath(where), root)
-                                              for root in roots):
+            module = sys.modules[name]
+            where = getattr(module, "__file__", None)
+            places = ([where] if isinstance(where, str) else
+                      [p for p in getattr(module, "__path__", None) or () if isinstance(p, str)])
+            if any(_within(os.path.abspath(p), folder)
+                   and not any(_within(os.path.abspath(p), o) for o in others) for p in places):
                 del sys.modules[name]
         if caller is not None:
             with contextlib.suppress(OSError):
