@@ -538,3 +538,45 @@ def test_a_softmax_computed_in_float32_is_no_epsilon():
 
     report = check(softmax_attention_weights)
     assert not report and not any("epsilon" in d for d in report.diagnoses), report.diagnoses
+
+
+def test_a_keyword_refused_by_a_helper_is_not_blamed_on_the_function():
+    """A reviewer's case: sdpa takes is_causal and passes it to its own scores function, which
+    does not; the hint told the learner to add is_causal to sdpa."""
+    def compute_self_attention_scores(Q, K):
+        return Q @ np.swapaxes(K, -1, -2)
+
+    def scaled_dot_product_attention(Q, K, V, is_causal=False):
+        s = compute_self_attention_scores(Q, K, is_causal=is_causal)
+        return s @ V
+
+    report = check(scaled_dot_product_attention, is_causal=True)
+    assert not any("does not take" in d for d in report.diagnoses), report.diagnoses
+
+    # taking neither: both named, though Python names only the first
+    def sdpa_without_either(Q, K, V):
+        return V
+
+    report = check(sdpa_without_either, SDPA, is_causal=True, window=(1, 0))
+    assert report.diagnoses[0].startswith(
+        "Your function does not take the keyword argument is_causal and the keyword argument "
+        "window, which check() passes because you asked for is_causal=True and window=(1, 0): "
+        "add them to its parameters")
+
+
+@pytest.mark.parametrize("kind", ["no max subtracted", "times a constant"])
+def test_what_only_a_single_row_would_take_for_an_epsilon_is_not_named_one(kind):
+    """A reviewer's cases: without the max subtracted (and + 1e-9), the single-token case named
+    an epsilon of 2e-10 and said the max was subtracted; a softmax times (1 - 1e-6) was named an
+    epsilon there too, where the cases of several rows said otherwise."""
+    def softmax_attention_weights(attn_scores):
+        s = np.asarray(attn_scores)
+        if kind == "no max subtracted":
+            e = np.exp(s)
+            return e / (e.sum(axis=-1, keepdims=True) + 1e-9)
+        e = np.exp(s - s.max(axis=-1, keepdims=True))
+        return e / e.sum(axis=-1, keepdims=True) * (1 - 1e-6)
+
+    report = check(softmax_attention_weights)
+    assert not report and not any("adds a small number" in d for d in report.diagnoses), \
+        report.diagnoses
