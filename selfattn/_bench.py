@@ -771,7 +771,7 @@ def write_plot(path, results, peer_names):
             ratio = r["peers"][p]["ratio"]
             y = i + (k - (len(here) - 1) / 2) * height
             # from 1 (the peer's speed): left of it slower, right of it faster
-            ax.barh(y, ratio - 1, left=1, height=height, color=colors[p],
+            ax.barh(y, (ratio - 1) or 1e-3, left=1, height=height, color=colors[p],
                     label=None if p in labelled else f"vs {p}")
             labelled.add(p)
             if _unsteady(r, p):     # beyond the bar's end, on whichever side of 1 it is
@@ -784,12 +784,14 @@ def write_plot(path, results, peer_names):
     ax.set_xscale("log")
     plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")    # 2, not 2 x 10^0
     ax.xaxis.set_major_formatter(plain)
-    ax.xaxis.set_minor_formatter(plain)
+    low, high = ax.get_xlim()
+    # the minor ticks labelled only over a short range: over several decades they run together
+    ax.xaxis.set_minor_formatter(plain if high / low < 30 else matplotlib.ticker.NullFormatter())
     ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.set_xlabel("speed-up of selfattn (peer time / selfattn time; > 1 is faster)")
     ax.set_title("selfattn benchmark")
-    # below the axes, where it covers no bar
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, fontsize=7, frameon=False)
+    # beside the axes, where it covers no bar and no label
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=7, frameon=False)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return True

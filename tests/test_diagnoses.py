@@ -439,9 +439,14 @@ def test_a_float16_result_of_float32_inputs_fails_every_float32_case_and_says_so
     for r in plain:
         assert (r.verdict == "FAIL") == (r.case.expected.dtype == np.float32), r.message
     assert report.diagnoses == [
-        "Your result is right to the precision of a smaller dtype: you compute in float16 "
-        "although the inputs are float32. Keep the inputs' dtype (no astype(np.float16) or "
+        "Your result is right to the precision of a smaller dtype: you compute in float16, "
+        "smaller than the inputs' dtype. Keep the inputs' dtype (no astype(np.float16) or "
         "dtype=np.float16)."]
+
+    def always_float16(Q, K):      # one mistake, said once (it was two, one of float32)
+        return (Q @ K.T).astype(np.float16)
+
+    assert check(always_float16, SCORES).diagnoses == report.diagnoses
 
 
 @pytest.mark.parametrize("fill", [-1e9, -1e4, -np.finfo(np.float64).max])

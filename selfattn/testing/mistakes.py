@@ -271,12 +271,14 @@ TITLES = {
 
 def _precision_hint(got, inputs):
     """The "precision" hint for a result of dtype `got` from inputs of the wider `inputs`."""
-    if (got, inputs) in ((np.float32, np.float64), (np.float16, np.float64)):
+    if (got, inputs) == (np.float32, np.float64):
         return _HINTS["precision"]
-    got, inputs = np.dtype(got).name, np.dtype(inputs).name
-    return _hint(f"Your result is right to the precision of a smaller dtype: you compute in {got} "
-                 f"although the inputs are {inputs}. Keep the inputs' dtype (no "
-                 f"astype(np.{got}) or dtype=np.{got}).", "precision")
+    # (one text whatever the inputs: a float16 result of float32 and of float64 inputs is one
+    # mistake, said once)
+    got = np.dtype(got).name
+    return _hint(f"Your result is right to the precision of a smaller dtype: you compute in {got}, "
+                 f"smaller than the inputs' dtype. Keep the inputs' dtype (no astype(np.{got}) or "
+                 f"dtype=np.{got}).", "precision")
 
 
 def _epsilon_hint(eps):
