@@ -981,7 +981,11 @@ def test_a_cell_past_the_timeout_is_stopped_recorded_and_the_next_cells_run(tmp_
 
 @pytest.mark.skipif(not hasattr(__import__("signal"), "setitimer"), reason="no timer signal")
 @pytest.mark.parametrize("sleep, catch", [(0.1, "except:"), (0.5, "except:"),
-                                          (1.0, "except BaseException:")])
+                                          (1.0, "except BaseException:"),
+                                          # a line after the sleep, inside the try: the stop
+                                          # raised there was caught again (a reviewer's case)
+                                          (0.5, "    z = 1\n    except:"),
+                                          (0.5, "    open('no such file')\n    except:")])
 def test_a_cell_that_catches_every_stop_is_stopped_at_its_next_line(tmp_path, sleep, catch):
     """`while True: try: time.sleep(0.1) except: pass` caught each stop (the signal lands in the
     sleep, inside the try) and ran forever, under pytest-timeout too (the load is at import).
@@ -1010,6 +1014,23 @@ def test_a_function_of_an_earlier_cell_that_catches_every_stop_is_stopped_too(tm
         "import time\ndef spin():\n    while True:\n        try:\n            time.sleep(0.5)\n"
         "        except:\n            pass\n",
         "spin()\n",
+        "after = 'ran'\n",
+    ])
+    start = time.monotonic()
+    sub = load_notebook(path, timeout=0.3)
+    assert time.monotonic() - start < 5
+    assert [(e.cell, e.error) for e in sub.errors] == [
+        (2, "TimeoutError: the cell ran past timeout=0.3 s and was stopped")]
+    assert sub.after == "ran"
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "setitimer"), reason="no timer signal")
+def test_a_generator_that_catches_every_stop_is_stopped_in_the_loop_over_it(tmp_path):
+    import time
+    path = _notebook(tmp_path, [
+        "import time\ndef g():\n    while True:\n        try:\n            time.sleep(0.5)\n"
+        "            yield 1\n        except:\n            pass\n",
+        "for _ in g():\n    pass\n",
         "after = 'ran'\n",
     ])
     start = time.monotonic()

@@ -802,6 +802,31 @@ def _get_ipython():
     return None
 
 
+@functools.lru_cache(maxsize=256)
+def _try_ranges(code):
+    """The (first, last) bytecode offsets of `code` that a handler which may catch covers (a try
+    body, a with body: its handler starts with PUSH_EXC_INFO; an except clause's own cleanup,
+    which only re-raises, is not one), from the exception table of Python 3.11 and later; None
+    before 3.11, whose blocks no table tells."""
+    parse = getattr(dis, "_parse_exception_table", None)
+    push = dis.opmap.get("PUSH_EXC_INFO")
+    if parse is None or push is None:
+        return None
+    try:
+        entries = parse(code)
+    except Exception:  # noqa: BLE001 -- a private helper of dis: its absence is no error
+        return None
+    raw = code.co_code
+    return tuple((e.start, e.end) for e in entries
+                 if e.target < len(raw) and raw[e.target] == push)
+
+
+def _in_a_try(code, offset):
+    """Whether the instruction at `offset` of `code` runs inside a try (or with) block."""
+    ranges = _try_ranges(code)
+    return bool(ranges) and any(first <= offset <= last for first, last in ranges)
+
+
 class _CellTimedOut(BaseException):
     """Raised in a cell that ran past load_notebook's timeout: args (the cell's file name, the
     seconds). A BaseException: a cell's `except Exception` does not keep it running."""
@@ -854,7 +879,11 @@ def _cell_time_limit(filename, seconds):
         # switched off until the next
         if frame.f_code.co_filename == __file__:
             return None
-        if event == "line":
+        # not at a line a try covers: raised there, the student's `except` caught it again
+        # (`try: time.sleep(1); z = 1 except: pass` ran forever), and a trace function that
+        # raises is switched off. The next line outside every try (the loop's, or one of the
+        # except clause) comes soon enough
+        if event == "line" and not _in_a_try(frame.f_code, frame.f_lasti):
             raise _CellTimedOut(filename, seconds)
         return on_line
 
@@ -1082,7 +1111,9 @@ def load_notebook(path, *, timeout=None):
         None (default): no limit. It needs the main thread on Linux or macOS (a timer signal;
         the caller's own timer, pytest-timeout's, is put back after); elsewhere a
         RuntimeWarning says it is not applied. A cell that catches the stop (a bare ``except:``
-        in its loop) is stopped at its next line. The functions it defines are not limited when
+        in its loop) is stopped at its next line outside a ``try`` (on Python 3.11 and later;
+        before, at its next line), once the call it was in returns: a ``time.sleep(3600)``
+        inside the ``try`` runs its hour. The functions it defines are not limited when
         called later (pytest-timeout limits those, in a test).
 
     Returns
