@@ -802,23 +802,30 @@ def _get_ipython():
     return None
 
 
-@functools.lru_cache(maxsize=256)
 def _try_ranges(code):
     """The (first, last) bytecode offsets of `code` that a handler which may catch covers (a try
     body, a with body: its handler starts with PUSH_EXC_INFO; an except clause's own cleanup,
     which only re-raises, is not one), from the exception table of Python 3.11 and later; None
     before 3.11, whose blocks no table tells."""
+    if code in _TRY_RANGES:
+        return _TRY_RANGES[code]
     parse = getattr(dis, "_parse_exception_table", None)
     push = dis.opmap.get("PUSH_EXC_INFO")
-    if parse is None or push is None:
-        return None
-    try:
-        entries = parse(code)
-    except Exception:  # noqa: BLE001 -- a private helper of dis: its absence is no error
-        return None
-    raw = code.co_code
-    return tuple((e.start, e.end) for e in entries
-                 if e.target < len(raw) and raw[e.target] == push)
+    ranges = None
+    if parse is not None and push is not None:
+        try:
+            raw = code.co_code
+            ranges = tuple((e.start, e.end) for e in parse(code)
+                           if e.target < len(raw) and raw[e.target] == push)
+        except Exception:  # noqa: BLE001 -- a private helper of dis: none is no error
+            ranges = None
+    if len(_TRY_RANGES) > 256:      # (only while a caught stop is traced: a few codes)
+        _TRY_RANGES.clear()
+    _TRY_RANGES[code] = ranges
+    return ranges
+
+
+_TRY_RANGES = {}
 
 
 def _in_a_try(code, offset):
