@@ -825,7 +825,7 @@ def _try_ranges(code):
     return ranges
 
 
-_TRY_RANGES = {}
+_TRY_RANGES: dict = {}   # code object: its ranges (or None)
 
 
 def _in_a_try(code, offset):
