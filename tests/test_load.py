@@ -1008,31 +1008,16 @@ def test_a_cell_that_catches_every_stop_is_stopped_at_its_next_line(tmp_path, sl
 
 
 @pytest.mark.skipif(not hasattr(__import__("signal"), "setitimer"), reason="no timer signal")
-def test_a_function_of_an_earlier_cell_that_catches_every_stop_is_stopped_too(tmp_path):
+@pytest.mark.parametrize("defined, run", [
+    # a function of an earlier cell (its code another cell's file)
+    ("def spin():\n    while True:\n        try:\n            time.sleep(0.5)\n"
+     "        except:\n            pass\n", "spin()\n"),
+    # a generator, whose stop lands in the loop over it
+    ("def g():\n    while True:\n        try:\n            time.sleep(0.5)\n"
+     "            yield 1\n        except:\n            pass\n", "for _ in g():\n    pass\n")])
+def test_code_a_cell_runs_that_catches_every_stop_is_stopped_too(tmp_path, defined, run):
     import time
-    path = _notebook(tmp_path, [
-        "import time\ndef spin():\n    while True:\n        try:\n            time.sleep(0.5)\n"
-        "        except:\n            pass\n",
-        "spin()\n",
-        "after = 'ran'\n",
-    ])
-    start = time.monotonic()
-    sub = load_notebook(path, timeout=0.3)
-    assert time.monotonic() - start < 5
-    assert [(e.cell, e.error) for e in sub.errors] == [
-        (2, "TimeoutError: the cell ran past timeout=0.3 s and was stopped")]
-    assert sub.after == "ran"
-
-
-@pytest.mark.skipif(not hasattr(__import__("signal"), "setitimer"), reason="no timer signal")
-def test_a_generator_that_catches_every_stop_is_stopped_in_the_loop_over_it(tmp_path):
-    import time
-    path = _notebook(tmp_path, [
-        "import time\ndef g():\n    while True:\n        try:\n            time.sleep(0.5)\n"
-        "            yield 1\n        except:\n            pass\n",
-        "for _ in g():\n    pass\n",
-        "after = 'ran'\n",
-    ])
+    path = _notebook(tmp_path, ["import time\n" + defined, run, "after = 'ran'\n"])
     start = time.monotonic()
     sub = load_notebook(path, timeout=0.3)
     assert time.monotonic() - start < 5
