@@ -993,6 +993,9 @@ def test_a_cell_that_catches_every_stop_is_stopped_at_its_next_line(tmp_path, sl
     own line, traced, was where the stop was raised, in the sleep again."""
     import sys
     import time
+    if "\n" in catch and sys.version_info < (3, 11):
+        # no exception table: the stop is raised at the next line, here inside the try, caught
+        pytest.skip("a line after the sleep inside the try is stopped from Python 3.11 on")
     path = _notebook(tmp_path, [
         f"import time\nwhile True:\n    try:\n        time.sleep({sleep})\n    {catch}\n"
         f"        pass\n",
@@ -1016,7 +1019,11 @@ def test_a_cell_that_catches_every_stop_is_stopped_at_its_next_line(tmp_path, sl
     ("def g():\n    while True:\n        try:\n            time.sleep(0.5)\n"
      "            yield 1\n        except:\n            pass\n", "for _ in g():\n    pass\n")])
 def test_code_a_cell_runs_that_catches_every_stop_is_stopped_too(tmp_path, defined, run):
+    import sys
     import time
+    if "yield" in defined and sys.version_info < (3, 11):
+        # no exception table: the stop is raised at the yield, inside the try, caught
+        pytest.skip("a line after the sleep inside the try is stopped from Python 3.11 on")
     path = _notebook(tmp_path, ["import time\n" + defined, run, "after = 'ran'\n"])
     start = time.monotonic()
     sub = load_notebook(path, timeout=0.3)
