@@ -389,13 +389,29 @@ def test_files_of_one_name_given_one_by_one_are_named_by_their_folders(tmp_path)
     assert [r["student"] for r in results] == ["hw"]
 
 
+# `python -m selfattn grade` whose main thread blocks SIGTERM and SIGINT, which a thread of its
+# own takes instead: the signal lands on a thread other than the one that handles it, as the
+# kernel may deliver it
+_SIGNAL_ON_ANOTHER_THREAD = """
+import signal, sys, threading, time
+threading.Thread(target=time.sleep, args=(3600,), daemon=True).start()
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+from selfattn.testing.grade import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc for the processes")
 @pytest.mark.parametrize("signame, said", [("SIGINT", "Ctrl-C"), ("SIGTERM", "SIGTERM")])
-def test_ctrl_c_stops_the_students_processes_too(tmp_path, signame, said):
+@pytest.mark.parametrize("landing", ["main thread", "another thread"])
+def test_ctrl_c_stops_the_students_processes_too(tmp_path, signame, said, landing):
     """Each child leads a session of its own (so that what it starts can be stopped with it),
     which Ctrl-C at the terminal does not reach: an interrupted grade stops them itself, the
     running one and every one not yet started, and leaves none behind. So does SIGTERM (what
-    `timeout` and a cancelled CI job send), which left a student's process running."""
+    `timeout` and a cancelled CI job send), which left a student's process running.
+
+    It stops within seconds wherever the signal lands: a signal taken by another thread left
+    the grade waiting for the students' time limit (120 s here), as did one CI run."""
     import signal
     import time
     signum = getattr(signal, signame)
@@ -417,7 +433,9 @@ def test_ctrl_c_stops_the_students_processes_too(tmp_path, signame, said):
                 pass
         return found
 
-    grader = subprocess.Popen([sys.executable, "-m", "selfattn", "grade", str(folder), "--out",
+    command = ["-m", "selfattn", "grade"] if landing == "main thread" else [
+        "-c", _SIGNAL_ON_ANOTHER_THREAD]
+    grader = subprocess.Popen([sys.executable, *command, str(folder), "--out",
                                str(tmp_path / "out"), "--timeout", "120", "--jobs", "2"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     with grader:

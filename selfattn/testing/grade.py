@@ -37,7 +37,7 @@ import sys
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 from .cases import _SCALED, _check_scale, cases
 from .compare import _errors_at_the_call
@@ -555,6 +555,49 @@ class _Children:
             _stop(child)
 
 
+# How often grade's wait for its children looks for a Ctrl-C or SIGTERM (seconds)
+_SIGNAL_POLL_S = 0.2
+
+
+class _DeferredSignals:
+    """While in it, the main thread's Ctrl-C and SIGTERM handlers (KeyboardInterrupt) run at
+    `deliver()`, not wherever the signal lands. A KeyboardInterrupt raised inside
+    concurrent.futures' own code can leave a future's lock held, and a worker that sets that
+    future's result then waits for ever; a grade's wait that never timed out also slept through
+    a signal that another thread took. Elsewhere than the main thread it changes nothing
+    (signals reach only that one's handlers); SIG_DFL and SIG_IGN are left as they are."""
+
+    _SIGNALS = ("SIGINT", "SIGTERM")
+
+    def __enter__(self):
+        self._caught = []
+        self._previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for name in self._SIGNALS:
+                signum = getattr(signal, name, None)
+                handler = signal.getsignal(signum) if signum is not None else None
+                if callable(handler):
+                    self._previous[signum] = handler
+                    signal.signal(signum, self._catch)
+        return self
+
+    def _catch(self, signum, frame):
+        self._caught.append(signum)
+
+    def deliver(self):
+        """Run the handler of the first signal caught since the last call (it raises
+        KeyboardInterrupt, as a rule)."""
+        if self._caught:
+            signum = self._caught.pop(0)
+            self._previous[signum](signum, None)
+
+    def __exit__(self, *exc_info):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        if exc_info[0] is None:
+            self.deliver()   # one that came after the last look is not lost
+
+
 def _stop(child):
     """Stop the child and every process it started (a student's subprocess.Popen("sleep ..."))."""
     if _PROCESS_GROUPS:
@@ -726,16 +769,22 @@ def grade(paths, out="grades", *, scale="either", timeout=60.0, jobs=1, memory_m
     children = _Children()
     pool = ThreadPoolExecutor(max_workers=int(jobs))
     try:
-        futures = {pool.submit(_grade_one, s, p, notes, scale, timeout, memory_mb, children): i
-                   for i, (s, p, notes) in enumerate(submissions)}
-        for future in as_completed(futures):
-            results[futures[future]] = future.result()
-            done += 1
-            if progress:
-                width = 30
-                bar = "#" * (width * done // len(submissions))
-                sys.stdout.write(f"\rgrading [{bar:<{width}}] {done}/{len(submissions)}")
-                sys.stdout.flush()
+        with _DeferredSignals() as signals:
+            futures = {pool.submit(_grade_one, s, p, notes, scale, timeout, memory_mb, children): i
+                       for i, (s, p, notes) in enumerate(submissions)}
+            pending = set(futures)
+            while pending:
+                finished, pending = wait(pending, timeout=_SIGNAL_POLL_S,
+                                         return_when=FIRST_COMPLETED)
+                for future in finished:
+                    results[futures[future]] = future.result()
+                    done += 1
+                if finished and progress:
+                    width = 30
+                    bar = "#" * (width * done // len(submissions))
+                    sys.stdout.write(f"\rgrading [{bar:<{width}}] {done}/{len(submissions)}")
+                    sys.stdout.flush()
+                signals.deliver()
     except BaseException:  # Ctrl-C (or an error of ours): no student's process outlives it
         pool.shutdown(wait=False, cancel_futures=True)
         children.stop_all()
