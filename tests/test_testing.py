@@ -209,6 +209,30 @@ def test_unknown_name_is_a_clear_error():
         check(np.zeros(3), SOFTMAX)
     with pytest.raises(ValueError, match="scale must be a finite positive number"):
         check(softmax, SOFTMAX, scale=-1.0)
+    # log_softmax is another operation: no "did you mean" sends it to the softmax
+    for other in ("log_softmax", "logSoftmax"):
+        with pytest.raises(ValueError, match=rf"unknown name '{other}'; known names"):
+            check(softmax, other)
+
+
+def test_assert_implementations_argument_errors_name_it():
+    """A grader's assert_implementation(fn, "scores") said "check: unknown name": the function
+    the teacher called is the one named, for each argument."""
+    def scores(Q, K):
+        return Q @ K.T
+    for kwargs, match in (
+            ({"name": "scores"}, r"^assert_implementation: unknown name 'scores' \(did you mean "
+                                 r"'compute_self_attention_scores'"),
+            ({"name": SCORES, "scale": "x"}, r"^assert_implementation: scale must be"),
+            ({"name": SCORES, "window": (1,)}, r"^assert_implementation: window must be"),
+            ({"name": SCORES, "gqa": True}, r"^assert_implementation: gqa=True is for "
+                                            r"scaled_dot_product_attention"),
+            ({"name": SOFTMAX, "is_causal": True}, r"^assert_implementation: is_causal and "
+                                                   r"window apply")):
+        with pytest.raises(ValueError, match=match):
+            assert_implementation(scores, **kwargs)
+    with pytest.raises(TypeError, match=r"^assert_implementation: fn must be a function"):
+        assert_implementation(np.zeros(3), SCORES)
 
 
 # ---- one deliberately buggy implementation per diagnosis -------------------------------------

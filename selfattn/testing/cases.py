@@ -121,6 +121,9 @@ _BACKWARD_HINT = ("{func} covers the forward functions ({names}). To check gradi
 
 # the words of several notebook names, which tell none of them apart
 _SHARED_WORDS = {"compute", "self", "attention"}
+# words that make a name another operation than the notebook name it shares a word with
+# (log_softmax is not the softmax)
+_OTHER_OPERATION_WORDS = {"log", "logsumexp", "lse"}
 
 
 def _check_name(func, name, fn=None):
@@ -136,7 +139,9 @@ def _check_name(func, name, fn=None):
         raise ValueError(f"{func}: {name!r} looks like a backward; "
                          + _BACKWARD_HINT.format(func=func, names=names))
     close = difflib.get_close_matches(str(name), NAMES, n=1)
-    if not close:   # "softmax", "my_scores": a word that one name alone has
+    if words & _OTHER_OPERATION_WORDS:
+        close = []
+    elif not close:   # "softmax", "my_scores": a word that one name alone has
         close = [n for n in NAMES if words & (set(n.split("_")) - _SHARED_WORDS)]
         close = close if len(close) == 1 else []
     hint = f" (did you mean {close[0]!r}?)" if close else ""

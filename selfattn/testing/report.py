@@ -5,7 +5,7 @@ import html
 import math
 import textwrap
 
-from .cases import _SCALED, _band_kwargs, _check_name, _check_scale, cases
+from .cases import _SCALED, _band_kwargs, _check_gqa, _check_name, _check_scale, cases
 from .compare import _errors_at_the_call, _fmt_index
 from .mistakes import _HINTS, _course_voice
 from .run import (_agree_on_mistakes, _batch_advice_after_plain, _confirm_matches,
@@ -250,11 +250,17 @@ def check(fn, name=None, *, scale="either", seed=0, is_causal=False, window=None
     >>> print(report.diagnoses[0][:41])
     Softmax over the wrong axis: your weights
     """
+    return _check("check", fn, name, scale, seed, is_causal, window, gqa)
+
+
+def _check(func, fn, name, scale, seed, is_causal, window, gqa):
+    """check's work; `func` is the public function whose arguments a refusal names."""
     if not callable(fn):
-        raise TypeError(f"check: fn must be a function, got {type(fn).__name__}")
-    name = _check_name("check", name, fn)
-    given_scale, scale = scale, _check_scale("check", scale, either=True)
-    band = _band_kwargs("check", name, is_causal, window)
+        raise TypeError(f"{func}: fn must be a function, got {type(fn).__name__}")
+    name = _check_name(func, name, fn)
+    given_scale, scale = scale, _check_scale(func, scale, either=True)
+    band = _band_kwargs(func, name, is_causal, window)
+    gqa = _check_gqa(func, name, gqa)
     notes = _own_function_notes(fn, name)
     if name not in _SCALED:
         if scale not in (None, "either"):
@@ -316,7 +322,7 @@ def assert_implementation(fn, name=None, *, scale="either", seed=0, is_causal=Fa
     >>> assert_implementation(compute_self_attention_scores)   # silent: correct
     """
     __tracebackhide__ = True
-    report = check(fn, name, scale=scale, seed=seed, is_causal=is_causal, window=window, gqa=gqa)
+    report = _check("assert_implementation", fn, name, scale, seed, is_causal, window, gqa)
     if scale != "either":   # the grader's convention, which the student cannot pass
         _in_course_voice(report)
     report.raise_if_failed()
