@@ -106,7 +106,10 @@ def test_case_filter_and_bad_arguments(tmp_path, capsys):
             # named other than asked: "noext" wrote noext.png)
             (["--plot", str(tmp_path / "plot.txt")], "plot.txt' ends in .txt, which matplotlib "
                                                      "cannot write; name it .png, .svg or .pdf"),
-            (["--plot", str(tmp_path / "noext")], "noext' has no suffix; name it .png")):
+            (["--plot", str(tmp_path / "noext")], "noext' has no suffix; name it .png"),
+            # ".png" is a hidden file without a suffix to Python; its typist meant a PNG
+            (["--plot", str(tmp_path / ".png")], ".png' is a suffix without a file name; name "
+                                                 f"the file, e.g. {str(tmp_path / 'bench.png')!r}")):
         before = selfattn.get_num_threads()
         selfattn.set_num_threads(2)
         with pytest.raises(SystemExit) as info:
