@@ -61,7 +61,10 @@ def plot_attention(weights, tokens=None, *, key_tokens=None, ax=None, annotate=N
     key_tokens : sequence of str, optional
         Labels of the keys (columns), for cross-attention.
     ax : matplotlib Axes, optional
-        Where to draw; by default a new figure.
+        Where to draw; by default a new figure. For heatmaps side by side, make their figure
+        with ``layout="constrained"`` (``fig, axes = plt.subplots(1, 2, figsize=(10, 4),
+        layout="constrained")``) or call ``fig.tight_layout()`` after drawing: without either,
+        matplotlib lets one heatmap's colorbar label run into the next one's labels.
     annotate : bool, optional
         Write each weight in its cell (``0.42``). Default: when there are at most 20 rows and
         20 columns (in a smaller font from 13).
@@ -114,6 +117,11 @@ def plot_attention(weights, tokens=None, *, key_tokens=None, ax=None, annotate=N
     >>> _, w = selfattn.self_attention_layer(X, *np.eye(4)[None].repeat(3, 0), return_weights=True)
     >>> ax = selfattn.plot_attention(w, ["the", "cat", "sat"])   # doctest: +SKIP
     >>> ax = selfattn.plot_attention(selfattn.causal_mask(3), ["a", "b", "c"])  # doctest: +SKIP
+    >>> import matplotlib.pyplot as plt                                 # doctest: +SKIP
+    >>> fig, axes = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")  # doctest: +SKIP
+    >>> ax = selfattn.plot_attention(w, ["the", "cat", "sat"], ax=axes[0])   # doctest: +SKIP
+    >>> ax = selfattn.plot_attention(selfattn.causal_mask(3), ["the", "cat", "sat"],
+    ...                              ax=axes[1])                        # doctest: +SKIP
     """
     func = "plot_attention"
     matplotlib = _import_pyplot()
