@@ -229,7 +229,11 @@ def test_folders_per_student_say_what_was_graded_and_what_was_not(tmp_path):
     (root / "fay" / "Untitled.ipynb").write_text(json.dumps(submissions.notebook_json(["1"])))
     # the template's unfilled stubs, newer than the solution; a notebook that imports its own
     # attention.py (which writes the functions); JSON that is no notebook (it crashed the grade)
-    stubs = [f"def {name}(*args):\n    pass\n" for name in submissions.FUNCTIONS]
+    # (`pass`, and the template's placeholder `result = None  # YOUR CODE HERE`, which counted
+    # as written)
+    stubs = [f"def {name}(*args):\n" + ("    pass\n" if i % 2 else
+                                         "    result = None  # YOUR CODE HERE\n    return result\n")
+             for i, name in enumerate(submissions.FUNCTIONS)]
     (root / "ivy").mkdir()
     (root / "ivy" / "hw_solution.ipynb").write_text(correct)
     os.utime(root / "ivy" / "hw_solution.ipynb", (1e9, 1e9))

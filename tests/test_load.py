@@ -596,8 +596,11 @@ def test_a_function_defined_again_is_told_and_a_pasted_stub_named(tmp_path):
                     "above the solution"]
     assert sub.softmax_attention_weights(np.zeros((2, 2))) is None      # it is the one graded
     # in one cell, with `raise NotImplementedError` and `...`; a decorator moves no line
+    # and a template's placeholder, which a teacher's stub often is
     for body, words in [("    raise NotImplementedError('TODO')\n", "`raise NotImplementedError`"),
-                        ("    ...\n", "`...`")]:
+                        ("    ...\n", "`...`"),
+                        ("    weights = None  # YOUR CODE HERE\n    return weights\n",
+                         "`weights = None` and `return weights`")]:
         cell = right + "\nimport functools\n@functools.lru_cache\n" \
             "def softmax_attention_weights(attn_scores):\n" + body
         sub = load_notebook(_notebook(tmp_path, [cell]))

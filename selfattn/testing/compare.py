@@ -306,8 +306,8 @@ def _named_factor(factor):
 def _not_an_array(value):
     """What is wrong with a function's result as an array, in words, or "" if nothing."""
     if value is None:
-        return ("None: your function returned None (it still ends in `pass`, or lacks a "
-                "`return`).")
+        return ("None: your function returned None (it still ends in `pass` or returns the "
+                "template's placeholder, or it lacks a `return`).")
     if inspect.isgenerator(value):
         return "a generator: your function uses `yield`; use `return` to give back one array."
     if isinstance(value, tuple):

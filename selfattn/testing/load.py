@@ -327,8 +327,10 @@ def _first_lines(node):
 
 def _stub_body(node):
     """How a definition's body is a stub, in words (`pass`, `...`, `raise NotImplementedError`,
-    a bare `return`), or None for a body that does something."""
+    a bare `return`, a template's `scores = None  # YOUR CODE HERE` and its `return scores`), or
+    None for a body that does something."""
     words = []
+    placeholders = set()    # the names the body has set to None or ... and to nothing else
     for statement in node.body:
         if isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant):
             if statement.value.value is Ellipsis:
@@ -340,12 +342,29 @@ def _stub_body(node):
               and "NotImplementedError" in ast.unparse(statement.exc)):
             words.append("`raise NotImplementedError`")
         elif isinstance(statement, ast.Return) and (
-                statement.value is None or (isinstance(statement.value, ast.Constant)
-                                            and statement.value.value is None)):
-            words.append("`return None`" if statement.value is not None else "`return`")
+                statement.value is None or _is_placeholder(statement.value, placeholders)):
+            value = statement.value
+            shown = (", ".join(map(ast.unparse, value.elts)) if isinstance(value, ast.Tuple)
+                     else ast.unparse(value) if value is not None else "")
+            words.append(f"`return {shown}`".replace(" `", "`"))
+        elif (isinstance(statement, ast.Assign) and _is_placeholder(statement.value, set())
+              and all(isinstance(t, ast.Name) for t in statement.targets)):
+            placeholders.update(t.id for t in statement.targets)
+            words.append(f"`{ast.unparse(statement)}`")
         else:
             return None
     return _and(dict.fromkeys(words)) if words else "a docstring"
+
+
+def _is_placeholder(value, placeholders):
+    """Whether the expression `value` is None, `...`, one of the names in `placeholders`, or a
+    tuple of these (`return output, weights` of a template's two Nones)."""
+    if isinstance(value, ast.Constant):
+        return value.value is None or value.value is Ellipsis
+    if isinstance(value, ast.Name):
+        return value.id in placeholders
+    return isinstance(value, ast.Tuple) and all(_is_placeholder(v, placeholders)
+                                                for v in value.elts)
 
 
 def _and(words):

@@ -140,7 +140,8 @@ _HINTS = {
     "mutated": "Your function changes its input in place (for example attn_scores -= ... or "
                "np.exp(x, out=x)). The caller's arrays must stay as they were: write "
                "x = x - x.max(axis=-1, keepdims=True) instead of x -= ....",
-    "returned_none": "Your function returned None: it still ends in `pass`, or lacks a `return`.",
+    "returned_none": ("Your function returned None: it still ends in `pass` or returns the "
+                      "template's placeholder (`scores = None`), or it lacks a `return`."),
     "returned_tuple": "Your function returns a tuple; it must return a single array "
                       "(for self_attention_layer: only the output, not the weights).",
     "not_array": "Your function must return a NumPy array of numbers.",
