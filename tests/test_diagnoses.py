@@ -573,7 +573,8 @@ def test_a_keyword_refused_by_a_helper_is_not_blamed_on_the_function():
 def test_what_only_a_single_row_would_take_for_an_epsilon_is_not_named_one(kind):
     """A reviewer's cases: without the max subtracted (and + 1e-9), the single-token case named
     an epsilon of 2e-10 and said the max was subtracted; a softmax times (1 - 1e-6) was named an
-    epsilon there too, where the cases of several rows said otherwise."""
+    epsilon there too, where the cases of several rows said otherwise. (The first is now named
+    for what it is: test_an_epsilon_without_the_max_subtracted_is_named_and_so_is_the_max.)"""
     def softmax_attention_weights(attn_scores):
         s = np.asarray(attn_scores)
         if kind == "no max subtracted":
@@ -583,5 +584,24 @@ def test_what_only_a_single_row_would_take_for_an_epsilon_is_not_named_one(kind)
         return e / e.sum(axis=-1, keepdims=True) * (1 - 1e-6)
 
     report = check(softmax_attention_weights)
-    assert not report and not any("adds a small number" in d for d in report.diagnoses), \
-        report.diagnoses
+    assert not report and not any("adds a small number (about 2e-10)" in d
+                                  for d in report.diagnoses), report.diagnoses
+    if kind == "times a constant":
+        assert not any("adds a small number" in d for d in report.diagnoses), report.diagnoses
+
+
+def test_an_epsilon_without_the_max_subtracted_is_named_and_so_is_the_max():
+    """A reviewer's case: `np.exp(s) / (sum + 1e-9)` matched none of the mistakes: its epsilon
+    was looked for only in a sum of exp(s - max), and on large scores its rows of underflow gave
+    0 (0 / 1e-9) where a softmax without the max gives 0 / 0. Each is named where it shows."""
+    def softmax_attention_weights(attn_scores):
+        e = np.exp(attn_scores)
+        return e / (e.sum(axis=-1, keepdims=True) + 1e-9)
+
+    report = check(softmax_attention_weights)
+    assert not report and "matches none" not in str(report)
+    assert [d[:61] for d in report.diagnoses] == [
+        "Your softmax adds a small number (about 1e-09) to its denomin",
+        "No max subtraction: np.exp overflows for large scores (exp(71"]
+    large = [r for r in report.failures if r.case.id.startswith("large")]
+    assert large and all(r.hints[-1].startswith("No max subtraction") for r in large)

@@ -360,6 +360,9 @@ def _softmax_mistakes(s):
             out.append(("no_keepdims_both", e_bad / e_bad.sum(axis=-1)[..., None, :]))
         naive = np.exp(s)
         out.append(("no_max", naive / naive.sum(axis=-1, keepdims=True)))
+        # and an epsilon in the sum (any size): a row whose exps all underflow is 0, not 0 / 0
+        out.append(("no_max", naive / (naive.sum(axis=-1, keepdims=True)
+                                       + np.finfo(naive.dtype).tiny)))
         out.append(("global_max", e_all / e_all.sum(axis=-1, keepdims=True)))
         for shift in (s.min(axis=-1, keepdims=True), s.mean(axis=-1, keepdims=True), s[..., :1]):
             e_shift = np.exp(s - shift)

@@ -405,14 +405,15 @@ def _match_mistakes(case, got, user_scale, either, rtol, atol):
                                             "no_keepdims_max", "no_keepdims_both"))
     if _masked_with_a_number(case, got, loose_r, loose_a):
         return [_HINTS["masked_finite"]]
-    eps = _epsilon_in_the_sum(case, got, rtol, atol)
-    if eps is not None:
-        hint = _epsilon_hint(eps)
-        # one row's number fits any constant (a softmax without the max subtracted, or times
-        # 1 - 1e-6, gave an "epsilon" of some size there): weak evidence, kept only where a case
-        # of several rows names the same (_confirm_matches)
-        hint.weak = got.ndim < 2 or got.shape[-2] < 2
-        return [hint]
+    epsilons = _epsilon_in_the_sum(case, got, rtol, atol)
+    if epsilons:
+        hints = list(dict.fromkeys(map(_epsilon_hint, epsilons)))
+        for hint in hints:
+            # one row's number fits any constant (a softmax without the max subtracted, or times
+            # 1 - 1e-6, gave an "epsilon" of some size there): weak evidence, kept only where a
+            # case of several rows names the same (_confirm_matches)
+            hint.weak = got.ndim < 2 or got.shape[-2] < 2
+        return hints
     found = []
     for hint, wrong in _mistakes(case, user_scale, either):
         wrong = np.asarray(wrong)
@@ -452,27 +453,33 @@ def _masked_with_a_number(case, got, rtol, atol):
 def _epsilon_in_the_sum(case, got, rtol, atol):
     """The epsilon of a softmax that returns e / (e.sum(axis=-1, keepdims=True) + eps): too
     small a change for the mistakes' loose match (a float32 learner's rounding), so told from
-    `got` itself: e / got is the same number, the row's sum plus eps, across every row. None if
+    `got` itself: e / got is the same number, the row's sum plus eps, across every row. The
+    epsilons that fit, of a sum of exp(s - max) or of exp(s) (on one row both may), or none if
     `got` is no such result."""
     exp = case.expected
     if (case.name != "softmax_attention_weights" or got.shape != exp.shape or got.ndim < 1
             or not np.isfinite(got).all()):
-        return None
+        return []
     s = np.asarray(case.args[0], dtype=np.float64)
-    with np.errstate(all="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)     # a row of zeros: all-NaN
-        e = np.exp(s - s.max(axis=-1, keepdims=True))
-        sums = e.sum(axis=-1)
-        divisor = np.where(got > 0, e / got, np.nan)
-        eps = np.nanmedian(divisor, axis=-1) - sums
-    if not np.isfinite(eps).all() or not (eps > 0).all() or eps.max() > 1e-3:
-        return None
-    one = float(np.median(eps))
-    if np.abs(eps - one).max() > 0.05 * one:
-        return None
-    with np.errstate(all="ignore"):
-        wrong = e / (sums[..., None] + one)
-    return one if _diff(got, wrong.astype(got.dtype), rtol, atol * 10).close else None
+    found = []
+    # each row's max subtracted, or nothing (the epsilon then adds to the sum of exp(s) itself)
+    for shift in (s.max(axis=-1, keepdims=True), 0.0):
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)     # a row of zeros: all-NaN
+            e = np.exp(s - shift)
+            sums = e.sum(axis=-1)
+            divisor = np.where(got > 0, e / got, np.nan)
+            eps = np.nanmedian(divisor, axis=-1) - sums
+        if not np.isfinite(eps).all() or not (eps > 0).all() or eps.max() > 1e-3:
+            continue
+        one = float(np.median(eps))
+        if np.abs(eps - one).max() > 0.05 * one:
+            continue
+        with np.errstate(all="ignore"):
+            wrong = e / (sums[..., None] + one)
+        if _diff(got, wrong.astype(got.dtype), rtol, atol * 10).close:
+            found.append(one)
+    return found
 
 
 def _confirm_matches(results):
