@@ -933,12 +933,13 @@ def test_a_cell_past_the_timeout_is_stopped_recorded_and_the_next_cells_run(tmp_
         signal.setitimer(signal.ITIMER_REAL, 1.0)
         start_slow = time.monotonic()
         assert load_notebook(slow, timeout=30).errors == []
-        assert len(fired) == 1 and 0.9 < fired[0] - start_slow < 1.3, fired
+        # (late by up to 0.8 s on a loaded machine; one that waited for the load came at 2 s)
+        assert len(fired) == 1 and 0.9 < fired[0] - start_slow < 1.8, fired
         assert signal.getsignal(signal.SIGALRM) is handler
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
-    assert took < 5 and 20 < left <= 30 - took + 0.1
+    assert took < 15 and 15 < left <= 30 - took + 0.1
     assert [(e.cell, e.error) for e in sub.errors] == [
         (2, "TimeoutError: the cell ran past timeout=0.3 s and was stopped"),
         (3, "TimeoutError: the cell ran past timeout=0.3 s and was stopped")]
@@ -1007,7 +1008,7 @@ def test_a_cell_that_catches_every_stop_is_stopped_at_its_next_line(tmp_path, sl
     tracing = sys.gettrace()
     start = time.monotonic()
     sub = load_notebook(path, timeout=0.3)
-    assert time.monotonic() - start < 5
+    assert time.monotonic() - start < 15   # (a loop that is not stopped runs for ever)
     assert [(e.cell, e.error) for e in sub.errors] == [
         (1, "TimeoutError: the cell ran past timeout=0.3 s and was stopped")]
     assert sub.after == "ran" and sys.gettrace() is tracing
@@ -1030,7 +1031,7 @@ def test_code_a_cell_runs_that_catches_every_stop_is_stopped_too(tmp_path, defin
     path = _notebook(tmp_path, ["import time\n" + defined, run, "after = 'ran'\n"])
     start = time.monotonic()
     sub = load_notebook(path, timeout=0.3)
-    assert time.monotonic() - start < 5
+    assert time.monotonic() - start < 15   # (a loop that is not stopped runs for ever)
     assert [(e.cell, e.error) for e in sub.errors] == [
         (2, "TimeoutError: the cell ran past timeout=0.3 s and was stopped")]
     assert sub.after == "ran"

@@ -24,7 +24,8 @@ def refused(call, *exceptions):
     start = time.perf_counter()
     with pytest.raises(exceptions or (ValueError, MemoryError)) as info:
         call()
-    assert time.perf_counter() - start < 1.0, "the refusal was not immediate"
+    # (a call that went on to compute would take minutes; 5 s leaves room for a loaded machine)
+    assert time.perf_counter() - start < 5.0, "the refusal was not immediate"
     assert str(info.value).strip()
     if isinstance(info.value, MemoryError):      # _validate._public_call's rule
         assert re.match(r"\w+: not enough memory for this call: \S", str(info.value)), info.value
