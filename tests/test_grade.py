@@ -410,7 +410,7 @@ sys.exit(main(sys.argv[1:]))
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc for the processes")
 @pytest.mark.parametrize("signame, said", [("SIGINT", "Ctrl-C"), ("SIGTERM", "SIGTERM")])
-@pytest.mark.parametrize("landing", ["main thread", "another thread"])
+@pytest.mark.parametrize("landing", ["main thread", "another thread", "again and again"])
 def test_ctrl_c_stops_the_students_processes_too(tmp_path, signame, said, landing):
     """Each child leads a session of its own (so that what it starts can be stopped with it),
     which Ctrl-C at the terminal does not reach: an interrupted grade stops them itself, the
@@ -418,7 +418,9 @@ def test_ctrl_c_stops_the_students_processes_too(tmp_path, signame, said, landin
     `timeout` and a cancelled CI job send), which left a student's process running.
 
     It stops within seconds wherever the signal lands: a signal taken by another thread left
-    the grade waiting for the students' time limit (120 s here), as did one CI run."""
+    the grade waiting for the students' time limit (120 s here), as did one CI run. Pressed
+    again and again (^C^C^C, 2 ms apart), a second one landed inside the clean-up and left
+    students' processes running, and a last one a traceback at the exit (a reviewer's case)."""
     import signal
     import time
     signum = getattr(signal, signame)
@@ -452,6 +454,9 @@ def test_ctrl_c_stops_the_students_processes_too(tmp_path, signame, said, landin
                 time.sleep(0.1)
             assert len(children()) == 2, "the two children did not start"
             grader.send_signal(signum)
+            while landing == "again and again" and grader.poll() is None:
+                time.sleep(0.002)
+                grader.send_signal(signum)
             _, errors = grader.communicate(timeout=30)
         finally:
             grader.kill()
@@ -460,6 +465,32 @@ def test_ctrl_c_stops_the_students_processes_too(tmp_path, signame, said, landin
     assert grader.returncode == 128 + signum
     assert errors.decode() == (f"python -m selfattn grade: stopped ({said}); the students' "
                                f"processes were stopped too, and this run wrote no grades\n")
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGTERM"), reason="no SIGTERM")
+def test_a_signal_after_the_deferral_reaches_the_callers_handler():
+    """A Ctrl-C that lands while the deferral puts the handlers back raises there, and SIGTERM
+    stayed on the deferral's own handler, which kept it for a delivery that never came: a
+    teacher's SIGTERM handler never ran again (a reviewer's case, 1 in about 1,000 exits under a
+    stream of Ctrl-Cs). Where that happens, the signal now reaches the caller's handler."""
+    import signal
+    from selfattn.testing.grade import _DeferredSignals
+    got = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
+    try:
+        with _DeferredSignals() as deferral:
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(100):
+                pass
+            assert got == []                    # deferred while inside
+        assert got == [signal.SIGTERM]          # and delivered at the end
+        signal.signal(signal.SIGTERM, deferral._catch)  # as a restore cut short leaves it
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(100):
+            pass
+        assert got == [signal.SIGTERM, signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def test_upper_case_names_and_linked_sub_folders_are_found(tmp_path):

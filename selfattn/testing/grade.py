@@ -572,28 +572,44 @@ class _DeferredSignals:
     def __enter__(self):
         self._caught = []
         self._previous = {}
-        if threading.current_thread() is threading.main_thread():
+        self._deferring = True
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        try:
             for name in self._SIGNALS:
                 signum = getattr(signal, name, None)
                 handler = signal.getsignal(signum) if signum is not None else None
                 if callable(handler):
-                    self._previous[signum] = handler
                     signal.signal(signum, self._catch)
+                    self._previous[signum] = handler
+        except BaseException:   # a signal before the last change: the handlers as they were
+            self._restore()
+            raise
         return self
 
     def _catch(self, signum, frame):
-        self._caught.append(signum)
+        if self._deferring:
+            self._caught.append(signum)
+        else:
+            # past the end: a signal that lands while the handlers are put back, or where a
+            # KeyboardInterrupt cut that short (a Ctrl-C, then SIGTERM still on this), is the
+            # caller's as it would have been
+            self._previous[signum](signum, frame)
 
     def deliver(self):
         """Run the handler of the first signal caught since the last call (it raises
         KeyboardInterrupt, as a rule)."""
         if self._caught:
             signum = self._caught.pop(0)
-            self._previous[signum](signum, None)
+            self._previous[signum](signum, sys._getframe(1))
 
-    def __exit__(self, *exc_info):
+    def _restore(self):
+        self._deferring = False
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
+
+    def __exit__(self, *exc_info):
+        self._restore()
         if exc_info[0] is None:
             self.deliver()   # one that came after the last look is not lost
 
@@ -768,8 +784,10 @@ def grade(paths, out="grades", *, scale="either", timeout=60.0, jobs=1, memory_m
     done = 0
     children = _Children()
     pool = ThreadPoolExecutor(max_workers=int(jobs))
-    try:
-        with _DeferredSignals() as signals:
+    # the signals stay deferred through the clean-up too: a second Ctrl-C (^C^C^C) raised inside
+    # stop_all left students' processes running
+    with _DeferredSignals() as signals:
+        try:
             futures = {pool.submit(_grade_one, s, p, notes, scale, timeout, memory_mb, children): i
                        for i, (s, p, notes) in enumerate(submissions)}
             pending = set(futures)
@@ -785,10 +803,13 @@ def grade(paths, out="grades", *, scale="either", timeout=60.0, jobs=1, memory_m
                     sys.stdout.write(f"\rgrading [{bar:<{width}}] {done}/{len(submissions)}")
                     sys.stdout.flush()
                 signals.deliver()
-    except BaseException:  # Ctrl-C (or an error of ours): no student's process outlives it
-        pool.shutdown(wait=False, cancel_futures=True)
-        children.stop_all()
-        raise
+        except BaseException:  # Ctrl-C (or an error of ours): no student's process outlives it
+            pool.shutdown(wait=False, cancel_futures=True)
+            children.stop_all()
+            # the workers end as soon as their children have: joined here, where no signal
+            # interrupts the join, not at the interpreter's exit
+            pool.shutdown()
+            raise
     pool.shutdown()
     if progress:
         sys.stdout.write("\n")
@@ -879,13 +900,22 @@ def main(argv=None):
         print(f"python -m selfattn {exc}", file=sys.stderr)  # "grade: ..."
         return 2
     except KeyboardInterrupt as exc:
-        # grade() has stopped every student's process by now
+        # grade() has stopped every student's process by now; a Ctrl-C more (^C^C^C) would only
+        # turn this message into a traceback
+        _ignore_interrupts()
         signum = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 2
         print(f"python -m selfattn grade: stopped ({'Ctrl-C' if signum == 2 else 'SIGTERM'}); "
               f"the students' processes were stopped too, and this run wrote no grades",
               file=sys.stderr)
         return 128 + signum
     return 0
+
+
+def _ignore_interrupts():
+    if threading.current_thread() is threading.main_thread():
+        for name in _DeferredSignals._SIGNALS:
+            if hasattr(signal, name):
+                signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
 @contextlib.contextmanager
