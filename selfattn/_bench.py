@@ -846,7 +846,7 @@ def _check_arguments(parser, args):
             parser.error("--plot needs matplotlib, which is not installed (pip install "
                          "matplotlib, or in selfattn's source folder pip install \".[plot]\")")
         base = os.path.basename(args.plot)
-        if not suffix and base.startswith(".") and base.lower().lstrip(".") in formats:
+        if not suffix and base.startswith(".") and base[1:].lower() in formats:
             # ".png" is a hidden file without a suffix to Python, not a PNG to the one who typed it
             parser.error(f"--plot: {args.plot!r} is a suffix without a file name; name the file, "
                          f"e.g. {os.path.join(os.path.dirname(args.plot), 'bench' + base)!r}")

@@ -109,7 +109,8 @@ def test_case_filter_and_bad_arguments(tmp_path, capsys):
             (["--plot", str(tmp_path / "noext")], "noext' has no suffix; name it .png"),
             # ".png" is a hidden file without a suffix to Python; its typist meant a PNG
             (["--plot", str(tmp_path / ".png")], ".png' is a suffix without a file name; name "
-                                                 f"the file, e.g. {str(tmp_path / 'bench.png')!r}")):
+                                                 f"the file, e.g. {str(tmp_path / 'bench.png')!r}"),
+            (["--plot", str(tmp_path / "..png")], "..png' has no suffix; name it .png")):
         before = selfattn.get_num_threads()
         selfattn.set_num_threads(2)
         with pytest.raises(SystemExit) as info:

@@ -601,7 +601,20 @@ def test_an_epsilon_without_the_max_subtracted_is_named_and_so_is_the_max():
     report = check(softmax_attention_weights)
     assert not report and "matches none" not in str(report)
     assert [d[:61] for d in report.diagnoses] == [
-        "Your softmax adds a small number (about 1e-09) to its denomin",
+        "Your softmax adds a small number to its denominator: e / (e.s",
         "No max subtraction: np.exp overflows for large scores (exp(71"]
     large = [r for r in report.failures if r.case.id.startswith("large")]
     assert large and all(r.hints[-1].startswith("No max subtraction") for r in large)
+
+
+def test_an_epsilon_with_the_whole_matrixs_max_is_named_once():
+    """A reviewer's case: the whole matrix's max subtracted, and + 1e-9: the exps of every row are
+    shifted by one number, which reads as an epsilon of 1e-9 * exp(max), another on each case
+    ("about 7e-09", "about 1e-08"). One epsilon is named, without a size it cannot know."""
+    def softmax_attention_weights(attn_scores):
+        e = np.exp(attn_scores - attn_scores.max())
+        return e / (e.sum(axis=-1, keepdims=True) + 1e-9)
+
+    report = check(softmax_attention_weights)
+    epsilons = [d for d in report.diagnoses if "adds a small number" in d]
+    assert len(epsilons) == 1 and "(about" not in epsilons[0], report.diagnoses

@@ -600,7 +600,11 @@ def test_a_function_defined_again_is_told_and_a_pasted_stub_named(tmp_path):
     for body, words in [("    raise NotImplementedError('TODO')\n", "`raise NotImplementedError`"),
                         ("    ...\n", "`...`"),
                         ("    weights = None  # YOUR CODE HERE\n    return weights\n",
-                         "`weights = None` and `return weights`")]:
+                         "`weights = None` and `return weights`"),
+                        ("    weights, rest = None, None\n    return weights\n",
+                         "`weights, rest = None, None` and `return weights`"),
+                        ("    weights: np.ndarray = None\n    return weights\n",
+                         "`weights: np.ndarray = None` and `return weights`")]:
         cell = right + "\nimport functools\n@functools.lru_cache\n" \
             "def softmax_attention_weights(attn_scores):\n" + body
         sub = load_notebook(_notebook(tmp_path, [cell]))

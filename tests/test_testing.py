@@ -228,11 +228,23 @@ def test_assert_implementations_argument_errors_name_it():
             ({"name": SCORES, "gqa": True}, r"^assert_implementation: gqa=True is for "
                                             r"scaled_dot_product_attention"),
             ({"name": SOFTMAX, "is_causal": True}, r"^assert_implementation: is_causal and "
-                                                   r"window apply")):
+                                                   r"window apply"),
+            # NumPy's own refusal named neither
+            ({"name": SCORES, "seed": -1}, r"^assert_implementation: seed must be a whole "
+                                           r"number, 0 or more \(the seed of the random inputs\), "
+                                           r"got -1$"),
+            ({"name": SCORES, "seed": "x"}, r"^assert_implementation: seed must be a whole")):
         with pytest.raises(ValueError, match=match):
             assert_implementation(scores, **kwargs)
     with pytest.raises(TypeError, match=r"^assert_implementation: fn must be a function"):
         assert_implementation(np.zeros(3), SCORES)
+    for seed in (1.5, True, None):
+        with pytest.raises(ValueError, match=r"^check: seed must be a whole number"):
+            check(scores, SCORES, seed=seed)
+        with pytest.raises(ValueError, match=r"^cases: seed must be a whole number"):
+            cases(SCORES, seed=seed)
+    assert cases(SCORES, seed=np.int64(3))[0].args[0].tolist() == \
+        cases(SCORES, seed=3)[0].args[0].tolist()
 
 
 # ---- one deliberately buggy implementation per diagnosis -------------------------------------

@@ -302,10 +302,20 @@ def cases(name, *, scale=None, seed=0, batched=True, is_causal=False, window=Non
     scale = _check_scale("cases", scale)
     kwargs = _band_kwargs("cases", name, is_causal, window)
     gqa = _check_gqa("cases", name, gqa)
+    seed = _check_seed("cases", seed)
     # the draws and the expected results signal nothing whatever the caller's np.seterr (a
     # notebook's np.seterr(all="raise") made the float32 filter's underflow a FloatingPointError)
     with np.errstate(all="ignore"):
         return _build(name, scale, seed, batched, kwargs, gqa)
+
+
+def _check_seed(func, seed):
+    """The seed of the random inputs: a whole number >= 0 (NumPy's own refusal named neither the
+    function nor the argument)."""
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"{func}: seed must be a whole number, 0 or more (the seed of the random "
+                         f"inputs), got {seed!r}")
+    return int(seed)
 
 
 def _build(name, scale, seed, batched, kwargs, gqa):

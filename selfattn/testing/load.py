@@ -343,17 +343,39 @@ def _stub_body(node):
             words.append("`raise NotImplementedError`")
         elif isinstance(statement, ast.Return) and (
                 statement.value is None or _is_placeholder(statement.value, placeholders)):
-            value = statement.value
-            shown = (", ".join(map(ast.unparse, value.elts)) if isinstance(value, ast.Tuple)
-                     else ast.unparse(value) if value is not None else "")
+            shown = _unparenthesised(statement.value) if statement.value is not None else ""
             words.append(f"`return {shown}`".replace(" `", "`"))
-        elif (isinstance(statement, ast.Assign) and _is_placeholder(statement.value, set())
-              and all(isinstance(t, ast.Name) for t in statement.targets)):
-            placeholders.update(t.id for t in statement.targets)
-            words.append(f"`{ast.unparse(statement)}`")
+        elif (isinstance(statement, (ast.Assign, ast.AnnAssign)) and statement.value is not None
+              and _is_placeholder(statement.value, set())
+              and all(_names(t) for t in _targets(statement))):
+            # `scores = None`, `output, weights = None, None`, `scores: np.ndarray = None`
+            placeholders.update(n for t in _targets(statement) for n in _names(t))
+            words.append(f"`{ast.unparse(statement)}`" if isinstance(statement, ast.AnnAssign)
+                         else "`" + " = ".join(map(_unparenthesised, [*statement.targets,
+                                                                      statement.value])) + "`")
         else:
             return None
     return _and(dict.fromkeys(words)) if words else "a docstring"
+
+
+def _unparenthesised(node):
+    """A node's code as a learner writes it: `a, b`, where ast.unparse gives `(a, b)`."""
+    if isinstance(node, ast.Tuple) and node.elts:
+        return ", ".join(map(ast.unparse, node.elts))
+    return ast.unparse(node)
+
+
+def _targets(assignment):
+    return assignment.targets if isinstance(assignment, ast.Assign) else [assignment.target]
+
+
+def _names(target):
+    """The names a target of plain names binds (`a`, `a, b`), or [] for any other target."""
+    if isinstance(target, ast.Name):
+        return [target.id]
+    if isinstance(target, ast.Tuple) and all(isinstance(t, ast.Name) for t in target.elts):
+        return [t.id for t in target.elts]
+    return []
 
 
 def _is_placeholder(value, placeholders):

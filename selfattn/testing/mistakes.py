@@ -283,9 +283,11 @@ def _precision_hint(got, inputs):
 
 
 def _epsilon_hint(eps):
-    """The hint for a softmax that divides by the row's sum plus `eps`."""
-    return _hint(f"Your softmax adds a small number (about {eps:.0e}) to its denominator: "
-                 f"e / (e.sum(axis=-1, keepdims=True) + {eps:.0e}). With each row's maximum "
+    """The hint for a softmax that divides by the row's sum plus `eps` (None: of a size that
+    cannot be told, as where the exps are shifted by a number the result does not show)."""
+    size, shown = (f" (about {eps:.0e})", f"{eps:.0e}") if eps is not None else ("", "eps")
+    return _hint(f"Your softmax adds a small number{size} to its denominator: "
+                 f"e / (e.sum(axis=-1, keepdims=True) + {shown}). With each row's maximum "
                  f"subtracted the sum is at least 1, so it never divides by 0, and the epsilon "
                  f"only makes each row sum to a little less than 1: drop it.", "epsilon")
 

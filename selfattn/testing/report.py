@@ -5,7 +5,8 @@ import html
 import math
 import textwrap
 
-from .cases import _SCALED, _band_kwargs, _check_gqa, _check_name, _check_scale, cases
+from .cases import (_SCALED, _band_kwargs, _check_gqa, _check_name, _check_scale,
+                    _check_seed, cases)
 from .compare import _errors_at_the_call, _fmt_index
 from .mistakes import _HINTS, _course_voice
 from .run import (_agree_on_mistakes, _batch_advice_after_plain, _confirm_matches,
@@ -261,6 +262,7 @@ def _check(func, fn, name, scale, seed, is_causal, window, gqa):
     given_scale, scale = scale, _check_scale(func, scale, either=True)
     band = _band_kwargs(func, name, is_causal, window)
     gqa = _check_gqa(func, name, gqa)
+    seed = _check_seed(func, seed)
     notes = _own_function_notes(fn, name)
     if name not in _SCALED:
         if scale not in (None, "either"):

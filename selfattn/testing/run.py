@@ -455,7 +455,8 @@ def _epsilon_in_the_sum(case, got, rtol, atol):
     small a change for the mistakes' loose match (a float32 learner's rounding), so told from
     `got` itself: e / got is the same number, the row's sum plus eps, across every row. The
     epsilons that fit, of a sum of exp(s - max) or of exp(s) (on one row both may), or none if
-    `got` is no such result."""
+    `got` is no such result. Of exp(s) the size is None: exps shifted by any one number c for
+    the whole matrix (no max, or the whole matrix's) read as an epsilon of eps * exp(c)."""
     exp = case.expected
     if (case.name != "softmax_attention_weights" or got.shape != exp.shape or got.ndim < 1
             or not np.isfinite(got).all()):
@@ -463,7 +464,7 @@ def _epsilon_in_the_sum(case, got, rtol, atol):
     s = np.asarray(case.args[0], dtype=np.float64)
     found = []
     # each row's max subtracted, or nothing (the epsilon then adds to the sum of exp(s) itself)
-    for shift in (s.max(axis=-1, keepdims=True), 0.0):
+    for shift, sized in ((s.max(axis=-1, keepdims=True), True), (0.0, False)):
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)     # a row of zeros: all-NaN
             e = np.exp(s - shift)
@@ -478,7 +479,7 @@ def _epsilon_in_the_sum(case, got, rtol, atol):
         with np.errstate(all="ignore"):
             wrong = e / (sums[..., None] + one)
         if _diff(got, wrong.astype(got.dtype), rtol, atol * 10).close:
-            found.append(one)
+            found.append(one if sized else None)
     return found
 
 
