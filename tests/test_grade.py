@@ -467,6 +467,49 @@ def test_ctrl_c_stops_the_students_processes_too(tmp_path, signame, said, landin
                                f"processes were stopped too, and this run wrote no grades\n")
 
 
+# `python -m selfattn grade` stopped by SIGTERM, where one more SIGINT and SIGTERM land after
+# every change of a handler from then on: the narrowest windows, opened on purpose
+_A_SIGNAL_AT_EVERY_CHANGE = """
+import os, signal, sys
+from selfattn.testing import grade as graded
+change = signal.signal
+stopped = []
+
+def changed(signum, handler):
+    previous = change(signum, handler)
+    if stopped:
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
+    return previous
+
+def stopped_grade(*args, **kwargs):
+    stopped.append(True)
+    os.kill(os.getpid(), signal.SIGTERM)   # raises KeyboardInterrupt here
+    raise AssertionError("SIGTERM did not stop the grade")
+
+signal.signal = changed
+graded.grade = stopped_grade
+code = graded.main(sys.argv[1:])
+os.kill(os.getpid(), signal.SIGINT)
+os.kill(os.getpid(), signal.SIGTERM)
+print("ended", code, flush=True)
+sys.exit(code)
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGTERM"), reason="no SIGTERM")
+def test_signals_after_the_first_are_ignored_to_the_end(tmp_path):
+    """Once stopped, the command ignores Ctrl-C and SIGTERM to its end. It put the handlers it
+    found back before its message: one more SIGTERM there (sent again and again) killed it with
+    no message (one CI run), and a Ctrl-C there turned the message into a traceback."""
+    import signal
+    done = subprocess.run([sys.executable, "-c", _A_SIGNAL_AT_EVERY_CHANGE, str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout) == (128 + signal.SIGTERM, f"ended {128 + signal.SIGTERM}\n")
+    assert done.stderr == ("python -m selfattn grade: stopped (SIGTERM); the students' processes "
+                           "were stopped too, and this run wrote no grades\n")
+
+
 @pytest.mark.skipif(not hasattr(__import__("signal"), "SIGTERM"), reason="no SIGTERM")
 def test_a_signal_after_the_deferral_reaches_the_callers_handler():
     """A Ctrl-C that lands while the deferral puts the handlers back raises there, and SIGTERM

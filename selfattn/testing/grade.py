@@ -893,16 +893,14 @@ def main(argv=None):
                              f"not enforced on Windows)")
     args = parser.parse_args(argv)
     try:
-        with _terminate_as_interrupt():
+        with _stop_on_signals():
             grade(args.submissions, args.out, scale=args.scale, timeout=args.timeout,
                   jobs=args.jobs, memory_mb=args.memory)
     except (FileNotFoundError, ValueError) as exc:
         print(f"python -m selfattn {exc}", file=sys.stderr)  # "grade: ..."
         return 2
     except KeyboardInterrupt as exc:
-        # grade() has stopped every student's process by now; a Ctrl-C more (^C^C^C) would only
-        # turn this message into a traceback
-        _ignore_interrupts()
+        # grade() has stopped every student's process by now
         signum = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 2
         print(f"python -m selfattn grade: stopped ({'Ctrl-C' if signum == 2 else 'SIGTERM'}); "
               f"the students' processes were stopped too, and this run wrote no grades",
@@ -911,27 +909,41 @@ def main(argv=None):
     return 0
 
 
-def _ignore_interrupts():
-    if threading.current_thread() is threading.main_thread():
-        for name in _DeferredSignals._SIGNALS:
-            if hasattr(signal, name):
-                signal.signal(getattr(signal, name), signal.SIG_IGN)
-
-
 @contextlib.contextmanager
-def _terminate_as_interrupt():
-    """While in it, SIGTERM (`timeout`, a cancelled CI job, `kill`) ends the grade as Ctrl-C
-    does, so the students' processes, each in a session of its own, are stopped with it, not left
-    running."""
-    import signal
+def _stop_on_signals():
+    """While in it, Ctrl-C and SIGTERM (`timeout`, a cancelled CI job, `kill`) end the grade by a
+    KeyboardInterrupt(signum), so the students' processes, each in a session of its own, are
+    stopped with it, not left running. Only the first one does: more (^C^C^C) are ignored from
+    then on, and so they stay when the command ends: put back, the handlers before it let one
+    more SIGTERM kill the command before its message (one CI run), or a Ctrl-C turn that message
+    into a traceback. A signal its caller ignores stays ignored."""
     if threading.current_thread() is not threading.main_thread():  # (signals reach only it)
         yield
         return
+    stopping = []
 
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt(signum)
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    def stop(signum, frame):
+        if not stopping:
+            stopping.append(signum)
+            raise KeyboardInterrupt(signum)
+    previous = {}
     try:
+        for name in _DeferredSignals._SIGNALS:
+            signum = getattr(signal, name, None)
+            if signum is not None and signal.getsignal(signum) is not signal.SIG_IGN:
+                previous[signum] = signal.signal(signum, stop)
         yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    except KeyboardInterrupt:
+        stopping.append(None)   # (a signal from now on is one more)
+        for signum in previous:
+            signal.signal(signum, signal.SIG_IGN)
+        raise
+    except BaseException:
+        _put_back(previous)
+        raise
+    _put_back(previous)
+
+
+def _put_back(handlers):
+    for signum, handler in handlers.items():
+        signal.signal(signum, handler)
