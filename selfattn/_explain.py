@@ -15,7 +15,7 @@ import numpy as np
 
 from . import _api
 from ._kernels import _one_tier
-from ._validate import _label_list, _public_call, _visibility
+from ._validate import _label_list, _narrowed, _public_call, _visibility
 
 __all__ = ["explain", "AttentionTrace"]
 
@@ -28,7 +28,8 @@ class AttentionTrace:
     Attributes
     ----------
     X, W_q, W_k, W_v : ndarray
-        The inputs, as arrays in the compute dtype.
+        The inputs, as arrays in the compute dtype (float32 for float16 inputs, as the layer
+        computes them; float64 for integers).
     tokens : list of str or None
     scale : float
         The factor applied to the dot products (``1/sqrt(d_k)`` unless given).
@@ -47,7 +48,8 @@ class AttentionTrace:
     weights : ndarray, shape (n, n)
         ``exponentials / row_sums``: each row sums to 1 (all zeros for a fully masked row).
     output : ndarray, shape (n, d_v)
-        ``weights @ V``.
+        ``weights @ V``, in the layer's result dtype (float16 for float16 inputs; every other
+        attribute is in the compute dtype).
     """
 
     # declared for type checkers (the attributes come in as keywords): tr.weights is an array
@@ -228,14 +230,14 @@ def _text_matrix(arr, rows=None, cols=None):
     cells = [["⋮" if i is None else ("…" if j is None else _num(arr[i, j])) for j in shown_cols]
              for i in _shown(arr.shape[0])]
     heads = None if cols is None else ["…" if j is None else cols[j] for j in shown_cols]
-    width = max(len(c) for row in cells + ([heads] if heads else []) for c in row)
+    width = max((len(c) for row in cells + ([heads] if heads else []) for c in row), default=1)
     label_w = max(len(r) for r in rows)
     out = []
     if heads is not None:
         out.append(" " * label_w + "  " + " ".join(f"{h:>{width}}" for h in heads))
     for i, row in zip(_shown(arr.shape[0]), cells):
         label = "⋮" if i is None else rows[i]
-        out.append(f"{label:>{label_w}}  " + " ".join(f"{c:>{width}}" for c in row))
+        out.append((f"{label:>{label_w}}  " + " ".join(f"{c:>{width}}" for c in row)).rstrip())
     return "\n".join(out)
 
 
@@ -339,7 +341,11 @@ def explain(X, W_q, W_k, W_v, *, tokens=None, scale=None, mask=None, is_causal=F
                     f"{mask.shape[:-2]}; explain shows one sequence: pass its (n, n) mask, "
                     f"e.g. mask[0]")
             mask = mask.reshape(mask.shape[-2:])  # padding_mask's (1, 1, n) and the like
-    dtype = output.dtype
+    result = output.dtype
+    # the steps run in the layer's compute dtype: float16 inputs in float32, as its kernels do
+    # (scores of 147456 from float16 inputs were inf in float16, and the weights NaN, where the
+    # layer's own result is finite), and only the output is narrowed to the result's dtype
+    dtype = np.dtype(np.float32) if result == np.float16 else result
     n = X.shape[0]
     if n == 0:
         raise ValueError(f"{func}: X has 0 tokens (X.shape={X.shape}); explain needs at least "
@@ -370,6 +376,8 @@ def explain(X, W_q, W_k, W_v, *, tokens=None, scale=None, mask=None, is_causal=F
         row_sums = exponentials.sum(axis=-1, keepdims=True)
     weights_steps = _api.softmax_attention_weights(scores)
     output_steps = _api.compute_attention_output(weights_steps, V)
+    if output_steps.dtype != result:
+        output_steps = _narrowed(output_steps, result)
     return AttentionTrace(
         X=X, W_q=W_q, W_k=W_k, W_v=W_v, tokens=tokens, scale=scale_value, mask=mask,
         is_causal=is_causal if isinstance(is_causal, str) else bool(is_causal), window=window,

@@ -248,3 +248,30 @@ def test_a_float_mask_is_said_to_be_added_and_minus_inf_named_only_where_scores_
         assert "the mask's values are added to the scores (a -inf hides a key)" in texts[kind]
         assert "those scores are -inf" not in texts[kind]
     assert "(score -inf)" not in texts["-1e9"] and "(score -inf)" in texts["-inf"]
+
+
+def test_float16_inputs_are_explained_in_float32_as_the_layer_computes_them():
+    """float16 inputs: the steps ran in float16, where scores of 147456 were inf and the weights
+    NaN, and a warning blamed the float16 result; the layer computes them in float32 and its
+    result is finite. The steps now run in float32 and the output is float16, as the layer's."""
+    X = np.array([[16., 1, 0, 0], [1, 16, 0, 0]], dtype=np.float16)
+    W = (np.eye(4) * 24).astype(np.float16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        t = selfattn.explain(X, W, W, W)
+    assert t.scores.dtype == t.weights.dtype == t.Q.dtype == np.float32
+    assert t.scores[0, 0] == np.float32((384.0 ** 2 + 24.0 ** 2) / 2.0)   # 74016: inf in float16
+    np.testing.assert_array_equal(t.weights, np.eye(2, dtype=np.float32))
+    assert t.output.dtype == np.float16
+    np.testing.assert_array_equal(t.output, selfattn.self_attention_layer(X, W, W, W))
+
+
+@pytest.mark.parametrize("d_k, d_v", [(2, 0), (0, 2)])
+def test_zero_width_projections_print(d_k, d_v):
+    """d_k or d_v of 0 is a layer explain accepts; printing its trace raised "max() arg is an
+    empty sequence" from inside the table's layout."""
+    t = selfattn.explain(np.ones((3, 4)), np.ones((4, d_k)), np.ones((4, d_k)), np.ones((4, d_v)))
+    text = str(t)
+    empty = "Q (3, 0)" if d_k == 0 else "V (3, 0)"
+    assert f"{empty} =\n    0\n    1\n    2\n" in text
+    assert "weights (3, 3) =\n    0  0.3333 0.3333 0.3333\n" in text
