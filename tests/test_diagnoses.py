@@ -370,6 +370,31 @@ def test_grouped_cases_keep_the_batch_advice():
     assert batched and "np.swapaxes(K, -1, -2)" in batched[0].hints[0]
 
 
+def test_grouped_cases_pass_enable_gqa_to_a_function_that_takes_it():
+    """selfattn's own scaled_dot_product_attention failed check(..., gqa=True) ("pass
+    enable_gqa=True"), and a student's torch-style one with that switch could never pass; each
+    is now called with enable_gqa=True, and one that groups the heads unasked (jax's way) as
+    before."""
+    import selfattn
+    calls = []
+
+    def torch_style(Q, K, V, enable_gqa=False):
+        calls.append(enable_gqa)
+        return selfattn.scaled_dot_product_attention(Q, K, V, enable_gqa=enable_gqa)
+
+    def jax_style(Q, K, V):
+        group = Q.shape[-3] // K.shape[-3] if Q.ndim >= 3 else 1
+        return selfattn.scaled_dot_product_attention(
+            Q, np.repeat(K, group, axis=-3) if group > 1 else K,
+            np.repeat(V, group, axis=-3) if group > 1 else V)
+
+    assert not check(selfattn.scaled_dot_product_attention, gqa=True).failures
+    report = check(torch_style, "scaled_dot_product_attention", scale="scaled", gqa=True)
+    assert not report.failures and calls.count(True) == 2
+    assert all(r.verdict == "pass" for r in report.results if r.case.grouped)
+    assert not check(jax_style, "scaled_dot_product_attention", gqa=True).failures
+
+
 def test_a_float32_result_of_float64_inputs_fails_every_case_even_where_its_values_are_exact():
     """A student who returns .astype(np.float32) failed most float64 cases but passed the one of
     large integer inputs, whose scores float32 holds exactly ("returned float32 for float64

@@ -292,7 +292,8 @@ def cases(name, *, scale=None, seed=0, batched=True, is_causal=False, window=Non
         Add grouped-query and multi-query attention cases (scaled_dot_product_attention only):
         Q of shape ``(H, n_q, d_k)``, K and V of ``(H_kv, n_k, d)`` with fewer heads, query head
         ``h`` using K/V head ``h // (H / H_kv)``; the function is called ``fn(Q, K, V)`` and must
-        group the heads itself (as jax does; ``selfattn`` with ``enable_gqa=True``).
+        group the heads itself (as jax does). :func:`check` adds ``enable_gqa=True`` for a function
+        whose signature takes it (``selfattn``'s and torch's way).
 
     Returns
     -------

@@ -228,7 +228,8 @@ def check(fn, name=None, *, scale="either", seed=0, is_causal=False, window=None
         ``fn(Q, K, V, window=(2, 0))``; wrap `fn` in a lambda if it takes them otherwise).
     gqa : bool, optional
         Also require grouped-query and multi-query attention (scaled_dot_product_attention
-        only): ``fn(Q, K, V)`` with K and V of fewer heads than Q (see :func:`cases`).
+        only): ``fn(Q, K, V)`` with K and V of fewer heads than Q (see :func:`cases`), and
+        ``enable_gqa=True`` added where `fn` takes that keyword.
 
     Returns
     -------

@@ -169,6 +169,15 @@ def _exception_result(case, exc, fn=None):
     return message, [hint]
 
 
+def _takes_keyword(fn, name):
+    """Whether `fn`'s signature names a parameter `name` that can be passed by keyword."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):   # a builtin without a signature
+        return False
+    return name in params and params[name].kind is not inspect.Parameter.POSITIONAL_ONLY
+
+
 def _refused_keywords(case, exc, fn):
     """The keyword arguments check() passed (is_causal=, window=) that the function does not
     take, where the call itself raised for one of them: not a helper the function calls (its
@@ -258,13 +267,16 @@ def _run_case(fn, case, user_scale, either=False):
     `either` says that the other convention would have been accepted too."""
     originals = case.args
     copies = tuple(np.array(a, copy=True) for a in originals)  # writable: a learner may write
+    # grouped heads are asked for where the function has a switch for them (selfattn's own
+    # failed its grouped cases, "pass enable_gqa=True"); jax's way groups them unasked
+    grouping = {"enable_gqa": True} if case.grouped and _takes_keyword(fn, "enable_gqa") else {}
     caught = []
     # under NumPy's default error handling, whatever the notebook set: a correct softmax's exp
     # underflows on the large-score cases, which np.seterr(all="raise") made an exception
     with warnings.catch_warnings(record=True) as recorded, np.errstate(**_NUMPY_DEFAULTS):
         warnings.simplefilter("always")
         try:
-            got = fn(*copies, **case.kwargs)
+            got = fn(*copies, **case.kwargs, **grouping)
             exc = None
         # the learner's bug, reported in words (sys.exit() too); never KeyboardInterrupt
         except (Exception, SystemExit) as e:
