@@ -643,3 +643,27 @@ def test_an_epsilon_with_the_whole_matrixs_max_is_named_once():
     report = check(softmax_attention_weights)
     epsilons = [d for d in report.diagnoses if "adds a small number" in d]
     assert len(epsilons) == 1 and "(about" not in epsilons[0], report.diagnoses
+
+
+def test_a_learners_own_errstate_raising_on_underflow_is_named_not_no_max():
+    """A correct softmax inside np.errstate(all="raise") raises "underflow encountered in exp" on
+    the large-score cases: it was told "No max subtraction", a mistake it does not make. The
+    hint now names the underflow; overflow (a softmax without the max) keeps the no-max hint."""
+    def with_max(s):
+        with np.errstate(all="raise"):
+            e = np.exp(s - s.max(axis=-1, keepdims=True))
+            return e / e.sum(axis=-1, keepdims=True)
+
+    def without_max(s):
+        with np.errstate(all="raise"):
+            e = np.exp(s)
+            return e / e.sum(axis=-1, keepdims=True)
+
+    report = check(with_max, "softmax_attention_weights")
+    assert report.failures and all(r.case.large for r in report.failures)
+    for r in report.failures:
+        assert [h.keys for h in r.hints] == [("raised_underflow",)], r.hints
+    assert "No max subtraction" not in str(report)
+    assert 'under="raise"' in str(report)
+    report = check(without_max, "softmax_attention_weights")
+    assert {k for r in report.failures for h in r.hints for k in h.keys} == {"no_max"}

@@ -172,6 +172,11 @@ _HINTS = {
                    "in `pass` or lacks a `return`.",
     "raised_name": "A name is not defined: run the cell that defines it (and `import numpy as np`).",
     "raised": "Your function raised an exception on these inputs; each case it failed shows the message and the line of your code.",
+    "raised_underflow": "np.errstate or np.seterr with under=\"raise\" (or all=\"raise\") turned an "
+                        "underflow into an exception: exp of a very negative number is 0, which "
+                        "a correct softmax gets for the scores far below its row's maximum. Raise "
+                        "only on what is wrong: np.errstate(over=\"raise\", invalid=\"raise\", "
+                        "divide=\"raise\").",
     "output_is_weights": "Your function returns attn_weights itself: the output is each query's "
                          "weighted sum of the value rows, attn_weights @ V.",
     "residual": "Your layer adds X to the attention output (a residual connection). The "
@@ -265,6 +270,7 @@ TITLES = {
     "raised_elementwise_scores": "raised: Q * K instead of Q @ K.T",
     "raised_signature": "wrong parameters", "raised_none": "raised: a value is None",
     "raised_name": "raised: undefined name", "raised": "raised an exception",
+    "raised_underflow": "raised on a harmless underflow",
     "unknown": "an unrecognised mistake", "batched": "no batch support",
     "grouped": "K/V heads not shared by query-head groups",
 }

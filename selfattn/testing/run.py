@@ -145,6 +145,10 @@ def _exception_result(case, exc, fn=None):
     elif isinstance(exc, TypeError) and "argument" in low and ("positional" in low or "missing" in low):
         hint = _hint(_HINTS["raised_signature"].format(
             call=f"{case.name}({', '.join(case.arg_names)})"), "raised_signature")
+    elif isinstance(exc, FloatingPointError) and "underflow" in low:
+        # the learner's own errstate(all="raise"): a correct softmax's exp underflows to 0 on the
+        # large-score cases, which was named "no max subtraction"
+        hint = _HINTS["raised_underflow"]
     elif isinstance(exc, (FloatingPointError, OverflowError)) and case.large:
         hint = _HINTS["no_max"]  # np.seterr(all="raise") turns the overflow into an exception
     elif "nonetype" in low:
