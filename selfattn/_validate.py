@@ -457,7 +457,9 @@ def _mask(func, mask, n_q, n_k, compute, bias=None):
         )
     if arr.dtype.kind == "b":
         return np.where(arr, bias_arr, compute.type(-np.inf))
-    with np.errstate(over="ignore"):
+    # -inf + inf is NaN, as the scores' own sum makes it, silently as the kernels do (NumPy's
+    # "invalid value encountered in add" pointed inside selfattn, and raised under all="raise")
+    with np.errstate(over="ignore", invalid="ignore"):
         total = arr + bias_arr
     return _finite_where_finite(total, arr, bias_arr)
 

@@ -155,3 +155,18 @@ def test_bias_errors():
                              mask=np.ones((3, 3, 3), bool))
     with pytest.raises(TypeError, match=r"bias has dtype complex128"):
         self_attention_layer(Q, *(np.eye(4),) * 3, bias=np.ones((3, 3), complex))
+
+
+def test_minus_inf_mask_plus_inf_bias_is_nan_without_a_numpy_warning():
+    """-inf + inf is NaN, as the scores' sum makes it; adding the two terms warned "invalid
+    value encountered in add" from inside selfattn, and raised a bare FloatingPointError under
+    np.errstate(all="raise") (a reviewer's case). The row is NaN, silently as the kernels do."""
+    import warnings
+    Q = np.zeros((1, 2))
+    K = np.zeros((2, 2))
+    V = np.eye(2)
+    with warnings.catch_warnings(), np.errstate(all="raise"):
+        warnings.simplefilter("error")
+        out = scaled_dot_product_attention(
+            Q, K, V, mask=np.array([[-np.inf, 0.0]]), bias=np.array([[np.inf, 0.0]]))
+    assert np.isnan(out).all()
