@@ -8,7 +8,7 @@ import warnings
 
 import numpy as np
 
-from ._validate import _integer, _label_list, _public_call, _public_caller
+from ._validate import _integer, _label_list, _packaged_number, _public_call, _public_caller
 
 __all__ = ["plot_attention"]
 
@@ -126,6 +126,8 @@ def plot_attention(weights, tokens=None, *, key_tokens=None, ax=None, annotate=N
     func = "plot_attention"
     matplotlib = _import_pyplot()
     w = np.asarray(weights)
+    if _packaged_number(w.dtype):   # JAX's bfloat16 weights: float32 shows each of them
+        w = w.astype(np.float32)
     if w.dtype.kind not in "biuf":
         raise TypeError(f"{func}: weights must be real numbers, got dtype {w.dtype}")
     visible = _visible(func, mask, w.shape)

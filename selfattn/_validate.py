@@ -112,12 +112,10 @@ def _as_array(func, name, value, lengths=False):
     kind = arr.dtype.kind
     if kind in "biu" or (kind == "f" and arr.dtype.itemsize <= 8):
         return arr
-    # kind "V" for a number type of a dtype package (ml_dtypes' bfloat16, float8 and int4, as
-    # JAX arrays convert to), not only for structured data: float32 holds each of them
-    if lengths and (kind == "f" or (kind == "V" and arr.dtype.type is not np.void)):
+    if lengths and (kind == "f" or _packaged_number(arr.dtype)):
         raise TypeError(f"{func}: {name} has dtype {arr.dtype}; it must hold integers (one "
                         f"length per sequence)")
-    if kind == "f" or (kind == "V" and arr.dtype.type is not np.void):
+    if kind == "f" or _packaged_number(arr.dtype):
         raise TypeError(
             f"{func}: {name} has dtype {arr.dtype}, which selfattn does not compute in; "
             f"convert it with {name}.astype({'np.float64' if kind == 'f' else 'np.float32'})"
@@ -150,6 +148,12 @@ def _as_array(func, name, value, lengths=False):
         f"{func}: {name} has dtype {arr.dtype} ({what}){hint}; selfattn needs real numbers: "
         f"float32, float64, float16, or integers and booleans (computed as float64)"
     )
+
+
+def _packaged_number(dtype):
+    """Whether `dtype` is a number type of a dtype package (ml_dtypes' bfloat16, float8 and int4,
+    as JAX arrays convert to): kind "V" as structured data is, but float32 holds each of them."""
+    return dtype.kind == "V" and dtype.type is not np.void
 
 
 def _QKV(Q, K, V):

@@ -387,3 +387,13 @@ def test_a_mask_of_the_opposite_convention_is_named_as_inverted():
     # weights on hidden keys beside visible ones: the order slip it was
     with pytest.warns(UserWarning, match="after the softmax"):
         selfattn.plot_attention(_weights(6, 6), mask=selfattn.causal_mask(6))
+
+
+def test_bfloat16_weights_are_plotted():
+    """JAX's bfloat16 weights (ml_dtypes' dtype, kind "V") were refused as "must be real
+    numbers"; they are shown as float32 holds them."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    w = _weights()
+    ax = selfattn.plot_attention(w.astype(ml_dtypes.bfloat16))
+    shown = np.asarray(ax.images[0].get_array())
+    np.testing.assert_array_equal(shown, w.astype(ml_dtypes.bfloat16).astype(np.float32))

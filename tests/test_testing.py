@@ -693,6 +693,19 @@ def test_html_rendering_is_a_table_with_every_case():
 
 # ---- assert_attention_close --------------------------------------------------------------------
 
+def test_assert_attention_close_names_a_bfloat16_dtype_as_what_to_convert():
+    """A bfloat16 result (ml_dtypes', as JAX's arrays convert to) was "not of real numbers";
+    it is named as a dtype to convert from, for actual (the student's: a failed assertion)
+    and for desired (the test's own mistake: TypeError)."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    x = np.full((2, 2), 0.5)
+    with pytest.raises(AssertionError, match=r"actual has dtype bfloat16, which is not compared "
+                                             r"in: return float32 or float64"):
+        assert_attention_close(x.astype(ml_dtypes.bfloat16), x)
+    with pytest.raises(TypeError, match=r"desired has dtype bfloat16.*desired\.astype\(np\.float32\)"):
+        assert_attention_close(x, x.astype(ml_dtypes.bfloat16))
+
+
 def test_assert_attention_close_silent_within_dtype_tolerance():
     x = np.linspace(0.1, 1.0, 12).reshape(3, 4)
     assert_attention_close(x, x * (1 + 5e-11))

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._validate import _as_ndarray
+from .._validate import _as_ndarray, _packaged_number
 
 #: ``(rtol, atol)`` by dtype: two results agree where ``|actual - desired| <= atol + rtol * |desired|``.
 #: The coarser dtype of the two arrays decides; integers and booleans count as float64.
@@ -177,11 +177,17 @@ def assert_attention_close(actual, desired, *, rtol=None, atol=None, err_msg="")
     except Exception as exc:   # torch: a tensor that requires grad; an object's own __array__
         raise AssertionError(f"{prefix}actual, a {type(actual).__name__}, could not be read as "
                              f"an array: {exc}") from None
+    if _packaged_number(a.dtype):
+        raise AssertionError(f"{prefix}actual has dtype {a.dtype}, which is not compared in: "
+                             f"return float32 or float64 (result.astype(np.float32)).")
     if a.dtype.kind not in "biuf":
         what = (f"a {type(actual).__name__}, not an array of numbers" if a.ndim == 0 and
                 a.dtype.kind == "O" else f"an array of dtype {a.dtype}, not of real numbers")
         raise AssertionError(f"{prefix}actual is {what}: return an np.ndarray of floats.")
     d = np.asarray(desired)
+    if _packaged_number(d.dtype):
+        raise TypeError(f"assert_attention_close: desired has dtype {d.dtype}, which it does not "
+                        f"compare in; convert it with desired.astype(np.float32)")
     if d.dtype.kind not in "biuf":
         raise TypeError(f"assert_attention_close: desired has dtype {d.dtype}; "
                         f"expected real numbers")
