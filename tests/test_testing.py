@@ -1148,3 +1148,17 @@ def test_an_argument_error_of_the_checkers_shows_the_callers_line_and_no_interna
     def softmax_attention_weights(attn_scores):    # a learner's own ValueError is theirs
         raise ValueError("check: not selfattn's message, though it looks like one")
     assert not check(softmax_attention_weights)
+
+
+@pytest.mark.parametrize("rtol, error", [(-0.1, ValueError), (float("nan"), ValueError),
+                                         (float("inf"), ValueError), ("1e-3", TypeError),
+                                         (True, TypeError)])
+def test_assert_attention_close_refuses_a_tolerance_that_cannot_mean_what_it_says(rtol, error):
+    """rtol=-0.1 was accepted: every comparison but an exact one failed, and the report printed
+    rtol=-0.1 (a reviewer's case). Tolerances are numbers, 0 or more, finite."""
+    x = np.linspace(0.1, 1.0, 6)
+    for name in ("rtol", "atol"):
+        with pytest.raises(error, match=rf"assert_attention_close: {name} must be a"):
+            assert_attention_close(x, x, **{name: rtol})
+    assert_attention_close(x, x, rtol=0, atol=0)
+    assert_attention_close(x, x * (1 + 1e-4), rtol=np.float32(1e-3))

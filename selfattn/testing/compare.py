@@ -128,6 +128,20 @@ def _fmt_index(index):
     return "(" + ", ".join(str(i) for i in index) + ")" if len(index) != 1 else f"({index[0]},)"
 
 
+def _tolerance_value(name, value):
+    """A tolerance the test gave, as a float: a number, 0 or more (a negative one failed every
+    comparison but an exact one, and its report printed rtol=-0.1)."""
+    import numbers
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"assert_attention_close: {name} must be a number (or None for the "
+                        f"dtype's default), got {value!r}")
+    tol = float(value)
+    if not tol >= 0 or math.isinf(tol):
+        raise ValueError(f"assert_attention_close: {name} must be a finite number, 0 or more, got "
+                         f"{value!r}")
+    return tol
+
+
 def assert_attention_close(actual, desired, *, rtol=None, atol=None, err_msg=""):
     """Raise AssertionError unless `actual` and `desired` agree within dtype-chosen tolerances.
 
@@ -150,7 +164,8 @@ def assert_attention_close(actual, desired, *, rtol=None, atol=None, err_msg="")
     actual, desired : array_like
         The result to check and the expected one, of the same shape.
     rtol, atol : float, optional
-        Override the relative and absolute tolerance.
+        Override the relative and absolute tolerance: finite numbers, 0 or more (a ValueError or
+        TypeError otherwise).
     err_msg : str, optional
         Put in front of the message.
 
@@ -192,8 +207,8 @@ def assert_attention_close(actual, desired, *, rtol=None, atol=None, err_msg="")
         raise TypeError(f"assert_attention_close: desired has dtype {d.dtype}; "
                         f"expected real numbers")
     r_default, a_default, dt = _tolerance(a.dtype, d.dtype)
-    rtol = r_default if rtol is None else float(rtol)
-    atol = a_default if atol is None else float(atol)
+    rtol = r_default if rtol is None else _tolerance_value("rtol", rtol)
+    atol = a_default if atol is None else _tolerance_value("atol", atol)
     if a.shape != d.shape:
         hint = ""
         if a.ndim >= 2 and a.shape[:-2] + a.shape[-2:][::-1] == d.shape:
