@@ -15,7 +15,7 @@ import numpy as np
 
 from . import _api
 from ._kernels import _one_tier
-from ._validate import _label_list, _narrowed, _public_call, _visibility
+from ._validate import _label_list, _narrowed, _public_call, _visibility, _window
 
 __all__ = ["explain", "AttentionTrace"]
 
@@ -96,7 +96,7 @@ class AttentionTrace:
             last = "" if right is None else f"i + {right}" if right else "i"
             seen = (f"{first} <= j <= {last}" if first and last else
                     f"j >= {first}" if first else f"j <= {last}")
-            hidden.append(f"the band (window={tuple(self.window)}"
+            hidden.append(f"the band (window={_window('explain', self.window)}"
                           + (f", is_causal={self.is_causal!r}" if self.is_causal else "")
                           + f") hides from query i every key j but {seen}")
         added = ""

@@ -275,3 +275,13 @@ def test_zero_width_projections_print(d_k, d_v):
     empty = "Q (3, 0)" if d_k == 0 else "V (3, 0)"
     assert f"{empty} =\n    0\n    1\n    2\n" in text
     assert "weights (3, 3) =\n    0  0.3333 0.3333 0.3333\n" in text
+
+
+def test_a_window_of_numpy_integers_is_shown_as_plain_numbers():
+    """window=np.array([1, 1]) was shown as "window=(np.int64(1), np.int64(1))" in the scores'
+    step (NumPy 2's repr of its integers; a reviewer's case)."""
+    t = selfattn.explain(np.eye(3), np.eye(3), np.eye(3), np.eye(3), window=np.array([1, 1]))
+    text = " ".join(str(t).split())
+    assert ("the band (window=(1, 1)) hides from query i every key j but i - 1 <= j <= i + 1"
+            in text)
+    assert "int64" not in text
