@@ -81,7 +81,9 @@ def multi_head_attention(X, W_q, W_k, W_v, W_o, *, num_heads, kv=None, b_q=None,
     b_q, b_k, b_v, b_o : array_like, shape (..., width), optional
         Biases added to every row of ``X @ W_q``, ``kv @ W_k``, ``kv @ W_v`` and the output
         projection; ``width`` is that projection's (e.g. ``num_heads * d_head`` for ``b_q``).
-        Leading axes, if any, broadcast with the weights' batch axes.
+        Leading axes, if any, broadcast with the weights' batch axes: one bias per sequence of a
+        batch is ``(batch, width)``, not NumPy's ``(batch, 1, width)``, whose batch axes
+        ``(batch, 1)`` pair every bias with every sequence.
     scale : float, optional
         Factor applied to each head's ``Q_h @ K_h^T``; default ``1/sqrt(d_head)``.
     mask : array_like of bool or float, optional

@@ -186,3 +186,24 @@ def test_projections_are_the_bits_of_one_product_with_the_weights_side_by_side(
     bias_row = np.concatenate([np.zeros(w) if b is None else b for w, b in zip(widths, biases)])
     assert_close(np.concatenate(views, axis=-1),
                  ref_output(X, np.concatenate(Ws, axis=-1)) + bias_row.astype(LD))
+
+
+def test_a_bias_per_sequence_is_batch_by_width_as_the_docstring_says():
+    """The docstring's rule for a batch of biases (a reviewer found NumPy's (batch, 1, width)
+    reading a trap): (batch, width) is one bias per sequence; (batch, 1, width) has batch axes
+    (batch, 1), which pair every bias with every sequence."""
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(2, 5, 8))
+    W_q, W_k, W_v = (rng.normal(size=(8, 8)) for _ in range(3))
+    W_o = rng.normal(size=(8, 3))
+    b = rng.normal(size=(2, 8))
+    per_sequence = multi_head_attention(X, W_q, W_k, W_v, W_o, num_heads=2, b_q=b)
+    paired = multi_head_attention(X, W_q, W_k, W_v, W_o, num_heads=2, b_q=b[:, None, :])
+    assert per_sequence.shape == (2, 5, 3) and paired.shape == (2, 2, 5, 3)
+    for i in range(2):
+        one = multi_head_attention(X[i], W_q, W_k, W_v, W_o, num_heads=2, b_q=b[i])
+        np.testing.assert_allclose(per_sequence[i], one, rtol=1e-12, atol=1e-12)
+        for j in range(2):
+            np.testing.assert_allclose(
+                paired[i, j], multi_head_attention(X[j], W_q, W_k, W_v, W_o, num_heads=2, b_q=b[i]),
+                rtol=1e-12, atol=1e-12)
