@@ -1,6 +1,7 @@
 """python -m selfattn grade on a class of generated submissions: every verdict, every named
 mistake and no other, and a class that survives an infinite loop, os.abort() and a 50 GB
 allocation. One grading run serves every test (it takes a few seconds with --jobs 2)."""
+import contextlib
 import csv
 import json
 import os
@@ -408,6 +409,12 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+def _signals_as_from_a_terminal():
+    import signal
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc for the processes")
 @pytest.mark.parametrize("signame, said", [("SIGINT", "Ctrl-C"), ("SIGTERM", "SIGTERM")])
 @pytest.mark.parametrize("landing", ["main thread", "another thread", "again and again"])
@@ -444,9 +451,12 @@ def test_ctrl_c_stops_the_students_processes_too(tmp_path, signame, said, landin
 
     command = ["-m", "selfattn", "grade"] if landing == "main thread" else [
         "-c", _SIGNAL_ON_ANOTHER_THREAD]
+    # as from a terminal: a runner that starts the suite with SIGINT ignored (a shell's `cmd &`)
+    # passes that on, and a grade keeps a signal its caller ignores (as Python does)
     grader = subprocess.Popen([sys.executable, *command, str(folder), "--out",
                                str(tmp_path / "out"), "--timeout", "120", "--jobs", "2"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              preexec_fn=_signals_as_from_a_terminal)
     with grader:
         try:
             deadline = time.monotonic() + 60
@@ -454,12 +464,17 @@ def test_ctrl_c_stops_the_students_processes_too(tmp_path, signame, said, landin
                 time.sleep(0.1)
             assert len(children()) == 2, "the two children did not start"
             grader.send_signal(signum)
-            while landing == "again and again" and grader.poll() is None:
+            deadline = time.monotonic() + 30
+            while (landing == "again and again" and grader.poll() is None
+                   and time.monotonic() < deadline):
                 time.sleep(0.002)
                 grader.send_signal(signum)
             _, errors = grader.communicate(timeout=30)
         finally:
             grader.kill()
+            for pid in children():   # a failure leaves no student's endless loop behind
+                with contextlib.suppress(OSError):
+                    os.killpg(pid, signal.SIGKILL)
     time.sleep(0.5)
     assert children() == []
     assert grader.returncode == 128 + signum
@@ -508,6 +523,31 @@ def test_signals_after_the_first_are_ignored_to_the_end(tmp_path):
     assert (done.returncode, done.stdout) == (128 + signal.SIGTERM, f"ended {128 + signal.SIGTERM}\n")
     assert done.stderr == ("python -m selfattn grade: stopped (SIGTERM); the students' processes "
                            "were stopped too, and this run wrote no grades\n")
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGTERM"), reason="no SIGTERM")
+def test_the_cli_keeps_a_signal_its_caller_ignores_and_puts_back_the_others():
+    """A grade started with SIGINT ignored (`nohup`, a shell's `cmd &`) keeps ignoring it, as
+    Python does; SIGTERM stops it meanwhile, and a grade that ends is left with the handlers it
+    found."""
+    import signal
+    from selfattn.testing.grade import _stop_on_signals
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        with _stop_on_signals():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            assert callable(signal.getsignal(signal.SIGTERM))
+            with pytest.raises(KeyboardInterrupt) as stopped:
+                os.kill(os.getpid(), signal.SIGTERM)
+                for _ in range(100):
+                    pass
+            assert stopped.value.args == (signal.SIGTERM,)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) is before[signal.SIGTERM]
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
 
 
 @pytest.mark.skipif(not hasattr(__import__("signal"), "SIGTERM"), reason="no SIGTERM")
