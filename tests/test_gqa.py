@@ -353,9 +353,13 @@ def test_testing_knows_grouped_query_attention():
     failed = [r for r in report.results if r.verdict == "FAIL"]
     assert [r.case.id for r in failed] == ["grouped-query-float64"]   # MQA cannot tell
     assert "h // (H / H_kv)" in failed[0].hints[-1]
-    # the notebook's plain attention (no head groups) fails the grouped case with the hint
-    report = check(selfattn.scaled_dot_product_attention, gqa=True)
+    # the notebook's plain attention (no head groups) fails the grouped case with the hint;
+    # selfattn's own passes, asked with enable_gqa=True
+    def plain(Q, K, V):
+        return selfattn.scaled_dot_product_attention(Q, K, V)
+    report = check(plain, "scaled_dot_product_attention", gqa=True)
     assert not report and all("np.repeat(K" in r.hints[-1] for r in report.failures)
+    assert check(selfattn.scaled_dot_product_attention, gqa=True)
     with pytest.raises(ValueError, match="gqa=True is for scaled_dot_product_attention"):
         cases("softmax_attention_weights", gqa=True)
 
