@@ -323,6 +323,11 @@ _add("os_abort", _cells(CORRECT, after=["import os\nos.abort()\n"]),
      {**{n: ("crashed", []) for n in FUNCTIONS}, "status": "crashed",
       "problems": ["SIGABRT"]})
 
+# ---- scripts named like the modules the grader imports: in a flat folder, the working folder of
+# every student's grading process; each is graded, and so is every other student ---------------
+_add("selfattn", _cells(CORRECT), kind="py")
+_add("numpy", _cells(CORRECT_SCALED), kind="py")
+
 
 def notebook_json(cells):
     """An nbformat 4 notebook with these code cells and a markdown cell first."""

@@ -473,7 +473,11 @@ def _run_child(path, scale, timeout, memory_mb, children):
 def _run_child_in(tmp, path, scale, timeout, memory_mb, children):
     """_run_child's work, its files in `tmp`."""
     result_path = os.path.join(tmp, "result.json")
-    code = ("import sys; from selfattn.testing.grade import _child; "
+    # -c puts the working folder (the submission's) first on sys.path: a student's selfattn.py
+    # or numpy.py there would stand in for the grader's own imports, for every student of a
+    # flat folder. The cells still import from it: load_notebook puts the folder on sys.path.
+    code = ("import sys; sys.path[:] = [p for p in sys.path if p]; "
+            "from selfattn.testing.grade import _child; "
             "_child(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), "
             "float(sys.argv[5]))")
     start = time.perf_counter()
