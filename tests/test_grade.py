@@ -62,6 +62,20 @@ def test_each_submission_gets_its_verdicts_and_only_its_mistakes(graded, name):
         assert result["problems"] == []
 
 
+def _refuse_non_json(constant):
+    raise ValueError(f"{constant} is not JSON")
+
+
+def test_results_json_is_strict_json_with_inf_as_a_string(graded):
+    # JavaScript's JSON.parse (a course's web page) refuses Python's Infinity and NaN
+    out, _, _ = graded
+    text = (out / "results.json").read_text()
+    results = {r["student"]: r for r in json.loads(text, parse_constant=_refuse_non_json)}
+    cases = results["softmax_no_max"]["functions"]["softmax_attention_weights"]["cases"]
+    errors = [c["max_error"] for c in cases]
+    assert "inf" in errors and all(e is None or e == "inf" or e >= 0 for e in errors)
+
+
 def test_gradebook_has_a_row_per_student_and_points(graded):
     out, expected, _ = graded
     rows = list(csv.DictReader((out / "gradebook.csv").read_text().splitlines()))

@@ -14,7 +14,9 @@ Written to ``--out`` (default ``grades/``):
 - ``gradebook.csv``: one row per student, one column per function (pass, fail, missing, error,
   or the submission's "timed out"/"crashed"/"no submission"/"not a notebook"), with points for partial credit (one
   per passed case);
-- ``results.json``: every case of every function of every student;
+- ``results.json``: every case of every function of every student (a case's ``max_error`` is
+  the string ``"inf"`` where the output holds inf or NaN the expected output has not: JSON has
+  no infinity);
 - ``reports/STUDENT.html``: one self-contained page per student (the check reports; its path is
   the result's "report"); the pages an earlier grade into the folder wrote for students not in
   this one are removed;
@@ -28,6 +30,7 @@ import contextlib
 import csv
 import html
 import json
+import math
 import os
 import re
 import shutil
@@ -768,7 +771,8 @@ def grade(paths, out="grades", *, scale="either", timeout=60.0, jobs=1, memory_m
           progress=None, echo=print):
     """Grade every submission under `paths`; write the gradebook, results, reports and summary.
 
-    Returns the list of per-student results (the contents of ``results.json``).
+    Returns the list of per-student results (the contents of ``results.json``, where a
+    ``max_error`` of ``math.inf`` is written as ``"inf"``).
     """
     _check_scale("grade", scale, either=True)
     if not isinstance(scale, str):
@@ -833,7 +837,8 @@ def grade(paths, out="grades", *, scale="either", timeout=60.0, jobs=1, memory_m
             f.write(_html_page(r))
     _write_gradebook(results, os.path.join(out, "gradebook.csv"))
     with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
-        json.dump([{k: v for k, v in r.items() if k != "html"} for r in results], f, indent=1)
+        json.dump(_strict_json([{k: v for k, v in r.items() if k != "html"} for r in results]),
+                  f, indent=1, allow_nan=False)
     summary = _summary(results, scale, seconds, _memory_limit_available(), memory_mb)
     with open(os.path.join(out, "summary.txt"), "w", encoding="utf-8") as f:
         f.write(summary)
@@ -843,6 +848,19 @@ def grade(paths, out="grades", *, scale="either", timeout=60.0, jobs=1, memory_m
         echo(summary + f"\nWritten to {out}/: gradebook.csv, results.json, summary.txt, "
                        f"reports/ (one HTML page per student{removed})")
     return results
+
+
+def _strict_json(value):
+    """`value` with its inf and NaN floats as the strings "inf", "-inf" and "nan": Python's json
+    writes them as Infinity and NaN, which JSON has not (JavaScript's JSON.parse and most
+    languages' readers refuse the file)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {k: _strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict_json(v) for v in value]
+    return value
 
 
 def _earlier_reports(out):
