@@ -60,6 +60,22 @@ def _as_ndarray(value):
 _ARRAY_HOOKS = ("__array__", "__array_interface__", "__array_struct__")
 
 
+def _refuse_masked(func, name, value, lengths=False):
+    """A TypeError for a numpy.ma masked array, whose mask np.asarray would silently drop:
+    honouring it has no single meaning here (hide a key? a value? a score?), so the caller says
+    what they mean."""
+    # (numpy imports numpy.ma lazily: asking np.ma here would import it, half a MiB, on a
+    # learner's first call; a masked array exists only once numpy.ma has been imported)
+    masked = sys.modules.get("numpy.ma")
+    if masked is not None and isinstance(value, masked.MaskedArray):
+        raise TypeError(
+            f"{func}: {name} is a masked array (numpy.ma), whose mask selfattn would ignore; pass "
+            f"{name}.filled(value) to choose what the masked entries hold"
+            + ("" if lengths or name == "mask" else
+               ", or, to hide keys from attention, a boolean mask= argument (True = may attend)")
+        )
+
+
 def _as_array(func, name, value, lengths=False):
     """`value` as an ndarray of a kind we can compute with, or a clear TypeError/ValueError.
     `lengths`: the value holds lengths, so the messages ask for integers (the caller refuses
@@ -69,18 +85,7 @@ def _as_array(func, name, value, lengths=False):
             f"{func}: {name} is None; pass an array (a function that ends without `return`, "
             f"like the notebook's unfinished `pass` stubs, returns None)"
         )
-    # (numpy imports numpy.ma lazily: asking np.ma here would import it, half a MiB, on a
-    # learner's first call; a masked array exists only once numpy.ma has been imported)
-    masked = sys.modules.get("numpy.ma")
-    if masked is not None and isinstance(value, masked.MaskedArray):
-        # Honouring the mask has no single meaning here (hide a key? a value? a score?), and
-        # np.asarray would silently drop it: refuse and let the caller say what they mean.
-        raise TypeError(
-            f"{func}: {name} is a masked array (numpy.ma), whose mask selfattn would ignore; pass "
-            f"{name}.filled(value) to choose what the masked entries hold"
-            + ("" if lengths else ", or, to hide keys from attention, a boolean mask= argument "
-                                  "(True = may attend)")
-        )
+    _refuse_masked(func, name, value, lengths)
     if isinstance(value, Mapping):
         raise TypeError(
             f"{func}: {name} is a {type(value).__name__}, not an array-like; pass a NumPy array "

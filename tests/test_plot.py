@@ -193,6 +193,18 @@ def test_rows_that_do_not_sum_to_one_warn():
         selfattn.plot_attention(masked)
 
 
+def test_a_masked_array_is_refused_as_everywhere_else():
+    # np.asarray dropped its mask: every entry was drawn, the hidden ones too, without a word
+    w = _weights(3, 3)
+    hidden = np.ma.masked_array(w, mask=~selfattn.causal_mask(3))
+    with pytest.raises(TypeError, match=r"plot_attention: weights is a masked array \(numpy.ma\)"
+                                        r".*weights.filled\(value\).*mask= argument"):
+        selfattn.plot_attention(hidden)
+    with pytest.raises(TypeError, match=r"plot_attention: mask is a masked array.*mask.filled"):
+        selfattn.plot_attention(w, mask=np.ma.masked_array(selfattn.causal_mask(3), mask=False))
+    assert not plt.get_fignums()  # refused before a figure was made
+
+
 def test_long_sequences_keep_a_readable_figure():
     """A figure that grew with the tokens was 72 x 65 inches at 128 tokens (1.9 GB to save):
     the default figure stops at 12 x 10 inches, and from 41 tokens every k-th one is labelled,
