@@ -493,7 +493,7 @@ def scaled_dot_product_attention(Q, K, V, *, scale=None, mask=None, bias=None, i
     returned = _finish_attention(out, weights, result)
     if lse is None:
         return returned
-    return (returned if isinstance(returned, tuple) else (returned,)) + (_finish(lse, result),)
+    return (returned if isinstance(returned, tuple) else (returned,)) + (_finish(lse, result, "lse"),)
 
 
 @_public_call

@@ -159,7 +159,7 @@ def _layer_input_grads(L, spent, w_o_grad=None):
             grads[name] = _sum_to(db, b_.shape)
     # the packed gradients are column slices of one buffer: each is returned as its own
     # C-contiguous array, as np.matmul's results are (a slice kept the others' memory alive)
-    return {name: _own(_finish(g, L.result)) for name, g in grads.items()}
+    return {name: _own(_finish(g, L.result, name)) for name, g in grads.items()}
 
 
 def _own(grad):
@@ -279,8 +279,9 @@ def scaled_dot_product_attention_backward(dO, Q, K, V, *, scale=None, mask=None,
     _attention_grads(batch, dQ, dK, dV, dO_c, Q, K, V, mask, scale, visibility, compute, lengths,
                      softcap, dropout)
     # with groups, each summed gradient has its input's grouped shape: reshaping undoes that
-    return tuple(_finish(_sum_to(g, x.shape).reshape(shape), result)
-                 for g, x, shape in ((dQ, Q, shapes[0]), (dK, K, shapes[1]), (dV, V, shapes[2])))
+    return tuple(_finish(_sum_to(g, x.shape).reshape(shape), result, name)
+                 for g, x, shape, name in ((dQ, Q, shapes[0], "dQ"), (dK, K, shapes[1], "dK"),
+                                           (dV, V, shapes[2], "dV")))
 
 
 @_public_call

@@ -98,15 +98,15 @@ def _mask_operand(mask, batch, n_q, n_k):
     return np.broadcast_to(mask, batch + (n_q, n_k))
 
 
-def _finish(out, result_dtype):
-    return out if out.dtype == result_dtype else _narrowed(out, result_dtype)
+def _finish(out, result_dtype, what="result"):
+    return out if out.dtype == result_dtype else _narrowed(out, result_dtype, what)
 
 
 def _finish_attention(out, weights, result_dtype):
     """An attention function's return value: the output, or (output, weights) when computed."""
     if weights is None:
         return _finish(out, result_dtype)
-    return _finish(out, result_dtype), _finish(weights, result_dtype)
+    return _finish(out, result_dtype, "output"), _finish(weights, result_dtype, "weights")
 
 
 def _head_axes(heads):

@@ -283,14 +283,14 @@ def _grads(L, dY, qkv, out=None):
     del d_out, Q, K, V
 
     def w_o_grad(heads_out):
-        return _finish(_weight_grad(heads_out, dY, L.W_o.shape, c), L.result)
+        return _finish(_weight_grad(heads_out, dY, L.W_o.shape, c), L.result, "dW_o")
 
     if out is None:
         grads = _layer_input_grads(L, spent, w_o_grad)
     else:
         grads = {"dW_o": w_o_grad(out), **_layer_input_grads(L, spent)}
     if L.biases[3] is not None:
-        grads["db_o"] = _finish(_sum_to(_sum(dY, -2), L.biases[3].shape), L.result)
+        grads["db_o"] = _finish(_sum_to(_sum(dY, -2), L.biases[3].shape), L.result, "db_o")
     names = tuple(name for name in _GRADIENT_NAMES if name in grads)
     return _gradients_type(names)(*(grads[name] for name in names))
 

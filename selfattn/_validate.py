@@ -808,13 +808,14 @@ def _public_caller():
     return name, level
 
 
-def _narrowed(out, dtype):
+def _narrowed(out, dtype, what="result"):
     """out.astype(dtype) where dtype is narrower than the computation's (float16 results, computed
     in float32): the one rule for values beyond its range. They become inf, as NumPy's casts make
     them, and the overflow is reported as NumPy reports its own, by np.errstate's "over":
     ignored, a RuntimeWarning, FloatingPointError, printed, logged, or its call ("overflow",
     2), but naming the call and its remedy at the learner's line, where NumPy's bare "overflow
-    encountered in cast" pointed inside selfattn (and NumPy before 1.24 said nothing)."""
+    encountered in cast" pointed inside selfattn (and NumPy before 1.24 said nothing). `what`
+    names the array in the message: a call with several (a backward's gradients) says which."""
     mode = np.geterr()["over"]
     with np.errstate(over="ignore"):
         narrow = out.astype(dtype)
@@ -832,7 +833,7 @@ def _narrowed(out, dtype):
     negative = np.count_nonzero(np.signbit(narrow[where]))
     became = "-inf" if negative == overflowed else "inf or -inf" if negative else "inf"
     message = (
-        f"{name}: {overflowed} of the {narrow.size} values of its {dtype} result "
+        f"{name}: {overflowed} of the {narrow.size} values of its {dtype} {what} "
         f"{'is' if overflowed == 1 else 'are'} beyond {dtype}'s range (largest {largest:g}) and "
         f"became {became}; selfattn computes {dtype} inputs in float32, so float32 inputs "
         f"(x.astype(np.float32)) keep them"

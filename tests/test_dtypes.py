@@ -1,4 +1,5 @@
 """The dtype table: what each input dtype computes in and returns."""
+import re
 import sys
 import warnings
 
@@ -86,6 +87,26 @@ def test_a_float16_result_beyond_its_range_warns_naming_the_call_at_the_learners
         sa.compute_self_attention_scores(Q * signs, Q * small, scale=1.0)
     with pytest.warns(RuntimeWarning, match=r": 1 of the 2 values .* is beyond .* became inf; "):
         sa.compute_self_attention_scores(Q[:1], Q * small, scale=1.0)
+
+
+def test_a_float16_overflow_of_a_gradient_names_the_gradient():
+    """A backward returns several float16 arrays: each overflow's warning says which (five
+    warnings that each said "its float16 result" left the learner to guess)."""
+    rng = np.random.default_rng(15)
+    X = rng.normal(size=(3, 4)).astype(np.float16)
+    W = rng.normal(size=(4, 4)).astype(np.float16)
+    dY = np.full((3, 4), 60000.0)
+    with pytest.warns(RuntimeWarning) as record:
+        grads = sa.multi_head_attention_backward(dY, X, W, W, W, W, num_heads=2)
+    named = [re.match(r"multi_head_attention_backward: \d+ of the \d+ values of its float16 "
+                      r"(\w+) ", str(w.message)) for w in record]
+    assert all(named) and len(record) >= 2, [str(w.message) for w in record]
+    names = [m.group(1) for m in named]
+    overflowed = [name for name in grads._fields if np.isinf(getattr(grads, name)).any()]
+    assert sorted(names) == sorted(overflowed)
+    Q, K = np.ones((4, 2), np.float16), np.ones((1, 2), np.float16)  # 4 queries on one key
+    with pytest.warns(RuntimeWarning, match=r"backward: 2 of the 2 values of its float16 dV are"):
+        sa.scaled_dot_product_attention_backward(np.full((4, 2), 60000.0), Q, K, K)
 
 
 def test_a_float16_overflow_inside_a_public_call_names_the_outermost_one():
