@@ -261,6 +261,12 @@ def test_folders_per_student_say_what_was_graded_and_what_was_not(tmp_path):
         submissions.IMPORTS + "".join(submissions.CORRECT.values()))
     (root / "jack" / "hw.ipynb").write_text(json.dumps(submissions.notebook_json(
         ["from attention import *\n"])))
+    # the same with %run: the notebook's own files are no other submission to name
+    (root / "olga").mkdir()
+    (root / "olga" / "helper.py").write_text(
+        submissions.IMPORTS + "".join(submissions.CORRECT.values()))
+    (root / "olga" / "hw.ipynb").write_text(json.dumps(submissions.notebook_json(
+        ["%run helper.py\n"])))
     (root / "kay").mkdir()
     (root / "kay" / "hw.ipynb").write_text('{"cells": ["import numpy"]}')
     # the README's ways of writing the functions in a file: %%writefile, beside a newer scratch
@@ -291,7 +297,7 @@ def test_folders_per_student_say_what_was_graded_and_what_was_not(tmp_path):
     (root / "a_b.py").write_text(submissions.IMPORTS + submissions.OUTPUT)
     results = {r["student"]: r for r in grade([root], tmp_path / "out", timeout=60, echo=None)}
     assert sorted(results) == ["a b", "a_b", "alice", "bob", "dan", "erin", "fay", "ivy", "jack",
-                               "kay", "lea", "max", "ned"]
+                               "kay", "lea", "max", "ned", "olga"]
     assert results["lea"]["path"].endswith("hw.ipynb") and _points(results["lea"]) == (23, 23)
     assert results["max"]["path"].endswith("hw_solution.ipynb")
     assert results["max"]["problems"][0].startswith(
@@ -311,7 +317,10 @@ def test_folders_per_student_say_what_was_graded_and_what_was_not(tmp_path):
         (23, 23)
     assert results["ivy"]["problems"][0].startswith(
         "graded hw_solution.ipynb (it writes 4 of the notebook's functions, hw_template.ipynb 0)")
-    assert results["jack"]["path"].endswith("hw.ipynb") and _points(results["jack"]) == (23, 23)
+    for student in ("jack", "olga"):
+        assert results[student]["path"].endswith("hw.ipynb"), student
+        assert _points(results[student]) == (23, 23), student
+        assert results[student]["problems"] == [], student   # said "also holds attention.py"
     assert results["kay"]["status"] == "not a notebook"
     assert results["kay"]["problems"] == [
         f"{root / 'kay' / 'hw.ipynb'} is not a notebook (JSON, but an object without a list of "
@@ -338,12 +347,12 @@ def test_folders_per_student_say_what_was_graded_and_what_was_not(tmp_path):
     assert dan["problems"] == ["no .ipynb or .py file in dan/ (it holds: submission.zip)"]
     assert {f["verdict"] for f in dan["functions"].values()} == {"no submission"}
     pages = {r["student"]: r["report"] for r in results.values()}
-    assert len(set(pages.values())) == 13
+    assert len(set(pages.values())) == len(results)
     assert {pages["a b"], pages["a_b"]} == {"reports/a_b.html", "reports/a_b-2.html"}
     for student, page in pages.items():
         assert f"<h1>{student}</h1>" in (tmp_path / "out" / page).read_text()
     summary = (tmp_path / "out" / "summary.txt").read_text()
-    assert "graded: 10, no submission: 1, not a notebook: 2" in summary
+    assert "graded: 11, no submission: 1, not a notebook: 2" in summary
     assert "dan,no submission,no submission,no submission,no submission,0,23,,no submission," \
         in (tmp_path / "out" / "gradebook.csv").read_text()
 

@@ -341,7 +341,11 @@ def _student_folder(folder):
     modified = {rel: _modified(os.path.join(folder, rel)) for rel in ranked}
     ranked.sort(key=lambda rel: (-written[rel], -modified[rel]))    # (stable: then as above)
     first = ranked[0]
-    rest = [rel for rel in candidates if rel != first]
+    used = set()    # the graded notebook's own modules are no other submission
+    with contextlib.suppress(ValueError, OSError):
+        path = os.path.join(folder, first)
+        used = {os.path.relpath(f, folder) for f in _files_used(path, _sources(path))}
+    rest = [rel for rel in candidates if rel != first and rel not in used]
     notes = []
     if rest:
         kind = "notebooks" if notebooks else "scripts"
@@ -382,34 +386,43 @@ def _functions_written(path):
     files beside it that it imports or %runs (attention.py). A notebook that cannot be read
     counts _UNREADABLE_WRITES if its text defines any."""
     try:
-        if _is_notebook(path):
-            sources = _notebook_cells(path)
-        else:
-            with open(path, encoding="utf-8", errors="replace") as f:
-                sources = [f.read()]
+        sources = _sources(path)
     except (ValueError, OSError):
         try:
             with open(path, encoding="utf-8", errors="replace") as f:
                 return _UNREADABLE_WRITES if _DEF.search(f.read()) else 0
         except OSError:
             return 0
-    folder = os.path.dirname(path)
-    code = []
-    for source in sources:
-        if source.lstrip().startswith("%%writefile"):
-            code.append(source.lstrip().partition("\n")[2])
-        else:
-            code.append(source)
-        for module in _LOCAL_CODE.finditer(source):
-            name = module.group(3) or (module.group(1) or module.group(2)) + ".py"
-            beside = os.path.join(folder, name)
-            if os.path.isfile(beside) and os.path.abspath(beside) != os.path.abspath(path):
-                with contextlib.suppress(OSError), open(beside, encoding="utf-8",
-                                                        errors="replace") as f:
-                    code.append(f.read())
+    code = [source.lstrip().partition("\n")[2] if source.lstrip().startswith("%%writefile")
+            else source for source in sources]
+    for beside in _files_used(path, sources):
+        with contextlib.suppress(OSError), open(beside, encoding="utf-8", errors="replace") as f:
+            code.append(f.read())
     code = [c for c in code if _DEF.search(c)]      # parse only what may define one
     return sum(any(_stub_body(node) is None for _, node, _ in _definitions(code, name))
                for name in NOTEBOOK_FUNCTIONS)
+
+
+def _sources(path):
+    """The code of a notebook's cells, or a script's text (as one source)."""
+    if _is_notebook(path):
+        return _notebook_cells(path)
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return [f.read()]
+
+
+def _files_used(path, sources):
+    """The files beside `path` that its sources import or %run (attention.py): part of the
+    submission, not another one."""
+    folder, used = os.path.dirname(path), []
+    for source in sources:
+        for module in _LOCAL_CODE.finditer(source):
+            name = module.group(3) or (module.group(1) or module.group(2)) + ".py"
+            beside = os.path.join(folder, name)
+            if (os.path.isfile(beside) and os.path.abspath(beside) != os.path.abspath(path)
+                    and beside not in used):
+                used.append(beside)
+    return used
 
 
 def _modified(path):
