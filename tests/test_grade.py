@@ -377,6 +377,27 @@ def test_every_student_has_a_name_of_their_own_and_the_output_folder_is_not_one(
         assert sorted(r["student"] for r in rows) == ["a", "a-2", "a-3"]
 
 
+def test_a_link_to_a_missing_file_is_a_student_with_no_submission(tmp_path):
+    # in a flat folder it went unlisted (no row); in a student's folder it was "not a notebook"
+    # with a bare "[Errno 2]" (a .py one crashed in the student's process)
+    root = tmp_path / "class"
+    (root / "bob").mkdir(parents=True)
+    (root / "ada.py").write_text(submissions.IMPORTS + submissions.SOFTMAX)
+    try:
+        os.symlink(tmp_path / "gone" / "cat.ipynb", root / "cat.ipynb")
+        os.symlink(tmp_path / "gone" / "hw.py", root / "bob" / "hw.py")
+    except (OSError, NotImplementedError):
+        pytest.skip("no symbolic links here")
+    results = {r["student"]: r for r in grade([root], tmp_path / "out", timeout=60, echo=None)}
+    assert sorted(results) == ["ada", "bob", "cat"]
+    for student, missing in (("cat", "cat.ipynb"), ("bob", "hw.py")):
+        r = results[student]
+        assert r["status"] == "no submission", r
+        assert r["problems"] == [f"{r['path']} is a link to {tmp_path / 'gone' / missing}, which "
+                                 f"does not exist"]
+    assert results["ada"]["functions"]["softmax_attention_weights"]["verdict"] == "pass"
+
+
 def test_an_earlier_grades_folder_and_a_macs_zip_folder_are_no_students(tmp_path):
     # grades written with another --out inside the class's folder, then the class graded again;
     # and __MACOSX/, which unzipping a Mac's zip leaves beside the students' folders

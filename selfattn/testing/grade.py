@@ -247,7 +247,7 @@ def _submissions(paths, out=None):
             full = os.path.join(p, entry)
             if _hidden(entry):  # .ipynb_checkpoints and such
                 continue
-            if os.path.isfile(full) and _is_submission(entry):
+            if _is_submission(entry) and (os.path.isfile(full) or _dangling(full)):
                 found.append((os.path.splitext(entry)[0], full, []))
             elif (os.path.isdir(full) and os.path.realpath(full) != out
                   and not _earlier_output(full)):
@@ -268,6 +268,11 @@ def _submissions(paths, out=None):
         seen.add(name)
         unique.append((name, path, notes))
     return unique
+
+
+def _dangling(path):
+    """Whether `path` is a symbolic link to nothing (isfile says False: it went unlisted)."""
+    return os.path.islink(path) and not os.path.exists(path)
 
 
 def _hidden(entry):
@@ -452,6 +457,11 @@ def _grade_one(student, path, notes, scale, timeout, memory_mb, children):
     if path is None:
         result = _no_result(_NO_SUBMISSION, {})
         result.update(student=student, path="", seconds=0.0, problems=notes)
+        return result
+    if _dangling(path):     # a link whose file was moved, or not unpacked from the zip
+        result = _no_result(_NO_SUBMISSION, {})
+        result.update(student=student, path=path, seconds=0.0, problems=notes + [
+            f"{path} is a link to {os.readlink(path)}, which does not exist"])
         return result
     try:     # a file no notebook can be read from (git's merge-conflict markers): said so
         if _is_notebook(path):
