@@ -208,6 +208,12 @@ def test_a_memory_limit_too_small_to_apply_is_said_in_the_summary(tmp_path):
     assert ("(the memory limit was not applied to 1 of 1: their process had more than half of "
             "--memory 16 MiB before the student's code ran; give a larger --memory)"
             in (tmp_path / "out" / "summary.txt").read_text())
+    # a student whose process ends in the cells leaves no word on it: not counted as limited
+    (folder / "abort.py").write_text("import os\nos.abort()\n")
+    grade([folder], tmp_path / "out", memory_mb=16, timeout=60, echo=None)
+    assert ("(the memory limit was not applied to 1 of 2, nor perhaps to 1 whose process "
+            "stopped before it said: their process" in (tmp_path / "out" / "summary.txt").read_text())
+    (folder / "abort.py").unlink()
     if "asan" not in os.environ.get("LD_PRELOAD", ""):   # (whose shadow memory is larger)
         grade([folder], tmp_path / "out", timeout=60, echo=None)
         assert "not applied" not in (tmp_path / "out" / "summary.txt").read_text()

@@ -706,10 +706,15 @@ def _summary(results, scale, seconds, memory_limited, memory_mb):
         lines.append("  (no memory limit on this platform: RLIMIT_AS is not available)")
     else:
         unlimited = sum(r.get("memory_limited") is False for r in results)
+        # a process stopped in the cells (timed out, crashed) wrote nothing, this included
+        unsaid = sum("memory_limited" not in r for r in results
+                     if r["status"] in (_TIMED_OUT, _CRASHED))
         if unlimited:
-            lines.append(f"  (the memory limit was not applied to {unlimited} of {n}: their "
-                         f"process had more than half of --memory {memory_mb} MiB before the "
-                         f"student's code ran; give a larger --memory)")
+            lines.append(f"  (the memory limit was not applied to {unlimited} of {n}"
+                         + (f", nor perhaps to {unsaid} whose process stopped before it said"
+                            if unsaid else "")
+                         + f": their process had more than half of --memory {memory_mb} MiB "
+                           f"before the student's code ran; give a larger --memory)")
     lines += ["", "Functions, most failed first:"]
     fails = []
     for name in NOTEBOOK_FUNCTIONS:
