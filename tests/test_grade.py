@@ -166,6 +166,20 @@ def test_a_test_cell_that_never_ends_is_stopped_and_the_functions_graded(tmp_pat
         in result["problems"][0], result["problems"]
 
 
+def test_cells_that_together_run_past_the_timeout_say_how_to_give_them_time(tmp_path,
+                                                                           time_scale):
+    # each cell stops short of the cells' limit (three quarters of --timeout), the three together
+    # run past --timeout: the row said only "(an infinite loop?)"
+    timeout = 4 * time_scale
+    cells = [submissions.IMPORTS + "import time\n"] + [f"time.sleep({0.45 * timeout})\n"] * 3
+    folder = _one_student(tmp_path, cells)
+    result, = grade([folder], tmp_path / "out", timeout=timeout, echo=None)
+    assert result["status"] == "timed out"
+    assert result["problems"] == [
+        f"still running after {timeout:g} s (an infinite loop?); stopped, while running the "
+        f"notebook's cells (if they are meant to run that long, grade with a larger --timeout)"]
+
+
 def test_an_output_folder_that_cannot_be_made_is_refused_before_grading(tmp_path, capsys):
     # a file where --out's folder goes raised NotADirectoryError with a traceback
     from selfattn.testing.grade import main

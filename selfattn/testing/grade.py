@@ -540,6 +540,9 @@ def _run_child_in(tmp, path, scale, timeout, memory_mb, children):
         unfinished = [n for n in NOTEBOOK_FUNCTIONS if n not in checked]
         if result is None:      # no write: the notebook's cells had not finished
             detail += ", while running the notebook's cells"
+            if status == _TIMED_OUT:    # each cell under the cells' limit, together past it
+                detail += (" (if they are meant to run that long, grade with a larger "
+                           "--timeout)")
         elif unfinished:
             detail += f", while checking {unfinished[0]}"
         partial = result or {}
