@@ -323,6 +323,11 @@ _add("os_abort", _cells(CORRECT, after=["import os\nos.abort()\n"]),
      {**{n: ("crashed", []) for n in FUNCTIONS}, "status": "crashed",
       "problems": ["SIGABRT"]})
 
+# ---- replaces NumPy's functions: put back before the checks (its np.exp crashed the grader)
+_add("patches_numpy", _cells(CORRECT, before=[
+    "np.exp = lambda x: x\nnp.allclose = lambda *a, **k: True\n"]),
+    {"problems": ["cell 2 changed np.allclose, np.exp: they were put back after the cells ran"]})
+
 # ---- scripts named like the modules the grader imports: in a flat folder, the working folder of
 # every student's grading process; each is graded, and so is every other student ---------------
 _add("selfattn", _cells(CORRECT), kind="py")

@@ -906,6 +906,33 @@ def test_a_notebooks_global_settings_do_not_outlive_its_load(tmp_path):
         load_notebook(second).softmax_attention_weights(np.array([[0.0, -800.0]]))  # underflows
 
 
+def test_the_library_functions_a_notebook_replaces_are_put_back_and_named(tmp_path):
+    """A cell's np.abs that returned 0 made a softmax that returns its scores pass every check
+    (the checks compare with np.abs), and its np.exp crashed the grader's drawing of cases; in
+    the teacher's process they stayed replaced for every later test. Put back after the cells,
+    and said so; a name the cells add stays (the notebook's own functions may use it)."""
+    import math
+    real = np.abs, np.exp, np.testing.assert_allclose, math.isclose
+    path = _notebook(tmp_path, [
+        "import math\nimport numpy as np\n",
+        "_abs = np.abs\nnp.abs = lambda x: _abs(x) * 0\n"
+        "np.testing.assert_allclose = lambda *a, **k: None\n",
+        "np.exp = lambda x: x\ndel math.isclose\nnp.softmax_helper = 1\n",
+        "def softmax_attention_weights(attn_scores):\n    return attn_scores\n",
+    ])
+    sub = load_notebook(path)
+    assert (np.abs, np.exp, np.testing.assert_allclose, math.isclose) == real
+    assert np.softmax_helper == 1
+    del np.softmax_helper
+    fix = ("put back after the cells ran, so the functions are checked with the library's own "
+           "(give a function of your own a name of its own, such as my_exp)")
+    assert sub.problems()[:2] == [
+        f"cell 2 changed np.abs, np.testing.assert_allclose: they were {fix}",
+        f"cell 3 changed math.isclose, np.exp: they were {fix}"]
+    report = check(sub.softmax_attention_weights)
+    assert not report.passed
+
+
 @pytest.mark.skipif(not hasattr(__import__("signal"), "setitimer"), reason="no timer signal")
 def test_a_cell_past_the_timeout_is_stopped_recorded_and_the_next_cells_run(tmp_path):
     """The pytest route (load_notebook at import) hung on a student's infinite loop: only the

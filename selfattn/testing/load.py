@@ -985,15 +985,18 @@ def _cell_time_limit(filename, seconds):
 def _run_cells(path, sources, notes=(), timeout=None):
     namespace = {"__name__": "__main__", "__file__": os.path.abspath(path), "display": _display,
                  "get_ipython": _get_ipython}
-    errors, skipped = [], []
+    errors, skipped, notes = [], [], list(notes)
     captured = _Output()
-    with _WrittenFiles() as written, _in_folder_of(path), _settings_kept():
+    with _WrittenFiles() as written, _in_folder_of(path), _settings_kept(), \
+            _LibrariesKept() as libraries:
         run = namespace[_RUN_HELPER] = _RunMagic(namespace["__file__"], namespace, written,
                                                  errors)
         for number, source in enumerate(sources, 1):
             run.cell = number
             if not written.take(source, skipped):
                 _run_cell(path, number, source, namespace, errors, skipped, captured, timeout)
+            libraries.look(number)
+    notes += libraries.notes()
     output = captured.getvalue()
     if len(output) > _OUTPUT_LIMIT:
         output = output[:_OUTPUT_LIMIT] + f"\n... ({len(output) - _OUTPUT_LIMIT} more characters)"
@@ -1079,6 +1082,52 @@ def _settings_kept():
         np.random.set_state(random_state)
 
 
+class _LibrariesKept:
+    """The functions of NumPy (numpy, numpy.linalg, numpy.testing) and math that a notebook's
+    cells replace or delete (`np.exp = my_exp`, `np.abs = ...`), put back after its run, and
+    said so: the checks that follow, selfattn's and the teacher's own, compute with those
+    libraries, and one student's np.abs that returned 0 passed every comparison, another's np.exp
+    crashed the grader's drawing of its cases. Names a cell adds (`np.softmax = ...`) stay."""
+
+    _MODULES = ("numpy", "numpy.linalg", "numpy.testing", "math")
+
+    def __enter__(self):
+        self.before = {name: dict(vars(sys.modules[name])) for name in self._MODULES
+                       if name in sys.modules}
+        self.changed = {}   # (module, attribute) -> the cell that first changed it
+        return self
+
+    def _differs(self):
+        for module, attributes in self.before.items():
+            now = vars(sys.modules[module])
+            for attribute, value in attributes.items():
+                if now.get(attribute, _MISSING) is not value:
+                    yield module, attribute
+
+    def look(self, cell):
+        """Note what cell `cell` (just run) changed."""
+        for key in self._differs():
+            self.changed.setdefault(key, cell)
+
+    def notes(self):
+        by_cell = {}
+        for (module, attribute), cell in self.changed.items():
+            short = {"numpy": "np", "numpy.linalg": "np.linalg",
+                     "numpy.testing": "np.testing"}.get(module, module)
+            by_cell.setdefault(cell, []).append(f"{short}.{attribute}")
+        return [f"cell {cell} changed {', '.join(sorted(names))}: "
+                f"{'it was' if len(names) == 1 else 'they were'} put back after the cells ran, "
+                f"so the functions are checked with the library's own (give a function of your "
+                f"own a name of its own, such as my_exp)" for cell, names in sorted(by_cell.items())]
+
+    def __exit__(self, *exc):
+        for module, attribute in list(self._differs()):
+            setattr(sys.modules[module], attribute, self.before[module][attribute])
+
+
+_MISSING = object()
+
+
 def _run_cell(path, number, source, namespace, errors, skipped, captured, timeout=None):
     """Runs one code cell in `namespace`, past its magics; a failure is recorded in `errors`,
     as is a run past `timeout` seconds."""
@@ -1144,7 +1193,8 @@ def load_notebook(path, *, timeout=None):
     is recorded in ``.errors`` (cell number, error, line) and the next cells still run, and
     what the cells print is kept in ``.output``. The cells run in the notebook's folder, as in
     Jupyter (the working folder is put back after, as are NumPy's error handling, print options
-    and global random state and the warnings filters, which a cell may change; ``input()`` gets
+    and global random state, the NumPy and math functions a cell replaced (``np.exp = ...``,
+    named in ``.problems()``) and the warnings filters, which a cell may change; ``input()`` gets
     no answer: EOFError). Jupyter is not needed. The code runs in this
     process: for code you do not trust, use ``python -m selfattn grade``, which runs each
     submission in its own process with a time and a memory limit.
