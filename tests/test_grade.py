@@ -418,6 +418,31 @@ def test_a_link_to_a_missing_file_is_a_student_with_no_submission(tmp_path):
     assert results["ada"]["functions"]["softmax_attention_weights"]["verdict"] == "pass"
 
 
+def test_a_script_python_cannot_read_is_not_run_and_says_why(tmp_path):
+    # a cp1252 "é" from a Windows editor: "crashed ... UnicodeDecodeError ... while running the
+    # notebook's cells"; load_module raised the bare UnicodeDecodeError
+    from selfattn.testing import load_module
+    root = tmp_path / "class"
+    root.mkdir()
+    (root / "ana.py").write_bytes(submissions.IMPORTS.encode() + b"# caf\xe9\n"
+                                  + submissions.SOFTMAX.encode())
+    (root / "ben.py").write_bytes(b"# -*- coding: cp1252 -*-\n" + submissions.IMPORTS.encode()
+                                  + b"# caf\xe9\n" + submissions.SOFTMAX.encode())
+    (root / "cy.py").write_text("# -*- coding: klingon -*-\n" + submissions.IMPORTS)
+    results = {r["student"]: r for r in grade([root], tmp_path / "out", timeout=60, echo=None)}
+    ana = results["ana"]
+    assert ana["status"] == "not a notebook" and ana["seconds"] == 0.0
+    assert ana["problems"] == [
+        f"{root / 'ana.py'} is not UTF-8 text, which Python reads a script as: byte 0xe9 on line "
+        f"2 cannot be read (invalid continuation byte); save it as UTF-8 (or name its encoding on "
+        f"its first line: # -*- coding: cp1252 -*-)"]
+    assert results["ben"]["functions"]["softmax_attention_weights"]["verdict"] == "pass"
+    assert results["cy"]["status"] == "not a notebook"
+    assert results["cy"]["problems"][0].startswith(f"{root / 'cy.py'} cannot be read as Python: ")
+    with pytest.raises(ValueError, match=r"^load_module: .*ana.py is not UTF-8 text"):
+        load_module(root / "ana.py")
+
+
 def test_an_earlier_grades_folder_and_a_macs_zip_folder_are_no_students(tmp_path):
     # grades written with another --out inside the class's folder, then the class graded again;
     # and __MACOSX/, which unzipping a Mac's zip leaves beside the students' folders

@@ -44,7 +44,8 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 from .cases import _SCALED, _check_scale, cases
 from .compare import _errors_at_the_call
-from .load import NOTEBOOK_FUNCTIONS, _definitions, _notebook_cells, _stub_body, load_notebook
+from .load import (NOTEBOOK_FUNCTIONS, _definitions, _notebook_cells, _script_text, _stub_body,
+                   load_notebook)
 from .mistakes import _HINTS, TITLES, _hint
 from .report import _in_course_voice, check
 
@@ -464,8 +465,7 @@ def _grade_one(student, path, notes, scale, timeout, memory_mb, children):
             f"{path} is a link to {os.readlink(path)}, which does not exist"])
         return result
     try:     # a file no notebook can be read from (git's merge-conflict markers): said so
-        if _is_notebook(path):
-            _notebook_cells(path)
+        _notebook_cells(path) if _is_notebook(path) else _script_text(path)
     except (ValueError, OSError) as exc:
         result = _no_result(_UNREADABLE, {})
         result.update(student=student, path=path, seconds=0.0, problems=notes + [str(exc)])

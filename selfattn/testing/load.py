@@ -460,6 +460,24 @@ def _selfattn_used(fn, seen):
     return ""
 
 
+def _script_text(path):
+    """A script's text, read as Python reads it (its coding line, a BOM); ValueError, saying why
+    and what to do, for one Python cannot read (a cp1252 `é` from a Windows editor)."""
+    try:
+        with tokenize.open(path) as f:
+            return f.read()
+    except UnicodeDecodeError as exc:
+        with open(path, "rb") as f:
+            line = f.read(exc.start).count(b"\n") + 1
+        raise ValueError(
+            f"{path} is not UTF-8 text, which Python reads a script as: byte "
+            f"0x{exc.object[exc.start]:02x} on line {line} cannot be read ({exc.reason}); save "
+            f"it as UTF-8 (or name its encoding on its first line: # -*- coding: cp1252 -*-)"
+        ) from None
+    except SyntaxError as exc:   # a coding line naming no encoding Python has
+        raise ValueError(f"{path} cannot be read as Python: {exc.msg}") from None
+
+
 def _notebook_cells(path):
     """The source of each code cell of a notebook file (nbformat 4, or 3); ValueError, saying
     why, for a file that is no notebook."""
@@ -1251,8 +1269,10 @@ def load_module(path, *, timeout=None):
     """
     path = os.fspath(path)
     timeout = _time_limit_available("load_module", timeout)
-    with tokenize.open(path) as f:   # as Python reads a script: its coding line, a BOM
-        text = f.read()
+    try:
+        text = _script_text(path)
+    except ValueError as exc:
+        raise ValueError(f"load_module: {exc}") from None
     notes = []
     if _JUPYTEXT_HEADER.match(text) and not any(map(_PERCENT_MARKER.match, text.splitlines())):
         # jupytext's light format (its default for .py): cells told apart by blank lines and
