@@ -68,8 +68,8 @@ def load_core(package_dir, version):
         check_tree_build(package_dir, _core)
         return _core
     tree = os.path.dirname(os.path.realpath(package_dir))
+    from . import _numpy_core   # first: without NumPy, no warning that promises its backend
     _warn_from_importer(NOT_BUILT_IN_TREE.format(tree=tree) if in_tree else NOT_BUILT, package_dir)
-    from . import _numpy_core
     return _numpy_core
 
 

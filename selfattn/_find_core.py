@@ -126,7 +126,7 @@ def load_installed_core(package_dir, version, error):
                 f"selfattn is being imported from its source tree ({package_dir}, version "
                 f"{version}) but the build installed in {entry} is version {installed}; run "
                 "`pip install .` again"
-            ) from error
+            ) from None   # (the first try's "partially initialized module" misleads)
         loader = importlib.machinery.ExtensionFileLoader("selfattn._core", path)
         spec = importlib.util.spec_from_file_location("selfattn._core", path, loader=loader)
         module = importlib.util.module_from_spec(spec)
@@ -147,7 +147,7 @@ def load_installed_core(package_dir, version, error):
                 f"selfattn is being imported from its source tree ({tree}), but the build "
                 f"installed in {entry} was made from other C sources (an earlier checkout, or "
                 f"csrc/ edited since); run `pip install .` again in {tree}"
-            ) from error
+            ) from None
         sys.modules["selfattn._core"] = module
         return module
     return None

@@ -165,6 +165,19 @@ def test_a_source_checkout_never_built_is_told_to_run_pip_install(tmp_path):
     assert re.match(re.escape(init) + r":\d+: NumPyBackendWarning: ", notices[0]), notices[0]
 
 
+def test_without_numpy_no_notice_promises_its_backend(tmp_path):
+    # the notice "runs on its pure-NumPy backend" came first, then No module named 'numpy'
+    shutil.copytree(PACKAGE_DIR, tmp_path / "selfattn",
+                    ignore=shutil.ignore_patterns("_core*", "__pycache__"))
+    env = {k: v for k, v in os.environ.items() if k != "SELFATTN_BACKEND"}
+    env["PYTHONPATH"] = str(tmp_path)
+    run = subprocess.run([sys.executable, "-S", "-c", "import selfattn"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1
+    assert run.stderr.rstrip().endswith("ModuleNotFoundError: No module named 'numpy'"), run.stderr
+    assert "NumPyBackendWarning" not in run.stderr, run.stderr
+
+
 def test_choosing_the_numpy_backend_is_silent(tmp_path):
     out, err = _import_copy(tmp_path, env_backend="numpy")
     assert out.split() == ["numpy"] and "NumPyBackendWarning" not in err, err
