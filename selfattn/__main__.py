@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import errno
 import os
 import sys
 
@@ -105,15 +106,27 @@ def main(argv=None):
     return demo()
 
 
+_OUTPUT_ERRORS = (errno.ENOSPC, errno.EIO, errno.EBADF)
+
+
 def _run():
     try:
         code = main()
-        sys.stdout.flush()  # a pipe closed early fails here, inside the try
+        if sys.stdout is not None:  # None: started with stdout closed (`>&-`); print() drops
+            sys.stdout.flush()      # it. A pipe closed early fails here, inside the try
     except BrokenPipeError:
         # `python -m selfattn grade ... | head`: the reader has what it wanted; stop quietly,
         # as a Unix tool does. stdout goes to devnull first, or the interpreter's flush at exit
         # would raise again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except OSError as exc:
+        if exc.filename is not None or exc.errno not in _OUTPUT_ERRORS or sys.stdout is None:
+            raise   # a file's error, not stdout's
+        # stdout on a full disk (/dev/full): one line, as a Unix tool says it
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print(f"python -m selfattn: cannot write its output: {exc.strerror or exc}",
+              file=sys.stderr)
         return 1
     return code
 

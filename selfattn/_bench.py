@@ -815,6 +815,21 @@ def _select(cases, filters):
     return [c for c in cases if any(p.search(c["name"]) or p.search(c["group"]) for p in pats)]
 
 
+def _unwritable(path):
+    """Why `path` cannot be written, or None: tried by opening it to append (os.access says yes
+    to root everywhere, and to a read-only mount or /proc); a file made for the try is removed."""
+    existed = os.path.lexists(path)
+    try:
+        with open(path, "ab"):
+            pass
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    if not existed:
+        with contextlib.suppress(OSError):
+            os.remove(path)
+    return None
+
+
 def _check_arguments(parser, args):
     """Refuses, before anything is measured, what would fail mid-run or after it (the results
     lost with it): a bad --cases pattern, --cooldown, --threads, an output file that cannot be
@@ -834,11 +849,13 @@ def _check_arguments(parser, args):
         if path is None:
             continue
         folder = os.path.dirname(os.path.abspath(path))
-        if os.path.isdir(path) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        if os.path.isdir(path) or not os.path.isdir(folder):
             parser.error(f"{option}: cannot write {path!r} (" + (
                 "a folder of that name exists" if os.path.isdir(path) else
-                "its folder does not exist" if not os.path.isdir(folder) else
-                "its folder is not writable") + ")")
+                "its folder does not exist") + ")")
+        why = _unwritable(path)
+        if why:
+            parser.error(f"{option}: cannot write {path!r} ({why})")
     if args.plot is not None:
         formats = _plot_formats()
         suffix = os.path.splitext(args.plot)[1].lower().lstrip(".")

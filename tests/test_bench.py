@@ -99,6 +99,8 @@ def test_case_filter_and_bad_arguments(tmp_path, capsys):
             (["--cases", "["], "--cases: '[' is not a regular expression"),
             (["--json", str(tmp_path / "no" / "x.json")], "(its folder does not exist)"),
             (["--plot", str(tmp_path)], "(a folder of that name exists)"),
+            # os.access said yes (root; a read-only mount): the run was lost at its end
+            (["--json", "/proc/selfattn-bench.json"], "cannot write '/proc/selfattn-bench.json' ("),
             (["--cases", "nosuch"], "--cases: no case matches nosuch; the groups: attention, "),
             (["--cases", "nosuch", "--no-memory"], "(and --no-memory leaves out the memory case)"),
             (["--threads", "1", "--cases", "nosuch"], "--cases: no case matches nosuch"),
@@ -119,6 +121,12 @@ def test_case_filter_and_bad_arguments(tmp_path, capsys):
         assert words in capsys.readouterr().err, bad
         assert selfattn.get_num_threads() == 2      # nothing was set before the refusal
         selfattn.set_num_threads(before)
+    assert not (tmp_path / "x.json").exists()
+    assert _bench._unwritable(str(tmp_path / "x.json")) is None   # the try leaves no file
+    assert not (tmp_path / "x.json").exists()
+    (tmp_path / "kept.json").write_text("an earlier run")
+    assert _bench._unwritable(str(tmp_path / "kept.json")) is None
+    assert (tmp_path / "kept.json").read_text() == "an earlier run"
     assert _bench._select([{"name": "sdpa float32 n=8 d=64", "group": "attention"},
                            {"name": "softmax float64 n=512", "group": "steps"}],
                           ["steps"])[0]["name"] == "softmax float64 n=512"

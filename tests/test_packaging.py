@@ -417,6 +417,22 @@ def test_a_reader_that_stops_early_gets_no_traceback():
     assert proc.returncode == 1
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full to write to")
+def test_a_closed_or_full_stdout_gets_no_traceback():
+    # `python -m selfattn >&-`: AttributeError ('NoneType' object has no attribute 'flush');
+    # stdout on a full disk: an OSError traceback
+    closed = subprocess.run([sys.executable, "-m", "selfattn"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, timeout=120,
+                            preexec_fn=lambda: os.close(1))
+    assert (closed.returncode, closed.stderr) == (0, "")
+    for args in ([], ["--version"]):
+        with open("/dev/full", "w") as full:
+            run = subprocess.run([sys.executable, "-m", "selfattn", *args], stdout=full,
+                                 stderr=subprocess.PIPE, text=True, timeout=120)
+        assert (run.returncode, run.stderr) == (
+            1, "python -m selfattn: cannot write its output: No space left on device\n"), args
+
+
 # Keyword values of NumPy scalar types, as a NumPy user passes them (n = X.shape[0] is a Python
 # int, but np.int64 from a reduction or an array element is common): every call runs
 _NUMPY_SCALARS = {
