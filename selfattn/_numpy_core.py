@@ -166,7 +166,8 @@ def _weigh(W, B, bad_columns, out=None):
     out = np.matmul(W, B, out=out)
     if len(bad_columns):
         for col in bad_columns:
-            terms = np.where(W != 0, W * B[..., None, :, col], 0)
+            # (the products in float64 too: a float32 -2 * 3e38 is -inf, and inf - inf NaN)
+            terms = np.where(W != 0, np.multiply(W, B[..., None, :, col], dtype=np.float64), 0)
             out[..., col] = terms.sum(axis=-1, dtype=np.float64)
     return out
 

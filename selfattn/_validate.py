@@ -71,7 +71,7 @@ def _refuse_masked(func, name, value, lengths=False):
         raise TypeError(
             f"{func}: {name} is a masked array (numpy.ma), whose mask selfattn would ignore; pass "
             f"{name}.filled(value) to choose what the masked entries hold"
-            + ("" if lengths or name == "mask" else
+            + ("" if lengths else
                ", or, to hide keys from attention, a boolean mask= argument (True = may attend)")
         )
 

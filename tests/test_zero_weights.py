@@ -29,6 +29,15 @@ def test_a_nonzero_weight_still_takes_inf_and_nan(isa):
     assert np.isinf(out[0, 0]) and np.isnan(out[0, 1])
 
 
+def test_a_column_with_inf_sums_its_finite_products_without_overflow(isa):
+    # the exact sum is inf: float32's -2 * 3e38 is -inf, which the NumPy backend's recomputed
+    # column added to the infs (NaN) where the C tiers form the products in double
+    weights = np.array([[1.0, -2.0, 1.0]], np.float32)
+    V = np.array([[np.inf], [3e38], [np.inf]], np.float32)
+    for w in (weights, weights[None]):
+        np.testing.assert_array_equal(selfattn.compute_attention_output(w, V).ravel(), [np.inf])
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_three_steps_composed_equal_sdpa_with_a_masked_non_finite_key(isa, dtype):
     rng = np.random.default_rng(0)
