@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 
 from ._validate import (_integer, _label_list, _packaged_number, _public_call, _public_caller,
-                        _refuse_masked)
+                        _read_array, _refuse_masked)
 
 __all__ = ["plot_attention"]
 
@@ -127,7 +127,7 @@ def plot_attention(weights, tokens=None, *, key_tokens=None, ax=None, annotate=N
     func = "plot_attention"
     matplotlib = _import_pyplot()
     _refuse_masked(func, "weights", weights)
-    w = np.asarray(weights)
+    w = _read_array(func, "weights", weights)
     if _packaged_number(w.dtype):   # JAX's bfloat16 weights: float32 shows each of them
         w = w.astype(np.float32)
     if w.dtype.kind not in "biuf":
@@ -299,7 +299,7 @@ def _visible(func, mask, shape):
     if mask is None:
         return None
     _refuse_masked(func, "mask", mask)
-    m = np.asarray(mask)
+    m = _read_array(func, "mask", mask)
     if m.dtype.kind not in "bf":
         raise TypeError(f"{func}: mask must be boolean (True: may attend), as causal_mask() and "
                         f"window_mask() return, or float (added to the scores), got dtype "

@@ -76,6 +76,26 @@ def _refuse_masked(func, name, value, lengths=False):
         )
 
 
+def _read_array(func, name, value):
+    """_as_ndarray(value), where an object's own conversion that refuses (torch: a tensor that
+    requires grad, on a GPU, or in bfloat16) is a TypeError naming the call and the argument,
+    in the object's words (NumPy's own errors pass through)."""
+    try:
+        return _as_ndarray(value)
+    except RecursionError:
+        raise
+    except (ValueError, TypeError, RuntimeError) as exc:
+        if not any(hasattr(value, hook) for hook in _ARRAY_HOOKS):
+            raise
+        kind = type(value)
+        fix = (f"; convert it to float32 first: {name}.float()"  # torch says no more
+               if "ScalarType BFloat16" in str(exc) else "")
+        raise TypeError(
+            f"{func}: {name}, a {kind.__module__}.{kind.__qualname__}, could not be converted "
+            f"to a NumPy array; it says: {exc}{fix}"
+        ) from None
+
+
 def _as_array(func, name, value, lengths=False):
     """`value` as an ndarray of a kind we can compute with, or a clear TypeError/ValueError.
     `lengths`: the value holds lengths, so the messages ask for integers (the caller refuses
@@ -92,21 +112,11 @@ def _as_array(func, name, value, lengths=False):
             f"or a nested list of numbers (e.g. list({name}.values()) if the values are rows)"
         )
     try:
-        arr = _as_ndarray(value)
+        arr = _read_array(func, name, value)
     except RecursionError:
         raise
-    except (ValueError, TypeError, RuntimeError) as exc:
+    except (ValueError, TypeError) as exc:
         if any(hasattr(value, hook) for hook in _ARRAY_HOOKS):
-            # an object's own conversion refused (torch: a tensor that requires grad, on a GPU,
-            # or in bfloat16): its words say how to get an array out of it
-            kind = type(value)
-            fix = (f"; convert it to float32 first: {name}.float()"  # torch says no more
-                   if "ScalarType BFloat16" in str(exc) else "")
-            raise TypeError(
-                f"{func}: {name}, a {kind.__module__}.{kind.__qualname__}, could not be converted "
-                f"to a NumPy array; it says: {exc}{fix}"
-            ) from None
-        if isinstance(exc, RuntimeError):
             raise
         why = ("it is not rectangular: rows of different lengths, or a list where a number "
                "should be" if "inhomogeneous" in str(exc) else f"NumPy says: {exc}")

@@ -30,3 +30,23 @@ def test_multihead_attention_matches_torch_with_its_masks_inverted():
     # the same boolean array given to both is a different answer, as the README warns
     same = sa.multi_head_attention(X, *weights, num_heads=H, mask=blocked, **biases)
     assert not np.allclose(same, expected, atol=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["requires grad", "bfloat16"])
+def test_a_tensor_numpy_cannot_read_is_a_named_type_error_everywhere(kind):
+    """plot_attention and assert_attention_close's `desired` let torch's own RuntimeError or
+    TypeError through, naming neither the call nor the argument (the array functions did)."""
+    from selfattn.testing import assert_attention_close
+    w = torch.softmax(torch.randn(4, 4, dtype=torch.float64), -1)
+    bad = w.clone().requires_grad_() if kind == "requires grad" else w.bfloat16()
+    fix = "detach" if kind == "requires grad" else "convert it to float32 first"
+    with pytest.raises(TypeError, match=rf"^assert_attention_close: desired, a torch.Tensor, could "
+                                        rf"not be converted to a NumPy array; .*{fix}"):
+        assert_attention_close(w.numpy(), bad)
+    pytest.importorskip("matplotlib")
+    import matplotlib
+    matplotlib.use("Agg")
+    with pytest.raises(TypeError, match=rf"^plot_attention: weights, a torch.Tensor, .*{fix}"):
+        sa.plot_attention(bad)
+    with pytest.raises(TypeError, match=rf"^plot_attention: mask, a torch.Tensor, .*{fix}"):
+        sa.plot_attention(w.numpy(), mask=bad)

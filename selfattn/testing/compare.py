@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._validate import _as_ndarray, _packaged_number
+from .._validate import _as_ndarray, _packaged_number, _read_array
 
 #: ``(rtol, atol)`` by dtype: two results agree where ``|actual - desired| <= atol + rtol * |desired|``.
 #: The coarser dtype of the two arrays decides; integers and booleans count as float64.
@@ -199,7 +199,7 @@ def assert_attention_close(actual, desired, *, rtol=None, atol=None, err_msg="")
         what = (f"a {type(actual).__name__}, not an array of numbers" if a.ndim == 0 and
                 a.dtype.kind == "O" else f"an array of dtype {a.dtype}, not of real numbers")
         raise AssertionError(f"{prefix}actual is {what}: return an np.ndarray of floats.")
-    d = np.asarray(desired)
+    d = _read_array("assert_attention_close", "desired", desired)
     if _packaged_number(d.dtype):
         raise TypeError(f"assert_attention_close: desired has dtype {d.dtype}, which it does not "
                         f"compare in; convert it with desired.astype(np.float32)")
