@@ -201,10 +201,26 @@ def _require_matrix(func, name, arr, expected):
         )
 
 
+def _scalar_of(value):
+    """A 0-d array of numbers or booleans (NumPy's; torch's tensor(0.5), jax's jnp.sqrt(4.0),
+    jnp.bool_(True)) as the NumPy scalar it holds, as an option's value; anything else as it is."""
+    if isinstance(value, (bool, int, float, str, np.generic)) or value is None:
+        return value
+    if not isinstance(value, np.ndarray):
+        if not any(hasattr(value, hook) for hook in _ARRAY_HOOKS) or getattr(value, "ndim", 0):
+            return value
+        try:
+            value = np.asarray(value)
+        except Exception:   # noqa: BLE001 -- its own conversion refused: refused as it is
+            return value
+    return value[()] if value.ndim == 0 and value.dtype.kind in "biuf" else value
+
+
 def _flag(func, name, value):
+    given, value = value, _scalar_of(value)
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
-    raise TypeError(f"{func}: {name} must be True or False, got {value!r}")
+    raise TypeError(f"{func}: {name} must be True or False, got {given!r}")
 
 
 _CAUSAL = {True: "top_left", False: None, None: None, "top_left": "top_left",
@@ -220,12 +236,13 @@ def _visibility(func, is_causal, window=None):
     last query seeing every key, as when decoding with a KV cache), window=(left, right) bounds
     both sides, and together a key must pass both. selfattn/_kernels.py's _band turns it into the
     kernels' band (lo, hi)."""
+    given, is_causal = is_causal, _scalar_of(is_causal)
     if isinstance(is_causal, np.bool_):
         is_causal = bool(is_causal)
     if not isinstance(is_causal, (bool, str, type(None))) or is_causal not in _CAUSAL:
         raise (ValueError if isinstance(is_causal, str) else TypeError)(
             f"{func}: is_causal must be True, False, None, 'top_left' or 'bottom_right', got "
-            f"{is_causal!r} (True is 'top_left': query i sees the keys j <= i; 'bottom_right': "
+            f"{given!r} (True is 'top_left': query i sees the keys j <= i; 'bottom_right': "
             f"j <= i + n_k - n_q, the last query seeing every key, as when decoding with a "
             f"KV cache)"
         )
@@ -323,11 +340,9 @@ def _scale(func, scale, d_k):
     """The factor applied to Q.K^T; None means 1/sqrt(d_k) (1.0 when d_k is 0)."""
     if scale is None:
         return 1.0 / math.sqrt(d_k) if d_k > 0 else 1.0
+    given, scale = scale, _scalar_of(scale)
     if isinstance(scale, (bool, np.bool_)) or not isinstance(scale, (int, float, np.integer, np.floating)):
-        if isinstance(scale, np.ndarray) and scale.ndim == 0 and scale.dtype.kind in "iuf":
-            scale = scale.item()
-        else:
-            raise TypeError(f"{func}: scale must be a real number or None, got {scale!r}")
+        raise TypeError(f"{func}: scale must be a real number or None, got {given!r}")
     try:
         scale = float(scale)
     except OverflowError:  # an int beyond float's range, e.g. 10**400
@@ -354,11 +369,10 @@ def _scale_fits(func, scale, compute):
 def _real(func, name, value, what):
     """`value` as a float: a real number (not a bool), a NumPy scalar or a 0-d array of one; an
     integer beyond float's range becomes inf. A TypeError naming `what` it must be, otherwise."""
-    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf":
-        value = value.item()
+    given, value = value, _scalar_of(value)
     if isinstance(value, (bool, np.bool_)) or not isinstance(
             value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{func}: {name} must be {what}, got {value!r}")
+        raise TypeError(f"{func}: {name} must be {what}, got {given!r}")
     try:
         return float(value)
     except OverflowError:

@@ -50,3 +50,19 @@ def test_a_tensor_numpy_cannot_read_is_a_named_type_error_everywhere(kind):
         sa.plot_attention(bad)
     with pytest.raises(TypeError, match=rf"^plot_attention: mask, a torch.Tensor, .*{fix}"):
         sa.plot_attention(w.numpy(), mask=bad)
+
+
+def test_a_0d_tensor_is_an_options_number_as_a_0d_array_is():
+    # scale=torch.tensor(0.5) (or jax's 1 / jnp.sqrt(d)) was refused: "scale must be a real
+    # number or None, got tensor(0.5000)", where np.array(0.5) and np.float32(0.5) were taken
+    rng = np.random.default_rng(0)
+    Q, K, V = rng.standard_normal((3, 5, 4))
+    options = dict(scale=0.5, is_causal=True, softcap=30.0, dropout_p=0.25, seed=3)
+    want = sa.scaled_dot_product_attention(Q, K, V, **options)
+    as_tensors = {k: torch.tensor(v) for k, v in options.items()}
+    np.testing.assert_array_equal(sa.scaled_dot_product_attention(Q, K, V, **as_tensors), want)
+    with pytest.raises(TypeError, match=r"scale must be a real number or None, got tensor\(\[0.5"):
+        sa.scaled_dot_product_attention(Q, K, V, scale=torch.tensor([0.5]))
+    with pytest.raises(TypeError, match=r"softcap must be a positive real number or None, got "
+                                        r"tensor\(True\)"):
+        sa.scaled_dot_product_attention(Q, K, V, softcap=torch.tensor(True))
