@@ -590,6 +590,24 @@ def test_either_convention_passes_by_default_and_a_pinned_one_fails_the_other():
         cases(SCORES, scale="either")
 
 
+def test_either_convention_breaks_a_tie_by_how_close_the_results_are():
+    # jax.nn.dot_product_attention refuses a V narrower than K: every case but one raised, in
+    # both conventions alike, and the tie went to raw, whose answer the one result is 0.5 from
+    # (7e-8 from the scaled one, float32 inside), with a hint of scores raw "in some cases"
+    def scaled_dot_product_attention(Q, K, V):
+        if V.shape[-1] != K.shape[-1]:
+            raise ValueError(f"value shape should be {K.shape}: but got {V.shape}")
+        f = lambda x: np.asarray(x, np.float32)  # noqa: E731
+        s = f(Q) @ np.swapaxes(f(K), -1, -2) / np.float32(np.sqrt(Q.shape[-1]))
+        p = np.exp(s - s.max(-1, keepdims=True))
+        return (p / p.sum(-1, keepdims=True) @ f(V)).astype(Q.dtype)
+
+    report = check(scaled_dot_product_attention, SDPA)
+    assert not report and report.scale is None, str(report)
+    assert "closest to yours: scores scaled by 1/sqrt(d_k)" in str(report)
+    assert "mixed_scale" not in report.mistakes
+
+
 def test_either_convention_must_be_consistent_across_cases():
     def scores_mixed(Q, K):  # raw in float64, scaled in float32
         s = Q @ K.T
