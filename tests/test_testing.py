@@ -709,6 +709,23 @@ def test_html_rendering_is_a_table_with_every_case():
     assert "passed" in check(softmax, SOFTMAX)._repr_html_()
 
 
+def test_a_bfloat16_result_is_named_as_too_coarse_to_check():
+    # np.asarray of a jax bfloat16 array: "Your function must return a NumPy array of numbers",
+    # though it did return one
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+
+    def softmax_attention_weights(attn_scores):
+        e = np.exp(attn_scores - attn_scores.max(axis=-1, keepdims=True))
+        return (e / e.sum(axis=-1, keepdims=True)).astype(ml_dtypes.bfloat16)
+
+    report = check(softmax_attention_weights)
+    assert not report
+    text = str(report)
+    assert "returned an array of dtype bfloat16" in text
+    assert "Your function returns bfloat16, whose few bits of precision" in text
+    assert "must return a NumPy array of numbers" not in text
+
+
 # ---- assert_attention_close --------------------------------------------------------------------
 
 def test_assert_attention_close_names_a_bfloat16_dtype_as_what_to_convert():

@@ -14,6 +14,7 @@ import numpy as np
 
 from .cases import Case  # noqa: F401  (the type of CaseResult.case)
 from .compare import _diff, _diff_message, _fmt, _fmt_index, _fmt_pair, _pattern, _tolerance
+from .._validate import _packaged_number
 from .mistakes import _HINTS, _epsilon_hint, _hint, _mistakes, _precision_hint
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -345,6 +346,11 @@ def _run_case(fn, case, user_scale, either=False):
     except Exception as exc:  # a ragged list, a torch tensor that requires grad, and the like
         return done(f"returned {'a ' + foreign if foreign else type(got).__name__}, which is not "
                     f"an array ({exc})", [_HINTS["returned_foreign" if foreign else "not_array"]])
+    if _packaged_number(got.dtype):   # bfloat16 (ml_dtypes: JAX's, np.asarray of a jax array)
+        return done(f"returned an array of dtype {got.dtype}", [_hint(
+            f"Your function returns {got.dtype}, whose few bits of precision (about 3 digits for "
+            f"bfloat16) are too few to check: compute in the inputs' dtype and return that "
+            f"(float32 or float64).")])
     if got.dtype.kind not in "biuf":
         return done(f"returned {'a list' if returned_list else 'an array'} of dtype {got.dtype}",
                     [_HINTS["returned_list" if returned_list else "not_array"]])
