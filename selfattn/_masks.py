@@ -339,7 +339,10 @@ def lengths_mask(query_lengths, key_lengths, n_q, n_k, *, head_axis=False):
     ----------
     query_lengths, key_lengths : array_like of int, shape (batch...), or None
         The true number of queries and of keys of each sequence (``0 <= query_lengths[b] <=
-        n_q``, ``0 <= key_lengths[b] <= n_k``); the shapes broadcast. None: every query (key).
+        n_q``, ``0 <= key_lengths[b] <= n_k``). Each shape is a prefix of the batch shape, as
+        the keywords read it: the two are aligned on their first axes (a 1-D array holds one
+        length per sequence, shared by the axes the other side adds), then broadcast. None:
+        every query (key).
     n_q, n_k : int
         The padded lengths.
     head_axis : bool, optional
@@ -370,11 +373,18 @@ def lengths_mask(query_lengths, key_lengths, n_q, n_k, *, head_axis=False):
     if not isinstance(head_axis, (bool, np.bool_)):
         raise TypeError(f"{func}: head_axis must be True or False, got {head_axis!r}")
     q, k = (np.full((), n) if side is None else side for side, n in zip(sides, (n_q, n_k)))
+    # aligned on their FIRST axes, as the keywords read lengths (a prefix of the batch shape):
+    # a 1-D array is one length per sequence, whatever the other side's extra (head) axes
+    ndim = max(q.ndim, k.ndim)
+    aligned = [side.reshape(side.shape + (1,) * (ndim - side.ndim)) for side in (q, k)]
     try:
-        batch = _broadcast_shapes([q.shape, k.shape]) + ((1,) if head_axis else ())
+        batch = _broadcast_shapes([side.shape for side in aligned]) + ((1,) if head_axis else ())
     except ValueError:
         raise ValueError(f"{func}: query_lengths.shape={q.shape} and key_lengths.shape="
-                         f"{k.shape} do not broadcast") from None
+                         f"{k.shape} do not match: aligned on their first axes (each a prefix "
+                         f"of the batch shape, as the query_lengths= and key_lengths= keywords "
+                         f"read them), each axis must agree or be 1") from None
+    q, k = aligned
     _check_size(func, batch + (n_q, n_k), np.dtype(np.intp))
     extra = (1, 1, 1) if head_axis else (1, 1)
     def build():

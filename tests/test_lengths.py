@@ -261,6 +261,26 @@ def test_lengths_mask():
         lengths_mask(None, [1.5], 3, 4)
 
 
+def test_lengths_mask_reads_lengths_as_the_keywords_do():
+    """A 1-D query_lengths beside 2-D key_lengths is one length per sequence (the first batch
+    axis), as query_lengths= reads it, not one per head (NumPy's right-aligned broadcasting)."""
+    rng = np.random.default_rng(9)
+    Q, K = rng.standard_normal((2, 2, 4, 3)), rng.standard_normal((2, 2, 5, 3))
+    V = rng.standard_normal((2, 2, 5, 2))
+    for ql, kl in ((np.array([4, 1]), np.array([[5, 2], [3, 1]])),
+                   (np.array([[4, 1], [2, 3]]), np.array([5, 2])),
+                   (np.array([4, 1]), np.array([[5, 2, 1], [3, 1, 0]])[:, :2])):
+        mask = lengths_mask(ql, kl, 4, 5)
+        assert mask.shape == (2, 2, 4, 5)
+        want = sdpa(Q, K, V, query_lengths=ql, key_lengths=kl)
+        np.testing.assert_array_equal(sdpa(Q, K, V, mask=mask), want)
+    # shapes the keywords take together (prefixes of (2, 3)) but NumPy would not broadcast
+    assert lengths_mask([4, 1], [[5, 2, 1], [3, 1, 0]], 4, 5).shape == (2, 3, 4, 5)
+    with pytest.raises(ValueError, match=r"query_lengths.shape=\(3,\) and key_lengths.shape="
+                                         r"\(2, 2\) do not match: aligned on their first axes"):
+        lengths_mask([1, 2, 3], [[1, 2], [3, 4]], 4, 5)
+
+
 @pytest.mark.parametrize("bad, error, message", [
     (np.array([1, 2]), ValueError, "prefix of the batch shape"),       # 2 entries for B = 3
     (np.ones((B, H + 1), dtype=int), ValueError, "prefix of the batch shape"),
