@@ -873,7 +873,7 @@ def test_a_package_from_a_virtualenv_inside_the_notebooks_folder_stays_imported(
         sys.modules.pop("venvpkg", None)
 
 
-def test_a_notebooks_global_settings_do_not_outlive_its_load(tmp_path):
+def test_a_notebooks_global_settings_do_not_outlive_its_load(tmp_path, monkeypatch):
     """One student's np.seterr(all="raise") and warnings filter stayed set: the next student's
     correct softmax, called by the teacher's test, raised FloatingPointError (underflow in exp).
     And a cell's input() waited, silently, for a terminal."""
@@ -888,7 +888,16 @@ def test_a_notebooks_global_settings_do_not_outlive_its_load(tmp_path):
     errors_before, printing = np.geterr(), np.get_printoptions()
     filters = list(warnings.filters)
     state = np.random.get_state()[1].copy()
+    # as in a Jupyter kernel, whose input() asks the caller's notebook (and waits), never stdin
+    import builtins
+    asked = []
+    def frontend_input(prompt=""):
+        asked.append(prompt)
+        return "typed"
+
+    monkeypatch.setattr(builtins, "input", frontend_input)
     sub = load_notebook(first)
+    assert not asked and builtins.input is frontend_input
     assert sub.after == "ran"
     assert [(e.cell, e.error) for e in sub.errors] == [
         (2, "EOFError: EOF when reading a line (input() gets no answer while a notebook is loaded)")]
@@ -925,10 +934,10 @@ def test_the_library_functions_a_notebook_replaces_are_put_back_and_named(tmp_pa
     assert np.softmax_helper == 1
     del np.softmax_helper
     fix = ("put back after the cells ran, so the functions are checked with the library's own "
-           "(give a function of your own a name of its own, such as my_exp)")
+           "(give a function of your own a name of its own, such as my_{})")
     assert sub.problems()[:2] == [
-        f"cell 2 changed np.abs, np.testing.assert_allclose: they were {fix}",
-        f"cell 3 changed math.isclose, np.exp: they were {fix}"]
+        f"cell 2 changed np.abs, np.testing.assert_allclose: they were {fix.format('abs')}",
+        f"cell 3 changed math.isclose, np.exp: they were {fix.format('isclose')}"]
     report = check(sub.softmax_attention_weights)
     assert not report.passed
 

@@ -666,6 +666,40 @@ def test_overflow_raised_under_seterr_is_diagnosed():
     assert "raised FloatingPointError: overflow encountered in exp" in str(report)
 
 
+def test_what_a_function_changes_while_it_runs_is_put_back_before_the_next_student(tmp_path):
+    """One student's scores function that set np.sqrt = lambda x: 1.0 (and moved the working
+    folder, changed the print options, seeded NumPy's generator) left them so for every later
+    check in the process: the next student's correct scaled scores read as "raw"."""
+    import math
+    import os
+    real_sqrt, real_isqrt, folder = np.sqrt, math.isqrt, os.getcwd()
+    printing, random_state = np.get_printoptions(), np.random.get_state()
+
+    def compute_self_attention_scores(Q, K):
+        scaled = Q @ K.T / np.sqrt(Q.shape[-1])
+        np.sqrt = lambda x: 1.0
+        math.isqrt = None
+        os.chdir(tmp_path)
+        np.set_printoptions(precision=2)
+        np.random.seed(0)
+        return scaled
+
+    report = check(compute_self_attention_scores, scale="scaled")
+    assert (np.sqrt, math.isqrt, os.getcwd()) == (real_sqrt, real_isqrt, folder)
+    assert np.get_printoptions() == printing
+    assert np.array_equal(np.random.get_state()[1], random_state[1])
+    assert report.passed
+    assert report.results[0].warnings[0] == (
+        "your function changed math.isqrt, np.sqrt while it ran: they were put back after the "
+        "call, so that what follows (the other checks, the next student's) uses the library's "
+        "own (give a function of your own a name of its own, such as my_isqrt)")
+
+    def next_student(Q, K):
+        return Q @ K.T / np.sqrt(Q.shape[-1])
+
+    assert check(next_student, SCORES, scale="scaled").passed
+
+
 def test_keyboard_interrupt_is_not_swallowed():
     def interrupted(attn_scores):
         raise KeyboardInterrupt

@@ -51,6 +51,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .cases import NAMES
+from .isolation import _LibrariesKept, _settings_kept
 
 __all__ = ["load_notebook", "load_module", "Submission", "CellError"]
 
@@ -1075,75 +1076,6 @@ def _in_folder_of(path):
 def _within(path, folder):
     """Whether `path` is `folder` or inside it (both absolute)."""
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
-
-
-@contextlib.contextmanager
-def _settings_kept():
-    """The process-wide settings a notebook's cells may change, put back after its run, so that
-    they do not carry over to the caller's tests of its functions or to the next notebook loaded
-    in this process (one student's np.seterr(all="raise") made the next one's correct softmax
-    raise): NumPy's error handling and print options, its global random state and the warnings
-    filters. And sys.stdin reads as empty meanwhile: a cell's input() fails at once (EOFError,
-    recorded as its error, as under grade) where it waited for a terminal, silently, since the
-    prompt goes to the captured output."""
-    errors, printing = np.geterr(), np.get_printoptions()
-    random_state = np.random.get_state()
-    stdin = sys.stdin
-    try:
-        with warnings.catch_warnings():
-            sys.stdin = io.StringIO()
-            yield
-    finally:
-        sys.stdin = stdin
-        np.seterr(**errors)
-        np.set_printoptions(**printing)
-        np.random.set_state(random_state)
-
-
-class _LibrariesKept:
-    """The functions of NumPy (numpy, numpy.linalg, numpy.testing) and math that a notebook's
-    cells replace or delete (`np.exp = my_exp`, `np.abs = ...`), put back after its run, and
-    said so: the checks that follow, selfattn's and the teacher's own, compute with those
-    libraries, and one student's np.abs that returned 0 passed every comparison, another's np.exp
-    crashed the grader's drawing of its cases. Names a cell adds (`np.softmax = ...`) stay."""
-
-    _MODULES = ("numpy", "numpy.linalg", "numpy.testing", "math")
-
-    def __enter__(self):
-        self.before = {name: dict(vars(sys.modules[name])) for name in self._MODULES
-                       if name in sys.modules}
-        self.changed = {}   # (module, attribute) -> the cell that first changed it
-        return self
-
-    def _differs(self):
-        for module, attributes in self.before.items():
-            now = vars(sys.modules[module])
-            for attribute, value in attributes.items():
-                if now.get(attribute, _MISSING) is not value:
-                    yield module, attribute
-
-    def look(self, cell):
-        """Note what cell `cell` (just run) changed."""
-        for key in self._differs():
-            self.changed.setdefault(key, cell)
-
-    def notes(self):
-        by_cell = {}
-        for (module, attribute), cell in self.changed.items():
-            short = {"numpy": "np", "numpy.linalg": "np.linalg",
-                     "numpy.testing": "np.testing"}.get(module, module)
-            by_cell.setdefault(cell, []).append(f"{short}.{attribute}")
-        return [f"cell {cell} changed {', '.join(sorted(names))}: "
-                f"{'it was' if len(names) == 1 else 'they were'} put back after the cells ran, "
-                f"so the functions are checked with the library's own (give a function of your "
-                f"own a name of its own, such as my_exp)" for cell, names in sorted(by_cell.items())]
-
-    def __exit__(self, *exc):
-        for module, attribute in list(self._differs()):
-            setattr(sys.modules[module], attribute, self.before[module][attribute])
-
-
-_MISSING = object()
 
 
 def _run_cell(path, number, source, namespace, errors, skipped, captured, timeout=None):

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .cases import Case  # noqa: F401  (the type of CaseResult.case)
+from .isolation import _call_kept, _call_note
 from .compare import _diff, _diff_message, _fmt, _fmt_index, _fmt_pair, _pattern, _tolerance
 from .._validate import _packaged_number
 from .mistakes import _HINTS, _epsilon_hint, _hint, _mistakes, _precision_hint
@@ -278,7 +279,10 @@ def _run_case(fn, case, user_scale, either=False):
     caught = []
     # under NumPy's default error handling, whatever the notebook set: a correct softmax's exp
     # underflows on the large-score cases, which np.seterr(all="raise") made an exception
-    with warnings.catch_warnings(record=True) as recorded, np.errstate(**_NUMPY_DEFAULTS):
+    # and what the call changes in the process (np.sqrt replaced, os.chdir) is put back before
+    # its result is compared, and before the next case or student
+    with _call_kept() as libraries, warnings.catch_warnings(record=True) as recorded, \
+            np.errstate(**_NUMPY_DEFAULTS):
         warnings.simplefilter("always")
         try:
             got = fn(*copies, **case.kwargs, **grouping)
@@ -286,10 +290,13 @@ def _run_case(fn, case, user_scale, either=False):
         # the learner's bug, reported in words (sys.exit() too); never KeyboardInterrupt
         except (Exception, SystemExit) as e:
             got, exc = None, e
+        libraries.look()
     for w in recorded:
         text = f"{w.category.__name__}: {w.message}"
         if text not in caught:
             caught.append(text)
+    if libraries.names():
+        caught.insert(0, _call_note(libraries.names()))
 
     result = CaseResult(case=case, verdict="FAIL", warnings=caught)
     mutated = [(n, o, c) for n, o, c in zip(case.arg_names, originals, copies) if not _same(o, c)]
