@@ -48,6 +48,27 @@ def test_huge_finite_scores_are_attended_exactly(dtype, isa):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_q", [1, 4, 64])
+def test_a_scale_near_the_largest_float_with_small_scores(dtype, n_q, isa):
+    """scale log2(e) overflows (float32 scale 3e38) though every score is small (|Q K^T| << 1):
+    the fast tiers took log2 units from the scores alone, and scale log2(e), rounded to inf,
+    times 0 made every weight, output, lse and gradient NaN."""
+    big = {np.float32: 3e38, np.float64: 1.5e308}[dtype]
+    rng = np.random.default_rng(3)
+    Q = np.zeros((n_q, 2), dtype)
+    Q[:, 0] = 1e-3
+    K = np.array([[1, 0], [0, 1], [0.5, 0]], dtype)
+    V, dO = rng.standard_normal((3, 2)).astype(dtype), rng.standard_normal((n_q, 2)).astype(dtype)
+    want = ref_weights(Q, K, big) @ np.asarray(V, np.longdouble)
+    out, lse = sdpa(Q, K, V, scale=big, return_lse=True)
+    assert_close(out, want, TOL[dtype])
+    assert_close(sdpa(Q[None], K[None], V[None], scale=big)[0], want, TOL[dtype])
+    np.testing.assert_allclose(lse, float(big) * 1e-3, rtol=TOL[dtype])
+    for got, ref in zip(sdpa_backward(dO, Q, K, V, scale=big), ref_backward(dO, Q, K, V, big)):
+        assert_close(got, ref, TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_keys_made_huge_in_place_between_calls(dtype, isa):
     """The same key array, at the same address, first ordinary and then overwritten with keys
     whose scores pass the float range times log2(e): the second call must pick its units from
