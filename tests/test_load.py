@@ -50,6 +50,21 @@ def test_magics_shell_lines_prints_and_a_failing_cell(tmp_path):
         sub.self_attention_layer
 
 
+def test_a_misspelt_function_read_as_an_attribute_names_the_close_one(tmp_path):
+    """problems() said "a typo in the name?", but a grader's `student.softmax_attention_weights`
+    (the README's per-case test) showed the student only "does not define"."""
+    path = _notebook(tmp_path, ["import numpy as np\n",
+                                "def softmax_attention_weight(s):\n    return s\n"])
+    sub = load_notebook(path)
+    with pytest.raises(AttributeError) as info:
+        sub.softmax_attention_weights
+    assert str(info.value) == (
+        "nb.ipynb does not define 'softmax_attention_weights' (softmax_attention_weights is "
+        "missing, but the notebook defines softmax_attention_weight: a typo in the name?)")
+    with pytest.raises(AttributeError, match="^nb.ipynb does not define 'np_version'$"):
+        sub.np_version
+
+
 def test_a_name_a_skipped_shell_line_was_to_set_is_said_so(tmp_path):
     """`files = !ls` does not run, so a later `len(files)` raises NameError: the error says
     which skipped line was to set the name, instead of reading as the learner's mistake."""

@@ -158,9 +158,7 @@ class Submission:
         out = list(self.notes)
         out += [f"{e}" + (" (the cells after it still ran)" if e.cell < self.n_cells else "")
                 for e in self.errors]
-        # the functions the cells wrote themselves
-        own = sorted(n for n, v in self.namespace.items() if callable(v) and not n.startswith("_")
-                     and getattr(v, "__module__", None) in (None, "__main__"))
+        own = self._own()
         if len(self.missing) == len(NOTEBOOK_FUNCTIONS) and not self.borrowed:
             out.append(f"{os.path.basename(self.path)} defines none of the notebook's functions "
                        f"({', '.join(NOTEBOOK_FUNCTIONS)}); it defines: "
@@ -187,11 +185,20 @@ class Submission:
         for name in self.missing:
             if name in self.borrowed:
                 continue
-            close = difflib.get_close_matches(name, own, n=1, cutoff=0.8)
-            if close:
-                out.append(f"{name} is missing, but the notebook defines {close[0]}: a typo in "
-                           f"the name?")
+            if self._typo(name):
+                out.append(self._typo(name))
         return out
+
+    def _own(self):
+        """The functions the cells wrote themselves, by name."""
+        return sorted(n for n, v in self.namespace.items() if callable(v) and not n.startswith("_")
+                      and getattr(v, "__module__", None) in (None, "__main__"))
+
+    def _typo(self, name):
+        """The sentence naming a function of the notebook's whose name is close to `name`, or ''."""
+        close = difflib.get_close_matches(name, self._own(), n=1, cutoff=0.8)
+        return (f"{name} is missing, but the notebook defines {close[0]}: a typo in the name?"
+                if close else "")
 
     def _defined_again(self):
         """A sentence for each graded function that the cells define more than once (a
@@ -268,7 +275,9 @@ class Submission:
                                     if used == _IMPORTED else f"(it calls selfattn's {used})"))
         if name in namespace:
             return namespace[name]
-        raise AttributeError(f"{file} does not define {name!r}")
+        # (its own attributes first: a copy or a pickle calls this before __init__ ran)
+        typo = self._typo(name) if "namespace" in self.__dict__ and not name.startswith("_") else ""
+        raise AttributeError(f"{file} does not define {name!r}" + (f" ({typo})" if typo else ""))
 
     def __repr__(self):
         return (f"<Submission {os.path.basename(self.path)}: {self.n_cells} cells, defines "
