@@ -16,7 +16,7 @@
 # Measured on a 2-core AMD EPYC before the subset was cut to the NEON tier: 28 minutes
 # (debootstrap 6, pip install 8, the subset 14: 798 tests). Python runs about 30 times slower
 # under qemu than natively, and NumPy's long double, the tests' oracle, is a software quad there.
-# .ci/run runs this script side by side with two steps that have no wall-clock bounds.
+# .ci/run runs this script side by side with the steps after it that have no wall-clock bounds.
 source "$(dirname "$0")/lib.sh" aarch64
 cd "$ROOT"
 
