@@ -700,6 +700,24 @@ def test_what_a_function_changes_while_it_runs_is_put_back_before_the_next_stude
     assert check(next_student, SCORES, scale="scaled").passed
 
 
+def test_a_function_that_calls_selfattns_own_is_told_so():
+    """A wrapper around selfattn's softmax passed with no word, while load_notebook and grade
+    count it as missing (its result is selfattn's): the learner saw a pass the teacher's grader
+    would not give. The one-line summary shows the report's notes too."""
+    def softmax_attention_weights(attn_scores):
+        return selfattn.softmax_attention_weights(attn_scores)
+
+    report = check(softmax_attention_weights)
+    assert report.passed
+    assert report.notes == [
+        "This softmax_attention_weights calls selfattn's selfattn.softmax_attention_weights, so "
+        "what it returns is selfattn's work and passes by construction; a teacher's grader "
+        "(load_notebook, python -m selfattn grade) counts it as missing. Compute it with NumPy "
+        "yourself, and keep selfattn to check your function against."]
+    assert report.summary() == "check(softmax_attention_weights): passed 7 of 7 cases (1 note)"
+    assert not check(softmax_no_max, SOFTMAX).notes      # a learner's own: no note
+
+
 def test_keyboard_interrupt_is_not_swallowed():
     def interrupted(attn_scores):
         raise KeyboardInterrupt

@@ -105,7 +105,10 @@ class CheckReport:
         n = len(self.results)
         n_fail = len(self.failures)
         n_note = sum(r.verdict == "note" for r in self.results)
-        extra = f" ({n_note} note{'s' if n_note != 1 else ''})" if n_note else ""
+        # (the report's own notes too: a one-line view, check_functions' dict, would hide that
+        # the function is selfattn's own)
+        shown = n_note + len(self.notes)
+        extra = f" ({shown} note{'s' if shown != 1 else ''})" if shown else ""
         who = self.name if self.fn_name in (None, self.name) else f"{self.fn_name} as {self.name}"
         if n_fail:
             return f"check({who}): FAILED {n_fail} of {n} cases{extra}"
@@ -282,12 +285,20 @@ def _check(func, fn, name, scale, seed, is_causal, window, gqa):
 
 
 def _own_function_notes(fn, name):
-    """A note where `fn` is selfattn's own function (it passes by construction): a learner's
-    notebook whose `from selfattn import *` came after their definitions checks selfattn's."""
+    """A note where `fn` is selfattn's own function or calls one (it passes by construction): a
+    learner's notebook whose `from selfattn import *` came after their definitions checks
+    selfattn's; a wrapper around selfattn's is selfattn's result."""
     from .load import _IMPORTED, _selfattn_used
 
-    if _selfattn_used(fn, set()) != _IMPORTED:
+    used = _selfattn_used(fn, set())
+    if not used:
         return []
+    if used != _IMPORTED:
+        # as load_notebook and grade judge it: its grade would be selfattn's
+        return [f"This {name} calls selfattn's {used}, so what it returns is selfattn's work "
+                f"and passes by construction; a teacher's grader (load_notebook, python -m "
+                f"selfattn grade) counts it as missing. Compute it with NumPy yourself, and "
+                f"keep selfattn to check your function against."]
     return [f"This {name} is selfattn's own, not one you wrote, so it passes by construction. If "
             f"you wrote one, an import after your definition replaced it (from selfattn import * "
             f"or from selfattn import {name}): write import selfattn instead, and "
