@@ -65,6 +65,26 @@ def test_a_misspelt_function_read_as_an_attribute_names_the_close_one(tmp_path):
         sub.np_version
 
 
+def test_a_layer_whose_helper_is_a_stub_is_told_which_function_to_write(tmp_path):
+    """The layer returns compute_attention_output's result, and that function still ends in
+    `pass`: check said the layer "still ends in `pass` ... or lacks a `return`", which it does
+    not. The stub itself keeps the general hint."""
+    stub = "def compute_attention_output(attn_weights, V):\n    # YOUR CODE HERE\n    pass\n"
+    for layer in ("    return compute_attention_output(w, V)\n",
+                  "    out = compute_attention_output(w, V)\n    return out\n"):
+        sub = load_notebook(_notebook(tmp_path, [
+            "import numpy as np\n", RIGHT, stub,
+            "def self_attention_layer(X, W_q, W_k, W_v):\n"
+            "    Q, K, V = X @ W_q, X @ W_k, X @ W_v\n"
+            "    w = softmax_attention_weights(Q @ K.T)\n" + layer]))
+        report = check(sub.self_attention_layer)
+        assert report.diagnoses == [
+            "Your function returns what compute_attention_output returns, and that is still an "
+            "unfilled stub (its body is only `pass`): write compute_attention_output first."]
+    assert check(sub.compute_attention_output).diagnoses[0].startswith(
+        "Your function returned None: it still ends in `pass`")
+
+
 def test_a_name_a_skipped_shell_line_was_to_set_is_said_so(tmp_path):
     """`files = !ls` does not run, so a later `len(files)` raises NameError: the error says
     which skipped line was to set the name, instead of reading as the learner's mistake."""

@@ -1,11 +1,13 @@
 """Running a learner's function on the cases, and telling what happened on each."""
 from __future__ import annotations
 
+import ast
 import dataclasses
 import inspect
 import math
 import os
 import re
+import textwrap
 import traceback
 import warnings
 from dataclasses import dataclass, field
@@ -70,6 +72,47 @@ def _learner_frame(exc):
             continue
         return frame, tb.tb_frame.f_locals
     return None, {}
+
+
+def _none_of_a_stub(fn):
+    """(name, its stub body in words) where `fn` returns what a function of the learner's returns
+    (`return compute_attention_output(weights, V)`, or a variable set from that call) and that
+    function is still a stub, whose None it passes on; else None. Read from the source: a layer
+    whose helper is a stub was told that it ends in `pass` itself."""
+    from .load import _stub_body
+
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+        scope = fn.__globals__
+    except Exception:  # noqa: BLE001 -- no source (a builtin, a lambda in a string), no globals
+        return None
+    node = tree.body[0] if tree.body else None
+    if not isinstance(node, ast.FunctionDef):
+        return None
+    # (statements of fn itself, not of functions defined inside it)
+    own, todo = [], list(node.body)
+    while todo:
+        statement = todo.pop()
+        own.append(statement)
+        if not isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef,
+                                      ast.Lambda)):
+            todo += [c for c in ast.iter_child_nodes(statement) if isinstance(c, ast.stmt)]
+    set_by = {t.id: a.value for a in own if isinstance(a, ast.Assign)
+              for t in a.targets if isinstance(t, ast.Name)}
+    for ret in (r for r in own if isinstance(r, ast.Return) and r.value is not None):
+        value = set_by.get(ret.value.id) if isinstance(ret.value, ast.Name) else ret.value
+        if not (isinstance(value, ast.Call) and isinstance(value.func, ast.Name)):
+            continue
+        callee = scope.get(value.func.id)
+        try:
+            callee_tree = ast.parse(textwrap.dedent(inspect.getsource(callee)))
+        except Exception:  # noqa: BLE001
+            continue
+        body = callee_tree.body[0] if callee_tree.body else None
+        words = _stub_body(body) if isinstance(body, ast.FunctionDef) else None
+        if words:
+            return value.func.id, words
+    return None
 
 
 def _none_names(frame, local_vars):
@@ -336,7 +379,11 @@ def _run_case(fn, case, user_scale, either=False):
         message, hints = _exception_result(case, exc, fn)
         return done(message, hints)
     if got is None:
-        return done("returned None", [_HINTS["returned_none"]])
+        stub = _none_of_a_stub(fn)
+        return done("returned None", [_hint(
+            f"Your function returns what {stub[0]} returns, and that is still an unfilled stub "
+            f"(its body is only {stub[1]}): write {stub[0]} first.", "returned_none")
+            if stub else _HINTS["returned_none"]])
     if isinstance(got, tuple):
         shapes = ", ".join(str(np.shape(g)) for g in got)
         return done(f"returned a tuple of {len(got)} values (shapes {shapes})",
