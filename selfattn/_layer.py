@@ -23,6 +23,7 @@ import numpy as np
 from ._kernels import _attend, _head_axes, _project, _split_heads
 from ._validate import (
     _as_array,
+    _axes_fit,
     _bias,
     _batch_shape,
     _broadcast_shapes,
@@ -101,6 +102,12 @@ class _Layer:
         sources = [("X", X, 2)] + ([("kv", KV, 2)] if KV is not None else [])
         self.proj_batch = _batch_shape(func, sources + weights)
         self.w_batch = _batch_shape(func, weights)
+        if heads is not None:
+            ndim, name = max([(A.ndim, n) for n, A, _ in sources + weights]
+                             + ([(self.mask.ndim, self.mask_name)] if self.mask is not None else []))
+            # (with the batch axes the others add: the projections' results have them all)
+            _axes_fit(func, name, max(ndim, len(self.proj_batch) + 2), 1 + (self.groups is not None),
+                      "heads" if self.groups is None else "heads and their groups")
         if heads is None:
             self.att_batch = _batch_shape(
                 func, sources + weights

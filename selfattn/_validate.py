@@ -640,7 +640,34 @@ def _kv_groups(func, Q, K, V, enable_gqa, names=("Q", "K", "V")):
             f"{kv_heads} key/value heads ({k_name}.shape={K.shape}); query head h uses key/value "
             f"head h // (num_heads / num_kv_heads)"
         )
+    ndim, name = max(zip((Q.ndim, K.ndim, V.ndim), names))
+    _axes_fit(func, name, ndim, 1, "groups of query heads sharing a key/value head")
     return kv_heads, heads // kv_heads
+
+
+def _axes_fit(func, what, ndim, added, heads="heads"):
+    """Refuses a call whose arrays of `ndim` dimensions (`what`'s, the largest) get `added` more
+    inside it (the heads split out of a width, a group axis for shared K/V heads) past NumPy's
+    limit on an array's dimensions (64; 32 before NumPy 2), where its bare ValueError named no
+    function or argument."""
+    limit = _max_dims()
+    if ndim + added > limit:
+        raise ValueError(
+            f"{func}: {what} has {ndim} dimensions, and the {heads} take {added} more inside the "
+            f"call: {ndim + added}, past NumPy's limit of {limit} dimensions for an array; merge batch "
+            f"axes first (A.reshape(-1, *A.shape[-2:]), and the result back with .reshape)")
+
+
+@functools.lru_cache(maxsize=None)
+def _max_dims():
+    """The most dimensions NumPy gives an array (NPY_MAXDIMS)."""
+    for n in (64, 32):
+        try:
+            np.empty((1,) * n)
+            return n
+        except ValueError:
+            continue
+    return 32
 
 
 def _kv_heads(func, num_kv_heads, heads):

@@ -157,6 +157,45 @@ def test_batch_dims_that_do_not_broadcast():
                    "Q.shape[:-2]=(2,), K.shape[:-2]=(3,); each must be equal or 1, as in np.matmul")
 
 
+def test_heads_split_past_numpys_limit_on_dimensions_name_the_call():
+    """An input with as many dimensions as NumPy allows (64; 32 before NumPy 2), whose heads the
+    call splits out into one more axis, got NumPy's bare "maximum supported dimension ... found
+    65"; one dimension fewer works."""
+    limit = next(n for n in (64, 32) if _makes_array((1,) * n))
+    W, W2 = np.ones((4, 4)), np.ones((4, 2))
+    for batch, kv_heads, what in ((limit - 2, None, "the heads take 1 more"),
+                                  (limit - 3, 1, "the heads and their groups take 2 more")):
+        W_kv = W if kv_heads is None else W2
+        with pytest.raises(ValueError, match=rf"^multi_head_attention: X has {batch + 2} "
+                                             rf"dimensions, and {what} inside the call: "
+                                             rf"{limit + 1}, past NumPy's limit of {limit}"):
+            sa.multi_head_attention(np.ones((1,) * batch + (3, 4)), W, W_kv, W_kv, W,
+                                    num_heads=2, num_kv_heads=kv_heads)
+        X = np.ones((1,) * (batch - 1) + (3, 4))
+        assert sa.multi_head_attention(X, W, W_kv, W_kv, W, num_heads=2,
+                                       num_kv_heads=kv_heads).shape == X.shape
+        dY = np.ones_like(X)
+        assert sa.multi_head_attention_backward(dY, X, W, W_kv, W_kv, W, num_heads=2,
+                                                num_kv_heads=kv_heads)[0].shape == X.shape
+    K = np.ones((2, 3, 2))
+    for func in (sa.scaled_dot_product_attention, sa.scaled_dot_product_attention_backward):
+        Q = np.ones((1,) * (limit - 3) + (4, 3, 2))
+        args = (Q, Q, K, K) if func is sa.scaled_dot_product_attention_backward else (Q, K, K)
+        with pytest.raises(ValueError, match=rf"^{func.__name__}: Q has {limit} dimensions, "
+                                             rf"and the groups of query heads sharing"):
+            func(*args, enable_gqa=True)
+        Q = Q[0]
+        args = (Q, Q, K, K) if func is sa.scaled_dot_product_attention_backward else (Q, K, K)
+        func(*args, enable_gqa=True)
+
+
+def _makes_array(shape):
+    try:
+        return np.empty(shape) is not None
+    except ValueError:
+        return False
+
+
 def test_mask_that_does_not_broadcast():
     Q = np.ones((3, 4))
     msg = message(lambda: sa.scaled_dot_product_attention(Q, np.ones((5, 4)), np.ones((5, 2)),
