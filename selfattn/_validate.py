@@ -802,9 +802,10 @@ def _public_call(function=None, *, name=None, float32_helps=True):
         __tracebackhide__ = True
         try:
             return function(*args, **kwargs)
-        except (TypeError, ValueError) as error:
+        except (TypeError, ValueError, FloatingPointError) as error:
             # ours by its message, or Python's for the arguments (raised before the call ran,
-            # in this frame or, under _one_tier, a few frames down)
+            # in this frame or, under _one_tier, a few frames down); a FloatingPointError of
+            # ours: a float16 result's overflow under np.errstate(over="raise") (_narrowed)
             arguments = isinstance(error, TypeError) and not _binds(function, args, kwargs)
             if not (str(error).startswith(prefixes) or arguments):
                 raise

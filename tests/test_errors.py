@@ -43,6 +43,15 @@ def test_an_input_error_shows_the_learners_line_and_not_selfattns_checks():
     for call in bad_calls:
         assert frames(call) == [("test_errors.py", "frames"), ("test_errors.py", "<lambda>"),
                                 ("_validate.py", "call")]
+    # the overflow of a float16 result that the caller asked NumPy to raise on (it showed the
+    # three frames of selfattn's that narrow the result)
+    with np.errstate(over="raise"), pytest.raises(FloatingPointError) as info:
+        sa.compute_attention_output(np.ones((2, 2), np.float16), np.full((2, 3), 6e4, np.float16))
+    assert str(info.value).startswith("compute_attention_output: 6 of the 6 values of its float16 ")
+    assert [(os.path.basename(f.filename), f.name)
+            for f in traceback.extract_tb(info.value.__traceback__)] == [
+        ("test_errors.py", "test_an_input_error_shows_the_learners_line_and_not_selfattns_checks"),
+        ("_validate.py", "call")]
 
 
 def test_a_missing_argument_lists_the_arguments_in_order():
