@@ -718,6 +718,25 @@ def test_a_function_that_calls_selfattns_own_is_told_so():
     assert not check(softmax_no_max, SOFTMAX).notes      # a learner's own: no note
 
 
+def test_a_function_that_prints_its_result_is_told_to_return_it(capsys):
+    """It was told that it "still ends in `pass` ... or lacks a `return`"; what it lacks is that
+    its print(...) should be a return. A function with a return somewhere keeps that hint."""
+    def softmax_attention_weights(attn_scores):
+        e = np.exp(attn_scores - attn_scores.max(axis=-1, keepdims=True))
+        print(e / e.sum(axis=-1, keepdims=True))
+
+    def returns_on_one_branch(attn_scores):
+        if attn_scores.ndim > 5:
+            return attn_scores
+        print("done")
+
+    assert check(softmax_attention_weights).diagnoses == [
+        "Your function prints its result but returns None: a function hands its result back "
+        "with `return` (replace print(...) with return ...); printing only shows it."]
+    assert check(returns_on_one_branch, SOFTMAX).diagnoses[0].startswith(
+        "Your function returned None: it still ends in `pass`")
+
+
 def test_keyboard_interrupt_is_not_swallowed():
     def interrupted(attn_scores):
         raise KeyboardInterrupt

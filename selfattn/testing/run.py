@@ -74,44 +74,59 @@ def _learner_frame(exc):
     return None, {}
 
 
-def _none_of_a_stub(fn):
-    """(name, its stub body in words) where `fn` returns what a function of the learner's returns
-    (`return compute_attention_output(weights, V)`, or a variable set from that call) and that
-    function is still a stub, whose None it passes on; else None. Read from the source: a layer
-    whose helper is a stub was told that it ends in `pass` itself."""
-    from .load import _stub_body
-
+def _own_statements(fn):
+    """The statements of `fn`'s body, nested blocks included but not the functions or classes
+    defined in it, read from its source; None where there is none to read."""
     try:
         tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
-        scope = fn.__globals__
-    except Exception:  # noqa: BLE001 -- no source (a builtin, a lambda in a string), no globals
+    except Exception:  # noqa: BLE001 -- no source (a builtin, exec'd code), or not parseable
         return None
     node = tree.body[0] if tree.body else None
     if not isinstance(node, ast.FunctionDef):
         return None
-    # (statements of fn itself, not of functions defined inside it)
     own, todo = [], list(node.body)
     while todo:
         statement = todo.pop()
         own.append(statement)
-        if not isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef,
-                                      ast.Lambda)):
+        if not isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             todo += [c for c in ast.iter_child_nodes(statement) if isinstance(c, ast.stmt)]
+    return own
+
+
+def _why_none(fn):
+    """The hint for `fn`'s None where its source says more than the general one: it returns
+    what a function of the learner's returns (`return compute_attention_output(weights, V)`,
+    or a variable set from that call) and that function is still a stub, whose None it passes
+    on (a layer whose helper is a stub was told that it ends in `pass` itself); or it prints and
+    returns nothing."""
+    from .load import _stub_body
+
+    own = _own_statements(fn)
+    if own is None:
+        return None
     set_by = {t.id: a.value for a in own if isinstance(a, ast.Assign)
               for t in a.targets if isinstance(t, ast.Name)}
-    for ret in (r for r in own if isinstance(r, ast.Return) and r.value is not None):
+    returns = [r for r in own if isinstance(r, ast.Return) and r.value is not None]
+    for ret in returns:
         value = set_by.get(ret.value.id) if isinstance(ret.value, ast.Name) else ret.value
         if not (isinstance(value, ast.Call) and isinstance(value.func, ast.Name)):
             continue
-        callee = scope.get(value.func.id)
-        try:
-            callee_tree = ast.parse(textwrap.dedent(inspect.getsource(callee)))
-        except Exception:  # noqa: BLE001
+        callee = getattr(fn, "__globals__", {}).get(value.func.id)
+        body = _own_statements(callee) if callee is not None else None
+        if body is None:
             continue
-        body = callee_tree.body[0] if callee_tree.body else None
-        words = _stub_body(body) if isinstance(body, ast.FunctionDef) else None
+        words = _stub_body(ast.parse(textwrap.dedent(inspect.getsource(callee))).body[0])
         if words:
-            return value.func.id, words
+            return _hint(f"Your function returns what {value.func.id} returns, and that is still "
+                         f"an unfilled stub (its body is only {words}): write {value.func.id} "
+                         f"first.", "returned_none")
+    printed = any(isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "print"
+                  for statement in own if isinstance(statement, ast.Expr)
+                  for n in [statement.value])
+    if printed and not returns:
+        return _hint("Your function prints its result but returns None: a function hands its "
+                     "result back with `return` (replace print(...) with return ...); printing "
+                     "only shows it.", "returned_none")
     return None
 
 
@@ -379,11 +394,7 @@ def _run_case(fn, case, user_scale, either=False):
         message, hints = _exception_result(case, exc, fn)
         return done(message, hints)
     if got is None:
-        stub = _none_of_a_stub(fn)
-        return done("returned None", [_hint(
-            f"Your function returns what {stub[0]} returns, and that is still an unfilled stub "
-            f"(its body is only {stub[1]}): write {stub[0]} first.", "returned_none")
-            if stub else _HINTS["returned_none"]])
+        return done("returned None", [_why_none(fn) or _HINTS["returned_none"]])
     if isinstance(got, tuple):
         shapes = ", ".join(str(np.shape(g)) for g in got)
         return done(f"returned a tuple of {len(got)} values (shapes {shapes})",
