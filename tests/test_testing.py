@@ -700,6 +700,26 @@ def test_what_a_function_changes_while_it_runs_is_put_back_before_the_next_stude
     assert check(next_student, SCORES, scale="scaled").passed
 
 
+def test_input_in_a_checked_function_gets_no_answer(monkeypatch):
+    """As in Jupyter, whose input() asks the notebook's user (in a teacher's grading loop it
+    waited for someone to type): the function raises EOFError, which the report shows."""
+    import builtins
+    asked = []
+
+    def frontend_input(prompt=""):
+        asked.append(prompt)
+        return "1"
+
+    monkeypatch.setattr(builtins, "input", frontend_input)
+
+    def softmax_attention_weights(attn_scores):
+        return attn_scores * float(input("a factor: "))
+
+    report = check(softmax_attention_weights)
+    assert not asked and builtins.input is frontend_input
+    assert "raised EOFError: EOF when reading a line" in str(report)
+
+
 def test_a_function_that_calls_selfattns_own_is_told_so():
     """A wrapper around selfattn's softmax passed with no word, while load_notebook and grade
     count it as missing (its result is selfattn's): the learner saw a pass the teacher's grader

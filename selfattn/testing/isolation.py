@@ -43,12 +43,19 @@ def _settings_kept():
     output. In a Jupyter kernel input() and getpass() do not read sys.stdin (ipykernel's own ask
     the caller's notebook for a line, and waited for the teacher to type one), so they are
     replaced too, by the EOFError that input() gives at the end of its input."""
+    with _numpy_state_kept(), warnings.catch_warnings(), _no_input():
+        yield
+
+
+@contextlib.contextmanager
+def _no_input():
+    """sys.stdin empty, and input() and getpass() raising the EOFError of input() at the end of
+    its input, until the block ends."""
     stdin, ask, ask_secret = sys.stdin, builtins.input, getpass.getpass
     try:
-        with _numpy_state_kept(), warnings.catch_warnings():
-            sys.stdin = io.StringIO()
-            builtins.input = getpass.getpass = _no_answer
-            yield
+        sys.stdin = io.StringIO()
+        builtins.input = getpass.getpass = _no_answer
+        yield
     finally:
         sys.stdin, builtins.input, getpass.getpass = stdin, ask, ask_secret
 
@@ -60,14 +67,15 @@ def _no_answer(prompt="", *args, **kwargs):
 @contextlib.contextmanager
 def _call_kept():
     """Around one call of a learner's function: NumPy's state, the working folder and the
-    libraries' functions (_LibrariesKept, whose `names()` say what the call replaced). The
+    libraries' functions (_LibrariesKept, whose `names()` say what the call replaced); input()
+    gets no answer (in a teacher's grading loop in Jupyter it waited for someone to type). The
     warnings filters and NumPy's error handling during the call are the caller's (run.py)."""
     try:
         folder = os.getcwd()
     except OSError:   # the caller's folder was removed: nothing to go back to
         folder = None
     try:
-        with _numpy_state_kept(), _LibrariesKept() as libraries:
+        with _numpy_state_kept(), _no_input(), _LibrariesKept() as libraries:
             yield libraries
     finally:
         if folder is not None:
