@@ -451,8 +451,9 @@ def _mask(func, mask, n_q, n_k, compute, bias=None):
     """The kernels' one mask (None, bool, or additive in the compute dtype) from mask= and bias=,
     ready to broadcast. This is the one place the two meet: a bias alone is an additive mask; with
     a bool mask it becomes bias where the mask allows and -inf where it does not; with a float
-    mask the two are added. The merged array is as large as the two broadcast together (no n_q x
-    n_k array unless an input already is one)."""
+    mask the two are added. The merged array is as large as the two broadcast together: an
+    (n_q, n_k) array where one varies along the queries only and the other along the keys only
+    (the README says so; the kernels take one mask operand)."""
     arr = None
     if mask is not None:
         arr = _as_array(func, "mask", mask)
