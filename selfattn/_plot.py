@@ -132,12 +132,12 @@ def plot_attention(weights, tokens=None, *, key_tokens=None, ax=None, annotate=N
         w = w.astype(np.float32)
     if w.dtype.kind not in "biuf":
         raise TypeError(f"{func}: weights must be real numbers, got dtype {w.dtype}")
-    visible = _visible(func, mask, w.shape)
     if w.ndim < 2:
         raise ValueError(
             f"{func}: weights must be a matrix (n_q, n_k), got shape {w.shape}"
             + ("; for one query use weights[None, :]" if w.ndim == 1 else "")
         )
+    visible = _visible(func, mask, w.shape)
     title = None
     if w.ndim == 2:
         if head is not None:
@@ -330,12 +330,26 @@ def _ticks(ax, row_labels, col_labels, n_q, n_k):
                                  (n_k, col_labels, ax.set_xticks)):
         step = -(-n // _TICKS_MAX)
         at = np.arange(0, n, step)
-        set_ticks(at, labels=labels[::step] if labels is not None else at)
+        set_ticks(at, labels=[_shown(t) for t in labels[::step]] if labels is not None else at)
     if col_labels is not None:
         ax.tick_params(axis="x", labelrotation=45)
         for label in ax.get_xticklabels():
             label.set_horizontalalignment("right")
             label.set_rotation_mode("anchor")
+
+
+_LABEL_MAX = 20   # characters of a tick label; a longer token is cut, ending in "…"
+
+
+def _shown(token):
+    """A token as a tick label: as written, not as matplotlib's math text (a label holding two
+    `$`, "costs $5 or $6", was drawn in italics without them, and "$\\frac$" failed the figure's
+    drawing), on one line, and cut at _LABEL_MAX characters (a 300-character token collapsed
+    the axes)."""
+    text = token.replace("\n", "↵")
+    if len(text) > _LABEL_MAX:
+        text = text[:_LABEL_MAX - 1] + "…"
+    return text.replace("$", r"\$")
 
 
 def _draw_mask(matplotlib, ax, visible, title):
@@ -356,13 +370,31 @@ _INVERTED = ("Every weight sits where the mask hides keys and none where it lets
              "(True = hide): pass ~mask. ")
 
 
+def _spacing(w):
+    """The spacing of the numbers just above 1 in the narrowest of bfloat16 and float16 that holds
+    every value of `w` (float64) exactly, else 0: weights rounded to bfloat16 (torch's, then
+    .float() as the TypeError for bfloat16 advises, or JAX's) have rows that sum to 1 only within
+    about half of it, 2e-3, which a fixed tolerance of 1e-3 called wrong."""
+    with np.errstate(all="ignore"):
+        single = w.astype(np.float32)
+        if np.array_equal(single, w, equal_nan=True):
+            if not (single.view(np.uint32) & 0xFFFF).any():      # bfloat16: float32's top half
+                return 2.0 ** -7
+            if np.array_equal(single.astype(np.float16), single, equal_nan=True):
+                return 2.0 ** -10
+    return 0.0
+
+
 def _warn_rows_not_one(func, w, hidden=None):
-    """Warn when rows of weights do not sum to 1 (all-zero rows are fully masked queries).
-    `hidden`: the keys a mask hides, or None."""
+    """Warn when rows of weights do not sum to 1 (all-zero rows are fully masked queries), within
+    the rounding of the precision they were computed in (_spacing). `hidden`: the keys a mask
+    hides, or None."""
     with np.errstate(all="ignore"):
         sums = np.where(np.isfinite(w), w, 0.0).sum(axis=1)
+    tolerance = max(1e-3, _spacing(w))
     # a row holding NaN or inf has had its own warning: what its finite weights sum to says nothing
-    bad = ~(np.isclose(sums, 1.0, rtol=1e-3, atol=1e-3) | (sums == 0)) & np.isfinite(w).all(axis=1)
+    bad = ~(np.isclose(sums, 1.0, rtol=tolerance, atol=tolerance) | (sums == 0)) \
+        & np.isfinite(w).all(axis=1)
     if not bad.any():
         return
     i = int(np.flatnonzero(bad)[0])
@@ -378,5 +410,5 @@ def _warn_rows_not_one(func, w, hidden=None):
                "after dropout do not sum to 1 either.)")
     warnings.warn(
         f"{func}: {int(bad.sum())} of {w.shape[0]} rows of the weights do not sum to 1 (row {i} "
-        f"sums to {sums[i]:.3g}); each query's weights over the keys should.{why}",
+        f"sums to {sums[i]:.6g}); each query's weights over the keys should.{why}",
         UserWarning, stacklevel=_public_caller()[1])

@@ -409,3 +409,45 @@ def test_bfloat16_weights_are_plotted():
     ax = selfattn.plot_attention(w.astype(ml_dtypes.bfloat16))
     shown = np.asarray(ax.images[0].get_array())
     np.testing.assert_array_equal(shown, w.astype(ml_dtypes.bfloat16).astype(np.float32))
+
+
+def test_weights_rounded_to_bfloat16_or_float16_sum_to_one_within_their_rounding():
+    """Correct softmax weights rounded to bfloat16 (torch's, then .float() as the TypeError for
+    bfloat16 advises) have rows that sum to 1 within about 2e-3: a fixed tolerance of 1e-3
+    warned on a third of them. A row off by more still warns, with its sum shown to the digit
+    that differs from 1 (1.003 was shown as "1")."""
+    rng = np.random.default_rng(0)
+    for dtype_bits in (16, 32):
+        for trial in range(20):
+            x = rng.normal(size=(32, 32)) * 3
+            e = np.exp(x - x.max(axis=-1, keepdims=True))
+            w = (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+            # bfloat16: float32 with its low 16 bits rounded away (to nearest even)
+            bits = w.view(np.uint32).astype(np.uint64)
+            bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+            rounded = bits.astype(np.uint32).view(np.float32)
+            weights = rounded if dtype_bits == 32 else w.astype(np.float16)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                selfattn.plot_attention(weights)
+            plt.close("all")
+    with pytest.warns(UserWarning, match=r"\(row 0 sums to 1\.003\)"):
+        selfattn.plot_attention(np.full((2, 2), 0.5015))
+
+
+def test_token_labels_are_shown_as_written_on_one_line_and_cut_when_long():
+    """Two `$` made a label matplotlib's math text ("costs $5 or $6" drawn in italics without
+    them; "$\\frac$" failed the drawing); a newline split a label; a 300-character label
+    collapsed the axes."""
+    w = _weights(4, 4)
+    tokens = ["costs $5 or $6", "$\\frac$", "a\nb", "x" * 300]
+    ax = selfattn.plot_attention(w, tokens)
+    _png(ax.figure)                                   # draws: it raised ValueError
+    shown = [t.get_text() for t in ax.get_yticklabels()]
+    assert shown == [r"costs \$5 or \$6", r"\$\frac\$", "a↵b", "x" * 19 + "…"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == shown
+
+
+def test_one_dimensional_weights_are_told_to_be_a_matrix_before_the_mask_is_read():
+    with pytest.raises(ValueError, match=r"weights must be a matrix .* use weights\[None, :\]"):
+        selfattn.plot_attention([0.5, 0.5], mask=np.ones((2, 2), bool))
