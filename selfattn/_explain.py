@@ -15,7 +15,7 @@ import numpy as np
 
 from . import _api
 from ._kernels import _one_tier
-from ._validate import _label_list, _narrowed, _public_call, _visibility, _window
+from ._validate import _label_list, _narrowed, _public_call, _short_label, _visibility, _window
 
 __all__ = ["explain", "AttentionTrace"]
 
@@ -224,12 +224,12 @@ def _text_matrix(arr, rows=None, cols=None):
     """The matrix as a table with the tokens as row labels (and column labels, for the (n, n)
     matrices), or the row indices without tokens, the middle elided past 12 rows or columns as
     in the HTML form."""
-    if rows is None:
-        rows = [str(i) for i in range(arr.shape[0])]
+    rows = [str(i) for i in range(arr.shape[0])] if rows is None else list(map(_short_label, rows))
     shown_cols = _shown(arr.shape[1])
     cells = [["⋮" if i is None else ("…" if j is None else _num(arr[i, j])) for j in shown_cols]
              for i in _shown(arr.shape[0])]
-    heads = None if cols is None else ["…" if j is None else cols[j] for j in shown_cols]
+    heads = None if cols is None else ["…" if j is None else _short_label(cols[j])
+                                       for j in shown_cols]
     width = max((len(c) for row in cells + ([heads] if heads else []) for c in row), default=1)
     label_w = max(len(r) for r in rows)
     out = []
@@ -242,7 +242,14 @@ def _text_matrix(arr, rows=None, cols=None):
 
 
 def _html_matrix(arr, rows=None, cols=None):
+    """The HTML form of _text_matrix: the same labels (row indices without tokens, and column
+    indices where the columns are elided, so that the values shown can be placed)."""
     e = html.escape
+    rows = [str(i) for i in range(arr.shape[0])] if rows is None else list(map(_short_label, rows))
+    if cols is not None:
+        cols = list(map(_short_label, cols))
+    elif arr.shape[1] > _SHOW_MAX:
+        cols = [str(j) for j in range(arr.shape[1])]
     out = ["<table>"]
     if cols is not None:
         heads = ("<th>…</th>" if j is None else f"<th>{e(cols[j])}</th>" for j in _shown(arr.shape[1]))

@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 
 from ._validate import (_integer, _label_list, _packaged_number, _public_call, _public_caller,
-                        _read_array, _refuse_masked)
+                        _read_array, _refuse_masked, _short_label)
 
 __all__ = ["plot_attention"]
 
@@ -338,18 +338,11 @@ def _ticks(ax, row_labels, col_labels, n_q, n_k):
             label.set_rotation_mode("anchor")
 
 
-_LABEL_MAX = 20   # characters of a tick label; a longer token is cut, ending in "…"
-
-
 def _shown(token):
-    """A token as a tick label: as written, not as matplotlib's math text (a label holding two
-    `$`, "costs $5 or $6", was drawn in italics without them, and "$\\frac$" failed the figure's
-    drawing), on one line, and cut at _LABEL_MAX characters (a 300-character token collapsed
-    the axes)."""
-    text = token.replace("\n", "↵")
-    if len(text) > _LABEL_MAX:
-        text = text[:_LABEL_MAX - 1] + "…"
-    return text.replace("$", r"\$")
+    """A token as a tick label (_short_label), as written, not as matplotlib's math text: a label
+    holding two `$`, "costs $5 or $6", was drawn in italics without them, and "$\\frac$" failed
+    the figure's drawing."""
+    return _short_label(token).replace("$", r"\$")
 
 
 def _draw_mask(matplotlib, ax, visible, title):

@@ -270,6 +270,17 @@ def _window(func, window):
                  for k, (name, side) in enumerate(zip(("left", "right"), window)))
 
 
+_LABEL_MAX = 20   # characters of a token shown as a label; a longer one is cut, ending in "…"
+
+
+def _short_label(token):
+    """A token (str) as a row or column label of a table or a plot: on one line (a newline split
+    explain's table), cut at _LABEL_MAX characters (one 60-character token made every column of
+    explain's tables that wide; 300 collapsed plot_attention's axes)."""
+    text = token.replace("\n", "↵")
+    return text if len(text) <= _LABEL_MAX else text[:_LABEL_MAX - 1] + "…"
+
+
 def _label_list(func, name, tokens, count, what):
     """tokens= (one label per `what`, `count` of them; None: no labels) as a list of str, read
     once (a generator is used up by its first reading). The count is the caller's to check."""

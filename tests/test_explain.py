@@ -285,3 +285,27 @@ def test_a_window_of_numpy_integers_is_shown_as_plain_numbers():
     assert ("the band (window=(1, 1)) hides from query i every key j but i - 1 <= j <= i + 1"
             in text)
     assert "int64" not in text
+
+
+def test_long_and_multiline_tokens_keep_the_tables_readable():
+    """One 60-character token made every column of every (n, n) table that wide, and a token
+    holding a newline split the table's rows; both are shown on one line, cut at 20 characters
+    (as plot_attention's labels)."""
+    tokens = ["a" * 60, "b\nc", "d"]
+    text = str(selfattn.explain(*_inputs(n=3), tokens=tokens))
+    tables = text[text.index("\n\n"):]         # past the line that lists the tokens
+    assert "a" * 21 not in tables and "a" * 19 + "…" in tables and "b↵c" in tables
+    weights = tables[tables.index("weights (3, 3) ="):].splitlines()
+    assert max(len(line) for line in weights[1:5]) < 100      # 249 with the whole token
+    page = selfattn.explain(*_inputs(n=3), tokens=tokens)._repr_html_()
+    assert "a" * 21 not in page and "<th>b↵c</th>" in page
+
+
+def test_elided_html_tables_are_labelled_with_indices_without_tokens():
+    """Without tokens the HTML tables had no headers, so an elided one (6 values, "…", 6 values)
+    could not be placed; the text form labels its rows with indices."""
+    page = selfattn.explain(*_inputs(n=14))._repr_html_()
+    weights = page[page.index("<i>weights</i>"):]
+    weights = weights[:weights.index("</table>")]
+    assert "<tr><th></th><th>0</th>" in weights and "<th>13</th></tr>" in weights
+    assert "<tr><th>13</th>" in weights
