@@ -175,9 +175,12 @@ class AttentionTrace:
         cols = toks if toks is not None and name in ("scores", "exponentials", "weights") else None
         return rows, cols
 
+    def _sizes(self):
+        return (f"n={self.n} token{'' if self.n == 1 else 's'}, d_model={self.X.shape[1]}, "
+                f"d_k={self.Q.shape[1]}, d_v={self.V.shape[1]}")
+
     def __str__(self):
-        lines = [f"Self-attention, step by step: n={self.n} tokens, d_model={self.X.shape[1]}, "
-                 f"d_k={self.Q.shape[1]}, d_v={self.V.shape[1]}"]
+        lines = [f"Self-attention, step by step: {self._sizes()}"]
         if self.tokens is not None:
             lines += textwrap.wrap("tokens: " + " ".join(self.tokens), 100,
                                    subsequent_indent="        ")
@@ -198,8 +201,7 @@ class AttentionTrace:
     def _repr_html_(self):
         e = html.escape
         parts = ['<div class="selfattn-explain">',
-                 f"<p><b>Self-attention, step by step</b>: n={self.n} tokens, "
-                 f"d_model={self.X.shape[1]}, d_k={self.Q.shape[1]}, d_v={self.V.shape[1]}</p>"]
+                 f"<p><b>Self-attention, step by step</b>: {e(self._sizes())}</p>"]
         for title, formula, why, arrays in self.steps():
             parts.append(f"<h4>{e(title)}</h4><p><code>{e(formula)}</code><br>{e(why)}</p>")
             parts.append('<div style="display:flex;gap:1.5em;flex-wrap:wrap">')

@@ -8,8 +8,8 @@ import warnings
 
 import numpy as np
 
-from ._validate import (_integer, _label_list, _packaged_number, _public_call, _public_caller,
-                        _read_array, _refuse_masked, _short_label)
+from ._validate import (_flag, _integer, _label_list, _packaged_number, _public_call,
+                        _public_caller, _read_array, _refuse_masked, _short_label)
 
 __all__ = ["plot_attention"]
 
@@ -186,6 +186,8 @@ def plot_attention(weights, tokens=None, *, key_tokens=None, ax=None, annotate=N
                          n_k, "key", "keys (columns)")
     if annotate is None:
         annotate = n_q <= _ANNOTATE_MAX and n_k <= _ANNOTATE_MAX
+    else:   # (annotate="no" was truthy, and wrote the numbers)
+        annotate = _flag(func, "annotate", annotate)
     if ax is None:
         import matplotlib.pyplot as plt
         size = (min(max(3.0, 0.55 * n_k + 2.0), _FIGURE_MAX[0]),

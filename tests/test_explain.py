@@ -309,3 +309,11 @@ def test_elided_html_tables_are_labelled_with_indices_without_tokens():
     weights = weights[:weights.index("</table>")]
     assert "<tr><th></th><th>0</th>" in weights and "<th>13</th></tr>" in weights
     assert "<tr><th>13</th>" in weights
+
+
+def test_one_token_is_one_token():
+    trace = selfattn.explain(*_inputs(n=1))
+    assert str(trace).startswith("Self-attention, step by step: n=1 token, d_model=6, d_k=3")
+    assert ": n=1 token, d_model=6" in trace._repr_html_()
+    assert str(selfattn.explain(*_inputs(n=2))).startswith("Self-attention, step by step: n=2 "
+                                                           "tokens,")

@@ -451,3 +451,10 @@ def test_token_labels_are_shown_as_written_on_one_line_and_cut_when_long():
 def test_one_dimensional_weights_are_told_to_be_a_matrix_before_the_mask_is_read():
     with pytest.raises(ValueError, match=r"weights must be a matrix .* use weights\[None, :\]"):
         selfattn.plot_attention([0.5, 0.5], mask=np.ones((2, 2), bool))
+
+
+def test_annotate_must_be_true_or_false():
+    """annotate="no" was truthy and wrote the numbers."""
+    with pytest.raises(TypeError, match=r"plot_attention: annotate must be True or False, got 'no'"):
+        selfattn.plot_attention(_weights(), annotate="no")
+    assert not selfattn.plot_attention(_weights(), annotate=np.False_).texts
