@@ -85,6 +85,32 @@ def test_a_layer_whose_helper_is_a_stub_is_told_which_function_to_write(tmp_path
         "Your function returned None: it still ends in `pass`")
 
 
+def test_what_the_cells_show_stays_out_of_the_callers_notebook(tmp_path, monkeypatch):
+    """In a Jupyter kernel, a student's `from IPython.display import display; display(HTML(...))`
+    and plt.show() drew in the teacher's cell, and the figures the cells left open were drawn
+    at its end. Here IPython's display and pyplot's show stand for the kernel's."""
+    pytest.importorskip("IPython")
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import IPython.display
+    import matplotlib.pyplot as plt
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda *objs, **kw: shown.append(objs))
+    monkeypatch.setattr(plt, "show", lambda *a, **kw: shown.append("show"))
+    mine = plt.figure()
+    sub = load_notebook(_notebook(tmp_path, [
+        "from IPython.display import display, HTML\ndisplay(HTML('<b>mine</b>'))\n",
+        "import matplotlib.pyplot as plt\nplt.plot([1, 2])\nplt.show()\nplt.figure()\n",
+        RIGHT]))
+    assert shown == [] and sub.errors == []
+    assert "IPython.core.display.HTML object" in sub.output
+    assert plt.get_fignums() == [mine.number]          # the teacher's figure stays open
+    IPython.display.display("after")
+    plt.show()
+    assert shown == [("after",), "show"]
+    plt.close("all")
+
+
 def test_a_name_a_skipped_shell_line_was_to_set_is_said_so(tmp_path):
     """`files = !ls` does not run, so a later `len(files)` raises NameError: the error says
     which skipped line was to set the name, instead of reading as the learner's mistake."""

@@ -65,6 +65,41 @@ def _no_answer(prompt="", *args, **kwargs):
 
 
 @contextlib.contextmanager
+def _frontend_quiet(display):
+    """In a Jupyter kernel, what a notebook's cells show goes to the caller's notebook: the
+    display() they import from IPython drew a student's HTML in the teacher's cell, and their
+    figures were drawn there (plt.show(), and every figure still open when the teacher's cell
+    ended). Meanwhile IPython's display is `display` (the loader's, which prints to the captured
+    output) and pyplot's show() does nothing, where they are imported; afterwards the figures
+    the cells opened are closed. (A pyplot the cells import first shows what they show() before
+    this can reach it.)"""
+    replaced = []
+    for name in ("IPython.display", "IPython.core.display_functions"):
+        module = sys.modules.get(name)
+        if module is not None and callable(getattr(module, "display", None)):
+            replaced.append((module, "display", module.display))
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    figures = set(pyplot.get_fignums()) if pyplot is not None else set()
+    if pyplot is not None:
+        replaced.append((pyplot, "show", pyplot.show))
+    try:
+        for module, name, _ in replaced:
+            setattr(module, name, display if name == "display" else _show_nothing)
+        yield
+    finally:
+        for module, name, value in replaced:
+            setattr(module, name, value)
+        pyplot = sys.modules.get("matplotlib.pyplot")
+        if pyplot is not None:
+            for number in set(pyplot.get_fignums()) - figures:
+                pyplot.close(number)
+
+
+def _show_nothing(*args, **kwargs):
+    return None
+
+
+@contextlib.contextmanager
 def _call_kept():
     """Around one call of a learner's function: NumPy's state, the working folder and the
     libraries' functions (_LibrariesKept, whose `names()` say what the call replaced); input()

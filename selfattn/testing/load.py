@@ -51,7 +51,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .cases import NAMES
-from .isolation import _LibrariesKept, _settings_kept
+from .isolation import _frontend_quiet, _LibrariesKept, _settings_kept
 
 __all__ = ["load_notebook", "load_module", "Submission", "CellError"]
 
@@ -1016,7 +1016,7 @@ def _run_cells(path, sources, notes=(), timeout=None):
     errors, skipped, notes = [], [], list(notes)
     captured = _Output()
     with _WrittenFiles() as written, _in_folder_of(path), _settings_kept(), \
-            _LibrariesKept() as libraries:
+            _frontend_quiet(_display), _LibrariesKept() as libraries:
         run = namespace[_RUN_HELPER] = _RunMagic(namespace["__file__"], namespace, written,
                                                  errors)
         for number, source in enumerate(sources, 1):
